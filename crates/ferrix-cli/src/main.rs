@@ -1,1 +1,83 @@
-fn main() {}
+//! The `ferrix` binary: Nix's `nix` command, and the classic `nix-*` commands by argv[0].
+
+mod cmd;
+mod legacy;
+mod settings;
+mod shell;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use shell::Shell;
+
+/// The names this binary answers to, as real Nix's single binary does.
+pub const PERSONALITIES: &[&str] = &[
+    "nix",
+    "nix-store",
+    "nix-build",
+    "nix-instantiate",
+    "nix-hash",
+    "nix-collect-garbage",
+    "nix-copy-closure",
+];
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ferrix".into());
+    let mut shell = Shell::stdio();
+    let res = match name.as_str() {
+        "nix-hash" => legacy::nix_hash::run(&args[1..], &mut shell),
+        "nix-store" => legacy::nix_store::run(&args[1..], &mut shell),
+        "nix-build" | "nix-instantiate" | "nix-collect-garbage" | "nix-copy-closure" => {
+            Err(anyhow::anyhow!(
+                "'{name}' is not available in this version of ferrix yet (it arrives with the store, build and evaluator work)"
+            ))
+        }
+        _ => cmd::run(args, &mut shell),
+    };
+    let flushed = shell.flush();
+    match res {
+        Ok(code) => {
+            if let Err(e) = flushed {
+                // A closed pipe (e.g. `| head`) is not worth a message.
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    shell.error(format!("writing output: {e}"));
+                }
+                return ExitCode::FAILURE;
+            }
+            code
+        }
+        Err(e) => {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::FAILURE;
+                }
+            }
+            shell.error(render(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, `outer: cause: cause`, with io errors worded as
+/// Nix words them (no "(os error N)").
+fn render(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| {
+            let s = c.to_string();
+            match c.downcast_ref::<std::io::Error>() {
+                Some(io) if io.raw_os_error().is_some() => match s.rfind(" (os error ") {
+                    Some(i) => s[..i].to_owned(),
+                    None => s,
+                },
+                _ => s,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}

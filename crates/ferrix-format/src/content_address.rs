@@ -44,7 +44,7 @@ pub enum ContentAddressError {
     UnknownKind(String),
     #[error("content address '{0}': text paths are always hashed with sha256")]
     TextNotSha256(String),
-    #[error("content address '{text}': {source}")]
+    #[error("content address '{text}'")]
     Hash {
         text: String,
         #[source]

@@ -21,7 +21,7 @@ pub enum DrvHash {
 /// Why a derivation could not be hashed or its outputs computed.
 #[derive(Debug, Error)]
 pub enum DrvHashError<E: std::error::Error + 'static> {
-    #[error("looking up input derivation '{drv}': {source}")]
+    #[error("looking up input derivation '{drv}'")]
     Input {
         drv: String,
         #[source]

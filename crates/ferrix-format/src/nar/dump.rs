@@ -16,7 +16,7 @@ use crate::wire::{padding, push_bytes};
 /// Why a tree could not be serialised.
 #[derive(Debug, Error)]
 pub enum DumpError {
-    #[error("reading '{path}': {source}")]
+    #[error("reading '{path}'")]
     Read {
         path: PathBuf,
         #[source]
@@ -26,7 +26,7 @@ pub enum DumpError {
     UnsupportedType { path: PathBuf, kind: &'static str },
     #[error("file '{path}' changed size while it was being archived")]
     Changed { path: PathBuf },
-    #[error("writing the archive: {0}")]
+    #[error("writing the archive")]
     Write(#[source] io::Error),
 }
 

@@ -37,13 +37,9 @@ pub enum NarErrorKind {
     #[error("data after the end of the archive")]
     TrailingData,
     #[error("reading the archive: {0}")]
-    Io(#[source] io::Error),
-    #[error("at '{path}': {source}")]
-    Visit {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
+    Io(io::Error),
+    #[error("at '{path}': {cause}")]
+    Visit { path: String, cause: io::Error },
 }
 
 /// A NAR error and the offset of the byte where it was found.
@@ -276,7 +272,7 @@ const MAX_DEPTH: usize = 1024;
 fn visit_err<R: Read>(r: &Reader<R>, path: &[u8], source: io::Error) -> NarError {
     r.err(NarErrorKind::Visit {
         path: String::from_utf8_lossy(path).into_owned(),
-        source,
+        cause: source,
     })
 }
 

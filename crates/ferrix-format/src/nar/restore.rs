@@ -14,7 +14,7 @@ use super::parse::{parse_exact, NarError, NarVisitor};
 /// Why a restore failed.
 #[derive(Debug, Error)]
 pub enum RestoreError {
-    #[error("restoring into '{target}': {source}")]
+    #[error("restoring into '{target}'")]
     Nar {
         target: PathBuf,
         #[source]

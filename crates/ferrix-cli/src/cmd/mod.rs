@@ -1,0 +1,83 @@
+//! The `ferrix` (= `nix`) command line: subcommands following Nix's `nix` CLI.
+
+mod derivation;
+mod hash;
+mod install_links;
+mod key;
+mod nar;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub use key::check_key_name;
+pub use nar::dump;
+
+use crate::settings::Settings;
+use crate::shell::Shell;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferrix",
+    version,
+    about = "A purely functional package manager, compatible with Nix",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    /// Accepted for compatibility with scripts written for Nix; every feature is enabled.
+    #[arg(long, global = true, value_name = "FEATURES")]
+    extra_experimental_features: Vec<String>,
+    /// Accepted for compatibility with scripts written for Nix; every feature is enabled.
+    #[arg(long, global = true, value_name = "FEATURES")]
+    experimental_features: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compute and convert cryptographic hashes.
+    #[command(subcommand)]
+    Hash(hash::HashCommand),
+    /// Create or inspect NAR files.
+    #[command(subcommand)]
+    Nar(nar::NarCommand),
+    /// Work with derivations.
+    #[command(subcommand)]
+    Derivation(derivation::DerivationCommand),
+    /// Show the contents of derivations (the older name of `derivation show`).
+    ShowDerivation(derivation::ShowArgs),
+    /// Generate and convert signing keys.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Create the classic command names (nix-store, nix-hash, …) as links to this binary.
+    InstallLinks(install_links::Args),
+}
+
+/// Parse and run; clap's usage errors exit with 1 as Nix's do.
+pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            if e.use_stderr() {
+                shell.note(e.render().ansi().to_string().trim_end());
+            } else {
+                shell.print(e.render())?;
+            }
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let settings = Settings::from_env()?;
+    match cli.command {
+        Command::Hash(c) => hash::run(c, shell)?,
+        Command::Nar(c) => nar::run(c, shell)?,
+        Command::Derivation(derivation::DerivationCommand::Show(a))
+        | Command::ShowDerivation(a) => derivation::show(a, &settings, shell)?,
+        Command::Key(c) => key::run(c, shell)?,
+        Command::InstallLinks(a) => install_links::run(a, shell)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,56 @@
+//! The one place output goes: stdout for results, stderr for messages (capturable in tests).
+
+use std::io::{self, Write};
+
+/// Where a command writes. Commands never print directly; they go through this.
+pub struct Shell {
+    out: Box<dyn Write>,
+    err: Box<dyn Write>,
+}
+
+impl std::fmt::Debug for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shell")
+    }
+}
+
+impl Shell {
+    /// The process's own stdout (buffered; flushed at exit) and stderr.
+    pub fn stdio() -> Self {
+        Self {
+            out: Box::new(io::BufWriter::with_capacity(256 * 1024, io::stdout())),
+            err: Box::new(io::stderr()),
+        }
+    }
+
+    /// Raw access to stdout, for binary data such as a NAR.
+    pub fn out(&mut self) -> &mut dyn Write {
+        &mut *self.out
+    }
+
+    /// A line of result text on stdout.
+    pub fn println(&mut self, line: impl std::fmt::Display) -> io::Result<()> {
+        writeln!(self.out, "{line}")
+    }
+
+    /// Result text on stdout without a newline (as Nix prints keys).
+    pub fn print(&mut self, text: impl std::fmt::Display) -> io::Result<()> {
+        write!(self.out, "{text}")
+    }
+
+    /// `error: …` on stderr.
+    pub fn error(&mut self, msg: impl std::fmt::Display) {
+        let _ = self.out.flush();
+        let _ = writeln!(self.err, "error: {msg}");
+    }
+
+    /// A notice on stderr.
+    pub fn note(&mut self, msg: impl std::fmt::Display) {
+        let _ = self.out.flush();
+        let _ = writeln!(self.err, "{msg}");
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
