@@ -1,0 +1,210 @@
+//! Shared by the CLI tests: running ferrix under its names, isolated real Nix, random trees.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn ferrix_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferrix"))
+}
+
+pub fn vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors")
+}
+
+/// A directory with ferrix linked under every personality name.
+pub struct Links {
+    pub dir: tempfile::TempDir,
+}
+
+impl Links {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(ferrix_exe())
+            .arg("install-links")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Self { dir }
+    }
+    pub fn cmd(&self, name: &str) -> Command {
+        Command::new(self.dir.path().join(name))
+    }
+}
+
+pub fn ferrix() -> Command {
+    Command::new(ferrix_exe())
+}
+
+/// Run and demand success; stdout bytes.
+pub fn ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// Real Nix 2.8, isolated in a temporary store, state, log and config directory.
+pub struct Nix {
+    pub root: tempfile::TempDir,
+}
+
+impl Nix {
+    /// `None` when Nix is not installed and not required; with `FERRIX_REQUIRE_NIX` or `CI`
+    /// set, a missing Nix is a failure, never a skip.
+    pub fn new() -> Option<Self> {
+        let present = Command::new("nix-store").arg("--version").output().is_ok();
+        if !present {
+            let required = std::env::var_os("FERRIX_REQUIRE_NIX").is_some()
+                || std::env::var("CI").is_ok_and(|v| v == "true");
+            assert!(
+                !required,
+                "real Nix is required for the interop tests: apt-get install -y nix-bin"
+            );
+            eprintln!("SKIPPING interop test: real Nix (nix-bin) is not installed");
+            return None;
+        }
+        let root = tempfile::tempdir().unwrap();
+        for d in ["store", "state", "log", "etc", "home"] {
+            fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        fs::write(
+            root.path().join("etc/nix.conf"),
+            "sandbox = false\nbuild-users-group =\nsubstituters =\nexperimental-features = nix-command\n",
+        )
+        .unwrap();
+        Some(Self { root })
+    }
+
+    pub fn store_dir(&self) -> String {
+        self.root.path().join("store").to_str().unwrap().to_owned()
+    }
+
+    /// A real Nix command (by absolute path, so ferrix's links never stand in).
+    pub fn cmd(&self, prog: &str) -> Command {
+        let exe = [
+            "/usr/bin",
+            "/usr/local/bin",
+            "/nix/var/nix/profiles/default/bin",
+        ]
+        .iter()
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(prog));
+        let mut c = Command::new(exe);
+        self.isolate(&mut c);
+        c
+    }
+
+    /// Point any command at this isolated store.
+    pub fn isolate(&self, c: &mut Command) {
+        let r = self.root.path();
+        c.env("NIX_STORE_DIR", r.join("store"))
+            .env("NIX_STATE_DIR", r.join("state"))
+            .env("NIX_LOG_DIR", r.join("log"))
+            .env("NIX_CONF_DIR", r.join("etc"))
+            .env("HOME", r.join("home"))
+            .env_remove("NIX_PATH")
+            .env_remove("NIX_REMOTE");
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), enough for generating test trees.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Names that exercise byte order: mixed case, dots, dashes, UTF-8, a space, a non-UTF-8 byte.
+const NAME_PARTS: &[&[u8]] = &[
+    b"a",
+    b"B",
+    b"z",
+    b"_",
+    b"-x",
+    b".dot",
+    b"10",
+    b"9",
+    b"\xc3\xa9",
+    b" sp",
+    b"\xff",
+    b"long-name-part",
+];
+
+fn name(rng: &mut Rng) -> Vec<u8> {
+    let mut n = Vec::new();
+    for _ in 0..=rng.below(3) {
+        n.extend_from_slice(NAME_PARTS[rng.below(NAME_PARTS.len() as u64) as usize]);
+    }
+    n
+}
+
+/// Fill `dir` (which exists) with a random tree: files of varied sizes, executables, symlinks
+/// (relative, absolute, dangling), nested and empty directories.
+pub fn random_tree(rng: &mut Rng, dir: &Path, depth: u32) {
+    let n = rng.below(6) + 1;
+    for _ in 0..n {
+        let p = dir.join(OsStr::from_bytes(&name(rng)));
+        if p.symlink_metadata().is_ok() {
+            continue;
+        }
+        match rng.below(10) {
+            0..=4 => {
+                let size = match rng.below(4) {
+                    0 => 0,
+                    1 => rng.below(16) as usize,
+                    2 => rng.below(5000) as usize,
+                    _ => rng.below(200_000) as usize,
+                };
+                fs::write(&p, rng.bytes(size)).unwrap();
+                let mode = if rng.below(3) == 0 { 0o755 } else { 0o644 };
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            }
+            5 | 6 => {
+                let target: &[u8] = match rng.below(3) {
+                    0 => b"../somewhere/else",
+                    1 => b"/absolute/target",
+                    _ => b"dangling",
+                };
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &p).unwrap();
+            }
+            _ => {
+                fs::create_dir(&p).unwrap();
+                if depth < 4 {
+                    random_tree(rng, &p, depth + 1);
+                }
+            }
+        }
+    }
+}

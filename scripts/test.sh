@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit, vector, property, snapshot and interop tests.
+# Interop tests run against real Nix 2.8 (Debian's nix-bin); as root this installs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "test: cargo is missing (install the Rust toolchain with rustup)" >&2; exit 1; }
+
+need=()
+command -v nix-store >/dev/null || need+=(nix-bin)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test: installing ${need[*]} for the interop tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "test: the interop tests need real Nix: run 'sudo apt-get install -y ${need[*]}'" >&2
+    exit 1
+  fi
+fi
+
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets -q -- -D warnings
+fi
+# The interop tests refuse to skip; tell them real Nix is expected.
+export FERRIX_REQUIRE_NIX=1
+cargo test --workspace
