@@ -149,7 +149,11 @@ pub fn run(cmd: HashCommand, shell: &mut Shell) -> Result<()> {
                 if let Some(from) = a.from {
                     let found = encoding_of(text, &h);
                     if found != Encoding::from(from) {
-                        bail!("hash '{text}' is not in the expected encoding {from:?} (it is {found:?})");
+                        bail!(
+                            "hash '{text}' is not in the expected encoding {} (it is {})",
+                            enc_name(from.into()),
+                            enc_name(found)
+                        );
                     }
                 }
                 shell.println(h.encode(a.to.into()))?;
@@ -161,6 +165,15 @@ pub fn run(cmd: HashCommand, shell: &mut Shell) -> Result<()> {
         HashCommand::ToSri(a) => convert_to(a, Encoding::Sri, shell)?,
     }
     Ok(())
+}
+
+fn enc_name(e: Encoding) -> &'static str {
+    match e {
+        Encoding::Base16 => "base16",
+        Encoding::Nix32 => "nix32",
+        Encoding::Base64 => "base64",
+        Encoding::Sri => "sri",
+    }
 }
 
 fn convert_to(a: ToArgs, enc: Encoding, shell: &mut Shell) -> Result<()> {

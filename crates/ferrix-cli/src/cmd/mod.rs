@@ -63,7 +63,7 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
             if e.use_stderr() {
-                shell.note(e.render().ansi().to_string().trim_end());
+                shell.note(e.render().to_string().trim_end());
             } else {
                 shell.print(e.render())?;
             }
