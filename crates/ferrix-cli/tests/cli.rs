@@ -11,7 +11,11 @@ use common::*;
 /// `exit: N`, stdout and stderr, with temporary paths redacted.
 fn transcript(cmd: &mut Command, stdin: Option<&[u8]>) -> String {
     let mut child = cmd
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -65,17 +69,57 @@ fn hash_path_in_every_encoding() {
 fn hash_conversions_and_errors() {
     let mut all = String::new();
     for args in [
-        &["hash", "convert", "--hash-algo", "sha256", "--to", "nix32", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"][..],
-        &["hash", "convert", "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"],
-        &["hash", "convert", "--from", "base16", "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"],
-        &["hash", "to-base16", "sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="],
+        &[
+            "hash",
+            "convert",
+            "--hash-algo",
+            "sha256",
+            "--to",
+            "nix32",
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ][..],
+        &[
+            "hash",
+            "convert",
+            "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s",
+        ],
+        &[
+            "hash",
+            "convert",
+            "--from",
+            "base16",
+            "sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s",
+        ],
+        &[
+            "hash",
+            "to-base16",
+            "sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=",
+        ],
         &["hash", "to-base32", "abcd"],
         &["hash", "to-base32", "--type", "sha256", "abcd"],
         &["hash", "to-base32", "--type", "sha3", "abcd"],
-        &["hash", "to-base32", "sha1:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"],
-        &["hash", "to-base16", "--type", "sha256", "1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5e"],
+        &[
+            "hash",
+            "to-base32",
+            "sha1:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s",
+        ],
+        &[
+            "hash",
+            "to-base16",
+            "--type",
+            "sha256",
+            "1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5e",
+        ],
         &["hash", "path", "/nonexistent/path"],
-        &["--extra-experimental-features", "nix-command flakes", "hash", "to-sri", "--type", "md5", "900150983cd24fb0d6963f7d28e17f72"],
+        &[
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "hash",
+            "to-sri",
+            "--type",
+            "md5",
+            "900150983cd24fb0d6963f7d28e17f72",
+        ],
     ] {
         all += &format!("$ ferrix {}\n", args.join(" "));
         all += &transcript(ferrix().args(args), None);
@@ -95,12 +139,21 @@ fn nix_hash_personality() {
         &["--type", "sha512", "--truncate", "--base32"],
         &["--flat", "--type", "sha1"],
     ] {
-        let target = if args.contains(&"--flat") { src.join("bin/hello") } else { src.clone() };
+        let target = if args.contains(&"--flat") {
+            src.join("bin/hello")
+        } else {
+            src.clone()
+        };
         all += &format!("$ nix-hash {}\n", args.join(" "));
         all += &transcript(links.cmd("nix-hash").args(args).arg(target), None);
     }
     all += &transcript(
-        links.cmd("nix-hash").args(["--type", "sha256", "--to-base32", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]),
+        links.cmd("nix-hash").args([
+            "--type",
+            "sha256",
+            "--to-base32",
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ]),
         None,
     );
     all += &transcript(links.cmd("nix-hash").arg("--bogus"), None);
@@ -113,7 +166,10 @@ fn nar_ls_and_cat() {
     let mut all = String::new();
     for args in [&["-lR"][..], &["--json", "-R"], &[]] {
         all += &format!("$ ferrix nar ls {} mixed-tree.nar /\n", args.join(" "));
-        all += &transcript(ferrix().args(["nar", "ls"]).args(args).arg(&nar).arg("/"), None);
+        all += &transcript(
+            ferrix().args(["nar", "ls"]).args(args).arg(&nar).arg("/"),
+            None,
+        );
     }
     all += &transcript(ferrix().args(["nar", "ls"]).arg(&nar).arg("/no/such"), None);
     snap!("nar_ls", all);
@@ -143,7 +199,10 @@ fn bad_nars_are_clear_errors() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{name}");
-        assert!(target.symlink_metadata().is_err(), "{name}: restore left {target:?} behind");
+        assert!(
+            target.symlink_metadata().is_err(),
+            "{name}: restore left {target:?} behind"
+        );
     }
     snap!("bad_nars", all);
 }
@@ -151,7 +210,10 @@ fn bad_nars_are_clear_errors() {
 #[test]
 fn derivation_show() {
     let drv = vectors().join("drv/diamond/drvs");
-    let mut files: Vec<_> = fs::read_dir(&drv).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = fs::read_dir(&drv)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let mut all = transcript(ferrix().args(["derivation", "show"]).args(&files), None);
     // A damaged .drv names what is wrong and where.
@@ -172,10 +234,19 @@ fn personalities_and_usage() {
     all += &transcript(links.cmd("nix-build").arg("default.nix"), None);
     all += &transcript(links.cmd("nix-store").arg("--query"), None);
     all += &transcript(&mut links.cmd("nix-store"), None);
-    all += &transcript(links.cmd("nix-store").args(["--dump", "/nonexistent"]), None);
+    all += &transcript(
+        links.cmd("nix-store").args(["--dump", "/nonexistent"]),
+        None,
+    );
     all += &transcript(links.cmd("nix").args(["hash", "frobnicate"]), None);
-    all += &transcript(ferrix().args(["key", "convert-secret-to-public"]), Some(b"garbage"));
-    all += &transcript(ferrix().args(["key", "generate-secret", "--key-name", "a:b"]), None);
+    all += &transcript(
+        ferrix().args(["key", "convert-secret-to-public"]),
+        Some(b"garbage"),
+    );
+    all += &transcript(
+        ferrix().args(["key", "generate-secret", "--key-name", "a:b"]),
+        None,
+    );
     snap!("personalities", all);
 }
 
@@ -183,7 +254,10 @@ fn personalities_and_usage() {
 fn key_round_trip() {
     let sk = ok(ferrix().args(["key", "generate-secret", "--key-name", "test-1"]));
     let sk = String::from_utf8(sk).unwrap();
-    assert!(sk.starts_with("test-1:") && sk.len() == "test-1:".len() + 88, "{sk}");
+    assert!(
+        sk.starts_with("test-1:") && sk.len() == "test-1:".len() + 88,
+        "{sk}"
+    );
     let mut c = ferrix();
     c.args(["key", "convert-secret-to-public"]);
     let t = transcript(&mut c, Some(sk.as_bytes()));

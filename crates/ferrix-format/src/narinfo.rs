@@ -122,11 +122,8 @@ impl NarInfo {
                         .collect::<Result<BTreeSet<_>, _>>()?;
                     set(&mut references, refs, line, key)?
                 }
-                "Deriver" => {
-                    if value != "unknown-deriver" {
-                        set(&mut deriver, base(value)?, line, key)?
-                    }
-                }
+                "Deriver" if value == "unknown-deriver" => {}
+                "Deriver" => set(&mut deriver, base(value)?, line, key)?,
                 "System" => set(&mut system, value.to_owned(), line, key)?,
                 "Sig" => sigs.push(
                     value

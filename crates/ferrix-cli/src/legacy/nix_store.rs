@@ -140,9 +140,8 @@ fn write_key(path: &Path, text: &str, mode: u32) -> Result<()> {
         std::fs::rename(&tmp, path)
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("writing key file '{}'", path.display()))
 }

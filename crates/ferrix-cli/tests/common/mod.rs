@@ -1,6 +1,6 @@
 //! Shared by the CLI tests: running ferrix under its names, isolated real Nix, random trees.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::print_stderr)]
 
 use std::ffi::OsStr;
 use std::fs;
@@ -75,6 +75,7 @@ impl Nix {
                 !required,
                 "real Nix is required for the interop tests: apt-get install -y nix-bin"
             );
+            // The skip must be visible in the test log.
             eprintln!("SKIPPING interop test: real Nix (nix-bin) is not installed");
             return None;
         }

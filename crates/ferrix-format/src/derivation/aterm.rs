@@ -87,7 +87,7 @@ impl<'a> Parser<'a> {
             let run = rest
                 .iter()
                 .position(|&b| b == b'"' || b == b'\\')
-                .ok_or_else(|| DrvParseError {
+                .ok_or(DrvParseError {
                     offset: self.s.len(),
                     kind: DrvParseErrorKind::Truncated,
                 })?;

@@ -43,9 +43,12 @@ impl NarListing {
     }
 }
 
+/// A directory being listed: its path and the entries seen so far.
+type OpenDir = (Vec<u8>, BTreeMap<Vec<u8>, NarEntry>);
+
 #[derive(Default)]
 struct Lister {
-    stack: Vec<(Vec<u8>, BTreeMap<Vec<u8>, NarEntry>)>,
+    stack: Vec<OpenDir>,
     root: Option<NarEntry>,
 }
 
