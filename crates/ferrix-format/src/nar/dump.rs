@@ -171,6 +171,13 @@ impl Write for ChunkSender {
 /// The NAR hash and NAR size of `path`. Reading the tree and hashing run on two threads, so
 /// the result arrives at the speed of the hash function alone.
 pub fn hash_path(path: &Path, algo: HashAlgo) -> Result<(Hash, u64), DumpError> {
+    // Small single files are not worth a thread.
+    let meta = fs::symlink_metadata(path).map_err(read_err(path))?;
+    if !meta.is_dir() && meta.len() < 4 * CHUNK as u64 {
+        let mut sink = HashSink::new(algo);
+        dump_path(path, &mut sink)?;
+        return Ok(sink.finish());
+    }
     let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(8);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
