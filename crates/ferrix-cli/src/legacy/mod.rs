@@ -8,34 +8,31 @@ use std::ffi::OsString;
 use anyhow::{bail, Result};
 
 /// Arguments as Nix's classic commands take them: flags and their values in order.
+/// Operands stay `OsString`, so paths need not be UTF-8.
 #[derive(Debug)]
 pub struct ArgIter {
-    args: std::vec::IntoIter<String>,
+    args: std::vec::IntoIter<OsString>,
     cmd: &'static str,
 }
 
 impl ArgIter {
-    pub fn new(cmd: &'static str, args: &[OsString]) -> Result<Self> {
-        let mut v = Vec::with_capacity(args.len());
-        for a in args {
-            match a.to_str() {
-                Some(s) => v.push(s.to_owned()),
-                None => bail!(
-                    "{cmd}: argument '{}' is not valid UTF-8",
-                    a.to_string_lossy()
-                ),
-            }
-        }
-        Ok(Self {
-            args: v.into_iter(),
+    pub fn new(cmd: &'static str, args: &[OsString]) -> Self {
+        Self {
+            args: args.to_vec().into_iter(),
             cmd,
-        })
+        }
     }
 
-    /// The value after a flag such as `--type`.
+    /// The value after a flag such as `--type`, as text.
     pub fn value(&mut self, flag: &str) -> Result<String> {
         match self.args.next() {
-            Some(v) => Ok(v),
+            Some(v) => match v.into_string() {
+                Ok(s) => Ok(s),
+                Err(v) => bail!(
+                    "the value '{}' of '{flag}' is not valid UTF-8",
+                    v.to_string_lossy()
+                ),
+            },
             None => bail!(
                 "flag '{flag}' requires an argument\nTry '{} --help' for more information.",
                 self.cmd
@@ -52,8 +49,8 @@ impl ArgIter {
 }
 
 impl Iterator for ArgIter {
-    type Item = String;
-    fn next(&mut self) -> Option<String> {
+    type Item = OsString;
+    fn next(&mut self) -> Option<OsString> {
         self.args.next()
     }
 }

@@ -17,7 +17,7 @@ const HELP: &str = "Usage: nix-hash [--type md5|sha1|sha256|sha512] [--base16|--
 Print the hash of the NAR serialisation of each PATH (md5 in base-16 by default).";
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
-    let mut it = ArgIter::new("nix-hash", args)?;
+    let mut it = ArgIter::new("nix-hash", args);
     let mut algo = HashAlgo::Md5;
     let mut enc = Encoding::Base16;
     let mut flat = false;
@@ -25,7 +25,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut convert: Option<Encoding> = None;
     let mut operands = Vec::new();
     while let Some(a) = it.next() {
-        match a.as_str() {
+        match a.to_str().unwrap_or("") {
             "--help" => {
                 shell.println(HELP)?;
                 return Ok(ExitCode::SUCCESS);
@@ -55,14 +55,15 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     }
     if let Some(to) = convert {
         for text in &operands {
-            shell.println(Hash::parse(text, Some(algo))?.encode(to))?;
+            let text = text.to_string_lossy();
+            shell.println(Hash::parse(&text, Some(algo))?.encode(to))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
     for p in &operands {
         let path = Path::new(p);
         let mut h = if flat {
-            hash_file(path, algo).with_context(|| format!("reading file '{p}'"))?
+            hash_file(path, algo).with_context(|| format!("reading file '{}'", path.display()))?
         } else {
             nar::hash_path(path, algo)?.0
         };

@@ -31,7 +31,7 @@ enum Op {
 }
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
-    let mut it = ArgIter::new("nix-store", args)?;
+    let mut it = ArgIter::new("nix-store", args);
     let mut op: Option<Op> = None;
     let mut operands = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
@@ -44,7 +44,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         Ok(())
     };
     while let Some(a) = it.next() {
-        match a.as_str() {
+        match a.to_str().unwrap_or("") {
             "--help" => {
                 shell.println(HELP)?;
                 return Ok(ExitCode::SUCCESS);
@@ -88,8 +88,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             let [name, sk_file, pk_file] = &operands[..] else {
                 bail!("three arguments expected\nTry 'nix-store --help' for more information.");
             };
-            check_key_name(name)?;
-            let sk = SecretKey::generate(name)?;
+            let name = name.to_string_lossy();
+            check_key_name(&name)?;
+            let sk = SecretKey::generate(&name)?;
             write_key(Path::new(sk_file), &sk.to_string(), 0o600)?;
             write_key(Path::new(pk_file), &sk.to_public().to_string(), 0o644)?;
         }
