@@ -87,6 +87,10 @@ impl StorePath {
             }
             return Err(StorePathError::TooShort(base.to_owned()));
         }
+        // Checked before splitting: a multi-byte character may straddle the hash's end.
+        if !base.is_char_boundary(HASH_LEN) {
+            return Err(StorePathError::BadHash(base.to_owned()));
+        }
         let (h, rest) = base.split_at(HASH_LEN);
         if !nixbase32::is_nix32(h.as_bytes()) || !rest.starts_with('-') {
             return Err(StorePathError::BadHash(base.to_owned()));

@@ -347,7 +347,8 @@ fn node<R: Read, V: NarVisitor + ?Sized>(
             let res = v.regular(path, executable, size, start, &mut c);
             let left = c.left;
             if let Err(e) = res {
-                if e.kind() == io::ErrorKind::UnexpectedEof && r.offset < start + size {
+                // `size` comes from the archive: it may be absurd, so no plain addition.
+                if e.kind() == io::ErrorKind::UnexpectedEof && r.offset - start < size {
                     return Err(r.err(NarErrorKind::Truncated));
                 }
                 return Err(visit_err(r, path, e));
