@@ -18,7 +18,7 @@ pub struct ArgIter {
 impl ArgIter {
     pub fn new(cmd: &'static str, args: &[OsString]) -> Self {
         Self {
-            args: args.to_vec().into_iter(),
+            args: args.iter().cloned().collect::<Vec<_>>().into_iter(),
             cmd,
         }
     }
