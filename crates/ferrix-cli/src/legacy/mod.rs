@@ -16,9 +16,9 @@ pub struct ArgIter {
 }
 
 impl ArgIter {
-    pub fn new(cmd: &'static str, args: &[OsString]) -> Self {
+    pub fn new(cmd: &'static str, args: Vec<OsString>) -> Self {
         Self {
-            args: args.iter().cloned().collect::<Vec<_>>().into_iter(),
+            args: args.into_iter(),
             cmd,
         }
     }

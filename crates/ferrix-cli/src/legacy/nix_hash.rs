@@ -17,7 +17,7 @@ const HELP: &str = "Usage: nix-hash [--type md5|sha1|sha256|sha512] [--base16|--
 Print the hash of the NAR serialisation of each PATH (md5 in base-16 by default).";
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
-    let mut it = ArgIter::new("nix-hash", args);
+    let mut it = ArgIter::new("nix-hash", args.to_vec());
     let mut algo = HashAlgo::Md5;
     let mut enc = Encoding::Base16;
     let mut flat = false;

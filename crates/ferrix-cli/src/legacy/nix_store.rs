@@ -31,7 +31,7 @@ enum Op {
 }
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
-    let mut it = ArgIter::new("nix-store", args);
+    let mut it = ArgIter::new("nix-store", args.to_vec());
     let mut op: Option<Op> = None;
     let mut operands = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
