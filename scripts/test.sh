@@ -28,4 +28,8 @@ if cargo clippy --version >/dev/null 2>&1; then
 fi
 # The interop tests refuse to skip; tell them real Nix is expected.
 export FERRIX_REQUIRE_NIX=1
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo ends on the doc-tests of crates that have none).
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
