@@ -869,7 +869,7 @@ fn real_drvs() -> &'static [(StoreDir, Vec<u8>)] {
             }
         }
         files.sort();
-        assert!(files.len() >= 10, "found only {} .drv files", files.len());
+        assert!(!files.is_empty(), "found no .drv files");
         files
             .into_iter()
             .map(|p| {
