@@ -4,8 +4,22 @@ pub mod nix_hash;
 pub mod nix_store;
 
 use std::ffi::OsString;
+use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+
+use crate::shell::Shell;
+
+/// What a flag every classic command shares did.
+#[derive(Debug)]
+pub enum Common {
+    /// `--help` or `--version`: the command is done.
+    Exit(ExitCode),
+    /// An accepted-and-ignored flag (with its value) was consumed.
+    Consumed,
+    /// Not a shared flag; the command handles it.
+    Other,
+}
 
 /// Arguments as Nix's classic commands take them: flags and their values in order.
 /// Operands stay `OsString`, so paths need not be UTF-8.
@@ -40,6 +54,24 @@ impl ArgIter {
         }
     }
 
+    /// `--help`, `--version`, and the flags Nix scripts pass that Ferrix ignores.
+    pub fn common(&mut self, flag: &str, help: &str, shell: &mut Shell) -> Result<Common> {
+        match flag {
+            "--help" => shell.println(help)?,
+            "--version" => shell.println(format!(
+                "{} (Ferrix) {}",
+                self.cmd,
+                env!("CARGO_PKG_VERSION")
+            ))?,
+            "--extra-experimental-features" | "--experimental-features" => {
+                self.value(flag)?;
+                return Ok(Common::Consumed);
+            }
+            _ => return Ok(Common::Other),
+        }
+        Ok(Common::Exit(ExitCode::SUCCESS))
+    }
+
     pub fn unknown(&self, flag: &str) -> anyhow::Error {
         anyhow::anyhow!(
             "unrecognised flag '{flag}'\nTry '{} --help' for more information.",
@@ -53,12 +85,4 @@ impl Iterator for ArgIter {
     fn next(&mut self) -> Option<OsString> {
         self.args.next()
     }
-}
-
-/// Flags every Nix command accepts and Ferrix ignores (all features are always on).
-pub fn is_ignored_flag(flag: &str) -> bool {
-    matches!(
-        flag,
-        "--extra-experimental-features" | "--experimental-features"
-    )
 }

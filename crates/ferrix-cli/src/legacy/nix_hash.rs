@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use ferrix_format::hash::{compress, hash_file};
 use ferrix_format::{nar, Encoding, Hash, HashAlgo};
 
-use super::{is_ignored_flag, ArgIter};
+use super::{ArgIter, Common};
 use crate::shell::Shell;
 
 const HELP: &str = "Usage: nix-hash [--type md5|sha1|sha256|sha512] [--base16|--base32|--base64|--sri] [--flat] [--truncate] PATH...
@@ -25,15 +25,13 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut convert: Option<Encoding> = None;
     let mut operands = Vec::new();
     while let Some(a) = it.next() {
-        match a.to_str().unwrap_or("") {
-            "--help" => {
-                shell.println(HELP)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            "--version" => {
-                shell.println(concat!("nix-hash (Ferrix) ", env!("CARGO_PKG_VERSION")))?;
-                return Ok(ExitCode::SUCCESS);
-            }
+        let flag = a.to_str().unwrap_or("");
+        match it.common(flag, HELP, shell)? {
+            Common::Exit(code) => return Ok(code),
+            Common::Consumed => continue,
+            Common::Other => {}
+        }
+        match flag {
             "--type" => algo = it.value("--type")?.parse()?,
             "--base16" => enc = Encoding::Base16,
             "--base32" => enc = Encoding::Nix32,
@@ -45,9 +43,6 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--to-base32" => convert = Some(Encoding::Nix32),
             "--to-base64" => convert = Some(Encoding::Base64),
             "--to-sri" => convert = Some(Encoding::Sri),
-            f if is_ignored_flag(f) => {
-                it.value(f)?;
-            }
             "--" => operands.extend(it.by_ref()),
             f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
             _ => operands.push(a),

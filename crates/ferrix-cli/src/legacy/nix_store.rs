@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use ferrix_format::nar;
 use ferrix_format::signature::SecretKey;
 
-use super::{is_ignored_flag, ArgIter};
+use super::{ArgIter, Common};
 use crate::cmd::check_key_name;
 use crate::shell::Shell;
 
@@ -44,21 +44,16 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         Ok(())
     };
     while let Some(a) = it.next() {
-        match a.to_str().unwrap_or("") {
-            "--help" => {
-                shell.println(HELP)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            "--version" => {
-                shell.println(concat!("nix-store (Ferrix) ", env!("CARGO_PKG_VERSION")))?;
-                return Ok(ExitCode::SUCCESS);
-            }
+        let flag = a.to_str().unwrap_or("");
+        match it.common(flag, HELP, shell)? {
+            Common::Exit(code) => return Ok(code),
+            Common::Consumed => continue,
+            Common::Other => {}
+        }
+        match flag {
             "--dump" => set(&mut op, Op::Dump)?,
             "--restore" => set(&mut op, Op::Restore)?,
             "--generate-binary-cache-key" => set(&mut op, Op::GenerateKey)?,
-            f if is_ignored_flag(f) => {
-                it.value(f)?;
-            }
             "--" => operands.extend(it.by_ref()),
             f if f.starts_with('-') && f.len() > 1 => {
                 bail!(
