@@ -1,3 +1,21 @@
-//! The Store trait and its backends (local SQLite store, binary caches, ssh).
-//!
-//! Empty until the local-store issue fills it; see `ARCHITECTURE.md`.
+//! Nix-compatible stores. Today: the local store — Nix's directory layout and SQLite schema,
+//! all-or-nothing additions, `flock` path locks as Nix takes them, and garbage collection.
+
+pub mod canon;
+pub mod closure;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod export;
+pub mod fsutil;
+pub mod gc;
+pub mod local;
+pub mod lock;
+pub mod path_info;
+pub mod temproots;
+pub mod verify;
+
+pub use config::LocalStoreConfig;
+pub use error::{Result, StoreError};
+pub use local::LocalStore;
+pub use path_info::ValidPathInfo;

@@ -11,7 +11,7 @@ mod restore;
 pub use dump::{dump_path, hash_path, DumpError};
 pub use listing::{list, NarEntry, NarListing};
 pub use parse::{parse, parse_exact, NarError, NarErrorKind, NarVisitor};
-pub use restore::{restore, RestoreError};
+pub use restore::{restore, restore_prefix, RestoreError};
 
 /// The first framed string of every NAR.
 pub const MAGIC: &[u8] = b"nix-archive-1";

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::parse::{parse_exact, NarError, NarVisitor};
+use super::parse::{parse, parse_exact, NarError, NarVisitor};
 
 /// Why a restore failed.
 #[derive(Debug, Error)]
@@ -89,6 +89,19 @@ pub fn restore<R: Read>(input: R, target: &Path) -> Result<u64, RestoreError> {
         buf: vec![0u8; 256 * 1024],
     };
     parse_exact(input, &mut r).map_err(|source| RestoreError::Nar {
+        target: target.to_owned(),
+        source,
+    })
+}
+
+/// Like [`restore`], but for an archive embedded in a longer stream: reading stops right after
+/// the archive's last byte.
+pub fn restore_prefix<R: Read>(input: R, target: &Path) -> Result<u64, RestoreError> {
+    let mut r = Restorer {
+        target,
+        buf: vec![0u8; 256 * 1024],
+    };
+    parse(input, &mut r).map_err(|source| RestoreError::Nar {
         target: target.to_owned(),
         source,
     })

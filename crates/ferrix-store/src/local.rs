@@ -1,0 +1,643 @@
+//! The local store: files under the store directory, metadata in SQLite, all or nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use ferrix_format::hash::{HashSink, Hasher};
+use ferrix_format::nar;
+use ferrix_format::{
+    ContentAddress, Derivation, FileIngestionMethod, Hash, HashAlgo, StoreDir, StorePath,
+};
+
+use crate::canon::canonicalise;
+use crate::config::LocalStoreConfig;
+use crate::db::Db;
+use crate::error::{io_err, Result, StoreError};
+use crate::fsutil::{delete_path, pid_alive, sync_dir};
+use crate::lock::{FileLock, PathLock};
+use crate::path_info::ValidPathInfo;
+use crate::temproots::TempRoots;
+
+/// Directory (inside the store's file system) where new contents are assembled.
+const TMP_DIR: &str = ".ferrix-tmp";
+
+/// An open local store. One per process is enough; it is `Sync`.
+#[derive(Debug)]
+pub struct LocalStore {
+    config: LocalStoreConfig,
+    db: Mutex<Db>,
+    temp_roots: Mutex<Option<TempRoots>>,
+    tmp_counter: AtomicU64,
+    _big_lock: FileLock,
+}
+
+/// A tree restored into a temporary directory, hashed, not yet in place.
+pub(crate) struct Staged {
+    dir: PathBuf,
+    pub(crate) nar_hash: Hash,
+    pub(crate) nar_size: u64,
+}
+
+impl Staged {
+    fn tree(&self) -> PathBuf {
+        self.dir.join("x")
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = delete_path(&self.dir);
+    }
+}
+
+/// Copies a NAR stream into a hasher as it is read.
+struct HashingReader<R> {
+    inner: R,
+    sink: HashSink,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sink.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+impl LocalStore {
+    /// Open the store, creating its directories and database when missing, and finish or
+    /// undo whatever a crashed process left half-done.
+    pub fn open(config: LocalStoreConfig) -> Result<Self> {
+        for d in [
+            config.real_store_dir.clone(),
+            config.state_dir.clone(),
+            config.db_dir(),
+            config.state_dir.join("gcroots"),
+            config.state_dir.join("temproots"),
+            config.state_dir.join("profiles"),
+            config.state_dir.join("ferrix/pending"),
+            config.real_store_dir.join(TMP_DIR),
+        ] {
+            fs::create_dir_all(&d).map_err(io_err("creating directory", &d))?;
+        }
+        let big_lock = FileLock::acquire(&config.db_dir().join("big-lock"), true, true)?
+            .ok_or_else(|| StoreError::Format("could not take the big store lock".into()))?;
+        let db = Db::open(&config.db_dir(), &config.store_dir)?;
+        let store = Self {
+            config,
+            db: Mutex::new(db),
+            temp_roots: Mutex::new(None),
+            tmp_counter: AtomicU64::new(0),
+            _big_lock: big_lock,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &LocalStoreConfig {
+        &self.config
+    }
+
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.config.store_dir
+    }
+
+    /// The full logical path, `/nix/store/<hash>-<name>`.
+    pub fn print(&self, p: &StorePath) -> String {
+        self.config.store_dir.display(p)
+    }
+
+    /// Parse a full logical path (or one under the physical store dir) into a store path.
+    pub fn parse_path(&self, s: &str) -> Result<StorePath> {
+        let sd = &self.config.store_dir;
+        let parsed = sd.parse_path(s).or_else(|e| {
+            let real = self.config.real_store_dir.to_string_lossy();
+            match s.strip_prefix(&*real) {
+                Some(rest) => {
+                    StoreDir::new(&real).and_then(|rd| rd.parse_path(&format!("{rd}{rest}")))
+                }
+                None => Err(e),
+            }
+        });
+        parsed.map_err(|source| StoreError::BadName {
+            path: s.to_owned(),
+            source,
+        })
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn real_path(&self, p: &StorePath) -> PathBuf {
+        self.config.real_path(p)
+    }
+
+    fn lock_file(&self, p: &StorePath) -> PathBuf {
+        self.config.real_store_dir.join(format!("{p}.lock"))
+    }
+
+    fn intent_file(&self, p: &StorePath) -> PathBuf {
+        self.config
+            .state_dir
+            .join("ferrix/pending")
+            .join(p.to_string())
+    }
+
+    /// Paths that were being put in place when a process died: the intent file names them.
+    /// Whoever can take a path's lock knows its adder is gone; an unregistered path is removed.
+    /// Temporary trees of dead processes are removed too.
+    fn recover(&self) -> Result<()> {
+        let pending = self.config.state_dir.join("ferrix/pending");
+        for e in fs::read_dir(&pending).map_err(io_err("reading directory", &pending))? {
+            let e = e.map_err(io_err("reading directory", &pending))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(p) = StorePath::from_base_name(&name) else {
+                let _ = fs::remove_file(e.path());
+                continue;
+            };
+            let Some(mut lock) = PathLock::acquire(&self.lock_file(&p), false)? else {
+                continue; // its adder is still at work
+            };
+            if !self.db().is_valid(&p)? {
+                delete_path(&self.real_path(&p))?;
+            } else {
+                lock.set_delete_on_unlock();
+            }
+            let _ = fs::remove_file(e.path());
+        }
+        let tmp = self.config.real_store_dir.join(TMP_DIR);
+        for e in fs::read_dir(&tmp).map_err(io_err("reading directory", &tmp))? {
+            let e = e.map_err(io_err("reading directory", &tmp))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if pid.is_none_or(|pid| pid != std::process::id() && !pid_alive(pid)) {
+                delete_path(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep `p` alive against a concurrent garbage collection for this process's lifetime.
+    pub fn add_temp_root(&self, p: &StorePath) -> Result<()> {
+        let mut g = self.temp_roots.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(TempRoots::create(&self.config.state_dir)?);
+        }
+        let full = self.print(p);
+        match g.as_mut() {
+            Some(t) => t.add(&full),
+            None => Ok(()),
+        }
+    }
+
+    // ---- queries ---------------------------------------------------------------------
+
+    pub fn is_valid_path(&self, p: &StorePath) -> Result<bool> {
+        self.db().is_valid(p)
+    }
+
+    pub fn query_path_info(&self, p: &StorePath) -> Result<Option<ValidPathInfo>> {
+        self.db().path_info(p)
+    }
+
+    /// Path info of a path that must be valid.
+    pub fn path_info(&self, p: &StorePath) -> Result<ValidPathInfo> {
+        self.query_path_info(p)?
+            .ok_or_else(|| StoreError::NotValid(self.print(p)))
+    }
+
+    pub fn references(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db().references(p)
+    }
+
+    pub fn referrers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db().referrers(p)
+    }
+
+    pub fn valid_derivers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db().valid_derivers(p)
+    }
+
+    pub fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>> {
+        self.db().derivation_outputs(drv)
+    }
+
+    pub fn all_valid_paths(&self) -> Result<Vec<StorePath>> {
+        self.db().all_valid()
+    }
+
+    /// The closure of `paths` under references; optionally with the outputs of derivations
+    /// and the derivers of paths, as `nix-store -qR --include-outputs` does.
+    pub fn closure(
+        &self,
+        paths: impl IntoIterator<Item = StorePath>,
+        include_outputs: bool,
+        include_derivers: bool,
+    ) -> Result<BTreeSet<StorePath>> {
+        let db = self.db();
+        crate::closure::closure(paths, |p| {
+            let info = db
+                .path_info(p)?
+                .ok_or_else(|| StoreError::NotValid(db_print(&self.config.store_dir, p)))?;
+            let mut next: Vec<StorePath> = info.references.into_iter().collect();
+            if include_outputs && p.is_derivation() {
+                for o in db.derivation_outputs(p)?.into_values() {
+                    if db.is_valid(&o)? {
+                        next.push(o);
+                    }
+                }
+            }
+            if include_derivers {
+                if let Some(d) = info.deriver {
+                    if db.is_valid(&d)? {
+                        next.push(d);
+                    }
+                }
+            }
+            Ok(next)
+        })
+    }
+
+    /// Every path that (transitively) refers to one of `paths`.
+    pub fn referrers_closure(
+        &self,
+        paths: impl IntoIterator<Item = StorePath>,
+    ) -> Result<BTreeSet<StorePath>> {
+        let db = self.db();
+        crate::closure::closure(paths, |p| Ok(db.referrers(p)?.into_iter().collect()))
+    }
+
+    /// `paths` ordered references-first.
+    pub fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
+        let db = self.db();
+        crate::closure::topo_sort(&self.config.store_dir, paths, |p| {
+            Ok(db.references(p)?.into_iter().collect())
+        })
+    }
+
+    /// Write the NAR of a valid path.
+    pub fn nar_from_path(&self, p: &StorePath, out: impl Write) -> Result<()> {
+        if !self.is_valid_path(p)? {
+            return Err(StoreError::NotValid(self.print(p)));
+        }
+        let real = self.real_path(p);
+        nar::dump_path(&real, out).map_err(|source| StoreError::Dump { path: real, source })
+    }
+
+    // ---- adding ---------------------------------------------------------------------
+
+    fn new_tmp_dir(&self) -> Result<PathBuf> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .config
+            .real_store_dir
+            .join(TMP_DIR)
+            .join(format!("{}-{n}", std::process::id()));
+        let _ = delete_path(&dir);
+        fs::create_dir(&dir).map_err(io_err("creating directory", &dir))?;
+        Ok(dir)
+    }
+
+    /// Restore a NAR stream into a fresh temporary directory while hashing it. With `exact`,
+    /// the stream must end with the archive; otherwise reading stops at its end.
+    pub(crate) fn stage(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
+        let dir = self.new_tmp_dir()?;
+        let mut reader = HashingReader {
+            inner: nar_stream,
+            sink: HashSink::new(HashAlgo::Sha256),
+        };
+        let mut staged = Staged {
+            dir,
+            nar_hash: Hash::zero(HashAlgo::Sha256),
+            nar_size: 0,
+        };
+        let restored = if exact {
+            nar::restore(&mut reader, &staged.tree())
+        } else {
+            nar::restore_prefix(&mut reader, &staged.tree())
+        };
+        restored.map_err(|e| match e {
+            nar::RestoreError::Nar { source, .. } => StoreError::Nar {
+                path: what.to_owned(),
+                source,
+            },
+        })?;
+        let (h, n) = reader.sink.finish();
+        staged.nar_hash = h;
+        staged.nar_size = n;
+        Ok(staged)
+    }
+
+    /// Put a staged tree in place as `info.path` and register it; the caller holds the lock.
+    pub(crate) fn commit(
+        &self,
+        staged: Staged,
+        info: ValidPathInfo,
+        drv_outputs: BTreeMap<String, StorePath>,
+        lock: &mut PathLock,
+    ) -> Result<()> {
+        let p = info.path.clone();
+        for r in &info.references {
+            if *r != p && !self.is_valid_path(r)? {
+                return Err(StoreError::ReferenceNotValid {
+                    path: self.print(&p),
+                    reference: self.print(r),
+                });
+            }
+        }
+        canonicalise(&staged.tree())?;
+        let dest = self.real_path(&p);
+        // Left by a process that died before registering it.
+        delete_path(&dest)?;
+        let intent = self.intent_file(&p);
+        fs::File::create(&intent).map_err(io_err("creating", &intent))?;
+        fs::rename(staged.tree(), &dest).map_err(io_err("moving into place", &dest))?;
+        sync_dir(&self.config.real_store_dir)?;
+        let mut outs = BTreeMap::new();
+        if !drv_outputs.is_empty() {
+            outs.insert(p.clone(), drv_outputs);
+        }
+        let res = self.db().register(std::slice::from_ref(&info), &outs);
+        if let Err(e) = res {
+            // Never leave an unregistered path behind.
+            let _ = delete_path(&dest);
+            let _ = fs::remove_file(&intent);
+            return Err(e);
+        }
+        let _ = fs::remove_file(&intent);
+        lock.set_delete_on_unlock();
+        Ok(())
+    }
+
+    /// The outputs a staged `.drv` declares, to record in `DerivationOutputs` as Nix does; a
+    /// `.drv` that does not parse simply records none.
+    pub(crate) fn staged_drv_outputs(
+        &self,
+        staged: &Staged,
+        p: &StorePath,
+    ) -> BTreeMap<String, StorePath> {
+        if !p.is_derivation() {
+            return BTreeMap::new();
+        }
+        fs::read(staged.tree())
+            .ok()
+            .and_then(|text| Derivation::parse_aterm(&self.config.store_dir, &text).ok())
+            .map(|drv| {
+                drv.outputs
+                    .iter()
+                    .filter_map(|(o, out)| out.path().map(|x| (o.clone(), x.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Lock `p`, returning `None` (and releasing) when it is already valid.
+    pub(crate) fn lock_unless_valid(&self, p: &StorePath) -> Result<Option<PathLock>> {
+        self.add_temp_root(p)?;
+        if self.is_valid_path(p)? {
+            return Ok(None);
+        }
+        let mut lock = PathLock::acquire(&self.lock_file(p), true)?
+            .ok_or_else(|| StoreError::Format("lock unavailable".into()))?;
+        if self.is_valid_path(p)? {
+            lock.set_delete_on_unlock();
+            return Ok(None);
+        }
+        Ok(Some(lock))
+    }
+
+    /// Add a file system tree (`nix-store --add`, `--add-fixed`): recursive ingestion hashes the
+    /// NAR with `algo`; flat ingestion hashes the bytes of a regular file.
+    pub fn add_path(
+        &self,
+        src: &Path,
+        name: &str,
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+    ) -> Result<StorePath> {
+        ferrix_format::store_path::validate_name(name).map_err(|source| StoreError::BadName {
+            path: name.to_owned(),
+            source,
+        })?;
+        let meta = fs::symlink_metadata(src).map_err(io_err("reading", src))?;
+        if method == FileIngestionMethod::Flat && !meta.is_file() {
+            return Err(StoreError::NotRegularFile {
+                path: src.to_owned(),
+            });
+        }
+        // One pass: the NAR is produced on one thread and restored (and hashed) on this one.
+        let (rd, wr) = pipe()?;
+        let src_owned = src.to_owned();
+        let mut ca_hasher = (method == FileIngestionMethod::Recursive && algo != HashAlgo::Sha256)
+            .then(|| Hasher::new(algo));
+        let dumper = std::thread::spawn(move || -> std::result::Result<(), nar::DumpError> {
+            nar::dump_path(&src_owned, wr)
+        });
+        let staged = {
+            // Moved in, so that an early failure closes the pipe and the dumper stops.
+            let tee = TeeReader {
+                inner: rd,
+                extra: ca_hasher.as_mut(),
+            };
+            self.stage(tee, &src.display().to_string(), true)
+        };
+        let dumped = dumper
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        dumped.map_err(|source| StoreError::Dump {
+            path: src.to_owned(),
+            source,
+        })?;
+        let staged = staged?;
+        let ca_hash = match method {
+            FileIngestionMethod::Flat => ferrix_format::hash::hash_file(&staged.tree(), algo)
+                .map_err(io_err("hashing", staged.tree()))?,
+            FileIngestionMethod::Recursive => match ca_hasher {
+                Some(h) => h.finish(),
+                None => staged.nar_hash,
+            },
+        };
+        let ca = ContentAddress::Fixed {
+            method,
+            hash: ca_hash,
+        };
+        let p = self
+            .config
+            .store_dir
+            .make_ca_path(name, &ca, [], false)
+            .map_err(|source| StoreError::BadName {
+                path: name.to_owned(),
+                source,
+            })?;
+        let Some(mut lock) = self.lock_unless_valid(&p)? else {
+            return Ok(p);
+        };
+        let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
+        info.ca = Some(ca);
+        info.ultimate = true;
+        self.commit(staged, info, BTreeMap::new(), &mut lock)?;
+        Ok(p)
+    }
+
+    /// Add a text file with references (`builtins.toFile`, `.drv` files).
+    pub fn add_text(
+        &self,
+        name: &str,
+        text: &[u8],
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath> {
+        self.add_text_inner(name, text, refs, BTreeMap::new())
+    }
+
+    fn add_text_inner(
+        &self,
+        name: &str,
+        text: &[u8],
+        refs: &BTreeSet<StorePath>,
+        drv_outputs: BTreeMap<String, StorePath>,
+    ) -> Result<StorePath> {
+        let hash = Hash::sha256(text);
+        let p = self
+            .config
+            .store_dir
+            .make_text_path(name, &hash, refs)
+            .map_err(|source| StoreError::BadName {
+                path: name.to_owned(),
+                source,
+            })?;
+        let Some(mut lock) = self.lock_unless_valid(&p)? else {
+            return Ok(p);
+        };
+        let mut nar_bytes = Vec::with_capacity(text.len() + 128);
+        write_file_nar(&mut nar_bytes, text);
+        let staged = self.stage(&nar_bytes[..], name, true)?;
+        let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
+        info.references = refs.clone();
+        info.ca = Some(ContentAddress::Text(hash));
+        info.ultimate = true;
+        self.commit(staged, info, drv_outputs, &mut lock)?;
+        Ok(p)
+    }
+
+    /// Write a derivation to the store as `<name>.drv`, recording its outputs.
+    pub fn add_derivation(&self, drv: &Derivation, name: &str) -> Result<StorePath> {
+        let text = drv.to_aterm(&self.config.store_dir);
+        let outs = drv
+            .outputs
+            .iter()
+            .filter_map(|(o, out)| out.path().map(|p| (o.clone(), p.clone())))
+            .collect();
+        self.add_text_inner(
+            &format!("{name}.drv"),
+            text.as_bytes(),
+            &drv.references(),
+            outs,
+        )
+    }
+
+    /// Add a path from its NAR, with metadata from elsewhere (import, substitution). The NAR
+    /// must match `info`'s hash and size (when the size is known).
+    pub fn add_nar(&self, info: &ValidPathInfo, nar_stream: impl Read) -> Result<()> {
+        let p = &info.path;
+        let Some(mut lock) = self.lock_unless_valid(p)? else {
+            // Consume the stream so that a caller reading several NARs stays in step.
+            let mut sink = SkipVisitor;
+            nar::parse(nar_stream, &mut sink).map_err(|source| StoreError::Nar {
+                path: self.print(p),
+                source,
+            })?;
+            return Ok(());
+        };
+        let staged = self.stage(nar_stream, &self.print(p), false)?;
+        if staged.nar_hash != info.nar_hash {
+            return Err(StoreError::HashMismatch {
+                path: self.print(p),
+                expected: info.nar_hash.encode_typed(ferrix_format::Encoding::Nix32),
+                got: staged.nar_hash.encode_typed(ferrix_format::Encoding::Nix32),
+            });
+        }
+        if info.nar_size != 0 && staged.nar_size != info.nar_size {
+            return Err(StoreError::SizeMismatch {
+                path: self.print(p),
+                expected: info.nar_size,
+                got: staged.nar_size,
+            });
+        }
+        let drv_outputs = self.staged_drv_outputs(&staged, p);
+        let mut info = info.clone();
+        info.nar_size = staged.nar_size;
+        self.commit(staged, info, drv_outputs, &mut lock)
+    }
+
+    /// Remove valid paths that nothing refers to (apart from each other), referrers first.
+    /// Liveness against GC roots is the caller's business (see [`crate::gc`]).
+    pub fn invalidate_and_delete(&self, p: &StorePath) -> Result<u64> {
+        let mut lock = PathLock::acquire(&self.lock_file(p), true)?
+            .ok_or_else(|| StoreError::Format("lock unavailable".into()))?;
+        self.db().invalidate(p)?;
+        let freed = delete_path(&self.real_path(p))?;
+        lock.set_delete_on_unlock();
+        Ok(freed)
+    }
+}
+
+fn db_print(sd: &StoreDir, p: &StorePath) -> String {
+    sd.display(p)
+}
+
+/// The NAR of a single non-executable regular file.
+fn write_file_nar(out: &mut Vec<u8>, contents: &[u8]) {
+    use ferrix_format::wire::push_bytes;
+    push_bytes(out, nar::MAGIC);
+    push_bytes(out, b"(");
+    push_bytes(out, b"type");
+    push_bytes(out, b"regular");
+    push_bytes(out, b"contents");
+    push_bytes(out, contents);
+    push_bytes(out, b")");
+}
+
+/// Reads a NAR without keeping anything.
+struct SkipVisitor;
+
+impl nar::NarVisitor for SkipVisitor {
+    fn directory(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn regular(&mut self, _: &[u8], _: bool, _: u64, _: u64, _: &mut dyn Read) -> io::Result<()> {
+        Ok(())
+    }
+    fn symlink(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Feeds what is read to an optional second hasher.
+struct TeeReader<'a, R> {
+    inner: R,
+    extra: Option<&'a mut Hasher>,
+}
+
+impl<R: Read> Read for TeeReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = self.extra.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// An in-process pipe (reader, writer) for streaming a NAR between threads.
+fn pipe() -> Result<(io::PipeReader, io::PipeWriter)> {
+    io::pipe().map_err(|e| StoreError::Io {
+        what: "creating a pipe",
+        path: PathBuf::new(),
+        source: e,
+    })
+}

@@ -1,0 +1,99 @@
+//! Temporary GC roots: paths a running process is creating or using, kept alive for its lifetime.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::error::{io_err, Result};
+use crate::lock::FileLock;
+
+/// This process's `<state>/temproots/<pid>` file, exclusively locked while the process lives.
+#[derive(Debug)]
+pub struct TempRoots {
+    file: File,
+    path: PathBuf,
+    gc_lock: PathBuf,
+}
+
+impl TempRoots {
+    pub fn create(state_dir: &Path) -> Result<Self> {
+        let dir = state_dir.join("temproots");
+        let path = dir.join(std::process::id().to_string());
+        loop {
+            // A file with our pid is left over from a dead process that had it.
+            let _ = std::fs::remove_file(&path);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err("creating temp roots file", &path))?;
+            flock(&file, FlockOperation::LockExclusive)
+                .map_err(|e| io_err("locking", &path)(e.into()))?;
+            // The GC deletes (and marks) files of processes it believes dead; start over.
+            if file.metadata().map_err(io_err("reading", &path))?.len() != 0 {
+                continue;
+            }
+            return Ok(Self {
+                file,
+                path,
+                gc_lock: state_dir.join("gc.lock"),
+            });
+        }
+    }
+
+    /// Record `full_path` as a root. Waits while a garbage collection runs, so a collection
+    /// either sees this root or finishes before the path exists.
+    pub fn add(&mut self, full_path: &str) -> Result<()> {
+        let _gc = FileLock::acquire(&self.gc_lock, true, true)?;
+        let mut rec = full_path.as_bytes().to_vec();
+        rec.push(0);
+        self.file
+            .write_all(&rec)
+            .map_err(io_err("writing temp root to", &self.path))
+    }
+}
+
+impl Drop for TempRoots {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The temp roots of every live process; files of dead processes are removed.
+pub fn read_all(state_dir: &Path) -> Result<Vec<String>> {
+    let dir = state_dir.join("temproots");
+    let mut roots = Vec::new();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(roots),
+        Err(e) => return Err(io_err("reading directory", &dir)(e)),
+    };
+    for e in rd {
+        let e = e.map_err(io_err("reading directory", &dir))?;
+        if e.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let p = e.path();
+        let Ok(mut f) = OpenOptions::new().read(true).write(true).open(&p) else {
+            continue;
+        };
+        // If we can lock it, its owner is gone.
+        if flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = std::fs::remove_file(&p);
+            let _ = f.write_all(b"d");
+            continue;
+        }
+        let mut text = Vec::new();
+        f.read_to_end(&mut text).map_err(io_err("reading", &p))?;
+        for r in text.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+            roots.push(String::from_utf8_lossy(r).into_owned());
+        }
+    }
+    Ok(roots)
+}
