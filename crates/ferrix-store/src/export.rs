@@ -110,12 +110,12 @@ pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<Stor
             // A legacy signature; Nix ignores it too.
             read_string(&mut input, 65536)?;
         }
-        if let Some(mut lock) = store.lock_unless_valid(&p)? {
+        if let Some(lock) = store.lock_unless_valid(&p)? {
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.references = refs;
             info.deriver = deriver;
             let outs = store.staged_drv_outputs(&staged, &p);
-            store.commit(staged, info, outs, &mut lock)?;
+            store.commit(staged, info, outs, &lock)?;
         }
         imported.push(p);
     }

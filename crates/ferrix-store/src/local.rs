@@ -160,13 +160,11 @@ impl LocalStore {
                 let _ = fs::remove_file(e.path());
                 continue;
             };
-            let Some(mut lock) = PathLock::acquire(&self.lock_file(&p), false)? else {
+            let Some(_lock) = PathLock::acquire(&self.lock_file(&p), false)? else {
                 continue; // its adder is still at work
             };
             if !self.db().is_valid(&p)? {
                 delete_path(&self.real_path(&p))?;
-            } else {
-                lock.set_delete_on_unlock();
             }
             let _ = fs::remove_file(e.path());
         }
@@ -339,7 +337,7 @@ impl LocalStore {
         staged: Staged,
         info: ValidPathInfo,
         drv_outputs: BTreeMap<String, StorePath>,
-        lock: &mut PathLock,
+        _held: &PathLock,
     ) -> Result<()> {
         let p = info.path.clone();
         for r in &info.references {
@@ -370,7 +368,6 @@ impl LocalStore {
             return Err(e);
         }
         let _ = fs::remove_file(&intent);
-        lock.set_delete_on_unlock();
         Ok(())
     }
 
@@ -402,10 +399,9 @@ impl LocalStore {
         if self.is_valid_path(p)? {
             return Ok(None);
         }
-        let mut lock = PathLock::acquire(&self.lock_file(p), true)?
+        let lock = PathLock::acquire(&self.lock_file(p), true)?
             .ok_or_else(|| StoreError::Format("lock unavailable".into()))?;
         if self.is_valid_path(p)? {
-            lock.set_delete_on_unlock();
             return Ok(None);
         }
         Ok(Some(lock))
@@ -474,13 +470,13 @@ impl LocalStore {
                 path: name.to_owned(),
                 source,
             })?;
-        let Some(mut lock) = self.lock_unless_valid(&p)? else {
+        let Some(lock) = self.lock_unless_valid(&p)? else {
             return Ok(p);
         };
         let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
         info.ca = Some(ca);
         info.ultimate = true;
-        self.commit(staged, info, BTreeMap::new(), &mut lock)?;
+        self.commit(staged, info, BTreeMap::new(), &lock)?;
         Ok(p)
     }
 
@@ -510,7 +506,7 @@ impl LocalStore {
                 path: name.to_owned(),
                 source,
             })?;
-        let Some(mut lock) = self.lock_unless_valid(&p)? else {
+        let Some(lock) = self.lock_unless_valid(&p)? else {
             return Ok(p);
         };
         let mut nar_bytes = Vec::with_capacity(text.len() + 128);
@@ -520,7 +516,7 @@ impl LocalStore {
         info.references = refs.clone();
         info.ca = Some(ContentAddress::Text(hash));
         info.ultimate = true;
-        self.commit(staged, info, drv_outputs, &mut lock)?;
+        self.commit(staged, info, drv_outputs, &lock)?;
         Ok(p)
     }
 
@@ -544,7 +540,7 @@ impl LocalStore {
     /// must match `info`'s hash and size (when the size is known).
     pub fn add_nar(&self, info: &ValidPathInfo, nar_stream: impl Read) -> Result<()> {
         let p = &info.path;
-        let Some(mut lock) = self.lock_unless_valid(p)? else {
+        let Some(lock) = self.lock_unless_valid(p)? else {
             // Consume the stream so that a caller reading several NARs stays in step.
             let mut sink = SkipVisitor;
             nar::parse(nar_stream, &mut sink).map_err(|source| StoreError::Nar {
@@ -571,17 +567,16 @@ impl LocalStore {
         let drv_outputs = self.staged_drv_outputs(&staged, p);
         let mut info = info.clone();
         info.nar_size = staged.nar_size;
-        self.commit(staged, info, drv_outputs, &mut lock)
+        self.commit(staged, info, drv_outputs, &lock)
     }
 
     /// Remove valid paths that nothing refers to (apart from each other), referrers first.
     /// Liveness against GC roots is the caller's business (see [`crate::gc`]).
     pub fn invalidate_and_delete(&self, p: &StorePath) -> Result<u64> {
-        let mut lock = PathLock::acquire(&self.lock_file(p), true)?
+        let _lock = PathLock::acquire(&self.lock_file(p), true)?
             .ok_or_else(|| StoreError::Format("lock unavailable".into()))?;
         self.db().invalidate(p)?;
         let freed = delete_path(&self.real_path(p))?;
-        lock.set_delete_on_unlock();
         Ok(freed)
     }
 }

@@ -9,12 +9,13 @@ use rustix::fs::{flock, FlockOperation};
 
 use crate::error::{io_err, Result};
 
-/// An exclusive lock on a lock file, released on drop.
+/// An exclusive lock on a lock file, released on drop. The lock file is removed on release
+/// (and marked, so that processes waiting on the old file retry with a new one): locks leave
+/// nothing behind in the store.
 #[derive(Debug)]
 pub struct PathLock {
     file: File,
     path: PathBuf,
-    delete_on_unlock: bool,
 }
 
 impl PathLock {
@@ -53,14 +54,8 @@ impl PathLock {
             return Ok(Some(Self {
                 file,
                 path: path.to_owned(),
-                delete_on_unlock: false,
             }));
         }
-    }
-
-    /// On release, remove the lock file (the path it guards is now valid, nobody needs it).
-    pub fn set_delete_on_unlock(&mut self) {
-        self.delete_on_unlock = true;
     }
 
     pub fn path(&self) -> &Path {
@@ -70,11 +65,9 @@ impl PathLock {
 
 impl Drop for PathLock {
     fn drop(&mut self) {
-        if self.delete_on_unlock {
-            let _ = std::fs::remove_file(&self.path);
-            // Waiters holding the old file see it non-empty and reopen.
-            let _ = self.file.write_all(b"d");
-        }
+        let _ = std::fs::remove_file(&self.path);
+        // Waiters holding the old file see it non-empty and reopen.
+        let _ = self.file.write_all(b"d");
         // Closing the file releases the flock.
     }
 }

@@ -1,0 +1,219 @@
+//! The local store on a private temporary directory: adding, querying, GC, export/import.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use ferrix_format::{FileIngestionMethod, HashAlgo, StoreDir, StorePath};
+use ferrix_store::gc::{collect_garbage, GcAction, GcOptions};
+use ferrix_store::{LocalStore, LocalStoreConfig, StoreError};
+
+fn open(root: &Path) -> LocalStore {
+    let cfg = LocalStoreConfig::with_root(root, StoreDir::default());
+    LocalStore::open(cfg).unwrap()
+}
+
+fn set(v: &[&StorePath]) -> BTreeSet<StorePath> {
+    v.iter().map(|p| (*p).clone()).collect()
+}
+
+#[test]
+fn add_query_and_closure() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = store.add_text("a", b"aaa", &BTreeSet::new()).unwrap();
+    let text_b = format!("see {}", store.print(&a));
+    let b = store.add_text("b", text_b.as_bytes(), &set(&[&a])).unwrap();
+    assert_eq!(
+        store.print(&a),
+        StoreDir::default().display(
+            &StoreDir::default()
+                .make_text_path("a", &ferrix_format::Hash::sha256(b"aaa"), [])
+                .unwrap()
+        )
+    );
+    let info = store.path_info(&b).unwrap();
+    assert_eq!(info.references, set(&[&a]));
+    assert!(info.ultimate);
+    assert_eq!(info.ca.unwrap().to_string().split(':').next(), Some("text"));
+    assert_eq!(store.referrers(&a).unwrap(), set(&[&b]));
+    assert_eq!(
+        store.closure([b.clone()], false, false).unwrap(),
+        set(&[&a, &b])
+    );
+    // Contents are canonical: read-only, mtime 1.
+    let real = store.real_path(&b);
+    let m = fs::metadata(&real).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o444);
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&m), 1);
+    // Adding again is a no-op that returns the same path.
+    assert_eq!(
+        store.add_text("b", text_b.as_bytes(), &set(&[&a])).unwrap(),
+        b
+    );
+
+    // A tree, recursive sha256 (a source path) and flat.
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/f"), b"hello\n").unwrap();
+    fs::write(src.join("x"), b"exec").unwrap();
+    fs::set_permissions(src.join("x"), fs::Permissions::from_mode(0o755)).unwrap();
+    let p = store
+        .add_path(
+            &src,
+            "src",
+            FileIngestionMethod::Recursive,
+            HashAlgo::Sha256,
+        )
+        .unwrap();
+    let (h, n) = ferrix_format::nar::hash_path(&src, HashAlgo::Sha256).unwrap();
+    let info = store.path_info(&p).unwrap();
+    assert_eq!((info.nar_hash, info.nar_size), (h, n));
+    assert_eq!(
+        ferrix_format::nar::hash_path(&store.real_path(&p), HashAlgo::Sha256)
+            .unwrap()
+            .0,
+        h
+    );
+    let f = store
+        .add_path(
+            &src.join("sub/f"),
+            "f.txt",
+            FileIngestionMethod::Flat,
+            HashAlgo::Sha256,
+        )
+        .unwrap();
+    assert_eq!(
+        store.print(&f),
+        "/nix/store/d4b4lmbd433fa2xcdysz7p7zahnqh1z4-f.txt"
+    );
+    let err = store
+        .add_path(&src, "src", FileIngestionMethod::Flat, HashAlgo::Sha256)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotRegularFile { .. }));
+    let err = store.add_text("a b", b"x", &BTreeSet::new()).unwrap_err();
+    assert!(err.to_string().contains("illegal character"), "{err}");
+}
+
+#[test]
+fn references_must_be_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ghost = StorePath::from_base_name("0g1savw1cf7pji42hasyx0smc4aw15nw-ghost").unwrap();
+    let err = store.add_text("c", b"c", &set(&[&ghost])).unwrap_err();
+    assert!(matches!(err, StoreError::ReferenceNotValid { .. }), "{err}");
+    // Nothing was left behind.
+    let leftovers: Vec<_> = fs::read_dir(&store.config().real_store_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn gc_keeps_roots_and_deletes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = store.add_text("a", b"a", &BTreeSet::new()).unwrap();
+    let b = store.add_text("b", b"b", &set(&[&a])).unwrap();
+    let c = store.add_text("c", b"c", &BTreeSet::new()).unwrap();
+    let link = dir.path().join("result");
+    ferrix_store::gc::add_perm_root(&store, &b, &link).unwrap();
+    drop(store);
+    // A fresh process view: no temp roots of ours.
+    let store = open(dir.path());
+    let live = collect_garbage(&store, &GcOptions::new(GcAction::ReturnLive)).unwrap();
+    assert_eq!(live.paths, {
+        let mut v = vec![a.clone(), b.clone()];
+        v.sort();
+        v
+    });
+    let mut opts = GcOptions::new(GcAction::DeleteSpecific);
+    opts.paths = set(&[&a]);
+    let err = collect_garbage(&store, &opts).unwrap_err();
+    assert!(matches!(err, StoreError::Alive { .. }), "{err}");
+    let r = collect_garbage(&store, &GcOptions::new(GcAction::DeleteDead)).unwrap();
+    assert_eq!(r.paths, vec![c.clone()]);
+    assert!(!store.real_path(&c).exists());
+    assert!(store.is_valid_path(&a).unwrap() && store.is_valid_path(&b).unwrap());
+    // Remove the root: everything goes, referrers first.
+    fs::remove_file(&link).unwrap();
+    let r = collect_garbage(&store, &GcOptions::new(GcAction::DeleteDead)).unwrap();
+    assert_eq!(r.paths, vec![b.clone(), a.clone()]);
+    assert!(store.all_valid_paths().unwrap().is_empty());
+}
+
+#[test]
+fn export_import_round_trip_and_verify() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let s1 = open(d1.path());
+    let a = s1.add_text("a", b"a", &BTreeSet::new()).unwrap();
+    let b = s1.add_text("b", b"b", &set(&[&a])).unwrap();
+    let mut stream = Vec::new();
+    ferrix_store::export::export_paths(&s1, &set(&[&a, &b]), &mut stream).unwrap();
+    let s2 = open(d2.path());
+    let got = ferrix_store::export::import_paths(&s2, &stream[..]).unwrap();
+    assert_eq!(got, vec![a.clone(), b.clone()]);
+    let (i1, i2) = (s1.path_info(&b).unwrap(), s2.path_info(&b).unwrap());
+    assert_eq!(
+        (i1.nar_hash, i1.nar_size, &i1.references),
+        (i2.nar_hash, i2.nar_size, &i2.references)
+    );
+    // Importing a stream whose references come later fails, leaving nothing.
+    let d3 = tempfile::tempdir().unwrap();
+    let s3 = open(d3.path());
+    let mut only_b = Vec::new();
+    ferrix_store::export::export_paths(&s1, &set(&[&b]), &mut only_b).unwrap();
+    assert!(ferrix_store::export::import_paths(&s3, &only_b[..]).is_err());
+    assert!(!s3.real_path(&b).exists());
+
+    assert!(ferrix_store::verify::verify_store(&s2, true, None)
+        .unwrap()
+        .is_empty());
+    // Tamper with a file: verification names it.
+    let real = s2.real_path(&a);
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&real, b"tampered").unwrap();
+    let problems = ferrix_store::verify::verify_store(&s2, true, None).unwrap();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].describe(&s2).contains("was modified"));
+}
+
+#[test]
+fn recovery_removes_unregistered_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let cfg = store.config().clone();
+    drop(store);
+    // Simulate a crash between rename and registration.
+    let p = StorePath::from_base_name("0g1savw1cf7pji42hasyx0smc4aw15nw-t.txt").unwrap();
+    fs::write(cfg.real_path(&p), b"abc").unwrap();
+    fs::write(
+        cfg.state_dir.join("ferrix/pending").join(p.to_string()),
+        b"",
+    )
+    .unwrap();
+    let tmp = cfg.real_store_dir.join(".ferrix-tmp/999999999-0");
+    fs::create_dir_all(&tmp).unwrap();
+    let store = LocalStore::open(cfg.clone()).unwrap();
+    assert!(!cfg.real_path(&p).exists());
+    assert!(!tmp.exists());
+    assert!(!store.is_valid_path(&p).unwrap());
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let cfg = store.config().clone();
+    drop(store);
+    fs::write(cfg.db_dir().join("schema"), "11").unwrap();
+    let err = LocalStore::open(cfg).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 11, .. }),
+        "{err}"
+    );
+}
