@@ -1,7 +1,9 @@
 //! The `ferrix` binary: Nix's `nix` command, and the classic `nix-*` commands by argv[0].
 
 mod cmd;
+mod conf;
 mod legacy;
+mod ops;
 mod settings;
 mod shell;
 
@@ -33,7 +35,8 @@ fn main() -> ExitCode {
     let res = match name.as_str() {
         "nix-hash" => legacy::nix_hash::run(&args[1..], &mut shell),
         "nix-store" => legacy::nix_store::run(&args[1..], &mut shell),
-        "nix-build" | "nix-instantiate" | "nix-collect-garbage" | "nix-copy-closure" => {
+        "nix-collect-garbage" => legacy::nix_collect_garbage::run(&args[1..], &mut shell),
+        "nix-build" | "nix-instantiate" | "nix-copy-closure" => {
             Err(anyhow::anyhow!(
                 "'{name}' is not available in this version of ferrix yet (it arrives with the store, build and evaluator work)"
             ))

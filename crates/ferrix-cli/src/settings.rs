@@ -1,23 +1,107 @@
-//! Settings the commands need, assembled from the environment (the only place it is read).
+//! Settings, assembled from defaults < nix.conf < environment < flags (the only place any of
+//! them is read), and the store they lead to.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use ferrix_format::StoreDir;
+use ferrix_store::{LocalStore, LocalStoreConfig};
+
+use crate::conf::NixConf;
 
 /// What the commands of this binary are configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub store_dir: StoreDir,
+    pub store: LocalStoreConfig,
+    pub conf: NixConf,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 impl Settings {
-    /// Defaults, then `NIX_STORE_DIR`.
-    pub fn from_env() -> Result<Self> {
-        let store_dir = match std::env::var("NIX_STORE_DIR") {
-            Ok(d) if !d.is_empty() => {
-                StoreDir::new(&d).with_context(|| format!("in NIX_STORE_DIR='{d}'"))?
-            }
-            _ => StoreDir::default(),
+    /// `store_url` is `--store`; `options` are `--option NAME VALUE` pairs.
+    pub fn load(store_url: Option<&str>, options: &[(String, String)]) -> Result<Self> {
+        let conf_dir = env("NIX_CONF_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/nix"));
+        let mut conf = NixConf::default();
+        conf.load(&conf_dir.join("nix.conf"))?;
+        let user_conf = env("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")));
+        if let Some(d) = user_conf {
+            conf.load(&d.join("nix/nix.conf"))?;
+        }
+        for (k, v) in options {
+            conf.set(k, v);
+        }
+
+        let store_dir = match env("NIX_STORE_DIR") {
+            Some(d) => StoreDir::new(&d).with_context(|| format!("in NIX_STORE_DIR='{d}'"))?,
+            None => StoreDir::default(),
         };
-        Ok(Self { store_dir })
+        let mut base = LocalStoreConfig {
+            real_store_dir: PathBuf::from(store_dir.as_str()),
+            store_dir: store_dir.clone(),
+            ..LocalStoreConfig::default()
+        };
+        if let Some(s) = env("NIX_STATE_DIR") {
+            base.state_dir = PathBuf::from(s);
+        }
+        if let Some(l) = env("NIX_LOG_DIR") {
+            base.log_dir = PathBuf::from(l);
+        }
+        let url = store_url
+            .map(str::to_owned)
+            .or_else(|| env("NIX_REMOTE"))
+            .or_else(|| {
+                conf.get("store")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+            });
+        let store = match url.as_deref() {
+            Some(u) => LocalStoreConfig::from_url(u, &base)?,
+            None if needs_chroot(&base) => {
+                // As Nix does for users who cannot write to /nix: a store under their home.
+                let data = env("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                    .context("cannot write to /nix and HOME is not set: pass --store DIR")?;
+                LocalStoreConfig::with_root(&data.join("ferrix/root"), store_dir.clone())
+            }
+            None => base,
+        };
+        Ok(Self {
+            store_dir: store.store_dir.clone(),
+            store,
+            conf,
+        })
     }
+
+    /// Open the configured local store.
+    pub fn open_store(&self) -> Result<LocalStore> {
+        LocalStore::open(self.store.clone()).with_context(|| {
+            format!(
+                "opening the store at '{}'",
+                self.store.real_store_dir.display()
+            )
+        })
+    }
+}
+
+/// A non-root user with the default locations and no writable `/nix`.
+fn needs_chroot(base: &LocalStoreConfig) -> bool {
+    let defaults = LocalStoreConfig::default();
+    if base != &defaults || rustix::process::geteuid().is_root() {
+        return false;
+    }
+    let nix = std::path::Path::new("/nix");
+    let writable =
+        |p: &std::path::Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    !(writable(&defaults.state_dir)
+        || (!nix.exists() && writable(std::path::Path::new("/")))
+        || (nix.exists() && !defaults.state_dir.exists() && writable(nix)))
 }

@@ -51,7 +51,7 @@ fn make_tree(root: &Path) {
             fill(&mut buf, i as u64 + 1);
             let path = dir.join(format!("file-{f:02}.bin"));
             fs::write(&path, &buf).unwrap();
-            let mode = if i % 3 == 0 { 0o755 } else { 0o644 };
+            let mode = if i.is_multiple_of(3) { 0o755 } else { 0o644 };
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
         }
         symlink("file-00.bin", dir.join("link")).unwrap();

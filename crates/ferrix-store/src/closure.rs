@@ -56,7 +56,10 @@ where
         // Iterative DFS: (node, its pending references).
         let mut stack: Vec<(StorePath, Vec<StorePath>)> = Vec::new();
         marks.insert(root.clone(), Mark::Active);
-        let r = refs(root)?;
+        // Reversed so that popping visits references in ascending order, as Nix does.
+        let mut r = refs(root)?;
+        r.sort();
+        r.reverse();
         stack.push((root.clone(), r));
         while let Some((node, pending)) = stack.last_mut() {
             match pending.pop() {
@@ -74,7 +77,9 @@ where
                         }
                         None => {
                             marks.insert(next.clone(), Mark::Active);
-                            let r = refs(&next)?;
+                            let mut r = refs(&next)?;
+                            r.sort();
+                            r.reverse();
                             stack.push((next, r));
                         }
                     }

@@ -570,6 +570,30 @@ impl LocalStore {
         self.commit(staged, info, drv_outputs, &lock)
     }
 
+    /// Register paths whose contents are already in place (`nix-store --load-db`,
+    /// `--register-validity`): their files must exist; references must be valid or among them.
+    pub fn register_existing(&self, infos: &[ValidPathInfo]) -> Result<()> {
+        for i in infos {
+            let real = self.real_path(&i.path);
+            fs::symlink_metadata(&real).map_err(io_err("registering", &real))?;
+        }
+        let mut outs = BTreeMap::new();
+        for i in infos.iter().filter(|i| i.path.is_derivation()) {
+            if let Ok(text) = fs::read(self.real_path(&i.path)) {
+                if let Ok(drv) = Derivation::parse_aterm(&self.config.store_dir, &text) {
+                    outs.insert(
+                        i.path.clone(),
+                        drv.outputs
+                            .iter()
+                            .filter_map(|(o, out)| out.path().map(|x| (o.clone(), x.clone())))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        self.db().register(infos, &outs)
+    }
+
     /// Remove valid paths that nothing refers to (apart from each other), referrers first.
     /// Liveness against GC roots is the caller's business (see [`crate::gc`]).
     pub fn invalidate_and_delete(&self, p: &StorePath) -> Result<u64> {

@@ -5,6 +5,8 @@ mod hash;
 mod install_links;
 mod key;
 mod nar;
+mod path_info;
+mod store;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+pub use hash::parse_algo;
 pub use key::check_key_name;
 pub use nar::dump;
 
@@ -32,6 +35,12 @@ struct Cli {
     /// Accepted for compatibility with scripts written for Nix; every feature is enabled.
     #[arg(long, global = true, value_name = "FEATURES")]
     experimental_features: Vec<String>,
+    /// The store to use: `local`, `local?root=DIR`, or a directory (a chroot store).
+    #[arg(long, global = true, value_name = "URL")]
+    store: Option<String>,
+    /// Set a configuration option, as in nix.conf.
+    #[arg(long, global = true, num_args = 2, value_names = ["NAME", "VALUE"])]
+    option: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +61,11 @@ enum Command {
     /// Generate and convert signing keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Show information about store paths.
+    PathInfo(path_info::Args),
+    /// Manipulate the store: add paths, collect garbage, verify, delete.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Create the classic command names (nix-store, nix-hash, …) as links to this binary.
     InstallLinks(install_links::Args),
 }
@@ -70,7 +84,12 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
     };
-    let settings = Settings::from_env()?;
+    let options: Vec<(String, String)> = cli
+        .option
+        .chunks(2)
+        .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
+        .collect();
+    let settings = Settings::load(cli.store.as_deref(), &options)?;
     match cli.command {
         Command::Hash(c) => hash::run(c, shell)?,
         Command::Nar(c) => nar::run(c, shell)?,
@@ -78,6 +97,8 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         | Command::ShowDerivation(a) => derivation::show(a, &settings, shell)?,
         Command::Key(c) => key::run(c, shell)?,
         Command::InstallLinks(a) => install_links::run(a, shell)?,
+        Command::PathInfo(a) => path_info::run(a, &settings, shell)?,
+        Command::Store(c) => return store::run(c, &settings, shell),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,39 +1,115 @@
-//! `nix-store`: the classic store command. This version: `--dump`, `--restore`,
-//! `--generate-binary-cache-key`; the store operations arrive with the local store.
+//! `nix-store`: the classic store command, Nix's operations and flags.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use ferrix_format::nar;
 use ferrix_format::signature::SecretKey;
+use ferrix_format::{nar, FileIngestionMethod, Hash, HashAlgo, StorePath};
+use ferrix_store::gc::{GcAction, GcOptions};
+use ferrix_store::LocalStore;
 
 use super::{ArgIter, Common};
 use crate::cmd::check_key_name;
+use crate::ops;
+use crate::settings::Settings;
 use crate::shell::Shell;
 
 const HELP: &str = "Usage: nix-store OPERATION [OPTIONS...] [ARGUMENTS...]
 
-Operations available in this version:
-  --dump PATH                        write the NAR serialisation of PATH to stdout
-  --restore PATH                     unpack a NAR read from stdin into PATH (must not exist)
-  --generate-binary-cache-key NAME SECRET-FILE PUBLIC-FILE";
+Operations:
+  --add PATH...                      add paths to the store (recursive, sha256)
+  --add-fixed [--recursive] ALGO PATH...
+  --print-fixed-path [--recursive] ALGO HASH NAME
+  --query, -q [--references|--referrers|--referrers-closure|--requisites|-R
+               [--include-outputs]|--tree|--graph|--deriver|-d|--hash|--size|--roots|--outputs] PATH...
+  --realise, -r PATH...              (of paths that are already valid) [--add-root LINK]
+  --verify [--check-contents] [--repair]
+  --verify-path PATH...
+  --export PATH... > FILE            --import < FILE
+  --dump-db [PATH...]                --load-db < FILE
+  --delete PATH...                   [--ignore-liveness]
+  --gc [--print-roots|--print-live|--print-dead] [--max-freed N]
+  --dump PATH                        --restore PATH < NAR
+  --generate-binary-cache-key NAME SECRET-FILE PUBLIC-FILE
+
+Options: --store URL, --option NAME VALUE";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Dump,
     Restore,
     GenerateKey,
+    Add,
+    AddFixed,
+    PrintFixedPath,
+    Query,
+    Realise,
+    Verify,
+    VerifyPath,
+    Export,
+    Import,
+    DumpDb,
+    LoadDb,
+    Delete,
+    Gc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Query {
+    Outputs,
+    References,
+    Referrers,
+    ReferrersClosure,
+    Requisites,
+    Tree,
+    Graph,
+    Deriver,
+    Hash,
+    Size,
+    Roots,
+}
+
+/// `-qR` is `-q -R`: single-dash groups of short flags are split, as Nix does.
+fn expand(args: &[OsString]) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    for a in args {
+        match a.to_str() {
+            Some(s)
+                if s.len() > 2
+                    && s.starts_with('-')
+                    && !s.starts_with("--")
+                    && s[1..].chars().all(|c| c.is_ascii_alphabetic()) =>
+            {
+                out.extend(s[1..].chars().map(|c| OsString::from(format!("-{c}"))));
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    out
 }
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
-    let mut it = ArgIter::new("nix-store", args.to_vec());
+    let mut it = ArgIter::new("nix-store", expand(args));
     let mut op: Option<Op> = None;
-    let mut operands = Vec::new();
+    let mut query: Option<Query> = None;
+    let mut operands: Vec<OsString> = Vec::new();
+    let mut recursive = false;
+    let mut include_outputs = false;
+    let mut check_contents = false;
+    let mut repair = false;
+    let mut gc_action = GcAction::DeleteDead;
+    let mut print_roots = false;
+    let mut max_freed: Option<u64> = None;
+    let mut add_root: Option<PathBuf> = None;
+    let mut ignore_liveness = false;
+    let mut store_url: Option<String> = None;
+    let mut options: Vec<(String, String)> = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
         if op.is_some_and(|o| o != new) {
             bail!(
@@ -43,10 +119,11 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         *op = Some(new);
         Ok(())
     };
+    let mut set_query = |q: Query| query = Some(q);
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
         match it.common(flag, HELP, shell)? {
-            Common::Exit(code) => return Ok(code),
+            super::Common::Exit(code) => return Ok(code),
             Common::Consumed => continue,
             Common::Other => {}
         }
@@ -54,30 +131,77 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--dump" => set(&mut op, Op::Dump)?,
             "--restore" => set(&mut op, Op::Restore)?,
             "--generate-binary-cache-key" => set(&mut op, Op::GenerateKey)?,
-            "--" => operands.extend(it.by_ref()),
-            f if f.starts_with('-') && f.len() > 1 => {
-                bail!(
-                    "'nix-store {f}' is not available in this version of ferrix yet (store operations arrive with the local store)"
-                )
+            "--add" => set(&mut op, Op::Add)?,
+            "--add-fixed" => set(&mut op, Op::AddFixed)?,
+            "--print-fixed-path" => set(&mut op, Op::PrintFixedPath)?,
+            "--query" | "-q" => set(&mut op, Op::Query)?,
+            "--realise" | "-r" => set(&mut op, Op::Realise)?,
+            "--verify" => set(&mut op, Op::Verify)?,
+            "--verify-path" => set(&mut op, Op::VerifyPath)?,
+            "--export" => set(&mut op, Op::Export)?,
+            "--import" => set(&mut op, Op::Import)?,
+            "--dump-db" => set(&mut op, Op::DumpDb)?,
+            "--load-db" => set(&mut op, Op::LoadDb)?,
+            "--delete" => set(&mut op, Op::Delete)?,
+            "--gc" => set(&mut op, Op::Gc)?,
+            "--recursive" => recursive = true,
+            "--outputs" => set_query(Query::Outputs),
+            "--references" => set_query(Query::References),
+            "--referrers" | "--referers" => set_query(Query::Referrers),
+            "--referrers-closure" | "--referers-closure" => set_query(Query::ReferrersClosure),
+            "--requisites" | "-R" => set_query(Query::Requisites),
+            "--tree" => set_query(Query::Tree),
+            "--graph" => set_query(Query::Graph),
+            "--deriver" | "-d" => set_query(Query::Deriver),
+            "--hash" => set_query(Query::Hash),
+            "--size" => set_query(Query::Size),
+            "--roots" => set_query(Query::Roots),
+            "--include-outputs" => include_outputs = true,
+            "--check-contents" => check_contents = true,
+            "--repair" => repair = true,
+            "--print-roots" => print_roots = true,
+            "--print-live" => gc_action = GcAction::ReturnLive,
+            "--print-dead" => gc_action = GcAction::ReturnDead,
+            "--max-freed" => {
+                let v = it.value(flag)?;
+                max_freed = Some(parse_size(&v)?);
             }
+            "--add-root" => add_root = Some(PathBuf::from(it.value(flag)?)),
+            "--indirect" => {}
+            "--ignore-liveness" => ignore_liveness = true,
+            "--store" => store_url = Some(it.value(flag)?),
+            "--option" => {
+                let k = it.value(flag)?;
+                let v = it.value(flag)?;
+                options.push((k, v));
+            }
+            "--" => operands.extend(it.by_ref()),
+            f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
             _ => operands.push(a),
         }
     }
     let Some(op) = op else {
         bail!("no operation specified\nTry 'nix-store --help' for more information.");
     };
+    let strs = |v: &[OsString]| -> Vec<String> {
+        v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    };
+
+    // Operations that need no store.
     match op {
         Op::Dump => {
             let [path] = &operands[..] else {
                 bail!("'--dump' requires exactly one path");
             };
             crate::cmd::dump(Path::new(path), shell)?;
+            return Ok(ExitCode::SUCCESS);
         }
         Op::Restore => {
             let [path] = &operands[..] else {
                 bail!("'--restore' requires exactly one path");
             };
             restore(Path::new(path))?;
+            return Ok(ExitCode::SUCCESS);
         }
         Op::GenerateKey => {
             let [name, sk_file, pk_file] = &operands[..] else {
@@ -88,9 +212,270 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             let sk = SecretKey::generate(&name)?;
             write_key(Path::new(sk_file), &sk.to_string(), 0o600)?;
             write_key(Path::new(pk_file), &sk.to_public().to_string(), 0o644)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let settings = Settings::load(store_url.as_deref(), &options)?;
+    if op == Op::PrintFixedPath {
+        let ops = strs(&operands);
+        let [algo, hash, name] = &ops[..] else {
+            bail!("'--print-fixed-path' requires three arguments");
+        };
+        let algo: HashAlgo = algo.parse()?;
+        let h = Hash::parse(hash, Some(algo))?;
+        let method = if recursive {
+            FileIngestionMethod::Recursive
+        } else {
+            FileIngestionMethod::Flat
+        };
+        let p = settings
+            .store_dir
+            .make_fixed_output_path(name, method, &h, [], false)?;
+        shell.println(settings.store_dir.display(&p))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = settings.open_store()?;
+    match op {
+        Op::Add => {
+            for p in &operands {
+                let path = ops::add(
+                    &store,
+                    Path::new(p),
+                    FileIngestionMethod::Recursive,
+                    HashAlgo::Sha256,
+                )?;
+                shell.println(store.print(&path))?;
+            }
+        }
+        Op::AddFixed => {
+            let Some((algo, paths)) = operands.split_first() else {
+                bail!("'--add-fixed' requires a hash algorithm");
+            };
+            let algo: HashAlgo = algo.to_string_lossy().parse()?;
+            let method = if recursive {
+                FileIngestionMethod::Recursive
+            } else {
+                FileIngestionMethod::Flat
+            };
+            for p in paths {
+                let path = ops::add(&store, Path::new(p), method, algo)?;
+                shell.println(store.print(&path))?;
+            }
+        }
+        Op::Query => {
+            let paths = ops::resolve_all(&store, &strs(&operands))?;
+            query_op(
+                &store,
+                &settings,
+                query.unwrap_or(Query::Outputs),
+                &paths,
+                include_outputs,
+                shell,
+            )?;
+        }
+        Op::Realise => {
+            let paths = ops::resolve_all(&store, &strs(&operands))?;
+            for (i, p) in paths.iter().enumerate() {
+                if !store.is_valid_path(p)? {
+                    bail!(
+                        "path '{}' is not valid, and building or substituting it is not available in this version of ferrix yet",
+                        store.print(p)
+                    );
+                }
+                match &add_root {
+                    Some(link) => {
+                        let link = if paths.len() > 1 {
+                            PathBuf::from(format!("{}-{}", link.display(), i))
+                        } else {
+                            link.clone()
+                        };
+                        let l = ferrix_store::gc::add_perm_root(&store, p, &link)?;
+                        shell.println(l.display())?;
+                    }
+                    None => shell.println(store.print(p))?,
+                }
+            }
+        }
+        Op::Verify => {
+            return ops::verify(&store, check_contents, repair, None, shell);
+        }
+        Op::VerifyPath => {
+            let paths = ops::resolve_all(&store, &strs(&operands))?;
+            return ops::verify(&store, true, false, Some(&paths), shell);
+        }
+        Op::Export => {
+            let paths: BTreeSet<StorePath> = ops::resolve_all(&store, &strs(&operands))?
+                .into_iter()
+                .collect();
+            ferrix_store::export::export_paths(&store, &paths, shell.out())?;
+        }
+        Op::Import => {
+            let stdin = std::io::stdin().lock();
+            let imported = ferrix_store::export::import_paths(
+                &store,
+                BufReader::with_capacity(256 * 1024, stdin),
+            )?;
+            for p in imported {
+                shell.println(store.print(&p))?;
+            }
+        }
+        Op::DumpDb => {
+            let paths: BTreeSet<StorePath> = if operands.is_empty() {
+                store.all_valid_paths()?.into_iter().collect()
+            } else {
+                ops::resolve_all(&store, &strs(&operands))?
+                    .into_iter()
+                    .collect()
+            };
+            for p in store.topo_sort(&paths)? {
+                let info = store.path_info(&p)?;
+                shell.println(store.print(&p))?;
+                shell.println(info.nar_hash.to_base16())?;
+                shell.println(info.nar_size)?;
+                shell.println(info.deriver.map(|d| store.print(&d)).unwrap_or_default())?;
+                shell.println(info.references.len())?;
+                for r in &info.references {
+                    shell.println(store.print(r))?;
+                }
+            }
+        }
+        Op::LoadDb => {
+            let n = ops::load_db(&store, std::io::stdin().lock())?;
+            shell.note(format!("registered {n} paths"));
+        }
+        Op::Delete => {
+            let paths = ops::resolve_all(&store, &strs(&operands))?;
+            let mut opts = GcOptions::new(GcAction::DeleteSpecific);
+            opts.paths = paths.into_iter().collect();
+            opts.ignore_liveness = ignore_liveness;
+            ops::gc(&store, &settings, opts, shell)?;
+        }
+        Op::Gc => {
+            if print_roots {
+                ops::print_roots(&store, shell)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut opts = GcOptions::new(gc_action);
+            opts.max_freed = max_freed;
+            ops::gc(&store, &settings, opts, shell)?;
+        }
+        Op::Dump | Op::Restore | Op::GenerateKey | Op::PrintFixedPath => {
+            unreachable!("handled above")
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn query_op(
+    store: &LocalStore,
+    _settings: &Settings,
+    q: Query,
+    paths: &[StorePath],
+    include_outputs: bool,
+    shell: &mut Shell,
+) -> Result<()> {
+    for p in paths {
+        if !store.is_valid_path(p)? {
+            bail!("path '{}' is not valid", store.print(p));
+        }
+    }
+    let print_sorted = |set: BTreeSet<StorePath>, shell: &mut Shell| -> Result<()> {
+        // Nix prints references first.
+        for p in store.topo_sort(&set)? {
+            shell.println(store.print(&p))?;
+        }
+        Ok(())
+    };
+    match q {
+        Query::Outputs => {
+            for p in paths {
+                if p.is_derivation() {
+                    for o in store.derivation_outputs(p)?.into_values() {
+                        shell.println(store.print(&o))?;
+                    }
+                } else {
+                    shell.println(store.print(p))?;
+                }
+            }
+        }
+        Query::References => {
+            let mut set = BTreeSet::new();
+            for p in paths {
+                set.extend(store.references(p)?);
+            }
+            print_sorted(set, shell)?;
+        }
+        Query::Referrers => {
+            let mut set = BTreeSet::new();
+            for p in paths {
+                set.extend(store.referrers(p)?);
+            }
+            print_sorted(set, shell)?;
+        }
+        Query::ReferrersClosure => {
+            print_sorted(store.referrers_closure(paths.iter().cloned())?, shell)?;
+        }
+        Query::Requisites => {
+            print_sorted(
+                store.closure(paths.iter().cloned(), include_outputs, false)?,
+                shell,
+            )?;
+        }
+        Query::Deriver => {
+            for p in paths {
+                match store.path_info(p)?.deriver {
+                    Some(d) => shell.println(store.print(&d))?,
+                    None => shell.println("unknown-deriver")?,
+                }
+            }
+        }
+        Query::Hash => {
+            for p in paths {
+                shell.println(store.path_info(p)?.nar_hash)?;
+            }
+        }
+        Query::Size => {
+            for p in paths {
+                shell.println(store.path_info(p)?.nar_size)?;
+            }
+        }
+        Query::Tree => {
+            let mut done = BTreeSet::new();
+            for p in paths {
+                ops::print_tree(store, p, "", "", &mut done, shell)?;
+            }
+        }
+        Query::Graph => ops::print_graph(store, paths, shell)?,
+        Query::Roots => {
+            let roots = ferrix_store::gc::find_roots(store, true)?;
+            let wanted: BTreeSet<StorePath> = store.referrers_closure(paths.iter().cloned())?;
+            for (root, links) in roots {
+                if wanted.contains(&root) {
+                    for l in links {
+                        shell.println(format!("{l} -> {}", store.print(&root)))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `N`, or with a `K`/`M`/`G`/`T` suffix (powers of 1024), as `--max-freed` takes it.
+fn parse_size(s: &str) -> Result<u64> {
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("'{s}' is not a size"))?;
+    n.checked_mul(mul)
+        .with_context(|| format!("'{s}' is too large"))
 }
 
 /// Unpack stdin into `target`; on a bad archive nothing is left behind.

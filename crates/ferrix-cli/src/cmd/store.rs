@@ -1,0 +1,128 @@
+//! `ferrix store add|add-path|add-file|gc|verify|delete`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand, ValueEnum};
+use ferrix_format::{FileIngestionMethod, HashAlgo};
+use ferrix_store::gc::{GcAction, GcOptions};
+
+use crate::ops;
+use crate::settings::Settings;
+use crate::shell::Shell;
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Add a file or directory to the store.
+    Add(AddArgs),
+    /// Add a path to the store (recursive, sha256).
+    AddPath(AddArgs),
+    /// Add a regular file to the store (flat, sha256).
+    AddFile(AddArgs),
+    /// Delete unreachable paths.
+    Gc {
+        /// Stop after freeing this many bytes.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check that paths are present with their recorded contents.
+    Verify {
+        /// Do not recompute NAR hashes.
+        #[arg(long)]
+        no_contents: bool,
+        /// Check every valid path.
+        #[arg(long)]
+        all: bool,
+        paths: Vec<String>,
+    },
+    /// Delete paths, refusing live ones.
+    Delete {
+        #[arg(long)]
+        ignore_liveness: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Flat,
+    Nar,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Name of the store path (default: the file's name).
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// How to hash: the file's bytes (flat) or its NAR (nar).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Hash algorithm for the content address.
+    #[arg(long = "hash-algo", default_value = "sha256", value_parser = crate::cmd::parse_algo)]
+    algo: HashAlgo,
+    path: PathBuf,
+}
+
+pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
+    let store = settings.open_store()?;
+    match cmd {
+        StoreCommand::Add(a) | StoreCommand::AddPath(a) | StoreCommand::AddFile(a)
+            if a.name.is_some() =>
+        {
+            let method = match a.mode {
+                Some(Mode::Flat) => FileIngestionMethod::Flat,
+                _ => FileIngestionMethod::Recursive,
+            };
+            let name = a.name.clone().unwrap_or_default();
+            let p = store.add_path(&a.path, &name, method, a.algo)?;
+            shell.println(store.print(&p))?;
+        }
+        StoreCommand::AddFile(a) => {
+            let p = ops::add(&store, &a.path, FileIngestionMethod::Flat, a.algo)?;
+            shell.println(store.print(&p))?;
+        }
+        StoreCommand::Add(a) | StoreCommand::AddPath(a) => {
+            let method = match a.mode {
+                Some(Mode::Flat) => FileIngestionMethod::Flat,
+                _ => FileIngestionMethod::Recursive,
+            };
+            let p = ops::add(&store, &a.path, method, a.algo)?;
+            shell.println(store.print(&p))?;
+        }
+        StoreCommand::Gc { max, dry_run } => {
+            let mut opts = GcOptions::new(if dry_run {
+                GcAction::ReturnDead
+            } else {
+                GcAction::DeleteDead
+            });
+            opts.max_freed = max;
+            ops::gc(&store, settings, opts, shell)?;
+        }
+        StoreCommand::Verify {
+            no_contents,
+            all,
+            paths,
+        } => {
+            if all || paths.is_empty() {
+                return ops::verify(&store, !no_contents, false, None, shell);
+            }
+            let ps = ops::resolve_all(&store, &paths)?;
+            return ops::verify(&store, !no_contents, false, Some(&ps), shell);
+        }
+        StoreCommand::Delete {
+            ignore_liveness,
+            paths,
+        } => {
+            let mut opts = GcOptions::new(GcAction::DeleteSpecific);
+            opts.paths = ops::resolve_all(&store, &paths)?.into_iter().collect();
+            opts.ignore_liveness = ignore_liveness;
+            ops::gc(&store, settings, opts, shell)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

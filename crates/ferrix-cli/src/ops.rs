@@ -1,0 +1,275 @@
+//! Store operations shared by `nix-store`, `nix-collect-garbage` and the `ferrix` commands,
+//! with the output Nix prints for them.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use ferrix_format::{FileIngestionMethod, Hash, HashAlgo, StorePath};
+use ferrix_store::gc::{collect_garbage, GcAction, GcOptions};
+use ferrix_store::{LocalStore, ValidPathInfo};
+
+use crate::settings::Settings;
+use crate::shell::Shell;
+
+/// Add a file or tree, named after its last component.
+pub fn add(
+    store: &LocalStore,
+    src: &Path,
+    method: FileIngestionMethod,
+    algo: HashAlgo,
+) -> Result<StorePath> {
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| {
+            format!(
+                "'{}' has no file name to name a store path after",
+                src.display()
+            )
+        })?;
+    Ok(store.add_path(src, &name, method, algo)?)
+}
+
+/// A store path from what a user typed: a store path, a path inside one, or a symlink (such
+/// as `result`) that leads to one.
+pub fn resolve(store: &LocalStore, arg: &str) -> Result<StorePath> {
+    let sd = store.store_dir().as_str();
+    let mut cur = std::path::PathBuf::from(arg);
+    for _ in 0..40 {
+        let s = cur.to_string_lossy().into_owned();
+        if s.starts_with(sd) || s.starts_with(&*store.config().real_store_dir.to_string_lossy()) {
+            let in_store = if s.starts_with(sd) {
+                s.clone()
+            } else {
+                format!(
+                    "{sd}{}",
+                    &s[store.config().real_store_dir.to_string_lossy().len()..]
+                )
+            };
+            let (p, _) = store
+                .store_dir()
+                .parse_path_with_subpath(&in_store)
+                .with_context(|| format!("'{arg}' is not a valid store path"))?;
+            return Ok(p);
+        }
+        match std::fs::read_link(&cur) {
+            Ok(t) => {
+                cur = if t.is_absolute() {
+                    t
+                } else {
+                    cur.parent().unwrap_or(Path::new(".")).join(t)
+                }
+            }
+            Err(_) => bail!("path '{arg}' is not in the Nix store"),
+        }
+    }
+    bail!("too many symlinks from '{arg}'")
+}
+
+pub fn resolve_all(store: &LocalStore, args: &[String]) -> Result<Vec<StorePath>> {
+    args.iter().map(|a| resolve(store, a)).collect()
+}
+
+/// `nix-store --verify` / `ferrix store verify`: report problems, exit 1 when there are any.
+pub fn verify(
+    store: &LocalStore,
+    check_contents: bool,
+    repair: bool,
+    only: Option<&[StorePath]>,
+    shell: &mut Shell,
+) -> Result<ExitCode> {
+    if only.is_none() {
+        shell.note("reading the Nix store...");
+        shell.note("checking path existence...");
+        if check_contents {
+            shell.note("checking hashes...");
+        }
+    }
+    let problems = ferrix_store::verify::verify_store(store, check_contents, only)?;
+    let mut bad = false;
+    for p in &problems {
+        let fatal = !matches!(
+            p,
+            ferrix_store::verify::Problem::Missing {
+                invalidated: true,
+                ..
+            }
+        );
+        if fatal {
+            bad = true;
+            shell.error(p.describe(store));
+        } else {
+            shell.note(p.describe(store));
+        }
+        if repair && fatal {
+            shell.error("cannot repair it: no substituter has it (repairing from binary caches comes with substitution)");
+        }
+    }
+    Ok(if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `nix-store --load-db`: the `--dump-db` format (path, hash, size, deriver, count, refs).
+pub fn load_db(store: &LocalStore, input: impl Read) -> Result<usize> {
+    let mut lines = BufReader::new(input).lines();
+    let mut next = |what: &str| -> Result<Option<String>> {
+        match lines.next() {
+            Some(l) => Ok(Some(l.with_context(|| format!("reading the {what}"))?)),
+            None => Ok(None),
+        }
+    };
+    let mut infos = Vec::new();
+    while let Some(path) = next("path")? {
+        if path.is_empty() {
+            continue;
+        }
+        let p = store.parse_path(&path)?;
+        let field = |v: Option<String>, what: &str| {
+            v.with_context(|| format!("missing {what} for '{path}'"))
+        };
+        let hash = field(next("hash")?, "hash")?;
+        let size = field(next("size")?, "size")?;
+        let deriver = field(next("deriver")?, "deriver")?;
+        let count: usize = field(next("reference count")?, "reference count")?
+            .parse()
+            .with_context(|| format!("bad reference count for '{path}'"))?;
+        let mut info = ValidPathInfo::new(
+            p,
+            Hash::parse(&hash, Some(HashAlgo::Sha256))?,
+            size.parse()
+                .with_context(|| format!("bad size for '{path}'"))?,
+        );
+        if !deriver.is_empty() {
+            info.deriver = Some(store.parse_path(&deriver)?);
+        }
+        for _ in 0..count {
+            let r = field(next("reference")?, "reference")?;
+            info.references.insert(store.parse_path(&r)?);
+        }
+        infos.push(info);
+    }
+    store.register_existing(&infos)?;
+    Ok(infos.len())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Run a collection and print what Nix prints.
+pub fn gc(
+    store: &LocalStore,
+    settings: &Settings,
+    mut opts: GcOptions,
+    shell: &mut Shell,
+) -> Result<()> {
+    opts.keep_outputs = settings.conf.bool("keep-outputs", false)?;
+    opts.keep_derivations = settings.conf.bool("keep-derivations", true)?;
+    if matches!(opts.action, GcAction::DeleteDead | GcAction::DeleteSpecific) {
+        shell.note("finding garbage collector roots...");
+        shell.note("deleting garbage...");
+    }
+    let r = collect_garbage(store, &opts)?;
+    match opts.action {
+        GcAction::ReturnLive | GcAction::ReturnDead => {
+            for p in &r.paths {
+                shell.println(store.print(p))?;
+            }
+        }
+        GcAction::DeleteDead | GcAction::DeleteSpecific => {
+            for p in &r.paths {
+                shell.note(format!("deleting '{}'", store.print(p)));
+            }
+            shell.println(format!(
+                "{} store paths deleted, {} freed",
+                r.paths.len(),
+                mib(r.bytes_freed)
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// `link -> path` for every root.
+pub fn print_roots(store: &LocalStore, shell: &mut Shell) -> Result<()> {
+    for (p, links) in ferrix_store::gc::find_roots(store, true)? {
+        for l in links {
+            shell.println(format!("{l} -> {}", store.print(&p)))?;
+        }
+    }
+    Ok(())
+}
+
+/// `nix-store -q --tree`: the reference tree in box-drawing characters; repeats are `[...]`.
+pub fn print_tree(
+    store: &LocalStore,
+    p: &StorePath,
+    first: &str,
+    tail: &str,
+    done: &mut BTreeSet<StorePath>,
+    shell: &mut Shell,
+) -> Result<()> {
+    if done.contains(p) {
+        shell.println(format!("{first}{} [...]", store.print(p)))?;
+        return Ok(());
+    }
+    done.insert(p.clone());
+    shell.println(format!("{first}{}", store.print(p)))?;
+    let refs: BTreeSet<StorePath> = store
+        .references(p)?
+        .into_iter()
+        .filter(|r| r != p)
+        .collect();
+    let mut sorted = store.topo_sort(&refs)?;
+    sorted.reverse();
+    let n = sorted.len();
+    for (i, r) in sorted.iter().enumerate() {
+        let last = i + 1 == n;
+        print_tree(
+            store,
+            r,
+            &format!("{tail}{}", if last { "└───" } else { "├───" }),
+            &format!("{tail}{}", if last { "    " } else { "│   " }),
+            done,
+            shell,
+        )?;
+    }
+    Ok(())
+}
+
+const EDGE_COLOURS: [&str; 6] = ["black", "red", "green", "blue", "magenta", "burlywood"];
+
+/// `nix-store -q --graph`: the closure of `roots` as a Graphviz digraph, walked and coloured
+/// as Nix does (smallest pending path first).
+pub fn print_graph(store: &LocalStore, roots: &[StorePath], shell: &mut Shell) -> Result<()> {
+    let mut work: BTreeSet<StorePath> = roots.iter().cloned().collect();
+    let mut done = BTreeSet::new();
+    let mut edges = 0;
+    shell.println("digraph G {")?;
+    while let Some(p) = work.pop_first() {
+        if !done.insert(p.clone()) {
+            continue;
+        }
+        shell.println(format!(
+            "\"{p}\" [label = \"{}\", shape = box, style = filled, fillcolor = \"#ff0000\"];",
+            p.name()
+        ))?;
+        for r in store.references(&p)? {
+            if r != p {
+                // Edge colours cycle through Nix's palette, so the text matches Nix's.
+                let colour = EDGE_COLOURS[edges % EDGE_COLOURS.len()];
+                edges += 1;
+                shell.println(format!("\"{r}\" -> \"{p}\" [color = \"{colour}\"];"))?;
+                work.insert(r);
+            }
+        }
+    }
+    shell.println("}")?;
+    Ok(())
+}
