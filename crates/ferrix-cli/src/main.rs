@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         "nix-collect-garbage" => legacy::nix_collect_garbage::run(&args[1..], &mut shell),
         "nix-build" | "nix-instantiate" | "nix-copy-closure" => {
             Err(anyhow::anyhow!(
-                "'{name}' is not available in this version of ferrix yet (it arrives with the store, build and evaluator work)"
+                "'{name}' is not available in this version of ferrix yet (it arrives with the build engine and the evaluator)"
             ))
         }
         _ => cmd::run(args, &mut shell),

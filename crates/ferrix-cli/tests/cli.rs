@@ -232,7 +232,15 @@ fn personalities_and_usage() {
     let links = Links::new();
     let mut all = String::new();
     all += &transcript(links.cmd("nix-build").arg("default.nix"), None);
-    all += &transcript(links.cmd("nix-store").arg("--query"), None);
+    all += &transcript(
+        links.cmd("nix-store").args([
+            "--query",
+            "--references",
+            "/nix/store/0g1savw1cf7pji42hasyx0smc4aw15nw-t.txt",
+        ]),
+        None,
+    );
+    all += &transcript(links.cmd("nix-store").args(["--frobnicate"]), None);
     all += &transcript(&mut links.cmd("nix-store"), None);
     all += &transcript(
         links.cmd("nix-store").args(["--dump", "/nonexistent"]),

@@ -34,12 +34,40 @@ impl Links {
         Self { dir }
     }
     pub fn cmd(&self, name: &str) -> Command {
-        Command::new(self.dir.path().join(name))
+        let mut c = Command::new(self.dir.path().join(name));
+        sandboxed(&mut c);
+        c
     }
 }
 
+/// One private chroot store for this test process: no test ever touches the machine's /nix.
+fn sandbox_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["etc", "home"] {
+            fs::create_dir_all(d.path().join(sub)).unwrap();
+        }
+        d
+    })
+    .path()
+}
+
+/// Point a ferrix command at the private store (logical `/nix/store`, files in a temp dir).
+pub fn sandboxed(c: &mut Command) {
+    let root = sandbox_root();
+    c.env("NIX_REMOTE", format!("local?root={}", root.display()))
+        .env("NIX_CONF_DIR", root.join("etc"))
+        .env("HOME", root.join("home"))
+        .env_remove("NIX_STORE_DIR")
+        .env_remove("NIX_STATE_DIR")
+        .env_remove("NIX_LOG_DIR");
+}
+
 pub fn ferrix() -> Command {
-    Command::new(ferrix_exe())
+    let mut c = Command::new(ferrix_exe());
+    sandboxed(&mut c);
+    c
 }
 
 /// Run and demand success; stdout bytes.
@@ -67,7 +95,9 @@ impl Nix {
     /// `None` when Nix is not installed and not required; with `FERRIX_REQUIRE_NIX` or `CI`
     /// set, a missing Nix is a failure, never a skip.
     pub fn new() -> Option<Self> {
-        let present = Command::new("nix-store").arg("--version").output().is_ok();
+        let root = tempfile::tempdir().unwrap();
+        let probe = Self { root };
+        let present = probe.cmd("nix-store").arg("--version").output().is_ok();
         if !present {
             let required = std::env::var_os("FERRIX_REQUIRE_NIX").is_some()
                 || std::env::var("CI").is_ok_and(|v| v == "true");
@@ -79,7 +109,7 @@ impl Nix {
             eprintln!("SKIPPING interop test: real Nix (nix-bin) is not installed");
             return None;
         }
-        let root = tempfile::tempdir().unwrap();
+        let root = probe.root;
         for d in ["store", "state", "log", "etc", "home"] {
             fs::create_dir_all(root.path().join(d)).unwrap();
         }
@@ -120,7 +150,9 @@ impl Nix {
             .env("NIX_CONF_DIR", r.join("etc"))
             .env("HOME", r.join("home"))
             .env_remove("NIX_PATH")
-            .env_remove("NIX_REMOTE");
+            .env_remove("NIX_REMOTE")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_DATA_HOME");
     }
 }
 
