@@ -44,11 +44,12 @@ pub enum StoreUrlError {
 }
 
 impl LocalStoreConfig {
-    /// A chroot store: logical paths under `store_dir`, files under `root` + the same paths.
+    /// A chroot store: logical paths under `store_dir`, files under `root`. As in Nix, the
+    /// files are at `<root>/nix/store` whatever the logical directory is.
     pub fn with_root(root: &Path, store_dir: StoreDir) -> Self {
         let under = |p: &str| root.join(p.trim_start_matches('/'));
         Self {
-            real_store_dir: under(store_dir.as_str()),
+            real_store_dir: under("/nix/store"),
             state_dir: under("/nix/var/nix"),
             log_dir: under("/nix/var/log/nix"),
             store_dir,

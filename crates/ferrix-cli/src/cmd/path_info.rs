@@ -30,16 +30,26 @@ pub struct Args {
     /// All valid paths.
     #[arg(long)]
     all: bool,
+    /// A `.drv` argument means the derivation itself, not its outputs.
+    #[arg(long)]
+    derivation: bool,
     paths: Vec<String>,
 }
 
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     let store = settings.open_store()?;
-    let mut paths: BTreeSet<StorePath> = if a.all {
-        store.all_valid_paths()?.into_iter().collect()
-    } else {
-        ops::resolve_all(&store, &a.paths)?.into_iter().collect()
-    };
+    let mut paths: BTreeSet<StorePath> = BTreeSet::new();
+    if a.all {
+        paths.extend(store.all_valid_paths()?);
+    }
+    for p in ops::resolve_all(&store, &a.paths)? {
+        // As in Nix, a derivation stands for its outputs unless --derivation is given.
+        if p.is_derivation() && !a.derivation && store.is_valid_path(&p)? {
+            paths.extend(store.derivation_outputs(&p)?.into_values());
+        } else {
+            paths.insert(p);
+        }
+    }
     for p in &paths {
         if !store.is_valid_path(p)? {
             anyhow::bail!("path '{}' is not valid", store.print(p));
@@ -108,7 +118,8 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
         .map(|p| store.print(p).len())
         .max()
         .unwrap_or(0);
-    for p in &paths {
+    // Text comes references first, as Nix lists paths; JSON stays sorted by path.
+    for p in &store.topo_sort(&paths)? {
         let s = store.print(p);
         let mut line = s.clone();
         if a.size || a.closure_size || a.sigs {

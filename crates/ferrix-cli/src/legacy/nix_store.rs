@@ -328,7 +328,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                     .into_iter()
                     .collect()
             };
-            for p in store.topo_sort(&paths)? {
+            // Sorted by path, as Nix dumps it.
+            for p in paths {
                 let info = store.path_info(&p)?;
                 shell.println(store.print(&p))?;
                 shell.println(info.nar_hash.to_base16())?;
@@ -391,7 +392,10 @@ fn query_op(
         Query::Outputs => {
             for p in paths {
                 if p.is_derivation() {
-                    for o in store.derivation_outputs(p)?.into_values() {
+                    // Sorted by path, as Nix prints a path set.
+                    let outs: BTreeSet<StorePath> =
+                        store.derivation_outputs(p)?.into_values().collect();
+                    for o in outs {
                         shell.println(store.print(&o))?;
                     }
                 } else {
