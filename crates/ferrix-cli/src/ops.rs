@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -14,23 +14,27 @@ use ferrix_store::{LocalStore, ValidPathInfo};
 use crate::settings::Settings;
 use crate::shell::Shell;
 
-/// Add a file or tree, named after its last component.
+/// Add files or trees, each named after its last component, in batches.
 pub fn add(
     store: &LocalStore,
-    src: &Path,
+    srcs: &[PathBuf],
     method: FileIngestionMethod,
     algo: HashAlgo,
-) -> Result<StorePath> {
-    let name = src
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .with_context(|| {
-            format!(
-                "'{}' has no file name to name a store path after",
-                src.display()
-            )
-        })?;
-    Ok(store.add_path(src, &name, method, algo)?)
+) -> Result<Vec<StorePath>> {
+    let mut named = Vec::with_capacity(srcs.len());
+    for src in srcs {
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| {
+                format!(
+                    "'{}' has no file name to name a store path after",
+                    src.display()
+                )
+            })?;
+        named.push((src.clone(), name));
+    }
+    Ok(store.add_paths(&named, method, algo)?)
 }
 
 /// A store path from what a user typed: a store path, a path inside one, or a symlink (such

@@ -1,6 +1,6 @@
 //! Canonical store contents: mtime 1, modes 0444/0555, no setuid, no xattrs; then fsync.
 
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -11,8 +11,8 @@ use crate::error::{io_err, Result};
 /// The modification time of everything in the store (Nix's `mtimeStore`).
 pub const MTIME_STORE: i64 = 1;
 
-/// Make the tree at `path` canonical and durable: every file and directory is fsynced, so
-/// that once the tree is renamed into place and registered, a crash cannot lose it.
+/// Make the tree at `path` canonical. Durability is the caller's: the store syncs the whole
+/// file system once per batch of new paths (`syncfs`), far cheaper than a fsync per file.
 pub fn canonicalise(path: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(path).map_err(io_err("reading", path))?;
     let ft = meta.file_type();
@@ -34,10 +34,6 @@ pub fn canonicalise(path: &Path) -> Result<()> {
             fs::set_permissions(path, fs::Permissions::from_mode(mode))
                 .map_err(io_err("setting permissions of", path))?;
         }
-        // Data and directory entries reach the disk before the path is registered.
-        File::open(path)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("syncing", path))?;
     }
     let times = Timestamps {
         last_access: Timespec {

@@ -473,6 +473,113 @@ impl Db {
         Ok(())
     }
 
+    /// Remove many rows in one transaction, in the given order (referrers first). Fails,
+    /// changing nothing, if a path still has a referrer outside the set.
+    pub fn invalidate_batch(&mut self, paths: &[StorePath]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Db {
+            path: path.clone(),
+            source,
+        };
+        let store_dir = self.store_dir.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        {
+            let mut referrer = tx
+                .prepare_cached(
+                    "select v.path from Refs r join ValidPaths v on r.referrer = v.id \
+                     where r.reference = (select id from ValidPaths where path = ?1) and r.referrer != r.reference limit 1",
+                )
+                .map_err(err)?;
+            let mut del = tx
+                .prepare_cached("delete from ValidPaths where path = ?")
+                .map_err(err)?;
+            for p in paths {
+                let full = store_dir.display(p);
+                del.execute([&full]).map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(..) => StoreError::InUse {
+                        path: full.clone(),
+                        by: referrer
+                            .query_row([&full], |r| r.get::<_, String>(0))
+                            .unwrap_or_default(),
+                    },
+                    e => err(e),
+                })?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Each valid path's deriver, where it is recorded and itself valid.
+    pub fn derivers(&self) -> Result<HashMap<StorePath, StorePath>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "select a.path, a.deriver from ValidPaths a join ValidPaths b on a.deriver = b.path",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.err())?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let (p, d) = r.map_err(self.err())?;
+            out.insert(self.parse(&p)?, self.parse(&d)?);
+        }
+        Ok(out)
+    }
+
+    /// The closure of `roots` (or, without `recursive`, just `roots`) with each member's
+    /// references, in one query rather than one per path.
+    pub fn closure_graph(
+        &self,
+        roots: &[StorePath],
+        recursive: bool,
+    ) -> Result<HashMap<StorePath, Vec<StorePath>>> {
+        self.conn
+            .execute_batch("create temp table if not exists ClosureRoots (path text primary key); delete from ClosureRoots;")
+            .map_err(self.err())?;
+        {
+            let mut ins = self
+                .conn
+                .prepare_cached("insert or ignore into ClosureRoots (path) values (?)")
+                .map_err(self.err())?;
+            for r in roots {
+                ins.execute([self.full(r)]).map_err(self.err())?;
+            }
+        }
+        let members = if recursive {
+            "with recursive c(id) as ( \
+               select v.id from ValidPaths v join ClosureRoots r on v.path = r.path \
+               union select f.reference from Refs f join c on f.referrer = c.id) "
+        } else {
+            "with c(id) as (select v.id from ValidPaths v join ClosureRoots r on v.path = r.path) "
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "{members}select a.path, b.path from c join ValidPaths a on a.id = c.id \
+                   left join Refs f on f.referrer = c.id left join ValidPaths b on b.id = f.reference"
+            ))
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .map_err(self.err())?;
+        let mut out: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
+        for r in rows {
+            let (a, b) = r.map_err(self.err())?;
+            let e = out.entry(self.parse(&a)?).or_default();
+            if let Some(b) = b {
+                e.push(self.parse(&b)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// `PRAGMA integrity_check` — "ok" when the file is sound.
     pub fn integrity_check(&self) -> Result<String> {
         self.conn

@@ -3,14 +3,14 @@
 //! Per path: `1`, the NAR, the magic `0x4558494e` ("NIXE"), the path, its references, its
 //! deriver (or empty) and `0` (no signature); after the last path, `0`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
 
 use ferrix_format::wire::{write_bytes, write_u64};
 use ferrix_format::StorePath;
 
 use crate::error::{Result, StoreError};
-use crate::local::LocalStore;
+use crate::local::{LocalStore, Pending, BATCH};
 use crate::path_info::ValidPathInfo;
 
 const EXPORT_MAGIC: u64 = 0x4558_494e;
@@ -70,12 +70,15 @@ fn read_string(r: &mut impl Read, max: usize) -> Result<String> {
     String::from_utf8(v).map_err(|_| StoreError::BadExport("a path is not UTF-8".into()))
 }
 
-/// Read an export stream into the store; returns the paths it held, in stream order.
+/// Read an export stream into the store; returns the paths it held, in stream order. Paths
+/// are committed in batches (references may point into the same batch).
 pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<StorePath>> {
     let mut imported = Vec::new();
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut batched: HashSet<StorePath> = HashSet::new();
     loop {
         match read_u64(&mut input)? {
-            0 => return Ok(imported),
+            0 => break,
             1 => {}
             n => {
                 return Err(StoreError::BadExport(format!(
@@ -110,13 +113,28 @@ pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<Stor
             // A legacy signature; Nix ignores it too.
             read_string(&mut input, 65536)?;
         }
+        imported.push(p.clone());
+        if batched.contains(&p) {
+            continue;
+        }
         if let Some(lock) = store.lock_unless_valid(&p)? {
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.references = refs;
             info.deriver = deriver;
-            let outs = store.staged_drv_outputs(&staged, &p);
-            store.commit(staged, info, outs, &lock)?;
+            let drv_outputs = store.staged_drv_outputs(&staged, &p);
+            batched.insert(p);
+            batch.push(Pending {
+                staged,
+                info,
+                drv_outputs,
+                _lock: lock,
+            });
+            if batch.len() >= BATCH {
+                store.commit_batch(std::mem::take(&mut batch))?;
+                batched.clear();
+            }
         }
-        imported.push(p);
     }
+    store.commit_batch(batch)?;
+    Ok(imported)
 }

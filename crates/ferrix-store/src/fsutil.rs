@@ -50,3 +50,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Flush everything written to the file system that holds `dir` (one call per batch).
+pub fn sync_fs(dir: &Path) -> Result<()> {
+    let f = fs::File::open(dir).map_err(io_err("opening", dir))?;
+    rustix::fs::syncfs(&f).map_err(|e| io_err("syncing the file system of", dir)(e.into()))
+}

@@ -263,21 +263,18 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
     // The live set: everything reachable from a root.
     let mut live: HashSet<StorePath> = HashSet::new();
     let mut todo: Vec<StorePath> = root_set.iter().cloned().collect();
+    // Extra edges: outputs keep their derivation alive, derivations their outputs.
     let mut derivers: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
-    if opts.keep_derivations || opts.keep_outputs {
-        for p in graph.keys() {
-            if opts.keep_derivations {
-                if let Some(info) = store.query_path_info(p)? {
-                    if let Some(d) = info.deriver.filter(|d| graph.contains_key(d)) {
-                        derivers.entry(p.clone()).or_default().push(d);
-                    }
-                }
-            }
-            if opts.keep_outputs && p.is_derivation() {
-                for o in store.derivation_outputs(p)?.into_values() {
-                    if graph.contains_key(&o) {
-                        derivers.entry(p.clone()).or_default().push(o);
-                    }
+    if opts.keep_derivations {
+        for (p, d) in store.db().derivers()? {
+            derivers.entry(p).or_default().push(d);
+        }
+    }
+    if opts.keep_outputs {
+        for p in graph.keys().filter(|p| p.is_derivation()) {
+            for o in store.derivation_outputs(p)?.into_values() {
+                if graph.contains_key(&o) {
+                    derivers.entry(p.clone()).or_default().push(o);
                 }
             }
         }
@@ -336,10 +333,9 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
                 .filter(|p| graph.contains_key(*p))
                 .cloned()
                 .collect();
-            for p in crate::closure::referrers_first(store.store_dir(), &set, &graph)? {
-                results.bytes_freed += store.invalidate_and_delete(&p)?;
-                results.paths.push(p);
-            }
+            let order = crate::closure::referrers_first(store.store_dir(), &set, &graph)?;
+            results.bytes_freed += store.invalidate_and_delete(&order)?;
+            results.paths = order;
             return Ok(results);
         }
         GcAction::DeleteDead => {}
@@ -350,12 +346,15 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
         .filter(|p| !live.contains(*p))
         .cloned()
         .collect();
-    for p in crate::closure::referrers_first(store.store_dir(), &dead, &graph)? {
+    // In chunks: one transaction each, and a check of --max-freed between them.
+    let order = crate::closure::referrers_first(store.store_dir(), &dead, &graph)?;
+    let chunk = if opts.max_freed.is_some() { 16 } else { 512 };
+    for part in order.chunks(chunk) {
         if opts.max_freed.is_some_and(|m| results.bytes_freed >= m) {
             return Ok(results);
         }
-        results.bytes_freed += store.invalidate_and_delete(&p)?;
-        results.paths.push(p);
+        results.bytes_freed += store.invalidate_and_delete(part)?;
+        results.paths.extend_from_slice(part);
     }
     // Store entries that are not valid paths: leftovers and junk. Skip what a live process
     // is creating (temp roots by hash part) and our own staging area.

@@ -1,6 +1,6 @@
 //! The local store: files under the store directory, metadata in SQLite, all or nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,13 +17,16 @@ use crate::canon::canonicalise;
 use crate::config::LocalStoreConfig;
 use crate::db::Db;
 use crate::error::{io_err, Result, StoreError};
-use crate::fsutil::{delete_path, pid_alive, sync_dir};
+use crate::fsutil::{delete_path, pid_alive, sync_dir, sync_fs};
 use crate::lock::{FileLock, PathLock};
 use crate::path_info::ValidPathInfo;
 use crate::temproots::TempRoots;
 
 /// Directory (inside the store's file system) where new contents are assembled.
 const TMP_DIR: &str = ".ferrix-tmp";
+
+/// Files smaller than this are serialised in memory rather than through a pipe and a thread.
+const SMALL: u64 = 1 << 20;
 
 /// An open local store. One per process is enough; it is `Sync`.
 #[derive(Debug)]
@@ -37,22 +40,34 @@ pub struct LocalStore {
 
 /// A tree restored into a temporary directory, hashed, not yet in place.
 pub(crate) struct Staged {
-    dir: PathBuf,
+    tree: PathBuf,
     pub(crate) nar_hash: Hash,
     pub(crate) nar_size: u64,
 }
 
 impl Staged {
     fn tree(&self) -> PathBuf {
-        self.dir.join("x")
+        self.tree.clone()
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        let _ = delete_path(&self.dir);
+        // Nothing to do once it has been moved into place.
+        let _ = delete_path(&self.tree);
     }
 }
+
+/// A staged path, locked, waiting to be committed with others.
+pub(crate) struct Pending {
+    pub(crate) staged: Staged,
+    pub(crate) info: ValidPathInfo,
+    pub(crate) drv_outputs: BTreeMap<String, StorePath>,
+    pub(crate) _lock: PathLock,
+}
+
+/// How many paths one commit handles: each holds an open lock file until then.
+pub(crate) const BATCH: usize = 256;
 
 /// Copies a NAR stream into a hasher as it is read.
 struct HashingReader<R> {
@@ -141,30 +156,32 @@ impl LocalStore {
         self.config.real_store_dir.join(format!("{p}.lock"))
     }
 
-    fn intent_file(&self, p: &StorePath) -> PathBuf {
-        self.config
-            .state_dir
-            .join("ferrix/pending")
-            .join(p.to_string())
-    }
-
-    /// Paths that were being put in place when a process died: the intent file names them.
-    /// Whoever can take a path's lock knows its adder is gone; an unregistered path is removed.
-    /// Temporary trees of dead processes are removed too.
+    /// Paths that were being put in place when a process died: intent files name them (one
+    /// file per batch, NUL-separated base names). Whoever can take a path's lock knows its
+    /// adder is gone; an unregistered path is removed. Temporary trees of dead processes are
+    /// removed too.
     fn recover(&self) -> Result<()> {
         let pending = self.config.state_dir.join("ferrix/pending");
-        for e in fs::read_dir(&pending).map_err(io_err("reading directory", &pending))? {
+        'files: for e in fs::read_dir(&pending).map_err(io_err("reading directory", &pending))? {
             let e = e.map_err(io_err("reading directory", &pending))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Ok(p) = StorePath::from_base_name(&name) else {
-                let _ = fs::remove_file(e.path());
-                continue;
-            };
-            let Some(_lock) = PathLock::acquire(&self.lock_file(&p), false)? else {
-                continue; // its adder is still at work
-            };
-            if !self.db().is_valid(&p)? {
-                delete_path(&self.real_path(&p))?;
+            let text = fs::read(e.path()).unwrap_or_default();
+            let mut locks = Vec::new();
+            for name in text.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                let Ok(p) = StorePath::from_base_name(&String::from_utf8_lossy(name)) else {
+                    continue;
+                };
+                match PathLock::acquire(&self.lock_file(&p), false)? {
+                    Some(l) => locks.push((p, l)),
+                    None => continue 'files, // its adder is still at work
+                }
+            }
+            {
+                let db = self.db();
+                for (p, _) in &locks {
+                    if !db.is_valid(p)? {
+                        delete_path(&self.real_path(p))?;
+                    }
+                }
             }
             let _ = fs::remove_file(e.path());
         }
@@ -237,7 +254,16 @@ impl LocalStore {
         include_outputs: bool,
         include_derivers: bool,
     ) -> Result<BTreeSet<StorePath>> {
+        let paths: Vec<StorePath> = paths.into_iter().collect();
         let db = self.db();
+        for p in &paths {
+            if !db.is_valid(p)? {
+                return Err(StoreError::NotValid(self.print(p)));
+            }
+        }
+        if !include_outputs && !include_derivers {
+            return Ok(db.closure_graph(&paths, true)?.into_keys().collect());
+        }
         crate::closure::closure(paths, |p| {
             let info = db
                 .path_info(p)?
@@ -272,9 +298,10 @@ impl LocalStore {
 
     /// `paths` ordered references-first.
     pub fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
-        let db = self.db();
+        let list: Vec<StorePath> = paths.iter().cloned().collect();
+        let graph = self.db().closure_graph(&list, false)?;
         crate::closure::topo_sort(&self.config.store_dir, paths, |p| {
-            Ok(db.references(p)?.into_iter().collect())
+            Ok(graph.get(p).cloned().unwrap_or_default())
         })
     }
 
@@ -289,28 +316,28 @@ impl LocalStore {
 
     // ---- adding ---------------------------------------------------------------------
 
-    fn new_tmp_dir(&self) -> Result<PathBuf> {
+    /// A fresh name in the staging area (same file system as the store, so renames are atomic).
+    fn new_tmp_path(&self) -> Result<PathBuf> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let dir = self
+        let p = self
             .config
             .real_store_dir
             .join(TMP_DIR)
             .join(format!("{}-{n}", std::process::id()));
-        let _ = delete_path(&dir);
-        fs::create_dir(&dir).map_err(io_err("creating directory", &dir))?;
-        Ok(dir)
+        delete_path(&p)?;
+        Ok(p)
     }
 
     /// Restore a NAR stream into a fresh temporary directory while hashing it. With `exact`,
     /// the stream must end with the archive; otherwise reading stops at its end.
     pub(crate) fn stage(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
-        let dir = self.new_tmp_dir()?;
+        let tree = self.new_tmp_path()?;
         let mut reader = HashingReader {
             inner: nar_stream,
             sink: HashSink::new(HashAlgo::Sha256),
         };
         let mut staged = Staged {
-            dir,
+            tree,
             nar_hash: Hash::zero(HashAlgo::Sha256),
             nar_size: 0,
         };
@@ -331,39 +358,65 @@ impl LocalStore {
         Ok(staged)
     }
 
-    /// Put a staged tree in place as `info.path` and register it; the caller holds the lock.
-    pub(crate) fn commit(
-        &self,
-        staged: Staged,
-        info: ValidPathInfo,
-        drv_outputs: BTreeMap<String, StorePath>,
-        _held: &PathLock,
-    ) -> Result<()> {
-        let p = info.path.clone();
-        for r in &info.references {
-            if *r != p && !self.is_valid_path(r)? {
-                return Err(StoreError::ReferenceNotValid {
-                    path: self.print(&p),
-                    reference: self.print(r),
-                });
+    /// Put staged trees in place and register them, all in one go: canonicalise each, sync
+    /// the file system once, record the intent, rename each into place, sync the store
+    /// directory, register all in one transaction, drop the intent. A crash at any point
+    /// leaves nothing that recovery does not remove.
+    pub(crate) fn commit_batch(&self, batch: Vec<Pending>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let in_batch: HashSet<&StorePath> = batch.iter().map(|b| &b.info.path).collect();
+        {
+            let db = self.db();
+            for b in &batch {
+                for r in &b.info.references {
+                    if !in_batch.contains(r) && !db.is_valid(r)? {
+                        return Err(StoreError::ReferenceNotValid {
+                            path: self.print(&b.info.path),
+                            reference: self.print(r),
+                        });
+                    }
+                }
             }
         }
-        canonicalise(&staged.tree())?;
-        let dest = self.real_path(&p);
-        // Left by a process that died before registering it.
-        delete_path(&dest)?;
-        let intent = self.intent_file(&p);
-        fs::File::create(&intent).map_err(io_err("creating", &intent))?;
-        fs::rename(staged.tree(), &dest).map_err(io_err("moving into place", &dest))?;
-        sync_dir(&self.config.real_store_dir)?;
-        let mut outs = BTreeMap::new();
-        if !drv_outputs.is_empty() {
-            outs.insert(p.clone(), drv_outputs);
+        for b in &batch {
+            canonicalise(&b.staged.tree())?;
         }
-        let res = self.db().register(std::slice::from_ref(&info), &outs);
-        if let Err(e) = res {
+        sync_fs(&self.config.real_store_dir)?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let intent = self
+            .config
+            .state_dir
+            .join("ferrix/pending")
+            .join(format!("{}-{n}", std::process::id()));
+        let mut names = Vec::new();
+        for b in &batch {
+            names.extend_from_slice(b.info.path.to_string().as_bytes());
+            names.push(0);
+        }
+        crate::db::write_atomically(&intent, &names)?;
+        let moved = (|| -> Result<()> {
+            for b in &batch {
+                let dest = self.real_path(&b.info.path);
+                // Left by a process that died before registering it.
+                delete_path(&dest)?;
+                fs::rename(b.staged.tree(), &dest).map_err(io_err("moving into place", &dest))?;
+            }
+            sync_dir(&self.config.real_store_dir)?;
+            let infos: Vec<ValidPathInfo> = batch.iter().map(|b| b.info.clone()).collect();
+            let outs: BTreeMap<StorePath, BTreeMap<String, StorePath>> = batch
+                .iter()
+                .filter(|b| !b.drv_outputs.is_empty())
+                .map(|b| (b.info.path.clone(), b.drv_outputs.clone()))
+                .collect();
+            self.db().register(&infos, &outs)
+        })();
+        if let Err(e) = moved {
             // Never leave an unregistered path behind.
-            let _ = delete_path(&dest);
+            for b in &batch {
+                let _ = delete_path(&self.real_path(&b.info.path));
+            }
             let _ = fs::remove_file(&intent);
             return Err(e);
         }
@@ -416,6 +469,66 @@ impl LocalStore {
         method: FileIngestionMethod,
         algo: HashAlgo,
     ) -> Result<StorePath> {
+        let mut v = self.add_paths(&[(src.to_owned(), name.to_owned())], method, algo)?;
+        Ok(v.remove(0))
+    }
+
+    /// Add many trees, committed in batches: one file system sync and one database
+    /// transaction per batch rather than per path. Returns the paths in argument order.
+    pub fn add_paths(
+        &self,
+        srcs: &[(PathBuf, String)],
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+    ) -> Result<Vec<StorePath>> {
+        let mut out = Vec::with_capacity(srcs.len());
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut batched: HashSet<StorePath> = HashSet::new();
+        for (src, name) in srcs {
+            let (staged, ca) = self.stage_tree(src, name, method, algo)?;
+            let p = self
+                .config
+                .store_dir
+                .make_ca_path(name, &ca, [], false)
+                .map_err(|source| StoreError::BadName {
+                    path: name.to_owned(),
+                    source,
+                })?;
+            out.push(p.clone());
+            if batched.contains(&p) {
+                continue;
+            }
+            let Some(lock) = self.lock_unless_valid(&p)? else {
+                continue;
+            };
+            let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
+            info.ca = Some(ca);
+            info.ultimate = true;
+            batched.insert(p);
+            batch.push(Pending {
+                staged,
+                info,
+                drv_outputs: BTreeMap::new(),
+                _lock: lock,
+            });
+            if batch.len() >= BATCH {
+                self.commit_batch(std::mem::take(&mut batch))?;
+                batched.clear();
+            }
+        }
+        self.commit_batch(batch)?;
+        Ok(out)
+    }
+
+    /// Copy a tree into a temporary directory, computing its NAR hash and content address in
+    /// the same pass.
+    fn stage_tree(
+        &self,
+        src: &Path,
+        name: &str,
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+    ) -> Result<(Staged, ContentAddress)> {
         ferrix_format::store_path::validate_name(name).map_err(|source| StoreError::BadName {
             path: name.to_owned(),
             source,
@@ -426,31 +539,43 @@ impl LocalStore {
                 path: src.to_owned(),
             });
         }
-        // One pass: the NAR is produced on one thread and restored (and hashed) on this one.
-        let (rd, wr) = pipe()?;
-        let src_owned = src.to_owned();
         let mut ca_hasher = (method == FileIngestionMethod::Recursive && algo != HashAlgo::Sha256)
             .then(|| Hasher::new(algo));
-        let dumper = std::thread::spawn(move || -> std::result::Result<(), nar::DumpError> {
-            nar::dump_path(&src_owned, wr)
-        });
-        let staged = {
-            // Moved in, so that an early failure closes the pipe and the dumper stops.
-            let tee = TeeReader {
-                inner: rd,
-                extra: ca_hasher.as_mut(),
-            };
-            self.stage(tee, &src.display().to_string(), true)
-        };
-        let dumped = dumper
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        dumped.map_err(|source| StoreError::Dump {
+        let what = src.display().to_string();
+        let dump_err = |source| StoreError::Dump {
             path: src.to_owned(),
             source,
-        })?;
-        let staged = staged?;
-        let ca_hash = match method {
+        };
+        let staged = if !meta.is_dir() && meta.len() < SMALL {
+            // Small files: the NAR in memory, no thread.
+            let mut buf = Vec::with_capacity(meta.len() as usize + 200);
+            nar::dump_path(src, &mut buf).map_err(dump_err)?;
+            if let Some(h) = ca_hasher.as_mut() {
+                h.update(&buf);
+            }
+            self.stage(&buf[..], &what, true)?
+        } else {
+            // One pass: the NAR is produced on one thread and restored (and hashed) on this one.
+            let (rd, wr) = pipe()?;
+            let src_owned = src.to_owned();
+            let dumper = std::thread::spawn(move || -> std::result::Result<(), nar::DumpError> {
+                nar::dump_path(&src_owned, wr)
+            });
+            let staged = {
+                // Moved in, so that an early failure closes the pipe and the dumper stops.
+                let tee = TeeReader {
+                    inner: rd,
+                    extra: ca_hasher.as_mut(),
+                };
+                self.stage(tee, &what, true)
+            };
+            let dumped = dumper
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            dumped.map_err(dump_err)?;
+            staged?
+        };
+        let hash = match method {
             FileIngestionMethod::Flat => ferrix_format::hash::hash_file(&staged.tree(), algo)
                 .map_err(io_err("hashing", staged.tree()))?,
             FileIngestionMethod::Recursive => match ca_hasher {
@@ -458,26 +583,7 @@ impl LocalStore {
                 None => staged.nar_hash,
             },
         };
-        let ca = ContentAddress::Fixed {
-            method,
-            hash: ca_hash,
-        };
-        let p = self
-            .config
-            .store_dir
-            .make_ca_path(name, &ca, [], false)
-            .map_err(|source| StoreError::BadName {
-                path: name.to_owned(),
-                source,
-            })?;
-        let Some(lock) = self.lock_unless_valid(&p)? else {
-            return Ok(p);
-        };
-        let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
-        info.ca = Some(ca);
-        info.ultimate = true;
-        self.commit(staged, info, BTreeMap::new(), &lock)?;
-        Ok(p)
+        Ok((staged, ContentAddress::Fixed { method, hash }))
     }
 
     /// Add a text file with references (`builtins.toFile`, `.drv` files).
@@ -516,7 +622,12 @@ impl LocalStore {
         info.references = refs.clone();
         info.ca = Some(ContentAddress::Text(hash));
         info.ultimate = true;
-        self.commit(staged, info, drv_outputs, &lock)?;
+        self.commit_batch(vec![Pending {
+            staged,
+            info,
+            drv_outputs,
+            _lock: lock,
+        }])?;
         Ok(p)
     }
 
@@ -567,7 +678,12 @@ impl LocalStore {
         let drv_outputs = self.staged_drv_outputs(&staged, p);
         let mut info = info.clone();
         info.nar_size = staged.nar_size;
-        self.commit(staged, info, drv_outputs, &lock)
+        self.commit_batch(vec![Pending {
+            staged,
+            info,
+            drv_outputs,
+            _lock: lock,
+        }])
     }
 
     /// Register paths whose contents are already in place (`nix-store --load-db`,
@@ -594,13 +710,14 @@ impl LocalStore {
         self.db().register(infos, &outs)
     }
 
-    /// Remove valid paths that nothing refers to (apart from each other), referrers first.
+    /// Invalidate `paths` (in one transaction, referrers first) and delete their files.
     /// Liveness against GC roots is the caller's business (see [`crate::gc`]).
-    pub fn invalidate_and_delete(&self, p: &StorePath) -> Result<u64> {
-        let _lock = PathLock::acquire(&self.lock_file(p), true)?
-            .ok_or_else(|| StoreError::Format("lock unavailable".into()))?;
-        self.db().invalidate(p)?;
-        let freed = delete_path(&self.real_path(p))?;
+    pub fn invalidate_and_delete(&self, paths: &[StorePath]) -> Result<u64> {
+        self.db().invalidate_batch(paths)?;
+        let mut freed = 0;
+        for p in paths {
+            freed += delete_path(&self.real_path(p))?;
+        }
         Ok(freed)
     }
 }

@@ -15,7 +15,8 @@ use crate::lock::FileLock;
 pub struct TempRoots {
     file: File,
     path: PathBuf,
-    gc_lock: PathBuf,
+    /// `<state>/gc.lock`, kept open: every root is written under a shared lock on it.
+    gc_lock: File,
 }
 
 impl TempRoots {
@@ -42,7 +43,7 @@ impl TempRoots {
             return Ok(Self {
                 file,
                 path,
-                gc_lock: state_dir.join("gc.lock"),
+                gc_lock: FileLock::open(&state_dir.join("gc.lock"))?,
             });
         }
     }
@@ -50,12 +51,16 @@ impl TempRoots {
     /// Record `full_path` as a root. Waits while a garbage collection runs, so a collection
     /// either sees this root or finishes before the path exists.
     pub fn add(&mut self, full_path: &str) -> Result<()> {
-        let _gc = FileLock::acquire(&self.gc_lock, true, true)?;
+        flock(&self.gc_lock, FlockOperation::LockShared)
+            .map_err(|e| io_err("locking", &self.path)(e.into()))?;
         let mut rec = full_path.as_bytes().to_vec();
         rec.push(0);
-        self.file
+        let res = self
+            .file
             .write_all(&rec)
-            .map_err(io_err("writing temp root to", &self.path))
+            .map_err(io_err("writing temp root to", &self.path));
+        let _ = flock(&self.gc_lock, FlockOperation::Unlock);
+        res
     }
 }
 

@@ -192,8 +192,8 @@ fn recovery_removes_unregistered_paths() {
     let p = StorePath::from_base_name("0g1savw1cf7pji42hasyx0smc4aw15nw-t.txt").unwrap();
     fs::write(cfg.real_path(&p), b"abc").unwrap();
     fs::write(
-        cfg.state_dir.join("ferrix/pending").join(p.to_string()),
-        b"",
+        cfg.state_dir.join("ferrix/pending/999999999-0"),
+        format!("{p}\0"),
     )
     .unwrap();
     let tmp = cfg.real_store_dir.join(".ferrix-tmp/999999999-0");

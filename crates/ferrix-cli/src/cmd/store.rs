@@ -83,7 +83,13 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             shell.println(store.print(&p))?;
         }
         StoreCommand::AddFile(a) => {
-            let p = ops::add(&store, &a.path, FileIngestionMethod::Flat, a.algo)?;
+            let p = ops::add(
+                &store,
+                std::slice::from_ref(&a.path),
+                FileIngestionMethod::Flat,
+                a.algo,
+            )?
+            .remove(0);
             shell.println(store.print(&p))?;
         }
         StoreCommand::Add(a) | StoreCommand::AddPath(a) => {
@@ -91,7 +97,7 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
                 Some(Mode::Flat) => FileIngestionMethod::Flat,
                 _ => FileIngestionMethod::Recursive,
             };
-            let p = ops::add(&store, &a.path, method, a.algo)?;
+            let p = ops::add(&store, std::slice::from_ref(&a.path), method, a.algo)?.remove(0);
             shell.println(store.print(&p))?;
         }
         StoreCommand::Gc { max, dry_run } => {

@@ -238,14 +238,14 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let store = settings.open_store()?;
     match op {
         Op::Add => {
-            for p in &operands {
-                let path = ops::add(
-                    &store,
-                    Path::new(p),
-                    FileIngestionMethod::Recursive,
-                    HashAlgo::Sha256,
-                )?;
-                shell.println(store.print(&path))?;
+            let srcs: Vec<PathBuf> = operands.iter().map(PathBuf::from).collect();
+            for p in ops::add(
+                &store,
+                &srcs,
+                FileIngestionMethod::Recursive,
+                HashAlgo::Sha256,
+            )? {
+                shell.println(store.print(&p))?;
             }
         }
         Op::AddFixed => {
@@ -258,9 +258,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             } else {
                 FileIngestionMethod::Flat
             };
-            for p in paths {
-                let path = ops::add(&store, Path::new(p), method, algo)?;
-                shell.println(store.print(&path))?;
+            let srcs: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+            for p in ops::add(&store, &srcs, method, algo)? {
+                shell.println(store.print(&p))?;
             }
         }
         Op::Query => {
