@@ -61,7 +61,7 @@ pub enum StoreError {
     InUse { path: String, by: String },
     #[error("cannot delete path '{path}' since it is still alive (reachable from root '{root}')")]
     Alive { path: String, root: String },
-    #[error("path '{path}' is named in the store but its name is invalid: {source}")]
+    #[error("'{path}' cannot be a store path")]
     BadName {
         path: String,
         #[source]
@@ -69,7 +69,7 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Format(String),
-    #[error("invalid NAR stream for '{path}'")]
+    #[error("invalid NAR for {path}")]
     Nar {
         path: String,
         #[source]

@@ -86,7 +86,8 @@ pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<Stor
                 )))
             }
         }
-        let staged = store.stage(&mut input, "imported path", false)?;
+        let what = format!("path #{} of the export stream", imported.len() + 1);
+        let staged = store.stage(&mut input, &what, false)?;
         if read_u64(&mut input)? != EXPORT_MAGIC {
             return Err(StoreError::BadExport(
                 "missing the export magic after a NAR".into(),

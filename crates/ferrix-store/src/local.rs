@@ -541,7 +541,7 @@ impl LocalStore {
         }
         let mut ca_hasher = (method == FileIngestionMethod::Recursive && algo != HashAlgo::Sha256)
             .then(|| Hasher::new(algo));
-        let what = src.display().to_string();
+        let what = format!("'{}'", src.display());
         let dump_err = |source| StoreError::Dump {
             path: src.to_owned(),
             source,
@@ -617,7 +617,7 @@ impl LocalStore {
         };
         let mut nar_bytes = Vec::with_capacity(text.len() + 128);
         write_file_nar(&mut nar_bytes, text);
-        let staged = self.stage(&nar_bytes[..], name, true)?;
+        let staged = self.stage(&nar_bytes[..], &format!("'{name}'"), true)?;
         let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
         info.references = refs.clone();
         info.ca = Some(ContentAddress::Text(hash));
@@ -660,7 +660,7 @@ impl LocalStore {
             })?;
             return Ok(());
         };
-        let staged = self.stage(nar_stream, &self.print(p), false)?;
+        let staged = self.stage(nar_stream, &format!("'{}'", self.print(p)), false)?;
         if staged.nar_hash != info.nar_hash {
             return Err(StoreError::HashMismatch {
                 path: self.print(p),
