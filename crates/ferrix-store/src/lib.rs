@@ -12,6 +12,7 @@ pub mod gc;
 pub mod local;
 pub mod lock;
 pub mod path_info;
+pub mod store;
 pub mod temproots;
 pub mod verify;
 
@@ -19,3 +20,4 @@ pub use config::LocalStoreConfig;
 pub use error::{Result, StoreError};
 pub use local::LocalStore;
 pub use path_info::ValidPathInfo;
+pub use store::{copy_closure, Store};

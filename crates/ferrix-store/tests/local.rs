@@ -93,7 +93,13 @@ fn add_query_and_closure() {
         .unwrap_err();
     assert!(matches!(err, StoreError::NotRegularFile { .. }));
     let err = store.add_text("a b", b"x", &BTreeSet::new()).unwrap_err();
-    assert!(err.to_string().contains("illegal character"), "{err}");
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(chain.contains("illegal character"), "{chain}");
 }
 
 #[test]
@@ -216,4 +222,22 @@ fn newer_schema_is_refused() {
         matches!(err, StoreError::SchemaTooNew { found: 11, .. }),
         "{err}"
     );
+}
+
+#[test]
+fn copy_closure_between_stores() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (s1, s2) = (open(d1.path()), open(d2.path()));
+    let a = s1.add_text("a", b"a", &BTreeSet::new()).unwrap();
+    let b = s1.add_text("b", b"b", &set(&[&a])).unwrap();
+    let copied = ferrix_store::copy_closure(&s1, &s2, &set(&[&b])).unwrap();
+    assert_eq!(copied, vec![a.clone(), b.clone()]);
+    assert_eq!(s2.path_info(&b).unwrap().references, set(&[&a]));
+    assert!(ferrix_store::verify::verify_store(&s2, true, None)
+        .unwrap()
+        .is_empty());
+    // Nothing left to copy the second time.
+    assert!(ferrix_store::copy_closure(&s1, &s2, &set(&[&b]))
+        .unwrap()
+        .is_empty());
 }
