@@ -290,7 +290,11 @@ fn store_refuses_bad_input() {
     };
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("good"), b"good\n").unwrap();
-    let good = String::from_utf8(ok(&mut nix_store(&["--add", dir.path().join("good").to_str().unwrap()]))).unwrap();
+    let good = String::from_utf8(ok(&mut nix_store(&[
+        "--add",
+        dir.path().join("good").to_str().unwrap(),
+    ])))
+    .unwrap();
     let listing = |root: &std::path::Path| -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(root.join("nix/store"))
             .unwrap()
@@ -306,7 +310,10 @@ fn store_refuses_bad_input() {
     let mut all = String::new();
     // A name Nix refuses.
     fs::write(dir.path().join("a b"), b"x").unwrap();
-    all += &transcript(&mut nix_store(&["--add", dir.path().join("a b").to_str().unwrap()]), None);
+    all += &transcript(
+        &mut nix_store(&["--add", dir.path().join("a b").to_str().unwrap()]),
+        None,
+    );
     // A corrupt export stream: a NAR cut short.
     let mut stream = ok(&mut nix_store(&["--export", good.trim()]));
     stream.truncate(60);
@@ -316,17 +323,31 @@ fn store_refuses_bad_input() {
     bad[8 + 8] = b'X';
     all += &transcript(&mut nix_store(&["--import"]), Some(&bad));
     // Hashes that are not hashes.
-    all += &transcript(&mut nix_store(&["--print-fixed-path", "sha256", "abcd", "x"]), None);
+    all += &transcript(
+        &mut nix_store(&["--print-fixed-path", "sha256", "abcd", "x"]),
+        None,
+    );
     all += &transcript(&mut nix_store(&["--add-fixed", "sha3", "/dev/null"]), None);
     // A path that is not valid.
-    all += &transcript(&mut store_cmd(&["path-info", "/nix/store/0g1savw1cf7pji42hasyx0smc4aw15nw-t.txt"]), None);
-    assert_eq!((listing(root.path()), dump(&mut nix_store(&["--dump-db"]))), before);
+    all += &transcript(
+        &mut store_cmd(&[
+            "path-info",
+            "/nix/store/0g1savw1cf7pji42hasyx0smc4aw15nw-t.txt",
+        ]),
+        None,
+    );
+    assert_eq!(
+        (listing(root.path()), dump(&mut nix_store(&["--dump-db"]))),
+        before
+    );
 
     // A database from a future Nix: refused, untouched.
     let schema = root.path().join("nix/var/nix/db/schema");
     fs::write(&schema, "11").unwrap();
     all += &transcript(&mut nix_store(&["-q", "--hash", good.trim()]), None);
     assert_eq!(fs::read_to_string(&schema).unwrap(), "11");
-    let all = all.replace(&dir.path().display().to_string(), "[DIR]").replace(&root.path().display().to_string(), "[ROOT]");
+    let all = all
+        .replace(&dir.path().display().to_string(), "[DIR]")
+        .replace(&root.path().display().to_string(), "[ROOT]");
     snap!("store_bad_input", all);
 }
