@@ -3,7 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ferrix_format::StorePath;
 
@@ -231,11 +234,92 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Run a collection. Holds `<state>/gc.lock` exclusively throughout, so processes adding
-/// temp roots wait, and every temp root written before it started is honoured.
+/// Serves `<state>/gc-socket/socket` while a collection runs: each line is a store path that
+/// a process is about to create or use; its hash part joins the roots, then `1` is sent back.
+/// Deletions happen with `roots` locked, so a path is either deleted before its root arrives
+/// (and its user, checking validity afterwards, sees it gone) or kept.
+struct RootServer {
+    roots: Arc<Mutex<HashSet<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl RootServer {
+    fn start(state: &Path) -> Result<Self> {
+        let socket = state.join(crate::temproots::GC_SOCKET);
+        if let Some(dir) = socket.parent() {
+            fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+        }
+        let _ = fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(io_err("listening on", &socket))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io_err("listening on", &socket))?;
+        let roots: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (roots.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let r = r.clone();
+                        std::thread::spawn(move || serve_roots(conn, &r));
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+            }
+        });
+        Ok(Self {
+            roots,
+            stop,
+            thread: Some(thread),
+            socket,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.roots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for RootServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+fn serve_roots(conn: UnixStream, roots: &Mutex<HashSet<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = conn.set_nonblocking(false);
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(conn).lines() {
+        let Ok(line) = line else { return };
+        let base = line.rsplit('/').next().unwrap_or("");
+        if let Some(hash) = base.get(..32) {
+            roots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(hash.to_owned());
+        }
+        if out.write_all(b"1").is_err() {
+            return;
+        }
+    }
+}
+
+/// Run a collection. Holds `<state>/gc.lock` exclusively throughout; processes that need a
+/// temp root meanwhile send it through the collector's socket instead of waiting.
 pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults> {
     let state = &store.config().state_dir;
     let _gc_lock = FileLock::acquire(&state.join("gc.lock"), false, true)?;
+    let server = RootServer::start(state)?;
     let graph = store.db().reference_graph()?;
 
     let mut root_set: HashSet<StorePath> = HashSet::new();
@@ -334,6 +418,13 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
                 .cloned()
                 .collect();
             let order = crate::closure::referrers_first(store.store_dir(), &set, &graph)?;
+            let roots = server.lock();
+            if let Some(p) = order.iter().find(|p| roots.contains(p.hash_part())) {
+                return Err(StoreError::Alive {
+                    path: store.print(p),
+                    root: "{temp root}".into(),
+                });
+            }
             results.bytes_freed += store.invalidate_and_delete(&order)?;
             results.paths = order;
             return Ok(results);
@@ -346,16 +437,40 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
         .filter(|p| !live.contains(*p))
         .cloned()
         .collect();
-    // In chunks: one transaction each, and a check of --max-freed between them.
+    // In chunks: one transaction each, a check of --max-freed between them, and roots that
+    // arrived meanwhile protecting their paths and everything those refer to.
     let order = crate::closure::referrers_first(store.store_dir(), &dead, &graph)?;
+    let by_hash: HashMap<&str, &StorePath> = order.iter().map(|p| (p.hash_part(), p)).collect();
+    let mut protected: HashSet<StorePath> = HashSet::new();
+    let mut seen_roots: HashSet<String> = HashSet::new();
     let chunk = if opts.max_freed.is_some() { 16 } else { 512 };
     for part in order.chunks(chunk) {
         if opts.max_freed.is_some_and(|m| results.bytes_freed >= m) {
             return Ok(results);
         }
-        results.bytes_freed += store.invalidate_and_delete(part)?;
-        results.paths.extend_from_slice(part);
+        let roots = server.lock();
+        for h in roots.iter() {
+            if seen_roots.insert(h.clone()) {
+                if let Some(p) = by_hash.get(h.as_str()) {
+                    let mut todo = vec![(*p).clone()];
+                    while let Some(q) = todo.pop() {
+                        if dead.contains(&q) && protected.insert(q.clone()) {
+                            todo.extend(graph.get(&q).into_iter().flatten().cloned());
+                        }
+                    }
+                }
+            }
+        }
+        let part: Vec<StorePath> = part
+            .iter()
+            .filter(|p| !protected.contains(*p))
+            .cloned()
+            .collect();
+        results.bytes_freed += store.invalidate_and_delete(&part)?;
+        results.paths.extend(part);
+        drop(roots);
     }
+    let protected_hashes: HashSet<&str> = protected.iter().map(|p| p.hash_part()).collect();
     // Store entries that are not valid paths: leftovers and junk. Skip what a live process
     // is creating (temp roots by hash part) and our own staging area.
     let real = &store.config().real_store_dir;
@@ -365,7 +480,12 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
         if name.starts_with('.') {
             continue;
         }
-        if temp_hashes.contains(name.get(..32).unwrap_or("")) {
+        let hash = name.get(..32).unwrap_or("");
+        if temp_hashes.contains(hash) || protected_hashes.contains(hash) {
+            continue;
+        }
+        let roots = server.lock();
+        if roots.contains(hash) {
             continue;
         }
         // What is left valid now is exactly the live set (the dead were deleted above).
@@ -378,6 +498,7 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
             break;
         }
         results.bytes_freed += delete_path(&e.path())?;
+        drop(roots);
     }
     Ok(results)
 }

@@ -48,19 +48,50 @@ impl TempRoots {
         }
     }
 
-    /// Record `full_path` as a root. Waits while a garbage collection runs, so a collection
-    /// either sees this root or finishes before the path exists.
+    /// Record `full_path` as a root. With no collection running (the GC lock can be shared),
+    /// appending to our file is enough: a collection starting later reads it. While one runs,
+    /// tell it through its socket first and wait for its acknowledgement, as Nix's processes
+    /// do, so adding never waits for a collection to finish.
     pub fn add(&mut self, full_path: &str) -> Result<()> {
-        flock(&self.gc_lock, FlockOperation::LockShared)
-            .map_err(|e| io_err("locking", &self.path)(e.into()))?;
         let mut rec = full_path.as_bytes().to_vec();
         rec.push(0);
-        let res = self
-            .file
-            .write_all(&rec)
-            .map_err(io_err("writing temp root to", &self.path));
-        let _ = flock(&self.gc_lock, FlockOperation::Unlock);
-        res
+        loop {
+            match flock(&self.gc_lock, FlockOperation::NonBlockingLockShared) {
+                Ok(()) => {
+                    let res = self
+                        .file
+                        .write_all(&rec)
+                        .map_err(io_err("writing temp root to", &self.path));
+                    let _ = flock(&self.gc_lock, FlockOperation::Unlock);
+                    return res;
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(e) => return Err(io_err("locking", &self.path)(e.into())),
+            }
+            if self.tell_collector(full_path) {
+                return self
+                    .file
+                    .write_all(&rec)
+                    .map_err(io_err("writing temp root to", &self.path));
+            }
+            // The collector is starting up or just finished: try again shortly.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Send a root to the running collector; false when it is not (or no longer) listening.
+    fn tell_collector(&self, full_path: &str) -> bool {
+        use std::io::Read;
+        let Some(state) = self.path.parent().and_then(Path::parent) else {
+            return false;
+        };
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(state.join(GC_SOCKET)) else {
+            return false;
+        };
+        let mut line = full_path.as_bytes().to_vec();
+        line.push(b'\n');
+        let mut ack = [0u8; 1];
+        s.write_all(&line).is_ok() && s.read_exact(&mut ack).is_ok() && ack[0] == b'1'
     }
 }
 
@@ -69,6 +100,10 @@ impl Drop for TempRoots {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Where a running collection listens for new temp roots (Nix's protocol: a path and a newline
+/// in, `1` out once the collector will keep it).
+pub const GC_SOCKET: &str = "gc-socket/socket";
 
 /// The temp roots of every live process; files of dead processes are removed.
 pub fn read_all(state_dir: &Path) -> Result<Vec<String>> {
