@@ -27,3 +27,15 @@ echo "== nix-store --restore, then hash again: identical"
 "$ferrix" hash path "$work/restored"
 echo "== ferrix derivation show examples/*.drv"
 "$ferrix" derivation show examples/*.drv
+
+# The local store (a private one here: the build engine will use the default store).
+store="$work/root"
+echo "== nix-store --store $store --add $src"
+p=$("$work/bin/nix-store" --store "$store" --add "$src")
+echo "$p"
+echo "== ferrix path-info --json (store at $store)"
+"$ferrix" --store "$store" path-info --json "$p"; echo
+echo "== nix-store --verify --check-contents"
+"$work/bin/nix-store" --store "$store" --verify --check-contents
+echo "== nix-store --gc (nothing roots the path, so it goes)"
+"$work/bin/nix-store" --store "$store" --gc
