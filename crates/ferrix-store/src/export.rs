@@ -118,7 +118,10 @@ pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<Stor
         if batched.contains(&p) {
             continue;
         }
-        if let Some(lock) = store.lock_unless_valid(&p)? {
+        if let Some(lock) = store.lock_for_batch(&p, &mut batch)? {
+            if batch.is_empty() {
+                batched.clear();
+            }
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.references = refs;
             info.deriver = deriver;

@@ -17,10 +17,19 @@ pub fn delete_path(path: &Path) -> Result<u64> {
     let mut freed = meta.len();
     if meta.is_dir() {
         if meta.permissions().mode() & 0o700 != 0o700 {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-                .map_err(io_err("making writable", path))?;
+            match fs::set_permissions(path, fs::Permissions::from_mode(0o755)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(io_err("making writable", path)(e)),
+            }
         }
-        for e in fs::read_dir(path).map_err(io_err("reading directory", path))? {
+        let entries = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            // Someone else (a concurrent recovery) got there first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(freed),
+            Err(e) => return Err(io_err("reading directory", path)(e)),
+        };
+        for e in entries {
             let e = e.map_err(io_err("reading directory", path))?;
             freed += delete_path(&e.path())?;
         }

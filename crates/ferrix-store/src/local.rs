@@ -66,6 +66,13 @@ pub(crate) struct Pending {
     pub(crate) _lock: PathLock,
 }
 
+/// The outcome of trying to lock a path without waiting.
+pub(crate) enum LockAttempt {
+    Valid,
+    Locked(PathLock),
+    Busy,
+}
+
 /// How many paths one commit handles: each holds an open lock file until then.
 pub(crate) const BATCH: usize = 256;
 
@@ -164,6 +171,12 @@ impl LocalStore {
         let pending = self.config.state_dir.join("ferrix/pending");
         'files: for e in fs::read_dir(&pending).map_err(io_err("reading directory", &pending))? {
             let e = e.map_err(io_err("reading directory", &pending))?;
+            // Intents (and their half-written temporaries) of a live process are its own.
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if owner.is_some_and(|pid| pid != std::process::id() && pid_alive(pid)) {
+                continue;
+            }
             let text = fs::read(e.path()).unwrap_or_default();
             let mut locks = Vec::new();
             for name in text.split(|&b| b == 0).filter(|n| !n.is_empty()) {
@@ -384,18 +397,8 @@ impl LocalStore {
             canonicalise(&b.staged.tree())?;
         }
         sync_fs(&self.config.real_store_dir)?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let intent = self
-            .config
-            .state_dir
-            .join("ferrix/pending")
-            .join(format!("{}-{n}", std::process::id()));
-        let mut names = Vec::new();
-        for b in &batch {
-            names.extend_from_slice(b.info.path.to_string().as_bytes());
-            names.push(0);
-        }
-        crate::db::write_atomically(&intent, &names)?;
+        let paths: Vec<StorePath> = batch.iter().map(|b| b.info.path.clone()).collect();
+        let intent = self.write_intent(&paths)?;
         let moved = (|| -> Result<()> {
             for b in &batch {
                 let dest = self.real_path(&b.info.path);
@@ -444,6 +447,39 @@ impl LocalStore {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Like [`Self::lock_unless_valid`] without waiting: `Busy` when another process holds the
+    /// lock. Callers holding other locks commit those before waiting, so that two processes
+    /// adding overlapping batches in different orders never wait on each other forever.
+    pub(crate) fn try_lock_unless_valid(&self, p: &StorePath) -> Result<LockAttempt> {
+        self.add_temp_root(p)?;
+        if self.is_valid_path(p)? {
+            return Ok(LockAttempt::Valid);
+        }
+        let Some(lock) = PathLock::acquire(&self.lock_file(p), false)? else {
+            return Ok(LockAttempt::Busy);
+        };
+        if self.is_valid_path(p)? {
+            return Ok(LockAttempt::Valid);
+        }
+        Ok(LockAttempt::Locked(lock))
+    }
+
+    /// Lock `p` for a batch: without waiting when possible; otherwise commit `batch` first.
+    pub(crate) fn lock_for_batch(
+        &self,
+        p: &StorePath,
+        batch: &mut Vec<Pending>,
+    ) -> Result<Option<PathLock>> {
+        match self.try_lock_unless_valid(p)? {
+            LockAttempt::Valid => Ok(None),
+            LockAttempt::Locked(l) => Ok(Some(l)),
+            LockAttempt::Busy => {
+                self.commit_batch(std::mem::take(batch))?;
+                self.lock_unless_valid(p)
+            }
+        }
     }
 
     /// Lock `p`, returning `None` (and releasing) when it is already valid.
@@ -498,9 +534,12 @@ impl LocalStore {
             if batched.contains(&p) {
                 continue;
             }
-            let Some(lock) = self.lock_unless_valid(&p)? else {
+            let Some(lock) = self.lock_for_batch(&p, &mut batch)? else {
                 continue;
             };
+            if batch.is_empty() {
+                batched.clear();
+            }
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.ca = Some(ca);
             info.ultimate = true;
@@ -710,15 +749,38 @@ impl LocalStore {
         self.db().register(infos, &outs)
     }
 
-    /// Invalidate `paths` (in one transaction, referrers first) and delete their files.
+    /// Invalidate `paths` (in one transaction, referrers first) and delete their files, under
+    /// an intent record so that a crash in between leaves nothing that recovery keeps.
     /// Liveness against GC roots is the caller's business (see [`crate::gc`]).
     pub fn invalidate_and_delete(&self, paths: &[StorePath]) -> Result<u64> {
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        let intent = self.write_intent(paths)?;
         self.db().invalidate_batch(paths)?;
         let mut freed = 0;
         for p in paths {
             freed += delete_path(&self.real_path(p))?;
         }
+        let _ = fs::remove_file(&intent);
         Ok(freed)
+    }
+
+    /// Record, durably, the paths about to appear or disappear: `<state>/ferrix/pending/<pid>-<n>`.
+    fn write_intent(&self, paths: &[StorePath]) -> Result<PathBuf> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let intent = self
+            .config
+            .state_dir
+            .join("ferrix/pending")
+            .join(format!("{}-{n}", std::process::id()));
+        let mut names = Vec::new();
+        for p in paths {
+            names.extend_from_slice(p.to_string().as_bytes());
+            names.push(0);
+        }
+        crate::db::write_atomically(&intent, &names)?;
+        Ok(intent)
     }
 }
 

@@ -53,26 +53,25 @@ impl TempRoots {
     /// tell it through its socket first and wait for its acknowledgement, as Nix's processes
     /// do, so adding never waits for a collection to finish.
     pub fn add(&mut self, full_path: &str) -> Result<()> {
+        // The file first: a collection that starts from here on reads it.
         let mut rec = full_path.as_bytes().to_vec();
         rec.push(0);
+        self.file
+            .write_all(&rec)
+            .map_err(io_err("writing temp root to", &self.path))?;
         loop {
             match flock(&self.gc_lock, FlockOperation::NonBlockingLockShared) {
                 Ok(()) => {
-                    let res = self
-                        .file
-                        .write_all(&rec)
-                        .map_err(io_err("writing temp root to", &self.path));
+                    // No collection is running.
                     let _ = flock(&self.gc_lock, FlockOperation::Unlock);
-                    return res;
+                    return Ok(());
                 }
                 Err(rustix::io::Errno::WOULDBLOCK) => {}
                 Err(e) => return Err(io_err("locking", &self.path)(e.into())),
             }
+            // One is running and may have read the file before our write.
             if self.tell_collector(full_path) {
-                return self
-                    .file
-                    .write_all(&rec)
-                    .map_err(io_err("writing temp root to", &self.path));
+                return Ok(());
             }
             // The collector is starting up or just finished: try again shortly.
             std::thread::sleep(std::time::Duration::from_millis(1));
