@@ -542,13 +542,17 @@ impl Db {
             .execute_batch("create temp table if not exists ClosureRoots (path text primary key); delete from ClosureRoots;")
             .map_err(self.err())?;
         {
-            let mut ins = self
-                .conn
-                .prepare_cached("insert or ignore into ClosureRoots (path) values (?)")
-                .map_err(self.err())?;
-            for r in roots {
-                ins.execute([self.full(r)]).map_err(self.err())?;
+            // One transaction for all the inserts, not one each.
+            let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+            {
+                let mut ins = tx
+                    .prepare_cached("insert or ignore into ClosureRoots (path) values (?)")
+                    .map_err(self.err())?;
+                for r in roots {
+                    ins.execute([self.full(r)]).map_err(self.err())?;
+                }
             }
+            tx.commit().map_err(self.err())?;
         }
         let members = if recursive {
             "with recursive c(id) as ( \

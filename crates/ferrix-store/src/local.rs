@@ -300,6 +300,22 @@ impl LocalStore {
         })
     }
 
+    /// The closure of `paths`, references first (what `nix-store -qR` prints), from one query.
+    pub fn closure_sorted(&self, paths: &[StorePath]) -> Result<Vec<StorePath>> {
+        let db = self.db();
+        for p in paths {
+            if !db.is_valid(p)? {
+                return Err(StoreError::NotValid(self.print(p)));
+            }
+        }
+        let graph = db.closure_graph(paths, true)?;
+        drop(db);
+        let set: BTreeSet<StorePath> = graph.keys().cloned().collect();
+        crate::closure::topo_sort(&self.config.store_dir, &set, |p| {
+            Ok(graph.get(p).cloned().unwrap_or_default())
+        })
+    }
+
     /// Every path that (transitively) refers to one of `paths`.
     pub fn referrers_closure(
         &self,

@@ -420,6 +420,11 @@ fn query_op(
         Query::ReferrersClosure => {
             print_sorted(store.referrers_closure(paths.iter().cloned())?, shell)?;
         }
+        Query::Requisites if !include_outputs => {
+            for p in store.closure_sorted(paths)? {
+                shell.println(store.print(&p))?;
+            }
+        }
         Query::Requisites => {
             print_sorted(
                 store.closure(paths.iter().cloned(), include_outputs, false)?,
