@@ -3,22 +3,9 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
-
-fn with_stdin(mut cmd: std::process::Command, input: &[u8]) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
-}
 
 #[test]
 fn random_trees_dump_and_hash_like_nix() {
@@ -56,7 +43,7 @@ fn random_trees_dump_and_hash_like_nix() {
 
         // Nix restores our archive and ours restores Nix's: both dump back to the same bytes.
         let into_nix = dir.path().join("by-nix");
-        let out = with_stdin(
+        let out = piped(
             {
                 let mut c = nix.cmd("nix-store");
                 c.arg("--restore").arg(&into_nix);
@@ -70,7 +57,7 @@ fn random_trees_dump_and_hash_like_nix() {
             String::from_utf8_lossy(&out.stderr)
         );
         let into_ours = dir.path().join("by-ferrix");
-        let out = with_stdin(
+        let out = piped(
             {
                 let mut c = links.cmd("nix-store");
                 c.arg("--restore").arg(&into_ours);
@@ -243,7 +230,7 @@ fn keys_work_both_ways() {
         .arg(&sk1)
         .arg(&pk1));
     let sk1_text = fs::read(&sk1).unwrap();
-    let out = with_stdin(
+    let out = piped(
         {
             let mut c = ferrix();
             c.args(["key", "convert-secret-to-public"]);
@@ -265,7 +252,7 @@ fn keys_work_both_ways() {
         fs::metadata(&sk2).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let out = with_stdin(
+    let out = piped(
         {
             let mut c = nix.cmd("nix");
             c.args(["key", "convert-secret-to-public"]);
@@ -281,7 +268,7 @@ fn keys_work_both_ways() {
     assert_eq!(out.stdout, fs::read(&pk2).unwrap());
 
     let sk3 = ok(ferrix().args(["key", "generate-secret", "--key-name", "gen-1"]));
-    let t = with_stdin(
+    let t = piped(
         {
             let mut c = nix.cmd("nix");
             c.args(["key", "convert-secret-to-public"]);
@@ -289,7 +276,7 @@ fn keys_work_both_ways() {
         },
         &sk3,
     );
-    let o = with_stdin(
+    let o = piped(
         {
             let mut c = ferrix();
             c.args(["key", "convert-secret-to-public"]);

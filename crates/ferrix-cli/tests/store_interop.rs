@@ -4,8 +4,7 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -18,17 +17,6 @@ fn ours(links: &Links, nix: &Nix, name: &str) -> Command {
     let mut c = links.cmd(name);
     nix.isolate(&mut c);
     c
-}
-
-fn piped(mut cmd: Command, input: &[u8]) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 const EXPR: &str = r#"

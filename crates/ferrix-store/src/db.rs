@@ -220,20 +220,10 @@ impl Db {
     }
 
     fn references_of(&self, id: i64) -> Result<BTreeSet<StorePath>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "select path from Refs join ValidPaths on reference = id where referrer = ?",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([id], |r| r.get::<_, String>(0))
-            .map_err(self.err())?;
-        let mut out = BTreeSet::new();
-        for r in rows {
-            out.insert(self.parse(&r.map_err(self.err())?)?);
-        }
-        Ok(out)
+        self.paths_query(
+            "select path from Refs join ValidPaths on reference = id where referrer = ?",
+            id,
+        )
     }
 
     pub fn references(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
@@ -243,15 +233,11 @@ impl Db {
         }
     }
 
-    pub fn referrers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)",
-            )
-            .map_err(self.err())?;
+    /// The full paths a one-parameter query returns, as store paths.
+    fn paths_query(&self, sql: &str, param: impl rusqlite::ToSql) -> Result<BTreeSet<StorePath>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(self.err())?;
         let rows = stmt
-            .query_map([self.full(p)], |r| r.get::<_, String>(0))
+            .query_map([param], |r| r.get::<_, String>(0))
             .map_err(self.err())?;
         let mut out = BTreeSet::new();
         for r in rows {
@@ -260,22 +246,19 @@ impl Db {
         Ok(out)
     }
 
+    pub fn referrers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.paths_query(
+            "select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)",
+            self.full(p),
+        )
+    }
+
     /// Valid derivations that list `p` as an output.
     pub fn valid_derivers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([self.full(p)], |r| r.get::<_, String>(0))
-            .map_err(self.err())?;
-        let mut out = BTreeSet::new();
-        for r in rows {
-            out.insert(self.parse(&r.map_err(self.err())?)?);
-        }
-        Ok(out)
+        self.paths_query(
+            "select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?",
+            self.full(p),
+        )
     }
 
     /// The outputs recorded for a valid derivation (output name → path).

@@ -82,6 +82,20 @@ pub fn ok(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
+/// Run with `input` on stdin; the whole output.
+pub fn piped(mut cmd: Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
