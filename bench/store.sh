@@ -29,7 +29,7 @@ printf 'sandbox = false\nbuild-users-group =\nsubstituters =\n' > "$WORK/etc/nix
 # Every measured run gets a fresh store directory (never one just emptied: deleting thousands
 # of files leaves the file system busy for a while, which would slow whichever run follows).
 echo 0 > "$WORK/counter"
-FRESH="n=\$((\$(cat $WORK/counter) + 1)); echo \$n > $WORK/counter; mkdir -p $WORK/runs/\$n"
+FRESH="sync; n=\$((\$(cat $WORK/counter) + 1)); echo \$n > $WORK/counter; mkdir -p $WORK/runs/\$n"
 ENVRUN="d=$WORK/runs/\$(cat $WORK/counter); env NIX_STORE_DIR=\$d/store NIX_STATE_DIR=\$d/state NIX_LOG_DIR=\$d/log NIX_CONF_DIR=$WORK/etc HOME=\$d/home"
 # The file list is read by the shell at run time: 5000 paths are too long for one argument.
 (cd "$WORK/files" && ls | sed "s|^|$WORK/files/|") > "$WORK/filelist"
