@@ -8,6 +8,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
@@ -16,14 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrix_format::wire::{push_bytes, write_bytes, write_u64};
-use ferrix_format::{FileIngestionMethod, Hash, HashAlgo, StoreDir, StorePath};
+use common::*;
+use ferrix_format::wire::{write_bytes, write_u64};
+use ferrix_format::{FileIngestionMethod, Hash, HashAlgo, StorePath};
 use ferrix_store::db::Db;
 use ferrix_store::export::import_paths;
 use ferrix_store::gc::{collect_garbage, GcAction, GcOptions};
 use ferrix_store::lock::PathLock;
 use ferrix_store::verify::verify_store;
-use ferrix_store::{LocalStore, LocalStoreConfig};
+use ferrix_store::LocalStore;
 
 /// Set (to the store root) in worker processes only.
 const WORKER_ENV: &str = "FERRIX_CONC_WORKER";
@@ -38,35 +41,6 @@ const CHAIN_LEN: usize = 12;
 const TREES: usize = 16;
 const TREE_BATCH: usize = 4;
 const IMPORTS: usize = 10;
-const EXPORT_MAGIC: u64 = 0x4558_494e;
-
-/// SplitMix64, for per-worker orders.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-fn config(root: &Path) -> LocalStoreConfig {
-    LocalStoreConfig::with_root(root, StoreDir::default())
-}
-
-fn open(root: &Path) -> LocalStore {
-    LocalStore::open(config(root)).unwrap()
-}
 
 // ---- the shared universe of paths --------------------------------------------------------
 
@@ -147,18 +121,7 @@ fn import_stream(store: &LocalStore) -> Vec<u8> {
             .store_dir()
             .make_text_path(&name, &Hash::sha256(text.as_bytes()), &refs)
             .unwrap();
-        let mut nar = Vec::new();
-        for s in [
-            ferrix_format::nar::MAGIC,
-            b"(",
-            b"type",
-            b"regular",
-            b"contents",
-            text.as_bytes(),
-            b")",
-        ] {
-            push_bytes(&mut nar, s);
-        }
+        let nar = file_nar(text.as_bytes());
         write_u64(&mut stream, 1).unwrap();
         stream.extend_from_slice(&nar);
         write_u64(&mut stream, EXPORT_MAGIC).unwrap();

@@ -11,6 +11,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
@@ -19,14 +21,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrix_format::wire::{push_bytes, write_bytes, write_u64};
-use ferrix_format::{FileIngestionMethod, Hash, HashAlgo, StoreDir, StorePath};
+use common::*;
+use ferrix_format::wire::{write_bytes, write_u64};
+use ferrix_format::{FileIngestionMethod, Hash, HashAlgo, StorePath};
 use ferrix_store::db::Db;
 use ferrix_store::export::{export_paths, import_paths};
 use ferrix_store::fsutil::delete_path;
 use ferrix_store::gc::{collect_garbage, GcAction, GcOptions};
 use ferrix_store::verify::verify_store;
-use ferrix_store::{LocalStore, LocalStoreConfig};
+use ferrix_store::LocalStore;
 
 /// Set (to the store root) in the worker process only.
 const WORKER_ENV: &str = "FERRIX_CRASH_WORKER";
@@ -39,49 +42,6 @@ const WORKER_TEST: &str = "crash_worker";
 const MAX_KILL_DELAY_US: u64 = 40_000;
 /// A worker that is somehow never killed stops by itself after this long.
 const WORKER_LIFETIME: Duration = Duration::from_secs(20);
-const EXPORT_MAGIC: u64 = 0x4558_494e;
-
-/// SplitMix64: small, seeded, good enough for timing and choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// In `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
-        if v.is_empty() {
-            None
-        } else {
-            v.get(self.below(v.len() as u64) as usize)
-        }
-    }
-}
-
-fn config(root: &Path) -> LocalStoreConfig {
-    LocalStoreConfig::with_root(root, StoreDir::default())
-}
-
-fn open(root: &Path) -> LocalStore {
-    LocalStore::open(config(root)).unwrap()
-}
 
 // ---- the worker ------------------------------------------------------------------------
 
@@ -226,23 +186,6 @@ fn add_tree_batch(store: &LocalStore, rng: &mut Rng, scratch: &Path) {
     for (src, _) in &srcs {
         delete_path(src).unwrap();
     }
-}
-
-/// The NAR of a non-executable regular file.
-fn file_nar(contents: &[u8]) -> Vec<u8> {
-    let mut nar = Vec::new();
-    for s in [
-        ferrix_format::nar::MAGIC,
-        b"(",
-        b"type",
-        b"regular",
-        b"contents",
-        contents,
-        b")",
-    ] {
-        push_bytes(&mut nar, s);
-    }
-    nar
 }
 
 /// An export stream: sometimes the closure of an existing path (already valid, so skipped),
