@@ -351,3 +351,41 @@ fn store_refuses_bad_input() {
         .replace(&root.path().display().to_string(), "[ROOT]");
     snap!("store_bad_input", all);
 }
+
+/// `nix-collect-garbage -d`: old profile generations go, and with them what only they held.
+#[test]
+fn collect_garbage_deletes_old_generations() {
+    let root = tempfile::tempdir().unwrap();
+    let url = format!("local?root={}", root.path().display());
+    let links = Links::new();
+    let cmd = |name: &str, args: &[&str]| {
+        let mut c = links.cmd(name);
+        c.env("NIX_REMOTE", &url).args(args);
+        c
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["old", "new"] {
+        fs::write(dir.path().join(n), n).unwrap();
+    }
+    let add = |n: &str| {
+        let out = ok(&mut cmd(
+            "nix-store",
+            &["--add", dir.path().join(n).to_str().unwrap()],
+        ));
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    let (old, new) = (add("old"), add("new"));
+    let profiles = root.path().join("nix/var/nix/profiles");
+    std::os::unix::fs::symlink(&old, profiles.join("p-1-link")).unwrap();
+    std::os::unix::fs::symlink(&new, profiles.join("p-2-link")).unwrap();
+    std::os::unix::fs::symlink("p-2-link", profiles.join("p")).unwrap();
+    let real = |p: &str| root.path().join(p.trim_start_matches('/'));
+    // Both generations are roots: nothing to collect.
+    ok(&mut cmd("nix-collect-garbage", &[]));
+    assert!(real(&old).exists() && real(&new).exists());
+    let out = String::from_utf8(ok(&mut cmd("nix-collect-garbage", &["-d"]))).unwrap();
+    assert_eq!(out.trim(), "1 store paths deleted, 0.00 MiB freed");
+    assert!(!profiles.join("p-1-link").exists());
+    assert!(!real(&old).exists());
+    assert!(real(&new).exists());
+}
