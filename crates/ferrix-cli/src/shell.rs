@@ -40,14 +40,15 @@ impl Shell {
 
     /// `error: …` on stderr.
     pub fn error(&mut self, msg: impl std::fmt::Display) {
-        let _ = self.out.flush();
-        let _ = writeln!(self.err, "error: {msg}");
+        self.note(format_args!("error: {msg}"));
     }
 
-    /// A notice on stderr.
+    /// A notice on stderr, written with one call (stderr is unbuffered; a collection prints
+    /// one line per deleted path).
     pub fn note(&mut self, msg: impl std::fmt::Display) {
         let _ = self.out.flush();
-        let _ = writeln!(self.err, "{msg}");
+        let line = format!("{msg}\n");
+        let _ = self.err.write_all(line.as_bytes());
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
