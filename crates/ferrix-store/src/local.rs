@@ -280,7 +280,7 @@ impl LocalStore {
         crate::closure::closure(paths, |p| {
             let info = db
                 .path_info(p)?
-                .ok_or_else(|| StoreError::NotValid(db_print(&self.config.store_dir, p)))?;
+                .ok_or_else(|| StoreError::NotValid(self.print(p)))?;
             let mut next: Vec<StorePath> = info.references.into_iter().collect();
             if include_outputs && p.is_derivation() {
                 for o in db.derivation_outputs(p)?.into_values() {
@@ -798,10 +798,6 @@ impl LocalStore {
         crate::db::write_atomically(&intent, &names)?;
         Ok(intent)
     }
-}
-
-fn db_print(sd: &StoreDir, p: &StorePath) -> String {
-    sd.display(p)
 }
 
 /// The NAR of a single non-executable regular file.

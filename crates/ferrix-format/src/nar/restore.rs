@@ -84,24 +84,26 @@ impl NarVisitor for Restorer<'_> {
 /// Restore the NAR read from `input` at `target`, which must not exist yet. On error the
 /// partial tree is left for the caller to remove (it alone knows whether it owns `target`).
 pub fn restore<R: Read>(input: R, target: &Path) -> Result<u64, RestoreError> {
-    let mut r = Restorer {
-        target,
-        buf: vec![0u8; 256 * 1024],
-    };
-    parse_exact(input, &mut r).map_err(|source| RestoreError::Nar {
-        target: target.to_owned(),
-        source,
-    })
+    restore_with(input, target, true)
 }
 
 /// Like [`restore`], but for an archive embedded in a longer stream: reading stops right after
 /// the archive's last byte.
 pub fn restore_prefix<R: Read>(input: R, target: &Path) -> Result<u64, RestoreError> {
+    restore_with(input, target, false)
+}
+
+fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, RestoreError> {
     let mut r = Restorer {
         target,
         buf: vec![0u8; 256 * 1024],
     };
-    parse(input, &mut r).map_err(|source| RestoreError::Nar {
+    let parsed = if exact {
+        parse_exact(input, &mut r)
+    } else {
+        parse(input, &mut r)
+    };
+    parsed.map_err(|source| RestoreError::Nar {
         target: target.to_owned(),
         source,
     })
