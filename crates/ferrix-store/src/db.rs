@@ -1,6 +1,6 @@
 //! The SQLite database in Nix's schema (version 10): valid paths, references, drv outputs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -147,6 +147,28 @@ impl Db {
 
     pub fn is_valid(&self, p: &StorePath) -> Result<bool> {
         self.id_of(p).map(|id| id.is_some())
+    }
+
+    /// Which of `paths` are valid, read in one transaction (one lock of the database rather
+    /// than one per path).
+    pub fn valid_among<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<HashSet<StorePath>> {
+        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+        let mut valid = HashSet::new();
+        {
+            let mut stmt = tx
+                .prepare_cached("select 1 from ValidPaths where path = ?")
+                .map_err(self.err())?;
+            for p in paths {
+                if stmt.exists([self.full(p)]).map_err(self.err())? {
+                    valid.insert(p.clone());
+                }
+            }
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(valid)
     }
 
     fn id_of(&self, p: &StorePath) -> Result<Option<i64>> {

@@ -10,7 +10,7 @@ use ferrix_format::wire::{write_bytes, write_u64};
 use ferrix_format::StorePath;
 
 use crate::error::{Result, StoreError};
-use crate::local::{LocalStore, Pending, BATCH};
+use crate::local::{LocalStore, Pending};
 use crate::path_info::ValidPathInfo;
 
 const EXPORT_MAGIC: u64 = 0x4558_494e;
@@ -115,25 +115,17 @@ pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<Stor
             read_string(&mut input, 65536)?;
         }
         imported.push(p.clone());
-        if batched.contains(&p) {
-            continue;
-        }
-        if let Some(lock) = store.lock_for_batch(&p, &mut batch)? {
-            if batch.is_empty() {
-                batched.clear();
-            }
+        if batched.insert(p.clone()) {
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.references = refs;
             info.deriver = deriver;
             let drv_outputs = store.staged_drv_outputs(&staged, &p);
-            batched.insert(p);
             batch.push(Pending {
                 staged,
                 info,
                 drv_outputs,
-                _lock: lock,
             });
-            if batch.len() >= BATCH {
+            if crate::local::batch_full(&batch) {
                 store.commit_batch(std::mem::take(&mut batch))?;
                 batched.clear();
             }

@@ -12,6 +12,7 @@ pub mod gc;
 pub mod local;
 pub mod lock;
 pub mod path_info;
+mod place;
 pub mod store;
 pub mod temproots;
 pub mod verify;

@@ -17,7 +17,7 @@ use crate::canon::canonicalise;
 use crate::config::LocalStoreConfig;
 use crate::db::Db;
 use crate::error::{io_err, Result, StoreError};
-use crate::fsutil::{delete_path, pid_alive, sync_dir, sync_fs};
+use crate::fsutil::{delete_path, pid_alive, sync_fs};
 use crate::lock::{FileLock, PathLock};
 use crate::path_info::ValidPathInfo;
 use crate::temproots::TempRoots;
@@ -28,6 +28,13 @@ const TMP_DIR: &str = ".ferrix-tmp";
 /// Files smaller than this are serialised in memory rather than through a pipe and a thread.
 const SMALL: u64 = 1 << 20;
 
+/// NARs up to this size are kept in memory until commit and written straight to their
+/// place; larger ones are restored into the staging area and renamed.
+const MEM_NAR: usize = 1 << 20;
+
+/// A batch is committed once its in-memory NARs reach this many bytes.
+const MEM_BATCH: usize = 64 << 20;
+
 /// An open local store. One per process is enough; it is `Sync`.
 #[derive(Debug)]
 pub struct LocalStore {
@@ -35,42 +42,60 @@ pub struct LocalStore {
     db: Mutex<Db>,
     temp_roots: Mutex<Option<TempRoots>>,
     tmp_counter: AtomicU64,
+    /// New files inherit a default ACL, so placed trees need the full canonicalisation.
+    inherits_acl: bool,
     _big_lock: FileLock,
 }
 
-/// A tree restored into a temporary directory, hashed, not yet in place.
+/// New contents, hashed, not yet in place.
 pub(crate) struct Staged {
-    tree: PathBuf,
+    contents: Contents,
     pub(crate) nar_hash: Hash,
     pub(crate) nar_size: u64,
 }
 
+/// Where staged contents wait: small NARs in memory, large trees in the staging area.
+enum Contents {
+    Nar(Vec<u8>),
+    Tree(PathBuf),
+}
+
 impl Staged {
-    fn tree(&self) -> PathBuf {
-        self.tree.clone()
+    fn mem_bytes(&self) -> usize {
+        match &self.contents {
+            Contents::Nar(b) => b.len(),
+            Contents::Tree(_) => 0,
+        }
+    }
+
+    /// The contents of a regular file at the root (a `.drv`, a text).
+    fn file_contents(&self) -> Option<Vec<u8>> {
+        match &self.contents {
+            Contents::Nar(b) => crate::place::nar_file_contents(b),
+            Contents::Tree(t) => fs::read(t).ok(),
+        }
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
         // Nothing to do once it has been moved into place.
-        let _ = delete_path(&self.tree);
+        if let Contents::Tree(t) = &self.contents {
+            let _ = delete_path(t);
+        }
     }
 }
 
-/// A staged path, locked, waiting to be committed with others.
+/// Whether a batch is full: by count (each holds a lock file open) or by memory.
+pub(crate) fn batch_full(batch: &[Pending]) -> bool {
+    batch.len() >= BATCH || batch.iter().map(|b| b.staged.mem_bytes()).sum::<usize>() >= MEM_BATCH
+}
+
+/// A staged path waiting to be committed with others.
 pub(crate) struct Pending {
     pub(crate) staged: Staged,
     pub(crate) info: ValidPathInfo,
     pub(crate) drv_outputs: BTreeMap<String, StorePath>,
-    pub(crate) _lock: PathLock,
-}
-
-/// The outcome of trying to lock a path without waiting.
-pub(crate) enum LockAttempt {
-    Valid,
-    Locked(PathLock),
-    Busy,
 }
 
 /// How many paths one commit handles: each holds an open lock file until then.
@@ -109,11 +134,13 @@ impl LocalStore {
         let big_lock = FileLock::acquire(&config.db_dir().join("big-lock"), true, true)?
             .ok_or_else(|| StoreError::Format("could not take the big store lock".into()))?;
         let db = Db::open(&config.db_dir(), &config.store_dir)?;
+        let inherits_acl = crate::place::inherits_acl(&config.real_store_dir)?;
         let store = Self {
             config,
             db: Mutex::new(db),
             temp_roots: Mutex::new(None),
             tmp_counter: AtomicU64::new(0),
+            inherits_acl,
             _big_lock: big_lock,
         };
         store.recover()?;
@@ -212,13 +239,19 @@ impl LocalStore {
 
     /// Keep `p` alive against a concurrent garbage collection for this process's lifetime.
     pub fn add_temp_root(&self, p: &StorePath) -> Result<()> {
+        self.add_temp_roots([p])
+    }
+
+    /// Like [`Self::add_temp_root`] for several paths at once.
+    pub fn add_temp_roots<'a>(&self, paths: impl IntoIterator<Item = &'a StorePath>) -> Result<()> {
         let mut g = self.temp_roots.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             *g = Some(TempRoots::create(&self.config.state_dir)?);
         }
-        let full = self.print(p);
+        let full: Vec<String> = paths.into_iter().map(|p| self.print(p)).collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
         match g.as_mut() {
-            Some(t) => t.add(&full),
+            Some(t) => t.add_many(&full),
             None => Ok(()),
         }
     }
@@ -359,39 +392,135 @@ impl LocalStore {
 
     /// Restore a NAR stream into a fresh temporary directory while hashing it. With `exact`,
     /// the stream must end with the archive; otherwise reading stops at its end.
+    /// Small archives are checked and kept in memory; one that outgrows [`MEM_NAR`] is
+    /// restored into the staging area, starting over from the bytes already read.
     pub(crate) fn stage(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
-        let tree = self.new_tmp_path()?;
         let mut reader = HashingReader {
             inner: nar_stream,
             sink: HashSink::new(HashAlgo::Sha256),
         };
-        let mut staged = Staged {
-            tree,
-            nar_hash: Hash::zero(HashAlgo::Sha256),
-            nar_size: 0,
+        let nar_err = |source| StoreError::Nar {
+            path: what.to_owned(),
+            source,
         };
-        let restored = if exact {
-            nar::restore(&mut reader, &staged.tree())
+        let mut mem = MemReader {
+            inner: &mut reader,
+            buf: Vec::new(),
+            overflowed: false,
+        };
+        let checked = if exact {
+            nar::parse_exact(&mut mem, &mut SkipVisitor)
         } else {
-            nar::restore_prefix(&mut reader, &staged.tree())
+            nar::parse(&mut mem, &mut SkipVisitor)
         };
-        restored.map_err(|e| match e {
-            nar::RestoreError::Nar { source, .. } => StoreError::Nar {
-                path: what.to_owned(),
-                source,
-            },
-        })?;
-        let (h, n) = reader.sink.finish();
-        staged.nar_hash = h;
-        staged.nar_size = n;
-        Ok(staged)
+        let contents = match checked {
+            Ok(_) => Contents::Nar(mem.buf),
+            Err(_) if mem.overflowed => {
+                let tree = self.new_tmp_path()?;
+                // Owns the tree from here on: an error below drops it, deleting the tree.
+                let mut staged = Staged {
+                    contents: Contents::Tree(tree.clone()),
+                    nar_hash: Hash::zero(HashAlgo::Sha256),
+                    nar_size: 0,
+                };
+                let input = io::Cursor::new(std::mem::take(&mut mem.buf)).chain(&mut reader);
+                let restored = if exact {
+                    nar::restore(input, &tree)
+                } else {
+                    nar::restore_prefix(input, &tree)
+                };
+                restored.map_err(|e| match e {
+                    nar::RestoreError::Nar { source, .. } => nar_err(source),
+                })?;
+                (staged.nar_hash, staged.nar_size) = reader.sink.finish();
+                return Ok(staged);
+            }
+            Err(e) => return Err(nar_err(e)),
+        };
+        let (nar_hash, nar_size) = reader.sink.finish();
+        Ok(Staged {
+            contents,
+            nar_hash,
+            nar_size,
+        })
     }
 
-    /// Put staged trees in place and register them, all in one go: canonicalise each, sync
-    /// the file system once, record the intent, rename each into place, sync the store
-    /// directory, register all in one transaction, drop the intent. A crash at any point
-    /// leaves nothing that recovery does not remove.
+    /// Stage a NAR this process just produced (known to be well-formed), kept in memory.
+    fn stage_own_nar(&self, nar_bytes: Vec<u8>) -> Staged {
+        Staged {
+            nar_hash: Hash::sha256(&nar_bytes),
+            nar_size: nar_bytes.len() as u64,
+            contents: Contents::Nar(nar_bytes),
+        }
+    }
+
+    /// Put one staged path at its place: written there from memory, or renamed from staging.
+    fn place(&self, b: &Pending) -> Result<()> {
+        let dest = self.real_path(&b.info.path);
+        match &b.staged.contents {
+            Contents::Nar(bytes) => {
+                crate::place::place_nar(bytes, &dest)?;
+                if self.inherits_acl {
+                    canonicalise(&dest)?;
+                }
+            }
+            Contents::Tree(tree) => {
+                // Left by a process that died before registering it.
+                delete_path(&dest)?;
+                fs::rename(tree, &dest).map_err(io_err("moving into place", &dest))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Put staged paths in place and register them, all in one go: canonicalise staged trees,
+    /// record the intent durably, write or rename each into place, sync the file system once,
+    /// register all in one transaction, drop the intent. A crash at any point leaves nothing
+    /// that recovery does not remove, and nothing is registered before it is on disk.
+    ///
+    /// First the paths that are valid already are dropped, and the rest locked. A path that
+    /// another process holds is waited for only after everything before it is committed and
+    /// its locks released, so two processes adding overlapping sets never wait on each other;
+    /// order is kept, so references still come before their referrers.
     pub(crate) fn commit_batch(&self, batch: Vec<Pending>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Temp roots first: a path found valid stays so while this process lives.
+        self.add_temp_roots(batch.iter().map(|b| &b.info.path))?;
+        let valid = self.db().valid_among(batch.iter().map(|b| &b.info.path))?;
+        let mut group: Vec<(Pending, PathLock)> = Vec::new();
+        for b in batch {
+            if valid.contains(&b.info.path) {
+                continue;
+            }
+            let lock_file = self.lock_file(&b.info.path);
+            let lock = match PathLock::acquire(&lock_file, false)? {
+                Some(l) => l,
+                None => {
+                    self.commit_locked(std::mem::take(&mut group))?;
+                    PathLock::acquire(&lock_file, true)?
+                        .ok_or_else(|| StoreError::Format("lock unavailable".into()))?
+                }
+            };
+            group.push((b, lock));
+        }
+        self.commit_locked(group)
+    }
+
+    /// Place and register locked paths, skipping any another process made valid before we
+    /// got its lock.
+    fn commit_locked(&self, group: Vec<(Pending, PathLock)>) -> Result<()> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        let valid = self
+            .db()
+            .valid_among(group.iter().map(|(b, _)| &b.info.path))?;
+        let (batch, _locks): (Vec<Pending>, Vec<PathLock>) = group
+            .into_iter()
+            .filter(|(b, _)| !valid.contains(&b.info.path))
+            .unzip();
         if batch.is_empty() {
             return Ok(());
         }
@@ -410,19 +539,17 @@ impl LocalStore {
             }
         }
         for b in &batch {
-            canonicalise(&b.staged.tree())?;
+            if let Contents::Tree(t) = &b.staged.contents {
+                canonicalise(t)?;
+            }
         }
-        sync_fs(&self.config.real_store_dir)?;
         let paths: Vec<StorePath> = batch.iter().map(|b| b.info.path.clone()).collect();
         let intent = self.write_intent(&paths)?;
         let moved = (|| -> Result<()> {
             for b in &batch {
-                let dest = self.real_path(&b.info.path);
-                // Left by a process that died before registering it.
-                delete_path(&dest)?;
-                fs::rename(b.staged.tree(), &dest).map_err(io_err("moving into place", &dest))?;
+                self.place(b)?;
             }
-            sync_dir(&self.config.real_store_dir)?;
+            sync_fs(&self.config.real_store_dir)?;
             let infos: Vec<ValidPathInfo> = batch.iter().map(|b| b.info.clone()).collect();
             let outs: BTreeMap<StorePath, BTreeMap<String, StorePath>> = batch
                 .iter()
@@ -453,8 +580,8 @@ impl LocalStore {
         if !p.is_derivation() {
             return BTreeMap::new();
         }
-        fs::read(staged.tree())
-            .ok()
+        staged
+            .file_contents()
             .and_then(|text| Derivation::parse_aterm(&self.config.store_dir, &text).ok())
             .map(|drv| {
                 drv.outputs
@@ -463,53 +590,6 @@ impl LocalStore {
                     .collect()
             })
             .unwrap_or_default()
-    }
-
-    /// Like [`Self::lock_unless_valid`] without waiting: `Busy` when another process holds the
-    /// lock. Callers holding other locks commit those before waiting, so that two processes
-    /// adding overlapping batches in different orders never wait on each other forever.
-    pub(crate) fn try_lock_unless_valid(&self, p: &StorePath) -> Result<LockAttempt> {
-        self.add_temp_root(p)?;
-        if self.is_valid_path(p)? {
-            return Ok(LockAttempt::Valid);
-        }
-        let Some(lock) = PathLock::acquire(&self.lock_file(p), false)? else {
-            return Ok(LockAttempt::Busy);
-        };
-        if self.is_valid_path(p)? {
-            return Ok(LockAttempt::Valid);
-        }
-        Ok(LockAttempt::Locked(lock))
-    }
-
-    /// Lock `p` for a batch: without waiting when possible; otherwise commit `batch` first.
-    pub(crate) fn lock_for_batch(
-        &self,
-        p: &StorePath,
-        batch: &mut Vec<Pending>,
-    ) -> Result<Option<PathLock>> {
-        match self.try_lock_unless_valid(p)? {
-            LockAttempt::Valid => Ok(None),
-            LockAttempt::Locked(l) => Ok(Some(l)),
-            LockAttempt::Busy => {
-                self.commit_batch(std::mem::take(batch))?;
-                self.lock_unless_valid(p)
-            }
-        }
-    }
-
-    /// Lock `p`, returning `None` (and releasing) when it is already valid.
-    pub(crate) fn lock_unless_valid(&self, p: &StorePath) -> Result<Option<PathLock>> {
-        self.add_temp_root(p)?;
-        if self.is_valid_path(p)? {
-            return Ok(None);
-        }
-        let lock = PathLock::acquire(&self.lock_file(p), true)?
-            .ok_or_else(|| StoreError::Format("lock unavailable".into()))?;
-        if self.is_valid_path(p)? {
-            return Ok(None);
-        }
-        Ok(Some(lock))
     }
 
     /// Add a file system tree (`nix-store --add`, `--add-fixed`): recursive ingestion hashes the
@@ -547,26 +627,18 @@ impl LocalStore {
                     source,
                 })?;
             out.push(p.clone());
-            if batched.contains(&p) {
+            if !batched.insert(p.clone()) {
                 continue;
-            }
-            let Some(lock) = self.lock_for_batch(&p, &mut batch)? else {
-                continue;
-            };
-            if batch.is_empty() {
-                batched.clear();
             }
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.ca = Some(ca);
             info.ultimate = true;
-            batched.insert(p);
             batch.push(Pending {
                 staged,
                 info,
                 drv_outputs: BTreeMap::new(),
-                _lock: lock,
             });
-            if batch.len() >= BATCH {
+            if batch_full(&batch) {
                 self.commit_batch(std::mem::take(&mut batch))?;
                 batched.clear();
             }
@@ -608,7 +680,7 @@ impl LocalStore {
             if let Some(h) = ca_hasher.as_mut() {
                 h.update(&buf);
             }
-            self.stage(&buf[..], &what, true)?
+            self.stage_own_nar(buf)
         } else {
             // One pass: the NAR is produced on one thread and restored (and hashed) on this one.
             let (rd, wr) = pipe()?;
@@ -631,8 +703,19 @@ impl LocalStore {
             staged?
         };
         let hash = match method {
-            FileIngestionMethod::Flat => ferrix_format::hash::hash_file(&staged.tree(), algo)
-                .map_err(io_err("hashing", staged.tree()))?,
+            FileIngestionMethod::Flat => match &staged.contents {
+                Contents::Nar(b) => Hash::of(
+                    algo,
+                    &crate::place::nar_file_contents(b).ok_or_else(|| {
+                        StoreError::NotRegularFile {
+                            path: src.to_owned(),
+                        }
+                    })?,
+                ),
+                Contents::Tree(t) => {
+                    ferrix_format::hash::hash_file(t, algo).map_err(io_err("hashing", t))?
+                }
+            },
             FileIngestionMethod::Recursive => match ca_hasher {
                 Some(h) => h.finish(),
                 None => staged.nar_hash,
@@ -667,12 +750,13 @@ impl LocalStore {
                 path: name.to_owned(),
                 source,
             })?;
-        let Some(lock) = self.lock_unless_valid(&p)? else {
+        self.add_temp_root(&p)?;
+        if self.is_valid_path(&p)? {
             return Ok(p);
-        };
+        }
         let mut nar_bytes = Vec::with_capacity(text.len() + 128);
         write_file_nar(&mut nar_bytes, text);
-        let staged = self.stage(&nar_bytes[..], &format!("'{name}'"), true)?;
+        let staged = self.stage_own_nar(nar_bytes);
         let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
         info.references = refs.clone();
         info.ca = Some(ContentAddress::Text(hash));
@@ -681,7 +765,6 @@ impl LocalStore {
             staged,
             info,
             drv_outputs,
-            _lock: lock,
         }])?;
         Ok(p)
     }
@@ -706,7 +789,8 @@ impl LocalStore {
     /// must match `info`'s hash and size (when the size is known).
     pub fn add_nar(&self, info: &ValidPathInfo, nar_stream: impl Read) -> Result<()> {
         let p = &info.path;
-        let Some(lock) = self.lock_unless_valid(p)? else {
+        self.add_temp_root(p)?;
+        if self.is_valid_path(p)? {
             // Consume the stream so that a caller reading several NARs stays in step.
             let mut sink = SkipVisitor;
             nar::parse(nar_stream, &mut sink).map_err(|source| StoreError::Nar {
@@ -737,7 +821,6 @@ impl LocalStore {
             staged,
             info,
             drv_outputs,
-            _lock: lock,
         }])
     }
 
@@ -774,12 +857,48 @@ impl LocalStore {
         }
         let intent = self.write_intent(paths)?;
         self.db().invalidate_batch(paths)?;
-        let mut freed = 0;
-        for p in paths {
-            freed += delete_path(&self.real_path(p))?;
-        }
+        let freed = self.delete_all(paths)?;
         let _ = fs::remove_file(&intent);
         Ok(freed)
+    }
+
+    /// Delete the files of `paths` on a few threads. Unlinking waits on the disk (discards,
+    /// freeing blocks) far more than it uses the CPU, so the waits overlap well.
+    fn delete_all(&self, paths: &[StorePath]) -> Result<u64> {
+        const THREADS: usize = 8;
+        if paths.len() < 2 * THREADS {
+            let mut freed = 0;
+            for p in paths {
+                freed += delete_path(&self.real_path(p))?;
+            }
+            return Ok(freed);
+        }
+        let next = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(|| -> Result<u64> {
+                        let mut freed = 0;
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let Some(p) = paths.get(i) else {
+                                return Ok(freed);
+                            };
+                            freed += delete_path(&self.real_path(p))?;
+                        }
+                    })
+                })
+                .collect();
+            let mut freed = 0;
+            let mut first_err = None;
+            for w in workers {
+                match w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                    Ok(n) => freed += n,
+                    Err(e) => first_err = first_err.or(Some(e)),
+                }
+            }
+            first_err.map_or(Ok(freed), Err)
+        })
     }
 
     /// Record, durably, the paths about to appear or disappear: `<state>/ferrix/pending/<pid>-<n>`.
@@ -810,6 +929,26 @@ fn write_file_nar(out: &mut Vec<u8>, contents: &[u8]) {
     push_bytes(out, b"contents");
     push_bytes(out, contents);
     push_bytes(out, b")");
+}
+
+/// Keeps what is read, up to [`MEM_NAR`] bytes; past that it fails, with `overflowed` set
+/// and everything read so far (including the last read) in `buf`.
+struct MemReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl<R: Read> Read for MemReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() > MEM_NAR {
+            self.overflowed = true;
+            return Err(io::Error::other("archive too large to keep in memory"));
+        }
+        Ok(n)
+    }
 }
 
 /// Reads a NAR without keeping anything.

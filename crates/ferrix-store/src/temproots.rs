@@ -53,12 +53,21 @@ impl TempRoots {
     /// tell it through its socket first and wait for its acknowledgement, as Nix's processes
     /// do, so adding never waits for a collection to finish.
     pub fn add(&mut self, full_path: &str) -> Result<()> {
+        self.add_many(&[full_path])
+    }
+
+    /// Record several roots with one write and one check for a running collection.
+    pub fn add_many(&mut self, full_paths: &[&str]) -> Result<()> {
         // The file first: a collection that starts from here on reads it.
-        let mut rec = full_path.as_bytes().to_vec();
-        rec.push(0);
+        let mut rec = Vec::new();
+        for p in full_paths {
+            rec.extend_from_slice(p.as_bytes());
+            rec.push(0);
+        }
         self.file
             .write_all(&rec)
             .map_err(io_err("writing temp root to", &self.path))?;
+        let mut told = 0;
         loop {
             match flock(&self.gc_lock, FlockOperation::NonBlockingLockShared) {
                 Ok(()) => {
@@ -70,7 +79,10 @@ impl TempRoots {
                 Err(e) => return Err(io_err("locking", &self.path)(e.into())),
             }
             // One is running and may have read the file before our write.
-            if self.tell_collector(full_path) {
+            while told < full_paths.len() && self.tell_collector(full_paths[told]) {
+                told += 1;
+            }
+            if told == full_paths.len() {
                 return Ok(());
             }
             // The collector is starting up or just finished: try again shortly.

@@ -241,3 +241,86 @@ fn copy_closure_between_stores() {
         .unwrap()
         .is_empty());
 }
+
+/// Every entry of `root` is canonical: read-only modes (0555 for directories and executables),
+/// mtime 1, symlinks included.
+fn assert_canonical(root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(root).unwrap();
+    assert_eq!(m.mtime(), 1, "{}", root.display());
+    if m.file_type().is_symlink() {
+        return;
+    }
+    let mode = m.permissions().mode() & 0o7777;
+    assert!(
+        mode == 0o444 || mode == 0o555,
+        "{} has {mode:o}",
+        root.display()
+    );
+    if m.is_dir() {
+        assert_eq!(mode, 0o555);
+        for e in fs::read_dir(root).unwrap() {
+            assert_canonical(&e.unwrap().path());
+        }
+    }
+}
+
+/// Small trees are written straight to their place from memory, large ones restored into the
+/// staging area and renamed: both end up canonical with the source's NAR hash, also through
+/// an export and import.
+#[test]
+fn small_and_large_trees_land_canonical() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut paths = Vec::new();
+    for (name, big) in [("small", 1000usize), ("large", 1_500_000)] {
+        let src = dir.path().join(name);
+        fs::create_dir_all(src.join("d/e")).unwrap();
+        fs::write(src.join("d/e/f"), vec![b'x'; big]).unwrap();
+        fs::write(src.join("run"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(src.join("run"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("d/e/f", src.join("link")).unwrap();
+        fs::create_dir(src.join("empty")).unwrap();
+        let p = store
+            .add_path(&src, name, FileIngestionMethod::Recursive, HashAlgo::Sha256)
+            .unwrap();
+        let real = store.real_path(&p);
+        assert_canonical(&real);
+        let (h, n) = ferrix_format::nar::hash_path(&src, HashAlgo::Sha256).unwrap();
+        let info = store.path_info(&p).unwrap();
+        assert_eq!((info.nar_hash, info.nar_size), (h, n));
+        assert_eq!(
+            ferrix_format::nar::hash_path(&real, HashAlgo::Sha256).unwrap(),
+            (h, n)
+        );
+        paths.push(p);
+    }
+    // A single large file, flat: hashed from the staged copy.
+    let big = dir.path().join("big.bin");
+    fs::write(&big, vec![7u8; 2_000_000]).unwrap();
+    let flat = store
+        .add_path(&big, "big.bin", FileIngestionMethod::Flat, HashAlgo::Sha1)
+        .unwrap();
+    assert_canonical(&store.real_path(&flat));
+    paths.push(flat);
+
+    let mut stream = Vec::new();
+    let all: BTreeSet<StorePath> = paths.iter().cloned().collect();
+    ferrix_store::export::export_paths(&store, &all, &mut stream).unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let s2 = open(d2.path());
+    ferrix_store::export::import_paths(&s2, &stream[..]).unwrap();
+    for p in &paths {
+        assert_canonical(&s2.real_path(p));
+        assert_eq!(
+            s2.path_info(p).unwrap().nar_hash,
+            store.path_info(p).unwrap().nar_hash
+        );
+    }
+    assert!(ferrix_store::verify::verify_store(&s2, true, None)
+        .unwrap()
+        .is_empty());
+    // Nothing is left in the staging area.
+    let staging = s2.config().real_store_dir.join(".ferrix-tmp");
+    assert_eq!(fs::read_dir(staging).unwrap().count(), 0);
+}
