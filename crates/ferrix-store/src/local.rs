@@ -22,8 +22,11 @@ use crate::lock::{FileLock, PathLock};
 use crate::path_info::ValidPathInfo;
 use crate::temproots::TempRoots;
 
-/// Directory (inside the store's file system) where new contents are assembled.
-const TMP_DIR: &str = ".ferrix-tmp";
+/// The name part of staging entries: large new contents are assembled in the store
+/// directory (so that the final rename is atomic) under `<random hash>-ferrix-staging`.
+/// A store-path-shaped name whose hash part is a temp root is one that Nix's collector, like
+/// ours, leaves alone while its process lives; any other name in the store it deletes.
+const STAGING_NAME: &str = "ferrix-staging";
 
 /// Files smaller than this are serialised in memory rather than through a pipe and a thread.
 const SMALL: u64 = 1 << 20;
@@ -127,7 +130,6 @@ impl LocalStore {
             config.state_dir.join("temproots"),
             config.state_dir.join("profiles"),
             config.state_dir.join("ferrix/pending"),
-            config.real_store_dir.join(TMP_DIR),
         ] {
             fs::create_dir_all(&d).map_err(io_err("creating directory", &d))?;
         }
@@ -192,8 +194,8 @@ impl LocalStore {
 
     /// Paths that were being put in place when a process died: intent files name them (one
     /// file per batch, NUL-separated base names). Whoever can take a path's lock knows its
-    /// adder is gone; an unregistered path is removed. Temporary trees of dead processes are
-    /// removed too.
+    /// adder is gone; an unregistered path is removed. Staging entries of dead processes go
+    /// the same way: `<pid>-staging` records name them.
     fn recover(&self) -> Result<()> {
         let pending = self.config.state_dir.join("ferrix/pending");
         'files: for e in fs::read_dir(&pending).map_err(io_err("reading directory", &pending))? {
@@ -224,15 +226,6 @@ impl LocalStore {
                 }
             }
             let _ = fs::remove_file(e.path());
-        }
-        let tmp = self.config.real_store_dir.join(TMP_DIR);
-        for e in fs::read_dir(&tmp).map_err(io_err("reading directory", &tmp))? {
-            let e = e.map_err(io_err("reading directory", &tmp))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            if pid.is_none_or(|pid| pid != std::process::id() && !pid_alive(pid)) {
-                delete_path(&e.path())?;
-            }
         }
         Ok(())
     }
@@ -378,16 +371,38 @@ impl LocalStore {
 
     // ---- adding ---------------------------------------------------------------------
 
-    /// A fresh name in the staging area (same file system as the store, so renames are atomic).
+    /// A fresh staging entry: a temp root first (so no collector takes it), then a note in
+    /// this process's staging record (so recovery removes it should the process die).
     fn new_tmp_path(&self) -> Result<PathBuf> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let p = self
-            .config
-            .real_store_dir
-            .join(TMP_DIR)
-            .join(format!("{}-{n}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let seed = format!("{}-{n}-{nanos}", std::process::id());
+        let mut digest = [0u8; 20];
+        digest.copy_from_slice(&Hash::sha256(seed.as_bytes()).digest()[..20]);
+        let sp = StorePath::from_digest(&digest, STAGING_NAME)
+            .map_err(|e| StoreError::Format(e.to_string()))?;
+        self.add_temp_root(&sp)?;
+        let record = self.staging_record();
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&record)
+            .and_then(|mut f| f.write_all(format!("{sp}\0").as_bytes()))
+            .map_err(io_err("writing", &record))?;
+        let p = self.real_path(&sp);
         delete_path(&p)?;
         Ok(p)
+    }
+
+    /// `<state>/ferrix/pending/<pid>-staging`: the staging entries this process made.
+    fn staging_record(&self) -> PathBuf {
+        self.config
+            .state_dir
+            .join("ferrix/pending")
+            .join(format!("{}-staging", std::process::id()))
     }
 
     /// Restore a NAR stream into a fresh temporary directory while hashing it. With `exact`,
@@ -916,6 +931,13 @@ impl LocalStore {
         }
         crate::db::write_atomically(&intent, &names)?;
         Ok(intent)
+    }
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        // Every staging entry is gone by now (each `Staged` deletes its own).
+        let _ = fs::remove_file(self.staging_record());
     }
 }
 

@@ -202,8 +202,16 @@ fn recovery_removes_unregistered_paths() {
         format!("{p}\0"),
     )
     .unwrap();
-    let tmp = cfg.real_store_dir.join(".ferrix-tmp/999999999-0");
-    fs::create_dir_all(&tmp).unwrap();
+    // And a staging entry of the same dead process.
+    let tmp = cfg
+        .real_store_dir
+        .join("1g1savw1cf7pji42hasyx0smc4aw15nw-ferrix-staging");
+    fs::create_dir_all(tmp.join("sub")).unwrap();
+    fs::write(
+        cfg.state_dir.join("ferrix/pending/999999999-staging"),
+        "1g1savw1cf7pji42hasyx0smc4aw15nw-ferrix-staging\0",
+    )
+    .unwrap();
     let store = LocalStore::open(cfg.clone()).unwrap();
     assert!(!cfg.real_path(&p).exists());
     assert!(!tmp.exists());
@@ -320,7 +328,18 @@ fn small_and_large_trees_land_canonical() {
     assert!(ferrix_store::verify::verify_store(&s2, true, None)
         .unwrap()
         .is_empty());
-    // Nothing is left in the staging area.
-    let staging = s2.config().real_store_dir.join(".ferrix-tmp");
-    assert_eq!(fs::read_dir(staging).unwrap().count(), 0);
+    // Nothing is left of the staging entries, nor of their record once the store is closed.
+    let cfg = s2.config().clone();
+    drop(s2);
+    let names: Vec<String> = fs::read_dir(&cfg.real_store_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("staging")), "{names:?}");
+    assert_eq!(
+        fs::read_dir(cfg.state_dir.join("ferrix/pending"))
+            .unwrap()
+            .count(),
+        0
+    );
 }

@@ -38,7 +38,8 @@ pub fn dump_path<W: Write>(path: &Path, out: W) -> Result<(), DumpError> {
     let mut w = BufWriter::with_capacity(64 * 1024, out);
     let mut head = Vec::with_capacity(256);
     push_bytes(&mut head, MAGIC);
-    let mut buf = vec![0u8; CHUNK];
+    // Grown on demand: most files are small, and zeroing a large buffer per dump is not free.
+    let mut buf = Vec::new();
     dump_node(path, &mut w, &mut head, &mut buf)?;
     w.write_all(&head).map_err(DumpError::Write)?;
     w.flush().map_err(DumpError::Write)
@@ -56,7 +57,7 @@ fn dump_node<W: Write>(
     path: &Path,
     w: &mut W,
     head: &mut Vec<u8>,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
 ) -> Result<(), DumpError> {
     let meta = fs::symlink_metadata(path).map_err(read_err(path))?;
     let ft = meta.file_type();
@@ -75,6 +76,9 @@ fn dump_node<W: Write>(
         head.clear();
         let mut f = File::open(path).map_err(read_err(path))?;
         let mut left = size;
+        if (buf.len() as u64) < size && buf.len() < CHUNK {
+            buf.resize((size.max(4096) as usize).min(CHUNK), 0);
+        }
         while left > 0 {
             let want = buf.len().min(left as usize);
             let n = f.read(&mut buf[..want]).map_err(read_err(path))?;
