@@ -540,17 +540,23 @@ impl LocalStore {
             return Ok(());
         }
         let in_batch: HashSet<&StorePath> = batch.iter().map(|b| &b.info.path).collect();
-        {
-            let db = self.db();
-            for b in &batch {
-                for r in &b.info.references {
-                    if !in_batch.contains(r) && !db.is_valid(r)? {
-                        return Err(StoreError::ReferenceNotValid {
-                            path: self.print(&b.info.path),
-                            reference: self.print(r),
-                        });
-                    }
-                }
+        let outside: BTreeSet<&StorePath> = batch
+            .iter()
+            .flat_map(|b| &b.info.references)
+            .filter(|r| !in_batch.contains(r))
+            .collect();
+        let valid_refs = self.db().valid_among(outside.iter().copied())?;
+        for b in &batch {
+            if let Some(r) = b
+                .info
+                .references
+                .iter()
+                .find(|r| !in_batch.contains(r) && !valid_refs.contains(*r))
+            {
+                return Err(StoreError::ReferenceNotValid {
+                    path: self.print(&b.info.path),
+                    reference: self.print(r),
+                });
             }
         }
         for b in &batch {
