@@ -18,7 +18,7 @@ use crate::config::LocalStoreConfig;
 use crate::db::Db;
 use crate::error::{io_err, Result, StoreError};
 use crate::fsutil::{delete_path, pid_alive, sync_fs};
-use crate::lock::{FileLock, PathLock};
+use crate::lock::{FileLock, PathLock, SoleGate};
 use crate::path_info::ValidPathInfo;
 use crate::temproots::TempRoots;
 
@@ -47,7 +47,14 @@ pub struct LocalStore {
     tmp_counter: AtomicU64,
     /// New files inherit a default ACL, so placed trees need the full canonicalisation.
     inherits_acl: bool,
-    _big_lock: FileLock,
+    /// Held shared while the store is open, as Nix does; exclusive means no other process
+    /// has the store open.
+    big_lock: FileLock,
+    /// Keeps this process's path-lock holders and lock-free writers apart.
+    gate: SoleGate,
+    /// Batches committed as the store's only user, and with path locks.
+    sole_batches: AtomicU64,
+    locked_batches: AtomicU64,
 }
 
 /// New contents, hashed, not yet in place.
@@ -143,10 +150,22 @@ impl LocalStore {
             temp_roots: Mutex::new(None),
             tmp_counter: AtomicU64::new(0),
             inherits_acl,
-            _big_lock: big_lock,
+            big_lock,
+            gate: SoleGate::default(),
+            sole_batches: AtomicU64::new(0),
+            locked_batches: AtomicU64::new(0),
         };
         store.recover()?;
         Ok(store)
+    }
+
+    /// How many batches this handle committed as the store's only user (without path locks)
+    /// and how many with path locks.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        (
+            self.sole_batches.load(Ordering::Relaxed),
+            self.locked_batches.load(Ordering::Relaxed),
+        )
     }
 
     pub fn config(&self) -> &LocalStoreConfig {
@@ -503,6 +522,33 @@ impl LocalStore {
         }
         // Temp roots first: a path found valid stays so while this process lives.
         self.add_temp_roots(batch.iter().map(|b| &b.info.path))?;
+        if let Some(_sole) = self.gate.try_write() {
+            if self
+                .big_lock
+                .try_upgrade()
+                .map_err(io_err("locking", self.config.db_dir().join("big-lock")))?
+            {
+                // No other process has the store open (each holds the big lock shared, Nix's
+                // processes included) and no thread of ours holds a path lock: nobody can be
+                // adding these paths, so their lock files (a create, an unlink and a dying
+                // inode each) are not needed. Other processes opening the store wait at most
+                // this one batch.
+                let res = (|| {
+                    let valid = self.db().valid_among(batch.iter().map(|b| &b.info.path))?;
+                    let batch: Vec<Pending> = batch
+                        .into_iter()
+                        .filter(|b| !valid.contains(&b.info.path))
+                        .collect();
+                    self.place_and_register(batch)
+                })();
+                self.sole_batches.fetch_add(1, Ordering::Relaxed);
+                let down = self.big_lock.downgrade();
+                res?;
+                return down.map_err(io_err("locking", self.config.db_dir().join("big-lock")));
+            }
+        }
+        let _reader = self.gate.read();
+        self.locked_batches.fetch_add(1, Ordering::Relaxed);
         let valid = self.db().valid_among(batch.iter().map(|b| &b.info.path))?;
         let mut group: Vec<(Pending, PathLock)> = Vec::new();
         for b in batch {
@@ -536,6 +582,11 @@ impl LocalStore {
             .into_iter()
             .filter(|(b, _)| !valid.contains(&b.info.path))
             .unzip();
+        self.place_and_register(batch)
+    }
+
+    /// The common end of both ways to commit: the paths are the caller's to write.
+    fn place_and_register(&self, batch: Vec<Pending>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }

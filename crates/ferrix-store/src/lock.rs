@@ -76,7 +76,7 @@ impl Drop for PathLock {
 #[derive(Debug)]
 pub struct FileLock {
     /// Held open for the lock's lifetime; closing it releases the lock.
-    _file: File,
+    file: File,
 }
 
 impl FileLock {
@@ -101,9 +101,85 @@ impl FileLock {
             (false, false) => FlockOperation::NonBlockingLockExclusive,
         };
         match flock(&file, op) {
-            Ok(()) => Ok(Some(Self { _file: file })),
+            Ok(()) => Ok(Some(Self { file })),
             Err(rustix::io::Errno::WOULDBLOCK) if !wait => Ok(None),
             Err(e) => Err(io_err("locking", path)(e.into())),
         }
+    }
+}
+
+impl FileLock {
+    /// Turn a shared lock into an exclusive one if nobody else holds it; `false` otherwise,
+    /// and the lock is shared again. (A failed conversion drops the old lock, see flock(2),
+    /// so the shared lock is taken anew, waiting out any exclusive holder.)
+    pub fn try_upgrade(&self) -> std::io::Result<bool> {
+        match flock(&self.file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                flock(&self.file, FlockOperation::LockShared)?;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Turn an exclusive lock back into a shared one.
+    pub fn downgrade(&self) -> std::io::Result<()> {
+        flock(&self.file, FlockOperation::LockShared).map_err(Into::into)
+    }
+}
+
+/// Within one process: threads that hold path locks (readers) against a thread that writes
+/// paths without them while it is the store's only user (the writer).
+#[derive(Debug, Default)]
+pub struct SoleGate {
+    state: std::sync::Mutex<(usize, bool)>,
+    cv: std::sync::Condvar,
+}
+
+/// A thread's permission to hold path locks; while any exists, no sole writer starts.
+#[derive(Debug)]
+pub struct GateReader<'a>(&'a SoleGate);
+
+/// The permission to write without path locks; no thread of this process holds any.
+#[derive(Debug)]
+pub struct GateWriter<'a>(&'a SoleGate);
+
+impl SoleGate {
+    fn state(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until no sole writer runs, then count as a reader.
+    pub fn read(&self) -> GateReader<'_> {
+        let mut g = self.state();
+        while g.1 {
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.0 += 1;
+        GateReader(self)
+    }
+
+    /// Become the sole writer if no reader or writer is active; never waits.
+    pub fn try_write(&self) -> Option<GateWriter<'_>> {
+        let mut g = self.state();
+        if g.0 != 0 || g.1 {
+            return None;
+        }
+        g.1 = true;
+        Some(GateWriter(self))
+    }
+}
+
+impl Drop for GateReader<'_> {
+    fn drop(&mut self) {
+        self.0.state().0 -= 1;
+    }
+}
+
+impl Drop for GateWriter<'_> {
+    fn drop(&mut self) {
+        self.0.state().1 = false;
+        self.0.cv.notify_all();
     }
 }

@@ -343,3 +343,25 @@ fn small_and_large_trees_land_canonical() {
         0
     );
 }
+
+/// Alone with the store, a batch needs no lock files; with a second handle open (as another
+/// process would hold it), every batch takes path locks.
+#[test]
+fn path_locks_only_when_the_store_is_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.add_text("alone", b"1", &BTreeSet::new()).unwrap();
+    assert_eq!(store.commit_counts(), (1, 0));
+    let other = open(dir.path());
+    let p = store.add_text("shared", b"2", &BTreeSet::new()).unwrap();
+    assert_eq!(store.commit_counts(), (1, 1));
+    // The other handle sees it, and adding it again there is a no-op.
+    assert!(other.is_valid_path(&p).unwrap());
+    assert_eq!(other.add_text("shared", b"2", &BTreeSet::new()).unwrap(), p);
+    assert_eq!(other.commit_counts(), (0, 0));
+    drop(other);
+    store
+        .add_text("alone-again", b"3", &BTreeSet::new())
+        .unwrap();
+    assert_eq!(store.commit_counts(), (2, 1));
+}
