@@ -12,7 +12,12 @@ for t in nix-store python3; do
 done
 
 cargo build --release -q -p ferrix-cli
-rm -rf "$WORK"; mkdir -p "$WORK/files" "$WORK/bin" "$WORK/etc"
+# An old work dir is deleted only after the run: on some file systems (ext4 without a
+# journal, as here) creating files is slow for minutes after thousands were deleted.
+OLD=""
+if [ -e "$WORK" ]; then OLD="$WORK.old-$$"; mv "$WORK" "$OLD"; fi
+trap '[ -z "$OLD" ] || rm -rf "$OLD"' EXIT
+mkdir -p "$WORK/files" "$WORK/bin" "$WORK/etc"
 target/release/ferrix install-links "$WORK/bin" >/dev/null
 printf 'sandbox = false\nbuild-users-group =\nsubstituters =\n' > "$WORK/etc/nix.conf"
 for i in $(seq 1 "$N"); do printf 'file %d\n' "$i" > "$WORK/files/f$i"; done
