@@ -1,4 +1,4 @@
-//! Canonical store contents: mtime 1, modes 0444/0555, no setuid, no xattrs; then fsync.
+//! Canonical store contents: mtime 1, modes 0444/0555, no setuid, no xattrs, our owner.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -27,6 +27,19 @@ pub fn canonicalise(path: &Path) -> Result<()> {
         }
     }
     remove_xattrs(path)?;
+    // Contents written by someone else (a builder running as another user) become ours, as
+    // Nix does; only root can do this, and only then can such files exist in the first place.
+    let euid = rustix::process::geteuid();
+    if std::os::unix::fs::MetadataExt::uid(&meta) != euid.as_raw() {
+        rustix::fs::chownat(
+            CWD,
+            path,
+            Some(euid),
+            Some(rustix::process::getegid()),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err("changing the owner of", path)(e.into()))?;
+    }
     if !ft.is_symlink() {
         let exec = ft.is_dir() || meta.permissions().mode() & 0o100 != 0;
         let mode = if exec { 0o555 } else { 0o444 };

@@ -365,3 +365,27 @@ fn path_locks_only_when_the_store_is_shared() {
         .unwrap();
     assert_eq!(store.commit_counts(), (2, 1));
 }
+
+/// Canonicalisation gives files written by another user (a builder's) to the store's owner.
+/// Only root can create such files; otherwise the check is that our own stay ours.
+#[test]
+fn canonicalise_takes_ownership() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("out");
+    fs::create_dir_all(tree.join("d")).unwrap();
+    fs::write(tree.join("d/f"), b"x").unwrap();
+    std::os::unix::fs::symlink("d/f", tree.join("l")).unwrap();
+    let me = fs::metadata(dir.path()).unwrap().uid();
+    if me == 0 {
+        for p in ["d/f", "l", "d", ""] {
+            std::os::unix::fs::lchown(tree.join(p), Some(1234), Some(1234)).unwrap();
+        }
+    }
+    ferrix_store::canon::canonicalise(&tree).unwrap();
+    for p in ["d/f", "l", "d", ""] {
+        let m = fs::symlink_metadata(tree.join(p)).unwrap();
+        assert_eq!(m.uid(), me, "{p}");
+        assert_eq!(m.mtime(), 1, "{p}");
+    }
+}
