@@ -48,13 +48,6 @@ pub fn delete_path(path: &Path) -> Result<u64> {
     Ok(freed)
 }
 
-/// Make a rename or unlink in `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("syncing directory", dir))
-}
-
 /// Whether a process with this pid exists.
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -28,11 +28,9 @@ use crate::temproots::TempRoots;
 /// ours, leaves alone while its process lives; any other name in the store it deletes.
 const STAGING_NAME: &str = "ferrix-staging";
 
-/// Files smaller than this are serialised in memory rather than through a pipe and a thread.
-const SMALL: u64 = 1 << 20;
-
 /// NARs up to this size are kept in memory until commit and written straight to their
-/// place; larger ones are restored into the staging area and renamed.
+/// place; larger ones are restored into a staging entry and renamed. Single files below it
+/// are also serialised in memory rather than through a pipe and a thread.
 const MEM_NAR: usize = 1 << 20;
 
 /// A batch is committed once its in-memory NARs reach this many bytes.
@@ -745,7 +743,7 @@ impl LocalStore {
             path: src.to_owned(),
             source,
         };
-        let staged = if !meta.is_dir() && meta.len() < SMALL {
+        let staged = if !meta.is_dir() && meta.len() < MEM_NAR as u64 {
             // Small files: the NAR in memory, no thread.
             let mut buf = Vec::with_capacity(meta.len() as usize + 200);
             nar::dump_path(src, &mut buf).map_err(dump_err)?;
