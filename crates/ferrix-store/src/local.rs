@@ -409,9 +409,7 @@ impl LocalStore {
             .open(&record)
             .and_then(|mut f| f.write_all(format!("{sp}\0").as_bytes()))
             .map_err(io_err("writing", &record))?;
-        let p = self.real_path(&sp);
-        delete_path(&p)?;
-        Ok(p)
+        Ok(self.real_path(&sp))
     }
 
     /// `<state>/ferrix/pending/<pid>-staging`: the staging entries this process made.
@@ -422,10 +420,10 @@ impl LocalStore {
             .join(format!("{}-staging", std::process::id()))
     }
 
-    /// Restore a NAR stream into a fresh temporary directory while hashing it. With `exact`,
-    /// the stream must end with the archive; otherwise reading stops at its end.
-    /// Small archives are checked and kept in memory; one that outgrows [`MEM_NAR`] is
-    /// restored into the staging area, starting over from the bytes already read.
+    /// Read and check a NAR stream, hashing it. With `exact`, the stream must end with the
+    /// archive; otherwise reading stops at its end. Small archives are kept in memory; one
+    /// that outgrows [`MEM_NAR`] is restored into a staging entry, starting over from the
+    /// bytes already read.
     pub(crate) fn stage(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
         let mut reader = HashingReader {
             inner: nar_stream,

@@ -19,7 +19,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferrix_format::wire::{write_bytes, write_u64};
+use ferrix_format::wire::write_u64;
 use ferrix_format::{FileIngestionMethod, Hash, HashAlgo, StorePath};
 use ferrix_store::db::Db;
 use ferrix_store::export::import_paths;
@@ -121,17 +121,7 @@ fn import_stream(store: &LocalStore) -> Vec<u8> {
             .store_dir()
             .make_text_path(&name, &Hash::sha256(text.as_bytes()), &refs)
             .unwrap();
-        let nar = file_nar(text.as_bytes());
-        write_u64(&mut stream, 1).unwrap();
-        stream.extend_from_slice(&nar);
-        write_u64(&mut stream, EXPORT_MAGIC).unwrap();
-        write_bytes(&mut stream, store.print(&p).as_bytes()).unwrap();
-        write_u64(&mut stream, refs.len() as u64).unwrap();
-        for r in &refs {
-            write_bytes(&mut stream, store.print(r).as_bytes()).unwrap();
-        }
-        write_bytes(&mut stream, b"").unwrap();
-        write_u64(&mut stream, 0).unwrap();
+        push_export_text(&mut stream, store, &p, text.as_bytes(), &refs);
         prev.push(p);
     }
     write_u64(&mut stream, 0).unwrap();

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferrix_format::wire::{write_bytes, write_u64};
+use ferrix_format::wire::write_u64;
 use ferrix_format::{FileIngestionMethod, Hash, HashAlgo, StorePath};
 use ferrix_store::db::Db;
 use ferrix_store::export::{export_paths, import_paths};
@@ -213,16 +213,7 @@ fn import_stream(store: &LocalStore, rng: &mut Rng, valid: &[StorePath]) {
             .store_dir()
             .make_text_path(&name, &Hash::sha256(text.as_bytes()), &refs)
             .unwrap();
-        write_u64(&mut stream, 1).unwrap();
-        stream.extend_from_slice(&file_nar(text.as_bytes()));
-        write_u64(&mut stream, EXPORT_MAGIC).unwrap();
-        write_bytes(&mut stream, store.print(&p).as_bytes()).unwrap();
-        write_u64(&mut stream, refs.len() as u64).unwrap();
-        for r in &refs {
-            write_bytes(&mut stream, store.print(r).as_bytes()).unwrap();
-        }
-        write_bytes(&mut stream, b"").unwrap();
-        write_u64(&mut stream, 0).unwrap();
+        push_export_text(&mut stream, store, &p, text.as_bytes(), &refs);
         pool.push(p);
     }
     write_u64(&mut stream, 0).unwrap();

@@ -77,3 +77,25 @@ pub fn file_nar(contents: &[u8]) -> Vec<u8> {
     }
     nar
 }
+
+/// Append one path of Nix's export format to `stream`: the NAR of a text file holding
+/// `text`, then its metadata (no deriver, no signature).
+pub fn push_export_text(
+    stream: &mut Vec<u8>,
+    store: &LocalStore,
+    p: &ferrix_format::StorePath,
+    text: &[u8],
+    refs: &std::collections::BTreeSet<ferrix_format::StorePath>,
+) {
+    use ferrix_format::wire::{write_bytes, write_u64};
+    write_u64(&mut *stream, 1).unwrap();
+    stream.extend_from_slice(&file_nar(text));
+    write_u64(&mut *stream, EXPORT_MAGIC).unwrap();
+    write_bytes(&mut *stream, store.print(p).as_bytes()).unwrap();
+    write_u64(&mut *stream, refs.len() as u64).unwrap();
+    for r in refs {
+        write_bytes(&mut *stream, store.print(r).as_bytes()).unwrap();
+    }
+    write_bytes(&mut *stream, b"").unwrap();
+    write_u64(&mut *stream, 0).unwrap();
+}
