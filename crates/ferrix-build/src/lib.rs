@@ -1,3 +1,18 @@
-//! Realising derivations: the scheduler and its executors (local, hook, remote).
-//!
-//! Empty until the build-engine issue fills it; see `ARCHITECTURE.md`.
+//! Realising derivations: the plan (what must be built), the scheduler (an event loop over
+//! it, most urgent first, `max-jobs` at a time) and the executors behind one trait (local
+//! builds now; build hooks, remote machines and substituters later).
+
+pub mod env;
+pub mod error;
+pub mod executor;
+pub mod local;
+pub mod log;
+pub mod plan;
+pub mod refscan;
+pub mod scheduler;
+
+pub use error::{BuildFailure, PlanError};
+pub use executor::{Built, Executor, Job, Offer, Quiet, Reporter};
+pub use local::{LocalExecutor, LocalSettings};
+pub use plan::{plan, Plan, Wanted};
+pub use scheduler::{run, NodeResult, Outcome, ScheduleOptions};

@@ -19,6 +19,6 @@ pub mod verify;
 
 pub use config::LocalStoreConfig;
 pub use error::{Result, StoreError};
-pub use local::LocalStore;
+pub use local::{LocalStore, OutputsIntent, StoreLock};
 pub use path_info::ValidPathInfo;
 pub use store::{copy_closure, Store};

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ferrix_format::hash::{HashSink, Hasher};
 use ferrix_format::nar;
@@ -18,7 +18,7 @@ use crate::config::LocalStoreConfig;
 use crate::db::Db;
 use crate::error::{io_err, Result, StoreError};
 use crate::fsutil::{delete_path, pid_alive, sync_fs};
-use crate::lock::{FileLock, PathLock, SoleGate};
+use crate::lock::{FileLock, GateReader, PathLock, SoleGate};
 use crate::path_info::ValidPathInfo;
 use crate::temproots::TempRoots;
 
@@ -49,7 +49,7 @@ pub struct LocalStore {
     /// has the store open.
     big_lock: FileLock,
     /// Keeps this process's path-lock holders and lock-free writers apart.
-    gate: SoleGate,
+    gate: Arc<SoleGate>,
     /// Batches committed as the store's only user, and with path locks.
     sole_batches: AtomicU64,
     locked_batches: AtomicU64,
@@ -149,7 +149,7 @@ impl LocalStore {
             tmp_counter: AtomicU64::new(0),
             inherits_acl,
             big_lock,
-            gate: SoleGate::default(),
+            gate: Arc::default(),
             sole_batches: AtomicU64::new(0),
             locked_batches: AtomicU64::new(0),
         };
@@ -272,6 +272,14 @@ impl LocalStore {
         self.db().is_valid(p)
     }
 
+    /// Which of `paths` are valid (one read transaction).
+    pub fn valid_among<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<HashSet<StorePath>> {
+        self.db().valid_among(paths)
+    }
+
     pub fn query_path_info(&self, p: &StorePath) -> Result<Option<ValidPathInfo>> {
         self.db().path_info(p)
     }
@@ -384,6 +392,52 @@ impl LocalStore {
         }
         let real = self.real_path(p);
         nar::dump_path(&real, out).map_err(|source| StoreError::Dump { path: real, source })
+    }
+
+    // ---- outputs written by others (builds) -----------------------------------------
+
+    /// Lock `p` with Nix's `<path>.lock` protocol, waiting for it when `wait` (`None` when
+    /// not waiting and another process holds it). While held, this process never writes
+    /// paths without locks.
+    pub fn lock_path(&self, p: &StorePath, wait: bool) -> Result<Option<StoreLock>> {
+        let gate = self.gate.read();
+        Ok(
+            PathLock::acquire(&self.lock_file(p), wait)?.map(|lock| StoreLock {
+                _lock: lock,
+                _gate: gate,
+            }),
+        )
+    }
+
+    /// Announce that `paths` (locked by the caller) are about to be written in place, by a
+    /// builder for instance: leftovers at those names are removed, and an intent record makes
+    /// sure that they are removed again should this process die before
+    /// [`Self::register_outputs`]. Dropping the returned value without registering deletes them.
+    pub fn begin_outputs(&self, paths: &[StorePath]) -> Result<OutputsIntent> {
+        let intent = self.write_intent(paths)?;
+        let pending = OutputsIntent {
+            real: paths.iter().map(|p| self.real_path(p)).collect(),
+            intent,
+            done: false,
+        };
+        for r in &pending.real {
+            delete_path(r)?;
+        }
+        Ok(pending)
+    }
+
+    /// Register paths announced with [`Self::begin_outputs`], in one transaction. The caller
+    /// has made them canonical ([`crate::canon::canonicalise`]) before hashing them; here they
+    /// are synced to disk first.
+    pub fn register_outputs(
+        &self,
+        mut pending: OutputsIntent,
+        infos: &[ValidPathInfo],
+    ) -> Result<()> {
+        sync_fs(&self.config.real_store_dir)?;
+        self.db().register(infos, &BTreeMap::new())?;
+        pending.done = true;
+        Ok(())
     }
 
     // ---- adding ---------------------------------------------------------------------
@@ -984,6 +1038,32 @@ impl LocalStore {
         }
         crate::db::write_atomically(&intent, &names)?;
         Ok(intent)
+    }
+}
+
+/// A path lock taken through a store: see [`LocalStore::lock_path`].
+#[derive(Debug)]
+pub struct StoreLock {
+    _lock: PathLock,
+    _gate: GateReader,
+}
+
+/// Paths being written in place under an intent record: see [`LocalStore::begin_outputs`].
+#[derive(Debug)]
+pub struct OutputsIntent {
+    real: Vec<PathBuf>,
+    intent: PathBuf,
+    done: bool,
+}
+
+impl Drop for OutputsIntent {
+    fn drop(&mut self) {
+        if !self.done {
+            for r in &self.real {
+                let _ = delete_path(r);
+            }
+        }
+        let _ = fs::remove_file(&self.intent);
     }
 }
 

@@ -139,7 +139,7 @@ pub struct SoleGate {
 
 /// A thread's permission to hold path locks; while any exists, no sole writer starts.
 #[derive(Debug)]
-pub struct GateReader<'a>(&'a SoleGate);
+pub struct GateReader(std::sync::Arc<SoleGate>);
 
 /// The permission to write without path locks; no thread of this process holds any.
 #[derive(Debug)]
@@ -151,13 +151,13 @@ impl SoleGate {
     }
 
     /// Wait until no sole writer runs, then count as a reader.
-    pub fn read(&self) -> GateReader<'_> {
+    pub fn read(self: &std::sync::Arc<Self>) -> GateReader {
         let mut g = self.state();
         while g.1 {
             g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         g.0 += 1;
-        GateReader(self)
+        GateReader(self.clone())
     }
 
     /// Become the sole writer if no reader or writer is active; never waits.
@@ -171,7 +171,7 @@ impl SoleGate {
     }
 }
 
-impl Drop for GateReader<'_> {
+impl Drop for GateReader {
     fn drop(&mut self) {
         self.0.state().0 -= 1;
     }

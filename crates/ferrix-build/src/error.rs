@@ -1,0 +1,102 @@
+//! Why a derivation could not be built, with the derivation (and the output or input) named.
+
+use std::time::Duration;
+
+use ferrix_store::StoreError;
+use thiserror::Error;
+
+/// Errors found before any build starts: the plan cannot be made.
+#[derive(Debug, Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("derivation '{drv}' is not valid in the store")]
+    DrvNotValid { drv: String },
+    #[error("reading derivation '{drv}'")]
+    DrvRead {
+        drv: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing derivation '{drv}'")]
+    DrvParse {
+        drv: String,
+        #[source]
+        source: ferrix_format::derivation::DrvParseError,
+    },
+    #[error("derivation '{drv}' has no output named '{output}'")]
+    NoSuchOutput { drv: String, output: String },
+    #[error("input '{input}' of derivation '{drv}' is not valid, and there are no substituters to fetch it from")]
+    InputNotValid { drv: String, input: String },
+    #[error("derivation '{drv}': {what} are not supported yet")]
+    Unsupported { drv: String, what: &'static str },
+}
+
+/// Why one derivation did not get built.
+#[derive(Debug, Error)]
+pub enum BuildFailure {
+    #[error("builder for '{drv}' failed with exit code {code}")]
+    ExitCode { drv: String, code: i32 },
+    #[error("builder for '{drv}' was killed by signal {signal}")]
+    Signal { drv: String, signal: i32 },
+    #[error("building '{drv}' timed out after {0} seconds", .after.as_secs())]
+    Timeout { drv: String, after: Duration },
+    #[error("'{drv}' produced no output for {0} seconds", .after.as_secs())]
+    Silent { drv: String, after: Duration },
+    #[error("could not start the builder '{builder}' of '{drv}'")]
+    Spawn {
+        drv: String,
+        builder: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("builder for '{drv}' failed to produce output path for output '{output}' at '{path}'")]
+    MissingOutput {
+        drv: String,
+        output: String,
+        path: String,
+    },
+    #[error("hash mismatch in fixed-output derivation '{drv}':\n  specified: {specified}\n       got:    {got}")]
+    HashMismatch {
+        drv: String,
+        specified: String,
+        got: String,
+    },
+    #[error("output '{path}' of '{drv}' {why}")]
+    BadReferences {
+        drv: String,
+        path: String,
+        why: String,
+    },
+    #[error("{drv}: {what}")]
+    Io {
+        drv: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{drv}")]
+    Store {
+        drv: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("building '{drv}' was interrupted")]
+    Interrupted { drv: String },
+    #[error("cannot build '{drv}' because its input '{input}' failed to build")]
+    DependencyFailed { drv: String, input: String },
+    #[error("cannot build '{drv}': local builds are disabled (max-jobs = 0) and there are no remote builders")]
+    NoSlots { drv: String },
+}
+
+impl BuildFailure {
+    /// Bits of Nix's exit status: 0x01 timeout, 0x02 hash mismatch, 0x04 build failure.
+    pub fn status_bits(&self) -> u32 {
+        match self {
+            Self::Timeout { .. } | Self::Silent { .. } => 0x04 | 0x01,
+            Self::HashMismatch { .. } => 0x04 | 0x02,
+            Self::DependencyFailed { .. } | Self::Interrupted { .. } | Self::NoSlots { .. } => 0,
+            _ => 0x04,
+        }
+    }
+}

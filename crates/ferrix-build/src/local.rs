@@ -1,0 +1,626 @@
+//! Building on this machine: the build directory, the builder process and its log, then the
+//! output checks and registration.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrix_format::hash::HashSink;
+use ferrix_format::{ContentAddress, FileIngestionMethod, HashAlgo, StorePath};
+use ferrix_store::{LocalStore, StoreLock, ValidPathInfo};
+
+use crate::env::{build_dir_name, builder_env, EnvContext};
+use crate::error::BuildFailure;
+use crate::executor::{BuildFuture, Built, Cancel, Executor, Job, Reporter};
+use crate::refscan::RefScanner;
+
+/// Settings of local builds (the CLI fills them from `nix.conf`, the environment and flags).
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// `max-jobs`: builds at once.
+    pub max_jobs: usize,
+    /// `cores`: passed to builders as `NIX_BUILD_CORES`.
+    pub cores: usize,
+    /// Where build directories are made (`$TMPDIR` of the caller, as Nix does).
+    pub build_dir_base: PathBuf,
+    /// `--keep-failed`: keep the build directory of a failed build.
+    pub keep_failed: bool,
+    pub log_dir: PathBuf,
+    /// `compress-build-log`.
+    pub compress_log: bool,
+    pub max_silent_time: Option<Duration>,
+    pub timeout: Option<Duration>,
+    /// Values for `impureEnvVars` of fixed-output derivations.
+    pub impure_env: BTreeMap<String, String>,
+    /// How many log lines a failure message shows.
+    pub log_tail: usize,
+}
+
+/// Builds derivations on this machine, `max_jobs` at a time.
+#[derive(Debug)]
+pub struct LocalExecutor {
+    store: Arc<LocalStore>,
+    settings: LocalSettings,
+    reporter: Arc<dyn Reporter + Send + Sync>,
+    counter: AtomicU64,
+}
+
+impl std::fmt::Debug for dyn Reporter + Send + Sync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporter")
+    }
+}
+
+impl LocalExecutor {
+    pub fn new(
+        store: Arc<LocalStore>,
+        settings: LocalSettings,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            reporter,
+            counter: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn slots(&self) -> usize {
+        self.settings.max_jobs
+    }
+
+    fn build(self: Arc<Self>, job: Arc<Job>, cancel: Cancel) -> BuildFuture {
+        Box::pin(async move { self.build_job(&job, cancel).await })
+    }
+}
+
+/// Run blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    drv: &str,
+    f: impl FnOnce() -> Result<T, BuildFailure> + Send + 'static,
+) -> Result<T, BuildFailure> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(BuildFailure::Io {
+            drv: drv.to_owned(),
+            what: "a worker thread failed".into(),
+            source: io::Error::other(e.to_string()),
+        })
+    })
+}
+
+/// Wait until `cancel` turns true (forever if nobody can cancel any more).
+async fn cancelled(cancel: &mut Cancel) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What the log reader shares with the waiting task.
+struct LogState {
+    tail: VecDeque<String>,
+    last_activity: Instant,
+}
+
+impl LocalExecutor {
+    async fn build_job(&self, job: &Arc<Job>, cancel: Cancel) -> Result<Built, BuildFailure> {
+        let store = self.store.clone();
+        let drv = store.print(&job.drv_path);
+        let mut paths: Vec<StorePath> = job.outputs.values().cloned().collect();
+        paths.sort();
+        paths.dedup();
+
+        // Output locks, in sorted order; a lock another process holds is waited for on a
+        // blocking thread, then validity is checked again: it may have built them.
+        let locks = {
+            let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
+            blocking(&drv, move || {
+                let mut locks: Vec<StoreLock> = Vec::new();
+                for p in &paths {
+                    let l = match store.lock_path(p, false) {
+                        Ok(Some(l)) => Ok(l),
+                        Ok(None) => store.lock_path(p, true).and_then(|l| {
+                            l.ok_or_else(|| {
+                                ferrix_store::StoreError::Format("lock unavailable".into())
+                            })
+                        }),
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|source| BuildFailure::Store {
+                        drv: d.clone(),
+                        source,
+                    })?;
+                    locks.push(l);
+                }
+                let valid =
+                    store
+                        .valid_among(paths.iter())
+                        .map_err(|source| BuildFailure::Store {
+                            drv: d.clone(),
+                            source,
+                        })?;
+                Ok((locks, valid.len() == paths.len()))
+            })
+            .await?
+        };
+        let (_locks, all_valid) = locks;
+        if all_valid {
+            return Ok(Built::AlreadyValid);
+        }
+        self.reporter.started(&job.drv_path);
+
+        let intent = {
+            let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
+            blocking(&drv, move || {
+                store
+                    .begin_outputs(&paths)
+                    .map_err(|source| BuildFailure::Store { drv: d, source })
+            })
+            .await?
+        };
+
+        let build_dir = self.make_build_dir(job, &drv)?;
+        let result = self.run_builder(job, &drv, &build_dir, cancel).await;
+        let result = match result {
+            Ok(()) => {
+                let (store, job2, d) = (store.clone(), job.clone(), drv.clone());
+                blocking(&drv, move || finish_outputs(&store, &job2, &d, intent)).await
+            }
+            Err(e) => {
+                drop(intent); // deletes whatever the builder left at the output paths
+                Err(e)
+            }
+        };
+        if result.is_err() && self.settings.keep_failed {
+            self.reporter.log_line(
+                &job.drv_path,
+                &format!("note: keeping build directory '{}'", build_dir.display()),
+            );
+        } else {
+            let _ = ferrix_store::fsutil::delete_path(&build_dir);
+        }
+        result.map(|()| Built::Built)
+    }
+
+    fn make_build_dir(&self, job: &Job, drv: &str) -> Result<PathBuf, BuildFailure> {
+        let io_err = |what: String| {
+            let drv = drv.to_owned();
+            move |source| BuildFailure::Io { drv, what, source }
+        };
+        let base = &self.settings.build_dir_base;
+        loop {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let dir = build_dir_name(base, job.drv_path.name(), n);
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(io_err(format!(
+                        "creating build directory '{}'",
+                        dir.display()
+                    ))(e))
+                }
+            }
+        }
+    }
+
+    /// Start the builder in its own process group, with stdout and stderr on one pipe that
+    /// a thread copies into the log, and wait for it, for a timeout, for silence, or for
+    /// cancellation. Whatever happens, its whole process group is gone afterwards.
+    async fn run_builder(
+        &self,
+        job: &Job,
+        drv: &str,
+        build_dir: &std::path::Path,
+        mut cancel: Cancel,
+    ) -> Result<(), BuildFailure> {
+        let s = &self.settings;
+        let io_err = |what: &str| {
+            let (drv, what) = (drv.to_owned(), what.to_owned());
+            move |source| BuildFailure::Io { drv, what, source }
+        };
+        let top = build_dir.to_string_lossy().into_owned();
+        let store_dir = self.store.store_dir().to_string();
+        let cx = EnvContext {
+            store_dir: &store_dir,
+            build_top: &top,
+            cores: s.cores,
+            impure: &s.impure_env,
+        };
+        let (env, files) = builder_env(&job.drv, &cx);
+        for (name, contents) in files {
+            fs::write(build_dir.join(&name), contents).map_err(io_err("writing passAsFile"))?;
+        }
+        let real_store = &self.store.config().real_store_dir;
+        if std::path::Path::new(&store_dir) != real_store.as_path() {
+            // Outputs are written at their logical paths; only a sandbox can map those onto
+            // a store kept elsewhere (a chroot store), as Nix does.
+            return Err(BuildFailure::Spawn {
+                drv: drv.to_owned(),
+                builder: job.drv.builder.clone(),
+                source: io::Error::other(format!(
+                    "the store '{store_dir}' is kept in '{}': building there needs the sandbox, which is not available yet",
+                    real_store.display()
+                )),
+            });
+        }
+        if job.drv.builder.starts_with("builtin:") {
+            return Err(BuildFailure::Spawn {
+                drv: drv.to_owned(),
+                builder: job.drv.builder.clone(),
+                source: io::Error::other("built-in builders are not supported yet"),
+            });
+        }
+
+        let log_path = crate::log::log_path(&s.log_dir, &job.drv_path, s.compress_log);
+        if let Some(parent) = log_path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("creating the log directory"))?;
+        }
+        let log_file = fs::File::create(&log_path).map_err(io_err("creating the log file"))?;
+        let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
+        let mut cmd = tokio::process::Command::new(&job.drv.builder);
+        cmd.args(&job.drv.args)
+            .env_clear()
+            .envs(&env)
+            .current_dir(build_dir)
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone().map_err(io_err("creating a pipe"))?)
+            .stderr(writer)
+            .process_group(0)
+            .kill_on_drop(true);
+        let spawned = cmd.spawn();
+        drop(cmd); // our copies of the pipe's write end, so that the reader sees its end
+        let mut child = spawned.map_err(|source| BuildFailure::Spawn {
+            drv: drv.to_owned(),
+            builder: job.drv.builder.clone(),
+            source,
+        })?;
+        let pgid = child.id().map(|id| id as i32);
+
+        let state = Arc::new(Mutex::new(LogState {
+            tail: VecDeque::new(),
+            last_activity: Instant::now(),
+        }));
+        let log_thread = {
+            let (state, reporter, drv_path) =
+                (state.clone(), self.reporter.clone(), job.drv_path.clone());
+            let (compress, keep) = (s.compress_log, s.log_tail);
+            std::thread::spawn(move || {
+                copy_log(
+                    reader, log_file, compress, keep, &state, &*reporter, &drv_path,
+                )
+            })
+        };
+
+        let started = Instant::now();
+        let deadline = s.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let outcome: Result<std::process::ExitStatus, BuildFailure> = loop {
+            tokio::select! {
+                st = child.wait() => break st.map_err(io_err("waiting for the builder")),
+                () = cancelled(&mut cancel) => {
+                    break Err(BuildFailure::Interrupted { drv: drv.to_owned() });
+                }
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                    if deadline.is_some() => {
+                    break Err(BuildFailure::Timeout { drv: drv.to_owned(), after: started.elapsed() });
+                }
+                _ = tick.tick(), if s.max_silent_time.is_some() => {
+                    let quiet = state.lock().unwrap_or_else(|p| p.into_inner()).last_activity.elapsed();
+                    if s.max_silent_time.is_some_and(|m| quiet >= m) {
+                        break Err(BuildFailure::Silent { drv: drv.to_owned(), after: quiet });
+                    }
+                }
+            }
+        };
+        // The builder's helpers may outlive it and hold the log pipe open: end them all.
+        if let Some(pg) = pgid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
+        }
+        let _ = child.wait().await;
+        let _ = tokio::task::spawn_blocking(move || log_thread.join()).await;
+
+        let status = outcome?;
+        if status.success() {
+            return Ok(());
+        }
+        let tail: Vec<String> = state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tail
+            .iter()
+            .cloned()
+            .collect();
+        for line in &tail {
+            self.reporter.log_line(&job.drv_path, &format!("> {line}"));
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Err(match (status.code(), status.signal()) {
+            (Some(code), _) => BuildFailure::ExitCode {
+                drv: drv.to_owned(),
+                code,
+            },
+            (None, Some(signal)) => BuildFailure::Signal {
+                drv: drv.to_owned(),
+                signal,
+            },
+            (None, None) => BuildFailure::ExitCode {
+                drv: drv.to_owned(),
+                code: -1,
+            },
+        })
+    }
+}
+
+/// Copy the builder's output into its log file, keeping the last lines and the time of the
+/// last output. Ends when every writer of the pipe is gone.
+fn copy_log(
+    reader: io::PipeReader,
+    file: fs::File,
+    compress: bool,
+    keep: usize,
+    state: &Mutex<LogState>,
+    reporter: &dyn Reporter,
+    drv: &StorePath,
+) {
+    let mut out: Box<dyn Write> = if compress {
+        Box::new(bzip2::write::BzEncoder::new(
+            io::BufWriter::new(file),
+            bzip2::Compression::default(),
+        ))
+    } else {
+        Box::new(io::BufWriter::new(file))
+    };
+    let mut r = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let _ = out.write_all(&line);
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches('\n');
+        reporter.log_line(drv, text);
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_activity = Instant::now();
+        if keep > 0 {
+            if st.tail.len() == keep {
+                st.tail.pop_front();
+            }
+            st.tail.push_back(text.to_owned());
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Writes to two sinks at once: the NAR hash and the reference scanner.
+struct Tee<'a>(&'a mut HashSink, &'a mut RefScanner);
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Check the outputs the builder left, make them canonical, find their references and
+/// register them all in one transaction.
+fn finish_outputs(
+    store: &LocalStore,
+    job: &Job,
+    drv: &str,
+    intent: ferrix_store::OutputsIntent,
+) -> Result<(), BuildFailure> {
+    let store_err = |source| BuildFailure::Store {
+        drv: drv.to_owned(),
+        source,
+    };
+    for (name, p) in &job.outputs {
+        let real = store.real_path(p);
+        if fs::symlink_metadata(&real).is_err() {
+            return Err(BuildFailure::MissingOutput {
+                drv: drv.to_owned(),
+                output: name.clone(),
+                path: store.print(p),
+            });
+        }
+        ferrix_store::canon::canonicalise(&real).map_err(store_err)?;
+    }
+    let own: BTreeSet<StorePath> = job.outputs.values().cloned().collect();
+    let mut candidates = store
+        .closure(job.input_roots.iter().cloned(), false, false)
+        .map_err(store_err)?;
+    candidates.extend(own.iter().cloned());
+
+    let mut infos: BTreeMap<StorePath, ValidPathInfo> = BTreeMap::new();
+    for p in &own {
+        let real = store.real_path(p);
+        let mut sink = HashSink::new(HashAlgo::Sha256);
+        let mut scanner = RefScanner::new(candidates.iter().cloned());
+        ferrix_format::nar::dump_path(&real, Tee(&mut sink, &mut scanner)).map_err(|e| {
+            BuildFailure::Io {
+                drv: drv.to_owned(),
+                what: format!("reading output '{}'", real.display()),
+                source: io::Error::other(e.to_string()),
+            }
+        })?;
+        let (nar_hash, nar_size) = sink.finish();
+        let mut info = ValidPathInfo::new(p.clone(), nar_hash, nar_size);
+        info.references = scanner.found();
+        info.deriver = Some(job.drv_path.clone());
+        info.ultimate = true;
+        if let Some((method, expected, _)) = job.drv.fixed_output() {
+            let got = match method {
+                FileIngestionMethod::Flat => ferrix_format::hash::hash_file(&real, expected.algo())
+                    .map_err(|source| BuildFailure::Io {
+                        drv: drv.to_owned(),
+                        what: format!("hashing '{}'", real.display()),
+                        source,
+                    })?,
+                FileIngestionMethod::Recursive if expected.algo() == HashAlgo::Sha256 => nar_hash,
+                FileIngestionMethod::Recursive => {
+                    ferrix_format::nar::hash_path(&real, expected.algo())
+                        .map_err(|e| BuildFailure::Io {
+                            drv: drv.to_owned(),
+                            what: format!("hashing '{}'", real.display()),
+                            source: io::Error::other(e.to_string()),
+                        })?
+                        .0
+                }
+            };
+            if got != *expected {
+                return Err(BuildFailure::HashMismatch {
+                    drv: drv.to_owned(),
+                    specified: expected.to_sri(),
+                    got: got.to_sri(),
+                });
+            }
+            if !info.references.is_empty() {
+                return Err(BuildFailure::BadReferences {
+                    drv: drv.to_owned(),
+                    path: store.print(p),
+                    why: "is the output of a fixed-output derivation, which may not refer to store paths".into(),
+                });
+            }
+            info.ca = Some(ContentAddress::Fixed {
+                method,
+                hash: *expected,
+            });
+        }
+        infos.insert(p.clone(), info);
+    }
+    check_output_cycles(store, drv, &infos)?;
+    for (name, p) in &job.outputs {
+        check_allowed(store, job, drv, name, p, &infos)?;
+    }
+    let infos: Vec<ValidPathInfo> = infos.into_values().collect();
+    store.register_outputs(intent, &infos).map_err(store_err)
+}
+
+/// Outputs may refer to themselves and to each other, but not in a cycle.
+fn check_output_cycles(
+    store: &LocalStore,
+    drv: &str,
+    infos: &BTreeMap<StorePath, ValidPathInfo>,
+) -> Result<(), BuildFailure> {
+    for start in infos.keys() {
+        let mut todo: Vec<&StorePath> = infos[start]
+            .references
+            .iter()
+            .filter(|r| *r != start && infos.contains_key(*r))
+            .collect();
+        let mut seen = BTreeSet::new();
+        while let Some(p) = todo.pop() {
+            if p == start {
+                return Err(BuildFailure::BadReferences {
+                    drv: drv.to_owned(),
+                    path: store.print(start),
+                    why: "is part of a reference cycle between the outputs".into(),
+                });
+            }
+            if seen.insert(p) {
+                todo.extend(
+                    infos[p]
+                        .references
+                        .iter()
+                        .filter(|r| infos.contains_key(*r)),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `allowedReferences`, `allowedRequisites`, `disallowedReferences`, `disallowedRequisites`:
+/// lists of store paths or output names, as the derivation's environment gives them.
+fn check_allowed(
+    store: &LocalStore,
+    job: &Job,
+    drv: &str,
+    output: &str,
+    path: &StorePath,
+    infos: &BTreeMap<StorePath, ValidPathInfo>,
+) -> Result<(), BuildFailure> {
+    let refs = &infos[path].references;
+    for (attr, allowed, requisites) in [
+        ("allowedReferences", true, false),
+        ("allowedRequisites", true, true),
+        ("disallowedReferences", false, false),
+        ("disallowedRequisites", false, true),
+    ] {
+        let Some(spec) = job.drv.env.get(attr) else {
+            continue;
+        };
+        let spec: BTreeSet<StorePath> = spec
+            .split_ascii_whitespace()
+            .map(|s| {
+                store
+                    .parse_path(s)
+                    .ok()
+                    .or_else(|| job.outputs.get(s).cloned())
+                    .ok_or_else(|| BuildFailure::BadReferences {
+                        drv: drv.to_owned(),
+                        path: store.print(path),
+                        why: format!("has an illegal reference specifier '{s}' in {attr}"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let used: BTreeSet<StorePath> = if requisites {
+            let mut all = BTreeSet::new();
+            let mut todo: Vec<StorePath> = vec![path.clone()];
+            while let Some(p) = todo.pop() {
+                if !all.insert(p.clone()) {
+                    continue;
+                }
+                match infos.get(&p) {
+                    Some(i) => todo.extend(i.references.iter().cloned()),
+                    None => {
+                        todo.extend(store.references(&p).map_err(|source| BuildFailure::Store {
+                            drv: drv.to_owned(),
+                            source,
+                        })?)
+                    }
+                }
+            }
+            // As Nix does outside structured attributes: a path is not its own requisite.
+            all.remove(path);
+            all
+        } else {
+            refs.clone()
+        };
+        let bad: Vec<String> = used
+            .iter()
+            .filter(|u| spec.contains(*u) != allowed)
+            .map(|u| store.print(u))
+            .collect();
+        if !bad.is_empty() {
+            return Err(BuildFailure::BadReferences {
+                drv: drv.to_owned(),
+                path: store.print(path),
+                why: format!(
+                    "(output '{output}') is not allowed to refer to the following paths ({attr}):\n  {}",
+                    bad.join("\n  ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The build plan: which derivations must be built for the wanted outputs, what each waits
+//! for, and how urgent each is (the longest chain of work still behind it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ferrix_format::{Derivation, DerivationOutput, StorePath};
+use ferrix_store::LocalStore;
+
+use crate::error::PlanError;
+use crate::executor::Job;
+
+/// Outputs wanted of a derivation: `None` means all of them.
+pub type Wanted = (StorePath, Option<BTreeSet<String>>);
+
+/// A derivation that has to be built.
+#[derive(Debug)]
+pub struct Node {
+    pub job: Arc<Job>,
+    /// Nodes whose outputs this one needs.
+    pub deps: Vec<usize>,
+    /// Nodes that need this one's outputs.
+    pub dependents: Vec<usize>,
+    /// Estimated seconds from the start of this build to the end of the longest chain of
+    /// builds that waits for it: the scheduler starts the largest first.
+    pub priority: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// In dependency order: every node comes after its deps.
+    pub nodes: Vec<Node>,
+}
+
+/// How long a build is expected to take when nothing better is known.
+const DEFAULT_ESTIMATE: f64 = 1.0;
+
+/// Read a derivation from the store.
+pub fn read_drv(store: &LocalStore, drv_path: &StorePath) -> Result<Derivation, PlanError> {
+    let name = store.print(drv_path);
+    if !store.is_valid_path(drv_path)? {
+        return Err(PlanError::DrvNotValid { drv: name });
+    }
+    let text = std::fs::read(store.real_path(drv_path)).map_err(|source| PlanError::DrvRead {
+        drv: name.clone(),
+        source,
+    })?;
+    Derivation::parse_aterm(store.store_dir(), &text)
+        .map_err(|source| PlanError::DrvParse { drv: name, source })
+}
+
+/// The output paths of `drv`, which must all be known before the build.
+pub fn output_paths(
+    drv_path: &StorePath,
+    drv: &Derivation,
+    store: &LocalStore,
+) -> Result<BTreeMap<String, StorePath>, PlanError> {
+    drv.outputs
+        .iter()
+        .map(|(name, o)| match o {
+            DerivationOutput::InputAddressed(p) | DerivationOutput::CaFixed { path: p, .. } => {
+                Ok((name.clone(), p.clone()))
+            }
+            _ => Err(PlanError::Unsupported {
+                drv: store.print(drv_path),
+                what: "floating, deferred and impure outputs",
+            }),
+        })
+        .collect()
+}
+
+/// A loaded derivation with its output paths.
+type Loaded = Arc<(Derivation, BTreeMap<String, StorePath>)>;
+
+struct Planner<'a> {
+    store: &'a LocalStore,
+    index: HashMap<StorePath, usize>,
+    nodes: Vec<Node>,
+    drvs: HashMap<StorePath, Loaded>,
+}
+
+impl Planner<'_> {
+    fn load(&mut self, drv_path: &StorePath) -> Result<Loaded, PlanError> {
+        if let Some(d) = self.drvs.get(drv_path) {
+            return Ok(d.clone());
+        }
+        let drv = read_drv(self.store, drv_path)?;
+        let outs = output_paths(drv_path, &drv, self.store)?;
+        let d = Arc::new((drv, outs));
+        self.drvs.insert(drv_path.clone(), d.clone());
+        Ok(d)
+    }
+
+    /// The node building `drv_path`, or `None` when the wanted outputs are valid already.
+    fn visit(
+        &mut self,
+        drv_path: &StorePath,
+        wanted: Option<&BTreeSet<String>>,
+    ) -> Result<Option<usize>, PlanError> {
+        if let Some(&i) = self.index.get(drv_path) {
+            return Ok(Some(i));
+        }
+        let d = self.load(drv_path)?;
+        let (drv, outs) = (&d.0, &d.1);
+        let wanted_paths: Vec<&StorePath> = match wanted {
+            None => outs.values().collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    outs.get(n).ok_or_else(|| PlanError::NoSuchOutput {
+                        drv: self.store.print(drv_path),
+                        output: n.clone(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let valid = self.store.valid_among(wanted_paths.iter().copied())?;
+        if wanted_paths.iter().all(|p| valid.contains(*p)) {
+            return Ok(None);
+        }
+        let mut deps = Vec::new();
+        let mut input_roots: BTreeSet<StorePath> = BTreeSet::new();
+        for (input, names) in &drv.input_drvs {
+            if let Some(i) = self.visit(input, Some(names))? {
+                deps.push(i);
+            }
+            let d = self.load(input)?;
+            for n in names {
+                let p = d.1.get(n).ok_or_else(|| PlanError::NoSuchOutput {
+                    drv: self.store.print(input),
+                    output: n.clone(),
+                })?;
+                input_roots.insert(p.clone());
+            }
+        }
+        let srcs_valid = self.store.valid_among(drv.input_srcs.iter())?;
+        if let Some(src) = drv.input_srcs.iter().find(|s| !srcs_valid.contains(*s)) {
+            return Err(PlanError::InputNotValid {
+                drv: self.store.print(drv_path),
+                input: self.store.print(src),
+            });
+        }
+        input_roots.extend(drv.input_srcs.iter().cloned());
+        let job = Job {
+            drv_path: drv_path.clone(),
+            drv: drv.clone(),
+            outputs: outs.clone(),
+            input_roots,
+        };
+        let i = self.nodes.len();
+        for &dep in &deps {
+            self.nodes[dep].dependents.push(i);
+        }
+        self.nodes.push(Node {
+            job: Arc::new(job),
+            deps,
+            dependents: Vec::new(),
+            priority: 0.0,
+        });
+        self.index.insert(drv_path.clone(), i);
+        Ok(Some(i))
+    }
+}
+
+/// Work out what must be built for `wanted`.
+pub fn plan(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan, PlanError> {
+    let mut p = Planner {
+        store,
+        index: HashMap::new(),
+        nodes: Vec::new(),
+        drvs: HashMap::new(),
+    };
+    for (drv, outs) in wanted {
+        p.visit(drv, outs.as_ref())?;
+    }
+    let mut nodes = p.nodes;
+    // Nodes come after their deps, so dependents come later: fill priorities backwards.
+    for i in (0..nodes.len()).rev() {
+        let tail = nodes[i]
+            .dependents
+            .iter()
+            .map(|&d| nodes[d].priority)
+            .fold(0.0, f64::max);
+        nodes[i].priority = DEFAULT_ESTIMATE + tail;
+    }
+    Ok(Plan { nodes })
+}

@@ -1,0 +1,214 @@
+//! Shared helpers: a private store, derivations made in it, and a build runner.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferrix_build::{
+    plan, run, BuildFailure, Built, LocalExecutor, LocalSettings, Outcome, Reporter,
+    ScheduleOptions,
+};
+use ferrix_format::derivation::DrvHash;
+use ferrix_format::{Derivation, DerivationOutput, FileIngestionMethod, Hash, StoreDir, StorePath};
+use ferrix_store::{LocalStore, LocalStoreConfig};
+use tokio::sync::watch;
+
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<LocalStore>,
+    hashes: Mutex<HashMap<StorePath, DrvHash>>,
+}
+
+impl TestStore {
+    pub fn new() -> Self {
+        // Without a sandbox, builders write their outputs at the logical store path, so the
+        // test store's logical and physical directories are the same temporary directory.
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("store");
+        let cfg = LocalStoreConfig {
+            store_dir: StoreDir::new(store_dir.to_str().unwrap()).unwrap(),
+            real_store_dir: store_dir,
+            state_dir: dir.path().join("state"),
+            log_dir: dir.path().join("log"),
+        };
+        let store = Arc::new(LocalStore::open(cfg).unwrap());
+        std::fs::create_dir_all(dir.path().join("build")).unwrap();
+        Self {
+            dir,
+            store,
+            hashes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> LocalSettings {
+        LocalSettings {
+            max_jobs: 4,
+            cores: 2,
+            build_dir_base: self.dir.path().join("build"),
+            keep_failed: false,
+            log_dir: self.dir.path().join("log"),
+            compress_log: true,
+            max_silent_time: None,
+            timeout: None,
+            impure_env: BTreeMap::new(),
+            log_tail: 10,
+        }
+    }
+
+    fn drv_hash(&self, p: &StorePath) -> DrvHash {
+        if let Some(h) = self.hashes.lock().unwrap().get(p) {
+            return h.clone();
+        }
+        let drv = ferrix_build::plan::read_drv(&self.store, p).unwrap();
+        let h = drv
+            .hash_modulo(self.store.store_dir(), false, |i| {
+                Ok::<_, std::io::Error>(self.drv_hash(i))
+            })
+            .unwrap();
+        self.hashes.lock().unwrap().insert(p.clone(), h.clone());
+        h
+    }
+
+    /// A derivation running `/bin/sh -c script`, with the outputs of `inputs` (drv, output)
+    /// available, written to the store. Returns the drv path.
+    pub fn drv(
+        &self,
+        name: &str,
+        script: &str,
+        inputs: &[(&StorePath, &str)],
+        outputs: &[&str],
+        env: &[(&str, &str)],
+    ) -> StorePath {
+        let mut input_drvs: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
+        for (d, o) in inputs {
+            input_drvs
+                .entry((*d).clone())
+                .or_default()
+                .insert((*o).to_owned());
+        }
+        let mut drv = Derivation {
+            outputs: outputs
+                .iter()
+                .map(|o| (o.to_string(), DerivationOutput::Deferred))
+                .collect(),
+            input_drvs,
+            input_srcs: BTreeSet::new(),
+            platform: "x86_64-linux".into(),
+            builder: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: BTreeMap::new(),
+        };
+        drv.env.insert("name".into(), name.into());
+        drv.env.insert("builder".into(), "/bin/sh".into());
+        drv.env.insert("system".into(), "x86_64-linux".into());
+        for (k, v) in env {
+            drv.env.insert((*k).into(), (*v).into());
+        }
+        for o in outputs {
+            drv.env.insert((*o).into(), String::new());
+        }
+        drv.fill_input_addressed_outputs(self.store.store_dir(), name, |i| {
+            Ok::<_, std::io::Error>(self.drv_hash(i))
+        })
+        .unwrap();
+        self.store.add_derivation(&drv, name).unwrap()
+    }
+
+    /// A fixed-output derivation (flat sha256) whose builder writes `contents`.
+    pub fn fixed_drv(&self, name: &str, contents: &str, claimed: &[u8]) -> StorePath {
+        let hash = Hash::sha256(claimed);
+        let sd = self.store.store_dir();
+        let path = sd
+            .make_fixed_output_path(name, FileIngestionMethod::Flat, &hash, [], false)
+            .unwrap();
+        let mut drv = Derivation {
+            outputs: [(
+                "out".to_owned(),
+                DerivationOutput::CaFixed {
+                    method: FileIngestionMethod::Flat,
+                    hash,
+                    path: path.clone(),
+                },
+            )]
+            .into(),
+            input_drvs: BTreeMap::new(),
+            input_srcs: BTreeSet::new(),
+            platform: "x86_64-linux".into(),
+            builder: "/bin/sh".into(),
+            args: vec!["-c".into(), format!("printf '%s' '{contents}' > $out")],
+            env: BTreeMap::new(),
+        };
+        drv.env.insert("name".into(), name.into());
+        drv.env.insert("out".into(), sd.display(&path));
+        drv.env.insert(
+            "outputHash".into(),
+            hash.encode(ferrix_format::Encoding::Base16),
+        );
+        drv.env.insert("outputHashAlgo".into(), "sha256".into());
+        drv.env.insert("outputHashMode".into(), "flat".into());
+        self.store.add_derivation(&drv, name).unwrap()
+    }
+
+    pub fn out(&self, drv: &StorePath, output: &str) -> StorePath {
+        let d = ferrix_build::plan::read_drv(&self.store, drv).unwrap();
+        d.outputs[output].path().unwrap().clone()
+    }
+
+    pub fn read_out(&self, drv: &StorePath, output: &str) -> String {
+        std::fs::read_to_string(self.store.real_path(&self.out(drv, output))).unwrap()
+    }
+
+    pub async fn build(
+        &self,
+        drvs: &[&StorePath],
+        settings: LocalSettings,
+        opts: ScheduleOptions,
+    ) -> Outcome {
+        let (_tx, rx) = watch::channel(false);
+        self.build_with(drvs, settings, opts, rx).await
+    }
+
+    pub async fn build_with(
+        &self,
+        drvs: &[&StorePath],
+        settings: LocalSettings,
+        opts: ScheduleOptions,
+        interrupt: watch::Receiver<bool>,
+    ) -> Outcome {
+        let wanted: Vec<_> = drvs.iter().map(|d| ((*d).clone(), None)).collect();
+        let plan = plan(&self.store, &wanted).unwrap();
+        let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(Events::default());
+        let ex = Arc::new(LocalExecutor::new(
+            self.store.clone(),
+            settings,
+            reporter.clone(),
+        ));
+        run(&plan, ex, reporter, opts, interrupt).await
+    }
+}
+
+/// Records what the scheduler reports.
+#[derive(Default)]
+pub struct Events {
+    pub started: Mutex<Vec<StorePath>>,
+}
+
+impl Reporter for Events {
+    fn started(&self, drv: &StorePath) {
+        self.started.lock().unwrap().push(drv.clone());
+    }
+    fn finished(&self, _drv: &StorePath, _r: &Result<Built, BuildFailure>) {}
+}
+
+pub fn wait_for(path: &Path, limit: Duration) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
