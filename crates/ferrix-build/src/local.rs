@@ -1,7 +1,7 @@
 //! Building on this machine: the build directory, the builder process and its log, then the
 //! output checks and registration.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -38,8 +38,6 @@ pub struct LocalSettings {
     pub timeout: Option<Duration>,
     /// Values for `impureEnvVars` of fixed-output derivations.
     pub impure_env: BTreeMap<String, String>,
-    /// How many log lines a failure message shows.
-    pub log_tail: usize,
 }
 
 /// Builds derivations on this machine, `max_jobs` at a time.
@@ -108,9 +106,8 @@ async fn cancelled(cancel: &mut Cancel) {
     }
 }
 
-/// What the log reader shares with the waiting task.
+/// What the log reader shares with the waiting task: when the builder last wrote.
 struct LogState {
-    tail: VecDeque<String>,
     last_activity: Instant,
 }
 
@@ -290,17 +287,14 @@ impl LocalExecutor {
         let pgid = child.id().map(|id| id as i32);
 
         let state = Arc::new(Mutex::new(LogState {
-            tail: VecDeque::new(),
             last_activity: Instant::now(),
         }));
         let log_thread = {
             let (state, reporter, drv_path) =
                 (state.clone(), self.reporter.clone(), job.drv_path.clone());
-            let (compress, keep) = (s.compress_log, s.log_tail);
+            let compress = s.compress_log;
             std::thread::spawn(move || {
-                copy_log(
-                    reader, log_file, compress, keep, &state, &*reporter, &drv_path,
-                )
+                copy_log(reader, log_file, compress, &state, &*reporter, &drv_path)
             })
         };
 
@@ -336,16 +330,6 @@ impl LocalExecutor {
         if status.success() {
             return Ok(());
         }
-        let tail: Vec<String> = state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tail
-            .iter()
-            .cloned()
-            .collect();
-        for line in &tail {
-            self.reporter.log_line(&job.drv_path, &format!("> {line}"));
-        }
         use std::os::unix::process::ExitStatusExt;
         Err(match (status.code(), status.signal()) {
             (Some(code), _) => BuildFailure::ExitCode {
@@ -364,13 +348,12 @@ impl LocalExecutor {
     }
 }
 
-/// Copy the builder's output into its log file, keeping the last lines and the time of the
-/// last output. Ends when every writer of the pipe is gone.
+/// Copy the builder's output into its log file, noting the time of the last output. Ends
+/// when every writer of the pipe is gone.
 fn copy_log(
     reader: io::PipeReader,
     file: fs::File,
     compress: bool,
-    keep: usize,
     state: &Mutex<LogState>,
     reporter: &dyn Reporter,
     drv: &StorePath,
@@ -395,14 +378,10 @@ fn copy_log(
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches('\n');
         reporter.log_line(drv, text);
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        st.last_activity = Instant::now();
-        if keep > 0 {
-            if st.tail.len() == keep {
-                st.tail.pop_front();
-            }
-            st.tail.push_back(text.to_owned());
-        }
+        state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_activity = Instant::now();
     }
     let _ = out.flush();
 }

@@ -26,8 +26,9 @@ pub struct Node {
     pub priority: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Plan {
+    pub store_dir: ferrix_format::StoreDir,
     /// In dependency order: every node comes after its deps.
     pub nodes: Vec<Node>,
 }
@@ -183,5 +184,8 @@ pub fn plan(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan, PlanError> {
             .fold(0.0, f64::max);
         nodes[i].priority = DEFAULT_ESTIMATE + tail;
     }
-    Ok(Plan { nodes })
+    Ok(Plan {
+        store_dir: store.store_dir().clone(),
+        nodes,
+    })
 }

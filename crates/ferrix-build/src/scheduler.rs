@@ -186,11 +186,11 @@ pub async fn run(
 fn fail_dependents(plan: &Plan, failed: usize, results: &mut [Option<NodeResult>]) {
     let mut todo = vec![failed];
     while let Some(i) = todo.pop() {
-        let input = plan.nodes[i].job.drv_path.to_string();
+        let input = plan.store_dir.display(&plan.nodes[i].job.drv_path);
         for &d in &plan.nodes[i].dependents {
             if results[d].is_none() {
                 results[d] = Some(NodeResult::Failed(BuildFailure::DependencyFailed {
-                    drv: plan.nodes[d].job.drv_path.to_string(),
+                    drv: plan.store_dir.display(&plan.nodes[d].job.drv_path),
                     input: input.clone(),
                 }));
                 todo.push(d);

@@ -1,5 +1,6 @@
 //! The `ferrix` binary: Nix's `nix` command, and the classic `nix-*` commands by argv[0].
 
+mod build;
 mod cmd;
 mod conf;
 mod legacy;

@@ -53,7 +53,6 @@ impl TestStore {
             max_silent_time: None,
             timeout: None,
             impure_env: BTreeMap::new(),
-            log_tail: 10,
         }
     }
 

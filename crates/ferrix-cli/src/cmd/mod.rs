@@ -1,9 +1,11 @@
 //! The `ferrix` (= `nix`) command line: subcommands following Nix's `nix` CLI.
 
+mod build;
 mod derivation;
 mod hash;
 mod install_links;
 mod key;
+mod log;
 mod nar;
 mod path_info;
 mod store;
@@ -66,6 +68,10 @@ enum Command {
     /// Manipulate the store: add paths, collect garbage, verify, delete.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Build derivations and link their outputs.
+    Build(build::Args),
+    /// Show the build log of a derivation or of a path built by one.
+    Log(log::Args),
     /// Create the classic command names (nix-store, nix-hash, …) as links to this binary.
     InstallLinks(install_links::Args),
 }
@@ -99,6 +105,8 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::InstallLinks(a) => install_links::run(a, shell)?,
         Command::PathInfo(a) => path_info::run(a, &settings, shell)?,
         Command::Store(c) => return store::run(c, &settings, shell),
+        Command::Build(a) => return build::run(a, &settings, shell),
+        Command::Log(a) => log::run(a, &settings, shell)?,
     }
     Ok(ExitCode::SUCCESS)
 }

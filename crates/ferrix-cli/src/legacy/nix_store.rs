@@ -28,7 +28,9 @@ Operations:
   --print-fixed-path [--recursive] ALGO HASH NAME
   --query, -q [--references|--referrers|--referrers-closure|--requisites|-R
                [--include-outputs]|--tree|--graph|--deriver|-d|--hash|--size|--roots|--outputs] PATH...
-  --realise, -r PATH...              (of paths that are already valid) [--add-root LINK]
+  --realise, -r DRV[!OUTPUTS]|PATH... [--add-root LINK] [--dry-run]
+                                     [-j N] [--cores N] [-k] [-K] [--max-silent-time S] [--timeout S]
+  --read-log, -l DRV|PATH...
   --verify [--check-contents] [--repair]
   --verify-path PATH...
   --export PATH... > FILE            --import < FILE
@@ -58,6 +60,7 @@ enum Op {
     LoadDb,
     Delete,
     Gc,
+    ReadLog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +112,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut add_root: Option<PathBuf> = None;
     let mut ignore_liveness = false;
     let mut store_url: Option<String> = None;
+    let mut dry_run = false;
     let mut options: Vec<(String, String)> = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
         if op.is_some_and(|o| o != new) {
@@ -144,6 +148,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--load-db" => set(&mut op, Op::LoadDb)?,
             "--delete" => set(&mut op, Op::Delete)?,
             "--gc" => set(&mut op, Op::Gc)?,
+            "--read-log" | "-l" => set(&mut op, Op::ReadLog)?,
+            "--dry-run" => dry_run = true,
             "--recursive" => recursive = true,
             "--outputs" => set_query(Query::Outputs),
             "--references" => set_query(Query::References),
@@ -174,6 +180,16 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 let k = it.value(flag)?;
                 let v = it.value(flag)?;
                 options.push((k, v));
+            }
+            f if crate::build::build_flag(f).is_some() => {
+                if let Some((name, takes_value)) = crate::build::build_flag(f) {
+                    let v = if takes_value {
+                        it.value(flag)?
+                    } else {
+                        "true".into()
+                    };
+                    options.push((name.to_owned(), v));
+                }
             }
             "--" => operands.extend(it.by_ref()),
             f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
@@ -235,7 +251,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         shell.println(settings.store_dir.display(&p))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let store = settings.open_store()?;
+    let store = std::sync::Arc::new(settings.open_store()?);
     match op {
         Op::Add => {
             let srcs: Vec<PathBuf> = operands.iter().map(PathBuf::from).collect();
@@ -275,26 +291,21 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             )?;
         }
         Op::Realise => {
-            let paths = ops::resolve_all(&store, &strs(&operands))?;
-            for (i, p) in paths.iter().enumerate() {
-                if !store.is_valid_path(p)? {
-                    bail!(
-                        "path '{}' is not valid, and building or substituting it is not available in this version of ferrix yet",
-                        store.print(p)
-                    );
-                }
-                match &add_root {
-                    Some(link) => {
-                        let link = if paths.len() > 1 {
-                            PathBuf::from(format!("{}-{}", link.display(), i))
-                        } else {
-                            link.clone()
-                        };
-                        let l = ferrix_store::gc::add_perm_root(&store, p, &link)?;
-                        shell.println(l.display())?;
-                    }
-                    None => shell.println(store.print(p))?,
-                }
+            return realise(
+                &settings,
+                &store,
+                &strs(&operands),
+                add_root.as_deref(),
+                dry_run,
+                shell,
+            );
+        }
+        Op::ReadLog => {
+            for a in strs(&operands) {
+                let p = ops::resolve(&store, &a)?;
+                shell
+                    .out()
+                    .write_all(&crate::build::read_log(&store, &p)?)?;
             }
         }
         Op::Verify => {
@@ -534,4 +545,76 @@ fn write_key(path: &Path, text: &str, mode: u32) -> Result<()> {
             let _ = std::fs::remove_file(&tmp);
         })
         .with_context(|| format!("writing key file '{}'", path.display()))
+}
+
+/// `nix-store -r`: build the derivations among the arguments (all in one run), check the
+/// other paths are valid, then print the output paths (or make `--add-root` links to them).
+fn realise(
+    settings: &Settings,
+    store: &std::sync::Arc<LocalStore>,
+    args: &[String],
+    add_root: Option<&Path>,
+    dry_run: bool,
+    shell: &mut Shell,
+) -> Result<ExitCode> {
+    let mut items: Vec<Vec<StorePath>> = Vec::new();
+    let mut wanted = Vec::new();
+    for a in args {
+        let looks_like_drv = a.ends_with(".drv") || a.contains(".drv!") || a.contains(".drv^");
+        if looks_like_drv {
+            let w = crate::build::parse_installable(store, a)?;
+            wanted.push(w);
+            items.push(Vec::new());
+        } else {
+            let p = ops::resolve(store, a)?;
+            if !store.is_valid_path(&p)? {
+                bail!(
+                    "path '{}' is not valid, and there are no substituters to fetch it from",
+                    store.print(&p)
+                );
+            }
+            items.push(vec![p]);
+        }
+    }
+    let (plan, outcome) =
+        crate::build::realise(settings, store.clone(), &wanted, true, dry_run, shell)?;
+    if dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(o) = &outcome {
+        if !o.success() {
+            crate::build::report_failures(store, &plan, o, shell);
+            return Ok(ExitCode::from(o.exit_status() as u8));
+        }
+    }
+    let mut w = wanted.iter();
+    let mut outputs: Vec<StorePath> = Vec::new();
+    for item in items {
+        if item.is_empty() {
+            if let Some(w) = w.next() {
+                // Nix prints a derivation's outputs as a set: in store path order.
+                let outs: BTreeSet<StorePath> = crate::build::wanted_outputs(store, w)?
+                    .into_values()
+                    .collect();
+                outputs.extend(outs);
+            }
+        } else {
+            outputs.extend(item);
+        }
+    }
+    for (i, p) in outputs.iter().enumerate() {
+        match add_root {
+            Some(link) => {
+                let link = if outputs.len() > 1 {
+                    PathBuf::from(format!("{}-{}", link.display(), i))
+                } else {
+                    link.to_owned()
+                };
+                let l = ferrix_store::gc::add_perm_root(store, p, &link)?;
+                shell.println(l.display())?;
+            }
+            None => shell.println(store.print(p))?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,286 @@
+//! Realising derivations from the command line: build settings from `nix.conf` and flags,
+//! the run itself on a tokio runtime with Ctrl-C handling, and what the user sees.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ferrix_build::{
+    BuildFailure, Built, LocalExecutor, LocalSettings, NodeResult, Outcome, Plan, Reporter,
+    ScheduleOptions, Wanted,
+};
+use ferrix_format::StorePath;
+use ferrix_store::LocalStore;
+
+use crate::settings::Settings;
+
+/// Build flags shared by `nix-store -r` and `ferrix build`; each maps to a `nix.conf` option,
+/// so that a flag wins over the file.
+pub fn build_flag(flag: &str) -> Option<(&'static str, bool)> {
+    // (option name, whether the flag takes a value)
+    Some(match flag {
+        "-j" | "--max-jobs" => ("max-jobs", true),
+        "--cores" => ("cores", true),
+        "-k" | "--keep-going" => ("keep-going", false),
+        "-K" | "--keep-failed" => ("keep-failed", false),
+        "--max-silent-time" => ("max-silent-time", true),
+        "--timeout" => ("timeout", true),
+        _ => return None,
+    })
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn seconds(settings: &Settings, name: &str) -> Result<Option<Duration>> {
+    match settings.conf.get(name) {
+        None | Some("") => Ok(None),
+        Some(v) => {
+            let n: u64 = v
+                .parse()
+                .with_context(|| format!("option '{name}': '{v}' is not a number of seconds"))?;
+            Ok((n > 0).then(|| Duration::from_secs(n)))
+        }
+    }
+}
+
+/// The local build settings: Nix's defaults (`max-jobs` 1, `cores` = all CPUs), then
+/// `nix.conf`, then flags (already folded into `settings.conf`).
+pub fn local_settings(
+    settings: &Settings,
+    store: &LocalStore,
+) -> Result<(LocalSettings, ScheduleOptions)> {
+    let conf = &settings.conf;
+    let max_jobs = match conf.get("max-jobs").unwrap_or("1") {
+        "auto" => cpus(),
+        v => v
+            .parse()
+            .with_context(|| format!("option 'max-jobs': '{v}' is not a number or 'auto'"))?,
+    };
+    let cores = match conf.get("cores") {
+        None => cpus(),
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("option 'cores': '{v}' is not a number"))?,
+    };
+    // Values for impureEnvVars: only the CLI reads the environment.
+    let impure_env: BTreeMap<String, String> = std::env::vars().collect();
+    let build_dir_base = std::env::var_os("TMPDIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    Ok((
+        LocalSettings {
+            max_jobs,
+            cores,
+            build_dir_base,
+            keep_failed: conf.bool("keep-failed", false)?,
+            log_dir: store.config().log_dir.clone(),
+            compress_log: conf.bool("compress-build-log", true)?,
+            max_silent_time: seconds(settings, "max-silent-time")?,
+            timeout: seconds(settings, "timeout")?,
+            impure_env,
+        },
+        ScheduleOptions {
+            keep_going: conf.bool("keep-going", false)?,
+        },
+    ))
+}
+
+/// `drv!out,dev`, `drv^out` or a plain drv path: what to build.
+pub fn parse_installable(store: &LocalStore, arg: &str) -> Result<Wanted> {
+    let (path, outputs) = match arg.rsplit_once(['!', '^']) {
+        Some((p, o)) if p.ends_with(".drv") => (p, Some(o)),
+        _ => (arg, None),
+    };
+    let drv = crate::ops::resolve(store, path)?;
+    if !drv.is_derivation() {
+        bail!("'{arg}' is not a derivation");
+    }
+    let outputs = match outputs {
+        None | Some("*") => None,
+        Some(o) => Some(o.split(',').map(str::to_owned).collect::<BTreeSet<_>>()),
+    };
+    Ok((drv, outputs))
+}
+
+/// How progress reaches the user: plain lines on stderr, as Nix prints them when stderr is
+/// not a terminal (`building '…'...`), with the builders' output when `logs` is set.
+pub struct LineReporter {
+    store_dir: ferrix_format::StoreDir,
+    logs: bool,
+    out: Mutex<()>,
+}
+
+impl LineReporter {
+    pub fn new(store: &LocalStore, logs: bool) -> Self {
+        Self {
+            store_dir: store.store_dir().clone(),
+            logs,
+            out: Mutex::new(()),
+        }
+    }
+
+    fn line(&self, s: &str) {
+        let _g = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "{s}");
+    }
+}
+
+impl Reporter for LineReporter {
+    fn started(&self, drv: &StorePath) {
+        self.line(&format!("building '{}'...", self.store_dir.display(drv)));
+    }
+    fn log_line(&self, _drv: &StorePath, line: &str) {
+        if self.logs {
+            self.line(line);
+        }
+    }
+    fn finished(&self, _drv: &StorePath, _result: &Result<Built, BuildFailure>) {}
+}
+
+/// Plan and run a build; `dry_run` only says what would be built.
+pub fn realise(
+    settings: &Settings,
+    store: Arc<LocalStore>,
+    wanted: &[Wanted],
+    logs: bool,
+    dry_run: bool,
+    shell: &mut crate::shell::Shell,
+) -> Result<(Plan, Option<Outcome>)> {
+    let plan = ferrix_build::plan(&store, wanted)?;
+    if !plan.nodes.is_empty() {
+        let n = plan.nodes.len();
+        let what = if dry_run { "would be" } else { "will be" };
+        let noun = if n == 1 { "derivation" } else { "derivations" };
+        let verb = if n == 1 { "this" } else { "these" };
+        shell.note(format!("{verb} {n} {noun} {what} built:"));
+        for node in &plan.nodes {
+            shell.note(format!("  {}", store.print(&node.job.drv_path)));
+        }
+    }
+    if dry_run {
+        return Ok((plan, None));
+    }
+    if plan.nodes.is_empty() {
+        return Ok((plan, None));
+    }
+    shell.flush()?;
+    let (local, opts) = local_settings(settings, &store)?;
+    let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(LineReporter::new(&store, logs));
+    let executor = Arc::new(LocalExecutor::new(store.clone(), local, reporter.clone()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one exits at once.
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = tx.send(true);
+            wait_for_signal().await;
+            let _ = std::io::stderr().write_all(b"error: interrupted by the user\n");
+            std::process::exit(130);
+        });
+        ferrix_build::run(&plan, executor, reporter, opts, rx).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok((plan, Some(outcome)))
+}
+
+/// The next SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Report the failures of a run, Nix-style, with the end of the failed builds' logs.
+pub fn report_failures(
+    store: &LocalStore,
+    plan: &Plan,
+    outcome: &Outcome,
+    shell: &mut crate::shell::Shell,
+) {
+    let log_dir = &store.config().log_dir;
+    for (node, r) in plan.nodes.iter().zip(&outcome.results) {
+        let NodeResult::Failed(f) = r else { continue };
+        let mut msg = f.to_string();
+        if matches!(
+            f,
+            BuildFailure::ExitCode { .. } | BuildFailure::Signal { .. }
+        ) {
+            if let Ok(Some(log)) = ferrix_build::log::read_log(log_dir, &node.job.drv_path) {
+                let text = String::from_utf8_lossy(&log);
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(10)..];
+                if !tail.is_empty() {
+                    msg += &format!(";\n       last {} log lines:", tail.len());
+                    for l in tail {
+                        msg += &format!("\n       > {l}");
+                    }
+                }
+                msg += &format!(
+                    "\n       For full logs, run 'nix-store -l {}'.",
+                    store.print(&node.job.drv_path)
+                );
+            }
+        }
+        shell.error(msg);
+    }
+    if outcome.interrupted {
+        shell.error("interrupted by the user");
+    }
+}
+
+/// The output paths a wanted entry names.
+pub fn wanted_outputs(store: &LocalStore, w: &Wanted) -> Result<BTreeMap<String, StorePath>> {
+    let drv = ferrix_build::plan::read_drv(store, &w.0)?;
+    let all = ferrix_build::plan::output_paths(&w.0, &drv, store)?;
+    Ok(match &w.1 {
+        None => all,
+        Some(names) => all.into_iter().filter(|(n, _)| names.contains(n)).collect(),
+    })
+}
+
+/// The build log of `p`: of the derivation itself, or of the derivation that built it.
+pub fn read_log(store: &LocalStore, p: &StorePath) -> Result<Vec<u8>> {
+    let drv = if p.is_derivation() {
+        p.clone()
+    } else {
+        store
+            .query_path_info(p)?
+            .and_then(|i| i.deriver)
+            .with_context(|| {
+                format!(
+                    "path '{}' is not valid or has no known deriver",
+                    store.print(p)
+                )
+            })?
+    };
+    ferrix_build::log::read_log(&store.config().log_dir, &drv)
+        .with_context(|| format!("reading the build log of '{}'", store.print(&drv)))?
+        .with_context(|| {
+            format!(
+                "build log of derivation '{}' is not available",
+                store.print(&drv)
+            )
+        })
+}

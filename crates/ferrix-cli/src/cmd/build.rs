@@ -1,0 +1,131 @@
+//! `ferrix build`: realise derivations, link the results, print what was built.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use ferrix_format::json::Json;
+
+use crate::settings::Settings;
+use crate::shell::Shell;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Derivations to build: `DRV`, `DRV^OUT[,OUT…]` or `DRV!OUT`.
+    #[arg(required = true)]
+    installables: Vec<String>,
+    /// Where to put the result link (`result` by default; other outputs get `-<output>`).
+    #[arg(short = 'o', long, value_name = "PATH")]
+    out_link: Option<PathBuf>,
+    /// Do not create result links.
+    #[arg(long)]
+    no_link: bool,
+    /// Print the output paths.
+    #[arg(long)]
+    print_out_paths: bool,
+    /// Print what was built as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Only show what would be built.
+    #[arg(long)]
+    dry_run: bool,
+    /// Show the builders' output.
+    #[arg(short = 'L', long)]
+    print_build_logs: bool,
+    /// Builds to run at once (`max-jobs`), or `auto`.
+    #[arg(short = 'j', long, value_name = "N")]
+    max_jobs: Option<String>,
+    /// Cores each builder may use (`NIX_BUILD_CORES`).
+    #[arg(long, value_name = "N")]
+    cores: Option<String>,
+    /// Go on with what does not depend on a failed build.
+    #[arg(short = 'k', long)]
+    keep_going: bool,
+    /// Keep the build directory of failed builds.
+    #[arg(short = 'K', long)]
+    keep_failed: bool,
+    /// Kill a builder that prints nothing for this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    max_silent_time: Option<String>,
+    /// Kill a builder that runs longer than this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<String>,
+}
+
+pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
+    let mut settings = settings.clone();
+    for (name, v) in [
+        ("max-jobs", a.max_jobs.clone()),
+        ("cores", a.cores.clone()),
+        ("max-silent-time", a.max_silent_time.clone()),
+        ("timeout", a.timeout.clone()),
+        ("keep-going", a.keep_going.then(|| "true".to_owned())),
+        ("keep-failed", a.keep_failed.then(|| "true".to_owned())),
+    ] {
+        if let Some(v) = v {
+            settings.conf.set(name, &v);
+        }
+    }
+    let store = Arc::new(settings.open_store()?);
+    let wanted = a
+        .installables
+        .iter()
+        .map(|i| crate::build::parse_installable(&store, i))
+        .collect::<Result<Vec<_>>>()?;
+    let (plan, outcome) = crate::build::realise(
+        &settings,
+        store.clone(),
+        &wanted,
+        a.print_build_logs,
+        a.dry_run,
+        shell,
+    )?;
+    if a.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(o) = &outcome {
+        if !o.success() {
+            crate::build::report_failures(&store, &plan, o, shell);
+            return Ok(ExitCode::from(o.exit_status() as u8));
+        }
+    }
+    let mut json = Vec::new();
+    for (n, w) in wanted.iter().enumerate() {
+        let outs = crate::build::wanted_outputs(&store, w)?;
+        for (name, p) in &outs {
+            if !a.no_link {
+                let base = a
+                    .out_link
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("result"));
+                let mut link = base.into_os_string();
+                if n > 0 {
+                    link.push(format!("-{n}"));
+                }
+                if name != "out" {
+                    link.push(format!("-{name}"));
+                }
+                ferrix_store::gc::add_perm_root(&store, p, &PathBuf::from(link))?;
+            }
+            if a.print_out_paths {
+                shell.println(store.print(p))?;
+            }
+        }
+        json.push(Json::Object(vec![
+            ("drvPath".to_owned(), Json::String(store.print(&w.0))),
+            (
+                "outputs".to_owned(),
+                Json::Object(
+                    outs.iter()
+                        .map(|(k, p)| (k.clone(), Json::String(store.print(p))))
+                        .collect(),
+                ),
+            ),
+        ]));
+    }
+    if a.json {
+        shell.println(Json::Array(json).compact())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,187 @@
+//! Builds shared with real Nix 2.8: the same `.drv` files (made by `nix-instantiate`) built by
+//! Nix and by Ferrix give the same output paths, NAR hashes and references; each builds on
+//! top of what the other built; Nix reads Ferrix's logs and verifies what it registered.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::Command;
+
+use common::*;
+
+const EXPR: &str = r#"
+let
+  sh = "/bin/sh";
+  mk = name: attrs: derivation ({ inherit name; system = builtins.currentSystem; builder = sh; } // attrs);
+  src = builtins.toFile "src.txt" "some source";
+  a = mk "a" { args = [ "-c" "echo a > $out" ]; };
+  multi = mk "multi" {
+    outputs = [ "out" "lib" "dev" ];
+    args = [ "-c" "/bin/mkdir -p $out/bin $lib; echo ${a} > $out/bin/x; echo $out > $lib/back; /bin/ln -s $lib/back $dev" ];
+  };
+  pass = mk "pass" {
+    passAsFile = [ "big" ]; big = "a value passed as a file";
+    args = [ "-c" "/bin/cat $bigPath > $out; echo ${src} >> $out" ];
+  };
+  fixed = mk "fixed" {
+    outputHashMode = "flat"; outputHashAlgo = "sha256";
+    outputHash = builtins.hashString "sha256" "fixed contents";
+    args = [ "-c" "printf 'fixed contents' > $out" ];
+  };
+  top = mk "top" { args = [ "-c" "/bin/mkdir $out; echo ${multi.dev} ${pass} ${fixed} > $out/all" ]; };
+in { inherit a multi pass fixed top; }
+"#;
+
+fn text(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap()
+}
+
+fn ours(links: &Links, nix: &Nix, name: &str) -> Command {
+    let mut c = links.cmd(name);
+    nix.isolate(&mut c);
+    c
+}
+
+/// Every output's path, NAR hash, size and references, as real Nix reports them.
+fn infos(nix: &Nix, drvs: &[String]) -> BTreeMap<String, (String, u64, Vec<String>)> {
+    let outs = text(ok(nix
+        .cmd("nix-store")
+        .arg("-q")
+        .arg("--outputs")
+        .args(drvs)));
+    let json = text(ok(nix
+        .cmd("nix")
+        .args(["path-info", "--json"])
+        .args(outs.lines())));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let refs = p["references"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_owned())
+                .collect();
+            (
+                p["path"].as_str().unwrap().to_owned(),
+                (
+                    p["narHash"].as_str().unwrap().to_owned(),
+                    p["narSize"].as_u64().unwrap(),
+                    refs,
+                ),
+            )
+        })
+        .collect()
+}
+
+fn wipe(nix: &Nix) {
+    for d in ["store", "state", "log"] {
+        let p = nix.root.path().join(d);
+        // Store contents are read-only.
+        Command::new("/bin/chmod")
+            .args(["-R", "u+w"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        fs::remove_dir_all(&p).unwrap();
+        fs::create_dir_all(&p).unwrap();
+    }
+}
+
+#[test]
+fn nix_and_ferrix_build_the_same_outputs() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.nix");
+    fs::write(&file, EXPR).unwrap();
+    let instantiate = || -> Vec<String> {
+        text(ok(nix.cmd("nix-instantiate").arg(&file)))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // Real Nix builds everything first.
+    let drvs = instantiate();
+    assert_eq!(drvs.len(), 5);
+    let nix_outs = text(ok(nix.cmd("nix-store").arg("-r").args(&drvs)));
+    let by_nix = infos(&nix, &drvs);
+
+    // Then, on a fresh store at the same place, Ferrix builds the same .drv files.
+    wipe(&nix);
+    assert_eq!(instantiate(), drvs);
+    let our_outs = text(ok(ours(&links, &nix, "nix-store").arg("-r").args(&drvs)));
+    assert_eq!(our_outs, nix_outs);
+    let by_ferrix = infos(&nix, &drvs);
+    assert_eq!(by_ferrix, by_nix);
+    // Nix finds the store sound and reads our logs.
+    let verify = nix
+        .cmd("nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
+    assert!(
+        !String::from_utf8_lossy(&verify.stderr).contains("error"),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let pass = drvs.iter().find(|d| d.ends_with("-pass.drv")).unwrap();
+    let top = drvs.iter().find(|d| d.ends_with("-top.drv")).unwrap();
+    ok(nix.cmd("nix-store").arg("-l").arg(pass));
+
+    // Across: Ferrix builds the inputs, Nix builds the top on them, and the other way round.
+    wipe(&nix);
+    let drvs = instantiate();
+    let inputs: Vec<&String> = drvs.iter().filter(|d| *d != top).collect();
+    ok(ours(&links, &nix, "nix-store").arg("-r").args(&inputs));
+    ok(nix.cmd("nix-store").arg("-r").arg(top));
+    assert_eq!(infos(&nix, &drvs), by_nix);
+    wipe(&nix);
+    let drvs = instantiate();
+    ok(nix.cmd("nix-store").arg("-r").args(&inputs));
+    ok(ours(&links, &nix, "nix-store").arg("-r").arg(top));
+    assert_eq!(infos(&nix, &drvs), by_nix);
+}
+
+#[test]
+fn failures_and_exit_codes_match_nix() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.nix");
+    fs::write(
+        &file,
+        r#"
+let mk = name: attrs: derivation ({ inherit name; system = builtins.currentSystem; builder = "/bin/sh"; } // attrs);
+in {
+  fails = mk "fails" { args = [ "-c" "echo oops; exit 3" ]; };
+  mismatch = mk "mismatch" {
+    outputHashMode = "flat"; outputHashAlgo = "sha256";
+    outputHash = builtins.hashString "sha256" "expected";
+    args = [ "-c" "printf 'something else' > $out" ];
+  };
+}
+"#,
+    )
+    .unwrap();
+    let drvs: Vec<String> = text(ok(nix.cmd("nix-instantiate").arg(&file)))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for d in &drvs {
+        let theirs = nix.cmd("nix-store").arg("-r").arg(d).output().unwrap();
+        let mine = ours(&links, &nix, "nix-store")
+            .arg("-r")
+            .arg(d)
+            .output()
+            .unwrap();
+        assert_eq!(mine.status.code(), theirs.status.code(), "{d}");
+        let err = String::from_utf8_lossy(&mine.stderr);
+        assert!(err.contains("error: "), "{err}");
+    }
+}
