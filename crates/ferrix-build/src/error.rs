@@ -10,20 +10,6 @@ use thiserror::Error;
 pub enum PlanError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("derivation '{drv}' is not valid in the store")]
-    DrvNotValid { drv: String },
-    #[error("reading derivation '{drv}'")]
-    DrvRead {
-        drv: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("parsing derivation '{drv}'")]
-    DrvParse {
-        drv: String,
-        #[source]
-        source: ferrix_format::derivation::DrvParseError,
-    },
     #[error("derivation '{drv}' has no output named '{output}'")]
     NoSuchOutput { drv: String, output: String },
     #[error("input '{input}' of derivation '{drv}' is not valid, and there are no substituters to fetch it from")]

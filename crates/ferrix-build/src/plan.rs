@@ -38,16 +38,7 @@ const DEFAULT_ESTIMATE: f64 = 1.0;
 
 /// Read a derivation from the store.
 pub fn read_drv(store: &LocalStore, drv_path: &StorePath) -> Result<Derivation, PlanError> {
-    let name = store.print(drv_path);
-    if !store.is_valid_path(drv_path)? {
-        return Err(PlanError::DrvNotValid { drv: name });
-    }
-    let text = std::fs::read(store.real_path(drv_path)).map_err(|source| PlanError::DrvRead {
-        drv: name.clone(),
-        source,
-    })?;
-    Derivation::parse_aterm(store.store_dir(), &text)
-        .map_err(|source| PlanError::DrvParse { drv: name, source })
+    Ok(ferrix_store::drv::read_derivation(store, drv_path)?)
 }
 
 /// The output paths of `drv`, which must all be known before the build.

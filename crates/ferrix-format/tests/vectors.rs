@@ -323,6 +323,9 @@ fn derivation_vectors() {
             // The JSON of `nix show-derivation`, as a value.
             let mine: Value = serde_json::from_str(&drv.to_json(&sd).pretty()).unwrap();
             assert_eq!(mine, d["show_derivation"], "{case_name} {path}: json");
+            // And back: the JSON reads as the same derivation.
+            let back = Derivation::from_json(&sd, &drv.to_json(&sd).compact()).unwrap();
+            assert_eq!(back.drv, drv, "{case_name} {path}: json round trip");
             parsed.insert(dp, drv);
         }
         // Hash modulo with memoised inputs, in dependency order.

@@ -69,6 +69,12 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Format(String),
+    #[error("derivation '{path}' does not parse")]
+    BadDerivation {
+        path: String,
+        #[source]
+        source: ferrix_format::derivation::DrvParseError,
+    },
     #[error("invalid NAR for {path}")]
     Nar {
         path: String,

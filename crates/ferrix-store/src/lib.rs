@@ -5,6 +5,7 @@ pub mod canon;
 pub mod closure;
 pub mod config;
 pub mod db;
+pub mod drv;
 pub mod error;
 pub mod export;
 pub mod fsutil;

@@ -1,7 +1,7 @@
 //! Shared helpers: a private store, derivations made in it, and a build runner.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +10,6 @@ use ferrix_build::{
     plan, run, BuildFailure, Built, LocalExecutor, LocalSettings, Outcome, Reporter,
     ScheduleOptions,
 };
-use ferrix_format::derivation::DrvHash;
 use ferrix_format::{Derivation, DerivationOutput, FileIngestionMethod, Hash, StoreDir, StorePath};
 use ferrix_store::{LocalStore, LocalStoreConfig};
 use tokio::sync::watch;
@@ -18,7 +17,6 @@ use tokio::sync::watch;
 pub struct TestStore {
     pub dir: tempfile::TempDir,
     pub store: Arc<LocalStore>,
-    hashes: Mutex<HashMap<StorePath, DrvHash>>,
 }
 
 impl TestStore {
@@ -35,11 +33,7 @@ impl TestStore {
         };
         let store = Arc::new(LocalStore::open(cfg).unwrap());
         std::fs::create_dir_all(dir.path().join("build")).unwrap();
-        Self {
-            dir,
-            store,
-            hashes: Mutex::new(HashMap::new()),
-        }
+        Self { dir, store }
     }
 
     pub fn settings(&self) -> LocalSettings {
@@ -54,20 +48,6 @@ impl TestStore {
             timeout: None,
             impure_env: BTreeMap::new(),
         }
-    }
-
-    fn drv_hash(&self, p: &StorePath) -> DrvHash {
-        if let Some(h) = self.hashes.lock().unwrap().get(p) {
-            return h.clone();
-        }
-        let drv = ferrix_build::plan::read_drv(&self.store, p).unwrap();
-        let h = drv
-            .hash_modulo(self.store.store_dir(), false, |i| {
-                Ok::<_, std::io::Error>(self.drv_hash(i))
-            })
-            .unwrap();
-        self.hashes.lock().unwrap().insert(p.clone(), h.clone());
-        h
     }
 
     /// A derivation running `/bin/sh -c script`, with the outputs of `inputs` (drv, output)
@@ -108,11 +88,9 @@ impl TestStore {
         for o in outputs {
             drv.env.insert((*o).into(), String::new());
         }
-        drv.fill_input_addressed_outputs(self.store.store_dir(), name, |i| {
-            Ok::<_, std::io::Error>(self.drv_hash(i))
-        })
-        .unwrap();
-        self.store.add_derivation(&drv, name).unwrap()
+        ferrix_store::drv::DrvHashes::new(&self.store)
+            .add(drv, name)
+            .unwrap()
     }
 
     /// A fixed-output derivation (flat sha256) whose builder writes `contents`.

@@ -16,6 +16,9 @@ use crate::shell::Shell;
 pub enum DerivationCommand {
     /// Show the contents of derivations as JSON.
     Show(ShowArgs),
+    /// Add a derivation, given as JSON on standard input (the form `show` prints, one
+    /// derivation's object); missing output paths are computed. Prints its store path.
+    Add,
 }
 
 #[derive(Debug, Args)]
@@ -117,5 +120,23 @@ pub fn show(a: ShowArgs, settings: &Settings, shell: &mut Shell) -> Result<()> {
     }
     let root = Json::Object(shown.into_iter().collect());
     shell.println(root.pretty())?;
+    Ok(())
+}
+
+/// `ferrix derivation add < drv.json`.
+pub fn add(settings: &Settings, shell: &mut Shell) -> Result<()> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .context("reading the derivation from standard input")?;
+    let parsed = Derivation::from_json(&settings.store_dir, &text)
+        .context("reading the derivation from standard input")?;
+    let name = parsed
+        .name
+        .context("the derivation has no name (neither 'name' nor 'env.name')")?;
+    let store = settings.open_store()?;
+    let p = ferrix_store::drv::DrvHashes::new(&store)
+        .add(parsed.drv, &name)
+        .with_context(|| format!("adding derivation '{name}'"))?;
+    shell.println(store.print(&p))?;
     Ok(())
 }

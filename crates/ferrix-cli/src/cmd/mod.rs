@@ -99,6 +99,9 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
     match cli.command {
         Command::Hash(c) => hash::run(c, shell)?,
         Command::Nar(c) => nar::run(c, shell)?,
+        Command::Derivation(derivation::DerivationCommand::Add) => {
+            derivation::add(&settings, shell)?
+        }
         Command::Derivation(derivation::DerivationCommand::Show(a))
         | Command::ShowDerivation(a) => derivation::show(a, &settings, shell)?,
         Command::Key(c) => key::run(c, shell)?,

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use aterm::{DrvParseError, DrvParseErrorKind};
 pub use hash_modulo::{DrvHash, DrvHashError};
+pub use json::{DrvJsonError, ParsedDrv};
 
 use crate::content_address::FileIngestionMethod;
 use crate::hash::{Hash, HashAlgo};
