@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -289,13 +289,13 @@ impl LocalExecutor {
         let state = Arc::new(Mutex::new(LogState {
             last_activity: Instant::now(),
         }));
-        let log_thread = {
+        let log_task = {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+                .map_err(io_err("reading the builder's output"))?;
             let (state, reporter, drv_path) =
                 (state.clone(), self.reporter.clone(), job.drv_path.clone());
-            let compress = s.compress_log;
-            std::thread::spawn(move || {
-                copy_log(reader, log_file, compress, &state, &*reporter, &drv_path)
-            })
+            let log = LogWriter::new(log_file, s.compress_log);
+            tokio::spawn(async move { copy_log(rx, log, &state, &*reporter, &drv_path).await })
         };
 
         let started = Instant::now();
@@ -324,7 +324,7 @@ impl LocalExecutor {
             let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
         }
         let _ = child.wait().await;
-        let _ = tokio::task::spawn_blocking(move || log_thread.join()).await;
+        let _ = log_task.await;
 
         let status = outcome?;
         if status.success() {
@@ -348,42 +348,85 @@ impl LocalExecutor {
     }
 }
 
-/// Copy the builder's output into its log file, noting the time of the last output. Ends
-/// when every writer of the pipe is gone.
-fn copy_log(
-    reader: io::PipeReader,
-    file: fs::File,
+/// A build log file, bzip2-compressed or not. The compressor (and its large buffers) is made
+/// only when the builder writes something: many builders print nothing.
+struct LogWriter {
+    file: Option<fs::File>,
     compress: bool,
+    out: Option<Box<dyn Write + Send>>,
+}
+
+/// A bzip2 stream with nothing in it: what a compressed empty log holds.
+const EMPTY_BZ2: &[u8] = b"BZh1\x17\x72\x45\x38\x50\x90\x00\x00\x00\x00";
+
+impl LogWriter {
+    fn new(file: fs::File, compress: bool) -> Self {
+        Self {
+            file: Some(file),
+            compress,
+            out: None,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        if self.out.is_none() {
+            let Some(file) = self.file.take() else { return };
+            self.out = Some(if self.compress {
+                // Level 1: logs compress well anyway, and it needs the smallest buffers.
+                Box::new(bzip2::write::BzEncoder::new(
+                    io::BufWriter::new(file),
+                    bzip2::Compression::fast(),
+                ))
+            } else {
+                Box::new(io::BufWriter::new(file))
+            });
+        }
+        if let Some(o) = self.out.as_mut() {
+            let _ = o.write_all(data);
+        }
+    }
+
+    fn finish(mut self) {
+        match (self.out.take(), self.file.take()) {
+            // Dropping the encoder ends the bzip2 stream.
+            (Some(mut o), _) => {
+                let _ = o.flush();
+            }
+            (None, Some(mut f)) if self.compress => {
+                let _ = f.write_all(EMPTY_BZ2);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Copy the builder's output into its log, line by line, noting the time of the last
+/// output. Ends when every writer of the pipe is gone.
+async fn copy_log(
+    rx: tokio::net::unix::pipe::Receiver,
+    mut log: LogWriter,
     state: &Mutex<LogState>,
-    reporter: &dyn Reporter,
+    reporter: &(dyn Reporter + Send + Sync),
     drv: &StorePath,
 ) {
-    let mut out: Box<dyn Write> = if compress {
-        Box::new(bzip2::write::BzEncoder::new(
-            io::BufWriter::new(file),
-            bzip2::Compression::default(),
-        ))
-    } else {
-        Box::new(io::BufWriter::new(file))
-    };
-    let mut r = BufReader::new(reader);
+    use tokio::io::AsyncBufReadExt;
+    let mut r = tokio::io::BufReader::new(rx);
     let mut line = Vec::new();
     loop {
         line.clear();
-        match r.read_until(b'\n', &mut line) {
+        match r.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let _ = out.write_all(&line);
+        log.write(&line);
         let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches('\n');
-        reporter.log_line(drv, text);
+        reporter.log_line(drv, text.trim_end_matches('\n'));
         state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .last_activity = Instant::now();
     }
-    let _ = out.flush();
+    log.finish();
 }
 
 /// Writes to two sinks at once: the NAR hash and the reference scanner.

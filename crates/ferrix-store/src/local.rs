@@ -50,6 +50,8 @@ pub struct LocalStore {
     big_lock: FileLock,
     /// Keeps this process's path-lock holders and lock-free writers apart.
     gate: Arc<SoleGate>,
+    /// What this process's builds are writing in place.
+    building: Arc<Building>,
     /// Batches committed as the store's only user, and with path locks.
     sole_batches: AtomicU64,
     locked_batches: AtomicU64,
@@ -142,6 +144,10 @@ impl LocalStore {
             .ok_or_else(|| StoreError::Format("could not take the big store lock".into()))?;
         let db = Db::open(&config.db_dir(), &config.store_dir)?;
         let inherits_acl = crate::place::inherits_acl(&config.real_store_dir)?;
+        let building_record = config
+            .state_dir
+            .join("ferrix/pending")
+            .join(format!("{}-building", std::process::id()));
         let store = Self {
             config,
             db: Mutex::new(db),
@@ -150,6 +156,10 @@ impl LocalStore {
             inherits_acl,
             big_lock,
             gate: Arc::default(),
+            building: Arc::new(Building {
+                record: building_record,
+                paths: Mutex::new(BTreeMap::new()),
+            }),
             sole_batches: AtomicU64::new(0),
             locked_batches: AtomicU64::new(0),
         };
@@ -413,11 +423,16 @@ impl LocalStore {
     /// builder for instance: leftovers at those names are removed, and an intent record makes
     /// sure that they are removed again should this process die before
     /// [`Self::register_outputs`]. Dropping the returned value without registering deletes them.
+    ///
+    /// All builds of a process share one record, `<state>/ferrix/pending/<pid>-building`,
+    /// rewritten as builds start and end: a file per build would cost an inode created and
+    /// freed for each.
     pub fn begin_outputs(&self, paths: &[StorePath]) -> Result<OutputsIntent> {
-        let intent = self.write_intent(paths)?;
+        self.building.add(paths)?;
         let pending = OutputsIntent {
+            paths: paths.to_vec(),
             real: paths.iter().map(|p| self.real_path(p)).collect(),
-            intent,
+            building: self.building.clone(),
             done: false,
         };
         for r in &pending.real {
@@ -558,7 +573,7 @@ impl LocalStore {
     }
 
     /// Put staged paths in place and register them, all in one go: canonicalise staged trees,
-    /// record the intent durably, write or rename each into place, sync the file system once,
+    /// record the intent, write or rename each into place, sync the file system once,
     /// register all in one transaction, drop the intent. A crash at any point leaves nothing
     /// that recovery does not remove, and nothing is registered before it is on disk.
     ///
@@ -1023,7 +1038,13 @@ impl LocalStore {
         })
     }
 
-    /// Record, durably, the paths about to appear or disappear: `<state>/ferrix/pending/<pid>-<n>`.
+    /// Record the paths about to appear or disappear: `<state>/ferrix/pending/<pid>-<n>`.
+    ///
+    /// The record is written whole before anything it names appears, but not synced: a
+    /// killed process leaves it in the page cache for recovery to read, and after a power
+    /// loss a missing record can only leave unregistered paths behind (garbage for the
+    /// collector), never a registered path without its contents, since nothing is
+    /// registered before the file system has been synced.
     fn write_intent(&self, paths: &[StorePath]) -> Result<PathBuf> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let intent = self
@@ -1036,7 +1057,7 @@ impl LocalStore {
             names.extend_from_slice(p.to_string().as_bytes());
             names.push(0);
         }
-        crate::db::write_atomically(&intent, &names)?;
+        fs::write(&intent, &names).map_err(io_err("writing", &intent))?;
         Ok(intent)
     }
 }
@@ -1051,8 +1072,9 @@ pub struct StoreLock {
 /// Paths being written in place under an intent record: see [`LocalStore::begin_outputs`].
 #[derive(Debug)]
 pub struct OutputsIntent {
+    paths: Vec<StorePath>,
     real: Vec<PathBuf>,
-    intent: PathBuf,
+    building: Arc<Building>,
     done: bool,
 }
 
@@ -1063,7 +1085,53 @@ impl Drop for OutputsIntent {
                 let _ = delete_path(r);
             }
         }
-        let _ = fs::remove_file(&self.intent);
+        self.building.remove(&self.paths);
+    }
+}
+
+/// The paths this process's builds are writing, and the record that names them.
+#[derive(Debug)]
+struct Building {
+    record: PathBuf,
+    paths: Mutex<BTreeMap<StorePath, usize>>,
+}
+
+impl Building {
+    fn write(&self, paths: &BTreeMap<StorePath, usize>) -> std::io::Result<()> {
+        if paths.is_empty() {
+            return match fs::remove_file(&self.record) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let mut names = Vec::new();
+        for p in paths.keys() {
+            names.extend_from_slice(p.to_string().as_bytes());
+            names.push(0);
+        }
+        // Rewritten in place: the record only ever grows before a path appears.
+        fs::write(&self.record, names)
+    }
+
+    fn add(&self, new: &[StorePath]) -> Result<()> {
+        let mut g = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+        for p in new {
+            *g.entry(p.clone()).or_default() += 1;
+        }
+        self.write(&g).map_err(io_err("writing", &self.record))
+    }
+
+    fn remove(&self, done: &[StorePath]) {
+        let mut g = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+        for p in done {
+            if let Some(n) = g.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    g.remove(p);
+                }
+            }
+        }
+        let _ = self.write(&g);
     }
 }
 
