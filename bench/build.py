@@ -116,11 +116,34 @@ def measure(label, expr, count, jobs):
     return {"label": label, "count": count, "jobs": jobs, "times": times}
 
 
+def baseline(levels, jobs):
+    """The builders alone: `levels` lists, in dependency order, how many trivial builders
+    each level runs; a level's builders run `jobs` at a time, as a build tool at best would.
+    What a tool needs beyond this is its per-derivation overhead."""
+    from concurrent.futures import ThreadPoolExecutor
+    out = f"{WORK}/baseline"
+    os.makedirs(out, exist_ok=True)
+    env = {"deps": "x"}
+    def one(i):
+        subprocess.run(["/bin/sh", "-c", f"echo $deps > {out}/{i}"], env=env, check=True)
+    times = []
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        with ThreadPoolExecutor(int(jobs)) as pool:
+            for n in levels:
+                list(pool.map(one, range(n)))
+        times.append(time.perf_counter() - t)
+    return statistics.mean(times)
+
+
 CURRENT = ""
 results = []
 results.append(measure("300 independent derivations", wide(300), 300, JOBS))
+results[-1]["baseline"] = baseline([300], JOBS)
 results.append(measure("a chain of 150", chain(150), 150, JOBS))
+results[-1]["baseline"] = baseline([1] * 150, JOBS)
 results.append(measure("10 layers x 30, fully connected", layers(10, 30), 300, JOBS))
+results[-1]["baseline"] = baseline([30] * 10, JOBS)
 results.append(measure("8 builders sleeping 1 s, -j8", sleepers([1] * 8, [[]] * 8), 8, 8))
 
 # A random DAG of 80 sleep-bound nodes with uneven durations.
@@ -146,6 +169,15 @@ for r in results:
     per = {t: 1000 * m[t] / r["count"] for t in m}
     print(f"{r['label']:36} {m['nix']:8.3f} {m['ferrix']:9.3f} {per['nix']:11.1f} {per['ferrix']:14.1f}"
           f" {m['nix'] / m['ferrix']:10.2f}x")
+print("\nper-derivation overhead: (tool time - the builders run alone) / derivations")
+print(f"{'graph':36} {'builders s':>10} {'nix ms/drv':>11} {'ferrix ms/drv':>14} {'nix/ferrix':>11}")
+for r in results:
+    if "baseline" not in r:
+        continue
+    m = {t: statistics.mean(v) for t, v in r["times"].items()}
+    over = {t: 1000 * (m[t] - r["baseline"]) / r["count"] for t in m}
+    print(f"{r['label']:36} {r['baseline']:10.3f} {over['nix']:11.2f} {over['ferrix']:14.2f}"
+          f" {over['nix'] / over['ferrix']:10.2f}x")
 r = results[-1]
 lb = r["lower_bound"]
 print(f"\nrandom DAG: lower bound max(critical path, work/8) = {lb:.2f} s; makespan / bound: "

@@ -58,3 +58,31 @@ pub fn sync_fs(dir: &Path) -> Result<()> {
     let f = fs::File::open(dir).map_err(io_err("opening", dir))?;
     rustix::fs::syncfs(&f).map_err(|e| io_err("syncing the file system of", dir)(e.into()))
 }
+
+/// Make new trees under `store` durable, names included. A few plain files and directories
+/// are synced one by one (with `store` itself); anything larger, or holding symlinks (whose
+/// inodes cannot be synced on their own), syncs the whole file system, once.
+pub fn sync_trees(trees: &[std::path::PathBuf], store: &Path) -> Result<()> {
+    const FEW: usize = 16;
+    let mut todo: Vec<std::path::PathBuf> = trees.to_vec();
+    let mut entries = Vec::new();
+    while let Some(p) = todo.pop() {
+        let m = fs::symlink_metadata(&p).map_err(io_err("reading", &p))?;
+        if m.file_type().is_symlink() || entries.len() >= FEW {
+            return sync_fs(store);
+        }
+        if m.is_dir() {
+            for e in fs::read_dir(&p).map_err(io_err("reading directory", &p))? {
+                todo.push(e.map_err(io_err("reading directory", &p))?.path());
+            }
+        }
+        entries.push(p);
+    }
+    entries.push(store.to_owned());
+    for p in &entries {
+        fs::File::open(p)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("syncing", p))?;
+    }
+    Ok(())
+}

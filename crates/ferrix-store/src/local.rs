@@ -449,7 +449,7 @@ impl LocalStore {
         mut pending: OutputsIntent,
         infos: &[ValidPathInfo],
     ) -> Result<()> {
-        sync_fs(&self.config.real_store_dir)?;
+        crate::fsutil::sync_trees(&pending.real, &self.config.real_store_dir)?;
         self.db().register(infos, &BTreeMap::new())?;
         pending.done = true;
         Ok(())
