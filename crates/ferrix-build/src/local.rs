@@ -47,6 +47,7 @@ pub struct LocalExecutor {
     settings: LocalSettings,
     reporter: Arc<dyn Reporter + Send + Sync>,
     counter: AtomicU64,
+    times: Arc<Mutex<crate::times::BuildTimes>>,
 }
 
 impl std::fmt::Debug for dyn Reporter + Send + Sync {
@@ -56,16 +57,19 @@ impl std::fmt::Debug for dyn Reporter + Send + Sync {
 }
 
 impl LocalExecutor {
+    /// `times` learns how long each successful build took.
     pub fn new(
         store: Arc<LocalStore>,
         settings: LocalSettings,
         reporter: Arc<dyn Reporter + Send + Sync>,
+        times: Arc<Mutex<crate::times::BuildTimes>>,
     ) -> Self {
         Self {
             store,
             settings,
             reporter,
             counter: AtomicU64::new(0),
+            times,
         }
     }
 }
@@ -169,7 +173,15 @@ impl LocalExecutor {
         };
 
         let build_dir = self.make_build_dir(job, &drv)?;
+        let started = Instant::now();
         let result = self.run_builder(job, &drv, &build_dir, cancel).await;
+        if result.is_ok() {
+            let name = ferrix_format::derivation::drv_name(&job.drv_path);
+            self.times
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(name, started.elapsed().as_secs_f64());
+        }
         let result = match result {
             Ok(()) => {
                 let (store, job2, d) = (store.clone(), job.clone(), drv.clone());

@@ -9,6 +9,7 @@ use ferrix_store::LocalStore;
 
 use crate::error::PlanError;
 use crate::executor::Job;
+use crate::times::BuildTimes;
 
 /// Outputs wanted of a derivation: `None` means all of them.
 pub type Wanted = (StorePath, Option<BTreeSet<String>>);
@@ -154,8 +155,9 @@ impl Planner<'_> {
     }
 }
 
-/// Work out what must be built for `wanted`.
-pub fn plan(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan, PlanError> {
+/// Work out what must be built for `wanted`. `times` gives the expected duration of each
+/// build where one is remembered; priorities follow from them.
+pub fn plan(store: &LocalStore, wanted: &[Wanted], times: &BuildTimes) -> Result<Plan, PlanError> {
     let mut p = Planner {
         store,
         index: HashMap::new(),
@@ -173,7 +175,8 @@ pub fn plan(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan, PlanError> {
             .iter()
             .map(|&d| nodes[d].priority)
             .fold(0.0, f64::max);
-        nodes[i].priority = DEFAULT_ESTIMATE + tail;
+        let name = ferrix_format::derivation::drv_name(&nodes[i].job.drv_path);
+        nodes[i].priority = times.get(name).unwrap_or(DEFAULT_ESTIMATE) + tail;
     }
     Ok(Plan {
         store_dir: store.store_dir().clone(),

@@ -446,3 +446,32 @@ async fn interrupt_stops_everything() {
     );
     let _ = (Built::Built, BTreeSet::<u8>::new());
 }
+
+/// With one slot, the ready derivation with the most work behind it starts first: by count
+/// of builds when nothing is known, by remembered build times when they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longest_remaining_work_starts_first() {
+    for remembered in [false, true] {
+        let t = TestStore::new();
+        let order = t.dir.path().join("order");
+        let log = |name: &str| format!("echo {name} >> {}; echo > $out", order.display());
+        let c1 = t.drv("chain1", &log("chain1"), &[], &["out"], &[]);
+        let c2 = t.drv("chain2", &log("chain2"), &[(&c1, "out")], &["out"], &[]);
+        let c3 = t.drv("chain3", &log("chain3"), &[(&c2, "out")], &["out"], &[]);
+        let slow = t.drv("slow", &log("slow"), &[], &["out"], &[]);
+        if remembered {
+            // Earlier builds of `slow` took 10 s: more than the chain's three unknown builds.
+            ferrix_build::BuildTimes::open(&t.dir.path().join("times.sqlite")).record("slow", 10.0);
+        }
+        let mut s = t.settings();
+        s.max_jobs = 1;
+        let o = t.build(&[&slow, &c3], s, ScheduleOptions::default()).await;
+        assert!(o.success(), "{o:?}");
+        let ran = std::fs::read_to_string(&order).unwrap();
+        let first = ran.lines().next().unwrap();
+        assert_eq!(first, if remembered { "slow" } else { "chain1" }, "{ran}");
+        // The times of this run are remembered for the next.
+        let times = ferrix_build::BuildTimes::open(&t.dir.path().join("times.sqlite"));
+        assert!(times.get("chain2").is_some());
+    }
+}

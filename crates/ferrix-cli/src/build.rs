@@ -155,7 +155,9 @@ pub fn realise(
     dry_run: bool,
     shell: &mut crate::shell::Shell,
 ) -> Result<(Plan, Option<Outcome>)> {
-    let plan = ferrix_build::plan(&store, wanted)?;
+    let times =
+        ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"));
+    let plan = ferrix_build::plan(&store, wanted, &times)?;
     if !plan.nodes.is_empty() {
         let n = plan.nodes.len();
         let what = if dry_run { "would be" } else { "will be" };
@@ -175,7 +177,12 @@ pub fn realise(
     shell.flush()?;
     let (local, opts) = local_settings(settings, &store)?;
     let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(LineReporter::new(&store, logs));
-    let executor = Arc::new(LocalExecutor::new(store.clone(), local, reporter.clone()));
+    let executor = Arc::new(LocalExecutor::new(
+        store.clone(),
+        local,
+        reporter.clone(),
+        Arc::new(Mutex::new(times)),
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -155,12 +155,14 @@ impl TestStore {
         interrupt: watch::Receiver<bool>,
     ) -> Outcome {
         let wanted: Vec<_> = drvs.iter().map(|d| ((*d).clone(), None)).collect();
-        let plan = plan(&self.store, &wanted).unwrap();
+        let times = ferrix_build::BuildTimes::open(&self.dir.path().join("times.sqlite"));
+        let plan = plan(&self.store, &wanted, &times).unwrap();
         let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(Events::default());
         let ex = Arc::new(LocalExecutor::new(
             self.store.clone(),
             settings,
             reporter.clone(),
+            Arc::new(Mutex::new(times)),
         ));
         run(&plan, ex, reporter, opts, interrupt).await
     }

@@ -1,0 +1,98 @@
+//! Build times remembered across runs, by derivation name, so that the scheduler can start
+//! the longest chains of work first. A small SQLite file of our own (its schema is
+//! versioned); losing it only costs scheduling quality.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+const VERSION: i64 = 1;
+
+/// Remembered durations, keyed by derivation name (the `.drv` name without hash and suffix,
+/// which stays the same across versions of a package's inputs).
+#[derive(Debug)]
+pub struct BuildTimes {
+    conn: Option<Connection>,
+}
+
+impl BuildTimes {
+    /// Open (or create) the file; any problem leaves an empty, forgetful table rather than
+    /// failing a build over a cache.
+    pub fn open(path: &Path) -> Self {
+        let conn = Self::try_open(path).ok().or_else(|| {
+            // Not a database (or a broken one): start afresh.
+            let _ = std::fs::remove_file(path);
+            Self::try_open(path).ok()
+        });
+        Self { conn }
+    }
+
+    fn try_open(path: &Path) -> rusqlite::Result<Connection> {
+        (|| -> rusqlite::Result<Connection> {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(2))?;
+            let v: i64 = conn.query_row("pragma user_version", [], |r| r.get(0))?;
+            if v != VERSION {
+                conn.execute_batch(&format!(
+                    "drop table if exists Times;
+                     create table Times (name text primary key, seconds real not null, runs integer not null);
+                     pragma user_version = {VERSION};"
+                ))?;
+            }
+            Ok(conn)
+        })()
+    }
+
+    /// Nothing remembered, nothing kept.
+    pub fn none() -> Self {
+        Self { conn: None }
+    }
+
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.conn
+            .as_ref()?
+            .query_row("select seconds from Times where name = ?", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ok()
+            .flatten()
+    }
+
+    /// Fold a new measurement in (an average that favours recent builds).
+    pub fn record(&self, name: &str, seconds: f64) {
+        let Some(c) = &self.conn else { return };
+        let _ = c.execute(
+            "insert into Times (name, seconds, runs) values (?1, ?2, 1)
+             on conflict(name) do update set seconds = 0.5 * seconds + 0.5 * ?2, runs = runs + 1",
+            params![name, seconds],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_and_averages() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t/times.sqlite");
+        let t = BuildTimes::open(&p);
+        assert_eq!(t.get("hello"), None);
+        t.record("hello", 2.0);
+        t.record("hello", 4.0);
+        drop(t);
+        let t = BuildTimes::open(&p);
+        assert_eq!(t.get("hello"), Some(3.0));
+        // A file that is not a database is replaced: nothing worse than forgetting.
+        std::fs::write(&p, b"junk").unwrap();
+        let t = BuildTimes::open(&p);
+        assert_eq!(t.get("hello"), None);
+        t.record("x", 1.0);
+        assert_eq!(t.get("x"), Some(1.0));
+    }
+}
