@@ -181,6 +181,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 let v = it.value(flag)?;
                 options.push((k, v));
             }
+            f if f.len() > 2 && f.starts_with("-j") => {
+                options.push(("max-jobs".into(), f[2..].into()))
+            }
             f if crate::build::build_flag(f).is_some() => {
                 if let Some((name, takes_value)) = crate::build::build_flag(f) {
                     let v = if takes_value {
