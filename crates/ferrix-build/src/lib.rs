@@ -9,12 +9,13 @@ pub mod local;
 pub mod log;
 pub mod plan;
 pub mod refscan;
+pub mod sandbox;
 pub mod scheduler;
 pub mod times;
 
 pub use error::{BuildFailure, PlanError};
 pub use executor::{Built, Executor, Job, Offer, Quiet, Reporter};
-pub use local::{LocalExecutor, LocalSettings};
+pub use local::{LocalExecutor, LocalSettings, SandboxSettings};
 pub use plan::{plan, Plan, Wanted};
 pub use scheduler::{run, NodeResult, Outcome, ScheduleOptions};
 pub use times::BuildTimes;

@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,20 @@ pub struct LocalSettings {
     pub timeout: Option<Duration>,
     /// Values for `impureEnvVars` of fixed-output derivations.
     pub impure_env: BTreeMap<String, String>,
+    /// Build in the sandbox (`sandbox = true`); `None` runs builders directly.
+    pub sandbox: Option<SandboxSettings>,
+}
+
+/// How sandboxed builds are set up.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// The program that answers to `__build-child` and `__build-init` (ours).
+    pub helper: PathBuf,
+    /// `sandbox-paths`: (path inside, path on the host).
+    pub paths: Vec<(String, PathBuf)>,
+    /// The host uid and gid that the builder's ids map to (the caller's).
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Builds derivations on this machine, `max_jobs` at a time.
@@ -160,13 +175,40 @@ impl LocalExecutor {
         if all_valid {
             return Ok(Built::AlreadyValid);
         }
+        // What the outputs may refer to; in the sandbox, also all the builder sees of the store.
+        let closure = {
+            let (store, job2, d) = (store.clone(), job.clone(), drv.clone());
+            blocking(&drv, move || {
+                (|| {
+                    store.add_temp_root(&job2.drv_path)?;
+                    store.closure(job2.input_roots.iter().cloned(), false, false)
+                })()
+                .map_err(|source| BuildFailure::Store { drv: d, source })
+            })
+            .await?
+        };
         self.reporter.started(&job.drv_path);
 
+        // The sandbox's root: in the store's file system, so that outputs move out by rename;
+        // named after the derivation, whose temp root keeps collectors away from it, and
+        // recorded with the outputs, so that recovery removes it should this process die.
+        let chroot = match &self.settings.sandbox {
+            Some(_) => Some(
+                StorePath::from_base_name(&format!("{}-chroot", job.drv_path.hash_part()))
+                    .map_err(|e| BuildFailure::Io {
+                        drv: drv.clone(),
+                        what: "naming the sandbox".into(),
+                        source: io::Error::other(e.to_string()),
+                    })?,
+            ),
+            None => None,
+        };
         let intent = {
             let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
+            let scratch: Vec<StorePath> = chroot.iter().cloned().collect();
             blocking(&drv, move || {
                 store
-                    .begin_outputs(&paths)
+                    .begin_outputs(&paths, &scratch)
                     .map_err(|source| BuildFailure::Store { drv: d, source })
             })
             .await?
@@ -174,7 +216,27 @@ impl LocalExecutor {
 
         let build_dir = self.make_build_dir(job, &drv)?;
         let started = Instant::now();
-        let result = self.run_builder(job, &drv, &build_dir, cancel).await;
+        let chroot = chroot.map(|p| store.real_path(&p));
+        let result = self
+            .run_builder(job, &drv, &build_dir, chroot.as_deref(), &closure, cancel)
+            .await;
+        if let (Some(root), Ok(())) = (&chroot, &result) {
+            // Outputs were written under the root, at their logical paths: move them out.
+            for p in job.outputs.values() {
+                let from = root.join(store.print(p).trim_start_matches('/'));
+                if fs::symlink_metadata(&from).is_ok() {
+                    let to = store.real_path(p);
+                    fs::rename(&from, &to).map_err(|source| BuildFailure::Io {
+                        drv: drv.clone(),
+                        what: format!("moving output '{}' out of the sandbox", store.print(p)),
+                        source,
+                    })?;
+                }
+            }
+        }
+        if let Some(root) = &chroot {
+            let _ = ferrix_store::fsutil::delete_path(root);
+        }
         if result.is_ok() {
             let name = ferrix_format::derivation::drv_name(&job.drv_path);
             self.times
@@ -185,7 +247,10 @@ impl LocalExecutor {
         let result = match result {
             Ok(()) => {
                 let (store, job2, d) = (store.clone(), job.clone(), drv.clone());
-                blocking(&drv, move || finish_outputs(&store, &job2, &d, intent)).await
+                blocking(&drv, move || {
+                    finish_outputs(&store, &job2, &d, closure, intent)
+                })
+                .await
             }
             Err(e) => {
                 drop(intent); // deletes whatever the builder left at the output paths
@@ -233,6 +298,8 @@ impl LocalExecutor {
         job: &Job,
         drv: &str,
         build_dir: &std::path::Path,
+        chroot: Option<&std::path::Path>,
+        closure: &BTreeSet<StorePath>,
         mut cancel: Cancel,
     ) -> Result<(), BuildFailure> {
         let s = &self.settings;
@@ -240,7 +307,10 @@ impl LocalExecutor {
             let (drv, what) = (drv.to_owned(), what.to_owned());
             move |source| BuildFailure::Io { drv, what, source }
         };
-        let top = build_dir.to_string_lossy().into_owned();
+        let top = match chroot {
+            Some(_) => crate::sandbox::BUILD_DIR_IN_SANDBOX.to_owned(),
+            None => build_dir.to_string_lossy().into_owned(),
+        };
         let store_dir = self.store.store_dir().to_string();
         let cx = EnvContext {
             store_dir: &store_dir,
@@ -253,14 +323,14 @@ impl LocalExecutor {
             fs::write(build_dir.join(&name), contents).map_err(io_err("writing passAsFile"))?;
         }
         let real_store = &self.store.config().real_store_dir;
-        if std::path::Path::new(&store_dir) != real_store.as_path() {
+        if chroot.is_none() && std::path::Path::new(&store_dir) != real_store.as_path() {
             // Outputs are written at their logical paths; only a sandbox can map those onto
             // a store kept elsewhere (a chroot store), as Nix does.
             return Err(BuildFailure::Spawn {
                 drv: drv.to_owned(),
                 builder: job.drv.builder.clone(),
                 source: io::Error::other(format!(
-                    "the store '{store_dir}' is kept in '{}': building there needs the sandbox, which is not available yet",
+                    "the store '{store_dir}' is kept in '{}': building there needs the sandbox (sandbox = true)",
                     real_store.display()
                 )),
             });
@@ -279,13 +349,41 @@ impl LocalExecutor {
         }
         let log_file = fs::File::create(&log_path).map_err(io_err("creating the log file"))?;
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
-        let mut cmd = tokio::process::Command::new(&job.drv.builder);
-        cmd.args(&job.drv.args)
-            .env_clear()
-            .envs(&env)
-            .current_dir(build_dir)
-            .stdin(Stdio::null())
-            .stdout(writer.try_clone().map_err(io_err("creating a pipe"))?)
+        let (mut cmd, spec) = match (chroot, &s.sandbox) {
+            (Some(root), Some(sb)) => {
+                let store_root = root.join(store_dir.trim_start_matches('/'));
+                fs::create_dir_all(&store_root).map_err(io_err("creating the sandbox"))?;
+                let spec = crate::sandbox::Spec {
+                    builder: job.drv.builder.clone(),
+                    args: job.drv.args.clone(),
+                    env: env.clone(),
+                    build_dir: build_dir.to_owned(),
+                    root: root.to_owned(),
+                    store_dir: store_dir.clone(),
+                    inputs: closure
+                        .iter()
+                        .map(|p| (self.store.print(p), self.store.real_path(p)))
+                        .collect(),
+                    extra: sb.paths.clone(),
+                    network: job.drv.fixed_output().is_some(),
+                    uid: sb.uid,
+                    gid: sb.gid,
+                };
+                let (mut cmd, json) = spec.command(&sb.helper);
+                cmd.stdin(Stdio::piped());
+                (cmd, Some(json))
+            }
+            _ => {
+                let mut cmd = tokio::process::Command::new(&job.drv.builder);
+                cmd.args(&job.drv.args)
+                    .env_clear()
+                    .envs(&env)
+                    .current_dir(build_dir)
+                    .stdin(Stdio::null());
+                (cmd, None)
+            }
+        };
+        cmd.stdout(writer.try_clone().map_err(io_err("creating a pipe"))?)
             .stderr(writer)
             .process_group(0)
             .kill_on_drop(true);
@@ -296,6 +394,13 @@ impl LocalExecutor {
             builder: job.drv.builder.clone(),
             source,
         })?;
+        if let (Some(json), Some(mut stdin)) = (spec, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(json.as_bytes())
+                .await
+                .map_err(io_err("starting the sandbox"))?;
+        }
         let pgid = child.id().map(|id| id as i32);
 
         let state = Arc::new(Mutex::new(LogState {
@@ -461,6 +566,7 @@ fn finish_outputs(
     store: &LocalStore,
     job: &Job,
     drv: &str,
+    input_closure: BTreeSet<StorePath>,
     intent: ferrix_store::OutputsIntent,
 ) -> Result<(), BuildFailure> {
     let store_err = |source| BuildFailure::Store {
@@ -479,9 +585,7 @@ fn finish_outputs(
         ferrix_store::canon::canonicalise(&real).map_err(store_err)?;
     }
     let own: BTreeSet<StorePath> = job.outputs.values().cloned().collect();
-    let mut candidates = store
-        .closure(job.input_roots.iter().cloned(), false, false)
-        .map_err(store_err)?;
+    let mut candidates = input_closure;
     candidates.extend(own.iter().cloned());
 
     let mut infos: BTreeMap<StorePath, ValidPathInfo> = BTreeMap::new();

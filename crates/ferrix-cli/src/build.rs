@@ -86,11 +86,75 @@ pub fn local_settings(
             max_silent_time: seconds(settings, "max-silent-time")?,
             timeout: seconds(settings, "timeout")?,
             impure_env,
+            sandbox: sandbox_settings(settings)?,
         },
         ScheduleOptions {
             keep_going: conf.bool("keep-going", false)?,
         },
     ))
+}
+
+/// `sandbox` (`true`, `false`, `relaxed`) and `sandbox-paths` (`PATH` or `INSIDE=OUTSIDE`,
+/// a trailing `?` for paths that may be missing).
+fn sandbox_settings(settings: &Settings) -> Result<Option<ferrix_build::SandboxSettings>> {
+    // Nix's defaults: on, and falling back to building without it where the kernel cannot.
+    let on = match settings.conf.get("sandbox").unwrap_or("true") {
+        "true" | "relaxed" => true,
+        "false" => false,
+        v => bail!("option 'sandbox': '{v}' is not one of true, false, relaxed"),
+    };
+    if !on {
+        return Ok(None);
+    }
+    if let Some(why) = sandbox_unavailable() {
+        if settings.conf.bool("sandbox-fallback", true)? {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: the build sandbox is not available here ({why}); building without it"
+            );
+            return Ok(None);
+        }
+        bail!("the build sandbox is not available here ({why}), and 'sandbox-fallback' is off");
+    }
+    let mut paths = Vec::new();
+    for spec in settings
+        .conf
+        .get("sandbox-paths")
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+    {
+        let (spec, optional) = match spec.strip_suffix('?') {
+            Some(s) => (s, true),
+            None => (spec, false),
+        };
+        let (inside, outside) = spec.split_once('=').unwrap_or((spec, spec));
+        if optional && std::fs::symlink_metadata(outside).is_err() {
+            continue;
+        }
+        paths.push((inside.to_owned(), PathBuf::from(outside)));
+    }
+    Ok(Some(ferrix_build::SandboxSettings {
+        helper: std::env::current_exe().context("finding this program, to run the sandbox")?,
+        paths,
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    }))
+}
+
+/// Why user namespaces (which the sandbox needs) cannot be made, if they cannot.
+fn sandbox_unavailable() -> Option<String> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    if !std::path::Path::new("/proc/self/ns/user").exists() {
+        return Some("the kernel has no user namespaces".into());
+    }
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0".into());
+    }
+    let root = rustix::process::geteuid().is_root();
+    if !root && read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Some("kernel.unprivileged_userns_clone is 0".into());
+    }
+    None
 }
 
 /// `drv!out,dev`, `drv^out` or a plain drv path: what to build.

@@ -32,6 +32,15 @@ fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "ferrix".into());
+    // The build sandbox's helper stages: this binary re-executed (see ferrix_build::sandbox).
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("__build-child") => {
+            let exe = std::env::current_exe().unwrap_or_default();
+            ferrix_build::sandbox::child_main(&exe)
+        }
+        Some("__build-init") => ferrix_build::sandbox::init_main(),
+        _ => {}
+    }
     let mut shell = Shell::stdio();
     let res = match name.as_str() {
         "nix-hash" => legacy::nix_hash::run(&args[1..], &mut shell),

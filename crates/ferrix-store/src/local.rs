@@ -156,10 +156,7 @@ impl LocalStore {
             inherits_acl,
             big_lock,
             gate: Arc::default(),
-            building: Arc::new(Building {
-                record: building_record,
-                paths: Mutex::new(BTreeMap::new()),
-            }),
+            building: Arc::new(Building::new(building_record)),
             sole_batches: AtomicU64::new(0),
             locked_batches: AtomicU64::new(0),
         };
@@ -424,18 +421,28 @@ impl LocalStore {
     /// sure that they are removed again should this process die before
     /// [`Self::register_outputs`]. Dropping the returned value without registering deletes them.
     ///
+    /// `scratch` names store entries that are never registered, such as a sandbox's root:
+    /// they are recorded the same way and always deleted when the intent ends, so that a
+    /// process killed mid-build leaves none behind either.
+    ///
     /// All builds of a process share one record, `<state>/ferrix/pending/<pid>-building`,
     /// rewritten as builds start and end: a file per build would cost an inode created and
     /// freed for each.
-    pub fn begin_outputs(&self, paths: &[StorePath]) -> Result<OutputsIntent> {
-        self.building.add(paths)?;
+    pub fn begin_outputs(
+        &self,
+        paths: &[StorePath],
+        scratch: &[StorePath],
+    ) -> Result<OutputsIntent> {
+        let all: Vec<StorePath> = paths.iter().chain(scratch).cloned().collect();
+        self.building.add(&all)?;
         let pending = OutputsIntent {
-            paths: paths.to_vec(),
+            paths: all,
             real: paths.iter().map(|p| self.real_path(p)).collect(),
+            scratch: scratch.iter().map(|p| self.real_path(p)).collect(),
             building: self.building.clone(),
             done: false,
         };
-        for r in &pending.real {
+        for r in pending.real.iter().chain(&pending.scratch) {
             delete_path(r)?;
         }
         Ok(pending)
@@ -1072,8 +1079,10 @@ pub struct StoreLock {
 /// Paths being written in place under an intent record: see [`LocalStore::begin_outputs`].
 #[derive(Debug)]
 pub struct OutputsIntent {
+    /// Outputs and scratch entries, as recorded.
     paths: Vec<StorePath>,
     real: Vec<PathBuf>,
+    scratch: Vec<PathBuf>,
     building: Arc<Building>,
     done: bool,
 }
@@ -1085,53 +1094,113 @@ impl Drop for OutputsIntent {
                 let _ = delete_path(r);
             }
         }
+        for r in &self.scratch {
+            let _ = delete_path(r);
+        }
         self.building.remove(&self.paths);
     }
 }
 
 /// The paths this process's builds are writing, and the record that names them.
+///
+/// The record must name every such path at every instant, even when the process is killed
+/// halfway through updating it: new names are appended (one `write`), and when builds end
+/// the live names are written over the start before the file is cut to length, so that an
+/// interrupted update leaves at worst names of finished builds (which recovery finds valid
+/// or absent), never a record missing a live one.
 #[derive(Debug)]
 struct Building {
     record: PathBuf,
-    paths: Mutex<BTreeMap<StorePath, usize>>,
+    state: Mutex<BuildingState>,
+}
+
+#[derive(Debug, Default)]
+struct BuildingState {
+    paths: BTreeMap<StorePath, usize>,
+    /// The record, open while it names anything.
+    file: Option<fs::File>,
+    /// Its length.
+    len: u64,
 }
 
 impl Building {
-    fn write(&self, paths: &BTreeMap<StorePath, usize>) -> std::io::Result<()> {
-        if paths.is_empty() {
-            return match fs::remove_file(&self.record) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
+    fn new(record: PathBuf) -> Self {
+        Self {
+            record,
+            state: Mutex::new(BuildingState::default()),
         }
-        let mut names = Vec::new();
-        for p in paths.keys() {
-            names.extend_from_slice(p.to_string().as_bytes());
-            names.push(0);
-        }
-        // Rewritten in place: the record only ever grows before a path appears.
-        fs::write(&self.record, names)
     }
 
     fn add(&self, new: &[StorePath]) -> Result<()> {
-        let mut g = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = Vec::new();
         for p in new {
-            *g.entry(p.clone()).or_default() += 1;
+            let n = g.paths.entry(p.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                names.extend_from_slice(p.to_string().as_bytes());
+                names.push(0);
+            }
         }
-        self.write(&g).map_err(io_err("writing", &self.record))
+        if names.is_empty() {
+            return Ok(());
+        }
+        let res = (|| {
+            use std::os::unix::fs::FileExt;
+            if g.file.is_none() {
+                // Not O_APPEND: Linux's `pwrite` would append too, and `remove` rewrites.
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&self.record)?;
+                g.file = Some(f);
+                g.len = 0;
+            }
+            if let Some(f) = &g.file {
+                f.write_all_at(&names, g.len)?;
+            }
+            g.len += names.len() as u64;
+            Ok::<(), io::Error>(())
+        })();
+        if res.is_err() {
+            for p in new {
+                Self::forget(&mut g, p);
+            }
+        }
+        res.map_err(io_err("writing", &self.record))
+    }
+
+    fn forget(g: &mut BuildingState, p: &StorePath) {
+        if let Some(n) = g.paths.get_mut(p) {
+            *n -= 1;
+            if *n == 0 {
+                g.paths.remove(p);
+            }
+        }
     }
 
     fn remove(&self, done: &[StorePath]) {
-        let mut g = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+        use std::os::unix::fs::FileExt;
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for p in done {
-            if let Some(n) = g.get_mut(p) {
-                *n -= 1;
-                if *n == 0 {
-                    g.remove(p);
-                }
+            Self::forget(&mut g, p);
+        }
+        if g.paths.is_empty() {
+            g.file = None;
+            let _ = fs::remove_file(&self.record);
+            return;
+        }
+        let mut names = Vec::new();
+        for p in g.paths.keys() {
+            names.extend_from_slice(p.to_string().as_bytes());
+            names.push(0);
+        }
+        if let Some(f) = &g.file {
+            if f.write_all_at(&names, 0).is_ok() && f.set_len(names.len() as u64).is_ok() {
+                g.len = names.len() as u64;
             }
         }
-        let _ = self.write(&g);
     }
 }
 

@@ -36,6 +36,12 @@ impl TestStore {
         Self { dir, store }
     }
 
+    /// Tests on a store set up differently (a chroot store, say).
+    pub fn with_store(dir: tempfile::TempDir, store: Arc<LocalStore>) -> Self {
+        std::fs::create_dir_all(dir.path().join("build")).unwrap();
+        Self { dir, store }
+    }
+
     pub fn settings(&self) -> LocalSettings {
         LocalSettings {
             max_jobs: 4,
@@ -47,6 +53,7 @@ impl TestStore {
             max_silent_time: None,
             timeout: None,
             impure_env: BTreeMap::new(),
+            sandbox: None,
         }
     }
 
@@ -95,6 +102,11 @@ impl TestStore {
 
     /// A fixed-output derivation (flat sha256) whose builder writes `contents`.
     pub fn fixed_drv(&self, name: &str, contents: &str, claimed: &[u8]) -> StorePath {
+        self.fixed_drv_script(name, &format!("printf '%s' '{contents}' > $out"), claimed)
+    }
+
+    /// A fixed-output derivation (flat sha256 of `claimed`) built by `script`.
+    pub fn fixed_drv_script(&self, name: &str, script: &str, claimed: &[u8]) -> StorePath {
         let hash = Hash::sha256(claimed);
         let sd = self.store.store_dir();
         let path = sd
@@ -114,7 +126,7 @@ impl TestStore {
             input_srcs: BTreeSet::new(),
             platform: "x86_64-linux".into(),
             builder: "/bin/sh".into(),
-            args: vec!["-c".into(), format!("printf '%s' '{contents}' > $out")],
+            args: vec!["-c".into(), script.into()],
             env: BTreeMap::new(),
         };
         drv.env.insert("name".into(), name.into());

@@ -1,0 +1,377 @@
+//! The Linux build sandbox: the builder runs in fresh user, mount, pid, ipc, uts and (except
+//! for fixed-output derivations) network namespaces, inside a root that holds only its input
+//! closure, the build directory at `/build`, a few devices, `/proc` and the `sandbox-paths`.
+//!
+//! Set-up happens in two helper processes of our own binary rather than between `fork` and
+//! `exec` of a multi-threaded program (where only async-signal-safe calls are allowed):
+//! `__build-child` (stage 1) enters the namespaces, maps the ids and builds the root; it starts
+//! `__build-init` (stage 2), which is process 1 of the new pid namespace, mounts `/proc`,
+//! enters the root and becomes the builder. Both die with their parent (`PDEATHSIG`), and
+//! when process 1 dies the kernel ends every process of its namespace: nothing outlives a
+//! build, even if Ferrix itself is killed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::symlink;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rustix::mount::{MountFlags, MountPropagationFlags};
+use rustix::process::Signal;
+
+/// Where the build directory appears inside the sandbox (Nix's `sandbox-build-dir`).
+pub const BUILD_DIR_IN_SANDBOX: &str = "/build";
+
+/// The uid and gid the builder has inside, as in Nix.
+const SANDBOX_UID: u32 = 1000;
+const SANDBOX_GID: u32 = 100;
+
+/// Everything the helpers need, sent to them on standard input as JSON.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    pub builder: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// The build directory on the host, bound at `/build`.
+    pub build_dir: PathBuf,
+    /// The directory that becomes `/`.
+    pub root: PathBuf,
+    /// The logical store directory (inside the sandbox, paths are where their names say).
+    pub store_dir: String,
+    /// Input paths: (path inside, where it really is).
+    pub inputs: Vec<(String, PathBuf)>,
+    /// `sandbox-paths`: (path inside, path on the host).
+    pub extra: Vec<(String, PathBuf)>,
+    /// Keep the host's network (fixed-output derivations).
+    pub network: bool,
+    /// The host uid and gid the builder's ids map to.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Spec {
+    fn to_json(&self) -> String {
+        use serde_json::json;
+        json!({
+            "builder": self.builder, "args": self.args, "env": self.env,
+            "build_dir": self.build_dir, "root": self.root, "store_dir": self.store_dir,
+            "inputs": self.inputs, "extra": self.extra, "network": self.network,
+            "uid": self.uid, "gid": self.gid,
+        })
+        .to_string()
+    }
+
+    fn from_json(text: &str) -> io::Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(io::Error::other)?;
+        let bad = || io::Error::other("malformed sandbox spec");
+        let s = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(bad);
+        let pairs = |k: &str| -> io::Result<Vec<(String, PathBuf)>> {
+            v[k].as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|p| {
+                    Ok((
+                        p[0].as_str().ok_or_else(bad)?.to_owned(),
+                        PathBuf::from(p[1].as_str().ok_or_else(bad)?),
+                    ))
+                })
+                .collect()
+        };
+        Ok(Self {
+            builder: s("builder")?,
+            args: v["args"]
+                .as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|a| a.as_str().map(str::to_owned).ok_or_else(bad))
+                .collect::<io::Result<_>>()?,
+            env: v["env"]
+                .as_object()
+                .ok_or_else(bad)?
+                .iter()
+                .map(|(k, x)| Ok((k.clone(), x.as_str().ok_or_else(bad)?.to_owned())))
+                .collect::<io::Result<_>>()?,
+            build_dir: PathBuf::from(s("build_dir")?),
+            root: PathBuf::from(s("root")?),
+            store_dir: s("store_dir")?,
+            inputs: pairs("inputs")?,
+            extra: pairs("extra")?,
+            network: v["network"].as_bool().ok_or_else(bad)?,
+            uid: v["uid"].as_u64().ok_or_else(bad)? as u32,
+            gid: v["gid"].as_u64().ok_or_else(bad)? as u32,
+        })
+    }
+
+    /// The command that runs the builder in the sandbox: the helper (stage 1), with the spec
+    /// to write to its standard input.
+    pub fn command(&self, helper: &Path) -> (tokio::process::Command, String) {
+        let mut cmd = tokio::process::Command::new(helper);
+        cmd.arg("__build-child").env_clear();
+        (cmd, self.to_json())
+    }
+}
+
+fn ctx<T>(what: &str, r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("sandbox: {what}: {e}")))
+}
+
+fn read_spec() -> io::Result<Spec> {
+    let mut text = String::new();
+    io::stdin().read_to_string(&mut text)?;
+    Spec::from_json(&text)
+}
+
+/// Enter new namespaces (the helper is single-threaded, as `CLONE_NEWUSER` requires).
+#[allow(unsafe_code)]
+fn unshare(network: bool) -> io::Result<()> {
+    use rustix::thread::UnshareFlags as F;
+    let mut flags = F::NEWUSER | F::NEWNS | F::NEWPID | F::NEWIPC | F::NEWUTS;
+    if !network {
+        flags |= F::NEWNET;
+    }
+    // SAFETY: the flags do not include `CLONE_FILES`, the only one that can leave other
+    // threads with file descriptors they can no longer use; this process has one thread.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(Into::into)
+}
+
+/// Make `target` (a file or directory, like `source`) and bind `source` on it.
+fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+    let meta = fs::metadata(source)?;
+    if meta.is_dir() {
+        fs::create_dir_all(target)?;
+    } else {
+        if let Some(p) = target.parent() {
+            fs::create_dir_all(p)?;
+        }
+        fs::write(target, b"")?;
+    }
+    rustix::mount::mount_bind_recursive(source, target)?;
+    if read_only {
+        rustix::mount::mount_remount(
+            target,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            "",
+        )?;
+    }
+    Ok(())
+}
+
+fn inside(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// Stage 1 (`ferrix __build-child`): namespaces, id maps, the root; then stage 2, whose
+/// exit status becomes ours. Never returns.
+pub fn child_main(self_exe: &Path) -> ! {
+    let code = match stage1(self_exe) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "error: {e}");
+            // Distinct from any builder's status: the build failed before the builder ran.
+            125
+        }
+    };
+    std::process::exit(code)
+}
+
+fn stage1(self_exe: &Path) -> io::Result<i32> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    let spec = ctx("reading the spec", read_spec())?;
+    ctx(
+        "creating namespaces (are user namespaces enabled? set 'sandbox = false' otherwise)",
+        unshare(spec.network),
+    )?;
+    ctx(
+        "writing setgroups",
+        fs::write("/proc/self/setgroups", "deny"),
+    )?;
+    ctx(
+        "mapping the user id",
+        fs::write(
+            "/proc/self/uid_map",
+            format!("{SANDBOX_UID} {} 1", spec.uid),
+        ),
+    )?;
+    ctx(
+        "mapping the group id",
+        fs::write(
+            "/proc/self/gid_map",
+            format!("{SANDBOX_GID} {} 1", spec.gid),
+        ),
+    )?;
+    // Nothing mounted from here on is seen outside.
+    ctx(
+        "making mounts private",
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        )
+        .map_err(Into::into),
+    )?;
+    let root = &spec.root;
+    ctx(
+        "binding the build directory",
+        bind(&spec.build_dir, &inside(root, BUILD_DIR_IN_SANDBOX), false),
+    )?;
+    for (at, real) in &spec.inputs {
+        ctx(
+            &format!("binding input '{at}'"),
+            bind(real, &inside(root, at), true),
+        )?;
+    }
+    for (at, real) in &spec.extra {
+        let target = inside(root, at);
+        match fs::symlink_metadata(real) {
+            // A symlink (as /bin is on merged-/usr systems) is recreated as is.
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Some(p) = target.parent() {
+                    fs::create_dir_all(p)?;
+                }
+                let to = fs::read_link(real)?;
+                if fs::symlink_metadata(&target).is_err() {
+                    ctx(&format!("linking '{at}'"), symlink(to, &target))?;
+                }
+            }
+            Ok(_) => ctx(&format!("binding '{at}'"), bind(real, &target, true))?,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("sandbox: sandbox path '{}': {e}", real.display()),
+                ))
+            }
+        }
+    }
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(dev);
+        if host.exists() {
+            ctx(
+                &format!("binding /dev/{dev}"),
+                bind(&host, &inside(root, &format!("/dev/{dev}")), false),
+            )?;
+        }
+    }
+    for (name, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = symlink(to, inside(root, &format!("/dev/{name}")));
+    }
+    let etc = inside(root, "/etc");
+    fs::create_dir_all(&etc)?;
+    fs::write(
+        etc.join("passwd"),
+        format!(
+            "root:x:0:0:Nix build user:{b}:/noshell\nnixbld:x:{SANDBOX_UID}:{SANDBOX_GID}:Nix build user:{b}:/noshell\nnobody:x:65534:65534:Nobody:/:/noshell\n",
+            b = BUILD_DIR_IN_SANDBOX
+        ),
+    )?;
+    fs::write(
+        etc.join("group"),
+        format!("root:x:0:\nnixbld:!:{SANDBOX_GID}:\nnogroup:x:65534:\n"),
+    )?;
+    fs::write(etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+    fs::create_dir_all(inside(root, "/proc"))?;
+    ctx(
+        "setting the host name",
+        rustix::system::sethostname(b"localhost").map_err(Into::into),
+    )?;
+    let _ = rustix::system::setdomainname(b"(none)");
+
+    // Stage 2 runs as the build user, which loses all capabilities on `exec`; it still needs
+    // to mount `/proc` and enter the root, so those two are passed on as ambient ones.
+    ctx("passing capabilities on", pass_capabilities())?;
+    // Stage 2 becomes process 1 of the new pid namespace.
+    let mut child = ctx(
+        "starting the sandbox's first process",
+        Command::new(self_exe)
+            .arg("__build-init")
+            .env_clear()
+            .stdin(Stdio::piped())
+            .spawn(),
+    )?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("no stdin"))?;
+    stdin.write_all(spec.to_json().as_bytes())?;
+    drop(stdin);
+    let st = child.wait()?;
+    Ok(match (st.code(), st.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    })
+}
+
+fn pass_capabilities() -> io::Result<()> {
+    use rustix::thread::{CapabilitySet as C, CapabilitySets};
+    let mut sets = rustix::thread::capabilities(None)?;
+    let wanted = C::SYS_ADMIN | C::SYS_CHROOT;
+    sets.inheritable |= wanted;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: sets.effective,
+            permitted: sets.permitted,
+            inheritable: sets.inheritable,
+        },
+    )?;
+    for cap in [C::SYS_ADMIN, C::SYS_CHROOT] {
+        rustix::thread::configure_capability_in_ambient_set(cap, true)?;
+    }
+    Ok(())
+}
+
+/// Stage 2 (`ferrix __build-init`): `/proc`, the root, then the builder. Never returns.
+pub fn init_main() -> ! {
+    let err = match stage2() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = writeln!(io::stderr(), "error: {err}");
+    std::process::exit(125)
+}
+
+fn stage2() -> io::Result<std::convert::Infallible> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    let spec = ctx("reading the spec", read_spec())?;
+    let root = &spec.root;
+    ctx(
+        "mounting /proc",
+        rustix::mount::mount(
+            "none",
+            inside(root, "/proc"),
+            "proc",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
+        )
+        .map_err(Into::into),
+    )?;
+    ctx(
+        "entering the root",
+        rustix::process::chroot(root).map_err(Into::into),
+    )?;
+    // The builder gets no capabilities.
+    ctx(
+        "dropping capabilities",
+        rustix::thread::clear_ambient_capability_set().map_err(Into::into),
+    )?;
+    ctx(
+        "entering /build",
+        std::env::set_current_dir(BUILD_DIR_IN_SANDBOX),
+    )?;
+    let err = Command::new(&spec.builder)
+        .args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .exec();
+    Err(io::Error::new(
+        err.kind(),
+        format!("executing builder '{}': {err}", spec.builder),
+    ))
+}
