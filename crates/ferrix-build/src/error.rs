@@ -48,6 +48,8 @@ pub enum BuildFailure {
         specified: String,
         got: String,
     },
+    #[error("derivation '{drv}' cannot be built: {why}")]
+    Malformed { drv: String, why: String },
     #[error("output '{path}' of '{drv}' {why}")]
     BadReferences {
         drv: String,

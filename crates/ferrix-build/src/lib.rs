@@ -2,9 +2,11 @@
 //! it, most urgent first, `max-jobs` at a time) and the executors behind one trait (local
 //! builds now; build hooks, remote machines and substituters later).
 
+pub mod attrs;
 pub mod env;
 pub mod error;
 pub mod executor;
+pub mod export;
 pub mod local;
 pub mod log;
 pub mod plan;

@@ -16,9 +16,11 @@ use ferrix_format::hash::HashSink;
 use ferrix_format::{ContentAddress, FileIngestionMethod, HashAlgo, StorePath};
 use ferrix_store::{LocalStore, StoreLock, ValidPathInfo};
 
+use crate::attrs::{hash_placeholder, rewrite, Attrs};
 use crate::env::{build_dir_name, builder_env, EnvContext};
 use crate::error::BuildFailure;
 use crate::executor::{BuildFuture, Built, Cancel, Executor, Job, Reporter};
+use crate::export::{export_closure, path_info_json, registration};
 use crate::refscan::RefScanner;
 
 /// Settings of local builds (the CLI fills them from `nix.conf`, the environment and flags).
@@ -268,6 +270,86 @@ impl LocalExecutor {
         result.map(|()| Built::Built)
     }
 
+    /// Structured attributes as the builder gets them: with `outputs` (name to path) and
+    /// each `exportReferencesGraph` entry replaced by the path info of that closure.
+    fn structured_json(
+        &self,
+        attrs: &serde_json::Map<String, serde_json::Value>,
+        job: &Job,
+        closure: &BTreeSet<StorePath>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        use serde_json::Value;
+        let mut json = attrs.clone();
+        let outputs: serde_json::Map<String, Value> = job
+            .outputs
+            .iter()
+            .map(|(name, p)| (name.clone(), Value::String(self.store.print(p))))
+            .collect();
+        json.insert("outputs".into(), Value::Object(outputs));
+        if let Some(Value::Object(graphs)) = attrs.get("exportReferencesGraph") {
+            for (key, roots) in graphs {
+                let roots = roots
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| match r.as_str() {
+                        Some(r) => self.store.parse_path(r).map_err(|e| e.to_string()),
+                        None => Err(format!(
+                            "exportReferencesGraph.{key} must be a list of store paths"
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let paths = export_closure(&self.store, &roots, closure)?;
+                json.insert(key.clone(), path_info_json(&self.store, &paths)?);
+            }
+        }
+        Ok(json)
+    }
+
+    /// `exportReferencesGraph = "name1 path1 name2 path2 …"`: write each closure into the
+    /// build directory under its name.
+    fn export_graphs(
+        &self,
+        env: &BTreeMap<String, String>,
+        build_dir: &std::path::Path,
+        closure: &BTreeSet<StorePath>,
+    ) -> Result<(), String> {
+        let Some(spec) = env.get("exportReferencesGraph") else {
+            return Ok(());
+        };
+        let words: Vec<&str> = spec.split_ascii_whitespace().collect();
+        if !words.len().is_multiple_of(2) {
+            return Err(format!(
+                "odd number of tokens in 'exportReferencesGraph': '{spec}'"
+            ));
+        }
+        for pair in words.chunks(2) {
+            let (name, path) = (pair[0], pair[1]);
+            let mut chars = name.chars();
+            let good = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !good {
+                return Err(format!(
+                    "invalid file name '{name}' in 'exportReferencesGraph'"
+                ));
+            }
+            let root = self
+                .store
+                .store_dir()
+                .parse_path_with_subpath(path)
+                .map(|(p, _)| p)
+                .map_err(|_| {
+                    format!("'exportReferencesGraph' contains a non-store path '{path}'")
+                })?;
+            let paths = export_closure(&self.store, &[root], closure)?;
+            let text = registration(&self.store, &paths)?;
+            fs::write(build_dir.join(name), text).map_err(|e| format!("writing '{name}': {e}"))?;
+        }
+        Ok(())
+    }
+
     fn make_build_dir(&self, job: &Job, drv: &str) -> Result<PathBuf, BuildFailure> {
         let io_err = |what: String| {
             let drv = drv.to_owned();
@@ -312,16 +394,40 @@ impl LocalExecutor {
             None => build_dir.to_string_lossy().into_owned(),
         };
         let store_dir = self.store.store_dir().to_string();
+        let rewrites: Vec<(String, String)> = job
+            .outputs
+            .iter()
+            .map(|(name, p)| (hash_placeholder(name), self.store.print(p)))
+            .collect();
         let cx = EnvContext {
             store_dir: &store_dir,
             build_top: &top,
             cores: s.cores,
             impure: &s.impure_env,
+            rewrites: &rewrites,
         };
-        let (env, files) = builder_env(&job.drv, &cx);
+        let malformed = |why: String| BuildFailure::Malformed {
+            drv: drv.to_owned(),
+            why,
+        };
+        let attrs = Attrs::of(&job.drv).map_err(malformed)?;
+        let structured = match &attrs {
+            Attrs::Structured(map) => {
+                Some(self.structured_json(map, job, closure).map_err(malformed)?)
+            }
+            Attrs::Env(env) => {
+                self.export_graphs(env, build_dir, closure)
+                    .map_err(malformed)?;
+                None
+            }
+        };
+        let (env, files) =
+            builder_env(&job.drv, &attrs, structured.as_ref(), &cx).map_err(malformed)?;
         for (name, contents) in files {
-            fs::write(build_dir.join(&name), contents).map_err(io_err("writing passAsFile"))?;
+            fs::write(build_dir.join(&name), contents)
+                .map_err(io_err("writing attribute files"))?;
         }
+        let args: Vec<String> = job.drv.args.iter().map(|a| rewrite(a, &rewrites)).collect();
         let real_store = &self.store.config().real_store_dir;
         if chroot.is_none() && std::path::Path::new(&store_dir) != real_store.as_path() {
             // Outputs are written at their logical paths; only a sandbox can map those onto
@@ -355,7 +461,7 @@ impl LocalExecutor {
                 fs::create_dir_all(&store_root).map_err(io_err("creating the sandbox"))?;
                 let spec = crate::sandbox::Spec {
                     builder: job.drv.builder.clone(),
-                    args: job.drv.args.clone(),
+                    args: args.clone(),
                     env: env.clone(),
                     build_dir: build_dir.to_owned(),
                     root: root.to_owned(),
@@ -375,7 +481,7 @@ impl LocalExecutor {
             }
             _ => {
                 let mut cmd = tokio::process::Command::new(&job.drv.builder);
-                cmd.args(&job.drv.args)
+                cmd.args(&args)
                     .env_clear()
                     .envs(&env)
                     .current_dir(build_dir)
@@ -687,8 +793,9 @@ fn check_output_cycles(
     Ok(())
 }
 
-/// `allowedReferences`, `allowedRequisites`, `disallowedReferences`, `disallowedRequisites`:
-/// lists of store paths or output names, as the derivation's environment gives them.
+/// `allowedReferences`, `allowedRequisites`, `disallowedReferences`, `disallowedRequisites`
+/// (lists of store paths or output names) and, with structured attributes, `maxSize` and
+/// `maxClosureSize`.
 fn check_allowed(
     store: &LocalStore,
     job: &Job,
@@ -697,18 +804,74 @@ fn check_allowed(
     path: &StorePath,
     infos: &BTreeMap<StorePath, ValidPathInfo>,
 ) -> Result<(), BuildFailure> {
-    let refs = &infos[path].references;
-    for (attr, allowed, requisites) in [
-        ("allowedReferences", true, false),
-        ("allowedRequisites", true, true),
-        ("disallowedReferences", false, false),
-        ("disallowedRequisites", false, true),
+    let checks = Attrs::of(&job.drv)
+        .and_then(|a| a.checks(output))
+        .map_err(|why| BuildFailure::Malformed {
+            drv: drv.to_owned(),
+            why,
+        })?;
+    let store_err = |source| BuildFailure::Store {
+        drv: drv.to_owned(),
+        source,
+    };
+    let info = &infos[path];
+    let too_big = |what: &str, size: u64, limit: u64| BuildFailure::BadReferences {
+        drv: drv.to_owned(),
+        path: store.print(path),
+        why: format!(
+            "(output '{output}') is too large: {what} is {size} bytes; the limit is {limit} bytes"
+        ),
+    };
+    if let Some(limit) = checks.max_size.filter(|l| info.nar_size > *l) {
+        return Err(too_big("its NAR", info.nar_size, limit));
+    }
+    let closure = || -> Result<BTreeSet<StorePath>, BuildFailure> {
+        let mut all = BTreeSet::new();
+        let mut todo: Vec<StorePath> = vec![path.clone()];
+        while let Some(p) = todo.pop() {
+            if !all.insert(p.clone()) {
+                continue;
+            }
+            match infos.get(&p) {
+                Some(i) => todo.extend(i.references.iter().cloned()),
+                None => todo.extend(store.references(&p).map_err(store_err)?),
+            }
+        }
+        Ok(all)
+    };
+    if let Some(limit) = checks.max_closure_size {
+        let mut size = 0;
+        for p in closure()? {
+            size += match infos.get(&p) {
+                Some(i) => i.nar_size,
+                None => store.path_info(&p).map_err(store_err)?.nar_size,
+            };
+        }
+        if size > limit {
+            return Err(too_big("its closure", size, limit));
+        }
+    }
+    for (attr, spec, allowed, requisites) in [
+        ("allowedReferences", &checks.allowed_references, true, false),
+        ("allowedRequisites", &checks.allowed_requisites, true, true),
+        (
+            "disallowedReferences",
+            &checks.disallowed_references,
+            false,
+            false,
+        ),
+        (
+            "disallowedRequisites",
+            &checks.disallowed_requisites,
+            false,
+            true,
+        ),
     ] {
-        let Some(spec) = job.drv.env.get(attr) else {
+        let Some(spec) = spec else {
             continue;
         };
         let spec: BTreeSet<StorePath> = spec
-            .split_ascii_whitespace()
+            .iter()
             .map(|s| {
                 store
                     .parse_path(s)
@@ -722,27 +885,14 @@ fn check_allowed(
             })
             .collect::<Result<_, _>>()?;
         let used: BTreeSet<StorePath> = if requisites {
-            let mut all = BTreeSet::new();
-            let mut todo: Vec<StorePath> = vec![path.clone()];
-            while let Some(p) = todo.pop() {
-                if !all.insert(p.clone()) {
-                    continue;
-                }
-                match infos.get(&p) {
-                    Some(i) => todo.extend(i.references.iter().cloned()),
-                    None => {
-                        todo.extend(store.references(&p).map_err(|source| BuildFailure::Store {
-                            drv: drv.to_owned(),
-                            source,
-                        })?)
-                    }
-                }
+            let mut all = closure()?;
+            if checks.ignore_self_refs {
+                // As Nix does outside structured attributes: a path is not its own requisite.
+                all.remove(path);
             }
-            // As Nix does outside structured attributes: a path is not its own requisite.
-            all.remove(path);
             all
         } else {
-            refs.clone()
+            info.references.clone()
         };
         let bad: Vec<String> = used
             .iter()

@@ -29,8 +29,23 @@ let
     outputHash = builtins.hashString "sha256" "fixed contents";
     args = [ "-c" "printf 'fixed contents' > $out" ];
   };
+  # Structured attributes: no environment but the files, whose bytes end up in the output.
+  structured = mk "structured" {
+    __structuredAttrs = true;
+    builder = "/bin/bash";
+    outputs = [ "out" "doc" ];
+    exportReferencesGraph.graph = [ pass ];
+    nums = [ 1 2.0 "x" ]; flag = true; nested = { a = "b"; }; deep = [ [ 1 ] ]; quote = "it's";
+    outputChecks.doc = { allowedReferences = [ "doc" ]; maxSize = 10000; };
+    args = [ "-c" "source .attrs.sh; /bin/mkdir -p ${"$"}{outputs[out]}; /bin/cat .attrs.json .attrs.sh > ${"$"}{outputs[out]}/attrs; echo ${"$"}{outputs[doc]} $flag ${"$"}{nums[1]} ${"$"}{nested[a]} ${"$"}{name-unset} > ${"$"}{outputs[doc]}; env | /bin/grep -c '^nums=' >> ${"$"}{outputs[doc]} || true" ];
+  };
+  legacy = mk "legacy" { exportReferencesGraph = [ "graph" pass ]; args = [ "-c" "/bin/cat graph > $out" ]; };
+  placeholders = mk "placeholders" {
+    outputs = [ "out" "bin" ];
+    args = [ "-c" "echo ${builtins.placeholder "bin"} > $out; /bin/mkdir ${builtins.placeholder "bin"}" ];
+  };
   top = mk "top" { args = [ "-c" "/bin/mkdir $out; echo ${multi.dev} ${pass} ${fixed} > $out/all" ]; };
-in { inherit a multi pass fixed top; }
+in { inherit a multi pass fixed top structured legacy placeholders; }
 "#;
 
 fn text(out: Vec<u8>) -> String {
@@ -107,7 +122,7 @@ fn nix_and_ferrix_build_the_same_outputs() {
 
     // Real Nix builds everything first.
     let drvs = instantiate();
-    assert_eq!(drvs.len(), 5);
+    assert_eq!(drvs.len(), 8);
     let nix_outs = text(ok(nix.cmd("nix-store").arg("-r").args(&drvs)));
     let by_nix = infos(&nix, &drvs);
 
@@ -118,6 +133,30 @@ fn nix_and_ferrix_build_the_same_outputs() {
     assert_eq!(our_outs, nix_outs);
     let by_ferrix = infos(&nix, &drvs);
     assert_eq!(by_ferrix, by_nix);
+    // The structured build saw its attributes (and not in its environment).
+    let doc = by_ferrix
+        .keys()
+        .find(|p| p.ends_with("-structured-doc"))
+        .unwrap();
+    let real = |p: &str| {
+        nix.root
+            .path()
+            .join("store")
+            .join(p.rsplit('/').next().unwrap())
+    };
+    assert_eq!(
+        fs::read_to_string(real(doc)).unwrap(),
+        format!("{doc} 1 2 b structured\n0\n")
+    );
+    let attrs = by_ferrix
+        .keys()
+        .find(|p| p.ends_with("-structured"))
+        .unwrap();
+    let attrs = fs::read_to_string(real(attrs).join("attrs")).unwrap();
+    assert!(
+        attrs.contains("\"closureSize\":") && attrs.contains("declare -A outputs=("),
+        "{attrs}"
+    );
     // Nix finds the store sound and reads our logs.
     let verify = nix
         .cmd("nix-store")
