@@ -14,6 +14,8 @@ pub enum PlanError {
     NoSuchOutput { drv: String, output: String },
     #[error("input '{input}' of derivation '{drv}' is not valid, and there are no substituters to fetch it from")]
     InputNotValid { drv: String, input: String },
+    #[error("some outputs of '{drv}' are not valid, so checking is not possible")]
+    CannotCheck { drv: String },
     #[error("derivation '{drv}': {what} are not supported yet")]
     Unsupported { drv: String, what: &'static str },
 }
@@ -47,6 +49,15 @@ pub enum BuildFailure {
         drv: String,
         specified: String,
         got: String,
+    },
+    #[error("some outputs of '{drv}' are not valid, so checking is not possible")]
+    CannotCheck { drv: String },
+    #[error("derivation '{drv}' may not be deterministic: output '{path}' differs{}", .kept.as_ref().map(|k| format!(" from '{k}'")).unwrap_or_default())]
+    NotDeterministic {
+        drv: String,
+        path: String,
+        /// Where the new build was kept (`--keep-failed`).
+        kept: Option<String>,
     },
     #[error("derivation '{drv}' cannot be built: {why}")]
     Malformed { drv: String, why: String },
@@ -83,6 +94,8 @@ impl BuildFailure {
         match self {
             Self::Timeout { .. } | Self::Silent { .. } => 0x04 | 0x01,
             Self::HashMismatch { .. } => 0x04 | 0x02,
+            // Nix's "not deterministic" bit: a check that ran and differed, not a failure.
+            Self::NotDeterministic { .. } => 0x08,
             Self::DependencyFailed { .. } | Self::Interrupted { .. } | Self::NoSlots { .. } => 0,
             _ => 0x04,
         }

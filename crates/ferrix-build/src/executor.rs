@@ -19,6 +19,8 @@ pub struct Job {
     /// The input sources and input derivation outputs: their closure (valid once the deps
     /// are built) is what the outputs may refer to, besides the outputs themselves.
     pub input_roots: BTreeSet<StorePath>,
+    /// Build again although the outputs are valid, and compare (`--check`).
+    pub check: bool,
 }
 
 /// What happened to a job that did not fail.
@@ -28,6 +30,8 @@ pub enum Built {
     Built,
     /// Found valid once its locks were held: another process built it meanwhile.
     AlreadyValid,
+    /// Built again (`--check`) with the same result as the registered outputs.
+    Checked,
 }
 
 /// Set to `true` when running jobs must stop (interrupt, or a failure without keep-going).

@@ -18,6 +18,6 @@ pub mod times;
 pub use error::{BuildFailure, PlanError};
 pub use executor::{Built, Executor, Job, Offer, Quiet, Reporter};
 pub use local::{LocalExecutor, LocalSettings, SandboxSettings};
-pub use plan::{plan, Plan, Wanted};
+pub use plan::{plan, plan_builds, Plan, Wanted};
 pub use scheduler::{run, NodeResult, Outcome, ScheduleOptions};
 pub use times::BuildTimes;

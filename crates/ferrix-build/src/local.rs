@@ -174,8 +174,11 @@ impl LocalExecutor {
             .await?
         };
         let (_locks, all_valid) = locks;
-        if all_valid {
+        if all_valid && !job.check {
             return Ok(Built::AlreadyValid);
+        }
+        if job.check && !all_valid {
+            return Err(BuildFailure::CannotCheck { drv });
         }
         // What the outputs may refer to; in the sandbox, also all the builder sees of the store.
         let closure = {
@@ -205,13 +208,28 @@ impl LocalExecutor {
             ),
             None => None,
         };
+        // A check outside the sandbox cannot write the valid outputs' paths: it builds at
+        // other paths, as Nix does, with the outputs' hash parts rewritten to those.
+        let scratch: BTreeMap<String, StorePath> = if job.check && chroot.is_none() {
+            job.outputs
+                .iter()
+                .map(|(name, p)| Ok((name.clone(), self.fallback_path(job, name, p)?)))
+                .collect::<Result<_, BuildFailure>>()?
+        } else {
+            BTreeMap::new()
+        };
         let intent = {
-            let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
-            let scratch: Vec<StorePath> = chroot.iter().cloned().collect();
+            let (store, d) = (store.clone(), drv.clone());
+            let mut extra: Vec<StorePath> = chroot.iter().cloned().collect();
+            extra.extend(scratch.values().cloned());
+            // A check registers nothing: the valid outputs are not touched.
+            let outputs = if job.check { Vec::new() } else { paths.clone() };
             blocking(&drv, move || {
-                store
-                    .begin_outputs(&paths, &scratch)
-                    .map_err(|source| BuildFailure::Store { drv: d, source })
+                (|| {
+                    store.add_temp_roots(&extra)?;
+                    store.begin_outputs(&outputs, &extra)
+                })()
+                .map_err(|source| BuildFailure::Store { drv: d, source })
             })
             .await?
         };
@@ -220,8 +238,57 @@ impl LocalExecutor {
         let started = Instant::now();
         let chroot = chroot.map(|p| store.real_path(&p));
         let result = self
-            .run_builder(job, &drv, &build_dir, chroot.as_deref(), &closure, cancel)
+            .run_builder(
+                job,
+                &drv,
+                &build_dir,
+                chroot.as_deref(),
+                &closure,
+                &scratch,
+                cancel,
+            )
             .await;
+        if job.check {
+            let result = match result {
+                Ok(()) => {
+                    // Where the new outputs are: at their paths in the sandbox, or elsewhere.
+                    let found: BTreeMap<String, PathBuf> = job
+                        .outputs
+                        .iter()
+                        .map(|(name, p)| {
+                            let at = match (&chroot, scratch.get(name)) {
+                                (Some(root), _) => {
+                                    root.join(store.print(p).trim_start_matches('/'))
+                                }
+                                (None, Some(s)) => store.real_path(s),
+                                (None, None) => store.real_path(p),
+                            };
+                            (name.clone(), at)
+                        })
+                        .collect();
+                    let (store, job2, d) = (store.clone(), job.clone(), drv.clone());
+                    let (scratch, keep) = (scratch.clone(), self.settings.keep_failed);
+                    blocking(&drv, move || {
+                        compare_outputs(&store, &job2, &d, &found, &scratch, keep)
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Some(root) = &chroot {
+                let _ = ferrix_store::fsutil::delete_path(root);
+            }
+            drop(intent); // deletes the scratch outputs
+            if result.is_err() && self.settings.keep_failed {
+                self.reporter.log_line(
+                    &job.drv_path,
+                    &format!("note: keeping build directory '{}'", build_dir.display()),
+                );
+            } else {
+                let _ = ferrix_store::fsutil::delete_path(&build_dir);
+            }
+            return result.map(|()| Built::Checked);
+        }
         if let (Some(root), Ok(())) = (&chroot, &result) {
             // Outputs were written under the root, at their logical paths: move them out.
             for p in job.outputs.values() {
@@ -268,6 +335,28 @@ impl LocalExecutor {
             let _ = ferrix_store::fsutil::delete_path(&build_dir);
         }
         result.map(|()| Built::Built)
+    }
+
+    /// Where a check outside the sandbox builds output `name`: Nix's fallback path.
+    fn fallback_path(
+        &self,
+        job: &Job,
+        name: &str,
+        p: &StorePath,
+    ) -> Result<StorePath, BuildFailure> {
+        let kind = format!("rewrite:{}:name:{name}", job.drv_path);
+        self.store
+            .store_dir()
+            .make_store_path(
+                &kind,
+                &ferrix_format::Hash::zero(HashAlgo::Sha256),
+                p.name(),
+            )
+            .map_err(|e| BuildFailure::Io {
+                drv: self.store.print(&job.drv_path),
+                what: "naming a scratch output".into(),
+                source: io::Error::other(e.to_string()),
+            })
     }
 
     /// Structured attributes as the builder gets them: with `outputs` (name to path) and
@@ -382,6 +471,7 @@ impl LocalExecutor {
         build_dir: &std::path::Path,
         chroot: Option<&std::path::Path>,
         closure: &BTreeSet<StorePath>,
+        scratch: &BTreeMap<String, StorePath>,
         mut cancel: Cancel,
     ) -> Result<(), BuildFailure> {
         let s = &self.settings;
@@ -394,11 +484,17 @@ impl LocalExecutor {
             None => build_dir.to_string_lossy().into_owned(),
         };
         let store_dir = self.store.store_dir().to_string();
-        let rewrites: Vec<(String, String)> = job
+        let mut rewrites: Vec<(String, String)> = job
             .outputs
             .iter()
             .map(|(name, p)| (hash_placeholder(name), self.store.print(p)))
             .collect();
+        for (name, s) in scratch {
+            rewrites.push((
+                job.outputs[name].hash_part().to_owned(),
+                s.hash_part().to_owned(),
+            ));
+        }
         let cx = EnvContext {
             store_dir: &store_dir,
             build_top: &top,
@@ -659,6 +755,134 @@ impl Write for Tee<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write_all(buf)?;
         self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `--check`: the new outputs (at `found`), made canonical, must have the NAR hashes of the
+/// registered ones, once scratch paths' hash parts are rewritten back. A differing one is
+/// kept as `<path>.check` with `keep_failed`.
+fn compare_outputs(
+    store: &LocalStore,
+    job: &Job,
+    drv: &str,
+    found: &BTreeMap<String, PathBuf>,
+    scratch: &BTreeMap<String, StorePath>,
+    keep_failed: bool,
+) -> Result<(), BuildFailure> {
+    let store_err = |source| BuildFailure::Store {
+        drv: drv.to_owned(),
+        source,
+    };
+    let back: Vec<(Vec<u8>, Vec<u8>)> = scratch
+        .iter()
+        .map(|(name, s)| {
+            (
+                s.hash_part().as_bytes().to_vec(),
+                job.outputs[name].hash_part().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    for (name, p) in &job.outputs {
+        let at = &found[name];
+        if fs::symlink_metadata(at).is_err() {
+            return Err(BuildFailure::MissingOutput {
+                drv: drv.to_owned(),
+                output: name.clone(),
+                path: store.print(p),
+            });
+        }
+        ferrix_store::canon::canonicalise(at).map_err(store_err)?;
+        let mut sink = HashSink::new(HashAlgo::Sha256);
+        let mut w = Rewriter::new(&mut sink, &back);
+        ferrix_format::nar::dump_path(at, &mut w)
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|()| w.finish())
+            .map_err(|source| BuildFailure::Io {
+                drv: drv.to_owned(),
+                what: format!("reading output '{}'", at.display()),
+                source,
+            })?;
+        let (new_hash, _) = sink.finish();
+        let old = store.path_info(p).map_err(store_err)?;
+        if new_hash != old.nar_hash {
+            let kept = if keep_failed {
+                let to = PathBuf::from(format!("{}.check", store.real_path(p).display()));
+                let _ = ferrix_store::fsutil::delete_path(&to);
+                fs::rename(at, &to)
+                    .ok()
+                    .map(|()| format!("{}.check", store.print(p)))
+            } else {
+                None
+            };
+            return Err(BuildFailure::NotDeterministic {
+                drv: drv.to_owned(),
+                path: store.print(p),
+                kept,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Replaces fixed-length byte strings in a stream (hash parts: 32 bytes each), holding back
+/// the last few bytes so that occurrences across writes are found.
+struct Rewriter<'a, W: Write> {
+    inner: W,
+    rewrites: &'a [(Vec<u8>, Vec<u8>)],
+    held: Vec<u8>,
+}
+
+impl<'a, W: Write> Rewriter<'a, W> {
+    fn new(inner: W, rewrites: &'a [(Vec<u8>, Vec<u8>)]) -> Self {
+        Self {
+            inner,
+            rewrites,
+            held: Vec::new(),
+        }
+    }
+
+    fn replace_held(&mut self) {
+        for (from, to) in self.rewrites {
+            let mut i = 0;
+            while i + from.len() <= self.held.len() {
+                if self.held[i..i + from.len()] == from[..] {
+                    self.held[i..i + from.len()].copy_from_slice(to);
+                    i += from.len();
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.replace_held();
+        self.inner.write_all(&self.held)?;
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Write for Rewriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.rewrites.is_empty() {
+            return self.inner.write(buf);
+        }
+        self.held.extend_from_slice(buf);
+        self.replace_held();
+        let keep = self
+            .rewrites
+            .iter()
+            .map(|(f, _)| f.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0)
+            .min(self.held.len());
+        let n = self.held.len() - keep;
+        self.inner.write_all(&self.held[..n])?;
+        self.held.drain(..n);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -67,6 +67,8 @@ type Loaded = Arc<(Derivation, BTreeMap<String, StorePath>)>;
 
 struct Planner<'a> {
     store: &'a LocalStore,
+    /// Build the wanted derivations again to compare (`--check`); their inputs as usual.
+    check: bool,
     index: HashMap<StorePath, usize>,
     nodes: Vec<Node>,
     drvs: HashMap<StorePath, Loaded>,
@@ -89,7 +91,9 @@ impl Planner<'_> {
         &mut self,
         drv_path: &StorePath,
         wanted: Option<&BTreeSet<String>>,
+        top: bool,
     ) -> Result<Option<usize>, PlanError> {
+        let check = top && self.check;
         if let Some(&i) = self.index.get(drv_path) {
             return Ok(Some(i));
         }
@@ -108,13 +112,19 @@ impl Planner<'_> {
                 .collect::<Result<_, _>>()?,
         };
         let valid = self.store.valid_among(wanted_paths.iter().copied())?;
-        if wanted_paths.iter().all(|p| valid.contains(*p)) {
+        let all_valid = wanted_paths.iter().all(|p| valid.contains(*p));
+        if check && !all_valid {
+            return Err(PlanError::CannotCheck {
+                drv: self.store.print(drv_path),
+            });
+        }
+        if all_valid && !check {
             return Ok(None);
         }
         let mut deps = Vec::new();
         let mut input_roots: BTreeSet<StorePath> = BTreeSet::new();
         for (input, names) in &drv.input_drvs {
-            if let Some(i) = self.visit(input, Some(names))? {
+            if let Some(i) = self.visit(input, Some(names), false)? {
                 deps.push(i);
             }
             let d = self.load(input)?;
@@ -139,6 +149,7 @@ impl Planner<'_> {
             drv: drv.clone(),
             outputs: outs.clone(),
             input_roots,
+            check,
         };
         let i = self.nodes.len();
         for &dep in &deps {
@@ -158,14 +169,26 @@ impl Planner<'_> {
 /// Work out what must be built for `wanted`. `times` gives the expected duration of each
 /// build where one is remembered; priorities follow from them.
 pub fn plan(store: &LocalStore, wanted: &[Wanted], times: &BuildTimes) -> Result<Plan, PlanError> {
+    plan_builds(store, wanted, times, false)
+}
+
+/// Like [`plan`]; with `check`, the wanted derivations, whose outputs must be valid, are
+/// built again to compare (`--check`), and only missing inputs are built.
+pub fn plan_builds(
+    store: &LocalStore,
+    wanted: &[Wanted],
+    times: &BuildTimes,
+    check: bool,
+) -> Result<Plan, PlanError> {
     let mut p = Planner {
         store,
+        check,
         index: HashMap::new(),
         nodes: Vec::new(),
         drvs: HashMap::new(),
     };
     for (drv, outs) in wanted {
-        p.visit(drv, outs.as_ref())?;
+        p.visit(drv, outs.as_ref(), true)?;
     }
     let mut nodes = p.nodes;
     // Nodes come after their deps, so dependents come later: fill priorities backwards.

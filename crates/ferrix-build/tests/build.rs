@@ -475,3 +475,9 @@ async fn longest_remaining_work_starts_first() {
         assert!(times.get("chain2").is_some());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rebuilds_and_compares() {
+    let t = TestStore::new();
+    check_mode(&t, t.settings()).await;
+}

@@ -219,3 +219,9 @@ fn sleepers() -> std::collections::BTreeSet<u32> {
         })
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_in_the_sandbox() {
+    let t = TestStore::new();
+    check_mode(&t, sandboxed(t.settings())).await;
+}

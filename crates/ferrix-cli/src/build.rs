@@ -179,14 +179,17 @@ pub fn parse_installable(store: &LocalStore, arg: &str) -> Result<Wanted> {
 pub struct LineReporter {
     store_dir: ferrix_format::StoreDir,
     logs: bool,
+    /// Derivations built again to compare (`--check`).
+    checked: BTreeSet<StorePath>,
     out: Mutex<()>,
 }
 
 impl LineReporter {
-    pub fn new(store: &LocalStore, logs: bool) -> Self {
+    pub fn new(store: &LocalStore, logs: bool, checked: BTreeSet<StorePath>) -> Self {
         Self {
             store_dir: store.store_dir().clone(),
             logs,
+            checked,
             out: Mutex::new(()),
         }
     }
@@ -200,7 +203,12 @@ impl LineReporter {
 
 impl Reporter for LineReporter {
     fn started(&self, drv: &StorePath) {
-        self.line(&format!("building '{}'...", self.store_dir.display(drv)));
+        let what = if self.checked.contains(drv) {
+            "checking outputs of"
+        } else {
+            "building"
+        };
+        self.line(&format!("{what} '{}'...", self.store_dir.display(drv)));
     }
     fn log_line(&self, _drv: &StorePath, line: &str) {
         if self.logs {
@@ -210,19 +218,32 @@ impl Reporter for LineReporter {
     fn finished(&self, _drv: &StorePath, _result: &Result<Built, BuildFailure>) {}
 }
 
-/// Plan and run a build; `dry_run` only says what would be built.
+/// How a run goes: `dry_run` only says what would be built; `check` builds the wanted
+/// derivations again and compares (`--check`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunMode {
+    pub logs: bool,
+    pub dry_run: bool,
+    pub check: bool,
+}
+
+/// Plan and run a build.
 pub fn realise(
     settings: &Settings,
     store: Arc<LocalStore>,
     wanted: &[Wanted],
-    logs: bool,
-    dry_run: bool,
+    mode: RunMode,
     shell: &mut crate::shell::Shell,
 ) -> Result<(Plan, Option<Outcome>)> {
+    let RunMode {
+        logs,
+        dry_run,
+        check,
+    } = mode;
     let times =
         ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"));
-    let plan = ferrix_build::plan(&store, wanted, &times)?;
-    if !plan.nodes.is_empty() {
+    let plan = ferrix_build::plan_builds(&store, wanted, &times, check)?;
+    if !plan.nodes.is_empty() && !check {
         let n = plan.nodes.len();
         let what = if dry_run { "would be" } else { "will be" };
         let noun = if n == 1 { "derivation" } else { "derivations" };
@@ -240,7 +261,14 @@ pub fn realise(
     }
     shell.flush()?;
     let (local, opts) = local_settings(settings, &store)?;
-    let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(LineReporter::new(&store, logs));
+    let checked = plan
+        .nodes
+        .iter()
+        .filter(|n| n.job.check)
+        .map(|n| n.job.drv_path.clone())
+        .collect();
+    let reporter: Arc<dyn Reporter + Send + Sync> =
+        Arc::new(LineReporter::new(&store, logs, checked));
     let executor = Arc::new(LocalExecutor::new(
         store.clone(),
         local,

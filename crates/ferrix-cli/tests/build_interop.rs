@@ -204,6 +204,8 @@ in {
     outputHash = builtins.hashString "sha256" "expected";
     args = [ "-c" "printf 'something else' > $out" ];
   };
+  same = mk "same" { args = [ "-c" "echo same $out > $out" ]; };
+  varies = mk "varies" { args = [ "-c" "/bin/date +%s%N > $out" ]; };
 }
 "#,
     )
@@ -212,7 +214,36 @@ in {
         .lines()
         .map(str::to_owned)
         .collect();
-    for d in &drvs {
+    let (checked, failing): (Vec<&String>, Vec<&String>) = drvs
+        .iter()
+        .partition(|d| d.ends_with("-same.drv") || d.ends_with("-varies.drv"));
+    // `--check`, each tool on what the other built: 0 for the same result, 104 for another.
+    for d in &checked {
+        let varies = d.ends_with("-varies.drv");
+        ok(nix.cmd("nix-store").arg("-r").arg(d));
+        let mine = ours(&links, &nix, "nix-store")
+            .args(["-r", "--check"])
+            .arg(d)
+            .output()
+            .unwrap();
+        assert_eq!(
+            mine.status.code(),
+            Some(if varies { 104 } else { 0 }),
+            "{d}"
+        );
+        let theirs = nix
+            .cmd("nix-store")
+            .args(["-r", "--check"])
+            .arg(d)
+            .output()
+            .unwrap();
+        assert_eq!(mine.status.code(), theirs.status.code(), "{d}");
+        if varies {
+            let err = String::from_utf8_lossy(&mine.stderr);
+            assert!(err.contains("may not be deterministic"), "{err}");
+        }
+    }
+    for d in failing {
         let theirs = nix.cmd("nix-store").arg("-r").arg(d).output().unwrap();
         let mine = ours(&links, &nix, "nix-store")
             .arg("-r")

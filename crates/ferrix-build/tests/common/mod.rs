@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrix_build::{
-    plan, run, BuildFailure, Built, LocalExecutor, LocalSettings, Outcome, Reporter,
-    ScheduleOptions,
+    run, BuildFailure, Built, LocalExecutor, LocalSettings, Outcome, Reporter, ScheduleOptions,
 };
 use ferrix_format::{Derivation, DerivationOutput, FileIngestionMethod, Hash, StoreDir, StorePath};
 use ferrix_store::{LocalStore, LocalStoreConfig};
@@ -166,9 +165,27 @@ impl TestStore {
         opts: ScheduleOptions,
         interrupt: watch::Receiver<bool>,
     ) -> Outcome {
+        self.run_plan(drvs, settings, opts, interrupt, false).await
+    }
+
+    /// Build `drvs` again and compare with their valid outputs (`--check`).
+    pub async fn check(&self, drvs: &[&StorePath], settings: LocalSettings) -> Outcome {
+        let (_tx, rx) = watch::channel(false);
+        self.run_plan(drvs, settings, ScheduleOptions::default(), rx, true)
+            .await
+    }
+
+    async fn run_plan(
+        &self,
+        drvs: &[&StorePath],
+        settings: LocalSettings,
+        opts: ScheduleOptions,
+        interrupt: watch::Receiver<bool>,
+        check: bool,
+    ) -> Outcome {
         let wanted: Vec<_> = drvs.iter().map(|d| ((*d).clone(), None)).collect();
         let times = ferrix_build::BuildTimes::open(&self.dir.path().join("times.sqlite"));
-        let plan = plan(&self.store, &wanted, &times).unwrap();
+        let plan = ferrix_build::plan_builds(&self.store, &wanted, &times, check).unwrap();
         let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(Events::default());
         let ex = Arc::new(LocalExecutor::new(
             self.store.clone(),
@@ -202,4 +219,71 @@ pub fn wait_for(path: &Path, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// `--check` in the given settings: a deterministic builder (whose output names itself, so
+/// that a check outside the sandbox must rewrite its scratch path back) passes; one that is
+/// not fails with Nix's status 104 and, with keep-failed, leaves its result at `<out>.check`;
+/// the valid outputs stay as they were and nothing else is left in the store.
+pub async fn check_mode(t: &TestStore, settings: LocalSettings) {
+    let det = t.drv(
+        "det",
+        "echo same > $out; echo $out >> $out",
+        &[],
+        &["out"],
+        &[],
+    );
+    let nondet = t.drv("nondet", "/bin/date +%s%N > $out", &[], &["out"], &[]);
+    let missing = t.drv("missing", "echo > $out", &[], &["out"], &[]);
+    let o = t
+        .build(
+            &[&det, &nondet],
+            settings.clone(),
+            ScheduleOptions::default(),
+        )
+        .await;
+    assert!(o.success(), "{o:?}");
+    let before = t.read_out(&nondet, "out");
+    let listing = || -> BTreeSet<String> {
+        std::fs::read_dir(t.store.config().real_store_dir.clone())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect()
+    };
+    let store_before = listing();
+
+    let o = t.check(&[&det], settings.clone()).await;
+    assert!(o.success(), "{o:?}");
+    assert!(matches!(
+        o.results[..],
+        [ferrix_build::scheduler::NodeResult::Built(Built::Checked)]
+    ));
+
+    let o = t.check(&[&nondet], settings.clone()).await;
+    assert_eq!(o.exit_status(), 104, "{o:?}");
+    let msg = o.failures().next().unwrap().to_string();
+    assert!(msg.contains("may not be deterministic"), "{msg}");
+    assert_eq!(t.read_out(&nondet, "out"), before);
+    assert_eq!(listing(), store_before);
+
+    let mut keep = settings.clone();
+    keep.keep_failed = true;
+    let o = t.check(&[&nondet], keep).await;
+    assert_eq!(o.exit_status(), 104);
+    let kept = format!(
+        "{}.check",
+        t.store.real_path(&t.out(&nondet, "out")).display()
+    );
+    assert!(std::path::Path::new(&kept).exists());
+    assert!(o.failures().next().unwrap().to_string().contains(".check'"));
+    std::fs::remove_file(&kept).unwrap();
+
+    // Nothing to compare with: refused before anything runs.
+    let times = ferrix_build::BuildTimes::open(&t.dir.path().join("times.sqlite"));
+    let err = ferrix_build::plan_builds(&t.store, &[(missing, None)], &times, true).unwrap_err();
+    assert!(
+        err.to_string().contains("checking is not possible"),
+        "{err}"
+    );
 }

@@ -30,6 +30,9 @@ pub struct Args {
     /// Only show what would be built.
     #[arg(long)]
     dry_run: bool,
+    /// Build again although the outputs are valid, and report any difference.
+    #[arg(long)]
+    check: bool,
     /// Show the builders' output.
     #[arg(short = 'L', long)]
     print_build_logs: bool,
@@ -73,14 +76,12 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
         .iter()
         .map(|i| crate::build::parse_installable(&store, i))
         .collect::<Result<Vec<_>>>()?;
-    let (plan, outcome) = crate::build::realise(
-        &settings,
-        store.clone(),
-        &wanted,
-        a.print_build_logs,
-        a.dry_run,
-        shell,
-    )?;
+    let mode = crate::build::RunMode {
+        logs: a.print_build_logs,
+        dry_run: a.dry_run,
+        check: a.check,
+    };
+    let (plan, outcome) = crate::build::realise(&settings, store.clone(), &wanted, mode, shell)?;
     if a.dry_run {
         return Ok(ExitCode::SUCCESS);
     }

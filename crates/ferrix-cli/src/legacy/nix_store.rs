@@ -28,7 +28,7 @@ Operations:
   --print-fixed-path [--recursive] ALGO HASH NAME
   --query, -q [--references|--referrers|--referrers-closure|--requisites|-R
                [--include-outputs]|--tree|--graph|--deriver|-d|--hash|--size|--roots|--outputs] PATH...
-  --realise, -r DRV[!OUTPUTS]|PATH... [--add-root LINK] [--dry-run]
+  --realise, -r DRV[!OUTPUTS]|PATH... [--add-root LINK] [--dry-run] [--check]
                                      [-j N] [--cores N] [-k] [-K] [--max-silent-time S] [--timeout S]
   --read-log, -l DRV|PATH...
   --verify [--check-contents] [--repair]
@@ -113,6 +113,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut ignore_liveness = false;
     let mut store_url: Option<String> = None;
     let mut dry_run = false;
+    let mut check = false;
     let mut options: Vec<(String, String)> = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
         if op.is_some_and(|o| o != new) {
@@ -150,6 +151,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--gc" => set(&mut op, Op::Gc)?,
             "--read-log" | "-l" => set(&mut op, Op::ReadLog)?,
             "--dry-run" => dry_run = true,
+            "--check" => check = true,
             "--recursive" => recursive = true,
             "--outputs" => set_query(Query::Outputs),
             "--references" => set_query(Query::References),
@@ -300,6 +302,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 &strs(&operands),
                 add_root.as_deref(),
                 dry_run,
+                check,
                 shell,
             );
         }
@@ -558,6 +561,7 @@ fn realise(
     args: &[String],
     add_root: Option<&Path>,
     dry_run: bool,
+    check: bool,
     shell: &mut Shell,
 ) -> Result<ExitCode> {
     let mut items: Vec<Vec<StorePath>> = Vec::new();
@@ -579,8 +583,12 @@ fn realise(
             items.push(vec![p]);
         }
     }
-    let (plan, outcome) =
-        crate::build::realise(settings, store.clone(), &wanted, true, dry_run, shell)?;
+    let mode = crate::build::RunMode {
+        logs: true,
+        dry_run,
+        check,
+    };
+    let (plan, outcome) = crate::build::realise(settings, store.clone(), &wanted, mode, shell)?;
     if dry_run {
         return Ok(ExitCode::SUCCESS);
     }
