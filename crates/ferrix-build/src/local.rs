@@ -127,6 +127,17 @@ async fn cancelled(cancel: &mut Cancel) {
     }
 }
 
+/// Where a build happens and what it sees.
+struct Site<'a> {
+    build_dir: &'a std::path::Path,
+    /// The sandbox's root, when sandboxed.
+    chroot: Option<&'a std::path::Path>,
+    /// The input closure.
+    closure: &'a BTreeSet<StorePath>,
+    /// Outputs built elsewhere than at their paths (a check outside the sandbox).
+    scratch: &'a BTreeMap<String, StorePath>,
+}
+
 /// What the log reader shares with the waiting task: when the builder last wrote.
 struct LogState {
     last_activity: Instant,
@@ -241,10 +252,12 @@ impl LocalExecutor {
             .run_builder(
                 job,
                 &drv,
-                &build_dir,
-                chroot.as_deref(),
-                &closure,
-                &scratch,
+                Site {
+                    build_dir: &build_dir,
+                    chroot: chroot.as_deref(),
+                    closure: &closure,
+                    scratch: &scratch,
+                },
                 cancel,
             )
             .await;
@@ -468,12 +481,15 @@ impl LocalExecutor {
         &self,
         job: &Job,
         drv: &str,
-        build_dir: &std::path::Path,
-        chroot: Option<&std::path::Path>,
-        closure: &BTreeSet<StorePath>,
-        scratch: &BTreeMap<String, StorePath>,
+        site: Site<'_>,
         mut cancel: Cancel,
     ) -> Result<(), BuildFailure> {
+        let Site {
+            build_dir,
+            chroot,
+            closure,
+            scratch,
+        } = site;
         let s = &self.settings;
         let io_err = |what: &str| {
             let (drv, what) = (drv.to_owned(), what.to_owned());
