@@ -55,6 +55,9 @@ pub struct SandboxSettings {
     /// The host uid and gid that the builder's ids map to (the caller's).
     pub uid: u32,
     pub gid: u32,
+    /// `sandbox = relaxed`: fixed-output derivations and those with `__noChroot` build
+    /// outside it.
+    pub relaxed: bool,
 }
 
 /// Builds derivations on this machine, `max_jobs` at a time.
@@ -208,8 +211,8 @@ impl LocalExecutor {
         // The sandbox's root: in the store's file system, so that outputs move out by rename;
         // named after the derivation, whose temp root keeps collectors away from it, and
         // recorded with the outputs, so that recovery removes it should this process die.
-        let chroot = match &self.settings.sandbox {
-            Some(_) => Some(
+        let chroot = match self.use_sandbox(job, &drv)? {
+            true => Some(
                 StorePath::from_base_name(&format!("{}-chroot", job.drv_path.hash_part()))
                     .map_err(|e| BuildFailure::Io {
                         drv: drv.clone(),
@@ -217,7 +220,7 @@ impl LocalExecutor {
                         source: io::Error::other(e.to_string()),
                     })?,
             ),
-            None => None,
+            false => None,
         };
         // A check outside the sandbox cannot write the valid outputs' paths: it builds at
         // other paths, as Nix does, with the outputs' hash parts rewritten to those.
@@ -348,6 +351,35 @@ impl LocalExecutor {
             let _ = ferrix_store::fsutil::delete_path(&build_dir);
         }
         result.map(|()| Built::Built)
+    }
+
+    /// Whether `job` builds in the sandbox: with `sandbox = true` always (`__noChroot` is an
+    /// error); with `relaxed` unless it is a fixed-output derivation or asks for
+    /// `__noChroot`; on a store kept elsewhere than its paths say, always.
+    fn use_sandbox(&self, job: &Job, drv: &str) -> Result<bool, BuildFailure> {
+        let cfg = self.store.config();
+        let diverted = std::path::Path::new(cfg.store_dir.as_str()) != cfg.real_store_dir;
+        let Some(sb) = &self.settings.sandbox else {
+            return Ok(false);
+        };
+        let no_chroot = Attrs::of(&job.drv)
+            .map_err(|why| BuildFailure::Malformed {
+                drv: drv.to_owned(),
+                why,
+            })?
+            .flag("__noChroot");
+        if !sb.relaxed {
+            if no_chroot {
+                return Err(BuildFailure::Malformed {
+                    drv: drv.to_owned(),
+                    why:
+                        "it has '__noChroot' set, which is only allowed when 'sandbox' is 'relaxed'"
+                            .into(),
+                });
+            }
+            return Ok(true);
+        }
+        Ok(diverted || (!no_chroot && job.drv.fixed_output().is_none()))
     }
 
     /// Where a check outside the sandbox builds output `name`: Nix's fallback path.

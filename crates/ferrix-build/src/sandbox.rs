@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -260,8 +260,63 @@ fn stage1(self_exe: &Path) -> io::Result<i32> {
     ] {
         let _ = symlink(to, inside(root, &format!("/dev/{name}")));
     }
+    // Nix mounts a private /dev/shm and /dev/pts; best effort, as there.
+    let shm = inside(root, "/dev/shm");
+    fs::create_dir_all(&shm)?;
+    if Path::new("/dev/shm").exists() {
+        ctx(
+            "mounting /dev/shm",
+            rustix::mount::mount(
+                "none",
+                &shm,
+                "tmpfs",
+                MountFlags::empty(),
+                Some(c"size=50%"),
+            )
+            .map_err(Into::into),
+        )?;
+    }
+    let pts = inside(root, "/dev/pts");
+    fs::create_dir_all(&pts)?;
+    if Path::new("/dev/pts/ptmx").exists()
+        && rustix::mount::mount(
+            "none",
+            &pts,
+            "devpts",
+            MountFlags::empty(),
+            Some(c"newinstance,mode=0620"),
+        )
+        .is_ok()
+    {
+        let _ = symlink("/dev/pts/ptmx", inside(root, "/dev/ptmx"));
+    }
+    // A writable /tmp, as many builders expect one whatever TMPDIR says.
+    let tmp = inside(root, "/tmp");
+    fs::create_dir_all(&tmp)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))?;
+    if !spec.network {
+        // The namespace's own loopback: builders that test servers on localhost work, and
+        // nothing on the host's loopback is reachable.
+        ctx("bringing up the loopback interface", loopback_up())?;
+    }
+
     let etc = inside(root, "/etc");
     fs::create_dir_all(&etc)?;
+    if spec.network {
+        // Fixed-output builds fetch things: they get the host's name resolution.
+        fs::write(
+            etc.join("nsswitch.conf"),
+            "hosts: files dns\nservices: files\n",
+        )?;
+        for f in ["/etc/resolv.conf", "/etc/services"] {
+            if Path::new(f).exists() {
+                ctx(
+                    &format!("binding {f}"),
+                    bind(Path::new(f), &inside(root, f), true),
+                )?;
+            }
+        }
+    }
     fs::write(
         etc.join("passwd"),
         format!(
@@ -305,6 +360,40 @@ fn stage1(self_exe: &Path) -> io::Result<i32> {
         (None, Some(s)) => 128 + s,
         _ => 1,
     })
+}
+
+/// `ip link set lo up`, by `SIOCSIFFLAGS` on a socket.
+#[allow(unsafe_code)]
+fn loopback_up() -> io::Result<()> {
+    use rustix::net::{socket, AddressFamily, SocketType};
+    /// `struct ifreq` as far as `SIOCSIFFLAGS` reads it: the name, then the flags.
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: i16,
+        _rest: [u8; 22],
+    }
+    const SIOCSIFFLAGS: rustix::ioctl::Opcode = 0x8914;
+    const IFF_UP: i16 = 0x1;
+    const IFF_LOOPBACK: i16 = 0x8;
+    const IFF_RUNNING: i16 = 0x40;
+    let sock = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
+    let mut name = [0u8; 16];
+    name[..2].copy_from_slice(b"lo");
+    let req = IfReq {
+        name,
+        flags: IFF_UP | IFF_LOOPBACK | IFF_RUNNING,
+        _rest: [0; 22],
+    };
+    // SAFETY: SIOCSIFFLAGS reads a `struct ifreq` (40 bytes on Linux: a 16-byte name and a
+    // 24-byte union whose first member, a short, holds the flags), which `IfReq` lays out.
+    unsafe {
+        rustix::ioctl::ioctl(
+            &sock,
+            rustix::ioctl::Setter::<SIOCSIFFLAGS, IfReq>::new(req),
+        )
+    }
+    .map_err(Into::into)
 }
 
 fn pass_capabilities() -> io::Result<()> {

@@ -23,6 +23,7 @@ fn sandboxed(mut s: LocalSettings) -> LocalSettings {
         paths,
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
+        relaxed: false,
     });
     s
 }
@@ -82,7 +83,8 @@ async fn the_builder_sees_only_its_closure() {
 }
 
 /// Only fixed-output derivations keep the host's network: a listener on the host's
-/// 127.0.0.1 is out of reach of a normal builder and reachable by a fixed-output one.
+/// 127.0.0.1 is out of reach of a normal builder and reachable by a fixed-output one; a
+/// normal builder has a loopback of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_only_for_fixed_outputs() {
     if !std::path::Path::new("/usr/bin/python3").exists() {
@@ -109,6 +111,23 @@ async fn network_only_for_fixed_outputs() {
         .await;
     assert!(o.success(), "{o:?}");
     assert_eq!(t.read_out(&normal, "out"), "unreachable");
+
+    // Its own loopback is up: a server inside the sandbox answers there. And the usual
+    // scratch places exist: a writable /tmp, a private /dev/shm.
+    let own = t.drv(
+        "own-loopback",
+        "/usr/bin/python3 -c \"import socket\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(1)\n\
+         c=socket.create_connection(s.getsockname(),timeout=2); print('served', end='')\" > $out; \
+         echo > /tmp/x && echo > /dev/shm/x && echo ' scratch' >> $out",
+        &[],
+        &["out"],
+        &[],
+    );
+    let o = t
+        .build(&[&own], sandboxed(t.settings()), ScheduleOptions::default())
+        .await;
+    assert!(o.success(), "{o:?}");
+    assert_eq!(t.read_out(&own, "out"), "served scratch\n");
 
     let fixed = t.fixed_drv_script("fetch", &probe, b"connected");
     let o = t
@@ -224,4 +243,45 @@ fn sleepers() -> std::collections::BTreeSet<u32> {
 async fn check_in_the_sandbox() {
     let t = TestStore::new();
     check_mode(&t, sandboxed(t.settings())).await;
+}
+
+/// `sandbox = relaxed`: a derivation with `__noChroot` and a fixed-output one build outside
+/// the sandbox, others inside; with `sandbox = true`, `__noChroot` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_sandbox_lets_no_chroot_out() {
+    let t = TestStore::new();
+    let probe = "echo $NIX_BUILD_TOP > $out";
+    let free = t.drv("free", probe, &[], &["out"], &[("__noChroot", "1")]);
+    let boxed = t.drv("boxed", probe, &[], &["out"], &[]);
+    let fixed = t.fixed_drv_script(
+        "fetched",
+        "test $NIX_BUILD_TOP != /build && printf outside > $out",
+        b"outside",
+    );
+
+    let o = t
+        .build(
+            &[&free],
+            sandboxed(t.settings()),
+            ScheduleOptions::default(),
+        )
+        .await;
+    let msg = o.failures().next().expect("refused").to_string();
+    assert!(msg.contains("__noChroot"), "{msg}");
+
+    let mut relaxed = sandboxed(t.settings());
+    if let Some(sb) = relaxed.sandbox.as_mut() {
+        sb.relaxed = true;
+    }
+    let o = t
+        .build(
+            &[&free, &boxed, &fixed],
+            relaxed,
+            ScheduleOptions::default(),
+        )
+        .await;
+    assert!(o.success(), "{o:?}");
+    assert_ne!(t.read_out(&free, "out"), "/build\n");
+    assert_eq!(t.read_out(&boxed, "out"), "/build\n");
+    assert_eq!(t.read_out(&fixed, "out"), "outside");
 }

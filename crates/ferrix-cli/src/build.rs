@@ -98,9 +98,10 @@ pub fn local_settings(
 /// a trailing `?` for paths that may be missing).
 fn sandbox_settings(settings: &Settings) -> Result<Option<ferrix_build::SandboxSettings>> {
     // Nix's defaults: on, and falling back to building without it where the kernel cannot.
-    let on = match settings.conf.get("sandbox").unwrap_or("true") {
-        "true" | "relaxed" => true,
-        "false" => false,
+    let (on, relaxed) = match settings.conf.get("sandbox").unwrap_or("true") {
+        "true" => (true, false),
+        "relaxed" => (true, true),
+        "false" => (false, false),
         v => bail!("option 'sandbox': '{v}' is not one of true, false, relaxed"),
     };
     if !on {
@@ -138,6 +139,7 @@ fn sandbox_settings(settings: &Settings) -> Result<Option<ferrix_build::SandboxS
         paths,
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
+        relaxed,
     }))
 }
 
