@@ -263,14 +263,27 @@ pub fn realise(
     }
     shell.flush()?;
     let (local, opts) = local_settings(settings, &store)?;
-    let checked = plan
+    let checked: BTreeSet<StorePath> = plan
         .nodes
         .iter()
         .filter(|n| n.job.check)
         .map(|n| n.job.drv_path.clone())
         .collect();
-    let reporter: Arc<dyn Reporter + Send + Sync> =
-        Arc::new(LineReporter::new(&store, logs, checked));
+    // A live status line on a terminal; plain lines otherwise, as Nix does.
+    let status = (std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var("TERM").is_ok_and(|t| t != "dumb"))
+    .then(|| {
+        Arc::new(crate::progress::StatusReporter::new(
+            store.store_dir().clone(),
+            plan.nodes.len(),
+            logs,
+            checked.clone(),
+        ))
+    });
+    let reporter: Arc<dyn Reporter + Send + Sync> = match &status {
+        Some(s) => s.clone(),
+        None => Arc::new(LineReporter::new(&store, logs, checked)),
+    };
     let executor = Arc::new(LocalExecutor::new(
         store.clone(),
         local,
@@ -295,6 +308,9 @@ pub fn realise(
         ferrix_build::run(&plan, executor, reporter, opts, rx).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(s) = status {
+        s.clear();
+    }
     Ok((plan, Some(outcome)))
 }
 

@@ -5,6 +5,7 @@ mod cmd;
 mod conf;
 mod legacy;
 mod ops;
+mod progress;
 mod settings;
 mod shell;
 

@@ -11,24 +11,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use ferrix_format::{StoreDir, StorePath};
 use ferrix_store::{LocalStore, LocalStoreConfig};
-
-fn store_env(c: &mut Command, root: &Path) {
-    c.env("NIX_STORE_DIR", root.join("store"))
-        .env("NIX_STATE_DIR", root.join("state"))
-        .env("NIX_LOG_DIR", root.join("log"))
-        .env("NIX_CONF_DIR", root.join("etc"))
-        .env("HOME", root.join("home"))
-        .env("TMPDIR", root.join("tmp"))
-        .env_remove("NIX_REMOTE");
-}
 
 fn config(root: &Path) -> LocalStoreConfig {
     LocalStoreConfig {
@@ -37,27 +27,6 @@ fn config(root: &Path) -> LocalStoreConfig {
         state_dir: root.join("state"),
         log_dir: root.join("log"),
     }
-}
-
-/// Add a derivation through `ferrix derivation add`.
-fn add_drv(root: &Path, json: &str) -> String {
-    let mut c = Command::new(ferrix_exe());
-    store_env(&mut c, root);
-    let mut child = c
-        .args(["derivation", "add"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(json.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn out_of(links: &Links, root: &Path, drv: &str) -> String {

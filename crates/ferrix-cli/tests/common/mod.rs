@@ -4,10 +4,11 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub fn ferrix_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferrix"))
@@ -84,8 +85,6 @@ pub fn ok(cmd: &mut Command) -> Vec<u8> {
 
 /// Run with `input` on stdin; the whole output.
 pub fn piped(mut cmd: Command, input: &[u8]) -> Output {
-    use std::io::Write;
-    use std::process::Stdio;
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -254,4 +253,36 @@ pub fn random_tree(rng: &mut Rng, dir: &Path, depth: u32) {
             }
         }
     }
+}
+
+/// Point a command at a private store under `root` whose files are where its paths say.
+pub fn store_env(c: &mut Command, root: &Path) {
+    c.env("NIX_STORE_DIR", root.join("store"))
+        .env("NIX_STATE_DIR", root.join("state"))
+        .env("NIX_LOG_DIR", root.join("log"))
+        .env("NIX_CONF_DIR", root.join("etc"))
+        .env("HOME", root.join("home"))
+        .env("TMPDIR", root.join("tmp"))
+        .env_remove("NIX_REMOTE");
+}
+
+/// Add a derivation through `ferrix derivation add`.
+pub fn add_drv(root: &Path, json: &str) -> String {
+    let mut c = Command::new(ferrix_exe());
+    store_env(&mut c, root);
+    let mut child = c
+        .args(["derivation", "add"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

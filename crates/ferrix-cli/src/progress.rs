@@ -1,0 +1,183 @@
+//! The live status line shown on a terminal while derivations build: counts, the builds
+//! running and the last line one of them printed, redrawn in place under the lines that stay.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferrix_build::{BuildFailure, Built, Reporter};
+use ferrix_format::{StoreDir, StorePath};
+
+/// What the status line shows.
+#[derive(Debug, Default, Clone)]
+pub struct Status {
+    pub total: usize,
+    pub done: usize,
+    pub failed: usize,
+    /// Running builds by start order: (drv, short name).
+    pub running: Vec<(StorePath, String)>,
+    /// The last line any build printed.
+    pub last_line: Option<String>,
+}
+
+/// The status line for a terminal `width` columns wide (cut to fit, never wrapped).
+pub fn render(s: &Status, width: usize) -> String {
+    let mut line = format!("[{}/{} built", s.done, s.total);
+    if s.failed > 0 {
+        line += &format!(", {} failed", s.failed);
+    }
+    line += &format!(", {} running]", s.running.len());
+    if !s.running.is_empty() {
+        let names: Vec<&str> = s.running.iter().map(|(_, n)| n.as_str()).collect();
+        line += &format!(" building {}", names.join(", "));
+        if let Some(l) = &s.last_line {
+            line += ": ";
+            line += l;
+        }
+    }
+    cut(&line, width)
+}
+
+/// At most `width` characters of `s`, control characters dropped.
+fn cut(s: &str, width: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(width).collect()
+}
+
+/// Shows progress on a terminal: `building '…'...` (and the builders' output with `logs`)
+/// as lines that stay, with the status line below them.
+pub struct StatusReporter {
+    store_dir: StoreDir,
+    logs: bool,
+    checked: BTreeSet<StorePath>,
+    state: Mutex<State>,
+}
+
+struct State {
+    status: Status,
+    names: BTreeMap<StorePath, String>,
+    last_draw: Option<Instant>,
+}
+
+/// Redraws for log lines come at most this often; everything else redraws at once.
+const REDRAW: Duration = Duration::from_millis(100);
+
+impl StatusReporter {
+    pub fn new(
+        store_dir: StoreDir,
+        total: usize,
+        logs: bool,
+        checked: BTreeSet<StorePath>,
+    ) -> Self {
+        Self {
+            store_dir,
+            logs,
+            checked,
+            state: Mutex::new(State {
+                status: Status {
+                    total,
+                    ..Status::default()
+                },
+                names: BTreeMap::new(),
+                last_draw: None,
+            }),
+        }
+    }
+
+    /// Clear the status line, print `permanent` lines, draw the status line again.
+    fn draw(&self, st: &mut State, permanent: &[String]) {
+        let width = terminal_width();
+        let mut out = String::from("\r\x1b[K");
+        for l in permanent {
+            out += l;
+            out += "\n";
+        }
+        out += &render(&st.status, width.saturating_sub(1));
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(out.as_bytes());
+        let _ = e.flush();
+        st.last_draw = Some(Instant::now());
+    }
+
+    /// Erase the status line for good (the run is over).
+    pub fn clear(&self) {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(b"\r\x1b[K");
+        let _ = e.flush();
+    }
+}
+
+fn terminal_width() -> usize {
+    rustix::termios::tcgetwinsize(std::io::stderr())
+        .map(|w| w.ws_col as usize)
+        .ok()
+        .filter(|w| *w > 0)
+        .unwrap_or(80)
+}
+
+impl Reporter for StatusReporter {
+    fn started(&self, drv: &StorePath) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let name = ferrix_format::derivation::drv_name(drv).to_owned();
+        st.names.insert(drv.clone(), name.clone());
+        st.status.running.push((drv.clone(), name));
+        let what = if self.checked.contains(drv) {
+            "checking outputs of"
+        } else {
+            "building"
+        };
+        let line = format!("{what} '{}'...", self.store_dir.display(drv));
+        self.draw(&mut st, &[line]);
+    }
+
+    fn log_line(&self, drv: &StorePath, line: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let name = st.names.get(drv).cloned().unwrap_or_default();
+        let first = st.status.last_line.is_none();
+        st.status.last_line = Some(format!("{name}> {line}").trim_end().to_owned());
+        if self.logs {
+            let keep = format!("{name}> {line}");
+            self.draw(&mut st, &[keep]);
+        } else if first || st.last_draw.is_none_or(|t| t.elapsed() >= REDRAW) {
+            // A chatty builder does not get the terminal redrawn for every line.
+            self.draw(&mut st, &[]);
+        }
+    }
+
+    fn finished(&self, drv: &StorePath, result: &Result<Built, BuildFailure>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.status.running.retain(|(d, _)| d != drv);
+        match result {
+            Ok(_) => st.status.done += 1,
+            Err(_) => st.status.failed += 1,
+        }
+        if st.status.running.is_empty() {
+            st.status.last_line = None;
+        }
+        self.draw(&mut st, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_names_and_the_last_line() {
+        let p = |n: &str| StorePath::from_base_name(&format!("{}-{n}", "a".repeat(32))).unwrap();
+        let mut s = Status {
+            total: 5,
+            done: 2,
+            ..Status::default()
+        };
+        assert_eq!(render(&s, 80), "[2/5 built, 0 running]");
+        s.running = vec![(p("x.drv"), "x".into()), (p("y.drv"), "y".into())];
+        s.failed = 1;
+        s.last_line = Some("y> compiling\tmain.c".into());
+        assert_eq!(
+            render(&s, 80),
+            "[2/5 built, 1 failed, 2 running] building x, y: y> compilingmain.c"
+        );
+        assert_eq!(render(&s, 10), "[2/5 built");
+    }
+}
