@@ -59,6 +59,8 @@ pub enum BuildFailure {
         /// Where the new build was kept (`--keep-failed`).
         kept: Option<String>,
     },
+    #[error("the outputs of '{drv}' were not registered, because those of its input '{input}' could not be")]
+    InputUnregistered { drv: String, input: String },
     #[error("derivation '{drv}' cannot be built: {why}")]
     Malformed { drv: String, why: String },
     #[error("output '{path}' of '{drv}' {why}")]
@@ -96,7 +98,10 @@ impl BuildFailure {
             Self::HashMismatch { .. } => 0x04 | 0x02,
             // Nix's "not deterministic" bit: a check that ran and differed, not a failure.
             Self::NotDeterministic { .. } => 0x08,
-            Self::DependencyFailed { .. } | Self::Interrupted { .. } | Self::NoSlots { .. } => 0,
+            Self::DependencyFailed { .. }
+            | Self::InputUnregistered { .. }
+            | Self::Interrupted { .. }
+            | Self::NoSlots { .. } => 0,
             _ => 0x04,
         }
     }

@@ -65,7 +65,15 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Realise `job`: lock its outputs, build, check and register them. When `cancel` turns
     /// true it stops, leaving nothing half-done, and returns [`BuildFailure::Interrupted`].
     fn build(self: Arc<Self>, job: Arc<Job>, cancel: Cancel) -> BuildFuture;
+
+    /// Finish what goes on after builds have returned (the local builder registers outputs
+    /// in the background while dependents start): the jobs that failed in the end, with why.
+    fn settle(self: Arc<Self>) -> SettleFuture {
+        Box::pin(async { Vec::new() })
+    }
 }
+
+pub type SettleFuture = Pin<Box<dyn Future<Output = Vec<(StorePath, BuildFailure)>> + Send>>;
 
 /// Hears about progress, for a status line or plain log lines.
 pub trait Reporter: Send + Sync {

@@ -11,6 +11,7 @@ pub mod local;
 pub mod log;
 pub mod plan;
 pub mod refscan;
+pub mod register;
 pub mod sandbox;
 pub mod scheduler;
 pub mod times;

@@ -19,9 +19,10 @@ use ferrix_store::{LocalStore, StoreLock, ValidPathInfo};
 use crate::attrs::{hash_placeholder, rewrite, Attrs};
 use crate::env::{build_dir_name, builder_env, EnvContext};
 use crate::error::BuildFailure;
-use crate::executor::{BuildFuture, Built, Cancel, Executor, Job, Reporter};
+use crate::executor::{BuildFuture, Built, Cancel, Executor, Job, Reporter, SettleFuture};
 use crate::export::{export_closure, path_info_json, registration};
 use crate::refscan::RefScanner;
+use crate::register::{Handover, Registrations};
 
 /// Settings of local builds (the CLI fills them from `nix.conf`, the environment and flags).
 #[derive(Debug, Clone)]
@@ -68,6 +69,7 @@ pub struct LocalExecutor {
     reporter: Arc<dyn Reporter + Send + Sync>,
     counter: AtomicU64,
     times: Arc<Mutex<crate::times::BuildTimes>>,
+    registrations: Arc<Registrations>,
 }
 
 impl std::fmt::Debug for dyn Reporter + Send + Sync {
@@ -90,6 +92,7 @@ impl LocalExecutor {
             reporter,
             counter: AtomicU64::new(0),
             times,
+            registrations: Arc::default(),
         }
     }
 }
@@ -101,6 +104,10 @@ impl Executor for LocalExecutor {
 
     fn build(self: Arc<Self>, job: Arc<Job>, cancel: Cancel) -> BuildFuture {
         Box::pin(async move { self.build_job(&job, cancel).await })
+    }
+
+    fn settle(self: Arc<Self>) -> SettleFuture {
+        Box::pin(async move { self.registrations.settle().await })
     }
 }
 
@@ -154,60 +161,6 @@ impl LocalExecutor {
         paths.sort();
         paths.dedup();
 
-        // Output locks, in sorted order; a lock another process holds is waited for on a
-        // blocking thread, then validity is checked again: it may have built them.
-        let locks = {
-            let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
-            blocking(&drv, move || {
-                let mut locks: Vec<StoreLock> = Vec::new();
-                for p in &paths {
-                    let l = match store.lock_path(p, false) {
-                        Ok(Some(l)) => Ok(l),
-                        Ok(None) => store.lock_path(p, true).and_then(|l| {
-                            l.ok_or_else(|| {
-                                ferrix_store::StoreError::Format("lock unavailable".into())
-                            })
-                        }),
-                        Err(e) => Err(e),
-                    }
-                    .map_err(|source| BuildFailure::Store {
-                        drv: d.clone(),
-                        source,
-                    })?;
-                    locks.push(l);
-                }
-                let valid =
-                    store
-                        .valid_among(paths.iter())
-                        .map_err(|source| BuildFailure::Store {
-                            drv: d.clone(),
-                            source,
-                        })?;
-                Ok((locks, valid.len() == paths.len()))
-            })
-            .await?
-        };
-        let (_locks, all_valid) = locks;
-        if all_valid && !job.check {
-            return Ok(Built::AlreadyValid);
-        }
-        if job.check && !all_valid {
-            return Err(BuildFailure::CannotCheck { drv });
-        }
-        // What the outputs may refer to; in the sandbox, also all the builder sees of the store.
-        let closure = {
-            let (store, job2, d) = (store.clone(), job.clone(), drv.clone());
-            blocking(&drv, move || {
-                (|| {
-                    store.add_temp_root(&job2.drv_path)?;
-                    store.closure(job2.input_roots.iter().cloned(), false, false)
-                })()
-                .map_err(|source| BuildFailure::Store { drv: d, source })
-            })
-            .await?
-        };
-        self.reporter.started(&job.drv_path);
-
         // The sandbox's root: in the store's file system, so that outputs move out by rename;
         // named after the derivation, whose temp root keeps collectors away from it, and
         // recorded with the outputs, so that recovery removes it should this process die.
@@ -232,21 +185,67 @@ impl LocalExecutor {
         } else {
             BTreeMap::new()
         };
-        let intent = {
-            let (store, d) = (store.clone(), drv.clone());
-            let mut extra: Vec<StorePath> = chroot.iter().cloned().collect();
-            extra.extend(scratch.values().cloned());
-            // A check registers nothing: the valid outputs are not touched.
-            let outputs = if job.check { Vec::new() } else { paths.clone() };
+
+        // One trip to a blocking thread: the output locks, in sorted order (one another
+        // process holds is waited for), validity again (it may have built them meanwhile),
+        // temp roots, the input closure and the intent record.
+        let mut extra: Vec<StorePath> = chroot.iter().cloned().collect();
+        extra.extend(scratch.values().cloned());
+        let prepared = {
+            let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
+            let (job2, regs) = (job.clone(), self.registrations.clone());
             blocking(&drv, move || {
-                (|| {
-                    store.add_temp_roots(&extra)?;
-                    store.begin_outputs(&outputs, &extra)
-                })()
-                .map_err(|source| BuildFailure::Store { drv: d, source })
+                let store_err = |source| BuildFailure::Store {
+                    drv: d.clone(),
+                    source,
+                };
+                let mut locks: Vec<StoreLock> = Vec::new();
+                for p in &paths {
+                    let l = match store.lock_path(p, false) {
+                        Ok(Some(l)) => Ok(l),
+                        Ok(None) => store.lock_path(p, true).and_then(|l| {
+                            l.ok_or_else(|| {
+                                ferrix_store::StoreError::Format("lock unavailable".into())
+                            })
+                        }),
+                        Err(e) => Err(e),
+                    }
+                    .map_err(store_err)?;
+                    locks.push(l);
+                }
+                let valid = store.valid_among(paths.iter()).map_err(store_err)?;
+                let all_valid = valid.len() == paths.len();
+                if all_valid && !job2.check {
+                    return Ok(None);
+                }
+                if job2.check && !all_valid {
+                    return Err(BuildFailure::CannotCheck { drv: d.clone() });
+                }
+                // The outputs too: a collector must not take them while they are invalid.
+                let roots = std::iter::once(&job2.drv_path)
+                    .chain(job2.outputs.values())
+                    .chain(&extra);
+                store.add_temp_roots(roots).map_err(store_err)?;
+                // What the outputs may refer to; in the sandbox, all the builder sees of
+                // the store.
+                let closure = regs
+                    .closure(&store, job2.input_roots.iter().cloned())
+                    .map_err(store_err)?;
+                // A check registers nothing: the valid outputs are not touched.
+                let outputs = if job2.check {
+                    Vec::new()
+                } else {
+                    paths.clone()
+                };
+                let intent = store.begin_outputs(&outputs, &extra).map_err(store_err)?;
+                Ok(Some((locks, closure, intent)))
             })
             .await?
         };
+        let Some((locks, closure, intent)) = prepared else {
+            return Ok(Built::AlreadyValid);
+        };
+        self.reporter.started(&job.drv_path);
 
         let build_dir = self.make_build_dir(job, &drv)?;
         let started = Instant::now();
@@ -331,11 +330,33 @@ impl LocalExecutor {
         }
         let result = match result {
             Ok(()) => {
-                let (store, job2, d) = (store.clone(), job.clone(), drv.clone());
-                blocking(&drv, move || {
-                    finish_outputs(&store, &job2, &d, closure, intent)
+                let (store2, job2, d) = (store.clone(), job.clone(), drv.clone());
+                let known = self.registrations.snapshot();
+                let checked = blocking(&drv, move || {
+                    check_outputs(&store2, &job2, &d, closure, &known)
                 })
-                .await
+                .await;
+                match checked {
+                    Ok(infos) => {
+                        // Dependents may start now; the outputs are synced and registered
+                        // meanwhile, still locked.
+                        self.registrations.start(
+                            store.clone(),
+                            Handover {
+                                drv_path: job.drv_path.clone(),
+                                drv: drv.clone(),
+                                infos,
+                                intent,
+                                locks,
+                            },
+                        );
+                        Ok(())
+                    }
+                    Err(e) => {
+                        drop(intent); // deletes the outputs
+                        Err(e)
+                    }
+                }
             }
             Err(e) => {
                 drop(intent); // deletes whatever the builder left at the output paths
@@ -555,6 +576,20 @@ impl LocalExecutor {
             why,
         };
         let attrs = Attrs::of(&job.drv).map_err(malformed)?;
+        let exports = match &attrs {
+            Attrs::Env(env) => env.contains_key("exportReferencesGraph"),
+            Attrs::Structured(map) => map.contains_key("exportReferencesGraph"),
+        };
+        if exports {
+            // Path infos come from the database: inputs still being registered must be in.
+            self.registrations
+                .wait_for(closure.iter().cloned())
+                .await
+                .map_err(|input| BuildFailure::InputUnregistered {
+                    drv: drv.to_owned(),
+                    input: self.store.print(&input),
+                })?;
+        }
         let structured = match &attrs {
             Attrs::Structured(map) => {
                 Some(self.structured_json(map, job, closure).map_err(malformed)?)
@@ -938,15 +973,15 @@ impl<W: Write> Write for Rewriter<'_, W> {
     }
 }
 
-/// Check the outputs the builder left, make them canonical, find their references and
-/// register them all in one transaction.
-fn finish_outputs(
+/// Check the outputs the builder left, make them canonical and find their references: the
+/// path infos to register.
+fn check_outputs(
     store: &LocalStore,
     job: &Job,
     drv: &str,
     input_closure: BTreeSet<StorePath>,
-    intent: ferrix_store::OutputsIntent,
-) -> Result<(), BuildFailure> {
+    unregistered: &BTreeMap<StorePath, ValidPathInfo>,
+) -> Result<Vec<ValidPathInfo>, BuildFailure> {
     let store_err = |source| BuildFailure::Store {
         drv: drv.to_owned(),
         source,
@@ -1024,11 +1059,13 @@ fn finish_outputs(
         infos.insert(p.clone(), info);
     }
     check_output_cycles(store, drv, &infos)?;
+    // What the database does not know yet: these outputs, and inputs still being registered.
+    let mut known = unregistered.clone();
+    known.extend(infos.iter().map(|(p, i)| (p.clone(), i.clone())));
     for (name, p) in &job.outputs {
-        check_allowed(store, job, drv, name, p, &infos)?;
+        check_allowed(store, job, drv, name, p, &known)?;
     }
-    let infos: Vec<ValidPathInfo> = infos.into_values().collect();
-    store.register_outputs(intent, &infos).map_err(store_err)
+    Ok(infos.into_values().collect())
 }
 
 /// Outputs may refer to themselves and to each other, but not in a cycle.

@@ -171,6 +171,13 @@ pub async fn run(
             }
         }
     }
+    // Builds that returned may still fail at registration; their dependents that built on
+    // them fail there too.
+    for (drv, f) in executor.settle().await {
+        if let Some(i) = plan.nodes.iter().position(|x| x.job.drv_path == drv) {
+            results[i] = Some(NodeResult::Failed(f));
+        }
+    }
     let results = results
         .into_iter()
         .map(|r| r.unwrap_or(NodeResult::NotStarted))

@@ -13,6 +13,9 @@ const VERSION: i64 = 1;
 #[derive(Debug)]
 pub struct BuildTimes {
     conn: Option<Connection>,
+    /// Measurements not written yet: they go in one transaction, when asked for or at the
+    /// end, not one per build while builds wait.
+    unsaved: std::cell::RefCell<Vec<(String, f64)>>,
 }
 
 impl BuildTimes {
@@ -24,7 +27,10 @@ impl BuildTimes {
             let _ = std::fs::remove_file(path);
             Self::try_open(path).ok()
         });
-        Self { conn }
+        Self {
+            conn,
+            unsaved: Default::default(),
+        }
     }
 
     fn try_open(path: &Path) -> rusqlite::Result<Connection> {
@@ -34,6 +40,10 @@ impl BuildTimes {
             }
             let conn = Connection::open(path)?;
             conn.busy_timeout(std::time::Duration::from_secs(2))?;
+            // A cache: a commit per build must not cost a sync (a rollback journal took
+            // four); after a power loss the last few times may be gone, or the file
+            // unreadable, which `open` answers by starting afresh.
+            conn.execute_batch("pragma journal_mode = wal; pragma synchronous = off;")?;
             let v: i64 = conn.query_row("pragma user_version", [], |r| r.get(0))?;
             if v != VERSION {
                 conn.execute_batch(&format!(
@@ -48,10 +58,14 @@ impl BuildTimes {
 
     /// Nothing remembered, nothing kept.
     pub fn none() -> Self {
-        Self { conn: None }
+        Self {
+            conn: None,
+            unsaved: Default::default(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<f64> {
+        self.save();
         self.conn
             .as_ref()?
             .query_row("select seconds from Times where name = ?", [name], |r| {
@@ -64,12 +78,37 @@ impl BuildTimes {
 
     /// Fold a new measurement in (an average that favours recent builds).
     pub fn record(&self, name: &str, seconds: f64) {
+        if self.conn.is_some() {
+            self.unsaved.borrow_mut().push((name.to_owned(), seconds));
+        }
+    }
+
+    /// Write what was recorded.
+    pub fn save(&self) {
+        let unsaved = std::mem::take(&mut *self.unsaved.borrow_mut());
         let Some(c) = &self.conn else { return };
-        let _ = c.execute(
-            "insert into Times (name, seconds, runs) values (?1, ?2, 1)
-             on conflict(name) do update set seconds = 0.5 * seconds + 0.5 * ?2, runs = runs + 1",
-            params![name, seconds],
-        );
+        if unsaved.is_empty() {
+            return;
+        }
+        let _ = (|| -> rusqlite::Result<()> {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "insert into Times (name, seconds, runs) values (?1, ?2, 1)
+                     on conflict(name) do update set seconds = 0.5 * seconds + 0.5 * ?2, runs = runs + 1",
+                )?;
+                for (name, seconds) in &unsaved {
+                    st.execute(params![name, seconds])?;
+                }
+            }
+            tx.commit()
+        })();
+    }
+}
+
+impl Drop for BuildTimes {
+    fn drop(&mut self) {
+        self.save();
     }
 }
 

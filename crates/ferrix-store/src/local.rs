@@ -358,6 +358,20 @@ impl LocalStore {
         })
     }
 
+    /// The closure of `paths` as a graph: every member with its references, from one query.
+    pub fn closure_graph(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<std::collections::HashMap<StorePath, Vec<StorePath>>> {
+        let db = self.db();
+        for p in paths {
+            if !db.is_valid(p)? {
+                return Err(StoreError::NotValid(self.print(p)));
+            }
+        }
+        db.closure_graph(paths, true)
+    }
+
     /// The closure of `paths`, references first (what `nix-store -qR` prints), from one query.
     pub fn closure_sorted(&self, paths: &[StorePath]) -> Result<Vec<StorePath>> {
         let db = self.db();
@@ -1148,6 +1162,7 @@ impl Building {
         let res = (|| {
             use std::os::unix::fs::FileExt;
             if g.file.is_none() {
+                // Opened once, kept for the store's lifetime.
                 // Not O_APPEND: Linux's `pwrite` would append too, and `remove` rewrites.
                 let f = fs::OpenOptions::new()
                     .create(true)
@@ -1187,8 +1202,13 @@ impl Building {
             Self::forget(&mut g, p);
         }
         if g.paths.is_empty() {
-            g.file = None;
-            let _ = fs::remove_file(&self.record);
+            // Emptied, not deleted: builds come and go, and every new file costs an inode.
+            // The empty record goes when the store is dropped (or with recovery).
+            if let Some(f) = &g.file {
+                if f.set_len(0).is_ok() {
+                    g.len = 0;
+                }
+            }
             return;
         }
         let mut names = Vec::new();
@@ -1200,6 +1220,15 @@ impl Building {
             if f.write_all_at(&names, 0).is_ok() && f.set_len(names.len() as u64).is_ok() {
                 g.len = names.len() as u64;
             }
+        }
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if g.file.is_some() && g.paths.is_empty() {
+            let _ = fs::remove_file(&self.record);
         }
     }
 }
