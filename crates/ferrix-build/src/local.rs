@@ -70,6 +70,10 @@ pub struct LocalExecutor {
     counter: AtomicU64,
     times: Arc<Mutex<crate::times::BuildTimes>>,
     registrations: Arc<Registrations>,
+    /// Sandbox places not in use (see [`LocalExecutor::take_slot`]).
+    slots: Mutex<Vec<PathBuf>>,
+    /// What removes every sandbox place when the executor goes (or recovery, if it dies).
+    slot_intents: Mutex<Vec<ferrix_store::OutputsIntent>>,
 }
 
 impl std::fmt::Debug for dyn Reporter + Send + Sync {
@@ -93,6 +97,8 @@ impl LocalExecutor {
             counter: AtomicU64::new(0),
             times,
             registrations: Arc::default(),
+            slots: Mutex::default(),
+            slot_intents: Mutex::default(),
         }
     }
 }
@@ -161,23 +167,10 @@ impl LocalExecutor {
         paths.sort();
         paths.dedup();
 
-        // The sandbox's root: in the store's file system, so that outputs move out by rename;
-        // named after the derivation, whose temp root keeps collectors away from it, and
-        // recorded with the outputs, so that recovery removes it should this process die.
-        let chroot = match self.use_sandbox(job, &drv)? {
-            true => Some(
-                StorePath::from_base_name(&format!("{}-chroot", job.drv_path.hash_part()))
-                    .map_err(|e| BuildFailure::Io {
-                        drv: drv.clone(),
-                        what: "naming the sandbox".into(),
-                        source: io::Error::other(e.to_string()),
-                    })?,
-            ),
-            false => None,
-        };
+        let sandboxed = self.use_sandbox(job, &drv)?;
         // A check outside the sandbox cannot write the valid outputs' paths: it builds at
         // other paths, as Nix does, with the outputs' hash parts rewritten to those.
-        let scratch: BTreeMap<String, StorePath> = if job.check && chroot.is_none() {
+        let scratch: BTreeMap<String, StorePath> = if job.check && !sandboxed {
             job.outputs
                 .iter()
                 .map(|(name, p)| Ok((name.clone(), self.fallback_path(job, name, p)?)))
@@ -189,8 +182,7 @@ impl LocalExecutor {
         // One trip to a blocking thread: the output locks, in sorted order (one another
         // process holds is waited for), validity again (it may have built them meanwhile),
         // temp roots, the input closure and the intent record.
-        let mut extra: Vec<StorePath> = chroot.iter().cloned().collect();
-        extra.extend(scratch.values().cloned());
+        let extra: Vec<StorePath> = scratch.values().cloned().collect();
         let prepared = {
             let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
             let (job2, regs) = (job.clone(), self.registrations.clone());
@@ -247,9 +239,20 @@ impl LocalExecutor {
         };
         self.reporter.started(&job.drv_path);
 
-        let build_dir = self.make_build_dir(job, &drv)?;
+        let chroot = match sandboxed {
+            true => Some(self.take_slot(&drv, &closure).await?),
+            false => None,
+        };
+        // Where a sandboxed build leaves output `p`: in the sandbox's store directory.
+        let in_slot = |root: &PathBuf, p: &StorePath| root.join("store").join(p.to_string());
+        let build_dir = match self.make_build_dir(job, &drv) {
+            Ok(d) => d,
+            Err(e) => {
+                self.return_slot(chroot, job);
+                return Err(e);
+            }
+        };
         let started = Instant::now();
-        let chroot = chroot.map(|p| store.real_path(&p));
         let result = self
             .run_builder(
                 job,
@@ -272,9 +275,7 @@ impl LocalExecutor {
                         .iter()
                         .map(|(name, p)| {
                             let at = match (&chroot, scratch.get(name)) {
-                                (Some(root), _) => {
-                                    root.join(store.print(p).trim_start_matches('/'))
-                                }
+                                (Some(root), _) => in_slot(root, p),
                                 (None, Some(s)) => store.real_path(s),
                                 (None, None) => store.real_path(p),
                             };
@@ -290,9 +291,7 @@ impl LocalExecutor {
                 }
                 Err(e) => Err(e),
             };
-            if let Some(root) = &chroot {
-                let _ = ferrix_store::fsutil::delete_path(root);
-            }
+            self.return_slot(chroot, job);
             drop(intent); // deletes the scratch outputs
             if result.is_err() && self.settings.keep_failed {
                 self.reporter.log_line(
@@ -304,23 +303,25 @@ impl LocalExecutor {
             }
             return result.map(|()| Built::Checked);
         }
+        let mut result = result;
         if let (Some(root), Ok(())) = (&chroot, &result) {
-            // Outputs were written under the root, at their logical paths: move them out.
+            // Outputs were written in the sandbox's store directory: move them to the store.
             for p in job.outputs.values() {
-                let from = root.join(store.print(p).trim_start_matches('/'));
+                let from = in_slot(root, p);
                 if fs::symlink_metadata(&from).is_ok() {
                     let to = store.real_path(p);
-                    fs::rename(&from, &to).map_err(|source| BuildFailure::Io {
-                        drv: drv.clone(),
-                        what: format!("moving output '{}' out of the sandbox", store.print(p)),
-                        source,
-                    })?;
+                    if let Err(source) = fs::rename(&from, &to) {
+                        result = Err(BuildFailure::Io {
+                            drv: drv.clone(),
+                            what: format!("moving output '{}' out of the sandbox", store.print(p)),
+                            source,
+                        });
+                        break;
+                    }
                 }
             }
         }
-        if let Some(root) = &chroot {
-            let _ = ferrix_store::fsutil::delete_path(root);
-        }
+        self.return_slot(chroot, job);
         if result.is_ok() {
             let name = ferrix_format::derivation::drv_name(&job.drv_path);
             self.times
@@ -372,6 +373,95 @@ impl LocalExecutor {
             let _ = ferrix_store::fsutil::delete_path(&build_dir);
         }
         result.map(|()| Built::Built)
+    }
+
+    /// A place for a sandboxed build, on the store's file system (outputs move out by
+    /// rename): `root/`, where the builder's `/` is mounted (a fresh tmpfs: its skeleton of
+    /// directories, devices and files costs no disk inodes), and `store/`, the builder's store
+    /// directory, holding mount points for the inputs and the outputs it writes. Places are
+    /// reused by later builds, whose inputs mostly overlap: a mount point made once serves
+    /// them all (on a disk, creating inodes is what a sandbox costs most), and those a build
+    /// must not see are removed before it starts.
+    async fn take_slot(
+        &self,
+        drv: &str,
+        closure: &BTreeSet<StorePath>,
+    ) -> Result<PathBuf, BuildFailure> {
+        let reused = self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let store = self.store.clone();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let keep: BTreeSet<String> = closure.iter().map(|p| p.to_string()).collect();
+        let d = drv.to_owned();
+        let (dir, intent) = blocking(drv, move || {
+            let io = |what: &'static str| {
+                let d = d.clone();
+                move |source| BuildFailure::Io {
+                    drv: d,
+                    what: what.into(),
+                    source,
+                }
+            };
+            let (dir, intent) = match reused {
+                Some(dir) => (dir, None),
+                None => {
+                    let seed = format!(
+                        "{}-{n}-{:?}-sandbox",
+                        std::process::id(),
+                        std::time::SystemTime::now()
+                    );
+                    let mut digest = [0u8; 20];
+                    digest.copy_from_slice(
+                        &ferrix_format::Hash::sha256(seed.as_bytes()).digest()[..20],
+                    );
+                    let sp = StorePath::from_digest(&digest, "ferrix-sandbox")
+                        .map_err(|e| io("naming the sandbox")(io::Error::other(e.to_string())))?;
+                    let store_err = |source| BuildFailure::Store {
+                        drv: d.clone(),
+                        source,
+                    };
+                    store.add_temp_roots([&sp]).map_err(store_err)?;
+                    let intent = store
+                        .begin_outputs(&[], std::slice::from_ref(&sp))
+                        .map_err(store_err)?;
+                    let dir = store.real_path(&sp);
+                    for sub in ["root", "store"] {
+                        fs::DirBuilder::new()
+                            .recursive(true)
+                            .create(dir.join(sub))
+                            .map_err(io("creating the sandbox"))?;
+                    }
+                    (dir, Some(intent))
+                }
+            };
+            for e in fs::read_dir(dir.join("store")).map_err(io("reading the sandbox"))? {
+                let e = e.map_err(io("reading the sandbox"))?;
+                if !keep.contains(&*e.file_name().to_string_lossy()) {
+                    ferrix_store::fsutil::delete_path(&e.path())
+                        .map_err(|e| io("cleaning the sandbox")(io::Error::other(e.to_string())))?;
+                }
+            }
+            Ok((dir, intent))
+        })
+        .await?;
+        if let Some(i) = intent {
+            self.slot_intents
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(i);
+        }
+        Ok(dir)
+    }
+
+    /// Give a sandbox place back, without what the build left in it.
+    fn return_slot(&self, slot: Option<PathBuf>, job: &Job) {
+        let Some(dir) = slot else { return };
+        for p in job.outputs.values() {
+            let _ = ferrix_store::fsutil::delete_path(&dir.join("store").join(p.to_string()));
+        }
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(dir);
     }
 
     /// Whether `job` builds in the sandbox: with `sandbox = true` always (`__noChroot` is an
@@ -635,15 +725,14 @@ impl LocalExecutor {
         let log_file = fs::File::create(&log_path).map_err(io_err("creating the log file"))?;
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
         let (mut cmd, spec) = match (chroot, &s.sandbox) {
-            (Some(root), Some(sb)) => {
-                let store_root = root.join(store_dir.trim_start_matches('/'));
-                fs::create_dir_all(&store_root).map_err(io_err("creating the sandbox"))?;
+            (Some(slot), Some(sb)) => {
                 let spec = crate::sandbox::Spec {
                     builder: job.drv.builder.clone(),
                     args: args.clone(),
                     env: env.clone(),
                     build_dir: build_dir.to_owned(),
-                    root: root.to_owned(),
+                    root: slot.join("root"),
+                    store: slot.join("store"),
                     store_dir: store_dir.clone(),
                     inputs: closure
                         .iter()

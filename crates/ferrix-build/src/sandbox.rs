@@ -2,19 +2,19 @@
 //! for fixed-output derivations) network namespaces, inside a root that holds only its input
 //! closure, the build directory at `/build`, a few devices, `/proc` and the `sandbox-paths`.
 //!
-//! Set-up happens in two helper processes of our own binary rather than between `fork` and
+//! Set-up happens in a helper process of our own binary rather than between `fork` and
 //! `exec` of a multi-threaded program (where only async-signal-safe calls are allowed):
-//! `__build-child` (stage 1) enters the namespaces, maps the ids and builds the root; it starts
-//! `__build-init` (stage 2), which is process 1 of the new pid namespace, mounts `/proc`,
-//! enters the root and becomes the builder. Both die with their parent (`PDEATHSIG`), and
-//! when process 1 dies the kernel ends every process of its namespace: nothing outlives a
-//! build, even if Ferrix itself is killed.
+//! `__build-child` (stage 1) enters the namespaces, maps the ids and builds the root (a tmpfs,
+//! with the store directory, a reused directory on disk, bound on it); it forks stage 2,
+//! process 1 of the new pid namespace, which mounts `/proc`, enters the root and becomes the
+//! builder. Both die with their parent (`PDEATHSIG`), and when process 1 dies the kernel ends
+//! every process of its namespace: nothing outlives a build, even if Ferrix itself is killed.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -36,8 +36,11 @@ pub struct Spec {
     pub env: BTreeMap<String, String>,
     /// The build directory on the host, bound at `/build`.
     pub build_dir: PathBuf,
-    /// The directory that becomes `/`.
+    /// The directory where a fresh tmpfs becomes `/`.
     pub root: PathBuf,
+    /// The directory that becomes the store directory: inputs are bound on mount points
+    /// in it (made when missing, kept afterwards), and outputs are written there.
+    pub store: PathBuf,
     /// The logical store directory (inside the sandbox, paths are where their names say).
     pub store_dir: String,
     /// Input paths: (path inside, where it really is).
@@ -56,7 +59,8 @@ impl Spec {
         use serde_json::json;
         json!({
             "builder": self.builder, "args": self.args, "env": self.env,
-            "build_dir": self.build_dir, "root": self.root, "store_dir": self.store_dir,
+            "build_dir": self.build_dir, "root": self.root, "store": self.store,
+            "store_dir": self.store_dir,
             "inputs": self.inputs, "extra": self.extra, "network": self.network,
             "uid": self.uid, "gid": self.gid,
         })
@@ -95,6 +99,7 @@ impl Spec {
                 .collect::<io::Result<_>>()?,
             build_dir: PathBuf::from(s("build_dir")?),
             root: PathBuf::from(s("root")?),
+            store: PathBuf::from(s("store")?),
             store_dir: s("store_dir")?,
             inputs: pairs("inputs")?,
             extra: pairs("extra")?,
@@ -136,16 +141,23 @@ fn unshare(network: bool) -> io::Result<()> {
     unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(Into::into)
 }
 
-/// Make `target` (a file or directory, like `source`) and bind `source` on it.
+/// Make `target` (a file or directory, like `source`) unless it is there, and bind `source`
+/// on it.
 fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
     let meta = fs::metadata(source)?;
-    if meta.is_dir() {
-        fs::create_dir_all(target)?;
-    } else {
-        if let Some(p) = target.parent() {
-            fs::create_dir_all(p)?;
+    if fs::symlink_metadata(target).is_err() {
+        if meta.is_dir() {
+            fs::create_dir_all(target)?;
+        } else {
+            if let Some(p) = target.parent() {
+                fs::create_dir_all(p)?;
+            }
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(target)?;
         }
-        fs::write(target, b"")?;
     }
     rustix::mount::mount_bind_recursive(source, target)?;
     if read_only {
@@ -158,14 +170,33 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Bind `source` on `target` (made like it when missing), keeping the source mount's flags.
+/// Mount points are usually there from an earlier build: try first, make it on `ENOENT`.
+fn bind_plain(source: &Path, target: &Path) -> io::Result<()> {
+    match rustix::mount::mount_bind(source, target) {
+        Err(rustix::io::Errno::NOENT) => {}
+        r => return r.map_err(Into::into),
+    }
+    if fs::metadata(source)?.is_dir() {
+        fs::create_dir_all(target)?;
+    } else {
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(target)?;
+    }
+    rustix::mount::mount_bind(source, target).map_err(Into::into)
+}
+
 fn inside(root: &Path, p: &str) -> PathBuf {
     root.join(p.trim_start_matches('/'))
 }
 
 /// Stage 1 (`ferrix __build-child`): namespaces, id maps, the root; then stage 2, whose
 /// exit status becomes ours. Never returns.
-pub fn child_main(self_exe: &Path) -> ! {
-    let code = match stage1(self_exe) {
+pub fn child_main() -> ! {
+    let code = match stage1() {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(io::stderr(), "error: {e}");
@@ -176,7 +207,7 @@ pub fn child_main(self_exe: &Path) -> ! {
     std::process::exit(code)
 }
 
-fn stage1(self_exe: &Path) -> io::Result<i32> {
+fn stage1() -> io::Result<i32> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
     let spec = ctx("reading the spec", read_spec())?;
     ctx(
@@ -211,15 +242,54 @@ fn stage1(self_exe: &Path) -> io::Result<i32> {
         .map_err(Into::into),
     )?;
     let root = &spec.root;
+    // The skeleton lives in memory: a tmpfs as the root, the store directory bound on it.
+    ctx(
+        "mounting the root",
+        rustix::mount::mount(
+            "none",
+            root,
+            "tmpfs",
+            MountFlags::empty(),
+            Some(c"mode=0755"),
+        )
+        .map_err(Into::into),
+    )?;
+    let store_at = inside(root, &spec.store_dir);
+    fs::create_dir_all(&store_at)?;
+    ctx(
+        "binding the store directory",
+        rustix::mount::mount_bind(&spec.store, &store_at).map_err(Into::into),
+    )?;
     ctx(
         "binding the build directory",
         bind(&spec.build_dir, &inside(root, BUILD_DIR_IN_SANDBOX), false),
     )?;
+    // Inputs are bound from one read-only view of the store they live in: each bind then
+    // inherits its flags, one `mount` call per input instead of two.
+    let ro_store = inside(root, "/.inputs");
+    let mut ro_store_used = false;
     for (at, real) in &spec.inputs {
+        let target = inside(root, at);
+        let via = match (real.parent(), real.file_name()) {
+            (Some(dir), Some(name)) => {
+                if !ro_store_used {
+                    fs::create_dir_all(&ro_store)?;
+                    ctx("viewing the store", bind(dir, &ro_store, true))?;
+                    ro_store_used = true;
+                }
+                ro_store.join(name)
+            }
+            _ => real.clone(),
+        };
+        ctx(&format!("binding input '{at}'"), bind_plain(&via, &target))?;
+    }
+    if ro_store_used {
         ctx(
-            &format!("binding input '{at}'"),
-            bind(real, &inside(root, at), true),
+            "hiding the store view",
+            rustix::mount::unmount(&ro_store, rustix::mount::UnmountFlags::DETACH)
+                .map_err(Into::into),
         )?;
+        fs::remove_dir(&ro_store)?;
     }
     for (at, real) in &spec.extra {
         let target = inside(root, at);
@@ -336,30 +406,19 @@ fn stage1(self_exe: &Path) -> io::Result<i32> {
     )?;
     let _ = rustix::system::setdomainname(b"(none)");
 
-    // Stage 2 runs as the build user, which loses all capabilities on `exec`; it still needs
-    // to mount `/proc` and enter the root, so those two are passed on as ambient ones.
-    ctx("passing capabilities on", pass_capabilities())?;
-    // Stage 2 becomes process 1 of the new pid namespace.
-    let mut child = ctx(
-        "starting the sandbox's first process",
-        Command::new(self_exe)
-            .arg("__build-init")
-            .env_clear()
-            .stdin(Stdio::piped())
-            .spawn(),
-    )?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| io::Error::other("no stdin"))?;
-    stdin.write_all(spec.to_json().as_bytes())?;
-    drop(stdin);
-    let st = child.wait()?;
-    Ok(match (st.code(), st.signal()) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
-        _ => 1,
-    })
+    // Stage 2 becomes process 1 of the new pid namespace: a fork of this single-threaded
+    // process, which keeps the capabilities it needs to mount `/proc` and enter the root
+    // (the builder, started by `exec` as an unprivileged user, has none).
+    let pid = fork()?;
+    if pid == 0 {
+        let err = match stage2(&spec) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        let _ = writeln!(io::stderr(), "error: {err}");
+        exit_now(125);
+    }
+    wait_for(pid)
 }
 
 /// `ip link set lo up`, by `SIOCSIFFLAGS` on a socket.
@@ -396,38 +455,48 @@ fn loopback_up() -> io::Result<()> {
     .map_err(Into::into)
 }
 
-fn pass_capabilities() -> io::Result<()> {
-    use rustix::thread::{CapabilitySet as C, CapabilitySets};
-    let mut sets = rustix::thread::capabilities(None)?;
-    let wanted = C::SYS_ADMIN | C::SYS_CHROOT;
-    sets.inheritable |= wanted;
-    rustix::thread::set_capabilities(
-        None,
-        CapabilitySets {
-            effective: sets.effective,
-            permitted: sets.permitted,
-            inheritable: sets.inheritable,
-        },
-    )?;
-    for cap in [C::SYS_ADMIN, C::SYS_CHROOT] {
-        rustix::thread::configure_capability_in_ambient_set(cap, true)?;
+/// `fork(2)`: 0 in the child, its pid in the parent.
+#[allow(unsafe_code)]
+fn fork() -> io::Result<i32> {
+    // SAFETY: stage 1 is a process of its own with a single thread (it starts no others),
+    // so the child is a complete copy: no lock can be held by a thread that does not exist
+    // there. The child only makes system calls and then replaces itself with `exec`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(pid)
 }
 
-/// Stage 2 (`ferrix __build-init`): `/proc`, the root, then the builder. Never returns.
-pub fn init_main() -> ! {
-    let err = match stage2() {
-        Ok(never) => match never {},
-        Err(e) => e,
-    };
-    let _ = writeln!(io::stderr(), "error: {err}");
-    std::process::exit(125)
+/// `_exit(2)`: the forked child must not run the parent's exit handlers.
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` ends the process at once; nothing is used afterwards.
+    unsafe { libc::_exit(code) }
 }
 
-fn stage2() -> io::Result<std::convert::Infallible> {
+/// Wait for process `pid`: its exit code, or 128 + the signal that ended it.
+fn wait_for(pid: i32) -> io::Result<i32> {
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| io::Error::other("bad pid"))?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, st))) => {
+                return Ok(match (st.exit_status(), st.terminating_signal()) {
+                    (Some(c), _) => c,
+                    (None, Some(s)) => 128 + s,
+                    _ => 1,
+                })
+            }
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Stage 2, in the forked child: `/proc`, the root, then the builder. Never returns.
+fn stage2(spec: &Spec) -> io::Result<std::convert::Infallible> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    let spec = ctx("reading the spec", read_spec())?;
     let root = &spec.root;
     ctx(
         "mounting /proc",

@@ -114,6 +114,14 @@ pub async fn run(
     let slots = executor.slots();
 
     loop {
+        if slots == 0 {
+            // `max-jobs = 0` and nobody else to build: what must be built cannot be.
+            while let Some(Ready(_, i)) = ready.pop() {
+                let drv = plan.store_dir.display(&plan.nodes[i].job.drv_path);
+                results[i] = Some(NodeResult::Failed(BuildFailure::NoSlots { drv }));
+                fail_dependents(plan, i, &mut results);
+            }
+        }
         while !stopping && jobs.len() < slots {
             let Some(Ready(_, i)) = ready.pop() else {
                 break;

@@ -481,3 +481,19 @@ async fn check_rebuilds_and_compares() {
     let t = TestStore::new();
     check_mode(&t, t.settings()).await;
 }
+
+/// `max-jobs = 0` with no other executor: nothing is built, and the error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_local_slots_builds_nothing() {
+    let t = TestStore::new();
+    let a = t.drv("a", "echo a > $out", &[], &["out"], &[]);
+    let b = t.drv("b", "echo b > $out", &[(&a, "out")], &["out"], &[]);
+    let mut s = t.settings();
+    s.max_jobs = 0;
+    let o = t.build(&[&b], s, ScheduleOptions::default()).await;
+    assert!(!o.success());
+    assert_eq!(o.exit_status(), 1);
+    let msgs: Vec<String> = o.failures().map(|f| f.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("max-jobs = 0")), "{msgs:?}");
+    assert!(!t.store.real_path(&t.out(&a, "out")).exists());
+}

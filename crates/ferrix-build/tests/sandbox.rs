@@ -47,7 +47,9 @@ async fn the_builder_sees_only_its_closure() {
          /bin/cat {secret} 2>/dev/null && echo SECRET-READ || echo secret-hidden; \
          /bin/cat {other_out} 2>/dev/null && echo OTHER-READ || echo other-hidden; \
          test -e /proc/{host_pid} && echo HOST-PID-SEEN || echo host-pid-hidden; \
-         echo me=$$; /usr/bin/id -u; /bin/cat /etc/passwd | /usr/bin/head -c 4; echo",
+         echo me=$$; /usr/bin/id -u; /bin/cat /etc/passwd | /usr/bin/head -c 4; echo; \
+         /bin/chmod u+w {dep_out} 2>/dev/null && echo INPUT-WRITABLE || echo input-read-only; \
+         /bin/grep CapEff /proc/self/status",
         secret = secret.display(),
         host_pid = std::process::id(),
     );
@@ -70,6 +72,11 @@ async fn the_builder_sees_only_its_closure() {
         "the builder is process 1 of its namespace: {text}"
     );
     assert!(text.contains("\n1000\n"), "uid 1000 inside: {text}");
+    assert!(text.contains("input-read-only"), "{text}");
+    assert!(
+        text.contains("CapEff:\t0000000000000000"),
+        "no capabilities: {text}"
+    );
     // The output refers to the dependency it printed, and it was moved into the store.
     let info = t.store.path_info(&t.out(&d, "out")).unwrap();
     assert!(info.references.contains(&t.out(&dep, "out")));
@@ -77,7 +84,7 @@ async fn the_builder_sees_only_its_closure() {
     let leftovers: Vec<_> = std::fs::read_dir(&t.store.config().real_store_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".chroot"))
+        .filter(|n| n.contains("sandbox") || n.ends_with("chroot"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -284,4 +291,46 @@ async fn relaxed_sandbox_lets_no_chroot_out() {
     assert_ne!(t.read_out(&free, "out"), "/build\n");
     assert_eq!(t.read_out(&boxed, "out"), "/build\n");
     assert_eq!(t.read_out(&fixed, "out"), "outside");
+}
+
+/// Sandbox places are reused between builds: a later build does not see what an earlier
+/// one had as inputs (its mount points are removed before it starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_sandbox_shows_only_the_new_closure() {
+    let t = TestStore::new();
+    let x = t.drv("x", "echo x > $out", &[], &["out"], &[]);
+    let o = t
+        .build(&[&x], t.settings(), ScheduleOptions::default())
+        .await;
+    assert!(o.success());
+    // p first (r waits for it, so it has the longest chain), then q, in the same place.
+    let p = t.drv(
+        "p",
+        "/bin/ls $NIX_STORE > $out",
+        &[(&x, "out")],
+        &["out"],
+        &[],
+    );
+    let r = t.drv("r", "echo r > $out", &[(&p, "out")], &["out"], &[]);
+    let q = t.drv(
+        "q",
+        "/bin/ls -a $NIX_STORE > l; /bin/cat l > $out",
+        &[],
+        &["out"],
+        &[],
+    );
+    let mut s = sandboxed(t.settings());
+    s.max_jobs = 1;
+    let o = t.build(&[&r, &q], s, ScheduleOptions::default()).await;
+    assert!(o.success(), "{o:?}");
+    let x_name = t.out(&x, "out").to_string();
+    assert!(t.read_out(&p, "out").contains(&x_name));
+    assert_eq!(t.read_out(&q, "out"), ".\n..\n");
+    // Nothing of the sandbox is left in the store.
+    let left: Vec<String> = std::fs::read_dir(&t.store.config().real_store_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("sandbox"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

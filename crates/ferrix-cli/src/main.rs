@@ -33,14 +33,9 @@ fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "ferrix".into());
-    // The build sandbox's helper stages: this binary re-executed (see ferrix_build::sandbox).
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some("__build-child") => {
-            let exe = std::env::current_exe().unwrap_or_default();
-            ferrix_build::sandbox::child_main(&exe)
-        }
-        Some("__build-init") => ferrix_build::sandbox::init_main(),
-        _ => {}
+    // The build sandbox's helper: this binary re-executed (see ferrix_build::sandbox).
+    if args.get(1).and_then(|a| a.to_str()) == Some("__build-child") {
+        ferrix_build::sandbox::child_main()
     }
     let mut shell = Shell::stdio();
     let res = match name.as_str() {

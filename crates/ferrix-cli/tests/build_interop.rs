@@ -255,3 +255,87 @@ in {
         assert!(err.contains("error: "), "{err}");
     }
 }
+
+/// Two builds of overlapping graphs at once, Ferrix with Ferrix and then Ferrix with real
+/// Nix: the output locks make every derivation build exactly once (each builder notes its
+/// name in a file outside the store), and both runs succeed.
+#[test]
+fn overlapping_builds_build_each_derivation_once() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("built.log");
+    let file = dir.path().join("t.nix");
+    let mut expr = String::from(
+        "let mk = name: deps: derivation { inherit name deps; system = builtins.currentSystem; \
+         builder = \"/bin/sh\"; log = \"@LOG@\"; \
+         args = [ \"-c\" \"echo $name >> $log; /bin/sleep 0.05; echo $deps > $out\" ]; }; in rec {\n",
+    )
+    .replace("@LOG@", log.to_str().unwrap());
+    for layer in 0..3 {
+        for j in 0..4 {
+            let deps: Vec<String> = if layer == 0 {
+                vec![]
+            } else {
+                (0..4).map(|k| format!("l{}_{k}", layer - 1)).collect()
+            };
+            expr += &format!(
+                "  l{layer}_{j} = mk \"l{layer}-{j}\" [ {} ];\n",
+                deps.join(" ")
+            );
+        }
+    }
+    expr += "}\n";
+    fs::write(&file, expr).unwrap();
+    let instantiate = |attrs: &[&str]| -> Vec<String> {
+        let mut c = nix.cmd("nix-instantiate");
+        c.arg(&file);
+        for a in attrs {
+            c.args(["-A", a]);
+        }
+        text(ok(&mut c)).lines().map(str::to_owned).collect()
+    };
+    let all: Vec<&str> = vec!["l0_0", "l0_1", "l1_2", "l2_0", "l2_1", "l2_2", "l2_3"];
+    let top: Vec<&str> = vec!["l2_3", "l1_0", "l0_3"];
+    let check_once = |round: &str| {
+        let text = fs::read_to_string(&log).unwrap();
+        let mut names: Vec<&str> = text.lines().collect();
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(
+            n,
+            names.len(),
+            "{round}: some derivation was built twice: {text}"
+        );
+        assert_eq!(n, 12, "{round}: {text}");
+        fs::remove_file(&log).unwrap();
+    };
+    for (round, other_is_nix) in [("ferrix and ferrix", false), ("ferrix and nix", true)] {
+        wipe(&nix);
+        let a = instantiate(&all);
+        let b = instantiate(&top);
+        let mut first = ours(&links, &nix, "nix-store");
+        first.args(["-r", "-j3"]).args(&a);
+        let mut second = if other_is_nix {
+            nix.cmd("nix-store")
+        } else {
+            ours(&links, &nix, "nix-store")
+        };
+        second.args(["-r", "-j3"]).args(&b);
+        let c1 = first.stdout(std::process::Stdio::null()).spawn().unwrap();
+        let c2 = second.stdout(std::process::Stdio::null()).spawn().unwrap();
+        let (r1, r2) = (
+            c1.wait_with_output().unwrap(),
+            c2.wait_with_output().unwrap(),
+        );
+        assert!(r1.status.success() && r2.status.success(), "{round}");
+        check_once(round);
+        let verify = nix
+            .cmd("nix-store")
+            .args(["--verify", "--check-contents"])
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{round}");
+    }
+}
