@@ -6,6 +6,7 @@ pub mod closure;
 pub mod config;
 pub mod db;
 pub mod drv;
+pub mod edge;
 pub mod error;
 pub mod export;
 pub mod fsutil;
@@ -19,6 +20,7 @@ pub mod temproots;
 pub mod verify;
 
 pub use config::LocalStoreConfig;
+pub use edge::AsyncStore;
 pub use error::{Result, StoreError};
 pub use local::{LocalStore, OutputsIntent, StoreLock};
 pub use path_info::ValidPathInfo;

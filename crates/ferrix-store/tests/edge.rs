@@ -1,0 +1,85 @@
+//! The async edge of the store: NARs stream in and out through pipes, operations run on
+//! blocking threads, and a bad stream leaves the store as it was.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use ferrix_format::{FileIngestionMethod, Hash, StoreDir};
+use ferrix_store::{AsyncStore, ValidPathInfo};
+use tokio::io::AsyncReadExt;
+
+fn info_for(nar: &[u8], name: &str) -> ValidPathInfo {
+    let hash = Hash::sha256(nar);
+    let path = StoreDir::default()
+        .make_fixed_output_path(name, FileIngestionMethod::Recursive, &hash, [], false)
+        .unwrap();
+    ValidPathInfo::new(path, hash, nar.len() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nars_stream_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = AsyncStore::new(Arc::new(open(dir.path())));
+    // Bigger than a pipe's buffer many times over, and than what is kept in memory.
+    let contents: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let nar = file_nar(&contents);
+    let info = info_for(&nar, "big");
+    assert!(!store.is_valid_path(info.path.clone()).await.unwrap());
+    store
+        .add_to_store(info.clone(), std::io::Cursor::new(nar.clone()))
+        .await
+        .unwrap();
+    assert!(store.is_valid_path(info.path.clone()).await.unwrap());
+    let got = store
+        .query_path_info(info.path.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.nar_hash, info.nar_hash);
+
+    let (mut stream, task) = store.nar_from_path(info.path.clone()).unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(back, nar);
+
+    // Adding a valid path again reads the stream and changes nothing.
+    store
+        .add_to_store(info.clone(), std::io::Cursor::new(nar))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_stream_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = AsyncStore::new(Arc::new(open(dir.path())));
+    let nar = file_nar(&vec![7u8; 2_000_000]);
+    let info = info_for(&nar, "cut");
+    // Cut short: not a whole NAR.
+    let err = store
+        .add_to_store(
+            info.clone(),
+            std::io::Cursor::new(nar[..nar.len() / 2].to_vec()),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cut"), "{err}");
+    // Whole, but not what the info claims.
+    let other = file_nar(b"something else");
+    let err = store
+        .add_to_store(info.clone(), std::io::Cursor::new(other))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    assert!(!store.is_valid_path(info.path.clone()).await.unwrap());
+    let real = store.inner().real_path(&info.path);
+    assert!(!real.exists());
+    // A path that is not valid has no NAR: the stream ends and the task says why.
+    let (mut stream, task) = store.nar_from_path(info.path.clone()).unwrap();
+    let mut back = Vec::new();
+    let _ = stream.read_to_end(&mut back).await;
+    assert!(task.await.unwrap().is_err());
+}
