@@ -19,8 +19,20 @@ pub struct Job {
     /// The input sources and input derivation outputs: their closure (valid once the deps
     /// are built) is what the outputs may refer to, besides the outputs themselves.
     pub input_roots: BTreeSet<StorePath>,
+    /// Normal, `--check` or `--repair`.
+    pub mode: BuildMode,
+}
+
+/// How a wanted derivation is realised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuildMode {
+    /// Build unless the outputs are valid.
+    #[default]
+    Normal,
     /// Build again although the outputs are valid, and compare (`--check`).
-    pub check: bool,
+    Check,
+    /// Build again and replace the outputs, valid or not (`--repair`: they may be damaged).
+    Repair,
 }
 
 /// What happened to a job that did not fail.

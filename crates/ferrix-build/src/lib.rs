@@ -17,7 +17,7 @@ pub mod scheduler;
 pub mod times;
 
 pub use error::{BuildFailure, PlanError};
-pub use executor::{Built, Executor, Job, Offer, Quiet, Reporter};
+pub use executor::{BuildMode, Built, Executor, Job, Offer, Quiet, Reporter};
 pub use local::{LocalExecutor, LocalSettings, SandboxSettings};
 pub use plan::{plan, plan_builds, Plan, Wanted};
 pub use scheduler::{run, NodeResult, Outcome, ScheduleOptions};

@@ -19,7 +19,9 @@ use ferrix_store::{LocalStore, StoreLock, ValidPathInfo};
 use crate::attrs::{hash_placeholder, rewrite, Attrs};
 use crate::env::{build_dir_name, builder_env, EnvContext};
 use crate::error::BuildFailure;
-use crate::executor::{BuildFuture, Built, Cancel, Executor, Job, Reporter, SettleFuture};
+use crate::executor::{
+    BuildFuture, BuildMode, Built, Cancel, Executor, Job, Reporter, SettleFuture,
+};
 use crate::export::{export_closure, path_info_json, registration};
 use crate::refscan::RefScanner;
 use crate::register::{Handover, Registrations};
@@ -154,6 +156,36 @@ struct Site<'a> {
     scratch: &'a BTreeMap<String, StorePath>,
 }
 
+/// Valid outputs moved aside for a repair: (where they are, where they were), and the
+/// intent that removes them once the new outputs are registered.
+struct Aside {
+    moved: Vec<(PathBuf, PathBuf)>,
+    intent: Option<ferrix_store::OutputsIntent>,
+}
+
+impl Aside {
+    /// The repair failed: the outputs go back, damaged as they may be.
+    fn put_back(self) {
+        if let Some(i) = self.intent {
+            i.abandon(&self.moved);
+        }
+    }
+}
+
+/// A name for a valid output moved aside during a repair: a store entry (collectors leave
+/// those with a temp root alone), never registered.
+fn aside_name(p: &StorePath) -> Result<StorePath, ferrix_store::StoreError> {
+    let seed = format!(
+        "{p}-{}-{:?}-aside",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let mut digest = [0u8; 20];
+    digest.copy_from_slice(&ferrix_format::Hash::sha256(seed.as_bytes()).digest()[..20]);
+    StorePath::from_digest(&digest, "ferrix-repair-aside")
+        .map_err(|e| ferrix_store::StoreError::Format(e.to_string()))
+}
+
 /// What the log reader shares with the waiting task: when the builder last wrote.
 struct LogState {
     last_activity: Instant,
@@ -170,7 +202,8 @@ impl LocalExecutor {
         let sandboxed = self.use_sandbox(job, &drv)?;
         // A check outside the sandbox cannot write the valid outputs' paths: it builds at
         // other paths, as Nix does, with the outputs' hash parts rewritten to those.
-        let scratch: BTreeMap<String, StorePath> = if job.check && !sandboxed {
+        let checking = job.mode == BuildMode::Check;
+        let scratch: BTreeMap<String, StorePath> = if checking && !sandboxed {
             job.outputs
                 .iter()
                 .map(|(name, p)| Ok((name.clone(), self.fallback_path(job, name, p)?)))
@@ -207,11 +240,42 @@ impl LocalExecutor {
                 }
                 let valid = store.valid_among(paths.iter()).map_err(store_err)?;
                 let all_valid = valid.len() == paths.len();
-                if all_valid && !job2.check {
-                    return Ok(None);
+                match job2.mode {
+                    BuildMode::Normal if all_valid => return Ok(None),
+                    BuildMode::Check if !all_valid => {
+                        return Err(BuildFailure::CannotCheck { drv: d.clone() })
+                    }
+                    _ => {}
                 }
-                if job2.check && !all_valid {
-                    return Err(BuildFailure::CannotCheck { drv: d.clone() });
+                // A repair builds where the outputs are: the valid ones (damaged, maybe) are
+                // moved aside first, and back should the build fail.
+                // Recorded before they are made, so that recovery removes them.
+                let mut asides: Vec<(PathBuf, PathBuf)> = Vec::new();
+                let mut aside_intent = None;
+                if job2.mode == BuildMode::Repair {
+                    let present: Vec<&StorePath> = paths
+                        .iter()
+                        .filter(|p| valid.contains(*p))
+                        .filter(|p| fs::symlink_metadata(store.real_path(p)).is_ok())
+                        .collect();
+                    let names = present
+                        .iter()
+                        .map(|p| aside_name(p))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(store_err)?;
+                    if !names.is_empty() {
+                        store.add_temp_roots(&names).map_err(store_err)?;
+                        aside_intent = Some(store.begin_outputs(&[], &names).map_err(store_err)?);
+                    }
+                    for (p, aside) in present.into_iter().zip(&names) {
+                        let (real, to) = (store.real_path(p), store.real_path(aside));
+                        fs::rename(&real, &to).map_err(|source| BuildFailure::Io {
+                            drv: d.clone(),
+                            what: format!("moving '{}' aside to repair it", real.display()),
+                            source,
+                        })?;
+                        asides.push((to, real));
+                    }
                 }
                 // The outputs too: a collector must not take them while they are invalid.
                 let roots = std::iter::once(&job2.drv_path)
@@ -224,17 +288,21 @@ impl LocalExecutor {
                     .closure(&store, job2.input_roots.iter().cloned())
                     .map_err(store_err)?;
                 // A check registers nothing: the valid outputs are not touched.
-                let outputs = if job2.check {
+                let outputs = if job2.mode == BuildMode::Check {
                     Vec::new()
                 } else {
                     paths.clone()
                 };
                 let intent = store.begin_outputs(&outputs, &extra).map_err(store_err)?;
-                Ok(Some((locks, closure, intent)))
+                let aside = Aside {
+                    moved: asides,
+                    intent: aside_intent,
+                };
+                Ok(Some((locks, closure, intent, aside)))
             })
             .await?
         };
-        let Some((locks, closure, intent)) = prepared else {
+        let Some((locks, closure, intent, aside)) = prepared else {
             return Ok(Built::AlreadyValid);
         };
         self.reporter.started(&job.drv_path);
@@ -266,7 +334,7 @@ impl LocalExecutor {
                 cancel,
             )
             .await;
-        if job.check {
+        if checking {
             let result = match result {
                 Ok(()) => {
                     // Where the new outputs are: at their paths in the sandbox, or elsewhere.
@@ -349,18 +417,21 @@ impl LocalExecutor {
                                 infos,
                                 intent,
                                 locks,
+                                replaced: aside.intent,
                             },
                         );
                         Ok(())
                     }
                     Err(e) => {
-                        drop(intent); // deletes the outputs
+                        intent.abandon(&[]); // deletes the outputs
+                        aside.put_back();
                         Err(e)
                     }
                 }
             }
             Err(e) => {
-                drop(intent); // deletes whatever the builder left at the output paths
+                intent.abandon(&[]); // deletes whatever the builder left at the outputs
+                aside.put_back();
                 Err(e)
             }
         };

@@ -8,7 +8,7 @@ use ferrix_format::{Derivation, DerivationOutput, StorePath};
 use ferrix_store::LocalStore;
 
 use crate::error::PlanError;
-use crate::executor::Job;
+use crate::executor::{BuildMode, Job};
 use crate::times::BuildTimes;
 
 /// Outputs wanted of a derivation: `None` means all of them.
@@ -67,8 +67,8 @@ type Loaded = Arc<(Derivation, BTreeMap<String, StorePath>)>;
 
 struct Planner<'a> {
     store: &'a LocalStore,
-    /// Build the wanted derivations again to compare (`--check`); their inputs as usual.
-    check: bool,
+    /// How the wanted derivations are built; their inputs are built as usual.
+    mode: BuildMode,
     index: HashMap<StorePath, usize>,
     nodes: Vec<Node>,
     drvs: HashMap<StorePath, Loaded>,
@@ -93,7 +93,8 @@ impl Planner<'_> {
         wanted: Option<&BTreeSet<String>>,
         top: bool,
     ) -> Result<Option<usize>, PlanError> {
-        let check = top && self.check;
+        let mode = if top { self.mode } else { BuildMode::Normal };
+        let check = mode == BuildMode::Check;
         if let Some(&i) = self.index.get(drv_path) {
             return Ok(Some(i));
         }
@@ -118,7 +119,7 @@ impl Planner<'_> {
                 drv: self.store.print(drv_path),
             });
         }
-        if all_valid && !check {
+        if all_valid && mode == BuildMode::Normal {
             return Ok(None);
         }
         let mut deps = Vec::new();
@@ -149,7 +150,7 @@ impl Planner<'_> {
             drv: drv.clone(),
             outputs: outs.clone(),
             input_roots,
-            check,
+            mode,
         };
         let i = self.nodes.len();
         for &dep in &deps {
@@ -169,20 +170,21 @@ impl Planner<'_> {
 /// Work out what must be built for `wanted`. `times` gives the expected duration of each
 /// build where one is remembered; priorities follow from them.
 pub fn plan(store: &LocalStore, wanted: &[Wanted], times: &BuildTimes) -> Result<Plan, PlanError> {
-    plan_builds(store, wanted, times, false)
+    plan_builds(store, wanted, times, BuildMode::Normal)
 }
 
-/// Like [`plan`]; with `check`, the wanted derivations, whose outputs must be valid, are
-/// built again to compare (`--check`), and only missing inputs are built.
+/// Like [`plan`], building the wanted derivations in `mode`: with `Check` their outputs must
+/// be valid and are built again to compare, with `Repair` they are built again and replaced.
+/// Only missing inputs are built.
 pub fn plan_builds(
     store: &LocalStore,
     wanted: &[Wanted],
     times: &BuildTimes,
-    check: bool,
+    mode: BuildMode,
 ) -> Result<Plan, PlanError> {
     let mut p = Planner {
         store,
-        check,
+        mode,
         index: HashMap::new(),
         nodes: Vec::new(),
         drvs: HashMap::new(),

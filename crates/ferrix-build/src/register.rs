@@ -42,6 +42,8 @@ pub struct Handover {
     pub infos: Vec<ValidPathInfo>,
     pub intent: OutputsIntent,
     pub locks: Vec<StoreLock>,
+    /// What the outputs replace (a repair): removed once they are registered.
+    pub replaced: Option<OutputsIntent>,
 }
 
 impl Registrations {
@@ -152,6 +154,7 @@ impl Registrations {
                 infos,
                 intent,
                 locks,
+                replaced,
             } = h;
             let result = match this.wait_for(refs).await {
                 Err(input) => {
@@ -186,6 +189,7 @@ impl Registrations {
                 }
             }
             let _ = tx.send(Some(result.is_ok()));
+            drop(replaced);
             drop(locks);
             result.err().map(|f| (drv_path, f))
         });

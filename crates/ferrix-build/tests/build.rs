@@ -497,3 +497,9 @@ async fn no_local_slots_builds_nothing() {
     assert!(msgs.iter().any(|m| m.contains("max-jobs = 0")), "{msgs:?}");
     assert!(!t.store.real_path(&t.out(&a, "out")).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_rebuilds_and_replaces() {
+    let t = TestStore::new();
+    repair_mode(&t, t.settings()).await;
+}

@@ -334,3 +334,9 @@ async fn a_reused_sandbox_shows_only_the_new_closure() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_in_the_sandbox() {
+    let t = TestStore::new();
+    repair_mode(&t, sandboxed(t.settings())).await;
+}

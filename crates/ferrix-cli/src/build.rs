@@ -220,13 +220,14 @@ impl Reporter for LineReporter {
     fn finished(&self, _drv: &StorePath, _result: &Result<Built, BuildFailure>) {}
 }
 
-/// How a run goes: `dry_run` only says what would be built; `check` builds the wanted
-/// derivations again and compares (`--check`).
+/// How a run goes: `dry_run` only says what would be built; `mode` is how the wanted
+/// derivations are built (normally, `--check`, `--repair`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunMode {
     pub logs: bool,
     pub dry_run: bool,
-    pub check: bool,
+    /// `--check` or `--repair` for the wanted derivations.
+    pub mode: ferrix_build::BuildMode,
 }
 
 /// Plan and run a build.
@@ -240,12 +241,12 @@ pub fn realise(
     let RunMode {
         logs,
         dry_run,
-        check,
+        mode,
     } = mode;
     let times =
         ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"));
-    let plan = ferrix_build::plan_builds(&store, wanted, &times, check)?;
-    if !plan.nodes.is_empty() && !check {
+    let plan = ferrix_build::plan_builds(&store, wanted, &times, mode)?;
+    if !plan.nodes.is_empty() && mode == ferrix_build::BuildMode::Normal {
         let n = plan.nodes.len();
         let what = if dry_run { "would be" } else { "will be" };
         let noun = if n == 1 { "derivation" } else { "derivations" };
@@ -266,7 +267,7 @@ pub fn realise(
     let checked: BTreeSet<StorePath> = plan
         .nodes
         .iter()
-        .filter(|n| n.job.check)
+        .filter(|n| n.job.mode == ferrix_build::BuildMode::Check)
         .map(|n| n.job.drv_path.clone())
         .collect();
     // A live status line on a terminal; plain lines otherwise, as Nix does.
@@ -312,6 +313,60 @@ pub fn realise(
         s.clear();
     }
     Ok((plan, Some(outcome)))
+}
+
+/// Repair `paths` by building their derivers again (`--repair`); without substituters that
+/// is the only source. Returns the paths that are sound afterwards; those without a valid
+/// deriver are reported and left as they are.
+pub fn repair_paths(
+    settings: &Settings,
+    store: Arc<LocalStore>,
+    paths: &[StorePath],
+    shell: &mut crate::shell::Shell,
+) -> Result<BTreeSet<StorePath>> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut covered = Vec::new();
+    for p in paths {
+        let deriver = store.query_path_info(p)?.and_then(|i| i.deriver);
+        match deriver {
+            Some(d) if store.is_valid_path(&d)? => {
+                if !wanted.iter().any(|(w, _)| *w == d) {
+                    wanted.push((d, None));
+                }
+                covered.push(p.clone());
+            }
+            _ => shell.error(format!(
+                "cannot repair path '{}': it has no valid deriver to build again, and there are no substituters",
+                store.print(p)
+            )),
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let mode = RunMode {
+        logs: true,
+        dry_run: false,
+        mode: ferrix_build::BuildMode::Repair,
+    };
+    let (plan, outcome) = realise(settings, store.clone(), &wanted, mode, shell)?;
+    if let Some(o) = &outcome {
+        if !o.success() {
+            report_failures(&store, &plan, o, shell);
+        }
+    }
+    // Sound now: on disk with the contents its registration records.
+    let problems = ferrix_store::verify::verify_store(&store, true, Some(&covered))?;
+    Ok(covered
+        .into_iter()
+        .filter(|p| {
+            !problems.iter().any(|x| match x {
+                ferrix_store::verify::Problem::Missing { path, .. }
+                | ferrix_store::verify::Problem::Modified { path, .. }
+                | ferrix_store::verify::Problem::DanglingReference { path, .. } => path == p,
+            })
+        })
+        .collect())
 }
 
 /// The next SIGINT or SIGTERM.

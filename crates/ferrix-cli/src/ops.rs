@@ -77,11 +77,15 @@ pub fn resolve_all(store: &LocalStore, args: &[String]) -> Result<Vec<StorePath>
     args.iter().map(|a| resolve(store, a)).collect()
 }
 
-/// `nix-store --verify` / `ferrix store verify`: report problems, exit 1 when there are any.
+/// Repairs damaged paths (by building their derivers again): the paths it repaired.
+pub type Repairer<'a> = &'a mut dyn FnMut(&[StorePath], &mut Shell) -> Result<BTreeSet<StorePath>>;
+
+/// `nix-store --verify` / `ferrix store verify`: report problems, exit 1 when there are any
+/// left; with a repairer (`--repair`), damaged and missing paths are repaired first.
 pub fn verify(
     store: &LocalStore,
     check_contents: bool,
-    repair: bool,
+    repair: Option<Repairer<'_>>,
     only: Option<&[StorePath]>,
     shell: &mut Shell,
 ) -> Result<ExitCode> {
@@ -93,6 +97,27 @@ pub fn verify(
         }
     }
     let problems = ferrix_store::verify::verify_store(store, check_contents, only)?;
+    let repaired: BTreeSet<StorePath> = match repair {
+        Some(repair) => {
+            let damaged: Vec<StorePath> = problems
+                .iter()
+                .filter_map(|p| match p {
+                    ferrix_store::verify::Problem::Modified { path, .. }
+                    | ferrix_store::verify::Problem::Missing {
+                        path,
+                        invalidated: false,
+                    } => Some(path.clone()),
+                    _ => None,
+                })
+                .collect();
+            if damaged.is_empty() {
+                BTreeSet::new()
+            } else {
+                repair(&damaged, shell)?
+            }
+        }
+        None => BTreeSet::new(),
+    };
     let mut bad = false;
     for p in &problems {
         let fatal = !matches!(
@@ -102,14 +127,19 @@ pub fn verify(
                 ..
             }
         );
-        if fatal {
+        let path = match p {
+            ferrix_store::verify::Problem::Missing { path, .. }
+            | ferrix_store::verify::Problem::Modified { path, .. }
+            | ferrix_store::verify::Problem::DanglingReference { path, .. } => path,
+        };
+        if fatal && repaired.contains(path) {
+            shell.note(p.describe(store));
+            shell.note(format!("repaired '{}'", store.print(path)));
+        } else if fatal {
             bad = true;
             shell.error(p.describe(store));
         } else {
             shell.note(p.describe(store));
-        }
-        if repair && fatal {
-            shell.error("cannot repair it: no substituter has it (repairing from binary caches comes with substitution)");
         }
     }
     Ok(if bad {

@@ -339,3 +339,68 @@ fn overlapping_builds_build_each_derivation_once() {
         assert!(verify.status.success(), "{round}");
     }
 }
+
+/// `nix-store --verify --check-contents --repair` builds the deriver of a damaged output
+/// again and puts the output right; real Nix then finds the store sound. `--repair-path`
+/// does the same for one path.
+#[test]
+fn verify_repair_rebuilds_damaged_outputs() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.nix");
+    fs::write(
+        &file,
+        "derivation { name = \"fixme\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [ \"-c\" \"/bin/mkdir $out; echo good > $out/file\" ]; }",
+    )
+    .unwrap();
+    let drv = text(ok(nix.cmd("nix-instantiate").arg(&file)))
+        .trim()
+        .to_owned();
+    let out = text(ok(ours(&links, &nix, "nix-store").args(["-r", &drv])))
+        .trim()
+        .to_owned();
+    let real = nix
+        .root
+        .path()
+        .join("store")
+        .join(out.rsplit('/').next().unwrap());
+    let damage = || {
+        Command::new("/bin/chmod")
+            .args(["-R", "u+w"])
+            .arg(&real)
+            .status()
+            .unwrap();
+        fs::write(real.join("file"), "bad\n").unwrap();
+    };
+    damage();
+    let verify = |repair: bool| {
+        let mut c = ours(&links, &nix, "nix-store");
+        c.args(["--verify", "--check-contents"]);
+        if repair {
+            c.arg("--repair");
+        }
+        c.output().unwrap()
+    };
+    let o = verify(false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("was modified"));
+    let o = verify(true);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("repaired"), "{err}");
+    assert_eq!(fs::read_to_string(real.join("file")).unwrap(), "good\n");
+    let theirs = nix
+        .cmd("nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(theirs.status.success());
+    assert!(!String::from_utf8_lossy(&theirs.stderr).contains("modified"));
+
+    damage();
+    ok(ours(&links, &nix, "nix-store").args(["--repair-path", &out]));
+    assert_eq!(fs::read_to_string(real.join("file")).unwrap(), "good\n");
+    ok(nix.cmd("nix-store").args(["--verify-path", &out]));
+}

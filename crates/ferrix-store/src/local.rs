@@ -1101,6 +1101,21 @@ pub struct OutputsIntent {
     done: bool,
 }
 
+impl OutputsIntent {
+    /// Give up: delete what was written at the outputs' places, then move entries back
+    /// (from, to) — scratch entries of this intent that held what was there before (a
+    /// repair moves damaged outputs aside).
+    pub fn abandon(mut self, back: &[(PathBuf, PathBuf)]) {
+        for r in &self.real {
+            let _ = delete_path(r);
+        }
+        for (from, to) in back {
+            let _ = fs::rename(from, to);
+        }
+        self.done = true;
+    }
+}
+
 impl Drop for OutputsIntent {
     fn drop(&mut self) {
         if !self.done {

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrix_build::{
-    run, BuildFailure, Built, LocalExecutor, LocalSettings, Outcome, Reporter, ScheduleOptions,
+    run, BuildFailure, BuildMode, Built, LocalExecutor, LocalSettings, Outcome, Reporter,
+    ScheduleOptions,
 };
 use ferrix_format::{Derivation, DerivationOutput, FileIngestionMethod, Hash, StoreDir, StorePath};
 use ferrix_store::{LocalStore, LocalStoreConfig};
@@ -165,14 +166,34 @@ impl TestStore {
         opts: ScheduleOptions,
         interrupt: watch::Receiver<bool>,
     ) -> Outcome {
-        self.run_plan(drvs, settings, opts, interrupt, false).await
+        self.run_plan(drvs, settings, opts, interrupt, BuildMode::Normal)
+            .await
     }
 
     /// Build `drvs` again and compare with their valid outputs (`--check`).
     pub async fn check(&self, drvs: &[&StorePath], settings: LocalSettings) -> Outcome {
         let (_tx, rx) = watch::channel(false);
-        self.run_plan(drvs, settings, ScheduleOptions::default(), rx, true)
-            .await
+        self.run_plan(
+            drvs,
+            settings,
+            ScheduleOptions::default(),
+            rx,
+            BuildMode::Check,
+        )
+        .await
+    }
+
+    /// Build `drvs` again and replace their outputs (`--repair`).
+    pub async fn repair(&self, drvs: &[&StorePath], settings: LocalSettings) -> Outcome {
+        let (_tx, rx) = watch::channel(false);
+        self.run_plan(
+            drvs,
+            settings,
+            ScheduleOptions::default(),
+            rx,
+            BuildMode::Repair,
+        )
+        .await
     }
 
     async fn run_plan(
@@ -181,11 +202,11 @@ impl TestStore {
         settings: LocalSettings,
         opts: ScheduleOptions,
         interrupt: watch::Receiver<bool>,
-        check: bool,
+        mode: BuildMode,
     ) -> Outcome {
         let wanted: Vec<_> = drvs.iter().map(|d| ((*d).clone(), None)).collect();
         let times = ferrix_build::BuildTimes::open(&self.dir.path().join("times.sqlite"));
-        let plan = ferrix_build::plan_builds(&self.store, &wanted, &times, check).unwrap();
+        let plan = ferrix_build::plan_builds(&self.store, &wanted, &times, mode).unwrap();
         let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(Events::default());
         let ex = Arc::new(LocalExecutor::new(
             self.store.clone(),
@@ -281,9 +302,76 @@ pub async fn check_mode(t: &TestStore, settings: LocalSettings) {
 
     // Nothing to compare with: refused before anything runs.
     let times = ferrix_build::BuildTimes::open(&t.dir.path().join("times.sqlite"));
-    let err = ferrix_build::plan_builds(&t.store, &[(missing, None)], &times, true).unwrap_err();
+    let err = ferrix_build::plan_builds(&t.store, &[(missing, None)], &times, BuildMode::Check)
+        .unwrap_err();
     assert!(
         err.to_string().contains("checking is not possible"),
         "{err}"
     );
+}
+
+/// `--repair` in the given settings: a damaged output is built again and replaced, its
+/// registration kept (the same path, the right hash); a repair whose build fails puts the
+/// damaged output back; nothing is left aside in the store.
+pub async fn repair_mode(t: &TestStore, settings: LocalSettings) {
+    // Outside the store; a sandboxed builder sees it through sandbox-paths.
+    let flags = t.dir.path().join("flags");
+    std::fs::create_dir_all(&flags).unwrap();
+    let marker = flags.join("fail-now");
+    let mut settings = settings;
+    if let Some(sb) = settings.sandbox.as_mut() {
+        sb.paths.push((flags.display().to_string(), flags.clone()));
+    }
+    let d = t.drv(
+        "fixme",
+        &format!(
+            "test -e {} && exit 1; /bin/mkdir $out; echo good > $out/file; echo $out > $out/self",
+            marker.display()
+        ),
+        &[],
+        &["out"],
+        &[],
+    );
+    let o = t
+        .build(&[&d], settings.clone(), ScheduleOptions::default())
+        .await;
+    assert!(o.success(), "{o:?}");
+    let out = t.out(&d, "out");
+    let file = t.store.real_path(&out).join("file");
+    let damage = || {
+        let dir = t.store.real_path(&out);
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, "bad\n").unwrap();
+    };
+    let problems = |t: &TestStore| {
+        ferrix_store::verify::verify_store(&t.store, true, Some(std::slice::from_ref(&out)))
+    };
+    damage();
+    assert_eq!(problems(t).unwrap().len(), 1);
+    let listing = || -> BTreeSet<String> {
+        std::fs::read_dir(t.store.config().real_store_dir.clone())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect()
+    };
+    let before = listing();
+
+    // The build fails: the damaged output is back, still registered.
+    std::fs::write(&marker, "").unwrap();
+    let o = t.repair(&[&d], settings.clone()).await;
+    assert!(!o.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "bad\n");
+    assert!(t.store.is_valid_path(&out).unwrap());
+    assert_eq!(listing(), before);
+
+    // It works: the output is as built, its registration sound.
+    std::fs::remove_file(&marker).unwrap();
+    let o = t.repair(&[&d], settings).await;
+    assert!(o.success(), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "good\n");
+    assert!(problems(t).unwrap().is_empty());
+    assert_eq!(listing(), before);
 }

@@ -31,8 +31,11 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Build again although the outputs are valid, and report any difference.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "repair")]
     check: bool,
+    /// Build again and replace the outputs, which may be damaged.
+    #[arg(long)]
+    repair: bool,
     /// Show the builders' output.
     #[arg(short = 'L', long)]
     print_build_logs: bool,
@@ -79,7 +82,13 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
     let mode = crate::build::RunMode {
         logs: a.print_build_logs,
         dry_run: a.dry_run,
-        check: a.check,
+        mode: if a.check {
+            ferrix_build::BuildMode::Check
+        } else if a.repair {
+            ferrix_build::BuildMode::Repair
+        } else {
+            ferrix_build::BuildMode::Normal
+        },
     };
     let (plan, outcome) = crate::build::realise(&settings, store.clone(), &wanted, mode, shell)?;
     if a.dry_run {

@@ -39,6 +39,8 @@ pub enum StoreCommand {
         all: bool,
         paths: Vec<String>,
     },
+    /// Repair paths by building their derivers again.
+    Repair { paths: Vec<String> },
     /// Delete paths, refusing live ones.
     Delete {
         #[arg(long)]
@@ -115,10 +117,18 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             paths,
         } => {
             if all || paths.is_empty() {
-                return ops::verify(&store, !no_contents, false, None, shell);
+                return ops::verify(&store, !no_contents, None, None, shell);
             }
             let ps = ops::resolve_all(&store, &paths)?;
-            return ops::verify(&store, !no_contents, false, Some(&ps), shell);
+            return ops::verify(&store, !no_contents, None, Some(&ps), shell);
+        }
+        StoreCommand::Repair { paths } => {
+            let ps = ops::resolve_all(&store, &paths)?;
+            let store = std::sync::Arc::new(store);
+            let repaired = crate::build::repair_paths(settings, store, &ps, shell)?;
+            if !ps.iter().all(|p| repaired.contains(p)) {
+                return Ok(ExitCode::from(1));
+            }
         }
         StoreCommand::Delete {
             ignore_liveness,

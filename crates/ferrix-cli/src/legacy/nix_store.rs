@@ -28,7 +28,8 @@ Operations:
   --print-fixed-path [--recursive] ALGO HASH NAME
   --query, -q [--references|--referrers|--referrers-closure|--requisites|-R
                [--include-outputs]|--tree|--graph|--deriver|-d|--hash|--size|--roots|--outputs] PATH...
-  --realise, -r DRV[!OUTPUTS]|PATH... [--add-root LINK] [--dry-run] [--check]
+  --realise, -r DRV[!OUTPUTS]|PATH... [--add-root LINK] [--dry-run] [--check|--repair]
+  --repair-path PATH...
                                      [-j N] [--cores N] [-k] [-K] [--max-silent-time S] [--timeout S]
   --read-log, -l DRV|PATH...
   --verify [--check-contents] [--repair]
@@ -61,6 +62,7 @@ enum Op {
     Delete,
     Gc,
     ReadLog,
+    RepairPath,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +152,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--delete" => set(&mut op, Op::Delete)?,
             "--gc" => set(&mut op, Op::Gc)?,
             "--read-log" | "-l" => set(&mut op, Op::ReadLog)?,
+            "--repair-path" => set(&mut op, Op::RepairPath)?,
             "--dry-run" => dry_run = true,
             "--check" => check = true,
             "--recursive" => recursive = true,
@@ -302,7 +305,13 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 &strs(&operands),
                 add_root.as_deref(),
                 dry_run,
-                check,
+                if check {
+                    ferrix_build::BuildMode::Check
+                } else if repair {
+                    ferrix_build::BuildMode::Repair
+                } else {
+                    ferrix_build::BuildMode::Normal
+                },
                 shell,
             );
         }
@@ -315,11 +324,27 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             }
         }
         Op::Verify => {
-            return ops::verify(&store, check_contents, repair, None, shell);
+            if repair {
+                let mut repairer = |paths: &[StorePath], sh: &mut Shell| {
+                    crate::build::repair_paths(&settings, store.clone(), paths, sh)
+                };
+                return ops::verify(&store, check_contents, Some(&mut repairer), None, shell);
+            }
+            return ops::verify(&store, check_contents, None, None, shell);
         }
         Op::VerifyPath => {
             let paths = ops::resolve_all(&store, &strs(&operands))?;
-            return ops::verify(&store, true, false, Some(&paths), shell);
+            return ops::verify(&store, true, None, Some(&paths), shell);
+        }
+        Op::RepairPath => {
+            let paths = ops::resolve_all(&store, &strs(&operands))?;
+            let repaired = crate::build::repair_paths(&settings, store.clone(), &paths, shell)?;
+            let all = paths.iter().all(|p| repaired.contains(p));
+            return Ok(if all {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Op::Export => {
             let paths: BTreeSet<StorePath> = ops::resolve_all(&store, &strs(&operands))?
@@ -561,7 +586,7 @@ fn realise(
     args: &[String],
     add_root: Option<&Path>,
     dry_run: bool,
-    check: bool,
+    build_mode: ferrix_build::BuildMode,
     shell: &mut Shell,
 ) -> Result<ExitCode> {
     let mut items: Vec<Vec<StorePath>> = Vec::new();
@@ -586,7 +611,7 @@ fn realise(
     let mode = crate::build::RunMode {
         logs: true,
         dry_run,
-        check,
+        mode: build_mode,
     };
     let (plan, outcome) = crate::build::realise(settings, store.clone(), &wanted, mode, shell)?;
     if dry_run {
