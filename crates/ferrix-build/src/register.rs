@@ -90,6 +90,10 @@ impl Registrations {
             for (p, r) in graph {
                 refs.entry(p).or_insert_with(|| r.into());
             }
+            if let Some(p) = missing.iter().find(|p| !refs.contains_key(*p)) {
+                // Not in its own closure: not valid after all (and no endless loop).
+                return Err(StoreError::NotValid(store.print(p)));
+            }
             todo = missing;
         }
     }
