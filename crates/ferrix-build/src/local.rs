@@ -172,20 +172,6 @@ impl Aside {
     }
 }
 
-/// A name for a valid output moved aside during a repair: a store entry (collectors leave
-/// those with a temp root alone), never registered.
-fn aside_name(p: &StorePath) -> Result<StorePath, ferrix_store::StoreError> {
-    let seed = format!(
-        "{p}-{}-{:?}-aside",
-        std::process::id(),
-        std::time::SystemTime::now()
-    );
-    let mut digest = [0u8; 20];
-    digest.copy_from_slice(&ferrix_format::Hash::sha256(seed.as_bytes()).digest()[..20]);
-    StorePath::from_digest(&digest, "ferrix-repair-aside")
-        .map_err(|e| ferrix_store::StoreError::Format(e.to_string()))
-}
-
 /// What the log reader shares with the waiting task: when the builder last wrote.
 struct LogState {
     last_activity: Instant,
@@ -260,7 +246,7 @@ impl LocalExecutor {
                         .collect();
                     let names = present
                         .iter()
-                        .map(|p| aside_name(p))
+                        .map(|_| store.fresh_entry("ferrix-repair-aside"))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(store_err)?;
                     if !names.is_empty() {
@@ -460,7 +446,6 @@ impl LocalExecutor {
     ) -> Result<PathBuf, BuildFailure> {
         let reused = self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let store = self.store.clone();
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let keep: BTreeSet<String> = closure.iter().map(|p| p.to_string()).collect();
         let d = drv.to_owned();
         let (dir, intent) = blocking(drv, move || {
@@ -475,21 +460,11 @@ impl LocalExecutor {
             let (dir, intent) = match reused {
                 Some(dir) => (dir, None),
                 None => {
-                    let seed = format!(
-                        "{}-{n}-{:?}-sandbox",
-                        std::process::id(),
-                        std::time::SystemTime::now()
-                    );
-                    let mut digest = [0u8; 20];
-                    digest.copy_from_slice(
-                        &ferrix_format::Hash::sha256(seed.as_bytes()).digest()[..20],
-                    );
-                    let sp = StorePath::from_digest(&digest, "ferrix-sandbox")
-                        .map_err(|e| io("naming the sandbox")(io::Error::other(e.to_string())))?;
                     let store_err = |source| BuildFailure::Store {
                         drv: d.clone(),
                         source,
                     };
+                    let sp = store.fresh_entry("ferrix-sandbox").map_err(store_err)?;
                     store.add_temp_roots([&sp]).map_err(store_err)?;
                     let intent = store
                         .begin_outputs(&[], std::slice::from_ref(&sp))

@@ -481,16 +481,7 @@ impl LocalStore {
     /// A fresh staging entry: a temp root first (so no collector takes it), then a note in
     /// this process's staging record (so recovery removes it should the process die).
     fn new_tmp_path(&self) -> Result<PathBuf> {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let seed = format!("{}-{n}-{nanos}", std::process::id());
-        let mut digest = [0u8; 20];
-        digest.copy_from_slice(&Hash::sha256(seed.as_bytes()).digest()[..20]);
-        let sp = StorePath::from_digest(&digest, STAGING_NAME)
-            .map_err(|e| StoreError::Format(e.to_string()))?;
+        let sp = self.fresh_entry(STAGING_NAME)?;
         self.add_temp_root(&sp)?;
         let record = self.staging_record();
         fs::OpenOptions::new()
@@ -500,6 +491,21 @@ impl LocalStore {
             .and_then(|mut f| f.write_all(format!("{sp}\0").as_bytes()))
             .map_err(io_err("writing", &record))?;
         Ok(self.real_path(&sp))
+    }
+
+    /// A store entry name no one else uses, `<random hash>-<name>`, for entries that are never
+    /// registered (staging, sandbox places, outputs moved aside): a store path, so that Nix's
+    /// collector (which deletes other names) leaves it to the temp root the caller adds.
+    pub fn fresh_entry(&self, name: &str) -> Result<StorePath> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let seed = format!("{}-{n}-{nanos}-{name}", std::process::id());
+        let mut digest = [0u8; 20];
+        digest.copy_from_slice(&Hash::sha256(seed.as_bytes()).digest()[..20]);
+        StorePath::from_digest(&digest, name).map_err(|e| StoreError::Format(e.to_string()))
     }
 
     /// `<state>/ferrix/pending/<pid>-staging`: the staging entries this process made.
