@@ -13,6 +13,7 @@ pub mod plan;
 pub mod refscan;
 pub mod register;
 pub mod sandbox;
+pub mod sandbox_host;
 pub mod scheduler;
 pub mod times;
 

@@ -72,8 +72,9 @@ pub struct LocalExecutor {
     counter: AtomicU64,
     times: Arc<Mutex<crate::times::BuildTimes>>,
     registrations: Arc<Registrations>,
-    /// Sandbox places not in use (see [`LocalExecutor::take_slot`]).
-    slots: Mutex<Vec<PathBuf>>,
+    /// Sandbox places not in use (see [`LocalExecutor::take_slot`]), with their hosts: these
+    /// go before the places are removed.
+    slots: Mutex<Vec<Slot>>,
     /// What removes every sandbox place when the executor goes (or recovery, if it dies).
     slot_intents: Mutex<Vec<ferrix_store::OutputsIntent>>,
 }
@@ -148,12 +149,20 @@ async fn cancelled(cancel: &mut Cancel) {
 /// Where a build happens and what it sees.
 struct Site<'a> {
     build_dir: &'a std::path::Path,
-    /// The sandbox's root, when sandboxed.
-    chroot: Option<&'a std::path::Path>,
+    /// The sandbox place, when sandboxed.
+    chroot: Option<&'a mut Slot>,
     /// The input closure.
     closure: &'a BTreeSet<StorePath>,
     /// Outputs built elsewhere than at their paths (a check outside the sandbox).
     scratch: &'a BTreeMap<String, StorePath>,
+}
+
+/// A sandbox place (see [`LocalExecutor::take_slot`]) and the host that serves it, once a
+/// build has started one.
+#[derive(Debug)]
+struct Slot {
+    dir: PathBuf,
+    host: Option<crate::sandbox_host::SandboxHost>,
 }
 
 /// Valid outputs moved aside for a repair: (where they are, where they were), and the
@@ -293,12 +302,12 @@ impl LocalExecutor {
         };
         self.reporter.started(&job.drv_path);
 
-        let chroot = match sandboxed {
+        let mut chroot = match sandboxed {
             true => Some(self.take_slot(&drv, &closure).await?),
             false => None,
         };
         // Where a sandboxed build leaves output `p`: in the sandbox's store directory.
-        let in_slot = |root: &PathBuf, p: &StorePath| root.join("store").join(p.to_string());
+        let in_slot = |slot: &Slot, p: &StorePath| slot.dir.join("store").join(p.to_string());
         let build_dir = match self.make_build_dir(job, &drv) {
             Ok(d) => d,
             Err(e) => {
@@ -313,7 +322,7 @@ impl LocalExecutor {
                 &drv,
                 Site {
                     build_dir: &build_dir,
-                    chroot: chroot.as_deref(),
+                    chroot: chroot.as_mut(),
                     closure: &closure,
                     scratch: &scratch,
                 },
@@ -443,8 +452,12 @@ impl LocalExecutor {
         &self,
         drv: &str,
         closure: &BTreeSet<StorePath>,
-    ) -> Result<PathBuf, BuildFailure> {
+    ) -> Result<Slot, BuildFailure> {
         let reused = self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let (reused, host) = match reused {
+            Some(slot) => (Some(slot.dir), slot.host),
+            None => (None, None),
+        };
         let store = self.store.clone();
         let keep: BTreeSet<String> = closure.iter().map(|p| p.to_string()).collect();
         let d = drv.to_owned();
@@ -470,7 +483,7 @@ impl LocalExecutor {
                         .begin_outputs(&[], std::slice::from_ref(&sp))
                         .map_err(store_err)?;
                     let dir = store.real_path(&sp);
-                    for sub in ["root", "store"] {
+                    for sub in ["root", "store", "view"] {
                         fs::DirBuilder::new()
                             .recursive(true)
                             .create(dir.join(sub))
@@ -495,19 +508,19 @@ impl LocalExecutor {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(i);
         }
-        Ok(dir)
+        Ok(Slot { dir, host })
     }
 
     /// Give a sandbox place back, without what the build left in it.
-    fn return_slot(&self, slot: Option<PathBuf>, job: &Job) {
-        let Some(dir) = slot else { return };
+    fn return_slot(&self, slot: Option<Slot>, job: &Job) {
+        let Some(slot) = slot else { return };
         for p in job.outputs.values() {
-            let _ = ferrix_store::fsutil::delete_path(&dir.join("store").join(p.to_string()));
+            let _ = ferrix_store::fsutil::delete_path(&slot.dir.join("store").join(p.to_string()));
         }
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(dir);
+            .push(slot);
     }
 
     /// Whether `job` builds in the sandbox: with `sandbox = true` always (`__noChroot` is an
@@ -770,28 +783,59 @@ impl LocalExecutor {
         }
         let log_file = fs::File::create(&log_path).map_err(io_err("creating the log file"))?;
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
-        let (mut cmd, spec) = match (chroot, &s.sandbox) {
+        let spawn_err = |source| BuildFailure::Spawn {
+            drv: drv.to_owned(),
+            builder: job.drv.builder.clone(),
+            source,
+        };
+        let mut running = match (chroot, &s.sandbox) {
             (Some(slot), Some(sb)) => {
-                let spec = crate::sandbox::Spec {
+                let network = job.drv.fixed_output().is_some();
+                let place = crate::sandbox::PlaceSpec {
+                    root: slot.dir.join("root"),
+                    store: slot.dir.join("store"),
+                    view: slot.dir.join("view"),
+                    real_store: real_store.clone(),
+                    store_dir: store_dir.clone(),
+                    extra: sb.paths.clone(),
+                    network,
+                    uid: sb.uid,
+                    gid: sb.gid,
+                };
+                let build = crate::sandbox::BuildSpec {
                     builder: job.drv.builder.clone(),
                     args: args.clone(),
                     env: env.clone(),
                     build_dir: build_dir.to_owned(),
-                    root: slot.join("root"),
-                    store: slot.join("store"),
-                    store_dir: store_dir.clone(),
-                    inputs: closure
-                        .iter()
-                        .map(|p| (self.store.print(p), self.store.real_path(p)))
-                        .collect(),
-                    extra: sb.paths.clone(),
-                    network: job.drv.fixed_output().is_some(),
-                    uid: sb.uid,
-                    gid: sb.gid,
+                    inputs: closure.iter().map(|p| p.to_string()).collect(),
                 };
-                let (mut cmd, json) = spec.command(&sb.helper);
-                cmd.stdin(Stdio::piped());
-                (cmd, Some(json))
+                if network {
+                    // The host's network is not the place's: a helper of its own.
+                    let (mut cmd, input) =
+                        crate::sandbox::one_shot_command(&sb.helper, &place, &build)
+                            .map_err(spawn_err)?;
+                    cmd.stdin(Stdio::piped());
+                    let mut child = spawn_process(cmd, writer).map_err(spawn_err)?;
+                    if let Some(mut stdin) = child.stdin.take() {
+                        use tokio::io::AsyncWriteExt;
+                        stdin
+                            .write_all(&input)
+                            .await
+                            .map_err(io_err("starting the sandbox"))?;
+                    }
+                    Running::Process(child)
+                } else {
+                    let mut host = match slot.host.take() {
+                        Some(h) => h,
+                        None => crate::sandbox_host::SandboxHost::spawn(&sb.helper, &place)
+                            .await
+                            .map_err(spawn_err)?,
+                    };
+                    host.start(&build, writer.into())
+                        .await
+                        .map_err(io_err("starting the sandbox"))?;
+                    Running::Hosted { host, slot }
+                }
             }
             _ => {
                 let mut cmd = tokio::process::Command::new(&job.drv.builder);
@@ -800,28 +844,9 @@ impl LocalExecutor {
                     .envs(&env)
                     .current_dir(build_dir)
                     .stdin(Stdio::null());
-                (cmd, None)
+                Running::Process(spawn_process(cmd, writer).map_err(spawn_err)?)
             }
         };
-        cmd.stdout(writer.try_clone().map_err(io_err("creating a pipe"))?)
-            .stderr(writer)
-            .process_group(0)
-            .kill_on_drop(true);
-        let spawned = cmd.spawn();
-        drop(cmd); // our copies of the pipe's write end, so that the reader sees its end
-        let mut child = spawned.map_err(|source| BuildFailure::Spawn {
-            drv: drv.to_owned(),
-            builder: job.drv.builder.clone(),
-            source,
-        })?;
-        if let (Some(json), Some(mut stdin)) = (spec, child.stdin.take()) {
-            use tokio::io::AsyncWriteExt;
-            stdin
-                .write_all(json.as_bytes())
-                .await
-                .map_err(io_err("starting the sandbox"))?;
-        }
-        let pgid = child.id().map(|id| id as i32);
 
         let state = Arc::new(Mutex::new(LogState {
             last_activity: Instant::now(),
@@ -840,7 +865,7 @@ impl LocalExecutor {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let outcome: Result<std::process::ExitStatus, BuildFailure> = loop {
             tokio::select! {
-                st = child.wait() => break st.map_err(io_err("waiting for the builder")),
+                st = running.wait() => break st.map_err(io_err("waiting for the builder")),
                 () = cancelled(&mut cancel) => {
                     break Err(BuildFailure::Interrupted { drv: drv.to_owned() });
                 }
@@ -856,11 +881,7 @@ impl LocalExecutor {
                 }
             }
         };
-        // The builder's helpers may outlive it and hold the log pipe open: end them all.
-        if let Some(pg) = pgid.and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
-        }
-        let _ = child.wait().await;
+        running.end(outcome.is_ok()).await;
         let _ = log_task.await;
 
         let status = outcome?;
@@ -882,6 +903,64 @@ impl LocalExecutor {
                 code: -1,
             },
         })
+    }
+}
+
+/// Start `cmd` in its own process group, its standard output and error on `out`.
+fn spawn_process(
+    mut cmd: tokio::process::Command,
+    out: io::PipeWriter,
+) -> io::Result<tokio::process::Child> {
+    cmd.stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .kill_on_drop(true);
+    // `cmd` holds copies of the pipe's write end: they go at the end of this call, so that
+    // the log's reader sees the end of the output when the builder's processes are gone.
+    cmd.spawn()
+}
+
+/// A builder running: a process of ours (its process group), or a build of a sandbox host.
+enum Running<'a> {
+    Process(tokio::process::Child),
+    Hosted {
+        host: crate::sandbox_host::SandboxHost,
+        slot: &'a mut Slot,
+    },
+}
+
+impl Running<'_> {
+    /// The build's exit status. Cancel-safe.
+    async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match self {
+            Running::Process(child) => child.wait().await,
+            Running::Hosted { host, .. } => host.wait().await,
+        }
+    }
+
+    /// Make sure that nothing of the build runs any more (`finished`: its status has been
+    /// read). A host that served the build well goes back to its place for the next one.
+    async fn end(self, finished: bool) {
+        match self {
+            Running::Process(mut child) => {
+                // The builder's helpers may outlive it and hold the log pipe open: end them
+                // all.
+                if let Some(pg) = child
+                    .id()
+                    .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+                {
+                    let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
+                }
+                let _ = child.wait().await;
+            }
+            Running::Hosted { mut host, slot } => {
+                // In the sandbox, the build's processes end with its process 1.
+                let healthy = finished || (host.kill().await.is_ok() && host.wait().await.is_ok());
+                if healthy {
+                    slot.host = Some(host);
+                }
+            }
+        }
     }
 }
 

@@ -2,24 +2,33 @@
 //! for fixed-output derivations) network namespaces, inside a root that holds only its input
 //! closure, the build directory at `/build`, a few devices, `/proc` and the `sandbox-paths`.
 //!
-//! Set-up happens in a helper process of our own binary rather than between `fork` and
-//! `exec` of a multi-threaded program (where only async-signal-safe calls are allowed):
-//! `__build-child` (stage 1) enters the namespaces, maps the ids and builds the root (a tmpfs,
-//! with the store directory, a reused directory on disk, bound on it); it forks stage 2,
-//! process 1 of the new pid namespace, which mounts `/proc`, enters the root and becomes the
-//! builder. Both die with their parent (`PDEATHSIG`), and when process 1 dies the kernel ends
-//! every process of its namespace: nothing outlives a build, even if Ferrix itself is killed.
+//! Set-up happens in helper processes of our own binary rather than between `fork` and
+//! `exec` of a multi-threaded program (where only async-signal-safe calls are allowed).
+//! The part every build of a sandbox place shares is made once: a *host* (`__sandbox-host`,
+//! one per place, see [`crate::sandbox_host`]) enters the user, network and uts namespaces,
+//! maps the ids, brings up the loopback and mounts the read-only skeleton of the root (a
+//! tmpfs with `/dev`, `/etc`, the `sandbox-paths` and the place's store directory). For each
+//! build it forks a child that enters fresh mount, pid and ipc namespaces, binds the build
+//! directory and the inputs, mounts a fresh `/tmp` and `/dev/shm`, and forks process 1 of
+//! the new pid namespace, which mounts `/proc`, enters the root and becomes the builder.
+//! Fixed-output derivations, which keep the host's network, get a helper of their own for
+//! one build (`__build-child`), made of the same parts.
+//!
+//! Nothing outlives a build: the build child dies with the host, process 1 with the build
+//! child (`PDEATHSIG`), and when process 1 dies the kernel ends every process of its
+//! namespace. A host ends its builds and itself when its control socket closes, so when
+//! Ferrix is killed too.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use rustix::mount::{MountFlags, MountPropagationFlags};
 use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
 
 /// Where the build directory appears inside the sandbox (Nix's `sandbox-build-dir`).
 pub const BUILD_DIR_IN_SANDBOX: &str = "/build";
@@ -28,23 +37,21 @@ pub const BUILD_DIR_IN_SANDBOX: &str = "/build";
 const SANDBOX_UID: u32 = 1000;
 const SANDBOX_GID: u32 = 100;
 
-/// Everything the helpers need, sent to them on standard input as JSON.
-#[derive(Debug, Clone, Default)]
-pub struct Spec {
-    pub builder: String,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    /// The build directory on the host, bound at `/build`.
-    pub build_dir: PathBuf,
+/// What every build of one sandbox place shares.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlaceSpec {
     /// The directory where a fresh tmpfs becomes `/`.
     pub root: PathBuf,
     /// The directory that becomes the store directory: inputs are bound on mount points
     /// in it (made when missing, kept afterwards), and outputs are written there.
     pub store: PathBuf,
+    /// An empty directory (outside `root`) where the real store is seen read-only, the
+    /// source of every input's bind.
+    pub view: PathBuf,
+    /// Where the store's files really are.
+    pub real_store: PathBuf,
     /// The logical store directory (inside the sandbox, paths are where their names say).
     pub store_dir: String,
-    /// Input paths: (path inside, where it really is).
-    pub inputs: Vec<(String, PathBuf)>,
     /// `sandbox-paths`: (path inside, path on the host).
     pub extra: Vec<(String, PathBuf)>,
     /// Keep the host's network (fixed-output derivations).
@@ -54,90 +61,50 @@ pub struct Spec {
     pub gid: u32,
 }
 
-impl Spec {
-    fn to_json(&self) -> String {
-        use serde_json::json;
-        json!({
-            "builder": self.builder, "args": self.args, "env": self.env,
-            "build_dir": self.build_dir, "root": self.root, "store": self.store,
-            "store_dir": self.store_dir,
-            "inputs": self.inputs, "extra": self.extra, "network": self.network,
-            "uid": self.uid, "gid": self.gid,
-        })
-        .to_string()
-    }
+/// What one build needs beyond its place.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub builder: String,
+    pub args: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The build directory on the host, bound at `/build`.
+    pub build_dir: PathBuf,
+    /// The input paths' names (entries of the store directory).
+    pub inputs: Vec<String>,
+}
 
-    fn from_json(text: &str) -> io::Result<Self> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(io::Error::other)?;
-        let bad = || io::Error::other("malformed sandbox spec");
-        let s = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(bad);
-        let pairs = |k: &str| -> io::Result<Vec<(String, PathBuf)>> {
-            v[k].as_array()
-                .ok_or_else(bad)?
-                .iter()
-                .map(|p| {
-                    Ok((
-                        p[0].as_str().ok_or_else(bad)?.to_owned(),
-                        PathBuf::from(p[1].as_str().ok_or_else(bad)?),
-                    ))
-                })
-                .collect()
-        };
-        Ok(Self {
-            builder: s("builder")?,
-            args: v["args"]
-                .as_array()
-                .ok_or_else(bad)?
-                .iter()
-                .map(|a| a.as_str().map(str::to_owned).ok_or_else(bad))
-                .collect::<io::Result<_>>()?,
-            env: v["env"]
-                .as_object()
-                .ok_or_else(bad)?
-                .iter()
-                .map(|(k, x)| Ok((k.clone(), x.as_str().ok_or_else(bad)?.to_owned())))
-                .collect::<io::Result<_>>()?,
-            build_dir: PathBuf::from(s("build_dir")?),
-            root: PathBuf::from(s("root")?),
-            store: PathBuf::from(s("store")?),
-            store_dir: s("store_dir")?,
-            inputs: pairs("inputs")?,
-            extra: pairs("extra")?,
-            network: v["network"].as_bool().ok_or_else(bad)?,
-            uid: v["uid"].as_u64().ok_or_else(bad)? as u32,
-            gid: v["gid"].as_u64().ok_or_else(bad)? as u32,
-        })
-    }
+/// A build with a helper of its own (`__build-child`): both parts, on its standard input.
+#[derive(Debug, Serialize, Deserialize)]
+struct OneShot {
+    place: PlaceSpec,
+    build: BuildSpec,
+}
 
-    /// The command that runs the builder in the sandbox: the helper (stage 1), with the spec
-    /// to write to its standard input.
-    pub fn command(&self, helper: &Path) -> (tokio::process::Command, String) {
-        let mut cmd = tokio::process::Command::new(helper);
-        cmd.arg("__build-child").env_clear();
-        (cmd, self.to_json())
-    }
+/// The command that runs one build in a sandbox of its own (the helper, `__build-child`),
+/// with what to write to its standard input.
+pub fn one_shot_command(
+    helper: &Path,
+    place: &PlaceSpec,
+    build: &BuildSpec,
+) -> io::Result<(tokio::process::Command, Vec<u8>)> {
+    let mut cmd = tokio::process::Command::new(helper);
+    cmd.arg("__build-child").env_clear();
+    let spec = OneShot {
+        place: place.clone(),
+        build: build.clone(),
+    };
+    Ok((cmd, serde_json::to_vec(&spec).map_err(io::Error::other)?))
 }
 
 fn ctx<T>(what: &str, r: io::Result<T>) -> io::Result<T> {
     r.map_err(|e| io::Error::new(e.kind(), format!("sandbox: {what}: {e}")))
 }
 
-fn read_spec() -> io::Result<Spec> {
-    let mut text = String::new();
-    io::stdin().read_to_string(&mut text)?;
-    Spec::from_json(&text)
-}
-
-/// Enter new namespaces (the helper is single-threaded, as `CLONE_NEWUSER` requires).
+/// Enter new namespaces (the caller is single-threaded, as `CLONE_NEWUSER` requires).
 #[allow(unsafe_code)]
-fn unshare(network: bool) -> io::Result<()> {
-    use rustix::thread::UnshareFlags as F;
-    let mut flags = F::NEWUSER | F::NEWNS | F::NEWPID | F::NEWIPC | F::NEWUTS;
-    if !network {
-        flags |= F::NEWNET;
-    }
-    // SAFETY: the flags do not include `CLONE_FILES`, the only one that can leave other
-    // threads with file descriptors they can no longer use; this process has one thread.
+fn unshare(flags: rustix::thread::UnshareFlags) -> io::Result<()> {
+    // SAFETY: the flags never include `CLONE_FILES`, the only one that can leave other
+    // threads with file descriptors they can no longer use; the helpers have one thread.
     unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(Into::into)
 }
 
@@ -193,26 +160,43 @@ fn inside(root: &Path, p: &str) -> PathBuf {
     root.join(p.trim_start_matches('/'))
 }
 
-/// Stage 1 (`ferrix __build-child`): namespaces, id maps, the root; then stage 2, whose
-/// exit status becomes ours. Never returns.
+/// `ferrix __build-child`: one build in a sandbox of its own (the place and the build spec
+/// on standard input); its exit status is the builder's. Never returns.
 pub fn child_main() -> ! {
-    let code = match stage1() {
+    let run = || -> io::Result<i32> {
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        let mut text = Vec::new();
+        ctx("reading the spec", io::stdin().read_to_end(&mut text))?;
+        let spec: OneShot = serde_json::from_slice(&text)
+            .map_err(|e| io::Error::other(format!("sandbox: malformed spec: {e}")))?;
+        enter_place(&spec.place)?;
+        run_build(&spec.place, &spec.build)
+    };
+    let code = match run() {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(io::stderr(), "error: {e}");
-            // Distinct from any builder's status: the build failed before the builder ran.
-            125
+            SETUP_FAILED
         }
     };
     std::process::exit(code)
 }
 
-fn stage1() -> io::Result<i32> {
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    let spec = ctx("reading the spec", read_spec())?;
+/// The exit status of a build whose sandbox could not be set up: distinct from any
+/// builder's, which did not run.
+pub const SETUP_FAILED: i32 = 125;
+
+/// Enter the namespaces a place keeps for all its builds (user, mount, uts and, unless it
+/// keeps the host's, network), map the ids and make the root's read-only skeleton.
+pub fn enter_place(place: &PlaceSpec) -> io::Result<()> {
+    use rustix::thread::UnshareFlags as F;
+    let mut flags = F::NEWUSER | F::NEWNS | F::NEWUTS;
+    if !place.network {
+        flags |= F::NEWNET;
+    }
     ctx(
         "creating namespaces (are user namespaces enabled? set 'sandbox = false' otherwise)",
-        unshare(spec.network),
+        unshare(flags),
     )?;
     ctx(
         "writing setgroups",
@@ -222,14 +206,14 @@ fn stage1() -> io::Result<i32> {
         "mapping the user id",
         fs::write(
             "/proc/self/uid_map",
-            format!("{SANDBOX_UID} {} 1", spec.uid),
+            format!("{SANDBOX_UID} {} 1", place.uid),
         ),
     )?;
     ctx(
         "mapping the group id",
         fs::write(
             "/proc/self/gid_map",
-            format!("{SANDBOX_GID} {} 1", spec.gid),
+            format!("{SANDBOX_GID} {} 1", place.gid),
         ),
     )?;
     // Nothing mounted from here on is seen outside.
@@ -241,8 +225,39 @@ fn stage1() -> io::Result<i32> {
         )
         .map_err(Into::into),
     )?;
-    let root = &spec.root;
-    // The skeleton lives in memory: a tmpfs as the root, the store directory bound on it.
+    if !place.network {
+        // The namespace's own loopback: builders that test servers on localhost work, and
+        // nothing on the host's loopback is reachable.
+        ctx("bringing up the loopback interface", loopback_up())?;
+    }
+    ctx(
+        "setting the host name",
+        rustix::system::sethostname(b"localhost").map_err(Into::into),
+    )?;
+    let _ = rustix::system::setdomainname(b"(none)");
+    skeleton(place)
+}
+
+/// The root every build of the place shares: a tmpfs (it costs no disk inodes) with the
+/// store directory, devices, `/etc`, the `sandbox-paths` and mount points for what each
+/// build brings, made read-only: a builder leaves nothing there for the next one. The
+/// store is also seen read-only at `view`, outside the root, for the inputs' binds.
+fn skeleton(place: &PlaceSpec) -> io::Result<()> {
+    let root = &place.root;
+    // The view first, and without what is mounted below the store (such as the root).
+    fs::create_dir_all(&place.view)?;
+    ctx(
+        "viewing the store",
+        rustix::mount::mount_bind(&place.real_store, &place.view)
+            .and_then(|()| {
+                rustix::mount::mount_remount(
+                    &place.view,
+                    MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                    "",
+                )
+            })
+            .map_err(Into::into),
+    )?;
     ctx(
         "mounting the root",
         rustix::mount::mount(
@@ -254,63 +269,12 @@ fn stage1() -> io::Result<i32> {
         )
         .map_err(Into::into),
     )?;
-    let store_at = inside(root, &spec.store_dir);
-    fs::create_dir_all(&store_at)?;
-    ctx(
-        "binding the store directory",
-        rustix::mount::mount_bind(&spec.store, &store_at).map_err(Into::into),
-    )?;
-    ctx(
-        "binding the build directory",
-        bind(&spec.build_dir, &inside(root, BUILD_DIR_IN_SANDBOX), false),
-    )?;
-    // Inputs are bound from one read-only view of the store they live in: each bind then
-    // inherits its flags, one `mount` call per input instead of two.
-    let ro_store = inside(root, "/.inputs");
-    let mut ro_store_used = false;
-    for (at, real) in &spec.inputs {
-        let target = inside(root, at);
-        let via = match (real.parent(), real.file_name()) {
-            (Some(dir), Some(name)) => {
-                if !ro_store_used {
-                    fs::create_dir_all(&ro_store)?;
-                    ctx("viewing the store", bind(dir, &ro_store, true))?;
-                    ro_store_used = true;
-                }
-                ro_store.join(name)
-            }
-            _ => real.clone(),
-        };
-        ctx(&format!("binding input '{at}'"), bind_plain(&via, &target))?;
+    if !below_fresh(&place.store_dir) {
+        bind_store(place)?;
     }
-    if ro_store_used {
-        ctx(
-            "hiding the store view",
-            rustix::mount::unmount(&ro_store, rustix::mount::UnmountFlags::DETACH)
-                .map_err(Into::into),
-        )?;
-        fs::remove_dir(&ro_store)?;
-    }
-    for (at, real) in &spec.extra {
-        let target = inside(root, at);
-        match fs::symlink_metadata(real) {
-            // A symlink (as /bin is on merged-/usr systems) is recreated as is.
-            Ok(m) if m.file_type().is_symlink() => {
-                if let Some(p) = target.parent() {
-                    fs::create_dir_all(p)?;
-                }
-                let to = fs::read_link(real)?;
-                if fs::symlink_metadata(&target).is_err() {
-                    ctx(&format!("linking '{at}'"), symlink(to, &target))?;
-                }
-            }
-            Ok(_) => ctx(&format!("binding '{at}'"), bind(real, &target, true))?,
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("sandbox: sandbox path '{}': {e}", real.display()),
-                ))
-            }
+    for (at, real) in &place.extra {
+        if !below_fresh(at) {
+            add_extra(root, at, real)?;
         }
     }
     for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
@@ -330,22 +294,9 @@ fn stage1() -> io::Result<i32> {
     ] {
         let _ = symlink(to, inside(root, &format!("/dev/{name}")));
     }
-    // Nix mounts a private /dev/shm and /dev/pts; best effort, as there.
-    let shm = inside(root, "/dev/shm");
-    fs::create_dir_all(&shm)?;
-    if Path::new("/dev/shm").exists() {
-        ctx(
-            "mounting /dev/shm",
-            rustix::mount::mount(
-                "none",
-                &shm,
-                "tmpfs",
-                MountFlags::empty(),
-                Some(c"size=50%"),
-            )
-            .map_err(Into::into),
-        )?;
-    }
+    // Nix mounts a private /dev/pts; best effort, as there. (`/dev/shm`, like `/tmp`, is
+    // a fresh tmpfs for each build.)
+    fs::create_dir_all(inside(root, "/dev/shm"))?;
     let pts = inside(root, "/dev/pts");
     fs::create_dir_all(&pts)?;
     if Path::new("/dev/pts/ptmx").exists()
@@ -360,19 +311,13 @@ fn stage1() -> io::Result<i32> {
     {
         let _ = symlink("/dev/pts/ptmx", inside(root, "/dev/ptmx"));
     }
-    // A writable /tmp, as many builders expect one whatever TMPDIR says.
-    let tmp = inside(root, "/tmp");
-    fs::create_dir_all(&tmp)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))?;
-    if !spec.network {
-        // The namespace's own loopback: builders that test servers on localhost work, and
-        // nothing on the host's loopback is reachable.
-        ctx("bringing up the loopback interface", loopback_up())?;
+    for dir in ["/tmp", BUILD_DIR_IN_SANDBOX, "/proc"] {
+        fs::create_dir_all(inside(root, dir))?;
     }
 
     let etc = inside(root, "/etc");
     fs::create_dir_all(&etc)?;
-    if spec.network {
+    if place.network {
         // Fixed-output builds fetch things: they get the host's name resolution.
         fs::write(
             etc.join("nsswitch.conf"),
@@ -399,24 +344,117 @@ fn stage1() -> io::Result<i32> {
         format!("root:x:0:\nnixbld:!:{SANDBOX_GID}:\nnogroup:x:65534:\n"),
     )?;
     fs::write(etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
-    fs::create_dir_all(inside(root, "/proc"))?;
     ctx(
-        "setting the host name",
-        rustix::system::sethostname(b"localhost").map_err(Into::into),
-    )?;
-    let _ = rustix::system::setdomainname(b"(none)");
+        "making the root read-only",
+        rustix::mount::mount_remount(root, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(Into::into),
+    )
+}
 
-    // Stage 2 becomes process 1 of the new pid namespace: a fork of this single-threaded
-    // process, which keeps the capabilities it needs to mount `/proc` and enter the root
-    // (the builder, started by `exec` as an unprivileged user, has none).
+/// Directories that are fresh for each build: what lies below them is not in the skeleton.
+fn below_fresh(at: &str) -> bool {
+    ["/tmp", "/dev/shm"]
+        .iter()
+        .any(|d| Path::new(at).starts_with(d))
+}
+
+/// The place's store directory, at its logical path in the root.
+fn bind_store(place: &PlaceSpec) -> io::Result<()> {
+    let store_at = inside(&place.root, &place.store_dir);
+    fs::create_dir_all(&store_at)?;
+    ctx(
+        "binding the store directory",
+        rustix::mount::mount_bind(&place.store, &store_at).map_err(Into::into),
+    )
+}
+
+/// A `sandbox-paths` entry, read-only at `at` in the root.
+fn add_extra(root: &Path, at: &str, real: &Path) -> io::Result<()> {
+    let target = inside(root, at);
+    match fs::symlink_metadata(real) {
+        // A symlink (as /bin is on merged-/usr systems) is recreated as is.
+        Ok(m) if m.file_type().is_symlink() => {
+            if let Some(p) = target.parent() {
+                fs::create_dir_all(p)?;
+            }
+            let to = fs::read_link(real)?;
+            if fs::symlink_metadata(&target).is_err() {
+                ctx(&format!("linking '{at}'"), symlink(to, &target))?;
+            }
+            Ok(())
+        }
+        Ok(_) => ctx(&format!("binding '{at}'"), bind(real, &target, true)),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("sandbox: sandbox path '{}': {e}", real.display()),
+        )),
+    }
+}
+
+/// One build in a place entered with [`enter_place`]: fresh mount, pid and ipc namespaces
+/// (this process's children are in the new pid namespace), the build directory at
+/// `/build`, the inputs, a fresh `/tmp` and `/dev/shm`; then process 1, the builder, whose
+/// exit status (128 + the signal, if one ended it) is returned.
+pub fn run_build(place: &PlaceSpec, build: &BuildSpec) -> io::Result<i32> {
+    use rustix::thread::UnshareFlags as F;
+    ctx(
+        "creating the build's namespaces",
+        unshare(F::NEWNS | F::NEWPID | F::NEWIPC),
+    )?;
+    let root = &place.root;
+    ctx(
+        "binding the build directory",
+        rustix::mount::mount_bind(&build.build_dir, inside(root, BUILD_DIR_IN_SANDBOX))
+            .map_err(Into::into),
+    )?;
+    for (dir, opts) in [("/tmp", c"mode=1777"), ("/dev/shm", c"size=50%")] {
+        ctx(
+            &format!("mounting {dir}"),
+            rustix::mount::mount(
+                "none",
+                inside(root, dir),
+                "tmpfs",
+                MountFlags::empty(),
+                Some(opts),
+            )
+            .map_err(Into::into),
+        )?;
+    }
+    // What lies below those (as it may in tests) was covered: it comes again.
+    if below_fresh(&place.store_dir) {
+        bind_store(place)?;
+    }
+    for (at, real) in &place.extra {
+        if below_fresh(at) {
+            add_extra(root, at, real)?;
+        }
+    }
+    let store_at = inside(root, &place.store_dir);
+    // Each input is bound from the read-only view: it inherits its flags, one `mount`
+    // call per input. Its mount point, in the place's store directory on disk, is usually
+    // there from an earlier build.
+    for name in &build.inputs {
+        if name.contains('/') || name.starts_with('.') {
+            return Err(io::Error::other(format!(
+                "sandbox: bad input name '{name}'"
+            )));
+        }
+        ctx(
+            &format!("binding input '{}/{name}'", place.store_dir),
+            bind_plain(&place.view.join(name), &store_at.join(name)),
+        )?;
+    }
+    // Process 1 of the new pid namespace: a fork of this single-threaded process, which
+    // keeps the capabilities it needs to mount `/proc` and enter the root (the builder,
+    // started by `exec` as an unprivileged user, has none).
     let pid = fork()?;
     if pid == 0 {
-        let err = match stage2(&spec) {
+        let err = match stage2(root, build) {
             Ok(never) => match never {},
             Err(e) => e,
         };
         let _ = writeln!(io::stderr(), "error: {err}");
-        exit_now(125);
+        exit_now(SETUP_FAILED);
     }
     wait_for(pid)
 }
@@ -457,10 +495,10 @@ fn loopback_up() -> io::Result<()> {
 
 /// `fork(2)`: 0 in the child, its pid in the parent.
 #[allow(unsafe_code)]
-fn fork() -> io::Result<i32> {
-    // SAFETY: stage 1 is a process of its own with a single thread (it starts no others),
-    // so the child is a complete copy: no lock can be held by a thread that does not exist
-    // there. The child only makes system calls and then replaces itself with `exec`.
+pub(crate) fn fork() -> io::Result<i32> {
+    // SAFETY: only the helpers fork, processes of their own with a single thread (they
+    // start no others), so the child is a complete copy: no lock can be held by a thread
+    // that does not exist there.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -470,13 +508,13 @@ fn fork() -> io::Result<i32> {
 
 /// `_exit(2)`: the forked child must not run the parent's exit handlers.
 #[allow(unsafe_code)]
-fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` ends the process at once; nothing is used afterwards.
     unsafe { libc::_exit(code) }
 }
 
 /// Wait for process `pid`: its exit code, or 128 + the signal that ended it.
-fn wait_for(pid: i32) -> io::Result<i32> {
+pub(crate) fn wait_for(pid: i32) -> io::Result<i32> {
     let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| io::Error::other("bad pid"))?;
     loop {
         match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
@@ -494,10 +532,9 @@ fn wait_for(pid: i32) -> io::Result<i32> {
     }
 }
 
-/// Stage 2, in the forked child: `/proc`, the root, then the builder. Never returns.
-fn stage2(spec: &Spec) -> io::Result<std::convert::Infallible> {
+/// Process 1, in the forked child: `/proc`, the root, then the builder. Never returns.
+fn stage2(root: &Path, spec: &BuildSpec) -> io::Result<std::convert::Infallible> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    let root = &spec.root;
     ctx(
         "mounting /proc",
         rustix::mount::mount(

@@ -335,6 +335,45 @@ async fn a_reused_sandbox_shows_only_the_new_closure() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Builds of one sandbox place share its host (namespaces, the root's skeleton), and none
+/// leaves anything there for the next: the root is read-only, `/tmp` and `/dev/shm` are
+/// fresh, and so is the System V IPC namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_leaves_nothing_for_the_next_in_its_place() {
+    let t = TestStore::new();
+    let a = t.drv(
+        "a",
+        "exec > $out; echo x > /tmp/left && echo tmp-written; echo y > /dev/shm/left && echo shm-written; \
+         echo z > /left 2>/dev/null && echo ROOT-WRITTEN || echo root-read-only; \
+         echo z >> /etc/passwd 2>/dev/null && echo ETC-WRITTEN || echo etc-read-only; \
+         /usr/bin/ipcmk -M 4096 >/dev/null && echo segments=$(/usr/bin/ipcs -m | /bin/grep -c 0x)",
+        &[],
+        &["out"],
+        &[],
+    );
+    let b = t.drv(
+        "b",
+        "exec > $out; test -e /tmp/left && echo TMP-LEFT || echo tmp-fresh; \
+         echo shm=$(/bin/ls -A /dev/shm) \
+         segments=$(/usr/bin/ipcs -m | /bin/grep -c 0x) passwd=$(/bin/grep -c z /etc/passwd)",
+        &[(&a, "out")],
+        &["out"],
+        &[],
+    );
+    let mut s = sandboxed(t.settings());
+    s.max_jobs = 1;
+    let o = t.build(&[&b], s, ScheduleOptions::default()).await;
+    assert!(o.success(), "{o:?}");
+    assert_eq!(
+        t.read_out(&a, "out"),
+        "tmp-written\nshm-written\nroot-read-only\netc-read-only\nsegments=1\n"
+    );
+    assert_eq!(
+        t.read_out(&b, "out"),
+        "tmp-fresh\nshm= segments=0 passwd=0\n"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_in_the_sandbox() {
     let t = TestStore::new();

@@ -33,9 +33,11 @@ fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "ferrix".into());
-    // The build sandbox's helper: this binary re-executed (see ferrix_build::sandbox).
-    if args.get(1).and_then(|a| a.to_str()) == Some("__build-child") {
-        ferrix_build::sandbox::child_main()
+    // The build sandbox's helpers: this binary re-executed (see ferrix_build::sandbox).
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("__build-child") => ferrix_build::sandbox::child_main(),
+        Some("__sandbox-host") => ferrix_build::sandbox_host::host_main(),
+        _ => {}
     }
     let mut shell = Shell::stdio();
     let res = match name.as_str() {
