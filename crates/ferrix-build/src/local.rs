@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,6 +157,27 @@ struct Site<'a> {
     scratch: &'a BTreeMap<String, StorePath>,
 }
 
+/// Outputs up to this size (single files) are checked without a trip to a blocking thread.
+const SMALL_OUTPUT: u64 = 256 << 10;
+
+/// What preparing a build found.
+enum Prepared {
+    /// Another process holds an output's lock.
+    Busy,
+    /// The outputs are valid: nothing to build.
+    Valid,
+    Ready(Box<Ready>),
+}
+
+/// A build ready to start: its output locks, input closure, intent record and what a repair
+/// moved aside.
+struct Ready {
+    locks: Vec<StoreLock>,
+    closure: BTreeSet<StorePath>,
+    intent: ferrix_store::OutputsIntent,
+    aside: Aside,
+}
+
 /// A sandbox place (see [`LocalExecutor::take_slot`]) and the host that serves it, once a
 /// build has started one.
 #[derive(Debug)]
@@ -207,14 +228,15 @@ impl LocalExecutor {
             BTreeMap::new()
         };
 
-        // One trip to a blocking thread: the output locks, in sorted order (one another
-        // process holds is waited for), validity again (it may have built them meanwhile),
-        // temp roots, the input closure and the intent record.
+        // The output locks, in sorted order, validity again (another process may have built
+        // them meanwhile), temp roots, the input closure and the intent record: a few quick
+        // system calls, made here, unless another process holds a lock. Then they are made
+        // on a blocking thread that waits for it.
         let extra: Vec<StorePath> = scratch.values().cloned().collect();
         let prepared = {
             let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
             let (job2, regs) = (job.clone(), self.registrations.clone());
-            blocking(&drv, move || {
+            let prepare = move |wait: bool| {
                 let store_err = |source| BuildFailure::Store {
                     drv: d.clone(),
                     source,
@@ -223,6 +245,7 @@ impl LocalExecutor {
                 for p in &paths {
                     let l = match store.lock_path(p, false) {
                         Ok(Some(l)) => Ok(l),
+                        Ok(None) if !wait => return Ok(Prepared::Busy),
                         Ok(None) => store.lock_path(p, true).and_then(|l| {
                             l.ok_or_else(|| {
                                 ferrix_store::StoreError::Format("lock unavailable".into())
@@ -236,7 +259,7 @@ impl LocalExecutor {
                 let valid = store.valid_among(paths.iter()).map_err(store_err)?;
                 let all_valid = valid.len() == paths.len();
                 match job2.mode {
-                    BuildMode::Normal if all_valid => return Ok(None),
+                    BuildMode::Normal if all_valid => return Ok(Prepared::Valid),
                     BuildMode::Check if !all_valid => {
                         return Err(BuildFailure::CannotCheck { drv: d.clone() })
                     }
@@ -293,12 +316,36 @@ impl LocalExecutor {
                     moved: asides,
                     intent: aside_intent,
                 };
-                Ok(Some((locks, closure, intent, aside)))
-            })
-            .await?
+                Ok(Prepared::Ready(Box::new(Ready {
+                    locks,
+                    closure,
+                    intent,
+                    aside,
+                })))
+            };
+            match prepare(false)? {
+                Prepared::Busy => blocking(&drv, move || prepare(true)).await?,
+                p => p,
+            }
         };
-        let Some((locks, closure, intent, aside)) = prepared else {
-            return Ok(Built::AlreadyValid);
+        let (locks, closure, intent, aside) = match prepared {
+            Prepared::Ready(r) => {
+                let Ready {
+                    locks,
+                    closure,
+                    intent,
+                    aside,
+                } = *r;
+                (locks, closure, intent, aside)
+            }
+            Prepared::Valid => return Ok(Built::AlreadyValid),
+            // Waiting for the locks never finds them busy.
+            Prepared::Busy => {
+                return Err(BuildFailure::Store {
+                    drv,
+                    source: ferrix_store::StoreError::Format("lock unavailable".into()),
+                })
+            }
         };
         self.reporter.started(&job.drv_path);
 
@@ -396,10 +443,19 @@ impl LocalExecutor {
             Ok(()) => {
                 let (store2, job2, d) = (store.clone(), job.clone(), drv.clone());
                 let known = self.registrations.snapshot();
-                let checked = blocking(&drv, move || {
+                // Small outputs are checked here; reading big ones takes a blocking thread.
+                let small = job.outputs.values().all(|p| {
+                    fs::symlink_metadata(store.real_path(p))
+                        .is_ok_and(|m| !m.is_dir() && m.len() <= SMALL_OUTPUT)
+                });
+                let checked = if small {
                     check_outputs(&store2, &job2, &d, closure, &known)
-                })
-                .await;
+                } else {
+                    blocking(&drv, move || {
+                        check_outputs(&store2, &job2, &d, closure, &known)
+                    })
+                    .await
+                };
                 match checked {
                     Ok(infos) => {
                         // Dependents may start now; the outputs are synced and registered
@@ -413,6 +469,9 @@ impl LocalExecutor {
                                 intent,
                                 locks,
                                 replaced: aside.intent,
+                                // Removed in the background too, off the way to the
+                                // next build.
+                                build_dir: Some(build_dir.clone()),
                             },
                         );
                         Ok(())
@@ -435,7 +494,7 @@ impl LocalExecutor {
                 &job.drv_path,
                 &format!("note: keeping build directory '{}'", build_dir.display()),
             );
-        } else {
+        } else if result.is_err() {
             let _ = ferrix_store::fsutil::delete_path(&build_dir);
         }
         result.map(|()| Built::Built)
@@ -777,11 +836,9 @@ impl LocalExecutor {
             });
         }
 
+        // The log file is made while the builder starts (the pipe holds what it writes
+        // meanwhile): it is not on the way from one build to the next.
         let log_path = crate::log::log_path(&s.log_dir, &job.drv_path, s.compress_log);
-        if let Some(parent) = log_path.parent() {
-            fs::create_dir_all(parent).map_err(io_err("creating the log directory"))?;
-        }
-        let log_file = fs::File::create(&log_path).map_err(io_err("creating the log file"))?;
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
         let spawn_err = |source| BuildFailure::Spawn {
             drv: drv.to_owned(),
@@ -856,8 +913,12 @@ impl LocalExecutor {
                 .map_err(io_err("reading the builder's output"))?;
             let (state, reporter, drv_path) =
                 (state.clone(), self.reporter.clone(), job.drv_path.clone());
-            let log = LogWriter::new(log_file, s.compress_log);
-            tokio::spawn(async move { copy_log(rx, log, &state, &*reporter, &drv_path).await })
+            let compress = s.compress_log;
+            tokio::spawn(async move {
+                let log = LogWriter::create(&log_path, compress)?;
+                copy_log(rx, log, &state, &*reporter, &drv_path).await;
+                Ok::<(), (&'static str, io::Error)>(())
+            })
         };
 
         let started = Instant::now();
@@ -882,7 +943,9 @@ impl LocalExecutor {
             }
         };
         running.end(outcome.is_ok()).await;
-        let _ = log_task.await;
+        if let Ok(Err((what, source))) = log_task.await {
+            return Err(io_err(what)(source));
+        }
 
         let status = outcome?;
         if status.success() {
@@ -976,12 +1039,16 @@ struct LogWriter {
 const EMPTY_BZ2: &[u8] = b"BZh1\x17\x72\x45\x38\x50\x90\x00\x00\x00\x00";
 
 impl LogWriter {
-    fn new(file: fs::File, compress: bool) -> Self {
-        Self {
+    fn create(path: &Path, compress: bool) -> Result<Self, (&'static str, io::Error)> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| ("creating the log directory", e))?;
+        }
+        let file = fs::File::create(path).map_err(|e| ("creating the log file", e))?;
+        Ok(Self {
             file: Some(file),
             compress,
             out: None,
-        }
+        })
     }
 
     fn write(&mut self, data: &[u8]) {

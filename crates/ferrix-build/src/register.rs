@@ -44,6 +44,8 @@ pub struct Handover {
     pub locks: Vec<StoreLock>,
     /// What the outputs replace (a repair): removed once they are registered.
     pub replaced: Option<OutputsIntent>,
+    /// The build directory, to remove.
+    pub build_dir: Option<std::path::PathBuf>,
 }
 
 impl Registrations {
@@ -159,9 +161,13 @@ impl Registrations {
                 intent,
                 locks,
                 replaced,
+                build_dir,
             } = h;
             let result = match this.wait_for(refs).await {
                 Err(input) => {
+                    if let Some(dir) = build_dir {
+                        let _ = ferrix_store::fsutil::delete_path(&dir);
+                    }
                     drop(intent); // deletes the outputs
                     Err(BuildFailure::InputUnregistered {
                         drv: drv.clone(),
@@ -172,6 +178,9 @@ impl Registrations {
                     let store2 = store.clone();
                     let d = drv.clone();
                     tokio::task::spawn_blocking(move || {
+                        if let Some(dir) = build_dir {
+                            let _ = ferrix_store::fsutil::delete_path(&dir);
+                        }
                         store2
                             .register_outputs(intent, &infos)
                             .map_err(|source| BuildFailure::Store { drv: d, source })

@@ -296,6 +296,7 @@ pub fn realise(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let plan = Arc::new(plan);
     let outcome = runtime.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         // The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one exits at once.
@@ -306,8 +307,14 @@ pub fn realise(
             let _ = std::io::stderr().write_all(b"error: interrupted by the user\n");
             std::process::exit(130);
         });
-        ferrix_build::run(&plan, executor, reporter, opts, rx).await
+        // The scheduler runs on a worker thread, as the builds it spawns do: a build's end
+        // wakes it there, not across threads.
+        let p = plan.clone();
+        tokio::spawn(async move { ferrix_build::run(&p, executor, reporter, opts, rx).await })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     });
+    let plan = Arc::try_unwrap(plan).unwrap_or_else(|_| unreachable!("the scheduler has ended"));
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Some(s) = status {
         s.clear();
