@@ -4,10 +4,12 @@
 //! path whose references are not valid, and until then the outputs stay locked and named in
 //! the build record (a crash removes them).
 //!
-//! Syncing a fresh output and its directory costs about half a millisecond on a disk; on a
-//! chain of builds that cost would otherwise sit between every two builds.
+//! Syncing a fresh output and its directory costs about half a millisecond on a disk, and on
+//! a journaled file system each sync commits the journal, which holds up the file system
+//! work of the builds that run meanwhile. So one worker registers what has piled up while it
+//! was busy, in batches: one sync and one transaction each.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use ferrix_format::StorePath;
@@ -20,19 +22,41 @@ use crate::error::BuildFailure;
 /// `Some(true)` once registered, `Some(false)` (or a dropped sender) if it failed.
 type Done = watch::Receiver<Option<bool>>;
 
-/// A registration under way: the failed build, if it fails.
-type Registering = JoinHandle<Option<(StorePath, BuildFailure)>>;
-
-/// Outputs checked but not registered yet, and the tasks registering them.
+/// Outputs checked but not registered yet, and the worker registering them.
 #[derive(Debug, Default)]
 pub struct Registrations {
     pending: Mutex<HashMap<StorePath, (ValidPathInfo, Done)>>,
+    /// Handovers waiting for the worker, and whether it runs.
+    queue: Mutex<Queue>,
+    /// The workers started so far (one runs at a time); each returns the builds it failed.
     tasks: Mutex<Vec<Registering>>,
     /// References of the paths builds have used or made, as Nix's path-info cache keeps
     /// them: a path's references never change, and walking them here is far cheaper than a
     /// query per build when builds stack on each other (a chain: an ever deeper closure).
     refs: Mutex<HashMap<StorePath, Arc<[StorePath]>>>,
 }
+
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: Vec<(Handover, watch::Sender<Option<bool>>)>,
+    running: bool,
+    /// Outputs whose registration failed: what refers to them cannot be registered.
+    failed: HashSet<StorePath>,
+}
+
+/// A build whose outputs the worker is registering: what it holds until then.
+#[derive(Debug)]
+struct Held {
+    drv_path: StorePath,
+    drv: String,
+    paths: Vec<StorePath>,
+    locks: Vec<StoreLock>,
+    replaced: Option<OutputsIntent>,
+    tx: watch::Sender<Option<bool>>,
+}
+
+/// A worker under way: the builds whose outputs it could not register.
+type Registering = JoinHandle<Vec<(StorePath, BuildFailure)>>;
 
 /// What a build hands over for registration.
 #[derive(Debug)]
@@ -129,16 +153,10 @@ impl Registrations {
         Ok(())
     }
 
-    /// Register `h`'s outputs in the background, after the pending ones they refer to.
+    /// Register `h`'s outputs in the background, after (or with) the pending ones they
+    /// refer to.
     pub fn start(self: &Arc<Self>, store: Arc<LocalStore>, h: Handover) {
         let (tx, rx) = watch::channel(None);
-        let own: BTreeSet<StorePath> = h.infos.iter().map(|i| i.path.clone()).collect();
-        let refs: BTreeSet<StorePath> = h
-            .infos
-            .iter()
-            .flat_map(|i| i.references.iter().cloned())
-            .filter(|r| !own.contains(r))
-            .collect();
         {
             let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for i in &h.infos {
@@ -152,64 +170,125 @@ impl Registrations {
                 refs.insert(i.path.clone(), r.into());
             }
         }
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            let Handover {
-                drv_path,
-                drv,
-                infos,
-                intent,
-                locks,
-                replaced,
-                build_dir,
-            } = h;
-            let result = match this.wait_for(refs).await {
-                Err(input) => {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.waiting.push((h, tx));
+        if !q.running {
+            q.running = true;
+            let this = self.clone();
+            let task = tokio::spawn(async move { this.work(store).await });
+            self.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task);
+        }
+    }
+
+    /// The worker: registers what waits, batch after batch, until nothing does. Handovers
+    /// wait in the order their builds ended, after those of their inputs; a batch holds
+    /// them all, so every pending path an output refers to is registered before it or in
+    /// the same transaction.
+    async fn work(self: Arc<Self>, store: Arc<LocalStore>) -> Vec<(StorePath, BuildFailure)> {
+        let mut failures = Vec::new();
+        loop {
+            let (waiting, mut failed) = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return failures;
+                }
+                (std::mem::take(&mut q.waiting), q.failed.clone())
+            };
+            // Each build as it ends here, and why it failed, if it did.
+            let mut ends: Vec<(Held, Option<BuildFailure>)> = Vec::new();
+            let mut work = Vec::new();
+            for (h, tx) in waiting {
+                let Handover {
+                    drv_path,
+                    drv,
+                    infos,
+                    intent,
+                    locks,
+                    replaced,
+                    build_dir,
+                } = h;
+                let held = Held {
+                    drv_path,
+                    drv,
+                    paths: infos.iter().map(|i| i.path.clone()).collect(),
+                    locks,
+                    replaced,
+                    tx,
+                };
+                // What refers to an output that could not be registered cannot be either.
+                let bad = infos
+                    .iter()
+                    .flat_map(|i| i.references.iter())
+                    .find(|r| failed.contains(*r));
+                let why = bad.map(|input| BuildFailure::InputUnregistered {
+                    drv: held.drv.clone(),
+                    input: store.print(input),
+                });
+                if why.is_some() {
+                    failed.extend(held.paths.iter().cloned());
+                    drop(intent); // deletes the outputs
                     if let Some(dir) = build_dir {
                         let _ = ferrix_store::fsutil::delete_path(&dir);
                     }
-                    drop(intent); // deletes the outputs
-                    Err(BuildFailure::InputUnregistered {
-                        drv: drv.clone(),
-                        input: store.print(&input),
-                    })
+                } else {
+                    work.push((intent, infos, build_dir));
                 }
-                Ok(()) => {
-                    let store2 = store.clone();
-                    let d = drv.clone();
-                    tokio::task::spawn_blocking(move || {
+                ends.push((held, why));
+            }
+            if !work.is_empty() {
+                let store2 = store.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let mut batch = Vec::new();
+                    for (intent, infos, build_dir) in work {
                         if let Some(dir) = build_dir {
                             let _ = ferrix_store::fsutil::delete_path(&dir);
                         }
-                        store2
-                            .register_outputs(intent, &infos)
-                            .map_err(|source| BuildFailure::Store { drv: d, source })
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(BuildFailure::Io {
-                            drv: drv.clone(),
+                        batch.push((intent, infos));
+                    }
+                    store2
+                        .register_outputs_batch(batch)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                if let Err(why) = result {
+                    for (held, failure) in ends.iter_mut().filter(|(_, f)| f.is_none()) {
+                        failed.extend(held.paths.iter().cloned());
+                        *failure = Some(BuildFailure::Io {
+                            drv: held.drv.clone(),
                             what: "registering the outputs".into(),
-                            source: std::io::Error::other(e.to_string()),
-                        })
-                    })
-                }
-            };
-            {
-                let mut g = this.pending.lock().unwrap_or_else(|p| p.into_inner());
-                for p in &own {
-                    g.remove(p);
+                            source: std::io::Error::other(why.clone()),
+                        });
+                    }
                 }
             }
-            let _ = tx.send(Some(result.is_ok()));
-            drop(replaced);
-            drop(locks);
-            result.err().map(|f| (drv_path, f))
-        });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+            {
+                let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                for (held, _) in &ends {
+                    for p in &held.paths {
+                        g.remove(p);
+                    }
+                }
+            }
+            self.queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failed
+                .extend(failed);
+            for (held, failure) in ends {
+                let _ = held.tx.send(Some(failure.is_none()));
+                if let Some(f) = failure {
+                    failures.push((held.drv_path.clone(), f));
+                }
+                // The locks go now, and what a repair replaced.
+                drop(held.locks);
+                drop(held.replaced);
+            }
+        }
     }
 
     /// Wait for every registration started so far; the builds whose outputs could not be
@@ -223,8 +302,8 @@ impl Registrations {
                 return failed;
             }
             for t in tasks {
-                if let Ok(Some(f)) = t.await {
-                    failed.push(f);
+                if let Ok(f) = t.await {
+                    failed.extend(f);
                 }
             }
         }

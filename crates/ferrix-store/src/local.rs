@@ -465,14 +465,23 @@ impl LocalStore {
     /// Register paths announced with [`Self::begin_outputs`], in one transaction. The caller
     /// has made them canonical ([`crate::canon::canonicalise`]) before hashing them; here they
     /// are synced to disk first.
-    pub fn register_outputs(
+    pub fn register_outputs(&self, pending: OutputsIntent, infos: &[ValidPathInfo]) -> Result<()> {
+        self.register_outputs_batch(vec![(pending, infos.to_vec())])
+    }
+
+    /// [`Self::register_outputs`] for several builds at once: one sync, one transaction
+    /// (a build's outputs may refer to those of another in the batch).
+    pub fn register_outputs_batch(
         &self,
-        mut pending: OutputsIntent,
-        infos: &[ValidPathInfo],
+        batch: Vec<(OutputsIntent, Vec<ValidPathInfo>)>,
     ) -> Result<()> {
-        crate::fsutil::sync_trees(&pending.real, &self.config.real_store_dir)?;
-        self.db().register(infos, &BTreeMap::new())?;
-        pending.done = true;
+        let reals: Vec<PathBuf> = batch.iter().flat_map(|(p, _)| p.real.clone()).collect();
+        crate::fsutil::sync_trees(&reals, &self.config.real_store_dir)?;
+        let infos: Vec<ValidPathInfo> = batch.iter().flat_map(|(_, i)| i.clone()).collect();
+        self.db().register(&infos, &BTreeMap::new())?;
+        for (pending, _) in batch {
+            pending.keep();
+        }
         Ok(())
     }
 
@@ -1118,6 +1127,11 @@ impl OutputsIntent {
         for (from, to) in back {
             let _ = fs::rename(from, to);
         }
+        self.done = true;
+    }
+
+    /// The paths are registered: they stay.
+    fn keep(mut self) {
         self.done = true;
     }
 }
