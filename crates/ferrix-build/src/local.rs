@@ -908,7 +908,8 @@ impl LocalExecutor {
         let state = Arc::new(Mutex::new(LogState {
             last_activity: Instant::now(),
         }));
-        let log_task = {
+        let (stop_log_tx, stop_log) = tokio::sync::oneshot::channel();
+        let mut log_task = {
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
                 .map_err(io_err("reading the builder's output"))?;
             let (state, reporter, drv_path) =
@@ -916,7 +917,7 @@ impl LocalExecutor {
             let compress = s.compress_log;
             tokio::spawn(async move {
                 let log = LogWriter::create(&log_path, compress)?;
-                copy_log(rx, log, &state, &*reporter, &drv_path).await;
+                copy_log(rx, log, &state, &*reporter, &drv_path, stop_log).await;
                 Ok::<(), (&'static str, io::Error)>(())
             })
         };
@@ -943,7 +944,16 @@ impl LocalExecutor {
             }
         };
         running.end(outcome.is_ok()).await;
-        if let Ok(Err((what, source))) = log_task.await {
+        // The builder's process group is gone, but a process that left it (a new session,
+        // a double fork) may still hold the log pipe open: its output is not waited for.
+        let logged = match tokio::time::timeout(LOG_GRACE, &mut log_task).await {
+            Ok(done) => done,
+            Err(_) => {
+                let _ = stop_log_tx.send(());
+                log_task.await
+            }
+        };
+        if let Ok(Err((what, source))) = logged {
             return Err(io_err(what)(source));
         }
 
@@ -968,6 +978,10 @@ impl LocalExecutor {
         })
     }
 }
+
+/// How long the log is read after the builder's process group has ended: only processes
+/// that escaped it can still be writing.
+const LOG_GRACE: Duration = Duration::from_millis(500);
 
 /// Start `cmd` in its own process group, its standard output and error on `out`.
 fn spawn_process(
@@ -1091,15 +1105,22 @@ async fn copy_log(
     state: &Mutex<LogState>,
     reporter: &(dyn Reporter + Send + Sync),
     drv: &StorePath,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     use tokio::io::AsyncBufReadExt;
     let mut r = tokio::io::BufReader::new(rx);
     let mut line = Vec::new();
     loop {
         line.clear();
-        match r.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        let stopped = tokio::select! {
+            biased;
+            read = r.read_until(b'\n', &mut line) => matches!(read, Ok(0) | Err(_)),
+            _ = &mut stop => true,
+        };
+        if stopped {
+            // What a stopped read had taken in so far still belongs to the log.
+            log.write(&line);
+            break;
         }
         log.write(&line);
         let text = String::from_utf8_lossy(&line);

@@ -80,6 +80,7 @@ impl Planner<'_> {
             return Ok(d.clone());
         }
         let drv = read_drv(self.store, drv_path)?;
+        self.store.check_derivation(drv_path, &drv)?;
         let outs = output_paths(drv_path, &drv, self.store)?;
         let d = Arc::new((drv, outs));
         self.drvs.insert(drv_path.clone(), d.clone());

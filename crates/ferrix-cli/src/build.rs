@@ -15,6 +15,7 @@ use ferrix_build::{
 use ferrix_format::StorePath;
 use ferrix_store::LocalStore;
 
+use crate::conf::{MaxJobs, SandboxMode};
 use crate::settings::Settings;
 
 /// Build flags shared by `nix-store -r` and `ferrix build`; each maps to a `nix.conf` option,
@@ -38,36 +39,28 @@ fn cpus() -> usize {
         .unwrap_or(1)
 }
 
-fn seconds(settings: &Settings, name: &str) -> Result<Option<Duration>> {
-    match settings.conf.get(name) {
-        None | Some("") => Ok(None),
-        Some(v) => {
-            let n: u64 = v
-                .parse()
-                .with_context(|| format!("option '{name}': '{v}' is not a number of seconds"))?;
-            Ok((n > 0).then(|| Duration::from_secs(n)))
-        }
-    }
+/// A number of seconds, 0 (or less) for none.
+fn seconds(settings: &Settings, name: &str) -> Option<Duration> {
+    let n = settings.conf.int(name)?;
+    (n > 0).then(|| Duration::from_secs(n.unsigned_abs()))
 }
 
 /// The local build settings: Nix's defaults (`max-jobs` 1, `cores` = all CPUs), then
-/// `nix.conf`, then flags (already folded into `settings.conf`).
+/// `nix.conf`, then flags (already folded into `settings.conf`, whose values were checked
+/// when they were loaded).
 pub fn local_settings(
     settings: &Settings,
     store: &LocalStore,
 ) -> Result<(LocalSettings, ScheduleOptions)> {
     let conf = &settings.conf;
-    let max_jobs = match conf.get("max-jobs").unwrap_or("1") {
-        "auto" => cpus(),
-        v => v
-            .parse()
-            .with_context(|| format!("option 'max-jobs': '{v}' is not a number or 'auto'"))?,
+    let max_jobs = match conf.max_jobs() {
+        None => 1,
+        Some(MaxJobs::Auto) => cpus(),
+        Some(MaxJobs::N(n)) => n as usize,
     };
-    let cores = match conf.get("cores") {
+    let cores = match conf.uint("cores") {
         None => cpus(),
-        Some(v) => v
-            .parse()
-            .with_context(|| format!("option 'cores': '{v}' is not a number"))?,
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     };
     // Values for impureEnvVars: only the CLI reads the environment.
     let impure_env: BTreeMap<String, String> = std::env::vars().collect();
@@ -83,8 +76,8 @@ pub fn local_settings(
             keep_failed: conf.bool("keep-failed", false)?,
             log_dir: store.config().log_dir.clone(),
             compress_log: conf.bool("compress-build-log", true)?,
-            max_silent_time: seconds(settings, "max-silent-time")?,
-            timeout: seconds(settings, "timeout")?,
+            max_silent_time: seconds(settings, "max-silent-time"),
+            timeout: seconds(settings, "timeout"),
             impure_env,
             sandbox: sandbox_settings(settings)?,
         },
@@ -98,15 +91,11 @@ pub fn local_settings(
 /// a trailing `?` for paths that may be missing).
 fn sandbox_settings(settings: &Settings) -> Result<Option<ferrix_build::SandboxSettings>> {
     // Nix's defaults: on, and falling back to building without it where the kernel cannot.
-    let (on, relaxed) = match settings.conf.get("sandbox").unwrap_or("true") {
-        "true" => (true, false),
-        "relaxed" => (true, true),
-        "false" => (false, false),
-        v => bail!("option 'sandbox': '{v}' is not one of true, false, relaxed"),
+    let relaxed = match settings.conf.sandbox().unwrap_or(SandboxMode::On) {
+        SandboxMode::On => false,
+        SandboxMode::Relaxed => true,
+        SandboxMode::Off => return Ok(None),
     };
-    if !on {
-        return Ok(None);
-    }
     if let Some(why) = sandbox_unavailable() {
         if settings.conf.bool("sandbox-fallback", true)? {
             let _ = writeln!(
@@ -118,15 +107,10 @@ fn sandbox_settings(settings: &Settings) -> Result<Option<ferrix_build::SandboxS
         bail!("the build sandbox is not available here ({why}), and 'sandbox-fallback' is off");
     }
     let mut paths = Vec::new();
-    for spec in settings
-        .conf
-        .get("sandbox-paths")
-        .unwrap_or_default()
-        .split_ascii_whitespace()
-    {
+    for spec in settings.conf.list("sandbox-paths") {
         let (spec, optional) = match spec.strip_suffix('?') {
             Some(s) => (s, true),
-            None => (spec, false),
+            None => (spec.as_str(), false),
         };
         let (inside, outside) = spec.split_once('=').unwrap_or((spec, spec));
         if optional && std::fs::symlink_metadata(outside).is_err() {
@@ -249,9 +233,12 @@ pub fn realise(
     if !plan.nodes.is_empty() && mode == ferrix_build::BuildMode::Normal {
         let n = plan.nodes.len();
         let what = if dry_run { "would be" } else { "will be" };
-        let noun = if n == 1 { "derivation" } else { "derivations" };
-        let verb = if n == 1 { "this" } else { "these" };
-        shell.note(format!("{verb} {n} {noun} {what} built:"));
+        // Nix's wording: "this derivation" alone, "these N derivations" for more.
+        shell.note(if n == 1 {
+            format!("this derivation {what} built:")
+        } else {
+            format!("these {n} derivations {what} built:")
+        });
         for node in &plan.nodes {
             shell.note(format!("  {}", store.print(&node.job.drv_path)));
         }

@@ -3,6 +3,7 @@
 mod build;
 mod cmd;
 mod conf;
+mod interrupt;
 mod legacy;
 mod ops;
 mod progress;

@@ -8,6 +8,7 @@ use ferrix_format::StoreDir;
 use ferrix_store::{LocalStore, LocalStoreConfig};
 
 use crate::conf::NixConf;
+use crate::shell::Shell;
 
 /// What the commands of this binary are configured with.
 #[derive(Debug, Clone)]
@@ -21,24 +22,90 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-impl Settings {
-    /// `store_url` is `--store`; `options` are `--option NAME VALUE` pairs.
-    pub fn load(store_url: Option<&str>, options: &[(String, String)]) -> Result<Self> {
-        let conf_dir = env("NIX_CONF_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/etc/nix"));
-        let mut conf = NixConf::default();
-        conf.load(&conf_dir.join("nix.conf"))?;
-        let user_conf = env("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")));
-        if let Some(d) = user_conf {
-            conf.load(&d.join("nix/nix.conf"))?;
-        }
-        for (k, v) in options {
-            conf.set(k, v);
-        }
+/// A setting given on the command line: `--option NAME VALUE`, or a flag that stands for one
+/// (`-j N` for `max-jobs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliSetting {
+    pub name: String,
+    pub value: String,
+    /// How it was given, for errors: `--option NAME`, `-j`.
+    pub origin: String,
+}
 
+impl CliSetting {
+    /// `--option NAME VALUE`.
+    pub fn option(name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            origin: format!("--option {name}"),
+            name,
+            value: value.into(),
+        }
+    }
+
+    /// A flag such as `-j` or `--cores` setting `name`.
+    pub fn flag(flag: &str, name: &str, value: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: value.into(),
+            origin: flag.to_owned(),
+        }
+    }
+}
+
+/// The configuration, as Nix 2.8 reads it: `$NIX_CONF_DIR/nix.conf` (default `/etc/nix`),
+/// the user's files (`$NIX_USER_CONF_FILES`, or `nix/nix.conf` under `$XDG_CONFIG_HOME`
+/// (default `~/.config`) and `$XDG_CONFIG_DIRS` (default `/etc/xdg`), the first winning),
+/// `$NIX_CONFIG`, then `options` (the command line, in order). A bad value is an error naming
+/// where it was; an unknown setting is a warning, once.
+pub fn load_conf(options: &[CliSetting], shell: &mut Shell) -> Result<NixConf> {
+    let conf_dir = env("NIX_CONF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/nix"));
+    let mut conf = NixConf::default();
+    conf.load(&conf_dir.join("nix.conf"))?;
+    let user_files: Vec<PathBuf> = match std::env::var_os("NIX_USER_CONF_FILES") {
+        Some(files) => std::env::split_paths(&files)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        None => {
+            let home = env("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")));
+            let dirs = env("XDG_CONFIG_DIRS").unwrap_or_else(|| "/etc/xdg".into());
+            home.into_iter()
+                .chain(std::env::split_paths(&dirs).filter(|p| !p.as_os_str().is_empty()))
+                .map(|d| d.join("nix/nix.conf"))
+                .collect()
+        }
+    };
+    for f in user_files.iter().rev() {
+        conf.load(f)?;
+    }
+    if let Some(text) = env("NIX_CONFIG") {
+        conf.apply_text(&text, "NIX_CONFIG")?;
+    }
+    for o in options {
+        conf.set(&o.name, &o.value, &o.origin)?;
+    }
+    for name in conf.unknown() {
+        shell.note(format_args!("warning: unknown setting '{name}'"));
+    }
+    Ok(conf)
+}
+
+impl Settings {
+    /// `store_url` is `--store`; `options` are `--option NAME VALUE` and the like.
+    pub fn load(
+        store_url: Option<&str>,
+        options: &[CliSetting],
+        shell: &mut Shell,
+    ) -> Result<Self> {
+        Self::with_conf(store_url, load_conf(options, shell)?)
+    }
+
+    /// The settings of `conf` (from [`load_conf`]) and the environment.
+    pub fn with_conf(store_url: Option<&str>, conf: NixConf) -> Result<Self> {
         let store_dir = match env("NIX_STORE_DIR") {
             Some(d) => StoreDir::new(&d).with_context(|| format!("in NIX_STORE_DIR='{d}'"))?,
             None => StoreDir::default(),

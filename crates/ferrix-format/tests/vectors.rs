@@ -367,18 +367,32 @@ fn derivation_vectors() {
                 let DrvHash::Regular(mh) = mh else { panic!() };
                 assert_eq!(mh.to_base16(), masked, "{case_name} {path}: masked");
             }
-            // Outputs recomputed from scratch equal what Nix wrote.
-            let expected = drv
-                .expected_output_paths::<std::convert::Infallible, _>(&sd, &dp, |i| {
-                    Ok(hash_of(i, &sd, &parsed, memo))
-                })
-                .unwrap();
+            // Outputs recomputed from scratch equal what Nix wrote: the check passes, and the
+            // recorded paths are Nix's.
+            drv.check_outputs::<std::convert::Infallible, _>(&sd, &dp, |i| {
+                Ok(hash_of(i, &sd, &parsed, memo))
+            })
+            .unwrap_or_else(|e| panic!("{case_name} {path}: {e}"));
             for (o, info) in d["outputs"].as_object().unwrap() {
                 let want = info["path"].as_str().unwrap();
                 assert_eq!(
-                    sd.display(expected[o].as_ref().unwrap()),
+                    sd.display(drv.outputs[o].path().unwrap()),
                     want,
                     "{case_name} {o}"
+                );
+            }
+            // A copy with another builder keeps its outputs' paths: the check refuses it.
+            if drv.fixed_output().is_none() {
+                let mut forged = drv.clone();
+                forged.args.push("forged".into());
+                let e = forged
+                    .check_outputs::<std::convert::Infallible, _>(&sd, &dp, |i| {
+                        Ok(hash_of(i, &sd, &parsed, memo))
+                    })
+                    .unwrap_err();
+                assert!(
+                    e.to_string().contains("has incorrect output"),
+                    "{case_name} {path}: {e}"
                 );
             }
             // And filling outputs into a copy with blanked outputs reproduces the drv.

@@ -1,7 +1,7 @@
 //! Derivations kept in the store: reading them back, their hashes modulo (which the output
 //! paths of their dependants are computed from), and adding one with its outputs filled in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferrix_format::derivation::{DrvHash, DrvParseError};
 use ferrix_format::{Derivation, DerivationOutput, StorePath};
@@ -24,85 +24,183 @@ pub fn read_derivation(store: &LocalStore, p: &StorePath) -> Result<Derivation> 
     })
 }
 
-/// Hashes modulo of derivations in a store, memoised (inputs are shared across a graph).
-#[derive(Debug)]
-pub struct DrvHashes<'a> {
-    store: &'a LocalStore,
-    memo: HashMap<StorePath, DrvHash>,
+/// Add a derivation as `<name>.drv`, as `nix derivation add` does: the paths of its
+/// input-addressed outputs (deferred ones, and their variables in the environment) are
+/// filled in; given ones must be the ones computed (the store checks them on the way in).
+pub fn add_filled(store: &LocalStore, mut drv: Derivation, name: &str) -> Result<StorePath> {
+    if drv.fixed_output().is_none() {
+        let given = drv.clone();
+        let mut memo = HashMap::new();
+        for i in drv.input_drvs.keys() {
+            store.drv_hash(i, &HashMap::new(), &mut memo)?;
+        }
+        for o in drv.outputs.values_mut() {
+            if matches!(o, DerivationOutput::InputAddressed(_)) {
+                *o = DerivationOutput::Deferred;
+            }
+        }
+        let shared = store.drv_hashes.lock().unwrap_or_else(|e| e.into_inner());
+        drv.fill_input_addressed_outputs(store.store_dir(), name, |i| {
+            lookup(&shared, &memo, i, store)
+        })
+        .map_err(|e| StoreError::DrvHash {
+            path: format!("{name}.drv"),
+            source: Box::new(e),
+        })?;
+        for (o, out) in given.outputs {
+            if let DerivationOutput::InputAddressed(_) = out {
+                if let Some(v) = given.env.get(&o).filter(|v| !v.is_empty()) {
+                    drv.env.insert(o.clone(), v.clone());
+                }
+                drv.outputs.insert(o, out);
+            }
+        }
+    }
+    store.add_derivation(&drv, name)
 }
 
-impl<'a> DrvHashes<'a> {
-    pub fn new(store: &'a LocalStore) -> Self {
-        Self {
-            store,
-            memo: HashMap::new(),
+/// A derivation is checked before it is registered (by any door) or built: it parses
+/// strictly, and its output paths are the ones computed from it.
+impl LocalStore {
+    /// Check `.drv` files about to be registered together (`None`: contents that are not a
+    /// regular file) and return the outputs each declares, for `DerivationOutputs`. Input
+    /// derivations must be valid or among them.
+    pub(crate) fn check_new_derivations<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a StorePath, Option<Vec<u8>>)>,
+    ) -> Result<BTreeMap<StorePath, BTreeMap<String, StorePath>>> {
+        let mut pending = HashMap::new();
+        for (p, text) in items {
+            let text = text.ok_or_else(|| StoreError::DrvNotFile(self.print(p)))?;
+            let drv = Derivation::parse_aterm(self.store_dir(), &text).map_err(|source| {
+                StoreError::BadDerivation {
+                    path: self.print(p),
+                    source,
+                }
+            })?;
+            pending.insert(p.clone(), drv);
         }
+        let mut memo = HashMap::new();
+        let mut outs = BTreeMap::new();
+        for (p, drv) in &pending {
+            self.check_outputs(p, drv, &pending, &mut memo)?;
+            outs.insert(
+                p.clone(),
+                drv.outputs
+                    .iter()
+                    .filter_map(|(o, out)| out.path().map(|x| (o.clone(), x.clone())))
+                    .collect(),
+            );
+        }
+        Ok(outs)
     }
 
-    /// The hash of `drv` (not masked): inputs first, depth first, each once.
-    pub fn hash_of(&mut self, p: &StorePath) -> Result<DrvHash> {
-        if let Some(h) = self.memo.get(p) {
-            return Ok(h.clone());
-        }
-        let drv = read_derivation(self.store, p)?;
-        self.hash_inputs(&drv)?;
-        let h = self.hash_modulo(&drv, false)?;
-        self.memo.insert(p.clone(), h.clone());
-        Ok(h)
+    /// Check a valid derivation before building it: one registered by an older version, or
+    /// by hand, may not have been checked on its way in.
+    pub fn check_derivation(&self, drv_path: &StorePath, drv: &Derivation) -> Result<()> {
+        self.check_outputs(drv_path, drv, &HashMap::new(), &mut HashMap::new())
     }
 
-    fn hash_inputs(&mut self, drv: &Derivation) -> Result<()> {
+    fn check_outputs(
+        &self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        pending: &HashMap<StorePath, Derivation>,
+        memo: &mut HashMap<StorePath, DrvHash>,
+    ) -> Result<()> {
         for i in drv.input_drvs.keys() {
-            self.hash_of(i)?;
+            self.drv_hash(i, pending, memo)?;
+        }
+        let known = self.drv_hashes.lock().unwrap_or_else(|p| p.into_inner());
+        drv.check_outputs(self.store_dir(), drv_path, |i| {
+            lookup(&known, memo, i, self)
+        })
+        .map_err(|e| StoreError::BadDrvOutputs(Box::new(e)))
+    }
+
+    /// The hash modulo of derivation `root` (valid, or in `pending`), its inputs first,
+    /// without recursion: chains of derivations can be many thousands long.
+    fn drv_hash(
+        &self,
+        root: &StorePath,
+        pending: &HashMap<StorePath, Derivation>,
+        memo: &mut HashMap<StorePath, DrvHash>,
+    ) -> Result<()> {
+        let known = |memo: &HashMap<StorePath, DrvHash>, p: &StorePath| {
+            memo.contains_key(p)
+                || self
+                    .drv_hashes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(p)
+        };
+        if known(memo, root) {
+            return Ok(());
+        }
+        let mut read: HashMap<StorePath, Derivation> = HashMap::new();
+        let mut stack = vec![root.clone()];
+        let mut on_stack: HashSet<StorePath> = HashSet::from([root.clone()]);
+        while let Some(top) = stack.last().cloned() {
+            let drv = match pending.get(&top) {
+                Some(d) => d,
+                None => {
+                    if !read.contains_key(&top) {
+                        read.insert(top.clone(), read_derivation(self, &top)?);
+                    }
+                    &read[&top]
+                }
+            };
+            let missing: Vec<StorePath> = drv
+                .input_drvs
+                .keys()
+                .filter(|i| !known(memo, i))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                let h = {
+                    let shared = self.drv_hashes.lock().unwrap_or_else(|e| e.into_inner());
+                    drv.hash_modulo(self.store_dir(), false, |i| lookup(&shared, memo, i, self))
+                        .map_err(|e| StoreError::DrvHash {
+                            path: self.print(&top),
+                            source: Box::new(e),
+                        })?
+                };
+                if pending.contains_key(&top) {
+                    memo.insert(top.clone(), h);
+                } else {
+                    self.drv_hashes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(top.clone(), h);
+                    read.remove(&top);
+                }
+                on_stack.remove(&top);
+                stack.pop();
+                continue;
+            }
+            for m in missing {
+                if !on_stack.insert(m.clone()) {
+                    return Err(StoreError::Cycle {
+                        path: self.print(&m),
+                        from: self.print(&top),
+                    });
+                }
+                stack.push(m);
+            }
         }
         Ok(())
     }
+}
 
-    fn hash_modulo(&self, drv: &Derivation, mask: bool) -> Result<DrvHash> {
-        drv.hash_modulo(self.store.store_dir(), mask, |i| {
-            self.memo
-                .get(i)
-                .cloned()
-                .ok_or_else(|| StoreError::NotValid(self.store.print(i)))
-        })
-        .map_err(|e| StoreError::Format(e.to_string()))
-    }
-
-    /// Fill in the paths of `drv`'s input-addressed outputs (deferred ones, and their
-    /// variables in the environment), check the ones it gives, and add it to the store as
-    /// `<name>.drv`, as `nix derivation add` does.
-    pub fn add(&mut self, mut drv: Derivation, name: &str) -> Result<StorePath> {
-        self.hash_inputs(&drv)?;
-        let given = drv.clone();
-        let memo = &self.memo;
-        let store_dir = self.store.store_dir();
-        if drv.fixed_output().is_none() {
-            for o in drv.outputs.values_mut() {
-                if matches!(o, DerivationOutput::InputAddressed(_)) {
-                    *o = DerivationOutput::Deferred;
-                }
-            }
-            drv.fill_input_addressed_outputs(store_dir, name, |i| {
-                memo.get(i)
-                    .cloned()
-                    .ok_or_else(|| StoreError::NotValid(store_dir.display(i)))
-            })
-            .map_err(|e| StoreError::Format(e.to_string()))?;
-            for (o, out) in &given.outputs {
-                if let DerivationOutput::InputAddressed(p) = out {
-                    if drv.outputs[o].path() != Some(p) {
-                        return Err(StoreError::Format(format!(
-                            "derivation '{name}' has incorrect output '{}', should be '{}'",
-                            store_dir.display(p),
-                            drv.outputs[o]
-                                .path()
-                                .map(|p| store_dir.display(p))
-                                .unwrap_or_default()
-                        )));
-                    }
-                }
-            }
-        }
-        self.store.add_derivation(&drv, name)
-    }
+/// A computed hash modulo, from this check's own derivations or the store's memo.
+fn lookup(
+    shared: &HashMap<StorePath, DrvHash>,
+    memo: &HashMap<StorePath, DrvHash>,
+    i: &StorePath,
+    store: &LocalStore,
+) -> Result<DrvHash> {
+    memo.get(i)
+        .or_else(|| shared.get(i))
+        .cloned()
+        .ok_or_else(|| StoreError::NotValid(store.print(i)))
 }

@@ -75,6 +75,16 @@ pub enum StoreError {
         #[source]
         source: ferrix_format::derivation::DrvParseError,
     },
+    #[error("'{0}' is named like a derivation but is not a regular file")]
+    DrvNotFile(String),
+    #[error(transparent)]
+    BadDrvOutputs(Box<ferrix_format::derivation::DrvCheckError<StoreError>>),
+    #[error("computing the hash of derivation '{path}'")]
+    DrvHash {
+        path: String,
+        #[source]
+        source: Box<ferrix_format::derivation::DrvHashError<StoreError>>,
+    },
     #[error("invalid NAR for {path}")]
     Nar {
         path: String,
@@ -89,7 +99,7 @@ pub enum StoreError {
     },
     #[error("export stream: {0}")]
     BadExport(String),
-    #[error("interrupted")]
+    #[error("interrupted by the user")]
     Interrupted,
 }
 

@@ -72,7 +72,11 @@ fn read_string(r: &mut impl Read, max: usize) -> Result<String> {
 
 /// Read an export stream into the store; returns the paths it held, in stream order. Paths
 /// are committed in batches (references may point into the same batch).
-pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<StorePath>> {
+pub fn import_paths(store: &LocalStore, input: impl Read) -> Result<Vec<StorePath>> {
+    import_inner(store, input).map_err(|e| store.or_interrupted(e))
+}
+
+fn import_inner(store: &LocalStore, mut input: impl Read) -> Result<Vec<StorePath>> {
     let mut imported = Vec::new();
     let mut batch: Vec<Pending> = Vec::new();
     let mut batched: HashSet<StorePath> = HashSet::new();
@@ -119,12 +123,7 @@ pub fn import_paths(store: &LocalStore, mut input: impl Read) -> Result<Vec<Stor
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.references = refs;
             info.deriver = deriver;
-            let drv_outputs = store.staged_drv_outputs(&staged, &p);
-            batch.push(Pending {
-                staged,
-                info,
-                drv_outputs,
-            });
+            batch.push(Pending { staged, info });
             if crate::local::batch_full(&batch) {
                 store.commit_batch(std::mem::take(&mut batch))?;
                 batched.clear();

@@ -1,12 +1,13 @@
 //! The local store: files under the store directory, metadata in SQLite, all or nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ferrix_format::derivation::DrvHash;
 use ferrix_format::hash::{HashSink, Hasher};
 use ferrix_format::nar;
 use ferrix_format::{
@@ -55,6 +56,12 @@ pub struct LocalStore {
     /// Batches committed as the store's only user, and with path locks.
     sole_batches: AtomicU64,
     locked_batches: AtomicU64,
+    /// Hashes modulo of valid derivations (immutable, so never stale), shared by every check
+    /// of a derivation that depends on them.
+    pub(crate) drv_hashes: Mutex<HashMap<StorePath, DrvHash>>,
+    /// Set by the caller when the user asks to stop (Ctrl-C): additions in progress then
+    /// stop, clean up and return [`StoreError::Interrupted`].
+    interrupt: std::sync::OnceLock<Arc<AtomicBool>>,
 }
 
 /// New contents, hashed, not yet in place.
@@ -105,11 +112,25 @@ pub(crate) fn batch_full(batch: &[Pending]) -> bool {
 pub(crate) struct Pending {
     pub(crate) staged: Staged,
     pub(crate) info: ValidPathInfo,
-    pub(crate) drv_outputs: BTreeMap<String, StorePath>,
 }
 
 /// How many paths one commit handles: each holds an open lock file until then.
 pub(crate) const BATCH: usize = 256;
+
+/// A stream that fails once the user asked to stop, so that long reads end promptly.
+struct Interruptible<'a, R> {
+    inner: R,
+    flag: Option<&'a AtomicBool>,
+}
+
+impl<R: Read> Read for Interruptible<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
+            return Err(io::Error::other("interrupted by the user"));
+        }
+        self.inner.read(buf)
+    }
+}
 
 /// Copies a NAR stream into a hasher as it is read.
 struct HashingReader<R> {
@@ -140,9 +161,7 @@ impl LocalStore {
         ] {
             fs::create_dir_all(&d).map_err(io_err("creating directory", &d))?;
         }
-        let big_lock = FileLock::acquire(&config.db_dir().join("big-lock"), true, true)?
-            .ok_or_else(|| StoreError::Format("could not take the big store lock".into()))?;
-        let db = Db::open(&config.db_dir(), &config.store_dir)?;
+        let (big_lock, db) = Self::open_db(&config)?;
         let inherits_acl = crate::place::inherits_acl(&config.real_store_dir)?;
         let building_record = config
             .state_dir
@@ -159,9 +178,73 @@ impl LocalStore {
             building: Arc::new(Building::new(building_record)),
             sole_batches: AtomicU64::new(0),
             locked_batches: AtomicU64::new(0),
+            drv_hashes: Mutex::default(),
+            interrupt: std::sync::OnceLock::new(),
         };
         store.recover()?;
         Ok(store)
+    }
+
+    /// Take the big lock (shared, as Nix does) and open the database. A store that does not
+    /// exist yet is created under the big lock held exclusively, so that processes starting
+    /// together on a new store wait for the first to create it rather than fail.
+    fn open_db(config: &LocalStoreConfig) -> Result<(FileLock, Db)> {
+        let lock_path = config.db_dir().join("big-lock");
+        let schema = config.db_dir().join("schema");
+        let lock_err = || StoreError::Format("could not take the big store lock".into());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if !schema.exists() {
+                if let Some(lock) = FileLock::acquire(&lock_path, false, false)? {
+                    let db = Db::open(&config.db_dir(), &config.store_dir)?;
+                    lock.downgrade().map_err(io_err("locking", &lock_path))?;
+                    return Ok((lock, db));
+                }
+            }
+            // Waits out a creator that holds the lock exclusively.
+            let lock = FileLock::acquire(&lock_path, true, true)?.ok_or_else(lock_err)?;
+            if schema.exists() || std::time::Instant::now() > deadline {
+                // Past the deadline, whoever keeps the lock shared without a schema (not a
+                // Ferrix) is not creating it: create it under the shared lock, as Nix does.
+                let db = Db::open(&config.db_dir(), &config.store_dir)?;
+                return Ok((lock, db));
+            }
+            // Another program (Nix creates a store under the shared lock) is creating it:
+            // try again to create it ourselves once it is done or gone.
+            drop(lock);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Watch `flag`: once it is set, additions in progress (add, import, NARs from
+    /// elsewhere) stop before they commit, remove what they staged and fail with
+    /// [`StoreError::Interrupted`]. Commits already under way finish.
+    pub fn set_interrupt(&self, flag: Arc<AtomicBool>) {
+        let _ = self.interrupt.set(flag);
+    }
+
+    pub(crate) fn interrupted(&self) -> bool {
+        self.interrupt
+            .get()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// Fail with [`StoreError::Interrupted`] once the user asked to stop.
+    pub(crate) fn check_interrupt(&self) -> Result<()> {
+        if self.interrupted() {
+            return Err(StoreError::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// An error of an addition, or the interruption that caused it (a stream cut short by
+    /// the interrupt fails as a bad NAR would).
+    pub(crate) fn or_interrupted(&self, e: StoreError) -> StoreError {
+        if self.interrupted() {
+            StoreError::Interrupted
+        } else {
+            e
+        }
     }
 
     /// How many batches this handle committed as the store's only user (without path locks)
@@ -530,8 +613,16 @@ impl LocalStore {
     /// that outgrows [`MEM_NAR`] is restored into a staging entry, starting over from the
     /// bytes already read.
     pub(crate) fn stage(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
+        self.stage_inner(nar_stream, what, exact)
+            .map_err(|e| self.or_interrupted(e))
+    }
+
+    fn stage_inner(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
         let mut reader = HashingReader {
-            inner: nar_stream,
+            inner: Interruptible {
+                inner: nar_stream,
+                flag: self.interrupt.get().map(|f| &**f),
+            },
             sink: HashSink::new(HashAlgo::Sha256),
         };
         let nar_err = |source| StoreError::Nar {
@@ -621,6 +712,7 @@ impl LocalStore {
         if batch.is_empty() {
             return Ok(());
         }
+        self.check_interrupt()?;
         // Temp roots first: a path found valid stays so while this process lives.
         self.add_temp_roots(batch.iter().map(|b| &b.info.path))?;
         if let Some(_sole) = self.gate.try_write() {
@@ -711,6 +803,12 @@ impl LocalStore {
                 });
             }
         }
+        let outs = self.check_new_derivations(
+            batch
+                .iter()
+                .filter(|b| b.info.path.is_derivation())
+                .map(|b| (&b.info.path, b.staged.file_contents())),
+        )?;
         for b in &batch {
             if let Contents::Tree(t) = &b.staged.contents {
                 canonicalise(t)?;
@@ -724,11 +822,6 @@ impl LocalStore {
             }
             sync_fs(&self.config.real_store_dir)?;
             let infos: Vec<ValidPathInfo> = batch.iter().map(|b| b.info.clone()).collect();
-            let outs: BTreeMap<StorePath, BTreeMap<String, StorePath>> = batch
-                .iter()
-                .filter(|b| !b.drv_outputs.is_empty())
-                .map(|b| (b.info.path.clone(), b.drv_outputs.clone()))
-                .collect();
             self.db().register(&infos, &outs)
         })();
         if let Err(e) = moved {
@@ -741,28 +834,6 @@ impl LocalStore {
         }
         let _ = fs::remove_file(&intent);
         Ok(())
-    }
-
-    /// The outputs a staged `.drv` declares, to record in `DerivationOutputs` as Nix does; a
-    /// `.drv` that does not parse simply records none.
-    pub(crate) fn staged_drv_outputs(
-        &self,
-        staged: &Staged,
-        p: &StorePath,
-    ) -> BTreeMap<String, StorePath> {
-        if !p.is_derivation() {
-            return BTreeMap::new();
-        }
-        staged
-            .file_contents()
-            .and_then(|text| Derivation::parse_aterm(&self.config.store_dir, &text).ok())
-            .map(|drv| {
-                drv.outputs
-                    .iter()
-                    .filter_map(|(o, out)| out.path().map(|x| (o.clone(), x.clone())))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Add a file system tree (`nix-store --add`, `--add-fixed`): recursive ingestion hashes the
@@ -790,7 +861,10 @@ impl LocalStore {
         let mut batch: Vec<Pending> = Vec::new();
         let mut batched: HashSet<StorePath> = HashSet::new();
         for (src, name) in srcs {
-            let (staged, ca) = self.stage_tree(src, name, method, algo)?;
+            self.check_interrupt()?;
+            let (staged, ca) = self
+                .stage_tree(src, name, method, algo)
+                .map_err(|e| self.or_interrupted(e))?;
             let p = self
                 .config
                 .store_dir
@@ -806,11 +880,7 @@ impl LocalStore {
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.ca = Some(ca);
             info.ultimate = true;
-            batch.push(Pending {
-                staged,
-                info,
-                drv_outputs: BTreeMap::new(),
-            });
+            batch.push(Pending { staged, info });
             if batch_full(&batch) {
                 self.commit_batch(std::mem::take(&mut batch))?;
                 batched.clear();
@@ -872,8 +942,17 @@ impl LocalStore {
             let dumped = dumper
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            dumped.map_err(dump_err)?;
-            staged?
+            match (dumped, staged) {
+                // The reading side stopped first (a bad name, a full disk): its error is the
+                // cause, the dumper's broken pipe only a consequence.
+                (Err(nar::DumpError::Write(e)), Err(staged))
+                    if e.kind() == io::ErrorKind::BrokenPipe =>
+                {
+                    return Err(staged)
+                }
+                (Err(dumped), _) => return Err(dump_err(dumped)),
+                (Ok(()), staged) => staged?,
+            }
         };
         let hash = match method {
             FileIngestionMethod::Flat => match &staged.contents {
@@ -904,16 +983,6 @@ impl LocalStore {
         text: &[u8],
         refs: &BTreeSet<StorePath>,
     ) -> Result<StorePath> {
-        self.add_text_inner(name, text, refs, BTreeMap::new())
-    }
-
-    fn add_text_inner(
-        &self,
-        name: &str,
-        text: &[u8],
-        refs: &BTreeSet<StorePath>,
-        drv_outputs: BTreeMap<String, StorePath>,
-    ) -> Result<StorePath> {
         let hash = Hash::sha256(text);
         let p = self
             .config
@@ -934,28 +1003,14 @@ impl LocalStore {
         info.references = refs.clone();
         info.ca = Some(ContentAddress::Text(hash));
         info.ultimate = true;
-        self.commit_batch(vec![Pending {
-            staged,
-            info,
-            drv_outputs,
-        }])?;
+        self.commit_batch(vec![Pending { staged, info }])?;
         Ok(p)
     }
 
     /// Write a derivation to the store as `<name>.drv`, recording its outputs.
     pub fn add_derivation(&self, drv: &Derivation, name: &str) -> Result<StorePath> {
         let text = drv.to_aterm(&self.config.store_dir);
-        let outs = drv
-            .outputs
-            .iter()
-            .filter_map(|(o, out)| out.path().map(|p| (o.clone(), p.clone())))
-            .collect();
-        self.add_text_inner(
-            &format!("{name}.drv"),
-            text.as_bytes(),
-            &drv.references(),
-            outs,
-        )
+        self.add_text(&format!("{name}.drv"), text.as_bytes(), &drv.references())
     }
 
     /// Add a path from its NAR, with metadata from elsewhere (import, substitution). The NAR
@@ -987,14 +1042,9 @@ impl LocalStore {
                 got: staged.nar_size,
             });
         }
-        let drv_outputs = self.staged_drv_outputs(&staged, p);
         let mut info = info.clone();
         info.nar_size = staged.nar_size;
-        self.commit_batch(vec![Pending {
-            staged,
-            info,
-            drv_outputs,
-        }])
+        self.commit_batch(vec![Pending { staged, info }])
     }
 
     /// Register paths whose contents are already in place (`nix-store --load-db`,
@@ -1004,20 +1054,12 @@ impl LocalStore {
             let real = self.real_path(&i.path);
             fs::symlink_metadata(&real).map_err(io_err("registering", &real))?;
         }
-        let mut outs = BTreeMap::new();
-        for i in infos.iter().filter(|i| i.path.is_derivation()) {
-            if let Ok(text) = fs::read(self.real_path(&i.path)) {
-                if let Ok(drv) = Derivation::parse_aterm(&self.config.store_dir, &text) {
-                    outs.insert(
-                        i.path.clone(),
-                        drv.outputs
-                            .iter()
-                            .filter_map(|(o, out)| out.path().map(|x| (o.clone(), x.clone())))
-                            .collect(),
-                    );
-                }
-            }
-        }
+        let outs = self.check_new_derivations(
+            infos
+                .iter()
+                .filter(|i| i.path.is_derivation())
+                .map(|i| (&i.path, fs::read(self.real_path(&i.path)).ok())),
+        )?;
         self.db().register(infos, &outs)
     }
 

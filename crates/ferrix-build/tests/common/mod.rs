@@ -95,9 +95,7 @@ impl TestStore {
         for o in outputs {
             drv.env.insert((*o).into(), String::new());
         }
-        ferrix_store::drv::DrvHashes::new(&self.store)
-            .add(drv, name)
-            .unwrap()
+        ferrix_store::drv::add_filled(&self.store, drv, name).unwrap()
     }
 
     /// A fixed-output derivation (flat sha256) whose builder writes `contents`.

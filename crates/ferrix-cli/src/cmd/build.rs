@@ -40,10 +40,10 @@ pub struct Args {
     #[arg(short = 'L', long)]
     print_build_logs: bool,
     /// Builds to run at once (`max-jobs`), or `auto`.
-    #[arg(short = 'j', long, value_name = "N")]
+    #[arg(short = 'j', long, value_name = "N", allow_hyphen_values = true)]
     max_jobs: Option<String>,
     /// Cores each builder may use (`NIX_BUILD_CORES`).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     cores: Option<String>,
     /// Go on with what does not depend on a failed build.
     #[arg(short = 'k', long)]
@@ -52,15 +52,16 @@ pub struct Args {
     #[arg(short = 'K', long)]
     keep_failed: bool,
     /// Kill a builder that prints nothing for this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     max_silent_time: Option<String>,
     /// Kill a builder that runs longer than this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     timeout: Option<String>,
 }
 
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
     let mut settings = settings.clone();
+    // Each flag is `--NAME` of the setting it stands for.
     for (name, v) in [
         ("max-jobs", a.max_jobs.clone()),
         ("cores", a.cores.clone()),
@@ -70,7 +71,7 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
         ("keep-failed", a.keep_failed.then(|| "true".to_owned())),
     ] {
         if let Some(v) = v {
-            settings.conf.set(name, &v);
+            settings.conf.set(name, &v, &format!("--{name}"))?;
         }
     }
     let store = Arc::new(settings.open_store()?);

@@ -134,8 +134,7 @@ pub fn add(settings: &Settings, shell: &mut Shell) -> Result<()> {
         .name
         .context("the derivation has no name (neither 'name' nor 'env.name')")?;
     let store = settings.open_store()?;
-    let p = ferrix_store::drv::DrvHashes::new(&store)
-        .add(parsed.drv, &name)
+    let p = ferrix_store::drv::add_filled(&store, parsed.drv, &name)
         .with_context(|| format!("adding derivation '{name}'"))?;
     shell.println(store.print(&p))?;
     Ok(())

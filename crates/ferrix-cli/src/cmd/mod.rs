@@ -20,7 +20,7 @@ pub use hash::parse_algo;
 pub use key::check_key_name;
 pub use nar::dump;
 
-use crate::settings::Settings;
+use crate::settings::{CliSetting, Settings};
 use crate::shell::Shell;
 
 #[derive(Debug, Parser)]
@@ -41,7 +41,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     store: Option<String>,
     /// Set a configuration option, as in nix.conf.
-    #[arg(long, global = true, num_args = 2, value_names = ["NAME", "VALUE"])]
+    #[arg(
+        long,
+        global = true,
+        num_args = 2,
+        value_names = ["NAME", "VALUE"],
+        allow_hyphen_values = true
+    )]
     option: Vec<String>,
     #[command(subcommand)]
     command: Command,
@@ -90,12 +96,12 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
     };
-    let options: Vec<(String, String)> = cli
+    let options: Vec<CliSetting> = cli
         .option
         .chunks(2)
-        .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
+        .map(|c| CliSetting::option(&c[0], c.get(1).cloned().unwrap_or_default()))
         .collect();
-    let settings = Settings::load(cli.store.as_deref(), &options)?;
+    let settings = Settings::load(cli.store.as_deref(), &options, shell)?;
     match cli.command {
         Command::Hash(c) => hash::run(c, shell)?,
         Command::Nar(c) => nar::run(c, shell)?,

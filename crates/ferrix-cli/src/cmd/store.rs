@@ -72,6 +72,12 @@ pub struct AddArgs {
 
 pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
     let store = settings.open_store()?;
+    if matches!(
+        cmd,
+        StoreCommand::Add(_) | StoreCommand::AddPath(_) | StoreCommand::AddFile(_)
+    ) {
+        crate::interrupt::watch(&store)?;
+    }
     match cmd {
         StoreCommand::Add(a) | StoreCommand::AddPath(a) | StoreCommand::AddFile(a)
             if a.name.is_some() =>

@@ -9,7 +9,7 @@ use ferrix_store::gc::{GcAction, GcOptions};
 
 use super::{ArgIter, Common};
 use crate::ops;
-use crate::settings::Settings;
+use crate::settings::{CliSetting, Settings};
 use crate::shell::Shell;
 
 const HELP: &str = "Usage: nix-collect-garbage [--delete-old|-d] [--delete-older-than Nd] [--max-freed N] [--dry-run]
@@ -23,6 +23,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut dry_run = false;
     let mut max_freed = None;
     let mut store_url = None;
+    let mut options = Vec::new();
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
         match it.common(flag, HELP, shell)? {
@@ -54,10 +55,14 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 )
             }
             "--store" => store_url = Some(it.value(flag)?),
+            "--option" => {
+                let name = it.value(flag)?;
+                options.push(CliSetting::option(name, it.value(flag)?));
+            }
             f => return Err(it.unknown(f)),
         }
     }
-    let settings = Settings::load(store_url.as_deref(), &[])?;
+    let settings = Settings::load(store_url.as_deref(), &options, shell)?;
     let store = settings.open_store()?;
     if delete_old {
         delete_generations(

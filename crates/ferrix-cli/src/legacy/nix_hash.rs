@@ -24,6 +24,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut truncate = false;
     let mut convert: Option<Encoding> = None;
     let mut operands = Vec::new();
+    let mut options = Vec::new();
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
         match it.common(flag, HELP, shell)? {
@@ -43,11 +44,17 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--to-base32" => convert = Some(Encoding::Nix32),
             "--to-base64" => convert = Some(Encoding::Base64),
             "--to-sri" => convert = Some(Encoding::Sri),
+            "--option" => {
+                let name = it.value(flag)?;
+                options.push(crate::settings::CliSetting::option(name, it.value(flag)?));
+            }
             "--" => operands.extend(it.by_ref()),
             f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
             _ => operands.push(a),
         }
     }
+    // Nix's nix-hash reads the settings too, and refuses bad ones.
+    crate::settings::load_conf(&options, shell)?;
     if let Some(to) = convert {
         for text in &operands {
             let text = text.to_string_lossy();

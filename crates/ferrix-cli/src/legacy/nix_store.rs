@@ -17,7 +17,7 @@ use ferrix_store::LocalStore;
 use super::{ArgIter, Common};
 use crate::cmd::check_key_name;
 use crate::ops;
-use crate::settings::Settings;
+use crate::settings::{CliSetting, Settings};
 use crate::shell::Shell;
 
 const HELP: &str = "Usage: nix-store OPERATION [OPTIONS...] [ARGUMENTS...]
@@ -34,6 +34,7 @@ Operations:
   --read-log, -l DRV|PATH...
   --verify [--check-contents] [--repair]
   --verify-path PATH...
+  --check-validity [--print-invalid] PATH...
   --export PATH... > FILE            --import < FILE
   --dump-db [PATH...]                --load-db < FILE
   --delete PATH...                   [--ignore-liveness]
@@ -63,6 +64,7 @@ enum Op {
     Gc,
     ReadLog,
     RepairPath,
+    CheckValidity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +118,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut store_url: Option<String> = None;
     let mut dry_run = false;
     let mut check = false;
-    let mut options: Vec<(String, String)> = Vec::new();
+    let mut print_invalid = false;
+    let mut options: Vec<CliSetting> = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
         if op.is_some_and(|o| o != new) {
             bail!(
@@ -153,6 +156,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--gc" => set(&mut op, Op::Gc)?,
             "--read-log" | "-l" => set(&mut op, Op::ReadLog)?,
             "--repair-path" => set(&mut op, Op::RepairPath)?,
+            "--check-validity" => set(&mut op, Op::CheckValidity)?,
+            "--print-invalid" => print_invalid = true,
             "--dry-run" => dry_run = true,
             "--check" => check = true,
             "--recursive" => recursive = true,
@@ -184,10 +189,10 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--option" => {
                 let k = it.value(flag)?;
                 let v = it.value(flag)?;
-                options.push((k, v));
+                options.push(CliSetting::option(k, v));
             }
             f if f.len() > 2 && f.starts_with("-j") => {
-                options.push(("max-jobs".into(), f[2..].into()))
+                options.push(CliSetting::flag("-j", "max-jobs", &f[2..]))
             }
             f if crate::build::build_flag(f).is_some() => {
                 if let Some((name, takes_value)) = crate::build::build_flag(f) {
@@ -196,7 +201,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                     } else {
                         "true".into()
                     };
-                    options.push((name.to_owned(), v));
+                    options.push(CliSetting::flag(f, name, v));
                 }
             }
             "--" => operands.extend(it.by_ref()),
@@ -211,6 +216,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
     };
 
+    // Settings are read (and a bad value refused) before anything is done, as in Nix.
+    let conf = crate::settings::load_conf(&options, shell)?;
     // Operations that need no store.
     match op {
         Op::Dump => {
@@ -240,7 +247,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         }
         _ => {}
     }
-    let settings = Settings::load(store_url.as_deref(), &options)?;
+    let settings = Settings::with_conf(store_url.as_deref(), conf)?;
     if op == Op::PrintFixedPath {
         let ops = strs(&operands);
         let [algo, hash, name] = &ops[..] else {
@@ -260,6 +267,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let store = std::sync::Arc::new(settings.open_store()?);
+    if matches!(op, Op::Add | Op::AddFixed | Op::Import) {
+        crate::interrupt::watch(&store)?;
+    }
     match op {
         Op::Add => {
             let srcs: Vec<PathBuf> = operands.iter().map(PathBuf::from).collect();
@@ -335,6 +345,18 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         Op::VerifyPath => {
             let paths = ops::resolve_all(&store, &strs(&operands))?;
             return ops::verify(&store, true, None, Some(&paths), shell);
+        }
+        Op::CheckValidity => {
+            for a in strs(&operands) {
+                let p = ops::resolve(&store, &a)?;
+                if store.is_valid_path(&p)? {
+                    continue;
+                }
+                if !print_invalid {
+                    bail!("path '{}' is not valid", store.print(&p));
+                }
+                shell.println(store.print(&p))?;
+            }
         }
         Op::RepairPath => {
             let paths = ops::resolve_all(&store, &strs(&operands))?;

@@ -6,7 +6,9 @@ use thiserror::Error;
 
 use super::{drv_name, Derivation, DerivationOutput};
 use crate::hash::Hash;
-use crate::store_path::{fixed_inner_fingerprint, StoreDir, StorePath, StorePathError};
+use crate::store_path::{
+    fixed_inner_fingerprint, output_path_name, StoreDir, StorePath, StorePathError,
+};
 
 /// The hash that stands in for a derivation when others depend on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,44 +117,139 @@ impl Derivation {
         Ok(())
     }
 
-    /// The output paths this derivation must have, recomputed from its contents. Comparing
-    /// them with the recorded ones is how a `.drv` from elsewhere is checked.
-    pub fn expected_output_paths<E, F>(
+    /// Check that this derivation, at `drv_path`, is one Nix would accept: at least one
+    /// output, its kinds of output not mixed, and every output path (and the environment
+    /// variable naming it) the one computed from its contents. This is how a `.drv` from
+    /// elsewhere is checked before it is registered or built: a forged one could otherwise
+    /// claim another derivation's output path.
+    pub fn check_outputs<E, F>(
         &self,
         store_dir: &StoreDir,
         drv_path: &StorePath,
         input_hash: F,
-    ) -> Result<BTreeMap<String, Option<StorePath>>, DrvHashError<E>>
+    ) -> Result<(), DrvCheckError<E>>
     where
         E: std::error::Error + 'static,
         F: FnMut(&StorePath) -> Result<DrvHash, E>,
     {
-        let name = drv_name(drv_path);
-        let mut out = BTreeMap::new();
-        let mut masked: Option<Hash> = None;
-        let mut input_hash = Some(input_hash);
-        for (o, kind) in &self.outputs {
-            let p = match kind {
-                DerivationOutput::CaFixed { method, hash, .. } => {
-                    Some(store_dir.make_fixed_output_path(name, *method, hash, [], false)?)
-                }
-                DerivationOutput::InputAddressed(_) => {
-                    if masked.is_none() {
-                        if let Some(f) = input_hash.take() {
-                            if let DrvHash::Regular(h) = self.hash_modulo(store_dir, true, f)? {
-                                masked = Some(h);
-                            }
-                        }
-                    }
-                    match &masked {
-                        Some(h) => Some(store_dir.make_output_path(o, h, name)?),
-                        None => None,
-                    }
-                }
-                _ => None,
-            };
-            out.insert(o.clone(), p);
+        let drv = store_dir.display(drv_path);
+        let bad = |kind| DrvCheckError::Invalid {
+            drv: drv.clone(),
+            kind,
+        };
+        if self.outputs.is_empty() {
+            return Err(bad(DrvCheckErrorKind::NoOutputs));
         }
-        Ok(out)
+        let fixed = self
+            .outputs
+            .values()
+            .filter(|o| matches!(o, DerivationOutput::CaFixed { .. }))
+            .count();
+        if fixed > 0 && self.fixed_output().is_none() {
+            return Err(bad(DrvCheckErrorKind::FixedNotAlone));
+        }
+        let input_addressed = self
+            .outputs
+            .values()
+            .filter(|o| matches!(o, DerivationOutput::InputAddressed(_)))
+            .count();
+        if input_addressed > 0 && input_addressed != self.outputs.len() {
+            return Err(bad(DrvCheckErrorKind::MixedOutputs));
+        }
+        let name = drv_name(drv_path);
+        let masked = if input_addressed > 0 {
+            match self.hash_modulo(store_dir, true, input_hash) {
+                Ok(DrvHash::Regular(h)) => Some(h),
+                Ok(DrvHash::Fixed(_)) => None,
+                Err(source) => {
+                    return Err(DrvCheckError::Hash {
+                        drv,
+                        source: Box::new(source),
+                    })
+                }
+            }
+        } else {
+            None
+        };
+        for (o, kind) in &self.outputs {
+            let (found, expected) = match (kind, &masked) {
+                (DerivationOutput::InputAddressed(p), Some(h)) => {
+                    (p, store_dir.make_output_path(o, h, name))
+                }
+                (DerivationOutput::CaFixed { method, hash, path }, _) => (
+                    path,
+                    store_dir.make_fixed_output_path(
+                        &output_path_name(name, o),
+                        *method,
+                        hash,
+                        [],
+                        false,
+                    ),
+                ),
+                _ => continue,
+            };
+            let expected = expected.map_err(|e| {
+                bad(DrvCheckErrorKind::BadOutputName {
+                    output: o.clone(),
+                    source: e,
+                })
+            })?;
+            if *found != expected {
+                return Err(bad(DrvCheckErrorKind::WrongOutputPath {
+                    output: o.clone(),
+                    found: store_dir.display(found),
+                    expected: store_dir.display(&expected),
+                }));
+            }
+            let expected = store_dir.display(&expected);
+            if self.env.get(o) != Some(&expected) {
+                return Err(bad(DrvCheckErrorKind::WrongEnv {
+                    var: o.clone(),
+                    expected,
+                }));
+            }
+        }
+        Ok(())
     }
+}
+
+/// Why a derivation is not one Nix would accept.
+#[derive(Debug, Error)]
+pub enum DrvCheckError<E: std::error::Error + 'static> {
+    #[error("derivation '{drv}' {kind}")]
+    Invalid {
+        drv: String,
+        kind: DrvCheckErrorKind,
+    },
+    #[error("computing the output paths of derivation '{drv}'")]
+    Hash {
+        drv: String,
+        #[source]
+        source: Box<DrvHashError<E>>,
+    },
+}
+
+/// What is wrong with a derivation's outputs.
+#[derive(Debug, Error)]
+pub enum DrvCheckErrorKind {
+    #[error("has no outputs")]
+    NoOutputs,
+    #[error("has a fixed output among others: a fixed-output derivation has one output, 'out'")]
+    FixedNotAlone,
+    #[error("mixes input-addressed outputs with outputs of another kind")]
+    MixedOutputs,
+    #[error("has incorrect output '{found}', should be '{expected}' (output '{output}')")]
+    WrongOutputPath {
+        output: String,
+        found: String,
+        expected: String,
+    },
+    #[error("has incorrect environment variable '{var}', should be '{expected}'")]
+    WrongEnv { var: String, expected: String },
+    #[error("has an output named '{output}' that cannot be part of a store path")]
+    BadOutputName {
+        output: String,
+        #[source]
+        source: StorePathError,
+    },
 }

@@ -7,7 +7,7 @@ mod json;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use aterm::{DrvParseError, DrvParseErrorKind};
-pub use hash_modulo::{DrvHash, DrvHashError};
+pub use hash_modulo::{DrvCheckError, DrvCheckErrorKind, DrvHash, DrvHashError};
 pub use json::{DrvJsonError, ParsedDrv};
 
 use crate::content_address::FileIngestionMethod;

@@ -5,7 +5,8 @@ use std::io::{self, Read};
 
 use super::parse::{parse_exact, NarError, NarVisitor};
 
-/// One node of a listed archive.
+/// One node of a listed archive. Dropping one never recurses, whatever its depth; `Clone`,
+/// `==` and `Debug` take a stack frame per level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NarEntry {
     Regular {
@@ -20,6 +21,31 @@ pub enum NarEntry {
     Directory {
         entries: BTreeMap<Vec<u8>, NarEntry>,
     },
+}
+
+/// Dropped without recursion: a listing may be nested as deep as its archive.
+impl Drop for NarEntry {
+    fn drop(&mut self) {
+        let NarEntry::Directory { entries } = self else {
+            return;
+        };
+        if entries
+            .values()
+            .all(|e| !matches!(e, NarEntry::Directory { .. }))
+        {
+            return;
+        }
+        let mut todo = vec![std::mem::take(entries)];
+        while let Some(dir) = todo.pop() {
+            for (_, mut e) in dir {
+                if let NarEntry::Directory { entries } = &mut e {
+                    if !entries.is_empty() {
+                        todo.push(std::mem::take(entries));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The tree of an archive, without contents.
@@ -43,12 +69,10 @@ impl NarListing {
     }
 }
 
-/// A directory being listed: its path and the entries seen so far.
-type OpenDir = (Vec<u8>, BTreeMap<Vec<u8>, NarEntry>);
-
 #[derive(Default)]
 struct Lister {
-    stack: Vec<OpenDir>,
+    /// The entries seen so far of each open directory, innermost last.
+    stack: Vec<BTreeMap<Vec<u8>, NarEntry>>,
     root: Option<NarEntry>,
 }
 
@@ -56,7 +80,7 @@ impl Lister {
     fn put(&mut self, path: &[u8], e: NarEntry) {
         match self.stack.last_mut() {
             None => self.root = Some(e),
-            Some((_, entries)) => {
+            Some(entries) => {
                 let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
                 entries.insert(name.to_vec(), e);
             }
@@ -65,13 +89,13 @@ impl Lister {
 }
 
 impl NarVisitor for Lister {
-    fn directory(&mut self, path: &[u8]) -> io::Result<()> {
-        self.stack.push((path.to_vec(), BTreeMap::new()));
+    fn directory(&mut self, _path: &[u8]) -> io::Result<()> {
+        self.stack.push(BTreeMap::new());
         Ok(())
     }
-    fn end_directory(&mut self, _path: &[u8]) -> io::Result<()> {
-        if let Some((path, entries)) = self.stack.pop() {
-            self.put(&path, NarEntry::Directory { entries });
+    fn end_directory(&mut self, path: &[u8]) -> io::Result<()> {
+        if let Some(entries) = self.stack.pop() {
+            self.put(path, NarEntry::Directory { entries });
         }
         Ok(())
     }

@@ -2,7 +2,12 @@
 //!
 //! [`dump`] serialises a tree, [`parse`] reads one strictly (every non-canonical archive is a
 //! typed error naming the byte offset), [`restore`] writes one back to disk, [`listing`] lists one.
+//!
+//! None of them recurses: nesting lives in explicit stacks, so a tree or an archive may be as
+//! deep as the file system or the stream allows, and the file system is reached through
+//! directory descriptors, so full paths longer than `PATH_MAX` are no obstacle either.
 
+mod dirs;
 mod dump;
 mod listing;
 mod parse;

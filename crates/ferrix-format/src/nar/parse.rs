@@ -148,28 +148,16 @@ impl<R: Read> Reader<R> {
         Ok(Ok(v))
     }
 
-    /// A token (a short keyword or name); anything longer than `max` is `TooLong`.
-    fn token(&mut self, max: usize) -> Result<Vec<u8>, NarError> {
-        let at = self.offset;
-        match self.string(max)? {
-            Ok(v) => Ok(v),
-            Err(len) => Err(NarError {
-                offset: at,
-                kind: NarErrorKind::TooLong(len),
-            }),
-        }
-    }
-
     fn expect(&mut self, expected: &'static str) -> Result<(), NarError> {
         let at = self.offset;
         // Read at most a little more than the keyword so a huge length cannot exhaust memory.
-        match self.string(16)? {
-            Ok(v) if v == expected.as_bytes() => Ok(()),
+        match self.small()? {
+            Ok(v) if v.is(expected.as_bytes()) => Ok(()),
             Ok(v) => Err(NarError {
                 offset: at,
                 kind: NarErrorKind::Expected {
                     expected,
-                    found: Token(v),
+                    found: v.token(),
                 },
             }),
             Err(len) => Err(NarError {
@@ -180,6 +168,68 @@ impl<R: Read> Reader<R> {
                 },
             }),
         }
+    }
+
+    /// A framed string of at most `max` bytes into `out` (replacing what it held); the length
+    /// if longer, without reading the payload.
+    fn string_into(&mut self, out: &mut Vec<u8>, max: usize) -> Result<Result<(), u64>, NarError> {
+        let len = self.u64()?;
+        if len > max as u64 {
+            return Ok(Err(len));
+        }
+        out.clear();
+        out.resize(len as usize, 0);
+        self.fill(out)?;
+        self.pad(len)?;
+        Ok(Ok(()))
+    }
+
+    /// A framed string of at most [`SMALL`] bytes, without allocating; the length if longer.
+    fn small(&mut self) -> Result<Result<Small, u64>, NarError> {
+        let len = self.u64()?;
+        if len > SMALL as u64 {
+            return Ok(Err(len));
+        }
+        let mut s = Small {
+            bytes: [0; SMALL],
+            len: len as usize,
+        };
+        self.fill(&mut s.bytes[..s.len])?;
+        self.pad(len)?;
+        Ok(Ok(s))
+    }
+
+    /// A keyword; anything longer than [`SMALL`] is `TooLong`.
+    fn keyword(&mut self) -> Result<Small, NarError> {
+        let at = self.offset;
+        match self.small()? {
+            Ok(v) => Ok(v),
+            Err(len) => Err(NarError {
+                offset: at,
+                kind: NarErrorKind::TooLong(len),
+            }),
+        }
+    }
+}
+
+/// The longest keyword read (`executable` and `directory` and every other fit).
+const SMALL: usize = 16;
+
+/// A short string read from an archive, kept on the stack.
+struct Small {
+    bytes: [u8; SMALL],
+    len: usize,
+}
+
+impl Small {
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+    fn is(&self, s: &[u8]) -> bool {
+        self.as_bytes() == s
+    }
+    fn token(&self) -> Token {
+        Token(self.as_bytes().to_vec())
     }
 }
 
@@ -262,12 +312,8 @@ fn parse_inner<R: Read, V: NarVisitor + ?Sized>(
         }
         Err(e) => return Err(e),
     }
-    let mut path = Vec::new();
-    node(r, visitor, &mut path, 0)
+    Tree::default().parse(r, visitor)
 }
-
-/// Deeper trees than this are refused rather than risking the stack.
-const MAX_DEPTH: usize = 1024;
 
 fn visit_err<R: Read>(r: &Reader<R>, path: &[u8], source: io::Error) -> NarError {
     r.err(NarErrorKind::Visit {
@@ -276,40 +322,168 @@ fn visit_err<R: Read>(r: &Reader<R>, path: &[u8], source: io::Error) -> NarError
     })
 }
 
-fn node<R: Read, V: NarVisitor + ?Sized>(
-    r: &mut Reader<R>,
-    v: &mut V,
-    path: &mut Vec<u8>,
+/// A directory whose entries are being read.
+#[derive(Default)]
+struct Dir {
+    /// Length of the path of the directory itself.
+    path_len: usize,
+    /// The name of the previous entry, to check the order (empty before the first).
+    prev: Vec<u8>,
+}
+
+/// The walk through an archive. Nesting is kept in `dirs`, not on the call stack, so any
+/// depth parses in constant stack space; memory grows with the depth, which the archive's
+/// own length bounds.
+#[derive(Default)]
+struct Tree {
+    /// The path of the node being read, relative to the root.
+    path: Vec<u8>,
+    /// The open directories, innermost last: `dirs[..depth]`. Deeper slots are kept for
+    /// their buffers.
+    dirs: Vec<Dir>,
     depth: usize,
-) -> Result<(), NarError> {
-    if depth > MAX_DEPTH {
-        return Err(r.err(NarErrorKind::TooLong(depth as u64)));
+    /// The entry name being read.
+    name: Vec<u8>,
+}
+
+impl Tree {
+    fn parse<R: Read, V: NarVisitor + ?Sized>(
+        mut self,
+        r: &mut Reader<R>,
+        v: &mut V,
+    ) -> Result<(), NarError> {
+        loop {
+            let dir = self.node(r, v)?;
+            // A file or symlink is complete; a directory's entries follow.
+            if !dir {
+                self.close_entry(r)?;
+            }
+            loop {
+                if self.depth == 0 {
+                    return Ok(());
+                }
+                if self.next_entry(r, v)? {
+                    break;
+                }
+                // The directory ended, and with it the entry holding it.
+                self.depth -= 1;
+                self.close_entry(r)?;
+            }
+        }
     }
-    r.expect("(")?;
-    r.expect("type")?;
-    let at = r.offset;
-    let ty = r.token(16).map_err(|e| match e.kind {
-        NarErrorKind::TooLong(_) => NarError {
-            offset: at,
-            kind: NarErrorKind::UnknownType(Token(b"(too long)".to_vec())),
-        },
-        _ => e,
-    })?;
-    match &ty[..] {
-        b"regular" => {
+
+    /// After a node: the `)` closing the entry that held it (nothing for the root); the
+    /// entry's name becomes the previous one of its directory.
+    fn close_entry<R: Read>(&mut self, r: &mut Reader<R>) -> Result<(), NarError> {
+        let Some(d) = self.depth.checked_sub(1).and_then(|i| self.dirs.get_mut(i)) else {
+            return Ok(());
+        };
+        r.expect(")")?;
+        let start = d.path_len + usize::from(d.path_len > 0);
+        d.prev.clear();
+        d.prev
+            .extend_from_slice(self.path.get(start..).unwrap_or_default());
+        self.path.truncate(d.path_len);
+        Ok(())
+    }
+
+    /// In the innermost directory: `true` when an entry starts (its node next, its name
+    /// appended to the path), `false` when the directory ends.
+    fn next_entry<R: Read, V: NarVisitor + ?Sized>(
+        &mut self,
+        r: &mut Reader<R>,
+        v: &mut V,
+    ) -> Result<bool, NarError> {
+        let Some(d) = self.depth.checked_sub(1).and_then(|i| self.dirs.get_mut(i)) else {
+            return Ok(false);
+        };
+        let at = r.offset;
+        let t = r
+            .keyword()
+            .map_err(|e| e.with_expected(at, "entry' or ')"))?;
+        if t.is(b")") {
+            v.end_directory(&self.path)
+                .map_err(|e| visit_err(r, &self.path, e))?;
+            return Ok(false);
+        }
+        if !t.is(b"entry") {
+            return Err(NarError {
+                offset: at,
+                kind: NarErrorKind::Expected {
+                    expected: "entry' or ')",
+                    found: t.token(),
+                },
+            });
+        }
+        r.expect("(")?;
+        r.expect("name")?;
+        let at = r.offset;
+        let name = &mut self.name;
+        if let Err(len) = r.string_into(name, MAX_NAME)? {
+            return Err(NarError {
+                offset: at,
+                kind: NarErrorKind::TooLong(len),
+            });
+        }
+        if name.is_empty()
+            || name[..] == b"."[..]
+            || name[..] == b".."[..]
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
+            return Err(NarError {
+                offset: at,
+                kind: NarErrorKind::BadName(Token(name.clone())),
+            });
+        }
+        if !d.prev.is_empty() && *name <= d.prev {
+            return Err(NarError {
+                offset: at,
+                kind: NarErrorKind::Unsorted {
+                    name: Token(name.clone()),
+                    prev: Token(d.prev.clone()),
+                },
+            });
+        }
+        r.expect("node")?;
+        if !self.path.is_empty() {
+            self.path.push(b'/');
+        }
+        self.path.extend_from_slice(name);
+        Ok(true)
+    }
+
+    /// One node at `path`; `true` for a directory, which is then open with no entry read.
+    fn node<R: Read, V: NarVisitor + ?Sized>(
+        &mut self,
+        r: &mut Reader<R>,
+        v: &mut V,
+    ) -> Result<bool, NarError> {
+        let path = &self.path[..];
+        r.expect("(")?;
+        r.expect("type")?;
+        let at = r.offset;
+        let ty = r.keyword().map_err(|e| match e.kind {
+            NarErrorKind::TooLong(_) => NarError {
+                offset: at,
+                kind: NarErrorKind::UnknownType(Token(b"(too long)".to_vec())),
+            },
+            _ => e,
+        })?;
+        if ty.is(b"regular") {
             let at = r.offset;
-            let mut field = r.token(16).map_err(|e| e.with_expected(at, "contents"))?;
+            let mut field = r.keyword().map_err(|e| e.with_expected(at, "contents"))?;
             let mut executable = false;
-            if field == b"executable" {
+            if field.is(b"executable") {
                 let at = r.offset;
-                let marker = r.token(16).map_err(|e| NarError {
+                let marker = r.keyword().map_err(|e| NarError {
                     offset: at,
                     kind: match e.kind {
                         NarErrorKind::TooLong(_) => NarErrorKind::ExecutableNotEmpty,
                         k => k,
                     },
                 })?;
-                if !marker.is_empty() {
+                if !marker.is(b"") {
                     return Err(NarError {
                         offset: at,
                         kind: NarErrorKind::ExecutableNotEmpty,
@@ -317,18 +491,18 @@ fn node<R: Read, V: NarVisitor + ?Sized>(
                 }
                 executable = true;
                 let at2 = r.offset;
-                field = r.token(16).map_err(|e| e.with_expected(at2, "contents"))?;
-                if field != b"contents" {
+                field = r.keyword().map_err(|e| e.with_expected(at2, "contents"))?;
+                if !field.is(b"contents") {
                     return Err(NarError {
                         offset: at2,
                         kind: NarErrorKind::Expected {
                             expected: "contents",
-                            found: Token(field),
+                            found: field.token(),
                         },
                     });
                 }
             }
-            if field != b"contents" {
+            if !field.is(b"contents") {
                 return Err(NarError {
                     offset: at,
                     kind: NarErrorKind::Expected {
@@ -337,7 +511,7 @@ fn node<R: Read, V: NarVisitor + ?Sized>(
                         } else {
                             "executable' or 'contents"
                         },
-                        found: Token(field),
+                        found: field.token(),
                     },
                 });
             }
@@ -364,8 +538,7 @@ fn node<R: Read, V: NarVisitor + ?Sized>(
                 }
             }
             r.pad(size)?;
-        }
-        b"symlink" => {
+        } else if ty.is(b"symlink") {
             r.expect("target")?;
             let at = r.offset;
             let target = match r.string(MAX_NAME)? {
@@ -385,82 +558,30 @@ fn node<R: Read, V: NarVisitor + ?Sized>(
             }
             v.symlink(path, &target)
                 .map_err(|e| visit_err(r, path, e))?;
-        }
-        b"directory" => {
+        } else if ty.is(b"directory") {
             v.directory(path).map_err(|e| visit_err(r, path, e))?;
-            let mut prev: Option<Vec<u8>> = None;
-            loop {
-                let at = r.offset;
-                let t = r
-                    .token(16)
-                    .map_err(|e| e.with_expected(at, "entry' or ')"))?;
-                if t == b")" {
-                    v.end_directory(path).map_err(|e| visit_err(r, path, e))?;
-                    return Ok(());
+            let path_len = path.len();
+            match self.dirs.get_mut(self.depth) {
+                Some(d) => {
+                    d.path_len = path_len;
+                    d.prev.clear();
                 }
-                if t != b"entry" {
-                    return Err(NarError {
-                        offset: at,
-                        kind: NarErrorKind::Expected {
-                            expected: "entry' or ')",
-                            found: Token(t),
-                        },
-                    });
-                }
-                r.expect("(")?;
-                r.expect("name")?;
-                let at = r.offset;
-                let name = match r.string(MAX_NAME)? {
-                    Ok(n) => n,
-                    Err(len) => {
-                        return Err(NarError {
-                            offset: at,
-                            kind: NarErrorKind::TooLong(len),
-                        })
-                    }
-                };
-                if name.is_empty()
-                    || name == b"."
-                    || name == b".."
-                    || name.contains(&b'/')
-                    || name.contains(&0)
-                {
-                    return Err(NarError {
-                        offset: at,
-                        kind: NarErrorKind::BadName(Token(name)),
-                    });
-                }
-                if let Some(p) = &prev {
-                    if name <= *p {
-                        return Err(NarError {
-                            offset: at,
-                            kind: NarErrorKind::Unsorted {
-                                name: Token(name),
-                                prev: Token(p.clone()),
-                            },
-                        });
-                    }
-                }
-                r.expect("node")?;
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(&name);
-                node(r, v, path, depth + 1)?;
-                path.truncate(len);
-                r.expect(")")?;
-                prev = Some(name);
+                None => self.dirs.push(Dir {
+                    path_len,
+                    prev: Vec::new(),
+                }),
             }
-        }
-        _ => {
+            self.depth += 1;
+            return Ok(true);
+        } else {
             return Err(NarError {
                 offset: at,
-                kind: NarErrorKind::UnknownType(Token(ty)),
-            })
+                kind: NarErrorKind::UnknownType(ty.token()),
+            });
         }
+        r.expect(")")?;
+        Ok(false)
     }
-    r.expect(")")
 }
 
 impl NarError {

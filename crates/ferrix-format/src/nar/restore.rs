@@ -1,14 +1,17 @@
 //! Writing a NAR back to disk, never outside the target and never through a symlink.
 
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{mkdirat, openat, symlinkat, Mode, OFlags};
 use thiserror::Error;
 
+use super::dirs::{DirStack, DIR_FLAGS};
 use super::parse::{parse, parse_exact, NarError, NarVisitor};
 
 /// Why a restore failed.
@@ -25,16 +28,32 @@ pub enum RestoreError {
 struct Restorer<'a> {
     target: &'a Path,
     buf: Vec<u8>,
+    /// The directories being restored, innermost last: every entry is created by name in its
+    /// parent, so neither depth nor the length of the full path is limited.
+    dirs: DirStack,
 }
 
 impl Restorer<'_> {
     /// Entry names were checked by the parser (no `/`, `.`, `..`, NUL), and every directory on
-    /// the way was created by this restore, so the joined path stays inside the target.
+    /// the way was created by this restore, so the joined path stays inside the target. Used
+    /// for messages only.
     fn at(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
             self.target.to_owned()
         } else {
             self.target.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    /// The directory that holds `rel` (not the root), and the last component of `rel`.
+    fn parent<'r>(&self, rel: &'r [u8]) -> io::Result<(BorrowedFd<'_>, &'r [u8])> {
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+        match self.dirs.top() {
+            Some(fd) => Ok((fd, name)),
+            None => Err(ctx(
+                &self.at(rel),
+                io::Error::other("its directory is not open"),
+            )),
         }
     }
 }
@@ -45,8 +64,20 @@ fn ctx(path: &Path, e: io::Error) -> io::Error {
 
 impl NarVisitor for Restorer<'_> {
     fn directory(&mut self, rel: &[u8]) -> io::Result<()> {
-        let p = self.at(rel);
-        fs::create_dir(&p).map_err(|e| ctx(&p, e))
+        let fd = if rel.is_empty() {
+            fs::create_dir(self.target).map_err(|e| ctx(self.target, e))?;
+            rustix::fs::open(self.target, DIR_FLAGS, Mode::empty())
+        } else {
+            let (parent, name) = self.parent(rel)?;
+            mkdirat(parent, name, Mode::from_raw_mode(0o777))
+                .and_then(|()| openat(parent, name, DIR_FLAGS, Mode::empty()))
+        };
+        let fd = fd.map_err(|e| ctx(&self.at(rel), e.into()))?;
+        self.dirs.push(fd).map_err(|e| ctx(&self.at(rel), e))
+    }
+
+    fn end_directory(&mut self, rel: &[u8]) -> io::Result<()> {
+        self.dirs.pop().map_err(|e| ctx(&self.at(rel), e))
     }
 
     fn regular(
@@ -57,27 +88,46 @@ impl NarVisitor for Restorer<'_> {
         _offset: u64,
         contents: &mut dyn Read,
     ) -> io::Result<()> {
-        let p = self.at(rel);
-        // create_new is O_EXCL: it fails on any existing entry, a symlink included.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if executable { 0o777 } else { 0o666 })
-            .open(&p)
-            .map_err(|e| ctx(&p, e))?;
+        let mode = if executable { 0o777 } else { 0o666 };
+        let f = if rel.is_empty() {
+            // create_new is O_EXCL: it fails on any existing entry, a symlink included.
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(self.target)
+        } else {
+            let (parent, name) = self.parent(rel)?;
+            let flags = OFlags::WRONLY
+                | OFlags::CREATE
+                | OFlags::EXCL
+                | OFlags::NOFOLLOW
+                | OFlags::CLOEXEC
+                | OFlags::NOCTTY;
+            openat(parent, name, flags, Mode::from_raw_mode(mode))
+                .map(File::from)
+                .map_err(io::Error::from)
+        };
+        let mut f = f.map_err(|e| ctx(&self.at(rel), e))?;
         loop {
             let n = contents.read(&mut self.buf)?;
             if n == 0 {
                 break;
             }
-            f.write_all(&self.buf[..n]).map_err(|e| ctx(&p, e))?;
+            f.write_all(&self.buf[..n])
+                .map_err(|e| ctx(&self.at(rel), e))?;
         }
         Ok(())
     }
 
     fn symlink(&mut self, rel: &[u8], target: &[u8]) -> io::Result<()> {
-        let p = self.at(rel);
-        symlink(OsStr::from_bytes(target), &p).map_err(|e| ctx(&p, e))
+        let made = if rel.is_empty() {
+            symlink(OsStr::from_bytes(target), self.target)
+        } else {
+            let (parent, name) = self.parent(rel)?;
+            symlinkat(target, parent, name).map_err(io::Error::from)
+        };
+        made.map_err(|e| ctx(&self.at(rel), e))
     }
 }
 
@@ -97,6 +147,7 @@ fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, Re
     let mut r = Restorer {
         target,
         buf: vec![0u8; 256 * 1024],
+        dirs: DirStack::new(),
     };
     let parsed = if exact {
         parse_exact(input, &mut r)
