@@ -253,3 +253,168 @@ pub enum DrvCheckErrorKind {
         source: StorePathError,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content_address::FileIngestionMethod;
+
+    type Never = std::convert::Infallible;
+
+    fn no_inputs(_: &StorePath) -> Result<DrvHash, Never> {
+        unreachable!("these derivations have no inputs")
+    }
+
+    /// An input-addressed derivation named `name` with `outputs`, its paths filled in.
+    fn drv(name: &str, outputs: &[&str]) -> (Derivation, StorePath) {
+        let sd = StoreDir::default();
+        let mut d = Derivation {
+            outputs: outputs
+                .iter()
+                .map(|o| ((*o).to_owned(), DerivationOutput::Deferred))
+                .collect(),
+            input_drvs: BTreeMap::new(),
+            input_srcs: BTreeSet::new(),
+            platform: "x86_64-linux".into(),
+            builder: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo hi > $out".into()],
+            env: outputs
+                .iter()
+                .map(|o| ((*o).to_owned(), String::new()))
+                .collect(),
+        };
+        d.fill_input_addressed_outputs(&sd, name, no_inputs).unwrap();
+        let p = d.drv_path(&sd, name).unwrap();
+        (d, p)
+    }
+
+    fn kind(e: DrvCheckError<Never>) -> DrvCheckErrorKind {
+        match e {
+            DrvCheckError::Invalid { kind, .. } => kind,
+            DrvCheckError::Hash { .. } => panic!("no inputs to hash"),
+        }
+    }
+
+    #[test]
+    fn computed_outputs_pass() {
+        let sd = StoreDir::default();
+        for outs in [&["out"][..], &["out", "dev", "lib"][..]] {
+            let (d, p) = drv("x", outs);
+            d.check_outputs(&sd, &p, no_inputs).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_changed_builder_keeps_wrong_paths() {
+        let sd = StoreDir::default();
+        let (mut d, p) = drv("x", &["out", "dev"]);
+        d.args[1] = "echo forged > $out".into();
+        let e = d.check_outputs(&sd, &p, no_inputs).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("has incorrect output"), "{msg}");
+        assert!(msg.contains(&sd.display(&p)), "{msg}");
+        assert!(matches!(
+            kind(e),
+            DrvCheckErrorKind::WrongOutputPath { output, .. } if output == "dev"
+        ));
+    }
+
+    #[test]
+    fn the_name_in_the_drv_path_counts() {
+        // The same text stored under another name claims outputs that are not its own.
+        let sd = StoreDir::default();
+        let (d, _) = drv("victim", &["out"]);
+        let other = d.drv_path(&sd, "forged").unwrap();
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &other, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::WrongOutputPath { .. }
+        ));
+    }
+
+    #[test]
+    fn env_must_name_the_output() {
+        let sd = StoreDir::default();
+        let (mut d, p) = drv("x", &["out"]);
+        d.env.insert("out".into(), "/tmp/elsewhere".into());
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::WrongEnv { var, .. } if var == "out"
+        ));
+        // Without the variable the text hashes differently: the path is wrong first.
+        d.env.remove("out");
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::WrongOutputPath { .. }
+        ));
+    }
+
+    #[test]
+    fn no_outputs_and_mixed_kinds_are_refused() {
+        let sd = StoreDir::default();
+        let (mut d, p) = drv("x", &["out"]);
+        d.outputs.clear();
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::NoOutputs
+        ));
+
+        let (mut d, p) = drv("x", &["out", "dev"]);
+        d.outputs.insert("dev".into(), DerivationOutput::Deferred);
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::MixedOutputs
+        ));
+
+        let hash = Hash::sha256(b"contents");
+        let fixed = sd
+            .make_fixed_output_path("x", FileIngestionMethod::Flat, &hash, [], false)
+            .unwrap();
+        let (mut d, p) = drv("x", &["out", "dev"]);
+        d.outputs.insert(
+            "out".into(),
+            DerivationOutput::CaFixed {
+                method: FileIngestionMethod::Flat,
+                hash,
+                path: fixed,
+            },
+        );
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::FixedNotAlone
+        ));
+    }
+
+    #[test]
+    fn fixed_outputs_follow_their_hash() {
+        let sd = StoreDir::default();
+        let hash = Hash::sha256(b"contents");
+        let path = sd
+            .make_fixed_output_path("src", FileIngestionMethod::Flat, &hash, [], false)
+            .unwrap();
+        let (mut d, _) = drv("src", &["out"]);
+        d.outputs.insert(
+            "out".into(),
+            DerivationOutput::CaFixed {
+                method: FileIngestionMethod::Flat,
+                hash: hash.clone(),
+                path: path.clone(),
+            },
+        );
+        d.env.insert("out".into(), sd.display(&path));
+        let p = d.drv_path(&sd, "src").unwrap();
+        d.check_outputs(&sd, &p, no_inputs).unwrap();
+        // Another claimed hash with the same path: the path no longer follows.
+        d.outputs.insert(
+            "out".into(),
+            DerivationOutput::CaFixed {
+                method: FileIngestionMethod::Flat,
+                hash: Hash::sha256(b"other"),
+                path,
+            },
+        );
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::WrongOutputPath { .. }
+        ));
+    }
+}
