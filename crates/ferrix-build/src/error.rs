@@ -44,6 +44,13 @@ pub enum BuildFailure {
         output: String,
         path: String,
     },
+    #[error("output '{path}' of '{drv}' cannot be read as a store path")]
+    UnreadableOutput {
+        drv: String,
+        path: String,
+        #[source]
+        source: ferrix_format::nar::DumpError,
+    },
     #[error("hash mismatch in fixed-output derivation '{drv}':\n  specified: {specified}\n       got:    {got}")]
     HashMismatch {
         drv: String,
@@ -98,7 +105,11 @@ impl BuildFailure {
             Self::HashMismatch { .. } => 0x04 | 0x02,
             // Nix's "not deterministic" bit: a check that ran and differed, not a failure.
             Self::NotDeterministic { .. } => 0x08,
-            Self::DependencyFailed { .. }
+            // The builder succeeded but its outputs were rejected: Nix's plain failure (1).
+            Self::MissingOutput { .. }
+            | Self::UnreadableOutput { .. }
+            | Self::BadReferences { .. }
+            | Self::DependencyFailed { .. }
             | Self::InputUnregistered { .. }
             | Self::Interrupted { .. }
             | Self::NoSlots { .. } => 0,

@@ -1183,14 +1183,18 @@ fn compare_outputs(
         ferrix_store::canon::canonicalise(at).map_err(store_err)?;
         let mut sink = HashSink::new(HashAlgo::Sha256);
         let mut w = Rewriter::new(&mut sink, &back);
-        ferrix_format::nar::dump_path(at, &mut w)
-            .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|()| w.finish())
-            .map_err(|source| BuildFailure::Io {
+        ferrix_format::nar::dump_path(at, &mut w).map_err(|source| {
+            BuildFailure::UnreadableOutput {
                 drv: drv.to_owned(),
-                what: format!("reading output '{}'", at.display()),
+                path: store.print(p),
                 source,
-            })?;
+            }
+        })?;
+        w.finish().map_err(|source| BuildFailure::Io {
+            drv: drv.to_owned(),
+            what: format!("reading output '{}'", at.display()),
+            source,
+        })?;
         let (new_hash, _) = sink.finish();
         let old = store.path_info(p).map_err(store_err)?;
         if new_hash != old.nar_hash {
@@ -1308,11 +1312,11 @@ fn check_outputs(
         let real = store.real_path(p);
         let mut sink = HashSink::new(HashAlgo::Sha256);
         let mut scanner = RefScanner::new(candidates.iter().cloned());
-        ferrix_format::nar::dump_path(&real, Tee(&mut sink, &mut scanner)).map_err(|e| {
-            BuildFailure::Io {
+        ferrix_format::nar::dump_path(&real, Tee(&mut sink, &mut scanner)).map_err(|source| {
+            BuildFailure::UnreadableOutput {
                 drv: drv.to_owned(),
-                what: format!("reading output '{}'", real.display()),
-                source: io::Error::other(e.to_string()),
+                path: store.print(p),
+                source,
             }
         })?;
         let (nar_hash, nar_size) = sink.finish();

@@ -388,7 +388,8 @@ pub fn report_failures(
     let log_dir = &store.config().log_dir;
     for (node, r) in plan.nodes.iter().zip(&outcome.results) {
         let NodeResult::Failed(f) = r else { continue };
-        let mut msg = f.to_string();
+        // The failure and its causes, as the CLI words every error.
+        let mut msg = crate::render(f);
         if matches!(
             f,
             BuildFailure::ExitCode { .. } | BuildFailure::Signal { .. }

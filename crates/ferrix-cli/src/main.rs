@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            shell.error(render(&e));
+            shell.error(render(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -78,8 +78,8 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, `outer: cause: cause`, with io errors worded as
 /// Nix words them (no "(os error N)").
-fn render(e: &anyhow::Error) -> String {
-    e.chain()
+pub fn render(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(e), |c| c.source())
         .map(|c| {
             let s = c.to_string();
             match c.downcast_ref::<std::io::Error>() {

@@ -97,8 +97,20 @@ pub enum StoreError {
         #[source]
         source: ferrix_format::nar::DumpError,
     },
-    #[error("export stream: {0}")]
-    BadExport(String),
+    #[error("export stream, at byte {offset}")]
+    BadExport {
+        offset: u64,
+        #[source]
+        kind: crate::export::ExportErrorKind,
+    },
+    #[error("export stream, at byte {offset}")]
+    InExport {
+        offset: u64,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("writing the export stream")]
+    ExportWrite(#[source] io::Error),
     #[error("interrupted by the user")]
     Interrupted,
 }

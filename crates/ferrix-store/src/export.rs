@@ -16,7 +16,7 @@ use crate::path_info::ValidPathInfo;
 const EXPORT_MAGIC: u64 = 0x4558_494e;
 
 fn w(e: std::io::Error) -> StoreError {
-    StoreError::BadExport(format!("writing: {e}"))
+    StoreError::ExportWrite(e)
 }
 
 /// Write `paths` (which must be valid) references-first.
@@ -43,31 +43,90 @@ pub fn export_paths(
     out.flush().map_err(w)
 }
 
-fn read_u64(r: &mut impl Read) -> Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)
-        .map_err(|e| StoreError::BadExport(format!("reading: {e}")))?;
-    Ok(u64::from_le_bytes(b))
+/// What is wrong with an export stream, outside the archives it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportErrorKind {
+    #[error("the stream ends early")]
+    Truncated,
+    #[error("reading the stream")]
+    Io(#[source] std::io::Error),
+    #[error("expected 0 or 1 before a path, got {0}")]
+    BadMarker(u64),
+    #[error("the export magic does not follow the archive")]
+    NoMagic,
+    #[error("a string of {0} bytes is longer than allowed here")]
+    TooLong(u64),
+    #[error("{0} references is not plausible")]
+    TooManyRefs(u64),
+    #[error("non-zero padding")]
+    Padding,
+    #[error("a path is not UTF-8")]
+    NotUtf8,
 }
 
-fn read_string(r: &mut impl Read, max: usize) -> Result<String> {
-    let n = read_u64(r)?;
-    if n > max as u64 {
-        return Err(StoreError::BadExport(format!(
-            "a string of {n} bytes is too long"
-        )));
+/// The stream being imported, and how far into it we are, for errors.
+struct Stream<R> {
+    inner: R,
+    offset: u64,
+}
+
+impl<R: Read> Read for Stream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.offset += n as u64;
+        Ok(n)
     }
-    let mut v = vec![0u8; n as usize];
-    r.read_exact(&mut v)
-        .map_err(|e| StoreError::BadExport(format!("reading: {e}")))?;
-    let pad = ferrix_format::wire::padding(n);
-    let mut p = [0u8; 8];
-    r.read_exact(&mut p[..pad])
-        .map_err(|e| StoreError::BadExport(format!("reading: {e}")))?;
-    if p[..pad].iter().any(|&b| b != 0) {
-        return Err(StoreError::BadExport("non-zero padding".into()));
+}
+
+impl<R: Read> Stream<R> {
+    fn err(&self, at: u64, kind: ExportErrorKind) -> StoreError {
+        StoreError::BadExport { offset: at, kind }
     }
-    String::from_utf8(v).map_err(|_| StoreError::BadExport("a path is not UTF-8".into()))
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        let at = self.offset;
+        self.read_exact(buf).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ExportErrorKind::Truncated
+            } else {
+                ExportErrorKind::Io(e)
+            };
+            self.err(at.max(self.offset), kind)
+        })
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.fill(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn string(&mut self, max: usize) -> Result<String> {
+        let at = self.offset;
+        let n = self.u64()?;
+        if n > max as u64 {
+            return Err(self.err(at, ExportErrorKind::TooLong(n)));
+        }
+        let mut v = vec![0u8; n as usize];
+        self.fill(&mut v)?;
+        let pad = ferrix_format::wire::padding(n);
+        let mut p = [0u8; 8];
+        self.fill(&mut p[..pad])?;
+        if p[..pad].iter().any(|&b| b != 0) {
+            return Err(self.err(self.offset - pad as u64, ExportErrorKind::Padding));
+        }
+        String::from_utf8(v).map_err(|_| self.err(at + 8, ExportErrorKind::NotUtf8))
+    }
+
+    /// A store path, its error naming where it stood.
+    fn path(&mut self, store: &LocalStore) -> Result<StorePath> {
+        let at = self.offset;
+        let s = self.string(4096)?;
+        store.parse_path(&s).map_err(|e| StoreError::InExport {
+            offset: at,
+            source: Box::new(e),
+        })
+    }
 }
 
 /// Read an export stream into the store; returns the paths it held, in stream order. Paths
@@ -76,47 +135,58 @@ pub fn import_paths(store: &LocalStore, input: impl Read) -> Result<Vec<StorePat
     import_inner(store, input).map_err(|e| store.or_interrupted(e))
 }
 
-fn import_inner(store: &LocalStore, mut input: impl Read) -> Result<Vec<StorePath>> {
+fn import_inner(store: &LocalStore, input: impl Read) -> Result<Vec<StorePath>> {
+    let mut input = Stream {
+        inner: input,
+        offset: 0,
+    };
     let mut imported = Vec::new();
     let mut batch: Vec<Pending> = Vec::new();
     let mut batched: HashSet<StorePath> = HashSet::new();
     loop {
-        match read_u64(&mut input)? {
+        let at = input.offset;
+        match input.u64()? {
             0 => break,
             1 => {}
-            n => {
-                return Err(StoreError::BadExport(format!(
-                    "expected 0 or 1 before a path, got {n}"
-                )))
-            }
+            n => return Err(input.err(at, ExportErrorKind::BadMarker(n))),
         }
-        let what = format!("path #{} of the export stream", imported.len() + 1);
+        let what = format!(
+            "path #{} of the export stream (its archive starts at byte {})",
+            imported.len() + 1,
+            input.offset
+        );
         let staged = store.stage(&mut input, &what, false)?;
-        if read_u64(&mut input)? != EXPORT_MAGIC {
-            return Err(StoreError::BadExport(
-                "missing the export magic after a NAR".into(),
-            ));
+        let at = input.offset;
+        if input.u64()? != EXPORT_MAGIC {
+            return Err(input.err(at, ExportErrorKind::NoMagic));
         }
-        let p = store.parse_path(&read_string(&mut input, 4096)?)?;
-        let n = read_u64(&mut input)?;
+        let p = input.path(store)?;
+        let at = input.offset;
+        let n = input.u64()?;
         if n > 1_000_000 {
-            return Err(StoreError::BadExport(format!(
-                "{n} references is not plausible"
-            )));
+            return Err(input.err(at, ExportErrorKind::TooManyRefs(n)));
         }
         let mut refs = BTreeSet::new();
         for _ in 0..n {
-            refs.insert(store.parse_path(&read_string(&mut input, 4096)?)?);
+            refs.insert(input.path(store)?);
         }
-        let deriver = read_string(&mut input, 4096)?;
+        let at = input.offset;
+        let deriver = input.string(4096)?;
         let deriver = if deriver.is_empty() {
             None
         } else {
-            Some(store.parse_path(&deriver)?)
+            Some(
+                store
+                    .parse_path(&deriver)
+                    .map_err(|e| StoreError::InExport {
+                        offset: at,
+                        source: Box::new(e),
+                    })?,
+            )
         };
-        if read_u64(&mut input)? == 1 {
+        if input.u64()? == 1 {
             // A legacy signature; Nix ignores it too.
-            read_string(&mut input, 65536)?;
+            input.string(65536)?;
         }
         imported.push(p.clone());
         if batched.insert(p.clone()) {

@@ -28,7 +28,7 @@ Operations:
   --print-fixed-path [--recursive] ALGO HASH NAME
   --query, -q [--references|--referrers|--referrers-closure|--requisites|-R
                [--include-outputs]|--tree|--graph|--deriver|-d|--hash|--size|--roots|--outputs] PATH...
-  --realise, -r DRV[!OUTPUTS]|PATH... [--add-root LINK] [--dry-run] [--check|--repair]
+  --realise, -r DRV[!OUTPUTS]|PATH... [--add-root LINK] [--dry-run] [--check|--repair] [-Q]
   --repair-path PATH...
                                      [-j N] [--cores N] [-k] [-K] [--max-silent-time S] [--timeout S]
   --read-log, -l DRV|PATH...
@@ -119,6 +119,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut dry_run = false;
     let mut check = false;
     let mut print_invalid = false;
+    let mut quiet = false;
     let mut options: Vec<CliSetting> = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
         if op.is_some_and(|o| o != new) {
@@ -158,6 +159,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--repair-path" => set(&mut op, Op::RepairPath)?,
             "--check-validity" => set(&mut op, Op::CheckValidity)?,
             "--print-invalid" => print_invalid = true,
+            "--no-build-output" | "-Q" => quiet = true,
             "--dry-run" => dry_run = true,
             "--check" => check = true,
             "--recursive" => recursive = true,
@@ -314,13 +316,16 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 &store,
                 &strs(&operands),
                 add_root.as_deref(),
-                dry_run,
-                if check {
-                    ferrix_build::BuildMode::Check
-                } else if repair {
-                    ferrix_build::BuildMode::Repair
-                } else {
-                    ferrix_build::BuildMode::Normal
+                crate::build::RunMode {
+                    logs: !quiet,
+                    dry_run,
+                    mode: if check {
+                        ferrix_build::BuildMode::Check
+                    } else if repair {
+                        ferrix_build::BuildMode::Repair
+                    } else {
+                        ferrix_build::BuildMode::Normal
+                    },
                 },
                 shell,
             );
@@ -607,8 +612,7 @@ fn realise(
     store: &std::sync::Arc<LocalStore>,
     args: &[String],
     add_root: Option<&Path>,
-    dry_run: bool,
-    build_mode: ferrix_build::BuildMode,
+    mode: crate::build::RunMode,
     shell: &mut Shell,
 ) -> Result<ExitCode> {
     let mut items: Vec<Vec<StorePath>> = Vec::new();
@@ -630,13 +634,8 @@ fn realise(
             items.push(vec![p]);
         }
     }
-    let mode = crate::build::RunMode {
-        logs: true,
-        dry_run,
-        mode: build_mode,
-    };
     let (plan, outcome) = crate::build::realise(settings, store.clone(), &wanted, mode, shell)?;
-    if dry_run {
+    if mode.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(o) = &outcome {

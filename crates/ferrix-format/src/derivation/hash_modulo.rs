@@ -283,7 +283,8 @@ mod tests {
                 .map(|o| ((*o).to_owned(), String::new()))
                 .collect(),
         };
-        d.fill_input_addressed_outputs(&sd, name, no_inputs).unwrap();
+        d.fill_input_addressed_outputs(&sd, name, no_inputs)
+            .unwrap();
         let p = d.drv_path(&sd, name).unwrap();
         (d, p)
     }

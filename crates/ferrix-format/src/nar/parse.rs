@@ -299,6 +299,9 @@ fn parse_inner<R: Read, V: NarVisitor + ?Sized>(
                 kind: NarErrorKind::BadMagic,
             })
         }
+        // Nothing at all is a stream cut short (an export cut after its marker), not a
+        // stranger's file.
+        Err(e) if matches!(e.kind, NarErrorKind::Truncated) && r.offset == 0 => return Err(e),
         Err(e)
             if matches!(
                 e.kind,
