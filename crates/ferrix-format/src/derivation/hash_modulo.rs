@@ -397,7 +397,7 @@ mod tests {
             "out".into(),
             DerivationOutput::CaFixed {
                 method: FileIngestionMethod::Flat,
-                hash: hash.clone(),
+                hash,
                 path: path.clone(),
             },
         );
