@@ -12,6 +12,9 @@
 #![no_main]
 
 mod common;
+#[path = "../../crates/ferrix-format/tests/support/nar_writer.rs"]
+mod nar_writer;
+use nar_writer::write_nar;
 
 use std::fs;
 use std::io::{self, Read};
@@ -72,58 +75,6 @@ impl NarVisitor for Recording {
             .push((path.to_vec(), Event::Link(target.to_vec())));
         Ok(())
     }
-}
-
-fn framed(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s);
-    out.resize(out.len().next_multiple_of(8), 0);
-}
-
-/// The canonical NAR of a listing, contents taken from `data` at the listed offsets.
-fn write_nar(root: &NarEntry, data: &[u8]) -> Vec<u8> {
-    fn node(out: &mut Vec<u8>, e: &NarEntry, data: &[u8]) {
-        framed(out, b"(");
-        framed(out, b"type");
-        match e {
-            NarEntry::Regular {
-                executable,
-                size,
-                offset,
-            } => {
-                framed(out, b"regular");
-                if *executable {
-                    framed(out, b"executable");
-                    framed(out, b"");
-                }
-                framed(out, b"contents");
-                let at = *offset as usize;
-                framed(out, &data[at..at + *size as usize]);
-            }
-            NarEntry::Symlink { target } => {
-                framed(out, b"symlink");
-                framed(out, b"target");
-                framed(out, target);
-            }
-            NarEntry::Directory { entries } => {
-                framed(out, b"directory");
-                for (name, child) in entries {
-                    framed(out, b"entry");
-                    framed(out, b"(");
-                    framed(out, b"name");
-                    framed(out, name);
-                    framed(out, b"node");
-                    node(out, child, data);
-                    framed(out, b")");
-                }
-            }
-        }
-        framed(out, b")");
-    }
-    let mut out = Vec::new();
-    framed(&mut out, nar::MAGIC);
-    node(&mut out, root, data);
-    out
 }
 
 /// The listing as the visitor events should have described it (pre-order, byte order).

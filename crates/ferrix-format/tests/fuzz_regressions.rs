@@ -10,9 +10,13 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use ferrix_format::derivation::DrvJsonError;
-use ferrix_format::nar::{self, NarEntry, NarErrorKind, NarVisitor};
+use ferrix_format::nar::{self, NarErrorKind, NarVisitor};
 use ferrix_format::narinfo::{CacheInfo, NarInfo, NarInfoError};
 use ferrix_format::{Derivation, DerivationOutput, StoreDir};
+
+#[path = "support/nar_writer.rs"]
+mod nar_writer;
+use nar_writer::write_nar;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
@@ -79,58 +83,6 @@ impl NarVisitor for Reading {
     fn symlink(&mut self, _path: &[u8], _target: &[u8]) -> io::Result<()> {
         Ok(())
     }
-}
-
-fn framed(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s);
-    out.resize(out.len().next_multiple_of(8), 0);
-}
-
-/// The canonical NAR of a listing, contents taken from `data` at the listed offsets.
-fn write_nar(root: &NarEntry, data: &[u8]) -> Vec<u8> {
-    fn node(out: &mut Vec<u8>, e: &NarEntry, data: &[u8]) {
-        framed(out, b"(");
-        framed(out, b"type");
-        match e {
-            NarEntry::Regular {
-                executable,
-                size,
-                offset,
-            } => {
-                framed(out, b"regular");
-                if *executable {
-                    framed(out, b"executable");
-                    framed(out, b"");
-                }
-                framed(out, b"contents");
-                let at = *offset as usize;
-                framed(out, &data[at..at + *size as usize]);
-            }
-            NarEntry::Symlink { target } => {
-                framed(out, b"symlink");
-                framed(out, b"target");
-                framed(out, target);
-            }
-            NarEntry::Directory { entries } => {
-                framed(out, b"directory");
-                for (name, child) in entries {
-                    framed(out, b"entry");
-                    framed(out, b"(");
-                    framed(out, b"name");
-                    framed(out, name);
-                    framed(out, b"node");
-                    node(out, child, data);
-                    framed(out, b")");
-                }
-            }
-        }
-        framed(out, b")");
-    }
-    let mut out = Vec::new();
-    framed(&mut out, nar::MAGIC);
-    node(&mut out, root, data);
-    out
 }
 
 #[test]
