@@ -212,6 +212,77 @@ fn tree_deeper_than_path_max_dumps_and_restores() {
     assert!(nar_of(&again) == nested);
 }
 
+#[test]
+fn tree_deeper_than_path_max_through_the_store() {
+    // The 3001-deep tree of the test above, added to a store (small enough to be written
+    // from memory), checked, exported and imported into a second store, then deleted from
+    // both; and a copy with a large file (too large for memory: restored into the staging
+    // area, canonicalised and moved into place) added and deleted too.
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("half");
+    make_deep(&half, DEPTH);
+    let nested = nest(&nar_of(&half));
+    let deep = dir.path().join("deep");
+    restore(&links, &nested, &deep);
+    let big = dir.path().join("deep-big");
+    restore(&links, &nested, &big);
+    fs::write(big.join("big"), vec![7u8; 3 << 20]).unwrap();
+    let big_nar = nar_of(&big);
+
+    let a = Store::new();
+    let add = |store: &Store, tree: &Path| {
+        let out = ok(store.nix_store(&links).arg("--add").arg(tree));
+        String::from_utf8(out).unwrap().trim().to_owned()
+    };
+    let path = add(&a, &deep);
+    let big_path = add(&a, &big);
+    verify(&links, &a);
+    for (p, nar) in [(&path, &nested), (&big_path, &big_nar)] {
+        let stored = ok(a.nix_store(&links).arg("--dump").arg(a.real(p)));
+        assert!(
+            stored == *nar,
+            "the stored NAR of {p} differs from its tree's"
+        );
+    }
+
+    let stream = ok(a.nix_store(&links).args(["--export", &path]));
+    let b = Store::new();
+    let out = piped(
+        {
+            let mut c = b.nix_store(&links);
+            c.arg("--import");
+            c
+        },
+        &stream,
+    );
+    assert!(
+        out.status.success(),
+        "nix-store --import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), path);
+    verify(&links, &b);
+    assert!(ok(b.nix_store(&links).arg("--dump").arg(b.real(&path))) == nested);
+
+    // Deleting takes the whole tree away, whatever its depth, and nothing is left over.
+    ok(a.nix_store(&links).args(["--delete", &path, &big_path]));
+    ok(b.nix_store(&links).args(["--delete", &path]));
+    for (store, p) in [(&a, &path), (&a, &big_path), (&b, &path)] {
+        assert!(
+            fs::symlink_metadata(store.real(p)).is_err(),
+            "{p} is still on disk"
+        );
+        let left: Vec<_> = fs::read_dir(store.real("/nix/store"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != ".links" && !n.to_string_lossy().ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "left in the store: {left:?}");
+        verify(&links, store);
+    }
+}
+
 /// Splice the root node of `nar` into its own deepest directory, as a last entry `y`.
 fn nest(nar: &[u8]) -> Vec<u8> {
     // The deepest directory ends with its last entry `x` (the file "bottom\n"), then `)`.

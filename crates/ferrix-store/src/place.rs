@@ -5,18 +5,25 @@
 //! is created with its final mode, its times are set through the open descriptor, and each
 //! directory is made read-only once its last entry exists. The caller holds the path's lock
 //! and has recorded its intent, so a crash midway leaves nothing that recovery keeps.
+//!
+//! Every entry is created by name in its parent's descriptor (as `nar::restore` does), so
+//! neither the depth of the tree nor the length of its full paths is limited.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use ferrix_format::nar::{self, NarVisitor};
-use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+use ferrix_format::nar::{self, DirStack, NarVisitor, DIR_FLAGS};
+use rustix::fs::{
+    fchmod, futimens, mkdirat, openat, symlinkat, utimensat, AtFlags, Mode, OFlags, Timespec,
+    Timestamps, CWD,
+};
 
 use crate::canon::MTIME_STORE;
 use crate::error::{io_err, Result, StoreError};
@@ -52,16 +59,33 @@ fn store_timestamps() -> Timestamps {
 
 struct Placer<'a> {
     target: &'a PathBuf,
+    /// The directories being written, innermost last: every entry is created by name in its
+    /// parent, so neither depth nor the length of the full path is limited.
+    dirs: DirStack,
 }
 
 impl Placer<'_> {
     /// Entry names were checked by the parser (no `/`, `.`, `..`, NUL) and every directory on
-    /// the way was created by this placement, so the path stays inside the target.
+    /// the way was created by this placement, so the path stays inside the target. Used for
+    /// messages only.
     fn at(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
             self.target.clone()
         } else {
             self.target.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    /// The directory that holds `rel` (not the root), and the last component of `rel`.
+    fn parent<'r>(&self, rel: &'r [u8]) -> io::Result<(BorrowedFd<'_>, &'r [u8])> {
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+        match self.dirs.top() {
+            Some(fd) => Ok((fd, name)),
+            None => Err(ctx(
+                "creating",
+                &self.at(rel),
+                io::Error::other("its directory is not open"),
+            )),
         }
     }
 }
@@ -72,21 +96,39 @@ fn ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
 
 impl NarVisitor for Placer<'_> {
     fn directory(&mut self, rel: &[u8]) -> io::Result<()> {
-        let p = self.at(rel);
-        fs::create_dir(&p).map_err(|e| ctx("creating", &p, e))?;
+        let fd = if rel.is_empty() {
+            fs::create_dir(self.target).map_err(|e| ctx("creating", self.target, e))?;
+            rustix::fs::open(self.target, DIR_FLAGS, Mode::empty())
+        } else {
+            let (parent, name) = self.parent(rel)?;
+            mkdirat(parent, name, Mode::from_raw_mode(0o755))
+                .and_then(|()| openat(parent, name, DIR_FLAGS, Mode::empty()))
+        };
+        let fd = fd.map_err(|e| ctx("creating", &self.at(rel), e.into()))?;
         if *UMASK & 0o700 != 0 {
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
-                .map_err(|e| ctx("setting permissions of", &p, e))?;
+            fchmod(&fd, Mode::from_raw_mode(0o755))
+                .map_err(|e| ctx("setting permissions of", &self.at(rel), e.into()))?;
         }
-        Ok(())
+        self.dirs
+            .push(fd)
+            .map_err(|e| ctx("creating", &self.at(rel), e))
     }
 
     fn end_directory(&mut self, rel: &[u8]) -> io::Result<()> {
-        let p = self.at(rel);
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o555))
-            .map_err(|e| ctx("setting permissions of", &p, e))?;
-        utimensat(CWD, &p, &store_timestamps(), AtFlags::empty())
-            .map_err(|e| ctx("setting the time of", &p, e.into()))
+        let Some(fd) = self.dirs.top() else {
+            return Err(ctx(
+                "creating",
+                &self.at(rel),
+                io::Error::other("the directory is not open"),
+            ));
+        };
+        fchmod(fd, Mode::from_raw_mode(0o555))
+            .map_err(|e| ctx("setting permissions of", &self.at(rel), e.into()))?;
+        futimens(fd, &store_timestamps())
+            .map_err(|e| ctx("setting the time of", &self.at(rel), e.into()))?;
+        self.dirs
+            .pop()
+            .map_err(|e| ctx("creating", &self.at(rel), e))
     }
 
     fn regular(
@@ -97,34 +139,61 @@ impl NarVisitor for Placer<'_> {
         _offset: u64,
         contents: &mut dyn Read,
     ) -> io::Result<()> {
-        let p = self.at(rel);
         let mode = if executable { 0o555 } else { 0o444 };
-        // create_new is O_EXCL: it never follows or replaces an existing entry. Writing
-        // through the descriptor works although the mode is read-only.
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&p)
-            .map_err(|e| ctx("creating", &p, e))?;
-        io::copy(contents, &mut f).map_err(|e| ctx("writing", &p, e))?;
+        // O_EXCL: it never follows or replaces an existing entry. Writing through the
+        // descriptor works although the mode is read-only.
+        let f = if rel.is_empty() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(self.target)
+        } else {
+            let (parent, name) = self.parent(rel)?;
+            let flags = OFlags::WRONLY
+                | OFlags::CREATE
+                | OFlags::EXCL
+                | OFlags::NOFOLLOW
+                | OFlags::CLOEXEC
+                | OFlags::NOCTTY;
+            openat(parent, name, flags, Mode::from_raw_mode(mode))
+                .map(File::from)
+                .map_err(io::Error::from)
+        };
+        let mut f = f.map_err(|e| ctx("creating", &self.at(rel), e))?;
+        io::copy(contents, &mut f).map_err(|e| ctx("writing", &self.at(rel), e))?;
         if *UMASK & 0o555 != 0 {
             f.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(|e| ctx("setting permissions of", &p, e))?;
+                .map_err(|e| ctx("setting permissions of", &self.at(rel), e))?;
         }
         f.set_times(
             FileTimes::new()
                 .set_accessed(store_time())
                 .set_modified(store_time()),
         )
-        .map_err(|e| ctx("setting the time of", &p, e))
+        .map_err(|e| ctx("setting the time of", &self.at(rel), e))
     }
 
     fn symlink(&mut self, rel: &[u8], target: &[u8]) -> io::Result<()> {
-        let p = self.at(rel);
-        symlink(OsStr::from_bytes(target), &p).map_err(|e| ctx("creating", &p, e))?;
-        utimensat(CWD, &p, &store_timestamps(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| ctx("setting the time of", &p, e.into()))
+        let made = if rel.is_empty() {
+            symlink(OsStr::from_bytes(target), self.target).and_then(|()| {
+                utimensat(
+                    CWD,
+                    self.target,
+                    &store_timestamps(),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io::Error::from)
+            })
+        } else {
+            let (parent, name) = self.parent(rel)?;
+            symlinkat(target, parent, name)
+                .and_then(|()| {
+                    utimensat(parent, name, &store_timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+                })
+                .map_err(io::Error::from)
+        };
+        made.map_err(|e| ctx("creating", &self.at(rel), e))
     }
 }
 
@@ -132,7 +201,14 @@ impl NarVisitor for Placer<'_> {
 /// (from a process that died before registering it; the caller holds the lock) is replaced.
 pub(crate) fn place_nar(bytes: &[u8], dest: &PathBuf) -> Result<()> {
     let attempt = |what: &str| {
-        nar::parse_exact(bytes, &mut Placer { target: dest }).map_err(|source| StoreError::Nar {
+        nar::parse_exact(
+            bytes,
+            &mut Placer {
+                target: dest,
+                dirs: DirStack::new(),
+            },
+        )
+        .map_err(|source| StoreError::Nar {
             path: format!("{what} '{}'", dest.display()),
             source,
         })

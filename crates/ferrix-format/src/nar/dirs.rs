@@ -1,6 +1,8 @@
 //! The directories along the path being walked, as descriptors: entries are reached by name
 //! from their parent (`openat`), so neither depth nor the length of the full path matters,
 //! and at most [`WINDOW`] descriptors are open at once, whatever the depth.
+//!
+//! Public so that other walks of trees (the store's canonicalisation and deletion) share it.
 
 use std::fs::File;
 use std::io;
@@ -12,12 +14,14 @@ use rustix::fs::{openat, Mode, OFlags};
 /// Descriptors kept open per walk; deeper levels are closed and reopened through `..`.
 const WINDOW: usize = 32;
 
-/// Flags to open a directory for reading its entries and reaching them by name.
-pub(super) const DIR_FLAGS: OFlags = OFlags::RDONLY
+/// Flags to open a directory for reading its entries and reaching them by name: never
+/// through a symlink (`O_NOFOLLOW`), and only a directory (`O_DIRECTORY`).
+pub const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::CLOEXEC)
     .union(OFlags::NOFOLLOW);
 
+#[derive(Debug)]
 struct Level {
     fd: Option<OwnedFd>,
     /// Device and inode, recorded when the descriptor is closed, to check the reopened one.
@@ -25,7 +29,12 @@ struct Level {
 }
 
 /// A stack of directory descriptors, innermost last; `levels[first_open..]` are open.
-pub(super) struct DirStack {
+///
+/// A walk opens each directory by name from the one on top ([`DirStack::top`]) with
+/// [`DIR_FLAGS`], pushes it, and pops it when done with it; popping back to a level whose
+/// descriptor was closed reopens it through `..` and checks it is the same directory.
+#[derive(Debug)]
+pub struct DirStack {
     levels: Vec<Level>,
     first_open: usize,
 }
@@ -36,8 +45,15 @@ fn identity(fd: OwnedFd) -> io::Result<(OwnedFd, (u64, u64))> {
     Ok((OwnedFd::from(f), (m.dev(), m.ino())))
 }
 
+impl Default for DirStack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl DirStack {
-    pub(super) fn new() -> Self {
+    /// An empty stack.
+    pub fn new() -> Self {
         DirStack {
             levels: Vec::new(),
             first_open: 0,
@@ -45,7 +61,7 @@ impl DirStack {
     }
 
     /// The innermost directory.
-    pub(super) fn top(&self) -> Option<BorrowedFd<'_>> {
+    pub fn top(&self) -> Option<BorrowedFd<'_>> {
         self.levels
             .last()
             .and_then(|l| l.fd.as_ref())
@@ -53,7 +69,7 @@ impl DirStack {
     }
 
     /// Enter `fd`, a directory inside the current one.
-    pub(super) fn push(&mut self, fd: OwnedFd) -> io::Result<()> {
+    pub fn push(&mut self, fd: OwnedFd) -> io::Result<()> {
         if self.levels.len() - self.first_open >= WINDOW {
             let oldest = &mut self.levels[self.first_open];
             if let Some(old) = oldest.fd.take() {
@@ -71,8 +87,9 @@ impl DirStack {
     }
 
     /// Leave the innermost directory. When its parent's descriptor was closed, the parent is
-    /// reopened through `..` and must be the very directory it was (device and inode).
-    pub(super) fn pop(&mut self) -> io::Result<()> {
+    /// reopened through `..` and must be the very directory it was (device and inode); if it
+    /// is not (the tree was moved meanwhile), the error says so.
+    pub fn pop(&mut self) -> io::Result<()> {
         let Some(child) = self.levels.pop() else {
             return Ok(());
         };

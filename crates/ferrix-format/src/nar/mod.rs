@@ -13,6 +13,7 @@ mod listing;
 mod parse;
 mod restore;
 
+pub use dirs::{DirStack, DIR_FLAGS};
 pub use dump::{dump_path, hash_path, DumpError};
 pub use listing::{list, NarEntry, NarListing};
 pub use parse::{parse, parse_exact, NarError, NarErrorKind, NarVisitor};
