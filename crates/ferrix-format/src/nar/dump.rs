@@ -37,6 +37,11 @@ pub enum DumpError {
 /// Buffer for file contents; large enough that syscall cost vanishes against hashing.
 const CHUNK: usize = 256 * 1024;
 
+/// Reads of file contents: small enough that the buffer stays in the core's L2 cache while
+/// the kernel copies into it (with 256 KiB, reading from the page cache was 3x slower on an
+/// EPYC with 512 KiB of L2 per core).
+const READ_BUF: usize = 64 * 1024;
+
 /// Buffer for reading directories (`getdents`), room for a hundred long names at least.
 const DIRBUF: usize = 32 * 1024;
 
@@ -200,8 +205,8 @@ impl<W: Write> Dumper<'_, W> {
         head.clear();
         let buf = &mut self.buf;
         let mut left = size;
-        if (buf.len() as u64) < size && buf.len() < CHUNK {
-            buf.resize((size.max(4096) as usize).min(CHUNK), 0);
+        if (buf.len() as u64) < size && buf.len() < READ_BUF {
+            buf.resize((size.max(4096) as usize).min(READ_BUF), 0);
         }
         while left > 0 {
             let want = buf.len().min(left as usize);
@@ -379,6 +384,7 @@ impl<W: Write> Dumper<'_, W> {
                     | OFlags::CLOEXEC
                     | OFlags::NOFOLLOW
                     | OFlags::NOCTTY
+                    // A FIFO swapped in since the stat must not block the open.
                     | OFlags::NONBLOCK;
                 let f = match openat(dir, name, flags, Mode::empty()) {
                     Ok(fd) => File::from(fd),
