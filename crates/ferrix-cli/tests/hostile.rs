@@ -888,6 +888,47 @@ fn an_interrupted_import_leaves_nothing() {
     }
 }
 
+/// A stream that stalls (the pipe stays open, nothing more comes): one signal still ends the
+/// import at once, cleanly, as Nix's does.
+#[test]
+fn an_interrupted_import_of_a_stalled_stream_ends_at_once() {
+    let s = Store::new();
+    let p = fake_path(&s.dir(), "stalled");
+    let stream = export(&[Item {
+        path: p,
+        nar: nar(&Node::Dir(vec![(
+            b"a",
+            Node::File(Rng::new(3).bytes(8 << 20)),
+        )])),
+        refs: vec![],
+    }]);
+    let mut child = s
+        .nix_store(&["--import"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = child.stdin.take().unwrap();
+    w.write_all(&stream[..stream.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.wait_for_staging();
+    let start = Instant::now();
+    signal(child.id(), Signal::INT);
+    // The write end stays open until the importer is gone.
+    let o = wait_within(child, Duration::from_secs(10), start, "nix-store --import");
+    let took = start.elapsed();
+    drop(w);
+    assert!(
+        took < Duration::from_secs(2),
+        "took {took:?} after the signal"
+    );
+    assert_fails(&o, 1, &["interrupted by the user"]);
+    s.assert_no_leftovers();
+    assert_eq!(s.valid(), BTreeSet::new());
+    s.assert_sound();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cases that already hold: NAR garbage and huge lengths.
 

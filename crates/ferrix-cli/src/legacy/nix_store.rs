@@ -269,9 +269,11 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let store = std::sync::Arc::new(settings.open_store()?);
-    if matches!(op, Op::Add | Op::AddFixed | Op::Import) {
-        crate::interrupt::watch(&store)?;
-    }
+    let interrupt = if matches!(op, Op::Add | Op::AddFixed | Op::Import) {
+        Some(crate::interrupt::watch(&store)?)
+    } else {
+        None
+    };
     match op {
         Op::Add => {
             let srcs: Vec<PathBuf> = operands.iter().map(PathBuf::from).collect();
@@ -380,11 +382,10 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             ferrix_store::export::export_paths(&store, &paths, shell.out())?;
         }
         Op::Import => {
-            let stdin = std::io::stdin().lock();
-            let imported = ferrix_store::export::import_paths(
-                &store,
-                BufReader::with_capacity(256 * 1024, stdin),
-            )?;
+            let flag = interrupt.unwrap_or_default();
+            // Read in large chunks already: no buffer on top.
+            let imported =
+                ferrix_store::export::import_paths(&store, crate::interrupt::stdin(flag))?;
             for p in imported {
                 shell.println(store.print(&p))?;
             }
