@@ -10,19 +10,19 @@
 //! neither the depth of the tree nor the length of its full paths is limited.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs::{self, FileTimes};
 use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use ferrix_format::nar::{self, DirStack, NarVisitor, DIR_FLAGS};
 use rustix::fs::{
-    fchmod, futimens, mkdirat, openat, symlinkat, utimensat, AtFlags, Mode, OFlags, Timespec,
-    Timestamps, CWD,
+    fchmod, futimens, mkdirat, openat, symlinkat, utimensat, AtFlags, Mode, Timespec, Timestamps,
+    CWD,
 };
 
 use crate::canon::MTIME_STORE;
@@ -140,26 +140,9 @@ impl NarVisitor for Placer<'_> {
         contents: &mut dyn Read,
     ) -> io::Result<()> {
         let mode = if executable { 0o555 } else { 0o444 };
-        // O_EXCL: it never follows or replaces an existing entry. Writing through the
-        // descriptor works although the mode is read-only.
-        let f = if rel.is_empty() {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(self.target)
-        } else {
-            let (parent, name) = self.parent(rel)?;
-            let flags = OFlags::WRONLY
-                | OFlags::CREATE
-                | OFlags::EXCL
-                | OFlags::NOFOLLOW
-                | OFlags::CLOEXEC
-                | OFlags::NOCTTY;
-            openat(parent, name, flags, Mode::from_raw_mode(mode))
-                .map(File::from)
-                .map_err(io::Error::from)
-        };
+        // Never follows or replaces an existing entry. Writing through the descriptor works
+        // although the mode is read-only.
+        let f = self.dirs.create_file(self.target, rel, mode);
         let mut f = f.map_err(|e| ctx("creating", &self.at(rel), e))?;
         io::copy(contents, &mut f).map_err(|e| ctx("writing", &self.at(rel), e))?;
         if *UMASK & 0o555 != 0 {

@@ -4,10 +4,12 @@
 //!
 //! Public so that other walks of trees (the store's canonicalisation and deletion) share it.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use rustix::fs::{openat, Mode, OFlags};
 
@@ -58,6 +60,33 @@ impl DirStack {
             levels: Vec::new(),
             first_open: 0,
         }
+    }
+
+    /// Create the regular file for the NAR entry at `rel` (`/`-separated, empty for the root,
+    /// which is `target` itself) with `mode`, exclusively: never through or over an existing
+    /// entry, a symlink included. A non-root entry is made in the innermost directory.
+    pub fn create_file(&self, target: &Path, rel: &[u8], mode: u32) -> io::Result<File> {
+        if rel.is_empty() {
+            // create_new is O_EXCL: it fails on any existing entry, a symlink included.
+            return OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(target);
+        }
+        let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+        let parent = self
+            .top()
+            .ok_or_else(|| io::Error::other("its directory is not open"))?;
+        let flags = OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NOCTTY;
+        openat(parent, name, flags, Mode::from_raw_mode(mode))
+            .map(File::from)
+            .map_err(io::Error::from)
     }
 
     /// The innermost directory.

@@ -1,14 +1,14 @@
 //! Writing a NAR back to disk, never outside the target and never through a symlink.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{mkdirat, openat, symlinkat, Mode, OFlags};
+use rustix::fs::{mkdirat, openat, symlinkat, Mode};
 use thiserror::Error;
 
 use super::dirs::{DirStack, DIR_FLAGS};
@@ -89,25 +89,7 @@ impl NarVisitor for Restorer<'_> {
         contents: &mut dyn Read,
     ) -> io::Result<()> {
         let mode = if executable { 0o777 } else { 0o666 };
-        let f = if rel.is_empty() {
-            // create_new is O_EXCL: it fails on any existing entry, a symlink included.
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(self.target)
-        } else {
-            let (parent, name) = self.parent(rel)?;
-            let flags = OFlags::WRONLY
-                | OFlags::CREATE
-                | OFlags::EXCL
-                | OFlags::NOFOLLOW
-                | OFlags::CLOEXEC
-                | OFlags::NOCTTY;
-            openat(parent, name, flags, Mode::from_raw_mode(mode))
-                .map(File::from)
-                .map_err(io::Error::from)
-        };
+        let f = self.dirs.create_file(self.target, rel, mode);
         let mut f = f.map_err(|e| ctx(&self.at(rel), e))?;
         loop {
             let n = contents.read(&mut self.buf)?;
