@@ -311,3 +311,74 @@ fn nest(nar: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&nar[at..]);
     out
 }
+
+/// A NAR of `depth` nested directories named `d` around one file, made by hand.
+fn nested_nar(depth: usize) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+        out.resize(out.len().next_multiple_of(8), 0);
+    }
+    let mut out = Vec::new();
+    s(&mut out, b"nix-archive-1");
+    for _ in 0..depth {
+        for t in [
+            &b"("[..],
+            b"type",
+            b"directory",
+            b"entry",
+            b"(",
+            b"name",
+            b"d",
+            b"node",
+        ] {
+            s(&mut out, t);
+        }
+    }
+    for t in [&b"("[..], b"type", b"regular", b"contents", b"x", b")"] {
+        s(&mut out, t);
+    }
+    for _ in 0..depth {
+        s(&mut out, b")");
+        s(&mut out, b")");
+    }
+    out
+}
+
+#[test]
+fn nar_ls_lists_deep_archives_and_names_its_nesting_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("deep.nar");
+    fs::write(&deep, nested_nar(8000)).unwrap();
+    let out = ok(ferrix().args(["nar", "ls", "-R"]).arg(&deep).arg("/"));
+    // The root is the first of the 8000 directories: 7999 below it, and the file.
+    assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 8000);
+    let json = ok(ferrix()
+        .args(["nar", "ls", "-R", "--json"])
+        .arg(&deep)
+        .arg("/"));
+    assert_eq!(
+        String::from_utf8_lossy(&json)
+            .matches("\"directory\"")
+            .count(),
+        8000
+    );
+    // Deeper than the command lists: a clear error, not a crash.
+    let deeper = dir.path().join("deeper.nar");
+    fs::write(&deeper, nested_nar(60_000)).unwrap();
+    let o = ferrix()
+        .args(["nar", "ls", "-R", "--json"])
+        .arg(&deeper)
+        .arg("/")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nests 60000 directories deep") && err.contains("a nesting limit"),
+        "{err}"
+    );
+    // Without -R only the top is listed, at any depth.
+    let top = ok(ferrix().args(["nar", "ls"]).arg(&deeper).arg("/"));
+    assert_eq!(top, b"./d\n");
+}

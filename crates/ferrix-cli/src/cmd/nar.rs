@@ -43,7 +43,19 @@ pub struct LsArgs {
 pub fn run(cmd: NarCommand, shell: &mut Shell) -> Result<()> {
     match cmd {
         NarCommand::DumpPath { path } => dump(&path, shell),
-        NarCommand::Ls(a) => ls(a, shell),
+        NarCommand::Ls(a) => {
+            // Listing recurses once per level (up to MAX_LS_DEPTH), with frames larger than
+            // the main thread's stack allows at that depth: a thread with room for it.
+            std::thread::scope(|sc| {
+                std::thread::Builder::new()
+                    .stack_size(LS_STACK)
+                    .spawn_scoped(sc, || ls(a))
+                    .context("starting the listing thread")?
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+            .and_then(|out| Ok(shell.print(out)?))
+        }
         NarCommand::Cat { nar, path } => cat(&nar, &path, shell),
     }
 }
@@ -59,23 +71,34 @@ fn open(nar: &Path) -> Result<BufReader<File>> {
     Ok(BufReader::with_capacity(256 * 1024, f))
 }
 
-fn ls(a: LsArgs, shell: &mut Shell) -> Result<()> {
+/// What `nar ls` prints.
+fn ls(a: LsArgs) -> Result<String> {
     let listing = nar::list(open(&a.nar)?)
         .with_context(|| format!("reading NAR file '{}'", a.nar.display()))?;
     let Some(node) = listing.get(a.path.as_bytes()) else {
         bail!("path '{}' does not exist in '{}'", a.path, a.nar.display());
     };
-    if a.json {
-        let j = to_json(node, a.recursive, true);
-        shell.print(j.compact())?;
-        return Ok(());
+    if a.recursive {
+        // Listing and JSON walk the tree on the stack; the archive itself may nest deeper.
+        let depth = depth(node);
+        if depth > MAX_LS_DEPTH {
+            bail!(
+                "'{}' in '{}' nests {depth} directories deep: 'nar ls -R' lists at most {MAX_LS_DEPTH} levels (a nesting limit of this command, not of the archive)",
+                a.path,
+                a.nar.display()
+            );
+        }
     }
+    if a.json {
+        return Ok(to_json(node, a.recursive, true).compact());
+    }
+    let mut out = String::new();
     let is_dir = matches!(node, NarEntry::Directory { .. });
     if is_dir && !a.directory {
         let mut lines = Vec::new();
         children(node, "", a.recursive, &mut lines);
         for (rel, e) in lines {
-            print_entry(shell, &format!("./{rel}"), e, a.long)?;
+            print_entry(&mut out, &format!("./{rel}"), e, a.long);
         }
     } else {
         let shown = if is_dir {
@@ -88,9 +111,28 @@ fn ls(a: LsArgs, shell: &mut Shell) -> Result<()> {
                 .unwrap_or("")
                 .to_owned()
         };
-        print_entry(shell, &shown, node, a.long)?;
+        print_entry(&mut out, &shown, node, a.long);
     }
-    Ok(())
+    Ok(out)
+}
+
+/// How deep `nar ls -R` goes: its listing and JSON recurse once per level.
+const MAX_LS_DEPTH: usize = 10_000;
+
+/// The listing thread's stack: address space reserved, pages used only as deep as needed.
+const LS_STACK: usize = 512 << 20;
+
+/// How many directories deep `node` nests, counted without recursion.
+fn depth(node: &NarEntry) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(node, 0usize)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        if let NarEntry::Directory { entries } = e {
+            stack.extend(entries.values().map(|c| (c, d + 1)));
+        }
+    }
+    deepest
 }
 
 /// Entries below a directory in listing order, paths relative to it.
@@ -111,10 +153,11 @@ fn children<'a>(
     }
 }
 
-fn print_entry(shell: &mut Shell, name: &str, e: &NarEntry, long: bool) -> Result<()> {
+fn print_entry(out: &mut String, name: &str, e: &NarEntry, long: bool) {
     if !long {
-        shell.println(name)?;
-        return Ok(());
+        out.push_str(name);
+        out.push('\n');
+        return;
     }
     let (mode, size, suffix) = match e {
         NarEntry::Regular {
@@ -135,8 +178,7 @@ fn print_entry(shell: &mut Shell, name: &str, e: &NarEntry, long: bool) -> Resul
             format!(" -> {}", String::from_utf8_lossy(target)),
         ),
     };
-    shell.println(format!("{mode} {size:20} {name}{suffix}"))?;
-    Ok(())
+    out.push_str(&format!("{mode} {size:20} {name}{suffix}\n"));
 }
 
 /// The `.ls` JSON form Nix uses; below the top level, directories are expanded only when
