@@ -1112,10 +1112,11 @@ async fn copy_log(
     let mut line = Vec::new();
     loop {
         line.clear();
+        // The stop comes first: a writer that never pauses must not keep it from being seen.
         let stopped = tokio::select! {
             biased;
-            read = r.read_until(b'\n', &mut line) => matches!(read, Ok(0) | Err(_)),
             _ = &mut stop => true,
+            read = r.read_until(b'\n', &mut line) => matches!(read, Ok(0) | Err(_)),
         };
         if stopped {
             // What a stopped read had taken in so far still belongs to the log.

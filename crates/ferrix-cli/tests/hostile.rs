@@ -328,7 +328,7 @@ impl Drop for Strays {
         for f in &self.0 {
             let Some(pid) = read_pid(f) else { continue };
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if text(&cmdline).contains("sleep") {
+            if text(&cmdline).contains("sleep") || text(&cmdline).contains("yes") {
                 let _ = kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL);
             }
         }
@@ -711,6 +711,40 @@ fn a_build_timeout_ends_the_run() {
     assert!(took < Duration::from_secs(6), "took {took:?}");
     assert_builder_gone(&pids);
     s.assert_invalid(&out);
+    s.assert_sound();
+}
+
+/// A process that escaped the builder and writes to the log without pause (faster than the
+/// log is compressed): the build still ends, the log read for a short grace only.
+#[test]
+fn an_escaped_process_flooding_the_log_does_not_hold_the_build() {
+    let s = Store::new();
+    let pids = s.path("pids");
+    fs::create_dir_all(&pids).unwrap();
+    let _strays = Strays(vec![pids.join("flood.pid")]);
+    let p = pids.display();
+    let (drv, out) = s.drv(
+        "flood",
+        &format!(
+            "/usr/bin/setsid /bin/sh -c 'echo $$ > {p}/flood.pid; exec /usr/bin/yes flood' & \
+             while [ ! -s {p}/flood.pid ]; do /bin/sleep 0.05; done; echo done > $out"
+        ),
+    );
+    let (o, took) = run_within(
+        &mut s.nix_store(&["-r", &drv]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "done\n");
+    // The flood reached the log, and the log is whole (a finished bzip2 stream).
+    let log = ok(&mut s.nix_store(&["-l", &drv]));
+    assert!(
+        text(&log).starts_with("flood\nflood\n"),
+        "log starts {:?}",
+        &log[..log.len().min(40)]
+    );
     s.assert_sound();
 }
 

@@ -139,8 +139,15 @@ impl LocalStore {
         }
         let mut read: HashMap<StorePath, Derivation> = HashMap::new();
         let mut stack = vec![root.clone()];
-        let mut on_stack: HashSet<StorePath> = HashSet::from([root.clone()]);
+        // Derivations whose inputs are being hashed: the chain from the root to the top of
+        // the stack. Only these make a cycle; an input merely waiting further down the stack
+        // (a sibling's, in a diamond) is pushed again and found known when its turn comes.
+        let mut expanding: HashSet<StorePath> = HashSet::new();
         while let Some(top) = stack.last().cloned() {
+            if known(memo, &top) {
+                stack.pop();
+                continue;
+            }
             let drv = match pending.get(&top) {
                 Some(d) => d,
                 None => {
@@ -174,12 +181,20 @@ impl LocalStore {
                         .insert(top.clone(), h);
                     read.remove(&top);
                 }
-                on_stack.remove(&top);
+                expanding.remove(&top);
                 stack.pop();
                 continue;
             }
+            // Back at an expanded derivation whose inputs are still not all known: only an
+            // input that is its own ancestor can have stayed unknown.
+            if !expanding.insert(top.clone()) {
+                return Err(StoreError::Cycle {
+                    path: self.print(&missing[0]),
+                    from: self.print(&top),
+                });
+            }
             for m in missing {
-                if !on_stack.insert(m.clone()) {
+                if expanding.contains(&m) {
                     return Err(StoreError::Cycle {
                         path: self.print(&m),
                         from: self.print(&top),

@@ -117,6 +117,30 @@ pub(crate) struct Pending {
 /// How many paths one commit handles: each holds an open lock file until then.
 pub(crate) const BATCH: usize = 256;
 
+/// The contents of `path` if it is a regular file (never following a symlink, never waiting
+/// on a FIFO); `None` for anything else.
+fn read_regular(path: &Path) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path);
+    let mut f = match f {
+        Ok(f) => f,
+        // A symlink (ELOOP with O_NOFOLLOW) is not a regular file.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(io_err("reading", path)(e)),
+    };
+    if !f.metadata().map_err(io_err("reading", path))?.is_file() {
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    f.read_to_end(&mut text).map_err(io_err("reading", path))?;
+    Ok(Some(text))
+}
+
 /// A stream that fails once the user asked to stop, so that long reads end promptly.
 struct Interruptible<'a, R> {
     inner: R,
@@ -1054,12 +1078,11 @@ impl LocalStore {
             let real = self.real_path(&i.path);
             fs::symlink_metadata(&real).map_err(io_err("registering", &real))?;
         }
-        let outs = self.check_new_derivations(
-            infos
-                .iter()
-                .filter(|i| i.path.is_derivation())
-                .map(|i| (&i.path, fs::read(self.real_path(&i.path)).ok())),
-        )?;
+        let mut drvs = Vec::new();
+        for i in infos.iter().filter(|i| i.path.is_derivation()) {
+            drvs.push((&i.path, read_regular(&self.real_path(&i.path))?));
+        }
+        let outs = self.check_new_derivations(drvs)?;
         self.db().register(infos, &outs)
     }
 
