@@ -153,7 +153,14 @@ impl Derivation {
             .values()
             .filter(|o| matches!(o, DerivationOutput::InputAddressed(_)))
             .count();
-        if input_addressed > 0 && input_addressed != self.outputs.len() {
+        // One kind of output throughout (input-addressed, floating, deferred or impure), as
+        // Nix's "can't mix derivation output types".
+        let first = self.outputs.values().next().map(std::mem::discriminant);
+        if self
+            .outputs
+            .values()
+            .any(|o| Some(std::mem::discriminant(o)) != first)
+        {
             return Err(bad(DrvCheckErrorKind::MixedOutputs));
         }
         let name = drv_name(drv_path);
@@ -236,7 +243,7 @@ pub enum DrvCheckErrorKind {
     NoOutputs,
     #[error("has a fixed output among others: a fixed-output derivation has one output, 'out'")]
     FixedNotAlone,
-    #[error("mixes input-addressed outputs with outputs of another kind")]
+    #[error("mixes outputs of different kinds (input-addressed, floating, deferred, impure)")]
     MixedOutputs,
     #[error("has incorrect output '{found}', should be '{expected}' (output '{output}')")]
     WrongOutputPath {
@@ -365,6 +372,21 @@ mod tests {
             kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
             DrvCheckErrorKind::MixedOutputs
         ));
+
+        let (mut d, p) = drv("x", &["out", "dev"]);
+        let floating = DerivationOutput::CaFloating {
+            method: FileIngestionMethod::Recursive,
+            algo: crate::hash::HashAlgo::Sha256,
+        };
+        d.outputs.insert("out".into(), floating.clone());
+        d.outputs.insert("dev".into(), DerivationOutput::Deferred);
+        assert!(matches!(
+            kind(d.check_outputs(&sd, &p, no_inputs).unwrap_err()),
+            DrvCheckErrorKind::MixedOutputs
+        ));
+        // All floating is one kind: nothing to check before the build.
+        d.outputs.insert("dev".into(), floating);
+        d.check_outputs(&sd, &p, no_inputs).unwrap();
 
         let hash = Hash::sha256(b"contents");
         let fixed = sd
