@@ -3,12 +3,14 @@
 //! builds now; build hooks, remote machines and substituters later).
 
 pub mod attrs;
+mod check;
 pub mod env;
 pub mod error;
 pub mod executor;
 pub mod export;
 pub mod local;
 pub mod log;
+mod outputs;
 pub mod plan;
 pub mod refscan;
 pub mod register;

@@ -1,10 +1,16 @@
 //! Build logs where Nix keeps them: `<log dir>/drvs/<first 2 chars>/<rest of the drv name>`,
-//! bzip2-compressed (`.bz2`) unless `compress-build-log` is off.
+//! bzip2-compressed (`.bz2`) unless `compress-build-log` is off; and writing one from the
+//! builder's output as it comes.
 
-use std::io::Read;
+use std::fs;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ferrix_format::StorePath;
+
+use crate::executor::Reporter;
 
 /// Where the log of `drv` goes.
 pub fn log_path(log_dir: &Path, drv: &StorePath, compressed: bool) -> PathBuf {
@@ -34,4 +40,106 @@ pub fn read_log(log_dir: &Path, drv: &StorePath) -> std::io::Result<Option<Vec<u
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// What the log reader shares with the waiting task: when the builder last wrote.
+pub(crate) struct LogState {
+    pub(crate) last_activity: Instant,
+}
+
+/// How long the log is read after the builder's process group has ended: only processes
+/// that escaped it can still be writing.
+pub(crate) const LOG_GRACE: Duration = Duration::from_millis(500);
+
+/// A build log file, bzip2-compressed or not. The compressor (and its large buffers) is made
+/// only when the builder writes something: many builders print nothing.
+pub(crate) struct LogWriter {
+    file: Option<fs::File>,
+    compress: bool,
+    out: Option<Box<dyn Write + Send>>,
+}
+
+/// A bzip2 stream with nothing in it: what a compressed empty log holds.
+const EMPTY_BZ2: &[u8] = b"BZh1\x17\x72\x45\x38\x50\x90\x00\x00\x00\x00";
+
+impl LogWriter {
+    pub(crate) fn create(path: &Path, compress: bool) -> Result<Self, (&'static str, io::Error)> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| ("creating the log directory", e))?;
+        }
+        let file = fs::File::create(path).map_err(|e| ("creating the log file", e))?;
+        Ok(Self {
+            file: Some(file),
+            compress,
+            out: None,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        if self.out.is_none() {
+            let Some(file) = self.file.take() else { return };
+            self.out = Some(if self.compress {
+                // Level 1: logs compress well anyway, and it needs the smallest buffers.
+                Box::new(bzip2::write::BzEncoder::new(
+                    io::BufWriter::new(file),
+                    bzip2::Compression::fast(),
+                ))
+            } else {
+                Box::new(io::BufWriter::new(file))
+            });
+        }
+        if let Some(o) = self.out.as_mut() {
+            let _ = o.write_all(data);
+        }
+    }
+
+    fn finish(mut self) {
+        match (self.out.take(), self.file.take()) {
+            // Dropping the encoder ends the bzip2 stream.
+            (Some(mut o), _) => {
+                let _ = o.flush();
+            }
+            (None, Some(mut f)) if self.compress => {
+                let _ = f.write_all(EMPTY_BZ2);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Copy the builder's output into its log, line by line, noting the time of the last
+/// output. Ends when every writer of the pipe is gone.
+pub(crate) async fn copy_log(
+    rx: tokio::net::unix::pipe::Receiver,
+    mut log: LogWriter,
+    state: &Mutex<LogState>,
+    reporter: &(dyn Reporter + Send + Sync),
+    drv: &StorePath,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut r = tokio::io::BufReader::new(rx);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // The stop comes first: a writer that never pauses must not keep it from being seen.
+        let stopped = tokio::select! {
+            biased;
+            _ = &mut stop => true,
+            read = r.read_until(b'\n', &mut line) => matches!(read, Ok(0) | Err(_)),
+        };
+        if stopped {
+            // What a stopped read had taken in so far still belongs to the log.
+            log.write(&line);
+            break;
+        }
+        log.write(&line);
+        let text = String::from_utf8_lossy(&line);
+        reporter.log_line(drv, text.trim_end_matches('\n'));
+        state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_activity = Instant::now();
+    }
+    log.finish();
 }

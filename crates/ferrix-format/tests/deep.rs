@@ -149,6 +149,11 @@ fn deep_path(depth: usize, leaf: &str) -> Vec<u8> {
 
 fn round_trip(depth: usize) {
     limit_descriptors();
+    // One round trip at a time: removing a deep temporary tree (std's `remove_dir_all`)
+    // holds a descriptor per level for a moment, which under the lowered limit would starve
+    // a walk running beside it. The tree goes before the lock does.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_tree(&src, depth);

@@ -1,6 +1,7 @@
 //! Nix-compatible stores. Today: the local store — Nix's directory layout and SQLite schema,
 //! all-or-nothing additions, `flock` path locks as Nix takes them, and garbage collection.
 
+mod building;
 pub mod canon;
 pub mod closure;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod lock;
 pub mod path_info;
 mod place;
 pub mod store;
+mod streams;
 pub mod temproots;
 pub mod verify;
 

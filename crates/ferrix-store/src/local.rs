@@ -14,6 +14,7 @@ use ferrix_format::{
     ContentAddress, Derivation, FileIngestionMethod, Hash, HashAlgo, StoreDir, StorePath,
 };
 
+use crate::building::Building;
 use crate::canon::canonicalise;
 use crate::config::LocalStoreConfig;
 use crate::db::Db;
@@ -21,6 +22,10 @@ use crate::error::{io_err, Result, StoreError};
 use crate::fsutil::{delete_path, pid_alive, sync_fs};
 use crate::lock::{FileLock, GateReader, PathLock, SoleGate};
 use crate::path_info::ValidPathInfo;
+use crate::streams::{
+    pipe, read_regular, write_file_nar, HashingReader, Interruptible, MemReader, SkipVisitor,
+    TeeReader,
+};
 use crate::temproots::TempRoots;
 
 /// The name part of staging entries: large new contents are assembled in the store
@@ -32,7 +37,7 @@ const STAGING_NAME: &str = "ferrix-staging";
 /// NARs up to this size are kept in memory until commit and written straight to their
 /// place; larger ones are restored into a staging entry and renamed. Single files below it
 /// are also serialised in memory rather than through a pipe and a thread.
-const MEM_NAR: usize = 1 << 20;
+pub(crate) const MEM_NAR: usize = 1 << 20;
 
 /// A batch is committed once its in-memory NARs reach this many bytes.
 const MEM_BATCH: usize = 64 << 20;
@@ -116,59 +121,6 @@ pub(crate) struct Pending {
 
 /// How many paths one commit handles: each holds an open lock file until then.
 pub(crate) const BATCH: usize = 256;
-
-/// The contents of `path` if it is a regular file (never following a symlink, never waiting
-/// on a FIFO); `None` for anything else.
-fn read_regular(path: &Path) -> Result<Option<Vec<u8>>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(path);
-    let mut f = match f {
-        Ok(f) => f,
-        // A symlink (ELOOP with O_NOFOLLOW) is not a regular file.
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(io_err("reading", path)(e)),
-    };
-    if !f.metadata().map_err(io_err("reading", path))?.is_file() {
-        return Ok(None);
-    }
-    let mut text = Vec::new();
-    f.read_to_end(&mut text).map_err(io_err("reading", path))?;
-    Ok(Some(text))
-}
-
-/// A stream that fails once the user asked to stop, so that long reads end promptly.
-struct Interruptible<'a, R> {
-    inner: R,
-    flag: Option<&'a AtomicBool>,
-}
-
-impl<R: Read> Read for Interruptible<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
-            return Err(io::Error::other("interrupted by the user"));
-        }
-        self.inner.read(buf)
-    }
-}
-
-/// Copies a NAR stream into a hasher as it is read.
-struct HashingReader<R> {
-    inner: R,
-    sink: HashSink,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sink.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
 
 impl LocalStore {
     /// Open the store, creating its directories and database when missing, and finish or
@@ -1215,199 +1167,9 @@ impl Drop for OutputsIntent {
     }
 }
 
-/// The paths this process's builds are writing, and the record that names them.
-///
-/// The record must name every such path at every instant, even when the process is killed
-/// halfway through updating it: new names are appended (one `write`), and when builds end
-/// the live names are written over the start before the file is cut to length, so that an
-/// interrupted update leaves at worst names of finished builds (which recovery finds valid
-/// or absent), never a record missing a live one.
-#[derive(Debug)]
-struct Building {
-    record: PathBuf,
-    state: Mutex<BuildingState>,
-}
-
-#[derive(Debug, Default)]
-struct BuildingState {
-    paths: BTreeMap<StorePath, usize>,
-    /// The record, open while it names anything.
-    file: Option<fs::File>,
-    /// Its length.
-    len: u64,
-}
-
-impl Building {
-    fn new(record: PathBuf) -> Self {
-        Self {
-            record,
-            state: Mutex::new(BuildingState::default()),
-        }
-    }
-
-    fn add(&self, new: &[StorePath]) -> Result<()> {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut names = Vec::new();
-        for p in new {
-            let n = g.paths.entry(p.clone()).or_default();
-            *n += 1;
-            if *n == 1 {
-                names.extend_from_slice(p.to_string().as_bytes());
-                names.push(0);
-            }
-        }
-        if names.is_empty() {
-            return Ok(());
-        }
-        let res = (|| {
-            use std::os::unix::fs::FileExt;
-            if g.file.is_none() {
-                // Opened once, kept for the store's lifetime.
-                // Not O_APPEND: Linux's `pwrite` would append too, and `remove` rewrites.
-                let f = fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(&self.record)?;
-                g.file = Some(f);
-                g.len = 0;
-            }
-            if let Some(f) = &g.file {
-                f.write_all_at(&names, g.len)?;
-            }
-            g.len += names.len() as u64;
-            Ok::<(), io::Error>(())
-        })();
-        if res.is_err() {
-            for p in new {
-                Self::forget(&mut g, p);
-            }
-        }
-        res.map_err(io_err("writing", &self.record))
-    }
-
-    fn forget(g: &mut BuildingState, p: &StorePath) {
-        if let Some(n) = g.paths.get_mut(p) {
-            *n -= 1;
-            if *n == 0 {
-                g.paths.remove(p);
-            }
-        }
-    }
-
-    fn remove(&self, done: &[StorePath]) {
-        use std::os::unix::fs::FileExt;
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for p in done {
-            Self::forget(&mut g, p);
-        }
-        if g.paths.is_empty() {
-            // Emptied, not deleted: builds come and go, and every new file costs an inode.
-            // The empty record goes when the store is dropped (or with recovery).
-            if let Some(f) = &g.file {
-                if f.set_len(0).is_ok() {
-                    g.len = 0;
-                }
-            }
-            return;
-        }
-        let mut names = Vec::new();
-        for p in g.paths.keys() {
-            names.extend_from_slice(p.to_string().as_bytes());
-            names.push(0);
-        }
-        if let Some(f) = &g.file {
-            if f.write_all_at(&names, 0).is_ok() && f.set_len(names.len() as u64).is_ok() {
-                g.len = names.len() as u64;
-            }
-        }
-    }
-}
-
-impl Drop for Building {
-    fn drop(&mut self) {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if g.file.is_some() && g.paths.is_empty() {
-            let _ = fs::remove_file(&self.record);
-        }
-    }
-}
-
 impl Drop for LocalStore {
     fn drop(&mut self) {
         // Every staging entry is gone by now (each `Staged` deletes its own).
         let _ = fs::remove_file(self.staging_record());
     }
-}
-
-/// The NAR of a single non-executable regular file.
-fn write_file_nar(out: &mut Vec<u8>, contents: &[u8]) {
-    use ferrix_format::wire::push_bytes;
-    push_bytes(out, nar::MAGIC);
-    push_bytes(out, b"(");
-    push_bytes(out, b"type");
-    push_bytes(out, b"regular");
-    push_bytes(out, b"contents");
-    push_bytes(out, contents);
-    push_bytes(out, b")");
-}
-
-/// Keeps what is read, up to [`MEM_NAR`] bytes; past that it fails, with `overflowed` set
-/// and everything read so far (including the last read) in `buf`.
-struct MemReader<R> {
-    inner: R,
-    buf: Vec<u8>,
-    overflowed: bool,
-}
-
-impl<R: Read> Read for MemReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.buf.extend_from_slice(&buf[..n]);
-        if self.buf.len() > MEM_NAR {
-            self.overflowed = true;
-            return Err(io::Error::other("archive too large to keep in memory"));
-        }
-        Ok(n)
-    }
-}
-
-/// Reads a NAR without keeping anything.
-struct SkipVisitor;
-
-impl nar::NarVisitor for SkipVisitor {
-    fn directory(&mut self, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn regular(&mut self, _: &[u8], _: bool, _: u64, _: u64, _: &mut dyn Read) -> io::Result<()> {
-        Ok(())
-    }
-    fn symlink(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Feeds what is read to an optional second hasher.
-struct TeeReader<'a, R> {
-    inner: R,
-    extra: Option<&'a mut Hasher>,
-}
-
-impl<R: Read> Read for TeeReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(h) = self.extra.as_deref_mut() {
-            h.update(&buf[..n]);
-        }
-        Ok(n)
-    }
-}
-
-/// An in-process pipe (reader, writer) for streaming a NAR between threads.
-fn pipe() -> Result<(io::PipeReader, io::PipeWriter)> {
-    io::pipe().map_err(|e| StoreError::Io {
-        what: "creating a pipe",
-        path: PathBuf::new(),
-        source: e,
-    })
 }
