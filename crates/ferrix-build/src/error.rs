@@ -93,8 +93,24 @@ pub enum BuildFailure {
     Interrupted { drv: String },
     #[error("cannot build '{drv}' because its input '{input}' failed to build")]
     DependencyFailed { drv: String, input: String },
-    #[error("cannot build '{drv}': local builds are disabled (max-jobs = 0) and there are no remote builders")]
+    #[error("cannot build '{drv}': local builds are disabled (max-jobs = 0) and there are no remote builders; either increase '--max-jobs' or enable remote builds")]
     NoSlots { drv: String },
+    #[error("cannot build '{drv}': {} a '{system}'{} is required, and it cannot be built locally", if *.declined { "no machine would take it:" } else { "no machine can build it:" }, if .features.is_empty() { String::new() } else { format!(" with features {{{}}}", .features) })]
+    NoBuilder {
+        drv: String,
+        system: String,
+        /// The required features, comma separated.
+        features: String,
+        /// Some executor could, but declined.
+        declined: bool,
+    },
+    #[error("building '{drv}' was lost {times} times, last on '{by}': {why}")]
+    Lost {
+        drv: String,
+        by: String,
+        why: String,
+        times: u32,
+    },
 }
 
 impl BuildFailure {
@@ -112,7 +128,9 @@ impl BuildFailure {
             | Self::DependencyFailed { .. }
             | Self::InputUnregistered { .. }
             | Self::Interrupted { .. }
-            | Self::NoSlots { .. } => 0,
+            | Self::NoSlots { .. }
+            | Self::NoBuilder { .. }
+            | Self::Lost { .. } => 0,
             _ => 0x04,
         }
     }

@@ -23,6 +23,27 @@ pub struct Job {
     pub mode: BuildMode,
 }
 
+impl Job {
+    /// `requiredSystemFeatures`, split as Nix splits it (on whitespace).
+    pub fn required_features(&self) -> BTreeSet<String> {
+        self.drv
+            .env
+            .get("requiredSystemFeatures")
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// `preferLocalBuild = true`.
+    pub fn prefers_local(&self) -> bool {
+        self.drv.env.get("preferLocalBuild").map(String::as_str) == Some("1")
+    }
+
+    /// Built in-process (`builtin:fetchurl` and friends): any machine can, none need to.
+    pub fn is_builtin(&self) -> bool {
+        self.drv.builder.starts_with("builtin:")
+    }
+}
+
 /// How a wanted derivation is realised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BuildMode {
@@ -49,49 +70,98 @@ pub enum Built {
 /// Set to `true` when running jobs must stop (interrupt, or a failure without keep-going).
 pub type Cancel = watch::Receiver<bool>;
 
-pub type BuildFuture = Pin<Box<dyn Future<Output = Result<Built, BuildFailure>> + Send>>;
+/// How a job ended when it did not build.
+#[derive(Debug)]
+pub enum JobError {
+    /// The build failed: its dependents fail too.
+    Failed(BuildFailure),
+    /// Whoever built it is gone (a machine unreachable, a connection dropped) before
+    /// anything was registered: the job can be offered again, elsewhere.
+    Lost {
+        /// Who lost it (a machine's URI, a hook).
+        by: String,
+        /// Why, for the user.
+        why: String,
+    },
+}
 
-/// An executor's answer when offered a ready job. The scheduler asks executors in order
-/// (substituters, then delegating ones such as build hooks and remote machines, then local)
-/// and gives the job to the first that accepts; `Postpone` means "ask again later" (e.g. all
-/// remote slots busy), `Decline` means "never for this job".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl From<BuildFailure> for JobError {
+    fn from(f: BuildFailure) -> Self {
+        Self::Failed(f)
+    }
+}
+
+pub type BuildFuture = Pin<Box<dyn Future<Output = Result<Built, JobError>> + Send>>;
+
+/// An executor's answer when offered a ready job.
 pub enum Offer {
-    Accept,
+    /// It takes the job: the future builds it (and holds whatever slot it reserved).
+    Accept(BuildFuture),
+    /// Not this one: the next executor is asked (the local one last).
     Decline,
+    /// Not now (every suitable machine is busy): asked again when any job ends.
     Postpone,
 }
 
-/// Something that can realise jobs: the local builder here; hooks, remote machines and
-/// substituters later, without changes to the scheduler.
-pub trait Executor: Send + Sync + std::fmt::Debug {
-    /// Whether this executor takes `job` now. It is only asked when it has a free slot by its
-    /// own count ([`Executor::slots`]).
-    fn offer(&self, _job: &Job) -> Offer {
-        Offer::Accept
-    }
-
-    /// How many jobs it runs at once (`max-jobs` for the local builder).
-    fn slots(&self) -> usize;
-
-    /// Realise `job`: lock its outputs, build, check and register them. When `cancel` turns
-    /// true it stops, leaving nothing half-done, and returns [`BuildFailure::Interrupted`].
-    fn build(self: Arc<Self>, job: Arc<Job>, cancel: Cancel) -> BuildFuture;
-
-    /// Finish what goes on after builds have returned (the local builder registers outputs
-    /// in the background while dependents start): the jobs that failed in the end, with why.
-    fn settle(self: Arc<Self>) -> SettleFuture {
-        Box::pin(async { Vec::new() })
+impl std::fmt::Debug for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Accept(_) => "Accept",
+            Self::Decline => "Decline",
+            Self::Postpone => "Postpone",
+        })
     }
 }
 
-pub type SettleFuture = Pin<Box<dyn Future<Output = Vec<(StorePath, BuildFailure)>> + Send>>;
+pub type OfferFuture = Pin<Box<dyn Future<Output = Offer> + Send>>;
+
+/// What the scheduler tells an executor along with an offer.
+#[derive(Debug, Clone, Copy)]
+pub struct OfferContext {
+    /// Whether a local build slot is free now (Nix's `amWilling`): a delegating executor
+    /// whose machines are busy declines then, and postpones otherwise.
+    pub local_free: bool,
+    /// Whether the local executor can build this job at all (system, features, max-jobs).
+    pub local_possible: bool,
+}
+
+/// Something that can realise jobs: the local builder, a build hook, remote machines. The
+/// scheduler asks them in turn (delegating ones first, the local one last, unless the job
+/// prefers a local build) and counts each one's running jobs against its capacity.
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// A short name for messages (`local`, a hook's program, `remote machines`).
+    fn name(&self) -> &str;
+
+    /// How many jobs it runs at once (`max-jobs` for the local builder, the sum of the
+    /// machines' max jobs for remote ones). It is offered jobs only below it.
+    fn capacity(&self) -> usize;
+
+    /// Whether it builds on this machine (asked last, and what `preferLocalBuild` prefers).
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    /// Whether it could ever take `job` (system, features, a machine not disabled for
+    /// good). When no executor could, the job fails at once instead of waiting forever.
+    fn could_build(&self, job: &Job) -> bool;
+
+    /// Whether it takes `job` now. Offers are futures: an external hook answers when it
+    /// answers, and the scheduler goes on meanwhile (only one undecided offer at a time).
+    /// An offer that is ready at once (the local executor's) takes no turn.
+    fn offer(self: Arc<Self>, job: Arc<Job>, ctx: OfferContext, cancel: Cancel) -> OfferFuture;
+}
 
 /// Hears about progress, for a status line or plain log lines.
 pub trait Reporter: Send + Sync {
     fn started(&self, _drv: &StorePath) {}
+    /// A job went to another machine (`building '…' on '…'`).
+    fn started_on(&self, drv: &StorePath, _machine: &str) {
+        self.started(drv)
+    }
     fn log_line(&self, _drv: &StorePath, _line: &str) {}
-    fn finished(&self, _drv: &StorePath, _result: &Result<Built, BuildFailure>) {}
+    fn finished(&self, _drv: &StorePath, _result: Result<Built, &BuildFailure>) {}
+    /// A job was lost and goes elsewhere; a machine went down.
+    fn warn(&self, _msg: &str) {}
 }
 
 /// A reporter that says nothing.

@@ -1,6 +1,7 @@
-//! Realising derivations: the plan (what must be built), the scheduler (an event loop over
-//! it, most urgent first, `max-jobs` at a time) and the executors behind one trait (local
-//! builds now; build hooks, remote machines and substituters later).
+//! Realising derivations: the plan (what must be built), the Engine (an event loop over the
+//! goals it is given, most urgent first, each executor up to its capacity) and the executors
+//! behind one trait (local builds, build hooks, remote machines), with one registry of
+//! outputs they all claim and register through.
 
 pub mod attrs;
 mod check;
@@ -14,14 +15,19 @@ mod outputs;
 pub mod plan;
 pub mod refscan;
 pub mod register;
+pub mod registry;
+pub mod remote;
 pub mod sandbox;
 pub mod sandbox_host;
 pub mod scheduler;
 pub mod times;
 
 pub use error::{BuildFailure, PlanError};
-pub use executor::{BuildMode, Built, Executor, Job, Offer, Quiet, Reporter};
+pub use executor::{
+    BuildMode, Built, Executor, Job, JobError, Offer, OfferContext, Quiet, Reporter,
+};
 pub use local::{LocalExecutor, LocalSettings, SandboxSettings};
 pub use plan::{plan, plan_builds, Plan, Wanted};
-pub use scheduler::{run, NodeResult, Outcome, ScheduleOptions};
+pub use registry::Registry;
+pub use scheduler::{run, Engine, EngineSetup, GoalHandle, NodeResult, Outcome, ScheduleOptions};
 pub use times::BuildTimes;

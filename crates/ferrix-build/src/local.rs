@@ -13,19 +13,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrix_format::{HashAlgo, StorePath};
-use ferrix_store::{LocalStore, StoreLock};
+use ferrix_store::LocalStore;
 
 use crate::attrs::{hash_placeholder, rewrite, Attrs};
 use crate::check::compare_outputs;
 use crate::env::{build_dir_name, builder_env, EnvContext};
 use crate::error::BuildFailure;
 use crate::executor::{
-    BuildFuture, BuildMode, Built, Cancel, Executor, Job, Reporter, SettleFuture,
+    BuildFuture, BuildMode, Built, Cancel, Executor, Job, JobError, Offer, OfferContext,
+    OfferFuture, Reporter,
 };
 use crate::export::{export_closure, path_info_json, registration};
 use crate::log::{copy_log, LogState, LogWriter, LOG_GRACE};
 use crate::outputs::check_outputs;
-use crate::register::{Handover, Registrations};
+use crate::register::Handover;
+use crate::registry::{Claim, Claimed, Registry};
 
 /// Settings of local builds (the CLI fills them from `nix.conf`, the environment and flags).
 #[derive(Debug, Clone)]
@@ -47,6 +49,21 @@ pub struct LocalSettings {
     pub impure_env: BTreeMap<String, String>,
     /// Build in the sandbox (`sandbox = true`); `None` runs builders directly.
     pub sandbox: Option<SandboxSettings>,
+    /// `system` and `extra-platforms`: the platforms this machine builds for.
+    pub platforms: BTreeSet<String>,
+    /// `system-features`: what `requiredSystemFeatures` may ask of this machine.
+    pub system_features: BTreeSet<String>,
+}
+
+impl LocalSettings {
+    /// Whether this machine can build `job` at all (Nix's `canBuildLocally`).
+    pub fn can_build(&self, job: &Job) -> bool {
+        (job.is_builtin() || self.platforms.contains(&job.drv.platform))
+            && job
+                .required_features()
+                .iter()
+                .all(|f| self.system_features.contains(f))
+    }
 }
 
 /// How sandboxed builds are set up.
@@ -72,7 +89,7 @@ pub struct LocalExecutor {
     reporter: Arc<dyn Reporter + Send + Sync>,
     counter: AtomicU64,
     times: Arc<Mutex<crate::times::BuildTimes>>,
-    registrations: Arc<Registrations>,
+    registry: Arc<Registry>,
     /// Sandbox places not in use (see [`LocalExecutor::take_slot`]), with their hosts: these
     /// go before the places are removed.
     slots: Mutex<Vec<Slot>>,
@@ -87,20 +104,21 @@ impl std::fmt::Debug for dyn Reporter + Send + Sync {
 }
 
 impl LocalExecutor {
-    /// `times` learns how long each successful build took.
+    /// `times` learns how long each successful build took; `registry` claims and registers
+    /// the outputs (shared with the other executors of the Engine).
     pub fn new(
-        store: Arc<LocalStore>,
+        registry: Arc<Registry>,
         settings: LocalSettings,
         reporter: Arc<dyn Reporter + Send + Sync>,
         times: Arc<Mutex<crate::times::BuildTimes>>,
     ) -> Self {
         Self {
-            store,
+            store: registry.store().clone(),
+            registry,
             settings,
             reporter,
             counter: AtomicU64::new(0),
             times,
-            registrations: Arc::default(),
             slots: Mutex::default(),
             slot_intents: Mutex::default(),
         }
@@ -108,16 +126,27 @@ impl LocalExecutor {
 }
 
 impl Executor for LocalExecutor {
-    fn slots(&self) -> usize {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capacity(&self) -> usize {
         self.settings.max_jobs
     }
 
-    fn build(self: Arc<Self>, job: Arc<Job>, cancel: Cancel) -> BuildFuture {
-        Box::pin(async move { self.build_job(&job, cancel).await })
+    fn is_local(&self) -> bool {
+        true
     }
 
-    fn settle(self: Arc<Self>) -> SettleFuture {
-        Box::pin(async move { self.registrations.settle().await })
+    fn could_build(&self, job: &Job) -> bool {
+        self.settings.max_jobs > 0 && self.settings.can_build(job)
+    }
+
+    /// Always yes: the scheduler offers only what this machine can build, below `max-jobs`.
+    fn offer(self: Arc<Self>, job: Arc<Job>, _ctx: OfferContext, cancel: Cancel) -> OfferFuture {
+        let build: BuildFuture =
+            Box::pin(async move { self.build_job(&job, cancel).await.map_err(JobError::from) });
+        Box::pin(std::future::ready(Offer::Accept(build)))
     }
 }
 
@@ -161,46 +190,12 @@ struct Site<'a> {
 /// Outputs up to this size (single files) are checked without a trip to a blocking thread.
 const SMALL_OUTPUT: u64 = 256 << 10;
 
-/// What preparing a build found.
-enum Prepared {
-    /// Another process holds an output's lock.
-    Busy,
-    /// The outputs are valid: nothing to build.
-    Valid,
-    Ready(Box<Ready>),
-}
-
-/// A build ready to start: its output locks, input closure, intent record and what a repair
-/// moved aside.
-struct Ready {
-    locks: Vec<StoreLock>,
-    closure: BTreeSet<StorePath>,
-    intent: ferrix_store::OutputsIntent,
-    aside: Aside,
-}
-
 /// A sandbox place (see [`LocalExecutor::take_slot`]) and the host that serves it, once a
 /// build has started one.
 #[derive(Debug)]
 struct Slot {
     dir: PathBuf,
     host: Option<crate::sandbox_host::SandboxHost>,
-}
-
-/// Valid outputs moved aside for a repair: (where they are, where they were), and the
-/// intent that removes them once the new outputs are registered.
-struct Aside {
-    moved: Vec<(PathBuf, PathBuf)>,
-    intent: Option<ferrix_store::OutputsIntent>,
-}
-
-impl Aside {
-    /// The repair failed: the outputs go back, damaged as they may be.
-    fn put_back(self) {
-        if let Some(i) = self.intent {
-            i.abandon(&self.moved);
-        }
-    }
 }
 
 impl LocalExecutor {
@@ -224,124 +219,17 @@ impl LocalExecutor {
             BTreeMap::new()
         };
 
-        // The output locks, in sorted order, validity again (another process may have built
-        // them meanwhile), temp roots, the input closure and the intent record: a few quick
-        // system calls, made here, unless another process holds a lock. Then they are made
-        // on a blocking thread that waits for it.
+        // The output locks, validity again (another process may have built them
+        // meanwhile), temp roots, the input closure and the intent record.
         let extra: Vec<StorePath> = scratch.values().cloned().collect();
-        let prepared = {
-            let (store, paths, d) = (store.clone(), paths.clone(), drv.clone());
-            let (job2, regs) = (job.clone(), self.registrations.clone());
-            let prepare = move |wait: bool| {
-                let store_err = |source| BuildFailure::Store {
-                    drv: d.clone(),
-                    source,
-                };
-                let mut locks: Vec<StoreLock> = Vec::new();
-                for p in &paths {
-                    let l = match store.lock_path(p, false) {
-                        Ok(Some(l)) => Ok(l),
-                        Ok(None) if !wait => return Ok(Prepared::Busy),
-                        Ok(None) => store.lock_path(p, true).and_then(|l| {
-                            l.ok_or_else(|| {
-                                ferrix_store::StoreError::Format("lock unavailable".into())
-                            })
-                        }),
-                        Err(e) => Err(e),
-                    }
-                    .map_err(store_err)?;
-                    locks.push(l);
-                }
-                let valid = store.valid_among(paths.iter()).map_err(store_err)?;
-                let all_valid = valid.len() == paths.len();
-                match job2.mode {
-                    BuildMode::Normal if all_valid => return Ok(Prepared::Valid),
-                    BuildMode::Check if !all_valid => {
-                        return Err(BuildFailure::CannotCheck { drv: d.clone() })
-                    }
-                    _ => {}
-                }
-                // A repair builds where the outputs are: the valid ones (damaged, maybe) are
-                // moved aside first, and back should the build fail.
-                // Recorded before they are made, so that recovery removes them.
-                let mut asides: Vec<(PathBuf, PathBuf)> = Vec::new();
-                let mut aside_intent = None;
-                if job2.mode == BuildMode::Repair {
-                    let present: Vec<&StorePath> = paths
-                        .iter()
-                        .filter(|p| valid.contains(*p))
-                        .filter(|p| fs::symlink_metadata(store.real_path(p)).is_ok())
-                        .collect();
-                    let names = present
-                        .iter()
-                        .map(|_| store.fresh_entry("ferrix-repair-aside"))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(store_err)?;
-                    if !names.is_empty() {
-                        store.add_temp_roots(&names).map_err(store_err)?;
-                        aside_intent = Some(store.begin_outputs(&[], &names).map_err(store_err)?);
-                    }
-                    for (p, aside) in present.into_iter().zip(&names) {
-                        let (real, to) = (store.real_path(p), store.real_path(aside));
-                        fs::rename(&real, &to).map_err(|source| BuildFailure::Io {
-                            drv: d.clone(),
-                            what: format!("moving '{}' aside to repair it", real.display()),
-                            source,
-                        })?;
-                        asides.push((to, real));
-                    }
-                }
-                // The outputs too: a collector must not take them while they are invalid.
-                let roots = std::iter::once(&job2.drv_path)
-                    .chain(job2.outputs.values())
-                    .chain(&extra);
-                store.add_temp_roots(roots).map_err(store_err)?;
-                // What the outputs may refer to; in the sandbox, all the builder sees of
-                // the store.
-                let closure = regs
-                    .closure(&store, job2.input_roots.iter().cloned())
-                    .map_err(store_err)?;
-                // A check registers nothing: the valid outputs are not touched.
-                let outputs = if job2.mode == BuildMode::Check {
-                    Vec::new()
-                } else {
-                    paths.clone()
-                };
-                let intent = store.begin_outputs(&outputs, &extra).map_err(store_err)?;
-                let aside = Aside {
-                    moved: asides,
-                    intent: aside_intent,
-                };
-                Ok(Prepared::Ready(Box::new(Ready {
-                    locks,
-                    closure,
-                    intent,
-                    aside,
-                })))
-            };
-            match prepare(false)? {
-                Prepared::Busy => blocking(&drv, move || prepare(true)).await?,
-                p => p,
-            }
-        };
-        let (locks, closure, intent, aside) = match prepared {
-            Prepared::Ready(r) => {
-                let Ready {
-                    locks,
-                    closure,
-                    intent,
-                    aside,
-                } = *r;
-                (locks, closure, intent, aside)
-            }
-            Prepared::Valid => return Ok(Built::AlreadyValid),
-            // Waiting for the locks never finds them busy.
-            Prepared::Busy => {
-                return Err(BuildFailure::Store {
-                    drv,
-                    source: ferrix_store::StoreError::Format("lock unavailable".into()),
-                })
-            }
+        let Claimed {
+            locks,
+            closure,
+            intent,
+            aside,
+        } = match self.registry.claim(job, extra).await? {
+            Claim::Valid => return Ok(Built::AlreadyValid),
+            Claim::Ready(r) => *r,
         };
         self.reporter.started(&job.drv_path);
 
@@ -438,7 +326,7 @@ impl LocalExecutor {
         let result = match result {
             Ok(()) => {
                 let (store2, job2, d) = (store.clone(), job.clone(), drv.clone());
-                let known = self.registrations.snapshot();
+                let known = self.registry.registrations().snapshot();
                 // Small outputs are checked here; reading big ones takes a blocking thread.
                 let small = job.outputs.values().all(|p| {
                     fs::symlink_metadata(store.real_path(p))
@@ -456,20 +344,17 @@ impl LocalExecutor {
                     Ok(infos) => {
                         // Dependents may start now; the outputs are synced and registered
                         // meanwhile, still locked.
-                        self.registrations.start(
-                            store.clone(),
-                            Handover {
-                                drv_path: job.drv_path.clone(),
-                                drv: drv.clone(),
-                                infos,
-                                intent,
-                                locks,
-                                replaced: aside.intent,
-                                // Removed in the background too, off the way to the
-                                // next build.
-                                build_dir: Some(build_dir.clone()),
-                            },
-                        );
+                        self.registry.hand_over(Handover {
+                            drv_path: job.drv_path.clone(),
+                            drv: drv.clone(),
+                            infos,
+                            intent,
+                            locks,
+                            replaced: aside.intent,
+                            // Removed in the background too, off the way to the
+                            // next build.
+                            build_dir: Some(build_dir.clone()),
+                        });
                         Ok(())
                     }
                     Err(e) => {
@@ -786,7 +671,8 @@ impl LocalExecutor {
         };
         if exports {
             // Path infos come from the database: inputs still being registered must be in.
-            self.registrations
+            self.registry
+                .registrations()
                 .wait_for(closure.iter().cloned())
                 .await
                 .map_err(|input| BuildFailure::InputUnregistered {

@@ -34,6 +34,8 @@ pub struct Registrations {
     /// them: a path's references never change, and walking them here is far cheaper than a
     /// query per build when builds stack on each other (a chain: an ever deeper closure).
     refs: Mutex<HashMap<StorePath, Arc<[StorePath]>>>,
+    /// Builds whose outputs could not be registered, by derivation, with why.
+    failures: Mutex<HashMap<StorePath, Arc<BuildFailure>>>,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +58,7 @@ struct Held {
 }
 
 /// A worker under way: the builds whose outputs it could not register.
-type Registering = JoinHandle<Vec<(StorePath, BuildFailure)>>;
+type Registering = JoinHandle<Vec<(StorePath, Arc<BuildFailure>)>>;
 
 /// What a build hands over for registration.
 #[derive(Debug)]
@@ -187,7 +189,7 @@ impl Registrations {
     /// wait in the order their builds ended, after those of their inputs; a batch holds
     /// them all, so every pending path an output refers to is registered before it or in
     /// the same transaction.
-    async fn work(self: Arc<Self>, store: Arc<LocalStore>) -> Vec<(StorePath, BuildFailure)> {
+    async fn work(self: Arc<Self>, store: Arc<LocalStore>) -> Vec<(StorePath, Arc<BuildFailure>)> {
         let mut failures = Vec::new();
         loop {
             let (waiting, mut failed) = {
@@ -282,6 +284,11 @@ impl Registrations {
             for (held, failure) in ends {
                 let _ = held.tx.send(Some(failure.is_none()));
                 if let Some(f) = failure {
+                    let f = Arc::new(f);
+                    self.failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(held.drv_path.clone(), f.clone());
                     failures.push((held.drv_path.clone(), f));
                 }
                 // The locks go now, and what a repair replaced.
@@ -293,7 +300,7 @@ impl Registrations {
 
     /// Wait for every registration started so far; the builds whose outputs could not be
     /// registered, with why.
-    pub async fn settle(&self) -> Vec<(StorePath, BuildFailure)> {
+    pub async fn settle(&self) -> Vec<(StorePath, Arc<BuildFailure>)> {
         let mut failed = Vec::new();
         loop {
             let tasks: Vec<_> =
@@ -307,5 +314,16 @@ impl Registrations {
                 }
             }
         }
+    }
+}
+
+impl Registrations {
+    /// Why the outputs of `drv` could not be registered, if they could not.
+    pub fn failure_of(&self, drv: &StorePath) -> Option<Arc<BuildFailure>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(drv)
+            .cloned()
     }
 }

@@ -1,31 +1,42 @@
-//! The event loop that owns the plan: starts ready derivations, most urgent first, as slots
-//! free up, and reacts to each finished job.
+//! The Engine: one event loop that owns the graph of everything being realised. Goals (plans)
+//! arrive while it runs; ready derivations go to the executors, most urgent first, each
+//! executor up to its capacity; it reacts to offers answered and jobs ended.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::watch;
+use ferrix_format::{StoreDir, StorePath};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::error::BuildFailure;
-use crate::executor::{Built, Cancel, Executor, Offer, Reporter};
+use crate::executor::{
+    BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, Reporter,
+};
 use crate::plan::Plan;
+use crate::registry::Registry;
 
 /// Scheduling options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScheduleOptions {
     /// `--keep-going`: after a failure, go on with everything that does not depend on it.
-    /// Without it, the first failure stops the run and the other running builds are killed,
-    /// as Nix does.
+    /// Without it, the first failure stops the goal it belongs to and the goal's other
+    /// running builds are killed, as Nix does.
     pub keep_going: bool,
 }
 
-/// What became of each node of the plan (same indices).
-#[derive(Debug)]
+/// How often a job may be lost (its machine gone) before it counts as failed.
+const MAX_LOST: u32 = 3;
+
+/// What became of each node of a plan (same indices).
+#[derive(Debug, Clone)]
 pub enum NodeResult {
     Built(Built),
-    Failed(BuildFailure),
+    Failed(Arc<BuildFailure>),
     /// Never started: the run stopped first (an interrupt, or a failure without keep-going).
     NotStarted,
 }
@@ -40,7 +51,7 @@ pub struct Outcome {
 impl Outcome {
     pub fn failures(&self) -> impl Iterator<Item = &BuildFailure> {
         self.results.iter().filter_map(|r| match r {
-            NodeResult::Failed(f) => Some(f),
+            NodeResult::Failed(f) => Some(&**f),
             _ => None,
         })
     }
@@ -68,7 +79,131 @@ impl Outcome {
     }
 }
 
-/// A ready node in the queue: the longest remaining chain first, then plan order.
+/// What the Engine is given when it starts.
+#[derive(Debug)]
+pub struct EngineSetup {
+    /// Asked in this order (the local one is asked last unless a job prefers it).
+    pub executors: Vec<Arc<dyn Executor>>,
+    /// Where the executors register outputs; a goal ends once its outputs are registered.
+    pub registry: Option<Arc<Registry>>,
+    pub reporter: Arc<dyn Reporter + Send + Sync>,
+    pub options: ScheduleOptions,
+    /// For naming derivations in messages.
+    pub store_dir: StoreDir,
+    /// Turning true stops everything: nothing new starts and running jobs are cancelled.
+    pub interrupt: Cancel,
+}
+
+/// A running Engine: submit goals to it, then shut it down.
+#[derive(Debug)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Goal>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The result of a submitted goal, when it is known.
+#[derive(Debug)]
+pub struct GoalHandle(oneshot::Receiver<Outcome>);
+
+impl Future for GoalHandle {
+    type Output = Outcome;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.0).poll(cx).map(|r| {
+            // The loop only ends without answering when it panicked, which resumes there.
+            r.unwrap_or(Outcome {
+                results: Vec::new(),
+                interrupted: true,
+            })
+        })
+    }
+}
+
+struct Goal {
+    jobs: Vec<(Arc<Job>, Vec<usize>, f64)>,
+    reply: oneshot::Sender<Outcome>,
+}
+
+impl Engine {
+    /// Start the event loop on the current tokio runtime.
+    pub fn start(setup: EngineSetup) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(Loop::new(setup).run(rx));
+        Self { tx, task }
+    }
+
+    /// Realise `plan`'s nodes (sharing those already known with other goals).
+    pub fn submit(&self, plan: &Plan) -> GoalHandle {
+        let (reply, rx) = oneshot::channel();
+        let jobs = plan
+            .nodes
+            .iter()
+            .map(|n| (n.job.clone(), n.deps.clone(), n.priority))
+            .collect();
+        if let Err(e) = self.tx.send(Goal { jobs, reply }) {
+            let _ = e.0.reply.send(Outcome {
+                results: plan.nodes.iter().map(|_| NodeResult::NotStarted).collect(),
+                interrupted: true,
+            });
+        }
+        GoalHandle(rx)
+    }
+
+    /// Take no more goals; return once every goal has ended and every registration is done.
+    pub async fn shutdown(self) {
+        drop(self.tx);
+        if let Err(e) = self.task.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+/// Realise every node of `plan` with `executors`: an Engine for one goal.
+pub async fn run(plan: &Plan, setup: EngineSetup) -> Outcome {
+    let engine = Engine::start(setup);
+    let goal = engine.submit(plan);
+    let outcome = goal.await;
+    engine.shutdown().await;
+    outcome
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for inputs.
+    Waiting,
+    Ready,
+    /// Asked an executor that has not answered yet.
+    Offering,
+    /// Every executor that could take it is busy: asked again when a job ends.
+    Postponed,
+    Running,
+    Done(NodeResult),
+}
+
+struct Node {
+    job: Arc<Job>,
+    priority: f64,
+    deps_left: usize,
+    dependents: Vec<usize>,
+    state: State,
+    /// Goals that need this node.
+    goals: Vec<usize>,
+    /// Executors that declined it.
+    declined: Vec<bool>,
+    lost: u32,
+    cancel: Option<watch::Sender<bool>>,
+}
+
+struct GoalState {
+    nodes: Vec<usize>,
+    left: usize,
+    /// A failure without keep-going: nothing more starts for it.
+    stopped: bool,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// A ready node in the queue: the longest remaining chain first, then the order it came in.
 struct Ready(f64, usize);
 
 impl PartialEq for Ready {
@@ -88,128 +223,541 @@ impl Ord for Ready {
     }
 }
 
-/// Realise every node of `plan` with `executor`. `interrupt` turning true stops the run:
-/// nothing new starts and running jobs are cancelled.
-pub async fn run(
-    plan: &Plan,
-    executor: Arc<dyn Executor>,
-    reporter: Arc<dyn Reporter + Send + Sync>,
-    opts: ScheduleOptions,
-    mut interrupt: Cancel,
-) -> Outcome {
-    let n = plan.nodes.len();
-    let mut results: Vec<Option<NodeResult>> = (0..n).map(|_| None).collect();
-    let mut waiting: Vec<usize> = plan.nodes.iter().map(|x| x.deps.len()).collect();
-    let mut ready: BinaryHeap<Ready> = plan
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, x)| x.deps.is_empty())
-        .map(|(i, x)| Ready(x.priority, i))
-        .collect();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut jobs: JoinSet<(usize, Result<Built, BuildFailure>)> = JoinSet::new();
-    let mut stopping = false;
-    let mut interrupted = false;
-    let slots = executor.slots();
+type JobEnd = (usize, usize, Result<Built, JobError>);
 
-    loop {
-        if slots == 0 {
-            // `max-jobs = 0` and nobody else to build: what must be built cannot be.
-            while let Some(Ready(_, i)) = ready.pop() {
-                let drv = plan.store_dir.display(&plan.nodes[i].job.drv_path);
-                results[i] = Some(NodeResult::Failed(BuildFailure::NoSlots { drv }));
-                fail_dependents(plan, i, &mut results);
-            }
+struct Loop {
+    store_dir: StoreDir,
+    executors: Vec<Arc<dyn Executor>>,
+    running: Vec<usize>,
+    local: Option<usize>,
+    registry: Option<Arc<Registry>>,
+    reporter: Arc<dyn Reporter + Send + Sync>,
+    options: ScheduleOptions,
+    interrupt: Cancel,
+    nodes: Vec<Node>,
+    index: HashMap<StorePath, usize>,
+    goals: Vec<GoalState>,
+    ready: BinaryHeap<Ready>,
+    postponed: Vec<usize>,
+    /// The one offer a delegating executor is still deciding.
+    deciding: bool,
+    jobs: JoinSet<JobEnd>,
+    offers: JoinSet<(usize, usize, Offer)>,
+    /// Goals whose registrations are awaited before they are answered.
+    finishing: JoinSet<()>,
+    interrupted: bool,
+}
+
+impl Loop {
+    fn new(s: EngineSetup) -> Self {
+        let local = s.executors.iter().position(|e| e.is_local());
+        Self {
+            store_dir: s.store_dir,
+            running: vec![0; s.executors.len()],
+            executors: s.executors,
+            local,
+            registry: s.registry,
+            reporter: s.reporter,
+            options: s.options,
+            interrupt: s.interrupt,
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            goals: Vec::new(),
+            ready: BinaryHeap::new(),
+            postponed: Vec::new(),
+            deciding: false,
+            jobs: JoinSet::new(),
+            offers: JoinSet::new(),
+            finishing: JoinSet::new(),
+            interrupted: false,
         }
-        while !stopping && jobs.len() < slots {
-            let Some(Ready(_, i)) = ready.pop() else {
+    }
+
+    async fn run(mut self, mut goals: mpsc::UnboundedReceiver<Goal>) {
+        let mut open = true;
+        if *self.interrupt.borrow() {
+            self.stop_all();
+        }
+        loop {
+            self.dispatch();
+            let busy = !self.jobs.is_empty() || !self.offers.is_empty();
+            if !open && !busy && self.goals.iter().all(|g| g.reply.is_none()) {
                 break;
-            };
-            let job = plan.nodes[i].job.clone();
-            if executor.offer(&job) != Offer::Accept {
-                // The only executor so far is the local one, which accepts everything.
-                results[i] = Some(NodeResult::NotStarted);
-                continue;
             }
-            let (ex, cancel) = (executor.clone(), stop_rx.clone());
-            jobs.spawn(async move { (i, ex.build(job, cancel).await) });
-        }
-        if jobs.is_empty() {
-            break;
-        }
-        let done = tokio::select! {
-            done = jobs.join_next() => done,
-            changed = interrupt.changed(), if !interrupted => {
-                if changed.is_err() || *interrupt.borrow() {
-                    interrupted = true;
-                    stopping = true;
-                    let _ = stop_tx.send(true);
+            tokio::select! {
+                g = goals.recv(), if open => match g {
+                    Some(g) => self.add_goal(g),
+                    None => open = false,
+                },
+                Some(end) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    let (i, e, res) = end.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    self.job_ended(i, e, res);
                 }
+                Some(ans) = self.offers.join_next(), if !self.offers.is_empty() => {
+                    let (i, e, offer) = ans.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    self.deciding = false;
+                    self.answered(i, e, offer);
+                }
+                Some(done) = self.finishing.join_next(), if !self.finishing.is_empty() => {
+                    if let Err(e) = done {
+                        if e.is_panic() {
+                            std::panic::resume_unwind(e.into_panic());
+                        }
+                    }
+                }
+                changed = self.interrupt.changed(), if !self.interrupted => {
+                    if changed.is_err() || *self.interrupt.borrow() {
+                        self.stop_all();
+                    }
+                }
+                // Nothing runs and no goal can move: the loop waits for goals only.
+                else => {
+                    if !open {
+                        break;
+                    }
+                }
+            }
+        }
+        while self.finishing.join_next().await.is_some() {}
+        if let Some(r) = &self.registry {
+            r.settle().await;
+        }
+    }
+
+    fn add_goal(&mut self, g: Goal) {
+        let gi = self.goals.len();
+        let mut map = Vec::with_capacity(g.jobs.len());
+        for (job, deps, priority) in g.jobs {
+            let i = match self.index.get(&job.drv_path) {
+                Some(&i) => i,
+                None => {
+                    let i = self.nodes.len();
+                    let deps: Vec<usize> = deps.iter().map(|&d| map[d]).collect();
+                    let mut deps_left = 0;
+                    let mut failed_input = None;
+                    for &d in &deps {
+                        self.nodes[d].dependents.push(i);
+                        match &self.nodes[d].state {
+                            State::Done(NodeResult::Built(_)) => {}
+                            State::Done(_) => failed_input = Some(d),
+                            _ => deps_left += 1,
+                        }
+                    }
+                    self.index.insert(job.drv_path.clone(), i);
+                    self.nodes.push(Node {
+                        job,
+                        priority,
+                        deps_left,
+                        dependents: Vec::new(),
+                        state: State::Waiting,
+                        goals: Vec::new(),
+                        declined: vec![false; self.executors.len()],
+                        lost: 0,
+                        cancel: None,
+                    });
+                    if let Some(d) = failed_input {
+                        let f = self.dependency_failed(i, d);
+                        self.nodes[i].state = State::Done(f);
+                    } else if self.interrupted {
+                        self.nodes[i].state = State::Done(NodeResult::NotStarted);
+                    } else if deps_left == 0 {
+                        self.nodes[i].state = State::Ready;
+                        self.ready.push(Ready(priority, i));
+                    }
+                    i
+                }
+            };
+            map.push(i);
+        }
+        let mut left = 0;
+        for &i in &map {
+            self.nodes[i].goals.push(gi);
+            if !matches!(self.nodes[i].state, State::Done(_)) {
+                left += 1;
+            }
+        }
+        self.goals.push(GoalState {
+            nodes: map,
+            left,
+            stopped: false,
+            reply: Some(g.reply),
+        });
+        if left == 0 {
+            self.finish_goal(gi);
+        }
+    }
+
+    fn dependency_failed(&self, node: usize, input: usize) -> NodeResult {
+        NodeResult::Failed(Arc::new(BuildFailure::DependencyFailed {
+            drv: self.print(node),
+            input: self.print(input),
+        }))
+    }
+
+    fn print(&self, i: usize) -> String {
+        self.store_dir.display(&self.nodes[i].job.drv_path)
+    }
+
+    /// Whether nothing more may start for node `i`: every goal that needs it has stopped.
+    fn unwanted(&self, i: usize) -> bool {
+        self.interrupted || self.nodes[i].goals.iter().all(|&g| self.goals[g].stopped)
+    }
+
+    /// Start what can start: ready nodes, most urgent first, on the first executor that
+    /// takes each.
+    fn dispatch(&mut self) {
+        if self.interrupted {
+            return;
+        }
+        let mut wait = Vec::new();
+        while let Some(Ready(p, i)) = self.ready.pop() {
+            if !matches!(self.nodes[i].state, State::Ready) {
                 continue;
             }
+            if self.unwanted(i) {
+                self.set_done(i, NodeResult::NotStarted);
+                continue;
+            }
+            match self.place(i) {
+                Placed::Started | Placed::Offering => {}
+                Placed::Wait => wait.push(Ready(p, i)),
+                Placed::Postponed => {
+                    self.nodes[i].state = State::Postponed;
+                    self.postponed.push(i);
+                }
+                Placed::Impossible(f) => {
+                    self.fail(i, f);
+                }
+            }
+            if self.all_full() {
+                break;
+            }
+        }
+        self.ready.extend(wait);
+    }
+
+    /// Every executor at capacity, or only delegating ones with room while one decides.
+    fn all_full(&self) -> bool {
+        self.executors
+            .iter()
+            .enumerate()
+            .all(|(e, x)| self.running[e] >= x.capacity() || (!x.is_local() && self.deciding))
+    }
+
+    fn place(&mut self, i: usize) -> Placed {
+        let job = self.nodes[i].job.clone();
+        let local_possible = self.local.is_some_and(|l| {
+            self.executors[l].capacity() > 0 && self.executors[l].could_build(&job)
+        });
+        let local_free = local_possible
+            && self
+                .local
+                .is_some_and(|l| self.running[l] < self.executors[l].capacity());
+        let ctx = OfferContext {
+            local_free,
+            local_possible,
         };
-        let Some(done) = done else { break };
-        let (i, res) = match done {
-            Ok(x) => x,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
-        let node = &plan.nodes[i];
-        reporter.finished(&node.job.drv_path, &res);
+        let mut order: Vec<usize> = (0..self.executors.len())
+            .filter(|&e| Some(e) != self.local)
+            .collect();
+        if let Some(l) = self.local {
+            if job.prefers_local() && local_possible {
+                order.insert(0, l);
+            } else {
+                order.push(l);
+            }
+        }
+        let mut busy = false;
+        let mut postponed = false;
+        let mut anyone = false;
+        for e in order {
+            let ex = self.executors[e].clone();
+            if self.nodes[i].declined[e] || !ex.could_build(&job) {
+                continue;
+            }
+            anyone = true;
+            if self.running[e] >= ex.capacity() {
+                busy = true;
+                continue;
+            }
+            if !ex.is_local() && self.deciding {
+                // One delegating executor decides at a time: to this node, it is busy.
+                busy = true;
+                continue;
+            }
+            let (tx, rx) = watch::channel(false);
+            let mut fut = ex.clone().offer(job.clone(), ctx, rx);
+            let mut cx = Context::from_waker(Waker::noop());
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Offer::Accept(build)) => {
+                    self.start(i, e, tx, build);
+                    return Placed::Started;
+                }
+                Poll::Ready(Offer::Decline) => self.nodes[i].declined[e] = true,
+                Poll::Ready(Offer::Postpone) => postponed = true,
+                Poll::Pending => {
+                    self.deciding = true;
+                    self.nodes[i].state = State::Offering;
+                    self.nodes[i].cancel = Some(tx);
+                    self.offers.spawn(async move { (i, e, fut.await) });
+                    return Placed::Offering;
+                }
+            }
+        }
+        if busy {
+            Placed::Wait
+        } else if postponed {
+            Placed::Postponed
+        } else {
+            Placed::Impossible(self.nobody(i, anyone))
+        }
+    }
+
+    /// Why nobody builds node `i`.
+    fn nobody(&self, i: usize, anyone: bool) -> BuildFailure {
+        let job = &self.nodes[i].job;
+        let drv = self.print(i);
+        let local_off = self.local.is_none_or(|l| self.executors[l].capacity() == 0);
+        if !anyone && local_off && self.executors.len() <= 1 {
+            return BuildFailure::NoSlots { drv };
+        }
+        let mut features: Vec<String> = job.required_features().into_iter().collect();
+        features.sort();
+        BuildFailure::NoBuilder {
+            drv,
+            system: job.drv.platform.clone(),
+            features: features.join(", "),
+            declined: anyone,
+        }
+    }
+
+    fn start(&mut self, i: usize, e: usize, cancel: watch::Sender<bool>, build: BuildFuture) {
+        self.running[e] += 1;
+        self.nodes[i].state = State::Running;
+        self.nodes[i].cancel = Some(cancel);
+        self.jobs.spawn(async move { (i, e, build.await) });
+    }
+
+    fn answered(&mut self, i: usize, e: usize, offer: Offer) {
+        if !matches!(self.nodes[i].state, State::Offering) {
+            return;
+        }
+        if self.unwanted(i) {
+            // Dropping an accepted build releases what the executor reserved for it.
+            self.set_done(i, NodeResult::NotStarted);
+            return;
+        }
+        match offer {
+            Offer::Accept(build) => {
+                let tx = self.nodes[i]
+                    .cancel
+                    .take()
+                    .unwrap_or_else(|| watch::channel(false).0);
+                self.start(i, e, tx, build);
+            }
+            Offer::Decline => {
+                self.nodes[i].declined[e] = true;
+                self.nodes[i].state = State::Ready;
+                self.ready.push(Ready(self.nodes[i].priority, i));
+            }
+            Offer::Postpone => {
+                self.nodes[i].state = State::Postponed;
+                self.postponed.push(i);
+            }
+        }
+    }
+
+    fn job_ended(&mut self, i: usize, e: usize, res: Result<Built, JobError>) {
+        self.running[e] -= 1;
+        self.nodes[i].cancel = None;
+        // A slot is free: whatever was postponed is asked again.
+        for p in std::mem::take(&mut self.postponed) {
+            if matches!(self.nodes[p].state, State::Postponed) {
+                self.nodes[p].state = State::Ready;
+                self.ready.push(Ready(self.nodes[p].priority, p));
+            }
+        }
+        let drv = self.nodes[i].job.drv_path.clone();
         match res {
             Ok(b) => {
-                results[i] = Some(NodeResult::Built(b));
-                for &d in &node.dependents {
-                    waiting[d] -= 1;
-                    if waiting[d] == 0 && results[d].is_none() {
-                        ready.push(Ready(plan.nodes[d].priority, d));
+                self.reporter.finished(&drv, Ok(b));
+                self.set_done(i, NodeResult::Built(b));
+                for d in self.nodes[i].dependents.clone() {
+                    let n = &mut self.nodes[d];
+                    n.deps_left -= 1;
+                    if n.deps_left == 0 && matches!(n.state, State::Waiting) {
+                        n.state = State::Ready;
+                        self.ready.push(Ready(n.priority, d));
                     }
                 }
             }
-            Err(f) => {
-                let cancelled_by_us = matches!(f, BuildFailure::Interrupted { .. });
-                results[i] = Some(NodeResult::Failed(f));
-                if !cancelled_by_us {
-                    fail_dependents(plan, i, &mut results);
-                    if !opts.keep_going {
-                        stopping = true;
-                        let _ = stop_tx.send(true);
-                    }
+            Err(JobError::Lost { by, why }) => {
+                self.nodes[i].lost += 1;
+                if self.nodes[i].lost >= MAX_LOST {
+                    let f = BuildFailure::Lost {
+                        drv: self.print(i),
+                        by,
+                        why,
+                        times: self.nodes[i].lost,
+                    };
+                    self.reporter.finished(&drv, Err(&f));
+                    self.fail(i, f);
+                } else if self.unwanted(i) {
+                    self.set_done(i, NodeResult::NotStarted);
+                } else {
+                    self.reporter.warn(&format!(
+                        "building '{}' on '{by}' was lost ({why}); trying elsewhere",
+                        self.print(i)
+                    ));
+                    self.nodes[i].state = State::Ready;
+                    self.ready.push(Ready(self.nodes[i].priority, i));
+                }
+            }
+            Err(JobError::Failed(f)) => {
+                let ours = matches!(f, BuildFailure::Interrupted { .. });
+                let f = Arc::new(f);
+                self.reporter.finished(&drv, Err(&f));
+                if ours {
+                    // Cancelled by us: its dependents are simply not started.
+                    self.set_done(i, NodeResult::Failed(f));
+                } else {
+                    self.fail_shared(i, f);
                 }
             }
         }
     }
-    // Builds that returned may still fail at registration; their dependents that built on
-    // them fail there too.
-    for (drv, f) in executor.settle().await {
-        if let Some(i) = plan.nodes.iter().position(|x| x.job.drv_path == drv) {
-            results[i] = Some(NodeResult::Failed(f));
+
+    fn fail(&mut self, i: usize, f: BuildFailure) {
+        self.fail_shared(i, Arc::new(f));
+    }
+
+    /// Node `i` failed: so does everything that waits on it, and without keep-going its
+    /// goals stop.
+    fn fail_shared(&mut self, i: usize, f: Arc<BuildFailure>) {
+        self.set_done(i, NodeResult::Failed(f));
+        let mut todo = vec![i];
+        while let Some(n) = todo.pop() {
+            for d in self.nodes[n].dependents.clone() {
+                if !matches!(self.nodes[d].state, State::Done(_)) {
+                    let r = self.dependency_failed(d, n);
+                    self.set_done(d, r);
+                    todo.push(d);
+                }
+            }
+        }
+        if !self.options.keep_going {
+            for g in self.nodes[i].goals.clone() {
+                self.stop_goal(g);
+            }
         }
     }
-    let results = results
-        .into_iter()
-        .map(|r| r.unwrap_or(NodeResult::NotStarted))
-        .collect();
-    Outcome {
-        results,
-        interrupted,
+
+    /// A goal gives up: its nodes no other goal needs are cancelled or never started.
+    fn stop_goal(&mut self, g: usize) {
+        if self.goals[g].stopped {
+            return;
+        }
+        self.goals[g].stopped = true;
+        for i in self.goals[g].nodes.clone() {
+            if !self.unwanted(i) {
+                continue;
+            }
+            match self.nodes[i].state {
+                State::Waiting | State::Ready | State::Postponed => {
+                    self.set_done(i, NodeResult::NotStarted)
+                }
+                State::Running | State::Offering => {
+                    if let Some(c) = &self.nodes[i].cancel {
+                        let _ = c.send(true);
+                    }
+                }
+                State::Done(_) => {}
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        self.interrupted = true;
+        for g in 0..self.goals.len() {
+            self.goals[g].stopped = true;
+        }
+        for i in 0..self.nodes.len() {
+            match self.nodes[i].state {
+                State::Waiting | State::Ready | State::Postponed => {
+                    self.set_done(i, NodeResult::NotStarted)
+                }
+                State::Running | State::Offering => {
+                    if let Some(c) = &self.nodes[i].cancel {
+                        let _ = c.send(true);
+                    }
+                }
+                State::Done(_) => {}
+            }
+        }
+    }
+
+    fn set_done(&mut self, i: usize, r: NodeResult) {
+        if matches!(self.nodes[i].state, State::Done(_)) {
+            return;
+        }
+        self.nodes[i].state = State::Done(r);
+        for g in self.nodes[i].goals.clone() {
+            self.goals[g].left -= 1;
+            if self.goals[g].left == 0 {
+                self.finish_goal(g);
+            }
+        }
+    }
+
+    /// Every node of goal `g` has ended: once the outputs it built are registered (or
+    /// could not be), answer it.
+    fn finish_goal(&mut self, g: usize) {
+        let Some(reply) = self.goals[g].reply.take() else {
+            return;
+        };
+        let mut results: Vec<(StorePath, Vec<StorePath>, NodeResult)> = Vec::new();
+        for &i in &self.goals[g].nodes {
+            let n = &self.nodes[i];
+            let State::Done(r) = &n.state else {
+                unreachable!("a goal ends when all its nodes have")
+            };
+            results.push((
+                n.job.drv_path.clone(),
+                n.job.outputs.values().cloned().collect(),
+                r.clone(),
+            ));
+        }
+        let interrupted = self.interrupted;
+        let registry = self.registry.clone();
+        self.finishing.spawn(async move {
+            let mut out = Vec::with_capacity(results.len());
+            for (drv, outputs, r) in results {
+                let r = match (r, &registry) {
+                    (NodeResult::Built(b), Some(reg)) => {
+                        let _ = reg.registrations().wait_for(outputs).await;
+                        match reg.registrations().failure_of(&drv) {
+                            Some(f) => NodeResult::Failed(f),
+                            None => NodeResult::Built(b),
+                        }
+                    }
+                    (r, _) => r,
+                };
+                out.push(r);
+            }
+            let _ = reply.send(Outcome {
+                results: out,
+                interrupted,
+            });
+        });
     }
 }
 
-/// Everything that waits, directly or not, on a failed node fails too, naming the input
-/// that failed.
-fn fail_dependents(plan: &Plan, failed: usize, results: &mut [Option<NodeResult>]) {
-    let mut todo = vec![failed];
-    while let Some(i) = todo.pop() {
-        let input = plan.store_dir.display(&plan.nodes[i].job.drv_path);
-        for &d in &plan.nodes[i].dependents {
-            if results[d].is_none() {
-                results[d] = Some(NodeResult::Failed(BuildFailure::DependencyFailed {
-                    drv: plan.store_dir.display(&plan.nodes[d].job.drv_path),
-                    input: input.clone(),
-                }));
-                todo.push(d);
-            }
-        }
-    }
+enum Placed {
+    Started,
+    Offering,
+    /// Every executor that could take it is full (or one is deciding): try again later.
+    Wait,
+    /// Asked and told to wait for a job to end.
+    Postponed,
+    Impossible(BuildFailure),
 }

@@ -80,11 +80,55 @@ pub fn local_settings(
             timeout: seconds(settings, "timeout"),
             impure_env,
             sandbox: sandbox_settings(settings)?,
+            platforms: platforms(settings),
+            system_features: system_features(settings),
         },
         ScheduleOptions {
             keep_going: conf.bool("keep-going", false)?,
         },
     ))
+}
+
+/// The platform Nix was built for, which `system` defaults to.
+pub fn native_system() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// `system` and `extra-platforms` (Nix's default adds `i686-linux` on `x86_64-linux`).
+pub fn platforms(settings: &Settings) -> BTreeSet<String> {
+    let conf = &settings.conf;
+    let system = conf
+        .get("system")
+        .map(str::to_owned)
+        .unwrap_or_else(native_system);
+    let mut out: BTreeSet<String> = match conf.value("extra-platforms") {
+        Some(_) => conf.list("extra-platforms").iter().cloned().collect(),
+        None if system == "x86_64-linux" => ["i686-linux".to_owned()].into(),
+        None => BTreeSet::new(),
+    };
+    out.insert(system);
+    out
+}
+
+/// `system-features`; Nix's default on Linux is `nixos-test benchmark big-parallel`, and
+/// `kvm` where `/dev/kvm` can be opened for writing.
+pub fn system_features(settings: &Settings) -> BTreeSet<String> {
+    let conf = &settings.conf;
+    if conf.value("system-features").is_some() {
+        return conf.list("system-features").iter().cloned().collect();
+    }
+    let mut f: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
+        .map(str::to_owned)
+        .into();
+    if rustix::fs::access(
+        "/dev/kvm",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok()
+    {
+        f.insert("kvm".into());
+    }
+    f
 }
 
 /// `sandbox` (`true`, `false`, `relaxed`) and `sandbox-paths` (`PATH` or `INSIDE=OUTSIDE`,
@@ -201,7 +245,7 @@ impl Reporter for LineReporter {
             self.line(line);
         }
     }
-    fn finished(&self, _drv: &StorePath, _result: &Result<Built, BuildFailure>) {}
+    fn finished(&self, _drv: &StorePath, _result: Result<Built, &BuildFailure>) {}
 }
 
 /// How a run goes: `dry_run` only says what would be built; `mode` is how the wanted
@@ -272,8 +316,9 @@ pub fn realise(
         Some(s) => s.clone(),
         None => Arc::new(LineReporter::new(&store, logs, checked)),
     };
+    let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
     let executor = Arc::new(LocalExecutor::new(
-        store.clone(),
+        registry.clone(),
         local,
         reporter.clone(),
         Arc::new(Mutex::new(times)),
@@ -297,7 +342,15 @@ pub fn realise(
         // The scheduler runs on a worker thread, as the builds it spawns do: a build's end
         // wakes it there, not across threads.
         let p = plan.clone();
-        tokio::spawn(async move { ferrix_build::run(&p, executor, reporter, opts, rx).await })
+        let setup = ferrix_build::EngineSetup {
+            executors: vec![executor],
+            registry: Some(registry),
+            reporter,
+            options: opts,
+            store_dir: store.store_dir().clone(),
+            interrupt: rx,
+        };
+        tokio::spawn(async move { ferrix_build::run(&p, setup).await })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     });
@@ -388,6 +441,7 @@ pub fn report_failures(
     let log_dir = &store.config().log_dir;
     for (node, r) in plan.nodes.iter().zip(&outcome.results) {
         let NodeResult::Failed(f) = r else { continue };
+        let f: &BuildFailure = f;
         // The failure and its causes, as the CLI words every error.
         let mut msg = crate::render(f);
         if matches!(

@@ -144,7 +144,7 @@ impl Reporter for StatusReporter {
         }
     }
 
-    fn finished(&self, drv: &StorePath, result: &Result<Built, BuildFailure>) {
+    fn finished(&self, drv: &StorePath, result: Result<Built, &BuildFailure>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.status.running.retain(|(d, _)| d != drv);
         match result {

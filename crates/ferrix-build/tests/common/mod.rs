@@ -54,6 +54,8 @@ impl TestStore {
             timeout: None,
             impure_env: BTreeMap::new(),
             sandbox: None,
+            platforms: ["x86_64-linux".to_owned()].into(),
+            system_features: Default::default(),
         }
     }
 
@@ -206,13 +208,22 @@ impl TestStore {
         let times = ferrix_build::BuildTimes::open(&self.dir.path().join("times.sqlite"));
         let plan = ferrix_build::plan_builds(&self.store, &wanted, &times, mode).unwrap();
         let reporter: Arc<dyn Reporter + Send + Sync> = Arc::new(Events::default());
+        let registry = Arc::new(ferrix_build::Registry::new(self.store.clone()));
         let ex = Arc::new(LocalExecutor::new(
-            self.store.clone(),
+            registry.clone(),
             settings,
             reporter.clone(),
             Arc::new(Mutex::new(times)),
         ));
-        run(&plan, ex, reporter, opts, interrupt).await
+        let setup = ferrix_build::EngineSetup {
+            executors: vec![ex],
+            registry: Some(registry),
+            reporter,
+            options: opts,
+            store_dir: self.store.store_dir().clone(),
+            interrupt,
+        };
+        run(&plan, setup).await
     }
 }
 
@@ -226,7 +237,7 @@ impl Reporter for Events {
     fn started(&self, drv: &StorePath) {
         self.started.lock().unwrap().push(drv.clone());
     }
-    fn finished(&self, _drv: &StorePath, _r: &Result<Built, BuildFailure>) {}
+    fn finished(&self, _drv: &StorePath, _r: Result<Built, &BuildFailure>) {}
 }
 
 pub fn wait_for(path: &Path, limit: Duration) -> bool {

@@ -1,0 +1,3 @@
+//! Remote machines: the machines specification, and (next) the executor that builds on them.
+
+pub mod machines;
