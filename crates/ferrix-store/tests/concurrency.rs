@@ -1,4 +1,5 @@
-//! Several processes on one store at once. Workers (this test binary, re-executed) add
+//! Several processes on one store at once. Workers (this test binary, re-executed to run the
+//! test that spawns them, which sees [`WORKER_ENV`] and does the worker's job instead) add
 //! overlapping sets of paths — the same contents, so the same store paths — through every way
 //! in: text chains with references, batches of trees, an import stream. (a) With adders only,
 //! every path must end up registered exactly once. (b) With a garbage collector deleting dead
@@ -32,7 +33,6 @@ use ferrix_store::LocalStore;
 const WORKER_ENV: &str = "FERRIX_CONC_WORKER";
 const MODE_ENV: &str = "FERRIX_CONC_MODE";
 const ID_ENV: &str = "FERRIX_CONC_ID";
-const WORKER_TEST: &str = "conc_worker";
 /// Workers that are not done by then are taken to be deadlocked.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -175,10 +175,25 @@ fn run_task(store: &LocalStore, scratch: &Path, task: &Task) -> Vec<(String, Sto
 
 // ---- workers -----------------------------------------------------------------------------
 
-#[test]
-fn conc_worker() {
+/// The tests that spawn workers of each mode, by name: a worker is this binary re-executed to
+/// run just that test (a name that matched no test would run nothing, and the test would
+/// then fail for want of the worker's work).
+fn test_of_mode(mode: &str) -> &'static str {
+    match mode {
+        "add" => "concurrent_adds_register_each_path_once",
+        "add-gc" | "gc" => "gc_concurrent_with_adds_keeps_temp_roots",
+        "add-many" => "opening_the_store_while_another_process_adds",
+        "pair" => "adding_in_opposite_orders_does_not_deadlock",
+        m => panic!("unknown worker mode {m}"),
+    }
+}
+
+/// The workers' entry point, called first by each test: in a worker process (with
+/// [`WORKER_ENV`] set), do the worker's job and return `true`, and the test returns at once;
+/// otherwise `false`. Not a test of its own, which would pass without doing anything.
+fn conc_worker() -> bool {
     let Some(root) = std::env::var_os(WORKER_ENV) else {
-        return;
+        return false;
     };
     let root = PathBuf::from(root);
     let mode = std::env::var(MODE_ENV).unwrap();
@@ -191,6 +206,7 @@ fn conc_worker() {
         "pair" => add_pair(&root, id),
         m => panic!("unknown worker mode {m}"),
     }
+    true
 }
 
 /// Do every task. Without `keep`, each task opens the store anew, as separate commands would
@@ -292,7 +308,12 @@ fn spawn(root: &Path, mode: &str, id: u64) -> Child {
     let logs = root.join("logs");
     fs::create_dir_all(&logs).unwrap();
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", WORKER_TEST, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            test_of_mode(mode),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(WORKER_ENV, root)
         .env(MODE_ENV, mode)
         .env(ID_ENV, id.to_string())
@@ -452,7 +473,7 @@ const UNIVERSE: usize = CHAINS * CHAIN_LEN + TREES + IMPORTS;
 
 #[test]
 fn concurrent_adds_register_each_path_once() {
-    if std::env::var_os(WORKER_ENV).is_some() {
+    if conc_worker() {
         return;
     }
     let started = Instant::now();
@@ -503,7 +524,7 @@ fn concurrent_adds_register_each_path_once() {
 
 #[test]
 fn gc_concurrent_with_adds_keeps_temp_roots() {
-    if std::env::var_os(WORKER_ENV).is_some() {
+    if conc_worker() {
         return;
     }
     let started = Instant::now();
@@ -550,7 +571,7 @@ fn gc_concurrent_with_adds_keeps_temp_roots() {
 /// recovery must not take the intent file an adder is writing for a stale one.
 #[test]
 fn opening_the_store_while_another_process_adds() {
-    if std::env::var_os(WORKER_ENV).is_some() {
+    if conc_worker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -586,7 +607,7 @@ fn opening_the_store_while_another_process_adds() {
 /// lock while waiting for the second, the two wait for each other forever.
 #[test]
 fn adding_in_opposite_orders_does_not_deadlock() {
-    if std::env::var_os(WORKER_ENV).is_some() {
+    if conc_worker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -615,16 +636,27 @@ fn adding_in_opposite_orders_does_not_deadlock() {
 
     let held_y = PathLock::acquire(&y_lock, true).unwrap().unwrap();
     let mut worker = spawn(&root, "pair", 0);
-    // Wait for the worker to lock the first tree (it then blocks on the second).
+    // Wait for the worker to lock the first tree (it then waits for the second). A worker
+    // that keeps that lock while waiting is seen holding it. One that (rightly) commits the
+    // first tree and lets its lock go before waiting holds it only while committing, which
+    // polling can miss (it mostly does where fsync is free, e.g. on tmpfs); the first tree
+    // then turns valid while this process holds the second tree's lock, which only the
+    // worker's add under the first tree's lock can do (this process has the store open, so
+    // the worker cannot write without path locks).
     let until = Instant::now() + Duration::from_secs(10);
-    let mut worker_holds_x = false;
+    let (mut worker_holds_x, mut worker_added_x) = (false, false);
     while Instant::now() < until && worker.try_wait().unwrap().is_none() {
         if PathLock::acquire(&x_lock, false).unwrap().is_none() {
             worker_holds_x = true;
             break;
         }
+        if store.is_valid_path(&trees[0].2).unwrap() {
+            worker_added_x = true;
+            break;
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
+    let worker_reached_x = worker_holds_x || worker_added_x;
     // Now add the first tree, as the reverse-order process would next.
     let (tx, rx) = std::sync::mpsc::channel();
     let adding = {
@@ -645,16 +677,25 @@ fn adding_in_opposite_orders_does_not_deadlock() {
     drop(held_y);
     adding.join().unwrap();
     let status = wait_all(vec![worker], Instant::now() + DEADLINE);
+    assert_all_succeeded(&root, &["pair-0".to_owned()], &status);
+    // Otherwise the case was not set up: this process added the first tree with no worker
+    // in the way, and the check below proves nothing.
+    assert!(
+        worker_reached_x,
+        "the worker neither locked nor added {} (in 10 s, or before it exited) while this \
+         process held the lock of {}",
+        store.print(&trees[0].2),
+        store.print(&trees[1].2)
+    );
     assert_eq!(
         finished,
         Ok(true),
         "adding {} blocked for 5 s while this process held the lock of {}: the worker's \
-         add_paths held the first lock while waiting for the second (worker holds first: \
-         {worker_holds_x}) — opposite orders deadlock",
+         add_paths held the first lock while waiting for the second (worker seen holding \
+         it: {worker_holds_x}) — opposite orders deadlock",
         store.print(&trees[0].2),
         store.print(&trees[1].2)
     );
-    assert_all_succeeded(&root, &["pair-0".to_owned()], &status);
     for (_, _, p) in &trees {
         assert!(store.is_valid_path(p).unwrap());
     }

@@ -1,6 +1,8 @@
-//! Crash consistency. A worker process (this test binary, re-executed) adds and deletes paths
-//! in a loop — text chains with references, trees (recursive and flat), batches, imports,
-//! garbage collections of specific and dead paths — and is SIGKILLed at a random moment.
+//! Crash consistency. A worker process (this test binary, re-executed to run the test that
+//! spawns it, which sees `WORKER_ENV` set and does the worker's job instead) adds and deletes
+//! paths in a loop — text chains with references, trees (recursive and flat), batches,
+//! imports, garbage collections of specific and dead paths — and is SIGKILLed at a random
+//! moment.
 //! After each kill the harness opens the store, which recovers, and checks it: the database
 //! is sound, every valid path is on disk with its recorded NAR hash, references are closed,
 //! and nothing unregistered is left in the store directory. A second test makes the
@@ -37,7 +39,6 @@ const SEED_ENV: &str = "FERRIX_CRASH_SEED";
 const ITERATIONS_ENV: &str = "FERRIX_CRASH_ITERATIONS";
 /// Makes the worker run one collection of everything dead and stop.
 const GC_ONLY_ENV: &str = "FERRIX_CRASH_GC_ONLY";
-const WORKER_TEST: &str = "crash_worker";
 /// The longest a worker runs before it is killed.
 const MAX_KILL_DELAY_US: u64 = 40_000;
 /// A worker that is somehow never killed stops by itself after this long.
@@ -45,21 +46,32 @@ const WORKER_LIFETIME: Duration = Duration::from_secs(20);
 
 // ---- the worker ------------------------------------------------------------------------
 
-#[test]
-fn crash_worker() {
+/// The worker's entry point, called first by each test: in a worker process (with
+/// [`WORKER_ENV`] set), do the worker's job and return `true`, and the test returns at once;
+/// otherwise `false`. Not a test of its own, which would pass without doing anything.
+fn crash_worker() -> bool {
     let Some(root) = std::env::var_os(WORKER_ENV) else {
-        return;
+        return false;
     };
     if std::env::var_os(GC_ONLY_ENV).is_some() {
         let store = open(Path::new(&root));
         collect_garbage(&store, &GcOptions::new(GcAction::DeleteDead)).unwrap();
-        return;
+        return true;
     }
     let seed = std::env::var(SEED_ENV)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     worker(Path::new(&root), seed);
+    true
+}
+
+/// The command that runs `test` alone in this test binary, as a worker.
+fn worker_command(test: &str, root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(WORKER_ENV, root);
+    cmd
 }
 
 /// Add and delete until killed. Every round opens the store afresh (and so recovers, and
@@ -264,7 +276,7 @@ fn gc_dead(store: &LocalStore, rng: &mut Rng, valid: &[StorePath]) {
 
 #[test]
 fn crash_harness() {
-    if std::env::var_os(WORKER_ENV).is_some() {
+    if crash_worker() {
         return;
     }
     let iterations: u64 = std::env::var(ITERATIONS_ENV)
@@ -277,7 +289,6 @@ fn crash_harness() {
         .unwrap_or(0x00c0_ffee);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let exe = std::env::current_exe().unwrap();
     let stderr_file = dir.path().join("worker.stderr");
     let mut rng = Rng(seed);
     drop(open(&root));
@@ -294,9 +305,7 @@ fn crash_harness() {
     let mut bad_kills: BTreeMap<String, u64> = BTreeMap::new();
     for i in 0..iterations {
         let _ = fs::remove_file(root.join("phase"));
-        let mut child = Command::new(&exe)
-            .args(["--exact", WORKER_TEST, "--nocapture", "--test-threads=1"])
-            .env(WORKER_ENV, &root)
+        let mut child = worker_command("crash_harness", &root)
             .env(SEED_ENV, rng.next().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -432,7 +441,7 @@ fn check(root: &Path, found: &mut Vec<(&'static str, String)>) -> usize {
 /// still deleting their files. Recovery must leave nothing unregistered behind.
 #[test]
 fn kill_between_invalidation_and_deletion() {
-    if std::env::var_os(WORKER_ENV).is_some() {
+    if crash_worker() {
         return;
     }
     const TREES: usize = 300;
@@ -461,9 +470,7 @@ fn kill_between_invalidation_and_deletion() {
             .unwrap()
     };
     assert_eq!(count(), TREES as i64);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", WORKER_TEST, "--nocapture", "--test-threads=1"])
-        .env(WORKER_ENV, &root)
+    let mut child = worker_command("kill_between_invalidation_and_deletion", &root)
         .env(GC_ONLY_ENV, "1")
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())

@@ -6,8 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use ferrix_format::{FileIngestionMethod, Hash, StoreDir};
-use ferrix_store::{AsyncStore, ValidPathInfo};
+use ferrix_format::nar::NarErrorKind;
+use ferrix_format::{Encoding, FileIngestionMethod, Hash, StoreDir};
+use ferrix_store::{AsyncStore, StoreError, ValidPathInfo};
 use tokio::io::AsyncReadExt;
 
 fn info_for(nar: &[u8], name: &str) -> ValidPathInfo {
@@ -58,28 +59,62 @@ async fn a_bad_stream_is_refused_and_leaves_nothing() {
     let store = AsyncStore::new(Arc::new(open(dir.path())));
     let nar = file_nar(&vec![7u8; 2_000_000]);
     let info = info_for(&nar, "cut");
-    // Cut short: not a whole NAR.
+    let printed = store.inner().print(&info.path);
+    // Cut short: not a whole NAR. The archive ends inside the file's contents, at the cut.
+    let cut = nar.len() / 2;
     let err = store
-        .add_to_store(
-            info.clone(),
-            std::io::Cursor::new(nar[..nar.len() / 2].to_vec()),
-        )
+        .add_to_store(info.clone(), std::io::Cursor::new(nar[..cut].to_vec()))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("cut"), "{err}");
+    match &err {
+        StoreError::Nar { path, source } => {
+            assert!(path.contains(&printed), "names {path}, not {printed}");
+            assert!(
+                matches!(source.kind, NarErrorKind::Truncated),
+                "{:?}",
+                source.kind
+            );
+            assert_eq!(source.offset, cut as u64, "{source}");
+        }
+        e => panic!("a truncated NAR gave {e:?}"),
+    }
+    assert!(err.to_string().contains(&printed), "{err}");
     // Whole, but not what the info claims.
     let other = file_nar(b"something else");
     let err = store
-        .add_to_store(info.clone(), std::io::Cursor::new(other))
+        .add_to_store(info.clone(), std::io::Cursor::new(other.clone()))
         .await
         .unwrap_err();
-    assert!(!err.to_string().is_empty());
+    let expected = info.nar_hash.encode_typed(Encoding::Nix32);
+    let got = Hash::sha256(&other).encode_typed(Encoding::Nix32);
+    match &err {
+        StoreError::HashMismatch {
+            path,
+            expected: e,
+            got: g,
+        } => {
+            assert_eq!(path, &printed);
+            assert_eq!(e, &expected);
+            assert_eq!(g, &got);
+        }
+        e => panic!("a NAR of other contents gave {e:?}"),
+    }
+    let msg = err.to_string();
+    for part in [&printed, &expected, &got] {
+        assert!(msg.contains(part.as_str()), "{msg:?} does not name {part}");
+    }
     assert!(!store.is_valid_path(info.path.clone()).await.unwrap());
     let real = store.inner().real_path(&info.path);
     assert!(!real.exists());
-    // A path that is not valid has no NAR: the stream ends and the task says why.
+    // A path that is not valid has no NAR: the stream ends empty and the task says why.
     let (mut stream, task) = store.nar_from_path(info.path.clone()).unwrap();
     let mut back = Vec::new();
     let _ = stream.read_to_end(&mut back).await;
-    assert!(task.await.unwrap().is_err());
+    assert!(back.is_empty(), "{} bytes of a NAR", back.len());
+    let err = task.await.unwrap().unwrap_err();
+    match &err {
+        StoreError::NotValid(path) => assert_eq!(path, &printed),
+        e => panic!("the NAR of an invalid path gave {e:?}"),
+    }
+    assert_eq!(err.to_string(), format!("path '{printed}' is not valid"));
 }
