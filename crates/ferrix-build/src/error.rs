@@ -5,6 +5,18 @@ use std::time::Duration;
 use ferrix_store::StoreError;
 use thiserror::Error;
 
+fn tail_lines(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(";\n       last {} log lines:", tail.len());
+    for l in tail {
+        s += "\n       > ";
+        s += l;
+    }
+    s
+}
+
 /// Errors found before any build starts: the plan cannot be made.
 #[derive(Debug, Error)]
 pub enum PlanError {
@@ -104,6 +116,26 @@ pub enum BuildFailure {
         /// Some executor could, but declined.
         declined: bool,
     },
+    #[error("build of '{drv}' on '{machine}' failed: {msg}{}", tail_lines(.tail))]
+    Remote {
+        drv: String,
+        machine: String,
+        msg: String,
+        /// The remote log's last lines.
+        tail: Vec<String>,
+        /// Timed out there (Nix's status bit 1).
+        timed_out: bool,
+    },
+    #[error(
+        "'{machine}' sent output '{path}' of '{drv}' with NAR hash {got}, but said it was {said}"
+    )]
+    RemoteMismatch {
+        drv: String,
+        machine: String,
+        path: String,
+        said: String,
+        got: String,
+    },
     #[error("building '{drv}' was lost {times} times, last on '{by}': {why}")]
     Lost {
         drv: String,
@@ -118,6 +150,9 @@ impl BuildFailure {
     pub fn status_bits(&self) -> u32 {
         match self {
             Self::Timeout { .. } | Self::Silent { .. } => 0x04 | 0x01,
+            Self::Remote {
+                timed_out: true, ..
+            } => 0x04 | 0x01,
             Self::HashMismatch { .. } => 0x04 | 0x02,
             // Nix's "not deterministic" bit: a check that ran and differed, not a failure.
             Self::NotDeterministic { .. } => 0x08,
@@ -130,6 +165,7 @@ impl BuildFailure {
             | Self::Interrupted { .. }
             | Self::NoSlots { .. }
             | Self::NoBuilder { .. }
+            | Self::RemoteMismatch { .. }
             | Self::Lost { .. } => 0,
             _ => 0x04,
         }

@@ -31,3 +31,18 @@ pub use plan::{plan, plan_builds, Plan, Wanted};
 pub use registry::Registry;
 pub use scheduler::{run, Engine, EngineSetup, GoalHandle, NodeResult, Outcome, ScheduleOptions};
 pub use times::BuildTimes;
+
+/// An error and its causes on one line, as messages show them.
+pub fn render_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s += ": ";
+            s += &t;
+        }
+        cur = c.source();
+    }
+    s
+}

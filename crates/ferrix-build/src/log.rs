@@ -75,7 +75,7 @@ impl LogWriter {
         })
     }
 
-    fn write(&mut self, data: &[u8]) {
+    pub(crate) fn write(&mut self, data: &[u8]) {
         if self.out.is_none() {
             let Some(file) = self.file.take() else { return };
             self.out = Some(if self.compress {
@@ -93,7 +93,7 @@ impl LogWriter {
         }
     }
 
-    fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         match (self.out.take(), self.file.take()) {
             // Dropping the encoder ends the bzip2 stream.
             (Some(mut o), _) => {

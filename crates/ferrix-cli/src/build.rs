@@ -79,7 +79,7 @@ pub fn local_settings(
             max_silent_time: seconds(settings, "max-silent-time"),
             timeout: seconds(settings, "timeout"),
             impure_env,
-            sandbox: sandbox_settings(settings)?,
+            sandbox: sandbox_settings(settings, store)?,
             platforms: platforms(settings),
             system_features: system_features(settings),
         },
@@ -133,11 +133,19 @@ pub fn system_features(settings: &Settings) -> BTreeSet<String> {
 
 /// `sandbox` (`true`, `false`, `relaxed`) and `sandbox-paths` (`PATH` or `INSIDE=OUTSIDE`,
 /// a trailing `?` for paths that may be missing).
-fn sandbox_settings(settings: &Settings) -> Result<Option<ferrix_build::SandboxSettings>> {
+fn sandbox_settings(
+    settings: &Settings,
+    store: &LocalStore,
+) -> Result<Option<ferrix_build::SandboxSettings>> {
+    // A store kept elsewhere than its paths say can only be built in through the sandbox,
+    // which mounts it at its paths: Nix turns the sandbox on for it, whatever the setting.
+    let cfg = store.config();
+    let diverted = std::path::Path::new(cfg.store_dir.as_str()) != cfg.real_store_dir;
     // Nix's defaults: on, and falling back to building without it where the kernel cannot.
     let relaxed = match settings.conf.sandbox().unwrap_or(SandboxMode::On) {
         SandboxMode::On => false,
         SandboxMode::Relaxed => true,
+        SandboxMode::Off if diverted => false,
         SandboxMode::Off => return Ok(None),
     };
     if let Some(why) = sandbox_unavailable() {
@@ -240,10 +248,19 @@ impl Reporter for LineReporter {
         };
         self.line(&format!("{what} '{}'...", self.store_dir.display(drv)));
     }
+    fn started_on(&self, drv: &StorePath, machine: &str) {
+        self.line(&format!(
+            "building '{}' on '{machine}'...",
+            self.store_dir.display(drv)
+        ));
+    }
     fn log_line(&self, _drv: &StorePath, line: &str) {
         if self.logs {
             self.line(line);
         }
+    }
+    fn warn(&self, msg: &str) {
+        self.line(&format!("warning: {msg}"));
     }
     fn finished(&self, _drv: &StorePath, _result: Result<Built, &BuildFailure>) {}
 }
@@ -316,19 +333,94 @@ pub fn realise(
         Some(s) => s.clone(),
         None => Arc::new(LineReporter::new(&store, logs, checked)),
     };
+    let plan = Arc::new(plan);
+    let outcome = run_engine(settings, &store, plan.clone(), reporter, opts, local)?;
+    let plan = Arc::try_unwrap(plan).unwrap_or_else(|_| unreachable!("the scheduler has ended"));
+    if let Some(s) = status {
+        s.clear();
+    }
+    Ok((plan, Some(outcome)))
+}
+
+/// The build machines: `builders` (default `@<conf dir>/machines`, Nix's), files included
+/// with `@`, a missing file ignored as Nix ignores it.
+pub fn machines(settings: &Settings) -> Result<Vec<ferrix_build::remote::Machine>> {
+    let spec = match settings.conf.get("builders") {
+        Some(b) => b.to_owned(),
+        None => format!(
+            "@{}",
+            crate::settings::conf_dir().join("machines").display()
+        ),
+    };
+    let system = settings
+        .conf
+        .get("system")
+        .map(str::to_owned)
+        .unwrap_or_else(native_system);
+    let mut read = |f: &str| std::fs::read_to_string(f).ok();
+    Ok(ferrix_build::remote::parse_machines(
+        &spec, &system, &mut read,
+    )?)
+}
+
+/// Run `plan` on an Engine with the local executor and the remote machines, Ctrl-C stopping
+/// it cleanly (a second one exits at once).
+pub fn run_engine(
+    settings: &Settings,
+    store: &Arc<LocalStore>,
+    plan: Arc<Plan>,
+    reporter: Arc<dyn Reporter + Send + Sync>,
+    opts: ScheduleOptions,
+    local: LocalSettings,
+) -> Result<Outcome> {
     let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
-    let executor = Arc::new(LocalExecutor::new(
+    let times =
+        ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"));
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("ferrix-ssh-")
+        .tempdir()
+        .context("making a directory for ssh sockets")?;
+    let mut executors: Vec<Arc<dyn ferrix_build::Executor>> = Vec::new();
+    let machines = machines(settings)?;
+    if !machines.is_empty() {
+        let remote = ferrix_build::remote::RemoteSettings {
+            machines,
+            ssh: ferrix_store::ssh::SshConfig {
+                ssh_opts: std::env::var("NIX_SSHOPTS")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                runtime_dir: runtime_dir.path().to_owned(),
+                keepalive: 5,
+            },
+            max_silent_time: local.max_silent_time,
+            timeout: local.timeout,
+            log_dir: local.log_dir.clone(),
+            compress_log: local.compress_log,
+            backoff: Duration::from_secs(30),
+        };
+        let (ex, bad) =
+            ferrix_build::remote::RemoteExecutor::new(registry.clone(), reporter.clone(), remote);
+        for (uri, why) in bad {
+            reporter.warn(&format!("not using machine '{uri}': {why}"));
+        }
+        if !ex.is_empty() {
+            executors.push(Arc::new(ex));
+        }
+    }
+    executors.push(Arc::new(LocalExecutor::new(
         registry.clone(),
         local,
         reporter.clone(),
         Arc::new(Mutex::new(times)),
-    ));
+    )));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let plan = Arc::new(plan);
+    let store_dir = store.store_dir().clone();
     let outcome = runtime.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         // The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one exits at once.
@@ -339,27 +431,22 @@ pub fn realise(
             let _ = std::io::stderr().write_all(b"error: interrupted by the user\n");
             std::process::exit(130);
         });
-        // The scheduler runs on a worker thread, as the builds it spawns do: a build's end
+        // The Engine runs on a worker thread, as the builds it spawns do: a build's end
         // wakes it there, not across threads.
-        let p = plan.clone();
         let setup = ferrix_build::EngineSetup {
-            executors: vec![executor],
+            executors,
             registry: Some(registry),
             reporter,
             options: opts,
-            store_dir: store.store_dir().clone(),
+            store_dir,
             interrupt: rx,
         };
-        tokio::spawn(async move { ferrix_build::run(&p, setup).await })
+        tokio::spawn(async move { ferrix_build::run(&plan, setup).await })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     });
-    let plan = Arc::try_unwrap(plan).unwrap_or_else(|_| unreachable!("the scheduler has ended"));
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if let Some(s) = status {
-        s.clear();
-    }
-    Ok((plan, Some(outcome)))
+    Ok(outcome)
 }
 
 /// Repair `paths` by building their derivers again (`--repair`); without substituters that

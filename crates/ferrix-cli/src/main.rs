@@ -7,6 +7,7 @@ mod interrupt;
 mod legacy;
 mod ops;
 mod progress;
+mod serve;
 mod settings;
 mod shell;
 

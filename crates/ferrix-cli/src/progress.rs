@@ -130,6 +130,21 @@ impl Reporter for StatusReporter {
         self.draw(&mut st, &[line]);
     }
 
+    fn started_on(&self, drv: &StorePath, machine: &str) {
+        self.started(drv);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let line = format!(
+            "building '{}' on '{machine}'...",
+            self.store_dir.display(drv)
+        );
+        self.draw(&mut st, &[line]);
+    }
+
+    fn warn(&self, msg: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.draw(&mut st, &[format!("warning: {msg}")]);
+    }
+
     fn log_line(&self, drv: &StorePath, line: &str) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let name = st.names.get(drv).cloned().unwrap_or_default();

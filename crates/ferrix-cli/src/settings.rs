@@ -53,15 +53,20 @@ impl CliSetting {
     }
 }
 
+/// `$NIX_CONF_DIR`, default `/etc/nix`.
+pub fn conf_dir() -> PathBuf {
+    env("NIX_CONF_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/nix"))
+}
+
 /// The configuration, as Nix 2.8 reads it: `$NIX_CONF_DIR/nix.conf` (default `/etc/nix`),
 /// the user's files (`$NIX_USER_CONF_FILES`, or `nix/nix.conf` under `$XDG_CONFIG_HOME`
 /// (default `~/.config`) and `$XDG_CONFIG_DIRS` (default `/etc/xdg`), the first winning),
 /// `$NIX_CONFIG`, then `options` (the command line, in order). A bad value is an error naming
 /// where it was; an unknown setting is a warning, once.
 pub fn load_conf(options: &[CliSetting], shell: &mut Shell) -> Result<NixConf> {
-    let conf_dir = env("NIX_CONF_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/nix"));
+    let conf_dir = conf_dir();
     let mut conf = NixConf::default();
     conf.load(&conf_dir.join("nix.conf"))?;
     let user_files: Vec<PathBuf> = match std::env::var_os("NIX_USER_CONF_FILES") {

@@ -1,3 +1,5 @@
-//! Servers: the serve protocol (`nix-store --serve`), later the worker protocol.
+//! Servers, each generic over a handler trait so that it can be tested with scripted bytes.
 //!
-//! Empty until the remote-build issue fills it; see `ARCHITECTURE.md`.
+//! - [`serve`]: the serve protocol of `nix-store --serve [--write]` (what `ssh://` stores speak).
+
+pub mod serve;

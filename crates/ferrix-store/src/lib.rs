@@ -16,6 +16,8 @@ pub mod local;
 pub mod lock;
 pub mod path_info;
 mod place;
+pub mod serve_client;
+pub mod ssh;
 pub mod store;
 mod streams;
 pub mod temproots;

@@ -39,7 +39,8 @@ impl ValidPathInfo {
     }
 }
 
-pub(crate) fn now() -> i64 {
+/// Unix seconds now.
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

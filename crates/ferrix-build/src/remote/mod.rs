@@ -1,3 +1,474 @@
-//! Remote machines: the machines specification, and (next) the executor that builds on them.
+//! Remote machines: the machines specification, and the executor that builds on them over
+//! ssh (the serve protocol), with sessions kept per machine and reused across builds.
 
 pub mod machines;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrix_format::StorePath;
+use ferrix_store::serve_client::{BuildSettings, BuildStatus, RemoteError, ServeClient};
+use ferrix_store::ssh::{Ssh, SshConfig, SshTarget};
+use ferrix_store::LocalStore;
+
+use crate::error::BuildFailure;
+use crate::executor::{
+    BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, OfferFuture, Reporter,
+};
+use crate::log::LogWriter;
+use crate::outputs::check_outputs;
+use crate::register::Handover;
+use crate::registry::{Claim, Claimed, Registry};
+pub use machines::{parse_machines, Machine, MachineError};
+
+/// Settings of remote builds (the CLI fills them from `builders`, the machines file,
+/// `NIX_SSHOPTS` and the build options).
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub machines: Vec<Machine>,
+    pub ssh: SshConfig,
+    pub max_silent_time: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub log_dir: PathBuf,
+    pub compress_log: bool,
+    /// How long a machine that could not be reached is left alone (doubling each time).
+    pub backoff: Duration,
+}
+
+/// Builds on remote machines, each up to its max jobs.
+#[derive(Debug)]
+pub struct RemoteExecutor {
+    registry: Arc<Registry>,
+    reporter: Arc<dyn Reporter + Send + Sync>,
+    settings: RemoteSettings,
+    machines: Vec<Arc<Remote>>,
+}
+
+/// One machine and what we keep of it.
+#[derive(Debug)]
+struct Remote {
+    machine: Machine,
+    target: SshTarget,
+    ssh: Mutex<Option<Ssh>>,
+    id: usize,
+    /// Sessions not in use.
+    idle: Mutex<Vec<ServeClient>>,
+    running: AtomicUsize,
+    /// Until when it is left alone, and how often it failed.
+    down: Mutex<Option<(Instant, u32)>>,
+    reported: AtomicBool,
+    /// One upload at a time, so no path is sent twice at once.
+    upload: Mutex<()>,
+}
+
+impl Remote {
+    fn is_down(&self) -> bool {
+        let d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        d.is_some_and(|(until, _)| Instant::now() < until)
+    }
+
+    fn session(&self, store: &LocalStore, config: &SshConfig) -> Result<ServeClient, RemoteError> {
+        if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(s);
+        }
+        let mut ssh = self.ssh.lock().unwrap_or_else(|p| p.into_inner());
+        if ssh.is_none() {
+            *ssh = Some(Ssh::new(self.target.clone(), config.clone(), self.id)?);
+        }
+        let ssh = ssh.as_mut().unwrap_or_else(|| unreachable!("made above"));
+        ServeClient::start(ssh, store.store_dir().clone())
+    }
+}
+
+/// Gives a machine's job slot back when the job ends, however it ends.
+struct SlotGuard(Arc<Remote>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl RemoteExecutor {
+    /// Machines whose URI cannot be used are returned with why, to be reported.
+    pub fn new(
+        registry: Arc<Registry>,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+        settings: RemoteSettings,
+    ) -> (Self, Vec<(String, String)>) {
+        let mut bad = Vec::new();
+        let mut machines = Vec::new();
+        for (id, m) in settings.machines.iter().enumerate() {
+            match SshTarget::parse(&m.uri) {
+                Ok(mut t) if !t.ng => {
+                    if t.ssh_key.is_none() {
+                        t.ssh_key = m.ssh_key.clone();
+                    }
+                    if t.host_key.is_none() {
+                        t.host_key = m.host_key.clone();
+                    }
+                    machines.push(Arc::new(Remote {
+                        machine: m.clone(),
+                        target: t,
+                        ssh: Mutex::new(None),
+                        id,
+                        idle: Mutex::default(),
+                        running: AtomicUsize::new(0),
+                        down: Mutex::new(None),
+                        reported: AtomicBool::new(false),
+                        upload: Mutex::new(()),
+                    }))
+                }
+                Ok(_) => bad.push((
+                    m.uri.clone(),
+                    "ssh-ng:// machines are not supported yet; use ssh://".into(),
+                )),
+                Err(e) => bad.push((m.uri.clone(), e.to_string())),
+            }
+        }
+        (
+            Self {
+                registry,
+                reporter,
+                settings,
+                machines,
+            },
+            bad,
+        )
+    }
+
+    /// The machines with their state, for `ferrix machines`.
+    pub fn is_empty(&self) -> bool {
+        self.machines.is_empty()
+    }
+
+    /// The machine for `job` now: the least loaded relative to its speed among those that
+    /// fit and have a free slot (ties: the faster). `Err(true)` when some fitting machine is
+    /// busy, `Err(false)` when none fits.
+    fn choose(&self, job: &Job) -> Result<Arc<Remote>, bool> {
+        let features = job.required_features();
+        let mut best: Option<(f64, u32, &Arc<Remote>)> = None;
+        let mut busy = false;
+        for r in &self.machines {
+            if !r.machine.fits(&job.drv.platform, &features) || r.is_down() {
+                continue;
+            }
+            let load = r.running.load(Ordering::SeqCst);
+            if load >= r.machine.max_jobs {
+                busy = true;
+                continue;
+            }
+            let speed = r.machine.speed_factor;
+            let score = load as f64 / speed as f64;
+            if best.is_none_or(|(s, sp, _)| score < s || (score == s && speed > sp)) {
+                best = Some((score, speed, r));
+            }
+        }
+        match best {
+            Some((_, _, r)) => {
+                r.running.fetch_add(1, Ordering::SeqCst);
+                Ok(r.clone())
+            }
+            None => Err(busy),
+        }
+    }
+
+    /// A machine could not be reached or dropped: left alone for a while, said once.
+    fn mark_down(&self, r: &Remote, why: &str) {
+        let mut d = r.down.lock().unwrap_or_else(|p| p.into_inner());
+        let n = d.map_or(0, |(_, n)| n) + 1;
+        let wait = self.settings.backoff * 2u32.saturating_pow(n - 1).min(64);
+        *d = Some((Instant::now() + wait, n));
+        // Sessions of a machine that failed are not trusted any more.
+        r.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if !r.reported.swap(true, Ordering::SeqCst) {
+            self.reporter.warn(&format!(
+                "cannot build on '{}': {why}; not using it for {} s",
+                r.machine.uri,
+                wait.as_secs()
+            ));
+        }
+    }
+
+    async fn build_on(
+        self: Arc<Self>,
+        r: Arc<Remote>,
+        job: Arc<Job>,
+        mut cancel: Cancel,
+    ) -> Result<Built, JobError> {
+        let _slot = SlotGuard(r.clone());
+        let store = self.registry.store().clone();
+        let drv = store.print(&job.drv_path);
+        let regs = self.registry.registrations().clone();
+        // The input closure, with outputs still being registered: those must be valid here
+        // before they can be sent.
+        let closure = {
+            let (store, regs, roots) = (store.clone(), regs.clone(), job.input_roots.clone());
+            tokio::task::spawn_blocking(move || regs.closure(&store, roots))
+                .await
+                .map_err(|e| BuildFailure::Io {
+                    drv: drv.clone(),
+                    what: "computing the input closure".into(),
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|source| BuildFailure::Store {
+                    drv: drv.clone(),
+                    source,
+                })?
+        };
+        regs.wait_for(closure.iter().cloned())
+            .await
+            .map_err(|input| BuildFailure::InputUnregistered {
+                drv: drv.clone(),
+                input: store.print(&input),
+            })?;
+        let Claimed {
+            locks,
+            closure: _,
+            intent,
+            aside,
+        } = match self.registry.claim(&job, Vec::new()).await? {
+            Claim::Valid => return Ok(Built::AlreadyValid),
+            Claim::Ready(c) => *c,
+        };
+        self.reporter.started_on(&job.drv_path, &r.machine.uri);
+
+        let pid = Arc::new(Mutex::new(None::<u32>));
+        let work = {
+            let (this, r, job, store) = (self.clone(), r.clone(), job.clone(), store.clone());
+            let (closure, pid) = (closure.clone(), pid.clone());
+            tokio::task::spawn_blocking(move || this.remote_build(&r, &job, &store, &closure, &pid))
+        };
+        let result = tokio::select! {
+            res = work => res.unwrap_or_else(|e| Err(Failure::Local(BuildFailure::Io {
+                drv: drv.clone(),
+                what: "a worker thread failed".into(),
+                source: std::io::Error::other(e),
+            }))),
+            _ = cancel.wait_for(|c| *c) => {
+                // Ending the session stops the remote build: its input closes.
+                if let Some(p) = *pid.lock().unwrap_or_else(|p| p.into_inner()) {
+                    let _ = rustix::process::kill_process_group(
+                        rustix::process::Pid::from_raw(p as i32).unwrap_or_else(|| unreachable!("a child's pid is positive")),
+                        rustix::process::Signal::KILL,
+                    );
+                }
+                Err(Failure::Local(BuildFailure::Interrupted { drv: drv.clone() }))
+            }
+        };
+        let said = match result {
+            Ok(said) => said,
+            Err(f) => {
+                intent.abandon(&[]); // deletes whatever arrived of the outputs
+                aside.put_back();
+                return Err(match f {
+                    Failure::Local(f) => JobError::Failed(f),
+                    Failure::Remote(e) => {
+                        let why = crate::render_error(&e);
+                        self.mark_down(&r, &why);
+                        JobError::Lost {
+                            by: r.machine.uri.clone(),
+                            why,
+                        }
+                    }
+                });
+            }
+        };
+        // The outputs are here: checked, canonicalised and scanned as a local build's are
+        // (what the machine claims about references is not trusted), then compared with
+        // the hashes it reported.
+        let checked = {
+            let (store, job, d) = (store.clone(), job.clone(), drv.clone());
+            let known = regs.snapshot();
+            tokio::task::spawn_blocking(move || check_outputs(&store, &job, &d, closure, &known))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(BuildFailure::Io {
+                        drv: drv.clone(),
+                        what: "a worker thread failed".into(),
+                        source: std::io::Error::other(e),
+                    })
+                })
+        };
+        let infos = match checked {
+            Ok(infos) => infos,
+            Err(e) => {
+                intent.abandon(&[]);
+                aside.put_back();
+                return Err(e.into());
+            }
+        };
+        for i in &infos {
+            if let Some(h) = said.get(&i.path) {
+                if *h != i.nar_hash {
+                    intent.abandon(&[]);
+                    aside.put_back();
+                    return Err(BuildFailure::RemoteMismatch {
+                        drv,
+                        machine: r.machine.uri.clone(),
+                        path: store.print(&i.path),
+                        said: h.encode_typed(ferrix_format::Encoding::Nix32),
+                        got: i.nar_hash.encode_typed(ferrix_format::Encoding::Nix32),
+                    }
+                    .into());
+                }
+            }
+        }
+        self.registry.hand_over(Handover {
+            drv_path: job.drv_path.clone(),
+            drv,
+            infos,
+            intent,
+            locks,
+            replaced: aside.intent,
+            build_dir: None,
+        });
+        Ok(Built::Built)
+    }
+
+    /// On a blocking thread: copy what the machine lacks, build there, copy the outputs
+    /// back to their places. The NAR hashes the machine reports, by output.
+    fn remote_build(
+        &self,
+        r: &Remote,
+        job: &Job,
+        store: &LocalStore,
+        closure: &BTreeSet<StorePath>,
+        pid: &Mutex<Option<u32>>,
+    ) -> Result<BTreeMap<StorePath, ferrix_format::Hash>, Failure> {
+        let drv = store.print(&job.drv_path);
+        let mut s = r
+            .session(store, &self.settings.ssh)
+            .map_err(Failure::Remote)?;
+        *pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.pid());
+        {
+            let _one = r.upload.lock().unwrap_or_else(|p| p.into_inner());
+            let have = s.query_valid(closure).map_err(Failure::Remote)?;
+            let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
+            s.import_paths(store, &missing).map_err(Failure::Remote)?;
+        }
+        // The log, kept here as a local build's is.
+        let log = crate::log::log_path(
+            &self.settings.log_dir,
+            &job.drv_path,
+            self.settings.compress_log,
+        );
+        let writer =
+            LogWriter::create(&log, self.settings.compress_log).map_err(|(what, source)| {
+                Failure::Local(BuildFailure::Io {
+                    drv: drv.clone(),
+                    what: what.into(),
+                    source,
+                })
+            })?;
+        let writer = Arc::new(Mutex::new(Some(writer)));
+        {
+            let (w, reporter, d) = (writer.clone(), self.reporter.clone(), job.drv_path.clone());
+            s.set_log_sink(Some(Box::new(move |line: &str| {
+                if let Some(w) = w.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    w.write(line.as_bytes());
+                    w.write(b"\n");
+                }
+                reporter.log_line(&d, line);
+            })));
+        }
+        // The machine needs no input derivations: their outputs are in the closure.
+        let mut basic = job.drv.clone();
+        if !basic.input_drvs.is_empty() {
+            basic.input_drvs.clear();
+            basic.input_srcs = closure.clone();
+        }
+        let secs = |d: Option<Duration>| d.map_or(0, |d| d.as_secs());
+        let settings = BuildSettings {
+            max_silent_time: secs(self.settings.max_silent_time),
+            build_timeout: secs(self.settings.timeout),
+            ..BuildSettings::default()
+        };
+        let res = s.build_derivation(&job.drv_path, &basic, settings);
+        s.set_log_sink(None);
+        if let Some(w) = writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            w.finish();
+        }
+        let res = res.map_err(Failure::Remote)?;
+        if !matches!(
+            res.status,
+            BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted
+        ) {
+            let tail: Vec<String> = crate::log::read_log(&self.settings.log_dir, &job.drv_path)
+                .ok()
+                .flatten()
+                .map(|l| {
+                    let text = String::from_utf8_lossy(&l).into_owned();
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[lines.len().saturating_sub(10)..]
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            r.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+            return Err(Failure::Local(BuildFailure::Remote {
+                drv,
+                machine: r.machine.uri.clone(),
+                msg: res.error_msg,
+                tail,
+                timed_out: res.status == BuildStatus::TimedOut,
+            }));
+        }
+        let outs: BTreeSet<StorePath> = job.outputs.values().cloned().collect();
+        let infos = s.query_path_infos(&outs).map_err(Failure::Remote)?;
+        let mut said = BTreeMap::new();
+        for i in infos {
+            if let Some(h) = i.nar_hash {
+                said.insert(i.path.clone(), h);
+            }
+        }
+        for p in &outs {
+            if !said.contains_key(p) {
+                // Not valid there after a successful build: the output check says so.
+                continue;
+            }
+            s.dump_to(p, &store.real_path(p)).map_err(Failure::Remote)?;
+        }
+        r.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        Ok(said)
+    }
+}
+
+enum Failure {
+    /// The build failed (there or here): a build failure.
+    Local(BuildFailure),
+    /// The machine or the connection failed: the job is lost and goes elsewhere.
+    Remote(RemoteError),
+}
+
+impl Executor for RemoteExecutor {
+    fn name(&self) -> &str {
+        "remote machines"
+    }
+
+    fn capacity(&self) -> usize {
+        self.machines.iter().map(|r| r.machine.max_jobs).sum()
+    }
+
+    fn could_build(&self, job: &Job) -> bool {
+        let features = job.required_features();
+        self.machines
+            .iter()
+            .any(|r| r.machine.fits(&job.drv.platform, &features) && !r.is_down())
+    }
+
+    fn offer(self: Arc<Self>, job: Arc<Job>, ctx: OfferContext, cancel: Cancel) -> OfferFuture {
+        let answer = match self.choose(&job) {
+            Ok(r) => Offer::Accept(Box::pin(self.build_on(r, job, cancel)) as BuildFuture),
+            // Busy machines: build here if here is free, else wait for one.
+            Err(true) if ctx.local_free && ctx.local_possible => Offer::Decline,
+            Err(true) => Offer::Postpone,
+            Err(false) => Offer::Decline,
+        };
+        Box::pin(std::future::ready(answer))
+    }
+}

@@ -65,6 +65,7 @@ enum Op {
     ReadLog,
     RepairPath,
     CheckValidity,
+    Serve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut dry_run = false;
     let mut check = false;
     let mut print_invalid = false;
+    let mut serve_write = false;
     let mut quiet = false;
     let mut options: Vec<CliSetting> = Vec::new();
     let set = |op: &mut Option<Op>, new: Op| -> Result<()> {
@@ -151,6 +153,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--verify-path" => set(&mut op, Op::VerifyPath)?,
             "--export" => set(&mut op, Op::Export)?,
             "--import" => set(&mut op, Op::Import)?,
+            "--serve" => set(&mut op, Op::Serve)?,
+            "--write" => serve_write = true,
             "--dump-db" => set(&mut op, Op::DumpDb)?,
             "--load-db" => set(&mut op, Op::LoadDb)?,
             "--delete" => set(&mut op, Op::Delete)?,
@@ -352,6 +356,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         Op::VerifyPath => {
             let paths = ops::resolve_all(&store, &strs(&operands))?;
             return ops::verify(&store, true, None, Some(&paths), shell);
+        }
+        Op::Serve => {
+            crate::serve::serve(&settings, store.clone(), serve_write)?;
         }
         Op::CheckValidity => {
             for a in strs(&operands) {

@@ -1,0 +1,137 @@
+//! Remote builds with real Nix on the other side, both ways, over `ssh://localhost`, which
+//! Nix and Ferrix both run here without ssh: the machine is a chroot store of its own, so
+//! every input and output travels over the serve protocol.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{ok, Links, Nix};
+
+const EXPR: &str = r#"
+let
+  dep = derivation { name = "dep"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = ["-c" "echo dep > $out; echo building-dep"]; };
+in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = ["-c" "echo top > $out; /bin/cat ${dep} >> $out; echo ${dep} >> $out; echo log-from-top"]; }
+"#;
+
+/// A machine's chroot store is built in through the sandbox (Nix and Ferrix both turn it on
+/// for such a store): it needs the host's shell and libraries.
+fn allow_host_tools(nix: &Nix) {
+    let paths: Vec<&str> = ["/bin", "/usr", "/lib", "/lib64"]
+        .into_iter()
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    let conf = nix.root.path().join("etc/nix.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text += &format!("sandbox-paths = {}\n", paths.join(" "));
+    fs::write(conf, text).unwrap();
+}
+
+fn text(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap()
+}
+
+#[test]
+fn a_real_nix_master_builds_on_a_ferrix_machine() {
+    let Some(nix) = Nix::new() else { return };
+    allow_host_tools(&nix);
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.nix");
+    fs::write(&file, EXPR).unwrap();
+    let machine = dir.path().join("machine");
+    let uri = format!(
+        "ssh://localhost?remote-program={}&remote-store={}",
+        links.dir.path().join("nix-store").display(),
+        machine.display()
+    );
+    let out = nix
+        .cmd("nix-build")
+        .args(["-j0", "--no-out-link", "--builders"])
+        .arg(format!("{uri} - - 1 1"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Both were built there: the master's log shows the machine's build output.
+    assert!(
+        err.contains("building-dep") && err.contains("log-from-top"),
+        "{err}"
+    );
+    let top = text(out.stdout).trim().to_owned();
+    assert!(fs::read_to_string(&top).unwrap().starts_with("top\ndep\n"));
+    // The machine has the outputs in its own store, registered.
+    let name = Path::new(&top).file_name().unwrap();
+    let on_machine = machine.join("nix/store").join(name);
+    assert_eq!(
+        fs::read_to_string(&on_machine).unwrap(),
+        fs::read_to_string(&top).unwrap()
+    );
+    // And the master's copy is sound.
+    ok(nix.cmd("nix-store").arg("--verify-path").arg(&top));
+}
+
+#[test]
+fn a_ferrix_master_builds_on_a_real_nix_machine() {
+    let Some(nix) = Nix::new() else { return };
+    allow_host_tools(&nix);
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.nix");
+    fs::write(&file, EXPR).unwrap();
+    let drv = text(ok(nix.cmd("nix-instantiate").arg(&file)))
+        .trim()
+        .to_owned();
+    let machine = dir.path().join("machine");
+    let uri = format!("ssh://localhost?remote-store={}", machine.display());
+    let mut c = std::process::Command::new(links.dir.path().join("nix-store"));
+    nix.isolate(&mut c);
+    // `nix-store` on the machine's side is real Nix's: the links must not come first.
+    c.env("PATH", "/usr/bin:/bin");
+    let out = c
+        .args(["-r", &drv, "-j0", "--option", "builders"])
+        .arg(format!("{uri} - - 1 1"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("on '{uri}'")) && err.contains("log-from-top"),
+        "{err}"
+    );
+    let top = text(out.stdout).trim().to_owned();
+    assert!(fs::read_to_string(&top).unwrap().starts_with("top\ndep\n"));
+    // Registered here with the right hash, size and references, as real Nix sees it.
+    ok(nix.cmd("nix-store").arg("--verify-path").arg(&top));
+    let refs = text(ok(nix
+        .cmd("nix-store")
+        .args(["-q", "--references"])
+        .arg(&top)));
+    assert!(refs.contains("-dep"), "{refs}");
+    // The build log is kept here.
+    let log = nix.cmd("nix-store").arg("-l").arg(&drv).output().unwrap();
+    let files: Vec<_> = walk(&nix.root.path().join("log"));
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains("log-from-top"),
+        "{log:?} {files:?}"
+    );
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,23 @@
+//! Nix's wire encoding and the messages of its two protocols.
+//!
+//! - [`wire`]: numbers, padded strings, lists and sets, store paths, framed streams, with a
+//!   [`Limits`] check on every length read from a peer before anything is allocated;
+//! - [`serve`]: the serve protocol of `nix-store --serve` (what `ssh://` stores speak),
+//!   versions 2.5 to 2.8;
+//! - [`worker`]: the worker protocol of `nix-daemon` and `ssh-ng://` (constants and the
+//!   handshake for now);
+//! - [`derivation`]: the `BasicDerivation` both protocols send.
+//!
+//! Pure and synchronous: every function works on the [`std::io::Read`] or [`std::io::Write`]
+//! it is given, keeps no state of its own and never panics, whatever the bytes; a bad stream is
+//! a typed [`WireError`] that says what was being read.
+
+pub mod derivation;
+mod json;
+pub mod serve;
+mod version;
+pub mod wire;
+pub mod worker;
+
+pub use version::Version;
+pub use wire::{Limits, WireError};

@@ -1,0 +1,362 @@
+//! The client side of the serve protocol (`ssh://` stores): one session with a remote
+//! `nix-store --serve --write`, its standard error always drained (the remote build log
+//! arrives there, and a full pipe would stop the remote build: NixOS/nix#16437).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use ferrix_format::{Derivation, StoreDir, StorePath};
+use ferrix_protocol::serve::{
+    self, BuildDerivation, BuildResult, DumpStorePath, PathInfoEntry, QueryPathInfos,
+    QueryValidPaths, Request,
+};
+use ferrix_protocol::wire::{Limits, WireError};
+use ferrix_protocol::Version;
+use thiserror::Error;
+
+pub use ferrix_protocol::serve::{BuildSettings, BuildStatus};
+
+use crate::ssh::{Ssh, SshError};
+use crate::{LocalStore, StoreError};
+
+/// Where a remote's log lines go (the build that runs there now), if anywhere.
+pub type LogSink = Box<dyn FnMut(&str) + Send>;
+
+/// How many of the remote's last stderr lines are kept for error messages.
+const TAIL: usize = 20;
+
+/// What went wrong talking to a machine; every variant names it.
+#[derive(Debug, Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("cannot talk to '{uri}'{}", tail_note(.tail))]
+    Protocol {
+        uri: String,
+        tail: Vec<String>,
+        #[source]
+        source: Box<WireError>,
+    },
+    #[error("cannot send to '{uri}' while {what}{}", tail_note(.tail))]
+    Send {
+        uri: String,
+        what: &'static str,
+        tail: Vec<String>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("'{uri}' answered with path '{path}', which was not asked for")]
+    Unasked { uri: String, path: String },
+    #[error("cannot copy '{path}' from '{uri}'")]
+    Restore {
+        uri: String,
+        path: String,
+        #[source]
+        source: Box<ferrix_format::nar::RestoreError>,
+    },
+    #[error("{what} for '{uri}'")]
+    Store {
+        uri: String,
+        what: &'static str,
+        #[source]
+        source: Box<StoreError>,
+    },
+}
+
+fn tail_note(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; it said:\n{}", tail.join("\n"))
+    }
+}
+
+impl RemoteError {
+    /// The connection itself failed (a dead machine or network), as opposed to a refusal.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::Ssh(_) | Self::Protocol { .. } | Self::Send { .. }
+        )
+    }
+}
+
+#[derive(Default)]
+struct Tap {
+    sink: Option<LogSink>,
+    tail: VecDeque<String>,
+}
+
+/// One session with a remote `nix-store --serve --write`.
+pub struct ServeClient {
+    uri: String,
+    child: Child,
+    r: BufReader<ChildStdout>,
+    w: BufWriter<ChildStdin>,
+    version: Version,
+    store_dir: StoreDir,
+    limits: Limits,
+    tap: Arc<Mutex<Tap>>,
+    drain: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeClient")
+            .field("uri", &self.uri)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeClient {
+    /// Start a session: the remote program over ssh, and the greeting.
+    pub fn start(ssh: &mut Ssh, store_dir: StoreDir) -> Result<Self, RemoteError> {
+        let uri = ssh.target().uri.clone();
+        let mut child = ssh.spawn_session()?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            unreachable!("the session's standard streams are piped")
+        };
+        let tap: Arc<Mutex<Tap>> = Arc::default();
+        let t = tap.clone();
+        let drain = std::thread::Builder::new()
+            .name("remote-log".into())
+            .spawn(move || {
+                let mut r = BufReader::new(stderr);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match r.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end_matches(['\n', '\r']);
+                    let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+                    if t.tail.len() == TAIL {
+                        t.tail.pop_front();
+                    }
+                    t.tail.push_back(text.to_owned());
+                    if let Some(s) = &mut t.sink {
+                        s(text);
+                    }
+                }
+            })
+            .ok();
+        let mut c = Self {
+            uri,
+            child,
+            r: BufReader::with_capacity(256 << 10, stdout),
+            w: BufWriter::with_capacity(256 << 10, stdin),
+            version: serve::SERVE_PROTOCOL_VERSION,
+            store_dir,
+            limits: Limits::default(),
+            tap,
+            drain,
+        };
+        c.version = serve::client_handshake(&mut c.r, &mut c.w, serve::SERVE_PROTOCOL_VERSION)
+            .map_err(|e| c.protocol(e))?;
+        Ok(c)
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Send the remote's stderr lines to `sink` from now on (`None`: only keep the tail).
+    pub fn set_log_sink(&self, sink: Option<LogSink>) {
+        self.tap.lock().unwrap_or_else(|p| p.into_inner()).sink = sink;
+    }
+
+    /// The remote's last stderr lines.
+    pub fn tail(&self) -> Vec<String> {
+        let t = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+        t.tail.iter().cloned().collect()
+    }
+
+    fn protocol(&mut self, source: WireError) -> RemoteError {
+        // The remote's last words explain a dropped session; give its stderr a moment.
+        if source.is_eof() {
+            let _ = self.child.wait();
+            if let Some(d) = self.drain.take() {
+                let _ = d.join();
+            }
+        }
+        RemoteError::Protocol {
+            uri: self.uri.clone(),
+            tail: self.tail(),
+            source: Box::new(source),
+        }
+    }
+
+    fn send(&mut self, what: &'static str, req: &Request) -> Result<(), RemoteError> {
+        let sd = self.store_dir.clone();
+        let r =
+            serve::write_request(&mut self.w, self.version, &sd, req).and_then(|()| self.w.flush());
+        r.map_err(|source| RemoteError::Send {
+            uri: self.uri.clone(),
+            what,
+            tail: self.tail(),
+            source,
+        })
+    }
+
+    /// Which of `paths` the machine has.
+    pub fn query_valid(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, RemoteError> {
+        self.send(
+            "asking which paths it has",
+            &Request::QueryValidPaths(QueryValidPaths {
+                lock: false,
+                substitute: false,
+                paths: paths.clone(),
+            }),
+        )?;
+        let sd = self.store_dir.clone();
+        let got = ferrix_protocol::wire::read_store_path_set(
+            &mut self.r,
+            &sd,
+            &self.limits,
+            "valid paths",
+        )
+        .map_err(|e| self.protocol(e))?;
+        if let Some(p) = got.iter().find(|p| !paths.contains(*p)) {
+            return Err(RemoteError::Unasked {
+                uri: self.uri.clone(),
+                path: sd.display(p),
+            });
+        }
+        Ok(got)
+    }
+
+    /// What the machine records about `paths` (the valid ones).
+    pub fn query_path_infos(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<Vec<PathInfoEntry>, RemoteError> {
+        self.send(
+            "asking about paths",
+            &Request::QueryPathInfos(QueryPathInfos {
+                paths: paths.clone(),
+            }),
+        )?;
+        let sd = self.store_dir.clone();
+        let infos = serve::read_path_infos(&mut self.r, self.version, &sd, &self.limits)
+            .map_err(|e| self.protocol(e))?;
+        if let Some(i) = infos.iter().find(|i| !paths.contains(&i.path)) {
+            return Err(RemoteError::Unasked {
+                uri: self.uri.clone(),
+                path: sd.display(&i.path),
+            });
+        }
+        Ok(infos)
+    }
+
+    /// Send `paths` (valid here, a closure in dependency order or not) as one export
+    /// stream; the machine imports them.
+    pub fn import_paths(
+        &mut self,
+        store: &LocalStore,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<(), RemoteError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        self.send("copying paths", &Request::ImportPaths)?;
+        let uri = self.uri.clone();
+        match crate::export::export_paths(store, paths, &mut self.w) {
+            Ok(()) => {}
+            // A write that failed is the connection; anything else is our store.
+            Err(StoreError::ExportWrite(source)) => {
+                return Err(RemoteError::Send {
+                    uri,
+                    what: "copying paths",
+                    tail: self.tail(),
+                    source,
+                })
+            }
+            Err(source) => {
+                return Err(RemoteError::Store {
+                    uri,
+                    what: "exporting paths",
+                    source: Box::new(source),
+                })
+            }
+        }
+        self.w.flush().map_err(|source| RemoteError::Send {
+            uri: self.uri.clone(),
+            what: "copying paths",
+            tail: self.tail(),
+            source,
+        })?;
+        serve::read_ok(&mut self.r, "the answer to an import").map_err(|e| self.protocol(e))
+    }
+
+    /// Build `drv` there (its inputs must be valid there), streaming its log to the sink.
+    pub fn build_derivation(
+        &mut self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        settings: BuildSettings,
+    ) -> Result<BuildResult, RemoteError> {
+        self.send(
+            "starting a build",
+            &Request::BuildDerivation(BuildDerivation {
+                drv_path: drv_path.clone(),
+                drv: drv.clone(),
+                settings,
+            }),
+        )?;
+        let sd = self.store_dir.clone();
+        serve::read_build_result(&mut self.r, self.version, &sd, &self.limits)
+            .map_err(|e| self.protocol(e))
+    }
+
+    /// Copy `path` from the machine to `target` (which must not exist).
+    pub fn dump_to(&mut self, path: &StorePath, target: &Path) -> Result<u64, RemoteError> {
+        self.send(
+            "asking for a path",
+            &Request::DumpStorePath(DumpStorePath { path: path.clone() }),
+        )?;
+        ferrix_format::nar::restore_prefix(&mut self.r, target).map_err(|source| {
+            RemoteError::Restore {
+                uri: self.uri.clone(),
+                path: self.store_dir.display(path),
+                source: Box::new(source),
+            }
+        })
+    }
+
+    /// The process of the session (its own process group).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// End the session now (an interrupt): the remote program sees its input close and its
+    /// process here is killed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for ServeClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = self.drain.take() {
+            let _ = d.join();
+        }
+    }
+}
