@@ -95,6 +95,12 @@ pub enum BuildFailure {
         #[source]
         source: std::io::Error,
     },
+    #[error("{drv}: registering the outputs")]
+    Registration {
+        drv: String,
+        #[source]
+        source: std::sync::Arc<StoreError>,
+    },
     #[error("{drv}")]
     Store {
         drv: String,

@@ -129,9 +129,6 @@ pub struct OfferContext {
 /// scheduler asks them in turn (delegating ones first, the local one last, unless the job
 /// prefers a local build) and counts each one's running jobs against its capacity.
 pub trait Executor: Send + Sync + std::fmt::Debug {
-    /// A short name for messages (`local`, a hook's program, `remote machines`).
-    fn name(&self) -> &str;
-
     /// How many jobs it runs at once (`max-jobs` for the local builder, the sum of the
     /// machines' max jobs for remote ones). It is offered jobs only below it.
     fn capacity(&self) -> usize;

@@ -126,10 +126,6 @@ impl LocalExecutor {
 }
 
 impl Executor for LocalExecutor {
-    fn name(&self) -> &str {
-        "local"
-    }
-
     fn capacity(&self) -> usize {
         self.settings.max_jobs
     }
@@ -151,7 +147,7 @@ impl Executor for LocalExecutor {
 }
 
 /// Run blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     drv: &str,
     f: impl FnOnce() -> Result<T, BuildFailure> + Send + 'static,
 ) -> Result<T, BuildFailure> {

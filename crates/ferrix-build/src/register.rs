@@ -251,19 +251,22 @@ impl Registrations {
                         }
                         batch.push((intent, infos));
                     }
-                    store2
-                        .register_outputs_batch(batch)
-                        .map_err(|e| e.to_string())
+                    store2.register_outputs_batch(batch)
                 })
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .unwrap_or_else(|e| match e.try_into_panic() {
+                    Ok(p) => std::panic::resume_unwind(p),
+                    // Cancelled: the runtime is going down.
+                    Err(_) => Err(StoreError::Interrupted),
+                });
                 if let Err(why) = result {
+                    // One failed transaction fails every build in it.
+                    let why = Arc::new(why);
                     for (held, failure) in ends.iter_mut().filter(|(_, f)| f.is_none()) {
                         failed.extend(held.paths.iter().cloned());
-                        *failure = Some(BuildFailure::Io {
+                        *failure = Some(BuildFailure::Registration {
                             drv: held.drv.clone(),
-                            what: "registering the outputs".into(),
-                            source: std::io::Error::other(why.clone()),
+                            source: why.clone(),
                         });
                     }
                 }

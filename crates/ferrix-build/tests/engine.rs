@@ -141,9 +141,6 @@ fn job_name(j: &Job) -> String {
 }
 
 impl Executor for Fake {
-    fn name(&self) -> &str {
-        &self.name
-    }
     fn capacity(&self) -> usize {
         self.capacity
     }
@@ -304,9 +301,6 @@ async fn a_job_lost_again_and_again_fails_naming_who_lost_it() {
     #[derive(Debug)]
     struct AlwaysLose(Arc<Fake>);
     impl Executor for AlwaysLose {
-        fn name(&self) -> &str {
-            "flaky"
-        }
         fn capacity(&self) -> usize {
             1
         }

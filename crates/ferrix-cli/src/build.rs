@@ -288,8 +288,7 @@ pub fn realise(
         dry_run,
         mode,
     } = mode;
-    let times =
-        ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"));
+    let times = build_times(&store);
     let plan = ferrix_build::plan_builds(&store, wanted, &times, mode)?;
     if !plan.nodes.is_empty() && mode == ferrix_build::BuildMode::Normal {
         let n = plan.nodes.len();
@@ -334,7 +333,7 @@ pub fn realise(
         None => Arc::new(LineReporter::new(&store, logs, checked)),
     };
     let plan = Arc::new(plan);
-    let outcome = run_engine(settings, &store, plan.clone(), reporter, opts, local)?;
+    let outcome = run_engine(settings, &store, plan.clone(), reporter, opts, local, times)?;
     let plan = Arc::try_unwrap(plan).unwrap_or_else(|_| unreachable!("the scheduler has ended"));
     if let Some(s) = status {
         s.clear();
@@ -363,6 +362,11 @@ pub fn machines(settings: &Settings) -> Result<Vec<ferrix_build::remote::Machine
     )?)
 }
 
+/// The remembered build times of this store (what plans are prioritised by).
+pub fn build_times(store: &LocalStore) -> ferrix_build::BuildTimes {
+    ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"))
+}
+
 /// Run `plan` on an Engine with the local executor and the remote machines, Ctrl-C stopping
 /// it cleanly (a second one exits at once).
 pub fn run_engine(
@@ -372,10 +376,9 @@ pub fn run_engine(
     reporter: Arc<dyn Reporter + Send + Sync>,
     opts: ScheduleOptions,
     local: LocalSettings,
+    times: ferrix_build::BuildTimes,
 ) -> Result<Outcome> {
     let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
-    let times =
-        ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"));
     let runtime_dir = tempfile::Builder::new()
         .prefix("ferrix-ssh-")
         .tempdir()

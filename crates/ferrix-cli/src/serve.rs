@@ -86,7 +86,12 @@ fn result_of(outcome: &ferrix_build::Outcome, jobs: &[Arc<Job>]) -> BuildResult 
 }
 
 impl Handler<'_> {
-    fn run(&self, plan: Plan, settings: &BuildSettings) -> Result<BuildResult> {
+    fn run(
+        &self,
+        plan: Plan,
+        settings: &BuildSettings,
+        times: ferrix_build::BuildTimes,
+    ) -> Result<BuildResult> {
         let jobs: Vec<Arc<Job>> = plan.nodes.iter().map(|n| n.job.clone()).collect();
         if plan.nodes.is_empty() {
             return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
@@ -109,6 +114,7 @@ impl Handler<'_> {
             Arc::new(StderrLog),
             opts,
             local,
+            times,
         )?;
         Ok(result_of(&outcome, &jobs))
     }
@@ -177,16 +183,10 @@ impl ServeHandler for Handler<'_> {
         for p in paths {
             wanted.push(crate::build::parse_installable(&self.store, p)?);
         }
-        let times = ferrix_build::BuildTimes::open(
-            &self
-                .store
-                .config()
-                .state_dir
-                .join("ferrix/build-times.sqlite"),
-        );
+        let times = crate::build::build_times(&self.store);
         let plan = ferrix_build::plan_builds(&self.store, &wanted, &times, BuildMode::Normal)
             .context("planning the build")?;
-        Ok(self.run(plan, settings)?)
+        Ok(self.run(plan, settings, times)?)
     }
 
     fn build_derivation(
@@ -241,8 +241,7 @@ impl ServeHandler for Handler<'_> {
                 priority: 1.0,
             }],
         };
-        let r = self.run(plan, settings)?;
-        Ok(r)
+        Ok(self.run(plan, settings, crate::build::build_times(&self.store))?)
     }
 
     fn query_closure(

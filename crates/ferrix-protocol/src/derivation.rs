@@ -13,8 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
-use ferrix_format::content_address::FileIngestionMethod;
-use ferrix_format::hash::{Hash, HashAlgo};
+use ferrix_format::derivation::OutputFieldsError;
 use ferrix_format::{Derivation, DerivationOutput, StoreDir};
 
 use crate::wire::{
@@ -24,25 +23,7 @@ use crate::wire::{
 
 /// The path, hash algorithm and hash strings of an output, as Nix writes them.
 pub fn output_to_wire(store_dir: &StoreDir, out: &DerivationOutput) -> (String, String, String) {
-    match out {
-        DerivationOutput::InputAddressed(p) => (store_dir.display(p), String::new(), String::new()),
-        DerivationOutput::CaFixed { method, hash, path } => (
-            store_dir.display(path),
-            format!("{}{}", method.prefix(), hash.algo()),
-            hash.to_base16(),
-        ),
-        DerivationOutput::CaFloating { method, algo } => (
-            String::new(),
-            format!("{}{algo}", method.prefix()),
-            String::new(),
-        ),
-        DerivationOutput::Deferred => (String::new(), String::new(), String::new()),
-        DerivationOutput::Impure { method, algo } => (
-            String::new(),
-            format!("{}{algo}", method.prefix()),
-            "impure".to_owned(),
-        ),
-    }
+    out.to_fields(store_dir)
 }
 
 /// An output from its three strings, by the rules of `.drv` files.
@@ -54,55 +35,28 @@ pub fn output_from_wire(
 ) -> Result<DerivationOutput, WireError> {
     const WHAT: &str = "output of a derivation";
     let parse_path =
-        |path: String| parse_store_path(store_dir, path, "output path of a derivation");
-    if algo.is_empty() {
-        if !hash.is_empty() {
-            return Err(WireError::unexpected(
-                WHAT,
-                format_args!("a hash '{hash}' without a hash algorithm"),
-            ));
+        |p: &str| parse_store_path(store_dir, p.to_owned(), "output path of a derivation");
+    DerivationOutput::from_fields(&path, algo, hash, parse_path).map_err(|e| match e {
+        OutputFieldsError::Path(e) => e,
+        OutputFieldsError::HashWithoutAlgo => WireError::unexpected(
+            WHAT,
+            format_args!("a hash '{hash}' without a hash algorithm"),
+        ),
+        OutputFieldsError::PathWithoutHash => {
+            WireError::unexpected(WHAT, format_args!("a path '{path}' but no fixed hash"))
         }
-        return Ok(if path.is_empty() {
-            DerivationOutput::Deferred
-        } else {
-            DerivationOutput::InputAddressed(parse_path(path)?)
-        });
-    }
-    let (method, name) = match algo.strip_prefix("r:") {
-        Some(a) => (FileIngestionMethod::Recursive, a),
-        None => (FileIngestionMethod::Flat, algo),
-    };
-    let a: HashAlgo = name
-        .parse()
-        .map_err(|_| WireError::unexpected("hash algorithm of a derivation output", algo))?;
-    if hash == "impure" && path.is_empty() {
-        Ok(DerivationOutput::Impure { method, algo: a })
-    } else if hash.is_empty() {
-        if !path.is_empty() {
-            return Err(WireError::unexpected(
-                WHAT,
-                format_args!("a path '{path}' but no fixed hash"),
-            ));
+        OutputFieldsError::HashWithoutPath => {
+            WireError::unexpected(WHAT, format_args!("a fixed hash '{hash}' but no path"))
         }
-        Ok(DerivationOutput::CaFloating { method, algo: a })
-    } else {
-        let h = Hash::decode_digits(a, hash).map_err(|source| WireError::BadHash {
+        OutputFieldsError::Algo => {
+            WireError::unexpected("hash algorithm of a derivation output", algo)
+        }
+        OutputFieldsError::Hash(source) => WireError::BadHash {
             what: "fixed hash of a derivation output",
             text: hash.to_owned(),
             source,
-        })?;
-        if path.is_empty() {
-            return Err(WireError::unexpected(
-                WHAT,
-                format_args!("a fixed hash '{hash}' but no path"),
-            ));
-        }
-        Ok(DerivationOutput::CaFixed {
-            method,
-            hash: h,
-            path: parse_path(path)?,
-        })
-    }
+        },
+    })
 }
 
 /// Write `drv` as a `BasicDerivation` (its `input_drvs` are not sent).
@@ -185,6 +139,8 @@ pub fn read_basic_derivation<R: Read + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrix_format::content_address::FileIngestionMethod;
+    use ferrix_format::hash::{Hash, HashAlgo};
     use std::collections::BTreeSet;
 
     fn dir() -> StoreDir {

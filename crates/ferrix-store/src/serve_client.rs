@@ -165,14 +165,6 @@ impl ServeClient {
         Ok(c)
     }
 
-    pub fn uri(&self) -> &str {
-        &self.uri
-    }
-
-    pub fn version(&self) -> Version {
-        self.version
-    }
-
     /// Send the remote's stderr lines to `sink` from now on (`None`: only keep the tail).
     pub fn set_log_sink(&self, sink: Option<LogSink>) {
         self.tap.lock().unwrap_or_else(|p| p.into_inner()).sink = sink;
@@ -342,12 +334,6 @@ impl ServeClient {
     /// The process of the session (its own process group).
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// End the session now (an interrupt): the remote program sees its input close and its
-    /// process here is killed.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
     }
 }
 

@@ -5,7 +5,7 @@
 //! test suite expects.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use thiserror::Error;
@@ -316,11 +316,6 @@ impl Ssh {
             .into(),
             source,
         })
-    }
-
-    /// The master socket, while it exists.
-    pub fn socket(&self) -> Option<&Path> {
-        self.master.as_ref().map(|_| self.socket.as_path())
     }
 }
 

@@ -140,7 +140,7 @@ impl RemoteExecutor {
         )
     }
 
-    /// The machines with their state, for `ferrix machines`.
+    /// Whether no machine could be used.
     pub fn is_empty(&self) -> bool {
         self.machines.is_empty()
     }
@@ -203,37 +203,25 @@ impl RemoteExecutor {
         let store = self.registry.store().clone();
         let drv = store.print(&job.drv_path);
         let regs = self.registry.registrations().clone();
-        // The input closure, with outputs still being registered: those must be valid here
-        // before they can be sent.
-        let closure = {
-            let (store, regs, roots) = (store.clone(), regs.clone(), job.input_roots.clone());
-            tokio::task::spawn_blocking(move || regs.closure(&store, roots))
-                .await
-                .map_err(|e| BuildFailure::Io {
-                    drv: drv.clone(),
-                    what: "computing the input closure".into(),
-                    source: std::io::Error::other(e),
-                })?
-                .map_err(|source| BuildFailure::Store {
-                    drv: drv.clone(),
-                    source,
-                })?
-        };
-        regs.wait_for(closure.iter().cloned())
-            .await
-            .map_err(|input| BuildFailure::InputUnregistered {
-                drv: drv.clone(),
-                input: store.print(&input),
-            })?;
         let Claimed {
             locks,
-            closure: _,
+            closure,
             intent,
             aside,
         } = match self.registry.claim(&job, Vec::new()).await? {
             Claim::Valid => return Ok(Built::AlreadyValid),
             Claim::Ready(c) => *c,
         };
+        // Inputs still being registered must be valid here before they can be sent.
+        if let Err(input) = regs.wait_for(closure.iter().cloned()).await {
+            intent.abandon(&[]);
+            aside.put_back();
+            return Err(BuildFailure::InputUnregistered {
+                drv,
+                input: store.print(&input),
+            }
+            .into());
+        }
         self.reporter.started_on(&job.drv_path, &r.machine.uri);
 
         let pid = Arc::new(Mutex::new(None::<u32>));
@@ -283,15 +271,10 @@ impl RemoteExecutor {
         let checked = {
             let (store, job, d) = (store.clone(), job.clone(), drv.clone());
             let known = regs.snapshot();
-            tokio::task::spawn_blocking(move || check_outputs(&store, &job, &d, closure, &known))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(BuildFailure::Io {
-                        drv: drv.clone(),
-                        what: "a worker thread failed".into(),
-                        source: std::io::Error::other(e),
-                    })
-                })
+            crate::local::blocking(&drv, move || {
+                check_outputs(&store, &job, &d, closure, &known)
+            })
+            .await
         };
         let infos = match checked {
             Ok(infos) => infos,
@@ -446,10 +429,6 @@ enum Failure {
 }
 
 impl Executor for RemoteExecutor {
-    fn name(&self) -> &str {
-        "remote machines"
-    }
-
     fn capacity(&self) -> usize {
         self.machines.iter().map(|r| r.machine.max_jobs).sum()
     }

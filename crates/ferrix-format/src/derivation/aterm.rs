@@ -4,9 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use super::{Derivation, DerivationOutput};
-use crate::content_address::FileIngestionMethod;
-use crate::hash::{Hash, HashAlgo};
+use super::{Derivation, DerivationOutput, OutputFieldsError};
 use crate::store_path::{StoreDir, StorePath};
 
 /// What is wrong with a `.drv` text.
@@ -166,61 +164,39 @@ impl<'a> Parser<'a> {
         let hash_at = self.pos;
         let hash = self.string()?;
         self.lit(")")?;
-        let parse_path = |p: &Self| {
+        let store_dir = self.store_dir;
+        let parse_path = |path: &str| {
             if !path.starts_with('/') {
                 return Err(DrvParseError {
                     offset: path_at,
-                    kind: DrvParseErrorKind::BadPath(path.clone()),
+                    kind: DrvParseErrorKind::BadPath(path.to_owned()),
                 });
             }
-            p.store_dir.parse_path(&path).map_err(|e| DrvParseError {
+            store_dir.parse_path(path).map_err(|e| DrvParseError {
                 offset: path_at,
                 kind: e.into(),
             })
         };
-        let out = if algo.is_empty() {
-            if !hash.is_empty() {
-                return Err(DrvParseError {
-                    offset: hash_at,
-                    kind: DrvParseErrorKind::BadOutput(name),
-                });
-            }
-            if path.is_empty() {
-                DerivationOutput::Deferred
-            } else {
-                DerivationOutput::InputAddressed(parse_path(self)?)
-            }
-        } else {
-            let (method, a) = match algo.strip_prefix("r:") {
-                Some(a) => (FileIngestionMethod::Recursive, a),
-                None => (FileIngestionMethod::Flat, algo.as_str()),
-            };
-            let a: HashAlgo = a.parse().map_err(|_| DrvParseError {
-                offset: algo_at,
-                kind: DrvParseErrorKind::BadHashAlgo(algo.clone()),
-            })?;
-            if hash == "impure" && path.is_empty() {
-                DerivationOutput::Impure { method, algo: a }
-            } else if hash.is_empty() {
-                if !path.is_empty() {
-                    return Err(DrvParseError {
-                        offset: path_at,
-                        kind: DrvParseErrorKind::BadOutput(name),
-                    });
-                }
-                DerivationOutput::CaFloating { method, algo: a }
-            } else {
-                let h = Hash::decode_digits(a, &hash).map_err(|e| DrvParseError {
-                    offset: hash_at,
-                    kind: e.into(),
-                })?;
-                DerivationOutput::CaFixed {
-                    method,
-                    hash: h,
-                    path: parse_path(self)?,
-                }
-            }
-        };
+        let at_kind = |offset, kind| DrvParseError { offset, kind };
+        let out =
+            DerivationOutput::from_fields(&path, &algo, &hash, parse_path).map_err(
+                |e| match e {
+                    OutputFieldsError::Path(e) => e,
+                    OutputFieldsError::HashWithoutAlgo => {
+                        at_kind(hash_at, DrvParseErrorKind::BadOutput(name.clone()))
+                    }
+                    OutputFieldsError::PathWithoutHash => {
+                        at_kind(path_at, DrvParseErrorKind::BadOutput(name.clone()))
+                    }
+                    OutputFieldsError::HashWithoutPath => {
+                        at_kind(path_at, DrvParseErrorKind::BadPath(String::new()))
+                    }
+                    OutputFieldsError::Algo => {
+                        at_kind(algo_at, DrvParseErrorKind::BadHashAlgo(algo.clone()))
+                    }
+                    OutputFieldsError::Hash(e) => at_kind(hash_at, e.into()),
+                },
+            )?;
         Ok((at, name, out))
     }
 }
@@ -330,27 +306,7 @@ impl Derivation {
             if i > 0 {
                 s.push(',');
             }
-            let (path, algo, hash) = match out {
-                DerivationOutput::InputAddressed(p) => {
-                    (store_dir.display(p), String::new(), String::new())
-                }
-                DerivationOutput::CaFixed { method, hash, path } => (
-                    store_dir.display(path),
-                    format!("{}{}", method.prefix(), hash.algo()),
-                    hash.to_base16(),
-                ),
-                DerivationOutput::CaFloating { method, algo } => (
-                    String::new(),
-                    format!("{}{algo}", method.prefix()),
-                    String::new(),
-                ),
-                DerivationOutput::Deferred => (String::new(), String::new(), String::new()),
-                DerivationOutput::Impure { method, algo } => (
-                    String::new(),
-                    format!("{}{algo}", method.prefix()),
-                    "impure".to_owned(),
-                ),
-            };
+            let (path, algo, hash) = out.to_fields(store_dir);
             let path = if mask_outputs { String::new() } else { path };
             s.push('(');
             raw(&mut s, name);

@@ -39,7 +39,90 @@ pub enum DerivationOutput {
     },
 }
 
+/// Why an output's three fields (path, hash algorithm, hash) make no output.
+#[derive(Debug)]
+pub enum OutputFieldsError<E> {
+    /// The path, as the caller's parser found it.
+    Path(E),
+    /// A hash without a hash algorithm.
+    HashWithoutAlgo,
+    /// A path with an algorithm but no fixed hash.
+    PathWithoutHash,
+    /// A fixed hash without a path.
+    HashWithoutPath,
+    /// The hash algorithm is unknown.
+    Algo,
+    Hash(crate::hash::HashError),
+}
+
 impl DerivationOutput {
+    /// The path, hash algorithm and hash strings of the output, as `.drv` files and the
+    /// wire protocols hold them.
+    pub fn to_fields(&self, store_dir: &StoreDir) -> (String, String, String) {
+        match self {
+            Self::InputAddressed(p) => (store_dir.display(p), String::new(), String::new()),
+            Self::CaFixed { method, hash, path } => (
+                store_dir.display(path),
+                format!("{}{}", method.prefix(), hash.algo()),
+                hash.to_base16(),
+            ),
+            Self::CaFloating { method, algo } => (
+                String::new(),
+                format!("{}{algo}", method.prefix()),
+                String::new(),
+            ),
+            Self::Deferred => (String::new(), String::new(), String::new()),
+            Self::Impure { method, algo } => (
+                String::new(),
+                format!("{}{algo}", method.prefix()),
+                "impure".to_owned(),
+            ),
+        }
+    }
+
+    /// The output its three strings describe, by the rules of `.drv` files; `parse_path`
+    /// reads a (non-empty) path.
+    pub fn from_fields<E>(
+        path: &str,
+        algo: &str,
+        hash: &str,
+        parse_path: impl FnOnce(&str) -> Result<StorePath, E>,
+    ) -> Result<Self, OutputFieldsError<E>> {
+        if algo.is_empty() {
+            if !hash.is_empty() {
+                return Err(OutputFieldsError::HashWithoutAlgo);
+            }
+            return Ok(if path.is_empty() {
+                Self::Deferred
+            } else {
+                Self::InputAddressed(parse_path(path).map_err(OutputFieldsError::Path)?)
+            });
+        }
+        let (method, name) = match algo.strip_prefix("r:") {
+            Some(a) => (FileIngestionMethod::Recursive, a),
+            None => (FileIngestionMethod::Flat, algo),
+        };
+        let a: HashAlgo = name.parse().map_err(|_| OutputFieldsError::Algo)?;
+        if hash == "impure" && path.is_empty() {
+            Ok(Self::Impure { method, algo: a })
+        } else if hash.is_empty() {
+            if !path.is_empty() {
+                return Err(OutputFieldsError::PathWithoutHash);
+            }
+            Ok(Self::CaFloating { method, algo: a })
+        } else {
+            let h = Hash::decode_digits(a, hash).map_err(OutputFieldsError::Hash)?;
+            if path.is_empty() {
+                return Err(OutputFieldsError::HashWithoutPath);
+            }
+            Ok(Self::CaFixed {
+                method,
+                hash: h,
+                path: parse_path(path).map_err(OutputFieldsError::Path)?,
+            })
+        }
+    }
+
     /// The output path, when it is known before building.
     pub fn path(&self) -> Option<&StorePath> {
         match self {

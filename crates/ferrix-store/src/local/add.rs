@@ -1,0 +1,232 @@
+//! Adding paths from outside: file system trees, text, derivations, NARs with their
+//! metadata, and paths already in place (`--load-db`).
+
+use super::*;
+
+impl LocalStore {
+    /// Add a file system tree (`nix-store --add`, `--add-fixed`): recursive ingestion hashes the
+    /// NAR with `algo`; flat ingestion hashes the bytes of a regular file.
+    pub fn add_path(
+        &self,
+        src: &Path,
+        name: &str,
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+    ) -> Result<StorePath> {
+        let mut v = self.add_paths(&[(src.to_owned(), name.to_owned())], method, algo)?;
+        Ok(v.remove(0))
+    }
+
+    /// Add many trees, committed in batches: one file system sync and one database
+    /// transaction per batch rather than per path. Returns the paths in argument order.
+    pub fn add_paths(
+        &self,
+        srcs: &[(PathBuf, String)],
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+    ) -> Result<Vec<StorePath>> {
+        let mut out = Vec::with_capacity(srcs.len());
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut batched: HashSet<StorePath> = HashSet::new();
+        for (src, name) in srcs {
+            self.check_interrupt()?;
+            let (staged, ca) = self
+                .stage_tree(src, name, method, algo)
+                .map_err(|e| self.or_interrupted(e))?;
+            let p = self
+                .config
+                .store_dir
+                .make_ca_path(name, &ca, [], false)
+                .map_err(|source| StoreError::BadName {
+                    path: name.to_owned(),
+                    source,
+                })?;
+            out.push(p.clone());
+            if !batched.insert(p.clone()) {
+                continue;
+            }
+            let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
+            info.ca = Some(ca);
+            info.ultimate = true;
+            batch.push(Pending { staged, info });
+            if batch_full(&batch) {
+                self.commit_batch(std::mem::take(&mut batch))?;
+                batched.clear();
+            }
+        }
+        self.commit_batch(batch)?;
+        Ok(out)
+    }
+
+    /// Copy a tree into a temporary directory, computing its NAR hash and content address in
+    /// the same pass.
+    fn stage_tree(
+        &self,
+        src: &Path,
+        name: &str,
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+    ) -> Result<(Staged, ContentAddress)> {
+        ferrix_format::store_path::validate_name(name).map_err(|source| StoreError::BadName {
+            path: name.to_owned(),
+            source,
+        })?;
+        let meta = fs::symlink_metadata(src).map_err(io_err("reading", src))?;
+        if method == FileIngestionMethod::Flat && !meta.is_file() {
+            return Err(StoreError::NotRegularFile {
+                path: src.to_owned(),
+            });
+        }
+        let mut ca_hasher = (method == FileIngestionMethod::Recursive && algo != HashAlgo::Sha256)
+            .then(|| Hasher::new(algo));
+        let what = format!("'{}'", src.display());
+        let dump_err = |source| StoreError::Dump {
+            path: src.to_owned(),
+            source,
+        };
+        let staged = if !meta.is_dir() && meta.len() < MEM_NAR as u64 {
+            // Small files: the NAR in memory, no thread.
+            let mut buf = Vec::with_capacity(meta.len() as usize + 200);
+            nar::dump_path(src, &mut buf).map_err(dump_err)?;
+            if let Some(h) = ca_hasher.as_mut() {
+                h.update(&buf);
+            }
+            self.stage_own_nar(buf)
+        } else {
+            // One pass: the NAR is produced on one thread and restored (and hashed) on this one.
+            let (rd, wr) = pipe()?;
+            let src_owned = src.to_owned();
+            let dumper = std::thread::spawn(move || -> std::result::Result<(), nar::DumpError> {
+                nar::dump_path(&src_owned, wr)
+            });
+            let staged = {
+                // Moved in, so that an early failure closes the pipe and the dumper stops.
+                let tee = TeeReader {
+                    inner: rd,
+                    extra: ca_hasher.as_mut(),
+                };
+                self.stage(tee, &what, true)
+            };
+            let dumped = dumper
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            match (dumped, staged) {
+                // The reading side stopped first (a bad name, a full disk): its error is the
+                // cause, the dumper's broken pipe only a consequence.
+                (Err(nar::DumpError::Write(e)), Err(staged))
+                    if e.kind() == io::ErrorKind::BrokenPipe =>
+                {
+                    return Err(staged)
+                }
+                (Err(dumped), _) => return Err(dump_err(dumped)),
+                (Ok(()), staged) => staged?,
+            }
+        };
+        let hash = match method {
+            FileIngestionMethod::Flat => match &staged.contents {
+                Contents::Nar(b) => Hash::of(
+                    algo,
+                    &crate::place::nar_file_contents(b).ok_or_else(|| {
+                        StoreError::NotRegularFile {
+                            path: src.to_owned(),
+                        }
+                    })?,
+                ),
+                Contents::Tree(t) => {
+                    ferrix_format::hash::hash_file(t, algo).map_err(io_err("hashing", t))?
+                }
+            },
+            FileIngestionMethod::Recursive => match ca_hasher {
+                Some(h) => h.finish(),
+                None => staged.nar_hash,
+            },
+        };
+        Ok((staged, ContentAddress::Fixed { method, hash }))
+    }
+
+    /// Add a text file with references (`builtins.toFile`, `.drv` files).
+    pub fn add_text(
+        &self,
+        name: &str,
+        text: &[u8],
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath> {
+        let hash = Hash::sha256(text);
+        let p = self
+            .config
+            .store_dir
+            .make_text_path(name, &hash, refs)
+            .map_err(|source| StoreError::BadName {
+                path: name.to_owned(),
+                source,
+            })?;
+        self.add_temp_root(&p)?;
+        if self.is_valid_path(&p)? {
+            return Ok(p);
+        }
+        let mut nar_bytes = Vec::with_capacity(text.len() + 128);
+        write_file_nar(&mut nar_bytes, text);
+        let staged = self.stage_own_nar(nar_bytes);
+        let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
+        info.references = refs.clone();
+        info.ca = Some(ContentAddress::Text(hash));
+        info.ultimate = true;
+        self.commit_batch(vec![Pending { staged, info }])?;
+        Ok(p)
+    }
+
+    /// Write a derivation to the store as `<name>.drv`, recording its outputs.
+    pub fn add_derivation(&self, drv: &Derivation, name: &str) -> Result<StorePath> {
+        let text = drv.to_aterm(&self.config.store_dir);
+        self.add_text(&format!("{name}.drv"), text.as_bytes(), &drv.references())
+    }
+
+    /// Add a path from its NAR, with metadata from elsewhere (import, substitution). The NAR
+    /// must match `info`'s hash and size (when the size is known).
+    pub fn add_nar(&self, info: &ValidPathInfo, nar_stream: impl Read) -> Result<()> {
+        let p = &info.path;
+        self.add_temp_root(p)?;
+        if self.is_valid_path(p)? {
+            // Consume the stream so that a caller reading several NARs stays in step.
+            let mut sink = SkipVisitor;
+            nar::parse(nar_stream, &mut sink).map_err(|source| StoreError::Nar {
+                path: self.print(p),
+                source,
+            })?;
+            return Ok(());
+        };
+        let staged = self.stage(nar_stream, &format!("'{}'", self.print(p)), false)?;
+        if staged.nar_hash != info.nar_hash {
+            return Err(StoreError::HashMismatch {
+                path: self.print(p),
+                expected: info.nar_hash.encode_typed(ferrix_format::Encoding::Nix32),
+                got: staged.nar_hash.encode_typed(ferrix_format::Encoding::Nix32),
+            });
+        }
+        if info.nar_size != 0 && staged.nar_size != info.nar_size {
+            return Err(StoreError::SizeMismatch {
+                path: self.print(p),
+                expected: info.nar_size,
+                got: staged.nar_size,
+            });
+        }
+        let mut info = info.clone();
+        info.nar_size = staged.nar_size;
+        self.commit_batch(vec![Pending { staged, info }])
+    }
+
+    /// Register paths whose contents are already in place (`nix-store --load-db`,
+    /// `--register-validity`): their files must exist; references must be valid or among them.
+    pub fn register_existing(&self, infos: &[ValidPathInfo]) -> Result<()> {
+        for i in infos {
+            let real = self.real_path(&i.path);
+            fs::symlink_metadata(&real).map_err(io_err("registering", &real))?;
+        }
+        let mut drvs = Vec::new();
+        for i in infos.iter().filter(|i| i.path.is_derivation()) {
+            drvs.push((&i.path, read_regular(&self.real_path(&i.path))?));
+        }
+        let outs = self.check_new_derivations(drvs)?;
+        self.db().register(infos, &outs)
+    }
+}

@@ -1,0 +1,145 @@
+//! What the local store knows: validity, path infos, references, closures, NARs of valid paths.
+
+use super::*;
+
+impl LocalStore {
+    pub fn is_valid_path(&self, p: &StorePath) -> Result<bool> {
+        self.db().is_valid(p)
+    }
+
+    /// Which of `paths` are valid (one read transaction).
+    pub fn valid_among<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<HashSet<StorePath>> {
+        self.db().valid_among(paths)
+    }
+
+    pub fn query_path_info(&self, p: &StorePath) -> Result<Option<ValidPathInfo>> {
+        self.db().path_info(p)
+    }
+
+    /// Path info of a path that must be valid.
+    pub fn path_info(&self, p: &StorePath) -> Result<ValidPathInfo> {
+        self.query_path_info(p)?
+            .ok_or_else(|| StoreError::NotValid(self.print(p)))
+    }
+
+    pub fn references(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db().references(p)
+    }
+
+    pub fn referrers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db().referrers(p)
+    }
+
+    pub fn valid_derivers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        self.db().valid_derivers(p)
+    }
+
+    pub fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>> {
+        self.db().derivation_outputs(drv)
+    }
+
+    pub fn all_valid_paths(&self) -> Result<Vec<StorePath>> {
+        self.db().all_valid()
+    }
+
+    /// The closure of `paths` under references; optionally with the outputs of derivations
+    /// and the derivers of paths, as `nix-store -qR --include-outputs` does.
+    pub fn closure(
+        &self,
+        paths: impl IntoIterator<Item = StorePath>,
+        include_outputs: bool,
+        include_derivers: bool,
+    ) -> Result<BTreeSet<StorePath>> {
+        let paths: Vec<StorePath> = paths.into_iter().collect();
+        let db = self.db();
+        for p in &paths {
+            if !db.is_valid(p)? {
+                return Err(StoreError::NotValid(self.print(p)));
+            }
+        }
+        if !include_outputs && !include_derivers {
+            return Ok(db.closure_graph(&paths, true)?.into_keys().collect());
+        }
+        crate::closure::closure(paths, |p| {
+            let info = db
+                .path_info(p)?
+                .ok_or_else(|| StoreError::NotValid(self.print(p)))?;
+            let mut next: Vec<StorePath> = info.references.into_iter().collect();
+            if include_outputs && p.is_derivation() {
+                for o in db.derivation_outputs(p)?.into_values() {
+                    if db.is_valid(&o)? {
+                        next.push(o);
+                    }
+                }
+            }
+            if include_derivers {
+                if let Some(d) = info.deriver {
+                    if db.is_valid(&d)? {
+                        next.push(d);
+                    }
+                }
+            }
+            Ok(next)
+        })
+    }
+
+    /// The closure of `paths` as a graph: every member with its references, from one query.
+    pub fn closure_graph(
+        &self,
+        paths: &[StorePath],
+    ) -> Result<std::collections::HashMap<StorePath, Vec<StorePath>>> {
+        let db = self.db();
+        for p in paths {
+            if !db.is_valid(p)? {
+                return Err(StoreError::NotValid(self.print(p)));
+            }
+        }
+        db.closure_graph(paths, true)
+    }
+
+    /// The closure of `paths`, references first (what `nix-store -qR` prints), from one query.
+    pub fn closure_sorted(&self, paths: &[StorePath]) -> Result<Vec<StorePath>> {
+        let db = self.db();
+        for p in paths {
+            if !db.is_valid(p)? {
+                return Err(StoreError::NotValid(self.print(p)));
+            }
+        }
+        let graph = db.closure_graph(paths, true)?;
+        drop(db);
+        let set: BTreeSet<StorePath> = graph.keys().cloned().collect();
+        crate::closure::topo_sort(&self.config.store_dir, &set, |p| {
+            Ok(graph.get(p).cloned().unwrap_or_default())
+        })
+    }
+
+    /// Every path that (transitively) refers to one of `paths`.
+    pub fn referrers_closure(
+        &self,
+        paths: impl IntoIterator<Item = StorePath>,
+    ) -> Result<BTreeSet<StorePath>> {
+        let db = self.db();
+        crate::closure::closure(paths, |p| Ok(db.referrers(p)?.into_iter().collect()))
+    }
+
+    /// `paths` ordered references-first.
+    pub fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
+        let list: Vec<StorePath> = paths.iter().cloned().collect();
+        let graph = self.db().closure_graph(&list, false)?;
+        crate::closure::topo_sort(&self.config.store_dir, paths, |p| {
+            Ok(graph.get(p).cloned().unwrap_or_default())
+        })
+    }
+
+    /// Write the NAR of a valid path.
+    pub fn nar_from_path(&self, p: &StorePath, out: impl Write) -> Result<()> {
+        if !self.is_valid_path(p)? {
+            return Err(StoreError::NotValid(self.print(p)));
+        }
+        let real = self.real_path(p);
+        nar::dump_path(&real, out).map_err(|source| StoreError::Dump { path: real, source })
+    }
+}
