@@ -3,9 +3,10 @@
 //! arrives there, and a full pipe would stop the remote build: NixOS/nix#16437).
 
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -16,6 +17,7 @@ use ferrix_protocol::serve::{
 };
 use ferrix_protocol::wire::{Limits, WireError};
 use ferrix_protocol::Version;
+use rustix::event::{poll, PollFd, PollFlags};
 use thiserror::Error;
 
 pub use ferrix_protocol::serve::{BuildSettings, BuildStatus};
@@ -89,6 +91,65 @@ impl RemoteError {
 struct Tap {
     sink: Option<LogSink>,
     tail: VecDeque<String>,
+    /// The end of a line not finished yet.
+    partial: Vec<u8>,
+}
+
+impl Tap {
+    fn line(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text.to_owned());
+        if let Some(s) = &mut self.sink {
+            s(text);
+        }
+    }
+
+    fn take(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                self.line(&rest[..i]);
+            } else {
+                let mut l = std::mem::take(&mut self.partial);
+                l.extend_from_slice(&rest[..i]);
+                self.line(&l);
+            }
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+    }
+}
+
+/// Read the remote's stderr until it closes. Bytes leave the pipe only while `tap` is
+/// held, so whoever holds it and finds the pipe empty knows every byte written so far has
+/// been handled (see [`ServeClient::caught_up`]).
+fn drain(stderr: ChildStderr, tap: &Mutex<Tap>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let mut fds = [PollFd::new(&stderr, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        let mut t = tap.lock().unwrap_or_else(|p| p.into_inner());
+        match rustix::io::read(&stderr, &mut buf) {
+            Ok(0) => {
+                let rest = std::mem::take(&mut t.partial);
+                if !rest.is_empty() {
+                    t.line(&rest);
+                }
+                return;
+            }
+            Ok(n) => t.take(&buf[..n]),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// One session with a remote `nix-store --serve --write`.
@@ -102,6 +163,8 @@ pub struct ServeClient {
     limits: Limits,
     tap: Arc<Mutex<Tap>>,
     drain: Option<JoinHandle<()>>,
+    /// The read end of the remote's stderr, to see whether anything is left in it.
+    stderr: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for ServeClient {
@@ -125,29 +188,10 @@ impl ServeClient {
         };
         let tap: Arc<Mutex<Tap>> = Arc::default();
         let t = tap.clone();
+        let fd = stderr.as_fd().try_clone_to_owned().ok();
         let drain = std::thread::Builder::new()
             .name("remote-log".into())
-            .spawn(move || {
-                let mut r = BufReader::new(stderr);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    match r.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
-                    if t.tail.len() == TAIL {
-                        t.tail.pop_front();
-                    }
-                    t.tail.push_back(text.to_owned());
-                    if let Some(s) = &mut t.sink {
-                        s(text);
-                    }
-                }
-            })
+            .spawn(move || drain(stderr, &t))
             .ok();
         let mut c = Self {
             uri,
@@ -159,10 +203,30 @@ impl ServeClient {
             limits: Limits::default(),
             tap,
             drain,
+            stderr: fd,
         };
         c.version = serve::client_handshake(&mut c.r, &mut c.w, serve::SERVE_PROTOCOL_VERSION)
             .map_err(|e| c.protocol(e))?;
         Ok(c)
+    }
+
+    /// Wait until everything the remote wrote to its stderr so far has gone to the sink (it
+    /// writes a build's log before the build's result).
+    fn caught_up(&self) {
+        let Some(fd) = &self.stderr else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            {
+                let _t = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+                if rustix::io::ioctl_fionread(fd).map_or(true, |n| n == 0) {
+                    return;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Send the remote's stderr lines to `sink` from now on (`None`: only keep the tail).
@@ -312,8 +376,10 @@ impl ServeClient {
             }),
         )?;
         let sd = self.store_dir.clone();
-        serve::read_build_result(&mut self.r, self.version, &sd, &self.limits)
-            .map_err(|e| self.protocol(e))
+        let res = serve::read_build_result(&mut self.r, self.version, &sd, &self.limits)
+            .map_err(|e| self.protocol(e));
+        self.caught_up();
+        res
     }
 
     /// Copy `path` from the machine to `target` (which must not exist).

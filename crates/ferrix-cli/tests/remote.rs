@@ -1,0 +1,331 @@
+//! A Ferrix master with several Ferrix machines (`ssh://localhost`, run here without ssh,
+//! each with a chroot store of its own, so everything travels over the serve protocol):
+//! spreading, agreement with a local build, and faults (an unreachable machine, a machine
+//! that dies mid-build, a failing remote build, a remote log nobody shows, an interrupt).
+//! Derivations come from real Nix's `nix-instantiate`.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{ok, Links, Nix};
+
+/// `n` derivations in layers of `width`, each on the one before it, and a `top` over all.
+const GRAPH: &str = r#"
+{ n ? 60, width ? 10, sleep ? "0", fail ? -1, noise ? 0 }:
+let
+  mk = i: deps: derivation {
+    name = "n${toString i}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = ["-c" ''
+      /bin/sleep ${sleep}
+      i=0; while [ $i -lt ${toString noise} ]; do echo "noise line $i of a chatty builder"; i=$((i+1)); done
+      if [ ${toString i} = ${toString fail} ]; then echo "n${toString i} gives up"; exit 3; fi
+      echo ${toString i} > $out; for d in $deps; do /bin/cat $d >> $out; done
+    ''];
+    inherit deps;
+  };
+  layer = l: builtins.genList (j: mk (l * width + j) (if l == 0 then [] else [ (builtins.elemAt (layer (l - 1)) j) ])) width;
+  all = builtins.concatLists (builtins.genList layer (n / width));
+in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = ["-c" "for d in $deps; do /bin/cat $d; done > $out"]; deps = all; }
+"#;
+
+struct Setup {
+    nix: Nix,
+    links: Links,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Option<Self> {
+        let nix = Nix::new()?;
+        // Machines' chroot stores build in the sandbox, which needs the host's shell.
+        let paths: Vec<&str> = ["/bin", "/usr", "/lib", "/lib64"]
+            .into_iter()
+            .filter(|p| Path::new(p).exists())
+            .collect();
+        let conf = nix.root.path().join("etc/nix.conf");
+        let text =
+            fs::read_to_string(&conf).unwrap() + &format!("sandbox-paths = {}\n", paths.join(" "));
+        fs::write(conf, text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("g.nix"), GRAPH).unwrap();
+        Some(Self {
+            nix,
+            links: Links::new(),
+            dir,
+        })
+    }
+
+    /// `args`: names and Nix values of the graph's arguments.
+    fn instantiate(&self, args: &[&str]) -> String {
+        let mut c = self.nix.cmd("nix-instantiate");
+        c.arg(self.dir.path().join("g.nix"));
+        for a in args.chunks(2) {
+            c.args(["--arg", a[0], a[1]]);
+        }
+        String::from_utf8(ok(&mut c)).unwrap().trim().to_owned()
+    }
+
+    /// A machine running `program` as its `nix-store`, with a store of its own.
+    fn machine(&self, name: &str, program: &Path, jobs: u32) -> (String, String) {
+        let uri = format!(
+            "ssh://localhost?remote-program={}&remote-store={}",
+            program.display(),
+            self.dir.path().join(name).display()
+        );
+        (uri.clone(), format!("{uri} - - {jobs} 1"))
+    }
+
+    fn ferrix_store(&self) -> PathBuf {
+        self.links.dir.path().join("nix-store")
+    }
+
+    fn realise(&self, drv: &str, jobs: &str, machines: &[String]) -> Command {
+        let mut c = Command::new(self.ferrix_store());
+        self.nix.isolate(&mut c);
+        c.args(["-r", drv, "-j", jobs, "--option", "builders"])
+            .arg(machines.join(";"));
+        c
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn sixty_derivations_over_three_machines_and_local_match_a_local_build() {
+    let Some(s) = Setup::new() else { return };
+    let drv = s.instantiate(&["sleep", "\"0.05\""]);
+    let prog = s.ferrix_store();
+    let ms: Vec<(String, String)> = (1..=3)
+        .map(|i| s.machine(&format!("m{i}"), &prog, 2))
+        .collect();
+    let out = s
+        .realise(
+            &drv,
+            "2",
+            &ms.iter().map(|m| m.1.clone()).collect::<Vec<_>>(),
+        )
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // Every machine built some, and so did this one.
+    for (uri, _) in &ms {
+        assert!(
+            err.contains(&format!("on '{uri}'")),
+            "{uri} built nothing:\n{err}"
+        );
+    }
+    let remote = err.matches("' on 'ssh://").count();
+    let all = err.lines().filter(|l| l.starts_with("building '")).count();
+    assert_eq!(all, 61, "{err}");
+    assert!(remote < all, "nothing was built locally:\n{err}");
+    let top = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    ok(s.nix.cmd("nix-store").arg("--verify-path").arg(&top));
+    let hash = |nix: &Nix, p: &str| {
+        String::from_utf8(ok(nix.cmd("nix-store").args(["-q", "--hash", p]))).unwrap()
+    };
+    // The same graph built by real Nix alone, in a store of its own (another store
+    // directory, so other paths): the same contents.
+    let alone = Nix::new().unwrap();
+    let mut c = alone.cmd("nix-build");
+    c.arg(s.dir.path().join("g.nix"))
+        .args(["--arg", "sleep", "\"0.05\"", "--no-out-link", "-j4"]);
+    let top_alone = String::from_utf8(ok(&mut c)).unwrap().trim().to_owned();
+    assert_eq!(hash(&s.nix, &top), hash(&alone, &top_alone));
+}
+
+#[test]
+fn an_unreachable_machine_is_reported_once_and_its_work_goes_elsewhere() {
+    let Some(s) = Setup::new() else { return };
+    let drv = s.instantiate(&["n", "20"]);
+    let (dead, dead_line) = s.machine("dead", Path::new("/nonexistent/nix-store"), 4);
+    let (live, live_line) = s.machine("live", &s.ferrix_store(), 2);
+    let out = s
+        .realise(&drv, "0", &[dead_line, live_line])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches(&format!("cannot build on '{dead}'")).count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains(&format!("on '{live}'")), "{err}");
+}
+
+#[test]
+fn a_machine_that_dies_mid_build_loses_its_jobs_to_another() {
+    let Some(s) = Setup::new() else { return };
+    let drv = s.instantiate(&["n", "10", "sleep", "\"0.5\""]);
+    // A machine whose sessions are killed 0.3 s after they start: mid-build.
+    let dying = s.dir.path().join("dying-nix-store");
+    fs::write(
+        &dying,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/timeout -s KILL 0.3 {} \"$@\"\n",
+            s.ferrix_store().display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&dying)
+        .status()
+        .unwrap();
+    let (dead, dead_line) = s.machine("dying", &dying, 8);
+    let (live, live_line) = s.machine("live", &s.ferrix_store(), 4);
+    let out = s
+        .realise(&drv, "0", &[dead_line, live_line])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot build on '{dead}'")), "{err}");
+    assert!(err.contains("was lost"), "{err}");
+    assert!(err.contains(&format!("on '{live}'")), "{err}");
+    let top = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    ok(s.nix.cmd("nix-store").arg("--verify-path").arg(&top));
+}
+
+#[test]
+fn a_failing_remote_build_names_the_machine_and_shows_its_log() {
+    let Some(s) = Setup::new() else { return };
+    let drv = s.instantiate(&["n", "10", "fail", "3"]);
+    let (uri, line) = s.machine("m", &s.ferrix_store(), 2);
+    let out = s.realise(&drv, "0", &[line]).output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    let msg = err
+        .lines()
+        .position(|l| l.contains("-n3.drv' on '") && l.contains("failed"))
+        .map(|i| err.lines().skip(i).take(6).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_else(|| panic!("no failure naming n3 and the machine:\n{err}"));
+    assert!(msg.contains(&uri), "{msg}");
+    assert!(msg.contains("n3 gives up"), "{msg}");
+    // Nothing of the failed build is registered here.
+    let out3 = ok(s.nix.cmd("nix-store").args(["-q", "--outputs"]).arg(
+        String::from_utf8(ok(s.nix.cmd("nix-store").args([
+            "-q",
+            "--references",
+            &drv,
+        ])))
+        .unwrap()
+        .lines()
+        .find(|l| l.ends_with("-n3.drv"))
+        .unwrap(),
+    ));
+    let out3 = String::from_utf8(out3).unwrap();
+    let v = s
+        .nix
+        .cmd("nix-store")
+        .args(["--check-validity", out3.trim()])
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+}
+
+#[test]
+fn a_remote_build_log_is_drained_even_when_nobody_shows_it() {
+    let Some(s) = Setup::new() else { return };
+    // Two megabytes of log per build: far more than a pipe holds.
+    let drv = s.instantiate(&["n", "2", "width", "2", "noise", "50000"]);
+    let (uri, line) = s.machine("m", &s.ferrix_store(), 2);
+    let t = Instant::now();
+    let out = s.realise(&drv, "0", &[line]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("on '{uri}'")));
+    assert!(t.elapsed() < Duration::from_secs(60));
+    let log = String::from_utf8(ok(s.nix.cmd("nix-store").arg("-l").arg(
+        String::from_utf8(ok(s.nix.cmd("nix-store").args([
+            "-q",
+            "--references",
+            &drv,
+        ])))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap(),
+    )))
+    .unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("noise line")).count(),
+        50000
+    );
+}
+
+#[test]
+fn an_interrupt_stops_remote_builds_and_leaves_nothing_behind() {
+    let Some(s) = Setup::new() else { return };
+    let drv = s.instantiate(&["n", "4", "width", "4", "sleep", "\"30\""]);
+    let (_uri, line) = s.machine("m", &s.ferrix_store(), 4);
+    let mut child = s
+        .realise(&drv, "0", &[line])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the machine's builders run.
+    let machine = s.dir.path().join("m");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !sessions_running(&machine) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sessions_running(&machine), "the machine never started");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The machine's sessions (and their builders) are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && sessions_running(&machine) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sessions_running(&machine), "sessions outlived the master");
+    // No output of the graph is valid or present here.
+    let outs =
+        String::from_utf8(ok(s.nix.cmd("nix-store").args(["-q", "--outputs", &drv]))).unwrap();
+    let v = s
+        .nix
+        .cmd("nix-store")
+        .args(["--check-validity", outs.trim()])
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+    // And no lock is held: building again (locally) goes through at once.
+    let locks: Vec<_> = fs::read_dir(PathBuf::from(s.nix.store_dir()))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        .collect();
+    for l in locks {
+        let f = fs::File::open(l.path()).unwrap();
+        assert!(
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok(),
+            "{:?} is still locked",
+            l.path()
+        );
+    }
+}
+
+/// Whether any process serves `machine`'s store.
+fn sessions_running(machine: &Path) -> bool {
+    let needle = machine.to_string_lossy().into_owned();
+    fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+            .unwrap_or(false)
+    })
+}
