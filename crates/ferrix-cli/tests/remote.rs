@@ -266,7 +266,7 @@ fn an_interrupt_stops_remote_builds_and_leaves_nothing_behind() {
     let Some(s) = Setup::new() else { return };
     let drv = s.instantiate(&["n", "4", "width", "4", "sleep", "\"30\""]);
     let (_uri, line) = s.machine("m", &s.ferrix_store(), 4);
-    let mut child = s
+    let child = s
         .realise(&drv, "0", &[line])
         .stderr(std::process::Stdio::piped())
         .spawn()
