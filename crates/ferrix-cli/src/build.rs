@@ -29,6 +29,7 @@ pub fn build_flag(flag: &str) -> Option<(&'static str, bool)> {
         "-K" | "--keep-failed" => ("keep-failed", false),
         "--max-silent-time" => ("max-silent-time", true),
         "--timeout" => ("timeout", true),
+        "--builders" => ("builders", true),
         _ => return None,
     })
 }

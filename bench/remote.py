@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Remote builds, Ferrix against real Nix 2.8 as the master, as ratios. Called by
+bench/remote.sh.
+
+The machines are real Nix 2.8 (`nix-store --serve --write --store DIR`) reached as
+`ssh://localhost?remote-store=DIR`, which both tools run here without ssh; each has a store
+of its own, wiped before every run with the master's. The master runs `nix-store -r -j0`
+with `--builders`, so everything is built remotely. Runs alternate between the tools; only
+the realisation is timed.
+
+Graphs:
+  trivial N   N independent derivations (`echo > $out`) through one machine (max-jobs 4)
+  sleep16 M   16 derivations sleeping 1 s over M machines (max-jobs 4 each): the ideal is
+              ceil(16 / 4M) s
+"""
+
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import time
+
+WORK = os.environ["FERRIX_BENCH_WORK"]
+RUNS = int(os.environ.get("FERRIX_BENCH_RUNS", "3"))
+TOOLS = {"nix": os.environ["NIX_STORE_BIN"], "ferrix": os.environ["FERRIX_STORE_BIN"]}
+INSTANTIATE = os.environ["NIX_INSTANTIATE_BIN"]
+STORE = f"{WORK}/s"
+ENV = dict(
+    os.environ,
+    NIX_STORE_DIR=f"{STORE}/store",
+    NIX_STATE_DIR=f"{STORE}/state",
+    NIX_LOG_DIR=f"{STORE}/log",
+    NIX_CONF_DIR=f"{WORK}/etc",
+    HOME=f"{STORE}/home",
+    # The machines run real Nix's nix-store, never the links.
+    PATH="/usr/bin:/bin",
+)
+ENV.pop("NIX_PATH", None)
+ENV.pop("NIX_REMOTE", None)
+
+PRELUDE = """
+let mk = name: script: derivation {
+  inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+}; in
+"""
+
+
+def trivial(n):
+    return PRELUDE + "[ " + " ".join(f'(mk "t{i}" "echo {i} > $out")' for i in range(n)) + " ]"
+
+
+def sleepers(n):
+    return PRELUDE + "[ " + " ".join(f'(mk "s{i}" "/bin/sleep 1; echo {i} > $out")' for i in range(n)) + " ]"
+
+
+def machines(m):
+    return ";".join(f"ssh://localhost?remote-store={WORK}/m{k} - - 4 1" for k in range(m))
+
+
+def wipe():
+    for d in os.listdir(WORK):
+        if d == "s" or d.startswith("m"):
+            subprocess.run(["chmod", "-R", "u+w", f"{WORK}/{d}"], check=True)
+            shutil.rmtree(f"{WORK}/{d}")
+    os.makedirs(f"{STORE}/home")
+
+
+def realise(tool, expr, m):
+    wipe()
+    path = f"{WORK}/graph.nix"
+    with open(path, "w") as f:
+        f.write(expr)
+    drvs = subprocess.run([INSTANTIATE, path], env=ENV, capture_output=True, text=True,
+                          check=True).stdout.split()
+    os.sync()
+    t = time.perf_counter()
+    r = subprocess.run([TOOLS[tool], "-r", "-j0", "--builders", machines(m), *drvs], env=ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    took = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{tool} failed:\n{r.stderr[-3000:]}")
+    return took
+
+
+def measure(label, expr, count, m):
+    print(f"== {label}", flush=True)
+    realise("nix", expr, m)  # warm-up
+    realise("ferrix", expr, m)
+    times = {t: [] for t in TOOLS}
+    for i in range(RUNS):
+        for tool in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
+            times[tool].append(realise(tool, expr, m))
+    return {"label": label, "count": count, "machines": m, "times": times}
+
+
+results = []
+for n in (40, 100):
+    results.append(measure(f"{n} trivial, 1 machine", trivial(n), n, 1))
+for m in (1, 2, 3):
+    r = measure(f"16 x sleep 1, {m} machine(s)", sleepers(16), 16, m)
+    r["ideal"] = math.ceil(16 / (4 * m))
+    results.append(r)
+wipe()
+
+print(f"\nRemote builds (master -j0, real Nix 2.8 machines with max-jobs 4), {RUNS} runs each "
+      "(alternating); mean seconds\n")
+print(f"{'graph':30} {'nix s':>8} {'ferrix s':>9} {'nix ms/drv':>11} {'ferrix ms/drv':>14} "
+      f"{'ferrix/nix':>11} {'vs ideal':>18}")
+for r in results:
+    mean = {t: statistics.mean(v) for t, v in r["times"].items()}
+    per = {t: 1000 * mean[t] / r["count"] for t in mean}
+    ideal = ""
+    if "ideal" in r:
+        ideal = f"nix {mean['nix'] / r['ideal']:.2f} ferrix {mean['ferrix'] / r['ideal']:.2f}"
+    print(f"{r['label']:30} {mean['nix']:8.3f} {mean['ferrix']:9.3f} {per['nix']:11.1f} "
+          f"{per['ferrix']:14.1f} {mean['ferrix'] / mean['nix']:11.3f} {ideal:>18}")
+print("\ngoals: ferrix/nix <= 0.1 on the trivial sets; sleep-bound spreading within 1.15 x ideal")
