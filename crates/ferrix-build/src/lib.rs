@@ -9,6 +9,7 @@ pub mod env;
 pub mod error;
 pub mod executor;
 pub mod export;
+pub mod hook;
 pub mod local;
 pub mod log;
 mod outputs;

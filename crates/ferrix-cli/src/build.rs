@@ -413,6 +413,7 @@ pub fn run_engine(
             executors.push(Arc::new(ex));
         }
     }
+    let (build_dir_base, compress_log) = (local.build_dir_base.clone(), local.compress_log);
     executors.push(Arc::new(LocalExecutor::new(
         registry.clone(),
         local,
@@ -424,6 +425,24 @@ pub fn run_engine(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // An external build hook goes first. Nix's own `build-remote` (the usual value of
+    // `build-hook`) speaks Nix's protocol; the built-in machines above do its job.
+    if let Some(program) = settings.conf.get("build-hook").filter(|h| {
+        !h.is_empty() && std::path::Path::new(h).file_name() != Some("build-remote".as_ref())
+    }) {
+        let _in_runtime = runtime.enter();
+        let hook = ferrix_build::hook::HookExecutor::start(
+            ferrix_build::hook::HookSettings {
+                program: PathBuf::from(program),
+                work_dir: build_dir_base.clone(),
+                log_dir: store.config().log_dir.clone(),
+                compress_log,
+            },
+            registry.clone(),
+            reporter.clone(),
+        )?;
+        executors.insert(0, Arc::new(hook));
+    }
     let store_dir = store.store_dir().clone();
     let outcome = runtime.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);

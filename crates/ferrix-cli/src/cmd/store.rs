@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ferrix_format::{FileIngestionMethod, HashAlgo};
 use ferrix_store::gc::{GcAction, GcOptions};
@@ -41,6 +41,9 @@ pub enum StoreCommand {
     },
     /// Repair paths by building their derivers again.
     Repair { paths: Vec<String> },
+    /// Write the NAR of a store path to standard output (through the store, so a store
+    /// kept elsewhere than its paths say works too).
+    DumpPath { path: String },
     /// Delete paths, refusing live ones.
     Delete {
         #[arg(long)]
@@ -135,6 +138,13 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             if !ps.iter().all(|p| repaired.contains(p)) {
                 return Ok(ExitCode::from(1));
             }
+        }
+        StoreCommand::DumpPath { path } => {
+            let p = ops::resolve(&store, &path)?;
+            if !store.is_valid_path(&p)? {
+                bail!("path '{}' is not valid", store.print(&p));
+            }
+            store.nar_from_path(&p, shell.out())?;
         }
         StoreCommand::Delete {
             ignore_liveness,
