@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, vector, property, snapshot and interop tests.
-# Interop tests run against real Nix 2.8 (Debian's nix-bin); as root this installs it.
+# Interop tests run against real Nix 2.8 (Debian's nix-bin), remote-build tests against an sshd
+# of their own (openssh-server); as root this installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,9 @@ command -v cargo >/dev/null || { echo "test: cargo is missing (install the Rust 
 
 need=()
 command -v nix-store >/dev/null || need+=(nix-bin)
+# Remote-build tests start their own sshd on a loopback port.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test: installing ${need[*]} for the interop tests" >&2
@@ -15,7 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "test: the interop tests need real Nix: run 'sudo apt-get install -y ${need[*]}'" >&2
+    echo "test: the interop and remote-build tests need these packages: run 'sudo apt-get install -y ${need[*]}'" >&2
     exit 1
   fi
 fi

@@ -232,7 +232,10 @@ impl Ssh {
             cmd.arg("-i").arg(k);
         }
         if let Some(f) = &self.known_hosts {
-            cmd.arg(format!("-oUserKnownHostsFile={}", f.display()));
+            // The key is looked up under the URI's host name, whatever port or HostName the
+            // user's ssh config gives it.
+            cmd.arg(format!("-oUserKnownHostsFile={}", f.display()))
+                .arg(format!("-oHostKeyAlias={}", self.target.host_name()));
         }
         if self.target.compress {
             cmd.arg("-C");

@@ -1,0 +1,343 @@
+//! Remote builds through real ssh: an sshd of the test's own on a loopback port (keys,
+//! config and host key made here, the daemon stopped by its pid), machines reached with
+//! the system `ssh` through Ferrix's own master connection, the host key taken from the
+//! machines file. Each machine's `nix-store` has a store of its own.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ok, Links, Nix};
+
+const GRAPH: &str = r#"
+{ n ? 6, sleep ? "0" }:
+let mk = i: derivation {
+  name = "s${toString i}"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = ["-c" "/bin/sleep ${sleep}; echo ${toString i} > $out"];
+}; in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = ["-c" "for d in $deps; do /bin/cat $d; done > $out"]; deps = builtins.genList mk n; }
+"#;
+
+/// An sshd on 127.0.0.1, ended (by pid) when dropped.
+struct Sshd {
+    child: Child,
+    port: u16,
+    host_key: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // The daemon and every process under it: each connection's sshd starts a session
+        // of its own, out of the daemon's process group.
+        kill_tree(self.child.id() as i32);
+        let _ = self.child.wait();
+    }
+}
+
+/// Kill `root` and all its descendants.
+fn kill_tree(root: i32) {
+    let mut parent = std::collections::HashMap::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the command may hold spaces and parentheses.
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            parent.insert(pid, ppid);
+        }
+    }
+    let under = |mut p: i32| {
+        while p > 1 {
+            if p == root {
+                return true;
+            }
+            p = parent.get(&p).copied().unwrap_or(0);
+        }
+        false
+    };
+    for &pid in parent.keys() {
+        if under(pid) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+fn keygen(path: &Path) {
+    ok(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ferrix-test", "-f"])
+        .arg(path));
+}
+
+/// `None` when sshd is not installed and not required.
+fn sshd(dir: &Path, client_pub: &Path) -> Option<Sshd> {
+    if !Path::new("/usr/sbin/sshd").exists() {
+        let required = std::env::var_os("FERRIX_REQUIRE_NIX").is_some()
+            || std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(
+            !required,
+            "sshd is required: apt-get install -y openssh-server"
+        );
+        // The skip must be visible in the test log.
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("SKIPPING ssh test: openssh-server is not installed");
+        }
+        return None;
+    }
+    // sshd insists on its privilege separation directory.
+    let _ = fs::create_dir_all("/run/sshd");
+    let host = dir.join("host_key");
+    keygen(&host);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {keys}\n\
+             PidFile {dir}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+            host = host.display(),
+            keys = client_pub.display(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pubkey = fs::read_to_string(host.with_extension("pub")).unwrap();
+    let key: Vec<&str> = pubkey.split_whitespace().take(2).collect();
+    Some(Sshd {
+        child,
+        port,
+        host_key: key.join(" "),
+    })
+}
+
+use std::os::unix::process::CommandExt;
+
+struct Setup {
+    nix: Nix,
+    links: Links,
+    dir: tempfile::TempDir,
+    client_key: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Option<Self> {
+        let nix = Nix::new()?;
+        let paths: Vec<&str> = ["/bin", "/usr", "/lib", "/lib64"]
+            .into_iter()
+            .filter(|p| Path::new(p).exists())
+            .collect();
+        let conf = nix.root.path().join("etc/nix.conf");
+        let text =
+            fs::read_to_string(&conf).unwrap() + &format!("sandbox-paths = {}\n", paths.join(" "));
+        fs::write(conf, text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("g.nix"), GRAPH).unwrap();
+        let client_key = dir.path().join("id");
+        keygen(&client_key);
+        Some(Self {
+            nix,
+            links: Links::new(),
+            dir,
+            client_key,
+        })
+    }
+
+    /// A machine behind `sshd`: its `nix-store` (sshd gives commands a clean environment,
+    /// so a wrapper sets the store's directories) with a store of its own.
+    fn machine(&self, name: &str, sshd: &Sshd) -> (String, String) {
+        let wrapper = self.dir.path().join(format!("{name}-nix-store"));
+        let r = self.nix.root.path();
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexport NIX_STORE_DIR={r}/store NIX_CONF_DIR={r}/etc NIX_STATE_DIR={r}/state NIX_LOG_DIR={r}/log\nexec {} \"$@\"\n",
+                self.links.dir.path().join("nix-store").display(),
+                r = r.display(),
+            ),
+        )
+        .unwrap();
+        ok(Command::new("chmod").arg("755").arg(&wrapper));
+        use base64::Engine;
+        let host_key = base64::engine::general_purpose::STANDARD.encode(&sshd.host_key);
+        let uri = format!(
+            "ssh://root@127.0.0.1?remote-program={}&remote-store={}",
+            wrapper.display(),
+            self.dir.path().join(name).display()
+        );
+        let line = format!("{uri} - {} 2 1 - - {host_key}", self.client_key.display());
+        (uri, line)
+    }
+
+    fn instantiate(&self, args: &[&str]) -> String {
+        let mut c = self.nix.cmd("nix-instantiate");
+        c.arg(self.dir.path().join("g.nix"));
+        for a in args.chunks(2) {
+            c.args(["--arg", a[0], a[1]]);
+        }
+        String::from_utf8(ok(&mut c)).unwrap().trim().to_owned()
+    }
+
+    fn realise(&self, drv: &str, machines: &[String], port: u16) -> Command {
+        let mut c = Command::new(self.links.dir.path().join("nix-store"));
+        self.nix.isolate(&mut c);
+        c.env(
+            "NIX_SSHOPTS",
+            format!("-p {port} -oStrictHostKeyChecking=yes"),
+        )
+        .args(["-r", drv, "-j0", "--option", "builders"])
+        .arg(machines.join(";"));
+        c
+    }
+}
+
+#[test]
+fn builds_go_over_real_ssh_with_the_host_key_from_the_machines_file() {
+    let Some(s) = Setup::new() else { return };
+    let Some(d) = sshd(s.dir.path(), &s.client_key.with_extension("pub")) else {
+        return;
+    };
+    let drv = s.instantiate(&[]);
+    let (uri, line) = s.machine("m", &d);
+    let out = s.realise(&drv, &[line], d.port).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches(&format!("on '{uri}'")).count(), 7, "{err}");
+    let top = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(fs::read_to_string(&top).unwrap(), "0\n1\n2\n3\n4\n5\n");
+    ok(s.nix.cmd("nix-store").arg("--verify-path").arg(&top));
+}
+
+#[test]
+fn a_wrong_host_key_is_refused() {
+    let Some(s) = Setup::new() else { return };
+    let Some(d) = sshd(s.dir.path(), &s.client_key.with_extension("pub")) else {
+        return;
+    };
+    let drv = s.instantiate(&["n", "1"]);
+    let (uri, line) = s.machine("m", &d);
+    // Another key in the host-key column.
+    let other = s.dir.path().join("other");
+    keygen(&other);
+    let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_key: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    use base64::Engine;
+    let forged = base64::engine::general_purpose::STANDARD.encode(other_key.join(" "));
+    let line = format!("{} {forged}", line.rsplit_once(' ').unwrap().0);
+    let out = s.realise(&drv, &[line], d.port).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot build on '{uri}'")), "{err}");
+}
+
+#[test]
+fn a_machine_whose_sshd_dies_mid_run_loses_its_jobs_to_another() {
+    let Some(s) = Setup::new() else { return };
+    let pubkey = s.client_key.with_extension("pub");
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let Some(a) = sshd(a_dir.path(), &pubkey) else {
+        return;
+    };
+    let Some(b) = sshd(b_dir.path(), &pubkey) else {
+        return;
+    };
+    let drv = s.instantiate(&["n", "8", "sleep", "\"1\""]);
+    let (a_uri, a_line) = s.machine("a", &a);
+    let (b_uri, b_line) = s.machine("b", &b);
+    // Both sshds on different ports: NIX_SSHOPTS can name one, so b's port goes in an
+    // ssh config entry for a host alias.
+    let cfg = s.dir.path().join("ssh_config");
+    fs::write(
+        &cfg,
+        format!(
+            "Host a-host\n  HostName 127.0.0.1\n  Port {}\nHost b-host\n  HostName 127.0.0.1\n  Port {}\n",
+            a.port, b.port
+        ),
+    )
+    .unwrap();
+    let a_line = a_line.replace("root@127.0.0.1", "root@a-host");
+    let b_line = b_line.replace("root@127.0.0.1", "root@b-host");
+    let a_uri = a_uri.replace("root@127.0.0.1", "root@a-host");
+    let b_uri = b_uri.replace("root@127.0.0.1", "root@b-host");
+    let mut c = Command::new(s.links.dir.path().join("nix-store"));
+    s.nix.isolate(&mut c);
+    c.env("NIX_SSHOPTS", format!("-F {}", cfg.display()))
+        .args(["-r", &drv, "-j0", "--option", "builders"])
+        .arg(format!("{a_line};{b_line}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    // Once a build runs on a, a's sshd and everything it started die.
+    let mut a = Some(a);
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen += &l;
+        seen.push('\n');
+        if a.is_some() && l.contains(&format!("on '{a_uri}'")) {
+            std::thread::sleep(Duration::from_millis(300));
+            let d = a.take().unwrap();
+            drop(d);
+            kill_serving(&s.dir.path().join("a"));
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(a.is_none(), "nothing was built on a:\n{seen}");
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains(&format!("on '{b_uri}'")), "{seen}");
+    assert!(
+        seen.contains("was lost") || seen.contains("cannot build on"),
+        "{seen}"
+    );
+    drop(b);
+}
+
+/// Kill every process serving the store in `dir` (`nix-store --serve --write --store DIR`,
+/// started by sshd; not the master, whose arguments name `dir` too).
+fn kill_serving(dir: &Path) {
+    let needle = format!("--store\0{}\0", dir.display());
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
