@@ -7,6 +7,7 @@ mod interrupt;
 mod legacy;
 mod ops;
 mod progress;
+mod remote;
 mod serve;
 mod settings;
 mod shell;
@@ -46,7 +47,8 @@ fn main() -> ExitCode {
         "nix-hash" => legacy::nix_hash::run(&args[1..], &mut shell),
         "nix-store" => legacy::nix_store::run(&args[1..], &mut shell),
         "nix-collect-garbage" => legacy::nix_collect_garbage::run(&args[1..], &mut shell),
-        "nix-build" | "nix-instantiate" | "nix-copy-closure" => {
+        "nix-copy-closure" => legacy::nix_copy_closure::run(&args[1..], &mut shell),
+        "nix-build" | "nix-instantiate" => {
             Err(anyhow::anyhow!(
                 "'{name}' is not available in this version of ferrix yet (it arrives with the build engine and the evaluator)"
             ))

@@ -387,3 +387,83 @@ fn sessions_running(machine: &Path) -> bool {
             .unwrap_or(false)
     })
 }
+
+#[test]
+fn closures_are_copied_to_and_from_a_machine() {
+    let Some(s) = Setup::new() else { return };
+    let nix = &s.nix;
+    let drv = s.instantiate(&["n", "4", "width", "2"]);
+    let top = String::from_utf8(ok(nix.cmd("nix-build").arg(&drv).arg("--no-out-link")))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let closure: Vec<String> = String::from_utf8(ok(nix.cmd("nix-store").args(["-qR", &top])))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let machine = s.dir.path().join("m");
+    let uri = format!(
+        "ssh://localhost?remote-program={}&remote-store={}",
+        s.ferrix_store().display(),
+        machine.display()
+    );
+    let ferrix = |args: &[&str]| {
+        let mut c = Command::new(common::ferrix_exe());
+        nix.isolate(&mut c);
+        c.args(args);
+        c
+    };
+    let out = ferrix(&["copy", "--to", &uri, &top]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("copied {} paths", closure.len())));
+    // Again: nothing is missing there now.
+    let out = ferrix(&["copy", "--to", &uri, &top]).output().unwrap();
+    assert!(stderr(&out).contains("copied 0 paths"), "{}", stderr(&out));
+    // The machine has the closure, valid.
+    let mut c = Command::new(s.ferrix_store());
+    nix.isolate(&mut c);
+    c.arg("--store")
+        .arg(&machine)
+        .arg("--check-validity")
+        .args(&closure);
+    ok(&mut c);
+    // Gone here, then fetched back: the same paths, sound.
+    ok(nix.cmd("nix-store").arg("--delete").arg(&top));
+    let v = nix
+        .cmd("nix-store")
+        .args(["--check-validity", &top])
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+    let out = ferrix(&["copy", "--from", &uri, &top]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("copied 1 paths"), "{}", stderr(&out));
+    ok(nix.cmd("nix-store").arg("--verify-path").arg(&top));
+}
+
+#[test]
+fn machines_are_listed_with_whether_they_answer() {
+    let Some(s) = Setup::new() else { return };
+    let (live, live_line) = s.machine("live", &s.ferrix_store(), 3);
+    let (dead, dead_line) = s.machine("dead", Path::new("/nonexistent/nix-store"), 1);
+    let mut c = Command::new(common::ferrix_exe());
+    s.nix.isolate(&mut c);
+    c.args([
+        "--option",
+        "builders",
+        &format!("{live_line};{dead_line}"),
+        "machines",
+    ]);
+    let out = String::from_utf8(ok(&mut c)).unwrap();
+    let block = |uri: &str| {
+        let i = out
+            .find(&format!("{uri}\n"))
+            .unwrap_or_else(|| panic!("{out}"));
+        out[i..].lines().take(3).collect::<Vec<_>>().join("\n")
+    };
+    let l = block(&live);
+    assert!(l.contains("max jobs: 3") && l.contains("\n  up ("), "{l}");
+    let d = block(&dead);
+    assert!(d.contains("\n  down: "), "{d}");
+}

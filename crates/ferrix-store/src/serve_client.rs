@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 
 use ferrix_format::{Derivation, StoreDir, StorePath};
 use ferrix_protocol::serve::{
-    self, BuildDerivation, BuildResult, DumpStorePath, PathInfoEntry, QueryPathInfos,
-    QueryValidPaths, Request,
+    self, BuildDerivation, BuildResult, DumpStorePath, ExportPaths, PathInfoEntry, QueryClosure,
+    QueryPathInfos, QueryValidPaths, Request,
 };
 use ferrix_protocol::wire::{Limits, WireError};
 use ferrix_protocol::Version;
@@ -360,6 +360,47 @@ impl ServeClient {
         serve::read_ok(&mut self.r, "the answer to an import").map_err(|e| self.protocol(e))
     }
 
+    /// The closure of `paths` there (with the outputs of derivations: `include_outputs`).
+    pub fn query_closure(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+        include_outputs: bool,
+    ) -> Result<BTreeSet<StorePath>, RemoteError> {
+        self.send(
+            "asking for a closure",
+            &Request::QueryClosure(QueryClosure {
+                include_outputs,
+                paths: paths.clone(),
+            }),
+        )?;
+        let sd = self.store_dir.clone();
+        ferrix_protocol::wire::read_store_path_set(&mut self.r, &sd, &self.limits, "closure")
+            .map_err(|e| self.protocol(e))
+    }
+
+    /// Copy `paths` (valid there, whose references are valid here or among them) from the
+    /// machine into `store`, as one export stream; checked and registered as any import.
+    pub fn export_into(
+        &mut self,
+        store: &LocalStore,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<Vec<StorePath>, RemoteError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send(
+            "asking for paths",
+            &Request::ExportPaths(ExportPaths {
+                paths: paths.clone(),
+            }),
+        )?;
+        crate::export::import_paths(store, &mut self.r).map_err(|source| RemoteError::Store {
+            uri: self.uri.clone(),
+            what: "importing paths",
+            source: Box::new(source),
+        })
+    }
+
     /// Build `drv` there (its inputs must be valid there), streaming its log to the sink.
     pub fn build_derivation(
         &mut self,
@@ -411,4 +452,45 @@ impl Drop for ServeClient {
             let _ = d.join();
         }
     }
+}
+
+/// Copy the closure of `paths` (with the outputs of derivations: `include_outputs`) to the
+/// machine: one query for what it has, then what it lacks as one stream. The paths sent.
+pub fn copy_to(
+    store: &LocalStore,
+    client: &mut ServeClient,
+    paths: &[StorePath],
+    include_outputs: bool,
+) -> Result<BTreeSet<StorePath>, RemoteError> {
+    let closure = store
+        .closure(paths.iter().cloned(), include_outputs, false)
+        .map_err(|source| RemoteError::Store {
+            uri: client.uri.clone(),
+            what: "computing the closure to send",
+            source: Box::new(source),
+        })?;
+    let have = client.query_valid(&closure)?;
+    let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
+    client.import_paths(store, &missing)?;
+    Ok(missing)
+}
+
+/// Copy the closure of `paths` on the machine into `store`: what is missing here, as one
+/// stream. The paths received.
+pub fn copy_from(
+    store: &LocalStore,
+    client: &mut ServeClient,
+    paths: &BTreeSet<StorePath>,
+    include_outputs: bool,
+) -> Result<Vec<StorePath>, RemoteError> {
+    let closure = client.query_closure(paths, include_outputs)?;
+    let have = store
+        .valid_among(closure.iter())
+        .map_err(|source| RemoteError::Store {
+            uri: client.uri.clone(),
+            what: "checking what is here",
+            source: Box::new(source),
+        })?;
+    let missing: BTreeSet<StorePath> = closure.into_iter().filter(|p| !have.contains(p)).collect();
+    client.export_into(store, &missing)
 }

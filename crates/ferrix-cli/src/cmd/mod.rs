@@ -1,11 +1,13 @@
 //! The `ferrix` (= `nix`) command line: subcommands following Nix's `nix` CLI.
 
 mod build;
+mod copy;
 mod derivation;
 mod hash;
 mod install_links;
 mod key;
 mod log;
+mod machines;
 mod nar;
 mod path_info;
 mod store;
@@ -78,6 +80,10 @@ enum Command {
     Build(build::Args),
     /// Show the build log of a derivation or of a path built by one.
     Log(log::Args),
+    /// Copy closures to or from a machine (ssh://).
+    Copy(copy::Args),
+    /// List the build machines and whether they answer.
+    Machines,
     /// Create the classic command names (nix-store, nix-hash, …) as links to this binary.
     InstallLinks(install_links::Args),
 }
@@ -116,6 +122,8 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Store(c) => return store::run(c, &settings, shell),
         Command::Build(a) => return build::run(a, &settings, shell),
         Command::Log(a) => log::run(a, &settings, shell)?,
+        Command::Copy(a) => copy::run(a, &settings, shell)?,
+        Command::Machines => machines::run(&settings, shell)?,
     }
     Ok(ExitCode::SUCCESS)
 }

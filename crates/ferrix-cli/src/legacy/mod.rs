@@ -1,6 +1,7 @@
 //! The classic commands (`nix-hash`, `nix-store`), with Nix's own argument conventions.
 
 pub mod nix_collect_garbage;
+pub mod nix_copy_closure;
 pub mod nix_hash;
 pub mod nix_store;
 

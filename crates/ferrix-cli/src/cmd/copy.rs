@@ -1,0 +1,61 @@
+//! `ferrix copy --to|--from ssh://HOST PATHS`: copy closures between this store and a
+//! machine, sending or fetching only what the other side lacks.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+
+use crate::ops;
+use crate::settings::Settings;
+use crate::shell::Shell;
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The store to copy to.
+    #[arg(long)]
+    to: Option<String>,
+    /// The store to copy from.
+    #[arg(long)]
+    from: Option<String>,
+    /// Also copy the outputs of derivations.
+    #[arg(long)]
+    include_outputs: bool,
+    /// Store paths whose closures are copied.
+    #[arg(required = true)]
+    paths: Vec<String>,
+}
+
+pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
+    let store = settings.open_store()?;
+    match (a.to, a.from) {
+        (Some(to), None) => {
+            let paths = ops::resolve_all(&store, &a.paths)?;
+            let mut s = crate::remote::connect(&to, &store, false)?;
+            let sent = ferrix_store::serve_client::copy_to(
+                &store,
+                &mut s.client,
+                &paths,
+                a.include_outputs,
+            )?;
+            shell.note(format!("copied {} paths to '{to}'", sent.len()));
+        }
+        (None, Some(from)) => {
+            let paths: BTreeSet<_> = a
+                .paths
+                .iter()
+                .map(|p| store.parse_path(p))
+                .collect::<Result<_, _>>()?;
+            let mut s = crate::remote::connect(&from, &store, false)?;
+            let got = ferrix_store::serve_client::copy_from(
+                &store,
+                &mut s.client,
+                &paths,
+                a.include_outputs,
+            )?;
+            shell.note(format!("copied {} paths from '{from}'", got.len()));
+        }
+        _ => bail!("'ferrix copy' needs exactly one of '--to' and '--from'"),
+    }
+    Ok(())
+}
