@@ -380,13 +380,15 @@ pub fn run_engine(
     times: ferrix_build::BuildTimes,
 ) -> Result<Outcome> {
     let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
-    let runtime_dir = tempfile::Builder::new()
-        .prefix("ferrix-ssh-")
-        .tempdir()
-        .context("making a directory for ssh sockets")?;
     let mut executors: Vec<Arc<dyn ferrix_build::Executor>> = Vec::new();
     let machines = machines(settings)?;
+    // Kept until the run ends: the machines' ssh sockets are in it.
+    let mut _runtime_dir = None;
     if !machines.is_empty() {
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("ferrix-ssh-")
+            .tempdir()
+            .context("making a directory for ssh sockets")?;
         let remote = ferrix_build::remote::RemoteSettings {
             machines,
             ssh: ferrix_store::ssh::SshConfig {
@@ -412,6 +414,7 @@ pub fn run_engine(
         if !ex.is_empty() {
             executors.push(Arc::new(ex));
         }
+        _runtime_dir = Some(runtime_dir);
     }
     let (build_dir_base, compress_log) = (local.build_dir_base.clone(), local.compress_log);
     executors.push(Arc::new(LocalExecutor::new(

@@ -1,0 +1,330 @@
+//! Running the builder: its build directory, its process (or a sandbox host's), its log,
+//! and the limits on it (timeout, silence, cancellation).
+
+use super::*;
+
+impl LocalExecutor {
+    pub(super) fn make_build_dir(&self, job: &Job, drv: &str) -> Result<PathBuf, BuildFailure> {
+        let io_err = |what: String| {
+            let drv = drv.to_owned();
+            move |source| BuildFailure::Io { drv, what, source }
+        };
+        let base = &self.settings.build_dir_base;
+        loop {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let dir = build_dir_name(base, job.drv_path.name(), n);
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(io_err(format!(
+                        "creating build directory '{}'",
+                        dir.display()
+                    ))(e))
+                }
+            }
+        }
+    }
+
+    /// Start the builder in its own process group, with stdout and stderr on one pipe that
+    /// a thread copies into the log, and wait for it, for a timeout, for silence, or for
+    /// cancellation. Whatever happens, its whole process group is gone afterwards.
+    pub(super) async fn run_builder(
+        &self,
+        job: &Job,
+        drv: &str,
+        site: Site<'_>,
+        mut cancel: Cancel,
+    ) -> Result<(), BuildFailure> {
+        let Site {
+            build_dir,
+            chroot,
+            closure,
+            scratch,
+        } = site;
+        let s = &self.settings;
+        let io_err = |what: &str| {
+            let (drv, what) = (drv.to_owned(), what.to_owned());
+            move |source| BuildFailure::Io { drv, what, source }
+        };
+        let top = match chroot {
+            Some(_) => crate::sandbox::BUILD_DIR_IN_SANDBOX.to_owned(),
+            None => build_dir.to_string_lossy().into_owned(),
+        };
+        let store_dir = self.store.store_dir().to_string();
+        let mut rewrites: Vec<(String, String)> = job
+            .outputs
+            .iter()
+            .map(|(name, p)| (hash_placeholder(name), self.store.print(p)))
+            .collect();
+        for (name, s) in scratch {
+            rewrites.push((
+                job.outputs[name].hash_part().to_owned(),
+                s.hash_part().to_owned(),
+            ));
+        }
+        let cx = EnvContext {
+            store_dir: &store_dir,
+            build_top: &top,
+            cores: s.cores,
+            impure: &s.impure_env,
+            rewrites: &rewrites,
+        };
+        let malformed = |why: String| BuildFailure::Malformed {
+            drv: drv.to_owned(),
+            why,
+        };
+        let attrs = Attrs::of(&job.drv).map_err(malformed)?;
+        let exports = match &attrs {
+            Attrs::Env(env) => env.contains_key("exportReferencesGraph"),
+            Attrs::Structured(map) => map.contains_key("exportReferencesGraph"),
+        };
+        if exports {
+            // Path infos come from the database: inputs still being registered must be in.
+            self.registry
+                .registrations()
+                .wait_for(closure.iter().cloned())
+                .await
+                .map_err(|input| BuildFailure::InputUnregistered {
+                    drv: drv.to_owned(),
+                    input: self.store.print(&input),
+                })?;
+        }
+        let structured = match &attrs {
+            Attrs::Structured(map) => {
+                Some(self.structured_json(map, job, closure).map_err(malformed)?)
+            }
+            Attrs::Env(env) => {
+                self.export_graphs(env, build_dir, closure)
+                    .map_err(malformed)?;
+                None
+            }
+        };
+        let (env, files) =
+            builder_env(&job.drv, &attrs, structured.as_ref(), &cx).map_err(malformed)?;
+        for (name, contents) in files {
+            fs::write(build_dir.join(&name), contents)
+                .map_err(io_err("writing attribute files"))?;
+        }
+        let args: Vec<String> = job.drv.args.iter().map(|a| rewrite(a, &rewrites)).collect();
+        let real_store = &self.store.config().real_store_dir;
+        if chroot.is_none() && std::path::Path::new(&store_dir) != real_store.as_path() {
+            // Outputs are written at their logical paths; only a sandbox can map those onto
+            // a store kept elsewhere (a chroot store), as Nix does.
+            return Err(BuildFailure::Spawn {
+                drv: drv.to_owned(),
+                builder: job.drv.builder.clone(),
+                source: io::Error::other(format!(
+                    "the store '{store_dir}' is kept in '{}': building there needs the sandbox (sandbox = true)",
+                    real_store.display()
+                )),
+            });
+        }
+        if job.drv.builder.starts_with("builtin:") {
+            return Err(BuildFailure::Spawn {
+                drv: drv.to_owned(),
+                builder: job.drv.builder.clone(),
+                source: io::Error::other("built-in builders are not supported yet"),
+            });
+        }
+
+        // The log file is made while the builder starts (the pipe holds what it writes
+        // meanwhile): it is not on the way from one build to the next.
+        let log_path = crate::log::log_path(&s.log_dir, &job.drv_path, s.compress_log);
+        let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
+        let spawn_err = |source| BuildFailure::Spawn {
+            drv: drv.to_owned(),
+            builder: job.drv.builder.clone(),
+            source,
+        };
+        let mut running = match (chroot, &s.sandbox) {
+            (Some(slot), Some(sb)) => {
+                let network = job.drv.fixed_output().is_some();
+                let place = crate::sandbox::PlaceSpec {
+                    root: slot.dir.join("root"),
+                    store: slot.dir.join("store"),
+                    view: slot.dir.join("view"),
+                    real_store: real_store.clone(),
+                    store_dir: store_dir.clone(),
+                    extra: sb.paths.clone(),
+                    network,
+                    uid: sb.uid,
+                    gid: sb.gid,
+                };
+                let build = crate::sandbox::BuildSpec {
+                    builder: job.drv.builder.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                    build_dir: build_dir.to_owned(),
+                    inputs: closure.iter().map(|p| p.to_string()).collect(),
+                };
+                if network {
+                    // The host's network is not the place's: a helper of its own.
+                    let (mut cmd, input) =
+                        crate::sandbox::one_shot_command(&sb.helper, &place, &build)
+                            .map_err(spawn_err)?;
+                    cmd.stdin(Stdio::piped());
+                    let mut child = spawn_process(cmd, writer).map_err(spawn_err)?;
+                    if let Some(mut stdin) = child.stdin.take() {
+                        use tokio::io::AsyncWriteExt;
+                        stdin
+                            .write_all(&input)
+                            .await
+                            .map_err(io_err("starting the sandbox"))?;
+                    }
+                    Running::Process(child)
+                } else {
+                    let mut host = match slot.host.take() {
+                        Some(h) => h,
+                        None => crate::sandbox_host::SandboxHost::spawn(&sb.helper, &place)
+                            .await
+                            .map_err(spawn_err)?,
+                    };
+                    host.start(&build, writer.into())
+                        .await
+                        .map_err(io_err("starting the sandbox"))?;
+                    Running::Hosted { host, slot }
+                }
+            }
+            _ => {
+                let mut cmd = tokio::process::Command::new(&job.drv.builder);
+                cmd.args(&args)
+                    .env_clear()
+                    .envs(&env)
+                    .current_dir(build_dir)
+                    .stdin(Stdio::null());
+                Running::Process(spawn_process(cmd, writer).map_err(spawn_err)?)
+            }
+        };
+
+        let state = Arc::new(Mutex::new(LogState {
+            last_activity: Instant::now(),
+        }));
+        let (stop_log_tx, stop_log) = tokio::sync::oneshot::channel();
+        let mut log_task = {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+                .map_err(io_err("reading the builder's output"))?;
+            let (state, reporter, drv_path) =
+                (state.clone(), self.reporter.clone(), job.drv_path.clone());
+            let compress = s.compress_log;
+            tokio::spawn(async move {
+                let log = LogWriter::create(&log_path, compress)?;
+                copy_log(rx, log, &state, &*reporter, &drv_path, stop_log).await;
+                Ok::<(), (&'static str, io::Error)>(())
+            })
+        };
+
+        let started = Instant::now();
+        let deadline = s.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let outcome: Result<std::process::ExitStatus, BuildFailure> = loop {
+            tokio::select! {
+                st = running.wait() => break st.map_err(io_err("waiting for the builder")),
+                () = cancelled(&mut cancel) => {
+                    break Err(BuildFailure::Interrupted { drv: drv.to_owned() });
+                }
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                    if deadline.is_some() => {
+                    break Err(BuildFailure::Timeout { drv: drv.to_owned(), after: started.elapsed() });
+                }
+                _ = tick.tick(), if s.max_silent_time.is_some() => {
+                    let quiet = state.lock().unwrap_or_else(|p| p.into_inner()).last_activity.elapsed();
+                    if s.max_silent_time.is_some_and(|m| quiet >= m) {
+                        break Err(BuildFailure::Silent { drv: drv.to_owned(), after: quiet });
+                    }
+                }
+            }
+        };
+        running.end(outcome.is_ok()).await;
+        // The builder's process group is gone, but a process that left it (a new session,
+        // a double fork) may still hold the log pipe open: its output is not waited for.
+        let logged = match tokio::time::timeout(LOG_GRACE, &mut log_task).await {
+            Ok(done) => done,
+            Err(_) => {
+                let _ = stop_log_tx.send(());
+                log_task.await
+            }
+        };
+        if let Ok(Err((what, source))) = logged {
+            return Err(io_err(what)(source));
+        }
+
+        let status = outcome?;
+        if status.success() {
+            return Ok(());
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Err(match (status.code(), status.signal()) {
+            (Some(code), _) => BuildFailure::ExitCode {
+                drv: drv.to_owned(),
+                code,
+            },
+            (None, Some(signal)) => BuildFailure::Signal {
+                drv: drv.to_owned(),
+                signal,
+            },
+            (None, None) => BuildFailure::ExitCode {
+                drv: drv.to_owned(),
+                code: -1,
+            },
+        })
+    }
+}
+
+/// Start `cmd` in its own process group, its standard output and error on `out`.
+fn spawn_process(
+    mut cmd: tokio::process::Command,
+    out: io::PipeWriter,
+) -> io::Result<tokio::process::Child> {
+    cmd.stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .kill_on_drop(true);
+    // `cmd` holds copies of the pipe's write end: they go at the end of this call, so that
+    // the log's reader sees the end of the output when the builder's processes are gone.
+    cmd.spawn()
+}
+
+/// A builder running: a process of ours (its process group), or a build of a sandbox host.
+enum Running<'a> {
+    Process(tokio::process::Child),
+    Hosted {
+        host: crate::sandbox_host::SandboxHost,
+        slot: &'a mut Slot,
+    },
+}
+
+impl Running<'_> {
+    /// The build's exit status. Cancel-safe.
+    async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match self {
+            Running::Process(child) => child.wait().await,
+            Running::Hosted { host, .. } => host.wait().await,
+        }
+    }
+
+    /// Make sure that nothing of the build runs any more (`finished`: its status has been
+    /// read). A host that served the build well goes back to its place for the next one.
+    async fn end(self, finished: bool) {
+        match self {
+            Running::Process(mut child) => {
+                // The builder's helpers may outlive it and hold the log pipe open: end them
+                // all.
+                if let Some(pg) = child
+                    .id()
+                    .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+                {
+                    let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
+                }
+                let _ = child.wait().await;
+            }
+            Running::Hosted { mut host, slot } => {
+                // In the sandbox, the build's processes end with its process 1.
+                let healthy = finished || (host.kill().await.is_ok() && host.wait().await.is_ok());
+                if healthy {
+                    slot.host = Some(host);
+                }
+            }
+        }
+    }
+}
