@@ -9,7 +9,7 @@ use ferrix_format::hash::HashSink;
 use ferrix_format::{HashAlgo, StorePath};
 use ferrix_store::LocalStore;
 
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 use crate::executor::Job;
 
 /// `--check`: the new outputs (at `found`), made canonical, must have the NAR hashes of the
@@ -23,10 +23,7 @@ pub(crate) fn compare_outputs(
     scratch: &BTreeMap<String, StorePath>,
     keep_failed: bool,
 ) -> Result<(), BuildFailure> {
-    let store_err = |source| BuildFailure::Store {
-        drv: drv.to_owned(),
-        source,
-    };
+    let store_err = BuildFailure::store(drv);
     let back: Vec<(Vec<u8>, Vec<u8>)> = scratch
         .iter()
         .map(|(name, s)| {
@@ -39,26 +36,34 @@ pub(crate) fn compare_outputs(
     for (name, p) in &job.outputs {
         let at = &found[name];
         if fs::symlink_metadata(at).is_err() {
-            return Err(BuildFailure::MissingOutput {
-                drv: drv.to_owned(),
-                output: name.clone(),
-                path: store.print(p),
-            });
+            return Err(BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::MissingOutput {
+                    output: name.clone(),
+                    path: store.print(p),
+                },
+            ));
         }
         ferrix_store::canon::canonicalise(at).map_err(store_err)?;
         let mut sink = HashSink::new(HashAlgo::Sha256);
         let mut w = Rewriter::new(&mut sink, &back);
         ferrix_format::nar::dump_path(at, &mut w).map_err(|source| {
-            BuildFailure::UnreadableOutput {
-                drv: drv.to_owned(),
-                path: store.print(p),
-                source,
-            }
+            BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::UnreadableOutput {
+                    path: store.print(p),
+                    source,
+                },
+            )
         })?;
-        w.finish().map_err(|source| BuildFailure::Io {
-            drv: drv.to_owned(),
-            what: format!("reading output '{}'", at.display()),
-            source,
+        w.finish().map_err(|source| {
+            BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::Io {
+                    what: format!("reading output '{}'", at.display()),
+                    source,
+                },
+            )
         })?;
         let (new_hash, _) = sink.finish();
         let old = store.path_info(p).map_err(store_err)?;
@@ -72,11 +77,13 @@ pub(crate) fn compare_outputs(
             } else {
                 None
             };
-            return Err(BuildFailure::NotDeterministic {
-                drv: drv.to_owned(),
-                path: store.print(p),
-                kept,
-            });
+            return Err(BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::NotDeterministic {
+                    path: store.print(p),
+                    kept,
+                },
+            ));
         }
     }
     Ok(())

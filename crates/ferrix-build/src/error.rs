@@ -32,99 +32,103 @@ pub enum PlanError {
     Unsupported { drv: String, what: &'static str },
 }
 
-/// Why one derivation did not get built.
-#[derive(Debug, Error)]
-pub enum BuildFailure {
-    #[error("builder for '{drv}' failed with exit code {code}")]
-    ExitCode { drv: String, code: i32 },
-    #[error("builder for '{drv}' was killed by signal {signal}")]
-    Signal { drv: String, signal: i32 },
-    #[error("building '{drv}' timed out after {0} seconds", .after.as_secs())]
-    Timeout { drv: String, after: Duration },
-    #[error("'{drv}' produced no output for {0} seconds", .after.as_secs())]
-    Silent { drv: String, after: Duration },
-    #[error("could not start the builder '{builder}' of '{drv}'")]
+/// Why one derivation did not get built: the derivation, and what went wrong.
+#[derive(Debug)]
+pub struct BuildFailure {
+    /// The derivation, printed with its store directory.
+    pub drv: String,
+    pub kind: FailureKind,
+}
+
+impl BuildFailure {
+    pub fn new(drv: impl Into<String>, kind: FailureKind) -> Self {
+        Self {
+            drv: drv.into(),
+            kind,
+        }
+    }
+
+    /// For `map_err`: an I/O error of `drv` while doing `what`.
+    pub fn io(drv: &str, what: String) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::new(drv, FailureKind::Io { what, source })
+    }
+
+    /// For `map_err`: a store error of `drv` (reusable: it only borrows the name).
+    pub fn store(drv: &str) -> impl Fn(StoreError) -> Self + Copy + '_ {
+        move |source| Self::new(drv, FailureKind::Store { source })
+    }
+}
+
+/// What went wrong.
+#[derive(Debug)]
+pub enum FailureKind {
+    ExitCode {
+        code: i32,
+    },
+    Signal {
+        signal: i32,
+    },
+    Timeout {
+        after: Duration,
+    },
+    Silent {
+        after: Duration,
+    },
     Spawn {
-        drv: String,
         builder: String,
-        #[source]
         source: std::io::Error,
     },
-    #[error("builder for '{drv}' failed to produce output path for output '{output}' at '{path}'")]
     MissingOutput {
-        drv: String,
         output: String,
         path: String,
     },
-    #[error("output '{path}' of '{drv}' cannot be read as a store path")]
     UnreadableOutput {
-        drv: String,
         path: String,
-        #[source]
         source: ferrix_format::nar::DumpError,
     },
-    #[error("hash mismatch in fixed-output derivation '{drv}':\n  specified: {specified}\n       got:    {got}")]
     HashMismatch {
-        drv: String,
         specified: String,
         got: String,
     },
-    #[error("some outputs of '{drv}' are not valid, so checking is not possible")]
-    CannotCheck { drv: String },
-    #[error("derivation '{drv}' may not be deterministic: output '{path}' differs{}", .kept.as_ref().map(|k| format!(" from '{k}'")).unwrap_or_default())]
+    CannotCheck,
     NotDeterministic {
-        drv: String,
         path: String,
         /// Where the new build was kept (`--keep-failed`).
         kept: Option<String>,
     },
-    #[error("the outputs of '{drv}' were not registered, because those of its input '{input}' could not be")]
-    InputUnregistered { drv: String, input: String },
-    #[error("derivation '{drv}' cannot be built: {why}")]
-    Malformed { drv: String, why: String },
-    #[error("output '{path}' of '{drv}' {why}")]
+    InputUnregistered {
+        input: String,
+    },
+    Malformed {
+        why: String,
+    },
     BadReferences {
-        drv: String,
         path: String,
         why: String,
     },
-    #[error("{drv}: {what}")]
     Io {
-        drv: String,
         what: String,
-        #[source]
         source: std::io::Error,
     },
-    #[error("{drv}: registering the outputs")]
     Registration {
-        drv: String,
-        #[source]
         source: std::sync::Arc<StoreError>,
     },
-    #[error("{drv}")]
     Store {
-        drv: String,
-        #[source]
         source: StoreError,
     },
-    #[error("building '{drv}' was interrupted")]
-    Interrupted { drv: String },
-    #[error("cannot build '{drv}' because its input '{input}' failed to build")]
-    DependencyFailed { drv: String, input: String },
-    #[error("cannot build '{drv}': local builds are disabled (max-jobs = 0) and there are no remote builders; either increase '--max-jobs' or enable remote builds")]
-    NoSlots { drv: String },
-    #[error("cannot build '{drv}': {} a '{system}'{} is required, and it cannot be built locally", if *.declined { "no machine would take it:" } else { "no machine can build it:" }, if .features.is_empty() { String::new() } else { format!(" with features {{{}}}", .features) })]
+    Interrupted,
+    DependencyFailed {
+        input: String,
+    },
+    NoSlots,
     NoBuilder {
-        drv: String,
         system: String,
         /// The required features, comma separated.
         features: String,
         /// Some executor could, but declined.
         declined: bool,
     },
-    #[error("build of '{drv}' on '{machine}' failed: {msg}{}", tail_lines(.tail))]
     Remote {
-        drv: String,
         machine: String,
         msg: String,
         /// The remote log's last lines.
@@ -132,47 +136,86 @@ pub enum BuildFailure {
         /// Timed out there (Nix's status bit 1).
         timed_out: bool,
     },
-    #[error(
-        "'{machine}' sent output '{path}' of '{drv}' with NAR hash {got}, but said it was {said}"
-    )]
     RemoteMismatch {
-        drv: String,
         machine: String,
         path: String,
         said: String,
         got: String,
     },
-    #[error("building '{drv}' was lost {times} times, last on '{by}': {why}")]
     Lost {
-        drv: String,
         by: String,
         why: String,
         times: u32,
     },
 }
 
+impl std::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let drv = &self.drv;
+        match &self.kind {
+            FailureKind::ExitCode { code, .. } => write!(f, "builder for '{drv}' failed with exit code {code}"),
+            FailureKind::Signal { signal, .. } => write!(f, "builder for '{drv}' was killed by signal {signal}"),
+            FailureKind::Timeout { after, .. } => write!(f, "building '{drv}' timed out after {0} seconds", after.as_secs()),
+            FailureKind::Silent { after, .. } => write!(f, "'{drv}' produced no output for {0} seconds", after.as_secs()),
+            FailureKind::Spawn { builder, .. } => write!(f, "could not start the builder '{builder}' of '{drv}'"),
+            FailureKind::MissingOutput { output, path, .. } => write!(f, "builder for '{drv}' failed to produce output path for output '{output}' at '{path}'"),
+            FailureKind::UnreadableOutput { path, .. } => write!(f, "output '{path}' of '{drv}' cannot be read as a store path"),
+            FailureKind::HashMismatch { specified, got, .. } => write!(f, "hash mismatch in fixed-output derivation '{drv}':\n  specified: {specified}\n       got:    {got}"),
+            FailureKind::CannotCheck => write!(f, "some outputs of '{drv}' are not valid, so checking is not possible"),
+            FailureKind::NotDeterministic { path, kept, .. } => write!(f, "derivation '{drv}' may not be deterministic: output '{path}' differs{}", kept.as_ref().map(|k| format!(" from '{k}'")).unwrap_or_default()),
+            FailureKind::InputUnregistered { input, .. } => write!(f, "the outputs of '{drv}' were not registered, because those of its input '{input}' could not be"),
+            FailureKind::Malformed { why, .. } => write!(f, "derivation '{drv}' cannot be built: {why}"),
+            FailureKind::BadReferences { path, why, .. } => write!(f, "output '{path}' of '{drv}' {why}"),
+            FailureKind::Io { what, .. } => write!(f, "{drv}: {what}"),
+            FailureKind::Registration { .. } => write!(f, "{drv}: registering the outputs"),
+            FailureKind::Store { .. } => write!(f, "{drv}"),
+            FailureKind::Interrupted => write!(f, "building '{drv}' was interrupted"),
+            FailureKind::DependencyFailed { input, .. } => write!(f, "cannot build '{drv}' because its input '{input}' failed to build"),
+            FailureKind::NoSlots => write!(f, "cannot build '{drv}': local builds are disabled (max-jobs = 0) and there are no remote builders; either increase '--max-jobs' or enable remote builds"),
+            FailureKind::NoBuilder { system, features, declined, .. } => write!(f, "cannot build '{drv}': {} a '{system}'{} is required, and it cannot be built locally", if *declined { "no machine would take it:" } else { "no machine can build it:" }, if features.is_empty() { String::new() } else { format!(" with features {{{}}}", features) }),
+            FailureKind::Remote { machine, msg, tail, .. } => write!(f, "build of '{drv}' on '{machine}' failed: {msg}{}", tail_lines(tail)),
+            FailureKind::RemoteMismatch { machine, path, said, got, .. } => write!(f, "'{machine}' sent output '{path}' of '{drv}' with NAR hash {got}, but said it was {said}"),
+            FailureKind::Lost { by, why, times, .. } => write!(f, "building '{drv}' was lost {times} times, last on '{by}': {why}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            FailureKind::Spawn { source, .. } => Some(source),
+            FailureKind::UnreadableOutput { source, .. } => Some(source),
+            FailureKind::Io { source, .. } => Some(source),
+            FailureKind::Registration { source, .. } => Some(source),
+            FailureKind::Store { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 impl BuildFailure {
     /// Bits of Nix's exit status: 0x01 timeout, 0x02 hash mismatch, 0x04 build failure.
     pub fn status_bits(&self) -> u32 {
-        match self {
-            Self::Timeout { .. } | Self::Silent { .. } => 0x04 | 0x01,
-            Self::Remote {
+        use FailureKind as K;
+        match &self.kind {
+            K::Timeout { .. } | K::Silent { .. } => 0x04 | 0x01,
+            K::Remote {
                 timed_out: true, ..
             } => 0x04 | 0x01,
-            Self::HashMismatch { .. } => 0x04 | 0x02,
+            K::HashMismatch { .. } => 0x04 | 0x02,
             // Nix's "not deterministic" bit: a check that ran and differed, not a failure.
-            Self::NotDeterministic { .. } => 0x08,
+            K::NotDeterministic { .. } => 0x08,
             // The builder succeeded but its outputs were rejected: Nix's plain failure (1).
-            Self::MissingOutput { .. }
-            | Self::UnreadableOutput { .. }
-            | Self::BadReferences { .. }
-            | Self::DependencyFailed { .. }
-            | Self::InputUnregistered { .. }
-            | Self::Interrupted { .. }
-            | Self::NoSlots { .. }
-            | Self::NoBuilder { .. }
-            | Self::RemoteMismatch { .. }
-            | Self::Lost { .. } => 0,
+            K::MissingOutput { .. }
+            | K::UnreadableOutput { .. }
+            | K::BadReferences { .. }
+            | K::DependencyFailed { .. }
+            | K::InputUnregistered { .. }
+            | K::Interrupted
+            | K::NoSlots
+            | K::NoBuilder { .. }
+            | K::RemoteMismatch { .. }
+            | K::Lost { .. } => 0,
             _ => 0x04,
         }
     }

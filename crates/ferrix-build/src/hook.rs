@@ -37,7 +37,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
     BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, OfferFuture, Reporter,
 };
@@ -211,10 +211,12 @@ impl HookExecutor {
             intent.abandon(&[]);
             aside.put_back();
             self.drop_job(id).await;
-            return fail(BuildFailure::InputUnregistered {
+            return fail(BuildFailure::new(
                 drv,
-                input: store.print(&input),
-            });
+                FailureKind::InputUnregistered {
+                    input: store.print(&input),
+                },
+            ));
         }
         let dir = match self.job_dir(&job, &closure, id).await {
             Ok(d) => d,
@@ -272,7 +274,7 @@ impl HookExecutor {
         match end {
             End::Cancelled => {
                 abandon(intent, aside);
-                return fail(BuildFailure::Interrupted { drv });
+                return fail(BuildFailure::new(drv, FailureKind::Interrupted));
             }
             End::Lost => {
                 abandon(intent, aside);
@@ -283,13 +285,15 @@ impl HookExecutor {
             }
             End::Failed(msg) => {
                 abandon(intent, aside);
-                return fail(BuildFailure::Remote {
+                return fail(BuildFailure::new(
                     drv,
-                    machine,
-                    msg,
-                    tail: Vec::new(),
-                    timed_out: false,
-                });
+                    FailureKind::Remote {
+                        machine,
+                        msg,
+                        tail: Vec::new(),
+                        timed_out: false,
+                    },
+                ));
             }
             End::Done => {}
         }
@@ -308,9 +312,15 @@ impl HookExecutor {
                     continue; // missing: the output check says so
                 };
                 ferrix_format::nar::restore(std::io::BufReader::new(file), &store2.real_path(p))
-                    .map_err(|e| BuildFailure::Malformed {
-                        drv: d.clone(),
-                        why: format!("the build hook's NAR of output '{name}' is unusable: {e}"),
+                    .map_err(|e| {
+                        BuildFailure::new(
+                            d.clone(),
+                            FailureKind::Malformed {
+                                why: format!(
+                                    "the build hook's NAR of output '{name}' is unusable: {e}"
+                                ),
+                            },
+                        )
                     })?;
             }
             check_outputs(&store2, &job2, &d, closure, &known)
@@ -371,14 +381,7 @@ impl HookExecutor {
             .collect();
         let d = drv.clone();
         crate::local::blocking(&drv, move || {
-            let io = |what: &str| {
-                let (d, what) = (d.clone(), what.to_owned());
-                move |source| BuildFailure::Io {
-                    drv: d,
-                    what,
-                    source,
-                }
-            };
+            let io = |what: &str| BuildFailure::io(&d, what.to_owned());
             let dir = tempfile::Builder::new()
                 .prefix(&format!("ferrix-hook-{id}-"))
                 .tempdir_in(&base)
@@ -387,17 +390,11 @@ impl HookExecutor {
             let mut all = closure;
             let drvs = store
                 .closure([job_drv.clone()], false, false)
-                .map_err(|source| BuildFailure::Store {
-                    drv: d.clone(),
-                    source,
-                })?;
+                .map_err(|source| BuildFailure::new(d.clone(), FailureKind::Store { source }))?;
             all.extend(drvs);
             let sorted = store
                 .topo_sort(&all)
-                .map_err(|source| BuildFailure::Store {
-                    drv: d.clone(),
-                    source,
-                })?;
+                .map_err(|source| BuildFailure::new(d.clone(), FailureKind::Store { source }))?;
             let lines: String = sorted.iter().map(|p| store.print(p) + "\n").collect();
             std::fs::write(dir.path().join("inputs"), lines).map_err(io("writing the inputs"))?;
             std::fs::write(dir.path().join("drv"), store.print(&job_drv) + "\n")

@@ -23,7 +23,7 @@ pub mod sandbox_host;
 pub mod scheduler;
 pub mod times;
 
-pub use error::{BuildFailure, PlanError};
+pub use error::{BuildFailure, FailureKind, PlanError};
 pub use executor::{
     BuildMode, Built, Executor, Job, JobError, Offer, OfferContext, Quiet, Reporter,
 };

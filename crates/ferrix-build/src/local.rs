@@ -18,13 +18,13 @@ use ferrix_store::LocalStore;
 use crate::attrs::{hash_placeholder, rewrite, Attrs};
 use crate::check::compare_outputs;
 use crate::env::{build_dir_name, builder_env, EnvContext};
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
     BuildFuture, BuildMode, Built, Cancel, Executor, Job, JobError, Offer, OfferContext,
     OfferFuture, Reporter,
 };
 use crate::export::{export_closure, path_info_json, registration};
-use crate::log::{copy_log, LogState, LogWriter, LOG_GRACE};
+use crate::log::{copy_log, LogState, LogWriter, LOG_DRAIN_LIMIT, LOG_GRACE};
 use crate::outputs::check_outputs;
 use crate::register::Handover;
 use crate::registry::{Claim, Claimed, Registry};
@@ -158,11 +158,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BuildFailure> + Send + 'static,
 ) -> Result<T, BuildFailure> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(BuildFailure::Io {
-            drv: drv.to_owned(),
-            what: "a worker thread failed".into(),
-            source: io::Error::other(e.to_string()),
-        })
+        Err(BuildFailure::new(
+            drv.to_owned(),
+            FailureKind::Io {
+                what: "a worker thread failed".into(),
+                source: io::Error::other(e.to_string()),
+            },
+        ))
     })
 }
 
@@ -299,11 +301,16 @@ impl LocalExecutor {
                 if fs::symlink_metadata(&from).is_ok() {
                     let to = store.real_path(p);
                     if let Err(source) = fs::rename(&from, &to) {
-                        result = Err(BuildFailure::Io {
-                            drv: drv.clone(),
-                            what: format!("moving output '{}' out of the sandbox", store.print(p)),
-                            source,
-                        });
+                        result = Err(BuildFailure::new(
+                            drv.clone(),
+                            FailureKind::Io {
+                                what: format!(
+                                    "moving output '{}' out of the sandbox",
+                                    store.print(p)
+                                ),
+                                source,
+                            },
+                        ));
                         break;
                     }
                 }
@@ -390,10 +397,14 @@ impl LocalExecutor {
                 &ferrix_format::Hash::zero(HashAlgo::Sha256),
                 p.name(),
             )
-            .map_err(|e| BuildFailure::Io {
-                drv: self.store.print(&job.drv_path),
-                what: "naming a scratch output".into(),
-                source: io::Error::other(e.to_string()),
+            .map_err(|e| {
+                BuildFailure::new(
+                    self.store.print(&job.drv_path),
+                    FailureKind::Io {
+                        what: "naming a scratch output".into(),
+                        source: io::Error::other(e.to_string()),
+                    },
+                )
             })
     }
 }

@@ -47,9 +47,13 @@ pub(crate) struct LogState {
     pub(crate) last_activity: Instant,
 }
 
-/// How long the log is read after the builder's process group has ended: only processes
-/// that escaped it can still be writing.
+/// How long the log may be silent after the builder's process group has ended before it is
+/// given up: only processes that escaped the group can still be writing.
 pub(crate) const LOG_GRACE: Duration = Duration::from_millis(500);
+
+/// How long the log is read at most after the builder's process group has ended, however
+/// much keeps coming (an escaped process writing forever).
+pub(crate) const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// A build log file, bzip2-compressed or not. The compressor (and its large buffers) is made
 /// only when the builder writes something: many builders print nothing.

@@ -11,7 +11,7 @@ use ferrix_format::{ContentAddress, FileIngestionMethod, HashAlgo, StorePath};
 use ferrix_store::{LocalStore, ValidPathInfo};
 
 use crate::attrs::Attrs;
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 use crate::executor::Job;
 use crate::refscan::RefScanner;
 
@@ -38,18 +38,17 @@ pub(crate) fn check_outputs(
     input_closure: BTreeSet<StorePath>,
     unregistered: &BTreeMap<StorePath, ValidPathInfo>,
 ) -> Result<Vec<ValidPathInfo>, BuildFailure> {
-    let store_err = |source| BuildFailure::Store {
-        drv: drv.to_owned(),
-        source,
-    };
+    let store_err = BuildFailure::store(drv);
     for (name, p) in &job.outputs {
         let real = store.real_path(p);
         if fs::symlink_metadata(&real).is_err() {
-            return Err(BuildFailure::MissingOutput {
-                drv: drv.to_owned(),
-                output: name.clone(),
-                path: store.print(p),
-            });
+            return Err(BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::MissingOutput {
+                    output: name.clone(),
+                    path: store.print(p),
+                },
+            ));
         }
         ferrix_store::canon::canonicalise(&real).map_err(store_err)?;
     }
@@ -63,11 +62,13 @@ pub(crate) fn check_outputs(
         let mut sink = HashSink::new(HashAlgo::Sha256);
         let mut scanner = RefScanner::new(candidates.iter().cloned());
         ferrix_format::nar::dump_path(&real, Tee(&mut sink, &mut scanner)).map_err(|source| {
-            BuildFailure::UnreadableOutput {
-                drv: drv.to_owned(),
-                path: store.print(p),
-                source,
-            }
+            BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::UnreadableOutput {
+                    path: store.print(p),
+                    source,
+                },
+            )
         })?;
         let (nar_hash, nar_size) = sink.finish();
         let mut info = ValidPathInfo::new(p.clone(), nar_hash, nar_size);
@@ -77,35 +78,41 @@ pub(crate) fn check_outputs(
         if let Some((method, expected, _)) = job.drv.fixed_output() {
             let got = match method {
                 FileIngestionMethod::Flat => ferrix_format::hash::hash_file(&real, expected.algo())
-                    .map_err(|source| BuildFailure::Io {
-                        drv: drv.to_owned(),
-                        what: format!("hashing '{}'", real.display()),
-                        source,
+                    .map_err(|source| {
+                        BuildFailure::new(
+                            drv.to_owned(),
+                            FailureKind::Io {
+                                what: format!("hashing '{}'", real.display()),
+                                source,
+                            },
+                        )
                     })?,
                 FileIngestionMethod::Recursive if expected.algo() == HashAlgo::Sha256 => nar_hash,
                 FileIngestionMethod::Recursive => {
                     ferrix_format::nar::hash_path(&real, expected.algo())
-                        .map_err(|e| BuildFailure::Io {
-                            drv: drv.to_owned(),
-                            what: format!("hashing '{}'", real.display()),
-                            source: io::Error::other(e.to_string()),
+                        .map_err(|e| {
+                            BuildFailure::new(
+                                drv.to_owned(),
+                                FailureKind::Io {
+                                    what: format!("hashing '{}'", real.display()),
+                                    source: io::Error::other(e.to_string()),
+                                },
+                            )
                         })?
                         .0
                 }
             };
             if got != *expected {
-                return Err(BuildFailure::HashMismatch {
-                    drv: drv.to_owned(),
-                    specified: expected.to_sri(),
-                    got: got.to_sri(),
-                });
+                return Err(BuildFailure::new(
+                    drv.to_owned(),
+                    FailureKind::HashMismatch {
+                        specified: expected.to_sri(),
+                        got: got.to_sri(),
+                    },
+                ));
             }
             if !info.references.is_empty() {
-                return Err(BuildFailure::BadReferences {
-                    drv: drv.to_owned(),
-                    path: store.print(p),
-                    why: "is the output of a fixed-output derivation, which may not refer to store paths".into(),
-                });
+                return Err(BuildFailure::new(drv.to_owned(), FailureKind::BadReferences { path: store.print(p), why: "is the output of a fixed-output derivation, which may not refer to store paths".into() }));
             }
             info.ca = Some(ContentAddress::Fixed {
                 method,
@@ -139,11 +146,13 @@ fn check_output_cycles(
         let mut seen = BTreeSet::new();
         while let Some(p) = todo.pop() {
             if p == start {
-                return Err(BuildFailure::BadReferences {
-                    drv: drv.to_owned(),
-                    path: store.print(start),
-                    why: "is part of a reference cycle between the outputs".into(),
-                });
+                return Err(BuildFailure::new(
+                    drv.to_owned(),
+                    FailureKind::BadReferences {
+                        path: store.print(start),
+                        why: "is part of a reference cycle between the outputs".into(),
+                    },
+                ));
             }
             if seen.insert(p) {
                 todo.extend(
@@ -171,21 +180,19 @@ fn check_allowed(
 ) -> Result<(), BuildFailure> {
     let checks = Attrs::of(&job.drv)
         .and_then(|a| a.checks(output))
-        .map_err(|why| BuildFailure::Malformed {
-            drv: drv.to_owned(),
-            why,
-        })?;
-    let store_err = |source| BuildFailure::Store {
-        drv: drv.to_owned(),
-        source,
-    };
+        .map_err(|why| BuildFailure::new(drv.to_owned(), FailureKind::Malformed { why }))?;
+    let store_err = BuildFailure::store(drv);
     let info = &infos[path];
-    let too_big = |what: &str, size: u64, limit: u64| BuildFailure::BadReferences {
-        drv: drv.to_owned(),
-        path: store.print(path),
-        why: format!(
+    let too_big = |what: &str, size: u64, limit: u64| {
+        BuildFailure::new(
+            drv.to_owned(),
+            FailureKind::BadReferences {
+                path: store.print(path),
+                why: format!(
             "(output '{output}') is too large: {what} is {size} bytes; the limit is {limit} bytes"
         ),
+            },
+        )
     };
     if let Some(limit) = checks.max_size.filter(|l| info.nar_size > *l) {
         return Err(too_big("its NAR", info.nar_size, limit));
@@ -242,10 +249,14 @@ fn check_allowed(
                     .parse_path(s)
                     .ok()
                     .or_else(|| job.outputs.get(s).cloned())
-                    .ok_or_else(|| BuildFailure::BadReferences {
-                        drv: drv.to_owned(),
-                        path: store.print(path),
-                        why: format!("has an illegal reference specifier '{s}' in {attr}"),
+                    .ok_or_else(|| {
+                        BuildFailure::new(
+                            drv.to_owned(),
+                            FailureKind::BadReferences {
+                                path: store.print(path),
+                                why: format!("has an illegal reference specifier '{s}' in {attr}"),
+                            },
+                        )
                     })
             })
             .collect::<Result<_, _>>()?;
@@ -265,14 +276,10 @@ fn check_allowed(
             .map(|u| store.print(u))
             .collect();
         if !bad.is_empty() {
-            return Err(BuildFailure::BadReferences {
-                drv: drv.to_owned(),
-                path: store.print(path),
-                why: format!(
+            return Err(BuildFailure::new(drv.to_owned(), FailureKind::BadReferences { path: store.print(path), why: format!(
                     "(output '{output}') is not allowed to refer to the following paths ({attr}):\n  {}",
                     bad.join("\n  ")
-                ),
-            });
+                ) }));
         }
     }
     Ok(())

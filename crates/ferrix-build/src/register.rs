@@ -17,7 +17,7 @@ use ferrix_store::{LocalStore, OutputsIntent, StoreError, StoreLock, ValidPathIn
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 
 /// `Some(true)` once registered, `Some(false)` (or a dropped sender) if it failed.
 type Done = watch::Receiver<Option<bool>>;
@@ -226,9 +226,13 @@ impl Registrations {
                     .iter()
                     .flat_map(|i| i.references.iter())
                     .find(|r| failed.contains(*r));
-                let why = bad.map(|input| BuildFailure::InputUnregistered {
-                    drv: held.drv.clone(),
-                    input: store.print(input),
+                let why = bad.map(|input| {
+                    BuildFailure::new(
+                        held.drv.clone(),
+                        FailureKind::InputUnregistered {
+                            input: store.print(input),
+                        },
+                    )
                 });
                 if why.is_some() {
                     failed.extend(held.paths.iter().cloned());
@@ -264,10 +268,12 @@ impl Registrations {
                     let why = Arc::new(why);
                     for (held, failure) in ends.iter_mut().filter(|(_, f)| f.is_none()) {
                         failed.extend(held.paths.iter().cloned());
-                        *failure = Some(BuildFailure::Registration {
-                            drv: held.drv.clone(),
-                            source: why.clone(),
-                        });
+                        *failure = Some(BuildFailure::new(
+                            held.drv.clone(),
+                            FailureKind::Registration {
+                                source: why.clone(),
+                            },
+                        ));
                     }
                 }
             }

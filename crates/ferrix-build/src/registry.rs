@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ferrix_format::StorePath;
 use ferrix_store::{LocalStore, OutputsIntent, StoreError, StoreLock};
 
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{BuildMode, Job};
 use crate::register::{Handover, Registrations};
 
@@ -97,10 +97,14 @@ impl Registry {
                 let (this, job) = (self.clone(), job.clone());
                 let waited = tokio::task::spawn_blocking(move || this.prepare(&job, &extra, true))
                     .await
-                    .map_err(|e| BuildFailure::Io {
-                        drv: drv.clone(),
-                        what: "waiting for the output locks".into(),
-                        source: std::io::Error::other(e),
+                    .map_err(|e| {
+                        BuildFailure::new(
+                            drv.clone(),
+                            FailureKind::Io {
+                                what: "waiting for the output locks".into(),
+                                source: std::io::Error::other(e),
+                            },
+                        )
                     })??;
                 match waited {
                     Prepared::Claim(c) => Ok(c),
@@ -119,10 +123,7 @@ impl Registry {
     ) -> Result<Prepared, BuildFailure> {
         let store = &self.store;
         let d = store.print(&job.drv_path);
-        let store_err = |source| BuildFailure::Store {
-            drv: d.clone(),
-            source,
-        };
+        let store_err = BuildFailure::store(&d);
         let mut paths: Vec<StorePath> = job.outputs.values().cloned().collect();
         paths.sort();
         paths.dedup();
@@ -144,7 +145,7 @@ impl Registry {
         match job.mode {
             BuildMode::Normal if all_valid => return Ok(Prepared::Claim(Claim::Valid)),
             BuildMode::Check if !all_valid => {
-                return Err(BuildFailure::CannotCheck { drv: d.clone() })
+                return Err(BuildFailure::new(d.clone(), FailureKind::CannotCheck))
             }
             _ => {}
         }
@@ -170,10 +171,14 @@ impl Registry {
             }
             for (p, aside) in present.into_iter().zip(&names) {
                 let (real, to) = (store.real_path(p), store.real_path(aside));
-                fs::rename(&real, &to).map_err(|source| BuildFailure::Io {
-                    drv: d.clone(),
-                    what: format!("moving '{}' aside to repair it", real.display()),
-                    source,
+                fs::rename(&real, &to).map_err(|source| {
+                    BuildFailure::new(
+                        d.clone(),
+                        FailureKind::Io {
+                            what: format!("moving '{}' aside to repair it", real.display()),
+                            source,
+                        },
+                    )
                 })?;
                 moved.push((to, real));
             }

@@ -13,7 +13,7 @@ use ferrix_format::{StoreDir, StorePath};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
     BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, Reporter,
 };
@@ -388,10 +388,12 @@ impl Loop {
     }
 
     fn dependency_failed(&self, node: usize, input: usize) -> NodeResult {
-        NodeResult::Failed(Arc::new(BuildFailure::DependencyFailed {
-            drv: self.print(node),
-            input: self.print(input),
-        }))
+        NodeResult::Failed(Arc::new(BuildFailure::new(
+            self.print(node),
+            FailureKind::DependencyFailed {
+                input: self.print(input),
+            },
+        )))
     }
 
     fn print(&self, i: usize) -> String {
@@ -519,16 +521,18 @@ impl Loop {
         let drv = self.print(i);
         let local_off = self.local.is_none_or(|l| self.executors[l].capacity() == 0);
         if !anyone && local_off && self.executors.len() <= 1 {
-            return BuildFailure::NoSlots { drv };
+            return BuildFailure::new(drv, FailureKind::NoSlots);
         }
         let mut features: Vec<String> = job.required_features().into_iter().collect();
         features.sort();
-        BuildFailure::NoBuilder {
+        BuildFailure::new(
             drv,
-            system: job.drv.platform.clone(),
-            features: features.join(", "),
-            declined: anyone,
-        }
+            FailureKind::NoBuilder {
+                system: job.drv.platform.clone(),
+                features: features.join(", "),
+                declined: anyone,
+            },
+        )
     }
 
     fn start(&mut self, i: usize, e: usize, cancel: watch::Sender<bool>, build: BuildFuture) {
@@ -594,12 +598,14 @@ impl Loop {
             Err(JobError::Lost { by, why }) => {
                 self.nodes[i].lost += 1;
                 if self.nodes[i].lost >= MAX_LOST {
-                    let f = BuildFailure::Lost {
-                        drv: self.print(i),
-                        by,
-                        why,
-                        times: self.nodes[i].lost,
-                    };
+                    let f = BuildFailure::new(
+                        self.print(i),
+                        FailureKind::Lost {
+                            by,
+                            why,
+                            times: self.nodes[i].lost,
+                        },
+                    );
                     self.reporter.finished(&drv, Err(&f));
                     self.fail(i, f);
                 } else if self.unwanted(i) {
@@ -614,7 +620,13 @@ impl Loop {
                 }
             }
             Err(JobError::Failed(f)) => {
-                let ours = matches!(f, BuildFailure::Interrupted { .. });
+                let ours = matches!(
+                    f,
+                    BuildFailure {
+                        kind: FailureKind::Interrupted,
+                        ..
+                    }
+                );
                 let f = Arc::new(f);
                 self.reporter.finished(&drv, Err(&f));
                 if ours {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
+use ferrix_build::FailureKind;
 use ferrix_build::{BuildFailure, Built, NodeResult, ScheduleOptions};
 use ferrix_format::HashAlgo;
 
@@ -365,7 +366,13 @@ async fn timeouts_kill_the_builder() {
     assert!(start.elapsed() < Duration::from_secs(20));
     assert_eq!(o.exit_status(), 101);
     assert!(
-        matches!(o.failures().next(), Some(BuildFailure::Silent { .. })),
+        matches!(
+            o.failures().next(),
+            Some(BuildFailure {
+                kind: FailureKind::Silent { .. },
+                ..
+            })
+        ),
         "{o:?}"
     );
 
@@ -374,7 +381,13 @@ async fn timeouts_kill_the_builder() {
     let o = t.build(&[&hung], s, ScheduleOptions::default()).await;
     assert_eq!(o.exit_status(), 101);
     assert!(
-        matches!(o.failures().next(), Some(BuildFailure::Timeout { .. })),
+        matches!(
+            o.failures().next(),
+            Some(BuildFailure {
+                kind: FailureKind::Timeout { .. },
+                ..
+            })
+        ),
         "{o:?}"
     );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ferrix_build::executor::{BuildFuture, Cancel, OfferFuture};
 use ferrix_build::plan::Node;
+use ferrix_build::FailureKind;
 use ferrix_build::{
     BuildFailure, BuildMode, Built, Engine, EngineSetup, Executor, Job, JobError, NodeResult,
     Offer, OfferContext, Outcome, Plan, Quiet, ScheduleOptions,
@@ -184,12 +185,12 @@ impl Executor for Fake {
                     if this.lose_first.lock().unwrap().remove(&name) {
                         Err(JobError::Lost { by: this.name.clone(), why: "connection dropped".into() })
                     } else if this.fail.contains(&name) {
-                        Err(JobError::Failed(BuildFailure::ExitCode { drv: name.clone(), code: 1 }))
+                        Err(JobError::Failed(BuildFailure::new(name.clone(), FailureKind::ExitCode { code: 1 })))
                     } else {
                         Ok(Built::Built)
                     }
                 }
-                _ = cancel.wait_for(|c| *c) => Err(JobError::Failed(BuildFailure::Interrupted { drv: name.clone() })),
+                _ = cancel.wait_for(|c| *c) => Err(JobError::Failed(BuildFailure::new(name.clone(), FailureKind::Interrupted))),
             };
             this.rec.running.fetch_sub(1, Ordering::SeqCst);
             r

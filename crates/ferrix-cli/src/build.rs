@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use ferrix_build::FailureKind;
 use ferrix_build::{
     BuildFailure, Built, LocalExecutor, LocalSettings, NodeResult, Outcome, Plan, Reporter,
     ScheduleOptions, Wanted,
@@ -559,7 +560,13 @@ pub fn report_failures(
         let mut msg = crate::render(f);
         if matches!(
             f,
-            BuildFailure::ExitCode { .. } | BuildFailure::Signal { .. }
+            BuildFailure {
+                kind: FailureKind::ExitCode { .. },
+                ..
+            } | BuildFailure {
+                kind: FailureKind::Signal { .. },
+                ..
+            }
         ) {
             if let Ok(Some(log)) = ferrix_build::log::read_log(log_dir, &node.job.drv_path) {
                 let text = String::from_utf8_lossy(&log);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ferrix_build::plan::Node;
+use ferrix_build::FailureKind;
 use ferrix_build::{BuildFailure, BuildMode, Job, Plan, Reporter};
 use ferrix_daemon::serve::{ServeHandler, ServeOptions};
 use ferrix_format::{DerivationOutput, StorePath};
@@ -67,15 +68,42 @@ fn result_of(outcome: &ferrix_build::Outcome, jobs: &[Arc<Job>]) -> BuildResult 
     let (status, msg) = match failure {
         Some(f) => {
             let status = match f {
-                BuildFailure::Timeout { .. } | BuildFailure::Silent { .. } => BuildStatus::TimedOut,
-                BuildFailure::DependencyFailed { .. } => BuildStatus::DependencyFailed,
-                BuildFailure::HashMismatch { .. }
-                | BuildFailure::MissingOutput { .. }
-                | BuildFailure::BadReferences { .. } => BuildStatus::OutputRejected,
-                BuildFailure::NotDeterministic { .. } => BuildStatus::NotDeterministic,
-                BuildFailure::ExitCode { .. } | BuildFailure::Signal { .. } => {
-                    BuildStatus::PermanentFailure
+                BuildFailure {
+                    kind: FailureKind::Timeout { .. },
+                    ..
                 }
+                | BuildFailure {
+                    kind: FailureKind::Silent { .. },
+                    ..
+                } => BuildStatus::TimedOut,
+                BuildFailure {
+                    kind: FailureKind::DependencyFailed { .. },
+                    ..
+                } => BuildStatus::DependencyFailed,
+                BuildFailure {
+                    kind: FailureKind::HashMismatch { .. },
+                    ..
+                }
+                | BuildFailure {
+                    kind: FailureKind::MissingOutput { .. },
+                    ..
+                }
+                | BuildFailure {
+                    kind: FailureKind::BadReferences { .. },
+                    ..
+                } => BuildStatus::OutputRejected,
+                BuildFailure {
+                    kind: FailureKind::NotDeterministic { .. },
+                    ..
+                } => BuildStatus::NotDeterministic,
+                BuildFailure {
+                    kind: FailureKind::ExitCode { .. },
+                    ..
+                }
+                | BuildFailure {
+                    kind: FailureKind::Signal { .. },
+                    ..
+                } => BuildStatus::PermanentFailure,
                 _ => BuildStatus::MiscFailure,
             };
             (status, crate::render(f))

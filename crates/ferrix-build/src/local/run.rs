@@ -5,10 +5,7 @@ use super::*;
 
 impl LocalExecutor {
     pub(super) fn make_build_dir(&self, job: &Job, drv: &str) -> Result<PathBuf, BuildFailure> {
-        let io_err = |what: String| {
-            let drv = drv.to_owned();
-            move |source| BuildFailure::Io { drv, what, source }
-        };
+        let io_err = |what: String| BuildFailure::io(drv, what);
         let base = &self.settings.build_dir_base;
         loop {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -43,10 +40,7 @@ impl LocalExecutor {
             scratch,
         } = site;
         let s = &self.settings;
-        let io_err = |what: &str| {
-            let (drv, what) = (drv.to_owned(), what.to_owned());
-            move |source| BuildFailure::Io { drv, what, source }
-        };
+        let io_err = |what: &str| BuildFailure::io(drv, what.to_owned());
         let top = match chroot {
             Some(_) => crate::sandbox::BUILD_DIR_IN_SANDBOX.to_owned(),
             None => build_dir.to_string_lossy().into_owned(),
@@ -70,10 +64,8 @@ impl LocalExecutor {
             impure: &s.impure_env,
             rewrites: &rewrites,
         };
-        let malformed = |why: String| BuildFailure::Malformed {
-            drv: drv.to_owned(),
-            why,
-        };
+        let malformed =
+            |why: String| BuildFailure::new(drv.to_owned(), FailureKind::Malformed { why });
         let attrs = Attrs::of(&job.drv).map_err(malformed)?;
         let exports = match &attrs {
             Attrs::Env(env) => env.contains_key("exportReferencesGraph"),
@@ -85,9 +77,13 @@ impl LocalExecutor {
                 .registrations()
                 .wait_for(closure.iter().cloned())
                 .await
-                .map_err(|input| BuildFailure::InputUnregistered {
-                    drv: drv.to_owned(),
-                    input: self.store.print(&input),
+                .map_err(|input| {
+                    BuildFailure::new(
+                        drv.to_owned(),
+                        FailureKind::InputUnregistered {
+                            input: self.store.print(&input),
+                        },
+                    )
                 })?;
         }
         let structured = match &attrs {
@@ -111,31 +107,33 @@ impl LocalExecutor {
         if chroot.is_none() && std::path::Path::new(&store_dir) != real_store.as_path() {
             // Outputs are written at their logical paths; only a sandbox can map those onto
             // a store kept elsewhere (a chroot store), as Nix does.
-            return Err(BuildFailure::Spawn {
-                drv: drv.to_owned(),
-                builder: job.drv.builder.clone(),
-                source: io::Error::other(format!(
+            return Err(BuildFailure::new(drv.to_owned(), FailureKind::Spawn { builder: job.drv.builder.clone(), source: io::Error::other(format!(
                     "the store '{store_dir}' is kept in '{}': building there needs the sandbox (sandbox = true)",
                     real_store.display()
-                )),
-            });
+                )) }));
         }
         if job.drv.builder.starts_with("builtin:") {
-            return Err(BuildFailure::Spawn {
-                drv: drv.to_owned(),
-                builder: job.drv.builder.clone(),
-                source: io::Error::other("built-in builders are not supported yet"),
-            });
+            return Err(BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::Spawn {
+                    builder: job.drv.builder.clone(),
+                    source: io::Error::other("built-in builders are not supported yet"),
+                },
+            ));
         }
 
         // The log file is made while the builder starts (the pipe holds what it writes
         // meanwhile): it is not on the way from one build to the next.
         let log_path = crate::log::log_path(&s.log_dir, &job.drv_path, s.compress_log);
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
-        let spawn_err = |source| BuildFailure::Spawn {
-            drv: drv.to_owned(),
-            builder: job.drv.builder.clone(),
-            source,
+        let spawn_err = |source| {
+            BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::Spawn {
+                    builder: job.drv.builder.clone(),
+                    source,
+                },
+            )
         };
         let mut running = match (chroot, &s.sandbox) {
             (Some(slot), Some(sb)) => {
@@ -221,28 +219,40 @@ impl LocalExecutor {
             tokio::select! {
                 st = running.wait() => break st.map_err(io_err("waiting for the builder")),
                 () = cancelled(&mut cancel) => {
-                    break Err(BuildFailure::Interrupted { drv: drv.to_owned() });
+                    break Err(BuildFailure::new(drv.to_owned(), FailureKind::Interrupted));
                 }
                 () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
                     if deadline.is_some() => {
-                    break Err(BuildFailure::Timeout { drv: drv.to_owned(), after: started.elapsed() });
+                    break Err(BuildFailure::new(drv.to_owned(), FailureKind::Timeout { after: started.elapsed() }));
                 }
                 _ = tick.tick(), if s.max_silent_time.is_some() => {
                     let quiet = state.lock().unwrap_or_else(|p| p.into_inner()).last_activity.elapsed();
                     if s.max_silent_time.is_some_and(|m| quiet >= m) {
-                        break Err(BuildFailure::Silent { drv: drv.to_owned(), after: quiet });
+                        break Err(BuildFailure::new(drv.to_owned(), FailureKind::Silent { after: quiet }));
                     }
                 }
             }
         };
         running.end(outcome.is_ok()).await;
         // The builder's process group is gone, but a process that left it (a new session,
-        // a double fork) may still hold the log pipe open: its output is not waited for.
-        let logged = match tokio::time::timeout(LOG_GRACE, &mut log_task).await {
-            Ok(done) => done,
-            Err(_) => {
-                let _ = stop_log_tx.send(());
-                log_task.await
+        // a double fork) may still hold the log pipe open: the log is read on while output
+        // flows (what the builder wrote last may still be in the pipe, behind a slow
+        // reader), and given up once it pauses, or after a limit.
+        let ended = Instant::now();
+        let logged = loop {
+            match tokio::time::timeout(LOG_GRACE, &mut log_task).await {
+                Ok(done) => break done,
+                Err(_) => {
+                    let last = state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .last_activity;
+                    if last.elapsed() < LOG_GRACE && ended.elapsed() < LOG_DRAIN_LIMIT {
+                        continue;
+                    }
+                    let _ = stop_log_tx.send(());
+                    break log_task.await;
+                }
             }
         };
         if let Ok(Err((what, source))) = logged {
@@ -255,18 +265,11 @@ impl LocalExecutor {
         }
         use std::os::unix::process::ExitStatusExt;
         Err(match (status.code(), status.signal()) {
-            (Some(code), _) => BuildFailure::ExitCode {
-                drv: drv.to_owned(),
-                code,
-            },
-            (None, Some(signal)) => BuildFailure::Signal {
-                drv: drv.to_owned(),
-                signal,
-            },
-            (None, None) => BuildFailure::ExitCode {
-                drv: drv.to_owned(),
-                code: -1,
-            },
+            (Some(code), _) => BuildFailure::new(drv.to_owned(), FailureKind::ExitCode { code }),
+            (None, Some(signal)) => {
+                BuildFailure::new(drv.to_owned(), FailureKind::Signal { signal })
+            }
+            (None, None) => BuildFailure::new(drv.to_owned(), FailureKind::ExitCode { code: -1 }),
         })
     }
 }

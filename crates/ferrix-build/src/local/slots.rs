@@ -33,21 +33,11 @@ impl LocalExecutor {
         let keep: BTreeSet<String> = closure.iter().map(|p| p.to_string()).collect();
         let d = drv.to_owned();
         let (dir, intent) = blocking(drv, move || {
-            let io = |what: &'static str| {
-                let d = d.clone();
-                move |source| BuildFailure::Io {
-                    drv: d,
-                    what: what.into(),
-                    source,
-                }
-            };
+            let io = |what: &'static str| BuildFailure::io(&d, what.to_owned());
             let (dir, intent) = match reused {
                 Some(dir) => (dir, None),
                 None => {
-                    let store_err = |source| BuildFailure::Store {
-                        drv: d.clone(),
-                        source,
-                    };
+                    let store_err = BuildFailure::store(&d);
                     let sp = store.fresh_entry("ferrix-sandbox").map_err(store_err)?;
                     store.add_temp_roots([&sp]).map_err(store_err)?;
                     let intent = store
@@ -104,19 +94,13 @@ impl LocalExecutor {
             return Ok(false);
         };
         let no_chroot = Attrs::of(&job.drv)
-            .map_err(|why| BuildFailure::Malformed {
-                drv: drv.to_owned(),
-                why,
-            })?
+            .map_err(|why| BuildFailure::new(drv.to_owned(), FailureKind::Malformed { why }))?
             .flag("__noChroot");
         if !sb.relaxed {
             if no_chroot {
-                return Err(BuildFailure::Malformed {
-                    drv: drv.to_owned(),
-                    why:
+                return Err(BuildFailure::new(drv.to_owned(), FailureKind::Malformed { why:
                         "it has '__noChroot' set, which is only allowed when 'sandbox' is 'relaxed'"
-                            .into(),
-                });
+                            .into() }));
             }
             return Ok(true);
         }

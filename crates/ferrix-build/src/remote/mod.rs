@@ -14,7 +14,7 @@ use ferrix_store::serve_client::{BuildSettings, BuildStatus, RemoteError, ServeC
 use ferrix_store::ssh::{Ssh, SshConfig, SshTarget};
 use ferrix_store::LocalStore;
 
-use crate::error::BuildFailure;
+use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
     BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, OfferFuture, Reporter,
 };
@@ -216,10 +216,12 @@ impl RemoteExecutor {
         if let Err(input) = regs.wait_for(closure.iter().cloned()).await {
             intent.abandon(&[]);
             aside.put_back();
-            return Err(BuildFailure::InputUnregistered {
+            return Err(BuildFailure::new(
                 drv,
-                input: store.print(&input),
-            }
+                FailureKind::InputUnregistered {
+                    input: store.print(&input),
+                },
+            )
             .into());
         }
         self.reporter.started_on(&job.drv_path, &r.machine.uri);
@@ -231,11 +233,7 @@ impl RemoteExecutor {
             tokio::task::spawn_blocking(move || this.remote_build(&r, &job, &store, &closure, &pid))
         };
         let result = tokio::select! {
-            res = work => res.unwrap_or_else(|e| Err(Failure::Local(BuildFailure::Io {
-                drv: drv.clone(),
-                what: "a worker thread failed".into(),
-                source: std::io::Error::other(e),
-            }))),
+            res = work => res.unwrap_or_else(|e| Err(Failure::Local(BuildFailure::new(drv.clone(), FailureKind::Io { what: "a worker thread failed".into(), source: std::io::Error::other(e) })))),
             _ = cancel.wait_for(|c| *c) => {
                 // Ending the session stops the remote build: its input closes.
                 if let Some(p) = *pid.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -244,7 +242,7 @@ impl RemoteExecutor {
                         rustix::process::Signal::KILL,
                     );
                 }
-                Err(Failure::Local(BuildFailure::Interrupted { drv: drv.clone() }))
+                Err(Failure::Local(BuildFailure::new(drv.clone(), FailureKind::Interrupted)))
             }
         };
         let said = match result {
@@ -289,13 +287,15 @@ impl RemoteExecutor {
                 if *h != i.nar_hash {
                     intent.abandon(&[]);
                     aside.put_back();
-                    return Err(BuildFailure::RemoteMismatch {
+                    return Err(BuildFailure::new(
                         drv,
-                        machine: r.machine.uri.clone(),
-                        path: store.print(&i.path),
-                        said: h.encode_typed(ferrix_format::Encoding::Nix32),
-                        got: i.nar_hash.encode_typed(ferrix_format::Encoding::Nix32),
-                    }
+                        FailureKind::RemoteMismatch {
+                            machine: r.machine.uri.clone(),
+                            path: store.print(&i.path),
+                            said: h.encode_typed(ferrix_format::Encoding::Nix32),
+                            got: i.nar_hash.encode_typed(ferrix_format::Encoding::Nix32),
+                        },
+                    )
                     .into());
                 }
             }
@@ -341,11 +341,13 @@ impl RemoteExecutor {
         );
         let writer =
             LogWriter::create(&log, self.settings.compress_log).map_err(|(what, source)| {
-                Failure::Local(BuildFailure::Io {
-                    drv: drv.clone(),
-                    what: what.into(),
-                    source,
-                })
+                Failure::Local(BuildFailure::new(
+                    drv.clone(),
+                    FailureKind::Io {
+                        what: what.into(),
+                        source,
+                    },
+                ))
             })?;
         let writer = Arc::new(Mutex::new(Some(writer)));
         {
@@ -393,13 +395,15 @@ impl RemoteExecutor {
                 })
                 .unwrap_or_default();
             r.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-            return Err(Failure::Local(BuildFailure::Remote {
+            return Err(Failure::Local(BuildFailure::new(
                 drv,
-                machine: r.machine.uri.clone(),
-                msg: res.error_msg,
-                tail,
-                timed_out: res.status == BuildStatus::TimedOut,
-            }));
+                FailureKind::Remote {
+                    machine: r.machine.uri.clone(),
+                    msg: res.error_msg,
+                    tail,
+                    timed_out: res.status == BuildStatus::TimedOut,
+                },
+            )));
         }
         let outs: BTreeSet<StorePath> = job.outputs.values().cloned().collect();
         let infos = s.query_path_infos(&outs).map_err(Failure::Remote)?;
