@@ -1,5 +1,8 @@
 //! Servers, each generic over a handler trait so that it can be tested with scripted bytes.
 //!
-//! - [`serve`]: the serve protocol of `nix-store --serve [--write]` (what `ssh://` stores speak).
+//! - [`serve`]: the serve protocol of `nix-store --serve [--write]` (what `ssh://` stores speak);
+//! - [`worker`]: the worker protocol of `nix-daemon` and `nix-daemon --stdio` (what `ssh-ng://`
+//!   stores speak).
 
 pub mod serve;
+pub mod worker;

@@ -4,8 +4,9 @@
 //!   [`Limits`] check on every length read from a peer before anything is allocated;
 //! - [`serve`]: the serve protocol of `nix-store --serve` (what `ssh://` stores speak),
 //!   versions 2.5 to 2.8;
-//! - [`worker`]: the worker protocol of `nix-daemon` and `ssh-ng://` (constants and the
-//!   handshake for now);
+//! - [`worker`]: the worker protocol of `nix-daemon` and `ssh-ng://`, versions 1.18 to 1.38:
+//!   the handshake, the log messages of the server, the operations, their payloads and
+//!   replies;
 //! - [`derivation`]: the `BasicDerivation` both protocols send.
 //!
 //! Pure and synchronous: every function works on the [`std::io::Read`] or [`std::io::Write`]

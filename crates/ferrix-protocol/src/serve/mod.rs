@@ -30,6 +30,7 @@ use ferrix_format::content_address::ContentAddress;
 use ferrix_format::hash::{Hash, HashAlgo};
 use ferrix_format::{Derivation, StoreDir, StorePath};
 
+pub(crate) use results::{parse_drv_output, parse_realisation, realisation_json};
 pub use results::{
     read_build_paths_reply, read_build_result, read_ok, read_path_infos, write_build_paths_reply,
     write_build_result, write_ok, write_path_infos, BuildPathsReply, BuildResult, BuildStatus,

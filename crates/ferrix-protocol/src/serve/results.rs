@@ -255,7 +255,7 @@ pub fn write_build_result<W: Write + ?Sized>(
 }
 
 /// A realisation as Nix 2.8.0's `Realisation::toJSON` prints it (keys sorted).
-fn realisation_json(id: &str, out: &BuiltOutput) -> String {
+pub(crate) fn realisation_json(id: &str, out: &BuiltOutput) -> String {
     let mut s = String::from("{\"dependentRealisations\":{},\"id\":");
     push_string(&mut s, id);
     s.push_str(",\"outPath\":");
@@ -334,7 +334,7 @@ pub fn read_build_result<R: Read + ?Sized>(
 }
 
 /// `sha256:<hex>!<output>` into the hash and the output name.
-fn parse_drv_output(id: &str) -> Result<(Hash, &str), WireError> {
+pub(crate) fn parse_drv_output(id: &str) -> Result<(Hash, &str), WireError> {
     const WHAT: &str = "derivation output id in builtOutputs";
     let Some((h, name)) = id.split_once('!') else {
         return Err(WireError::unexpected(WHAT, id));
@@ -351,7 +351,7 @@ fn parse_drv_output(id: &str) -> Result<(Hash, &str), WireError> {
 }
 
 /// The output path (a base name) and signatures of a realisation in JSON.
-fn parse_realisation(text: &str) -> Result<BuiltOutput, WireError> {
+pub(crate) fn parse_realisation(text: &str) -> Result<BuiltOutput, WireError> {
     const WHAT: &str = "realisation in builtOutputs";
     let v = json::parse(text)
         .map_err(|e| WireError::unexpected(WHAT, format_args!("{e} in {text}")))?;

@@ -1,157 +1,26 @@
-//! The worker protocol (`nix-daemon`, `nix-daemon --stdio` for `ssh-ng://`): constants and
-//! the handshake. The operations come with the daemon.
+//! The greeting and what follows it, on both sides.
 //!
-//! Handshake: the client sends [`WORKER_MAGIC_1`] and its version; the server answers
-//! [`WORKER_MAGIC_2`] and its version; both use the smaller. From 1.38 on, the client then sends
-//! its feature names, the server answers with its own, and both use the common ones. Then the
-//! post-handshake: the client sends an obsolete CPU affinity flag (≥ 1.14) and an obsolete
-//! reserve-space flag (≥ 1.11); the server sends its Nix version (≥ 1.33) and whether it trusts
-//! the client (≥ 1.35).
+//! 1. The client sends [`WORKER_MAGIC_1`] and its version; the server answers
+//!    [`WORKER_MAGIC_2`] and its version; both use the smaller. From 1.38 on, the client then
+//!    sends its feature names, the server answers with its own, and both use the common ones
+//!    ([`client_handshake`], [`server_handshake`]).
+//! 2. The client sends an obsolete CPU affinity flag (≥ 1.14) and an obsolete reserve-space flag
+//!    (≥ 1.11); the server sends its Nix version (≥ 1.33) and whether it trusts the client
+//!    (≥ 1.35) ([`client_post_handshake`], [`server_post_handshake`]).
+//! 3. The server sends its start-up log messages, then [`StderrMsg::Last`] (or [`StderrMsg::Error`]
+//!    when it refuses the client) ([`server_startup`], [`client_startup`]).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 
+use super::stderr::{process_stderr, write_stderr, ErrorInfo, StderrMsg};
+use super::{
+    FEATURES_SINCE, MINIMUM_CLIENT_VERSION, MINIMUM_DAEMON_VERSION, WORKER_MAGIC_1, WORKER_MAGIC_2,
+};
 use crate::wire::{
     read_string, read_string_set, read_u64, write_str, write_strings, write_u64, Limits, WireError,
 };
 use crate::Version;
-
-pub const WORKER_MAGIC_1: u64 = 0x6e69_7863;
-pub const WORKER_MAGIC_2: u64 = 0x6478_696f;
-
-/// The newest version we speak (Nix 2.24 and later).
-pub const WORKER_PROTOCOL_VERSION: Version = Version::new(1, 38);
-/// What Nix 2.8 speaks.
-pub const WORKER_VERSION_NIX_2_8: Version = Version::new(1, 34);
-/// The oldest client a server accepts (as current Nix).
-pub const MINIMUM_CLIENT_VERSION: Version = Version::new(1, 18);
-/// The oldest daemon a client accepts (as Nix).
-pub const MINIMUM_DAEMON_VERSION: Version = Version::new(1, 10);
-/// Feature negotiation starts here.
-pub const FEATURES_SINCE: Version = Version::new(1, 38);
-
-/// The tags of the messages a server sends while it works on an operation.
-pub mod stderr {
-    /// A log line (string).
-    pub const NEXT: u64 = 0x6f6c_6d67;
-    /// The server wants data: u64 length; the client answers with a string of at most that.
-    pub const READ: u64 = 0x6461_7461;
-    /// Data for the client's sink (string).
-    pub const WRITE: u64 = 0x6461_7416;
-    /// The operation succeeded; its answer follows.
-    pub const LAST: u64 = 0x616c_7473;
-    /// The operation failed; an error follows.
-    pub const ERROR: u64 = 0x6378_7470;
-    pub const START_ACTIVITY: u64 = 0x5354_5254;
-    pub const STOP_ACTIVITY: u64 = 0x5354_4f50;
-    pub const RESULT: u64 = 0x5253_4c54;
-}
-
-/// Operations, by number. Numbers Nix has retired are listed for what old clients send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Op {
-    IsValidPath = 1,
-    HasSubstitutes = 3,
-    QueryPathHash = 4,
-    QueryReferences = 5,
-    QueryReferrers = 6,
-    AddToStore = 7,
-    AddTextToStore = 8,
-    BuildPaths = 9,
-    EnsurePath = 10,
-    AddTempRoot = 11,
-    AddIndirectRoot = 12,
-    SyncWithGC = 13,
-    FindRoots = 14,
-    ExportPath = 16,
-    QueryDeriver = 18,
-    SetOptions = 19,
-    CollectGarbage = 20,
-    QuerySubstitutablePathInfo = 21,
-    QueryDerivationOutputs = 22,
-    QueryAllValidPaths = 23,
-    QueryFailedPaths = 24,
-    ClearFailedPaths = 25,
-    QueryPathInfo = 26,
-    ImportPaths = 27,
-    QueryDerivationOutputNames = 28,
-    QueryPathFromHashPart = 29,
-    QuerySubstitutablePathInfos = 30,
-    QueryValidPaths = 31,
-    QuerySubstitutablePaths = 32,
-    QueryValidDerivers = 33,
-    OptimiseStore = 34,
-    VerifyStore = 35,
-    BuildDerivation = 36,
-    AddSignatures = 37,
-    NarFromPath = 38,
-    AddToStoreNar = 39,
-    QueryMissing = 40,
-    QueryDerivationOutputMap = 41,
-    RegisterDrvOutput = 42,
-    QueryRealisation = 43,
-    AddMultipleToStore = 44,
-    AddBuildLog = 45,
-    BuildPathsWithResults = 46,
-    AddPermRoot = 47,
-}
-
-impl Op {
-    pub const ALL: [Op; 44] = [
-        Self::IsValidPath,
-        Self::HasSubstitutes,
-        Self::QueryPathHash,
-        Self::QueryReferences,
-        Self::QueryReferrers,
-        Self::AddToStore,
-        Self::AddTextToStore,
-        Self::BuildPaths,
-        Self::EnsurePath,
-        Self::AddTempRoot,
-        Self::AddIndirectRoot,
-        Self::SyncWithGC,
-        Self::FindRoots,
-        Self::ExportPath,
-        Self::QueryDeriver,
-        Self::SetOptions,
-        Self::CollectGarbage,
-        Self::QuerySubstitutablePathInfo,
-        Self::QueryDerivationOutputs,
-        Self::QueryAllValidPaths,
-        Self::QueryFailedPaths,
-        Self::ClearFailedPaths,
-        Self::QueryPathInfo,
-        Self::ImportPaths,
-        Self::QueryDerivationOutputNames,
-        Self::QueryPathFromHashPart,
-        Self::QuerySubstitutablePathInfos,
-        Self::QueryValidPaths,
-        Self::QuerySubstitutablePaths,
-        Self::QueryValidDerivers,
-        Self::OptimiseStore,
-        Self::VerifyStore,
-        Self::BuildDerivation,
-        Self::AddSignatures,
-        Self::NarFromPath,
-        Self::AddToStoreNar,
-        Self::QueryMissing,
-        Self::QueryDerivationOutputMap,
-        Self::RegisterDrvOutput,
-        Self::QueryRealisation,
-        Self::AddMultipleToStore,
-        Self::AddBuildLog,
-        Self::BuildPathsWithResults,
-        Self::AddPermRoot,
-    ];
-
-    pub fn from_u64(n: u64) -> Option<Self> {
-        Self::ALL.into_iter().find(|o| *o as u64 == n)
-    }
-
-    pub const fn number(self) -> u64 {
-        self as u64
-    }
-}
 
 /// What both sides use after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +128,7 @@ pub struct HandshakeInfo {
 }
 
 /// The client's post-handshake: send the obsolete flags, read the server's [`HandshakeInfo`].
-/// (The server then sends its start-up log messages, ended by [`stderr::LAST`].)
+/// (The server then sends its start-up log messages, ended by [`StderrMsg::Last`].)
 pub fn client_post_handshake<R: Read + ?Sized, W: Write + ?Sized>(
     r: &mut R,
     w: &mut W,
@@ -318,9 +187,45 @@ pub fn server_post_handshake<R: Read + ?Sized, W: Write + ?Sized>(
     w.flush().map_err(io(WHAT))
 }
 
+/// The server's last step of the start-up: `messages` (log lines, or an error refusing the
+/// client) then, unless one of them is an error, [`StderrMsg::Last`]. Flushed.
+pub fn server_startup<W: Write + ?Sized>(
+    w: &mut W,
+    version: Version,
+    messages: &[StderrMsg],
+) -> Result<(), WireError> {
+    const WHAT: &str = "the worker start-up messages";
+    let mut refused = false;
+    for m in messages {
+        write_stderr(w, version, m).map_err(io(WHAT))?;
+        refused |= matches!(m, StderrMsg::Error(_));
+        if refused {
+            break;
+        }
+    }
+    if !refused {
+        write_stderr(w, version, &StderrMsg::Last).map_err(io(WHAT))?;
+    }
+    w.flush().map_err(io(WHAT))
+}
+
+/// The client's last step of the start-up: the server's messages up to [`StderrMsg::Last`]
+/// (`Ok(Ok(()))`) or an error by which it refuses the client (`Ok(Err(info))`); log messages
+/// go to `log`.
+pub fn client_startup<R: Read + ?Sized, W: Write + ?Sized>(
+    r: &mut R,
+    w: &mut W,
+    version: Version,
+    limits: &Limits,
+    log: &mut dyn FnMut(StderrMsg),
+) -> Result<Result<(), ErrorInfo>, WireError> {
+    process_stderr(r, w, version, limits, None, log)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::WORKER_PROTOCOL_VERSION;
     use std::io::Cursor;
 
     /// Run a server handshake on scripted client bytes; the server's output.
@@ -469,15 +374,5 @@ mod tests {
             }
             assert_eq!(got, expect, "{v}");
         }
-    }
-
-    #[test]
-    fn ops() {
-        for op in Op::ALL {
-            assert_eq!(Op::from_u64(op.number()), Some(op));
-        }
-        assert_eq!(Op::from_u64(2), None);
-        assert_eq!(Op::from_u64(48), None);
-        assert_eq!(Op::BuildPathsWithResults.number(), 46);
     }
 }

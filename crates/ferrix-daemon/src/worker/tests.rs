@@ -1,0 +1,1566 @@
+//! Worker sessions with scripted client bytes and an in-memory store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Cursor, Read, Write};
+
+use ferrix_format::content_address::FileIngestionMethod;
+use ferrix_format::hash::{Hash, HashAlgo};
+use ferrix_format::wire::push_bytes;
+use ferrix_format::{ContentAddress, Derivation, DerivationOutput, StoreDir, StorePath};
+use ferrix_protocol::wire::{
+    read_bool, read_opt_store_path, read_store_path_set, read_string, write_u64,
+};
+use ferrix_protocol::worker::payload::{write_framed, MultiplePathsWriter};
+use ferrix_protocol::worker::reply::{
+    read_missing, read_ok, read_output_map, read_path_info_reply,
+};
+use ferrix_protocol::worker::stderr::{activity, result_type, verbosity};
+use ferrix_protocol::worker::{
+    client_handshake, client_post_handshake, client_startup, process_stderr, read_build_result,
+    read_keyed_build_results, read_stderr, write_request, BuildMode, BuildResult, BuildStatus,
+    BuiltOutput, ClientOptions, DerivedPath, ErrorInfo, Field, HandshakeInfo, KeyedBuildResult,
+    Missing, OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo, WorkerRequest, WORKER_MAGIC_1,
+    WORKER_MAGIC_2,
+};
+use ferrix_protocol::{Limits, Version, WireError};
+use proptest::prelude::*;
+use thiserror::Error;
+
+use super::*;
+
+const L: Limits = Limits::DEFAULT;
+
+fn v(minor: u8) -> Version {
+    Version::new(1, minor)
+}
+
+/// The client versions every behaviour is checked at.
+const MINORS: [u8; 8] = [18, 21, 23, 26, 33, 34, 35, 38];
+
+fn dir() -> StoreDir {
+    StoreDir::default()
+}
+
+fn sp(name: &str, n: u8) -> StorePath {
+    StorePath::from_digest(&[n; 20], name).unwrap()
+}
+
+fn nar_of_text(text: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    for t in ["nix-archive-1", "(", "type", "regular", "contents"] {
+        push_bytes(&mut v, t.as_bytes());
+    }
+    push_bytes(&mut v, text.as_bytes());
+    push_bytes(&mut v, b")");
+    v
+}
+
+fn info_of(path: &StorePath, nar: &[u8], refs: &[&StorePath]) -> PathInfo {
+    let mut info = UnkeyedPathInfo::new(Hash::sha256(nar), nar.len() as u64);
+    info.references = refs.iter().map(|p| (*p).clone()).collect();
+    info.registration_time = 1000;
+    PathInfo {
+        path: path.clone(),
+        info,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An in-memory store
+
+#[derive(Debug, Error)]
+enum FakeError {
+    #[error("path '{0}' is not valid")]
+    NotValid(StorePath),
+    #[error("the client asked for an error")]
+    Asked,
+    #[error("NAR hash mismatch for '{0}'")]
+    HashMismatch(StorePath),
+    #[error("bad stream of paths")]
+    Wire(#[from] WireError),
+    #[error("reading data")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, Default)]
+struct Fake {
+    paths: BTreeMap<StorePath, (UnkeyedPathInfo, Vec<u8>)>,
+    /// Derivations the store knows, with their outputs.
+    drvs: BTreeMap<StorePath, BTreeMap<String, Option<StorePath>>>,
+    options: Option<ClientOptions>,
+    roots: Vec<String>,
+    logs: BTreeMap<StorePath, Vec<u8>>,
+    /// What each call saw, in order.
+    calls: Vec<String>,
+    /// How much of a NAR `add_to_store_nar` reads before it stops (all when `None`), and
+    /// whether it then fails.
+    nar_read: Option<usize>,
+    nar_fail: bool,
+}
+
+impl Fake {
+    fn with_paths() -> (Self, StorePath, StorePath) {
+        let a = sp("a", 1);
+        let b = sp("b", 2);
+        let mut f = Fake::default();
+        let nar_a = nar_of_text("a");
+        let nar_b = nar_of_text("b refers to a");
+        f.paths
+            .insert(a.clone(), (info_of(&a, &nar_a, &[]).info, nar_a));
+        let mut ib = info_of(&b, &nar_b, &[&a]).info;
+        ib.sigs.insert("k:sig".into());
+        ib.ca = Some(ContentAddress::Fixed {
+            method: FileIngestionMethod::Recursive,
+            hash: Hash::sha256(b"b"),
+        });
+        ib.deriver = Some(sp("b.drv", 3));
+        f.paths.insert(b.clone(), (ib, nar_b));
+        f.drvs.insert(
+            sp("b.drv", 3),
+            [
+                ("out".to_owned(), Some(b.clone())),
+                ("dev".to_owned(), None),
+            ]
+            .into(),
+        );
+        (f, a, b)
+    }
+
+    fn read_nar(&self, nar: &mut dyn Read) -> Result<Vec<u8>, FakeError> {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            if self.nar_read.is_some_and(|n| bytes.len() >= n) {
+                break;
+            }
+            let n = nar.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        if let Some(n) = self.nar_read {
+            bytes.truncate(n);
+        }
+        Ok(bytes)
+    }
+
+    fn add(&mut self, info: &PathInfo, bytes: Vec<u8>) -> Result<(), FakeError> {
+        if Hash::sha256(&bytes) != info.info.nar_hash {
+            return Err(FakeError::HashMismatch(info.path.clone()));
+        }
+        self.paths
+            .insert(info.path.clone(), (info.info.clone(), bytes));
+        Ok(())
+    }
+}
+
+fn build_log(log: &mut dyn Logger) {
+    let _ = log.log(StderrMsg::StartActivity {
+        id: 1,
+        level: verbosity::INFO,
+        kind: activity::BUILD,
+        text: "building".into(),
+        fields: vec![Field::Str("x".into())],
+        parent: 0,
+    });
+    let _ = log.log(StderrMsg::Result {
+        id: 1,
+        kind: result_type::BUILD_LOG_LINE,
+        fields: vec![Field::Str("hi".into())],
+    });
+    let _ = log.log(StderrMsg::StopActivity(1));
+}
+
+impl WorkerHandler for Fake {
+    type Error = FakeError;
+
+    fn set_options(
+        &mut self,
+        options: &ClientOptions,
+        _log: &mut dyn Logger,
+    ) -> Result<(), FakeError> {
+        self.calls.push("options".into());
+        self.options = Some(options.clone());
+        Ok(())
+    }
+
+    fn is_valid_path(&mut self, path: &StorePath) -> Result<bool, FakeError> {
+        self.calls.push(format!("valid {path}"));
+        Ok(self.paths.contains_key(path))
+    }
+
+    fn query_valid_paths(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+        substitute: bool,
+        log: &mut dyn Logger,
+    ) -> Result<BTreeSet<StorePath>, FakeError> {
+        self.calls
+            .push(format!("valid-paths substitute={substitute}"));
+        if substitute {
+            let _ = log.log(StderrMsg::Next("substituting nothing\n".into()));
+        }
+        Ok(paths
+            .iter()
+            .filter(|p| self.paths.contains_key(p))
+            .cloned()
+            .collect())
+    }
+
+    fn query_path_info(&mut self, path: &StorePath) -> Result<Option<UnkeyedPathInfo>, FakeError> {
+        self.calls.push(format!("info {path}"));
+        Ok(self.paths.get(path).map(|(i, _)| i.clone()))
+    }
+
+    fn query_referrers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, FakeError> {
+        Ok(self
+            .paths
+            .iter()
+            .filter(|(_, (i, _))| i.references.contains(path))
+            .map(|(p, _)| p.clone())
+            .collect())
+    }
+
+    fn query_all_valid_paths(&mut self) -> Result<BTreeSet<StorePath>, FakeError> {
+        Ok(self.paths.keys().cloned().collect())
+    }
+
+    fn query_path_from_hash_part(
+        &mut self,
+        hash_part: &str,
+    ) -> Result<Option<StorePath>, FakeError> {
+        Ok(self
+            .paths
+            .keys()
+            .find(|p| p.hash_part() == hash_part)
+            .cloned())
+    }
+
+    fn query_derivation_output_map(
+        &mut self,
+        drv_path: &StorePath,
+    ) -> Result<BTreeMap<String, Option<StorePath>>, FakeError> {
+        self.drvs
+            .get(drv_path)
+            .cloned()
+            .ok_or_else(|| FakeError::NotValid(drv_path.clone()))
+    }
+
+    fn query_missing(&mut self, targets: &[DerivedPath]) -> Result<Missing, FakeError> {
+        let mut m = Missing::default();
+        for t in targets {
+            match t {
+                DerivedPath::Built { drv_path, .. } => {
+                    m.will_build.insert(drv_path.clone());
+                }
+                DerivedPath::Opaque(p) if !self.paths.contains_key(p) => {
+                    m.unknown.insert(p.clone());
+                }
+                DerivedPath::Opaque(_) => {}
+            }
+        }
+        m.download_size = 7;
+        m.nar_size = 9;
+        Ok(m)
+    }
+
+    fn add_temp_root(&mut self, path: &StorePath) -> Result<(), FakeError> {
+        self.roots.push(format!("temp {path}"));
+        Ok(())
+    }
+
+    fn add_indirect_root(&mut self, link: &str) -> Result<(), FakeError> {
+        self.roots.push(format!("indirect {link}"));
+        Ok(())
+    }
+
+    fn add_perm_root(&mut self, path: &StorePath, gc_root: &str) -> Result<String, FakeError> {
+        self.roots.push(format!("perm {path} {gc_root}"));
+        Ok(gc_root.to_owned())
+    }
+
+    fn ensure_path(&mut self, path: &StorePath, log: &mut dyn Logger) -> Result<(), FakeError> {
+        let _ = log.log(StderrMsg::Next(format!("ensuring {path}\n")));
+        if self.paths.contains_key(path) {
+            Ok(())
+        } else {
+            Err(FakeError::NotValid(path.clone()))
+        }
+    }
+
+    fn build_paths(
+        &mut self,
+        targets: &[DerivedPath],
+        mode: BuildMode,
+        log: &mut dyn Logger,
+    ) -> Result<(), FakeError> {
+        self.calls.push(format!("build {} {mode:?}", targets.len()));
+        build_log(log);
+        if targets.iter().any(|t| t.path().name().contains("fail")) {
+            return Err(FakeError::Asked);
+        }
+        Ok(())
+    }
+
+    fn build_paths_with_results(
+        &mut self,
+        targets: &[DerivedPath],
+        mode: BuildMode,
+        log: &mut dyn Logger,
+    ) -> Result<Vec<KeyedBuildResult>, FakeError> {
+        self.calls.push(format!("build-results {mode:?}"));
+        build_log(log);
+        Ok(targets
+            .iter()
+            .map(|t| {
+                let failed = t.path().name().contains("fail");
+                KeyedBuildResult {
+                    path: t.clone(),
+                    result: if failed {
+                        BuildResult::new(BuildStatus::PermanentFailure, "builder failed")
+                    } else {
+                        BuildResult::new(BuildStatus::AlreadyValid, "")
+                    },
+                }
+            })
+            .collect())
+    }
+
+    fn build_derivation(
+        &mut self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        mode: BuildMode,
+        log: &mut dyn Logger,
+    ) -> Result<BuildResult, FakeError> {
+        self.calls
+            .push(format!("build-derivation {drv_path} {mode:?}"));
+        let _ = log.log(StderrMsg::Next("hi\n".into()));
+        if drv.builder == "error" {
+            return Err(FakeError::Asked);
+        }
+        let mut res = BuildResult::new(BuildStatus::Built, "");
+        res.times_built = 1;
+        res.start_time = 10;
+        res.stop_time = 12;
+        res.cpu_user = Some(3);
+        for (name, out) in &drv.outputs {
+            if let Some(p) = out.path() {
+                res.built_outputs.insert(
+                    name.clone(),
+                    BuiltOutput {
+                        out_path: p.clone(),
+                        signatures: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+        Ok(res)
+    }
+
+    fn nar_from_path(&mut self, path: &StorePath, out: &mut dyn Write) -> Result<(), FakeError> {
+        self.calls.push(format!("nar {path}"));
+        let (_, nar) = self
+            .paths
+            .get(path)
+            .ok_or_else(|| FakeError::NotValid(path.clone()))?;
+        if path.name() == "broken" {
+            out.write_all(&nar[..8])?;
+            return Err(FakeError::Asked);
+        }
+        out.write_all(nar)?;
+        Ok(())
+    }
+
+    fn add_to_store_nar(
+        &mut self,
+        info: &PathInfo,
+        repair: bool,
+        dont_check_sigs: bool,
+        nar: &mut dyn Read,
+        log: &mut dyn Logger,
+    ) -> Result<(), FakeError> {
+        self.calls.push(format!(
+            "add {} repair={repair} dontCheckSigs={dont_check_sigs} ultimate={}",
+            info.path, info.info.ultimate
+        ));
+        let _ = log.log(StderrMsg::Next("adding\n".into()));
+        let bytes = self.read_nar(nar)?;
+        if self.nar_fail {
+            return Err(FakeError::Asked);
+        }
+        if self.nar_read.is_some() {
+            return Ok(());
+        }
+        self.add(info, bytes)
+    }
+
+    fn add_multiple_to_store(
+        &mut self,
+        repair: bool,
+        dont_check_sigs: bool,
+        paths: &mut IncomingPaths<'_>,
+        _log: &mut dyn Logger,
+    ) -> Result<(), FakeError> {
+        let n = paths.count()?;
+        self.calls.push(format!(
+            "add-multiple {n} repair={repair} dontCheckSigs={dont_check_sigs}"
+        ));
+        while let Some((info, nar)) = paths.next_path()? {
+            self.calls
+                .push(format!("  {} ultimate={}", info.path, info.info.ultimate));
+            let mut nar = nar;
+            let bytes = self.read_nar(&mut nar)?;
+            if self.nar_read.is_some() {
+                // Leave the rest to the server.
+                continue;
+            }
+            self.add(&info, bytes)?;
+        }
+        Ok(())
+    }
+
+    fn add_signatures(
+        &mut self,
+        path: &StorePath,
+        sigs: &BTreeSet<String>,
+    ) -> Result<(), FakeError> {
+        let (info, _) = self
+            .paths
+            .get_mut(path)
+            .ok_or_else(|| FakeError::NotValid(path.clone()))?;
+        info.sigs.extend(sigs.iter().cloned());
+        Ok(())
+    }
+
+    fn add_build_log(
+        &mut self,
+        drv_path: &StorePath,
+        data: &mut dyn Read,
+    ) -> Result<(), FakeError> {
+        let mut log = Vec::new();
+        data.read_to_end(&mut log)?;
+        self.logs.insert(drv_path.clone(), log);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripted sessions
+
+/// The client's bytes up to the end of the post-handshake.
+fn greeting(ver: Version, features: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    write_u64(&mut b, WORKER_MAGIC_1).unwrap();
+    write_u64(&mut b, ver.to_wire()).unwrap();
+    if ver >= v(38) {
+        ferrix_protocol::wire::write_strings(&mut b, features.iter().copied()).unwrap();
+    }
+    if ver >= v(14) {
+        write_u64(&mut b, 0).unwrap();
+    }
+    if ver >= v(11) {
+        write_u64(&mut b, 0).unwrap();
+    }
+    b
+}
+
+fn opts(trusted: bool) -> WorkerOptions {
+    let mut o = WorkerOptions::new(dir(), "2.8.0");
+    o.trusted = trusted;
+    o
+}
+
+/// A client session: writes requests into the input, then reads the server's output.
+struct Script {
+    ver: Version,
+    input: Vec<u8>,
+}
+
+impl Script {
+    fn new(ver: Version) -> Self {
+        Self {
+            ver,
+            input: greeting(ver, &[]),
+        }
+    }
+
+    fn req(&mut self, req: &WorkerRequest) -> &mut Self {
+        write_request(&mut self.input, self.ver, &dir(), req).unwrap();
+        self
+    }
+
+    fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.input.extend_from_slice(b);
+        self
+    }
+
+    /// The NAR of `AddToStoreNar` as this version sends it. Tunnelled: one answer for the
+    /// whole NAR (the fake reads 8 KiB at a time, and the NARs here are smaller).
+    fn nar(&mut self, nar: &[u8]) -> &mut Self {
+        if self.ver >= v(23) {
+            write_framed(&mut self.input, &mut &nar[..]).unwrap();
+        } else if self.ver >= v(21) {
+            push_bytes(&mut self.input, nar);
+        } else {
+            self.input.extend_from_slice(nar);
+        }
+        self
+    }
+
+    fn run(
+        &self,
+        fake: &mut Fake,
+        o: &WorkerOptions,
+    ) -> (Result<(), WorkerError<FakeError>>, Output) {
+        let mut out = Vec::new();
+        let res = serve_worker(fake, Cursor::new(&self.input), &mut out, o);
+        (
+            res,
+            Output {
+                ver: self.ver,
+                bytes: Cursor::new(out),
+            },
+        )
+    }
+}
+
+/// The server's output, read as a client would.
+struct Output {
+    ver: Version,
+    bytes: Cursor<Vec<u8>>,
+}
+
+impl Output {
+    /// The greeting and start-up; what the server said about itself.
+    fn greeting(&mut self) -> HandshakeInfo {
+        let n = client_handshake(
+            &mut self.bytes,
+            &mut Vec::new(),
+            self.ver,
+            &BTreeSet::new(),
+            &L,
+        )
+        .unwrap();
+        assert_eq!(n.version, self.ver);
+        assert!(n.features.is_empty());
+        let info = client_post_handshake(&mut self.bytes, &mut Vec::new(), self.ver, &L).unwrap();
+        client_startup(&mut self.bytes, &mut Vec::new(), self.ver, &L, &mut |m| {
+            panic!("start-up message {m:?}")
+        })
+        .unwrap()
+        .unwrap();
+        info
+    }
+
+    /// The messages of one operation's work, up to its end.
+    fn work(&mut self) -> (Result<(), ErrorInfo>, Vec<StderrMsg>) {
+        let mut log = Vec::new();
+        let res = process_stderr(
+            &mut self.bytes,
+            &mut Vec::new(),
+            self.ver,
+            &L,
+            None,
+            &mut |m| log.push(m),
+        )
+        .unwrap();
+        (res, log)
+    }
+
+    /// A successful work, its log.
+    fn ok(&mut self) -> Vec<StderrMsg> {
+        let (res, log) = self.work();
+        res.unwrap();
+        log
+    }
+
+    /// A tunnelled NAR's data requests (skipped), then the end of the work.
+    fn work_with_reads(&mut self) -> (Result<(), ErrorInfo>, usize) {
+        let mut reads = 0;
+        loop {
+            match read_stderr(&mut self.bytes, self.ver, &L).unwrap() {
+                StderrMsg::Read(_) => reads += 1,
+                StderrMsg::Last => return (Ok(()), reads),
+                StderrMsg::Error(e) => return (Err(e), reads),
+                _ => {}
+            }
+        }
+    }
+
+    fn r(&mut self) -> &mut Cursor<Vec<u8>> {
+        &mut self.bytes
+    }
+
+    fn done(&self) {
+        let left = self.bytes.get_ref().len() as u64 - self.bytes.position();
+        assert_eq!(left, 0, "unread output bytes");
+    }
+}
+
+fn trivial_drv(out: &StorePath, builder: &str) -> Derivation {
+    Derivation {
+        outputs: [(
+            "out".to_owned(),
+            DerivationOutput::InputAddressed(out.clone()),
+        )]
+        .into(),
+        input_drvs: BTreeMap::new(),
+        input_srcs: BTreeSet::new(),
+        platform: "x86_64-linux".into(),
+        builder: builder.into(),
+        args: vec![],
+        env: BTreeMap::new(),
+    }
+}
+
+fn ca_drv(builder: &str) -> Derivation {
+    Derivation {
+        outputs: [(
+            "out".to_owned(),
+            DerivationOutput::CaFloating {
+                method: FileIngestionMethod::Recursive,
+                algo: HashAlgo::Sha256,
+            },
+        )]
+        .into(),
+        ..trivial_drv(&sp("x", 9), builder)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn greeting_bytes_per_version() {
+    for minor in MINORS {
+        let ver = v(minor);
+        for trusted in [false, true] {
+            let mut fake = Fake::default();
+            let (res, out) = Script::new(ver).run(&mut fake, &opts(trusted));
+            res.unwrap();
+            let mut want = Vec::new();
+            write_u64(&mut want, WORKER_MAGIC_2).unwrap();
+            write_u64(&mut want, 0x126).unwrap();
+            if ver >= v(38) {
+                write_u64(&mut want, 0).unwrap(); // no features
+            }
+            if ver >= v(33) {
+                push_bytes(&mut want, b"2.8.0");
+            }
+            if ver >= v(35) {
+                write_u64(&mut want, if trusted { 1 } else { 2 }).unwrap();
+            }
+            write_u64(&mut want, 0x616c_7473).unwrap(); // STDERR_LAST
+            assert_eq!(out.bytes.into_inner(), want, "{ver} trusted={trusted}");
+        }
+    }
+    // A 1.38 client with features: none in common.
+    let mut s = Script::new(v(38));
+    s.input = greeting(v(38), &["realisation-with-path-not-hash"]);
+    let (res, mut out) = s.run(&mut Fake::default(), &opts(true));
+    res.unwrap();
+    let info = out.greeting();
+    assert_eq!(info.trusted, Some(true));
+    out.done();
+    // Too old a client, bad magic.
+    let (res, _) = Script::new(v(17)).run(&mut Fake::default(), &opts(true));
+    assert!(matches!(
+        res,
+        Err(WorkerError::Handshake(WireError::UnsupportedVersion { .. }))
+    ));
+    let mut s = Script::new(v(34));
+    s.input[0] ^= 1;
+    let (res, _) = s.run(&mut Fake::default(), &opts(true));
+    assert!(matches!(
+        res,
+        Err(WorkerError::Handshake(WireError::BadMagic { .. }))
+    ));
+}
+
+#[test]
+fn every_op_per_version() {
+    for minor in MINORS {
+        let ver = v(minor);
+        let (mut fake, a, b) = Fake::with_paths();
+        let missing = sp("missing", 7);
+        let new_nar = nar_of_text("new path");
+        let new = info_of(&sp("new", 4), &new_nar, &[&a]);
+        let m1_nar = nar_of_text("m1");
+        let m1 = info_of(&sp("m1", 5), &m1_nar, &[]);
+        let m2_nar = nar_of_text("m2 refers to m1");
+        let m2 = info_of(&sp("m2", 6), &m2_nar, &[&m1.path]);
+        let drv_path = sp("b.drv", 3);
+        let target = DerivedPath::Built {
+            drv_path: drv_path.clone(),
+            outputs: OutputsSpec::Names(["out".to_owned()].into()),
+        };
+        let out_path = sp("out", 8);
+        let mut options = ClientOptions::default();
+        options.overrides.insert("sandbox".into(), "false".into());
+
+        let mut s = Script::new(ver);
+        s.req(&WorkerRequest::SetOptions(options.clone()))
+            .req(&WorkerRequest::IsValidPath(a.clone()))
+            .req(&WorkerRequest::IsValidPath(missing.clone()))
+            .req(&WorkerRequest::QueryValidPaths {
+                paths: [a.clone(), missing.clone()].into(),
+                substitute: true,
+            })
+            .req(&WorkerRequest::QueryPathInfo(b.clone()))
+            .req(&WorkerRequest::QueryPathInfo(missing.clone()))
+            .req(&WorkerRequest::QueryReferrers(a.clone()))
+            .req(&WorkerRequest::AddTempRoot(a.clone()))
+            .req(&WorkerRequest::AddIndirectRoot("/home/u/result".into()))
+            .req(&WorkerRequest::EnsurePath(a.clone()))
+            .req(&WorkerRequest::SyncWithGC)
+            .req(&WorkerRequest::QueryDerivationOutputMap(drv_path.clone()))
+            .req(&WorkerRequest::BuildPaths {
+                paths: vec![target.clone()],
+                mode: BuildMode::Check,
+            })
+            .req(&WorkerRequest::BuildPathsWithResults {
+                paths: vec![target.clone()],
+                mode: BuildMode::Normal,
+            })
+            .req(&WorkerRequest::BuildDerivation {
+                drv_path: drv_path.clone(),
+                drv: trivial_drv(&out_path, "/bin/sh"),
+                mode: BuildMode::Normal,
+            })
+            .req(&WorkerRequest::NarFromPath(b.clone()))
+            .req(&WorkerRequest::AddToStoreNar {
+                info: new.clone(),
+                repair: true,
+                dont_check_sigs: true,
+            })
+            .nar(&new_nar)
+            .req(&WorkerRequest::AddMultipleToStore {
+                repair: false,
+                dont_check_sigs: true,
+            });
+        let mut mw = MultiplePathsWriter::new(&mut s.input, &dir(), 2).unwrap();
+        mw.add(&m1, &mut &m1_nar[..]).unwrap();
+        mw.add(&m2, &mut &m2_nar[..]).unwrap();
+        mw.finish().unwrap();
+        s.req(&WorkerRequest::QueryMissing(vec![
+            target.clone(),
+            DerivedPath::Opaque(missing.clone()),
+        ]))
+        .req(&WorkerRequest::AddSignatures {
+            path: a.clone(),
+            sigs: ["k2:s".to_owned()].into(),
+        })
+        .req(&WorkerRequest::QueryAllValidPaths)
+        .req(&WorkerRequest::QueryPathFromHashPart(
+            b.hash_part().to_owned(),
+        ))
+        .req(&WorkerRequest::AddBuildLog(drv_path.clone()));
+        write_framed(&mut s.input, &mut &b"the log\n"[..]).unwrap();
+        s.req(&WorkerRequest::AddPermRoot {
+            path: a.clone(),
+            gc_root: "/root/r".into(),
+        });
+
+        let (res, mut o) = s.run(&mut fake, &opts(true));
+        res.unwrap_or_else(|e| panic!("{ver}: {e}"));
+        o.greeting();
+        let d = dir();
+
+        // SetOptions
+        o.ok();
+        let mut want = options.clone();
+        if ver < v(12) {
+            want.overrides.clear();
+        }
+        assert_eq!(fake.options.as_ref(), Some(&want));
+        // IsValidPath
+        o.ok();
+        assert!(read_bool(o.r(), "valid").unwrap());
+        o.ok();
+        assert!(!read_bool(o.r(), "valid").unwrap());
+        // QueryValidPaths: the substitute flag from 1.27 on.
+        let log = o.ok();
+        assert_eq!(log.len(), usize::from(ver >= v(27)), "{ver}");
+        assert_eq!(
+            read_store_path_set(o.r(), &d, &L, "valid").unwrap(),
+            BTreeSet::from([a.clone()])
+        );
+        // QueryPathInfo
+        o.ok();
+        let info = read_path_info_reply(o.r(), ver, &d, &L).unwrap().unwrap();
+        assert_eq!(info, fake.paths[&b].0);
+        o.ok();
+        assert_eq!(read_path_info_reply(o.r(), ver, &d, &L).unwrap(), None);
+        // QueryReferrers
+        o.ok();
+        assert_eq!(
+            read_store_path_set(o.r(), &d, &L, "referrers").unwrap(),
+            BTreeSet::from([b.clone()])
+        );
+        // AddTempRoot, AddIndirectRoot, EnsurePath, SyncWithGC
+        for _ in 0..4 {
+            o.ok();
+            read_ok(o.r(), "ok").unwrap();
+        }
+        // QueryDerivationOutputMap
+        o.ok();
+        assert_eq!(
+            read_output_map(o.r(), &d, &L).unwrap(),
+            fake.drvs[&drv_path]
+        );
+        // BuildPaths: the build's log; activities only from 1.20 on.
+        let log = o.ok();
+        read_ok(o.r(), "BuildPaths").unwrap();
+        if ver >= v(20) {
+            assert_eq!(log.len(), 3);
+            assert!(
+                matches!(&log[1], StderrMsg::Result { kind, .. } if *kind == result_type::BUILD_LOG_LINE)
+            );
+        } else {
+            assert_eq!(log, [StderrMsg::Next("building...\n".into())]);
+        }
+        // BuildPathsWithResults
+        o.ok();
+        let results = read_keyed_build_results(o.r(), ver, &d, &L).unwrap();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].path, target);
+        assert_eq!(results[0].result.status, BuildStatus::AlreadyValid);
+        // BuildDerivation
+        let log = o.ok();
+        assert_eq!(log, [StderrMsg::Next("hi\n".into())]);
+        let res = read_build_result(o.r(), ver, &L).unwrap();
+        assert_eq!(res.status, BuildStatus::Built);
+        if ver >= v(28) {
+            assert_eq!(res.built_outputs["out"].out_path, out_path);
+        }
+        if ver >= v(29) {
+            assert_eq!(
+                (res.times_built, res.start_time, res.stop_time),
+                (1, 10, 12)
+            );
+        }
+        assert_eq!(res.cpu_user, (ver >= v(37)).then_some(3));
+        // NarFromPath: the NAR after Last.
+        o.ok();
+        let want_nar = fake.paths[&b].1.clone();
+        let mut nar = vec![0; want_nar.len()];
+        o.r().read_exact(&mut nar).unwrap();
+        assert_eq!(nar, want_nar);
+        // AddToStoreNar: pulled with data requests at 1.21 and 1.22, else sent.
+        let (res, reads) = o.work_with_reads();
+        res.unwrap();
+        assert_eq!(reads, usize::from((21..23).contains(&minor)), "{ver}");
+        assert_eq!(fake.paths[&new.path].1, new_nar);
+        // AddMultipleToStore
+        o.ok();
+        assert_eq!(fake.paths[&m2.path].1, m2_nar);
+        assert_eq!(fake.paths[&m1.path].1, m1_nar);
+        // QueryMissing
+        o.ok();
+        let m = read_missing(o.r(), &d, &L).unwrap();
+        assert_eq!(m.will_build, BTreeSet::from([drv_path.clone()]));
+        assert_eq!(m.unknown, BTreeSet::from([missing.clone()]));
+        assert_eq!((m.download_size, m.nar_size), (7, 9));
+        // AddSignatures
+        o.ok();
+        read_ok(o.r(), "AddSignatures").unwrap();
+        assert!(fake.paths[&a].0.sigs.contains("k2:s"));
+        // QueryAllValidPaths
+        o.ok();
+        assert_eq!(
+            read_store_path_set(o.r(), &d, &L, "all").unwrap().len(),
+            fake.paths.len()
+        );
+        // QueryPathFromHashPart
+        o.ok();
+        assert_eq!(
+            read_opt_store_path(o.r(), &d, &L, "path").unwrap(),
+            Some(b.clone())
+        );
+        // AddBuildLog
+        o.ok();
+        read_ok(o.r(), "AddBuildLog").unwrap();
+        assert_eq!(fake.logs[&drv_path], b"the log\n");
+        // AddPermRoot
+        o.ok();
+        assert_eq!(read_string(o.r(), &L, "root").unwrap(), "/root/r");
+        o.done();
+
+        // What the handler saw of the flags (a trusted session keeps them).
+        assert!(fake.calls.contains(&format!(
+            "add {} repair=true dontCheckSigs=true ultimate=false",
+            new.path
+        )));
+        assert!(fake
+            .calls
+            .contains(&"add-multiple 2 repair=false dontCheckSigs=true".to_owned()));
+        assert!(fake.calls.contains(&"build 1 Check".to_owned()));
+        assert_eq!(
+            fake.roots,
+            [
+                format!("temp {a}"),
+                "indirect /home/u/result".to_owned(),
+                format!("perm {a} /root/r")
+            ]
+        );
+    }
+}
+
+#[test]
+fn old_clients_get_log_lines_instead_of_activities() {
+    let (mut fake, _, _) = Fake::with_paths();
+    let target = DerivedPath::Opaque(sp("a", 1));
+    let mut s = Script::new(v(18));
+    s.req(&WorkerRequest::BuildPaths {
+        paths: vec![target],
+        mode: BuildMode::Normal,
+    });
+    let (res, mut o) = s.run(&mut fake, &opts(true));
+    res.unwrap();
+    o.greeting();
+    let log = o.ok();
+    assert_eq!(log, [StderrMsg::Next("building...\n".into())]);
+    read_ok(o.r(), "BuildPaths").unwrap();
+    o.done();
+}
+
+#[test]
+fn handler_errors_become_stderr_error_and_the_session_goes_on() {
+    for minor in MINORS {
+        let ver = v(minor);
+        let (mut fake, a, _) = Fake::with_paths();
+        let missing = sp("missing", 7);
+        let mut s = Script::new(ver);
+        s.req(&WorkerRequest::EnsurePath(missing.clone()))
+            .req(&WorkerRequest::BuildPaths {
+                paths: vec![DerivedPath::Opaque(sp("fail", 9))],
+                mode: BuildMode::Normal,
+            })
+            .req(&WorkerRequest::QueryDerivationOutputMap(missing.clone()))
+            .req(&WorkerRequest::BuildDerivation {
+                drv_path: sp("x.drv", 9),
+                drv: trivial_drv(&sp("x", 9), "error"),
+                mode: BuildMode::Normal,
+            })
+            .req(&WorkerRequest::NarFromPath(missing.clone()))
+            .req(&WorkerRequest::IsValidPath(a.clone()));
+        let (res, mut o) = s.run(&mut fake, &opts(true));
+        res.unwrap();
+        o.greeting();
+        // EnsurePath: the log line, then the error.
+        let (res, log) = o.work();
+        assert_eq!(log.len(), 1);
+        let e = res.unwrap_err();
+        assert_eq!(e.message, format!("path '{missing}' is not valid"));
+        assert_eq!(e.exit_status, 1);
+        assert_eq!(e.level, verbosity::ERROR);
+        for want in [
+            "the client asked for an error",
+            "is not valid",
+            "the client asked",
+            "is not valid",
+        ] {
+            let (res, _) = o.work();
+            let e = res.unwrap_err();
+            assert!(e.message.contains(want), "{ver}: {e}");
+        }
+        o.ok();
+        assert!(read_bool(o.r(), "valid").unwrap());
+        o.done();
+    }
+}
+
+#[test]
+fn nar_from_path_failing_in_the_middle_ends_the_session() {
+    let (mut fake, _, _) = Fake::with_paths();
+    let broken = sp("broken", 9);
+    let nar = nar_of_text("broken");
+    fake.paths.insert(
+        broken.clone(),
+        (info_of(&broken, &nar, &[]).info, nar.clone()),
+    );
+    let mut s = Script::new(v(34));
+    s.req(&WorkerRequest::NarFromPath(broken.clone()))
+        .req(&WorkerRequest::IsValidPath(broken.clone()));
+    let (res, mut o) = s.run(&mut fake, &opts(true));
+    assert!(matches!(
+        res,
+        Err(WorkerError::Handler {
+            op: Op::NarFromPath,
+            source: FakeError::Asked
+        })
+    ));
+    o.greeting();
+    o.ok();
+    let mut part = vec![0; 8];
+    o.r().read_exact(&mut part).unwrap();
+    assert_eq!(part, nar[..8]);
+    o.done();
+}
+
+#[test]
+fn add_to_store_nar_partly_read_or_failing() {
+    for minor in MINORS {
+        let ver = v(minor);
+        for (read, fail) in [(Some(5), false), (Some(5), true), (None, true)] {
+            let (mut fake, a, _) = Fake::with_paths();
+            fake.nar_read = read;
+            fake.nar_fail = fail;
+            let nar = nar_of_text("a NAR the handler does not finish");
+            let info = info_of(&sp("new", 4), &nar, &[]);
+            let mut s = Script::new(ver);
+            s.req(&WorkerRequest::AddToStoreNar {
+                info,
+                repair: false,
+                dont_check_sigs: false,
+            })
+            .nar(&nar)
+            .req(&WorkerRequest::IsValidPath(a.clone()));
+            let (res, mut o) = s.run(&mut fake, &opts(true));
+            res.unwrap_or_else(|e| panic!("{ver} {read:?} {fail}: {e}"));
+            o.greeting();
+            let (res, _) = o.work_with_reads();
+            assert_eq!(res.is_err(), fail, "{ver}");
+            o.ok();
+            assert!(read_bool(o.r(), "valid").unwrap());
+            o.done();
+        }
+    }
+}
+
+#[test]
+fn add_to_store_nar_shorter_than_announced() {
+    // The client announces more than it sends: the handler sees an early end (an error for
+    // the client), the session goes on after the payload.
+    let (mut fake, a, _) = Fake::with_paths();
+    let nar = nar_of_text("short");
+    let mut info = info_of(&sp("new", 4), &nar, &[]);
+    info.info.nar_size += 10;
+    let mut s = Script::new(v(34));
+    s.req(&WorkerRequest::AddToStoreNar {
+        info,
+        repair: false,
+        dont_check_sigs: false,
+    })
+    .nar(&nar)
+    .req(&WorkerRequest::IsValidPath(a));
+    let (res, mut o) = s.run(&mut fake, &opts(true));
+    res.unwrap();
+    o.greeting();
+    let (res, _) = o.work();
+    assert!(res.unwrap_err().message.contains("reading data"));
+    o.ok();
+    assert!(read_bool(o.r(), "valid").unwrap());
+    o.done();
+}
+
+#[test]
+fn add_multiple_to_store_partial_and_malformed() {
+    let (mut fake, a, _) = Fake::with_paths();
+    fake.nar_read = Some(3);
+    let m1_nar = nar_of_text("m1");
+    let m1 = info_of(&sp("m1", 5), &m1_nar, &[]);
+    let m2_nar = nar_of_text("m2");
+    let m2 = info_of(&sp("m2", 6), &m2_nar, &[]);
+    let mut s = Script::new(v(34));
+    s.req(&WorkerRequest::AddMultipleToStore {
+        repair: false,
+        dont_check_sigs: false,
+    });
+    let mut mw = MultiplePathsWriter::new(&mut s.input, &dir(), 2).unwrap();
+    mw.add(&m1, &mut &m1_nar[..]).unwrap();
+    mw.add(&m2, &mut &m2_nar[..]).unwrap();
+    mw.finish().unwrap();
+    // Well framed, but the path info inside is garbage: an error, the session goes on.
+    s.req(&WorkerRequest::AddMultipleToStore {
+        repair: false,
+        dont_check_sigs: false,
+    });
+    let mut body = Vec::new();
+    write_u64(&mut body, 1).unwrap();
+    push_bytes(&mut body, b"/tmp/not-a-store-path");
+    write_framed(&mut s.input, &mut &body[..]).unwrap();
+    s.req(&WorkerRequest::IsValidPath(a.clone()));
+    let (res, mut o) = s.run(&mut fake, &opts(true));
+    res.unwrap();
+    o.greeting();
+    o.ok();
+    assert_eq!(fake.calls.iter().filter(|c| c.starts_with("  ")).count(), 2);
+    let (res, _) = o.work();
+    assert!(res.unwrap_err().message.contains("bad stream of paths"));
+    o.ok();
+    assert!(read_bool(o.r(), "valid").unwrap());
+    o.done();
+
+    // A framed stream cut short: the session ends.
+    let mut s = Script::new(v(34));
+    s.req(&WorkerRequest::AddMultipleToStore {
+        repair: false,
+        dont_check_sigs: false,
+    });
+    write_u64(&mut s.input, 100).unwrap();
+    s.raw(b"short");
+    let (res, _) = s.run(&mut Fake::default(), &opts(true));
+    assert!(
+        matches!(
+            res,
+            Err(WorkerError::Payload {
+                op: Op::AddMultipleToStore,
+                ..
+            })
+        ),
+        "{res:?}"
+    );
+}
+
+#[test]
+fn untrusted_clients() {
+    let ver = v(34);
+    let (mut fake, a, _) = Fake::with_paths();
+    let nar = nar_of_text("untrusted");
+    let mut info = info_of(&sp("new", 4), &nar, &[]);
+    info.info.ultimate = true;
+    let m_nar = nar_of_text("m");
+    let mut m = info_of(&sp("m", 5), &m_nar, &[]);
+    m.info.ultimate = true;
+    let mut options = ClientOptions::default();
+    for (k, val) in [
+        ("sandbox", "false"),
+        ("timeout", "5"),
+        ("builders", ""),
+        ("substituters", "https://cache"),
+        ("experimental-features", "nix-command"),
+    ] {
+        options.overrides.insert(k.into(), val.into());
+    }
+    let mut s = Script::new(ver);
+    s.req(&WorkerRequest::SetOptions(options))
+        .req(&WorkerRequest::AddToStoreNar {
+            info: info.clone(),
+            repair: false,
+            dont_check_sigs: true,
+        })
+        .nar(&nar)
+        .req(&WorkerRequest::AddMultipleToStore {
+            repair: false,
+            dont_check_sigs: true,
+        });
+    let mut mw = MultiplePathsWriter::new(&mut s.input, &dir(), 1).unwrap();
+    mw.add(&m, &mut &m_nar[..]).unwrap();
+    mw.finish().unwrap();
+    s.req(&WorkerRequest::AddSignatures {
+        path: a.clone(),
+        sigs: ["k:s".to_owned()].into(),
+    })
+    .req(&WorkerRequest::AddBuildLog(sp("x.drv", 9)));
+    write_framed(&mut s.input, &mut &b"log"[..]).unwrap();
+    s.req(&WorkerRequest::BuildDerivation {
+        drv_path: sp("x.drv", 9),
+        drv: trivial_drv(&sp("x", 9), "/bin/sh"),
+        mode: BuildMode::Normal,
+    })
+    .req(&WorkerRequest::BuildDerivation {
+        drv_path: sp("ca.drv", 9),
+        drv: ca_drv("/bin/sh"),
+        mode: BuildMode::Normal,
+    })
+    .req(&WorkerRequest::IsValidPath(a.clone()));
+    let (res, mut o) = s.run(&mut fake, &opts(false));
+    res.unwrap();
+    let hello = o.greeting();
+    assert_eq!(hello.trusted, None, "1.34 has no trust flag");
+    o.ok();
+    assert_eq!(
+        fake.options
+            .as_ref()
+            .unwrap()
+            .overrides
+            .keys()
+            .collect::<Vec<_>>(),
+        ["builders", "substituters", "timeout"]
+    );
+    o.ok();
+    assert!(fake.calls.contains(&format!(
+        "add {} repair=false dontCheckSigs=false ultimate=false",
+        info.path
+    )));
+    o.ok();
+    assert!(fake
+        .calls
+        .contains(&"add-multiple 1 repair=false dontCheckSigs=false".to_owned()));
+    assert!(fake.calls.contains(&format!("  {} ultimate=false", m.path)));
+    for want in ["add signatures", "add logs", "input-addressed"] {
+        let (res, _) = o.work();
+        assert!(res.unwrap_err().message.contains(want), "{want}");
+    }
+    assert!(!fake.paths[&a].0.sigs.contains("k:s"));
+    assert!(fake.logs.is_empty());
+    // A content-addressed derivation may be built.
+    o.ok();
+    assert_eq!(
+        read_build_result(o.r(), ver, &L).unwrap().status,
+        BuildStatus::Built
+    );
+    o.ok();
+    assert!(read_bool(o.r(), "valid").unwrap());
+    o.done();
+
+    // Repairs and permanent roots end the session, as in Nix's daemon.
+    for req in [
+        WorkerRequest::BuildPaths {
+            paths: vec![DerivedPath::Opaque(a.clone())],
+            mode: BuildMode::Repair,
+        },
+        WorkerRequest::BuildPathsWithResults {
+            paths: vec![DerivedPath::Opaque(a.clone())],
+            mode: BuildMode::Repair,
+        },
+        WorkerRequest::AddPermRoot {
+            path: a.clone(),
+            gc_root: "/r".into(),
+        },
+    ] {
+        let mut s = Script::new(v(38));
+        s.req(&req).req(&WorkerRequest::IsValidPath(a.clone()));
+        let (res, mut o) = s.run(&mut Fake::default(), &opts(false));
+        assert!(
+            matches!(res, Err(WorkerError::NotAllowed { op, .. }) if op == req.op()),
+            "{res:?}"
+        );
+        assert_eq!(o.greeting().trusted, Some(false));
+        let (res, _) = o.work();
+        assert!(res.is_err());
+        o.done();
+    }
+}
+
+#[test]
+fn unknown_and_unsupported_operations_end_the_session() {
+    for (op, want) in [
+        (2u64, "invalid operation 2"),
+        (7, "AddToStore (7)"),
+        (1000, "invalid operation 1000"),
+    ] {
+        let mut s = Script::new(v(34));
+        write_u64(&mut s.input, op).unwrap();
+        s.req(&WorkerRequest::SyncWithGC);
+        let (res, mut o) = s.run(&mut Fake::default(), &opts(true));
+        match (op, res) {
+            (7, Err(WorkerError::UnsupportedOp(Op::AddToStore))) => {}
+            (n, Err(WorkerError::UnknownOp(m))) if n == m => {}
+            (_, res) => panic!("{op}: {res:?}"),
+        }
+        o.greeting();
+        let (res, _) = o.work();
+        assert!(res.unwrap_err().message.contains(want), "{op}");
+        o.done();
+    }
+}
+
+#[test]
+fn malformed_arguments_end_the_session() {
+    let mut s = Script::new(v(34));
+    write_u64(&mut s.input, 1).unwrap();
+    push_bytes(&mut s.input, b"/tmp/evil");
+    let (res, mut o) = s.run(&mut Fake::default(), &opts(true));
+    assert!(matches!(
+        res,
+        Err(WorkerError::Request {
+            op: Some(Op::IsValidPath),
+            source: WireError::BadStorePath { .. }
+        })
+    ));
+    o.greeting();
+    let (res, _) = o.work();
+    assert!(res.unwrap_err().message.contains("/tmp/evil"));
+    o.done();
+    // A huge count.
+    let mut s = Script::new(v(34));
+    write_u64(&mut s.input, 31).unwrap();
+    write_u64(&mut s.input, u64::MAX).unwrap();
+    let (res, _) = s.run(&mut Fake::default(), &opts(true));
+    assert!(matches!(
+        res,
+        Err(WorkerError::Request {
+            source: WireError::TooLong { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn truncated_input() {
+    let (fake, a, b) = Fake::with_paths();
+    let nar = nar_of_text("t");
+    let info = info_of(&sp("t", 4), &nar, &[]);
+    let mut s = Script::new(v(34));
+    let start = s.input.len();
+    s.req(&WorkerRequest::SetOptions(ClientOptions::default()))
+        .req(&WorkerRequest::QueryValidPaths {
+            paths: [a.clone(), b.clone()].into(),
+            substitute: false,
+        })
+        .req(&WorkerRequest::AddToStoreNar {
+            info,
+            repair: false,
+            dont_check_sigs: false,
+        })
+        .nar(&nar)
+        .req(&WorkerRequest::BuildDerivation {
+            drv_path: sp("x.drv", 9),
+            drv: trivial_drv(&sp("x", 9), "/bin/sh"),
+            mode: BuildMode::Normal,
+        });
+    let full = s.input.clone();
+    for cut in start..full.len() {
+        s.input = full[..cut].to_vec();
+        let mut f = Fake {
+            paths: fake.paths.clone(),
+            ..Fake::default()
+        };
+        let (res, _) = s.run(&mut f, &opts(true));
+        match res {
+            Ok(()) => {}
+            Err(WorkerError::Request { source, .. }) => assert!(source.is_eof(), "{cut}: {source}"),
+            Err(WorkerError::Payload { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::UnexpectedEof, "{cut}")
+            }
+            Err(e) => panic!("{cut}: {e}"),
+        }
+    }
+    // Cut inside the greeting.
+    for cut in 0..start {
+        s.input = full[..cut].to_vec();
+        let (res, _) = s.run(&mut Fake::default(), &opts(true));
+        assert!(matches!(res, Err(WorkerError::Handshake(_))), "{cut}");
+    }
+}
+
+#[test]
+fn logger_refuses_control_messages_and_reports_a_gone_client() {
+    struct Misbehaving;
+    impl Misbehaving {
+        fn check(log: &mut dyn Logger) {
+            for m in [
+                StderrMsg::Last,
+                StderrMsg::Read(1),
+                StderrMsg::Write(vec![1]),
+                StderrMsg::Error(ErrorInfo::new("x")),
+            ] {
+                assert_eq!(log.log(m).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            }
+        }
+    }
+    let (mut fake, a, _) = Fake::with_paths();
+    let mut s = Script::new(v(34));
+    s.req(&WorkerRequest::SetOptions(ClientOptions::default()))
+        .req(&WorkerRequest::IsValidPath(a));
+    // Run with a wrapper handler that checks the logger in set_options.
+    struct Wrap<'a>(&'a mut Fake);
+    impl WorkerHandler for Wrap<'_> {
+        type Error = FakeError;
+        fn set_options(
+            &mut self,
+            o: &ClientOptions,
+            log: &mut dyn Logger,
+        ) -> Result<(), FakeError> {
+            Misbehaving::check(log);
+            self.0.set_options(o, log)
+        }
+        fn is_valid_path(&mut self, p: &StorePath) -> Result<bool, FakeError> {
+            self.0.is_valid_path(p)
+        }
+        fn query_valid_paths(
+            &mut self,
+            p: &BTreeSet<StorePath>,
+            s: bool,
+            l: &mut dyn Logger,
+        ) -> Result<BTreeSet<StorePath>, FakeError> {
+            self.0.query_valid_paths(p, s, l)
+        }
+        fn query_path_info(&mut self, p: &StorePath) -> Result<Option<UnkeyedPathInfo>, FakeError> {
+            self.0.query_path_info(p)
+        }
+        fn query_referrers(&mut self, p: &StorePath) -> Result<BTreeSet<StorePath>, FakeError> {
+            self.0.query_referrers(p)
+        }
+        fn query_all_valid_paths(&mut self) -> Result<BTreeSet<StorePath>, FakeError> {
+            self.0.query_all_valid_paths()
+        }
+        fn query_path_from_hash_part(&mut self, h: &str) -> Result<Option<StorePath>, FakeError> {
+            self.0.query_path_from_hash_part(h)
+        }
+        fn query_derivation_output_map(
+            &mut self,
+            p: &StorePath,
+        ) -> Result<BTreeMap<String, Option<StorePath>>, FakeError> {
+            self.0.query_derivation_output_map(p)
+        }
+        fn query_missing(&mut self, t: &[DerivedPath]) -> Result<Missing, FakeError> {
+            self.0.query_missing(t)
+        }
+        fn add_temp_root(&mut self, p: &StorePath) -> Result<(), FakeError> {
+            self.0.add_temp_root(p)
+        }
+        fn add_indirect_root(&mut self, l: &str) -> Result<(), FakeError> {
+            self.0.add_indirect_root(l)
+        }
+        fn add_perm_root(&mut self, p: &StorePath, r: &str) -> Result<String, FakeError> {
+            self.0.add_perm_root(p, r)
+        }
+        fn ensure_path(&mut self, p: &StorePath, l: &mut dyn Logger) -> Result<(), FakeError> {
+            self.0.ensure_path(p, l)
+        }
+        fn build_paths(
+            &mut self,
+            t: &[DerivedPath],
+            m: BuildMode,
+            l: &mut dyn Logger,
+        ) -> Result<(), FakeError> {
+            self.0.build_paths(t, m, l)
+        }
+        fn build_paths_with_results(
+            &mut self,
+            t: &[DerivedPath],
+            m: BuildMode,
+            l: &mut dyn Logger,
+        ) -> Result<Vec<KeyedBuildResult>, FakeError> {
+            self.0.build_paths_with_results(t, m, l)
+        }
+        fn build_derivation(
+            &mut self,
+            p: &StorePath,
+            d: &Derivation,
+            m: BuildMode,
+            l: &mut dyn Logger,
+        ) -> Result<BuildResult, FakeError> {
+            self.0.build_derivation(p, d, m, l)
+        }
+        fn nar_from_path(&mut self, p: &StorePath, o: &mut dyn Write) -> Result<(), FakeError> {
+            self.0.nar_from_path(p, o)
+        }
+        fn add_to_store_nar(
+            &mut self,
+            i: &PathInfo,
+            r: bool,
+            d: bool,
+            n: &mut dyn Read,
+            l: &mut dyn Logger,
+        ) -> Result<(), FakeError> {
+            self.0.add_to_store_nar(i, r, d, n, l)
+        }
+        fn add_multiple_to_store(
+            &mut self,
+            r: bool,
+            d: bool,
+            p: &mut IncomingPaths<'_>,
+            l: &mut dyn Logger,
+        ) -> Result<(), FakeError> {
+            self.0.add_multiple_to_store(r, d, p, l)
+        }
+        fn add_signatures(&mut self, p: &StorePath, s: &BTreeSet<String>) -> Result<(), FakeError> {
+            self.0.add_signatures(p, s)
+        }
+        fn add_build_log(&mut self, p: &StorePath, d: &mut dyn Read) -> Result<(), FakeError> {
+            self.0.add_build_log(p, d)
+        }
+    }
+    let mut out = Vec::new();
+    serve_worker(
+        &mut Wrap(&mut fake),
+        Cursor::new(&s.input),
+        &mut out,
+        &opts(true),
+    )
+    .unwrap();
+    assert!(fake.options.is_some());
+
+    // A client that goes away while the handler logs: the session ends with a write error.
+    struct Breaks(usize);
+    impl Write for Breaks {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.0 < b.len() {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "gone"));
+            }
+            self.0 -= b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut s = Script::new(v(34));
+    s.req(&WorkerRequest::BuildPaths {
+        paths: vec![DerivedPath::Opaque(sp("a", 1))],
+        mode: BuildMode::Normal,
+    });
+    // Enough room for the greeting only.
+    let greeting_len = 8 + 8 + 8 + 8 + 8;
+    let (mut fake, _, _) = Fake::with_paths();
+    let res = serve_worker(
+        &mut fake,
+        Cursor::new(&s.input),
+        Breaks(greeting_len),
+        &opts(true),
+    );
+    assert!(
+        matches!(
+            res,
+            Err(WorkerError::Write {
+                op: Some(Op::BuildPaths),
+                ..
+            })
+        ),
+        "{res:?}"
+    );
+}
+
+#[test]
+fn error_info_names_the_causes() {
+    let e = FakeError::Io(io::Error::other("disk on fire"));
+    let info = Fake::error_info(&e);
+    assert_eq!(info.message, "reading data: disk on fire");
+    assert_eq!(info.exit_status, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_after_the_greeting_never_panic(
+        tail in prop::collection::vec(any::<u8>(), 0..512),
+        which in 0usize..MINORS.len(),
+        trusted: bool,
+    ) {
+        let ver = v(MINORS[which]);
+        let mut s = Script::new(ver);
+        s.raw(&tail);
+        let (mut fake, _, _) = Fake::with_paths();
+        let _ = s.run(&mut fake, &opts(trusted));
+    }
+
+    #[test]
+    fn valid_operations_then_garbage_never_panic(
+        ops in prop::collection::vec(0usize..6, 0..6),
+        tail in prop::collection::vec(any::<u8>(), 0..128),
+        small_op in 0u64..50,
+    ) {
+        let (mut fake, a, b) = Fake::with_paths();
+        let mut s = Script::new(v(34));
+        for o in ops {
+            match o {
+                0 => { s.req(&WorkerRequest::IsValidPath(a.clone())); }
+                1 => { s.req(&WorkerRequest::QueryPathInfo(b.clone())); }
+                2 => { s.req(&WorkerRequest::NarFromPath(a.clone())); }
+                3 => { s.req(&WorkerRequest::AddBuildLog(b.clone())); write_framed(&mut s.input, &mut &tail[..]).unwrap(); }
+                4 => { s.req(&WorkerRequest::SetOptions(ClientOptions::default())); }
+                _ => { s.req(&WorkerRequest::EnsurePath(sp("nope", 3))); }
+            }
+        }
+        write_u64(&mut s.input, small_op).unwrap();
+        s.raw(&tail);
+        let _ = s.run(&mut fake, &opts(true));
+    }
+}

@@ -1,0 +1,401 @@
+//! Operations and their arguments, as the client sends them.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+
+use ferrix_format::{Derivation, StoreDir, StorePath};
+
+use super::build_result::{
+    read_derived_paths, write_derived_paths, BuildMode, DerivedPath, BUILD_MODE_SINCE,
+};
+use super::options::ClientOptions;
+use super::path_info::{PathInfo, FULL};
+use super::Op;
+use crate::derivation::{read_basic_derivation, write_basic_derivation};
+use crate::wire::{
+    read_bool, read_store_path, read_store_path_set, read_string, read_string_set, read_u64_or_eof,
+    write_bool, write_store_path, write_store_paths, write_str, write_strings, write_u64, Limits,
+    WireError,
+};
+use crate::Version;
+
+/// `QueryValidPaths` carries a `substitute` flag from this version on.
+pub const SUBSTITUTE_FLAG_SINCE: Version = Version::new(1, 27);
+
+/// An operation and its arguments.
+///
+/// Three carry a payload that stays in the reader after [`read_request`] (and that the client
+/// sends after [`write_request`]): `AddToStoreNar` (the NAR, see
+/// [`super::payload::NarPayload`]), `AddMultipleToStore` (a framed stream, see
+/// [`super::payload::MultiplePathsReader`]) and `AddBuildLog` (the log as a framed stream, see
+/// [`crate::wire::FramedReader`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerRequest {
+    /// 1 → bool.
+    IsValidPath(StorePath),
+    /// 6 → path set.
+    QueryReferrers(StorePath),
+    /// 9 → u64 1.
+    BuildPaths {
+        paths: Vec<DerivedPath>,
+        /// [≥ 1.15]
+        mode: BuildMode,
+    },
+    /// 10 → u64 1.
+    EnsurePath(StorePath),
+    /// 11 → u64 1.
+    AddTempRoot(StorePath),
+    /// 12: the absolute path of a symlink to a store path → u64 1.
+    AddIndirectRoot(String),
+    /// 13, obsolete → u64 1.
+    SyncWithGC,
+    /// 19 → nothing.
+    SetOptions(ClientOptions),
+    /// 23 → path set.
+    QueryAllValidPaths,
+    /// 26 → [≥ 1.17] u64 found, then (when found) the unkeyed path info.
+    QueryPathInfo(StorePath),
+    /// 29: the hash part of a store path → the path or `""`.
+    QueryPathFromHashPart(String),
+    /// 31 → path set.
+    QueryValidPaths {
+        paths: BTreeSet<StorePath>,
+        /// [≥ 1.27]
+        substitute: bool,
+    },
+    /// 36 → build result.
+    BuildDerivation {
+        drv_path: StorePath,
+        /// Sent without its input derivations (`input_drvs` is empty).
+        drv: Derivation,
+        mode: BuildMode,
+    },
+    /// 37 → u64 1.
+    AddSignatures {
+        path: StorePath,
+        sigs: BTreeSet<String>,
+    },
+    /// 38 → the NAR, after `STDERR_LAST`.
+    NarFromPath(StorePath),
+    /// 39, the NAR follows (see [`super::payload::NarTransfer`]) → nothing.
+    AddToStoreNar {
+        /// Always sent in full (the 1.16 form).
+        info: PathInfo,
+        repair: bool,
+        dont_check_sigs: bool,
+    },
+    /// 40 → will-build set, will-substitute set, unknown set, u64 download size, u64 NAR size.
+    QueryMissing(Vec<DerivedPath>),
+    /// 41 → map output name → optional path.
+    QueryDerivationOutputMap(StorePath),
+    /// 44, a framed stream of paths follows → nothing.
+    AddMultipleToStore { repair: bool, dont_check_sigs: bool },
+    /// 45: the derivation (sent as a base name, without the store directory), its log follows
+    /// as a framed stream → u64 1.
+    AddBuildLog(StorePath),
+    /// 46 → a list of keyed build results.
+    BuildPathsWithResults {
+        paths: Vec<DerivedPath>,
+        mode: BuildMode,
+    },
+    /// 47 (≥ 1.36): make `gc_root` (an absolute path) a symlink to `path` and a root → the
+    /// root's path.
+    AddPermRoot { path: StorePath, gc_root: String },
+}
+
+impl WorkerRequest {
+    pub fn op(&self) -> Op {
+        match self {
+            Self::IsValidPath(_) => Op::IsValidPath,
+            Self::QueryReferrers(_) => Op::QueryReferrers,
+            Self::BuildPaths { .. } => Op::BuildPaths,
+            Self::EnsurePath(_) => Op::EnsurePath,
+            Self::AddTempRoot(_) => Op::AddTempRoot,
+            Self::AddIndirectRoot(_) => Op::AddIndirectRoot,
+            Self::SyncWithGC => Op::SyncWithGC,
+            Self::SetOptions(_) => Op::SetOptions,
+            Self::QueryAllValidPaths => Op::QueryAllValidPaths,
+            Self::QueryPathInfo(_) => Op::QueryPathInfo,
+            Self::QueryPathFromHashPart(_) => Op::QueryPathFromHashPart,
+            Self::QueryValidPaths { .. } => Op::QueryValidPaths,
+            Self::BuildDerivation { .. } => Op::BuildDerivation,
+            Self::AddSignatures { .. } => Op::AddSignatures,
+            Self::NarFromPath(_) => Op::NarFromPath,
+            Self::AddToStoreNar { .. } => Op::AddToStoreNar,
+            Self::QueryMissing(_) => Op::QueryMissing,
+            Self::QueryDerivationOutputMap(_) => Op::QueryDerivationOutputMap,
+            Self::AddMultipleToStore { .. } => Op::AddMultipleToStore,
+            Self::AddBuildLog(_) => Op::AddBuildLog,
+            Self::BuildPathsWithResults { .. } => Op::BuildPathsWithResults,
+            Self::AddPermRoot { .. } => Op::AddPermRoot,
+        }
+    }
+}
+
+impl Op {
+    /// Whether [`read_request_body`] reads this operation (the others are not supported).
+    pub const fn is_supported(self) -> bool {
+        matches!(
+            self,
+            Op::IsValidPath
+                | Op::QueryReferrers
+                | Op::BuildPaths
+                | Op::EnsurePath
+                | Op::AddTempRoot
+                | Op::AddIndirectRoot
+                | Op::SyncWithGC
+                | Op::SetOptions
+                | Op::QueryAllValidPaths
+                | Op::QueryPathInfo
+                | Op::QueryPathFromHashPart
+                | Op::QueryValidPaths
+                | Op::BuildDerivation
+                | Op::AddSignatures
+                | Op::NarFromPath
+                | Op::AddToStoreNar
+                | Op::QueryMissing
+                | Op::QueryDerivationOutputMap
+                | Op::AddMultipleToStore
+                | Op::AddBuildLog
+                | Op::BuildPathsWithResults
+                | Op::AddPermRoot
+        )
+    }
+}
+
+/// The next operation number, or `None` when the client closed the stream between operations.
+/// Returned raw so that a server can name an unknown one.
+pub fn read_op<R: Read + ?Sized>(r: &mut R) -> Result<Option<u64>, WireError> {
+    read_u64_or_eof(r, "worker operation")
+}
+
+/// The arguments of `op`, its number already read. An operation this crate does not read
+/// ([`Op::is_supported`]) is a [`WireError::UnexpectedValue`] naming it.
+pub fn read_request_body<R: Read + ?Sized>(
+    r: &mut R,
+    op: Op,
+    version: Version,
+    store_dir: &StoreDir,
+    limits: &Limits,
+) -> Result<WorkerRequest, WireError> {
+    let path = |r: &mut R, what: &'static str| read_store_path(r, store_dir, limits, what);
+    Ok(match op {
+        Op::IsValidPath => WorkerRequest::IsValidPath(path(r, "path of IsValidPath")?),
+        Op::QueryReferrers => WorkerRequest::QueryReferrers(path(r, "path of QueryReferrers")?),
+        Op::BuildPaths => {
+            let paths = read_derived_paths(r, version, store_dir, limits)?;
+            let mode = if version >= BUILD_MODE_SINCE {
+                BuildMode::read(r, "build mode of BuildPaths")?
+            } else {
+                BuildMode::Normal
+            };
+            WorkerRequest::BuildPaths { paths, mode }
+        }
+        Op::EnsurePath => WorkerRequest::EnsurePath(path(r, "path of EnsurePath")?),
+        Op::AddTempRoot => WorkerRequest::AddTempRoot(path(r, "path of AddTempRoot")?),
+        Op::AddIndirectRoot => {
+            WorkerRequest::AddIndirectRoot(read_string(r, limits, "path of AddIndirectRoot")?)
+        }
+        Op::SyncWithGC => WorkerRequest::SyncWithGC,
+        Op::SetOptions => WorkerRequest::SetOptions(ClientOptions::read(r, version, limits)?),
+        Op::QueryAllValidPaths => WorkerRequest::QueryAllValidPaths,
+        Op::QueryPathInfo => WorkerRequest::QueryPathInfo(path(r, "path of QueryPathInfo")?),
+        Op::QueryPathFromHashPart => WorkerRequest::QueryPathFromHashPart(read_string(
+            r,
+            limits,
+            "hash part of QueryPathFromHashPart",
+        )?),
+        Op::QueryValidPaths => {
+            let paths = read_store_path_set(r, store_dir, limits, "paths of QueryValidPaths")?;
+            let substitute = version >= SUBSTITUTE_FLAG_SINCE
+                && read_bool(r, "substitute flag of QueryValidPaths")?;
+            WorkerRequest::QueryValidPaths { paths, substitute }
+        }
+        Op::BuildDerivation => WorkerRequest::BuildDerivation {
+            drv_path: path(r, "derivation path of BuildDerivation")?,
+            drv: read_basic_derivation(r, store_dir, limits)?,
+            mode: BuildMode::read(r, "build mode of BuildDerivation")?,
+        },
+        Op::AddSignatures => WorkerRequest::AddSignatures {
+            path: path(r, "path of AddSignatures")?,
+            sigs: read_string_set(r, limits, "signatures of AddSignatures")?,
+        },
+        Op::NarFromPath => WorkerRequest::NarFromPath(path(r, "path of NarFromPath")?),
+        Op::AddToStoreNar => {
+            let info = PathInfo::read(r, FULL, store_dir, limits)?;
+            let repair = read_bool(r, "repair flag of AddToStoreNar")?;
+            let dont_check_sigs = read_bool(r, "dontCheckSigs flag of AddToStoreNar")?;
+            if info.info.nar_size == 0 {
+                return Err(WireError::unexpected(
+                    "NAR size of AddToStoreNar (a NAR is never empty)",
+                    0,
+                ));
+            }
+            WorkerRequest::AddToStoreNar {
+                info,
+                repair,
+                dont_check_sigs,
+            }
+        }
+        Op::QueryMissing => {
+            WorkerRequest::QueryMissing(read_derived_paths(r, version, store_dir, limits)?)
+        }
+        Op::QueryDerivationOutputMap => WorkerRequest::QueryDerivationOutputMap(path(
+            r,
+            "derivation path of QueryDerivationOutputMap",
+        )?),
+        Op::AddMultipleToStore => WorkerRequest::AddMultipleToStore {
+            repair: read_bool(r, "repair flag of AddMultipleToStore")?,
+            dont_check_sigs: read_bool(r, "dontCheckSigs flag of AddMultipleToStore")?,
+        },
+        Op::AddBuildLog => {
+            const WHAT: &str = "derivation of AddBuildLog";
+            let text = read_string(r, limits, WHAT)?;
+            match StorePath::from_base_name(&text) {
+                Ok(p) => WorkerRequest::AddBuildLog(p),
+                Err(source) => {
+                    return Err(WireError::BadStorePath {
+                        what: WHAT,
+                        text,
+                        source,
+                    })
+                }
+            }
+        }
+        Op::BuildPathsWithResults => WorkerRequest::BuildPathsWithResults {
+            paths: read_derived_paths(r, version, store_dir, limits)?,
+            mode: BuildMode::read(r, "build mode of BuildPathsWithResults")?,
+        },
+        Op::AddPermRoot => WorkerRequest::AddPermRoot {
+            path: path(r, "path of AddPermRoot")?,
+            gc_root: read_string(r, limits, "root of AddPermRoot")?,
+        },
+        Op::HasSubstitutes
+        | Op::QueryPathHash
+        | Op::QueryReferences
+        | Op::AddToStore
+        | Op::AddTextToStore
+        | Op::FindRoots
+        | Op::ExportPath
+        | Op::QueryDeriver
+        | Op::CollectGarbage
+        | Op::QuerySubstitutablePathInfo
+        | Op::QueryDerivationOutputs
+        | Op::QueryFailedPaths
+        | Op::ClearFailedPaths
+        | Op::ImportPaths
+        | Op::QueryDerivationOutputNames
+        | Op::QuerySubstitutablePathInfos
+        | Op::QuerySubstitutablePaths
+        | Op::QueryValidDerivers
+        | Op::OptimiseStore
+        | Op::VerifyStore
+        | Op::RegisterDrvOutput
+        | Op::QueryRealisation => {
+            return Err(WireError::unexpected(
+                "worker operation (not supported here)",
+                op,
+            ))
+        }
+    })
+}
+
+/// The next request, or `None` when the client closed the stream between operations. An
+/// unknown operation number, or one this crate does not read, is a
+/// [`WireError::UnexpectedValue`] naming it.
+pub fn read_request<R: Read + ?Sized>(
+    r: &mut R,
+    version: Version,
+    store_dir: &StoreDir,
+    limits: &Limits,
+) -> Result<Option<WorkerRequest>, WireError> {
+    let Some(n) = read_op(r)? else {
+        return Ok(None);
+    };
+    let op = Op::from_u64(n).ok_or_else(|| WireError::unexpected("worker operation", n))?;
+    read_request_body(r, op, version, store_dir, limits).map(Some)
+}
+
+/// Write a request (the client's side) for the negotiated `version`. Payloads are for the
+/// caller to send after it. Not flushed. An [`io::ErrorKind::InvalidInput`] error for what the
+/// version cannot say (an opaque `.drv` as a build target before 1.30).
+pub fn write_request<W: Write + ?Sized>(
+    w: &mut W,
+    version: Version,
+    store_dir: &StoreDir,
+    req: &WorkerRequest,
+) -> io::Result<()> {
+    write_u64(w, req.op().number())?;
+    match req {
+        WorkerRequest::IsValidPath(p)
+        | WorkerRequest::QueryReferrers(p)
+        | WorkerRequest::EnsurePath(p)
+        | WorkerRequest::AddTempRoot(p)
+        | WorkerRequest::QueryPathInfo(p)
+        | WorkerRequest::NarFromPath(p)
+        | WorkerRequest::QueryDerivationOutputMap(p) => write_store_path(w, store_dir, p),
+        WorkerRequest::BuildPaths { paths, mode } => {
+            write_derived_paths(w, version, store_dir, paths)?;
+            if version >= BUILD_MODE_SINCE {
+                write_u64(w, mode.number())?;
+            } else if *mode != BuildMode::Normal {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("worker protocol {version} has no build modes (< {BUILD_MODE_SINCE})"),
+                ));
+            }
+            Ok(())
+        }
+        WorkerRequest::AddIndirectRoot(s) | WorkerRequest::QueryPathFromHashPart(s) => {
+            write_str(w, s)
+        }
+        WorkerRequest::SyncWithGC | WorkerRequest::QueryAllValidPaths => Ok(()),
+        WorkerRequest::SetOptions(o) => o.write(w, version),
+        WorkerRequest::QueryValidPaths { paths, substitute } => {
+            write_store_paths(w, store_dir, paths)?;
+            if version >= SUBSTITUTE_FLAG_SINCE {
+                write_bool(w, *substitute)?;
+            }
+            Ok(())
+        }
+        WorkerRequest::BuildDerivation {
+            drv_path,
+            drv,
+            mode,
+        } => {
+            write_store_path(w, store_dir, drv_path)?;
+            write_basic_derivation(w, store_dir, drv)?;
+            write_u64(w, mode.number())
+        }
+        WorkerRequest::AddSignatures { path, sigs } => {
+            write_store_path(w, store_dir, path)?;
+            write_strings(w, sigs.iter().map(String::as_str))
+        }
+        WorkerRequest::AddToStoreNar {
+            info,
+            repair,
+            dont_check_sigs,
+        } => {
+            info.write(w, FULL, store_dir)?;
+            write_bool(w, *repair)?;
+            write_bool(w, *dont_check_sigs)
+        }
+        WorkerRequest::QueryMissing(paths) => write_derived_paths(w, version, store_dir, paths),
+        WorkerRequest::AddMultipleToStore {
+            repair,
+            dont_check_sigs,
+        } => {
+            write_bool(w, *repair)?;
+            write_bool(w, *dont_check_sigs)
+        }
+        WorkerRequest::AddBuildLog(p) => write_str(w, &p.base_name()),
+        WorkerRequest::BuildPathsWithResults { paths, mode } => {
+            write_derived_paths(w, version, store_dir, paths)?;
+            write_u64(w, mode.number())
+        }
+        WorkerRequest::AddPermRoot { path, gc_root } => {
+            write_store_path(w, store_dir, path)?;
+            write_str(w, gc_root)
+        }
+    }
+}
