@@ -3,8 +3,10 @@
 mod build;
 mod cmd;
 mod conf;
+mod daemon;
 mod interrupt;
 mod legacy;
+mod machine;
 mod ops;
 mod progress;
 mod remote;
@@ -27,6 +29,7 @@ pub const PERSONALITIES: &[&str] = &[
     "nix-hash",
     "nix-collect-garbage",
     "nix-copy-closure",
+    "nix-daemon",
 ];
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         "nix-store" => legacy::nix_store::run(&args[1..], &mut shell),
         "nix-collect-garbage" => legacy::nix_collect_garbage::run(&args[1..], &mut shell),
         "nix-copy-closure" => legacy::nix_copy_closure::run(&args[1..], &mut shell),
+        "nix-daemon" => daemon::run(&args[1..], &mut shell),
         "nix-build" | "nix-instantiate" => {
             Err(anyhow::anyhow!(
                 "'{name}' is not available in this version of ferrix yet (it arrives with the build engine and the evaluator)"

@@ -56,13 +56,27 @@ fn connect_target(target: SshTarget, store: &LocalStore) -> Result<Session> {
 /// How a machine answered a greeting: the time it took, or why it did not.
 pub fn probe(m: &ferrix_build::remote::Machine, store: &LocalStore) -> Result<std::time::Duration> {
     let mut t = SshTarget::parse(&m.uri)?;
-    if t.ng {
-        anyhow::bail!("ssh-ng:// machines are not supported yet");
-    }
     t.ssh_key = t.ssh_key.or_else(|| m.ssh_key.clone());
     t.host_key = t.host_key.or_else(|| m.host_key.clone());
     let start = Instant::now();
-    let s = connect_target(t, store)?;
-    drop(s);
+    if t.ng {
+        let dir = tempfile::Builder::new()
+            .prefix("ferrix-ssh-")
+            .tempdir()
+            .context("making a directory for the ssh socket")?;
+        let config = SshConfig {
+            ssh_opts: ssh_opts(),
+            runtime_dir: dir.path().to_owned(),
+            keepalive: 5,
+        };
+        let mut ssh = Ssh::new(t, config, 0)?;
+        drop(ferrix_store::worker_client::WorkerClient::start(
+            &mut ssh,
+            store.store_dir().clone(),
+            0,
+        )?);
+    } else {
+        drop(connect_target(t, store)?);
+    }
     Ok(start.elapsed())
 }

@@ -152,6 +152,24 @@ fn sixty_derivations_over_three_machines_and_local_match_a_local_build() {
     sixty_over(&s, ("builders", &spec.join(";")), &uris);
 }
 
+#[test]
+fn sixty_derivations_over_three_ssh_ng_machines() {
+    let Some(s) = Setup::new() else { return };
+    let daemon = s.links.dir.path().join("nix-daemon");
+    let ms: Vec<(String, String)> = (1..=3)
+        .map(|i| {
+            let (uri, line) = s.machine(&format!("g{i}"), &daemon, 2);
+            (
+                uri.replacen("ssh://", "ssh-ng://", 1),
+                line.replacen("ssh://", "ssh-ng://", 1),
+            )
+        })
+        .collect();
+    let spec: Vec<String> = ms.iter().map(|m| m.1.clone()).collect();
+    let uris: Vec<String> = ms.into_iter().map(|m| m.0).collect();
+    sixty_over(&s, ("builders", &spec.join(";")), &uris);
+}
+
 /// The example hook of `examples/distributed/` passes the same test as the built-in
 /// machines: three machines (stores of their own here), each fed and drained by the hook.
 #[test]

@@ -36,6 +36,26 @@ fn text(b: Vec<u8>) -> String {
 
 #[test]
 fn a_real_nix_master_builds_on_a_ferrix_machine() {
+    real_nix_master_on_ferrix("ssh", "nix-store");
+}
+
+#[test]
+fn a_real_nix_master_builds_on_a_ferrix_machine_over_ssh_ng() {
+    real_nix_master_on_ferrix("ssh-ng", "nix-daemon");
+}
+
+#[test]
+fn a_ferrix_master_builds_on_a_real_nix_machine() {
+    ferrix_master_on_real_nix("ssh");
+}
+
+#[test]
+fn a_ferrix_master_builds_on_a_real_nix_machine_over_ssh_ng() {
+    ferrix_master_on_real_nix("ssh-ng");
+}
+
+/// Real Nix's `nix-build -j0 --builders SCHEME://localhost?remote-program=<ferrix PROGRAM>`.
+fn real_nix_master_on_ferrix(scheme: &str, program: &str) {
     let Some(nix) = Nix::new() else { return };
     allow_host_tools(&nix);
     let links = Links::new();
@@ -44,8 +64,8 @@ fn a_real_nix_master_builds_on_a_ferrix_machine() {
     fs::write(&file, EXPR).unwrap();
     let machine = dir.path().join("machine");
     let uri = format!(
-        "ssh://localhost?remote-program={}&remote-store={}",
-        links.dir.path().join("nix-store").display(),
+        "{scheme}://localhost?remote-program={}&remote-store={}",
+        links.dir.path().join(program).display(),
         machine.display()
     );
     let out = nix
@@ -75,8 +95,8 @@ fn a_real_nix_master_builds_on_a_ferrix_machine() {
     ok(nix.cmd("nix-store").arg("--verify-path").arg(&top));
 }
 
-#[test]
-fn a_ferrix_master_builds_on_a_real_nix_machine() {
+/// Ferrix's `nix-store -r -j0 --option builders SCHEME://localhost…` with real Nix there.
+fn ferrix_master_on_real_nix(scheme: &str) {
     let Some(nix) = Nix::new() else { return };
     allow_host_tools(&nix);
     let links = Links::new();
@@ -87,10 +107,10 @@ fn a_ferrix_master_builds_on_a_real_nix_machine() {
         .trim()
         .to_owned();
     let machine = dir.path().join("machine");
-    let uri = format!("ssh://localhost?remote-store={}", machine.display());
+    let uri = format!("{scheme}://localhost?remote-store={}", machine.display());
     let mut c = std::process::Command::new(links.dir.path().join("nix-store"));
     nix.isolate(&mut c);
-    // `nix-store` on the machine's side is real Nix's: the links must not come first.
+    // The machine's `nix-store`/`nix-daemon` are real Nix's: the links must not come first.
     c.env("PATH", "/usr/bin:/bin");
     let out = c
         .args(["-r", &drv, "-j0", "--option", "builders"])

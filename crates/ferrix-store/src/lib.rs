@@ -22,6 +22,7 @@ pub mod store;
 mod streams;
 pub mod temproots;
 pub mod verify;
+pub mod worker_client;
 
 pub use config::LocalStoreConfig;
 pub use edge::AsyncStore;

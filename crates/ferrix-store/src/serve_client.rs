@@ -12,15 +12,15 @@ use std::thread::JoinHandle;
 
 use ferrix_format::{Derivation, StoreDir, StorePath};
 use ferrix_protocol::serve::{
-    self, BuildDerivation, BuildResult, DumpStorePath, ExportPaths, PathInfoEntry, QueryClosure,
-    QueryPathInfos, QueryValidPaths, Request,
+    self, BuildDerivation, DumpStorePath, ExportPaths, PathInfoEntry, QueryClosure, QueryPathInfos,
+    QueryValidPaths, Request,
 };
 use ferrix_protocol::wire::{Limits, WireError};
 use ferrix_protocol::Version;
 use rustix::event::{poll, PollFd, PollFlags};
 use thiserror::Error;
 
-pub use ferrix_protocol::serve::{BuildSettings, BuildStatus};
+pub use ferrix_protocol::serve::{BuildResult, BuildSettings, BuildStatus};
 
 use crate::ssh::{Ssh, SshError};
 use crate::{LocalStore, StoreError};
@@ -50,6 +50,13 @@ pub enum RemoteError {
         tail: Vec<String>,
         #[source]
         source: io::Error,
+    },
+    #[error("'{uri}' refused {what}")]
+    Refused {
+        uri: String,
+        what: &'static str,
+        #[source]
+        source: Box<ferrix_protocol::worker::ErrorInfo>,
     },
     #[error("'{uri}' answered with path '{path}', which was not asked for")]
     Unasked { uri: String, path: String },

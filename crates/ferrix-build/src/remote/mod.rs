@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrix_format::StorePath;
-use ferrix_store::serve_client::{BuildSettings, BuildStatus, RemoteError, ServeClient};
+use ferrix_store::serve_client::{
+    BuildResult, BuildSettings, BuildStatus, LogSink, RemoteError, ServeClient,
+};
 use ferrix_store::ssh::{Ssh, SshConfig, SshTarget};
+use ferrix_store::worker_client::WorkerClient;
 use ferrix_store::LocalStore;
 
 use crate::error::{BuildFailure, FailureKind};
@@ -55,7 +58,7 @@ struct Remote {
     ssh: Mutex<Option<Ssh>>,
     id: usize,
     /// Sessions not in use.
-    idle: Mutex<Vec<ServeClient>>,
+    idle: Mutex<Vec<Session>>,
     running: AtomicUsize,
     /// Until when it is left alone, and how often it failed.
     down: Mutex<Option<(Instant, u32)>>,
@@ -70,16 +73,30 @@ impl Remote {
         d.is_some_and(|(until, _)| Instant::now() < until)
     }
 
-    fn session(&self, store: &LocalStore, config: &SshConfig) -> Result<ServeClient, RemoteError> {
+    fn session(
+        &self,
+        store: &LocalStore,
+        settings: &RemoteSettings,
+    ) -> Result<Session, RemoteError> {
         if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(s);
         }
         let mut ssh = self.ssh.lock().unwrap_or_else(|p| p.into_inner());
         if ssh.is_none() {
-            *ssh = Some(Ssh::new(self.target.clone(), config.clone(), self.id)?);
+            *ssh = Some(Ssh::new(
+                self.target.clone(),
+                settings.ssh.clone(),
+                self.id,
+            )?);
         }
         let ssh = ssh.as_mut().unwrap_or_else(|| unreachable!("made above"));
-        ServeClient::start(ssh, store.store_dir().clone())
+        let sd = store.store_dir().clone();
+        Ok(if self.target.ng {
+            let silent = settings.max_silent_time.map_or(0, |d| d.as_secs());
+            Session::Worker(WorkerClient::start(ssh, sd, silent)?)
+        } else {
+            Session::Serve(ServeClient::start(ssh, sd)?)
+        })
     }
 }
 
@@ -103,7 +120,7 @@ impl RemoteExecutor {
         let mut machines = Vec::new();
         for (id, m) in settings.machines.iter().enumerate() {
             match SshTarget::parse(&m.uri) {
-                Ok(mut t) if !t.ng => {
+                Ok(mut t) => {
                     if t.ssh_key.is_none() {
                         t.ssh_key = m.ssh_key.clone();
                     }
@@ -122,10 +139,6 @@ impl RemoteExecutor {
                         upload: Mutex::new(()),
                     }))
                 }
-                Ok(_) => bad.push((
-                    m.uri.clone(),
-                    "ssh-ng:// machines are not supported yet; use ssh://".into(),
-                )),
                 Err(e) => bad.push((m.uri.clone(), e.to_string())),
             }
         }
@@ -324,14 +337,17 @@ impl RemoteExecutor {
     ) -> Result<BTreeMap<StorePath, ferrix_format::Hash>, Failure> {
         let drv = store.print(&job.drv_path);
         let mut s = r
-            .session(store, &self.settings.ssh)
-            .map_err(Failure::Remote)?;
+            .session(store, &self.settings)
+            .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
         *pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.pid());
         {
             let _one = r.upload.lock().unwrap_or_else(|p| p.into_inner());
-            let have = s.query_valid(closure).map_err(Failure::Remote)?;
+            let have = s
+                .query_valid(closure)
+                .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
             let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
-            s.import_paths(store, &missing).map_err(Failure::Remote)?;
+            s.import_paths(store, &missing)
+                .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
         }
         // The log, kept here as a local build's is.
         let log = crate::log::log_path(
@@ -350,16 +366,16 @@ impl RemoteExecutor {
                 ))
             })?;
         let writer = Arc::new(Mutex::new(Some(writer)));
-        {
+        let sink: LogSink = {
             let (w, reporter, d) = (writer.clone(), self.reporter.clone(), job.drv_path.clone());
-            s.set_log_sink(Some(Box::new(move |line: &str| {
+            Box::new(move |line: &str| {
                 if let Some(w) = w.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                     w.write(line.as_bytes());
                     w.write(b"\n");
                 }
                 reporter.log_line(&d, line);
-            })));
-        }
+            })
+        };
         // The machine needs no input derivations: their outputs are in the closure.
         let mut basic = job.drv.clone();
         if !basic.input_drvs.is_empty() {
@@ -372,12 +388,11 @@ impl RemoteExecutor {
             build_timeout: secs(self.settings.timeout),
             ..BuildSettings::default()
         };
-        let res = s.build_derivation(&job.drv_path, &basic, settings);
-        s.set_log_sink(None);
+        let res = s.build(&job.drv_path, &basic, settings, sink);
         if let Some(w) = writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             w.finish();
         }
-        let res = res.map_err(Failure::Remote)?;
+        let res = res.map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
         if !matches!(
             res.status,
             BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted
@@ -406,22 +421,107 @@ impl RemoteExecutor {
             )));
         }
         let outs: BTreeSet<StorePath> = job.outputs.values().cloned().collect();
-        let infos = s.query_path_infos(&outs).map_err(Failure::Remote)?;
-        let mut said = BTreeMap::new();
-        for i in infos {
-            if let Some(h) = i.nar_hash {
-                said.insert(i.path.clone(), h);
-            }
-        }
+        let said = s
+            .nar_hashes(&outs)
+            .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
         for p in &outs {
             if !said.contains_key(p) {
                 // Not valid there after a successful build: the output check says so.
                 continue;
             }
-            s.dump_to(p, &store.real_path(p)).map_err(Failure::Remote)?;
+            s.dump_to(p, &store.real_path(p))
+                .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
         }
         r.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
         Ok(said)
+    }
+}
+
+/// A session with a machine, in either protocol.
+enum Session {
+    /// `ssh://`: `nix-store --serve --write`.
+    Serve(ServeClient),
+    /// `ssh-ng://`: `nix-daemon --stdio`.
+    Worker(WorkerClient),
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Serve(c) => c.fmt(f),
+            Self::Worker(c) => c.fmt(f),
+        }
+    }
+}
+
+impl Session {
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Serve(c) => c.pid(),
+            Self::Worker(c) => c.pid(),
+        }
+    }
+
+    fn query_valid(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, RemoteError> {
+        match self {
+            Self::Serve(c) => c.query_valid(paths),
+            Self::Worker(c) => c.query_valid(paths),
+        }
+    }
+
+    fn import_paths(
+        &mut self,
+        store: &LocalStore,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<(), RemoteError> {
+        match self {
+            Self::Serve(c) => c.import_paths(store, paths),
+            Self::Worker(c) => c.import_paths(store, paths),
+        }
+    }
+
+    /// Build there, the log going to `sink` as it comes.
+    fn build(
+        &mut self,
+        drv_path: &StorePath,
+        drv: &ferrix_format::Derivation,
+        settings: BuildSettings,
+        sink: LogSink,
+    ) -> Result<BuildResult, RemoteError> {
+        match self {
+            Self::Serve(c) => {
+                c.set_log_sink(Some(sink));
+                let r = c.build_derivation(drv_path, drv, settings);
+                c.set_log_sink(None);
+                r
+            }
+            // The time limits went with the session's options.
+            Self::Worker(c) => c.build_derivation(drv_path, drv, sink),
+        }
+    }
+
+    fn nar_hashes(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeMap<StorePath, ferrix_format::Hash>, RemoteError> {
+        match self {
+            Self::Serve(c) => Ok(c
+                .query_path_infos(paths)?
+                .into_iter()
+                .filter_map(|i| Some((i.path, i.nar_hash?)))
+                .collect()),
+            Self::Worker(c) => c.nar_hashes(paths),
+        }
+    }
+
+    fn dump_to(&mut self, path: &StorePath, target: &std::path::Path) -> Result<u64, RemoteError> {
+        match self {
+            Self::Serve(c) => c.dump_to(path, target),
+            Self::Worker(c) => c.dump_to(path, target),
+        }
     }
 }
 
@@ -430,6 +530,25 @@ enum Failure {
     Local(BuildFailure),
     /// The machine or the connection failed: the job is lost and goes elsewhere.
     Remote(RemoteError),
+}
+
+impl Failure {
+    /// A dead connection loses the job; anything else (a refusal, bad data, our own store)
+    /// fails it, naming the machine.
+    fn of(drv: &str, machine: &str, e: RemoteError) -> Self {
+        if e.is_connection() {
+            return Self::Remote(e);
+        }
+        Self::Local(BuildFailure::new(
+            drv,
+            FailureKind::Remote {
+                machine: machine.to_owned(),
+                msg: crate::render_error(&e),
+                tail: Vec::new(),
+                timed_out: false,
+            },
+        ))
+    }
 }
 
 impl Executor for RemoteExecutor {

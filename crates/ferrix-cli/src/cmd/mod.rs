@@ -84,6 +84,12 @@ enum Command {
     Copy(copy::Args),
     /// List the build machines and whether they answer.
     Machines,
+    /// Serve this store over the worker protocol (only `--stdio` so far).
+    Daemon {
+        /// Serve one client on standard input and output (what `ssh-ng://` runs).
+        #[arg(long)]
+        stdio: bool,
+    },
     /// Create the classic command names (nix-store, nix-hash, …) as links to this binary.
     InstallLinks(install_links::Args),
 }
@@ -124,6 +130,13 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Log(a) => log::run(a, &settings, shell)?,
         Command::Copy(a) => copy::run(a, &settings, shell)?,
         Command::Machines => machines::run(&settings, shell)?,
+        Command::Daemon { stdio } => {
+            if !stdio {
+                anyhow::bail!("only 'ferrix daemon --stdio' is supported yet");
+            }
+            let store = std::sync::Arc::new(settings.open_store()?);
+            crate::daemon::serve_stdio(&settings, store)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,350 @@
+//! `nix-daemon --stdio` (and `ferrix daemon --stdio`): this store behind the worker
+//! protocol on standard input and output, for a master that reaches this machine over
+//! `ssh-ng://`. It trusts its caller, as Nix's does. Builds run on an Engine; their output
+//! reaches the client as log messages while they run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ferrix_daemon::worker::{IncomingPaths, Logger, WorkerHandler, WorkerOptions};
+use ferrix_format::{Derivation, StorePath};
+use ferrix_protocol::serve::BuildStatus;
+use ferrix_protocol::worker::{
+    BuildMode, BuildResult, ClientOptions, DerivedPath, KeyedBuildResult, Missing, OutputsSpec,
+    PathInfo, StderrMsg, UnkeyedPathInfo,
+};
+use ferrix_store::{LocalStore, StoreError, ValidPathInfo};
+
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+    #[error("{0}")]
+    Failed(String),
+    #[error("path '{0}' is not valid")]
+    NotValid(String),
+    #[error("{0} is not supported by this daemon yet")]
+    Unsupported(&'static str),
+}
+
+struct Handler<'a> {
+    store: Arc<LocalStore>,
+    settings: &'a Settings,
+    options: Option<ClientOptions>,
+}
+
+fn to_wire(i: ValidPathInfo) -> UnkeyedPathInfo {
+    UnkeyedPathInfo {
+        deriver: i.deriver,
+        nar_hash: i.nar_hash,
+        references: i.references,
+        registration_time: u64::try_from(i.registration_time).unwrap_or(0),
+        nar_size: i.nar_size,
+        ultimate: i.ultimate,
+        sigs: i.sigs,
+        ca: i.ca,
+    }
+}
+
+fn from_wire(p: &PathInfo) -> ValidPathInfo {
+    ValidPathInfo {
+        path: p.path.clone(),
+        deriver: p.info.deriver.clone(),
+        nar_hash: p.info.nar_hash,
+        references: p.info.references.clone(),
+        registration_time: ferrix_store::path_info::now(),
+        nar_size: p.info.nar_size,
+        ultimate: false,
+        sigs: p.info.sigs.clone(),
+        ca: p.info.ca,
+    }
+}
+
+impl Handler<'_> {
+    /// Build `plan` here, each line of output sent to the client as it comes.
+    fn run(&self, plan: ferrix_build::Plan, log: &mut dyn Logger) -> Result<BuildResult> {
+        let asked = crate::machine::Asked {
+            max_silent_time: self.options.as_ref().map_or(0, |o| o.max_silent_time),
+            timeout: 0,
+            keep_failed: self.options.as_ref().is_some_and(|o| o.keep_failed),
+        };
+        let mut send = |line: &str| {
+            let _ = log.log(StderrMsg::Next(format!("{line}\n")));
+        };
+        Ok(crate::machine::run(self.settings, &self.store, plan, asked, &mut send)?.into())
+    }
+
+    fn wanted(&self, targets: &[DerivedPath]) -> Result<Vec<ferrix_build::Wanted>, DaemonError> {
+        let mut wanted = Vec::new();
+        for t in targets {
+            match t {
+                DerivedPath::Opaque(p) => {
+                    if !self.store.is_valid_path(p)? {
+                        return Err(DaemonError::NotValid(self.store.print(p)));
+                    }
+                }
+                DerivedPath::Built { drv_path, outputs } => {
+                    let names = match outputs {
+                        OutputsSpec::All => None,
+                        OutputsSpec::Names(n) => Some(n.clone()),
+                    };
+                    wanted.push((drv_path.clone(), names));
+                }
+            }
+        }
+        Ok(wanted)
+    }
+}
+
+impl WorkerHandler for Handler<'_> {
+    type Error = DaemonError;
+
+    fn set_options(
+        &mut self,
+        options: &ClientOptions,
+        _log: &mut dyn Logger,
+    ) -> Result<(), DaemonError> {
+        self.options = Some(options.clone());
+        Ok(())
+    }
+
+    fn is_valid_path(&mut self, path: &StorePath) -> Result<bool, DaemonError> {
+        Ok(self.store.is_valid_path(path)?)
+    }
+
+    fn query_valid_paths(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+        _substitute: bool,
+        _log: &mut dyn Logger,
+    ) -> Result<BTreeSet<StorePath>, DaemonError> {
+        Ok(self.store.valid_among(paths.iter())?.into_iter().collect())
+    }
+
+    fn query_path_info(
+        &mut self,
+        path: &StorePath,
+    ) -> Result<Option<UnkeyedPathInfo>, DaemonError> {
+        Ok(self.store.query_path_info(path)?.map(to_wire))
+    }
+
+    fn query_referrers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, DaemonError> {
+        Ok(self.store.referrers(path)?)
+    }
+
+    fn query_all_valid_paths(&mut self) -> Result<BTreeSet<StorePath>, DaemonError> {
+        Ok(self.store.all_valid_paths()?.into_iter().collect())
+    }
+
+    fn query_path_from_hash_part(
+        &mut self,
+        _hash_part: &str,
+    ) -> Result<Option<StorePath>, DaemonError> {
+        Err(DaemonError::Unsupported("QueryPathFromHashPart"))
+    }
+
+    fn query_derivation_output_map(
+        &mut self,
+        drv_path: &StorePath,
+    ) -> Result<BTreeMap<String, Option<StorePath>>, DaemonError> {
+        let drv = ferrix_store::drv::read_derivation(&self.store, drv_path)?;
+        Ok(drv
+            .outputs
+            .iter()
+            .map(|(n, o)| (n.clone(), o.path().cloned()))
+            .collect())
+    }
+
+    fn query_missing(&mut self, targets: &[DerivedPath]) -> Result<Missing, DaemonError> {
+        let wanted = self.wanted(targets)?;
+        let plan = crate::machine::plan_wanted(&self.store, &wanted)?;
+        Ok(Missing {
+            will_build: plan.nodes.iter().map(|n| n.job.drv_path.clone()).collect(),
+            will_substitute: BTreeSet::new(),
+            unknown: BTreeSet::new(),
+            download_size: 0,
+            nar_size: 0,
+        })
+    }
+
+    fn add_temp_root(&mut self, path: &StorePath) -> Result<(), DaemonError> {
+        Ok(self.store.add_temp_root(path)?)
+    }
+
+    fn add_indirect_root(&mut self, _link: &str) -> Result<(), DaemonError> {
+        Err(DaemonError::Unsupported("AddIndirectRoot"))
+    }
+
+    fn add_perm_root(&mut self, _path: &StorePath, _root: &str) -> Result<String, DaemonError> {
+        Err(DaemonError::Unsupported("AddPermRoot"))
+    }
+
+    fn ensure_path(&mut self, path: &StorePath, _log: &mut dyn Logger) -> Result<(), DaemonError> {
+        // No substituters yet: a path is there or it cannot be made so.
+        if self.store.is_valid_path(path)? {
+            Ok(())
+        } else {
+            Err(DaemonError::NotValid(self.store.print(path)))
+        }
+    }
+
+    fn build_paths(
+        &mut self,
+        targets: &[DerivedPath],
+        _mode: BuildMode,
+        log: &mut dyn Logger,
+    ) -> Result<(), DaemonError> {
+        let wanted = self.wanted(targets)?;
+        let plan = crate::machine::plan_wanted(&self.store, &wanted)?;
+        let r = self.run(plan, log)?;
+        match r.status {
+            BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted => Ok(()),
+            _ => Err(DaemonError::Failed(r.error_msg)),
+        }
+    }
+
+    fn build_paths_with_results(
+        &mut self,
+        targets: &[DerivedPath],
+        _mode: BuildMode,
+        log: &mut dyn Logger,
+    ) -> Result<Vec<KeyedBuildResult>, DaemonError> {
+        let wanted = self.wanted(targets)?;
+        let plan = crate::machine::plan_wanted(&self.store, &wanted)?;
+        let r = self.run(plan, log)?;
+        Ok(targets
+            .iter()
+            .map(|t| KeyedBuildResult {
+                path: t.clone(),
+                result: r.clone(),
+            })
+            .collect())
+    }
+
+    fn build_derivation(
+        &mut self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        _mode: BuildMode,
+        log: &mut dyn Logger,
+    ) -> Result<BuildResult, DaemonError> {
+        Ok(
+            match crate::machine::plan_sent(&self.store, drv_path, drv)? {
+                Ok(plan) => self.run(plan, log)?,
+                Err(why) => {
+                    ferrix_protocol::serve::BuildResult::new(BuildStatus::MiscFailure, why).into()
+                }
+            },
+        )
+    }
+
+    fn nar_from_path(&mut self, path: &StorePath, out: &mut dyn Write) -> Result<(), DaemonError> {
+        if !self.store.is_valid_path(path)? {
+            return Err(DaemonError::NotValid(self.store.print(path)));
+        }
+        Ok(self.store.nar_from_path(path, out)?)
+    }
+
+    fn add_to_store_nar(
+        &mut self,
+        info: &PathInfo,
+        _repair: bool,
+        _dont_check_sigs: bool,
+        nar: &mut dyn Read,
+        _log: &mut dyn Logger,
+    ) -> Result<(), DaemonError> {
+        Ok(self.store.add_nar(&from_wire(info), nar)?)
+    }
+
+    fn add_multiple_to_store(
+        &mut self,
+        _repair: bool,
+        _dont_check_sigs: bool,
+        paths: &mut IncomingPaths<'_>,
+        _log: &mut dyn Logger,
+    ) -> Result<(), DaemonError> {
+        while let Some((info, mut nar)) = paths
+            .next_path()
+            .map_err(|e| DaemonError::Other(anyhow::Error::new(e)))?
+        {
+            self.store.add_nar(&from_wire(&info), &mut nar)?;
+        }
+        Ok(())
+    }
+
+    fn add_signatures(
+        &mut self,
+        _path: &StorePath,
+        _sigs: &BTreeSet<String>,
+    ) -> Result<(), DaemonError> {
+        Err(DaemonError::Unsupported("AddSignatures"))
+    }
+
+    fn add_build_log(&mut self, _drv: &StorePath, _data: &mut dyn Read) -> Result<(), DaemonError> {
+        Err(DaemonError::Unsupported("AddBuildLog"))
+    }
+}
+
+/// Serve the store on standard input and output until the client closes it.
+pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
+    let mut opts = WorkerOptions::new(store.store_dir().clone(), "2.8.0");
+    // `--stdio` serves whoever runs it, as Nix's does.
+    opts.trusted = true;
+    let mut h = Handler {
+        store,
+        settings,
+        options: None,
+    };
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    ferrix_daemon::worker::serve_worker(&mut h, stdin, stdout, &opts)
+        .context("serving the store on standard input and output")?;
+    Ok(())
+}
+
+/// `nix-daemon [--stdio] [--store URL] [--option NAME VALUE]`: only `--stdio` for now (the
+/// daemon on a socket arrives with the daemon).
+pub fn run(
+    args: &[std::ffi::OsString],
+    shell: &mut crate::shell::Shell,
+) -> Result<std::process::ExitCode> {
+    let mut stdio = false;
+    let mut store_url: Option<String> = None;
+    let mut options = Vec::new();
+    let mut it = crate::legacy::ArgIter::new("nix-daemon", args.to_vec());
+    while let Some(a) = it.next() {
+        let flag = a.to_str().unwrap_or("");
+        match it.common(
+            flag,
+            "Usage: nix-daemon --stdio [--store URL] [--option NAME VALUE]",
+            shell,
+        )? {
+            crate::legacy::Common::Exit(code) => return Ok(code),
+            crate::legacy::Common::Consumed => continue,
+            crate::legacy::Common::Other => {}
+        }
+        match flag {
+            "--stdio" => stdio = true,
+            "--store" => store_url = Some(it.value(flag)?),
+            "--option" => {
+                let name = it.value(flag)?;
+                let value = it.value(flag)?;
+                options.push(crate::settings::CliSetting::option(name, value));
+            }
+            f => return Err(it.unknown(f)),
+        }
+    }
+    if !stdio {
+        anyhow::bail!("only 'nix-daemon --stdio' is supported yet (the daemon on a socket is not)");
+    }
+    let settings = Settings::load(store_url.as_deref(), &options, shell)?;
+    let store = Arc::new(settings.open_store()?);
+    serve_stdio(&settings, store)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

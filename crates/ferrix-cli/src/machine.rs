@@ -1,0 +1,190 @@
+//! Building what a master sends, for both ways a master reaches this machine
+//! (`nix-store --serve` and `nix-daemon --stdio`): the plan for a derivation sent without
+//! its input derivations, the run on an Engine with its log lines handed to the session as
+//! they come, and the result in the protocols' terms.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ferrix_build::plan::Node;
+use ferrix_build::{BuildFailure, BuildMode, FailureKind, Job, Plan, Reporter, Wanted};
+use ferrix_format::{Derivation, DerivationOutput, StorePath};
+use ferrix_protocol::serve::{BuildResult, BuildStatus, BuiltOutput};
+use ferrix_store::LocalStore;
+
+use crate::settings::Settings;
+
+/// What the master asks of a build besides the settings here.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asked {
+    /// Seconds, 0 for none.
+    pub max_silent_time: u64,
+    pub timeout: u64,
+    pub keep_failed: bool,
+}
+
+/// The plan for `drv` as a master sends it: whole, without its input derivations, whose
+/// outputs are among its input sources and must be valid here. `Err` is why it cannot be
+/// built here (a failed result, not an error of the session).
+pub fn plan_sent(
+    store: &LocalStore,
+    drv_path: &StorePath,
+    drv: &Derivation,
+) -> Result<Result<Plan, String>> {
+    let mut outputs = BTreeMap::new();
+    for (name, o) in &drv.outputs {
+        match o {
+            DerivationOutput::InputAddressed(p) | DerivationOutput::CaFixed { path: p, .. } => {
+                outputs.insert(name.clone(), p.clone());
+            }
+            _ => {
+                return Ok(Err(format!(
+                    "derivation '{}': floating, deferred and impure outputs are not supported yet",
+                    store.print(drv_path)
+                )))
+            }
+        }
+    }
+    let valid = store.valid_among(drv.input_srcs.iter())?;
+    if let Some(missing) = drv.input_srcs.iter().find(|p| !valid.contains(*p)) {
+        return Ok(Err(format!(
+            "input '{}' of '{}' is not valid on this machine",
+            store.print(missing),
+            store.print(drv_path)
+        )));
+    }
+    let job = Job {
+        drv_path: drv_path.clone(),
+        drv: drv.clone(),
+        outputs,
+        input_roots: drv.input_srcs.clone(),
+        mode: BuildMode::Normal,
+    };
+    Ok(Ok(Plan {
+        store_dir: store.store_dir().clone(),
+        nodes: vec![Node {
+            job: Arc::new(job),
+            deps: Vec::new(),
+            dependents: Vec::new(),
+            priority: 1.0,
+        }],
+    }))
+}
+
+/// The plan for derivations in this store (`drv!outputs` or plain paths).
+pub fn plan_wanted(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan> {
+    let times = crate::build::build_times(store);
+    ferrix_build::plan_builds(store, wanted, &times, BuildMode::Normal)
+        .context("planning the build")
+}
+
+/// Hands log lines and warnings to the session's thread.
+struct ToSession(std::sync::Mutex<mpsc::Sender<String>>);
+
+impl Reporter for ToSession {
+    fn log_line(&self, _drv: &StorePath, line: &str) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(line.to_owned());
+    }
+    fn warn(&self, msg: &str) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(format!("warning: {msg}"));
+    }
+}
+
+/// Run `plan` here, `log` getting each line of the builders' output as it comes.
+pub fn run(
+    settings: &Settings,
+    store: &Arc<LocalStore>,
+    plan: Plan,
+    asked: Asked,
+    log: &mut dyn FnMut(&str),
+) -> Result<BuildResult> {
+    let jobs: Vec<Arc<Job>> = plan.nodes.iter().map(|n| n.job.clone()).collect();
+    if plan.nodes.is_empty() {
+        return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
+    }
+    let (mut local, opts) = crate::build::local_settings(settings, store)?;
+    let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
+    if let Some(t) = secs(asked.max_silent_time) {
+        local.max_silent_time = Some(t);
+    }
+    if let Some(t) = secs(asked.timeout) {
+        local.timeout = Some(t);
+    }
+    local.keep_failed |= asked.keep_failed;
+    // A machine builds what it is given: at least one job at a time.
+    local.max_jobs = local.max_jobs.max(1);
+    let (tx, rx) = mpsc::channel();
+    let reporter = Arc::new(ToSession(std::sync::Mutex::new(tx)));
+    let times = crate::build::build_times(store);
+    let outcome = std::thread::scope(|s| {
+        let engine = s.spawn(|| {
+            crate::build::run_engine(
+                settings,
+                store,
+                Arc::new(plan),
+                reporter,
+                opts,
+                local,
+                times,
+            )
+        });
+        // The lines end when the Engine (and with it the reporter) is gone.
+        for line in rx {
+            log(&line);
+        }
+        engine
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })?;
+    Ok(result_of(&outcome, &jobs))
+}
+
+/// A run's outcome as the protocols report it.
+fn result_of(outcome: &ferrix_build::Outcome, jobs: &[Arc<Job>]) -> BuildResult {
+    if outcome.success() {
+        let mut r = BuildResult::new(BuildStatus::Built, "");
+        r.times_built = 1;
+        for job in jobs {
+            for (name, p) in &job.outputs {
+                r.built_outputs.insert(
+                    name.clone(),
+                    BuiltOutput {
+                        out_path: p.clone(),
+                        signatures: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+        return r;
+    }
+    let failure: Option<&BuildFailure> = outcome.failures().next();
+    let (status, msg) = match failure {
+        Some(f) => {
+            let status = match &f.kind {
+                FailureKind::Timeout { .. } | FailureKind::Silent { .. } => BuildStatus::TimedOut,
+                FailureKind::DependencyFailed { .. } => BuildStatus::DependencyFailed,
+                FailureKind::HashMismatch { .. }
+                | FailureKind::MissingOutput { .. }
+                | FailureKind::BadReferences { .. } => BuildStatus::OutputRejected,
+                FailureKind::NotDeterministic { .. } => BuildStatus::NotDeterministic,
+                FailureKind::ExitCode { .. } | FailureKind::Signal { .. } => {
+                    BuildStatus::PermanentFailure
+                }
+                _ => BuildStatus::MiscFailure,
+            };
+            (status, crate::render(f))
+        }
+        None => (BuildStatus::MiscFailure, "interrupted".to_owned()),
+    };
+    BuildResult::new(status, msg)
+}
