@@ -126,7 +126,11 @@ pub fn run(
     let (tx, rx) = mpsc::channel();
     let reporter = Arc::new(ToSession(std::sync::Mutex::new(tx)));
     let times = crate::build::build_times(store);
+    // A master that goes away (its end of our standard input closes) stops the build, as
+    // an interrupt here would: nobody is left to take the outputs.
+    let building = std::sync::atomic::AtomicBool::new(true);
     let outcome = std::thread::scope(|s| {
+        s.spawn(|| stop_when_master_leaves(&building));
         let engine = s.spawn(|| {
             crate::build::run_engine(
                 settings,
@@ -142,11 +146,39 @@ pub fn run(
         for line in rx {
             log(&line);
         }
-        engine
+        let outcome = engine
             .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        building.store(false, std::sync::atomic::Ordering::SeqCst);
+        outcome
     })?;
     Ok(result_of(&outcome, &jobs))
+}
+
+/// While `building`, watch standard input for the master hanging up; then interrupt this
+/// process (the Engine stops its builds cleanly on SIGTERM).
+fn stop_when_master_leaves(building: &std::sync::atomic::AtomicBool) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let stdin = std::io::stdin();
+    let tick = Timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
+    while building.load(std::sync::atomic::Ordering::SeqCst) {
+        // No interest in data (the master sends none while we build): only a hangup.
+        let mut fds = [PollFd::new(&stdin, PollFlags::empty())];
+        match poll(&mut fds, Some(&tick)) {
+            Ok(n) if n > 0 && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::TERM,
+                );
+                return;
+            }
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// A run's outcome as the protocols report it.

@@ -370,6 +370,18 @@ fn an_interrupt_stops_remote_builds_and_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!sessions_running(&machine), "sessions outlived the master");
+    // And so are the machine's builders (they sleep 30 s).
+    let sleeping = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|e| fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"/bin/sleep\x0030\x00"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && sleeping() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sleeping(), "the machine's builders outlived the master");
     // No output of the graph is valid or present here.
     let outs =
         String::from_utf8(ok(s.nix.cmd("nix-store").args(["-q", "--outputs", &drv]))).unwrap();

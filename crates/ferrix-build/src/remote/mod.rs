@@ -248,11 +248,13 @@ impl RemoteExecutor {
         let result = tokio::select! {
             res = work => res.unwrap_or_else(|e| Err(Failure::Local(BuildFailure::new(drv.clone(), FailureKind::Io { what: "a worker thread failed".into(), source: std::io::Error::other(e) })))),
             _ = cancel.wait_for(|c| *c) => {
-                // Ending the session stops the remote build: its input closes.
+                // Ending the session stops the remote build: SIGTERM ends the local ssh,
+                // and the machine sees its input close (or, run here, the serving process
+                // itself stops its builds cleanly).
                 if let Some(p) = *pid.lock().unwrap_or_else(|p| p.into_inner()) {
                     let _ = rustix::process::kill_process_group(
                         rustix::process::Pid::from_raw(p as i32).unwrap_or_else(|| unreachable!("a child's pid is positive")),
-                        rustix::process::Signal::KILL,
+                        rustix::process::Signal::TERM,
                     );
                 }
                 Err(Failure::Local(BuildFailure::new(drv.clone(), FailureKind::Interrupted)))
