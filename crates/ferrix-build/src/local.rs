@@ -24,7 +24,7 @@ use crate::executor::{
     OfferFuture, Reporter,
 };
 use crate::export::{export_closure, path_info_json, registration};
-use crate::log::{copy_log, LogState, LogWriter, LOG_DRAIN_LIMIT, LOG_GRACE};
+use crate::log::{copy_log, LogState, LogWriter, LOG_DRAIN_LIMIT, LOG_GRACE, LOG_STALL};
 use crate::outputs::check_outputs;
 use crate::register::Handover;
 use crate::registry::{Claim, Claimed, Registry};

@@ -45,14 +45,19 @@ pub fn read_log(log_dir: &Path, drv: &StorePath) -> std::io::Result<Option<Vec<u
 /// What the log reader shares with the waiting task: when the builder last wrote.
 pub(crate) struct LogState {
     pub(crate) last_activity: Instant,
+    /// Bytes of output read so far.
+    pub(crate) read: u64,
 }
 
 /// How long the log may be silent after the builder's process group has ended before it is
 /// given up: only processes that escaped the group can still be writing.
 pub(crate) const LOG_GRACE: Duration = Duration::from_millis(500);
 
-/// How long the log is read at most after the builder's process group has ended, however
-/// much keeps coming (an escaped process writing forever).
+/// How long the reader may stall (behind a slow consumer of the log) while output the
+/// builder wrote before it ended is still unread.
+pub(crate) const LOG_STALL: Duration = Duration::from_secs(5);
+
+/// How long the log is read at most after the builder's process group has ended.
 pub(crate) const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// A build log file, bzip2-compressed or not. The compressor (and its large buffers) is made
@@ -140,10 +145,9 @@ pub(crate) async fn copy_log(
         log.write(&line);
         let text = String::from_utf8_lossy(&line);
         reporter.log_line(drv, text.trim_end_matches('\n'));
-        state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_activity = Instant::now();
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_activity = Instant::now();
+        st.read += line.len() as u64;
     }
     log.finish();
 }

@@ -197,7 +197,12 @@ impl LocalExecutor {
 
         let state = Arc::new(Mutex::new(LogState {
             last_activity: Instant::now(),
+            read: 0,
         }));
+        // To see, when the builder ends, how much of its output is still in the pipe.
+        let pending = reader
+            .try_clone()
+            .map_err(io_err("reading the builder's output"))?;
         let (stop_log_tx, stop_log) = tokio::sync::oneshot::channel();
         let mut log_task = {
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
@@ -235,19 +240,25 @@ impl LocalExecutor {
         };
         running.end(outcome.is_ok()).await;
         // The builder's process group is gone, but a process that left it (a new session,
-        // a double fork) may still hold the log pipe open: the log is read on while output
-        // flows (what the builder wrote last may still be in the pipe, behind a slow
-        // reader), and given up once it pauses, or after a limit.
+        // a double fork) may still hold the log pipe open. What the builder wrote before it
+        // ended is read whole, however slowly the log is consumed (a remote master reading
+        // it); beyond that, the log is read for a short grace only.
         let ended = Instant::now();
+        let owed = state.lock().unwrap_or_else(|p| p.into_inner()).read
+            + rustix::io::ioctl_fionread(&pending).unwrap_or(0);
+        drop(pending);
         let logged = loop {
             match tokio::time::timeout(LOG_GRACE, &mut log_task).await {
                 Ok(done) => break done,
                 Err(_) => {
-                    let last = state
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .last_activity;
-                    if last.elapsed() < LOG_GRACE && ended.elapsed() < LOG_DRAIN_LIMIT {
+                    let (read, last) = {
+                        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+                        (st.read, st.last_activity)
+                    };
+                    if read < owed
+                        && last.elapsed() < LOG_STALL
+                        && ended.elapsed() < LOG_DRAIN_LIMIT
+                    {
                         continue;
                     }
                     let _ = stop_log_tx.send(());
