@@ -9,7 +9,8 @@ with `--builders`, so everything is built remotely. Runs alternate between the t
 the realisation is timed.
 
 Graphs:
-  trivial N   N independent derivations (`echo > $out`) through one machine (max-jobs 4)
+  trivial N   N independent derivations (`echo > $out`) through one machine (max-jobs 4);
+              40 of them also over ssh-ng:// (`nix-daemon --stdio` there)
   sleep16 M   16 derivations sleeping 1 s over M machines (max-jobs 4 each): the ideal is
               ceil(16 / 4M) s
 """
@@ -54,8 +55,8 @@ def sleepers(n):
     return PRELUDE + "[ " + " ".join(f'(mk "s{i}" "/bin/sleep 1; echo {i} > $out")' for i in range(n)) + " ]"
 
 
-def machines(m):
-    return ";".join(f"ssh://localhost?remote-store={WORK}/m{k} - - 4 1" for k in range(m))
+def machines(m, scheme="ssh"):
+    return ";".join(f"{scheme}://localhost?remote-store={WORK}/m{k} - - 4 1" for k in range(m))
 
 
 def wipe():
@@ -66,7 +67,7 @@ def wipe():
     os.makedirs(f"{STORE}/home")
 
 
-def realise(tool, expr, m):
+def realise(tool, expr, m, scheme):
     wipe()
     path = f"{WORK}/graph.nix"
     with open(path, "w") as f:
@@ -75,7 +76,7 @@ def realise(tool, expr, m):
                           check=True).stdout.split()
     os.sync()
     t = time.perf_counter()
-    r = subprocess.run([TOOLS[tool], "-r", "-j0", "--builders", machines(m), *drvs], env=ENV,
+    r = subprocess.run([TOOLS[tool], "-r", "-j0", "--builders", machines(m, scheme), *drvs], env=ENV,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     took = time.perf_counter() - t
     if r.returncode != 0:
@@ -83,20 +84,21 @@ def realise(tool, expr, m):
     return took
 
 
-def measure(label, expr, count, m):
+def measure(label, expr, count, m, scheme="ssh"):
     print(f"== {label}", flush=True)
-    realise("nix", expr, m)  # warm-up
-    realise("ferrix", expr, m)
+    realise("nix", expr, m, scheme)  # warm-up
+    realise("ferrix", expr, m, scheme)
     times = {t: [] for t in TOOLS}
     for i in range(RUNS):
         for tool in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
-            times[tool].append(realise(tool, expr, m))
+            times[tool].append(realise(tool, expr, m, scheme))
     return {"label": label, "count": count, "machines": m, "times": times}
 
 
 results = []
 for n in (40, 100):
     results.append(measure(f"{n} trivial, 1 machine", trivial(n), n, 1))
+results.append(measure("40 trivial, 1 ssh-ng machine", trivial(40), 40, 1, "ssh-ng"))
 for m in (1, 2, 3):
     r = measure(f"16 x sleep 1, {m} machine(s)", sleepers(16), 16, m)
     r["ideal"] = math.ceil(16 / (4 * m))
