@@ -380,100 +380,141 @@ pub fn run_engine(
     local: LocalSettings,
     times: ferrix_build::BuildTimes,
 ) -> Result<Outcome> {
-    let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
-    let mut executors: Vec<Arc<dyn ferrix_build::Executor>> = Vec::new();
-    let machines = machines(settings)?;
-    // Kept until the run ends: the machines' ssh sockets are in it.
-    let mut _runtime_dir = None;
-    if !machines.is_empty() {
-        let runtime_dir = tempfile::Builder::new()
-            .prefix("ferrix-ssh-")
-            .tempdir()
-            .context("making a directory for ssh sockets")?;
-        let remote = ferrix_build::remote::RemoteSettings {
-            machines,
-            ssh: ferrix_store::ssh::SshConfig {
-                ssh_opts: std::env::var("NIX_SSHOPTS")
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect(),
-                runtime_dir: runtime_dir.path().to_owned(),
-                keepalive: 5,
-            },
-            max_silent_time: local.max_silent_time,
-            timeout: local.timeout,
-            log_dir: local.log_dir.clone(),
-            compress_log: local.compress_log,
-            backoff: Duration::from_secs(30),
-        };
-        let (ex, bad) =
-            ferrix_build::remote::RemoteExecutor::new(registry.clone(), reporter.clone(), remote);
-        for (uri, why) in bad {
-            reporter.warn(&format!("not using machine '{uri}': {why}"));
-        }
-        if !ex.is_empty() {
-            executors.push(Arc::new(ex));
-        }
-        _runtime_dir = Some(runtime_dir);
-    }
-    let (build_dir_base, compress_log) = (local.build_dir_base.clone(), local.compress_log);
-    executors.push(Arc::new(LocalExecutor::new(
-        registry.clone(),
-        local,
-        reporter.clone(),
-        Arc::new(Mutex::new(times)),
-    )));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // An external build hook goes first. Nix's own `build-remote` (the usual value of
-    // `build-hook`) speaks Nix's protocol; the built-in machines above do its job.
-    if let Some(program) = settings.conf.get("build-hook").filter(|h| {
-        !h.is_empty() && std::path::Path::new(h).file_name() != Some("build-remote".as_ref())
-    }) {
-        let _in_runtime = runtime.enter();
-        let hook = ferrix_build::hook::HookExecutor::start(
-            ferrix_build::hook::HookSettings {
-                program: PathBuf::from(program),
-                work_dir: build_dir_base.clone(),
-                log_dir: store.config().log_dir.clone(),
-                compress_log,
-            },
-            registry.clone(),
-            reporter.clone(),
-        )?;
-        executors.insert(0, Arc::new(hook));
-    }
-    let store_dir = store.store_dir().clone();
-    let outcome = runtime.block_on(async {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        // The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one exits at once.
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            let _ = tx.send(true);
-            wait_for_signal().await;
-            let _ = std::io::stderr().write_all(b"error: interrupted by the user\n");
-            std::process::exit(130);
-        });
-        // The Engine runs on a worker thread, as the builds it spawns do: a build's end
-        // wakes it there, not across threads.
-        let setup = ferrix_build::EngineSetup {
-            executors,
-            registry: Some(registry),
-            reporter,
-            options: opts,
-            store_dir,
-            interrupt: rx,
-        };
-        tokio::spawn(async move { ferrix_build::run(&plan, setup).await })
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    });
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    let host = EngineHost::start(settings, store, reporter, opts, local, times)?;
+    let outcome = host.run(&plan);
+    host.finish();
     Ok(outcome)
+}
+
+/// An Engine with its runtime and executors (the local one, the remote machines, a build
+/// hook), for one plan or many in turn (a machine serving a master keeps one per session,
+/// so its sandbox places and connections serve every build).
+pub struct EngineHost {
+    runtime: tokio::runtime::Runtime,
+    engine: ferrix_build::Engine,
+    /// The machines' ssh sockets are in it.
+    _runtime_dir: Option<tempfile::TempDir>,
+}
+
+impl EngineHost {
+    /// Start the Engine; Ctrl-C or SIGTERM stops what runs cleanly, a second one exits.
+    pub fn start(
+        settings: &Settings,
+        store: &Arc<LocalStore>,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+        opts: ScheduleOptions,
+        local: LocalSettings,
+        times: ferrix_build::BuildTimes,
+    ) -> Result<Self> {
+        let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
+        let mut executors: Vec<Arc<dyn ferrix_build::Executor>> = Vec::new();
+        let machines = machines(settings)?;
+        // Kept until the run ends: the machines' ssh sockets are in it.
+        let mut _runtime_dir = None;
+        if !machines.is_empty() {
+            let runtime_dir = tempfile::Builder::new()
+                .prefix("ferrix-ssh-")
+                .tempdir()
+                .context("making a directory for ssh sockets")?;
+            let remote = ferrix_build::remote::RemoteSettings {
+                machines,
+                ssh: ferrix_store::ssh::SshConfig {
+                    ssh_opts: std::env::var("NIX_SSHOPTS")
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
+                    runtime_dir: runtime_dir.path().to_owned(),
+                    keepalive: 5,
+                },
+                max_silent_time: local.max_silent_time,
+                timeout: local.timeout,
+                log_dir: local.log_dir.clone(),
+                compress_log: local.compress_log,
+                backoff: Duration::from_secs(30),
+            };
+            let (ex, bad) = ferrix_build::remote::RemoteExecutor::new(
+                registry.clone(),
+                reporter.clone(),
+                remote,
+            );
+            for (uri, why) in bad {
+                reporter.warn(&format!("not using machine '{uri}': {why}"));
+            }
+            if !ex.is_empty() {
+                executors.push(Arc::new(ex));
+            }
+            _runtime_dir = Some(runtime_dir);
+        }
+        let (build_dir_base, compress_log) = (local.build_dir_base.clone(), local.compress_log);
+        executors.push(Arc::new(LocalExecutor::new(
+            registry.clone(),
+            local,
+            reporter.clone(),
+            Arc::new(Mutex::new(times)),
+        )));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        // An external build hook goes first. Nix's own `build-remote` (the usual value of
+        // `build-hook`) speaks Nix's protocol; the built-in machines above do its job.
+        if let Some(program) = settings.conf.get("build-hook").filter(|h| {
+            !h.is_empty() && std::path::Path::new(h).file_name() != Some("build-remote".as_ref())
+        }) {
+            let _in_runtime = runtime.enter();
+            let hook = ferrix_build::hook::HookExecutor::start(
+                ferrix_build::hook::HookSettings {
+                    program: PathBuf::from(program),
+                    work_dir: build_dir_base.clone(),
+                    log_dir: store.config().log_dir.clone(),
+                    compress_log,
+                },
+                registry.clone(),
+                reporter.clone(),
+            )?;
+            executors.insert(0, Arc::new(hook));
+        }
+        let store_dir = store.store_dir().clone();
+        let engine = runtime.block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            // The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one exits at once.
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+                wait_for_signal().await;
+                let _ = std::io::stderr().write_all(b"error: interrupted by the user\n");
+                std::process::exit(130);
+            });
+            // The Engine's loop is a task on the worker threads, as the builds it spawns are:
+            // a build's end wakes it there, not across threads.
+            ferrix_build::Engine::start(ferrix_build::EngineSetup {
+                executors,
+                registry: Some(registry),
+                reporter,
+                options: opts,
+                store_dir,
+                interrupt: rx,
+            })
+        });
+        Ok(Self {
+            runtime,
+            engine,
+            _runtime_dir,
+        })
+    }
+
+    /// Realise `plan`, waiting for its outcome.
+    pub fn run(&self, plan: &Plan) -> Outcome {
+        self.runtime.block_on(self.engine.submit(plan))
+    }
+
+    /// Wait for what is still being registered, and stop.
+    pub fn finish(self) {
+        self.runtime.block_on(self.engine.shutdown());
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
 }
 
 /// Repair `paths` by building their derivers again (`--repair`); without substituters that

@@ -35,7 +35,7 @@ enum DaemonError {
 
 struct Handler<'a> {
     store: Arc<LocalStore>,
-    settings: &'a Settings,
+    builds: crate::machine::Builds<'a>,
     options: Option<ClientOptions>,
 }
 
@@ -68,7 +68,7 @@ fn from_wire(p: &PathInfo) -> ValidPathInfo {
 
 impl Handler<'_> {
     /// Build `plan` here, each line of output sent to the client as it comes.
-    fn run(&self, plan: ferrix_build::Plan, log: &mut dyn Logger) -> Result<BuildResult> {
+    fn run(&mut self, plan: ferrix_build::Plan, log: &mut dyn Logger) -> Result<BuildResult> {
         let asked = crate::machine::Asked {
             max_silent_time: self.options.as_ref().map_or(0, |o| o.max_silent_time),
             timeout: 0,
@@ -77,7 +77,7 @@ impl Handler<'_> {
         let mut send = |line: &str| {
             let _ = log.log(StderrMsg::Next(format!("{line}\n")));
         };
-        Ok(crate::machine::run(self.settings, &self.store, plan, asked, &mut send)?.into())
+        Ok(self.builds.run(plan, asked, &mut send)?.into())
     }
 
     fn wanted(&self, targets: &[DerivedPath]) -> Result<Vec<ferrix_build::Wanted>, DaemonError> {
@@ -297,8 +297,8 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
     // `--stdio` serves whoever runs it, as Nix's does.
     opts.trusted = true;
     let mut h = Handler {
+        builds: crate::machine::Builds::new(settings, store.clone()),
         store,
-        settings,
         options: None,
     };
     let stdin = std::io::stdin().lock();

@@ -17,7 +17,7 @@ use ferrix_store::LocalStore;
 use crate::settings::Settings;
 
 /// What the master asks of a build besides the settings here.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Asked {
     /// Seconds, 0 for none.
     pub max_silent_time: u64,
@@ -80,101 +80,145 @@ pub fn plan_wanted(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan> {
         .context("planning the build")
 }
 
-/// Hands log lines and warnings to the session's thread.
-struct ToSession(std::sync::Mutex<mpsc::Sender<String>>);
+/// Hands log lines and warnings to the session's thread, while a build runs.
+#[derive(Default)]
+struct ToSession(Arc<std::sync::Mutex<Option<mpsc::Sender<String>>>>);
+
+impl ToSession {
+    fn send(&self, line: String) {
+        if let Some(tx) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = tx.send(line);
+        }
+    }
+}
 
 impl Reporter for ToSession {
     fn log_line(&self, _drv: &StorePath, line: &str) {
-        let _ = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(line.to_owned());
+        self.send(line.to_owned());
     }
     fn warn(&self, msg: &str) {
-        let _ = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(format!("warning: {msg}"));
+        self.send(format!("warning: {msg}"));
     }
 }
 
-/// Run `plan` here, `log` getting each line of the builders' output as it comes.
-pub fn run(
-    settings: &Settings,
-    store: &Arc<LocalStore>,
-    plan: Plan,
-    asked: Asked,
-    log: &mut dyn FnMut(&str),
-) -> Result<BuildResult> {
-    let jobs: Vec<Arc<Job>> = plan.nodes.iter().map(|n| n.job.clone()).collect();
-    if plan.nodes.is_empty() {
-        return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
+/// The builds of one session with a master: one Engine for all of them (its sandbox
+/// places, connections and remembered times serve every build), started at the first and
+/// made again only when the master asks for other limits.
+pub struct Builds<'a> {
+    settings: &'a Settings,
+    store: Arc<LocalStore>,
+    host: Option<(Asked, crate::build::EngineHost)>,
+    lines: Arc<std::sync::Mutex<Option<mpsc::Sender<String>>>>,
+}
+
+impl<'a> Builds<'a> {
+    pub fn new(settings: &'a Settings, store: Arc<LocalStore>) -> Self {
+        Self {
+            settings,
+            store,
+            host: None,
+            lines: Arc::default(),
+        }
     }
-    let (mut local, opts) = crate::build::local_settings(settings, store)?;
-    let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
-    if let Some(t) = secs(asked.max_silent_time) {
-        local.max_silent_time = Some(t);
-    }
-    if let Some(t) = secs(asked.timeout) {
-        local.timeout = Some(t);
-    }
-    local.keep_failed |= asked.keep_failed;
-    // A machine builds what it is given: at least one job at a time.
-    local.max_jobs = local.max_jobs.max(1);
-    let (tx, rx) = mpsc::channel();
-    let reporter = Arc::new(ToSession(std::sync::Mutex::new(tx)));
-    let times = crate::build::build_times(store);
-    // A master that goes away (its end of our standard input closes) stops the build, as
-    // an interrupt here would: nobody is left to take the outputs.
-    let building = std::sync::atomic::AtomicBool::new(true);
-    let outcome = std::thread::scope(|s| {
-        s.spawn(|| stop_when_master_leaves(&building));
-        let engine = s.spawn(|| {
-            crate::build::run_engine(
-                settings,
-                store,
-                Arc::new(plan),
-                reporter,
+
+    /// Run `plan` here, `log` getting each line of the builders' output as it comes.
+    pub fn run(
+        &mut self,
+        plan: Plan,
+        asked: Asked,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<BuildResult> {
+        let jobs: Vec<Arc<Job>> = plan.nodes.iter().map(|n| n.job.clone()).collect();
+        if plan.nodes.is_empty() {
+            return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
+        }
+        if self.host.as_ref().is_some_and(|(a, _)| *a != asked) {
+            if let Some((_, h)) = self.host.take() {
+                h.finish();
+            }
+        }
+        if self.host.is_none() {
+            let (mut local, opts) = crate::build::local_settings(self.settings, &self.store)?;
+            let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
+            if let Some(t) = secs(asked.max_silent_time) {
+                local.max_silent_time = Some(t);
+            }
+            if let Some(t) = secs(asked.timeout) {
+                local.timeout = Some(t);
+            }
+            local.keep_failed |= asked.keep_failed;
+            // A machine builds what it is given: at least one job at a time.
+            local.max_jobs = local.max_jobs.max(1);
+            let host = crate::build::EngineHost::start(
+                self.settings,
+                &self.store,
+                Arc::new(ToSession(self.lines.clone())),
                 opts,
                 local,
-                times,
-            )
-        });
-        // The lines end when the Engine (and with it the reporter) is gone.
-        for line in rx {
-            log(&line);
+                crate::build::build_times(&self.store),
+            )?;
+            self.host = Some((asked, host));
         }
-        let outcome = engine
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        building.store(false, std::sync::atomic::Ordering::SeqCst);
-        outcome
-    })?;
-    Ok(result_of(&outcome, &jobs))
+        let Some((_, host)) = &self.host else {
+            unreachable!("started above")
+        };
+        let (tx, rx) = mpsc::channel();
+        *self.lines.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        // A master that goes away (its end of our standard input closes) stops the build,
+        // as an interrupt here would: nobody is left to take the outputs.
+        // The watch ends when `done` closes.
+        let (watch, done) = std::io::pipe().context("making a pipe")?;
+        let lines = &self.lines;
+        let outcome = std::thread::scope(|s| {
+            s.spawn(move || stop_when_master_leaves(watch));
+            let run = s.spawn(|| {
+                let outcome = host.run(&plan);
+                // The lines end here: the loop below stops once what was sent is taken.
+                *lines.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                outcome
+            });
+            for line in rx {
+                log(&line);
+            }
+            let outcome = run.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            drop(done);
+            outcome
+        });
+        Ok(result_of(&outcome, &jobs))
+    }
 }
 
-/// While `building`, watch standard input for the master hanging up; then interrupt this
-/// process (the Engine stops its builds cleanly on SIGTERM).
-fn stop_when_master_leaves(building: &std::sync::atomic::AtomicBool) {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+impl Drop for Builds<'_> {
+    fn drop(&mut self) {
+        if let Some((_, h)) = self.host.take() {
+            h.finish();
+        }
+    }
+}
+
+/// Until `done` closes (the build is over), watch standard input for the master hanging
+/// up; then interrupt this process (the Engine stops its builds cleanly on SIGTERM).
+fn stop_when_master_leaves(done: std::io::PipeReader) {
+    use rustix::event::{poll, PollFd, PollFlags};
     let stdin = std::io::stdin();
-    let tick = Timespec {
-        tv_sec: 0,
-        tv_nsec: 100_000_000,
-    };
-    while building.load(std::sync::atomic::Ordering::SeqCst) {
-        // No interest in data (the master sends none while we build): only a hangup.
-        let mut fds = [PollFd::new(&stdin, PollFlags::empty())];
-        match poll(&mut fds, Some(&tick)) {
-            Ok(n) if n > 0 && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
+    loop {
+        // No interest in data on standard input (the master sends none while we build):
+        // only a hangup there, or the end of `done`.
+        let mut fds = [
+            PollFd::new(&stdin, PollFlags::empty()),
+            PollFd::new(&done, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) if !fds[1].revents().is_empty() => return,
+            Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
                 let _ = rustix::process::kill_process(
                     rustix::process::getpid(),
                     rustix::process::Signal::TERM,
                 );
                 return;
             }
+            // Nothing to watch (no standard input): the build goes on.
+            Ok(_) if fds[0].revents().contains(PollFlags::NVAL) => return,
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => return,
         }

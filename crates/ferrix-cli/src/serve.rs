@@ -17,10 +17,10 @@ use ferrix_store::{LocalStore, StoreError, ValidPathInfo};
 
 use crate::settings::Settings;
 
-/// The handler: this store and the settings builds run with.
+/// The handler: this store and the session's builds.
 struct Handler<'a> {
     store: Arc<LocalStore>,
-    settings: &'a Settings,
+    builds: crate::machine::Builds<'a>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ enum ServeFailure {
 impl Handler<'_> {
     /// Build here; the builders' output goes to standard error, unadorned: the master shows
     /// it as the build log.
-    fn run(&self, plan: Plan, settings: &BuildSettings) -> Result<BuildResult> {
+    fn run(&mut self, plan: Plan, settings: &BuildSettings) -> Result<BuildResult> {
         let asked = crate::machine::Asked {
             max_silent_time: settings.max_silent_time,
             timeout: settings.build_timeout,
@@ -44,7 +44,7 @@ impl Handler<'_> {
             let mut e = std::io::stderr().lock();
             let _ = writeln!(e, "{line}");
         };
-        crate::machine::run(self.settings, &self.store, plan, asked, &mut to_stderr)
+        self.builds.run(plan, asked, &mut to_stderr)
     }
 }
 
@@ -163,7 +163,10 @@ impl ServeHandler for Handler<'_> {
 pub fn serve(settings: &Settings, store: Arc<LocalStore>, write: bool) -> Result<()> {
     let mut opts = ServeOptions::new(store.store_dir().clone());
     opts.write = write;
-    let mut h = Handler { store, settings };
+    let mut h = Handler {
+        builds: crate::machine::Builds::new(settings, store.clone()),
+        store,
+    };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     ferrix_daemon::serve::serve(&mut h, stdin, stdout, &opts).context("serving the store")?;
