@@ -10,7 +10,8 @@ the realisation is timed.
 
 Graphs:
   trivial N   N independent derivations (`echo > $out`) through one machine (max-jobs 4);
-              40 of them also over ssh-ng:// (`nix-daemon --stdio` there)
+              40 of them also over ssh-ng:// (`nix-daemon --stdio` there), and through a
+              Ferrix machine (`ssh://` with remote-program = Ferrix's nix-store) for both masters
   sleep16 M   16 derivations sleeping 1 s over M machines (max-jobs 4 each): the ideal is
               ceil(16 / 4M) s
 """
@@ -55,7 +56,14 @@ def sleepers(n):
     return PRELUDE + "[ " + " ".join(f'(mk "s{i}" "/bin/sleep 1; echo {i} > $out")' for i in range(n)) + " ]"
 
 
+FERRIX_MACHINE = os.environ["FERRIX_STORE_BIN"]
+
+
 def machines(m, scheme="ssh"):
+    # scheme "ferrix": a Ferrix machine over ssh:// (its `nix-store --serve`).
+    if scheme == "ferrix":
+        return ";".join(f"ssh://localhost?remote-program={FERRIX_MACHINE}&remote-store={WORK}/m{k} - - 4 1"
+                        for k in range(m))
     return ";".join(f"{scheme}://localhost?remote-store={WORK}/m{k} - - 4 1" for k in range(m))
 
 
@@ -99,6 +107,7 @@ results = []
 for n in (40, 100):
     results.append(measure(f"{n} trivial, 1 machine", trivial(n), n, 1))
 results.append(measure("40 trivial, 1 ssh-ng machine", trivial(40), 40, 1, "ssh-ng"))
+results.append(measure("40 trivial, 1 Ferrix machine", trivial(40), 40, 1, "ferrix"))
 for m in (1, 2, 3):
     r = measure(f"16 x sleep 1, {m} machine(s)", sleepers(16), 16, m)
     r["ideal"] = math.ceil(16 / (4 * m))
