@@ -11,7 +11,10 @@ the realisation is timed.
 Graphs:
   trivial N   N independent derivations (`echo > $out`) through one machine (max-jobs 4);
               40 of them also over ssh-ng:// (`nix-daemon --stdio` there), and through a
-              Ferrix machine (`ssh://` with remote-program = Ferrix's nix-store) for both masters
+              Ferrix machine (`ssh://` with remote-program = Ferrix's nix-store) for both masters;
+              40 and 100 through a "mounted" real Nix machine: its own store bind-mounted at the
+              master's store path in a mount namespace of its own (root only), so it builds
+              without the sandbox a chroot store forces
   sleep16 M   16 derivations sleeping 1 s over M machines (max-jobs 4 each): the ideal is
               ceil(16 / 4M) s
 """
@@ -59,7 +62,23 @@ def sleepers(n):
 FERRIX_MACHINE = os.environ["FERRIX_STORE_BIN"]
 
 
+def mounted(k):
+    """A real Nix machine whose own store is mounted at the master's store path, in a mount
+    namespace of its own (state and logs elsewhere too): it builds as an ordinary machine
+    does, without the sandbox a chroot store forces."""
+    path = f"{WORK}/mounted-{k}.sh"
+    with open(path, "w") as f:
+        f.write(f"""#!/bin/sh
+mkdir -p {WORK}/m{k}/store {WORK}/m{k}/state {WORK}/m{k}/log
+exec unshare -m /bin/sh -c 'mount --bind {WORK}/m{k}/store {STORE}/store && NIX_STATE_DIR={WORK}/m{k}/state NIX_LOG_DIR={WORK}/m{k}/log exec /usr/bin/nix-store "$@"' sh "$@"
+""")
+    os.chmod(path, 0o755)
+    return path
+
+
 def machines(m, scheme="ssh"):
+    if scheme == "mounted":
+        return ";".join(f"ssh://localhost?remote-program={mounted(k)} - - 4 1" for k in range(m))
     # scheme "ferrix": a Ferrix machine over ssh:// (its `nix-store --serve`).
     if scheme == "ferrix":
         return ";".join(f"ssh://localhost?remote-program={FERRIX_MACHINE}&remote-store={WORK}/m{k} - - 4 1"
@@ -69,7 +88,7 @@ def machines(m, scheme="ssh"):
 
 def wipe():
     for d in os.listdir(WORK):
-        if d == "s" or d.startswith("m"):
+        if d == "s" or (d.startswith("m") and os.path.isdir(f"{WORK}/{d}")):
             subprocess.run(["chmod", "-R", "u+w", f"{WORK}/{d}"], check=True)
             shutil.rmtree(f"{WORK}/{d}")
     os.makedirs(f"{STORE}/home")
@@ -108,6 +127,8 @@ for n in (40, 100):
     results.append(measure(f"{n} trivial, 1 machine", trivial(n), n, 1))
 results.append(measure("40 trivial, 1 ssh-ng machine", trivial(40), 40, 1, "ssh-ng"))
 results.append(measure("40 trivial, 1 Ferrix machine", trivial(40), 40, 1, "ferrix"))
+for n in (40, 100):
+    results.append(measure(f"{n} trivial, 1 mounted machine", trivial(n), n, 1, "mounted"))
 for m in (1, 2, 3):
     r = measure(f"16 x sleep 1, {m} machine(s)", sleepers(16), 16, m)
     r["ideal"] = math.ceil(16 / (4 * m))
