@@ -432,6 +432,7 @@ impl EngineHost {
                 log_dir: local.log_dir.clone(),
                 compress_log: local.compress_log,
                 backoff: Duration::from_secs(30),
+                use_substitutes: settings.conf.bool("builders-use-substitutes", false)?,
             };
             let (ex, bad) = ferrix_build::remote::RemoteExecutor::new(
                 registry.clone(),

@@ -155,3 +155,92 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn with_builders_use_substitutes_a_real_nix_machine_fetches_inputs_from_its_cache() {
+    machine_substitutes("ssh");
+}
+
+#[test]
+fn with_builders_use_substitutes_over_ssh_ng_too() {
+    machine_substitutes("ssh-ng");
+}
+
+/// `builders-use-substitutes`: an input that a signed cache has reaches a real Nix machine
+/// from that cache (it carries the cache's signature there), not from the master; without
+/// the setting the master sends it.
+fn machine_substitutes(scheme: &str) {
+    let Some(nix) = Nix::new() else { return };
+    allow_host_tools(&nix);
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src.txt");
+    fs::write(&src, "from-the-cache\n").unwrap();
+    let input = text(ok(nix.cmd("nix-store").arg("--add").arg(&src)))
+        .trim()
+        .to_owned();
+    ok(nix
+        .cmd("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg("test-cache-1")
+        .arg(d.join("sk"))
+        .arg(d.join("pk")));
+    let cache = format!("file://{}", d.join("cache").display());
+    ok(nix
+        .cmd("nix")
+        .args(["copy", "--to"])
+        .arg(format!("{cache}?secret-key={}", d.join("sk").display()))
+        .arg(&input));
+    // One derivation per run: the first one's output is valid here after it.
+    let drv_for = |run: &str| -> String {
+        let file = d.join(format!("{run}.nix"));
+        fs::write(
+            &file,
+            format!(
+                r#"derivation {{ name = "uses-input-{run}"; system = builtins.currentSystem;
+  builder = "/bin/sh"; args = ["-c" "/bin/cat ${{builtins.storePath "{input}"}} > $out"]; }}"#
+            ),
+        )
+        .unwrap();
+        text(ok(nix.cmd("nix-instantiate").arg(&file)))
+            .trim()
+            .to_owned()
+    };
+    let (drv_a, drv_b) = (drv_for("a"), drv_for("b"));
+    // The machines are real Nix on this host and read the same nix.conf: the cache is theirs.
+    let conf = nix.root.path().join("etc/nix.conf");
+    let mut c = fs::read_to_string(&conf).unwrap();
+    c += &format!(
+        "substituters = {cache}\ntrusted-public-keys = {}\n",
+        fs::read_to_string(d.join("pk")).unwrap().trim()
+    );
+    fs::write(&conf, c).unwrap();
+
+    let sigs_on = |drv: &str, machine: &Path, use_substitutes: bool| -> String {
+        let uri = format!("{scheme}://localhost?remote-store={}", machine.display());
+        let mut c = std::process::Command::new(links.dir.path().join("nix-store"));
+        nix.isolate(&mut c);
+        c.env("PATH", "/usr/bin:/bin");
+        let out = c
+            .args(["-r", drv, "-j0", "--option", "builders"])
+            .arg(format!("{uri} - - 1 1"))
+            .args(["--option", "builders-use-substitutes"])
+            .arg(use_substitutes.to_string())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let built = text(out.stdout).trim().to_owned();
+        assert_eq!(fs::read_to_string(built).unwrap(), "from-the-cache\n");
+        text(ok(nix
+            .cmd("nix")
+            .args(["path-info", "--sigs", "--store"])
+            .arg(machine)
+            .arg(&input)))
+    };
+    let sent = sigs_on(&drv_a, &d.join("machine-a"), false);
+    assert!(!sent.contains("test-cache-1:"), "{sent}");
+    let fetched = sigs_on(&drv_b, &d.join("machine-b"), true);
+    assert!(fetched.contains("test-cache-1:"), "{fetched}");
+}

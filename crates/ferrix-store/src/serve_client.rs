@@ -274,16 +274,18 @@ impl ServeClient {
         })
     }
 
-    /// Which of `paths` the machine has.
+    /// Which of `paths` the machine has; with `substitute`, after it fetched what it could
+    /// of the rest from its own substituters.
     pub fn query_valid(
         &mut self,
         paths: &BTreeSet<StorePath>,
+        substitute: bool,
     ) -> Result<BTreeSet<StorePath>, RemoteError> {
         self.send(
             "asking which paths it has",
             &Request::QueryValidPaths(QueryValidPaths {
                 lock: false,
-                substitute: false,
+                substitute,
                 paths: paths.clone(),
             }),
         )?;
@@ -462,12 +464,14 @@ impl Drop for ServeClient {
 }
 
 /// Copy the closure of `paths` (with the outputs of derivations: `include_outputs`) to the
-/// machine: one query for what it has, then what it lacks as one stream. The paths sent.
+/// machine: one query for what it has (after it substituted what it could, with
+/// `substitute`), then what it lacks as one stream. The paths sent.
 pub fn copy_to(
     store: &LocalStore,
     client: &mut ServeClient,
     paths: &[StorePath],
     include_outputs: bool,
+    substitute: bool,
 ) -> Result<BTreeSet<StorePath>, RemoteError> {
     let closure = store
         .closure(paths.iter().cloned(), include_outputs, false)
@@ -476,7 +480,7 @@ pub fn copy_to(
             what: "computing the closure to send",
             source: Box::new(source),
         })?;
-    let have = client.query_valid(&closure)?;
+    let have = client.query_valid(&closure, substitute)?;
     let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
     client.import_paths(store, &missing)?;
     Ok(missing)

@@ -198,16 +198,18 @@ impl WorkerClient {
         self.refused(what, done)
     }
 
-    /// Which of `paths` the machine has.
+    /// Which of `paths` the machine has; with `substitute`, after it fetched what it could
+    /// of the rest from its own substituters.
     pub fn query_valid(
         &mut self,
         paths: &BTreeSet<StorePath>,
+        substitute: bool,
     ) -> Result<BTreeSet<StorePath>, RemoteError> {
         self.call(
             "asking which paths it has",
             &WorkerRequest::QueryValidPaths {
                 paths: paths.clone(),
-                substitute: false,
+                substitute,
             },
             None,
         )?;

@@ -39,6 +39,9 @@ pub struct RemoteSettings {
     pub compress_log: bool,
     /// How long a machine that could not be reached is left alone (doubling each time).
     pub backoff: Duration,
+    /// `builders-use-substitutes`: the machine fetches the inputs it lacks from its own
+    /// substituters where it can, and only the rest is sent from here.
+    pub use_substitutes: bool,
 }
 
 /// Builds on remote machines, each up to its max jobs.
@@ -345,7 +348,7 @@ impl RemoteExecutor {
         {
             let _one = r.upload.lock().unwrap_or_else(|p| p.into_inner());
             let have = s
-                .query_valid(closure)
+                .query_valid(closure, self.settings.use_substitutes)
                 .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
             let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
             s.import_paths(store, &missing)
@@ -467,10 +470,11 @@ impl Session {
     fn query_valid(
         &mut self,
         paths: &BTreeSet<StorePath>,
+        substitute: bool,
     ) -> Result<BTreeSet<StorePath>, RemoteError> {
         match self {
-            Self::Serve(c) => c.query_valid(paths),
-            Self::Worker(c) => c.query_valid(paths),
+            Self::Serve(c) => c.query_valid(paths, substitute),
+            Self::Worker(c) => c.query_valid(paths, substitute),
         }
     }
 

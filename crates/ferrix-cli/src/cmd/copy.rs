@@ -21,6 +21,9 @@ pub struct Args {
     /// Also copy the outputs of derivations.
     #[arg(long)]
     include_outputs: bool,
+    /// Let the destination fetch what it can from its own substituters first.
+    #[arg(long, short = 's')]
+    substitute_on_destination: bool,
     /// Store paths whose closures are copied.
     #[arg(required = true)]
     paths: Vec<String>,
@@ -37,6 +40,7 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
                 &mut s.client,
                 &paths,
                 a.include_outputs,
+                a.substitute_on_destination,
             )?;
             shell.note(format!("copied {} paths to '{to}'", sent.len()));
         }

@@ -17,6 +17,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut to = true;
     let mut gzip = false;
     let mut include_outputs = false;
+    let mut substitute = false;
     let mut operands: Vec<String> = Vec::new();
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
@@ -30,8 +31,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--from" => to = false,
             "--gzip" => gzip = true,
             "--include-outputs" => include_outputs = true,
-            // Substitutes on the other side: none are used yet.
-            "--use-substitutes" | "-s" => {}
+            // The other side fetches what it can from its own substituters.
+            "--use-substitutes" | "-s" => substitute = true,
             f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
             _ => operands.push(a.to_string_lossy().into_owned()),
         }
@@ -46,7 +47,13 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut s = crate::remote::connect(&uri, &store, gzip)?;
     if to {
         let paths = crate::ops::resolve_all(&store, paths)?;
-        ferrix_store::serve_client::copy_to(&store, &mut s.client, &paths, include_outputs)?;
+        ferrix_store::serve_client::copy_to(
+            &store,
+            &mut s.client,
+            &paths,
+            include_outputs,
+            substitute,
+        )?;
     } else {
         let paths: BTreeSet<_> = paths
             .iter()
