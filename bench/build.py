@@ -15,6 +15,10 @@ Graphs (builders are /bin/sh; FERRIX_BENCH_SANDBOX=1 turns both tools' sandboxes
   random   a random DAG of sleep-bound builders of uneven durations, with -j8: makespan
            against the lower bound max(critical path, total work / 8)
 
+FERRIX_BENCH_SET=disk120 runs only the local-overhead case of the distributed-builds issue:
+120 independent trivial derivations with -j2, the previous run's store deleted (not moved
+aside) and a `sync` before each timed run, as the issue measures it.
+
 Ferrix's remembered build times (state/ferrix/build-times.sqlite) are kept across the wipes,
 so from the warm-up run on it schedules with known durations.
 """
@@ -32,6 +36,9 @@ WORK = os.environ["FERRIX_BENCH_WORK"]
 RUNS = int(os.environ.get("FERRIX_BENCH_RUNS", "3"))
 JOBS = os.environ.get("FERRIX_BENCH_JOBS", "2")
 SANDBOX = os.environ.get("FERRIX_BENCH_SANDBOX", "0") == "1"
+SET = os.environ.get("FERRIX_BENCH_SET", "all")
+# disk120: the previous store is deleted before each run, not moved aside.
+DELETE = SET == "disk120"
 TOOLS = {"nix": os.environ["NIX_STORE_BIN"], "ferrix": os.environ["FERRIX_STORE_BIN"]}
 INSTANTIATE = os.environ["NIX_INSTANTIATE_BIN"]
 STORE = f"{WORK}/s"
@@ -99,7 +106,10 @@ def wipe():
     # Ferrix's remembered build times survive the wipe, as they would in a store that has
     # built these derivations before (Nix keeps nothing of the kind).
     times = open(TIMES, "rb").read() if os.path.exists(TIMES) else None
-    if os.path.exists(STORE):
+    if os.path.exists(STORE) and DELETE:
+        subprocess.run(["chmod", "-R", "u+w", STORE], check=True)
+        shutil.rmtree(STORE)
+    elif os.path.exists(STORE):
         # The last run's store is moved aside and deleted after all runs. On ext4 without a
         # journal, inodes freed in the last 60 s (300 s while their table block is dirty)
         # are skipped one by one when a file is created: deleting thousands of them here
@@ -167,6 +177,16 @@ def baseline(levels, jobs):
 CURRENT = ""
 empty_trash()  # left by an interrupted run
 results = []
+if SET == "disk120":
+    results.append(measure("120 independent, store deleted", wide(120), 120, 2))
+    results[-1]["baseline"] = baseline([120], 2)
+    for t, v in results[-1]["times"].items():
+        print(f"{t}: " + " ".join(f"{x:.3f}" for x in v))
+    m = {t: statistics.mean(v) for t, v in results[-1]["times"].items()}
+    print(f"120 trivial, -j2, store deleted + sync: nix {m['nix']:.3f} s, ferrix {m['ferrix']:.3f} s, "
+          f"ferrix/nix {m['ferrix'] / m['nix']:.3f} (goal <= 0.2); builders alone "
+          f"{results[-1]['baseline']:.3f} s")
+    sys.exit(0)
 results.append(measure("300 independent derivations", wide(300), 300, JOBS))
 results[-1]["baseline"] = baseline([300], JOBS)
 results.append(measure("a chain of 150", chain(150), 150, JOBS))

@@ -59,6 +59,11 @@ pub struct LocalSettings {
     pub platforms: BTreeSet<String>,
     /// `system-features`: what `requiredSystemFeatures` may ask of this machine.
     pub system_features: BTreeSet<String>,
+    /// Jobs taken beyond `max_jobs`, claimed and prepared (locks, build directory, log
+    /// file) while the builders run, so that a builder starts as soon as another ends. Zero
+    /// when other executors share the work: a job must not wait here for a builder while a
+    /// machine could take it.
+    pub prepare_ahead: usize,
 }
 
 impl LocalSettings {
@@ -101,6 +106,9 @@ pub struct LocalExecutor {
     slots: Mutex<Vec<Slot>>,
     /// What removes every sandbox place when the executor goes (or recovery, if it dies).
     slot_intents: Mutex<Vec<ferrix_store::OutputsIntent>>,
+    /// `max-jobs` builders run at once; with `prepare_ahead`, the executor takes more jobs
+    /// than that, so the next ones are claimed and prepared while builders run.
+    builders: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for dyn Reporter + Send + Sync {
@@ -118,6 +126,7 @@ impl LocalExecutor {
         reporter: Arc<dyn Reporter + Send + Sync>,
         times: Arc<Mutex<crate::times::BuildTimes>>,
     ) -> Self {
+        let settings_max_jobs = settings.max_jobs;
         Self {
             store: registry.store().clone(),
             registry,
@@ -127,13 +136,18 @@ impl LocalExecutor {
             times,
             slots: Mutex::default(),
             slot_intents: Mutex::default(),
+            builders: tokio::sync::Semaphore::new(settings_max_jobs),
         }
     }
 }
 
 impl Executor for LocalExecutor {
+    /// `max-jobs`, and the jobs prepared ahead when builders run (see `builders`).
     fn capacity(&self) -> usize {
-        self.settings.max_jobs
+        match self.settings.max_jobs {
+            0 => 0,
+            n => n + self.settings.prepare_ahead,
+        }
     }
 
     fn is_local(&self) -> bool {
@@ -182,6 +196,10 @@ async fn cancelled(cancel: &mut Cancel) {
 
 /// Where a build happens and what it sees.
 struct Site<'a> {
+    /// Where its log goes.
+    log: LogWriter,
+    /// Its turn among the `max-jobs` builders, given back when the builder ends.
+    permit: tokio::sync::SemaphorePermit<'a>,
     build_dir: &'a std::path::Path,
     /// The sandbox place, when sandboxed.
     chroot: Option<&'a mut Slot>,
@@ -227,27 +245,52 @@ impl LocalExecutor {
             Claim::Valid => return Ok(Built::AlreadyValid),
             Claim::Ready(r) => *r,
         };
+        let build_dir = self.make_build_dir(job, &drv)?;
+        // The log file too is made before a builder may start: creating files is the slow
+        // part of a small build on a disk, and it is done while other builders run.
+        let s = &self.settings;
+        let log_path = crate::log::log_path(&s.log_dir, &job.drv_path, s.compress_log);
+        let log = match LogWriter::create(&log_path, s.compress_log) {
+            Ok(l) => l,
+            Err((what, source)) => {
+                let _ = ferrix_store::fsutil::delete_path(&build_dir);
+                return Err(BuildFailure::io(&drv, what.to_owned())(source));
+            }
+        };
+        // Interrupted while waiting: the claim, the empty build directory and log go.
+        let mut waiting = cancel.clone();
+        let permit = tokio::select! {
+            p = self.builders.acquire() => p.ok(),
+            () = cancelled(&mut waiting) => None,
+        };
+        let Some(permit) = permit else {
+            log.discard(&log_path);
+            let _ = ferrix_store::fsutil::delete_path(&build_dir);
+            intent.abandon(&[]);
+            aside.put_back();
+            return Err(BuildFailure::new(drv.clone(), FailureKind::Interrupted));
+        };
         self.reporter.started(&job.drv_path);
-
         let mut chroot = match sandboxed {
-            true => Some(self.take_slot(&drv, &closure).await?),
+            true => match self.take_slot(&drv, &closure).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = ferrix_store::fsutil::delete_path(&build_dir);
+                    return Err(e);
+                }
+            },
             false => None,
         };
         // Where a sandboxed build leaves output `p`: in the sandbox's store directory.
         let in_slot = |slot: &Slot, p: &StorePath| slot.dir.join("store").join(p.to_string());
-        let build_dir = match self.make_build_dir(job, &drv) {
-            Ok(d) => d,
-            Err(e) => {
-                self.return_slot(chroot, job);
-                return Err(e);
-            }
-        };
         let started = Instant::now();
         let result = self
             .run_builder(
                 job,
                 &drv,
                 Site {
+                    log,
+                    permit,
                     build_dir: &build_dir,
                     chroot: chroot.as_mut(),
                     closure: &closure,
@@ -256,6 +299,7 @@ impl LocalExecutor {
                 cancel,
             )
             .await;
+
         if checking {
             let result = match result {
                 Ok(()) => {

@@ -85,6 +85,10 @@ impl LogWriter {
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) {
+        // The end of the stream comes as an empty read: it must not make the compressor.
+        if data.is_empty() {
+            return;
+        }
         if self.out.is_none() {
             let Some(file) = self.file.take() else { return };
             self.out = Some(if self.compress {
@@ -102,7 +106,20 @@ impl LogWriter {
         }
     }
 
-    pub(crate) fn finish(mut self) {
+    /// Remove the log of a build that never started.
+    pub(crate) fn discard(mut self, path: &Path) {
+        self.out = None;
+        self.file = None;
+        let _ = fs::remove_file(path);
+    }
+
+    /// End the log (dropping it does the same: a build that never started leaves an empty
+    /// log, not a broken one).
+    pub(crate) fn finish(self) {}
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
         match (self.out.take(), self.file.take()) {
             // Dropping the encoder ends the bzip2 stream.
             (Some(mut o), _) => {
@@ -150,4 +167,53 @@ pub(crate) async fn copy_log(
         st.read += line.len() as u64;
     }
     log.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn unbz2(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        bzip2::read::BzDecoder::new(b)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn an_empty_log_is_the_empty_stream_without_a_compressor() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b.bz2");
+        let w0 = LogWriter::create(&d.path().join("never.bz2"), true).unwrap();
+        // A build that never started: its log is still a whole (empty) stream.
+        drop(w0);
+        assert_eq!(fs::read(d.path().join("never.bz2")).unwrap(), EMPTY_BZ2);
+        let mut w = LogWriter::create(&p, true).unwrap();
+        // What the end of the builder's output looks like to the writer.
+        w.write(b"");
+        assert!(w.out.is_none(), "an empty write made the compressor");
+        w.finish();
+        let got = fs::read(&p).unwrap();
+        assert_eq!(got, EMPTY_BZ2);
+        assert!(unbz2(&got).is_empty());
+    }
+
+    #[test]
+    fn a_log_with_lines_decompresses_to_them() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.bz2");
+        let mut w = LogWriter::create(&p, true).unwrap();
+        w.write(b"one\n");
+        w.write(b"");
+        w.write(b"two\n");
+        w.finish();
+        assert_eq!(unbz2(&fs::read(&p).unwrap()), b"one\ntwo\n");
+        let p = d.path().join("plain");
+        let mut w = LogWriter::create(&p, false).unwrap();
+        w.write(b"three\n");
+        w.finish();
+        assert_eq!(fs::read(&p).unwrap(), b"three\n");
+    }
 }

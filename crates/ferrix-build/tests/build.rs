@@ -10,6 +10,7 @@ use common::*;
 use ferrix_build::FailureKind;
 use ferrix_build::{BuildFailure, Built, NodeResult, ScheduleOptions};
 use ferrix_format::HashAlgo;
+use ferrix_format::StorePath;
 
 fn keep_going() -> ScheduleOptions {
     ScheduleOptions { keep_going: true }
@@ -515,4 +516,41 @@ async fn no_local_slots_builds_nothing() {
 async fn repair_rebuilds_and_replaces() {
     let t = TestStore::new();
     repair_mode(&t, t.settings()).await;
+}
+
+/// Jobs prepared ahead (claimed, with their build directory and log made) wait for a
+/// builder: never more than `max_jobs` builders run at once, and every job is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_prepared_ahead_wait_for_a_builder() {
+    let t = TestStore::new();
+    let running = t.dir.path().join("running");
+    std::fs::create_dir(&running).unwrap();
+    let r = running.display();
+    let drvs: Vec<StorePath> = (0..8)
+        .map(|i| {
+            t.drv(
+                &format!("j{i}"),
+                &format!(
+                    "/bin/touch {r}/$name; /bin/sleep 0.2; \
+                     /bin/ls {r} | /usr/bin/wc -l > $out; /bin/rm {r}/$name"
+                ),
+                &[],
+                &["out"],
+                &[],
+            )
+        })
+        .collect();
+    let mut s = t.settings();
+    s.max_jobs = 2;
+    s.prepare_ahead = 2;
+    let refs: Vec<&StorePath> = drvs.iter().collect();
+    let o = t.build(&refs, s, ScheduleOptions::default()).await;
+    assert!(o.success(), "{o:?}");
+    let seen: Vec<u32> = drvs
+        .iter()
+        .map(|d| t.read_out(d, "out").trim().parse().unwrap())
+        .collect();
+    assert!(seen.iter().all(|&n| (1..=2).contains(&n)), "{seen:?}");
+    // Two did run together: the limit, not a single runner, kept it at two.
+    assert!(seen.contains(&2), "{seen:?}");
 }

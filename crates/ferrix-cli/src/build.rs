@@ -84,6 +84,8 @@ pub fn local_settings(
             sandbox: sandbox_settings(settings, store)?,
             platforms: platforms(settings),
             system_features: system_features(settings),
+            // Set by the Engine's host once it knows whether machines share the work.
+            prepare_ahead: 0,
         },
         ScheduleOptions {
             keep_going: conf.bool("keep-going", false)?,
@@ -403,7 +405,7 @@ impl EngineHost {
         store: &Arc<LocalStore>,
         reporter: Arc<dyn Reporter + Send + Sync>,
         opts: ScheduleOptions,
-        local: LocalSettings,
+        mut local: LocalSettings,
         times: ferrix_build::BuildTimes,
     ) -> Result<Self> {
         let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
@@ -447,6 +449,15 @@ impl EngineHost {
             }
             _runtime_dir = Some(runtime_dir);
         }
+        // An external build hook goes first. Nix's own `build-remote` (the usual value of
+        // `build-hook`) speaks Nix's protocol; the built-in machines above do its job.
+        let hook = settings.conf.get("build-hook").filter(|h| {
+            !h.is_empty() && std::path::Path::new(h).file_name() != Some("build-remote".as_ref())
+        });
+        // Alone, the local builds prepare the next jobs while builders run.
+        if executors.is_empty() && hook.is_none() {
+            local.prepare_ahead = local.max_jobs;
+        }
         let (build_dir_base, compress_log) = (local.build_dir_base.clone(), local.compress_log);
         executors.push(Arc::new(LocalExecutor::new(
             registry.clone(),
@@ -459,11 +470,7 @@ impl EngineHost {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        // An external build hook goes first. Nix's own `build-remote` (the usual value of
-        // `build-hook`) speaks Nix's protocol; the built-in machines above do its job.
-        if let Some(program) = settings.conf.get("build-hook").filter(|h| {
-            !h.is_empty() && std::path::Path::new(h).file_name() != Some("build-remote".as_ref())
-        }) {
+        if let Some(program) = hook {
             let _in_runtime = runtime.enter();
             let hook = ferrix_build::hook::HookExecutor::start(
                 ferrix_build::hook::HookSettings {

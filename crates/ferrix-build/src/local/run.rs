@@ -34,6 +34,8 @@ impl LocalExecutor {
         mut cancel: Cancel,
     ) -> Result<(), BuildFailure> {
         let Site {
+            log,
+            permit,
             build_dir,
             chroot,
             closure,
@@ -122,9 +124,6 @@ impl LocalExecutor {
             ));
         }
 
-        // The log file is made while the builder starts (the pipe holds what it writes
-        // meanwhile): it is not on the way from one build to the next.
-        let log_path = crate::log::log_path(&s.log_dir, &job.drv_path, s.compress_log);
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
         let spawn_err = |source| {
             BuildFailure::new(
@@ -209,11 +208,8 @@ impl LocalExecutor {
                 .map_err(io_err("reading the builder's output"))?;
             let (state, reporter, drv_path) =
                 (state.clone(), self.reporter.clone(), job.drv_path.clone());
-            let compress = s.compress_log;
             tokio::spawn(async move {
-                let log = LogWriter::create(&log_path, compress)?;
                 copy_log(rx, log, &state, &*reporter, &drv_path, stop_log).await;
-                Ok::<(), (&'static str, io::Error)>(())
             })
         };
 
@@ -238,6 +234,8 @@ impl LocalExecutor {
                 }
             }
         };
+        // The next builder may start while this one's log is read to its end.
+        drop(permit);
         running.end(outcome.is_ok()).await;
         // The builder's process group is gone, but a process that left it (a new session,
         // a double fork) may still hold the log pipe open. What the builder wrote before it
@@ -266,8 +264,8 @@ impl LocalExecutor {
                 }
             }
         };
-        if let Ok(Err((what, source))) = logged {
-            return Err(io_err(what)(source));
+        if let Err(e) = logged {
+            return Err(io_err("reading the builder's output")(io::Error::other(e)));
         }
 
         let status = outcome?;

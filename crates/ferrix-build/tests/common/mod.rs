@@ -56,6 +56,7 @@ impl TestStore {
             sandbox: None,
             platforms: ["x86_64-linux".to_owned()].into(),
             system_features: Default::default(),
+            prepare_ahead: 0,
         }
     }
 
