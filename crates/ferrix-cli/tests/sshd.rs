@@ -341,3 +341,237 @@ fn kill_serving(dir: &Path) {
         }
     }
 }
+
+/// Whether this process may make mount namespaces (root); in CI it must.
+fn can_mount() -> bool {
+    let ok = rustix::process::geteuid().is_root()
+        && Command::new("/usr/bin/unshare")
+            .args(["-m", "/bin/true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err_and(|_| std::env::var_os("FERRIX_REQUIRE_NIX").is_none()),
+            "the mounted-machine tests need root (mount namespaces)"
+        );
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("SKIPPING mounted-machine test: mount namespaces need root");
+        }
+    }
+    ok
+}
+
+impl Setup {
+    /// A machine behind `sshd` with a store of its own that it sees at the master's store
+    /// path, as a real machine does: `program` (its `nix-store` or `nix-daemon`) runs in a
+    /// mount namespace of its own, with the machine's store directory bind-mounted over the
+    /// master's and state and log directories of its own. No sandbox and no chroot store:
+    /// every input and output travels over ssh. `(uri, machines line)`.
+    fn mounted(&self, name: &str, scheme: &str, program: &Path, sshd: &Sshd) -> (String, String) {
+        let m = self.dir.path().join(name);
+        fs::create_dir_all(m.join("store")).unwrap();
+        let r = self.nix.root.path();
+        let wrapper = self.dir.path().join(format!("{name}-wrapper"));
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexport NIX_STORE_DIR={r}/store NIX_CONF_DIR={r}/etc \
+                 NIX_STATE_DIR={m}/state NIX_LOG_DIR={m}/log HOME={m}\n\
+                 exec /usr/bin/unshare -m /bin/sh -c \
+                 'mount --bind {m}/store {r}/store && exec \"$0\" \"$@\"' {p} \"$@\"\n",
+                r = r.display(),
+                m = m.display(),
+                p = program.display(),
+            ),
+        )
+        .unwrap();
+        ok(Command::new("chmod").arg("755").arg(&wrapper));
+        use base64::Engine;
+        let host_key = base64::engine::general_purpose::STANDARD.encode(&sshd.host_key);
+        let uri = format!(
+            "{scheme}://root@127.0.0.1?remote-program={}",
+            wrapper.display()
+        );
+        let line = format!("{uri} - {} 2 1 - - {host_key}", self.client_key.display());
+        (uri, line)
+    }
+
+    /// The outputs in machine `name`'s own store.
+    fn on_machine(&self, name: &str) -> Vec<String> {
+        fs::read_dir(self.dir.path().join(name).join("store"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".drv") && !n.ends_with(".lock") && !n.starts_with('.'))
+            .collect()
+    }
+
+    /// Every path of the master's store has the contents its database records, as real
+    /// Nix sees it.
+    fn verify_all(&self) {
+        let out = self
+            .nix
+            .cmd("nix-store")
+            .args(["--verify", "--check-contents"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("modified") && !err.contains("error"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn three_mounted_ferrix_machines_and_local_builds_share_sixty_derivations() {
+    let Some(s) = Setup::new() else { return };
+    if !can_mount() {
+        return;
+    }
+    let Some(d) = sshd(s.dir.path(), &s.client_key.with_extension("pub")) else {
+        return;
+    };
+    let drv = s.instantiate(&["n", "59", "sleep", "\"0.1\""]);
+    let program = s.links.dir.path().join("nix-store");
+    let machines: Vec<(String, String)> = ["a", "b", "c"]
+        .iter()
+        .map(|n| s.mounted(n, "ssh", &program, &d))
+        .collect();
+    let lines: Vec<String> = machines.iter().map(|(_, l)| l.clone()).collect();
+    let mut c = Command::new(&program);
+    s.nix.isolate(&mut c);
+    let out = c
+        .env(
+            "NIX_SSHOPTS",
+            format!("-p {} -oStrictHostKeyChecking=yes", d.port),
+        )
+        .args(["-r", &drv, "-j1", "--option", "builders"])
+        .arg(lines.join(";"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let top = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let want: String = (0..59).map(|i| format!("{i}\n")).collect();
+    assert_eq!(fs::read_to_string(&top).unwrap(), want);
+    // 60 builds: some on each machine, in its own store, and some here.
+    let started = err.matches("building '").count();
+    assert_eq!(started, 60, "{err}");
+    let mut remote = 0;
+    for ((uri, _), name) in machines.iter().zip(["a", "b", "c"]) {
+        let here = err.matches(&format!("' on '{uri}'")).count();
+        assert!(here > 0, "nothing built on {name}:\n{err}");
+        assert!(
+            s.on_machine(name).len() >= here,
+            "{name}: {:?}",
+            s.on_machine(name)
+        );
+        remote += here;
+    }
+    assert!(remote < 60, "nothing was built locally:\n{err}");
+    // The master's copies are whole, and a local build gives the same outputs.
+    s.verify_all();
+    let drvs = String::from_utf8(ok(Command::new(&program)
+        .envs(isolated(&s.nix))
+        .args(["-qR", &drv])))
+    .unwrap();
+    let drvs: Vec<&str> = drvs.lines().filter(|l| l.ends_with(".drv")).collect();
+    assert_eq!(drvs.len(), 60);
+    let mut c = Command::new(&program);
+    s.nix.isolate(&mut c);
+    let check = c
+        .args(["-r", "--check", "-j2"])
+        .args(&drvs)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+/// The environment `Nix::isolate` sets, for commands built elsewhere.
+fn isolated(nix: &Nix) -> Vec<(String, PathBuf)> {
+    let r = nix.root.path();
+    [
+        ("NIX_STORE_DIR", "store"),
+        ("NIX_STATE_DIR", "state"),
+        ("NIX_LOG_DIR", "log"),
+        ("NIX_CONF_DIR", "etc"),
+        ("HOME", "home"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), r.join(v)))
+    .collect()
+}
+
+#[test]
+fn a_ferrix_master_uses_mounted_real_nix_machines_over_ssh_and_ssh_ng() {
+    let Some(s) = Setup::new() else { return };
+    if !can_mount() {
+        return;
+    }
+    let Some(d) = sshd(s.dir.path(), &s.client_key.with_extension("pub")) else {
+        return;
+    };
+    let drv = s.instantiate(&["n", "6", "sleep", "\"0.3\""]);
+    let (u1, l1) = s.mounted("n1", "ssh", Path::new("/usr/bin/nix-store"), &d);
+    let (u2, l2) = s.mounted("n2", "ssh-ng", Path::new("/usr/bin/nix-daemon"), &d);
+    let out = s.realise(&drv, &[l1, l2], d.port).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let top = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(fs::read_to_string(&top).unwrap(), "0\n1\n2\n3\n4\n5\n");
+    for (uri, name) in [(&u1, "n1"), (&u2, "n2")] {
+        let n = err.matches(&format!("' on '{uri}'")).count();
+        assert!(n > 0, "nothing built on {uri}:\n{err}");
+        assert!(s.on_machine(name).len() >= n, "{:?}", s.on_machine(name));
+    }
+    s.verify_all();
+}
+
+#[test]
+fn a_real_nix_master_uses_mounted_ferrix_machines_over_ssh_and_ssh_ng() {
+    let Some(s) = Setup::new() else { return };
+    if !can_mount() {
+        return;
+    }
+    let Some(d) = sshd(s.dir.path(), &s.client_key.with_extension("pub")) else {
+        return;
+    };
+    for (scheme, program, sleep) in [("ssh", "nix-store", "0"), ("ssh-ng", "nix-daemon", "0.01")] {
+        let drv = s.instantiate(&["n", "3", "sleep", &format!("\"{sleep}\"")]);
+        let name = format!("f-{scheme}");
+        let (uri, line) = s.mounted(&name, scheme, &s.links.dir.path().join(program), &d);
+        // Real Nix writes the host key for the bare host name: the alias makes ssh look it
+        // up by that name on another port.
+        let out = s
+            .nix
+            .cmd("nix-store")
+            .env(
+                "NIX_SSHOPTS",
+                format!(
+                    "-p {} -oStrictHostKeyChecking=yes -oHostKeyAlias=127.0.0.1",
+                    d.port
+                ),
+            )
+            .args(["-r", &drv, "-j0", "--option", "builders", &line])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{scheme}: {err}");
+        let top = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert_eq!(fs::read_to_string(&top).unwrap(), "0\n1\n2\n", "{scheme}");
+        // All four were built there, in the machine's own store.
+        let built = s.on_machine(&name);
+        assert_eq!(built.len(), 4, "{scheme}: {built:?}\n{err}");
+        assert!(err.contains(&uri) || err.contains("127.0.0.1"), "{err}");
+    }
+    s.verify_all();
+}
