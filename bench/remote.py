@@ -8,6 +8,8 @@ of its own, wiped before every run with the master's. The master runs `nix-store
 with `--builders`, so everything is built remotely. Runs alternate between the tools; only
 the realisation is timed.
 
+FERRIX_BENCH_SET=mounted runs only the mounted machines.
+
 Graphs:
   trivial N   N independent derivations (`echo > $out`) through one machine (max-jobs 4);
               40 of them also over ssh-ng:// (`nix-daemon --stdio` there), and through a
@@ -122,14 +124,19 @@ def measure(label, expr, count, m, scheme="ssh"):
     return {"label": label, "count": count, "machines": m, "times": times}
 
 
+SET = os.environ.get("FERRIX_BENCH_SET", "all")
 results = []
 for n in (40, 100):
+    if SET == "mounted":
+        # Only the mounted machines (FERRIX_BENCH_SET=mounted).
+        break
     results.append(measure(f"{n} trivial, 1 machine", trivial(n), n, 1))
-results.append(measure("40 trivial, 1 ssh-ng machine", trivial(40), 40, 1, "ssh-ng"))
-results.append(measure("40 trivial, 1 Ferrix machine", trivial(40), 40, 1, "ferrix"))
+if SET != "mounted":
+    results.append(measure("40 trivial, 1 ssh-ng machine", trivial(40), 40, 1, "ssh-ng"))
+    results.append(measure("40 trivial, 1 Ferrix machine", trivial(40), 40, 1, "ferrix"))
 for n in (40, 100):
     results.append(measure(f"{n} trivial, 1 mounted machine", trivial(n), n, 1, "mounted"))
-for m in (1, 2, 3):
+for m in (1, 2, 3) if SET != "mounted" else ():
     r = measure(f"16 x sleep 1, {m} machine(s)", sleepers(16), 16, m)
     r["ideal"] = math.ceil(16 / (4 * m))
     results.append(r)

@@ -59,7 +59,18 @@ impl WorkerClient {
         max_silent_time: u64,
     ) -> Result<Self, RemoteError> {
         let uri = ssh.target().uri.clone();
-        let mut child = ssh.spawn_session()?;
+        let child = ssh.spawn_session()?;
+        Self::over(uri, child, store_dir, max_silent_time)
+    }
+
+    /// Speak to a session already started (by [`Ssh::spawn_session`]): the handshake, which
+    /// waits for the other side, needs no hold on the connection that started it.
+    pub fn over(
+        uri: String,
+        mut child: Child,
+        store_dir: StoreDir,
+        max_silent_time: u64,
+    ) -> Result<Self, RemoteError> {
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {

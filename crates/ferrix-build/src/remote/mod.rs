@@ -84,21 +84,26 @@ impl Remote {
         if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(s);
         }
-        let mut ssh = self.ssh.lock().unwrap_or_else(|p| p.into_inner());
-        if ssh.is_none() {
-            *ssh = Some(Ssh::new(
-                self.target.clone(),
-                settings.ssh.clone(),
-                self.id,
-            )?);
-        }
-        let ssh = ssh.as_mut().unwrap_or_else(|| unreachable!("made above"));
-        let sd = store.store_dir().clone();
+        // The connection is held only to start the session: the handshakes of several
+        // sessions, each waiting for its program to start there, go on at once.
+        let child = {
+            let mut ssh = self.ssh.lock().unwrap_or_else(|p| p.into_inner());
+            if ssh.is_none() {
+                *ssh = Some(Ssh::new(
+                    self.target.clone(),
+                    settings.ssh.clone(),
+                    self.id,
+                )?);
+            }
+            let ssh = ssh.as_mut().unwrap_or_else(|| unreachable!("made above"));
+            ssh.spawn_session()?
+        };
+        let (uri, sd) = (self.target.uri.clone(), store.store_dir().clone());
         Ok(if self.target.ng {
             let silent = settings.max_silent_time.map_or(0, |d| d.as_secs());
-            Session::Worker(WorkerClient::start(ssh, sd, silent)?)
+            Session::Worker(WorkerClient::over(uri, child, sd, silent)?)
         } else {
-            Session::Serve(ServeClient::start(ssh, sd)?)
+            Session::Serve(ServeClient::over(uri, child, sd)?)
         })
     }
 }
