@@ -1,16 +1,19 @@
 //! Reaching a machine from the command line (`nix-copy-closure`, `ferrix copy`, `ferrix
-//! machines`): one serve session over ssh, with `NIX_SSHOPTS`.
+//! machines`): one session over ssh (the serve protocol, or the worker protocol for
+//! `ssh-ng://`), with `NIX_SSHOPTS`.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ferrix_store::serve_client::ServeClient;
 use ferrix_store::ssh::{Ssh, SshConfig, SshTarget};
+use ferrix_store::worker_client::WorkerClient;
 use ferrix_store::LocalStore;
 
-/// A session and what keeps it alive (the ssh master and its socket directory).
-pub struct Session {
-    pub client: ServeClient,
+/// A session (`ServeClient` over `ssh://`, `WorkerClient` over `ssh-ng://`) and what
+/// keeps it alive (the ssh master and its socket directory).
+pub struct Session<C = ServeClient> {
+    pub client: C,
     _ssh: Ssh,
     _dir: tempfile::TempDir,
 }
@@ -29,12 +32,29 @@ pub fn connect(uri: &str, store: &LocalStore, compress: bool) -> Result<Session>
     let mut target = SshTarget::parse(uri)?;
     target.compress |= compress;
     if target.ng {
-        anyhow::bail!("'{uri}': ssh-ng:// stores are not supported yet; use ssh://");
+        anyhow::bail!("'{uri}' is an ssh-ng:// store; this command speaks to ssh:// only");
     }
     connect_target(target, store)
 }
 
-fn connect_target(target: SshTarget, store: &LocalStore) -> Result<Session> {
+/// Open a session with an `ssh-ng://` store (its `nix-daemon --stdio`).
+pub fn connect_ng(uri: &str, store: &LocalStore) -> Result<Session<WorkerClient>> {
+    let target = SshTarget::parse(uri)?;
+    if !target.ng {
+        anyhow::bail!("'{uri}' is not an ssh-ng:// store");
+    }
+    let (mut ssh, dir) = ssh_to(target)?;
+    let client = WorkerClient::start(&mut ssh, store.store_dir().clone(), 0)?;
+    Ok(Session {
+        client,
+        _ssh: ssh,
+        _dir: dir,
+    })
+}
+
+/// The ssh connection (not yet made: the first session makes it), with its socket
+/// directory.
+fn ssh_to(target: SshTarget) -> Result<(Ssh, tempfile::TempDir)> {
     let dir = tempfile::Builder::new()
         .prefix("ferrix-ssh-")
         .tempdir()
@@ -44,7 +64,11 @@ fn connect_target(target: SshTarget, store: &LocalStore) -> Result<Session> {
         runtime_dir: dir.path().to_owned(),
         keepalive: 5,
     };
-    let mut ssh = Ssh::new(target, config, 0)?;
+    Ok((Ssh::new(target, config, 0)?, dir))
+}
+
+fn connect_target(target: SshTarget, store: &LocalStore) -> Result<Session> {
+    let (mut ssh, dir) = ssh_to(target)?;
     let client = ServeClient::start(&mut ssh, store.store_dir().clone())?;
     Ok(Session {
         client,
@@ -60,21 +84,8 @@ pub fn probe(m: &ferrix_build::remote::Machine, store: &LocalStore) -> Result<st
     t.host_key = t.host_key.or_else(|| m.host_key.clone());
     let start = Instant::now();
     if t.ng {
-        let dir = tempfile::Builder::new()
-            .prefix("ferrix-ssh-")
-            .tempdir()
-            .context("making a directory for the ssh socket")?;
-        let config = SshConfig {
-            ssh_opts: ssh_opts(),
-            runtime_dir: dir.path().to_owned(),
-            keepalive: 5,
-        };
-        let mut ssh = Ssh::new(t, config, 0)?;
-        drop(ferrix_store::worker_client::WorkerClient::start(
-            &mut ssh,
-            store.store_dir().clone(),
-            0,
-        )?);
+        let (mut ssh, _dir) = ssh_to(t)?;
+        drop(WorkerClient::start(&mut ssh, store.store_dir().clone(), 0)?);
     } else {
         drop(connect_target(t, store)?);
     }

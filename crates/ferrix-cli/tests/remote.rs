@@ -421,6 +421,52 @@ fn sessions_running(machine: &Path) -> bool {
 #[test]
 fn closures_are_copied_to_and_from_a_machine() {
     let Some(s) = Setup::new() else { return };
+    let program = s.ferrix_store();
+    copy_round_trip(&s, "ssh", &program);
+}
+
+#[test]
+fn closures_are_copied_to_and_from_a_ferrix_machine_over_ssh_ng() {
+    let Some(s) = Setup::new() else { return };
+    let program = s.links.dir.path().join("nix-daemon");
+    copy_round_trip(&s, "ssh-ng", &program);
+}
+
+#[test]
+fn closures_are_copied_to_and_from_a_real_nix_daemon_over_ssh_ng() {
+    let Some(s) = Setup::new() else { return };
+    copy_round_trip(&s, "ssh-ng", Path::new("/usr/bin/nix-daemon"));
+}
+
+/// As with `nix copy`, a daemon takes unsigned paths only when told not to check.
+#[test]
+fn a_real_nix_daemon_refuses_unsigned_paths_unless_told_not_to_check() {
+    let Some(s) = Setup::new() else { return };
+    let nix = &s.nix;
+    let drv = s.instantiate(&["n", "1", "width", "1"]);
+    let top = String::from_utf8(ok(nix.cmd("nix-build").arg(&drv).arg("--no-out-link")))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let uri = format!(
+        "ssh-ng://localhost?remote-program=/usr/bin/nix-daemon&remote-store={}",
+        s.dir.path().join("m").display()
+    );
+    let mut c = Command::new(common::ferrix_exe());
+    nix.isolate(&mut c);
+    let out = c.args(["copy", "--to", &uri, &top]).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("'{uri}' refused copying paths"))
+            && err.contains("lacks a valid signature"),
+        "{err}"
+    );
+}
+
+/// `ferrix copy --to` a machine whose `program` serves a store of its own, then `--from`
+/// it after the top path is deleted here.
+fn copy_round_trip(s: &Setup, scheme: &str, program: &Path) {
     let nix = &s.nix;
     let drv = s.instantiate(&["n", "4", "width", "2"]);
     let top = String::from_utf8(ok(nix.cmd("nix-build").arg(&drv).arg("--no-out-link")))
@@ -434,8 +480,8 @@ fn closures_are_copied_to_and_from_a_machine() {
         .collect();
     let machine = s.dir.path().join("m");
     let uri = format!(
-        "ssh://localhost?remote-program={}&remote-store={}",
-        s.ferrix_store().display(),
+        "{scheme}://localhost?remote-program={}&remote-store={}",
+        program.display(),
         machine.display()
     );
     let ferrix = |args: &[&str]| {
@@ -444,7 +490,10 @@ fn closures_are_copied_to_and_from_a_machine() {
         c.args(args);
         c
     };
-    let out = ferrix(&["copy", "--to", &uri, &top]).output().unwrap();
+    // The paths are unsigned: a daemon takes them only unchecked.
+    let out = ferrix(&["copy", "--no-check-sigs", "--to", &uri, &top])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("copied {} paths", closure.len())));
     // Again: nothing is missing there now.

@@ -244,3 +244,46 @@ fn machine_substitutes(scheme: &str) {
     let fetched = sigs_on(&drv_b, &d.join("machine-b"), true);
     assert!(fetched.contains("test-cache-1:"), "{fetched}");
 }
+
+/// An input built here (input-addressed, unsigned) goes to a real Nix machine over ssh-ng
+/// unchecked, as Nix's own build-remote sends it: the machine trusts its master.
+#[test]
+fn unsigned_inputs_built_here_reach_a_real_nix_machine_over_ssh_ng() {
+    let Some(nix) = Nix::new() else { return };
+    allow_host_tools(&nix);
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.nix");
+    fs::write(
+        &file,
+        r#"rec {
+  dep = derivation { name = "here"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = ["-c" "echo built-here > $out"]; };
+  top = derivation { name = "there"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = ["-c" "/bin/cat ${dep} > $out"]; };
+}"#,
+    )
+    .unwrap();
+    let drv = |attr: &str| {
+        text(ok(nix.cmd("nix-instantiate").arg(&file).args(["-A", attr])))
+            .trim()
+            .to_owned()
+    };
+    // The input is built here first.
+    ok(nix.cmd("nix-store").arg("-r").arg(drv("dep")));
+    let machine = dir.path().join("machine");
+    let uri = format!("ssh-ng://localhost?remote-store={}", machine.display());
+    let mut c = std::process::Command::new(links.dir.path().join("nix-store"));
+    nix.isolate(&mut c);
+    c.env("PATH", "/usr/bin:/bin");
+    let out = c
+        .args(["-r", &drv("top"), "-j0", "--option", "builders"])
+        .arg(format!("{uri} - - 1 1"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("on '{uri}'")), "{err}");
+    let top = text(out.stdout).trim().to_owned();
+    assert_eq!(fs::read_to_string(&top).unwrap(), "built-here\n");
+}

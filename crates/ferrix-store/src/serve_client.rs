@@ -60,6 +60,10 @@ pub enum RemoteError {
     },
     #[error("'{uri}' answered with path '{path}', which was not asked for")]
     Unasked { uri: String, path: String },
+    #[error("'{uri}' does not have '{path}'")]
+    Missing { uri: String, path: String },
+    #[error("'{uri}' described paths that refer to each other in a cycle")]
+    Cycle { uri: String },
     #[error("cannot copy '{path}' from '{uri}'")]
     Restore {
         uri: String,

@@ -241,11 +241,14 @@ impl WorkerClient {
         Ok(got)
     }
 
-    /// Send `paths` (valid here) as one `AddMultipleToStore` stream, dependencies first.
+    /// Send `paths` (valid here) as one `AddMultipleToStore` stream, dependencies first;
+    /// with `check_sigs`, the machine accepts only paths signed by keys it trusts (as `nix
+    /// copy` asks), else it takes them on our word (a master sending a build's inputs).
     pub fn import_paths(
         &mut self,
         store: &LocalStore,
         paths: &BTreeSet<StorePath>,
+        check_sigs: bool,
     ) -> Result<(), RemoteError> {
         if paths.is_empty() {
             return Ok(());
@@ -294,7 +297,7 @@ impl WorkerClient {
             &sd,
             &WorkerRequest::AddMultipleToStore {
                 repair: false,
-                dont_check_sigs: false,
+                dont_check_sigs: !check_sigs,
             },
         )
         .map_err(send_err)?;
@@ -341,6 +344,21 @@ impl WorkerClient {
         Ok(r.into())
     }
 
+    /// What the machine records about `path`, if it is valid there.
+    pub fn query_path_info(
+        &mut self,
+        path: &StorePath,
+    ) -> Result<Option<UnkeyedPathInfo>, RemoteError> {
+        self.call(
+            "asking about a path",
+            &WorkerRequest::QueryPathInfo(path.clone()),
+            None,
+        )?;
+        let sd = self.store_dir.clone();
+        read_path_info_reply(&mut self.r, self.version, &sd, &self.limits)
+            .map_err(|e| self.protocol(e))
+    }
+
     /// The NAR hashes the machine records for `paths` (the valid ones).
     pub fn nar_hashes(
         &mut self,
@@ -348,19 +366,68 @@ impl WorkerClient {
     ) -> Result<BTreeMap<StorePath, Hash>, RemoteError> {
         let mut out = BTreeMap::new();
         for p in paths {
-            self.call(
-                "asking about a path",
-                &WorkerRequest::QueryPathInfo(p.clone()),
-                None,
-            )?;
-            let sd = self.store_dir.clone();
-            if let Some(i) = read_path_info_reply(&mut self.r, self.version, &sd, &self.limits)
-                .map_err(|e| self.protocol(e))?
-            {
+            if let Some(i) = self.query_path_info(p)? {
                 out.insert(p.clone(), i.nar_hash);
             }
         }
         Ok(out)
+    }
+
+    /// The closure of `paths` there, each with what the machine records about it. A path
+    /// it does not have is an error naming it.
+    pub fn query_closure(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeMap<StorePath, UnkeyedPathInfo>, RemoteError> {
+        let mut out = BTreeMap::new();
+        let mut todo: Vec<StorePath> = paths.iter().cloned().collect();
+        while let Some(p) = todo.pop() {
+            if out.contains_key(&p) {
+                continue;
+            }
+            let Some(info) = self.query_path_info(&p)? else {
+                return Err(RemoteError::Missing {
+                    uri: self.uri.clone(),
+                    path: self.store_dir.display(&p),
+                });
+            };
+            todo.extend(
+                info.references
+                    .iter()
+                    .filter(|r| !out.contains_key(*r))
+                    .cloned(),
+            );
+            out.insert(p, info);
+        }
+        Ok(out)
+    }
+
+    /// Copy `path` (its references valid here) from the machine into `store`, checked
+    /// against `info` and registered with it, as `nix copy` does (not built here: not
+    /// ultimately trusted).
+    pub fn add_from(
+        &mut self,
+        store: &LocalStore,
+        path: &StorePath,
+        info: &UnkeyedPathInfo,
+    ) -> Result<(), RemoteError> {
+        self.call(
+            "asking for a path",
+            &WorkerRequest::NarFromPath(path.clone()),
+            None,
+        )?;
+        let mut local = crate::ValidPathInfo::new(path.clone(), info.nar_hash, info.nar_size);
+        local.deriver = info.deriver.clone();
+        local.references = info.references.clone();
+        local.sigs = info.sigs.clone();
+        local.ca = info.ca;
+        store
+            .add_nar(&local, &mut self.r)
+            .map_err(|source| RemoteError::Store {
+                uri: self.uri.clone(),
+                what: "adding a path from the machine",
+                source: Box::new(source),
+            })
     }
 
     /// Copy `path` from the machine to `target` (which must not exist).
@@ -393,4 +460,75 @@ impl Drop for WorkerClient {
             let _ = d.join();
         }
     }
+}
+
+/// Copy the closure of `paths` to the machine: one query for what it has (after it
+/// substituted what it could, with `substitute`), then what it lacks as one
+/// `AddMultipleToStore` stream, checked against the keys it trusts with `check_sigs`. The
+/// paths sent.
+pub fn copy_to(
+    store: &LocalStore,
+    client: &mut WorkerClient,
+    paths: &[StorePath],
+    substitute: bool,
+    check_sigs: bool,
+) -> Result<BTreeSet<StorePath>, RemoteError> {
+    let closure = store
+        .closure(paths.iter().cloned(), false, false)
+        .map_err(|source| RemoteError::Store {
+            uri: client.uri.clone(),
+            what: "computing the closure to send",
+            source: Box::new(source),
+        })?;
+    let have = client.query_valid(&closure, substitute)?;
+    let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
+    client.import_paths(store, &missing, check_sigs)?;
+    Ok(missing)
+}
+
+/// Copy the closure of `paths` on the machine into `store`: what is missing here, a path
+/// after its references. The paths received.
+pub fn copy_from(
+    store: &LocalStore,
+    client: &mut WorkerClient,
+    paths: &BTreeSet<StorePath>,
+) -> Result<Vec<StorePath>, RemoteError> {
+    let closure = client.query_closure(paths)?;
+    let have = store
+        .valid_among(closure.keys())
+        .map_err(|source| RemoteError::Store {
+            uri: client.uri.clone(),
+            what: "checking what is here",
+            source: Box::new(source),
+        })?;
+    let mut missing: BTreeMap<StorePath, UnkeyedPathInfo> = closure
+        .into_iter()
+        .filter(|(p, _)| !have.contains(p))
+        .collect();
+    // References first: each path is added once all of its missing references are.
+    let mut done = Vec::new();
+    while !missing.is_empty() {
+        let ready: Vec<StorePath> = missing
+            .iter()
+            .filter(|(p, i)| {
+                i.references
+                    .iter()
+                    .all(|r| r == *p || !missing.contains_key(r))
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        if ready.is_empty() {
+            return Err(RemoteError::Cycle {
+                uri: client.uri.clone(),
+            });
+        }
+        for p in ready {
+            let info = missing
+                .remove(&p)
+                .unwrap_or_else(|| unreachable!("listed above"));
+            client.add_from(store, &p, &info)?;
+            done.push(p);
+        }
+    }
+    Ok(done)
 }

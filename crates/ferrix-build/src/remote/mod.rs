@@ -68,6 +68,11 @@ struct Remote {
     reported: AtomicBool,
     /// One upload at a time, so no path is sent twice at once.
     upload: Mutex<()>,
+    /// Whether a session has greeted us yet; until one has, sessions start one at a time
+    /// (the first may be creating the machine's store, which real Nix cannot do from several
+    /// processes at once).
+    greeted: AtomicBool,
+    first: Mutex<()>,
 }
 
 impl Remote {
@@ -84,6 +89,20 @@ impl Remote {
         if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(s);
         }
+        let _first = match self.greeted.load(Ordering::SeqCst) {
+            true => None,
+            false => Some(self.first.lock().unwrap_or_else(|p| p.into_inner())),
+        };
+        let s = self.start_session(store, settings)?;
+        self.greeted.store(true, Ordering::SeqCst);
+        Ok(s)
+    }
+
+    fn start_session(
+        &self,
+        store: &LocalStore,
+        settings: &RemoteSettings,
+    ) -> Result<Session, RemoteError> {
         // The connection is held only to start the session: the handshakes of several
         // sessions, each waiting for its program to start there, go on at once.
         let child = {
@@ -144,6 +163,8 @@ impl RemoteExecutor {
                         running: AtomicUsize::new(0),
                         down: Mutex::new(None),
                         reported: AtomicBool::new(false),
+                        greeted: AtomicBool::new(false),
+                        first: Mutex::new(()),
                         upload: Mutex::new(()),
                     }))
                 }
@@ -490,7 +511,9 @@ impl Session {
     ) -> Result<(), RemoteError> {
         match self {
             Self::Serve(c) => c.import_paths(store, paths),
-            Self::Worker(c) => c.import_paths(store, paths),
+            // A build's inputs go unsigned, as Nix's build-remote sends them: the machine
+            // trusts its master.
+            Self::Worker(c) => c.import_paths(store, paths, false),
         }
     }
 
