@@ -37,7 +37,8 @@ const MAX_LOST: u32 = 3;
 pub enum NodeResult {
     Built(Built),
     Failed(Arc<BuildFailure>),
-    /// Never started: the run stopped first (an interrupt, or a failure without keep-going).
+    /// Not built: the run stopped first (an interrupt, or a failure without keep-going), or
+    /// a failure without keep-going cancelled it while it ran.
     NotStarted,
 }
 
@@ -629,8 +630,12 @@ impl Loop {
                 );
                 let f = Arc::new(f);
                 self.reporter.finished(&drv, Err(&f));
-                if ours {
-                    // Cancelled by us: its dependents are simply not started.
+                if ours && !self.interrupted {
+                    // Cancelled because a failure stopped its goals: not an error of its own
+                    // (Nix says nothing of it either).
+                    self.set_done(i, NodeResult::NotStarted);
+                } else if ours {
+                    // Cancelled by an interrupt: its dependents are simply not started.
                     self.set_done(i, NodeResult::Failed(f));
                 } else {
                     self.fail_shared(i, f);

@@ -554,3 +554,26 @@ async fn jobs_prepared_ahead_wait_for_a_builder() {
     // Two did run together: the limit, not a single runner, kept it at two.
     assert!(seen.contains(&2), "{seen:?}");
 }
+
+/// Without keep-going, a failure cancels what else runs for its goal; what was cancelled
+/// is not a failure of its own (Nix reports only the build that failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_cancelled_by_a_failure_are_not_failures_themselves() {
+    let t = TestStore::new();
+    let bad = t.drv("bad", "/bin/sleep 0.2; exit 1", &[], &["out"], &[]);
+    let slow = t.drv("slow", "/bin/sleep 5; echo > $out", &[], &["out"], &[]);
+    let mut s = t.settings();
+    s.max_jobs = 2;
+    let started = std::time::Instant::now();
+    let o = t.build(&[&bad, &slow], s, ScheduleOptions::default()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "slow was not cancelled"
+    );
+    assert_eq!(o.exit_status(), 100);
+    let failures: Vec<String> = o.failures().map(|f| f.to_string()).collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("bad.drv"), "{failures:?}");
+    assert!(!o.interrupted);
+    assert!(!t.store.real_path(&t.out(&slow, "out")).exists());
+}
