@@ -462,6 +462,8 @@ fn a_real_nix_daemon_refuses_unsigned_paths_unless_told_not_to_check() {
             && err.contains("lacks a valid signature"),
         "{err}"
     );
+    // Real Nix colours the path in its message; it reaches the user without the escapes.
+    assert!(!err.contains('\x1b'), "{err:?}");
 }
 
 /// `ferrix copy --to` a machine whose `program` serves a store of its own, then `--from`

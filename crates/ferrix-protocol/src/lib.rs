@@ -7,7 +7,8 @@
 //! - [`worker`]: the worker protocol of `nix-daemon` and `ssh-ng://`, versions 1.18 to 1.38:
 //!   the handshake, the log messages of the server, the operations, their payloads and
 //!   replies;
-//! - [`derivation`]: the `BasicDerivation` both protocols send.
+//! - [`derivation`]: the `BasicDerivation` both protocols send;
+//! - [`text`]: a peer's messages without their escape sequences, for a terminal.
 //!
 //! Pure and synchronous: every function works on the [`std::io::Read`] or [`std::io::Write`]
 //! it is given, keeps no state of its own and never panics, whatever the bytes; a bad stream is
@@ -16,6 +17,7 @@
 pub mod derivation;
 mod json;
 pub mod serve;
+pub mod text;
 mod version;
 pub mod wire;
 pub mod worker;

@@ -31,6 +31,9 @@ pub type LogSink = Box<dyn FnMut(&str) + Send>;
 /// How many of the remote's last stderr lines are kept for error messages.
 const TAIL: usize = 20;
 
+/// A remote's message without its escape sequences, fit for an error shown here.
+pub use ferrix_protocol::text::plain;
+
 /// What went wrong talking to a machine; every variant names it.
 #[derive(Debug, Error)]
 pub enum RemoteError {
@@ -113,7 +116,9 @@ impl Tap {
         if self.tail.len() == TAIL {
             self.tail.pop_front();
         }
-        self.tail.push_back(text.to_owned());
+        // The tail goes into error messages: without the remote's colours.
+        self.tail
+            .push_back(ferrix_protocol::text::plain(text).into_owned());
         if let Some(s) = &mut self.sink {
             s(text);
         }

@@ -87,7 +87,7 @@ impl WorkerClient {
                     if t.len() == 20 {
                         t.pop_front();
                     }
-                    t.push_back(line);
+                    t.push_back(ferrix_protocol::text::plain(&line).into_owned());
                 }
             })
             .ok();

@@ -25,6 +25,7 @@ use crate::log::LogWriter;
 use crate::outputs::check_outputs;
 use crate::register::Handover;
 use crate::registry::{Claim, Claimed, Registry};
+use ferrix_store::serve_client::plain;
 pub use machines::{parse_machines, Machine, MachineError};
 
 /// Settings of remote builds (the CLI fills them from `builders`, the machines file,
@@ -436,7 +437,7 @@ impl RemoteExecutor {
                     let lines: Vec<&str> = text.lines().collect();
                     lines[lines.len().saturating_sub(10)..]
                         .iter()
-                        .map(|l| l.to_string())
+                        .map(|l| plain(l).into_owned())
                         .collect()
                 })
                 .unwrap_or_default();
@@ -445,7 +446,7 @@ impl RemoteExecutor {
                 drv,
                 FailureKind::Remote {
                     machine: r.machine.uri.clone(),
-                    msg: res.error_msg,
+                    msg: plain(&res.error_msg).into_owned(),
                     tail,
                     timed_out: res.status == BuildStatus::TimedOut,
                 },

@@ -132,9 +132,10 @@ impl ErrorInfo {
 
 impl fmt::Display for ErrorInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
+        // A peer's colours are not ours to show.
+        f.write_str(&crate::text::plain(&self.message))?;
         for t in &self.traces {
-            write!(f, "\n… {t}")?;
+            write!(f, "\n… {}", crate::text::plain(t))?;
         }
         Ok(())
     }
