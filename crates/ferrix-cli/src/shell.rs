@@ -43,6 +43,11 @@ impl Shell {
         self.note(format_args!("error: {msg}"));
     }
 
+    /// `warning: …` on stderr.
+    pub fn warn(&mut self, msg: impl std::fmt::Display) {
+        self.note(format_args!("warning: {msg}"));
+    }
+
     /// A notice on stderr, written with one call (stderr is unbuffered; a collection prints
     /// one line per deleted path).
     pub fn note(&mut self, msg: impl std::fmt::Display) {

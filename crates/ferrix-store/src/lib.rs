@@ -1,6 +1,7 @@
 //! Nix-compatible stores. Today: the local store — Nix's directory layout and SQLite schema,
 //! all-or-nothing additions, `flock` path locks as Nix takes them, and garbage collection.
 
+pub mod binary_cache;
 mod building;
 pub mod canon;
 pub mod closure;

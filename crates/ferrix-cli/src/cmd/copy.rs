@@ -1,9 +1,10 @@
 //! `ferrix copy --to|--from ssh://HOST|ssh-ng://HOST PATHS`: copy closures between this
-//! store and a machine, sending or fetching only what the other side lacks.
+//! store and a machine, sending or fetching only what the other side lacks; `ferrix copy
+//! --to file:///DIR?compression=…` writes a binary cache.
 
 use std::collections::BTreeSet;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 
 use crate::ops;
@@ -37,6 +38,16 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     let store = settings.open_store()?;
     let ng = |uri: &str| uri.starts_with("ssh-ng://");
     match (a.to, a.from) {
+        (Some(to), None) if to.starts_with("file://") => {
+            let paths = ops::resolve_all(&store, &a.paths)?;
+            let cache = file_cache(&to, settings, shell)?;
+            let sent = ferrix_store::binary_cache::copy_to_cache(&store, &cache, &paths)
+                .with_context(|| format!("copying to '{to}'"))?;
+            shell.note(format!("copied {} paths to '{to}'", sent.len()));
+        }
+        (None, Some(from)) if from.starts_with("file://") => {
+            bail!("'{from}': reading binary caches is not supported yet")
+        }
         (Some(to), None) if ng(&to) => {
             let paths = ops::resolve_all(&store, &a.paths)?;
             if a.include_outputs {
@@ -95,4 +106,67 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
         _ => bail!("'ferrix copy' needs exactly one of '--to' and '--from'"),
     }
     Ok(())
+}
+
+/// A `file://DIR?compression=…&compression-level=…&secret-key=…` cache, signed also with
+/// the keys of `secret-key-files`. Compression is zstd unless given, as Lix and Harmonia
+/// write (Nix 2.8 reads it).
+fn file_cache(
+    uri: &str,
+    settings: &Settings,
+    shell: &mut Shell,
+) -> Result<ferrix_store::binary_cache::FileCache> {
+    use ferrix_store::binary_cache::{Compression, FileCache};
+    let rest = uri.strip_prefix("file://").unwrap_or(uri);
+    let (dir, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !dir.starts_with('/') {
+        bail!("'{uri}': a file:// cache needs an absolute directory");
+    }
+    let mut compression = Compression::Zstd;
+    let mut level = None;
+    let mut key_files: Vec<String> = settings
+        .conf
+        .get("secret-key-files")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "compression" => {
+                compression = Compression::parse(v).with_context(|| {
+                    format!("'{uri}': unknown compression '{v}' (none, xz, zstd, bzip2 or br)")
+                })?
+            }
+            "compression-level" => {
+                level =
+                    Some(v.parse().with_context(|| {
+                        format!("'{uri}': compression-level '{v}' is not a number")
+                    })?)
+            }
+            "secret-key" => key_files.push(v.to_owned()),
+            // Compression always uses every core here.
+            "parallel-compression" => {}
+            _ => shell.warn(format!("'{uri}': unknown setting '{k}'")),
+        }
+    }
+    let keys = key_files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the secret key file '{f}'"))?;
+            text.trim()
+                .parse()
+                .with_context(|| format!("'{f}' does not hold a secret key"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    Ok(FileCache {
+        dir: dir.into(),
+        compression,
+        level,
+        keys,
+        threads,
+    })
 }

@@ -1,0 +1,194 @@
+//! Binary caches written by `ferrix copy --to file://…`: what real Nix 2.8 writes for the
+//! same paths, and what it substitutes from, in every compression.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{ok, Nix};
+
+const EXPR: &str = r#"
+let
+  dep = derivation { name = "dep"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = ["-c" "echo dep > $out"]; };
+in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = ["-c" "/bin/mkdir $out; echo ${dep} > $out/ref; /bin/cat ${dep} > $out/copy"]; }
+"#;
+
+fn text(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap()
+}
+
+/// Real Nix builds the closure; the key pair signs.
+fn setup(nix: &Nix, dir: &Path) -> (String, Vec<String>, String) {
+    let file = dir.join("t.nix");
+    fs::write(&file, EXPR).unwrap();
+    let top = text(ok(nix.cmd("nix-build").arg(&file).arg("--no-out-link")))
+        .trim()
+        .to_owned();
+    let closure: Vec<String> = text(ok(nix.cmd("nix-store").args(["-qR", &top])))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ok(nix
+        .cmd("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg("ferrix-test-1")
+        .arg(dir.join("sk"))
+        .arg(dir.join("pk")));
+    let pk = fs::read_to_string(dir.join("pk"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    (top, closure, pk)
+}
+
+fn ferrix_copy(nix: &Nix, to: &str, path: &str) -> std::process::Output {
+    let mut c = Command::new(common::ferrix_exe());
+    nix.isolate(&mut c);
+    c.args(["copy", "--to", to, path]).output().unwrap()
+}
+
+#[test]
+fn an_uncompressed_cache_is_what_nix_copy_writes() {
+    let Some(nix) = Nix::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (top, closure, _) = setup(&nix, dir.path());
+    let sk = dir.path().join("sk");
+    let theirs = dir.path().join("theirs");
+    let ours = dir.path().join("ours");
+    ok(nix
+        .cmd("nix")
+        .args(["copy", "--to"])
+        .arg(format!(
+            "file://{}?compression=none&secret-key={}",
+            theirs.display(),
+            sk.display()
+        ))
+        .arg(&top));
+    let out = ferrix_copy(
+        &nix,
+        &format!(
+            "file://{}?compression=none&secret-key={}",
+            ours.display(),
+            sk.display()
+        ),
+        &top,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = 0;
+    for e in fs::read_dir(&theirs).unwrap().flatten() {
+        let name = e.file_name();
+        if e.path().is_file() {
+            assert_eq!(
+                fs::read(e.path()).unwrap(),
+                fs::read(ours.join(&name)).unwrap_or_default(),
+                "{name:?}"
+            );
+            files += 1;
+        }
+    }
+    // nix-cache-info and one narinfo per path.
+    assert_eq!(files, closure.len() + 1);
+    for e in fs::read_dir(theirs.join("nar")).unwrap().flatten() {
+        assert_eq!(
+            fs::read(e.path()).unwrap(),
+            fs::read(ours.join("nar").join(e.file_name())).unwrap()
+        );
+    }
+}
+
+#[test]
+fn real_nix_substitutes_from_every_compression() {
+    let Some(nix) = Nix::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (top, closure, pk) = setup(&nix, dir.path());
+    let sk = dir.path().join("sk");
+    for c in ["none", "xz", "zstd", "bzip2", "br"] {
+        let cache = dir.path().join(format!("cache-{c}"));
+        let url = format!("file://{}", cache.display());
+        let out = ferrix_copy(
+            &nix,
+            &format!("{url}?compression={c}&secret-key={}", sk.display()),
+            &top,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Gone here, then fetched back by real Nix from the cache, signature checked.
+        ok(nix.cmd("nix-store").arg("--delete").args(&closure));
+        let out = nix
+            .cmd("nix-store")
+            .args(["-r", &top, "--option", "substituters", &url])
+            .args(["--option", "trusted-public-keys", &pk])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{c}: {err}");
+        assert!(err.contains("copying path"), "{c}: {err}");
+        ok(nix.cmd("nix-store").arg("--verify-path").args(&closure));
+        assert_eq!(
+            fs::read_to_string(Path::new(&top).join("copy")).unwrap(),
+            "dep\n"
+        );
+    }
+}
+
+#[test]
+fn real_nix_refuses_an_unsigned_cache() {
+    let Some(nix) = Nix::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (top, closure, pk) = setup(&nix, dir.path());
+    let url = format!("file://{}", dir.path().join("unsigned").display());
+    let out = ferrix_copy(&nix, &url, &top);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(nix.cmd("nix-store").arg("--delete").args(&closure));
+    let out = nix
+        .cmd("nix-store")
+        .args(["-r", &top, "--option", "substituters", &url])
+        .args(["--option", "trusted-public-keys", &pk])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is not signed by any of the keys"), "{err}");
+}
+
+#[test]
+fn bad_cache_urls_are_clear_errors() {
+    let Some(nix) = Nix::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (top, _, _) = setup(&nix, dir.path());
+    let base = format!("file://{}", dir.path().join("c").display());
+    for (url, want) in [
+        (
+            format!("{base}?compression=lz4"),
+            "unknown compression 'lz4'",
+        ),
+        (
+            format!("{base}?compression-level=high"),
+            "compression-level 'high'",
+        ),
+        (
+            format!("{base}?secret-key=/nonexistent/key"),
+            "'/nonexistent/key'",
+        ),
+        ("file://relative/dir".to_owned(), "absolute directory"),
+    ] {
+        let out = ferrix_copy(&nix, &url, &top);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{url}: {err}");
+    }
+}

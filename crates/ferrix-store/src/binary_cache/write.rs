@@ -1,0 +1,252 @@
+//! Writing paths into a binary cache directory as `nix copy --to file://…` does: NARs
+//! compressed in parallel, each checked against the store's record of it, then the
+//! narinfos in dependency order, so a reader never finds a path whose references are
+//! missing.
+
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use ferrix_format::hash::HashSink;
+use ferrix_format::narinfo::CacheInfo;
+use ferrix_format::signature::{SecretKey, Signature};
+use ferrix_format::{HashAlgo, NarInfo, StorePath};
+use thiserror::Error;
+
+use super::Compression;
+use crate::{LocalStore, StoreError};
+
+/// A binary cache in a directory, and how paths are written into it.
+#[derive(Debug)]
+pub struct FileCache {
+    pub dir: PathBuf,
+    pub compression: Compression,
+    /// `compression-level`: each method's default when `None`.
+    pub level: Option<i32>,
+    /// Keys every narinfo written is signed with (besides the path's own signatures).
+    pub keys: Vec<SecretKey>,
+    /// Threads for compressing: NARs go this many at a time (and one NAR alone uses them
+    /// all, for the methods that can).
+    pub threads: u32,
+}
+
+/// Why writing a cache failed; each names the path or file.
+#[derive(Debug, Error)]
+pub enum CacheError {
+    #[error("cannot {what} '{path}'")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("'{path}' was modified in the store: its NAR hash is {got}, the database records {expected}")]
+    Modified {
+        path: String,
+        expected: String,
+        got: String,
+    },
+    #[error("'{path}' has a malformed signature '{sig}'")]
+    BadSignature { path: String, sig: String },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Copy the closure of `paths` into `cache`; the paths written (those it lacked).
+pub fn copy_to_cache(
+    store: &LocalStore,
+    cache: &FileCache,
+    paths: &[StorePath],
+) -> Result<Vec<StorePath>, CacheError> {
+    let nar_dir = cache.dir.join("nar");
+    fs::create_dir_all(&nar_dir).map_err(io_err("create", &nar_dir))?;
+    let info_file = cache.dir.join("nix-cache-info");
+    if !info_file.exists() {
+        let info = CacheInfo {
+            store_dir: Some(store.store_dir().as_str().to_owned()),
+            want_mass_query: None,
+            priority: None,
+        };
+        write_atomically(&info_file, info.to_text().as_bytes())?;
+    }
+    let closure = store.closure(paths.iter().cloned(), false, false)?;
+    let missing: std::collections::BTreeSet<StorePath> = closure
+        .into_iter()
+        .filter(|p| !narinfo_path(cache, p).exists())
+        .collect();
+    let order = store.topo_sort(&missing)?;
+
+    // The NARs, several at a time.
+    let workers = (cache.threads.max(1) as usize).min(order.len().max(1));
+    let per_nar = (cache.threads.max(1) / workers as u32).max(1);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let done: Mutex<Vec<Option<NarInfo>>> = Mutex::new(vec![None; order.len()]);
+    let first_error: Mutex<Option<CacheError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(p) = order.get(i) else { return };
+                match write_nar(store, cache, p, per_nar) {
+                    Ok(info) => done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(info),
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    // Then the narinfos, references first.
+    let infos = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    for info in infos.into_iter().flatten() {
+        let text = info.to_text(store.store_dir());
+        write_atomically(&narinfo_path(cache, &info.store_path), text.as_bytes())?;
+    }
+    Ok(order)
+}
+
+fn narinfo_path(cache: &FileCache, p: &StorePath) -> PathBuf {
+    cache.dir.join(format!("{}.narinfo", p.hash_part()))
+}
+
+/// Write `data` at `path` whole or not at all (a reader never sees half a file).
+fn write_atomically(path: &Path, data: &[u8]) -> Result<(), CacheError> {
+    let tmp = temp_name(path);
+    fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename into place", path))
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".tmp-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+/// Bytes written to `inner`, hashed and counted on the way.
+struct Tee<W> {
+    sink: HashSink,
+    inner: W,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sink.write_all(&buf[..n])?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compress `p`'s NAR into `nar/`, named by the compressed file's hash; its narinfo
+/// (signed), not yet written.
+fn write_nar(
+    store: &LocalStore,
+    cache: &FileCache,
+    p: &StorePath,
+    threads: u32,
+) -> Result<NarInfo, CacheError> {
+    let info = store.path_info(p)?;
+    let printed = store.print(p);
+    let nar_dir = cache.dir.join("nar");
+    let tmp = temp_name(&nar_dir.join(p.hash_part()));
+    let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let result = (|| {
+        let mut file = Tee {
+            sink: HashSink::new(HashAlgo::Sha256),
+            inner: BufWriter::with_capacity(1 << 20, file),
+        };
+        let (nar_hash, nar_size) = {
+            let enc = cache
+                .compression
+                .encoder(&mut file, cache.level, threads)
+                .map_err(io_err("start compressing into", &tmp))?;
+            let mut nar = Tee {
+                sink: HashSink::new(HashAlgo::Sha256),
+                inner: enc,
+            };
+            store.nar_from_path(p, &mut nar)?;
+            nar.inner.finish().map_err(io_err("compress into", &tmp))?;
+            nar.sink.finish()
+        };
+        file.flush().map_err(io_err("write", &tmp))?;
+        let (file_hash, file_size) = file.sink.finish();
+        if nar_hash != info.nar_hash || nar_size != info.nar_size {
+            return Err(CacheError::Modified {
+                path: printed.clone(),
+                expected: info.nar_hash.to_string(),
+                got: nar_hash.to_string(),
+            });
+        }
+        let url = format!(
+            "nar/{}.nar{}",
+            file_hash.to_nix32(),
+            cache.compression.extension()
+        );
+        let target = cache.dir.join(&url);
+        fs::rename(&tmp, &target).map_err(io_err("rename into place", &target))?;
+        let sigs = info
+            .sigs
+            .iter()
+            .map(|s| {
+                s.parse::<Signature>()
+                    .map_err(|_| CacheError::BadSignature {
+                        path: printed.clone(),
+                        sig: s.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = NarInfo {
+            store_path: p.clone(),
+            url,
+            compression: cache.compression.name().to_owned(),
+            file_hash: Some(file_hash),
+            file_size: Some(file_size),
+            nar_hash,
+            nar_size,
+            references: info.references.clone(),
+            deriver: info.deriver.clone(),
+            system: None,
+            sigs,
+            ca: info.ca,
+        };
+        for k in &cache.keys {
+            out.sign(store.store_dir(), k);
+        }
+        Ok(out)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}

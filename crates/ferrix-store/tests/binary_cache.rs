@@ -1,0 +1,227 @@
+//! Writing binary caches: the vectors' cache written by real Nix 2.8 is reproduced byte for
+//! byte from the same paths (uncompressed), and the compressed caches hold the same NARs
+//! under the same metadata.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ferrix_format::signature::SecretKey;
+use ferrix_format::{NarInfo, StoreDir, StorePath};
+use ferrix_store::binary_cache::{copy_to_cache, Compression, FileCache};
+use ferrix_store::path_info::ValidPathInfo;
+use ferrix_store::LocalStore;
+use ferrix_store::LocalStoreConfig;
+
+fn vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/narinfo")
+}
+
+/// A store holding every path of the vectors' caches, imported from `cache-none` with the
+/// metadata of their narinfos; the narinfos by path.
+fn store_from_vectors(root: &Path) -> (LocalStore, BTreeMap<StorePath, NarInfo>) {
+    let sd = StoreDir::default();
+    let store = LocalStore::open(LocalStoreConfig::with_root(root, sd.clone())).unwrap();
+    let mut infos = BTreeMap::new();
+    for e in fs::read_dir(vectors().join("cache-none"))
+        .unwrap()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".narinfo") {
+            let ni = NarInfo::parse(&sd, &fs::read_to_string(e.path()).unwrap()).unwrap();
+            infos.insert(ni.store_path.clone(), ni);
+        }
+    }
+    assert!(infos.len() >= 10, "{}", infos.len());
+    // References first.
+    let mut left: Vec<&NarInfo> = infos.values().collect();
+    while !left.is_empty() {
+        let (ready, rest): (Vec<&NarInfo>, Vec<&NarInfo>) = left.into_iter().partition(|ni| {
+            ni.references
+                .iter()
+                .all(|r| *r == ni.store_path || store.is_valid_path(r).unwrap())
+        });
+        assert!(!ready.is_empty(), "a cycle in the vectors");
+        for ni in ready {
+            let mut info = ValidPathInfo::new(ni.store_path.clone(), ni.nar_hash, ni.nar_size);
+            info.references = ni.references.clone();
+            info.deriver = ni.deriver.clone();
+            info.ca = ni.ca;
+            info.sigs = ni.sigs.iter().map(|s| s.to_string()).collect();
+            let nar = fs::read(vectors().join("cache-none").join(&ni.url)).unwrap();
+            store.add_nar(&info, &nar[..]).unwrap();
+        }
+        left = rest;
+    }
+    (store, infos)
+}
+
+fn key() -> SecretKey {
+    fs::read_to_string(vectors().join("keys/test-1.secret"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn cache(dir: &Path, compression: Compression) -> FileCache {
+    FileCache {
+        dir: dir.to_owned(),
+        compression,
+        level: None,
+        keys: vec![key()],
+        threads: 3,
+    }
+}
+
+#[test]
+fn an_uncompressed_cache_is_the_one_nix_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, infos) = store_from_vectors(root.path());
+    let out = tempfile::tempdir().unwrap();
+    let paths: Vec<StorePath> = infos.keys().cloned().collect();
+    let written = copy_to_cache(&store, &cache(out.path(), Compression::None), &paths).unwrap();
+    assert_eq!(written.len(), infos.len());
+    let want = vectors().join("cache-none");
+    for p in infos.keys() {
+        let name = format!("{}.narinfo", p.hash_part());
+        assert_eq!(
+            fs::read_to_string(out.path().join(&name)).unwrap(),
+            fs::read_to_string(want.join(&name)).unwrap(),
+            "{name}"
+        );
+        let url = &infos[p].url;
+        assert_eq!(
+            fs::read(out.path().join(url)).unwrap(),
+            fs::read(want.join(url)).unwrap()
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(out.path().join("nix-cache-info")).unwrap(),
+        fs::read_to_string(want.join("nix-cache-info")).unwrap()
+    );
+    // A second copy has nothing left to write.
+    let again = copy_to_cache(&store, &cache(out.path(), Compression::None), &paths).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn compressed_caches_hold_the_same_nars_and_metadata() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, infos) = store_from_vectors(root.path());
+    let paths: Vec<StorePath> = infos.keys().cloned().collect();
+    let sd = StoreDir::default();
+    for c in [
+        Compression::Xz,
+        Compression::Zstd,
+        Compression::Bzip2,
+        Compression::Brotli,
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        copy_to_cache(&store, &cache(out.path(), c), &paths).unwrap();
+        for (p, want) in &infos {
+            let text =
+                fs::read_to_string(out.path().join(format!("{}.narinfo", p.hash_part()))).unwrap();
+            let got = NarInfo::parse(&sd, &text).unwrap();
+            assert_eq!(got.compression, c.name());
+            assert!(got.url.ends_with(c.extension()), "{}", got.url);
+            // Everything but the file is as Nix wrote it, signature included.
+            assert_eq!(
+                (
+                    &got.nar_hash,
+                    got.nar_size,
+                    &got.references,
+                    &got.deriver,
+                    &got.ca
+                ),
+                (
+                    &want.nar_hash,
+                    want.nar_size,
+                    &want.references,
+                    &want.deriver,
+                    &want.ca
+                )
+            );
+            assert_eq!(got.sigs, want.sigs, "{}", c.name());
+            let file = fs::read(out.path().join(&got.url)).unwrap();
+            assert_eq!(Some(file.len() as u64), got.file_size);
+            assert_eq!(got.file_hash, Some(ferrix_format::Hash::sha256(&file)));
+            let mut nar = Vec::new();
+            match c {
+                Compression::Xz => liblzma_read(&file, &mut nar),
+                Compression::Zstd => {
+                    zstd_read(&file, &mut nar);
+                }
+                Compression::Bzip2 => {
+                    bzip2::read::BzDecoder::new(&file[..])
+                        .read_to_end(&mut nar)
+                        .unwrap();
+                }
+                Compression::Brotli => {
+                    brotli::Decompressor::new(&file[..], 4096)
+                        .read_to_end(&mut nar)
+                        .unwrap();
+                }
+                Compression::None => unreachable!(),
+            }
+            assert_eq!(
+                nar,
+                fs::read(vectors().join("cache-none").join(&want.url)).unwrap()
+            );
+        }
+    }
+}
+
+fn liblzma_read(file: &[u8], out: &mut Vec<u8>) {
+    liblzma::read::XzDecoder::new(file)
+        .read_to_end(out)
+        .unwrap();
+}
+
+fn zstd_read(file: &[u8], out: &mut Vec<u8>) {
+    zstd::stream::read::Decoder::new(file)
+        .unwrap()
+        .read_to_end(out)
+        .unwrap();
+}
+
+/// A path whose files changed after it was registered is not published.
+#[test]
+fn a_modified_path_is_refused_and_nothing_is_left() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, infos) = store_from_vectors(root.path());
+    let p = infos
+        .keys()
+        .find(|p| p.to_string().ends_with("vec-ni-hello"))
+        .unwrap()
+        .clone();
+    let real = store.real_path(&p);
+    let mut perm = fs::metadata(&real).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&real, perm).unwrap();
+    fs::write(&real, "tampered\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = copy_to_cache(
+        &store,
+        &cache(out.path(), Compression::Zstd),
+        std::slice::from_ref(&p),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("vec-ni-hello") && err.contains("was modified"),
+        "{err}"
+    );
+    assert!(!out
+        .path()
+        .join(format!("{}.narinfo", p.hash_part()))
+        .exists());
+    let left: Vec<_> = fs::read_dir(out.path().join("nar"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
