@@ -192,3 +192,74 @@ fn bad_cache_urls_are_clear_errors() {
         assert!(!out.status.success() && err.contains(want), "{url}: {err}");
     }
 }
+
+fn ferrix_from(nix: &Nix, from: &str, path: &str, pk: &str) -> std::process::Output {
+    let mut c = Command::new(common::ferrix_exe());
+    nix.isolate(&mut c);
+    c.args(["--option", "trusted-public-keys", pk])
+        .args(["copy", "--from", from, path])
+        .output()
+        .unwrap()
+}
+
+/// A cache real Nix wrote (xz, its default) is read back by Ferrix, signature checked, and
+/// real Nix finds the paths sound; a NAR cut short is refused and nothing enters.
+#[test]
+fn ferrix_reads_what_nix_copy_wrote() {
+    let Some(nix) = Nix::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (top, closure, pk) = setup(&nix, dir.path());
+    let cache = dir.path().join("theirs");
+    let url = format!("file://{}", cache.display());
+    ok(nix
+        .cmd("nix")
+        .args(["copy", "--to"])
+        .arg(format!(
+            "{url}?secret-key={}",
+            dir.path().join("sk").display()
+        ))
+        .arg(&top));
+    ok(nix.cmd("nix-store").arg("--delete").args(&closure));
+    // Without the key it is refused.
+    let out = ferrix_from(
+        &nix,
+        &url,
+        &top,
+        "other-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not signed by any of the keys"),
+        "{err}"
+    );
+    let out = ferrix_from(&nix, &url, &top, &pk);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("copied {} paths", closure.len())),
+        "{err}"
+    );
+    ok(nix.cmd("nix-store").arg("--verify-path").args(&closure));
+
+    // The NAR of the top path cut in half.
+    ok(nix.cmd("nix-store").arg("--delete").arg(&top));
+    let hash = Path::new(&top).file_name().unwrap().to_string_lossy()[..32].to_owned();
+    let info = fs::read_to_string(cache.join(format!("{hash}.narinfo"))).unwrap();
+    let url_line = info.lines().find(|l| l.starts_with("URL: ")).unwrap();
+    let nar = cache.join(&url_line["URL: ".len()..]);
+    let bytes = fs::read(&nar).unwrap();
+    fs::write(&nar, &bytes[..bytes.len() / 2]).unwrap();
+    let out = ferrix_from(&nix, &url, &top, &pk);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot copy '{top}' from '{url}'")),
+        "{err}"
+    );
+    let v = nix
+        .cmd("nix-store")
+        .args(["--check-validity", &top])
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+}

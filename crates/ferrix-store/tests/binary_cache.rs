@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use ferrix_format::signature::SecretKey;
 use ferrix_format::{NarInfo, StoreDir, StorePath};
-use ferrix_store::binary_cache::{copy_to_cache, Compression, FileCache};
+use ferrix_store::binary_cache::{
+    copy_from_cache, copy_to_cache, CacheSource, Compression, FileCache,
+};
 use ferrix_store::path_info::ValidPathInfo;
 use ferrix_store::LocalStore;
 use ferrix_store::LocalStoreConfig;
@@ -224,4 +226,139 @@ fn a_modified_path_is_refused_and_nothing_is_left() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+fn trusted() -> Vec<ferrix_format::signature::PublicKey> {
+    vec![fs::read_to_string(vectors().join("keys/test-1.public"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()]
+}
+
+fn source(dir: &Path) -> CacheSource {
+    CacheSource {
+        dir: dir.to_owned(),
+        name: format!("file://{}", dir.display()),
+        trusted_keys: trusted(),
+        require_sigs: true,
+    }
+}
+
+fn fresh_store(root: &Path) -> LocalStore {
+    LocalStore::open(LocalStoreConfig::with_root(root, StoreDir::default())).unwrap()
+}
+
+/// The caches real Nix wrote (xz, zstd, none) are read whole into an empty store, with
+/// the metadata and signatures they carry.
+#[test]
+fn the_caches_nix_wrote_are_read_back() {
+    let sd = StoreDir::default();
+    for c in ["cache-none", "cache-xz", "cache-zstd"] {
+        let root = tempfile::tempdir().unwrap();
+        let store = fresh_store(root.path());
+        let dir = vectors().join(c);
+        let mut wanted = std::collections::BTreeSet::new();
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".narinfo") {
+                let ni = NarInfo::parse(&sd, &fs::read_to_string(e.path()).unwrap()).unwrap();
+                wanted.insert(ni.store_path);
+            }
+        }
+        let got = copy_from_cache(&store, &source(&dir), &wanted).unwrap();
+        assert_eq!(got.len(), wanted.len(), "{c}");
+        for p in &wanted {
+            let info = store.path_info(p).unwrap();
+            assert!(!info.ultimate);
+            assert!(
+                info.sigs.iter().any(|s| s.starts_with("test-1:")),
+                "{c}: {p}"
+            );
+            // What is in the store hashes to what the cache said.
+            let mut nar = Vec::new();
+            store.nar_from_path(p, &mut nar).unwrap();
+            assert_eq!(ferrix_format::Hash::sha256(&nar), info.nar_hash);
+        }
+        // Nothing is left to copy.
+        assert!(copy_from_cache(&store, &source(&dir), &wanted)
+            .unwrap()
+            .is_empty());
+    }
+}
+
+/// A cache that lies (a signature that does not verify, an untrusted key, a NarHash or
+/// NarSize that is not the NAR's) is refused, naming the cache and the path, and the
+/// path does not enter the store.
+#[test]
+fn lying_narinfos_are_refused() {
+    let cases: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(vectors().join("cases.json")).unwrap()).unwrap();
+    let sd = StoreDir::default();
+    for case in cases["invalid"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let p: StorePath = sd.parse_path(case["store_path"].as_str().unwrap()).unwrap();
+        // The uncompressed cache with this one narinfo replaced.
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&vectors().join("cache-none"), dir.path());
+        fs::copy(
+            vectors().join(case["file"].as_str().unwrap()),
+            dir.path().join(format!("{}.narinfo", p.hash_part())),
+        )
+        .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let store = fresh_store(root.path());
+        let err =
+            copy_from_cache(&store, &source(dir.path()), &[p.clone()].into()).expect_err(name);
+        let msg = format!(
+            "{err}: {:?}",
+            std::error::Error::source(&err).map(|s| s.to_string())
+        );
+        assert!(
+            msg.contains(&sd.display(&p)) && msg.contains("file://"),
+            "{name}: {msg}"
+        );
+        match name {
+            "wrong-narhash-validly-signed" => assert!(msg.contains("hash mismatch"), "{msg}"),
+            _ => assert!(
+                msg.contains("not signed by any of the keys"),
+                "{name}: {msg}"
+            ),
+        }
+        assert!(!store.is_valid_path(&p).unwrap(), "{name}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// What Ferrix writes, Ferrix reads back, in every compression.
+#[test]
+fn written_caches_read_back_in_every_compression() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, infos) = store_from_vectors(root.path());
+    let paths: Vec<StorePath> = infos.keys().cloned().collect();
+    for c in [
+        Compression::None,
+        Compression::Xz,
+        Compression::Zstd,
+        Compression::Bzip2,
+        Compression::Brotli,
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        copy_to_cache(&store, &cache(out.path(), c), &paths).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let fresh = fresh_store(other.path());
+        let wanted = paths.iter().cloned().collect();
+        let got = copy_from_cache(&fresh, &source(out.path()), &wanted).unwrap();
+        assert_eq!(got.len(), paths.len(), "{}", c.name());
+    }
 }

@@ -25,8 +25,8 @@ pub struct Args {
     /// Let the destination fetch what it can from its own substituters first.
     #[arg(long, short = 's')]
     substitute_on_destination: bool,
-    /// Do not require signatures the destination trusts (an `ssh-ng://` store checks them
-    /// otherwise, as with `nix copy`).
+    /// Do not require trusted signatures: on what an `ssh-ng://` destination takes, and on
+    /// what comes from a binary cache (as with `nix copy`).
     #[arg(long)]
     no_check_sigs: bool,
     /// Store paths whose closures are copied.
@@ -46,7 +46,14 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
             shell.note(format!("copied {} paths to '{to}'", sent.len()));
         }
         (None, Some(from)) if from.starts_with("file://") => {
-            bail!("'{from}': reading binary caches is not supported yet")
+            let paths: BTreeSet<_> = a
+                .paths
+                .iter()
+                .map(|p| store.parse_path(p))
+                .collect::<Result<_, _>>()?;
+            let cache = cache_source(&from, settings, a.no_check_sigs)?;
+            let got = ferrix_store::binary_cache::copy_from_cache(&store, &cache, &paths)?;
+            shell.note(format!("copied {} paths from '{from}'", got.len()));
         }
         (Some(to), None) if ng(&to) => {
             let paths = ops::resolve_all(&store, &a.paths)?;
@@ -168,5 +175,38 @@ fn file_cache(
         level,
         keys,
         threads,
+    })
+}
+
+/// The key Nix trusts when `trusted-public-keys` is not set.
+const NIX_DEFAULT_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+/// A `file://DIR` cache to read from, trusting the keys of `trusted-public-keys`, requiring
+/// their signatures unless `require-sigs = false` or `--no-check-sigs`.
+fn cache_source(
+    uri: &str,
+    settings: &Settings,
+    no_check_sigs: bool,
+) -> Result<ferrix_store::binary_cache::CacheSource> {
+    let rest = uri.strip_prefix("file://").unwrap_or(uri);
+    let dir = rest.split_once('?').map_or(rest, |(d, _)| d);
+    if !dir.starts_with('/') {
+        bail!("'{uri}': a file:// cache needs an absolute directory");
+    }
+    let keys = settings
+        .conf
+        .get("trusted-public-keys")
+        .unwrap_or(NIX_DEFAULT_KEY)
+        .split_whitespace()
+        .map(|k| {
+            k.parse()
+                .with_context(|| format!("'{k}' in 'trusted-public-keys' is not a public key"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ferrix_store::binary_cache::CacheSource {
+        dir: dir.into(),
+        name: uri.to_owned(),
+        trusted_keys: keys,
+        require_sigs: settings.conf.bool("require-sigs", true)? && !no_check_sigs,
     })
 }

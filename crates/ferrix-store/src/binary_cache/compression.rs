@@ -90,6 +90,22 @@ impl Compression {
     }
 }
 
+impl Compression {
+    /// A reader of what `input` holds, decompressed as it is read.
+    pub fn decoder<'a, R: std::io::BufRead + Send + 'a>(
+        self,
+        input: R,
+    ) -> io::Result<Box<dyn std::io::Read + 'a>> {
+        Ok(match self {
+            Self::None => Box::new(input),
+            Self::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+            Self::Xz => Box::new(liblzma::bufread::XzDecoder::new(input)),
+            Self::Bzip2 => Box::new(bzip2::bufread::BzDecoder::new(input)),
+            Self::Brotli => Box::new(brotli::Decompressor::new(input, 1 << 16)),
+        })
+    }
+}
+
 /// A compressing writer that must be finished to end its stream.
 pub trait Encoder: Write {
     /// End the stream and flush everything to the underlying writer.

@@ -52,6 +52,30 @@ pub enum CacheError {
     },
     #[error("'{path}' has a malformed signature '{sig}'")]
     BadSignature { path: String, sig: String },
+    #[error("'{cache}' does not have '{path}'")]
+    NotInCache { cache: String, path: String },
+    #[error("'{cache}' has a malformed narinfo '{file}'")]
+    BadNarInfo {
+        cache: String,
+        file: PathBuf,
+        #[source]
+        source: ferrix_format::narinfo::NarInfoError,
+    },
+    #[error("'{cache}' offers '{path}', but {why}")]
+    Lying {
+        cache: String,
+        path: String,
+        why: String,
+    },
+    #[error("'{path}' from '{cache}' is not signed by any of the keys in 'trusted-public-keys'")]
+    Untrusted { cache: String, path: String },
+    #[error("cannot copy '{path}' from '{cache}'")]
+    Substitute {
+        cache: String,
+        path: String,
+        #[source]
+        source: StoreError,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
