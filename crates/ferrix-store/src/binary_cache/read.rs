@@ -174,6 +174,6 @@ fn add_one(store: &LocalStore, cache: &CacheSource, info: &NarInfo) -> Result<()
         .map_err(|source| CacheError::Substitute {
             cache: cache.name.clone(),
             path: store.print(&info.store_path),
-            source,
+            source: Box::new(source),
         })
 }

@@ -74,7 +74,7 @@ pub enum CacheError {
         cache: String,
         path: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 
