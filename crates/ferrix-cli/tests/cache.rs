@@ -263,3 +263,51 @@ fn ferrix_reads_what_nix_copy_wrote() {
         .unwrap();
     assert!(!v.status.success());
 }
+
+/// `ferrix store sign` gives the signatures real Nix gives (Ed25519 is deterministic: Nix
+/// signing again adds none) and that real Nix verifies.
+#[test]
+fn store_sign_makes_the_signatures_nix_makes() {
+    let Some(nix) = Nix::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (top, closure, pk) = setup(&nix, dir.path());
+    let sk = dir.path().join("sk");
+    let mut c = Command::new(common::ferrix_exe());
+    nix.isolate(&mut c);
+    let out = c
+        .args(["store", "sign", "-r", "--key-file"])
+        .arg(&sk)
+        .arg(&top)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("added {} signatures", closure.len())),
+        "{err}"
+    );
+    ok(nix
+        .cmd("nix")
+        .args([
+            "store",
+            "verify",
+            "-r",
+            "--sigs-needed",
+            "1",
+            "--trusted-public-keys",
+            &pk,
+        ])
+        .arg(&top));
+    ok(nix
+        .cmd("nix")
+        .args(["store", "sign", "-r", "--key-file"])
+        .arg(&sk)
+        .arg(&top));
+    let sigs = text(ok(nix
+        .cmd("nix")
+        .args(["path-info", "--sigs", "-r"])
+        .arg(&top)));
+    for line in sigs.lines() {
+        assert_eq!(line.matches("ferrix-test-1:").count(), 1, "{sigs}");
+    }
+}

@@ -463,6 +463,24 @@ impl Db {
 
     /// Remove a path's row (and by cascade its references and drv outputs). Fails while other
     /// valid paths still refer to it.
+    /// Record `sigs` as the signatures of valid path `p` (space-separated, as Nix keeps
+    /// them).
+    pub fn set_sigs(&mut self, p: &StorePath, sigs: &BTreeSet<String>) -> Result<()> {
+        let full = self.full(p);
+        let text = (!sigs.is_empty()).then(|| sigs.iter().cloned().collect::<Vec<_>>().join(" "));
+        let n = self
+            .conn
+            .execute(
+                "update ValidPaths set sigs = ? where path = ?",
+                rusqlite::params![text, full],
+            )
+            .map_err(self.err())?;
+        if n == 0 {
+            return Err(StoreError::NotValid(full));
+        }
+        Ok(())
+    }
+
     pub fn invalidate(&mut self, p: &StorePath) -> Result<()> {
         let full = self.full(p);
         let referrers: Vec<StorePath> = self.referrers(p)?.into_iter().filter(|r| r != p).collect();

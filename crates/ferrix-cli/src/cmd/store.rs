@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use ferrix_format::{FileIngestionMethod, HashAlgo};
 use ferrix_store::gc::{GcAction, GcOptions};
@@ -44,6 +44,16 @@ pub enum StoreCommand {
     /// Write the NAR of a store path to standard output (through the store, so a store
     /// kept elsewhere than its paths say works too).
     DumpPath { path: String },
+    /// Sign paths with a secret key (their closures too with --recursive).
+    Sign {
+        /// The file holding the secret key (`NAME:BASE64`).
+        #[arg(long, short = 'k', required = true)]
+        key_file: String,
+        #[arg(long, short = 'r')]
+        recursive: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Delete paths, refusing live ones.
     Delete {
         #[arg(long)]
@@ -145,6 +155,27 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
                 bail!("path '{}' is not valid", store.print(&p));
             }
             store.nar_from_path(&p, shell.out())?;
+        }
+        StoreCommand::Sign {
+            key_file,
+            recursive,
+            paths,
+        } => {
+            let text = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("reading the secret key file '{key_file}'"))?;
+            let key: ferrix_format::signature::SecretKey = text
+                .trim()
+                .parse()
+                .with_context(|| format!("'{key_file}' does not hold a secret key"))?;
+            let mut ps = ops::resolve_all(&store, &paths)?;
+            if recursive {
+                ps = store.closure(ps, false, false)?.into_iter().collect();
+            }
+            let mut added = 0;
+            for p in &ps {
+                added += store.sign(p, std::slice::from_ref(&key))?.len();
+            }
+            shell.note(format!("added {added} signatures"));
         }
         StoreCommand::Delete {
             ignore_liveness,

@@ -135,6 +135,37 @@ impl LocalStore {
     }
 
     /// Write the NAR of a valid path.
+    /// Sign `p` with `keys` (its fingerprint: path, NAR hash and size, references); the
+    /// signatures it did not have yet, which are recorded with the others.
+    pub fn sign(
+        &self,
+        p: &StorePath,
+        keys: &[ferrix_format::signature::SecretKey],
+    ) -> Result<Vec<String>> {
+        let mut db = self.db();
+        let mut info = db
+            .path_info(p)?
+            .ok_or_else(|| StoreError::NotValid(self.print(p)))?;
+        let fp = ferrix_format::signature::fingerprint(
+            &self.config.store_dir,
+            p,
+            &info.nar_hash,
+            info.nar_size,
+            &info.references,
+        );
+        let mut added = Vec::new();
+        for k in keys {
+            let sig = k.sign(fp.as_bytes()).to_string();
+            if info.sigs.insert(sig.clone()) {
+                added.push(sig);
+            }
+        }
+        if !added.is_empty() {
+            db.set_sigs(p, &info.sigs)?;
+        }
+        Ok(added)
+    }
+
     pub fn nar_from_path(&self, p: &StorePath, out: impl Write) -> Result<()> {
         if !self.is_valid_path(p)? {
             return Err(StoreError::NotValid(self.print(p)));
