@@ -326,6 +326,14 @@ fn lying_narinfos_are_refused() {
             ),
         }
         assert!(!store.is_valid_path(&p).unwrap(), "{name}");
+        // Nothing staged is left behind either.
+        let left: Vec<String> = fs::read_dir(root.path().join("nix/store"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("staging"))
+            .collect();
+        assert!(left.is_empty(), "{name}: {left:?}");
     }
 }
 

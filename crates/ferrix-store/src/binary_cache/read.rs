@@ -7,11 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use ferrix_format::signature::PublicKey;
 use ferrix_format::{NarInfo, StorePath};
 
 use super::{CacheError, Compression};
+use crate::local::Pending;
 use crate::path_info::ValidPathInfo;
 use crate::LocalStore;
 
@@ -107,8 +110,9 @@ pub fn copy_from_cache(
         todo.extend(info.references.iter().filter(|r| **r != p).cloned());
         infos.insert(p, info);
     }
-    // References first.
-    let mut done = Vec::new();
+    // References first, in batches: each batch's NARs are read, decompressed and checked
+    // on several threads, then placed, synced and registered in one commit.
+    let mut order = Vec::new();
     while !infos.is_empty() {
         let ready: Vec<StorePath> = infos
             .iter()
@@ -127,18 +131,80 @@ pub fn copy_from_cache(
             });
         }
         for p in ready {
-            let info = infos
-                .remove(&p)
-                .unwrap_or_else(|| unreachable!("listed above"));
-            add_one(store, cache, &info)?;
-            done.push(p);
+            order.push(
+                infos
+                    .remove(&p)
+                    .unwrap_or_else(|| unreachable!("listed above")),
+            );
         }
     }
-    Ok(done)
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for chunk in order.chunks(BATCH) {
+        let staged = stage_all(store, cache, chunk, threads)?;
+        store
+            .commit_batch(staged)
+            .map_err(|source| CacheError::Substitute {
+                cache: cache.name.clone(),
+                path: store.print(&chunk[0].store_path),
+                source: Box::new(source),
+            })?;
+    }
+    Ok(order.into_iter().map(|i| i.store_path).collect())
 }
 
-/// Stream one NAR from the cache into the store.
-fn add_one(store: &LocalStore, cache: &CacheSource, info: &NarInfo) -> Result<(), CacheError> {
+/// Paths per commit.
+const BATCH: usize = 64;
+
+/// Stage the NARs of `infos` on `threads` threads; in `infos`' order.
+fn stage_all(
+    store: &LocalStore,
+    cache: &CacheSource,
+    infos: &[NarInfo],
+    threads: usize,
+) -> Result<Vec<Pending>, CacheError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Mutex<Vec<Option<Pending>>> = Mutex::new((0..infos.len()).map(|_| None).collect());
+    let first_error: Mutex<Option<CacheError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(infos.len()).max(1) {
+            s.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(info) = infos.get(i) else { return };
+                match stage_one(store, cache, info) {
+                    Ok(p) => slots.lock().unwrap_or_else(|e| e.into_inner())[i] = p,
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Ok(slots
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Stream one NAR from the cache, decompressed, into the store's staging and checks.
+fn stage_one(
+    store: &LocalStore,
+    cache: &CacheSource,
+    info: &NarInfo,
+) -> Result<Option<Pending>, CacheError> {
     let compression = Compression::parse(&info.compression).ok_or_else(|| CacheError::Lying {
         cache: cache.name.clone(),
         path: store.print(&info.store_path),
@@ -170,7 +236,7 @@ fn add_one(store: &LocalStore, cache: &CacheSource, info: &NarInfo) -> Result<()
     local.ca = info.ca;
     local.sigs = info.sigs.iter().map(|s| s.to_string()).collect();
     store
-        .add_nar(&local, reader)
+        .stage_nar(&local, reader)
         .map_err(|source| CacheError::Substitute {
             cache: cache.name.clone(),
             path: store.print(&info.store_path),

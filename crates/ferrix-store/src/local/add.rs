@@ -184,6 +184,20 @@ impl LocalStore {
     /// Add a path from its NAR, with metadata from elsewhere (import, substitution). The NAR
     /// must match `info`'s hash and size (when the size is known).
     pub fn add_nar(&self, info: &ValidPathInfo, nar_stream: impl Read) -> Result<()> {
+        match self.stage_nar(info, nar_stream)? {
+            Some(p) => self.commit_batch(vec![p]),
+            None => Ok(()),
+        }
+    }
+
+    /// Read and check the NAR of a path to add (see [`LocalStore::add_nar`]) without
+    /// committing it: `None` when the path is valid already (its stream is read through).
+    /// Several may be staged at once, on several threads, and committed together.
+    pub(crate) fn stage_nar(
+        &self,
+        info: &ValidPathInfo,
+        nar_stream: impl Read,
+    ) -> Result<Option<Pending>> {
         let p = &info.path;
         self.add_temp_root(p)?;
         if self.is_valid_path(p)? {
@@ -193,7 +207,7 @@ impl LocalStore {
                 path: self.print(p),
                 source,
             })?;
-            return Ok(());
+            return Ok(None);
         };
         let staged = self.stage(nar_stream, &format!("'{}'", self.print(p)), false)?;
         if staged.nar_hash != info.nar_hash {
@@ -212,7 +226,7 @@ impl LocalStore {
         }
         let mut info = info.clone();
         info.nar_size = staged.nar_size;
-        self.commit_batch(vec![Pending { staged, info }])
+        Ok(Some(Pending { staged, info }))
     }
 
     /// Register paths whose contents are already in place (`nix-store --load-db`,
