@@ -235,8 +235,9 @@ fn stage_one(
     local.deriver = info.deriver.clone();
     local.ca = info.ca;
     local.sigs = info.sigs.iter().map(|s| s.to_string()).collect();
+    // Buffered: the archive's small fields are read one at a time.
     store
-        .stage_nar(&local, reader)
+        .stage_nar(&local, std::io::BufReader::with_capacity(1 << 18, reader))
         .map_err(|source| CacheError::Substitute {
             cache: cache.name.clone(),
             path: store.print(&info.store_path),

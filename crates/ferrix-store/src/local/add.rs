@@ -101,8 +101,11 @@ impl LocalStore {
             });
             let staged = {
                 // Moved in, so that an early failure closes the pipe and the dumper stops.
+                // Buffered: the parser reads the archive's small fields one at a time, which
+                // on the bare pipe were a system call each. The pipe is ours alone, so
+                // reading ahead takes nothing from anyone.
                 let tee = TeeReader {
-                    inner: rd,
+                    inner: io::BufReader::with_capacity(1 << 20, rd),
                     extra: ca_hasher.as_mut(),
                 };
                 self.stage(tee, &what, true)
