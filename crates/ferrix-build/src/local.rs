@@ -108,7 +108,7 @@ pub struct LocalExecutor {
     slot_intents: Mutex<Vec<ferrix_store::OutputsIntent>>,
     /// `max-jobs` builders run at once; with `prepare_ahead`, the executor takes more jobs
     /// than that, so the next ones are claimed and prepared while builders run.
-    builders: tokio::sync::Semaphore,
+    builders: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for dyn Reporter + Send + Sync {
@@ -136,7 +136,7 @@ impl LocalExecutor {
             times,
             slots: Mutex::default(),
             slot_intents: Mutex::default(),
-            builders: tokio::sync::Semaphore::new(settings_max_jobs),
+            builders: Arc::new(tokio::sync::Semaphore::new(settings_max_jobs)),
         }
     }
 }
@@ -158,11 +158,35 @@ impl Executor for LocalExecutor {
         self.settings.max_jobs > 0 && self.settings.can_build(job)
     }
 
-    /// Always yes: the scheduler offers only what this machine can build, below `max-jobs`.
+    /// Yes while a builder is free (its turn is taken now, so no later job can take it
+    /// first). Beyond that, only a build known to be short is taken, to be prepared ahead:
+    /// a longer one would wait for a builder in arrival order, ahead of work that becomes
+    /// more urgent meanwhile, so it is postponed (the scheduler asks again when a job ends).
     fn offer(self: Arc<Self>, job: Arc<Job>, _ctx: OfferContext, cancel: Cancel) -> OfferFuture {
-        let build: BuildFuture =
-            Box::pin(async move { self.build_job(&job, cancel).await.map_err(JobError::from) });
+        let permit = self.builders.clone().try_acquire_owned().ok();
+        if permit.is_none() && !self.known_short(&job) {
+            return Box::pin(std::future::ready(Offer::Postpone));
+        }
+        let build: BuildFuture = Box::pin(async move {
+            self.build_job(&job, permit, cancel)
+                .await
+                .map_err(JobError::from)
+        });
         Box::pin(std::future::ready(Offer::Accept(build)))
+    }
+}
+
+/// A build this short (by its remembered times) may be prepared while all builders run.
+const SHORT_BUILD: f64 = 0.05;
+
+impl LocalExecutor {
+    fn known_short(&self, job: &Job) -> bool {
+        let name = ferrix_format::derivation::drv_name(&job.drv_path);
+        self.times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|t| t <= SHORT_BUILD)
     }
 }
 
@@ -199,7 +223,7 @@ struct Site<'a> {
     /// Where its log goes.
     log: LogWriter,
     /// Its turn among the `max-jobs` builders, given back when the builder ends.
-    permit: tokio::sync::SemaphorePermit<'a>,
+    permit: tokio::sync::OwnedSemaphorePermit,
     build_dir: &'a std::path::Path,
     /// The sandbox place, when sandboxed.
     chroot: Option<&'a mut Slot>,
@@ -213,7 +237,13 @@ struct Site<'a> {
 const SMALL_OUTPUT: u64 = 256 << 10;
 
 impl LocalExecutor {
-    async fn build_job(&self, job: &Arc<Job>, cancel: Cancel) -> Result<Built, BuildFailure> {
+    /// `permit`: the builder's turn, if the offer took one.
+    async fn build_job(
+        &self,
+        job: &Arc<Job>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        cancel: Cancel,
+    ) -> Result<Built, BuildFailure> {
         let store = self.store.clone();
         let drv = store.print(&job.drv_path);
         let mut paths: Vec<StorePath> = job.outputs.values().cloned().collect();
@@ -259,9 +289,12 @@ impl LocalExecutor {
         };
         // Interrupted while waiting: the claim, the empty build directory and log go.
         let mut waiting = cancel.clone();
-        let permit = tokio::select! {
-            p = self.builders.acquire() => p.ok(),
-            () = cancelled(&mut waiting) => None,
+        let permit = match permit {
+            Some(p) => Some(p),
+            None => tokio::select! {
+                p = self.builders.clone().acquire_owned() => p.ok(),
+                () = cancelled(&mut waiting) => None,
+            },
         };
         let Some(permit) = permit else {
             log.discard(&log_path);
