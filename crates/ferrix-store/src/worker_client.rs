@@ -501,34 +501,22 @@ pub fn copy_from(
             what: "checking what is here",
             source: Box::new(source),
         })?;
-    let mut missing: BTreeMap<StorePath, UnkeyedPathInfo> = closure
+    let missing: BTreeMap<StorePath, UnkeyedPathInfo> = closure
         .into_iter()
         .filter(|(p, _)| !have.contains(p))
         .collect();
-    // References first: each path is added once all of its missing references are.
+    // References first.
+    let keys: BTreeSet<StorePath> = missing.keys().cloned().collect();
+    let order = crate::closure::topo_sort(&client.store_dir, &keys, |p| {
+        Ok(missing[p].references.iter().cloned().collect())
+    })
+    .map_err(|_| RemoteError::Cycle {
+        uri: client.uri.clone(),
+    })?;
     let mut done = Vec::new();
-    while !missing.is_empty() {
-        let ready: Vec<StorePath> = missing
-            .iter()
-            .filter(|(p, i)| {
-                i.references
-                    .iter()
-                    .all(|r| r == *p || !missing.contains_key(r))
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        if ready.is_empty() {
-            return Err(RemoteError::Cycle {
-                uri: client.uri.clone(),
-            });
-        }
-        for p in ready {
-            let info = missing
-                .remove(&p)
-                .unwrap_or_else(|| unreachable!("listed above"));
-            client.add_from(store, &p, &info)?;
-            done.push(p);
-        }
+    for p in order {
+        client.add_from(store, &p, &missing[&p])?;
+        done.push(p);
     }
     Ok(done)
 }

@@ -112,32 +112,27 @@ pub fn copy_from_cache(
     }
     // References first, in batches: each batch's NARs are read, decompressed and checked
     // on several threads, then placed, synced and registered in one commit.
-    let mut order = Vec::new();
-    while !infos.is_empty() {
-        let ready: Vec<StorePath> = infos
-            .iter()
-            .filter(|(p, i)| {
-                i.references
-                    .iter()
-                    .all(|r| r == *p || !infos.contains_key(r))
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        if ready.is_empty() {
-            return Err(CacheError::Lying {
-                cache: cache.name.clone(),
-                path: store.print(infos.keys().next().unwrap_or_else(|| unreachable!())),
-                why: "its references form a cycle".into(),
-            });
-        }
-        for p in ready {
-            order.push(
-                infos
-                    .remove(&p)
-                    .unwrap_or_else(|| unreachable!("listed above")),
-            );
-        }
-    }
+    let keys: BTreeSet<StorePath> = infos.keys().cloned().collect();
+    let sorted = crate::closure::topo_sort(store.store_dir(), &keys, |p| {
+        Ok(infos[p].references.iter().cloned().collect())
+    })
+    .map_err(|source| CacheError::Lying {
+        cache: cache.name.clone(),
+        path: store.print(
+            keys.iter()
+                .next()
+                .unwrap_or_else(|| unreachable!("a cycle has paths")),
+        ),
+        why: format!("its references form a cycle ({source})"),
+    })?;
+    let order: Vec<NarInfo> = sorted
+        .iter()
+        .map(|p| {
+            infos
+                .remove(p)
+                .unwrap_or_else(|| unreachable!("sorted from its keys"))
+        })
+        .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     for chunk in order.chunks(BATCH) {
         let staged = stage_all(store, cache, chunk, threads)?;
