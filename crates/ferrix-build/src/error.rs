@@ -26,6 +26,8 @@ pub enum PlanError {
     NoSuchOutput { drv: String, output: String },
     #[error("input '{input}' of derivation '{drv}' is not valid, and there are no substituters to fetch it from")]
     InputNotValid { drv: String, input: String },
+    #[error("path '{path}' is not valid, and {}", if *substituters { "no substituter can fetch it" } else { "there are no substituters to fetch it from" })]
+    PathNotValid { path: String, substituters: bool },
     #[error("some outputs of '{drv}' are not valid, so checking is not possible")]
     CannotCheck { drv: String },
     #[error("derivation '{drv}': {what} are not supported yet")]
@@ -147,6 +149,13 @@ pub enum FailureKind {
         why: String,
         times: u32,
     },
+    /// Fetching a path (the failure's `drv` is the path) failed from every cache that has
+    /// it: each cache's error, in the order they were tried.
+    Substitute {
+        errors: Vec<ferrix_store::binary_cache::CacheError>,
+        /// Whether it will be built instead (`--fallback`).
+        fallback: bool,
+    },
 }
 
 impl std::fmt::Display for BuildFailure {
@@ -176,6 +185,16 @@ impl std::fmt::Display for BuildFailure {
             FailureKind::Remote { machine, msg, tail, .. } => write!(f, "build of '{drv}' on '{machine}' failed: {msg}{}", tail_lines(tail)),
             FailureKind::RemoteMismatch { machine, path, said, got, .. } => write!(f, "'{machine}' sent output '{path}' of '{drv}' with NAR hash {got}, but said it was {said}"),
             FailureKind::Lost { by, why, times, .. } => write!(f, "building '{drv}' was lost {times} times, last on '{by}': {why}"),
+            FailureKind::Substitute { errors, fallback } => {
+                write!(f, "substituting '{drv}' failed")?;
+                for e in errors {
+                    write!(f, ";\n       {}", crate::render_error(e))?;
+                }
+                if !fallback {
+                    write!(f, "\n       (try '--fallback' to build it from source instead)")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -215,7 +234,8 @@ impl BuildFailure {
             | K::NoSlots
             | K::NoBuilder { .. }
             | K::RemoteMismatch { .. }
-            | K::Lost { .. } => 0,
+            | K::Lost { .. }
+            | K::Substitute { .. } => 0,
             _ => 0x04,
         }
     }

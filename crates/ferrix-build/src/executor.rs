@@ -65,6 +65,8 @@ pub enum Built {
     AlreadyValid,
     /// Built again (`--check`) with the same result as the registered outputs.
     Checked,
+    /// Fetched from a cache.
+    Substituted,
 }
 
 /// Set to `true` when running jobs must stop (interrupt, or a failure without keep-going).
@@ -155,6 +157,9 @@ pub trait Reporter: Send + Sync {
     fn started_on(&self, drv: &StorePath, _machine: &str) {
         self.started(drv)
     }
+    /// A path is being fetched from a cache (`copying path '…' from '…'`); its end is
+    /// [`Reporter::finished`].
+    fn fetching(&self, _path: &StorePath, _from: &str) {}
     fn log_line(&self, _drv: &StorePath, _line: &str) {}
     fn finished(&self, _drv: &StorePath, _result: Result<Built, &BuildFailure>) {}
     /// A job was lost and goes elsewhere; a machine went down.

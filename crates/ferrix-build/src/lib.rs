@@ -21,6 +21,7 @@ pub mod remote;
 pub mod sandbox;
 pub mod sandbox_host;
 pub mod scheduler;
+pub mod substitute;
 pub mod times;
 
 pub use error::{BuildFailure, FailureKind, PlanError};
@@ -28,7 +29,7 @@ pub use executor::{
     BuildMode, Built, Executor, Job, JobError, Offer, OfferContext, Quiet, Reporter,
 };
 pub use local::{LocalExecutor, LocalSettings, SandboxSettings};
-pub use plan::{plan, plan_builds, Plan, Wanted};
+pub use plan::{plan, plan_builds, plan_with, Plan, Wanted, Work};
 pub use registry::Registry;
 pub use scheduler::{run, Engine, EngineSetup, GoalHandle, NodeResult, Outcome, ScheduleOptions};
 pub use times::BuildTimes;

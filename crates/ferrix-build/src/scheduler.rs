@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 
 use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
-    BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, Reporter,
+    BuildFuture, Built, Cancel, Executor, JobError, Offer, OfferContext, Reporter,
 };
-use crate::plan::Plan;
+use crate::plan::{Plan, Work};
 use crate::registry::Registry;
+use crate::substitute::{FetchFuture, Substituter};
 
 /// Scheduling options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,6 +28,9 @@ pub struct ScheduleOptions {
     /// Without it, the first failure stops the goal it belongs to and the goal's other
     /// running builds are killed, as Nix does.
     pub keep_going: bool,
+    /// `--fallback`: a fetch that fails does not stop its goals, whose builds are then
+    /// planned again without it.
+    pub fallback: bool,
 }
 
 /// How often a job may be lost (its machine gone) before it counts as failed.
@@ -88,6 +92,8 @@ pub struct EngineSetup {
     /// Where the executors register outputs; a goal ends once its outputs are registered.
     pub registry: Option<Arc<Registry>>,
     pub reporter: Arc<dyn Reporter + Send + Sync>,
+    /// Where the plans' fetches come from.
+    pub substituter: Option<Arc<dyn Substituter>>,
     pub options: ScheduleOptions,
     /// For naming derivations in messages.
     pub store_dir: StoreDir,
@@ -120,7 +126,7 @@ impl Future for GoalHandle {
 }
 
 struct Goal {
-    jobs: Vec<(Arc<Job>, Vec<usize>, f64)>,
+    jobs: Vec<(Work, Vec<usize>, f64)>,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -138,7 +144,7 @@ impl Engine {
         let jobs = plan
             .nodes
             .iter()
-            .map(|n| (n.job.clone(), n.deps.clone(), n.priority))
+            .map(|n| (n.work.clone(), n.deps.clone(), n.priority))
             .collect();
         if let Err(e) = self.tx.send(Goal { jobs, reply }) {
             let _ = e.0.reply.send(Outcome {
@@ -183,7 +189,7 @@ enum State {
 }
 
 struct Node {
-    job: Arc<Job>,
+    work: Work,
     priority: f64,
     deps_left: usize,
     dependents: Vec<usize>,
@@ -226,11 +232,16 @@ impl Ord for Ready {
 
 type JobEnd = (usize, usize, Result<Built, JobError>);
 
+/// The executor index of fetches (they run beside the executors, on their own limit).
+const FETCH: usize = usize::MAX;
+
 struct Loop {
     store_dir: StoreDir,
     executors: Vec<Arc<dyn Executor>>,
     running: Vec<usize>,
     local: Option<usize>,
+    substituter: Option<Arc<dyn Substituter>>,
+    fetching: usize,
     registry: Option<Arc<Registry>>,
     reporter: Arc<dyn Reporter + Send + Sync>,
     options: ScheduleOptions,
@@ -257,6 +268,8 @@ impl Loop {
             running: vec![0; s.executors.len()],
             executors: s.executors,
             local,
+            substituter: s.substituter,
+            fetching: 0,
             registry: s.registry,
             reporter: s.reporter,
             options: s.options,
@@ -328,8 +341,8 @@ impl Loop {
     fn add_goal(&mut self, g: Goal) {
         let gi = self.goals.len();
         let mut map = Vec::with_capacity(g.jobs.len());
-        for (job, deps, priority) in g.jobs {
-            let i = match self.index.get(&job.drv_path) {
+        for (work, deps, priority) in g.jobs {
+            let i = match self.index.get(work.key()) {
                 Some(&i) => i,
                 None => {
                     let i = self.nodes.len();
@@ -344,9 +357,9 @@ impl Loop {
                             _ => deps_left += 1,
                         }
                     }
-                    self.index.insert(job.drv_path.clone(), i);
+                    self.index.insert(work.key().clone(), i);
                     self.nodes.push(Node {
-                        job,
+                        work,
                         priority,
                         deps_left,
                         dependents: Vec::new(),
@@ -398,7 +411,7 @@ impl Loop {
     }
 
     fn print(&self, i: usize) -> String {
-        self.store_dir.display(&self.nodes[i].job.drv_path)
+        self.store_dir.display(self.nodes[i].work.key())
     }
 
     /// Whether nothing more may start for node `i`: every goal that needs it has stopped.
@@ -439,16 +452,24 @@ impl Loop {
         self.ready.extend(wait);
     }
 
-    /// Every executor at capacity, or only delegating ones with room while one decides.
+    /// Every executor at capacity, or only delegating ones with room while one decides;
+    /// and fetches at theirs.
     fn all_full(&self) -> bool {
-        self.executors
-            .iter()
-            .enumerate()
-            .all(|(e, x)| self.running[e] >= x.capacity() || (!x.is_local() && self.deciding))
+        self.substituter
+            .as_ref()
+            .is_none_or(|s| self.fetching >= s.capacity())
+            && self
+                .executors
+                .iter()
+                .enumerate()
+                .all(|(e, x)| self.running[e] >= x.capacity() || (!x.is_local() && self.deciding))
     }
 
     fn place(&mut self, i: usize) -> Placed {
-        let job = self.nodes[i].job.clone();
+        let job = match &self.nodes[i].work {
+            Work::Build(j) => j.clone(),
+            Work::Fetch(f) => return self.place_fetch(i, f.clone()),
+        };
         let local_possible = self.local.is_some_and(|l| {
             self.executors[l].capacity() > 0 && self.executors[l].could_build(&job)
         });
@@ -516,9 +537,41 @@ impl Loop {
         }
     }
 
+    /// Start fetching node `i`'s path when a fetch is free.
+    fn place_fetch(&mut self, i: usize, f: Arc<crate::substitute::Substitution>) -> Placed {
+        let Some(sub) = self.substituter.clone() else {
+            return Placed::Impossible(BuildFailure::new(
+                self.print(i),
+                FailureKind::Substitute {
+                    errors: Vec::new(),
+                    fallback: self.options.fallback,
+                },
+            ));
+        };
+        if self.fetching >= sub.capacity() {
+            return Placed::Wait;
+        }
+        let (tx, rx) = watch::channel(false);
+        self.reporter.fetching(&f.path, &f.from);
+        let fut: FetchFuture = sub.fetch(f, rx);
+        self.fetching += 1;
+        self.nodes[i].state = State::Running;
+        self.nodes[i].cancel = Some(tx);
+        self.jobs.spawn(async move {
+            let res = fut
+                .await
+                .map(|_| Built::Substituted)
+                .map_err(JobError::Failed);
+            (i, FETCH, res)
+        });
+        Placed::Started
+    }
+
     /// Why nobody builds node `i`.
     fn nobody(&self, i: usize, anyone: bool) -> BuildFailure {
-        let job = &self.nodes[i].job;
+        let Work::Build(job) = &self.nodes[i].work else {
+            unreachable!("only builds are offered to executors")
+        };
         let drv = self.print(i);
         let local_off = self.local.is_none_or(|l| self.executors[l].capacity() == 0);
         if !anyone && local_off && self.executors.len() <= 1 {
@@ -573,7 +626,11 @@ impl Loop {
     }
 
     fn job_ended(&mut self, i: usize, e: usize, res: Result<Built, JobError>) {
-        self.running[e] -= 1;
+        if e == FETCH {
+            self.fetching -= 1;
+        } else {
+            self.running[e] -= 1;
+        }
         self.nodes[i].cancel = None;
         // A slot is free: whatever was postponed is asked again.
         for p in std::mem::take(&mut self.postponed) {
@@ -582,7 +639,7 @@ impl Loop {
                 self.ready.push(Ready(self.nodes[p].priority, p));
             }
         }
-        let drv = self.nodes[i].job.drv_path.clone();
+        let drv = self.nodes[i].work.key().clone();
         match res {
             Ok(b) => {
                 self.reporter.finished(&drv, Ok(b));
@@ -637,6 +694,9 @@ impl Loop {
                 } else if ours {
                     // Cancelled by an interrupt: its dependents are simply not started.
                     self.set_done(i, NodeResult::Failed(f));
+                } else if e == FETCH && self.options.fallback {
+                    // Built instead, in a plan made again: its goals go on meanwhile.
+                    self.fail_only(i, f);
                 } else {
                     self.fail_shared(i, f);
                 }
@@ -651,6 +711,16 @@ impl Loop {
     /// Node `i` failed: so does everything that waits on it, and without keep-going its
     /// goals stop.
     fn fail_shared(&mut self, i: usize, f: Arc<BuildFailure>) {
+        self.fail_only(i, f);
+        if !self.options.keep_going {
+            for g in self.nodes[i].goals.clone() {
+                self.stop_goal(g);
+            }
+        }
+    }
+
+    /// Node `i` failed, and so does everything that waits on it.
+    fn fail_only(&mut self, i: usize, f: Arc<BuildFailure>) {
         self.set_done(i, NodeResult::Failed(f));
         let mut todo = vec![i];
         while let Some(n) = todo.pop() {
@@ -660,11 +730,6 @@ impl Loop {
                     self.set_done(d, r);
                     todo.push(d);
                 }
-            }
-        }
-        if !self.options.keep_going {
-            for g in self.nodes[i].goals.clone() {
-                self.stop_goal(g);
             }
         }
     }
@@ -738,11 +803,7 @@ impl Loop {
             let State::Done(r) = &n.state else {
                 unreachable!("a goal ends when all its nodes have")
             };
-            results.push((
-                n.job.drv_path.clone(),
-                n.job.outputs.values().cloned().collect(),
-                r.clone(),
-            ));
+            results.push((n.work.key().clone(), n.work.outputs(), r.clone()));
         }
         let interrupted = self.interrupted;
         let registry = self.registry.clone();

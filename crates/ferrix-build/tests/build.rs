@@ -13,7 +13,10 @@ use ferrix_format::HashAlgo;
 use ferrix_format::StorePath;
 
 fn keep_going() -> ScheduleOptions {
-    ScheduleOptions { keep_going: true }
+    ScheduleOptions {
+        keep_going: true,
+        fallback: false,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,7 +62,7 @@ fn plan(jobs: Vec<(Arc<Job>, Vec<usize>)>) -> Plan {
             nodes[d].dependents.push(i);
         }
         nodes.push(Node {
-            job,
+            work: ferrix_build::Work::Build(job),
             deps,
             dependents: Vec::new(),
             priority: 1.0,
@@ -217,7 +217,11 @@ fn setup(
             executors,
             registry: None,
             reporter: Arc::new(Quiet),
-            options: ScheduleOptions { keep_going },
+            substituter: None,
+            options: ScheduleOptions {
+                keep_going,
+                fallback: false,
+            },
             store_dir: StoreDir::default(),
             interrupt: rx,
         },

@@ -31,6 +31,7 @@ pub fn build_flag(flag: &str) -> Option<(&'static str, bool)> {
         "--max-silent-time" => ("max-silent-time", true),
         "--timeout" => ("timeout", true),
         "--builders" => ("builders", true),
+        "--fallback" => ("fallback", false),
         _ => return None,
     })
 }
@@ -89,6 +90,7 @@ pub fn local_settings(
         },
         ScheduleOptions {
             keep_going: conf.bool("keep-going", false)?,
+            fallback: conf.bool("fallback", false)?,
         },
     ))
 }
@@ -252,6 +254,12 @@ impl Reporter for LineReporter {
         };
         self.line(&format!("{what} '{}'...", self.store_dir.display(drv)));
     }
+    fn fetching(&self, path: &StorePath, from: &str) {
+        self.line(&format!(
+            "copying path '{}' from '{from}'...",
+            self.store_dir.display(path)
+        ));
+    }
     fn started_on(&self, drv: &StorePath, machine: &str) {
         self.line(&format!(
             "building '{}' on '{machine}'...",
@@ -279,11 +287,90 @@ pub struct RunMode {
     pub mode: ferrix_build::BuildMode,
 }
 
-/// Plan and run a build.
+/// The substituter of a run, when substitution is on and there are caches.
+pub fn substituter(
+    settings: &Settings,
+    store: &Arc<LocalStore>,
+) -> Result<Option<Arc<ferrix_build::substitute::CacheSubstituter>>> {
+    let s = settings.substitution()?;
+    if !s.enabled || s.urls.is_empty() {
+        return Ok(None);
+    }
+    // Warnings about caches go out as plain lines, whatever shows the builds.
+    let warn: Arc<dyn Reporter + Send + Sync> =
+        Arc::new(LineReporter::new(store, false, BTreeSet::new()));
+    Ok(Some(Arc::new(
+        ferrix_build::substitute::CacheSubstituter::new(
+            store.clone(),
+            ferrix_build::substitute::CacheSettings {
+                urls: s.urls,
+                trust: s.trust,
+                http: s.http,
+                max_jobs: s.max_jobs,
+                fallback: s.fallback,
+            },
+            warn,
+        ),
+    )))
+}
+
+/// Say what a plan will do, as Nix does: the derivations built, the paths fetched.
+fn announce(store: &LocalStore, plan: &Plan, dry_run: bool, shell: &mut crate::shell::Shell) {
+    let what = if dry_run { "would be" } else { "will be" };
+    let builds: Vec<&StorePath> = plan
+        .nodes
+        .iter()
+        .filter_map(|n| n.work.job().map(|j| &j.drv_path))
+        .collect();
+    let fetches: Vec<&ferrix_build::substitute::Substitution> = plan
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.work {
+            ferrix_build::Work::Fetch(f) => Some(&**f),
+            _ => None,
+        })
+        .collect();
+    if !builds.is_empty() {
+        let n = builds.len();
+        // Nix's wording: "this derivation" alone, "these N derivations" for more.
+        shell.note(if n == 1 {
+            format!("this derivation {what} built:")
+        } else {
+            format!("these {n} derivations {what} built:")
+        });
+        for d in builds {
+            shell.note(format!("  {}", store.print(d)));
+        }
+    }
+    if !fetches.is_empty() {
+        let n = fetches.len();
+        let download: u64 = fetches.iter().filter_map(|f| f.download_size).sum();
+        let unpacked: u64 = fetches.iter().map(|f| f.nar_size).sum();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let head = if n == 1 {
+            format!("this path {what} fetched")
+        } else {
+            format!("these {n} paths {what} fetched")
+        };
+        shell.note(format!(
+            "{head} ({:.2} MiB download, {:.2} MiB unpacked):",
+            mib(download),
+            mib(unpacked)
+        ));
+        for f in fetches {
+            shell.note(format!("  {}", store.print(&f.path)));
+        }
+    }
+}
+
+/// Plan and run a build. Outputs a cache has are fetched instead of built; with
+/// `--fallback`, what could not be fetched is planned again and built. `paths` are wanted
+/// as they are (fetched when not valid).
 pub fn realise(
     settings: &Settings,
     store: Arc<LocalStore>,
     wanted: &[Wanted],
+    paths: &[StorePath],
     mode: RunMode,
     shell: &mut crate::shell::Shell,
 ) -> Result<(Plan, Option<Outcome>)> {
@@ -293,33 +380,72 @@ pub fn realise(
         mode,
     } = mode;
     let times = build_times(&store);
-    let plan = ferrix_build::plan_builds(&store, wanted, &times, mode)?;
-    if !plan.nodes.is_empty() && mode == ferrix_build::BuildMode::Normal {
-        let n = plan.nodes.len();
-        let what = if dry_run { "would be" } else { "will be" };
-        // Nix's wording: "this derivation" alone, "these N derivations" for more.
-        shell.note(if n == 1 {
-            format!("this derivation {what} built:")
-        } else {
-            format!("these {n} derivations {what} built:")
+    let subst = substituter(settings, &store)?;
+    let always_allow = settings.substitution()?.always_allow;
+    let mut exclude = BTreeSet::new();
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let s = subst.as_ref().map(|s| ferrix_build::plan::Substitutes {
+            substituter: &**s,
+            exclude: &exclude,
+            always_allow,
         });
-        for node in &plan.nodes {
-            shell.note(format!("  {}", store.print(&node.job.drv_path)));
+        let plan = ferrix_build::plan_with(&store, wanted, paths, &times, mode, s)?;
+        if mode == ferrix_build::BuildMode::Normal {
+            announce(&store, &plan, dry_run, shell);
         }
+        if dry_run || plan.nodes.is_empty() {
+            return Ok((plan, None));
+        }
+        let (plan, outcome) = run_plan(
+            settings,
+            &store,
+            plan,
+            logs,
+            subst.clone().map(|s| s as _),
+            build_times(&store),
+        )?;
+        // Fetches that failed are built in another round, once, with `--fallback`.
+        let failed_fetches: BTreeSet<StorePath> = plan
+            .nodes
+            .iter()
+            .zip(&outcome.results)
+            .filter_map(|(n, r)| match (&n.work, r) {
+                (ferrix_build::Work::Fetch(f), NodeResult::Failed(_)) => Some(f.path.clone()),
+                _ => None,
+            })
+            .collect();
+        let fallback = settings.conf.bool("fallback", false)?;
+        if fallback && !failed_fetches.is_empty() && !outcome.interrupted && runs < 3 {
+            for (n, r) in plan.nodes.iter().zip(&outcome.results) {
+                if let (ferrix_build::Work::Fetch(_), NodeResult::Failed(f)) = (&n.work, r) {
+                    shell.warn(format!("{}; building it instead", crate::render(&**f)));
+                }
+            }
+            exclude.extend(failed_fetches);
+            continue;
+        }
+        return Ok((plan, Some(outcome)));
     }
-    if dry_run {
-        return Ok((plan, None));
-    }
-    if plan.nodes.is_empty() {
-        return Ok((plan, None));
-    }
-    shell.flush()?;
-    let (local, opts) = local_settings(settings, &store)?;
+}
+
+/// Run one plan on an Engine, with a status line on a terminal.
+fn run_plan(
+    settings: &Settings,
+    store: &Arc<LocalStore>,
+    plan: Plan,
+    logs: bool,
+    subst: Option<Arc<dyn ferrix_build::substitute::Substituter>>,
+    times: ferrix_build::BuildTimes,
+) -> Result<(Plan, Outcome)> {
+    let (local, opts) = local_settings(settings, store)?;
     let checked: BTreeSet<StorePath> = plan
         .nodes
         .iter()
-        .filter(|n| n.job.mode == ferrix_build::BuildMode::Check)
-        .map(|n| n.job.drv_path.clone())
+        .filter_map(|n| n.work.job())
+        .filter(|j| j.mode == ferrix_build::BuildMode::Check)
+        .map(|j| j.drv_path.clone())
         .collect();
     // A live status line on a terminal; plain lines otherwise, as Nix does.
     let status = (std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -334,15 +460,17 @@ pub fn realise(
     });
     let reporter: Arc<dyn Reporter + Send + Sync> = match &status {
         Some(s) => s.clone(),
-        None => Arc::new(LineReporter::new(&store, logs, checked)),
+        None => Arc::new(LineReporter::new(store, logs, checked)),
     };
     let plan = Arc::new(plan);
-    let outcome = run_engine(settings, &store, plan.clone(), reporter, opts, local, times)?;
+    let host = EngineHost::start_with(settings, store, reporter, opts, local, times, subst)?;
+    let outcome = host.run(&plan);
+    host.finish();
     let plan = Arc::try_unwrap(plan).unwrap_or_else(|_| unreachable!("the scheduler has ended"));
     if let Some(s) = status {
         s.clear();
     }
-    Ok((plan, Some(outcome)))
+    Ok((plan, outcome))
 }
 
 /// The build machines: `builders` (default `@<conf dir>/machines`, Nix's), files included
@@ -371,23 +499,6 @@ pub fn build_times(store: &LocalStore) -> ferrix_build::BuildTimes {
     ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"))
 }
 
-/// Run `plan` on an Engine with the local executor and the remote machines, Ctrl-C stopping
-/// it cleanly (a second one exits at once).
-pub fn run_engine(
-    settings: &Settings,
-    store: &Arc<LocalStore>,
-    plan: Arc<Plan>,
-    reporter: Arc<dyn Reporter + Send + Sync>,
-    opts: ScheduleOptions,
-    local: LocalSettings,
-    times: ferrix_build::BuildTimes,
-) -> Result<Outcome> {
-    let host = EngineHost::start(settings, store, reporter, opts, local, times)?;
-    let outcome = host.run(&plan);
-    host.finish();
-    Ok(outcome)
-}
-
 /// An Engine with its runtime and executors (the local one, the remote machines, a build
 /// hook), for one plan or many in turn (a machine serving a master keeps one per session,
 /// so its sandbox places and connections serve every build).
@@ -405,8 +516,21 @@ impl EngineHost {
         store: &Arc<LocalStore>,
         reporter: Arc<dyn Reporter + Send + Sync>,
         opts: ScheduleOptions,
+        local: LocalSettings,
+        times: ferrix_build::BuildTimes,
+    ) -> Result<Self> {
+        Self::start_with(settings, store, reporter, opts, local, times, None)
+    }
+
+    /// [`Self::start`], fetching the plans' substitutes from `substituter`.
+    pub fn start_with(
+        settings: &Settings,
+        store: &Arc<LocalStore>,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+        opts: ScheduleOptions,
         mut local: LocalSettings,
         times: ferrix_build::BuildTimes,
+        substituter: Option<Arc<dyn ferrix_build::substitute::Substituter>>,
     ) -> Result<Self> {
         let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
         let mut executors: Vec<Arc<dyn ferrix_build::Executor>> = Vec::new();
@@ -501,6 +625,7 @@ impl EngineHost {
                 executors,
                 registry: Some(registry),
                 reporter,
+                substituter,
                 options: opts,
                 store_dir,
                 interrupt: rx,
@@ -559,7 +684,7 @@ pub fn repair_paths(
         dry_run: false,
         mode: ferrix_build::BuildMode::Repair,
     };
-    let (plan, outcome) = realise(settings, store.clone(), &wanted, mode, shell)?;
+    let (plan, outcome) = realise(settings, store.clone(), &wanted, &[], mode, shell)?;
     if let Some(o) = &outcome {
         if !o.success() {
             report_failures(&store, &plan, o, shell);
@@ -617,7 +742,8 @@ pub fn report_failures(
                 ..
             }
         ) {
-            if let Ok(Some(log)) = ferrix_build::log::read_log(log_dir, &node.job.drv_path) {
+            let key = node.work.key();
+            if let Ok(Some(log)) = ferrix_build::log::read_log(log_dir, key) {
                 let text = String::from_utf8_lossy(&log);
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(10)..];
@@ -629,7 +755,7 @@ pub fn report_failures(
                 }
                 msg += &format!(
                     "\n       For full logs, run 'nix-store -l {}'.",
-                    store.print(&node.job.drv_path)
+                    store.print(key)
                 );
             }
         }

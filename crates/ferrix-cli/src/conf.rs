@@ -98,6 +98,7 @@ pub const KNOWN: &[Known] = {
         k("allow-import-from-derivation", Bool),
         k("allow-new-privileges", Bool),
         k("allow-symlinked-store", Bool),
+        k("always-allow-substitutes", Bool),
         k("allow-unsafe-native-code-during-evaluation", Bool),
         k("allowed-impure-host-deps", List),
         k("allowed-uris", List),
@@ -149,6 +150,8 @@ pub const KNOWN: &[Known] = {
         k("max-free", U64),
         ka("max-jobs", MaxJobs, &["build-max-jobs"]),
         ka("max-silent-time", I64, &["build-max-silent-time"]),
+        // Newer Nix's: substitutions at once, besides builds.
+        k("max-substitution-jobs", U64),
         k("min-free", U64),
         k("min-free-check-interval", U64),
         k("nar-buffer-size", U64),

@@ -165,7 +165,7 @@ impl WorkerHandler for Handler<'_> {
         let wanted = self.wanted(targets)?;
         let plan = crate::machine::plan_wanted(&self.store, &wanted)?;
         Ok(Missing {
-            will_build: plan.nodes.iter().map(|n| n.job.drv_path.clone()).collect(),
+            will_build: plan.nodes.iter().map(|n| n.work.key().clone()).collect(),
             will_substitute: BTreeSet::new(),
             unknown: BTreeSet::new(),
             download_size: 0,

@@ -65,7 +65,7 @@ pub fn plan_sent(
     Ok(Ok(Plan {
         store_dir: store.store_dir().clone(),
         nodes: vec![Node {
-            job: Arc::new(job),
+            work: ferrix_build::Work::Build(Arc::new(job)),
             deps: Vec::new(),
             dependents: Vec::new(),
             priority: 1.0,
@@ -128,7 +128,11 @@ impl<'a> Builds<'a> {
         asked: Asked,
         log: &mut dyn FnMut(&str),
     ) -> Result<BuildResult> {
-        let jobs: Vec<Arc<Job>> = plan.nodes.iter().map(|n| n.job.clone()).collect();
+        let jobs: Vec<Arc<Job>> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| n.work.job().cloned())
+            .collect();
         if plan.nodes.is_empty() {
             return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
         }

@@ -140,6 +140,18 @@ impl Reporter for StatusReporter {
         self.draw(&mut st, &[line]);
     }
 
+    fn fetching(&self, path: &StorePath, from: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let name = path.name().to_owned();
+        st.names.insert(path.clone(), name.clone());
+        st.status.running.push((path.clone(), name));
+        let line = format!(
+            "copying path '{}' from '{from}'...",
+            self.store_dir.display(path)
+        );
+        self.draw(&mut st, &[line]);
+    }
+
     fn warn(&self, msg: &str) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.draw(&mut st, &[format!("warning: {msg}")]);

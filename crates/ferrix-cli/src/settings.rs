@@ -177,3 +177,92 @@ fn needs_chroot(base: &LocalStoreConfig) -> bool {
         || (!nix.exists() && writable(std::path::Path::new("/")))
         || (nix.exists() && !defaults.state_dir.exists() && writable(nix)))
 }
+
+/// The key Nix trusts when `trusted-public-keys` is not set.
+const NIX_DEFAULT_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+/// How paths are substituted, typed from the settings of the same names.
+#[derive(Debug, Clone)]
+pub struct SubstitutionSettings {
+    /// `substituters` (with `extra-substituters`): cache.nixos.org by default, but only for
+    /// a store at `/nix/store`, as in Nix.
+    pub urls: Vec<String>,
+    /// `substitute` (false with `--offline`): whether builds look for substitutes at all.
+    pub enabled: bool,
+    /// `trusted-public-keys` and `require-sigs`.
+    pub trust: ferrix_store::binary_cache::Trust,
+    pub http: ferrix_store::binary_cache::HttpSettings,
+    /// `fallback`: build when a substitute that a cache claimed cannot be fetched.
+    pub fallback: bool,
+    /// `max-substitution-jobs`: paths fetched at once.
+    pub max_jobs: usize,
+    /// `always-allow-substitutes`: substitute even derivations with `allowSubstitutes = false`.
+    pub always_allow: bool,
+}
+
+impl SubstitutionSettings {
+    /// The one HTTP client of a run (made on a thread of its own: it must not start inside
+    /// an async runtime).
+    pub fn http_client(&self) -> Result<ferrix_store::binary_cache::HttpClient> {
+        let settings = self.http.clone();
+        std::thread::spawn(move || ferrix_store::binary_cache::HttpClient::new(settings))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the HTTP client could not be set up"))?
+            .context("setting up the HTTP client for binary caches")
+    }
+}
+
+impl Settings {
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    /// The substitution settings.
+    pub fn substitution(&self) -> Result<SubstitutionSettings> {
+        let c = &self.conf;
+        let urls = match c.get("substituters") {
+            Some(_) => c.list("substituters").to_vec(),
+            None if self.store_dir.as_str() == "/nix/store" => {
+                vec!["https://cache.nixos.org/".to_owned()]
+            }
+            None => Vec::new(),
+        };
+        let keys = match c.get("trusted-public-keys") {
+            Some(_) => c.list("trusted-public-keys").to_vec(),
+            None => vec![NIX_DEFAULT_KEY.to_owned()],
+        };
+        let keys = keys
+            .iter()
+            .map(|k| {
+                k.parse()
+                    .with_context(|| format!("'{k}' in 'trusted-public-keys' is not a public key"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut http = ferrix_store::binary_cache::HttpSettings::default();
+        if let Some(n) = c.uint("http-connections") {
+            // 0 means "no limit" in Nix.
+            http.connections = if n == 0 { 64 } else { n as usize };
+        }
+        if let Some(s) = c.uint("connect-timeout").filter(|s| *s > 0) {
+            http.connect_timeout = Some(std::time::Duration::from_secs(s));
+        }
+        if let Some(s) = c.uint("stalled-download-timeout") {
+            http.stalled_timeout = std::time::Duration::from_secs(s.max(1));
+        }
+        if let Some(n) = c.uint("download-attempts") {
+            http.attempts = n.max(1) as u32;
+        }
+        Ok(SubstitutionSettings {
+            urls,
+            enabled: c.bool("substitute", true)?,
+            trust: ferrix_store::binary_cache::Trust {
+                keys,
+                require_sigs: c.bool("require-sigs", true)?,
+            },
+            http,
+            fallback: c.bool("fallback", false)?,
+            max_jobs: c.uint("max-substitution-jobs").unwrap_or(16).max(1) as usize,
+            always_allow: c.bool("always-allow-substitutes", false)?,
+        })
+    }
+}

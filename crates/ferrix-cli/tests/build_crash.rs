@@ -142,7 +142,7 @@ fn sigkill_during_builds_leaves_a_consistent_store() {
     // The default sandbox, with what Debian's dynamically linked /bin/sh needs.
     fs::write(
         root.join("etc/nix.conf"),
-        "sandbox = true\nsandbox-fallback = false\nsandbox-paths = /bin /usr /lib /lib64?\n",
+        "sandbox = true\nsandbox-fallback = false\nsandbox-paths = /bin /usr /lib /lib64?\nsubstituters =\n",
     )
     .unwrap();
     let mut rng = Rng::new(7);

@@ -16,7 +16,11 @@ fn a_terminal_gets_a_status_line() {
     for d in ["etc", "home", "tmp"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
-    fs::write(root.join("etc/nix.conf"), "sandbox = false\n").unwrap();
+    fs::write(
+        root.join("etc/nix.conf"),
+        "sandbox = false\nsubstituters =\n",
+    )
+    .unwrap();
     let drv = |name: &str, script: &str, inputs: &str| {
         format!(
             r#"{{"name":"{name}","outputs":{{"out":{{}}}},"inputSrcs":[],"inputDrvs":{{{inputs}}},

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ferrix_format::signature::SecretKey;
 use ferrix_format::{NarInfo, StoreDir, StorePath};
 use ferrix_store::binary_cache::{
-    copy_from_cache, copy_to_cache, CacheSource, Compression, FileCache,
+    copy_from_cache, copy_to_cache, CacheSource, Compression, FileCache, Substituters, Trust,
 };
 use ferrix_store::path_info::ValidPathInfo;
 use ferrix_store::LocalStore;
@@ -236,13 +236,14 @@ fn trusted() -> Vec<ferrix_format::signature::PublicKey> {
         .unwrap()]
 }
 
-fn source(dir: &Path) -> CacheSource {
-    CacheSource {
-        dir: dir.to_owned(),
-        name: format!("file://{}", dir.display()),
-        trusted_keys: trusted(),
+fn source(dir: &Path) -> Substituters {
+    let trust = Trust {
+        keys: trusted(),
         require_sigs: true,
-    }
+    };
+    let uri = format!("file://{}", dir.display());
+    let cache = CacheSource::open(&uri, &StoreDir::default(), trust, None).unwrap();
+    Substituters::new(vec![cache], 4)
 }
 
 fn fresh_store(root: &Path) -> LocalStore {

@@ -220,6 +220,7 @@ impl TestStore {
             executors: vec![ex],
             registry: Some(registry),
             reporter,
+            substituter: None,
             options: opts,
             store_dir: self.store.store_dir().clone(),
             interrupt,

@@ -57,6 +57,12 @@ pub struct Args {
     /// Kill a builder that runs longer than this many seconds.
     #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     timeout: Option<String>,
+    /// Build what a cache claimed but could not deliver.
+    #[arg(long)]
+    fallback: bool,
+    /// Use no substituters.
+    #[arg(long)]
+    offline: bool,
 }
 
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
@@ -69,6 +75,8 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
         ("timeout", a.timeout.clone()),
         ("keep-going", a.keep_going.then(|| "true".to_owned())),
         ("keep-failed", a.keep_failed.then(|| "true".to_owned())),
+        ("fallback", a.fallback.then(|| "true".to_owned())),
+        ("substitute", a.offline.then(|| "false".to_owned())),
     ] {
         if let Some(v) = v {
             settings.conf.set(name, &v, &format!("--{name}"))?;
@@ -91,7 +99,8 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
             ferrix_build::BuildMode::Normal
         },
     };
-    let (plan, outcome) = crate::build::realise(&settings, store.clone(), &wanted, mode, shell)?;
+    let (plan, outcome) =
+        crate::build::realise(&settings, store.clone(), &wanted, &[], mode, shell)?;
     if a.dry_run {
         return Ok(ExitCode::SUCCESS);
     }

@@ -34,6 +34,13 @@ pub struct Args {
     paths: Vec<String>,
 }
 
+/// Whether `uri` names a binary cache to read from.
+fn is_cache(uri: &str) -> bool {
+    ["file://", "http://", "https://"]
+        .iter()
+        .any(|s| uri.starts_with(s))
+}
+
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     let store = settings.open_store()?;
     let ng = |uri: &str| uri.starts_with("ssh-ng://");
@@ -45,7 +52,7 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
                 .with_context(|| format!("copying to '{to}'"))?;
             shell.note(format!("copied {} paths to '{to}'", sent.len()));
         }
-        (None, Some(from)) if from.starts_with("file://") => {
+        (None, Some(from)) if is_cache(&from) => {
             let paths: BTreeSet<_> = a
                 .paths
                 .iter()
@@ -178,35 +185,25 @@ fn file_cache(
     })
 }
 
-/// The key Nix trusts when `trusted-public-keys` is not set.
-const NIX_DEFAULT_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
-
-/// A `file://DIR` cache to read from, trusting the keys of `trusted-public-keys`, requiring
-/// their signatures unless `require-sigs = false` or `--no-check-sigs`.
+/// A `file://DIR` or `http(s)://…` cache to read from, trusting the keys of
+/// `trusted-public-keys`, requiring their signatures unless `require-sigs = false` or
+/// `--no-check-sigs`.
 fn cache_source(
     uri: &str,
     settings: &Settings,
     no_check_sigs: bool,
-) -> Result<ferrix_store::binary_cache::CacheSource> {
-    let rest = uri.strip_prefix("file://").unwrap_or(uri);
-    let dir = rest.split_once('?').map_or(rest, |(d, _)| d);
-    if !dir.starts_with('/') {
-        bail!("'{uri}': a file:// cache needs an absolute directory");
-    }
-    let keys = settings
-        .conf
-        .get("trusted-public-keys")
-        .unwrap_or(NIX_DEFAULT_KEY)
-        .split_whitespace()
-        .map(|k| {
-            k.parse()
-                .with_context(|| format!("'{k}' in 'trusted-public-keys' is not a public key"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ferrix_store::binary_cache::CacheSource {
-        dir: dir.into(),
-        name: uri.to_owned(),
-        trusted_keys: keys,
-        require_sigs: settings.conf.bool("require-sigs", true)? && !no_check_sigs,
-    })
+) -> Result<ferrix_store::binary_cache::Substituters> {
+    let mut subst = settings.substitution()?;
+    subst.trust.require_sigs &= !no_check_sigs;
+    let http = subst.http_client()?;
+    let cache = ferrix_store::binary_cache::CacheSource::open(
+        uri,
+        settings.store_dir(),
+        subst.trust.clone(),
+        Some(&http),
+    )?;
+    Ok(ferrix_store::binary_cache::Substituters::new(
+        vec![cache],
+        subst.http.connections,
+    ))
 }

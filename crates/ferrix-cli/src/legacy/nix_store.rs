@@ -625,6 +625,7 @@ fn realise(
 ) -> Result<ExitCode> {
     let mut items: Vec<Vec<StorePath>> = Vec::new();
     let mut wanted = Vec::new();
+    let mut paths = Vec::new();
     for a in args {
         let looks_like_drv = a.ends_with(".drv") || a.contains(".drv!") || a.contains(".drv^");
         if looks_like_drv {
@@ -633,16 +634,12 @@ fn realise(
             items.push(Vec::new());
         } else {
             let p = ops::resolve(store, a)?;
-            if !store.is_valid_path(&p)? {
-                bail!(
-                    "path '{}' is not valid, and there are no substituters to fetch it from",
-                    store.print(&p)
-                );
-            }
+            paths.push(p.clone());
             items.push(vec![p]);
         }
     }
-    let (plan, outcome) = crate::build::realise(settings, store.clone(), &wanted, mode, shell)?;
+    let (plan, outcome) =
+        crate::build::realise(settings, store.clone(), &wanted, &paths, mode, shell)?;
     if mode.dry_run {
         return Ok(ExitCode::SUCCESS);
     }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod http;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
@@ -49,6 +51,9 @@ fn sandbox_root() -> &'static Path {
         for sub in ["etc", "home"] {
             fs::create_dir_all(d.path().join(sub)).unwrap();
         }
+        // Its store is at /nix/store, for which cache.nixos.org is the default substituter:
+        // tests reach no other address.
+        fs::write(d.path().join("etc/nix.conf"), "substituters =\n").unwrap();
         d
     })
     .path()

@@ -95,7 +95,7 @@ impl Compression {
     pub fn decoder<'a, R: std::io::BufRead + Send + 'a>(
         self,
         input: R,
-    ) -> io::Result<Box<dyn std::io::Read + 'a>> {
+    ) -> io::Result<Box<dyn std::io::Read + Send + 'a>> {
         Ok(match self {
             Self::None => Box::new(input),
             Self::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),

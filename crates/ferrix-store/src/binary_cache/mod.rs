@@ -1,11 +1,17 @@
 //! Binary caches in Nix's format (`nix-cache-info`, `<hash>.narinfo`,
-//! `nar/<filehash>.nar[.ext]`) in a directory (`file://`): writing paths into one, and
-//! reading them back into the store.
+//! `nar/<filehash>.nar[.ext]`): writing paths into a directory (`file://`), and reading
+//! them from a directory or over HTTP, as `ferrix copy --from` and substitution do.
 
 mod compression;
-mod read;
+mod error;
+mod http;
+mod source;
+mod substituters;
 mod write;
 
 pub use compression::Compression;
-pub use read::{copy_from_cache, CacheSource};
-pub use write::{copy_to_cache, CacheError, FileCache};
+pub use error::CacheError;
+pub use http::{HttpClient, HttpSettings};
+pub use source::{CacheSource, Trust};
+pub use substituters::{copy_from_cache, Found, Queried, Substituters};
+pub use write::{copy_to_cache, FileCache};

@@ -13,10 +13,9 @@ use ferrix_format::hash::HashSink;
 use ferrix_format::narinfo::CacheInfo;
 use ferrix_format::signature::{SecretKey, Signature};
 use ferrix_format::{HashAlgo, NarInfo, StorePath};
-use thiserror::Error;
 
-use super::Compression;
-use crate::{LocalStore, StoreError};
+use super::{CacheError, Compression};
+use crate::LocalStore;
 
 /// A binary cache in a directory, and how paths are written into it.
 #[derive(Debug)]
@@ -30,52 +29,6 @@ pub struct FileCache {
     /// Threads for compressing: NARs go this many at a time (and one NAR alone uses them
     /// all, for the methods that can).
     pub threads: u32,
-}
-
-/// Why writing a cache failed; each names the path or file.
-#[derive(Debug, Error)]
-pub enum CacheError {
-    #[error("cannot {what} '{path}'")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("'{path}' was modified in the store: its NAR hash is {got}, the database records {expected}")]
-    Modified {
-        path: String,
-        expected: String,
-        got: String,
-    },
-    #[error("'{path}' has a malformed signature '{sig}'")]
-    BadSignature { path: String, sig: String },
-    #[error("'{cache}' does not have '{path}'")]
-    NotInCache { cache: String, path: String },
-    #[error("'{cache}' has a malformed narinfo '{file}'")]
-    BadNarInfo {
-        cache: String,
-        file: PathBuf,
-        #[source]
-        source: ferrix_format::narinfo::NarInfoError,
-    },
-    #[error("'{cache}' offers '{path}', but {why}")]
-    Lying {
-        cache: String,
-        path: String,
-        why: String,
-    },
-    #[error("'{path}' from '{cache}' is not signed by any of the keys in 'trusted-public-keys'")]
-    Untrusted { cache: String, path: String },
-    #[error("cannot copy '{path}' from '{cache}'")]
-    Substitute {
-        cache: String,
-        path: String,
-        #[source]
-        source: Box<StoreError>,
-    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {

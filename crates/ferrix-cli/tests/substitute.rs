@@ -1,0 +1,449 @@
+//! Substitution: Ferrix fetching what real Nix 2.8 put in a binary cache, from a directory
+//! and over HTTP (a server the test starts on 127.0.0.1), instead of building it; and every
+//! way a cache can fail or lie, each with a clear error (or a build, with `--fallback`) and
+//! nothing half-written left in the store.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::http::{Fault, Server};
+use common::{ok, Links, Nix};
+
+const EXPR: &str = r#"
+let
+  mk = name: script: derivation { inherit name; system = builtins.currentSystem;
+    builder = "/bin/sh"; args = ["-c" script]; };
+  a1 = mk "a1" "echo a1 > $out";
+  a2 = mk "a2" "echo ${a1} > $out";
+  b1 = mk "b1" "echo b1 > $out";
+  b2 = mk "b2" "echo ${b1} > $out";
+in {
+  inherit a1 a2 b1 b2;
+  top = mk "top" "/bin/mkdir $out; echo ${a2} > $out/a; echo ${b2} > $out/b";
+}
+"#;
+
+fn text(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap().trim().to_owned()
+}
+
+/// A cache written by real Nix (`nix copy --to file://…`, signed): its directory, public
+/// key and the closure it holds.
+struct Cache {
+    dir: tempfile::TempDir,
+    pk: String,
+    /// The closure copied into it.
+    paths: Vec<String>,
+}
+
+/// An isolated store (real Nix's layout) where Ferrix substitutes, with the derivations
+/// of `EXPR` instantiated by real Nix.
+struct Consumer {
+    nix: Nix,
+    links: Links,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Consumer {
+    fn new() -> Self {
+        let nix = Nix::new().expect("real Nix is installed");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.nix");
+        fs::write(&file, EXPR).unwrap();
+        Self {
+            nix,
+            links: Links::new(),
+            file,
+            _dir: dir,
+        }
+    }
+
+    fn drv(&self, attr: &str) -> String {
+        text(ok(self
+            .nix
+            .cmd("nix-instantiate")
+            .arg(&self.file)
+            .args(["-A", attr])))
+    }
+
+    fn out_path(&self, drv: &str) -> String {
+        text(ok(self.nix.cmd("nix-store").args(["-q", "--outputs", drv])))
+    }
+
+    /// Ferrix under one of its names (`ferrix` itself, `nix-store`, …).
+    fn ferrix(&self, name: &str) -> Command {
+        let mut c = if name == "ferrix" {
+            Command::new(common::ferrix_exe())
+        } else {
+            self.links.cmd(name)
+        };
+        self.nix.isolate(&mut c);
+        c
+    }
+
+    fn valid(&self, p: &str) -> bool {
+        self.nix
+            .cmd("nix-store")
+            .args(["--check-validity", p])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    /// Every entry of the store is a valid path or a lock: nothing half-written.
+    fn assert_clean(&self) {
+        let dir = self.nix.store_dir();
+        let mut entries = Vec::new();
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".lock") || name == ".links" {
+                continue;
+            }
+            entries.push(format!("{dir}/{name}"));
+        }
+        let out = self
+            .nix
+            .cmd("nix-store")
+            .arg("--check-validity")
+            .args(&entries)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "left in the store: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Caches are for one store directory; the consumer must have the producer's. Both are
+/// isolated real-Nix roots with different directories, so the consumer's cache is made
+/// by its own real Nix: build, copy to the cache, then delete the outputs again.
+fn cache_in(c: &Consumer, attr: &str, compression: &str) -> Cache {
+    let dir = tempfile::tempdir().unwrap();
+    let out = text(ok(c.nix.cmd("nix-build").arg(&c.file).args([
+        "-A",
+        attr,
+        "--no-out-link",
+    ])));
+    let paths: Vec<String> = text(ok(c.nix.cmd("nix-store").args(["-qR", &out])))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ok(c.nix
+        .cmd("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg("test-cache-1")
+        .arg(dir.path().join("sk"))
+        .arg(dir.path().join("pk")));
+    ok(c.nix
+        .cmd("nix")
+        .args(["copy", "--to"])
+        .arg(format!(
+            "file://{}?compression={compression}&secret-key={}",
+            dir.path().join("cache").display(),
+            dir.path().join("sk").display()
+        ))
+        .arg(&out));
+    ok(c.nix.cmd("nix-store").arg("--delete").args(&paths));
+    let pk = fs::read_to_string(dir.path().join("pk"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Cache { dir, pk, paths }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn realise(c: &Consumer, what: &str, url: &str, pk: &str, extra: &[&str]) -> Output {
+    c.ferrix("nix-store")
+        .args(["-r", what])
+        .args(["--option", "substituters", url])
+        .args(["--option", "trusted-public-keys", pk])
+        .args(["--option", "download-attempts", "2"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closure_nix_wrote_is_substituted_from_a_directory_and_over_http() {
+    for compression in ["xz", "zstd"] {
+        for http in [false, true] {
+            let c = Consumer::new();
+            let cache = cache_in(&c, "a2", compression);
+            let server = Server::start(cache.dir.path().join("cache"));
+            let url = if http {
+                server.url()
+            } else {
+                format!("file://{}", cache.dir.path().join("cache").display())
+            };
+            let drv = c.drv("a2");
+            let out = realise(&c, &drv, &url, &cache.pk, &[]);
+            let err = stderr(&out);
+            assert!(out.status.success(), "{compression} {http}: {err}");
+            assert!(err.contains("copying path"), "{err}");
+            assert!(!err.contains("building"), "{err}");
+            assert!(err.contains("these 2 paths will be fetched"), "{err}");
+            for p in &cache.paths {
+                assert!(c.valid(p), "{p}");
+            }
+            // Real Nix finds the contents to be what the database says.
+            ok(c.nix
+                .cmd("nix-store")
+                .args(["--verify", "--check-contents"]));
+            let a2 = c.out_path(&drv);
+            let a1 = fs::read_to_string(&a2).unwrap();
+            assert_eq!(fs::read_to_string(a1.trim()).unwrap(), "a1\n");
+            // The signature came along.
+            let info = text(ok(c.nix.cmd("nix").args(["path-info", "--sigs", &a2])));
+            assert!(info.contains("test-cache-1:"), "{info}");
+            if http {
+                assert!(server.hits_of("/nix-cache-info") >= 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_output_path_is_substituted_by_nix_store_r() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "a2", "zstd");
+    let server = Server::start(cache.dir.path().join("cache"));
+    let a2 = c.out_path(&c.drv("a2"));
+    let out = realise(&c, &a2, &server.url(), &cache.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), a2);
+    assert!(c.valid(&a2));
+    // Not in any cache: a clear error.
+    let b2 = c.out_path(&c.drv("b2"));
+    let out = realise(&c, &b2, &server.url(), &cache.pk, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&b2) && err.contains("no substituter can fetch it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn half_the_graph_in_a_cache_fetches_that_half_and_builds_the_rest() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "a2", "zstd");
+    let server = Server::start(cache.dir.path().join("cache"));
+    let top = c.drv("top");
+    let out = c
+        .ferrix("ferrix")
+        .args(["build", &top, "--no-link", "--print-out-paths"])
+        .args(["--option", "substituters", &server.url()])
+        .args(["--option", "trusted-public-keys", &cache.pk])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    for (name, fetched) in [("a1", true), ("a2", true), ("b1", false), ("b2", false)] {
+        let drv = c.drv(name);
+        let built = err.contains(&format!("building '{drv}'"));
+        let copied = err.contains(&format!("copying path '{}'", c.out_path(&drv)));
+        assert_eq!((copied, built), (fetched, !fetched), "{name}: {err}");
+    }
+    assert!(err.contains(&format!("building '{top}'")), "{err}");
+    ok(c.nix
+        .cmd("nix-store")
+        .args(["--verify", "--check-contents"]));
+}
+
+/// The narinfo and NAR URLs of `path` in a cache directory.
+fn urls_of(cache: &Path, path: &str) -> (String, String, String) {
+    let hash = Path::new(path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_owned();
+    let narinfo = fs::read_to_string(cache.join(format!("{hash}.narinfo"))).unwrap();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned();
+    (format!("/{hash}.narinfo"), format!("/{url}"), narinfo)
+}
+
+#[test]
+fn a_failing_or_lying_cache_is_named_and_leaves_the_store_clean() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "a2", "zstd");
+    let dir = cache.dir.path().join("cache");
+    let server = Server::start(dir.clone());
+    let drv = c.drv("a2");
+    let a2 = c.out_path(&drv);
+    let (narinfo_url, nar_url, narinfo) = urls_of(&dir, &a2);
+    let field = |k: &str, v: &str| -> Vec<u8> {
+        narinfo
+            .lines()
+            .map(|l| {
+                if l.starts_with(&format!("{k}: ")) {
+                    format!("{k}: {v}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect::<String>()
+            .into_bytes()
+    };
+    let other_hash = "sha256:1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0";
+    let no_sig = |require: bool| -> Vec<&'static str> {
+        if require {
+            vec![]
+        } else {
+            vec!["--option", "require-sigs", "false"]
+        }
+    };
+    // (what, url, fault, require-sigs, what the error must say)
+    let cases: Vec<(&str, String, Fault, bool, &str)> = vec![
+        ("corrupt NAR", nar_url.clone(), Fault::Corrupt, true, ""),
+        (
+            "truncated NAR",
+            nar_url.clone(),
+            Fault::Truncate(100),
+            true,
+            "",
+        ),
+        (
+            "NAR 404",
+            nar_url.clone(),
+            Fault::Status(404),
+            true,
+            "missing",
+        ),
+        ("NAR 500", nar_url.clone(), Fault::Status(500), true, "500"),
+        (
+            "stalled NAR",
+            nar_url.clone(),
+            Fault::Stall(Duration::from_secs(4)),
+            true,
+            "",
+        ),
+        (
+            "wrong NarHash",
+            narinfo_url.clone(),
+            Fault::Body(field("NarHash", other_hash)),
+            false,
+            "hash mismatch",
+        ),
+        (
+            "wrong NarSize",
+            narinfo_url.clone(),
+            Fault::Body(field("NarSize", "12345")),
+            false,
+            "size",
+        ),
+    ];
+    for (what, url, fault, require, says) in cases {
+        server.clear_faults();
+        server.fault(&url, fault.clone());
+        let mut extra = no_sig(require);
+        extra.extend(["--option", "stalled-download-timeout", "1"]);
+        let out = realise(&c, &drv, &server.url(), &cache.pk, &extra);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{what}: {err}");
+        assert!(
+            err.contains(&a2) && err.contains(&server.url()) && err.contains(says),
+            "{what}: {err}"
+        );
+        assert!(err.contains("--fallback"), "{what}: {err}");
+        assert!(!c.valid(&a2), "{what}");
+        c.assert_clean();
+        // With --fallback, it is built instead.
+        extra.push("--fallback");
+        let out = realise(&c, &drv, &server.url(), &cache.pk, &extra);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{what} --fallback: {err}");
+        assert!(err.contains(&format!("building '{drv}'")), "{what}: {err}");
+        assert!(c.valid(&a2));
+        ok(c.nix.cmd("nix-store").args(["--delete", &a2]));
+    }
+
+    // A narinfo that is not signed by a trusted key, or not at all: the cache is not
+    // believed, and the path is built (no cache claimed it).
+    let sig_line = narinfo.lines().find(|l| l.starts_with("Sig: ")).unwrap();
+    // Another signature of the right length: one base64 digit changed.
+    let mut bad_sig = sig_line.to_owned().into_bytes();
+    let at = bad_sig.len() - 10;
+    bad_sig[at] = if bad_sig[at] == b'A' { b'B' } else { b'A' };
+    let bad_sig = String::from_utf8(bad_sig).unwrap();
+    for (what, body) in [
+        (
+            "bad signature",
+            narinfo.replace(sig_line, &bad_sig).into_bytes(),
+        ),
+        (
+            "no signature",
+            narinfo.replace(&format!("{sig_line}\n"), "").into_bytes(),
+        ),
+    ] {
+        server.clear_faults();
+        server.fault(&narinfo_url, Fault::Body(body));
+        let out = realise(&c, &drv, &server.url(), &cache.pk, &[]);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{what}: {err}");
+        assert!(
+            err.contains("not signed by any of the keys"),
+            "{what}: {err}"
+        );
+        assert!(err.contains(&format!("building '{drv}'")), "{what}: {err}");
+        ok(c.nix.cmd("nix-store").args(["--delete", &a2]));
+    }
+
+    // Asked to come back later (twice), it is fetched once the server serves it.
+    server.clear_faults();
+    server.fault(&nar_url, Fault::RetryAfter { times: 2, secs: 1 });
+    let before = server.hits_of(&nar_url);
+    let out = realise(
+        &c,
+        &drv,
+        &server.url(),
+        &cache.pk,
+        &["--option", "download-attempts", "3"],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "429: {err}");
+    assert!(err.contains("copying path"), "{err}");
+    assert_eq!(server.hits_of(&nar_url) - before, 3);
+    assert!(c.valid(&a2));
+    c.assert_clean();
+}
+
+#[test]
+fn an_unreachable_cache_is_skipped_with_a_warning() {
+    let c = Consumer::new();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let drv = c.drv("b1");
+    let out = realise(
+        &c,
+        &drv,
+        &format!("http://127.0.0.1:{port}"),
+        "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+        &[],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("ignoring substituter"), "{err}");
+    assert!(err.contains(&format!("building '{drv}'")), "{err}");
+}

@@ -1,0 +1,311 @@
+//! One binary cache read from, in a directory (`file://`) or over HTTP (`http(s)://`): its
+//! `nix-cache-info`, narinfos parsed strictly and checked against what was asked, NARs as
+//! decompressed streams, and the signature policy that decides whether a path may enter.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use ferrix_format::narinfo::CacheInfo;
+use ferrix_format::signature::PublicKey;
+use ferrix_format::{NarInfo, StoreDir, StorePath};
+
+use super::http::HttpClient;
+use super::{CacheError, Compression};
+
+/// Whom a cache's paths must be signed by.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// `trusted-public-keys`.
+    pub keys: Vec<PublicKey>,
+    /// `require-sigs`: an input-addressed path must carry a trusted signature.
+    pub require_sigs: bool,
+}
+
+/// Where a cache's files are.
+#[derive(Debug)]
+enum Location {
+    Dir(PathBuf),
+    /// The base URL, without a trailing slash.
+    Http {
+        base: String,
+        client: HttpClient,
+    },
+}
+
+/// Transport failures (not missing or untrusted paths) after which a cache is no longer
+/// asked in this run.
+const MAX_FAILURES: u32 = 3;
+
+/// A binary cache, read from.
+#[derive(Debug)]
+pub struct CacheSource {
+    /// How the cache is named in messages (its URL).
+    pub name: String,
+    location: Location,
+    pub trust: Trust,
+    /// Lower is asked first (`nix-cache-info`'s `Priority`, or `?priority=`); Nix's
+    /// default is 50.
+    pub priority: u64,
+    /// `WantMassQuery`: whether the cache wants to be asked about many paths at once.
+    pub want_mass_query: bool,
+    failures: AtomicU32,
+    disabled: AtomicBool,
+    why_disabled: Mutex<Option<String>>,
+}
+
+impl CacheSource {
+    /// Open the cache at `uri` (`file:///DIR` or `http(s)://…`, with `?priority=N` and
+    /// `?want-mass-query=` overriding what the cache says of itself). Its `nix-cache-info`
+    /// is read (a directory may lack one) and its store directory must be ours.
+    pub fn open(
+        uri: &str,
+        store_dir: &StoreDir,
+        trust: Trust,
+        http: Option<&HttpClient>,
+    ) -> Result<Self, CacheError> {
+        let bad = |why: &str| CacheError::BadUrl {
+            uri: uri.to_owned(),
+            why: why.to_owned(),
+        };
+        let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let location = if let Some(dir) = base.strip_prefix("file://") {
+            if !dir.starts_with('/') {
+                return Err(bad("a file:// cache needs an absolute directory"));
+            }
+            Location::Dir(PathBuf::from(dir))
+        } else if base.starts_with("http://") || base.starts_with("https://") {
+            let client = http
+                .ok_or_else(|| bad("HTTP caches are not available here"))?
+                .clone();
+            Location::Http {
+                base: base.trim_end_matches('/').to_owned(),
+                client,
+            }
+        } else {
+            return Err(bad("only file://, http:// and https:// caches can be read"));
+        };
+        let mut cache = Self {
+            name: base.to_owned(),
+            location,
+            trust,
+            priority: 50,
+            want_mass_query: false,
+            failures: AtomicU32::new(0),
+            disabled: AtomicBool::new(false),
+            why_disabled: Mutex::new(None),
+        };
+        match cache.get_tries("nix-cache-info", 1)? {
+            Some(mut r) => {
+                let mut text = String::new();
+                r.read_to_string(&mut text)
+                    .map_err(|source| CacheError::Io {
+                        what: "read",
+                        path: PathBuf::from(format!("{}/nix-cache-info", cache.name)),
+                        source,
+                    })?;
+                let info = CacheInfo::parse(&text).map_err(|source| CacheError::BadCacheInfo {
+                    cache: cache.name.clone(),
+                    source,
+                })?;
+                if let Some(theirs) = info.store_dir {
+                    if theirs != store_dir.as_str() {
+                        return Err(CacheError::WrongStore {
+                            cache: cache.name.clone(),
+                            theirs,
+                            ours: store_dir.as_str().to_owned(),
+                        });
+                    }
+                }
+                cache.priority = info.priority.unwrap_or(cache.priority);
+                cache.want_mass_query = info.want_mass_query.unwrap_or(false);
+            }
+            None if matches!(cache.location, Location::Http { .. }) => {
+                return Err(CacheError::NotACache { cache: cache.name });
+            }
+            None => {}
+        }
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match k {
+                "priority" => {
+                    cache.priority = v
+                        .parse()
+                        .map_err(|_| bad(&format!("priority '{v}' is not a number")))?
+                }
+                "want-mass-query" => cache.want_mass_query = v == "true" || v == "1",
+                // Settings of writers and of other Nix stores: nothing to do when reading.
+                _ => {}
+            }
+        }
+        Ok(cache)
+    }
+
+    /// The file at `rel` under the cache, streaming; `None` when there is none.
+    fn get(&self, rel: &str) -> Result<Option<Box<dyn BufRead + Send>>, CacheError> {
+        self.get_tries(rel, u32::MAX)
+    }
+
+    /// [`Self::get`], trying an HTTP request at most `tries` times (and at most as often
+    /// as the client's settings say).
+    fn get_tries(
+        &self,
+        rel: &str,
+        tries: u32,
+    ) -> Result<Option<Box<dyn BufRead + Send>>, CacheError> {
+        match &self.location {
+            Location::Dir(dir) => {
+                let file = dir.join(rel);
+                match fs::File::open(&file) {
+                    Ok(f) => Ok(Some(Box::new(BufReader::with_capacity(1 << 20, f)))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(CacheError::Io {
+                        what: "read",
+                        path: file,
+                        source,
+                    }),
+                }
+            }
+            Location::Http { base, client } => Ok(client
+                .get_tries(
+                    &format!("{base}/{rel}"),
+                    tries.min(client.settings().attempts),
+                )?
+                .map(|b| Box::new(BufReader::with_capacity(1 << 20, b.reader)) as _)),
+        }
+    }
+
+    /// Where `rel` is, for messages.
+    fn locate(&self, rel: &str) -> PathBuf {
+        match &self.location {
+            Location::Dir(dir) => dir.join(rel),
+            Location::Http { base, .. } => PathBuf::from(format!("{base}/{rel}")),
+        }
+    }
+
+    /// Whether the cache may still be asked; a cache that failed too often is not.
+    pub fn enabled(&self) -> bool {
+        !self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Why the cache was disabled, if it was.
+    pub fn why_disabled(&self) -> Option<String> {
+        self.why_disabled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Count a failure to reach the cache; the one that disables it says so (`true`).
+    pub(super) fn failed(&self, e: &CacheError) -> bool {
+        if !matches!(
+            e,
+            CacheError::Http { .. } | CacheError::HttpStatus { .. } | CacheError::Io { .. }
+        ) {
+            return false;
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= MAX_FAILURES && !self.disabled.swap(true, Ordering::Relaxed) {
+            *self.why_disabled.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("{n} failures, the last: {}", chain(e)));
+            return true;
+        }
+        false
+    }
+
+    /// The narinfo of `p`, if the cache has it, parsed strictly and describing `p`.
+    pub fn narinfo(
+        &self,
+        store_dir: &StoreDir,
+        p: &StorePath,
+    ) -> Result<Option<NarInfo>, CacheError> {
+        let rel = format!("{}.narinfo", p.hash_part());
+        let Some(mut r) = self.get(&rel)? else {
+            return Ok(None);
+        };
+        let mut text = String::new();
+        r.read_to_string(&mut text)
+            .map_err(|source| CacheError::Io {
+                what: "read",
+                path: self.locate(&rel),
+                source,
+            })?;
+        let info = NarInfo::parse(store_dir, &text).map_err(|source| CacheError::BadNarInfo {
+            cache: self.name.clone(),
+            file: self.locate(&rel),
+            source,
+        })?;
+        if info.store_path != *p {
+            return Err(CacheError::Lying {
+                cache: self.name.clone(),
+                path: store_dir.display(p),
+                why: format!(
+                    "its narinfo describes '{}'",
+                    store_dir.display(&info.store_path)
+                ),
+            });
+        }
+        Ok(Some(info))
+    }
+
+    /// Whether `info` may enter the store: a signature by a trusted key, or a content
+    /// address that yields its path (or no signatures required).
+    pub fn trusted(&self, store_dir: &StoreDir, info: &NarInfo) -> bool {
+        if !self.trust.require_sigs || info.valid_signatures(store_dir, &self.trust.keys) > 0 {
+            return true;
+        }
+        let Some(ca) = &info.ca else { return false };
+        let self_ref = info.references.contains(&info.store_path);
+        let others = info.references.iter().filter(|r| **r != info.store_path);
+        store_dir
+            .make_ca_path(info.store_path.name(), ca, others, self_ref)
+            .is_ok_and(|p| p == info.store_path)
+    }
+
+    /// The NAR of `info`, decompressed as it is read.
+    pub fn nar(
+        &self,
+        store_dir: &StoreDir,
+        info: &NarInfo,
+    ) -> Result<Box<dyn Read + Send>, CacheError> {
+        let lying = |why: String| CacheError::Lying {
+            cache: self.name.clone(),
+            path: store_dir.display(&info.store_path),
+            why,
+        };
+        let compression = Compression::parse(&info.compression).ok_or_else(|| {
+            lying(format!(
+                "it is compressed with unknown '{}'",
+                info.compression
+            ))
+        })?;
+        if info.url.starts_with('/')
+            || info.url.contains("://")
+            || info.url.split('/').any(|c| c == ".." || c.is_empty())
+        {
+            return Err(lying(format!("its URL '{}' leaves the cache", info.url)));
+        }
+        let raw = self
+            .get(&info.url)?
+            .ok_or_else(|| lying(format!("its NAR '{}' is missing", info.url)))?;
+        compression.decoder(raw).map_err(|source| CacheError::Io {
+            what: "decompress",
+            path: self.locate(&info.url),
+            source,
+        })
+    }
+}
+
+/// An error with its causes, on one line.
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

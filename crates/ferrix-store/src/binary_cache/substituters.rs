@@ -1,0 +1,433 @@
+//! The substituters of a run, in priority order: which paths they have (asked many at a
+//! time, concurrently), and fetching a path into the store from the first that has it,
+//! then from the others should that fail. Also `ferrix copy --from` a cache.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use ferrix_format::{NarInfo, StoreDir, StorePath};
+
+use super::{CacheError, CacheSource};
+use crate::local::Pending;
+use crate::path_info::ValidPathInfo;
+use crate::LocalStore;
+
+/// The caches substitution may use.
+#[derive(Debug)]
+pub struct Substituters {
+    caches: Vec<CacheSource>,
+    /// Requests in flight at once (`http-connections`).
+    threads: usize,
+}
+
+/// A path a cache has: which cache (an index into [`Substituters::caches`]) and its narinfo.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub cache: usize,
+    pub info: NarInfo,
+}
+
+/// What asking the caches found.
+#[derive(Debug, Default)]
+pub struct Queried {
+    pub found: BTreeMap<StorePath, Arc<Found>>,
+    /// Paths a cache offered but that cannot be taken from it (untrusted, malformed, a
+    /// failure to reach it): for warnings, and as the reason a path is missing.
+    pub problems: Vec<(StorePath, CacheError)>,
+}
+
+impl Substituters {
+    /// `caches` are asked lowest priority first (Nix's order), keeping the given order
+    /// among equals.
+    pub fn new(mut caches: Vec<CacheSource>, threads: usize) -> Self {
+        caches.sort_by_key(|c| c.priority);
+        Self {
+            caches,
+            threads: threads.max(1),
+        }
+    }
+
+    pub fn caches(&self) -> &[CacheSource] {
+        &self.caches
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.caches.is_empty()
+    }
+
+    /// Which of `paths` some cache has with a signature it may be trusted by: for each,
+    /// the first such cache. Many paths are asked at once.
+    pub fn query(&self, store_dir: &StoreDir, paths: &[StorePath]) -> Queried {
+        let next = AtomicUsize::new(0);
+        let out = Mutex::new(Queried::default());
+        let workers = self.threads.min(paths.len());
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(p) = paths.get(i) else { return };
+                    let (found, problems) = self.query_one(store_dir, p, 0);
+                    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(f) = found {
+                        out.found.insert(p.clone(), Arc::new(f));
+                    }
+                    out.problems
+                        .extend(problems.into_iter().map(|e| (p.clone(), e)));
+                });
+            }
+        });
+        out.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ask the caches from `from` on about `p`, in order, until one has it.
+    fn query_one(
+        &self,
+        store_dir: &StoreDir,
+        p: &StorePath,
+        from: usize,
+    ) -> (Option<Found>, Vec<CacheError>) {
+        let mut problems = Vec::new();
+        for (i, c) in self.caches.iter().enumerate().skip(from) {
+            if !c.enabled() {
+                continue;
+            }
+            match c.narinfo(store_dir, p) {
+                Ok(None) => {}
+                Ok(Some(info)) if c.trusted(store_dir, &info) => {
+                    return (Some(Found { cache: i, info }), problems)
+                }
+                Ok(Some(_)) => problems.push(CacheError::Untrusted {
+                    cache: c.name.clone(),
+                    path: store_dir.display(p),
+                }),
+                Err(e) => {
+                    if c.failed(&e) {
+                        problems.push(CacheError::Disabled {
+                            cache: c.name.clone(),
+                            why: c.why_disabled().unwrap_or_default(),
+                        });
+                    }
+                    problems.push(e);
+                }
+            }
+        }
+        (None, problems)
+    }
+
+    /// What the caches have of the closure of `paths`, leaving out what is valid here: the
+    /// references of each path found are asked about in turn, a round at a time.
+    pub fn query_closure(
+        &self,
+        store: &LocalStore,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<Queried, crate::StoreError> {
+        let mut all = Queried::default();
+        let mut asked: BTreeSet<StorePath> = BTreeSet::new();
+        let mut round: BTreeSet<StorePath> = paths.clone();
+        while !round.is_empty() {
+            let valid = store.valid_among(round.iter())?;
+            let ask: Vec<StorePath> = round
+                .into_iter()
+                .filter(|p| !valid.contains(p) && asked.insert(p.clone()))
+                .collect();
+            let q = self.query(store.store_dir(), &ask);
+            round = q
+                .found
+                .values()
+                .flat_map(|f| f.info.references.iter())
+                .filter(|r| !asked.contains(*r))
+                .cloned()
+                .collect();
+            all.found.extend(q.found);
+            all.problems.extend(q.problems);
+        }
+        Ok(all)
+    }
+
+    /// Download and check `found`'s NAR, staging it: from its cache, then from any later
+    /// cache that has the path should that fail. The cache it came from; `None` for the
+    /// staged path when it became valid meanwhile. Every failure is in the error list,
+    /// the first cache's first.
+    fn stage(
+        &self,
+        store: &LocalStore,
+        found: &Found,
+        cancel: &AtomicBool,
+    ) -> Result<(Option<Pending>, usize), Vec<CacheError>> {
+        let mut errors = Vec::new();
+        let mut cur = Some(found.clone());
+        while let Some(f) = cur {
+            let cache = &self.caches[f.cache];
+            if cache.enabled() {
+                match stage_from(store, cache, &f.info, cancel) {
+                    Ok(p) => return Ok((p, f.cache)),
+                    Err(e) => {
+                        if cache.failed(&e) {
+                            errors.push(CacheError::Disabled {
+                                cache: cache.name.clone(),
+                                why: cache.why_disabled().unwrap_or_default(),
+                            });
+                        }
+                        errors.push(e);
+                    }
+                }
+            }
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let (next, problems) =
+                self.query_one(store.store_dir(), &f.info.store_path, f.cache + 1);
+            errors.extend(problems);
+            cur = next;
+        }
+        Err(errors)
+    }
+
+    /// [`Self::stage`], then commit: the path is valid when this returns `Ok`.
+    pub fn fetch(
+        &self,
+        store: &LocalStore,
+        found: &Found,
+        cancel: &AtomicBool,
+    ) -> Result<usize, Vec<CacheError>> {
+        let (pending, cache) = self.stage(store, found, cancel)?;
+        if let Some(p) = pending {
+            store.commit_batch(vec![p]).map_err(|source| {
+                vec![CacheError::Substitute {
+                    cache: self.caches[cache].name.clone(),
+                    path: store.print(&found.info.store_path),
+                    source: Box::new(source),
+                }]
+            })?;
+        }
+        Ok(cache)
+    }
+}
+
+/// Stream one NAR from `cache`, decompressed on a thread of its own, into the store's
+/// staging and checks (which hash and restore on this one).
+fn stage_from(
+    store: &LocalStore,
+    cache: &CacheSource,
+    info: &NarInfo,
+    cancel: &AtomicBool,
+) -> Result<Option<Pending>, CacheError> {
+    let nar = cache.nar(store.store_dir(), info)?;
+    let mut local = ValidPathInfo::new(info.store_path.clone(), info.nar_hash, info.nar_size);
+    local.references = info.references.clone();
+    local.deriver = info.deriver.clone();
+    local.ca = info.ca;
+    local.sigs = info.sigs.iter().map(|s| s.to_string()).collect();
+    let substitute_err = |source| CacheError::Substitute {
+        cache: cache.name.clone(),
+        path: store.print(&info.store_path),
+        source: Box::new(source),
+    };
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(CHUNKS_AHEAD);
+        s.spawn(move || decompress(nar, tx, cancel, stop));
+        let res = store.stage_nar(
+            &local,
+            ChunkReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            },
+        );
+        // Whatever happened, the decompressing thread stops at its next chunk.
+        stop.store(true, Ordering::Relaxed);
+        res.map_err(substitute_err)
+    })
+}
+
+/// Chunks the decompressor may run ahead of the restore.
+const CHUNKS_AHEAD: usize = 8;
+const CHUNK: usize = 256 << 10;
+
+fn decompress(
+    mut nar: Box<dyn Read + Send + '_>,
+    tx: mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+    cancel: &AtomicBool,
+    stop: &AtomicBool,
+) {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            let _ = tx.send(Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the substitution was cancelled",
+            )));
+            return;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0;
+        while n < buf.len() {
+            match nar.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let end = n < buf.len();
+        buf.truncate(n);
+        if (n > 0 && tx.send(Ok(buf)).is_err()) || end {
+            return;
+        }
+    }
+}
+
+/// The reading end of the decompressing thread.
+struct ChunkReader {
+    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.cur = chunk?;
+                    self.pos = 0;
+                }
+                // The sender ended: the stream is over.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Copy the closure of `paths` from the caches into `store` (`ferrix copy --from`): what
+/// is missing here, references first, several NARs at once, committed in batches. The
+/// paths added.
+pub fn copy_from_cache(
+    store: &LocalStore,
+    subs: &Substituters,
+    paths: &BTreeSet<StorePath>,
+) -> Result<Vec<StorePath>, CacheError> {
+    let q = subs.query_closure(store, paths)?;
+    // Everything reachable from `paths` that is not valid here must have been found.
+    let mut wanted = BTreeSet::new();
+    let mut todo: Vec<StorePath> = paths.iter().cloned().collect();
+    while let Some(p) = todo.pop() {
+        if wanted.contains(&p) || store.is_valid_path(&p)? {
+            continue;
+        }
+        let Some(f) = q.found.get(&p) else {
+            let mut problems = q.problems;
+            if let Some(pos) = problems.iter().position(|(pp, _)| *pp == p) {
+                return Err(problems.swap_remove(pos).1);
+            }
+            return Err(CacheError::NotInCache {
+                cache: subs
+                    .caches
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("', '"),
+                path: store.print(&p),
+            });
+        };
+        todo.extend(f.info.references.iter().filter(|r| **r != p).cloned());
+        wanted.insert(p);
+    }
+    let sorted = crate::closure::topo_sort(store.store_dir(), &wanted, |p| {
+        Ok(q.found[p].info.references.iter().cloned().collect())
+    })
+    .map_err(|source| CacheError::Lying {
+        cache: subs
+            .caches
+            .first()
+            .map_or_else(String::new, |c| c.name.clone()),
+        path: wanted
+            .iter()
+            .next()
+            .map_or_else(String::new, |p| store.print(p)),
+        why: format!("the references form a cycle ({source})"),
+    })?;
+    let never = AtomicBool::new(false);
+    for chunk in sorted.chunks(BATCH) {
+        let staged = stage_all(store, subs, &q.found, chunk, &never)?;
+        store
+            .commit_batch(staged)
+            .map_err(|source| CacheError::Substitute {
+                cache: subs.caches[q.found[&chunk[0]].cache].name.clone(),
+                path: store.print(&chunk[0]),
+                source: Box::new(source),
+            })?;
+    }
+    Ok(sorted)
+}
+
+/// Paths per commit.
+const BATCH: usize = 64;
+
+/// Stage `paths` (all in `found`) on several threads; in `paths`' order.
+fn stage_all(
+    store: &LocalStore,
+    subs: &Substituters,
+    found: &BTreeMap<StorePath, Arc<Found>>,
+    paths: &[StorePath],
+    cancel: &AtomicBool,
+) -> Result<Vec<Pending>, CacheError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Mutex<Vec<Option<Pending>>> = Mutex::new((0..paths.len()).map(|_| None).collect());
+    let first_error: Mutex<Option<CacheError>> = Mutex::new(None);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(2);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(paths.len()).max(1) {
+            s.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) || cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(p) = paths.get(i) else { return };
+                match subs.stage(store, &found[p], &failed) {
+                    Ok((pending, _)) => {
+                        slots.lock().unwrap_or_else(|e| e.into_inner())[i] = pending
+                    }
+                    Err(errors) => {
+                        failed.store(true, Ordering::SeqCst);
+                        if let Some(e) = errors
+                            .into_iter()
+                            .find(|e| !matches!(e, CacheError::Disabled { .. }))
+                        {
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Ok(slots
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect())
+}
