@@ -447,3 +447,155 @@ fn an_unreachable_cache_is_skipped_with_a_warning() {
     assert!(err.contains("ignoring substituter"), "{err}");
     assert!(err.contains(&format!("building '{drv}'")), "{err}");
 }
+
+/// `ferrix serve-cache` in the background, killed (by its pid) when dropped.
+struct ServeCache {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ServeCache {
+    fn start(c: &Consumer, store: &str, key: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = c
+            .ferrix("ferrix")
+            .args(["--store", store])
+            .args([
+                "serve-cache",
+                "--listen",
+                "127.0.0.1:0",
+                "--secret-key-file",
+            ])
+            .arg(key)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        Self { child, url }
+    }
+}
+
+impl Drop for ServeCache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One raw HTTP/1.1 request: the status line, the headers and the body.
+fn http_get(url: &str, path: &str, extra: &str) -> (String, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let (status, headers) = head.split_once("\r\n").unwrap();
+    (
+        status.to_owned(),
+        headers.to_lowercase(),
+        all[end + 4..].to_vec(),
+    )
+}
+
+#[test]
+fn real_nix_and_ferrix_substitute_from_ferrix_serve_cache() {
+    let c = Consumer::new();
+    let keys = tempfile::tempdir().unwrap();
+    ok(c.nix
+        .cmd("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg("served-1")
+        .arg(keys.path().join("sk"))
+        .arg(keys.path().join("pk")));
+    let pk = fs::read_to_string(keys.path().join("pk"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let a2 = text(ok(c.nix.cmd("nix-build").arg(&c.file).args([
+        "-A",
+        "a2",
+        "--no-out-link",
+    ])));
+    // The server serves a copy of the closure kept in a store of its own with the same
+    // store directory (its files under another root), so that this one can lose it.
+    let served = tempfile::tempdir().unwrap();
+    let served_store = format!("local?root={}", served.path().display());
+    let closure: Vec<String> = text(ok(c.nix.cmd("nix-store").args(["-qR", &a2])))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let export = ok(c.nix.cmd("nix-store").arg("--export").args(&closure));
+    let out = common::piped(
+        {
+            let mut i = c.ferrix("nix-store");
+            i.args(["--store", &served_store, "--import"]);
+            i
+        },
+        &export,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = ServeCache::start(&c, &served_store, &keys.path().join("sk"));
+
+    // The narinfo, signed as it is served; the NAR whole and in part, as the store dumps it.
+    let hash = Path::new(&a2).file_name().unwrap().to_string_lossy()[..32].to_owned();
+    let (status, _, body) = http_get(&server.url, &format!("/{hash}.narinfo"), "");
+    assert!(status.contains("200"), "{status}");
+    let narinfo = String::from_utf8(body).unwrap();
+    assert!(narinfo.contains("Sig: served-1:"), "{narinfo}");
+    let nar_url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap();
+    let nar = ok(c.nix.cmd("nix-store").args(["--dump", &a2]));
+    let (status, _, body) = http_get(&server.url, &format!("/{nar_url}"), "");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, nar);
+    let (status, headers, body) =
+        http_get(&server.url, &format!("/{nar_url}"), "Range: bytes=5-14\r\n");
+    assert!(status.contains("206"), "{status}");
+    assert!(
+        headers.contains(&format!("content-range: bytes 5-14/{}", nar.len())),
+        "{headers}"
+    );
+    assert_eq!(body, &nar[5..15]);
+    let (status, _, _) = http_get(&server.url, "/0000000000000000000000000000000a.narinfo", "");
+    assert!(status.contains("404"), "{status}");
+
+    // Real Nix, then Ferrix, substitute the closure into their store from it.
+    let closure: Vec<String> = text(ok(c.nix.cmd("nix-store").args(["-qR", &a2])))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for who in ["nix", "ferrix"] {
+        ok(c.nix.cmd("nix-store").arg("--delete").args(&closure));
+        let mut cmd = if who == "nix" {
+            c.nix.cmd("nix-store")
+        } else {
+            c.ferrix("nix-store")
+        };
+        let out = cmd
+            .args(["-r", &a2])
+            .args(["--option", "substituters", &server.url])
+            .args(["--option", "trusted-public-keys", &pk])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{who}: {err}");
+        assert!(err.contains("copying path"), "{who}: {err}");
+        ok(c.nix.cmd("nix-store").arg("--verify-path").args(&closure));
+        let info = text(ok(c.nix.cmd("nix").args(["path-info", "--sigs", &a2])));
+        assert!(info.contains("served-1:"), "{who}: {info}");
+    }
+}

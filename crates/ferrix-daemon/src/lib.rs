@@ -2,7 +2,9 @@
 //!
 //! - [`serve`]: the serve protocol of `nix-store --serve [--write]` (what `ssh://` stores speak);
 //! - [`worker`]: the worker protocol of `nix-daemon` and `nix-daemon --stdio` (what `ssh-ng://`
-//!   stores speak).
+//!   stores speak);
+//! - [`http_cache`]: a store as an HTTP binary cache (`ferrix serve-cache`).
 
+pub mod http_cache;
 pub mod serve;
 pub mod worker;

@@ -268,6 +268,23 @@ impl Db {
         Ok(out)
     }
 
+    /// The valid path whose hash part is `hash_part` (Nix's `queryPathFromHashPart`).
+    pub fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {
+        let prefix = format!("{}/{hash_part}", self.store_dir.as_str());
+        let mut stmt = self
+            .conn
+            .prepare_cached("select path from ValidPaths where path >= ? limit 1")
+            .map_err(self.err())?;
+        let found: Option<String> = stmt
+            .query_row([&prefix], |r| r.get(0))
+            .optional()
+            .map_err(self.err())?;
+        match found {
+            Some(f) if f.starts_with(&format!("{prefix}-")) => Ok(Some(self.parse(&f)?)),
+            _ => Ok(None),
+        }
+    }
+
     pub fn referrers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
         self.paths_query(
             "select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)",

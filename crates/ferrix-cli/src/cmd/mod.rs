@@ -10,6 +10,7 @@ mod log;
 mod machines;
 mod nar;
 mod path_info;
+mod serve_cache;
 mod store;
 
 use std::ffi::OsString;
@@ -90,6 +91,8 @@ enum Command {
         #[arg(long)]
         stdio: bool,
     },
+    /// Serve this store as an HTTP binary cache.
+    ServeCache(serve_cache::Args),
     /// Create the classic command names (nix-store, nix-hash, …) as links to this binary.
     InstallLinks(install_links::Args),
 }
@@ -130,6 +133,7 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Log(a) => log::run(a, &settings, shell)?,
         Command::Copy(a) => copy::run(a, &settings, shell)?,
         Command::Machines => machines::run(&settings, shell)?,
+        Command::ServeCache(a) => serve_cache::run(a, &settings, shell)?,
         Command::Daemon { stdio } => {
             if !stdio {
                 anyhow::bail!("only 'ferrix daemon --stdio' is supported yet");

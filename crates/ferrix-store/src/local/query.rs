@@ -15,6 +15,14 @@ impl LocalStore {
         self.db().valid_among(paths)
     }
 
+    /// The valid path whose hash part is `hash_part`, if any.
+    pub fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>> {
+        if hash_part.len() != 32 || !hash_part.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(None);
+        }
+        self.db().path_from_hash_part(hash_part)
+    }
+
     pub fn query_path_info(&self, p: &StorePath) -> Result<Option<ValidPathInfo>> {
         self.db().path_info(p)
     }
