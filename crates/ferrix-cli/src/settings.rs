@@ -217,6 +217,26 @@ impl Settings {
         &self.store_dir
     }
 
+    /// The signing keys of `secret-key-files`, then those of `extra` files.
+    pub fn secret_keys(
+        &self,
+        extra: &[String],
+    ) -> Result<Vec<ferrix_format::signature::SecretKey>> {
+        self.conf
+            .get("secret-key-files")
+            .unwrap_or("")
+            .split_whitespace()
+            .chain(extra.iter().map(String::as_str))
+            .map(|f| {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the secret key file '{f}'"))?;
+                text.trim()
+                    .parse()
+                    .with_context(|| format!("'{f}' does not hold a secret key"))
+            })
+            .collect()
+    }
+
     /// The substitution settings.
     pub fn substitution(&self) -> Result<SubstitutionSettings> {
         let c = &self.conf;

@@ -138,13 +138,7 @@ fn file_cache(
     }
     let mut compression = Compression::Zstd;
     let mut level = None;
-    let mut key_files: Vec<String> = settings
-        .conf
-        .get("secret-key-files")
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let mut key_files: Vec<String> = Vec::new();
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
@@ -165,16 +159,7 @@ fn file_cache(
             _ => shell.warn(format!("'{uri}': unknown setting '{k}'")),
         }
     }
-    let keys = key_files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("reading the secret key file '{f}'"))?;
-            text.trim()
-                .parse()
-                .with_context(|| format!("'{f}' does not hold a secret key"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let keys = settings.secret_keys(&key_files)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     Ok(FileCache {
         dir: dir.into(),

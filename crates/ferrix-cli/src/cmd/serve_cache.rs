@@ -96,24 +96,7 @@ impl CacheBackend for StoreCache {
 
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     let store = Arc::new(settings.open_store()?);
-    let mut files: Vec<String> = settings
-        .conf
-        .get("secret-key-files")
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    files.extend(a.secret_key_file);
-    let keys = files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("reading the secret key file '{f}'"))?;
-            text.trim()
-                .parse()
-                .with_context(|| format!("'{f}' does not hold a secret key"))
-        })
-        .collect::<Result<Vec<SecretKey>>>()?;
+    let keys = settings.secret_keys(&a.secret_key_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
