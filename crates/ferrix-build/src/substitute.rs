@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ferrix_format::StorePath;
 use ferrix_store::binary_cache::{
-    CacheError, CacheSource, Found, HttpClient, HttpSettings, Substituters, Trust,
+    CacheError, CacheSource, DiskCacheTtl, Found, HttpClient, HttpSettings, NarInfoDiskCache,
+    Substituters, Trust,
 };
 use ferrix_store::LocalStore;
 
@@ -55,6 +56,9 @@ pub struct CacheSettings {
     pub max_jobs: usize,
     /// `fallback`: said in the failure of a fetch, so the user knows what would help.
     pub fallback: bool,
+    /// The narinfo disk cache's file, where HTTP caches' answers are remembered.
+    pub disk_cache: Option<std::path::PathBuf>,
+    pub ttl: DiskCacheTtl,
 }
 
 /// Substitutes from binary caches, opened the first time they are needed (a run with
@@ -108,13 +112,21 @@ impl CacheSubstituter {
                     None
                 }
             };
+            let disk = http.as_ref().and(s.disk_cache.as_ref()).and_then(|f| {
+                NarInfoDiskCache::open(f, s.ttl)
+                    .map(Arc::new)
+                    .map_err(|e| self.reporter.warn(&crate::render_error(&e)))
+                    .ok()
+            });
             let opened: Vec<Result<CacheSource, CacheError>> = std::thread::scope(|sc| {
                 let handles: Vec<_> = s
                     .urls
                     .iter()
                     .map(|u| {
-                        let http = http.as_ref();
-                        sc.spawn(move || CacheSource::open(u, store_dir, s.trust.clone(), http))
+                        let (http, disk) = (http.as_ref(), disk.as_ref());
+                        sc.spawn(move || {
+                            CacheSource::open(u, store_dir, s.trust.clone(), http, disk)
+                        })
                     })
                     .collect();
                 handles

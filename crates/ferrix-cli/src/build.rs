@@ -308,6 +308,8 @@ pub fn substituter(
                 http: s.http,
                 max_jobs: s.max_jobs,
                 fallback: s.fallback,
+                disk_cache: s.disk_cache,
+                ttl: s.ttl,
             },
             warn,
         ),

@@ -155,6 +155,7 @@ pub const KNOWN: &[Known] = {
         k("min-free", U64),
         k("min-free-check-interval", U64),
         k("nar-buffer-size", U64),
+        k("narinfo-cache-meta-ttl", U32),
         k("narinfo-cache-negative-ttl", U32),
         k("narinfo-cache-positive-ttl", U32),
         k("netrc-file", Str),

@@ -198,11 +198,33 @@ pub struct SubstitutionSettings {
     pub max_jobs: usize,
     /// `always-allow-substitutes`: substitute even derivations with `allowSubstitutes = false`.
     pub always_allow: bool,
+    /// The narinfo disk cache, Nix's own: `$XDG_CACHE_HOME/nix/binary-cache-v6.sqlite`
+    /// (`~/.cache/…`); none without a home.
+    pub disk_cache: Option<PathBuf>,
+    /// `narinfo-cache-positive-ttl`, `narinfo-cache-negative-ttl` and
+    /// `narinfo-cache-meta-ttl`.
+    pub ttl: ferrix_store::binary_cache::DiskCacheTtl,
 }
 
 impl SubstitutionSettings {
     /// The one HTTP client of a run (made on a thread of its own: it must not start inside
     /// an async runtime).
+    /// The narinfo disk cache, opened; a warning (and none) when it cannot be, since it
+    /// only saves queries.
+    pub fn disk_cache(
+        &self,
+        shell: &mut crate::shell::Shell,
+    ) -> Option<std::sync::Arc<ferrix_store::binary_cache::NarInfoDiskCache>> {
+        let file = self.disk_cache.as_ref()?;
+        match ferrix_store::binary_cache::NarInfoDiskCache::open(file, self.ttl) {
+            Ok(d) => Some(std::sync::Arc::new(d)),
+            Err(e) => {
+                shell.warn(format!("{:#}", anyhow::Error::from(e)));
+                None
+            }
+        }
+    }
+
     pub fn http_client(&self) -> Result<ferrix_store::binary_cache::HttpClient> {
         let settings = self.http.clone();
         std::thread::spawn(move || ferrix_store::binary_cache::HttpClient::new(settings))
@@ -283,6 +305,23 @@ impl Settings {
             fallback: c.bool("fallback", false)?,
             max_jobs: c.uint("max-substitution-jobs").unwrap_or(16).max(1) as usize,
             always_allow: c.bool("always-allow-substitutes", false)?,
+            disk_cache: env("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("nix/binary-cache-v6.sqlite")),
+            ttl: {
+                let d = ferrix_store::binary_cache::DiskCacheTtl::default();
+                let secs = |k: &str, dflt: std::time::Duration| {
+                    c.uint(k)
+                        .map(std::time::Duration::from_secs)
+                        .unwrap_or(dflt)
+                };
+                ferrix_store::binary_cache::DiskCacheTtl {
+                    positive: secs("narinfo-cache-positive-ttl", d.positive),
+                    negative: secs("narinfo-cache-negative-ttl", d.negative),
+                    meta: secs("narinfo-cache-meta-ttl", d.meta),
+                }
+            },
         })
     }
 }

@@ -426,6 +426,94 @@ fn a_failing_or_lying_cache_is_named_and_leaves_the_store_clean() {
 }
 
 #[test]
+fn narinfos_are_remembered_between_runs_in_the_disk_cache_nix_shares() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "a2", "zstd");
+    let dir = cache.dir.path().join("cache");
+    let server = Server::start(dir.clone());
+    let (a2_drv, b1_drv) = (c.drv("a2"), c.drv("b1"));
+    let (a1, a2) = (c.out_path(&c.drv("a1")), c.out_path(&a2_drv));
+    let b1 = c.out_path(&b1_drv);
+    let (a1_info, a1_nar, _) = urls_of(&dir, &a1);
+    let (a2_info, _, _) = urls_of(&dir, &a2);
+    let b1_info = format!(
+        "/{}.narinfo",
+        b1[b1.rfind('/').unwrap() + 1..].split('-').next().unwrap()
+    );
+    let hits = |p: &str| server.hits_of(p);
+
+    // The first run asks the cache about itself and about each path.
+    let out = realise(&c, &a2_drv, &server.url(), &cache.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = realise(&c, &b1_drv, &server.url(), &cache.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(hits("/nix-cache-info"), 1);
+    assert_eq!((hits(&a1_info), hits(&a2_info), hits(&b1_info)), (1, 1, 1));
+    let db = c.nix.home().join(".cache/nix/binary-cache-v6.sqlite");
+    assert!(db.is_file(), "{}", db.display());
+
+    // The next runs ask nothing the disk cache knows, what the cache has or lacks; only
+    // the NARs are fetched again.
+    ok(c.nix.cmd("nix-store").args(["--delete", &a2, &a1, &b1]));
+    let out = realise(&c, &a2_drv, &server.url(), &cache.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = realise(&c, &b1_drv, &server.url(), &cache.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(hits("/nix-cache-info"), 1);
+    assert_eq!((hits(&a1_info), hits(&a2_info), hits(&b1_info)), (1, 1, 1));
+    assert_eq!(hits(&a1_nar), 2);
+
+    // With a TTL of zero, the cache is asked again.
+    ok(c.nix.cmd("nix-store").args(["--delete", &b1]));
+    let zero = [
+        "--option",
+        "narinfo-cache-negative-ttl",
+        "0",
+        "--option",
+        "narinfo-cache-positive-ttl",
+        "0",
+    ];
+    let out = realise(&c, &b1_drv, &server.url(), &cache.pk, &zero);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(hits(&b1_info), 2);
+
+    // Real Nix 2.8 reads what Ferrix remembered: with the narinfo now failing, it still
+    // knows the path, without asking.
+    server.fault(&a2_info, Fault::Status(500));
+    let json = text(ok(c.nix.cmd("nix").args([
+        "path-info",
+        "--json",
+        "--store",
+        &server.url(),
+        &a2,
+    ])));
+    assert!(json.contains("\"narHash\""), "{json}");
+    assert_eq!(hits(&a2_info), 1);
+    server.clear_faults();
+
+    // And Ferrix reads what real Nix remembered: a path only Nix asked about is fetched
+    // while its narinfo fails. (A cache of its own, under another URL.)
+    let cache2 = cache_in(&c, "b2", "xz");
+    let dir2 = cache2.dir.path().join("cache");
+    let server2 = Server::start(dir2.clone());
+    let b2 = c.out_path(&c.drv("b2"));
+    let (b2_info, _, _) = urls_of(&dir2, &b2);
+    ok(c.nix
+        .cmd("nix")
+        .args(["path-info", "--store", &server2.url(), &b2]));
+    // (Nix 2.8 asks with HEAD, then GET.)
+    let asked = server2.hits_of(&b2_info);
+    assert!(asked >= 1);
+    server2.fault(&b2_info, Fault::Status(500));
+    let out = realise(&c, &b2, &server2.url(), &cache2.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(c.valid(&b2));
+    assert_eq!(server2.hits_of(&b2_info), asked);
+    // What the cache said of itself was taken from Nix's row too.
+    assert_eq!(server2.hits_of("/nix-cache-info"), 1);
+}
+
+#[test]
 fn an_unreachable_cache_is_skipped_with_a_warning() {
     let c = Consumer::new();
     // A port nothing listens on.

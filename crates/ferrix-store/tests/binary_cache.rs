@@ -242,7 +242,7 @@ fn source(dir: &Path) -> Substituters {
         require_sigs: true,
     };
     let uri = format!("file://{}", dir.display());
-    let cache = CacheSource::open(&uri, &StoreDir::default(), trust, None).unwrap();
+    let cache = CacheSource::open(&uri, &StoreDir::default(), trust, None, None).unwrap();
     Substituters::new(vec![cache], 4)
 }
 

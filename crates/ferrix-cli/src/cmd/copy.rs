@@ -58,7 +58,7 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
                 .iter()
                 .map(|p| store.parse_path(p))
                 .collect::<Result<_, _>>()?;
-            let cache = cache_source(&from, settings, a.no_check_sigs)?;
+            let cache = cache_source(&from, settings, a.no_check_sigs, shell)?;
             let got = ferrix_store::binary_cache::copy_from_cache(&store, &cache, &paths)?;
             shell.note(format!("copied {} paths from '{from}'", got.len()));
         }
@@ -177,15 +177,21 @@ fn cache_source(
     uri: &str,
     settings: &Settings,
     no_check_sigs: bool,
+    shell: &mut Shell,
 ) -> Result<ferrix_store::binary_cache::Substituters> {
     let mut subst = settings.substitution()?;
     subst.trust.require_sigs &= !no_check_sigs;
     let http = subst.http_client()?;
+    let disk = uri
+        .starts_with("http")
+        .then(|| subst.disk_cache(shell))
+        .flatten();
     let cache = ferrix_store::binary_cache::CacheSource::open(
         uri,
         settings.store_dir(),
         subst.trust.clone(),
         Some(&http),
+        disk.as_ref(),
     )?;
     Ok(ferrix_store::binary_cache::Substituters::new(
         vec![cache],

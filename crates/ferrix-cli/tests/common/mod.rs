@@ -170,7 +170,13 @@ impl Nix {
             .env_remove("NIX_PATH")
             .env_remove("NIX_REMOTE")
             .env_remove("XDG_CONFIG_HOME")
-            .env_remove("XDG_DATA_HOME");
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_CACHE_HOME");
+    }
+
+    /// The home of the isolated commands (`~/.cache/nix` holds the narinfo disk cache).
+    pub fn home(&self) -> std::path::PathBuf {
+        self.root.path().join("home")
     }
 }
 

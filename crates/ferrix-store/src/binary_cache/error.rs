@@ -79,6 +79,12 @@ pub enum CacheError {
     BadUrl { uri: String, why: String },
     #[error("'{cache}' is disabled for the rest of this run: {why}")]
     Disabled { cache: String, why: String },
+    #[error("the narinfo disk cache '{file}' failed")]
+    DiskCache {
+        file: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("cannot copy '{path}' from '{cache}'")]
     Substitute {
         cache: String,

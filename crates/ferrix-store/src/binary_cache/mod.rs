@@ -3,6 +3,7 @@
 //! them from a directory or over HTTP, as `ferrix copy --from` and substitution do.
 
 mod compression;
+mod disk_cache;
 mod error;
 mod http;
 mod source;
@@ -10,6 +11,7 @@ mod substituters;
 mod write;
 
 pub use compression::Compression;
+pub use disk_cache::{CachedInfo, DiskCacheTtl, NarInfoDiskCache, Remembered};
 pub use error::CacheError;
 pub use http::{HttpClient, HttpSettings};
 pub use source::{CacheSource, Trust};

@@ -6,14 +6,14 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ferrix_format::narinfo::CacheInfo;
 use ferrix_format::signature::PublicKey;
 use ferrix_format::{NarInfo, StoreDir, StorePath};
 
 use super::http::HttpClient;
-use super::{CacheError, Compression};
+use super::{CacheError, Compression, NarInfoDiskCache, Remembered};
 
 /// Whom a cache's paths must be signed by.
 #[derive(Debug, Clone)]
@@ -54,17 +54,22 @@ pub struct CacheSource {
     failures: AtomicU32,
     disabled: AtomicBool,
     why_disabled: Mutex<Option<String>>,
+    /// Where an HTTP cache's answers are remembered between runs, and its row there.
+    disk: Option<(Arc<NarInfoDiskCache>, i64)>,
 }
 
 impl CacheSource {
     /// Open the cache at `uri` (`file:///DIR` or `http(s)://…`, with `?priority=N` and
     /// `?want-mass-query=` overriding what the cache says of itself). Its `nix-cache-info`
-    /// is read (a directory may lack one) and its store directory must be ours.
+    /// is read (a directory may lack one) and its store directory must be ours. An HTTP
+    /// cache's answers are remembered in `disk`, if given, and what it said of itself
+    /// recently is taken from there instead of asking again.
     pub fn open(
         uri: &str,
         store_dir: &StoreDir,
         trust: Trust,
         http: Option<&HttpClient>,
+        disk: Option<&Arc<NarInfoDiskCache>>,
     ) -> Result<Self, CacheError> {
         let bad = |why: &str| CacheError::BadUrl {
             uri: uri.to_owned(),
@@ -96,36 +101,38 @@ impl CacheSource {
             failures: AtomicU32::new(0),
             disabled: AtomicBool::new(false),
             why_disabled: Mutex::new(None),
+            disk: None,
         };
-        match cache.get_tries("nix-cache-info", 1)? {
-            Some(mut r) => {
-                let mut text = String::new();
-                r.read_to_string(&mut text)
-                    .map_err(|source| CacheError::Io {
-                        what: "read",
-                        path: PathBuf::from(format!("{}/nix-cache-info", cache.name)),
-                        source,
-                    })?;
-                let info = CacheInfo::parse(&text).map_err(|source| CacheError::BadCacheInfo {
+        // Only HTTP caches are remembered, as in Nix: a directory is as quick to read.
+        let (disk, key) = match (&cache.location, disk) {
+            (Location::Http { base, .. }, Some(d)) => (Some(d), base.clone()),
+            _ => (None, String::new()),
+        };
+        // A failing disk cache only costs queries: the cache itself is asked.
+        let remembered = disk.and_then(|d| d.cache_info(&key).ok().flatten());
+        if let (Some(d), Some(info)) = (disk, remembered) {
+            if info.store_dir != store_dir.as_str() {
+                return Err(CacheError::WrongStore {
                     cache: cache.name.clone(),
-                    source,
-                })?;
-                if let Some(theirs) = info.store_dir {
-                    if theirs != store_dir.as_str() {
-                        return Err(CacheError::WrongStore {
-                            cache: cache.name.clone(),
-                            theirs,
-                            ours: store_dir.as_str().to_owned(),
-                        });
-                    }
+                    theirs: info.store_dir,
+                    ours: store_dir.as_str().to_owned(),
+                });
+            }
+            cache.priority = info.priority;
+            cache.want_mass_query = info.want_mass_query;
+            cache.disk = Some((d.clone(), info.id));
+        } else {
+            cache.read_cache_info(store_dir)?;
+            if let Some(d) = disk {
+                if let Ok(id) = d.remember_cache(
+                    &key,
+                    store_dir.as_str(),
+                    cache.want_mass_query,
+                    cache.priority,
+                ) {
+                    cache.disk = Some((d.clone(), id));
                 }
-                cache.priority = info.priority.unwrap_or(cache.priority);
-                cache.want_mass_query = info.want_mass_query.unwrap_or(false);
             }
-            None if matches!(cache.location, Location::Http { .. }) => {
-                return Err(CacheError::NotACache { cache: cache.name });
-            }
-            None => {}
         }
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -141,6 +148,44 @@ impl CacheSource {
             }
         }
         Ok(cache)
+    }
+
+    /// Read the cache's `nix-cache-info` (required over HTTP): its store directory must
+    /// be ours, and it sets the priority and mass-query wish.
+    fn read_cache_info(&mut self, store_dir: &StoreDir) -> Result<(), CacheError> {
+        match self.get_tries("nix-cache-info", 1)? {
+            Some(mut r) => {
+                let mut text = String::new();
+                r.read_to_string(&mut text)
+                    .map_err(|source| CacheError::Io {
+                        what: "read",
+                        path: PathBuf::from(format!("{}/nix-cache-info", self.name)),
+                        source,
+                    })?;
+                let info = CacheInfo::parse(&text).map_err(|source| CacheError::BadCacheInfo {
+                    cache: self.name.clone(),
+                    source,
+                })?;
+                if let Some(theirs) = info.store_dir {
+                    if theirs != store_dir.as_str() {
+                        return Err(CacheError::WrongStore {
+                            cache: self.name.clone(),
+                            theirs,
+                            ours: store_dir.as_str().to_owned(),
+                        });
+                    }
+                }
+                self.priority = info.priority.unwrap_or(self.priority);
+                self.want_mass_query = info.want_mass_query.unwrap_or(false);
+            }
+            None if matches!(self.location, Location::Http { .. }) => {
+                return Err(CacheError::NotACache {
+                    cache: self.name.clone(),
+                });
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// The file at `rel` under the cache, streaming; `None` when there is none.
@@ -221,8 +266,18 @@ impl CacheSource {
         store_dir: &StoreDir,
         p: &StorePath,
     ) -> Result<Option<NarInfo>, CacheError> {
+        if let Some((d, id)) = &self.disk {
+            match d.lookup(*id, store_dir, p) {
+                Ok(Remembered::Missing) => return Ok(None),
+                Ok(Remembered::Present(info)) => return Ok(Some(*info)),
+                Ok(Remembered::Unknown) | Err(_) => {}
+            }
+        }
         let rel = format!("{}.narinfo", p.hash_part());
         let Some(mut r) = self.get(&rel)? else {
+            if let Some((d, id)) = &self.disk {
+                let _ = d.remember_missing(*id, p);
+            }
             return Ok(None);
         };
         let mut text = String::new();
@@ -247,7 +302,18 @@ impl CacheSource {
                 ),
             });
         }
+        if let Some((d, id)) = &self.disk {
+            let _ = d.remember(*id, &info);
+        }
         Ok(Some(info))
+    }
+
+    /// Forget what the disk cache remembers of `p` from this cache (its NAR was not as
+    /// described, or it cannot be trusted): the next run asks again.
+    pub fn forget(&self, p: &StorePath) {
+        if let Some((d, id)) = &self.disk {
+            let _ = d.forget(*id, p);
+        }
     }
 
     /// Whether `info` may enter the store: a signature by a trusted key, or a content

@@ -98,10 +98,14 @@ impl Substituters {
                 Ok(Some(info)) if c.trusted(store_dir, &info) => {
                     return (Some(Found { cache: i, info }), problems)
                 }
-                Ok(Some(_)) => problems.push(CacheError::Untrusted {
-                    cache: c.name.clone(),
-                    path: store_dir.display(p),
-                }),
+                Ok(Some(_)) => {
+                    // Not remembered: once signed (or its key trusted) it is taken.
+                    c.forget(p);
+                    problems.push(CacheError::Untrusted {
+                        cache: c.name.clone(),
+                        path: store_dir.display(p),
+                    })
+                }
                 Err(e) => {
                     if c.failed(&e) {
                         problems.push(CacheError::Disabled {
@@ -164,6 +168,8 @@ impl Substituters {
                 match stage_from(store, cache, &f.info, cancel) {
                     Ok(p) => return Ok((p, f.cache)),
                     Err(e) => {
+                        // Its narinfo is not believed in the next run either.
+                        cache.forget(&f.info.store_path);
                         if cache.failed(&e) {
                             errors.push(CacheError::Disabled {
                                 cache: cache.name.clone(),
