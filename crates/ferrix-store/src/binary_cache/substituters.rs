@@ -235,11 +235,15 @@ fn stage_from(
     let stop = &stop;
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(CHUNKS_AHEAD);
-        s.spawn(move || decompress(nar, tx, cancel, stop));
+        // Spent chunks go back to be filled again: no fresh (zeroed, faulted-in) 256 KiB
+        // buffer for every chunk.
+        let (give_back, spent) = mpsc::channel::<Vec<u8>>();
+        s.spawn(move || decompress(nar, tx, spent, cancel, stop));
         let res = store.stage_nar(
             &local,
             ChunkReader {
                 rx,
+                give_back,
                 cur: Vec::new(),
                 pos: 0,
             },
@@ -257,6 +261,7 @@ const CHUNK: usize = 256 << 10;
 fn decompress(
     mut nar: Box<dyn Read + Send + '_>,
     tx: mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+    spent: mpsc::Receiver<Vec<u8>>,
     cancel: &AtomicBool,
     stop: &AtomicBool,
 ) {
@@ -271,7 +276,13 @@ fn decompress(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = match spent.try_recv() {
+            Ok(mut b) => {
+                b.resize(CHUNK, 0);
+                b
+            }
+            Err(_) => vec![0u8; CHUNK],
+        };
         let mut n = 0;
         while n < buf.len() {
             match nar.read(&mut buf[n..]) {
@@ -295,6 +306,7 @@ fn decompress(
 /// The reading end of the decompressing thread.
 struct ChunkReader {
     rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    give_back: mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -304,7 +316,10 @@ impl Read for ChunkReader {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(chunk) => {
-                    self.cur = chunk?;
+                    let spent = std::mem::replace(&mut self.cur, chunk?);
+                    if spent.capacity() == CHUNK {
+                        let _ = self.give_back.send(spent);
+                    }
                     self.pos = 0;
                 }
                 // The sender ended: the stream is over.

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Substitution and serving, Ferrix against real Nix 2.8, as ratios. Called by
+bench/substitute.sh.
+
+A closure of PATHS store paths (each a directory of files, part random and part text, so
+that it compresses about 2:1; MIB MiB in all) is added by real Nix, and real Nix writes it
+to two signed file:// caches (zstd, xz). Then:
+
+  serve     `ferrix serve-cache` (no compression) sends every NAR of the closure, fetched
+            by curl over one connection, then over 8 at once: MB/s of NAR.
+  subst     for each cache, as file:// and over http://127.0.0.1 (a Python server of its
+            own, the same for both tools): the closure deleted from the store, the narinfo
+            disk cache emptied, a `sync`, then `nix-store -r PATHS` of real Nix and of
+            Ferrix, alternating, with only that cache as substituter.
+  limit     `zstd -d` (and `xz -d`) alone on the same NAR files, to /dev/null.
+
+MB/s are of NAR bytes (what the store receives).
+"""
+
+import glob
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+WORK = os.environ["FERRIX_BENCH_WORK"]
+FERRIX = os.environ["FERRIX_BIN"]
+FERRIX_STORE = os.environ["FERRIX_STORE_BIN"]
+RUNS = int(os.environ.get("FERRIX_BENCH_RUNS", "3"))
+PATHS = int(os.environ.get("FERRIX_BENCH_PATHS", "100"))
+MIB = int(os.environ.get("FERRIX_BENCH_MIB", "512"))
+ENV = dict(os.environ, NIX_STORE_DIR=f"{WORK}/s/store", NIX_STATE_DIR=f"{WORK}/s/state",
+           NIX_LOG_DIR=f"{WORK}/s/log", NIX_CONF_DIR=f"{WORK}/etc", HOME=f"{WORK}/home")
+ENV.pop("NIX_PATH", None)
+ENV.pop("NIX_REMOTE", None)
+ENV.pop("XDG_CACHE_HOME", None)
+os.makedirs(f"{WORK}/home", exist_ok=True)
+
+
+def run(args, **kw):
+    return subprocess.run(args, env=ENV, check=True, capture_output=True, text=True, **kw)
+
+
+def make_closure():
+    rng = random.Random(1)
+    words = [("".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 9)))) for _ in range(500)]
+    per_file = MIB * (1 << 20) // (PATHS * 5)
+    paths = []
+    for i in range(PATHS):
+        d = f"{WORK}/src/p{i}"
+        os.makedirs(d)
+        for j in range(5):
+            half = per_file // 2
+            text = " ".join(rng.choice(words) for _ in range(half // 5)).encode()[:half]
+            with open(f"{d}/f{j}", "wb") as f:
+                f.write(rng.randbytes(per_file - len(text)) + text)
+        paths.append(run(["nix-store", "--add", d]).stdout.strip())
+    shutil.rmtree(f"{WORK}/src")
+    return paths
+
+
+def timed(args, env=ENV):
+    os.sync()
+    t = time.perf_counter()
+    subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t
+
+
+class Quiet(SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+
+def serve_dir(root):
+    """A threaded HTTP/1.1 server (keep-alive) on a free port of 127.0.0.1 serving `root`."""
+    handler = lambda *a, **kw: Quiet(*a, directory=root, **kw)  # noqa: E731
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def curl_all(urls, conns):
+    """Fetch `urls` with `conns` curl processes (each over one kept-alive connection)."""
+    groups = [urls[i::conns] for i in range(conns)]
+    t = time.perf_counter()
+    procs = []
+    for g in groups:
+        args = ["curl", "-sf"]
+        for u in g:
+            args += [u, "-o", "/dev/null"]
+        procs.append(subprocess.Popen(args))
+    for p in procs:
+        if p.wait() != 0:
+            sys.exit("curl failed")
+    return time.perf_counter() - t
+
+
+paths = make_closure()
+nar_bytes = sum(int(run(["nix-store", "-q", "--size", p]).stdout) for p in paths)
+mb = nar_bytes / 1e6
+run(["nix-store", "--generate-binary-cache-key", "bench-1", f"{WORK}/sk", f"{WORK}/pk"])
+pk = open(f"{WORK}/pk").read().strip()
+print(f"\n{PATHS} paths, {nar_bytes / 2**20:.0f} MiB of NAR, {RUNS} runs each\n", flush=True)
+
+# Serving, from the store as it is now.
+serve = subprocess.Popen([FERRIX, "serve-cache", "--listen", "127.0.0.1:0"], env=ENV,
+                         stderr=subprocess.PIPE, text=True)
+try:
+    base = serve.stderr.readline().strip().rsplit(" ", 1)[-1]
+    assert base.startswith("http://127.0.0.1:"), base
+    urls = []
+    for p in paths:
+        h = os.path.basename(p).split("-")[0]
+        info = subprocess.run(["curl", "-sf", f"{base}/{h}.narinfo"], check=True,
+                              capture_output=True, text=True).stdout
+        urls.append(base + "/" + next(l[5:] for l in info.splitlines() if l.startswith("URL: ")))
+    curl_all(urls, 1)  # warm the page cache
+    for conns in [1, 8]:
+        ts = [curl_all(urls, conns) for _ in range(RUNS)]
+        print(f"serve-cache, {conns} connection(s): {statistics.mean(ts):.3f} s, "
+              f"{mb / statistics.mean(ts):.0f} MB/s (goal >= 500 MB/s on one)", flush=True)
+finally:
+    serve.kill()
+    serve.wait()
+
+for c in ["zstd", "xz"]:
+    run(["nix", "copy", "--to", f"file://{WORK}/cache-{c}?compression={c}&secret-key={WORK}/sk", *paths])
+
+# The limit: decompressing the same NARs alone.
+limits = {}
+for c, cmd in [("zstd", ["zstd", "-d", "-c", "-q"]), ("xz", ["xz", "-d", "-c"])]:
+    files = sorted(glob.glob(f"{WORK}/cache-{c}/nar/*"))
+    ts = []
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        subprocess.run(cmd + files, check=True, stdout=subprocess.DEVNULL)
+        ts.append(time.perf_counter() - t)
+    limits[c] = statistics.mean(ts)
+    print(f"{c} -d alone: {limits[c]:.3f} s, {mb / limits[c]:.0f} MB/s", flush=True)
+
+server, http_base = serve_dir(WORK)
+tools = {"nix": "nix-store", "ferrix": FERRIX_STORE}
+results = {}
+try:
+    for c in ["zstd", "xz"]:
+        for transport in ["file", "http"]:
+            url = f"file://{WORK}/cache-{c}" if transport == "file" else f"{http_base}/cache-{c}"
+            times = {t: [] for t in tools}
+            for i in range(RUNS):
+                for tool in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
+                    run(["nix-store", "--delete", *paths])
+                    shutil.rmtree(f"{WORK}/home/.cache", ignore_errors=True)
+                    times[tool].append(timed([tools[tool], "-r", *paths, "-j0",
+                                              "--option", "substituters", url,
+                                              "--option", "trusted-public-keys", pk]))
+                    run(["nix-store", "--check-validity", *paths])
+            results[(c, transport)] = {t: statistics.mean(v) for t, v in times.items()}
+            m = results[(c, transport)]
+            print(f"substitute {c} {transport}: nix {m['nix']:.3f} s ({mb / m['nix']:.0f} MB/s), "
+                  f"ferrix {m['ferrix']:.3f} s ({mb / m['ferrix']:.0f} MB/s), "
+                  f"{m['nix'] / m['ferrix']:.2f}x Nix, {limits[c] / m['ferrix']:.2f}x {c} -d alone",
+                  flush=True)
+finally:
+    server.shutdown()
+
+print("\ngoals (issue 12): substitution >= 3x Nix and >= 0.8x zstd -d alone; "
+      "serving >= 500 MB/s on one connection")
