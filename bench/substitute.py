@@ -73,9 +73,19 @@ def timed(args, env=ENV):
 
 class Quiet(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, *a):
         pass
+
+    def copyfile(self, source, outputfile):
+        # sendfile(2): the server costs next to no CPU, whichever tool it serves.
+        fd, size, offset = source.fileno(), os.fstat(source.fileno()).st_size, 0
+        while offset < size:
+            n = os.sendfile(self.connection.fileno(), fd, offset, size - offset)
+            if n == 0:
+                break
+            offset += n
 
 
 def serve_dir(root):

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ferrix_format::StorePath;
 use ferrix_store::binary_cache::{
     CacheError, CacheSource, DiskCacheTtl, Found, HttpClient, HttpSettings, NarInfoDiskCache,
-    Substituters, Trust,
+    Substituters, TlsRoots, Trust,
 };
 use ferrix_store::LocalStore;
 
@@ -96,10 +96,15 @@ impl CacheSubstituter {
             let store_dir = self.store.store_dir();
             let http = std::thread::scope(|sc| {
                 sc.spawn(|| {
+                    let mut http = s.http.clone();
+                    // Certificates are read only when some cache needs them.
+                    if !s.urls.iter().any(|u| u.starts_with("https://")) {
+                        http.roots = TlsRoots::None;
+                    }
                     s.urls
                         .iter()
                         .any(|u| u.starts_with("http"))
-                        .then(|| HttpClient::new(s.http.clone()))
+                        .then(|| HttpClient::new(http))
                         .transpose()
                 })
                 .join()

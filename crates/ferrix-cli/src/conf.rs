@@ -185,6 +185,7 @@ pub const KNOWN: &[Known] = {
         ),
         k("secret-key-files", List),
         k("show-trace", Bool),
+        k("ssl-cert-file", Str),
         k("stalled-download-timeout", U64),
         k("store", Str),
         ka("substitute", Bool, &["build-use-substitutes"]),

@@ -225,8 +225,13 @@ impl SubstitutionSettings {
         }
     }
 
-    pub fn http_client(&self) -> Result<ferrix_store::binary_cache::HttpClient> {
-        let settings = self.http.clone();
+    /// The client is for `urls` alone: without an `https://` one among them, no
+    /// certificates are read.
+    pub fn http_client(&self, urls: &[&str]) -> Result<ferrix_store::binary_cache::HttpClient> {
+        let mut settings = self.http.clone();
+        if !urls.iter().any(|u| u.starts_with("https://")) {
+            settings.roots = ferrix_store::binary_cache::TlsRoots::None;
+        }
         std::thread::spawn(move || ferrix_store::binary_cache::HttpClient::new(settings))
             .join()
             .map_err(|_| anyhow::anyhow!("the HTTP client could not be set up"))?
@@ -293,6 +298,21 @@ impl Settings {
         }
         if let Some(n) = c.uint("download-attempts") {
             http.attempts = n.max(1) as u32;
+        }
+        // As Nix finds its certificates: `ssl-cert-file`, `$NIX_SSL_CERT_FILE`,
+        // `$SSL_CERT_FILE`, then the system bundle if there is one.
+        let ca = c
+            .get("ssl-cert-file")
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| env("NIX_SSL_CERT_FILE").map(PathBuf::from))
+            .or_else(|| env("SSL_CERT_FILE").map(PathBuf::from))
+            .or_else(|| {
+                let f = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
+                f.is_file().then_some(f)
+            });
+        if let Some(f) = ca {
+            http.roots = ferrix_store::binary_cache::TlsRoots::File(f);
         }
         Ok(SubstitutionSettings {
             urls,

@@ -181,7 +181,7 @@ fn cache_source(
 ) -> Result<ferrix_store::binary_cache::Substituters> {
     let mut subst = settings.substitution()?;
     subst.trust.require_sigs &= !no_check_sigs;
-    let http = subst.http_client()?;
+    let http = subst.http_client(&[uri])?;
     let disk = uri
         .starts_with("http")
         .then(|| subst.disk_cache(shell))

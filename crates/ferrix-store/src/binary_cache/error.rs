@@ -49,6 +49,8 @@ pub enum CacheError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("'{file}' holds no PEM certificates (see 'ssl-cert-file')")]
+    Certificates { file: PathBuf },
     #[error("cannot fetch '{url}'")]
     Http {
         url: String,

@@ -3,6 +3,7 @@
 //! with jittered exponential back-off that honours `Retry-After`.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::blocking::{Client, Response};
@@ -25,6 +26,20 @@ pub struct HttpSettings {
     pub base_delay: Duration,
     /// Longest `Retry-After` honoured; a server asking for longer is a failure.
     pub max_retry_after: Duration,
+    /// Whom `https://` servers must be certified by.
+    pub roots: TlsRoots,
+}
+
+/// The certificate authorities `https://` servers are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// The system's (its verifier, which reads every certificate it has).
+    System,
+    /// The certificates of one PEM bundle (Nix's `ssl-cert-file`): one file read.
+    File(PathBuf),
+    /// None: for runs that reach no `https://` server, which then pay nothing for
+    /// certificates.
+    None,
 }
 
 impl Default for HttpSettings {
@@ -36,6 +51,7 @@ impl Default for HttpSettings {
             attempts: 5,
             base_delay: Duration::from_millis(250),
             max_retry_after: Duration::from_secs(60),
+            roots: TlsRoots::System,
         }
     }
 }
@@ -69,6 +85,22 @@ impl HttpClient {
             .redirect(reqwest::redirect::Policy::limited(10));
         if let Some(t) = settings.connect_timeout {
             b = b.connect_timeout(t);
+        }
+        match &settings.roots {
+            TlsRoots::System => {}
+            TlsRoots::File(f) => {
+                let pem = std::fs::read(f).map_err(|source| CacheError::Io {
+                    what: "read the certificates in",
+                    path: f.clone(),
+                    source,
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| CacheError::Certificates { file: f.clone() })?;
+                b = b.tls_certs_only(certs);
+            }
+            TlsRoots::None => b = b.tls_certs_only([]),
         }
         let client = b
             .build()
@@ -215,6 +247,30 @@ impl Read for Reading {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_file_that_is_missing_or_holds_none_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let with = |roots| HttpSettings {
+            roots,
+            ..HttpSettings::default()
+        };
+        let missing = d.path().join("missing.pem");
+        match HttpClient::new(with(TlsRoots::File(missing.clone()))) {
+            Err(CacheError::Io { path, .. }) => assert_eq!(path, missing),
+            other => panic!("{other:?}"),
+        }
+        let junk = d.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        match HttpClient::new(with(TlsRoots::File(junk.clone()))) {
+            Err(e @ CacheError::Certificates { .. }) => {
+                assert!(e.to_string().contains(&*junk.to_string_lossy()), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // No roots at all is a client still, for plain HTTP.
+        HttpClient::new(with(TlsRoots::None)).unwrap();
+    }
 
     #[test]
     fn jitter_stays_in_range_and_varies() {

@@ -13,7 +13,7 @@ mod write;
 pub use compression::Compression;
 pub use disk_cache::{CachedInfo, DiskCacheTtl, NarInfoDiskCache, Remembered};
 pub use error::CacheError;
-pub use http::{HttpClient, HttpSettings};
+pub use http::{HttpClient, HttpSettings, TlsRoots};
 pub use source::{CacheSource, Trust};
 pub use substituters::{copy_from_cache, Found, Queried, Substituters};
 pub use write::{copy_to_cache, FileCache};
