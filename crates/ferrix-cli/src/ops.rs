@@ -41,7 +41,8 @@ pub fn add(
 /// as `result`) that leads to one.
 pub fn resolve(store: &LocalStore, arg: &str) -> Result<StorePath> {
     let sd = store.store_dir().as_str();
-    let mut cur = std::path::PathBuf::from(arg);
+    // Relative to the working directory, `.` and `..` taken lexically (Nix's `absPath`).
+    let mut cur = lexical_abs(Path::new(arg));
     for _ in 0..40 {
         let s = cur.to_string_lossy().into_owned();
         if s.starts_with(sd) || s.starts_with(&*store.config().real_store_dir.to_string_lossy()) {
@@ -61,16 +62,37 @@ pub fn resolve(store: &LocalStore, arg: &str) -> Result<StorePath> {
         }
         match std::fs::read_link(&cur) {
             Ok(t) => {
-                cur = if t.is_absolute() {
+                cur = lexical_abs(&if t.is_absolute() {
                     t
                 } else {
-                    cur.parent().unwrap_or(Path::new(".")).join(t)
-                }
+                    cur.parent().unwrap_or(Path::new("/")).join(t)
+                })
             }
             Err(_) => bail!("path '{arg}' is not in the Nix store"),
         }
     }
     bail!("too many symlinks from '{arg}'")
+}
+
+/// `p` made absolute against the working directory, with `.` and `..` removed without
+/// looking at the file system.
+fn lexical_abs(p: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let joined = match std::env::current_dir() {
+        Ok(cwd) if p.is_relative() => cwd.join(p),
+        _ => p.to_owned(),
+    };
+    let mut out = std::path::PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 pub fn resolve_all(store: &LocalStore, args: &[String]) -> Result<Vec<StorePath>> {

@@ -340,6 +340,13 @@ fn store_refuses_bad_input() {
         before
     );
 
+    // A path relative to the working directory, `..` and all, as Nix takes it.
+    let name = good.trim().rsplit('/').next().unwrap().to_owned();
+    let by_abs = ok(&mut nix_store(&["-q", "--hash", good.trim()]));
+    let by_rel = ok(nix_store(&["-q", "--hash", &format!("../store/./{name}")])
+        .current_dir(root.path().join("nix/store")));
+    assert_eq!(by_abs, by_rel);
+
     // A database from a future Nix: refused, untouched.
     let schema = root.path().join("nix/var/nix/db/schema");
     fs::write(&schema, "11").unwrap();
