@@ -80,6 +80,11 @@ pub enum FailureKind {
         builder: String,
         source: std::io::Error,
     },
+    /// A built-in builder (`builtin:fetchurl`) failed.
+    Builtin {
+        builder: String,
+        source: Box<crate::builtin::BuiltinError>,
+    },
     MissingOutput {
         output: String,
         path: String,
@@ -167,6 +172,7 @@ impl std::fmt::Display for BuildFailure {
             FailureKind::Timeout { after, .. } => write!(f, "building '{drv}' timed out after {0} seconds", after.as_secs()),
             FailureKind::Silent { after, .. } => write!(f, "'{drv}' produced no output for {0} seconds", after.as_secs()),
             FailureKind::Spawn { builder, .. } => write!(f, "could not start the builder '{builder}' of '{drv}'"),
+            FailureKind::Builtin { builder, .. } => write!(f, "the builder '{builder}' of '{drv}' failed"),
             FailureKind::MissingOutput { output, path, .. } => write!(f, "builder for '{drv}' failed to produce output path for output '{output}' at '{path}'"),
             FailureKind::UnreadableOutput { path, .. } => write!(f, "output '{path}' of '{drv}' cannot be read as a store path"),
             FailureKind::HashMismatch { specified, got, .. } => write!(f, "hash mismatch in fixed-output derivation '{drv}':\n  specified: {specified}\n       got:    {got}"),
@@ -203,6 +209,7 @@ impl std::error::Error for BuildFailure {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             FailureKind::Spawn { source, .. } => Some(source),
+            FailureKind::Builtin { source, .. } => Some(source),
             FailureKind::UnreadableOutput { source, .. } => Some(source),
             FailureKind::Io { source, .. } => Some(source),
             FailureKind::Registration { source, .. } => Some(source),

@@ -4,6 +4,7 @@
 //! outputs they all claim and register through.
 
 pub mod attrs;
+pub mod builtin;
 mod check;
 pub mod env;
 pub mod error;

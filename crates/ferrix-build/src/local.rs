@@ -64,6 +64,8 @@ pub struct LocalSettings {
     /// when other executors share the work: a job must not wait here for a builder while a
     /// machine could take it.
     pub prepare_ahead: usize,
+    /// How `builtin:fetchurl` reaches servers.
+    pub fetch: ferrix_store::binary_cache::HttpSettings,
 }
 
 impl LocalSettings {
@@ -109,6 +111,8 @@ pub struct LocalExecutor {
     /// `max-jobs` builders run at once; with `prepare_ahead`, the executor takes more jobs
     /// than that, so the next ones are claimed and prepared while builders run.
     builders: Arc<tokio::sync::Semaphore>,
+    /// The downloads of `builtin:fetchurl`.
+    fetcher: Arc<crate::builtin::Fetcher>,
 }
 
 impl std::fmt::Debug for dyn Reporter + Send + Sync {
@@ -127,6 +131,7 @@ impl LocalExecutor {
         times: Arc<Mutex<crate::times::BuildTimes>>,
     ) -> Self {
         let settings_max_jobs = settings.max_jobs;
+        let fetcher = Arc::new(crate::builtin::Fetcher::new(settings.fetch.clone()));
         Self {
             store: registry.store().clone(),
             registry,
@@ -137,6 +142,7 @@ impl LocalExecutor {
             slots: Mutex::default(),
             slot_intents: Mutex::default(),
             builders: Arc::new(tokio::sync::Semaphore::new(settings_max_jobs)),
+            fetcher,
         }
     }
 }

@@ -87,6 +87,7 @@ pub fn local_settings(
             system_features: system_features(settings),
             // Set by the Engine's host once it knows whether machines share the work.
             prepare_ahead: 0,
+            fetch: settings.substitution()?.http,
         },
         ScheduleOptions {
             keep_going: conf.bool("keep-going", false)?,

@@ -104,6 +104,11 @@ impl LocalExecutor {
             fs::write(build_dir.join(&name), contents)
                 .map_err(io_err("writing attribute files"))?;
         }
+        if job.is_builtin() {
+            return self
+                .run_builtin(job, drv, env, scratch, log, permit, cancel)
+                .await;
+        }
         let args: Vec<String> = job.drv.args.iter().map(|a| rewrite(a, &rewrites)).collect();
         let real_store = &self.store.config().real_store_dir;
         if chroot.is_none() && std::path::Path::new(&store_dir) != real_store.as_path() {
@@ -114,16 +119,6 @@ impl LocalExecutor {
                     real_store.display()
                 )) }));
         }
-        if job.drv.builder.starts_with("builtin:") {
-            return Err(BuildFailure::new(
-                drv.to_owned(),
-                FailureKind::Spawn {
-                    builder: job.drv.builder.clone(),
-                    source: io::Error::other("built-in builders are not supported yet"),
-                },
-            ));
-        }
-
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
         let spawn_err = |source| {
             BuildFailure::new(
@@ -280,6 +275,67 @@ impl LocalExecutor {
             }
             (None, None) => BuildFailure::new(drv.to_owned(), FailureKind::ExitCode { code: -1 }),
         })
+    }
+}
+
+impl LocalExecutor {
+    /// Run a built-in builder in this process (on a blocking thread), its messages in the
+    /// log, its output written at its path (or its scratch path, when checking).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_builtin(
+        &self,
+        job: &Job,
+        drv: &str,
+        env: BTreeMap<String, String>,
+        scratch: &BTreeMap<String, StorePath>,
+        mut log: LogWriter,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        mut cancel: Cancel,
+    ) -> Result<(), BuildFailure> {
+        let out = job.outputs.get("out").ok_or_else(|| {
+            BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::Malformed {
+                    why: "a built-in builder needs an output 'out'".into(),
+                },
+            )
+        })?;
+        let target = self.store.real_path(scratch.get("out").unwrap_or(out));
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (reporter, drv_path) = (self.reporter.clone(), job.drv_path.clone());
+        let (builder, drv2) = (job.drv.builder.clone(), job.drv.clone());
+        let (fetcher, f2) = (self.fetcher.clone(), flag.clone());
+        let mut task = tokio::task::spawn_blocking(move || {
+            let mut say = |line: &str| {
+                log.write(format!("{line}\n").as_bytes());
+                reporter.log_line(&drv_path, line);
+            };
+            let res = crate::builtin::run(&builder, &drv2, &env, &target, &fetcher, &mut say, &f2);
+            log.finish();
+            res
+        });
+        let res = tokio::select! {
+            r = &mut task => r,
+            () = cancelled(&mut cancel) => {
+                flag.store(true, Ordering::Relaxed);
+                let _ = task.await;
+                return Err(BuildFailure::new(drv.to_owned(), FailureKind::Interrupted));
+            }
+        };
+        drop(permit);
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(BuildFailure::new(
+                drv.to_owned(),
+                FailureKind::Builtin {
+                    builder: job.drv.builder.clone(),
+                    source: Box::new(source),
+                },
+            )),
+            Err(e) => Err(BuildFailure::io(drv, "running a built-in builder".into())(
+                io::Error::other(e),
+            )),
+        }
     }
 }
 

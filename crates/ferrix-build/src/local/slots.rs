@@ -93,6 +93,10 @@ impl LocalExecutor {
         let Some(sb) = &self.settings.sandbox else {
             return Ok(false);
         };
+        // Built-in builders run in this process, which writes only their outputs.
+        if job.is_builtin() {
+            return Ok(false);
+        }
         let no_chroot = Attrs::of(&job.drv)
             .map_err(|why| BuildFailure::new(drv.to_owned(), FailureKind::Malformed { why }))?
             .flag("__noChroot");

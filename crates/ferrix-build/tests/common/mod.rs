@@ -57,6 +57,7 @@ impl TestStore {
             platforms: ["x86_64-linux".to_owned()].into(),
             system_features: Default::default(),
             prepare_ahead: 0,
+            fetch: Default::default(),
         }
     }
 
