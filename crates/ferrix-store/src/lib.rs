@@ -4,6 +4,7 @@
 pub mod binary_cache;
 mod building;
 pub mod canon;
+pub(crate) mod chunks;
 pub mod closure;
 pub mod config;
 pub mod db;

@@ -23,8 +23,7 @@ use crate::fsutil::{delete_path, pid_alive, sync_fs};
 use crate::lock::{FileLock, GateReader, PathLock, SoleGate};
 use crate::path_info::ValidPathInfo;
 use crate::streams::{
-    pipe, read_regular, write_file_nar, HashingReader, Interruptible, MemReader, SkipVisitor,
-    TeeReader,
+    read_regular, write_file_nar, HashingReader, Interruptible, MemReader, SkipVisitor,
 };
 use crate::temproots::TempRoots;
 

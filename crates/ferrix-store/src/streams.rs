@@ -3,13 +3,14 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ferrix_format::hash::{HashSink, Hasher};
+use ferrix_format::hash::HashSink;
 use ferrix_format::nar;
+use ferrix_format::{Hash, HashAlgo};
 
-use crate::error::{io_err, Result, StoreError};
+use crate::error::{io_err, Result};
 use crate::local::MEM_NAR;
 
 /// The contents of `path` if it is a regular file (never following a symlink, never waiting
@@ -51,17 +52,29 @@ impl<R: Read> Read for Interruptible<'_, R> {
     }
 }
 
-/// Copies a NAR stream into a hasher as it is read.
+/// Copies a NAR stream into a hasher as it is read (unless it is hashed elsewhere).
 pub(crate) struct HashingReader<R> {
     pub(crate) inner: R,
-    pub(crate) sink: HashSink,
+    pub(crate) sink: Option<HashSink>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.sink.write_all(&buf[..n])?;
+        if let Some(s) = self.sink.as_mut() {
+            s.write_all(&buf[..n])?;
+        }
         Ok(n)
+    }
+}
+
+impl<R> HashingReader<R> {
+    /// The hash and size of what was read; zero when it was not hashed here.
+    pub(crate) fn finish(self) -> (Hash, u64) {
+        match self.sink {
+            Some(s) => s.finish(),
+            None => (Hash::zero(HashAlgo::Sha256), 0),
+        }
     }
 }
 
@@ -111,36 +124,3 @@ impl nar::NarVisitor for SkipVisitor {
         Ok(())
     }
 }
-
-/// Feeds what is read to an optional second hasher.
-pub(crate) struct TeeReader<'a, R> {
-    pub(crate) inner: R,
-    pub(crate) extra: Option<&'a mut Hasher>,
-}
-
-impl<R: Read> Read for TeeReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(h) = self.extra.as_deref_mut() {
-            h.update(&buf[..n]);
-        }
-        Ok(n)
-    }
-}
-
-/// An in-process pipe (reader, writer) for streaming a NAR between threads.
-pub(crate) fn pipe() -> Result<(io::PipeReader, io::PipeWriter)> {
-    let (r, w) = io::pipe().map_err(|e| StoreError::Io {
-        what: "creating a pipe",
-        path: PathBuf::new(),
-        source: e,
-    })?;
-    // A NAR goes through in large reads rather than one page at a time (the default 64 KiB
-    // pipe made 200,000 reads of 4 KiB for a 1 GiB tree). Where the system allows less,
-    // the default stays.
-    let _ = rustix::pipe::fcntl_setpipe_size(&w, PIPE_SIZE);
-    Ok((r, w))
-}
-
-/// The size asked of a pipe carrying a NAR.
-const PIPE_SIZE: usize = 1 << 20;

@@ -25,9 +25,24 @@ pub enum RestoreError {
     },
 }
 
+/// Files at least this big are written past the page cache (`O_DIRECT`), where the file
+/// system allows it: on disk once written, and no memory to find for them. Copying a large
+/// tree into the page cache and flushing it costs several times the device's own time.
+const DIRECT_MIN: u64 = 256 << 10;
+/// The alignment direct writes need (of memory, offsets and lengths): a page covers every
+/// device's logical block.
+const DIRECT_ALIGN: usize = 4096;
+/// The size of one direct write.
+const DIRECT_CHUNK: usize = 1 << 20;
+
 struct Restorer<'a> {
     target: &'a Path,
     buf: Vec<u8>,
+    /// [`DIRECT_CHUNK`] bytes and room to align them, made at the first large file.
+    direct_buf: Vec<u8>,
+    /// Cleared when the file system refuses direct writes: the rest of the restore does
+    /// without.
+    direct_ok: bool,
     /// The directories being restored, innermost last: every entry is created by name in its
     /// parent, so neither depth nor the length of the full path is limited.
     dirs: DirStack,
@@ -84,13 +99,24 @@ impl NarVisitor for Restorer<'_> {
         &mut self,
         rel: &[u8],
         executable: bool,
-        _size: u64,
+        size: u64,
         _offset: u64,
         contents: &mut dyn Read,
     ) -> io::Result<()> {
         let mode = if executable { 0o777 } else { 0o666 };
         let f = self.dirs.create_file(self.target, rel, mode);
         let mut f = f.map_err(|e| ctx(&self.at(rel), e))?;
+        if size >= DIRECT_MIN && self.direct_ok {
+            if self.direct_buf.is_empty() {
+                self.direct_buf = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
+            }
+            match write_direct(&mut f, contents, &mut self.direct_buf) {
+                Ok(Direct::Done) => return Ok(()),
+                // The rest of the file goes through the page cache, as every later one.
+                Ok(Direct::Refused) => self.direct_ok = false,
+                Err(e) => return Err(ctx(&self.at(rel), e)),
+            }
+        }
         loop {
             let n = contents.read(&mut self.buf)?;
             if n == 0 {
@@ -113,6 +139,62 @@ impl NarVisitor for Restorer<'_> {
     }
 }
 
+/// How a direct write of a file ended.
+enum Direct {
+    /// All of it is written.
+    Done,
+    /// The file system does not take direct writes; what was read is written, the rest
+    /// of the file is for the caller.
+    Refused,
+}
+
+/// Write the file's `contents` to `f` in aligned chunks with `O_DIRECT`; its last partial
+/// block goes through the page cache.
+fn write_direct(f: &mut fs::File, contents: &mut dyn Read, raw: &mut [u8]) -> io::Result<Direct> {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    let flags = fcntl_getfl(&*f)?;
+    if fcntl_setfl(&*f, flags | OFlags::DIRECT).is_err() {
+        return Ok(Direct::Refused);
+    }
+    let buffered = |f: &fs::File| fcntl_setfl(f, flags).map_err(io::Error::from);
+    let at = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    let buf = &mut raw[at..at + DIRECT_CHUNK];
+    loop {
+        // A whole chunk, unless the file ends first.
+        let mut n = 0;
+        while n < buf.len() {
+            match contents.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let whole = n - n % DIRECT_ALIGN;
+        let mut done = 0;
+        while done < whole {
+            match f.write(&buf[done..whole]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => done += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Refused (by the file system, or a partial write broke the alignment): the
+                // rest of this chunk is written buffered, and the caller goes on so.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    buffered(f)?;
+                    f.write_all(&buf[done..n])?;
+                    return Ok(Direct::Refused);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if n < buf.len() {
+            buffered(f)?;
+            f.write_all(&buf[whole..n])?;
+            return Ok(Direct::Done);
+        }
+    }
+}
+
 /// Restore the NAR read from `input` at `target`, which must not exist yet. On error the
 /// partial tree is left for the caller to remove (it alone knows whether it owns `target`).
 pub fn restore<R: Read>(input: R, target: &Path) -> Result<u64, RestoreError> {
@@ -129,6 +211,8 @@ fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, Re
     let mut r = Restorer {
         target,
         buf: vec![0u8; 256 * 1024],
+        direct_buf: Vec::new(),
+        direct_ok: true,
         dirs: DirStack::new(),
     };
     let parsed = if exact {
@@ -140,4 +224,50 @@ fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, Re
         target: target.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Large files (written directly, whole chunks and a tail) and small ones come back
+    /// byte for byte, with their modes.
+    #[test]
+    fn files_around_the_direct_write_sizes_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let sizes = [
+            0,
+            1,
+            DIRECT_ALIGN,
+            DIRECT_MIN as usize - 1,
+            DIRECT_MIN as usize,
+            DIRECT_MIN as usize + 1,
+            DIRECT_CHUNK + DIRECT_ALIGN,
+            3 * DIRECT_CHUNK + 17,
+        ];
+        for (i, n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..*n).map(|k| (k * 31 + i) as u8).collect();
+            let f = src.join(format!("f{i}"));
+            fs::write(&f, &data).unwrap();
+            if i % 2 == 1 {
+                fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        let mut nar = Vec::new();
+        crate::nar::dump_path(&src, &mut nar).unwrap();
+        let out = d.path().join("out");
+        assert_eq!(restore(&nar[..], &out).unwrap(), nar.len() as u64);
+        let mut again = Vec::new();
+        crate::nar::dump_path(&out, &mut again).unwrap();
+        assert!(again == nar, "the restored tree dumps differently");
+        for (i, n) in sizes.iter().enumerate() {
+            assert_eq!(
+                fs::metadata(out.join(format!("f{i}"))).unwrap().len(),
+                *n as u64
+            );
+        }
+    }
 }

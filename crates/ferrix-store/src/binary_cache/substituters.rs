@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use ferrix_format::{NarInfo, StoreDir, StorePath};
 
@@ -234,20 +234,9 @@ fn stage_from(
     let stop = AtomicBool::new(false);
     let stop = &stop;
     std::thread::scope(|s| {
-        let (tx, rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(CHUNKS_AHEAD);
-        // Spent chunks go back to be filled again: no fresh (zeroed, faulted-in) 256 KiB
-        // buffer for every chunk.
-        let (give_back, spent) = mpsc::channel::<Vec<u8>>();
-        s.spawn(move || decompress(nar, tx, spent, cancel, stop));
-        let res = store.stage_nar(
-            &local,
-            ChunkReader {
-                rx,
-                give_back,
-                cur: Vec::new(),
-                pos: 0,
-            },
-        );
+        let (tx, rx) = crate::chunks::channel(CHUNK, CHUNKS_AHEAD);
+        s.spawn(move || decompress(nar, tx, cancel, stop));
+        let res = store.stage_nar(&local, rx);
         // Whatever happened, the decompressing thread stops at its next chunk.
         stop.store(true, Ordering::Relaxed);
         res.map_err(substitute_err)
@@ -260,29 +249,23 @@ const CHUNK: usize = 256 << 10;
 
 fn decompress(
     mut nar: Box<dyn Read + Send + '_>,
-    tx: mpsc::SyncSender<std::io::Result<Vec<u8>>>,
-    spent: mpsc::Receiver<Vec<u8>>,
+    mut tx: crate::chunks::ChunkSender,
     cancel: &AtomicBool,
     stop: &AtomicBool,
 ) {
     loop {
         if cancel.load(Ordering::Relaxed) {
-            let _ = tx.send(Err(std::io::Error::new(
+            tx.fail(std::io::Error::new(
                 std::io::ErrorKind::Interrupted,
                 "the substitution was cancelled",
-            )));
+            ));
             return;
         }
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut buf = match spent.try_recv() {
-            Ok(mut b) => {
-                b.resize(CHUNK, 0);
-                b
-            }
-            Err(_) => vec![0u8; CHUNK],
-        };
+        let mut buf = tx.buffer();
+        buf.resize(CHUNK, 0);
         let mut n = 0;
         while n < buf.len() {
             match nar.read(&mut buf[n..]) {
@@ -290,46 +273,16 @@ fn decompress(
                 Ok(k) => n += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let _ = tx.send(Err(e));
+                    tx.fail(e);
                     return;
                 }
             }
         }
         let end = n < buf.len();
         buf.truncate(n);
-        if (n > 0 && tx.send(Ok(buf)).is_err()) || end {
+        if tx.send(buf).is_err() || end {
             return;
         }
-    }
-}
-
-/// The reading end of the decompressing thread.
-struct ChunkReader {
-    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    give_back: mpsc::Sender<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    let spent = std::mem::replace(&mut self.cur, chunk?);
-                    if spent.capacity() == CHUNK {
-                        let _ = self.give_back.send(spent);
-                    }
-                    self.pos = 0;
-                }
-                // The sender ended: the stream is over.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 

@@ -3,6 +3,33 @@
 
 use super::*;
 
+/// The chunks a tree's NAR is handed over in, and how many may wait.
+const TREE_CHUNK: usize = 1 << 20;
+const TREE_CHUNKS_AHEAD: usize = 4;
+
+/// Hashes what it writes (the NAR's SHA-256, and another hash when the content address
+/// needs one).
+struct HashingWriter<W> {
+    inner: W,
+    sink: HashSink,
+    extra: Option<Hasher>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sink.write_all(&buf[..n])?;
+        if let Some(h) = self.extra.as_mut() {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl LocalStore {
     /// Add a file system tree (`nix-store --add`, `--add-fixed`): recursive ingestion hashes the
     /// NAR with `algo`; flat ingestion hashes the bytes of a regular file.
@@ -93,26 +120,29 @@ impl LocalStore {
             }
             self.stage_own_nar(buf)
         } else {
-            // One pass: the NAR is produced on one thread and restored (and hashed) on this one.
-            let (rd, wr) = pipe()?;
+            // One pass: the tree is dumped and hashed on one thread, its NAR handed over in
+            // large chunks (not through a pipe, which copied every byte twice more through the
+            // kernel) and restored on this one, so reading and writing use a core each.
+            let (tx, rx) = crate::chunks::channel(TREE_CHUNK, TREE_CHUNKS_AHEAD);
             let src_owned = src.to_owned();
-            let dumper = std::thread::spawn(move || -> std::result::Result<(), nar::DumpError> {
-                nar::dump_path(&src_owned, wr)
-            });
-            let staged = {
-                // Moved in, so that an early failure closes the pipe and the dumper stops.
-                // Buffered: the parser reads the archive's small fields one at a time, which
-                // on the bare pipe were a system call each. The pipe is ours alone, so
-                // reading ahead takes nothing from anyone.
-                let tee = TeeReader {
-                    inner: io::BufReader::with_capacity(1 << 20, rd),
-                    extra: ca_hasher.as_mut(),
+            let extra = ca_hasher.take();
+            let dumper = std::thread::spawn(move || {
+                let mut w = HashingWriter {
+                    inner: tx,
+                    sink: HashSink::new(HashAlgo::Sha256),
+                    extra,
                 };
-                self.stage(tee, &what, true)
-            };
-            let dumped = dumper
+                let dumped = nar::dump_path(&src_owned, &mut w)
+                    .and_then(|()| w.inner.flush().map_err(nar::DumpError::Write));
+                // Closes the stream: the restoring side sees its end.
+                drop(w.inner);
+                (dumped, w.sink.finish(), w.extra)
+            });
+            let staged = self.stage_unhashed(rx, &what, true);
+            let (dumped, (nar_hash, nar_size), extra) = dumper
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            ca_hasher = extra;
             match (dumped, staged) {
                 // The reading side stopped first (a bad name, a full disk): its error is the
                 // cause, the dumper's broken pipe only a consequence.
@@ -122,7 +152,12 @@ impl LocalStore {
                     return Err(staged)
                 }
                 (Err(dumped), _) => return Err(dump_err(dumped)),
-                (Ok(()), staged) => staged?,
+                (Ok(()), staged) => {
+                    let mut staged = staged?;
+                    staged.nar_hash = nar_hash;
+                    staged.nar_size = nar_size;
+                    staged
+                }
             }
         };
         let hash = match method {

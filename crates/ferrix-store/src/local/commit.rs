@@ -32,17 +32,35 @@ impl LocalStore {
     /// that outgrows [`MEM_NAR`] is restored into a staging entry, starting over from the
     /// bytes already read.
     pub(crate) fn stage(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
-        self.stage_inner(nar_stream, what, exact)
+        self.stage_inner(nar_stream, what, exact, true)
             .map_err(|e| self.or_interrupted(e))
     }
 
-    fn stage_inner(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
+    /// [`Self::stage`] of a NAR its producer hashes (on its own thread): the hash and size
+    /// of the result are left for the caller to fill in.
+    pub(crate) fn stage_unhashed(
+        &self,
+        nar_stream: impl Read,
+        what: &str,
+        exact: bool,
+    ) -> Result<Staged> {
+        self.stage_inner(nar_stream, what, exact, false)
+            .map_err(|e| self.or_interrupted(e))
+    }
+
+    fn stage_inner(
+        &self,
+        nar_stream: impl Read,
+        what: &str,
+        exact: bool,
+        hash: bool,
+    ) -> Result<Staged> {
         let mut reader = HashingReader {
             inner: Interruptible {
                 inner: nar_stream,
                 flag: self.interrupt.get().map(|f| &**f),
             },
-            sink: HashSink::new(HashAlgo::Sha256),
+            sink: hash.then(|| HashSink::new(HashAlgo::Sha256)),
         };
         let nar_err = |source| StoreError::Nar {
             path: what.to_owned(),
@@ -77,12 +95,12 @@ impl LocalStore {
                 restored.map_err(|e| match e {
                     nar::RestoreError::Nar { source, .. } => nar_err(source),
                 })?;
-                (staged.nar_hash, staged.nar_size) = reader.sink.finish();
+                (staged.nar_hash, staged.nar_size) = reader.finish();
                 return Ok(staged);
             }
             Err(e) => return Err(nar_err(e)),
         };
-        let (nar_hash, nar_size) = reader.sink.finish();
+        let (nar_hash, nar_size) = reader.finish();
         Ok(Staged {
             contents,
             nar_hash,
