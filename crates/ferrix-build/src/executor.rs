@@ -160,6 +160,8 @@ pub trait Reporter: Send + Sync {
     /// A path is being fetched from a cache (`copying path '…' from '…'`); its end is
     /// [`Reporter::finished`].
     fn fetching(&self, _path: &StorePath, _from: &str) {}
+    /// `bytes` more of `path`'s NAR arrived (called often while a path is fetched).
+    fn transferred(&self, _path: &StorePath, _bytes: u64) {}
     fn log_line(&self, _drv: &StorePath, _line: &str) {}
     fn finished(&self, _drv: &StorePath, _result: Result<Built, &BuildFailure>) {}
     /// A job was lost and goes elsewhere; a machine went down.

@@ -43,6 +43,13 @@ impl Work {
         }
     }
 
+    pub fn fetch(&self) -> Option<&Arc<Substitution>> {
+        match self {
+            Self::Build(_) => None,
+            Self::Fetch(s) => Some(s),
+        }
+    }
+
     /// The store paths it makes valid.
     pub fn outputs(&self) -> Vec<StorePath> {
         match self {

@@ -553,7 +553,7 @@ impl Loop {
         }
         let (tx, rx) = watch::channel(false);
         self.reporter.fetching(&f.path, &f.from);
-        let fut: FetchFuture = sub.fetch(f, rx);
+        let fut: FetchFuture = sub.fetch(f, rx, self.reporter.clone());
         self.fetching += 1;
         self.nodes[i].state = State::Running;
         self.nodes[i].cancel = Some(tx);

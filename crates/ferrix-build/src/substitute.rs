@@ -38,8 +38,14 @@ pub trait Substituter: Send + Sync + std::fmt::Debug {
     /// Which of `paths` can be fetched (not checking their references).
     fn query(&self, paths: &[StorePath]) -> BTreeMap<StorePath, Arc<Substitution>>;
 
-    /// Fetch `s` into the store (it is valid when this ends well): the cache it came from.
-    fn fetch(self: Arc<Self>, s: Arc<Substitution>, cancel: Cancel) -> FetchFuture;
+    /// Fetch `s` into the store (it is valid when this ends well), telling `reporter` of
+    /// the bytes as they arrive: the cache it came from.
+    fn fetch(
+        self: Arc<Self>,
+        s: Arc<Substitution>,
+        cancel: Cancel,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+    ) -> FetchFuture;
 
     /// Fetches at once (`max-substitution-jobs`).
     fn capacity(&self) -> usize;
@@ -195,7 +201,12 @@ impl Substituter for CacheSubstituter {
             .collect()
     }
 
-    fn fetch(self: Arc<Self>, s: Arc<Substitution>, mut cancel: Cancel) -> FetchFuture {
+    fn fetch(
+        self: Arc<Self>,
+        s: Arc<Substitution>,
+        mut cancel: Cancel,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+    ) -> FetchFuture {
         Box::pin(async move {
             let me = self.clone();
             let flag = Arc::new(AtomicBool::new(false));
@@ -212,8 +223,9 @@ impl Substituter for CacheSubstituter {
                     return Err(vec![]);
                 };
                 let caches = me.caches();
+                let progress = |n: u64| reporter.transferred(&path, n);
                 caches
-                    .fetch(&me.store, &found, &f2)
+                    .fetch(&me.store, &found, &f2, &progress)
                     .map(|i| caches.caches()[i].name.clone())
             });
             let res = loop {

@@ -454,9 +454,19 @@ fn run_plan(
     let status = (std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var("TERM").is_ok_and(|t| t != "dumb"))
     .then(|| {
+        let mut totals = crate::progress::Totals::default();
+        for n in &plan.nodes {
+            match n.work.fetch() {
+                Some(f) => {
+                    totals.fetches += 1;
+                    totals.fetch_bytes += f.nar_size;
+                }
+                None => totals.builds += 1,
+            }
+        }
         Arc::new(crate::progress::StatusReporter::new(
             store.store_dir().clone(),
-            plan.nodes.len(),
+            totals,
             logs,
             checked.clone(),
         ))

@@ -514,6 +514,36 @@ fn narinfos_are_remembered_between_runs_in_the_disk_cache_nix_shares() {
 }
 
 #[test]
+fn a_terminal_shows_fetches_with_their_bytes() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "a2", "zstd");
+    let drv = c.drv("a2");
+    let url = format!("file://{}", cache.dir.path().join("cache").display());
+    let mut cmd = Command::new("script");
+    c.nix.isolate(&mut cmd);
+    let out = cmd
+        .env("TERM", "xterm")
+        .args(["-qec"])
+        .arg(format!(
+            "{} build --no-link {drv} --option substituters {url} --option trusted-public-keys {}; echo exit=$?",
+            common::ferrix_exe().display(),
+            cache.pk
+        ))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.trim_end().ends_with("exit=0"), "{text:?}");
+    // Nothing is built; both paths are counted as copied, with their NAR bytes.
+    assert!(
+        text.contains("[0/0 built, 0/2 copied (0.0/0.0 MiB"),
+        "{text:?}"
+    );
+    assert!(text.contains("[0/0 built, 2/2 copied ("), "{text:?}");
+    assert!(text.contains("copying path '"), "{text:?}");
+}
+
+#[test]
 fn an_unreachable_cache_is_skipped_with_a_warning() {
     let c = Consumer::new();
     // A port nothing listens on.

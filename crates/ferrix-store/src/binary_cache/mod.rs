@@ -15,5 +15,5 @@ pub use disk_cache::{CachedInfo, DiskCacheTtl, NarInfoDiskCache, Remembered};
 pub use error::CacheError;
 pub use http::{HttpClient, HttpSettings, TlsRoots};
 pub use source::{CacheSource, Trust};
-pub use substituters::{copy_from_cache, Found, Queried, Substituters};
+pub use substituters::{copy_from_cache, Found, Progress, Queried, Substituters};
 pub use write::{copy_to_cache, FileCache};

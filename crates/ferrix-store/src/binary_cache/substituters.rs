@@ -14,6 +14,9 @@ use crate::local::Pending;
 use crate::path_info::ValidPathInfo;
 use crate::LocalStore;
 
+/// Told how many bytes of a NAR arrived (decompressed), as they arrive.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
 /// The caches substitution may use.
 #[derive(Debug)]
 pub struct Substituters {
@@ -159,13 +162,14 @@ impl Substituters {
         store: &LocalStore,
         found: &Found,
         cancel: &AtomicBool,
+        progress: Progress<'_>,
     ) -> Result<(Option<Pending>, usize), Vec<CacheError>> {
         let mut errors = Vec::new();
         let mut cur = Some(found.clone());
         while let Some(f) = cur {
             let cache = &self.caches[f.cache];
             if cache.enabled() {
-                match stage_from(store, cache, &f.info, cancel) {
+                match stage_from(store, cache, &f.info, cancel, progress) {
                     Ok(p) => return Ok((p, f.cache)),
                     Err(e) => {
                         // Its narinfo is not believed in the next run either.
@@ -197,8 +201,9 @@ impl Substituters {
         store: &LocalStore,
         found: &Found,
         cancel: &AtomicBool,
+        progress: Progress<'_>,
     ) -> Result<usize, Vec<CacheError>> {
-        let (pending, cache) = self.stage(store, found, cancel)?;
+        let (pending, cache) = self.stage(store, found, cancel, progress)?;
         if let Some(p) = pending {
             store.commit_batch(vec![p]).map_err(|source| {
                 vec![CacheError::Substitute {
@@ -219,6 +224,7 @@ fn stage_from(
     cache: &CacheSource,
     info: &NarInfo,
     cancel: &AtomicBool,
+    progress: Progress<'_>,
 ) -> Result<Option<Pending>, CacheError> {
     let nar = cache.nar(store.store_dir(), info)?;
     let mut local = ValidPathInfo::new(info.store_path.clone(), info.nar_hash, info.nar_size);
@@ -235,7 +241,7 @@ fn stage_from(
     let stop = &stop;
     std::thread::scope(|s| {
         let (tx, rx) = crate::chunks::channel(CHUNK, CHUNKS_AHEAD);
-        s.spawn(move || decompress(nar, tx, cancel, stop));
+        s.spawn(move || decompress(nar, tx, cancel, stop, progress));
         let res = store.stage_nar(&local, rx);
         // Whatever happened, the decompressing thread stops at its next chunk.
         stop.store(true, Ordering::Relaxed);
@@ -252,6 +258,7 @@ fn decompress(
     mut tx: crate::chunks::ChunkSender,
     cancel: &AtomicBool,
     stop: &AtomicBool,
+    progress: Progress<'_>,
 ) {
     loop {
         if cancel.load(Ordering::Relaxed) {
@@ -280,6 +287,7 @@ fn decompress(
         }
         let end = n < buf.len();
         buf.truncate(n);
+        progress(n as u64);
         if tx.send(buf).is_err() || end {
             return;
         }
@@ -374,7 +382,7 @@ fn stage_all(
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(p) = paths.get(i) else { return };
-                match subs.stage(store, &found[p], &failed) {
+                match subs.stage(store, &found[p], &failed, &|_| {}) {
                     Ok((pending, _)) => {
                         slots.lock().unwrap_or_else(|e| e.into_inner())[i] = pending
                     }
