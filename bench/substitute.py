@@ -8,8 +8,8 @@ to two signed file:// caches (zstd, xz). Then:
 
   serve     `ferrix serve-cache` (no compression) sends every NAR of the closure, fetched
             by curl over one connection, then over 8 at once: MB/s of NAR.
-  subst     for each cache, as file:// and over http://127.0.0.1 (a Python server of its
-            own, the same for both tools): the closure deleted from the store, the narinfo
+  subst     for each cache, as file:// and over http://127.0.0.1 (`ferrix serve-cache --dir`
+            serving the directory, the same for both tools): the closure deleted, the narinfo
             disk cache emptied, a `sync`, then `nix-store -r PATHS` of real Nix and of
             Ferrix, alternating, with only that cache as substituter.
   limit     `zstd -d` (and `xz -d`) alone on the same NAR files, to /dev/null.
@@ -24,9 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 WORK = os.environ["FERRIX_BENCH_WORK"]
 FERRIX = os.environ["FERRIX_BIN"]
@@ -71,30 +69,13 @@ def timed(args, env=ENV):
     return time.perf_counter() - t
 
 
-class Quiet(SimpleHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *a):
-        pass
-
-    def copyfile(self, source, outputfile):
-        # sendfile(2): the server costs next to no CPU, whichever tool it serves.
-        fd, size, offset = source.fileno(), os.fstat(source.fileno()).st_size, 0
-        while offset < size:
-            n = os.sendfile(self.connection.fileno(), fd, offset, size - offset)
-            if n == 0:
-                break
-            offset += n
-
-
-def serve_dir(root):
-    """A threaded HTTP/1.1 server (keep-alive) on a free port of 127.0.0.1 serving `root`."""
-    handler = lambda *a, **kw: Quiet(*a, directory=root, **kw)  # noqa: E731
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+def serve(args):
+    """`ferrix serve-cache ARGS` on a free port of 127.0.0.1: the process and its URL."""
+    p = subprocess.Popen([FERRIX, "serve-cache", "--listen", "127.0.0.1:0", *args], env=ENV,
+                         stderr=subprocess.PIPE, text=True)
+    url = p.stderr.readline().strip().rsplit(" ", 1)[-1]
+    assert url.startswith("http://127.0.0.1:"), url
+    return p, url
 
 
 def curl_all(urls, conns):
@@ -121,11 +102,8 @@ pk = open(f"{WORK}/pk").read().strip()
 print(f"\n{PATHS} paths, {nar_bytes / 2**20:.0f} MiB of NAR, {RUNS} runs each\n", flush=True)
 
 # Serving, from the store as it is now.
-serve = subprocess.Popen([FERRIX, "serve-cache", "--listen", "127.0.0.1:0"], env=ENV,
-                         stderr=subprocess.PIPE, text=True)
+serve_proc, base = serve([])
 try:
-    base = serve.stderr.readline().strip().rsplit(" ", 1)[-1]
-    assert base.startswith("http://127.0.0.1:"), base
     urls = []
     for p in paths:
         h = os.path.basename(p).split("-")[0]
@@ -138,8 +116,8 @@ try:
         print(f"serve-cache, {conns} connection(s): {statistics.mean(ts):.3f} s, "
               f"{mb / statistics.mean(ts):.0f} MB/s (goal >= 500 MB/s on one)", flush=True)
 finally:
-    serve.kill()
-    serve.wait()
+    serve_proc.kill()
+    serve_proc.wait()
 
 for c in ["zstd", "xz"]:
     run(["nix", "copy", "--to", f"file://{WORK}/cache-{c}?compression={c}&secret-key={WORK}/sk", *paths])
@@ -156,13 +134,15 @@ for c, cmd in [("zstd", ["zstd", "-d", "-c", "-q"]), ("xz", ["xz", "-d", "-c"])]
     limits[c] = statistics.mean(ts)
     print(f"{c} -d alone: {limits[c]:.3f} s, {mb / limits[c]:.0f} MB/s", flush=True)
 
-server, http_base = serve_dir(WORK)
 tools = {"nix": "nix-store", "ferrix": FERRIX_STORE}
 results = {}
-try:
-    for c in ["zstd", "xz"]:
+for c in ["zstd", "xz"]:
+    # The cache directory real Nix wrote, served over HTTP by `ferrix serve-cache --dir`
+    # (the same server for both tools).
+    server, http_url = serve(["--dir", f"{WORK}/cache-{c}"])
+    try:
         for transport in ["file", "http"]:
-            url = f"file://{WORK}/cache-{c}" if transport == "file" else f"{http_base}/cache-{c}"
+            url = f"file://{WORK}/cache-{c}" if transport == "file" else http_url
             times = {t: [] for t in tools}
             for i in range(RUNS):
                 for tool in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
@@ -178,8 +158,9 @@ try:
                   f"ferrix {m['ferrix']:.3f} s ({mb / m['ferrix']:.0f} MB/s), "
                   f"{m['nix'] / m['ferrix']:.2f}x Nix, {limits[c] / m['ferrix']:.2f}x {c} -d alone",
                   flush=True)
-finally:
-    server.shutdown()
+    finally:
+        server.kill()
+        server.wait()
 
 print("\ngoals (issue 12): substitution >= 3x Nix and >= 0.8x zstd -d alone; "
       "serving >= 500 MB/s on one connection")

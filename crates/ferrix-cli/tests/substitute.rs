@@ -598,6 +598,27 @@ impl ServeCache {
     }
 }
 
+impl ServeCache {
+    /// `ferrix serve-cache --dir DIR`: a cache directory served as it is.
+    fn dir(c: &Consumer, dir: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = c
+            .ferrix("ferrix")
+            .args(["serve-cache", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        Self { child, url }
+    }
+}
+
 impl Drop for ServeCache {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -716,4 +737,44 @@ fn real_nix_and_ferrix_substitute_from_ferrix_serve_cache() {
         let info = text(ok(c.nix.cmd("nix").args(["path-info", "--sigs", &a2])));
         assert!(info.contains("served-1:"), "{who}: {info}");
     }
+}
+
+#[test]
+fn a_cache_directory_is_served_as_it_is() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "a2", "xz");
+    let dir = cache.dir.path().join("cache");
+    let server = ServeCache::dir(&c, &dir);
+    let a2 = c.out_path(&c.drv("a2"));
+    let (_, nar_url, narinfo) = urls_of(&dir, &a2);
+    let hash = &a2[a2.rfind('/').unwrap() + 1..][..32];
+    // Byte for byte what the directory holds.
+    let (status, _, body) = http_get(&server.url, &format!("/{hash}.narinfo"), "");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(String::from_utf8(body).unwrap(), narinfo);
+    let (status, _, body) = http_get(&server.url, &nar_url, "");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, fs::read(dir.join(&nar_url[1..])).unwrap());
+    // Nothing outside it.
+    for p in ["/nar/../nix-cache-info", "/nar/.hidden", "/../sk.narinfo"] {
+        let (status, _, _) = http_get(&server.url, p, "");
+        assert!(status.contains("404"), "{p}: {status}");
+    }
+    // Real Nix and Ferrix substitute from it, with the cache's signature.
+    let out = realise(&c, &a2, &server.url, &cache.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = text(ok(c.nix.cmd("nix").args(["path-info", "--sigs", &a2])));
+    assert!(info.contains("test-cache-1:"), "{info}");
+    ok(c.nix.cmd("nix-store").args(["--delete", &a2]));
+    ok(c.nix.cmd("nix-store").args([
+        "-r",
+        &a2,
+        "--option",
+        "substituters",
+        &server.url,
+        "--option",
+        "trusted-public-keys",
+        &cache.pk,
+    ]));
+    assert!(c.valid(&a2));
 }

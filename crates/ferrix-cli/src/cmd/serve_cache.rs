@@ -1,6 +1,7 @@
 //! `ferrix serve-cache --listen ADDR`: this store as an HTTP binary cache that Nix and
 //! Ferrix substitute from. Narinfos come from the database (signed with the configured
-//! keys as they are served), NARs are dumped from the store as they are sent.
+//! keys as they are served), NARs are dumped from the store as they are sent. With
+//! `--dir DIR`, a binary cache directory (as `copy --to file://` writes) is served as it is.
 
 use std::sync::Arc;
 
@@ -26,6 +27,46 @@ pub struct Args {
     /// `nix-serve`-style caches.
     #[arg(long, default_value_t = 30)]
     priority: u64,
+    /// Serve this binary cache directory (its `nix-cache-info`, narinfos and NARs as they
+    /// are) instead of the store.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["secret_key_file"])]
+    dir: Option<std::path::PathBuf>,
+}
+
+/// A binary cache directory, served file by file.
+struct DirCache {
+    dir: std::path::PathBuf,
+}
+
+impl DirCache {
+    /// The file `name` of the directory `sub` (`""` for the top): one plain component.
+    fn file(&self, sub: &str, name: &str) -> Option<std::path::PathBuf> {
+        let plain = !name.is_empty() && !name.starts_with('.') && !name.contains('/');
+        plain.then(|| self.dir.join(sub).join(name))
+    }
+}
+
+impl CacheBackend for DirCache {
+    fn cache_info(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nix-cache-info")).unwrap_or_default()
+    }
+
+    fn narinfo(&self, hash_part: &str) -> Option<String> {
+        std::fs::read_to_string(self.file("", &format!("{hash_part}.narinfo"))?).ok()
+    }
+
+    fn nar(&self, file: &str) -> Option<Nar> {
+        let path = self.file("nar", file)?;
+        let f = std::fs::File::open(&path).ok()?;
+        let meta = f.metadata().ok().filter(|m| m.is_file())?;
+        Some(Nar {
+            len: meta.len(),
+            write: Box::new(move |w| {
+                let mut f = f;
+                std::io::copy(&mut f, w).map(drop)
+            }),
+        })
+    }
 }
 
 struct StoreCache {
@@ -95,27 +136,46 @@ impl CacheBackend for StoreCache {
 }
 
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
-    let store = Arc::new(settings.open_store()?);
-    let keys = settings.secret_keys(&a.secret_key_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let backend = Arc::new(StoreCache {
+    if let Some(dir) = a.dir {
+        if !dir.join("nix-cache-info").is_file() {
+            anyhow::bail!(
+                "'{}' is not a binary cache directory: it has no 'nix-cache-info'",
+                dir.display()
+            );
+        }
+        let what = format!("'{}'", dir.display());
+        return serve_on(&runtime, &a.listen, DirCache { dir }, &what, shell);
+    }
+    let store = Arc::new(settings.open_store()?);
+    let keys = settings.secret_keys(&a.secret_key_file)?;
+    let backend = StoreCache {
         store,
         keys,
         priority: a.priority,
-    });
+    };
+    serve_on(&runtime, &a.listen, backend, "the store", shell)
+}
+
+/// Listen on `listen`, say where, and serve `backend` until the process ends.
+fn serve_on<B: CacheBackend>(
+    runtime: &tokio::runtime::Runtime,
+    listen: &str,
+    backend: B,
+    what: &str,
+    shell: &mut Shell,
+) -> Result<()> {
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&a.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("listening on '{}'", a.listen))?;
+            .with_context(|| format!("listening on '{listen}'"))?;
         let addr = listener.local_addr()?;
-        shell.note(format!(
-            "serving the store as a binary cache on http://{addr}"
-        ));
+        shell.note(format!("serving {what} as a binary cache on http://{addr}"));
         shell.flush()?;
-        ferrix_daemon::http_cache::serve(listener, backend)
+        ferrix_daemon::http_cache::serve(listener, Arc::new(backend))
             .await
             .context("serving the binary cache")
     })
