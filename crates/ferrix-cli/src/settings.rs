@@ -240,6 +240,13 @@ impl SubstitutionSettings {
 }
 
 impl Settings {
+    /// `$XDG_CACHE_HOME`, or `~/.cache`.
+    pub fn cache_home(&self) -> Option<PathBuf> {
+        env("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache")))
+    }
+
     pub fn store_dir(&self) -> &StoreDir {
         &self.store_dir
     }
@@ -325,9 +332,8 @@ impl Settings {
             fallback: c.bool("fallback", false)?,
             max_jobs: c.uint("max-substitution-jobs").unwrap_or(16).max(1) as usize,
             always_allow: c.bool("always-allow-substitutes", false)?,
-            disk_cache: env("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            disk_cache: self
+                .cache_home()
                 .map(|d| d.join("nix/binary-cache-v6.sqlite")),
             ttl: {
                 let d = ferrix_store::binary_cache::DiskCacheTtl::default();

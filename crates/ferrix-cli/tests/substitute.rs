@@ -573,7 +573,7 @@ struct ServeCache {
 }
 
 impl ServeCache {
-    fn start(c: &Consumer, store: &str, key: &Path) -> Self {
+    fn start(c: &Consumer, store: &str, key: &Path, extra: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = c
             .ferrix("ferrix")
@@ -585,6 +585,7 @@ impl ServeCache {
                 "--secret-key-file",
             ])
             .arg(key)
+            .args(extra)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -648,9 +649,18 @@ fn http_get(url: &str, path: &str, extra: &str) -> (String, String, Vec<u8>) {
     )
 }
 
-#[test]
-fn real_nix_and_ferrix_substitute_from_ferrix_serve_cache() {
-    let c = Consumer::new();
+/// What the `serve-cache` tests serve: a2's closure in a store of its own (with the same
+/// store directory, its files under another root, so that the consumer's can lose it), and
+/// a signing key.
+struct Served {
+    a2: String,
+    keys: tempfile::TempDir,
+    pk: String,
+    store: String,
+    _root: tempfile::TempDir,
+}
+
+fn served(c: &Consumer) -> Served {
     let keys = tempfile::tempdir().unwrap();
     ok(c.nix
         .cmd("nix-store")
@@ -685,7 +695,26 @@ fn real_nix_and_ferrix_substitute_from_ferrix_serve_cache() {
         &export,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let server = ServeCache::start(&c, &served_store, &keys.path().join("sk"));
+    Served {
+        a2,
+        keys,
+        pk,
+        store: served_store,
+        _root: served,
+    }
+}
+
+#[test]
+fn real_nix_and_ferrix_substitute_from_ferrix_serve_cache() {
+    let c = Consumer::new();
+    let Served {
+        a2,
+        keys,
+        pk,
+        store: served_store,
+        _root,
+    } = served(&c);
+    let server = ServeCache::start(&c, &served_store, &keys.path().join("sk"), &[]);
 
     // The narinfo, signed as it is served; the NAR whole and in part, as the store dumps it.
     let hash = Path::new(&a2).file_name().unwrap().to_string_lossy()[..32].to_owned();
@@ -777,4 +806,69 @@ fn a_cache_directory_is_served_as_it_is() {
         &cache.pk,
     ]));
     assert!(c.valid(&a2));
+}
+
+#[test]
+fn serve_cache_compresses_each_nar_once_and_sends_it_as_a_file() {
+    let c = Consumer::new();
+    let s = served(&c);
+    let kept = tempfile::tempdir().unwrap();
+    let cache_dir = kept.path().to_str().unwrap();
+    let server = ServeCache::start(
+        &c,
+        &s.store,
+        &s.keys.path().join("sk"),
+        &["--compression", "zstd", "--cache-dir", cache_dir],
+    );
+    let hash = Path::new(&s.a2).file_name().unwrap().to_string_lossy()[..32].to_owned();
+    let (status, _, body) = http_get(&server.url, &format!("/{hash}.narinfo"), "");
+    assert!(status.contains("200"), "{status}");
+    let narinfo = String::from_utf8(body).unwrap();
+    assert!(narinfo.contains("Compression: zstd\n"), "{narinfo}");
+    assert!(narinfo.contains("Sig: served-1:"), "{narinfo}");
+    let nar_url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned();
+    // Compressed once, kept, and sent as the file it is (ranges and all).
+    let kept_nar = kept.path().join(&nar_url);
+    let on_disk = fs::read(&kept_nar).unwrap();
+    let made = fs::metadata(&kept_nar).unwrap().modified().unwrap();
+    let (status, _, body) = http_get(&server.url, &format!("/{nar_url}"), "");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, on_disk);
+    let (status, _, body) = http_get(&server.url, &format!("/{nar_url}"), "Range: bytes=2-9\r\n");
+    assert!(status.contains("206"), "{status}");
+    assert_eq!(body, &on_disk[2..10]);
+    let (_, _, again) = http_get(&server.url, &format!("/{hash}.narinfo"), "");
+    assert_eq!(String::from_utf8(again).unwrap(), narinfo);
+    assert_eq!(fs::metadata(&kept_nar).unwrap().modified().unwrap(), made);
+
+    // Real Nix, then Ferrix, substitute the closure from it.
+    let closure: Vec<String> = text(ok(c.nix.cmd("nix-store").args(["-qR", &s.a2])))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for who in ["nix", "ferrix"] {
+        ok(c.nix.cmd("nix-store").arg("--delete").args(&closure));
+        let mut cmd = if who == "nix" {
+            c.nix.cmd("nix-store")
+        } else {
+            c.ferrix("nix-store")
+        };
+        let out = cmd
+            .args(["-r", &s.a2])
+            .args(["--option", "substituters", &server.url])
+            .args(["--option", "trusted-public-keys", &s.pk])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{who}: {}", stderr(&out));
+        for p in &closure {
+            assert!(c.valid(p), "{who}: {p}");
+        }
+    }
+    ok(c.nix
+        .cmd("nix-store")
+        .args(["--verify", "--check-contents"]));
 }

@@ -2,6 +2,8 @@
 //! Ferrix substitute from. Narinfos come from the database (signed with the configured
 //! keys as they are served), NARs are dumped from the store as they are sent. With
 //! `--dir DIR`, a binary cache directory (as `copy --to file://` writes) is served as it is.
+//! With `--compression`, NARs are compressed once, at the first narinfo asked of their
+//! closure, and kept in a cache directory, from where they are sent as files.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use clap::Args as ClapArgs;
 use ferrix_daemon::http_cache::{CacheBackend, Nar};
 use ferrix_format::signature::SecretKey;
 use ferrix_format::{Encoding, NarInfo, StorePath};
+use ferrix_store::binary_cache::{Compression, FileCache};
 use ferrix_store::LocalStore;
 
 use crate::settings::Settings;
@@ -29,8 +32,16 @@ pub struct Args {
     priority: u64,
     /// Serve this binary cache directory (its `nix-cache-info`, narinfos and NARs as they
     /// are) instead of the store.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["secret_key_file"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["secret_key_file", "compression"])]
     dir: Option<std::path::PathBuf>,
+    /// Serve NARs compressed (`zstd`, `xz`, `br`, `bzip2`; `none` sends them as the store
+    /// holds them). Each is compressed once and kept in `--cache-dir`.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Where compressed NARs and their narinfos are kept (default:
+    /// `~/.cache/ferrix/serve-cache/<compression>`).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 /// A binary cache directory, served file by file.
@@ -73,6 +84,46 @@ struct StoreCache {
     store: Arc<LocalStore>,
     keys: Vec<SecretKey>,
     priority: u64,
+    compressed: Option<Compressed>,
+}
+
+/// Compressed NARs kept on disk: a binary cache directory filled from the store as paths
+/// are asked for.
+struct Compressed {
+    cache: FileCache,
+    files: DirCache,
+    /// One closure is compressed at a time: two requests never compress the same NAR.
+    writing: std::sync::Mutex<()>,
+}
+
+impl Compressed {
+    /// The narinfo of `p` (valid here, with `nar_hash`), its NAR compressed first if the
+    /// directory lacks it or holds another version of it.
+    fn narinfo(
+        &self,
+        store: &LocalStore,
+        p: &StorePath,
+        nar_hash: &ferrix_format::Hash,
+    ) -> Option<String> {
+        let file = self.cache.dir.join(format!("{}.narinfo", p.hash_part()));
+        let current = |file: &std::path::Path| {
+            let text = std::fs::read_to_string(file).ok()?;
+            let ni = NarInfo::parse(store.store_dir(), &text).ok()?;
+            (ni.store_path == *p && ni.nar_hash == *nar_hash).then_some(text)
+        };
+        if let Some(text) = current(&file) {
+            return Some(text);
+        }
+        let _one = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(text) = current(&file) {
+            return Some(text);
+        }
+        // Another version of the path, from before it was deleted and added again.
+        let _ = std::fs::remove_file(&file);
+        ferrix_store::binary_cache::copy_to_cache(store, &self.cache, std::slice::from_ref(p))
+            .ok()?;
+        current(&file)
+    }
 }
 
 impl StoreCache {
@@ -93,6 +144,9 @@ impl CacheBackend for StoreCache {
     fn narinfo(&self, hash_part: &str) -> Option<String> {
         let p = self.path(hash_part)?;
         let info = self.store.query_path_info(&p).ok()??;
+        if let Some(c) = &self.compressed {
+            return c.narinfo(&self.store, &p, &info.nar_hash);
+        }
         let sd = self.store.store_dir();
         let mut ni = NarInfo {
             store_path: p.clone(),
@@ -119,6 +173,9 @@ impl CacheBackend for StoreCache {
     }
 
     fn nar(&self, file: &str) -> Option<Nar> {
+        if let Some(c) = &self.compressed {
+            return c.files.nar(file);
+        }
         let stem = file.strip_suffix(".nar")?;
         let (hash_part, nar_hash) = stem.split_once('-')?;
         let p = self.path(hash_part)?;
@@ -152,10 +209,43 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     }
     let store = Arc::new(settings.open_store()?);
     let keys = settings.secret_keys(&a.secret_key_file)?;
+    let compression = Compression::parse(&a.compression).with_context(|| {
+        format!(
+            "unknown compression '{}' (none, zstd, xz, br or bzip2)",
+            a.compression
+        )
+    })?;
+    let compressed = match compression {
+        Compression::None => None,
+        c => {
+            let dir = match a.cache_dir {
+                Some(d) => d,
+                None => settings
+                    .cache_home()
+                    .context("no home directory for compressed NARs: pass --cache-dir")?
+                    .join("ferrix/serve-cache")
+                    .join(c.name()),
+            };
+            std::fs::create_dir_all(dir.join("nar"))
+                .with_context(|| format!("creating '{}'", dir.display()))?;
+            Some(Compressed {
+                cache: FileCache {
+                    dir: dir.clone(),
+                    compression: c,
+                    level: None,
+                    keys: keys.clone(),
+                    threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                },
+                files: DirCache { dir },
+                writing: std::sync::Mutex::new(()),
+            })
+        }
+    };
     let backend = StoreCache {
         store,
         keys,
         priority: a.priority,
+        compressed,
     };
     serve_on(&runtime, &a.listen, backend, "the store", shell)
 }
