@@ -41,7 +41,6 @@ use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
     BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, OfferFuture, Reporter,
 };
-use crate::log::LogWriter;
 use crate::outputs::check_outputs;
 use crate::register::Handover;
 use crate::registry::{Claim, Claimed, Registry};
@@ -53,8 +52,7 @@ pub struct HookSettings {
     pub program: PathBuf,
     /// Where job directories are made.
     pub work_dir: PathBuf,
-    pub log_dir: PathBuf,
-    pub compress_log: bool,
+    pub log: crate::log::LogSettings,
 }
 
 /// What the hook says about a job while it builds.
@@ -228,12 +226,7 @@ impl HookExecutor {
             }
         };
         self.reporter.started_on(&job.drv_path, &machine);
-        let log_path = crate::log::log_path(
-            &self.settings.log_dir,
-            &job.drv_path,
-            self.settings.compress_log,
-        );
-        let mut log = LogWriter::create(&log_path, self.settings.compress_log).ok();
+        let mut log = self.settings.log.writer(&job.drv_path).ok();
         let sent = self
             .send(format!("build {id} {}\n", dir.path().display()))
             .await;

@@ -46,9 +46,8 @@ pub struct LocalSettings {
     pub build_dir_base: PathBuf,
     /// `--keep-failed`: keep the build directory of a failed build.
     pub keep_failed: bool,
-    pub log_dir: PathBuf,
-    /// `compress-build-log`.
-    pub compress_log: bool,
+    /// Where build logs go, and whether they are kept.
+    pub log: crate::log::LogSettings,
     pub max_silent_time: Option<Duration>,
     pub timeout: Option<Duration>,
     /// Values for `impureEnvVars` of fixed-output derivations.
@@ -285,8 +284,8 @@ impl LocalExecutor {
         // The log file too is made before a builder may start: creating files is the slow
         // part of a small build on a disk, and it is done while other builders run.
         let s = &self.settings;
-        let log_path = crate::log::log_path(&s.log_dir, &job.drv_path, s.compress_log);
-        let log = match LogWriter::create(&log_path, s.compress_log) {
+        let log_path = crate::log::log_path(&s.log.dir, &job.drv_path, s.log.compress);
+        let log = match s.log.writer(&job.drv_path) {
             Ok(l) => l,
             Err((what, source)) => {
                 let _ = ferrix_store::fsutil::delete_path(&build_dir);

@@ -12,6 +12,30 @@ use ferrix_format::StorePath;
 
 use crate::executor::Reporter;
 
+/// Where build logs are kept, and whether (`keep-build-log`, `compress-build-log`).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub dir: PathBuf,
+    pub compress: bool,
+    /// `keep-build-log`: without it, builds write no log file.
+    pub keep: bool,
+}
+
+impl LogSettings {
+    /// The log writer of `drv`'s build: its file made (and the directory it is in), or
+    /// one that keeps nothing.
+    pub(crate) fn writer(&self, drv: &StorePath) -> Result<LogWriter, (&'static str, io::Error)> {
+        if !self.keep {
+            return Ok(LogWriter {
+                file: None,
+                compress: false,
+                out: None,
+            });
+        }
+        LogWriter::create(&log_path(&self.dir, drv, self.compress), self.compress)
+    }
+}
+
 /// Where the log of `drv` goes.
 pub fn log_path(log_dir: &Path, drv: &StorePath, compressed: bool) -> PathBuf {
     let base = drv.to_string();

@@ -76,7 +76,7 @@ async fn diamond_with_references() {
         .await;
     assert!(again.results.is_empty());
     // The log is where Nix keeps it, and decompresses.
-    let log = ferrix_build::log::read_log(&t.settings().log_dir, &a).unwrap();
+    let log = ferrix_build::log::read_log(&t.settings().log.dir, &a).unwrap();
     assert_eq!(log, Some(Vec::new()));
     // No build directory is left.
     assert_eq!(
@@ -127,10 +127,29 @@ async fn builder_environment_is_nix_s() {
     assert!(env["bigPath"].starts_with(&format!("{top}/.attr-")));
     assert!(!env.contains_key("NIX_OUTPUT_CHECKED"));
     // The builder's output went to the log.
-    let log = ferrix_build::log::read_log(&s.log_dir, &d)
+    let log = ferrix_build::log::read_log(&s.log.dir, &d)
         .unwrap()
         .unwrap();
     assert_eq!(log, b"hello from the builder\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_build_log_false_writes_no_log() {
+    let t = TestStore::new();
+    let d = t.drv(
+        "quiet-log",
+        "echo something to say; echo done > $out",
+        &[],
+        &["out"],
+        &[],
+    );
+    let mut s = t.settings();
+    s.log.keep = false;
+    let o = t.build(&[&d], s.clone(), ScheduleOptions::default()).await;
+    assert!(o.success(), "{o:?}");
+    assert_eq!(t.read_out(&d, "out"), "done\n");
+    assert_eq!(ferrix_build::log::read_log(&s.log.dir, &d).unwrap(), None);
+    assert!(!s.log.dir.join("drvs").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,8 +77,11 @@ pub fn local_settings(
             cores,
             build_dir_base,
             keep_failed: conf.bool("keep-failed", false)?,
-            log_dir: store.config().log_dir.clone(),
-            compress_log: conf.bool("compress-build-log", true)?,
+            log: ferrix_build::log::LogSettings {
+                dir: store.config().log_dir.clone(),
+                compress: conf.bool("compress-build-log", true)?,
+                keep: conf.bool("keep-build-log", true)?,
+            },
             max_silent_time: seconds(settings, "max-silent-time"),
             timeout: seconds(settings, "timeout"),
             impure_env,
@@ -568,8 +571,7 @@ impl EngineHost {
                 },
                 max_silent_time: local.max_silent_time,
                 timeout: local.timeout,
-                log_dir: local.log_dir.clone(),
-                compress_log: local.compress_log,
+                log: local.log.clone(),
                 backoff: Duration::from_secs(30),
                 use_substitutes: settings.conf.bool("builders-use-substitutes", false)?,
             };
@@ -595,7 +597,7 @@ impl EngineHost {
         if executors.is_empty() && hook.is_none() {
             local.prepare_ahead = local.max_jobs;
         }
-        let (build_dir_base, compress_log) = (local.build_dir_base.clone(), local.compress_log);
+        let (build_dir_base, log) = (local.build_dir_base.clone(), local.log.clone());
         executors.push(Arc::new(LocalExecutor::new(
             registry.clone(),
             local,
@@ -613,8 +615,7 @@ impl EngineHost {
                 ferrix_build::hook::HookSettings {
                     program: PathBuf::from(program),
                     work_dir: build_dir_base.clone(),
-                    log_dir: store.config().log_dir.clone(),
-                    compress_log,
+                    log,
                 },
                 registry.clone(),
                 reporter.clone(),

@@ -4,7 +4,6 @@
 pub mod machines;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
     BuildFuture, Built, Cancel, Executor, Job, JobError, Offer, OfferContext, OfferFuture, Reporter,
 };
-use crate::log::LogWriter;
 use crate::outputs::check_outputs;
 use crate::register::Handover;
 use crate::registry::{Claim, Claimed, Registry};
@@ -36,8 +34,7 @@ pub struct RemoteSettings {
     pub ssh: SshConfig,
     pub max_silent_time: Option<Duration>,
     pub timeout: Option<Duration>,
-    pub log_dir: PathBuf,
-    pub compress_log: bool,
+    pub log: crate::log::LogSettings,
     /// How long a machine that could not be reached is left alone (doubling each time).
     pub backoff: Duration,
     /// `builders-use-substitutes`: the machine fetches the inputs it lacks from its own
@@ -382,13 +379,11 @@ impl RemoteExecutor {
                 .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
         }
         // The log, kept here as a local build's is.
-        let log = crate::log::log_path(
-            &self.settings.log_dir,
-            &job.drv_path,
-            self.settings.compress_log,
-        );
-        let writer =
-            LogWriter::create(&log, self.settings.compress_log).map_err(|(what, source)| {
+        let writer = self
+            .settings
+            .log
+            .writer(&job.drv_path)
+            .map_err(|(what, source)| {
                 Failure::Local(BuildFailure::new(
                     drv.clone(),
                     FailureKind::Io {
@@ -429,7 +424,7 @@ impl RemoteExecutor {
             res.status,
             BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted
         ) {
-            let tail: Vec<String> = crate::log::read_log(&self.settings.log_dir, &job.drv_path)
+            let tail: Vec<String> = crate::log::read_log(&self.settings.log.dir, &job.drv_path)
                 .ok()
                 .flatten()
                 .map(|l| {

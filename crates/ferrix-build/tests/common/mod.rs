@@ -48,8 +48,11 @@ impl TestStore {
             cores: 2,
             build_dir_base: self.dir.path().join("build"),
             keep_failed: false,
-            log_dir: self.dir.path().join("log"),
-            compress_log: true,
+            log: ferrix_build::log::LogSettings {
+                dir: self.dir.path().join("log"),
+                compress: true,
+                keep: true,
+            },
             max_silent_time: None,
             timeout: None,
             impure_env: BTreeMap::new(),
