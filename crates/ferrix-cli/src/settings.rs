@@ -16,6 +16,9 @@ pub struct Settings {
     pub store_dir: StoreDir,
     pub store: LocalStoreConfig,
     pub conf: NixConf,
+    /// `--store` naming a binary cache (`file://`, `http(s)://`): only the commands that
+    /// read one take it; the local store is then not to be opened.
+    cache_url: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -134,7 +137,14 @@ impl Settings {
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned)
             });
+        let is_cache = |u: &str| {
+            ["file://", "http://", "https://"]
+                .iter()
+                .any(|s| u.starts_with(s))
+        };
+        let cache_url = url.clone().filter(|u| is_cache(u));
         let store = match url.as_deref() {
+            Some(u) if is_cache(u) => base,
             Some(u) => LocalStoreConfig::from_url(u, &base)?,
             None if needs_chroot(&base) => {
                 // As Nix does for users who cannot write to /nix: a store under their home.
@@ -150,11 +160,23 @@ impl Settings {
             store_dir: store.store_dir.clone(),
             store,
             conf,
+            cache_url,
         })
+    }
+
+    /// The binary cache `--store` names, if it names one.
+    pub fn cache_url(&self) -> Option<&str> {
+        self.cache_url.as_deref()
     }
 
     /// Open the configured local store.
     pub fn open_store(&self) -> Result<LocalStore> {
+        if let Some(url) = &self.cache_url {
+            anyhow::bail!(
+                "the store '{url}' is a binary cache: this command needs a local store \
+                 (a cache is read by 'ferrix path-info --store' and 'ferrix copy --from')"
+            );
+        }
         LocalStore::open(self.store.clone()).with_context(|| {
             format!(
                 "opening the store at '{}'",

@@ -872,3 +872,69 @@ fn serve_cache_compresses_each_nar_once_and_sends_it_as_a_file() {
         .cmd("nix-store")
         .args(["--verify", "--check-contents"]));
 }
+
+#[test]
+fn path_info_reads_a_binary_cache_as_nix_does() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "a2", "xz");
+    let dir = cache.dir.path().join("cache");
+    let server = Server::start(dir.clone());
+    let a2 = c.out_path(&c.drv("a2"));
+    let a1 = c.out_path(&c.drv("a1"));
+    for url in [format!("file://{}", dir.display()), server.url()] {
+        // Text, with the closure and sizes, as real Nix prints it.
+        let args = |extra: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = vec!["path-info".into(), "--store".into(), url.clone()];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v.push(a2.clone());
+            v
+        };
+        for extra in [&["-r"][..], &["-r", "-s"], &["--json"], &["-S"]] {
+            let ours = text(ok(c.ferrix("ferrix").args(args(extra))));
+            let nix = text(ok(c.nix.cmd("nix").args(args(extra))));
+            if extra == ["--json"] {
+                // The same fields (real Nix adds its own, e.g. "valid").
+                for key in [
+                    "\"narHash\"",
+                    "\"narSize\"",
+                    "\"references\"",
+                    "\"url\"",
+                    "\"signatures\"",
+                ] {
+                    assert!(
+                        ours.contains(key) && nix.contains(key),
+                        "{key}: {ours} / {nix}"
+                    );
+                }
+                assert!(ours.contains(&a1), "{ours}");
+            } else {
+                assert_eq!(ours, nix, "{url} {extra:?}");
+            }
+        }
+        // Not in the cache: an error naming the path.
+        let b2 = c.out_path(&c.drv("b2"));
+        let out = c
+            .ferrix("ferrix")
+            .args(["path-info", "--store", &url, &b2])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(&format!("path '{b2}' is not valid")),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Other commands refuse a cache as their store, clearly.
+    let out = c
+        .ferrix("ferrix")
+        .args(["build", "--store", &server.url(), &a2])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is a binary cache"),
+        "{}",
+        stderr(&out)
+    );
+}

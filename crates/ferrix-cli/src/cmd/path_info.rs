@@ -1,10 +1,12 @@
-//! `ferrix path-info`: what the store knows about paths, as text or JSON.
+//! `ferrix path-info`: what the store (or, with `--store file://…|http(s)://…`, a binary
+//! cache) knows about paths, as text or JSON.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ferrix_format::json::Json;
-use ferrix_format::StorePath;
+use ferrix_format::{NarInfo, StoreDir, StorePath};
+use ferrix_store::path_info::ValidPathInfo;
 
 use crate::ops;
 use crate::settings::Settings;
@@ -37,6 +39,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
+    if let Some(url) = settings.cache_url() {
+        return run_on_cache(a, settings, url, shell);
+    }
     let store = settings.open_store()?;
     let mut paths: BTreeSet<StorePath> = BTreeSet::new();
     if a.all {
@@ -58,17 +63,174 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     if a.recursive {
         paths = store.closure(paths, false, false)?;
     }
+    show(&a, &store, &paths, shell)
+}
+
+/// What `path-info` shows paths from: the local store, or the narinfos of a binary cache.
+trait Infos {
+    fn info(&self, p: &StorePath) -> Result<ValidPathInfo>;
+    fn print(&self, p: &StorePath) -> String;
+    fn closure(&self, p: &StorePath) -> Result<BTreeSet<StorePath>>;
+    fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>>;
+    /// Where a cache keeps the path's NAR: (url, compression, file hash, file size).
+    fn download(&self, _p: &StorePath) -> Option<&NarInfo> {
+        None
+    }
+}
+
+impl Infos for ferrix_store::LocalStore {
+    fn info(&self, p: &StorePath) -> Result<ValidPathInfo> {
+        Ok(self.path_info(p)?)
+    }
+    fn print(&self, p: &StorePath) -> String {
+        ferrix_store::LocalStore::print(self, p)
+    }
+    fn closure(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        Ok(ferrix_store::LocalStore::closure(
+            self,
+            [p.clone()],
+            false,
+            false,
+        )?)
+    }
+    fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
+        Ok(ferrix_store::LocalStore::topo_sort(self, paths)?)
+    }
+}
+
+/// The narinfos read from a binary cache: every path asked and, with `-r` or `-S`, the
+/// closures of them.
+struct CacheInfos {
+    store_dir: StoreDir,
+    infos: BTreeMap<StorePath, NarInfo>,
+}
+
+impl CacheInfos {
+    fn get(&self, p: &StorePath) -> Result<&NarInfo> {
+        self.infos
+            .get(p)
+            .with_context(|| format!("path '{}' is not valid", self.store_dir.display(p)))
+    }
+}
+
+impl Infos for CacheInfos {
+    fn info(&self, p: &StorePath) -> Result<ValidPathInfo> {
+        let n = self.get(p)?;
+        let mut i = ValidPathInfo::new(p.clone(), n.nar_hash, n.nar_size);
+        i.references = n.references.clone();
+        i.deriver = n.deriver.clone();
+        i.ca = n.ca;
+        i.sigs = n.sigs.iter().map(|s| s.to_string()).collect();
+        Ok(i)
+    }
+    fn print(&self, p: &StorePath) -> String {
+        self.store_dir.display(p)
+    }
+    fn closure(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
+        Ok(ferrix_store::closure::closure([p.clone()], |q| {
+            Ok(self
+                .infos
+                .get(q)
+                .map(|n| n.references.iter().cloned().collect())
+                .unwrap_or_default())
+        })?)
+    }
+    fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
+        Ok(ferrix_store::closure::topo_sort(
+            &self.store_dir,
+            paths,
+            |q| {
+                Ok(self
+                    .infos
+                    .get(q)
+                    .map(|n| n.references.iter().cloned().collect())
+                    .unwrap_or_default())
+            },
+        )?)
+    }
+    fn download(&self, p: &StorePath) -> Option<&NarInfo> {
+        self.infos.get(p)
+    }
+}
+
+/// `path-info --store file://…|http(s)://…`: the cache's narinfos (believed whatever their
+/// signatures, as Nix shows them), through the narinfo disk cache for HTTP.
+fn run_on_cache(a: Args, settings: &Settings, url: &str, shell: &mut Shell) -> Result<()> {
+    if a.all {
+        anyhow::bail!("'--all' cannot list the paths of the binary cache '{url}'");
+    }
+    let sd = settings.store_dir().clone();
+    let subst = settings.substitution()?;
+    let http = url
+        .starts_with("http")
+        .then(|| subst.http_client(&[url]))
+        .transpose()?;
+    let disk = url
+        .starts_with("http")
+        .then(|| subst.disk_cache(shell))
+        .flatten();
+    let trust = ferrix_store::binary_cache::Trust {
+        keys: Vec::new(),
+        require_sigs: false,
+    };
+    let cache = ferrix_store::binary_cache::CacheSource::open(
+        url,
+        &sd,
+        trust,
+        http.as_ref(),
+        disk.as_ref(),
+    )
+    .with_context(|| format!("opening the binary cache '{url}'"))?;
+    let mut paths = BTreeSet::new();
+    for arg in &a.paths {
+        let (p, _) = sd
+            .parse_path_with_subpath(arg)
+            .with_context(|| format!("'{arg}' is not a store path"))?;
+        paths.insert(p);
+    }
+    // The paths asked, then (for -r and -S) their references, round by round.
+    let mut infos = BTreeMap::new();
+    let mut todo: Vec<StorePath> = paths.iter().cloned().collect();
+    let deep = a.recursive || a.closure_size;
+    while let Some(p) = todo.pop() {
+        if infos.contains_key(&p) {
+            continue;
+        }
+        let Some(n) = cache.narinfo(&sd, &p)? else {
+            anyhow::bail!("path '{}' is not valid", sd.display(&p));
+        };
+        if deep {
+            todo.extend(n.references.iter().filter(|r| **r != p).cloned());
+        }
+        infos.insert(p, n);
+    }
+    let c = CacheInfos {
+        store_dir: sd,
+        infos,
+    };
+    if a.recursive {
+        let mut all = BTreeSet::new();
+        for p in &paths {
+            all.extend(c.closure(p)?);
+        }
+        paths = all;
+    }
+    show(&a, &c, &paths, shell)
+}
+
+/// Print what is known of `paths`, as text or JSON.
+fn show(a: &Args, store: &dyn Infos, paths: &BTreeSet<StorePath>, shell: &mut Shell) -> Result<()> {
     let closure_size = |p: &StorePath| -> Result<u64> {
         let mut n = 0;
-        for q in store.closure([p.clone()], false, false)? {
-            n += store.path_info(&q)?.nar_size;
+        for q in store.closure(p)? {
+            n += store.info(&q)?.nar_size;
         }
         Ok(n)
     };
     if a.json {
         let mut items = Vec::new();
-        for p in &paths {
-            let info = store.path_info(p)?;
+        for p in paths {
+            let info = store.info(p)?;
             // Nix's keys, in Nix's order.
             let mut f = vec![
                 ("path".to_owned(), Json::String(store.print(p))),
@@ -108,6 +270,19 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
                     Json::Array(info.sigs.iter().map(|s| Json::String(s.clone())).collect()),
                 ));
             }
+            if let Some(n) = store.download(p) {
+                f.push(("url".to_owned(), Json::String(n.url.clone())));
+                f.push((
+                    "compression".to_owned(),
+                    Json::String(n.compression.clone()),
+                ));
+                if let Some(h) = &n.file_hash {
+                    f.push(("downloadHash".to_owned(), Json::String(h.to_sri())));
+                }
+                if let Some(s) = n.file_size {
+                    f.push(("downloadSize".to_owned(), Json::Int(s as i64)));
+                }
+            }
             items.push(Json::Object(f));
         }
         shell.print(Json::Array(items).compact())?;
@@ -119,20 +294,20 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
         .max()
         .unwrap_or(0);
     // Text comes references first, as Nix lists paths; JSON stays sorted by path.
-    for p in &store.topo_sort(&paths)? {
+    for p in &store.topo_sort(paths)? {
         let s = store.print(p);
         let mut line = s.clone();
         if a.size || a.closure_size || a.sigs {
             line.push_str(&" ".repeat(width - s.len()));
         }
         if a.size {
-            line.push_str(&format!("\t{:>11}", store.path_info(p)?.nar_size));
+            line.push_str(&format!("\t{:>11}", store.info(p)?.nar_size));
         }
         if a.closure_size {
             line.push_str(&format!("\t{:>11}", closure_size(p)?));
         }
         if a.sigs {
-            let info = store.path_info(p)?;
+            let info = store.info(p)?;
             line.push('\t');
             let mut sigs: Vec<String> = Vec::new();
             if info.ultimate {
