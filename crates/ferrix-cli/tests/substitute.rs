@@ -477,6 +477,19 @@ fn narinfos_are_remembered_between_runs_in_the_disk_cache_nix_shares() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(hits(&b1_info), 2);
 
+    // `ferrix build --refresh` too, and about the cache itself.
+    ok(c.nix.cmd("nix-store").args(["--delete", &b1]));
+    let out = c
+        .ferrix("ferrix")
+        .args(["build", "--no-link", "--refresh", &b1_drv])
+        .args(["--option", "substituters", &server.url()])
+        .args(["--option", "trusted-public-keys", &cache.pk])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(hits(&b1_info), 3);
+    assert_eq!(hits("/nix-cache-info"), 2);
+
     // Real Nix 2.8 reads what Ferrix remembered: with the narinfo now failing, it still
     // knows the path, without asking.
     server.fault(&a2_info, Fault::Status(500));

@@ -63,6 +63,10 @@ pub struct Args {
     /// Use no substituters.
     #[arg(long)]
     offline: bool,
+    /// Consider everything remembered of caches out of date (the narinfo disk cache is
+    /// asked nothing).
+    #[arg(long)]
+    refresh: bool,
 }
 
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
@@ -77,6 +81,16 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
         ("keep-failed", a.keep_failed.then(|| "true".to_owned())),
         ("fallback", a.fallback.then(|| "true".to_owned())),
         ("substitute", a.offline.then(|| "false".to_owned())),
+        (
+            "narinfo-cache-positive-ttl",
+            a.refresh.then(|| "0".to_owned()),
+        ),
+        (
+            "narinfo-cache-negative-ttl",
+            a.refresh.then(|| "0".to_owned()),
+        ),
+        ("narinfo-cache-meta-ttl", a.refresh.then(|| "0".to_owned())),
+        ("tarball-ttl", a.refresh.then(|| "0".to_owned())),
     ] {
         if let Some(v) = v {
             settings.conf.set(name, &v, &format!("--{name}"))?;
