@@ -12,43 +12,23 @@ MB/s are of NAR bytes.
 """
 
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import time
+
+import closure
 
 WORK = os.environ["FERRIX_BENCH_WORK"]
 FERRIX = os.environ["FERRIX_BIN"]
 RUNS = int(os.environ.get("FERRIX_BENCH_RUNS", "3"))
 PATHS = int(os.environ.get("FERRIX_BENCH_PATHS", "40"))
 MIB = int(os.environ.get("FERRIX_BENCH_MIB", "200"))
-ENV = dict(os.environ, NIX_STORE_DIR=f"{WORK}/s/store", NIX_STATE_DIR=f"{WORK}/s/state",
-           NIX_LOG_DIR=f"{WORK}/s/log", NIX_CONF_DIR=f"{WORK}/etc", HOME=f"{WORK}/home")
-ENV.pop("NIX_PATH", None)
-ENV.pop("NIX_REMOTE", None)
-os.makedirs(f"{WORK}/home", exist_ok=True)
+ENV = closure.store_env(WORK)
 
 
 def run(args, **kw):
     return subprocess.run(args, env=ENV, check=True, capture_output=True, text=True, **kw)
-
-
-def make_closure():
-    rng = random.Random(1)
-    words = [("".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 9)))) for _ in range(500)]
-    per_file = MIB * (1 << 20) // (PATHS * 5)
-    paths = []
-    for i in range(PATHS):
-        d = f"{WORK}/src/p{i}"
-        os.makedirs(d)
-        for j in range(5):
-            half = per_file // 2
-            text = " ".join(rng.choice(words) for _ in range(half // 5)).encode()[:half]
-            with open(f"{d}/f{j}", "wb") as f:
-                f.write(rng.randbytes(per_file - len(text)) + text)
-        paths.append(run(["nix-store", "--add", d]).stdout.strip())
-    return paths
 
 
 def wipe(path):
@@ -64,7 +44,7 @@ def timed(args):
     return time.perf_counter() - t
 
 
-paths = make_closure()
+paths = closure.make_closure(WORK, ENV, PATHS, MIB)
 nar_bytes = sum(int(run(["nix-store", "-q", "--size", p]).stdout) for p in paths)
 run(["nix-store", "--generate-binary-cache-key", "bench-1", f"{WORK}/sk", f"{WORK}/pk"])
 pk = open(f"{WORK}/pk").read().strip()

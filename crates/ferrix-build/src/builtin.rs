@@ -7,7 +7,6 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use ferrix_format::Derivation;
 use ferrix_store::binary_cache::{CacheError, Compression, HttpClient, HttpSettings};
@@ -46,50 +45,20 @@ pub enum BuiltinError {
     Cancelled,
 }
 
-/// The HTTP client of built-in builders: made at the first download, on its own thread
-/// (it must not start on an async runtime's).
-#[derive(Debug)]
-pub struct Fetcher {
-    settings: HttpSettings,
-    client: Mutex<Option<HttpClient>>,
-}
-
-impl Fetcher {
-    pub fn new(settings: HttpSettings) -> Self {
-        Self {
-            settings,
-            client: Mutex::new(None),
-        }
-    }
-
-    fn client(&self) -> Result<HttpClient, CacheError> {
-        let mut made = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = &*made {
-            return Ok(c.clone());
-        }
-        let s = self.settings.clone();
-        let c = std::thread::spawn(move || HttpClient::new(s))
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        *made = Some(c.clone());
-        Ok(c)
-    }
-}
-
 /// Run the built-in builder `builder` (`builtin:NAME`) of `drv`, with its environment
-/// `env`, writing its output `out` at `target`. Blocks: call it on a blocking thread.
+/// `env`, writing its output `out` at `target` (downloads as `http` says). Blocks: call it on a blocking thread.
 /// `log` receives what a builder would print.
 pub fn run(
     builder: &str,
     drv: &Derivation,
     env: &BTreeMap<String, String>,
     target: &Path,
-    fetcher: &Fetcher,
+    http: &HttpSettings,
     log: &mut dyn FnMut(&str),
     cancel: &AtomicBool,
 ) -> Result<(), BuiltinError> {
     match builder {
-        "builtin:fetchurl" => fetchurl(drv, env, target, fetcher, log, cancel),
+        "builtin:fetchurl" => fetchurl(drv, env, target, http, log, cancel),
         other => Err(BuiltinError::Unknown(other.to_owned())),
     }
 }
@@ -102,7 +71,7 @@ fn fetchurl(
     drv: &Derivation,
     env: &BTreeMap<String, String>,
     target: &Path,
-    fetcher: &Fetcher,
+    http: &HttpSettings,
     log: &mut dyn FnMut(&str),
     cancel: &AtomicBool,
 ) -> Result<(), BuiltinError> {
@@ -121,7 +90,9 @@ fn fetchurl(
         })?;
         Box::new(io::BufReader::with_capacity(1 << 20, f))
     } else if url.starts_with("http://") || url.starts_with("https://") {
-        let client = fetcher.client().map_err(BuiltinError::Download)?;
+        // A client for each download: they are few, and one for a plain `http://` URL
+        // reads no certificates.
+        let client = HttpClient::for_urls(http, &[url.as_str()]).map_err(BuiltinError::Download)?;
         let body = client
             .get(url)
             .map_err(BuiltinError::Download)?

@@ -110,8 +110,6 @@ pub struct LocalExecutor {
     /// `max-jobs` builders run at once; with `prepare_ahead`, the executor takes more jobs
     /// than that, so the next ones are claimed and prepared while builders run.
     builders: Arc<tokio::sync::Semaphore>,
-    /// The downloads of `builtin:fetchurl`.
-    fetcher: Arc<crate::builtin::Fetcher>,
 }
 
 impl std::fmt::Debug for dyn Reporter + Send + Sync {
@@ -130,7 +128,6 @@ impl LocalExecutor {
         times: Arc<Mutex<crate::times::BuildTimes>>,
     ) -> Self {
         let settings_max_jobs = settings.max_jobs;
-        let fetcher = Arc::new(crate::builtin::Fetcher::new(settings.fetch.clone()));
         Self {
             store: registry.store().clone(),
             registry,
@@ -141,7 +138,6 @@ impl LocalExecutor {
             slots: Mutex::default(),
             slot_intents: Mutex::default(),
             builders: Arc::new(tokio::sync::Semaphore::new(settings_max_jobs)),
-            fetcher,
         }
     }
 }

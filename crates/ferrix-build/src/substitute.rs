@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ferrix_format::StorePath;
 use ferrix_store::binary_cache::{
     CacheError, CacheSource, DiskCacheTtl, Found, HttpClient, HttpSettings, NarInfoDiskCache,
-    Substituters, TlsRoots, Trust,
+    Substituters, Trust,
 };
 use ferrix_store::LocalStore;
 
@@ -100,22 +100,12 @@ impl CacheSubstituter {
         self.caches.get_or_init(|| {
             let s = &self.settings;
             let store_dir = self.store.store_dir();
-            let http = std::thread::scope(|sc| {
-                sc.spawn(|| {
-                    let mut http = s.http.clone();
-                    // Certificates are read only when some cache needs them.
-                    if !s.urls.iter().any(|u| u.starts_with("https://")) {
-                        http.roots = TlsRoots::None;
-                    }
-                    s.urls
-                        .iter()
-                        .any(|u| u.starts_with("http"))
-                        .then(|| HttpClient::new(http))
-                        .transpose()
-                })
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            });
+            let urls: Vec<&str> = s.urls.iter().map(String::as_str).collect();
+            let http = urls
+                .iter()
+                .any(|u| u.starts_with("http"))
+                .then(|| HttpClient::for_urls(&s.http, &urls))
+                .transpose();
             let http = match http {
                 Ok(h) => h,
                 Err(e) => {

@@ -247,16 +247,9 @@ impl SubstitutionSettings {
         }
     }
 
-    /// The client is for `urls` alone: without an `https://` one among them, no
-    /// certificates are read.
+    /// The HTTP client of a run, for `urls` alone (see `HttpClient::for_urls`).
     pub fn http_client(&self, urls: &[&str]) -> Result<ferrix_store::binary_cache::HttpClient> {
-        let mut settings = self.http.clone();
-        if !urls.iter().any(|u| u.starts_with("https://")) {
-            settings.roots = ferrix_store::binary_cache::TlsRoots::None;
-        }
-        std::thread::spawn(move || ferrix_store::binary_cache::HttpClient::new(settings))
-            .join()
-            .map_err(|_| anyhow::anyhow!("the HTTP client could not be set up"))?
+        ferrix_store::binary_cache::HttpClient::for_urls(&self.http, urls)
             .context("setting up the HTTP client for binary caches")
     }
 }

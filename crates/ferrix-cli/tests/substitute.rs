@@ -586,40 +586,27 @@ struct ServeCache {
 }
 
 impl ServeCache {
+    /// `ferrix --store STORE serve-cache`, signing with `key`.
     fn start(c: &Consumer, store: &str, key: &Path, extra: &[&str]) -> Self {
-        use std::io::BufRead;
-        let mut child = c
-            .ferrix("ferrix")
-            .args(["--store", store])
-            .args([
-                "serve-cache",
-                "--listen",
-                "127.0.0.1:0",
-                "--secret-key-file",
-            ])
+        let mut cmd = c.ferrix("ferrix");
+        cmd.args(["--store", store, "serve-cache", "--secret-key-file"])
             .arg(key)
-            .args(extra)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-        Self { child, url }
+            .args(extra);
+        Self::spawn(cmd)
     }
-}
 
-impl ServeCache {
     /// `ferrix serve-cache --dir DIR`: a cache directory served as it is.
     fn dir(c: &Consumer, dir: &Path) -> Self {
+        let mut cmd = c.ferrix("ferrix");
+        cmd.args(["serve-cache", "--dir"]).arg(dir);
+        Self::spawn(cmd)
+    }
+
+    /// Start `cmd` on a free port of 127.0.0.1; its URL is the end of its first line.
+    fn spawn(mut cmd: Command) -> Self {
         use std::io::BufRead;
-        let mut child = c
-            .ferrix("ferrix")
-            .args(["serve-cache", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(dir)
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0"])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();

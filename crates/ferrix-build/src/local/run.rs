@@ -304,13 +304,13 @@ impl LocalExecutor {
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (reporter, drv_path) = (self.reporter.clone(), job.drv_path.clone());
         let (builder, drv2) = (job.drv.builder.clone(), job.drv.clone());
-        let (fetcher, f2) = (self.fetcher.clone(), flag.clone());
+        let (http, f2) = (self.settings.fetch.clone(), flag.clone());
         let mut task = tokio::task::spawn_blocking(move || {
             let mut say = |line: &str| {
                 log.write(format!("{line}\n").as_bytes());
                 reporter.log_line(&drv_path, line);
             };
-            let res = crate::builtin::run(&builder, &drv2, &env, &target, &fetcher, &mut say, &f2);
+            let res = crate::builtin::run(&builder, &drv2, &env, &target, &http, &mut say, &f2);
             log.finish();
             res
         });

@@ -108,6 +108,19 @@ impl HttpClient {
         Ok(Self { client, settings })
     }
 
+    /// A client for `urls` alone, made on a thread of its own (it must not start on an
+    /// async runtime's threads): without an `https://` URL among them, no certificates are
+    /// read.
+    pub fn for_urls(settings: &HttpSettings, urls: &[&str]) -> Result<Self, CacheError> {
+        let mut settings = settings.clone();
+        if !urls.iter().any(|u| u.starts_with("https://")) {
+            settings.roots = TlsRoots::None;
+        }
+        std::thread::spawn(move || Self::new(settings))
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+
     pub fn settings(&self) -> &HttpSettings {
         &self.settings
     }
