@@ -13,6 +13,7 @@ mod remote;
 mod serve;
 mod settings;
 mod shell;
+mod stores;
 
 use std::ffi::OsString;
 use std::path::Path;

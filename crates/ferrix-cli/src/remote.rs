@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use ferrix_format::StoreDir;
 use ferrix_store::serve_client::ServeClient;
 use ferrix_store::ssh::{Ssh, SshConfig, SshTarget};
 use ferrix_store::worker_client::WorkerClient;
@@ -18,6 +19,25 @@ pub struct Session<C = ServeClient> {
     _dir: tempfile::TempDir,
 }
 
+/// What a session's client needs kept alive: the ssh connection and its socket directory.
+pub struct SessionGuard {
+    _ssh: Ssh,
+    _dir: tempfile::TempDir,
+}
+
+impl<C> Session<C> {
+    /// The client, and what must outlive it.
+    pub fn split(self) -> (C, SessionGuard) {
+        (
+            self.client,
+            SessionGuard {
+                _ssh: self._ssh,
+                _dir: self._dir,
+            },
+        )
+    }
+}
+
 /// `NIX_SSHOPTS`, split on whitespace as Nix splits it.
 pub fn ssh_opts() -> Vec<String> {
     std::env::var("NIX_SSHOPTS")
@@ -28,23 +48,23 @@ pub fn ssh_opts() -> Vec<String> {
 }
 
 /// Open a session with `uri` (`ssh://…`), `key` and `host_key` from a machines line if any.
-pub fn connect(uri: &str, store: &LocalStore, compress: bool) -> Result<Session> {
+pub fn connect(uri: &str, store_dir: &StoreDir, compress: bool) -> Result<Session> {
     let mut target = SshTarget::parse(uri)?;
     target.compress |= compress;
     if target.ng {
         anyhow::bail!("'{uri}' is an ssh-ng:// store; this command speaks to ssh:// only");
     }
-    connect_target(target, store)
+    connect_target(target, store_dir)
 }
 
 /// Open a session with an `ssh-ng://` store (its `nix-daemon --stdio`).
-pub fn connect_ng(uri: &str, store: &LocalStore) -> Result<Session<WorkerClient>> {
+pub fn connect_ng(uri: &str, store_dir: &StoreDir) -> Result<Session<WorkerClient>> {
     let target = SshTarget::parse(uri)?;
     if !target.ng {
         anyhow::bail!("'{uri}' is not an ssh-ng:// store");
     }
     let (mut ssh, dir) = ssh_to(target)?;
-    let client = WorkerClient::start(&mut ssh, store.store_dir().clone(), 0)?;
+    let client = WorkerClient::start(&mut ssh, store_dir.clone(), 0)?;
     Ok(Session {
         client,
         _ssh: ssh,
@@ -67,9 +87,9 @@ fn ssh_to(target: SshTarget) -> Result<(Ssh, tempfile::TempDir)> {
     Ok((Ssh::new(target, config, 0)?, dir))
 }
 
-fn connect_target(target: SshTarget, store: &LocalStore) -> Result<Session> {
+fn connect_target(target: SshTarget, store_dir: &StoreDir) -> Result<Session> {
     let (mut ssh, dir) = ssh_to(target)?;
-    let client = ServeClient::start(&mut ssh, store.store_dir().clone())?;
+    let client = ServeClient::start(&mut ssh, store_dir.clone())?;
     Ok(Session {
         client,
         _ssh: ssh,
@@ -87,7 +107,7 @@ pub fn probe(m: &ferrix_build::remote::Machine, store: &LocalStore) -> Result<st
         let (mut ssh, _dir) = ssh_to(t)?;
         drop(WorkerClient::start(&mut ssh, store.store_dir().clone(), 0)?);
     } else {
-        drop(connect_target(t, store)?);
+        drop(connect_target(t, store.store_dir())?);
     }
     Ok(start.elapsed())
 }

@@ -521,6 +521,56 @@ fn copy_round_trip(s: &Setup, scheme: &str, program: &Path) {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("copied 1 paths"), "{}", stderr(&out));
     ok(nix.cmd("nix-store").arg("--verify-path").arg(&top));
+    // Between two stores neither of which is the local one: the machine into a binary
+    // cache, which real Nix reads, then the cache into a store under another root.
+    let cache = s.dir.path().join(format!("cache-{scheme}"));
+    let cache_uri = format!("file://{}", cache.display());
+    let out = ferrix(&["copy", "--from", &uri, "--to", &cache_uri, &top])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "copied {} paths from '{uri}' to '{cache_uri}'",
+            closure.len()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let listed = String::from_utf8(ok(nix.cmd("nix").args([
+        "path-info",
+        "-r",
+        "--store",
+        &cache_uri,
+        &top,
+    ])))
+    .unwrap();
+    let mut listed: Vec<&str> = listed.lines().collect();
+    let mut want: Vec<&str> = closure.iter().map(String::as_str).collect();
+    listed.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(listed, want);
+    let other = s.dir.path().join(format!("other-{scheme}"));
+    let out = ferrix(&["copy", "--no-check-sigs", "--from", &cache_uri, "--to"])
+        .arg(&other)
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut c = Command::new(s.ferrix_store());
+    nix.isolate(&mut c);
+    c.arg("--store")
+        .arg(&other)
+        .arg("--verify")
+        .arg("--check-contents");
+    ok(&mut c);
+    let mut c = Command::new(s.ferrix_store());
+    nix.isolate(&mut c);
+    c.arg("--store")
+        .arg(&other)
+        .arg("--check-validity")
+        .args(&closure);
+    ok(&mut c);
 }
 
 #[test]

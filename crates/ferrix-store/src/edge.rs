@@ -1,7 +1,8 @@
-//! The store from async code: every [`Store`] operation runs on a blocking thread (SQLite and
-//! file system work belong there), and NARs stream through pipes between the two sides, never
-//! held whole. This is the edge substituters, remote builders and servers use.
+//! The store from async code: every [`Store`] operation runs on a blocking thread (SQLite,
+//! files and ssh pipes belong there), and NARs stream through pipes between the two sides,
+//! never held whole. This is the edge the Engine, servers and the daemon use.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
@@ -10,17 +11,19 @@ use tokio::io::AsyncRead;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
+use crate::copy::{copy_paths, CopyOptions};
 use crate::error::{Result, StoreError};
+use crate::local::LocalStore;
 use crate::path_info::ValidPathInfo;
-use crate::store::Store;
+use crate::store::{CopyError, Store};
 
 /// An async handle on a store; cheap to clone.
 #[derive(Debug)]
-pub struct AsyncStore<S> {
+pub struct AsyncStore<S: ?Sized> {
     inner: Arc<S>,
 }
 
-impl<S> Clone for AsyncStore<S> {
+impl<S: ?Sized> Clone for AsyncStore<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -36,7 +39,11 @@ fn pipe_err(e: io::Error) -> StoreError {
     }
 }
 
-impl<S: Store + Send + Sync + 'static> AsyncStore<S> {
+fn joined(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl<S: Store + ?Sized + 'static> AsyncStore<S> {
     pub fn new(inner: Arc<S>) -> Self {
         Self { inner }
     }
@@ -46,14 +53,61 @@ impl<S: Store + Send + Sync + 'static> AsyncStore<S> {
         &self.inner
     }
 
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&S) -> Result<T, CopyError> + Send + 'static,
+    ) -> Result<T, CopyError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| CopyError::Stream {
+                store: self.inner.uri(),
+                path: String::new(),
+                source: joined(e),
+            })?
+    }
+
+    /// See [`Store::query_valid`].
+    pub async fn query_valid(
+        &self,
+        paths: BTreeSet<StorePath>,
+        substitute: bool,
+    ) -> Result<BTreeSet<StorePath>, CopyError> {
+        self.run(move |s| s.query_valid(&paths, substitute)).await
+    }
+
+    /// See [`Store::query_infos`].
+    pub async fn query_infos(
+        &self,
+        paths: BTreeSet<StorePath>,
+    ) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
+        self.run(move |s| s.query_infos(&paths)).await
+    }
+}
+
+impl AsyncStore<dyn Store> {
+    /// Copy the closure of `paths` from this store to `to` ([`copy_paths`]).
+    pub async fn copy_to(
+        &self,
+        to: &AsyncStore<dyn Store>,
+        paths: BTreeSet<StorePath>,
+        opts: CopyOptions,
+    ) -> Result<Vec<StorePath>, CopyError> {
+        let to = to.inner.clone();
+        self.run(move |from| copy_paths(from, &*to, &paths, &opts))
+            .await
+    }
+}
+
+impl AsyncStore<LocalStore> {
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&S) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&LocalStore) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| pipe_err(io::Error::other(e.to_string())))?
+            .map_err(|e| pipe_err(joined(e)))?
     }
 
     pub async fn is_valid_path(&self, p: StorePath) -> Result<bool> {
@@ -77,7 +131,7 @@ impl<S: Store + Send + Sync + 'static> AsyncStore<S> {
         Ok((rx, task))
     }
 
-    /// Add a path from a NAR stream (see [`Store::add_to_store`]). A stream that is not a
+    /// Add a path from a NAR stream (see [`LocalStore::add_nar`]). A stream that is not a
     /// valid NAR of the claimed hash leaves the store as it was and the error says so.
     pub async fn add_to_store(
         &self,
@@ -87,7 +141,7 @@ impl<S: Store + Send + Sync + 'static> AsyncStore<S> {
         let (mut reader, writer) = io::pipe().map_err(pipe_err)?;
         let mut tx = pipe::Sender::from_owned_fd(writer.into()).map_err(pipe_err)?;
         let inner = self.inner.clone();
-        let adding = tokio::task::spawn_blocking(move || inner.add_to_store(&info, &mut reader));
+        let adding = tokio::task::spawn_blocking(move || inner.add_nar(&info, &mut reader));
         let copied = async move {
             let r = tokio::io::copy(&mut nar, &mut tx).await;
             drop(tx); // the end of the stream, for the adder
@@ -95,9 +149,7 @@ impl<S: Store + Send + Sync + 'static> AsyncStore<S> {
         }
         .await;
         // The adder's error is the cause when it stopped reading (the copy then fails too).
-        let added = adding
-            .await
-            .map_err(|e| pipe_err(io::Error::other(e.to_string())))?;
+        let added = adding.await.map_err(|e| pipe_err(joined(e)))?;
         added?;
         copied.map(drop).map_err(pipe_err)
     }

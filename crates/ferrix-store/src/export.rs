@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
 
 use ferrix_format::wire::{write_bytes, write_u64};
-use ferrix_format::StorePath;
+use ferrix_format::{StoreDir, StorePath};
 
 use crate::error::{Result, StoreError};
 use crate::local::{LocalStore, Pending};
@@ -29,18 +29,30 @@ pub fn export_paths(
         let info = store.path_info(&p)?;
         write_u64(&mut out, 1).map_err(w)?;
         store.nar_from_path(&p, &mut out)?;
-        write_u64(&mut out, EXPORT_MAGIC).map_err(w)?;
-        write_bytes(&mut out, store.print(&p).as_bytes()).map_err(w)?;
-        write_u64(&mut out, info.references.len() as u64).map_err(w)?;
-        for r in &info.references {
-            write_bytes(&mut out, store.print(r).as_bytes()).map_err(w)?;
-        }
-        let deriver = info.deriver.map(|d| store.print(&d)).unwrap_or_default();
-        write_bytes(&mut out, deriver.as_bytes()).map_err(w)?;
-        write_u64(&mut out, 0).map_err(w)?;
+        out.write_all(&trailer(store.store_dir(), &info))
+            .map_err(w)?;
     }
     write_u64(&mut out, 0).map_err(w)?;
     out.flush().map_err(w)
+}
+
+/// What follows a path's NAR in the stream: the magic, the path, its references, its
+/// deriver and `0` for no signature.
+pub(crate) fn trailer(store_dir: &StoreDir, info: &ValidPathInfo) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a vector cannot fail.
+    let _ = (|| -> std::io::Result<()> {
+        write_u64(&mut out, EXPORT_MAGIC)?;
+        write_bytes(&mut out, store_dir.display(&info.path).as_bytes())?;
+        write_u64(&mut out, info.references.len() as u64)?;
+        for r in &info.references {
+            write_bytes(&mut out, store_dir.display(r).as_bytes())?;
+        }
+        let deriver = info.deriver.as_ref().map(|d| store_dir.display(d));
+        write_bytes(&mut out, deriver.unwrap_or_default().as_bytes())?;
+        write_u64(&mut out, 0)
+    })();
+    out
 }
 
 /// What is wrong with an export stream, outside the archives it holds.

@@ -28,6 +28,7 @@ use crate::streams::{
 use crate::temproots::TempRoots;
 
 mod add;
+mod as_store;
 mod commit;
 mod outputs;
 mod query;

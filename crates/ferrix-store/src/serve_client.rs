@@ -10,9 +10,10 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use ferrix_format::wire::write_u64;
 use ferrix_format::{Derivation, StoreDir, StorePath};
 use ferrix_protocol::serve::{
-    self, BuildDerivation, DumpStorePath, ExportPaths, PathInfoEntry, QueryClosure, QueryPathInfos,
+    self, BuildDerivation, DumpStorePath, PathInfoEntry, QueryClosure, QueryPathInfos,
     QueryValidPaths, Request,
 };
 use ferrix_protocol::wire::{Limits, WireError};
@@ -23,7 +24,9 @@ use thiserror::Error;
 pub use ferrix_protocol::serve::{BuildResult, BuildSettings, BuildStatus};
 
 use crate::ssh::{Ssh, SshError};
-use crate::{LocalStore, StoreError};
+use crate::store::{CopyError, Store};
+use crate::streams::{Noting, PassError};
+use crate::{LocalStore, StoreError, ValidPathInfo};
 
 /// Where a remote's log lines go (the build that runs there now), if anywhere.
 pub type LogSink = Box<dyn FnMut(&str) + Send>;
@@ -73,6 +76,19 @@ pub enum RemoteError {
         path: String,
         #[source]
         source: Box<ferrix_format::nar::RestoreError>,
+    },
+    #[error("cannot copy '{path}' from '{uri}'")]
+    Nar {
+        uri: String,
+        path: String,
+        #[source]
+        source: Box<ferrix_format::nar::NarError>,
+    },
+    #[error("cannot send paths to '{uri}'")]
+    Source {
+        uri: String,
+        #[source]
+        source: Box<CopyError>,
     },
     #[error("{what} for '{uri}'")]
     Store {
@@ -344,44 +360,106 @@ impl ServeClient {
         Ok(infos)
     }
 
-    /// Send `paths` (valid here, a closure in dependency order or not) as one export
-    /// stream; the machine imports them.
+    /// Send `paths` (valid in `store`) as one export stream, references first; the machine
+    /// imports them.
     pub fn import_paths(
         &mut self,
         store: &LocalStore,
         paths: &BTreeSet<StorePath>,
     ) -> Result<(), RemoteError> {
-        if paths.is_empty() {
+        let infos =
+            crate::store::sorted_infos(store, paths).map_err(|source| RemoteError::Store {
+                uri: self.uri.clone(),
+                what: "reading the paths to send",
+                source: Box::new(source),
+            })?;
+        self.send_paths(store, &infos).map_err(|e| match e {
+            CopyError::Remote(e) => e,
+            other => RemoteError::Source {
+                uri: self.uri.clone(),
+                source: Box::new(other),
+            },
+        })
+    }
+
+    /// Send `infos` (references first), their NARs read from `from`, as one export stream;
+    /// the machine imports them (and checks each NAR against its hash).
+    pub fn send_paths(
+        &mut self,
+        from: &dyn Store,
+        infos: &[ValidPathInfo],
+    ) -> Result<(), CopyError> {
+        if infos.is_empty() {
             return Ok(());
         }
         self.send("copying paths", &Request::ImportPaths)?;
-        let uri = self.uri.clone();
-        match crate::export::export_paths(store, paths, &mut self.w) {
-            Ok(()) => {}
-            // A write that failed is the connection; anything else is our store.
-            Err(StoreError::ExportWrite(source)) => {
-                return Err(RemoteError::Send {
-                    uri,
-                    what: "copying paths",
-                    tail: self.tail(),
-                    source,
-                })
-            }
-            Err(source) => {
-                return Err(RemoteError::Store {
-                    uri,
-                    what: "exporting paths",
-                    source: Box::new(source),
-                })
+        let sd = self.store_dir.clone();
+        let mut w = Noting {
+            inner: &mut self.w,
+            failed: None,
+        };
+        // `Err(None)`: a write failed, and `w` holds why.
+        let mut sent: Result<(), Option<CopyError>> = Ok(());
+        for info in infos {
+            sent = write_u64(&mut w, 1)
+                .map_err(|_| None)
+                .and_then(|()| from.nar_into(info, &mut w).map_err(Some))
+                .and_then(|()| {
+                    w.write_all(&crate::export::trailer(&sd, info))
+                        .map_err(|_| None)
+                });
+            if sent.is_err() {
+                break;
             }
         }
-        self.w.flush().map_err(|source| RemoteError::Send {
-            uri: self.uri.clone(),
-            what: "copying paths",
-            tail: self.tail(),
-            source,
-        })?;
-        serve::read_ok(&mut self.r, "the answer to an import").map_err(|e| self.protocol(e))
+        if sent.is_ok() {
+            sent = write_u64(&mut w, 0)
+                .and_then(|()| w.flush())
+                .map_err(|_| None);
+        }
+        let failed = w.failed.take();
+        match (sent, failed) {
+            (Ok(()), _) => {}
+            // The source failed, not the connection.
+            (Err(Some(e)), None) => return Err(e),
+            (Err(_), failed) => {
+                return Err(RemoteError::Send {
+                    uri: self.uri.clone(),
+                    what: "copying paths",
+                    tail: self.tail(),
+                    source: failed.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
+                }
+                .into())
+            }
+        }
+        serve::read_ok(&mut self.r, "the answer to an import").map_err(|e| self.protocol(e).into())
+    }
+
+    /// Write the NAR of `path` (valid there) to `out`, its structure checked as it passes.
+    pub fn nar_into(&mut self, path: &StorePath, out: &mut dyn Write) -> Result<(), CopyError> {
+        self.send(
+            "asking for a path",
+            &Request::DumpStorePath(DumpStorePath { path: path.clone() }),
+        )?;
+        crate::streams::pass_nar(&mut self.r, out)
+            .map(drop)
+            .map_err(|e| self.pass_error(path, e))
+    }
+
+    fn pass_error(&self, path: &StorePath, e: PassError) -> CopyError {
+        match e {
+            PassError::Read(source) => RemoteError::Nar {
+                uri: self.uri.clone(),
+                path: self.store_dir.display(path),
+                source: Box::new(source),
+            }
+            .into(),
+            PassError::Write(source) => CopyError::Stream {
+                store: self.uri.clone(),
+                path: self.store_dir.display(path),
+                source,
+            },
+        }
     }
 
     /// The closure of `paths` there (with the outputs of derivations: `include_outputs`).
@@ -400,29 +478,6 @@ impl ServeClient {
         let sd = self.store_dir.clone();
         ferrix_protocol::wire::read_store_path_set(&mut self.r, &sd, &self.limits, "closure")
             .map_err(|e| self.protocol(e))
-    }
-
-    /// Copy `paths` (valid there, whose references are valid here or among them) from the
-    /// machine into `store`, as one export stream; checked and registered as any import.
-    pub fn export_into(
-        &mut self,
-        store: &LocalStore,
-        paths: &BTreeSet<StorePath>,
-    ) -> Result<Vec<StorePath>, RemoteError> {
-        if paths.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.send(
-            "asking for paths",
-            &Request::ExportPaths(ExportPaths {
-                paths: paths.clone(),
-            }),
-        )?;
-        crate::export::import_paths(store, &mut self.r).map_err(|source| RemoteError::Store {
-            uri: self.uri.clone(),
-            what: "importing paths",
-            source: Box::new(source),
-        })
     }
 
     /// Build `drv` there (its inputs must be valid there), streaming its log to the sink.
@@ -476,47 +531,4 @@ impl Drop for ServeClient {
             let _ = d.join();
         }
     }
-}
-
-/// Copy the closure of `paths` (with the outputs of derivations: `include_outputs`) to the
-/// machine: one query for what it has (after it substituted what it could, with
-/// `substitute`), then what it lacks as one stream. The paths sent.
-pub fn copy_to(
-    store: &LocalStore,
-    client: &mut ServeClient,
-    paths: &[StorePath],
-    include_outputs: bool,
-    substitute: bool,
-) -> Result<BTreeSet<StorePath>, RemoteError> {
-    let closure = store
-        .closure(paths.iter().cloned(), include_outputs, false)
-        .map_err(|source| RemoteError::Store {
-            uri: client.uri.clone(),
-            what: "computing the closure to send",
-            source: Box::new(source),
-        })?;
-    let have = client.query_valid(&closure, substitute)?;
-    let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
-    client.import_paths(store, &missing)?;
-    Ok(missing)
-}
-
-/// Copy the closure of `paths` on the machine into `store`: what is missing here, as one
-/// stream. The paths received.
-pub fn copy_from(
-    store: &LocalStore,
-    client: &mut ServeClient,
-    paths: &BTreeSet<StorePath>,
-    include_outputs: bool,
-) -> Result<Vec<StorePath>, RemoteError> {
-    let closure = client.query_closure(paths, include_outputs)?;
-    let have = store
-        .valid_among(closure.iter())
-        .map_err(|source| RemoteError::Store {
-            uri: client.uri.clone(),
-            what: "checking what is here",
-            source: Box::new(source),
-        })?;
-    let missing: BTreeSet<StorePath> = closure.into_iter().filter(|p| !have.contains(p)).collect();
-    client.export_into(store, &missing)
 }

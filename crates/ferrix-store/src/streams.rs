@@ -124,3 +124,66 @@ impl nar::NarVisitor for SkipVisitor {
         Ok(())
     }
 }
+
+/// Why passing a NAR through failed: reading and checking it, or writing it on.
+pub(crate) enum PassError {
+    Read(nar::NarError),
+    Write(io::Error),
+}
+
+/// Copy exactly one NAR from `input` (a protocol stream, where nothing marks its end but the
+/// archive's own structure) to `out`, checking its structure on the way.
+pub(crate) fn pass_nar(input: impl Read, out: &mut dyn Write) -> Result<u64, PassError> {
+    struct Tee<'a, R> {
+        inner: R,
+        out: &'a mut dyn Write,
+        failed: Option<io::Error>,
+    }
+    impl<R: Read> Read for Tee<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            if let Err(e) = self.out.write_all(&buf[..n]) {
+                let shown = io::Error::from(e.kind());
+                self.failed = Some(e);
+                return Err(shown);
+            }
+            Ok(n)
+        }
+    }
+    let mut tee = Tee {
+        inner: input,
+        out,
+        failed: None,
+    };
+    match nar::parse(&mut tee, &mut SkipVisitor) {
+        Ok(n) => Ok(n),
+        Err(e) => Err(match tee.failed.take() {
+            Some(w) => PassError::Write(w),
+            None => PassError::Read(e),
+        }),
+    }
+}
+
+/// A writer that keeps the error its inner writer gave, so a caller can tell a failure to
+/// write here from a failure of whatever produced the bytes.
+pub(crate) struct Noting<W> {
+    pub(crate) inner: W,
+    pub(crate) failed: Option<io::Error>,
+}
+
+impl<W: Write> Write for Noting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).map_err(|e| {
+            let shown = io::Error::from(e.kind());
+            self.failed = Some(e);
+            shown
+        })
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().map_err(|e| {
+            let shown = io::Error::from(e.kind());
+            self.failed = Some(e);
+            shown
+        })
+    }
+}

@@ -23,7 +23,9 @@ use ferrix_protocol::Version;
 
 use crate::serve_client::{BuildResult, LogSink, RemoteError};
 use crate::ssh::Ssh;
-use crate::LocalStore;
+use crate::store::{CopyError, Store};
+use crate::streams::PassError;
+use crate::{LocalStore, ValidPathInfo};
 
 /// The oldest daemon we copy to: `AddMultipleToStore` arrived in 1.32 (Nix 2.4).
 const MINIMUM: Version = Version::new(1, 32);
@@ -241,52 +243,46 @@ impl WorkerClient {
         Ok(got)
     }
 
-    /// Send `paths` (valid here) as one `AddMultipleToStore` stream, dependencies first;
-    /// with `check_sigs`, the machine accepts only paths signed by keys it trusts (as `nix
-    /// copy` asks), else it takes them on our word (a master sending a build's inputs).
+    /// Send `paths` (valid in `store`) as one `AddMultipleToStore` stream, references
+    /// first; with `check_sigs`, the machine accepts only paths signed by keys it trusts (as
+    /// `nix copy` asks), else it takes them on our word (a master sending a build's inputs).
     pub fn import_paths(
         &mut self,
         store: &LocalStore,
         paths: &BTreeSet<StorePath>,
         check_sigs: bool,
     ) -> Result<(), RemoteError> {
-        if paths.is_empty() {
+        let infos =
+            crate::store::sorted_infos(store, paths).map_err(|source| RemoteError::Store {
+                uri: self.uri.clone(),
+                what: "reading the paths to send",
+                source: Box::new(source),
+            })?;
+        self.send_paths(store, &infos, check_sigs)
+            .map_err(|e| match e {
+                CopyError::Remote(e) => e,
+                other => RemoteError::Source {
+                    uri: self.uri.clone(),
+                    source: Box::new(other),
+                },
+            })
+    }
+
+    /// Send `infos` (references first), their NARs read from `from`, as one
+    /// `AddMultipleToStore` stream (see [`Self::import_paths`] for `check_sigs`).
+    pub fn send_paths(
+        &mut self,
+        from: &dyn Store,
+        infos: &[ValidPathInfo],
+        check_sigs: bool,
+    ) -> Result<(), CopyError> {
+        if infos.is_empty() {
             return Ok(());
         }
-        let uri = self.uri.clone();
-        let store_err = |what: &'static str| {
-            let uri = uri.clone();
-            move |source| RemoteError::Store {
-                uri,
-                what,
-                source: Box::new(source),
-            }
-        };
-        let sorted = store
-            .topo_sort(paths)
-            .map_err(store_err("ordering paths"))?;
-        let mut infos = Vec::new();
-        for p in &sorted {
-            let i = store
-                .path_info(p)
-                .map_err(store_err("reading path infos"))?;
-            infos.push(PathInfo {
-                path: i.path,
-                info: UnkeyedPathInfo {
-                    deriver: i.deriver,
-                    nar_hash: i.nar_hash,
-                    references: i.references,
-                    registration_time: u64::try_from(i.registration_time).unwrap_or(0),
-                    nar_size: i.nar_size,
-                    ultimate: i.ultimate,
-                    sigs: i.sigs,
-                    ca: i.ca,
-                },
-            });
-        }
         let sd = self.store_dir.clone();
+        let uri = self.uri.clone();
         let send_err = |source: io::Error| RemoteError::Send {
-            uri: self.uri.clone(),
+            uri: uri.clone(),
             what: "copying paths",
             tail: Vec::new(),
             source,
@@ -303,24 +299,27 @@ impl WorkerClient {
         .map_err(send_err)?;
         let mut m =
             MultiplePathsWriter::new(&mut self.w, &sd, infos.len() as u64).map_err(send_err)?;
-        for info in &infos {
-            // The NAR comes from a thread writing into a pipe as it reads the store.
-            let (mut rx, tx) = io::pipe().map_err(send_err)?;
-            let sent = std::thread::scope(|s| {
-                let dump = s.spawn(move || store.nar_from_path(&info.path, tx));
-                let sent = m.add(info, &mut rx);
-                drop(rx);
-                (sent, dump.join())
-            });
-            match sent {
-                (Ok(()), Ok(Ok(()))) => {}
-                (_, Ok(Err(e))) => return Err(store_err("reading a path to send")(e)),
-                (Err(e), _) => return Err(send_err(e)),
-                (_, Err(p)) => std::panic::resume_unwind(p),
-            }
+        for i in infos {
+            let info = PathInfo {
+                path: i.path.clone(),
+                info: UnkeyedPathInfo {
+                    deriver: i.deriver.clone(),
+                    nar_hash: i.nar_hash,
+                    references: i.references.clone(),
+                    registration_time: u64::try_from(i.registration_time).unwrap_or(0),
+                    nar_size: i.nar_size,
+                    ultimate: i.ultimate,
+                    sigs: i.sigs.clone(),
+                    ca: i.ca,
+                },
+            };
+            // The NAR comes from a thread of its own, as the source reads it.
+            crate::store::with_nar(from, i, |nar| {
+                m.add(&info, nar).map_err(|e| send_err(e).into())
+            })?;
         }
         m.finish().map_err(send_err)?;
-        self.work("copying paths", None)
+        Ok(self.work("copying paths", None)?)
     }
 
     /// Build `drv` there (its inputs must be valid there), its log going to `sink`.
@@ -373,60 +372,27 @@ impl WorkerClient {
         Ok(out)
     }
 
-    /// The closure of `paths` there, each with what the machine records about it. A path
-    /// it does not have is an error naming it.
-    pub fn query_closure(
-        &mut self,
-        paths: &BTreeSet<StorePath>,
-    ) -> Result<BTreeMap<StorePath, UnkeyedPathInfo>, RemoteError> {
-        let mut out = BTreeMap::new();
-        let mut todo: Vec<StorePath> = paths.iter().cloned().collect();
-        while let Some(p) = todo.pop() {
-            if out.contains_key(&p) {
-                continue;
-            }
-            let Some(info) = self.query_path_info(&p)? else {
-                return Err(RemoteError::Missing {
-                    uri: self.uri.clone(),
-                    path: self.store_dir.display(&p),
-                });
-            };
-            todo.extend(
-                info.references
-                    .iter()
-                    .filter(|r| !out.contains_key(*r))
-                    .cloned(),
-            );
-            out.insert(p, info);
-        }
-        Ok(out)
-    }
-
-    /// Copy `path` (its references valid here) from the machine into `store`, checked
-    /// against `info` and registered with it, as `nix copy` does (not built here: not
-    /// ultimately trusted).
-    pub fn add_from(
-        &mut self,
-        store: &LocalStore,
-        path: &StorePath,
-        info: &UnkeyedPathInfo,
-    ) -> Result<(), RemoteError> {
+    /// Write the NAR of `path` (valid there) to `out`, its structure checked as it passes.
+    pub fn nar_into(&mut self, path: &StorePath, out: &mut dyn io::Write) -> Result<(), CopyError> {
         self.call(
             "asking for a path",
             &WorkerRequest::NarFromPath(path.clone()),
             None,
         )?;
-        let mut local = crate::ValidPathInfo::new(path.clone(), info.nar_hash, info.nar_size);
-        local.deriver = info.deriver.clone();
-        local.references = info.references.clone();
-        local.sigs = info.sigs.clone();
-        local.ca = info.ca;
-        store
-            .add_nar(&local, &mut self.r)
-            .map_err(|source| RemoteError::Store {
-                uri: self.uri.clone(),
-                what: "adding a path from the machine",
-                source: Box::new(source),
+        crate::streams::pass_nar(&mut self.r, out)
+            .map(drop)
+            .map_err(|e| match e {
+                PassError::Read(source) => RemoteError::Nar {
+                    uri: self.uri.clone(),
+                    path: self.store_dir.display(path),
+                    source: Box::new(source),
+                }
+                .into(),
+                PassError::Write(source) => CopyError::Stream {
+                    store: self.uri.clone(),
+                    path: self.store_dir.display(path),
+                    source,
+                },
             })
     }
 
@@ -460,63 +426,4 @@ impl Drop for WorkerClient {
             let _ = d.join();
         }
     }
-}
-
-/// Copy the closure of `paths` to the machine: one query for what it has (after it
-/// substituted what it could, with `substitute`), then what it lacks as one
-/// `AddMultipleToStore` stream, checked against the keys it trusts with `check_sigs`. The
-/// paths sent.
-pub fn copy_to(
-    store: &LocalStore,
-    client: &mut WorkerClient,
-    paths: &[StorePath],
-    substitute: bool,
-    check_sigs: bool,
-) -> Result<BTreeSet<StorePath>, RemoteError> {
-    let closure = store
-        .closure(paths.iter().cloned(), false, false)
-        .map_err(|source| RemoteError::Store {
-            uri: client.uri.clone(),
-            what: "computing the closure to send",
-            source: Box::new(source),
-        })?;
-    let have = client.query_valid(&closure, substitute)?;
-    let missing: BTreeSet<StorePath> = closure.difference(&have).cloned().collect();
-    client.import_paths(store, &missing, check_sigs)?;
-    Ok(missing)
-}
-
-/// Copy the closure of `paths` on the machine into `store`: what is missing here, a path
-/// after its references. The paths received.
-pub fn copy_from(
-    store: &LocalStore,
-    client: &mut WorkerClient,
-    paths: &BTreeSet<StorePath>,
-) -> Result<Vec<StorePath>, RemoteError> {
-    let closure = client.query_closure(paths)?;
-    let have = store
-        .valid_among(closure.keys())
-        .map_err(|source| RemoteError::Store {
-            uri: client.uri.clone(),
-            what: "checking what is here",
-            source: Box::new(source),
-        })?;
-    let missing: BTreeMap<StorePath, UnkeyedPathInfo> = closure
-        .into_iter()
-        .filter(|(p, _)| !have.contains(p))
-        .collect();
-    // References first.
-    let keys: BTreeSet<StorePath> = missing.keys().cloned().collect();
-    let order = crate::closure::topo_sort(&client.store_dir, &keys, |p| {
-        Ok(missing[p].references.iter().cloned().collect())
-    })
-    .map_err(|_| RemoteError::Cycle {
-        uri: client.uri.clone(),
-    })?;
-    let mut done = Vec::new();
-    for p in order {
-        client.add_from(store, &p, &missing[&p])?;
-        done.push(p);
-    }
-    Ok(done)
 }

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use ferrix_format::signature::SecretKey;
 use ferrix_format::{NarInfo, StoreDir, StorePath};
 use ferrix_store::binary_cache::{
-    copy_from_cache, copy_to_cache, CacheSource, Compression, FileCache, Substituters, Trust,
+    BinaryCache, CacheSource, Compression, FileCache, Substituters, Trust,
 };
 use ferrix_store::path_info::ValidPathInfo;
-use ferrix_store::LocalStore;
-use ferrix_store::LocalStoreConfig;
+use ferrix_store::{copy_paths, CopyError, CopyOptions, LocalStore, LocalStoreConfig};
 
 fn vectors() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/narinfo")
@@ -60,6 +59,29 @@ fn store_from_vectors(root: &Path) -> (LocalStore, BTreeMap<StorePath, NarInfo>)
     (store, infos)
 }
 
+/// Copy the closure of `paths` from the store into a cache, through the one copy routine.
+fn copy_to_cache(
+    store: &LocalStore,
+    cache: FileCache,
+    paths: &[StorePath],
+) -> Result<Vec<StorePath>, CopyError> {
+    let uri = format!("file://{}", cache.dir.display());
+    let dest = BinaryCache::new(uri, store.store_dir().clone(), None, Some(cache));
+    let paths = paths.iter().cloned().collect();
+    copy_paths(store, &dest, &paths, &CopyOptions::default())
+}
+
+/// Copy the closure of `paths` from a cache into the store.
+fn copy_from_cache(
+    store: &LocalStore,
+    subs: Substituters,
+    paths: &std::collections::BTreeSet<StorePath>,
+) -> Result<Vec<StorePath>, CopyError> {
+    let uri = subs.caches()[0].name.clone();
+    let src = BinaryCache::new(uri, store.store_dir().clone(), Some(subs), None);
+    copy_paths(&src, store, paths, &CopyOptions::default())
+}
+
 fn key() -> SecretKey {
     fs::read_to_string(vectors().join("keys/test-1.secret"))
         .unwrap()
@@ -84,7 +106,7 @@ fn an_uncompressed_cache_is_the_one_nix_writes() {
     let (store, infos) = store_from_vectors(root.path());
     let out = tempfile::tempdir().unwrap();
     let paths: Vec<StorePath> = infos.keys().cloned().collect();
-    let written = copy_to_cache(&store, &cache(out.path(), Compression::None), &paths).unwrap();
+    let written = copy_to_cache(&store, cache(out.path(), Compression::None), &paths).unwrap();
     assert_eq!(written.len(), infos.len());
     let want = vectors().join("cache-none");
     for p in infos.keys() {
@@ -105,7 +127,7 @@ fn an_uncompressed_cache_is_the_one_nix_writes() {
         fs::read_to_string(want.join("nix-cache-info")).unwrap()
     );
     // A second copy has nothing left to write.
-    let again = copy_to_cache(&store, &cache(out.path(), Compression::None), &paths).unwrap();
+    let again = copy_to_cache(&store, cache(out.path(), Compression::None), &paths).unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
 
@@ -122,7 +144,7 @@ fn compressed_caches_hold_the_same_nars_and_metadata() {
         Compression::Brotli,
     ] {
         let out = tempfile::tempdir().unwrap();
-        copy_to_cache(&store, &cache(out.path(), c), &paths).unwrap();
+        copy_to_cache(&store, cache(out.path(), c), &paths).unwrap();
         for (p, want) in &infos {
             let text =
                 fs::read_to_string(out.path().join(format!("{}.narinfo", p.hash_part()))).unwrap();
@@ -208,13 +230,18 @@ fn a_modified_path_is_refused_and_nothing_is_left() {
     let out = tempfile::tempdir().unwrap();
     let err = copy_to_cache(
         &store,
-        &cache(out.path(), Compression::Zstd),
+        cache(out.path(), Compression::Zstd),
         std::slice::from_ref(&p),
     )
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    let err = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
     assert!(
-        err.contains("vec-ni-hello") && err.contains("was modified"),
+        err.contains("vec-ni-hello") && err.contains("was it modified?"),
         "{err}"
     );
     assert!(!out
@@ -267,7 +294,7 @@ fn the_caches_nix_wrote_are_read_back() {
                 wanted.insert(ni.store_path);
             }
         }
-        let got = copy_from_cache(&store, &source(&dir), &wanted).unwrap();
+        let got = copy_from_cache(&store, source(&dir), &wanted).unwrap();
         assert_eq!(got.len(), wanted.len(), "{c}");
         for p in &wanted {
             let info = store.path_info(p).unwrap();
@@ -282,7 +309,7 @@ fn the_caches_nix_wrote_are_read_back() {
             assert_eq!(ferrix_format::Hash::sha256(&nar), info.nar_hash);
         }
         // Nothing is left to copy.
-        assert!(copy_from_cache(&store, &source(&dir), &wanted)
+        assert!(copy_from_cache(&store, source(&dir), &wanted)
             .unwrap()
             .is_empty());
     }
@@ -309,8 +336,7 @@ fn lying_narinfos_are_refused() {
         .unwrap();
         let root = tempfile::tempdir().unwrap();
         let store = fresh_store(root.path());
-        let err =
-            copy_from_cache(&store, &source(dir.path()), &[p.clone()].into()).expect_err(name);
+        let err = copy_from_cache(&store, source(dir.path()), &[p.clone()].into()).expect_err(name);
         let msg = format!(
             "{err}: {:?}",
             std::error::Error::source(&err).map(|s| s.to_string())
@@ -363,11 +389,11 @@ fn written_caches_read_back_in_every_compression() {
         Compression::Brotli,
     ] {
         let out = tempfile::tempdir().unwrap();
-        copy_to_cache(&store, &cache(out.path(), c), &paths).unwrap();
+        copy_to_cache(&store, cache(out.path(), c), &paths).unwrap();
         let other = tempfile::tempdir().unwrap();
         let fresh = fresh_store(other.path());
         let wanted = paths.iter().cloned().collect();
-        let got = copy_from_cache(&fresh, &source(out.path()), &wanted).unwrap();
+        let got = copy_from_cache(&fresh, source(out.path()), &wanted).unwrap();
         assert_eq!(got.len(), paths.len(), "{}", c.name());
     }
 }

@@ -238,14 +238,57 @@ fn copy_closure_between_stores() {
     let (s1, s2) = (open(d1.path()), open(d2.path()));
     let a = s1.add_text("a", b"a", &BTreeSet::new()).unwrap();
     let b = s1.add_text("b", b"b", &set(&[&a])).unwrap();
-    let copied = ferrix_store::copy_closure(&s1, &s2, &set(&[&b])).unwrap();
+    let opts = ferrix_store::CopyOptions::default();
+    let copied = ferrix_store::copy_paths(&s1, &s2, &set(&[&b]), &opts).unwrap();
     assert_eq!(copied, vec![a.clone(), b.clone()]);
     assert_eq!(s2.path_info(&b).unwrap().references, set(&[&a]));
     assert!(ferrix_store::verify::verify_store(&s2, true, None)
         .unwrap()
         .is_empty());
     // Nothing left to copy the second time.
-    assert!(ferrix_store::copy_closure(&s1, &s2, &set(&[&b]))
+    assert!(ferrix_store::copy_paths(&s1, &s2, &set(&[&b]), &opts)
+        .unwrap()
+        .is_empty());
+    // A path the source does not have is named, with the source.
+    let c = s1.add_text("c", b"c", &BTreeSet::new()).unwrap();
+    s1.invalidate_and_delete(std::slice::from_ref(&c)).unwrap();
+    let err = ferrix_store::copy_paths(&s1, &s2, &set(&[&c]), &opts).unwrap_err();
+    assert!(err.to_string().contains(&s1.print(&c)), "{err}");
+    assert!(!s2.is_valid_path(&c).unwrap());
+}
+
+/// Paths bigger than what is kept in memory, and many of them, cross through the NAR
+/// streams between the stores' threads intact, in batches.
+#[test]
+fn copy_many_and_big_paths_between_stores() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (s1, s2) = (open(d1.path()), open(d2.path()));
+    let src = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..9_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::create_dir(src.path().join("tree")).unwrap();
+    fs::write(src.path().join("tree/big"), &big).unwrap();
+    fs::write(src.path().join("tree/small"), b"small").unwrap();
+    let tree = s1
+        .add_path(
+            &src.path().join("tree"),
+            "tree",
+            FileIngestionMethod::Recursive,
+            HashAlgo::Sha256,
+        )
+        .unwrap();
+    let mut last = tree.clone();
+    let mut all = vec![tree.clone()];
+    for i in 0..150 {
+        last = s1
+            .add_text(&format!("t{i}"), format!("{i}").as_bytes(), &set(&[&last]))
+            .unwrap();
+        all.push(last.clone());
+    }
+    let opts = ferrix_store::CopyOptions::default();
+    let copied = ferrix_store::copy_paths(&s1, &s2, &set(&[&last]), &opts).unwrap();
+    assert_eq!(copied, all);
+    assert_eq!(fs::read(s2.real_path(&tree).join("big")).unwrap(), big);
+    assert!(ferrix_store::verify::verify_store(&s2, true, None)
         .unwrap()
         .is_empty());
 }

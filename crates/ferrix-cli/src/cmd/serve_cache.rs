@@ -120,7 +120,10 @@ impl Compressed {
         }
         // Another version of the path, from before it was deleted and added again.
         let _ = std::fs::remove_file(&file);
-        ferrix_store::binary_cache::copy_to_cache(store, &self.cache, std::slice::from_ref(p))
+        // Only this path: its references are compressed when they are asked for.
+        let info = store.path_info(p).ok()?;
+        self.cache
+            .write_paths(store.store_dir(), &[info], store)
             .ok()?;
         current(&file)
     }

@@ -6,9 +6,11 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use ferrix_store::{AddOptions, CopyOptions};
 
 use super::{ArgIter, Common};
 use crate::shell::Shell;
+use crate::stores::{self, OpenOptions, Role};
 
 const HELP: &str = "Usage: nix-copy-closure [--to | --from] [--gzip] [--include-outputs] [--use-substitutes | -s] [-v] [user@]machine paths...";
 
@@ -42,24 +44,30 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     };
     let conf = crate::settings::load_conf(&[], shell)?;
     let settings = crate::settings::Settings::with_conf(None, conf)?;
-    let store = settings.open_store()?;
     let uri = format!("ssh://{host}");
-    let mut s = crate::remote::connect(&uri, &store, gzip)?;
-    if to {
-        let paths = crate::ops::resolve_all(&store, paths)?;
-        ferrix_store::serve_client::copy_to(
-            &store,
-            &mut s.client,
-            &paths,
-            include_outputs,
-            substitute,
-        )?;
+    let opts = OpenOptions {
+        no_check_sigs: false,
+        compress: gzip,
+    };
+    let (from, to) = if to {
+        (None, Some(uri.as_str()))
     } else {
-        let paths: BTreeSet<_> = paths
+        (Some(uri.as_str()), None)
+    };
+    let from = stores::open(from, Role::Source, &settings, opts, shell)?;
+    let to = stores::open(to, Role::Destination, &settings, opts, shell)?;
+    let paths: BTreeSet<_> = match &from.local {
+        Some(local) => crate::ops::resolve_all(local, paths)?.into_iter().collect(),
+        None => paths
             .iter()
-            .map(|p| store.parse_path(p))
-            .collect::<Result<_, _>>()?;
-        ferrix_store::serve_client::copy_from(&store, &mut s.client, &paths, include_outputs)?;
-    }
+            .map(|p| settings.store_dir().parse_path(p))
+            .collect::<Result<_, _>>()?,
+    };
+    let copy = CopyOptions {
+        include_outputs,
+        substitute_on_destination: substitute,
+        add: AddOptions::default(),
+    };
+    ferrix_store::copy_paths(&*from.store, &*to.store, &paths, &copy)?;
     Ok(ExitCode::SUCCESS)
 }

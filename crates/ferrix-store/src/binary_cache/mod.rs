@@ -7,6 +7,7 @@ mod disk_cache;
 mod error;
 mod http;
 mod source;
+mod store;
 mod substituters;
 mod write;
 
@@ -15,5 +16,6 @@ pub use disk_cache::{CachedInfo, DiskCacheTtl, NarInfoDiskCache, Remembered};
 pub use error::CacheError;
 pub use http::{HttpClient, HttpSettings, TlsRoots};
 pub use source::{CacheSource, Trust};
-pub use substituters::{copy_from_cache, Found, Progress, Queried, Substituters};
-pub use write::{copy_to_cache, FileCache};
+pub use store::{to_path_info, BinaryCache};
+pub use substituters::{Found, Progress, Queried, Substituters};
+pub use write::FileCache;

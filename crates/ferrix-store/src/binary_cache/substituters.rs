@@ -1,8 +1,8 @@
 //! The substituters of a run, in priority order: which paths they have (asked many at a
 //! time, concurrently), and fetching a path into the store from the first that has it,
-//! then from the others should that fail. Also `ferrix copy --from` a cache.
+//! then from the others should that fail.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,6 @@ use ferrix_format::{NarInfo, StoreDir, StorePath};
 
 use super::{CacheError, CacheSource};
 use crate::local::Pending;
-use crate::path_info::ValidPathInfo;
 use crate::LocalStore;
 
 /// Told how many bytes of a NAR arrived (decompressed), as they arrive.
@@ -54,6 +53,11 @@ impl Substituters {
 
     pub fn caches(&self) -> &[CacheSource] {
         &self.caches
+    }
+
+    /// Requests at once (`http-connections`).
+    pub fn connections(&self) -> usize {
+        self.threads
     }
 
     pub fn is_empty(&self) -> bool {
@@ -121,36 +125,6 @@ impl Substituters {
             }
         }
         (None, problems)
-    }
-
-    /// What the caches have of the closure of `paths`, leaving out what is valid here: the
-    /// references of each path found are asked about in turn, a round at a time.
-    pub fn query_closure(
-        &self,
-        store: &LocalStore,
-        paths: &BTreeSet<StorePath>,
-    ) -> Result<Queried, crate::StoreError> {
-        let mut all = Queried::default();
-        let mut asked: BTreeSet<StorePath> = BTreeSet::new();
-        let mut round: BTreeSet<StorePath> = paths.clone();
-        while !round.is_empty() {
-            let valid = store.valid_among(round.iter())?;
-            let ask: Vec<StorePath> = round
-                .into_iter()
-                .filter(|p| !valid.contains(p) && asked.insert(p.clone()))
-                .collect();
-            let q = self.query(store.store_dir(), &ask);
-            round = q
-                .found
-                .values()
-                .flat_map(|f| f.info.references.iter())
-                .filter(|r| !asked.contains(*r))
-                .cloned()
-                .collect();
-            all.found.extend(q.found);
-            all.problems.extend(q.problems);
-        }
-        Ok(all)
     }
 
     /// Download and check `found`'s NAR, staging it: from its cache, then from any later
@@ -227,11 +201,7 @@ fn stage_from(
     progress: Progress<'_>,
 ) -> Result<Option<Pending>, CacheError> {
     let nar = cache.nar(store.store_dir(), info)?;
-    let mut local = ValidPathInfo::new(info.store_path.clone(), info.nar_hash, info.nar_size);
-    local.references = info.references.clone();
-    local.deriver = info.deriver.clone();
-    local.ca = info.ca;
-    local.sigs = info.sigs.iter().map(|s| s.to_string()).collect();
+    let local = super::to_path_info(info);
     let substitute_err = |source| CacheError::Substitute {
         cache: cache.name.clone(),
         path: store.print(&info.store_path),
@@ -292,124 +262,4 @@ fn decompress(
             return;
         }
     }
-}
-
-/// Copy the closure of `paths` from the caches into `store` (`ferrix copy --from`): what
-/// is missing here, references first, several NARs at once, committed in batches. The
-/// paths added.
-pub fn copy_from_cache(
-    store: &LocalStore,
-    subs: &Substituters,
-    paths: &BTreeSet<StorePath>,
-) -> Result<Vec<StorePath>, CacheError> {
-    let q = subs.query_closure(store, paths)?;
-    // Everything reachable from `paths` that is not valid here must have been found.
-    let mut wanted = BTreeSet::new();
-    let mut todo: Vec<StorePath> = paths.iter().cloned().collect();
-    while let Some(p) = todo.pop() {
-        if wanted.contains(&p) || store.is_valid_path(&p)? {
-            continue;
-        }
-        let Some(f) = q.found.get(&p) else {
-            let mut problems = q.problems;
-            if let Some(pos) = problems.iter().position(|(pp, _)| *pp == p) {
-                return Err(problems.swap_remove(pos).1);
-            }
-            return Err(CacheError::NotInCache {
-                cache: subs
-                    .caches
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join("', '"),
-                path: store.print(&p),
-            });
-        };
-        todo.extend(f.info.references.iter().filter(|r| **r != p).cloned());
-        wanted.insert(p);
-    }
-    let sorted = crate::closure::topo_sort(store.store_dir(), &wanted, |p| {
-        Ok(q.found[p].info.references.iter().cloned().collect())
-    })
-    .map_err(|source| CacheError::Lying {
-        cache: subs
-            .caches
-            .first()
-            .map_or_else(String::new, |c| c.name.clone()),
-        path: wanted
-            .iter()
-            .next()
-            .map_or_else(String::new, |p| store.print(p)),
-        why: format!("the references form a cycle ({source})"),
-    })?;
-    let never = AtomicBool::new(false);
-    for chunk in sorted.chunks(BATCH) {
-        let staged = stage_all(store, subs, &q.found, chunk, &never)?;
-        store
-            .commit_batch(staged)
-            .map_err(|source| CacheError::Substitute {
-                cache: subs.caches[q.found[&chunk[0]].cache].name.clone(),
-                path: store.print(&chunk[0]),
-                source: Box::new(source),
-            })?;
-    }
-    Ok(sorted)
-}
-
-/// Paths per commit.
-const BATCH: usize = 64;
-
-/// Stage `paths` (all in `found`) on several threads; in `paths`' order.
-fn stage_all(
-    store: &LocalStore,
-    subs: &Substituters,
-    found: &BTreeMap<StorePath, Arc<Found>>,
-    paths: &[StorePath],
-    cancel: &AtomicBool,
-) -> Result<Vec<Pending>, CacheError> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let slots: Mutex<Vec<Option<Pending>>> = Mutex::new((0..paths.len()).map(|_| None).collect());
-    let first_error: Mutex<Option<CacheError>> = Mutex::new(None);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .max(2);
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(paths.len()).max(1) {
-            s.spawn(|| loop {
-                if failed.load(Ordering::SeqCst) || cancel.load(Ordering::Relaxed) {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(p) = paths.get(i) else { return };
-                match subs.stage(store, &found[p], &failed, &|_| {}) {
-                    Ok((pending, _)) => {
-                        slots.lock().unwrap_or_else(|e| e.into_inner())[i] = pending
-                    }
-                    Err(errors) => {
-                        failed.store(true, Ordering::SeqCst);
-                        if let Some(e) = errors
-                            .into_iter()
-                            .find(|e| !matches!(e, CacheError::Disabled { .. }))
-                        {
-                            first_error
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get_or_insert(e);
-                        }
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
-    }
-    Ok(slots
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .flatten()
-        .collect())
 }

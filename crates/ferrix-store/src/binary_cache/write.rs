@@ -6,16 +6,16 @@
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferrix_format::hash::HashSink;
 use ferrix_format::narinfo::CacheInfo;
 use ferrix_format::signature::{SecretKey, Signature};
-use ferrix_format::{HashAlgo, NarInfo, StorePath};
+use ferrix_format::{HashAlgo, NarInfo, StoreDir, StorePath};
 
 use super::{CacheError, Compression};
-use crate::LocalStore;
+use crate::path_info::ValidPathInfo;
+use crate::store::{copying, parallel_map, CopyError, Store};
 
 /// A binary cache in a directory, and how paths are written into it.
 #[derive(Debug)]
@@ -39,69 +39,129 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
     }
 }
 
-/// Copy the closure of `paths` into `cache`; the paths written (those it lacked).
-pub fn copy_to_cache(
-    store: &LocalStore,
-    cache: &FileCache,
-    paths: &[StorePath],
-) -> Result<Vec<StorePath>, CacheError> {
-    let nar_dir = cache.dir.join("nar");
-    fs::create_dir_all(&nar_dir).map_err(io_err("create", &nar_dir))?;
-    let info_file = cache.dir.join("nix-cache-info");
-    if !info_file.exists() {
-        let info = CacheInfo {
-            store_dir: Some(store.store_dir().as_str().to_owned()),
-            want_mass_query: None,
-            priority: None,
-        };
-        write_atomically(&info_file, info.to_text().as_bytes())?;
+impl FileCache {
+    /// Whether the cache has `p`: its narinfo is there.
+    pub fn has(&self, p: &StorePath) -> bool {
+        narinfo_path(self, p).exists()
     }
-    let closure = store.closure(paths.iter().cloned(), false, false)?;
-    let missing: std::collections::BTreeSet<StorePath> = closure
-        .into_iter()
-        .filter(|p| !narinfo_path(cache, p).exists())
-        .collect();
-    let order = store.topo_sort(&missing)?;
 
-    // The NARs, several at a time.
-    let workers = (cache.threads.max(1) as usize).min(order.len().max(1));
-    let per_nar = (cache.threads.max(1) / workers as u32).max(1);
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let done: Mutex<Vec<Option<NarInfo>>> = Mutex::new(vec![None; order.len()]);
-    let first_error: Mutex<Option<CacheError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                if failed.load(Ordering::SeqCst) {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(p) = order.get(i) else { return };
-                match write_nar(store, cache, p, per_nar) {
-                    Ok(info) => done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(info),
-                    Err(e) => {
-                        failed.store(true, Ordering::SeqCst);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
-                }
-            });
+    /// Write `infos` (references first, each reference in the cache or earlier in `infos`),
+    /// their NARs read from `from`: the NARs several at a time, each checked against its
+    /// info, then the narinfos in order.
+    pub fn write_paths(
+        &self,
+        store_dir: &StoreDir,
+        infos: &[ValidPathInfo],
+        from: &dyn Store,
+    ) -> Result<(), CopyError> {
+        let nar_dir = self.dir.join("nar");
+        fs::create_dir_all(&nar_dir).map_err(io_err("create", &nar_dir))?;
+        let info_file = self.dir.join("nix-cache-info");
+        if !info_file.exists() {
+            let info = CacheInfo {
+                store_dir: Some(store_dir.as_str().to_owned()),
+                want_mass_query: None,
+                priority: None,
+            };
+            write_atomically(&info_file, info.to_text().as_bytes())?;
         }
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
+        let threads = self.threads.max(1) as usize;
+        let workers = threads.min(from.nar_streams()).min(infos.len()).max(1);
+        let per_nar = (threads / workers).max(1) as u32;
+        let written = parallel_map(infos, workers, |info| {
+            self.write_nar(store_dir, info, from, per_nar)
+                .map_err(copying(from, info))
+        })?;
+        for info in written {
+            let text = info.to_text(store_dir);
+            write_atomically(&narinfo_path(self, &info.store_path), text.as_bytes())?;
+        }
+        Ok(())
     }
-    // Then the narinfos, references first.
-    let infos = done.into_inner().unwrap_or_else(|e| e.into_inner());
-    for info in infos.into_iter().flatten() {
-        let text = info.to_text(store.store_dir());
-        write_atomically(&narinfo_path(cache, &info.store_path), text.as_bytes())?;
+
+    /// Compress the NAR of `info.path` from `from` into `nar/`, named by the compressed
+    /// file's hash; its narinfo (signed), not yet written.
+    fn write_nar(
+        &self,
+        store_dir: &StoreDir,
+        info: &ValidPathInfo,
+        from: &dyn Store,
+        threads: u32,
+    ) -> Result<NarInfo, CopyError> {
+        let p = &info.path;
+        let printed = store_dir.display(p);
+        let tmp = temp_name(&self.dir.join("nar").join(p.hash_part()));
+        let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let result = (|| {
+            let mut file = Tee {
+                sink: HashSink::new(HashAlgo::Sha256),
+                inner: BufWriter::with_capacity(1 << 20, file),
+            };
+            let (nar_hash, nar_size) = {
+                let enc = self
+                    .compression
+                    .encoder(&mut file, self.level, threads)
+                    .map_err(io_err("start compressing into", &tmp))?;
+                let mut nar = Tee {
+                    sink: HashSink::new(HashAlgo::Sha256),
+                    inner: enc,
+                };
+                from.nar_into(info, &mut nar)?;
+                nar.inner.finish().map_err(io_err("compress into", &tmp))?;
+                nar.sink.finish()
+            };
+            file.flush().map_err(io_err("write", &tmp))?;
+            let (file_hash, file_size) = file.sink.finish();
+            if nar_hash != info.nar_hash || nar_size != info.nar_size {
+                return Err(CopyError::NarMismatch {
+                    from: from.uri(),
+                    path: printed.clone(),
+                    expected: info.nar_hash.to_string(),
+                    got: nar_hash.to_string(),
+                });
+            }
+            let url = format!(
+                "nar/{}.nar{}",
+                file_hash.to_nix32(),
+                self.compression.extension()
+            );
+            let target = self.dir.join(&url);
+            fs::rename(&tmp, &target).map_err(io_err("rename into place", &target))?;
+            let sigs = info
+                .sigs
+                .iter()
+                .map(|s| {
+                    s.parse::<Signature>()
+                        .map_err(|_| CacheError::BadSignature {
+                            path: printed.clone(),
+                            sig: s.clone(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = NarInfo {
+                store_path: p.clone(),
+                url,
+                compression: self.compression.name().to_owned(),
+                file_hash: Some(file_hash),
+                file_size: Some(file_size),
+                nar_hash,
+                nar_size,
+                references: info.references.clone(),
+                deriver: info.deriver.clone(),
+                system: None,
+                sigs,
+                ca: info.ca,
+            };
+            for k in &self.keys {
+                out.sign(store_dir, k);
+            }
+            Ok(out)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
-    Ok(order)
 }
 
 fn narinfo_path(cache: &FileCache, p: &StorePath) -> PathBuf {
@@ -143,87 +203,4 @@ impl<W: Write> Write for Tee<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// Compress `p`'s NAR into `nar/`, named by the compressed file's hash; its narinfo
-/// (signed), not yet written.
-fn write_nar(
-    store: &LocalStore,
-    cache: &FileCache,
-    p: &StorePath,
-    threads: u32,
-) -> Result<NarInfo, CacheError> {
-    let info = store.path_info(p)?;
-    let printed = store.print(p);
-    let nar_dir = cache.dir.join("nar");
-    let tmp = temp_name(&nar_dir.join(p.hash_part()));
-    let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-    let result = (|| {
-        let mut file = Tee {
-            sink: HashSink::new(HashAlgo::Sha256),
-            inner: BufWriter::with_capacity(1 << 20, file),
-        };
-        let (nar_hash, nar_size) = {
-            let enc = cache
-                .compression
-                .encoder(&mut file, cache.level, threads)
-                .map_err(io_err("start compressing into", &tmp))?;
-            let mut nar = Tee {
-                sink: HashSink::new(HashAlgo::Sha256),
-                inner: enc,
-            };
-            store.nar_from_path(p, &mut nar)?;
-            nar.inner.finish().map_err(io_err("compress into", &tmp))?;
-            nar.sink.finish()
-        };
-        file.flush().map_err(io_err("write", &tmp))?;
-        let (file_hash, file_size) = file.sink.finish();
-        if nar_hash != info.nar_hash || nar_size != info.nar_size {
-            return Err(CacheError::Modified {
-                path: printed.clone(),
-                expected: info.nar_hash.to_string(),
-                got: nar_hash.to_string(),
-            });
-        }
-        let url = format!(
-            "nar/{}.nar{}",
-            file_hash.to_nix32(),
-            cache.compression.extension()
-        );
-        let target = cache.dir.join(&url);
-        fs::rename(&tmp, &target).map_err(io_err("rename into place", &target))?;
-        let sigs = info
-            .sigs
-            .iter()
-            .map(|s| {
-                s.parse::<Signature>()
-                    .map_err(|_| CacheError::BadSignature {
-                        path: printed.clone(),
-                        sig: s.clone(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut out = NarInfo {
-            store_path: p.clone(),
-            url,
-            compression: cache.compression.name().to_owned(),
-            file_hash: Some(file_hash),
-            file_size: Some(file_size),
-            nar_hash,
-            nar_size,
-            references: info.references.clone(),
-            deriver: info.deriver.clone(),
-            system: None,
-            sigs,
-            ca: info.ca,
-        };
-        for k in &cache.keys {
-            out.sign(store.store_dir(), k);
-        }
-        Ok(out)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }

@@ -1,0 +1,185 @@
+//! Opening any store a command line names (`--from`, `--to`, `--store`): the local store or
+//! one under another root, a binary cache, or a machine over ssh, each as a [`Store`].
+
+use anyhow::{bail, Context, Result};
+use ferrix_store::binary_cache::BinaryCache;
+use ferrix_store::remote_store::{ServeStore, WorkerStore};
+use ferrix_store::{LocalStore, LocalStoreConfig, Store};
+
+use crate::remote::SessionGuard;
+use crate::settings::Settings;
+use crate::shell::Shell;
+
+/// Which end of a copy a store is: what is opened of a cache depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+/// How stores named on the command line are opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Do not require signatures on what a binary cache offers (`--no-check-sigs`).
+    pub no_check_sigs: bool,
+    /// Compress the ssh connection (`nix-copy-closure --gzip`).
+    pub compress: bool,
+}
+
+/// An open store, with what must outlive it (an ssh session). The store is dropped first.
+pub struct Opened {
+    pub store: Box<dyn Store>,
+    /// The local store itself, when that is what was opened (paths are resolved in it).
+    pub local: Option<std::sync::Arc<LocalStore>>,
+    _session: Option<SessionGuard>,
+}
+
+/// Whether `uri` names a binary cache.
+pub fn is_cache(uri: &str) -> bool {
+    ["file://", "http://", "https://"]
+        .iter()
+        .any(|s| uri.starts_with(s))
+}
+
+/// Open the store `uri` names; `None` is the configured local store.
+pub fn open(
+    uri: Option<&str>,
+    role: Role,
+    settings: &Settings,
+    opts: OpenOptions,
+    shell: &mut Shell,
+) -> Result<Opened> {
+    let sd = settings.store_dir();
+    let Some(uri) = uri else {
+        return local(settings.open_store()?);
+    };
+    if uri.starts_with("ssh-ng://") {
+        let (client, guard) = crate::remote::connect_ng(uri, sd)?.split();
+        return Ok(Opened {
+            store: Box::new(WorkerStore::new(uri.to_owned(), sd.clone(), client)),
+            local: None,
+            _session: Some(guard),
+        });
+    }
+    if uri.starts_with("ssh://") {
+        let (client, guard) = crate::remote::connect(uri, sd, opts.compress)?.split();
+        return Ok(Opened {
+            store: Box::new(ServeStore::new(uri.to_owned(), sd.clone(), client)),
+            local: None,
+            _session: Some(guard),
+        });
+    }
+    if is_cache(uri) {
+        let cache = match role {
+            Role::Source => BinaryCache::new(
+                uri.to_owned(),
+                sd.clone(),
+                Some(cache_source(uri, settings, opts.no_check_sigs, shell)?),
+                None,
+            ),
+            Role::Destination if uri.starts_with("file://") => BinaryCache::new(
+                uri.to_owned(),
+                sd.clone(),
+                None,
+                Some(file_cache(uri, settings, shell)?),
+            ),
+            Role::Destination => {
+                bail!("'{uri}': only file:// binary caches can be written to")
+            }
+        };
+        return Ok(Opened {
+            store: Box::new(cache),
+            local: None,
+            _session: None,
+        });
+    }
+    let config = LocalStoreConfig::from_url(uri, &settings.store)?;
+    let store = LocalStore::open(config).with_context(|| format!("opening the store '{uri}'"))?;
+    local(store)
+}
+
+fn local(store: LocalStore) -> Result<Opened> {
+    let store = std::sync::Arc::new(store);
+    Ok(Opened {
+        store: Box::new(store.clone()),
+        local: Some(store),
+        _session: None,
+    })
+}
+
+/// A `file://DIR?compression=…&compression-level=…&secret-key=…` cache, signed also with
+/// the keys of `secret-key-files`. Compression is zstd unless given, as Lix and Harmonia
+/// write (Nix 2.8 reads it).
+fn file_cache(
+    uri: &str,
+    settings: &Settings,
+    shell: &mut Shell,
+) -> Result<ferrix_store::binary_cache::FileCache> {
+    use ferrix_store::binary_cache::{Compression, FileCache};
+    let rest = uri.strip_prefix("file://").unwrap_or(uri);
+    let (dir, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !dir.starts_with('/') {
+        bail!("'{uri}': a file:// cache needs an absolute directory");
+    }
+    let mut compression = Compression::Zstd;
+    let mut level = None;
+    let mut key_files: Vec<String> = Vec::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "compression" => {
+                compression = Compression::parse(v).with_context(|| {
+                    format!("'{uri}': unknown compression '{v}' (none, xz, zstd, bzip2 or br)")
+                })?
+            }
+            "compression-level" => {
+                level =
+                    Some(v.parse().with_context(|| {
+                        format!("'{uri}': compression-level '{v}' is not a number")
+                    })?)
+            }
+            "secret-key" => key_files.push(v.to_owned()),
+            // Compression always uses every core here.
+            "parallel-compression" => {}
+            _ => shell.warn(format!("'{uri}': unknown setting '{k}'")),
+        }
+    }
+    let keys = settings.secret_keys(&key_files)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    Ok(FileCache {
+        dir: dir.into(),
+        compression,
+        level,
+        keys,
+        threads,
+    })
+}
+
+/// A `file://DIR` or `http(s)://…` cache to read from, trusting the keys of
+/// `trusted-public-keys`, requiring their signatures unless `require-sigs = false` or
+/// `--no-check-sigs`.
+fn cache_source(
+    uri: &str,
+    settings: &Settings,
+    no_check_sigs: bool,
+    shell: &mut Shell,
+) -> Result<ferrix_store::binary_cache::Substituters> {
+    let mut subst = settings.substitution()?;
+    subst.trust.require_sigs &= !no_check_sigs;
+    let http = subst.http_client(&[uri])?;
+    let disk = uri
+        .starts_with("http")
+        .then(|| subst.disk_cache(shell))
+        .flatten();
+    let cache = ferrix_store::binary_cache::CacheSource::open(
+        uri,
+        settings.store_dir(),
+        subst.trust.clone(),
+        Some(&http),
+        disk.as_ref(),
+    )?;
+    Ok(ferrix_store::binary_cache::Substituters::new(
+        vec![cache],
+        subst.http.connections,
+    ))
+}
