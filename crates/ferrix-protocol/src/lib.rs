@@ -8,12 +8,14 @@
 //!   the handshake, the log messages of the server, the operations, their payloads and
 //!   replies;
 //! - [`derivation`]: the `BasicDerivation` both protocols send;
-//! - [`text`]: a peer's messages without their escape sequences, for a terminal.
+//! - [`text`]: a peer's messages without their escape sequences, for a terminal;
+//! - [`async_codec`]: the same over tokio's async readers and writers, for servers on an event
+//!   loop: primitives, framed streams, and any message through the sync decoders.
 //!
-//! Pure and synchronous: every function works on the [`std::io::Read`] or [`std::io::Write`]
-//! it is given, keeps no state of its own and never panics, whatever the bytes; a bad stream is
+//! Pure: every function works on the reader or writer it is given, keeps no state of its own and never panics, whatever the bytes; a bad stream is
 //! a typed [`WireError`] that says what was being read.
 
+pub mod async_codec;
 pub mod derivation;
 mod json;
 pub mod serve;

@@ -537,4 +537,4 @@ pub fn parse_path_with_outputs(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

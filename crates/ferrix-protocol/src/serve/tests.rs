@@ -995,7 +995,7 @@ prop_compose! {
     }
 }
 
-fn arb_request() -> impl Strategy<Value = Request> {
+pub(crate) fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (any::<bool>(), any::<bool>(), arb_paths()).prop_map(|(lock, substitute, paths)| {
             Request::QueryValidPaths(QueryValidPaths {
@@ -1027,7 +1027,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
     ]
 }
 
-fn arb_version() -> impl Strategy<Value = Version> {
+pub(crate) fn arb_version() -> impl Strategy<Value = Version> {
     (0u8..=9).prop_map(|m| Version::new(2, m))
 }
 
