@@ -12,8 +12,9 @@
 //! - [`async_codec`]: the same over tokio's async readers and writers, for servers on an event
 //!   loop: primitives, framed streams, and any message through the sync decoders.
 //!
-//! Pure: every function works on the reader or writer it is given, keeps no state of its own and never panics, whatever the bytes; a bad stream is
-//! a typed [`WireError`] that says what was being read.
+//! Pure: nothing here opens a file or a socket; every function works on the reader or writer
+//! it is given and never panics, whatever the bytes; a bad stream is a typed [`WireError`]
+//! that says what was being read.
 
 pub mod async_codec;
 pub mod derivation;
