@@ -66,12 +66,11 @@ impl BuildTimes {
 
     pub fn get(&self, name: &str) -> Option<f64> {
         self.save();
+        // Asked once per derivation: the statement is parsed once.
         self.conn
             .as_ref()?
-            .query_row("select seconds from Times where name = ?", [name], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("select seconds from Times where name = ?")
+            .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
             .ok()
             .flatten()
     }

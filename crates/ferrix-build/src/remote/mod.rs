@@ -89,7 +89,12 @@ impl Remote {
         }
         let _first = match self.greeted.load(Ordering::SeqCst) {
             true => None,
-            false => Some(self.first.lock().unwrap_or_else(|p| p.into_inner())),
+            false => {
+                let first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+                // Whoever held it may have been greeted meanwhile: then every session
+                // waiting here starts at once, not one after another.
+                (!self.greeted.load(Ordering::SeqCst)).then_some(first)
+            }
         };
         let s = self.start_session(store, settings)?;
         self.greeted.store(true, Ordering::SeqCst);
@@ -369,7 +374,8 @@ impl RemoteExecutor {
             .session(store, &self.settings)
             .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
         *pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.pid());
-        {
+        // Nothing to send (a derivation without inputs): no round trip to ask about it.
+        if !closure.is_empty() {
             let _one = r.upload.lock().unwrap_or_else(|p| p.into_inner());
             let have = s
                 .query_valid(closure, self.settings.use_substitutes)
@@ -461,6 +467,20 @@ impl RemoteExecutor {
         }
         r.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
         Ok(said)
+    }
+}
+
+impl Drop for RemoteExecutor {
+    /// The idle sessions are all told to end first, so that each one's drop, which waits for
+    /// its process, does not wait in turn for the one before.
+    fn drop(&mut self) {
+        for r in &self.machines {
+            for s in r.idle.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if let Some(pid) = rustix::process::Pid::from_raw(s.pid() as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
     }
 }
 
