@@ -59,6 +59,18 @@ impl ChunkSender {
         }
     }
 
+    /// A buffer of `len` bytes to read into: one the reader is done with, its old bytes
+    /// left in place rather than zeroed again (they are overwritten before they are sent).
+    pub(crate) fn buffer_of(&self, len: usize) -> Vec<u8> {
+        match self.spent.try_recv() {
+            Ok(mut b) => {
+                b.resize(len, 0);
+                b
+            }
+            Err(_) => vec![0; len],
+        }
+    }
+
     /// Send a whole chunk (after what was written and not yet sent).
     pub(crate) fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         self.flush()?;

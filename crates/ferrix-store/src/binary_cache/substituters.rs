@@ -241,8 +241,7 @@ fn decompress(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut buf = tx.buffer();
-        buf.resize(CHUNK, 0);
+        let mut buf = tx.buffer_of(CHUNK);
         let mut n = 0;
         while n < buf.len() {
             match nar.read(&mut buf[n..]) {
