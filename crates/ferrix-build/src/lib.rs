@@ -32,7 +32,9 @@ pub use executor::{
 pub use local::{LocalExecutor, LocalSettings, SandboxSettings};
 pub use plan::{plan, plan_builds, plan_with, Plan, Wanted, Work};
 pub use registry::Registry;
-pub use scheduler::{run, Engine, EngineSetup, GoalHandle, NodeResult, Outcome, ScheduleOptions};
+pub use scheduler::{
+    run, Engine, EngineSetup, Fallback, GoalHandle, NodeResult, Outcome, ScheduleOptions,
+};
 pub use times::BuildTimes;
 
 /// An error and its causes on one line, as messages show them.

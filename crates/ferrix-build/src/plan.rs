@@ -77,6 +77,9 @@ pub struct Plan {
     pub store_dir: ferrix_format::StoreDir,
     /// In dependency order: every node comes after its deps.
     pub nodes: Vec<Node>,
+    /// The fetched outputs of derivations, with the derivation that builds each instead
+    /// should its fetch fail (`--fallback`).
+    pub built_by: HashMap<StorePath, StorePath>,
 }
 
 /// How long a build is expected to take when nothing better is known.
@@ -134,6 +137,7 @@ struct Planner<'a> {
     index: HashMap<StorePath, usize>,
     nodes: Vec<Node>,
     drvs: HashMap<StorePath, Loaded>,
+    built_by: HashMap<StorePath, StorePath>,
 }
 
 impl Planner<'_> {
@@ -347,6 +351,9 @@ impl Planner<'_> {
             return Ok(Vec::new());
         }
         if mode == BuildMode::Normal && self.fetches(drv, &missing) {
+            for p in &missing {
+                self.built_by.insert(p.clone(), drv_path.clone());
+            }
             return Ok(missing.iter().filter_map(|p| self.visit_path(p)).collect());
         }
         let mut deps = Vec::new();
@@ -430,6 +437,7 @@ pub fn plan_with(
         index: HashMap::new(),
         nodes: Vec::new(),
         drvs: HashMap::new(),
+        built_by: HashMap::new(),
     };
     let valid = store.valid_among(paths.iter())?;
     let missing: Vec<StorePath> = paths
@@ -451,6 +459,7 @@ pub fn plan_with(
     for (drv, outs) in wanted {
         p.visit(drv, outs.as_ref(), true)?;
     }
+    let built_by = std::mem::take(&mut p.built_by);
     let mut nodes = p.nodes;
     // Nodes come after their deps, so dependents come later: fill priorities backwards.
     for i in (0..nodes.len()).rev() {
@@ -470,5 +479,6 @@ pub fn plan_with(
     Ok(Plan {
         store_dir: store.store_dir().clone(),
         nodes,
+        built_by,
     })
 }

@@ -3,7 +3,7 @@
 //! executor up to its capacity; it reacts to offers answered and jobs ended.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use ferrix_format::{StoreDir, StorePath};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::error::{BuildFailure, FailureKind};
+use crate::error::{BuildFailure, FailureKind, PlanError};
 use crate::executor::{
     BuildFuture, Built, Cancel, Executor, JobError, Offer, OfferContext, Reporter,
 };
@@ -28,15 +28,24 @@ pub struct ScheduleOptions {
     /// Without it, the first failure stops the goal it belongs to and the goal's other
     /// running builds are killed, as Nix does.
     pub keep_going: bool,
-    /// `--fallback`: a fetch that fails does not stop its goals, whose builds are then
-    /// planned again without it.
+    /// `--fallback`: a fetch that fails does not stop its goals. The output of a derivation
+    /// is then built by it, planned while the Engine runs (see [`Fallback`]); anything else
+    /// (a path fetched as a reference) is left to the caller to plan again without it.
     pub fallback: bool,
+}
+
+/// Plans the build of a derivation whose fetched output could not be fetched (`--fallback`),
+/// fetching nothing in `exclude`. Called off the event loop: planning reads the store and
+/// asks the caches.
+pub trait Fallback: Send + Sync + std::fmt::Debug {
+    fn plan(&self, drv: &StorePath, exclude: &BTreeSet<StorePath>) -> Result<Plan, PlanError>;
 }
 
 /// How often a job may be lost (its machine gone) before it counts as failed.
 const MAX_LOST: u32 = 3;
 
-/// What became of each node of a plan (same indices).
+/// What became of each node of a plan (same indices; then the nodes of fallback builds added
+/// to the goal while it ran).
 #[derive(Debug, Clone)]
 pub enum NodeResult {
     Built(Built),
@@ -99,6 +108,8 @@ pub struct EngineSetup {
     pub store_dir: StoreDir,
     /// Turning true stops everything: nothing new starts and running jobs are cancelled.
     pub interrupt: Cancel,
+    /// Plans the builds that replace failed fetches, with `options.fallback`.
+    pub fallback: Option<Arc<dyn Fallback>>,
 }
 
 /// A running Engine: submit goals to it, then shut it down.
@@ -127,6 +138,7 @@ impl Future for GoalHandle {
 
 struct Goal {
     jobs: Vec<(Work, Vec<usize>, f64)>,
+    built_by: Vec<(StorePath, StorePath)>,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -146,7 +158,16 @@ impl Engine {
             .iter()
             .map(|n| (n.work.clone(), n.deps.clone(), n.priority))
             .collect();
-        if let Err(e) = self.tx.send(Goal { jobs, reply }) {
+        let built_by = plan
+            .built_by
+            .iter()
+            .map(|(p, d)| (p.clone(), d.clone()))
+            .collect();
+        if let Err(e) = self.tx.send(Goal {
+            jobs,
+            built_by,
+            reply,
+        }) {
             let _ = e.0.reply.send(Outcome {
                 results: plan.nodes.iter().map(|_| NodeResult::NotStarted).collect(),
                 interrupted: true,
@@ -185,6 +206,8 @@ enum State {
     /// Every executor that could take it is busy: asked again when a job ends.
     Postponed,
     Running,
+    /// A fetch that failed, waiting for the plan of the build that replaces it.
+    FallingBack(Arc<BuildFailure>),
     Done(NodeResult),
 }
 
@@ -200,6 +223,8 @@ struct Node {
     declined: Vec<bool>,
     lost: u32,
     cancel: Option<watch::Sender<bool>>,
+    /// A failed fetch whose path its derivation builds instead: done once that is.
+    fell_back: bool,
 }
 
 struct GoalState {
@@ -258,6 +283,13 @@ struct Loop {
     /// Goals whose registrations are awaited before they are answered.
     finishing: JoinSet<()>,
     interrupted: bool,
+    fallback: Option<Arc<dyn Fallback>>,
+    /// The derivation that builds a fetched output, for falling back to it.
+    built_by: HashMap<StorePath, StorePath>,
+    /// Paths whose fetch failed: no fallback plan fetches them again.
+    failed_fetches: BTreeSet<StorePath>,
+    /// Fallback plans being made: the failed fetch's node and the derivation planned.
+    fallbacks: JoinSet<(usize, StorePath, Result<Plan, PlanError>)>,
 }
 
 impl Loop {
@@ -284,6 +316,10 @@ impl Loop {
             offers: JoinSet::new(),
             finishing: JoinSet::new(),
             interrupted: false,
+            fallback: s.fallback,
+            built_by: HashMap::new(),
+            failed_fetches: BTreeSet::new(),
+            fallbacks: JoinSet::new(),
         }
     }
 
@@ -294,7 +330,8 @@ impl Loop {
         }
         loop {
             self.dispatch();
-            let busy = !self.jobs.is_empty() || !self.offers.is_empty();
+            let busy =
+                !self.jobs.is_empty() || !self.offers.is_empty() || !self.fallbacks.is_empty();
             if !open && !busy && self.goals.iter().all(|g| g.reply.is_none()) {
                 break;
             }
@@ -311,6 +348,10 @@ impl Loop {
                     let (i, e, offer) = ans.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                     self.deciding = false;
                     self.answered(i, e, offer);
+                }
+                Some(planned) = self.fallbacks.join_next(), if !self.fallbacks.is_empty() => {
+                    let (i, drv, plan) = planned.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    self.fell_back(i, &drv, plan);
                 }
                 Some(done) = self.finishing.join_next(), if !self.finishing.is_empty() => {
                     if let Err(e) = done {
@@ -340,8 +381,31 @@ impl Loop {
 
     fn add_goal(&mut self, g: Goal) {
         let gi = self.goals.len();
-        let mut map = Vec::with_capacity(g.jobs.len());
-        for (work, deps, priority) in g.jobs {
+        self.built_by.extend(g.built_by);
+        let map = self.add_nodes(g.jobs);
+        let mut left = 0;
+        for &i in &map {
+            self.nodes[i].goals.push(gi);
+            if !matches!(self.nodes[i].state, State::Done(_)) {
+                left += 1;
+            }
+        }
+        self.goals.push(GoalState {
+            nodes: map,
+            left,
+            stopped: false,
+            reply: Some(g.reply),
+        });
+        if left == 0 {
+            self.finish_goal(gi);
+        }
+    }
+
+    /// The nodes of `jobs` (deps by index into `jobs`), new ones added to the graph and
+    /// known ones shared.
+    fn add_nodes(&mut self, jobs: Vec<(Work, Vec<usize>, f64)>) -> Vec<usize> {
+        let mut map = Vec::with_capacity(jobs.len());
+        for (work, deps, priority) in jobs {
             let i = match self.index.get(work.key()) {
                 Some(&i) => i,
                 None => {
@@ -368,6 +432,7 @@ impl Loop {
                         declined: vec![false; self.executors.len()],
                         lost: 0,
                         cancel: None,
+                        fell_back: false,
                     });
                     if let Some(d) = failed_input {
                         let f = self.dependency_failed(i, d);
@@ -383,21 +448,89 @@ impl Loop {
             };
             map.push(i);
         }
-        let mut left = 0;
-        for &i in &map {
-            self.nodes[i].goals.push(gi);
-            if !matches!(self.nodes[i].state, State::Done(_)) {
-                left += 1;
+        map
+    }
+
+    /// Fetching node `i`'s path failed with `f`: if a derivation builds it, plan that build
+    /// (off the loop) and wait for it instead of failing. Whether it does.
+    fn try_fallback(&mut self, i: usize, f: &Arc<BuildFailure>) -> bool {
+        let path = self.nodes[i].work.key().clone();
+        self.failed_fetches.insert(path.clone());
+        let (Some(fallback), Some(drv)) = (self.fallback.clone(), self.built_by.get(&path)) else {
+            return false;
+        };
+        let drv = drv.clone();
+        self.reporter.warn(&format!(
+            "{}; building it instead",
+            crate::render_error(&**f)
+        ));
+        self.nodes[i].state = State::FallingBack(f.clone());
+        let exclude = self.failed_fetches.clone();
+        self.fallbacks.spawn_blocking(move || {
+            let plan = fallback.plan(&drv, &exclude);
+            (i, drv, plan)
+        });
+        true
+    }
+
+    /// The plan building `drv` in place of node `i`'s failed fetch: its nodes join the
+    /// goals of node `i`, which is done once `drv` is built.
+    fn fell_back(&mut self, i: usize, drv: &StorePath, plan: Result<Plan, PlanError>) {
+        let State::FallingBack(f) = &self.nodes[i].state else {
+            return; // stopped meanwhile
+        };
+        let f = f.clone();
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                self.reporter.warn(&format!(
+                    "cannot build '{}' instead: {}",
+                    self.print(i),
+                    crate::render_error(&e)
+                ));
+                self.nodes[i].state = State::Running;
+                self.fail_shared(i, f);
+                return;
+            }
+        };
+        self.built_by
+            .extend(plan.built_by.iter().map(|(p, d)| (p.clone(), d.clone())));
+        let jobs = plan
+            .nodes
+            .iter()
+            .map(|n| (n.work.clone(), n.deps.clone(), n.priority))
+            .collect();
+        let map = self.add_nodes(jobs);
+        for g in self.nodes[i].goals.clone() {
+            for &n in &map {
+                if self.nodes[n].goals.contains(&g) {
+                    continue;
+                }
+                self.nodes[n].goals.push(g);
+                self.goals[g].nodes.push(n);
+                if !matches!(self.nodes[n].state, State::Done(_)) {
+                    self.goals[g].left += 1;
+                }
             }
         }
-        self.goals.push(GoalState {
-            nodes: map,
-            left,
-            stopped: false,
-            reply: Some(g.reply),
-        });
-        if left == 0 {
-            self.finish_goal(gi);
+        self.nodes[i].fell_back = true;
+        match self.index.get(drv).map(|&b| (b, &self.nodes[b].state)) {
+            // Nothing to build: the path is valid now.
+            None | Some((_, State::Done(NodeResult::Built(_)))) => {
+                self.nodes[i].state = State::Running;
+                self.succeeded(i, Built::Built);
+            }
+            Some((b, State::Done(_))) => {
+                let r = self.dependency_failed(i, b);
+                self.nodes[i].state = State::Running;
+                self.set_done(i, r);
+                self.fail_dependents(i);
+            }
+            Some((b, _)) => {
+                self.nodes[i].state = State::Waiting;
+                self.nodes[i].deps_left = 1;
+                self.nodes[b].dependents.push(i);
+            }
         }
     }
 
@@ -432,6 +565,11 @@ impl Loop {
             }
             if self.unwanted(i) {
                 self.set_done(i, NodeResult::NotStarted);
+                continue;
+            }
+            if self.nodes[i].fell_back {
+                // Its derivation built the path.
+                self.succeeded(i, Built::Built);
                 continue;
             }
             match self.place(i) {
@@ -643,15 +781,7 @@ impl Loop {
         match res {
             Ok(b) => {
                 self.reporter.finished(&drv, Ok(b));
-                self.set_done(i, NodeResult::Built(b));
-                for d in self.nodes[i].dependents.clone() {
-                    let n = &mut self.nodes[d];
-                    n.deps_left -= 1;
-                    if n.deps_left == 0 && matches!(n.state, State::Waiting) {
-                        n.state = State::Ready;
-                        self.ready.push(Ready(n.priority, d));
-                    }
-                }
+                self.succeeded(i, b);
             }
             Err(JobError::Lost { by, why }) => {
                 self.nodes[i].lost += 1;
@@ -695,8 +825,11 @@ impl Loop {
                     // Cancelled by an interrupt: its dependents are simply not started.
                     self.set_done(i, NodeResult::Failed(f));
                 } else if e == FETCH && self.options.fallback {
-                    // Built instead, in a plan made again: its goals go on meanwhile.
-                    self.fail_only(i, f);
+                    // Built instead: by its derivation, planned now, or (a path fetched as
+                    // a reference) in a plan the caller makes again; its goals go on.
+                    if !self.try_fallback(i, &f) {
+                        self.fail_only(i, f);
+                    }
                 } else {
                     self.fail_shared(i, f);
                 }
@@ -719,9 +852,27 @@ impl Loop {
         }
     }
 
+    /// Node `i` is done with `b`: its dependents may be ready.
+    fn succeeded(&mut self, i: usize, b: Built) {
+        self.set_done(i, NodeResult::Built(b));
+        for d in self.nodes[i].dependents.clone() {
+            let n = &mut self.nodes[d];
+            n.deps_left -= 1;
+            if n.deps_left == 0 && matches!(n.state, State::Waiting) {
+                n.state = State::Ready;
+                self.ready.push(Ready(n.priority, d));
+            }
+        }
+    }
+
     /// Node `i` failed, and so does everything that waits on it.
     fn fail_only(&mut self, i: usize, f: Arc<BuildFailure>) {
         self.set_done(i, NodeResult::Failed(f));
+        self.fail_dependents(i);
+    }
+
+    /// Everything that waits on node `i` (done, not built) fails.
+    fn fail_dependents(&mut self, i: usize) {
         let mut todo = vec![i];
         while let Some(n) = todo.pop() {
             for d in self.nodes[n].dependents.clone() {
@@ -745,7 +896,7 @@ impl Loop {
                 continue;
             }
             match self.nodes[i].state {
-                State::Waiting | State::Ready | State::Postponed => {
+                State::Waiting | State::Ready | State::Postponed | State::FallingBack(_) => {
                     self.set_done(i, NodeResult::NotStarted)
                 }
                 State::Running | State::Offering => {
@@ -765,7 +916,7 @@ impl Loop {
         }
         for i in 0..self.nodes.len() {
             match self.nodes[i].state {
-                State::Waiting | State::Ready | State::Postponed => {
+                State::Waiting | State::Ready | State::Postponed | State::FallingBack(_) => {
                     self.set_done(i, NodeResult::NotStarted)
                 }
                 State::Running | State::Offering => {

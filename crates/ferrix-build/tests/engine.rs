@@ -71,6 +71,7 @@ fn plan(jobs: Vec<(Arc<Job>, Vec<usize>)>) -> Plan {
     Plan {
         store_dir: StoreDir::default(),
         nodes,
+        built_by: Default::default(),
     }
 }
 
@@ -224,6 +225,7 @@ fn setup(
             },
             store_dir: StoreDir::default(),
             interrupt: rx,
+            fallback: None,
         },
         tx,
     )
@@ -505,4 +507,167 @@ async fn an_interrupt_cancels_running_jobs_and_starts_nothing() {
         m
     });
     assert_eq!(kinds.get("not started"), Some(&2));
+}
+
+/// A cache whose every fetch fails.
+#[derive(Debug, Default)]
+struct FailingCache {
+    fetched: Mutex<Vec<StorePath>>,
+}
+
+impl ferrix_build::substitute::Substituter for FailingCache {
+    fn query(
+        &self,
+        _: &[StorePath],
+    ) -> BTreeMap<StorePath, Arc<ferrix_build::substitute::Substitution>> {
+        BTreeMap::new()
+    }
+    fn fetch(
+        self: Arc<Self>,
+        s: Arc<ferrix_build::substitute::Substitution>,
+        _cancel: Cancel,
+        _reporter: Arc<dyn ferrix_build::Reporter + Send + Sync>,
+    ) -> ferrix_build::substitute::FetchFuture {
+        self.fetched.lock().unwrap().push(s.path.clone());
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err(BuildFailure::new(
+                s.path.to_string(),
+                FailureKind::Substitute {
+                    errors: vec![ferrix_store::binary_cache::CacheError::NotInCache {
+                        cache: "http://cache.invalid".into(),
+                        path: s.path.to_string(),
+                    }],
+                    fallback: true,
+                },
+            ))
+        })
+    }
+    fn capacity(&self) -> usize {
+        4
+    }
+}
+
+/// Plans the build of a failed fetch's derivation from the jobs it was given.
+#[derive(Debug)]
+struct Replan {
+    jobs: HashMap<StorePath, Arc<Job>>,
+    asked: Mutex<Vec<(StorePath, BTreeSet<StorePath>)>>,
+}
+
+impl ferrix_build::Fallback for Replan {
+    fn plan(
+        &self,
+        drv: &StorePath,
+        exclude: &BTreeSet<StorePath>,
+    ) -> Result<Plan, ferrix_build::PlanError> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((drv.clone(), exclude.clone()));
+        Ok(plan(vec![(self.jobs[drv].clone(), vec![])]))
+    }
+}
+
+/// `x`'s output is to be fetched and `y` built on it; the fetch fails. The plan's fetch node,
+/// `y`, and the build of `x` planned meanwhile.
+fn fetch_then_build() -> (Plan, Arc<Job>) {
+    let x = job("x", "x86_64-linux", &[]);
+    let y = job("y", "x86_64-linux", &[]);
+    let out = x.outputs["out"].clone();
+    let fetch = ferrix_build::substitute::Substitution {
+        path: out.clone(),
+        references: BTreeSet::new(),
+        nar_size: 1,
+        download_size: None,
+        from: "http://cache.invalid".into(),
+    };
+    let nodes = vec![
+        Node {
+            work: ferrix_build::Work::Fetch(Arc::new(fetch)),
+            deps: vec![],
+            dependents: vec![1],
+            priority: 2.0,
+        },
+        Node {
+            work: ferrix_build::Work::Build(y),
+            deps: vec![0],
+            dependents: vec![],
+            priority: 1.0,
+        },
+    ];
+    let p = Plan {
+        store_dir: StoreDir::default(),
+        nodes,
+        built_by: [(out, x.drv_path.clone())].into(),
+    };
+    (p, x)
+}
+
+fn fallback_setup(
+    local: Arc<Fake>,
+    x: &Arc<Job>,
+) -> (
+    EngineSetup,
+    Arc<FailingCache>,
+    Arc<Replan>,
+    watch::Sender<bool>,
+) {
+    let (mut s, tx) = setup(vec![local], false);
+    let cache = Arc::new(FailingCache::default());
+    let replan = Arc::new(Replan {
+        jobs: [(x.drv_path.clone(), x.clone())].into(),
+        asked: Mutex::default(),
+    });
+    s.substituter = Some(cache.clone());
+    s.options.fallback = true;
+    s.fallback = Some(replan.clone());
+    (s, cache, replan, tx)
+}
+
+/// With `--fallback`, a fetch that fails becomes the build of its derivation in the same
+/// run, and what waited for the path goes on once that is built.
+#[tokio::test]
+async fn a_failed_fetch_falls_back_to_its_build_while_the_engine_runs() {
+    let local = Arc::new(Fake::new("local", true, 2, Answer::Accept));
+    let (p, x) = fetch_then_build();
+    let out = x.outputs["out"].clone();
+    let (s, cache, replan, _tx) = fallback_setup(local.clone(), &x);
+    let o = ferrix_build::run(&p, s).await;
+    assert!(o.success(), "{:?}", o.results);
+    assert_eq!(*cache.fetched.lock().unwrap(), vec![out.clone()]);
+    assert_eq!(local.started(), vec!["x", "y"]);
+    // It was planned without fetching what failed.
+    let asked = replan.asked.lock().unwrap();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].0, x.drv_path);
+    assert!(asked[0].1.contains(&out));
+    // The plan's two nodes, then the build added for the fetch.
+    assert_eq!(o.results.len(), 3);
+    assert!(matches!(o.results[0], NodeResult::Built(Built::Built)));
+}
+
+/// When the build that replaces a fetch fails, so do the fetch and what waits for it; the
+/// failure is the build's.
+#[tokio::test]
+async fn a_failing_fallback_build_fails_what_waits_for_the_path() {
+    let mut l = Fake::new("local", true, 2, Answer::Accept);
+    l.fail.insert("x".into());
+    let local = Arc::new(l);
+    let (p, x) = fetch_then_build();
+    let (s, _cache, _replan, _tx) = fallback_setup(local.clone(), &x);
+    let o = ferrix_build::run(&p, s).await;
+    assert!(!o.success());
+    assert_eq!(local.started(), vec!["x"]);
+    assert!(
+        matches!(&o.results[1], NodeResult::Failed(f) if f.to_string().contains("because its input")),
+        "{:?}",
+        o.results
+    );
+    assert!(
+        o.failures()
+            .any(|f| matches!(f.kind, FailureKind::ExitCode { code: 1 })),
+        "{:?}",
+        o.results
+    );
 }

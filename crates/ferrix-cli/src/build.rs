@@ -370,8 +370,10 @@ fn announce(store: &LocalStore, plan: &Plan, dry_run: bool, shell: &mut crate::s
 }
 
 /// Plan and run a build. Outputs a cache has are fetched instead of built; with
-/// `--fallback`, what could not be fetched is planned again and built. `paths` are wanted
-/// as they are (fetched when not valid).
+/// `--fallback`, an output that could not be fetched is built by its derivation in the same
+/// run (the Engine plans it then), and a path fetched only as a reference of others is left
+/// out of a plan made again after the run. `paths` are wanted as they are (fetched when not
+/// valid).
 pub fn realise(
     settings: &Settings,
     store: Arc<LocalStore>,
@@ -412,7 +414,8 @@ pub fn realise(
             subst.clone().map(|s| s as _),
             build_times(&store),
         )?;
-        // Fetches that failed are built in another round, once, with `--fallback`.
+        // Fetches the Engine could not replace with a build (paths fetched as references)
+        // are left out of another round, with `--fallback`.
         let failed_fetches: BTreeSet<StorePath> = plan
             .nodes
             .iter()
@@ -513,6 +516,37 @@ pub fn machines(settings: &Settings) -> Result<Vec<ferrix_build::remote::Machine
 /// The remembered build times of this store (what plans are prioritised by).
 pub fn build_times(store: &LocalStore) -> ferrix_build::BuildTimes {
     ferrix_build::BuildTimes::open(&store.config().state_dir.join("ferrix/build-times.sqlite"))
+}
+
+/// Plans the build of a derivation whose fetched output could not be fetched (`--fallback`):
+/// its inputs fetched where they can be, never what failed already.
+#[derive(Debug)]
+struct PlanFallback {
+    store: Arc<LocalStore>,
+    substituter: Arc<dyn ferrix_build::substitute::Substituter>,
+    always_allow: bool,
+}
+
+impl ferrix_build::Fallback for PlanFallback {
+    fn plan(
+        &self,
+        drv: &StorePath,
+        exclude: &BTreeSet<StorePath>,
+    ) -> Result<Plan, ferrix_build::PlanError> {
+        let s = ferrix_build::plan::Substitutes {
+            substituter: &*self.substituter,
+            exclude,
+            always_allow: self.always_allow,
+        };
+        ferrix_build::plan_with(
+            &self.store,
+            &[(drv.clone(), None)],
+            &[],
+            &build_times(&self.store),
+            ferrix_build::BuildMode::Normal,
+            Some(s),
+        )
+    }
 }
 
 /// An Engine with its runtime and executors (the local one, the remote machines, a build
@@ -623,6 +657,14 @@ impl EngineHost {
             executors.insert(0, Arc::new(hook));
         }
         let store_dir = store.store_dir().clone();
+        let fallback: Option<Arc<dyn ferrix_build::Fallback>> = match &substituter {
+            Some(sub) if opts.fallback => Some(Arc::new(PlanFallback {
+                store: store.clone(),
+                substituter: sub.clone(),
+                always_allow: settings.substitution()?.always_allow,
+            })),
+            _ => None,
+        };
         let engine = runtime.block_on(async {
             let (tx, rx) = tokio::sync::watch::channel(false);
             // The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one exits at once.
@@ -643,6 +685,7 @@ impl EngineHost {
                 options: opts,
                 store_dir,
                 interrupt: rx,
+                fallback,
             })
         });
         Ok(Self {

@@ -70,6 +70,7 @@ pub fn plan_sent(
             dependents: Vec::new(),
             priority: 1.0,
         }],
+        built_by: Default::default(),
     }))
 }
 

@@ -371,6 +371,15 @@ fn a_failing_or_lying_cache_is_named_and_leaves_the_store_clean() {
         let err = stderr(&out);
         assert!(out.status.success(), "{what} --fallback: {err}");
         assert!(err.contains(&format!("building '{drv}'")), "{what}: {err}");
+        // In the same run: the Engine planned the build when the fetch failed, so nothing
+        // was planned or announced a second time.
+        assert_eq!(
+            err.matches("building it instead").count(),
+            1,
+            "{what}: {err}"
+        );
+        assert_eq!(err.matches("will be fetched").count(), 1, "{what}: {err}");
+        assert!(!err.contains("will be built"), "{what}: {err}");
         assert!(c.valid(&a2));
         ok(c.nix.cmd("nix-store").args(["--delete", &a2]));
     }

@@ -228,6 +228,7 @@ impl TestStore {
             options: opts,
             store_dir: self.store.store_dir().clone(),
             interrupt,
+            fallback: None,
         };
         run(&plan, setup).await
     }
