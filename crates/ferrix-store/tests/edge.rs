@@ -118,3 +118,34 @@ async fn a_bad_stream_is_refused_and_leaves_nothing() {
     }
     assert_eq!(err.to_string(), format!("path '{printed}' is not valid"));
 }
+
+/// The async edge copies between any two stores behind the trait: queries batched, the
+/// closure added at the destination, and nothing the second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closures_copy_between_stores_from_async_code() {
+    use ferrix_store::{CopyOptions, Store};
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s1 = Arc::new(open(d1.path()));
+    let a = s1.add_text("a", b"a", &Default::default()).unwrap();
+    let b = s1.add_text("b", b"b", &[a.clone()].into()).unwrap();
+    let from: AsyncStore<dyn Store> = AsyncStore::new(s1.clone() as Arc<dyn Store>);
+    let to: AsyncStore<dyn Store> = AsyncStore::new(Arc::new(open(d2.path())) as Arc<dyn Store>);
+    let want: std::collections::BTreeSet<_> = [b.clone()].into();
+    let infos = from.query_infos(want.clone()).await.unwrap();
+    assert_eq!(infos[&b].references, [a.clone()].into());
+    let copied = from
+        .copy_to(&to, want.clone(), CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(copied, vec![a.clone(), b.clone()]);
+    let valid = to
+        .query_valid([a.clone(), b.clone()].into(), false)
+        .await
+        .unwrap();
+    assert_eq!(valid.len(), 2);
+    let again = from
+        .copy_to(&to, want, CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
