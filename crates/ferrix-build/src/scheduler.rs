@@ -456,6 +456,10 @@ impl Loop {
     fn try_fallback(&mut self, i: usize, f: &Arc<BuildFailure>) -> bool {
         let path = self.nodes[i].work.key().clone();
         self.failed_fetches.insert(path.clone());
+        // Nothing more starts for a stopped goal (or after an interrupt): it fails as is.
+        if self.interrupted || self.unwanted(i) {
+            return false;
+        }
         let (Some(fallback), Some(drv)) = (self.fallback.clone(), self.built_by.get(&path)) else {
             return false;
         };
@@ -480,6 +484,12 @@ impl Loop {
             return; // stopped meanwhile
         };
         let f = f.clone();
+        if self.interrupted || self.unwanted(i) {
+            // Its goals stopped while the plan was made: nothing of it starts.
+            self.nodes[i].state = State::Running;
+            self.set_done(i, NodeResult::NotStarted);
+            return;
+        }
         let plan = match plan {
             Ok(p) => p,
             Err(e) => {

@@ -671,3 +671,32 @@ async fn a_failing_fallback_build_fails_what_waits_for_the_path() {
         o.results
     );
 }
+
+/// A goal that stopped (a build failed, without keep-going) while its fetch was failing does
+/// not fall back: it ends, instead of waiting for a build nobody starts.
+#[tokio::test]
+async fn a_stopped_goal_does_not_fall_back_and_ends() {
+    let mut l = Fake::new("local", true, 2, Answer::Accept);
+    l.fail.insert("bad".into());
+    l.work = Duration::from_millis(1);
+    let local = Arc::new(l);
+    let (mut p, x) = fetch_then_build();
+    let bad = job("bad", "x86_64-linux", &[]);
+    p.nodes.push(Node {
+        work: ferrix_build::Work::Build(bad),
+        deps: vec![],
+        dependents: vec![],
+        priority: 3.0,
+    });
+    let (s, _cache, replan, _tx) = fallback_setup(local.clone(), &x);
+    let o = tokio::time::timeout(Duration::from_secs(10), ferrix_build::run(&p, s))
+        .await
+        .expect("the goal ended");
+    assert!(!o.success());
+    assert!(replan.asked.lock().unwrap().is_empty());
+    assert!(
+        !local.started().contains(&"x".to_owned()),
+        "{:?}",
+        local.started()
+    );
+}

@@ -421,15 +421,23 @@ pub fn realise(
             .iter()
             .zip(&outcome.results)
             .filter_map(|(n, r)| match (&n.work, r) {
-                (ferrix_build::Work::Fetch(f), NodeResult::Failed(_)) => Some(f.path.clone()),
+                // Only the fetch itself: one that waited for the build the Engine fell back
+                // to failed with that build, which is not to be tried again.
+                (ferrix_build::Work::Fetch(f), NodeResult::Failed(e))
+                    if matches!(e.kind, FailureKind::Substitute { .. }) =>
+                {
+                    Some(f.path.clone())
+                }
                 _ => None,
             })
             .collect();
         let fallback = settings.conf.bool("fallback", false)?;
         if fallback && !failed_fetches.is_empty() && !outcome.interrupted && runs < 3 {
             for (n, r) in plan.nodes.iter().zip(&outcome.results) {
-                if let (ferrix_build::Work::Fetch(_), NodeResult::Failed(f)) = (&n.work, r) {
-                    shell.warn(format!("{}; building it instead", crate::render(&**f)));
+                if let (ferrix_build::Work::Fetch(f), NodeResult::Failed(e)) = (&n.work, r) {
+                    if failed_fetches.contains(&f.path) {
+                        shell.warn(format!("{}; building it instead", crate::render(&**e)));
+                    }
                 }
             }
             exclude.extend(failed_fetches);
@@ -784,9 +792,14 @@ pub fn report_failures(
     shell: &mut crate::shell::Shell,
 ) {
     let log_dir = &store.config().log_dir;
-    for (node, r) in plan.nodes.iter().zip(&outcome.results) {
+    for (i, r) in outcome.results.iter().enumerate() {
         let NodeResult::Failed(f) = r else { continue };
         let f: &BuildFailure = f;
+        // Past the plan's nodes: builds the Engine added in place of failed fetches.
+        let key = match plan.nodes.get(i) {
+            Some(node) => Some(node.work.key().clone()),
+            None => store.parse_path(&f.drv).ok(),
+        };
         // The failure and its causes, as the CLI words every error.
         let mut msg = crate::render(f);
         if matches!(
@@ -799,8 +812,10 @@ pub fn report_failures(
                 ..
             }
         ) {
-            let key = node.work.key();
-            if let Ok(Some(log)) = ferrix_build::log::read_log(log_dir, key) {
+            let log = key
+                .as_ref()
+                .and_then(|k| ferrix_build::log::read_log(log_dir, k).ok().flatten());
+            if let (Some(key), Some(log)) = (&key, log) {
                 let text = String::from_utf8_lossy(&log);
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(10)..];

@@ -41,8 +41,12 @@ pub const PERSONALITIES: &[&str] = &[
 fn keep_freed_memory() {
     // SAFETY: mallopt only sets allocator parameters; called before any other thread.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        // 32 MiB is the largest threshold glibc documents for 64-bit systems. The trim
+        // threshold is set only with it: alone it would pin the mmap threshold at its
+        // 128 KiB start, the opposite of what is wanted.
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1 {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        }
     }
 }
 

@@ -598,3 +598,47 @@ fn machines_are_listed_with_whether_they_answer() {
     let d = block(&dead);
     assert!(d.contains("\n  down: "), "{d}");
 }
+
+/// The serve protocol's import stream carries no hash and the machine takes what comes, so
+/// the NAR is checked as it is sent: a path modified here after it was registered is refused,
+/// named, and the machine does not get it.
+#[test]
+fn a_path_modified_here_is_not_sent_to_a_machine() {
+    let Some(s) = Setup::new() else { return };
+    let nix = &s.nix;
+    let drv = s.instantiate(&["n", "1", "width", "1"]);
+    let top = String::from_utf8(ok(nix.cmd("nix-build").arg(&drv).arg("--no-out-link")))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let real = Path::new(&top);
+    let mut perm = fs::metadata(real).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(real, perm).unwrap();
+    fs::write(real, "modified after it was registered\n").unwrap();
+    let machine = s.dir.path().join("m");
+    let uri = format!(
+        "ssh://localhost?remote-program={}&remote-store={}",
+        s.ferrix_store().display(),
+        machine.display()
+    );
+    let mut c = Command::new(common::ferrix_exe());
+    nix.isolate(&mut c);
+    let out = c.args(["copy", "--to", &uri, &top]).output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&top) && err.contains("was it modified?"),
+        "{err}"
+    );
+    let mut c = Command::new(s.ferrix_store());
+    nix.isolate(&mut c);
+    let v = c
+        .arg("--store")
+        .arg(&machine)
+        .args(["--check-validity", &top])
+        .output()
+        .unwrap();
+    assert!(!v.status.success(), "the machine took the modified path");
+}

@@ -1,6 +1,7 @@
 //! The wire encoding over async readers and writers (tokio's): the primitives, framed streams,
 //! and every message of both protocols, which [`MessageReader`] decodes with the same code as
-//! the sync codecs once enough of its bytes have arrived, so the two can never disagree.
+//! the sync codecs once enough of its bytes have arrived, so the two agree on every message
+//! (within the bound on what one message may buffer).
 //!
 //! A server on an event loop reads a request with [`MessageReader::read`], never blocking a
 //! thread on a slow peer, and streams what follows it (a NAR, a framed stream) through the
@@ -91,10 +92,13 @@ pub async fn write_message<W: AsyncWrite + Unpin + ?Sized>(
 }
 
 /// Reads whole messages from an async stream: bytes are gathered until a sync decoder accepts
-/// them (a decoder that runs out of bytes is tried again once more have come), at most
-/// `limits.max_string` plus what one list of `limits.max_items` counts takes for one message.
-/// Bytes past a message stay buffered, and the reader itself yields them first, so a stream
-/// that follows a message (a NAR) is read through it.
+/// them (a decoder that runs out of bytes is tried again once what the peer has sent so far
+/// has come), at most `limits.max_string` plus what one list of `limits.max_items` counts
+/// takes for one message: unlike the sync codec, which streams, this one buffers a message
+/// whole, so a message larger than that (a list of many long strings) is refused. Bytes past
+/// a message stay buffered, and the reader itself yields them first, so a stream that follows
+/// a message (a NAR) is read through it. Dropping a [`MessageReader::read`] future (a timeout)
+/// loses nothing: what arrived stays buffered for the next call.
 #[derive(Debug)]
 pub struct MessageReader<R> {
     inner: R,
@@ -166,17 +170,36 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
-    /// Read more from the peer into the buffer: how much came (0 at its end).
+    /// Read more from the peer into the buffer: at least one read, then whatever else has
+    /// already arrived (so a peer sending a message in many small pieces does not make the
+    /// decoder start over for each). How much came (0 at its end).
     async fn fill(&mut self) -> io::Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + CHUNK, 0);
-        let n = self.inner.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
-        n
+        let mut chunk = vec![0u8; CHUNK];
+        // Read into a buffer of our own: a future dropped at this await leaves `buf` whole.
+        let n = self.inner.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        let mut total = n;
+        while n > 0 && total < CHUNK * 16 {
+            let more = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut chunk);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                    // Nothing more now: decode what there is.
+                    Poll::Pending => Poll::Ready(Ok(0)),
+                    Poll::Ready(r) => Poll::Ready(r.map(|()| rb.filled().len())),
+                }
+            })
+            .await?;
+            if more == 0 {
+                break;
+            }
+            self.buf.extend_from_slice(&chunk[..more]);
+            total += more;
+        }
+        Ok(total)
     }
 
     /// The bytes read but not yet taken, and the reader.
@@ -475,6 +498,39 @@ mod tests {
             prop_assert_eq!(m, n);
             prop_assert_eq!(t, s);
         }
+    }
+
+    /// A read given up half way (a timeout) loses nothing: the next one gets the message.
+    #[test]
+    fn a_dropped_read_loses_nothing() {
+        let sd = StoreDir::default();
+        let limits = Limits::DEFAULT;
+        let v = crate::Version::new(2, 7);
+        let req = crate::serve::Request::QueryValidPaths(crate::serve::QueryValidPaths {
+            lock: false,
+            substitute: true,
+            paths: [sd
+                .parse_path("/nix/store/00000000000000000000000000000000-x")
+                .unwrap()]
+            .into(),
+        });
+        let mut bytes = Vec::new();
+        crate::serve::write_request(&mut bytes, v, &sd, &req).unwrap();
+        let mut m = MessageReader::new(Trickle::new(bytes, 3), &limits);
+        let mut given_up = 0;
+        // Each attempt is polled once and dropped unless it finished.
+        let got = loop {
+            let mut attempt =
+                std::pin::pin!(m.read(|b| crate::serve::read_request(b, v, &sd, &limits)));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match attempt.as_mut().poll(&mut cx) {
+                Poll::Ready(r) => break r.unwrap(),
+                Poll::Pending => given_up += 1,
+            }
+            assert!(given_up < 1000, "it never finished");
+        };
+        assert!(given_up > 0, "it finished at the first poll");
+        assert_eq!(got, Some(req));
     }
 
     #[test]

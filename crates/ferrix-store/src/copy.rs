@@ -36,12 +36,18 @@ pub fn copy_paths(
             to_dir: to.store_dir().to_string(),
         });
     }
-    let closure = from.query_closure(paths, opts.include_outputs)?;
-    let all: BTreeSet<StorePath> = closure.keys().cloned().collect();
-    let have = to.query_valid(&all, opts.substitute_on_destination)?;
-    let missing: BTreeMap<&StorePath, &ValidPathInfo> =
-        closure.iter().filter(|(p, _)| !have.contains(*p)).collect();
-    let keys: BTreeSet<StorePath> = missing.keys().map(|p| (*p).clone()).collect();
+    let missing = if from.closure_is_cheap() {
+        let closure = from.query_closure(paths, opts.include_outputs)?;
+        let all: BTreeSet<StorePath> = closure.keys().cloned().collect();
+        let have = to.query_valid(&all, opts.substitute_on_destination)?;
+        closure
+            .into_iter()
+            .filter(|(p, _)| !have.contains(p))
+            .collect()
+    } else {
+        missing_by_level(from, to, paths, opts)?
+    };
+    let keys: BTreeSet<StorePath> = missing.keys().cloned().collect();
     let order = crate::closure::topo_sort(from.store_dir(), &keys, |p| {
         Ok(missing[p].references.iter().cloned().collect())
     })
@@ -54,4 +60,42 @@ pub fn copy_paths(
         to.add_many(&infos, from, &opts.add)?;
     }
     Ok(order)
+}
+
+/// What of the closure of `paths` in `from` the destination lacks, found a level of
+/// references at a time: the destination says which of a level it has, and only the rest
+/// (and what they refer to) is asked of the source.
+fn missing_by_level(
+    from: &dyn Store,
+    to: &dyn Store,
+    paths: &BTreeSet<StorePath>,
+    opts: &CopyOptions,
+) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
+    if opts.include_outputs {
+        return Err(CopyError::Unsupported {
+            store: from.uri(),
+            what: "include the outputs of derivations in a closure",
+        });
+    }
+    let mut missing = BTreeMap::new();
+    let mut level = paths.clone();
+    while !level.is_empty() {
+        let have = to.query_valid(&level, opts.substitute_on_destination)?;
+        let ask: BTreeSet<StorePath> = level.difference(&have).cloned().collect();
+        let got = from.query_infos(&ask)?;
+        if let Some(p) = ask.iter().find(|p| !got.contains_key(*p)) {
+            return Err(CopyError::Missing {
+                store: from.uri(),
+                path: from.store_dir().display(p),
+            });
+        }
+        level = got
+            .values()
+            .flat_map(|i| &i.references)
+            .filter(|r| !missing.contains_key(*r) && !got.contains_key(*r))
+            .cloned()
+            .collect();
+        missing.extend(got);
+    }
+    Ok(missing)
 }

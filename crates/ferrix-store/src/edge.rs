@@ -58,13 +58,13 @@ impl<S: Store + ?Sized + 'static> AsyncStore<S> {
         f: impl FnOnce(&S) -> Result<T, CopyError> + Send + 'static,
     ) -> Result<T, CopyError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| CopyError::Stream {
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(CopyError::Cancelled {
                 store: self.inner.uri(),
-                path: String::new(),
-                source: joined(e),
-            })?
+            }),
+        }
     }
 
     /// See [`Store::query_valid`].

@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use ferrix_format::{StoreDir, StorePath};
 
@@ -18,6 +19,8 @@ pub struct ServeStore {
     uri: String,
     store_dir: StoreDir,
     client: Mutex<ServeClient>,
+    /// A failed exchange may leave the session in the middle of a message: not used again.
+    broken: AtomicBool,
 }
 
 impl std::fmt::Debug for ServeStore {
@@ -34,11 +37,26 @@ impl ServeStore {
             uri,
             store_dir,
             client: Mutex::new(client),
+            broken: AtomicBool::new(false),
         }
     }
 
-    fn client(&self) -> MutexGuard<'_, ServeClient> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    /// Run `f` on the session, unless an earlier failure left it unusable; a failure now
+    /// does so.
+    fn call<T>(
+        &self,
+        f: impl FnOnce(&mut ServeClient) -> Result<T, CopyError>,
+    ) -> Result<T, CopyError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(CopyError::Broken {
+                store: self.uri.clone(),
+            });
+        }
+        let r = f(&mut self.client.lock().unwrap_or_else(|e| e.into_inner()));
+        if r.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        r
     }
 }
 
@@ -56,14 +74,14 @@ impl Store for ServeStore {
         paths: &BTreeSet<StorePath>,
         substitute: bool,
     ) -> Result<BTreeSet<StorePath>, CopyError> {
-        Ok(self.client().query_valid(paths, substitute)?)
+        self.call(|c| Ok(c.query_valid(paths, substitute)?))
     }
 
     fn query_infos(
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
-        let entries = self.client().query_path_infos(paths)?;
+        let entries = self.call(|c| Ok(c.query_path_infos(paths)?))?;
         entries
             .into_iter()
             .map(|e| {
@@ -89,7 +107,7 @@ impl Store for ServeStore {
         paths: &BTreeSet<StorePath>,
         include_outputs: bool,
     ) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
-        let all = self.client().query_closure(paths, include_outputs)?;
+        let all = self.call(|c| Ok(c.query_closure(paths, include_outputs)?))?;
         let infos = self.query_infos(&all)?;
         if let Some(p) = all.iter().find(|p| !infos.contains_key(*p)) {
             return Err(RemoteError::Missing {
@@ -102,7 +120,7 @@ impl Store for ServeStore {
     }
 
     fn nar_into(&self, info: &ValidPathInfo, out: &mut dyn Write) -> Result<(), CopyError> {
-        self.client().nar_into(&info.path, out)
+        self.call(|c| c.nar_into(&info.path, out))
     }
 
     fn add_many(
@@ -111,7 +129,7 @@ impl Store for ServeStore {
         from: &dyn Store,
         _opts: &AddOptions,
     ) -> Result<(), CopyError> {
-        self.client().send_paths(from, infos)
+        self.call(|c| c.send_paths(from, infos))
     }
 }
 
@@ -120,6 +138,8 @@ pub struct WorkerStore {
     uri: String,
     store_dir: StoreDir,
     client: Mutex<WorkerClient>,
+    /// A failed exchange may leave the session in the middle of a message: not used again.
+    broken: AtomicBool,
 }
 
 impl std::fmt::Debug for WorkerStore {
@@ -136,11 +156,26 @@ impl WorkerStore {
             uri,
             store_dir,
             client: Mutex::new(client),
+            broken: AtomicBool::new(false),
         }
     }
 
-    fn client(&self) -> MutexGuard<'_, WorkerClient> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    /// Run `f` on the session, unless an earlier failure left it unusable; a failure now
+    /// does so.
+    fn call<T>(
+        &self,
+        f: impl FnOnce(&mut WorkerClient) -> Result<T, CopyError>,
+    ) -> Result<T, CopyError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(CopyError::Broken {
+                store: self.uri.clone(),
+            });
+        }
+        let r = f(&mut self.client.lock().unwrap_or_else(|e| e.into_inner()));
+        if r.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        r
     }
 }
 
@@ -158,7 +193,7 @@ impl Store for WorkerStore {
         paths: &BTreeSet<StorePath>,
         substitute: bool,
     ) -> Result<BTreeSet<StorePath>, CopyError> {
-        Ok(self.client().query_valid(paths, substitute)?)
+        self.call(|c| Ok(c.query_valid(paths, substitute)?))
     }
 
     fn query_infos(
@@ -166,25 +201,26 @@ impl Store for WorkerStore {
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
         // The protocol asks about one path at a time.
-        let mut client = self.client();
-        let mut out = BTreeMap::new();
-        for p in paths {
-            if let Some(i) = client.query_path_info(p)? {
-                let mut info = ValidPathInfo::new(p.clone(), i.nar_hash, i.nar_size);
-                info.deriver = i.deriver;
-                info.references = i.references;
-                info.registration_time = i64::try_from(i.registration_time).unwrap_or(0);
-                info.ultimate = i.ultimate;
-                info.sigs = i.sigs;
-                info.ca = i.ca;
-                out.insert(p.clone(), info);
+        self.call(|client| {
+            let mut out = BTreeMap::new();
+            for p in paths {
+                if let Some(i) = client.query_path_info(p)? {
+                    let mut info = ValidPathInfo::new(p.clone(), i.nar_hash, i.nar_size);
+                    info.deriver = i.deriver;
+                    info.references = i.references;
+                    info.registration_time = i64::try_from(i.registration_time).unwrap_or(0);
+                    info.ultimate = i.ultimate;
+                    info.sigs = i.sigs;
+                    info.ca = i.ca;
+                    out.insert(p.clone(), info);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn nar_into(&self, info: &ValidPathInfo, out: &mut dyn Write) -> Result<(), CopyError> {
-        self.client().nar_into(&info.path, out)
+        self.call(|c| c.nar_into(&info.path, out))
     }
 
     fn add_many(
@@ -193,6 +229,6 @@ impl Store for WorkerStore {
         from: &dyn Store,
         opts: &AddOptions,
     ) -> Result<(), CopyError> {
-        self.client().send_paths(from, infos, opts.check_sigs)
+        self.call(|c| c.send_paths(from, infos, opts.check_sigs))
     }
 }

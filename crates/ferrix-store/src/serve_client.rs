@@ -10,8 +10,9 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use ferrix_format::hash::HashSink;
 use ferrix_format::wire::write_u64;
-use ferrix_format::{Derivation, StoreDir, StorePath};
+use ferrix_format::{Derivation, HashAlgo, StoreDir, StorePath};
 use ferrix_protocol::serve::{
     self, BuildDerivation, DumpStorePath, PathInfoEntry, QueryClosure, QueryPathInfos,
     QueryValidPaths, Request,
@@ -25,7 +26,7 @@ pub use ferrix_protocol::serve::{BuildResult, BuildSettings, BuildStatus};
 
 use crate::ssh::{Ssh, SshError};
 use crate::store::{CopyError, Store};
-use crate::streams::{Noting, PassError};
+use crate::streams::{HashTee, Noting, PassError};
 use crate::{LocalStore, StoreError, ValidPathInfo};
 
 /// Where a remote's log lines go (the build that runs there now), if anywhere.
@@ -382,8 +383,8 @@ impl ServeClient {
         })
     }
 
-    /// Send `infos` (references first), their NARs read from `from`, as one export stream;
-    /// the machine imports them (and checks each NAR against its hash).
+    /// Send `infos` (references first), their NARs read from `from` and checked against
+    /// them on the way, as one export stream; the machine imports them.
     pub fn send_paths(
         &mut self,
         from: &dyn Store,
@@ -403,7 +404,26 @@ impl ServeClient {
         for info in infos {
             sent = write_u64(&mut w, 1)
                 .map_err(|_| None)
-                .and_then(|()| from.nar_into(info, &mut w).map_err(Some))
+                .and_then(|()| {
+                    // The export stream carries no hash and the machine takes what comes:
+                    // the NAR is checked here, and one that is not what its info says ends
+                    // the stream before its path is named (nothing of it is registered).
+                    let mut nar = HashTee {
+                        sink: HashSink::new(HashAlgo::Sha256),
+                        inner: &mut w,
+                    };
+                    from.nar_into(info, &mut nar).map_err(Some)?;
+                    let (hash, size) = nar.sink.finish();
+                    if hash != info.nar_hash || (info.nar_size != 0 && size != info.nar_size) {
+                        return Err(Some(CopyError::NarMismatch {
+                            from: from.uri(),
+                            path: sd.display(&info.path),
+                            expected: info.nar_hash.to_string(),
+                            got: hash.to_string(),
+                        }));
+                    }
+                    Ok(())
+                })
                 .and_then(|()| {
                     w.write_all(&crate::export::trailer(&sd, info))
                         .map_err(|_| None)
@@ -520,6 +540,12 @@ impl ServeClient {
     /// The process of the session (its own process group).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Tell the session's process to end, without waiting for it (dropping the session
+    /// waits): several sessions end at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
     }
 }
 

@@ -71,6 +71,13 @@ pub trait Store: Send + Sync {
         Ok(out)
     }
 
+    /// Whether a whole closure is cheaper to ask of this store than to walk it a level at a
+    /// time, asking the destination at each level what it lacks. A binary cache answers a
+    /// request per path, and may lack (or not be trusted for) paths the destination has.
+    fn closure_is_cheap(&self) -> bool {
+        true
+    }
+
     /// How many NARs may stream out of the store at once: one over a single connection.
     fn nar_streams(&self) -> usize {
         1
@@ -117,6 +124,9 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
         include_outputs: bool,
     ) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
         (**self).query_closure(paths, include_outputs)
+    }
+    fn closure_is_cheap(&self) -> bool {
+        (**self).closure_is_cheap()
     }
     fn nar_streams(&self) -> usize {
         (**self).nar_streams()
@@ -175,6 +185,10 @@ pub enum CopyError {
     },
     #[error("'{store}' cannot {what}")]
     Unsupported { store: String, what: &'static str },
+    #[error("the session with '{store}' is unusable after an earlier failure")]
+    Broken { store: String },
+    #[error("work on '{store}' was cancelled (the runtime is shutting down)")]
+    Cancelled { store: String },
     #[error("cannot copy '{path}' from '{from}'")]
     Copying {
         path: String,

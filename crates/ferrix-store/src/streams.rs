@@ -187,3 +187,20 @@ impl<W: Write> Write for Noting<W> {
         })
     }
 }
+
+/// Bytes written to `inner`, hashed and counted on the way.
+pub(crate) struct HashTee<W> {
+    pub(crate) sink: HashSink,
+    pub(crate) inner: W,
+}
+
+impl<W: Write> Write for HashTee<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sink.write_all(&buf[..n])?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -416,6 +416,12 @@ impl WorkerClient {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Tell the session's process to end, without waiting for it (dropping the session
+    /// waits): several sessions end at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
 }
 
 impl Drop for WorkerClient {

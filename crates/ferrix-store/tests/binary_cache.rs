@@ -397,3 +397,47 @@ fn written_caches_read_back_in_every_compression() {
         assert_eq!(got.len(), paths.len(), "{}", c.name());
     }
 }
+
+/// A reference the destination has already is never asked of the cache: a cache that lacks
+/// it (or would not be trusted for it) still gives the rest.
+#[test]
+fn references_the_destination_has_are_not_asked_of_the_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, infos) = store_from_vectors(root.path());
+    let (top, reference) = infos
+        .values()
+        .find_map(|ni| {
+            ni.references
+                .iter()
+                .find(|r| **r != ni.store_path)
+                .map(|r| (ni.store_path.clone(), r.clone()))
+        })
+        .expect("a path with a reference in the vectors");
+    let out = tempfile::tempdir().unwrap();
+    copy_to_cache(
+        &store,
+        cache(out.path(), Compression::Zstd),
+        std::slice::from_ref(&top),
+    )
+    .unwrap();
+    // The cache loses the reference; the destination has it already.
+    fs::remove_file(
+        out.path()
+            .join(format!("{}.narinfo", reference.hash_part())),
+    )
+    .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let fresh = fresh_store(other.path());
+    let dest_has: std::collections::BTreeSet<StorePath> = [reference.clone()].into();
+    let before = copy_paths(&store, &fresh, &dest_has, &CopyOptions::default()).unwrap();
+    assert!(before.contains(&reference));
+    let got = copy_from_cache(&fresh, source(out.path()), &[top.clone()].into()).unwrap();
+    assert!(got.contains(&top), "{got:?}");
+    assert!(!got.contains(&reference), "{got:?}");
+    assert!(fresh.is_valid_path(&top).unwrap());
+    // Without the reference at the destination, its absence from the cache is the error.
+    let third = tempfile::tempdir().unwrap();
+    let empty = fresh_store(third.path());
+    let err = copy_from_cache(&empty, source(out.path()), &[top].into()).unwrap_err();
+    assert!(err.to_string().contains(&reference.to_string()), "{err}");
+}

@@ -475,10 +475,8 @@ impl Drop for RemoteExecutor {
     /// its process, does not wait in turn for the one before.
     fn drop(&mut self) {
         for r in &self.machines {
-            for s in r.idle.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                if let Some(pid) = rustix::process::Pid::from_raw(s.pid() as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+            for s in r.idle.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                s.kill();
             }
         }
     }
@@ -506,6 +504,14 @@ impl Session {
         match self {
             Self::Serve(c) => c.pid(),
             Self::Worker(c) => c.pid(),
+        }
+    }
+
+    /// Tell the session's process to end, without waiting for it.
+    fn kill(&mut self) {
+        match self {
+            Self::Serve(c) => c.kill(),
+            Self::Worker(c) => c.kill(),
         }
     }
 

@@ -130,6 +130,10 @@ impl Store for BinaryCache {
         self.take(q, &asked)
     }
 
+    fn closure_is_cheap(&self) -> bool {
+        false
+    }
+
     fn nar_streams(&self) -> usize {
         self.read.as_ref().map_or(1, Substituters::connections)
     }
@@ -139,9 +143,11 @@ impl Store for BinaryCache {
         let read = self.reading()?;
         let cache = &read.caches()[0];
         let mut nar = cache.nar(&self.store_dir, &narinfo)?;
-        copy_out(&mut nar, out).map_err(|source| {
-            // Not believed in the next run either.
-            cache.forget(&info.path);
+        copy_out(&mut nar, out).map_err(|(read, source)| {
+            if read {
+                // The cache failed: not believed in the next run either.
+                cache.forget(&info.path);
+            }
             CopyError::Stream {
                 store: self.uri.clone(),
                 path: self.store_dir.display(&info.path),
@@ -164,15 +170,15 @@ impl Store for BinaryCache {
     }
 }
 
-/// Copy a stream in large blocks.
-fn copy_out(from: &mut dyn Read, out: &mut dyn Write) -> io::Result<()> {
+/// Copy a stream in large blocks; an error says whether reading (`true`) or writing failed.
+fn copy_out(from: &mut dyn Read, out: &mut dyn Write) -> Result<(), (bool, io::Error)> {
     let mut buf = vec![0u8; 256 << 10];
     loop {
         match from.read(&mut buf) {
             Ok(0) => return Ok(()),
-            Ok(n) => out.write_all(&buf[..n])?,
+            Ok(n) => out.write_all(&buf[..n]).map_err(|e| (false, e))?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err((true, e)),
         }
     }
 }

@@ -16,6 +16,7 @@ use ferrix_format::{HashAlgo, NarInfo, StoreDir, StorePath};
 use super::{CacheError, Compression};
 use crate::path_info::ValidPathInfo;
 use crate::store::{copying, parallel_map, CopyError, Store};
+use crate::streams::HashTee;
 
 /// A binary cache in a directory, and how paths are written into it.
 #[derive(Debug)]
@@ -93,7 +94,7 @@ impl FileCache {
         let tmp = temp_name(&self.dir.join("nar").join(p.hash_part()));
         let file = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
         let result = (|| {
-            let mut file = Tee {
+            let mut file = HashTee {
                 sink: HashSink::new(HashAlgo::Sha256),
                 inner: BufWriter::with_capacity(1 << 20, file),
             };
@@ -102,7 +103,7 @@ impl FileCache {
                     .compression
                     .encoder(&mut file, self.level, threads)
                     .map_err(io_err("start compressing into", &tmp))?;
-                let mut nar = Tee {
+                let mut nar = HashTee {
                     sink: HashSink::new(HashAlgo::Sha256),
                     inner: enc,
                 };
@@ -186,21 +187,4 @@ fn temp_name(path: &Path) -> PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ))
-}
-
-/// Bytes written to `inner`, hashed and counted on the way.
-struct Tee<W> {
-    sink: HashSink,
-    inner: W,
-}
-
-impl<W: Write> Write for Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sink.write_all(&buf[..n])?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

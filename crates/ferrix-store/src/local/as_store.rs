@@ -49,7 +49,12 @@ impl Store for LocalStore {
         include_outputs: bool,
     ) -> std::result::Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
         let all = self.closure(paths.iter().cloned(), include_outputs, false)?;
-        self.query_infos(&all)
+        let infos = self.query_infos(&all)?;
+        // A path collected meanwhile is missing, not silently left out.
+        if let Some(p) = all.iter().find(|p| !infos.contains_key(*p)) {
+            return Err(StoreError::NotValid(self.print(p)).into());
+        }
+        Ok(infos)
     }
 
     fn nar_streams(&self) -> usize {
