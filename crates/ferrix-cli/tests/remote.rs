@@ -517,7 +517,18 @@ fn copy_round_trip(s: &Setup, scheme: &str, program: &Path) {
         .output()
         .unwrap();
     assert!(!v.status.success());
+    // As with `nix copy`, the local store takes unsigned paths only unchecked.
     let out = ferrix(&["copy", "--from", &uri, &top]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("cannot add path '{top}'"))
+            && stderr(&out).contains("lacks a valid signature"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ferrix(&["copy", "--no-check-sigs", "--from", &uri, &top])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("copied 1 paths"), "{}", stderr(&out));
     ok(nix.cmd("nix-store").arg("--verify-path").arg(&top));

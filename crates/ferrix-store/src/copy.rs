@@ -9,7 +9,7 @@ use crate::path_info::ValidPathInfo;
 use crate::store::{AddOptions, CopyError, Store};
 
 /// What to copy besides the closure itself, and how.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CopyOptions {
     /// Also the outputs of the derivations in the closure (that are valid at the source).
     pub include_outputs: bool,

@@ -145,18 +145,58 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 }
 
 /// How paths are added.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AddOptions {
-    /// Whether a destination that checks signatures (a daemon) should: off for a master
-    /// sending a build's inputs, which the machine takes on its word. Binary caches read
-    /// here check their own signatures as they are read.
+    /// Whether the destination checks signatures: a daemon against the keys it trusts, the
+    /// local store against `trust` when given (as `nix copy` does; `nix-copy-closure` and a
+    /// master sending a build's inputs do not). Binary caches read here also check their own
+    /// signatures as they are read.
     pub check_sigs: bool,
+    /// The keys the local store checks against, and whether it requires signatures at all;
+    /// `None`: it takes the paths on its caller's word.
+    pub trust: Option<crate::binary_cache::Trust>,
 }
 
 impl Default for AddOptions {
     fn default() -> Self {
-        Self { check_sigs: true }
+        Self {
+            check_sigs: true,
+            trust: None,
+        }
     }
+}
+
+/// Whether `info` may be added under `trust`: signed by one of its keys, or content-addressed
+/// and really at the path its content address gives (or signatures not required).
+pub(crate) fn trusted(
+    store_dir: &StoreDir,
+    info: &ValidPathInfo,
+    trust: &crate::binary_cache::Trust,
+) -> bool {
+    if !trust.require_sigs {
+        return true;
+    }
+    let fp = ferrix_format::signature::fingerprint(
+        store_dir,
+        &info.path,
+        &info.nar_hash,
+        info.nar_size,
+        &info.references,
+    );
+    let signed = info
+        .sigs
+        .iter()
+        .filter_map(|s| s.parse::<ferrix_format::signature::Signature>().ok())
+        .any(|sig| trust.keys.iter().any(|k| k.verify(fp.as_bytes(), &sig)));
+    if signed {
+        return true;
+    }
+    let Some(ca) = &info.ca else { return false };
+    let self_ref = info.references.contains(&info.path);
+    let others = info.references.iter().filter(|r| **r != info.path);
+    store_dir
+        .make_ca_path(info.path.name(), ca, others, self_ref)
+        .is_ok_and(|p| p == info.path)
 }
 
 /// Why a copy between stores failed; the store's own error, or what the copy itself found.
@@ -185,6 +225,8 @@ pub enum CopyError {
     },
     #[error("'{store}' cannot {what}")]
     Unsupported { store: String, what: &'static str },
+    #[error("cannot add path '{path}' from '{from}' because it lacks a valid signature (by a key in 'trusted-public-keys'; '--no-check-sigs' copies it anyway)")]
+    Unsigned { path: String, from: String },
     #[error("the session with '{store}' is unusable after an earlier failure")]
     Broken { store: String },
     #[error("work on '{store}' was cancelled (the runtime is shutting down)")]

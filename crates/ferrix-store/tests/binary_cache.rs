@@ -441,3 +441,41 @@ fn references_the_destination_has_are_not_asked_of_the_cache() {
     let err = copy_from_cache(&empty, source(out.path()), &[top].into()).unwrap_err();
     assert!(err.to_string().contains(&reference.to_string()), "{err}");
 }
+
+/// With a trust given, the local store takes only paths signed by one of its keys (or
+/// content-addressed ones that check out), checked before anything is added.
+#[test]
+fn a_local_destination_checks_signatures_when_asked() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, infos) = store_from_vectors(root.path());
+    let all: std::collections::BTreeSet<StorePath> = infos.keys().cloned().collect();
+    let opts = |keys| CopyOptions {
+        add: ferrix_store::AddOptions {
+            check_sigs: true,
+            trust: Some(Trust {
+                keys,
+                require_sigs: true,
+            }),
+        },
+        ..CopyOptions::default()
+    };
+    // The vectors are signed by test-1.
+    let other = tempfile::tempdir().unwrap();
+    let fresh = fresh_store(other.path());
+    let got = copy_paths(&store, &fresh, &all, &opts(trusted())).unwrap();
+    assert_eq!(got.len(), all.len());
+    // Another key: refused, naming a path, and nothing added.
+    let other_key: ferrix_format::signature::PublicKey =
+        "other-1:Yv/SzA4wc1nMpPa3j/5yYNt4Px8zx4ID8ZKnWVITb7c="
+            .parse()
+            .unwrap();
+    let third = tempfile::tempdir().unwrap();
+    let empty = fresh_store(third.path());
+    let err = copy_paths(&store, &empty, &all, &opts(vec![other_key])).unwrap_err();
+    assert!(
+        matches!(&err, CopyError::Unsigned { path, .. } if all.iter().any(|p| path.ends_with(p.name()))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lacks a valid signature"), "{err}");
+    assert!(all.iter().all(|p| !empty.is_valid_path(p).unwrap()));
+}

@@ -61,6 +61,9 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
         substitute_on_destination: a.substitute_on_destination,
         add: AddOptions {
             check_sigs: !a.no_check_sigs,
+            // As `nix copy`: a local destination takes only paths signed by a trusted key
+            // (or content-addressed), unless told not to check.
+            trust: Some(settings.substitution()?.trust),
         },
     };
     let (f, t) = (from.store.uri(), to.store.uri());

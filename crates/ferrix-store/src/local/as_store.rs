@@ -73,8 +73,20 @@ impl Store for LocalStore {
         &self,
         infos: &[ValidPathInfo],
         from: &dyn Store,
-        _opts: &AddOptions,
+        opts: &AddOptions,
     ) -> std::result::Result<(), CopyError> {
+        // Every path is checked before anything is added: all or nothing.
+        if let (true, Some(trust)) = (opts.check_sigs, &opts.trust) {
+            if let Some(i) = infos
+                .iter()
+                .find(|i| !crate::store::trusted(self.store_dir(), i, trust))
+            {
+                return Err(CopyError::Unsigned {
+                    path: self.print(&i.path),
+                    from: from.uri(),
+                });
+            }
+        }
         let threads = from.nar_streams().min(crate::store::cores().max(2));
         for batch in infos.chunks(COPY_BATCH) {
             let staged = parallel_map(batch, threads, |info| {
