@@ -255,6 +255,50 @@ fn a_modified_path_is_refused_and_nothing_is_left() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A copy that fails on its last path removes the NARs it wrote before, and writes no
+/// narinfo: the cache holds nothing that no narinfo names.
+#[test]
+fn a_failed_copy_leaves_no_nar_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let (store, infos) = store_from_vectors(root.path());
+    let all: std::collections::BTreeSet<StorePath> = infos.keys().cloned().collect();
+    let order = store.topo_sort(&all).unwrap();
+    let last = order.last().unwrap();
+    let real = store.real_path(last);
+    let file = if real.is_dir() {
+        fs::read_dir(&real)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.is_file())
+            .expect("a file to modify")
+    } else {
+        real.clone()
+    };
+    let mut perm = fs::metadata(&file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&file, perm).unwrap();
+    fs::write(&file, "tampered\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut c = cache(out.path(), Compression::Zstd);
+    // One NAR at a time, in order: every other one is written before the last fails.
+    c.threads = 1;
+    let err = copy_to_cache(&store, c, &order).unwrap_err();
+    assert!(err.to_string().contains(last.name()), "{err}");
+    let left: Vec<_> = fs::read_dir(out.path().join("nar"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let narinfos: Vec<_> = fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".narinfo"))
+        .collect();
+    assert!(narinfos.is_empty(), "{narinfos:?}");
+}
+
 fn trusted() -> Vec<ferrix_format::signature::PublicKey> {
     vec![fs::read_to_string(vectors().join("keys/test-1.public"))
         .unwrap()

@@ -7,6 +7,7 @@ use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use ferrix_format::hash::HashSink;
 use ferrix_format::narinfo::CacheInfo;
@@ -69,13 +70,37 @@ impl FileCache {
         let threads = self.threads.max(1) as usize;
         let workers = threads.min(from.nar_streams()).min(infos.len()).max(1);
         let per_nar = (threads / workers).max(1) as u32;
+        // NAR files this call put in place: removed again if it fails, so a failed copy
+        // leaves no file that no narinfo names.
+        let fresh: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
         let written = parallel_map(infos, workers, |info| {
-            self.write_nar(store_dir, info, from, per_nar)
+            self.write_nar(store_dir, info, from, per_nar, &fresh)
                 .map_err(copying(from, info))
-        })?;
-        for info in written {
+        });
+        let undo = |fresh: Mutex<Vec<PathBuf>>| {
+            for f in fresh.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                let _ = fs::remove_file(f);
+            }
+        };
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                undo(fresh);
+                return Err(e);
+            }
+        };
+        for (i, info) in written.iter().enumerate() {
             let text = info.to_text(store_dir);
-            write_atomically(&narinfo_path(self, &info.store_path), text.as_bytes())?;
+            if let Err(e) = write_atomically(&narinfo_path(self, &info.store_path), text.as_bytes())
+            {
+                // Those already named stay; the rest go.
+                let named: Vec<PathBuf> =
+                    written[..i].iter().map(|w| self.dir.join(&w.url)).collect();
+                let mut left = fresh.into_inner().unwrap_or_else(|e| e.into_inner());
+                left.retain(|f| !named.contains(f));
+                undo(Mutex::new(left));
+                return Err(e.into());
+            }
         }
         Ok(())
     }
@@ -88,6 +113,7 @@ impl FileCache {
         info: &ValidPathInfo,
         from: &dyn Store,
         threads: u32,
+        fresh: &Mutex<Vec<PathBuf>>,
     ) -> Result<NarInfo, CopyError> {
         let p = &info.path;
         let printed = store_dir.display(p);
@@ -127,7 +153,15 @@ impl FileCache {
                 self.compression.extension()
             );
             let target = self.dir.join(&url);
+            // The same file may be there for another path already (the same contents).
+            let new = !target.exists();
             fs::rename(&tmp, &target).map_err(io_err("rename into place", &target))?;
+            if new {
+                fresh
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(target.clone());
+            }
             let sigs = info
                 .sigs
                 .iter()
