@@ -100,6 +100,28 @@ pub enum RemoteError {
     },
 }
 
+/// Send `paths` (valid in `store`, references first) with `send`: the errors of a machine
+/// as its own, and any other as the source's.
+pub(crate) fn send_local(
+    uri: &str,
+    store: &LocalStore,
+    paths: &BTreeSet<StorePath>,
+    send: impl FnOnce(&[ValidPathInfo]) -> Result<(), CopyError>,
+) -> Result<(), RemoteError> {
+    let infos = crate::store::sorted_infos(store, paths).map_err(|source| RemoteError::Store {
+        uri: uri.to_owned(),
+        what: "reading the paths to send",
+        source: Box::new(source),
+    })?;
+    send(&infos).map_err(|e| match e {
+        CopyError::Remote(e) => e,
+        other => RemoteError::Source {
+            uri: uri.to_owned(),
+            source: Box::new(other),
+        },
+    })
+}
+
 fn tail_note(tail: &[String]) -> String {
     if tail.is_empty() {
         String::new()
@@ -368,19 +390,8 @@ impl ServeClient {
         store: &LocalStore,
         paths: &BTreeSet<StorePath>,
     ) -> Result<(), RemoteError> {
-        let infos =
-            crate::store::sorted_infos(store, paths).map_err(|source| RemoteError::Store {
-                uri: self.uri.clone(),
-                what: "reading the paths to send",
-                source: Box::new(source),
-            })?;
-        self.send_paths(store, &infos).map_err(|e| match e {
-            CopyError::Remote(e) => e,
-            other => RemoteError::Source {
-                uri: self.uri.clone(),
-                source: Box::new(other),
-            },
-        })
+        let uri = self.uri.clone();
+        send_local(&uri, store, paths, |infos| self.send_paths(store, infos))
     }
 
     /// Send `infos` (references first), their NARs read from `from` and checked against

@@ -44,31 +44,7 @@ pub trait Store: Send + Sync {
         paths: &BTreeSet<StorePath>,
         include_outputs: bool,
     ) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
-        if include_outputs {
-            return Err(CopyError::Unsupported {
-                store: self.uri(),
-                what: "include the outputs of derivations in a closure",
-            });
-        }
-        let mut out = BTreeMap::new();
-        let mut level = paths.clone();
-        while !level.is_empty() {
-            let infos = self.query_infos(&level)?;
-            if let Some(p) = level.iter().find(|p| !infos.contains_key(*p)) {
-                return Err(CopyError::Missing {
-                    store: self.uri(),
-                    path: self.store_dir().display(p),
-                });
-            }
-            out.extend(infos);
-            level = level
-                .iter()
-                .flat_map(|p| &out[p].references)
-                .filter(|r| !out.contains_key(*r))
-                .cloned()
-                .collect();
-        }
-        Ok(out)
+        closure_by_level(self, paths, include_outputs)
     }
 
     /// Whether a whole closure is cheaper to ask of this store than to walk it a level at a
@@ -95,6 +71,40 @@ pub trait Store: Send + Sync {
         from: &dyn Store,
         opts: &AddOptions,
     ) -> Result<(), CopyError>;
+}
+
+/// The closure of `paths` in `store`, asked a level of references at a time: what
+/// [`Store::query_closure`] does for a store that cannot answer it at once.
+pub(crate) fn closure_by_level<S: Store + ?Sized>(
+    store: &S,
+    paths: &BTreeSet<StorePath>,
+    include_outputs: bool,
+) -> Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
+    if include_outputs {
+        return Err(CopyError::Unsupported {
+            store: store.uri(),
+            what: "include the outputs of derivations in a closure",
+        });
+    }
+    let mut out = BTreeMap::new();
+    let mut level = paths.clone();
+    while !level.is_empty() {
+        let infos = store.query_infos(&level)?;
+        if let Some(p) = level.iter().find(|p| !infos.contains_key(*p)) {
+            return Err(CopyError::Missing {
+                store: store.uri(),
+                path: store.store_dir().display(p),
+            });
+        }
+        out.extend(infos);
+        level = level
+            .iter()
+            .flat_map(|p| &out[p].references)
+            .filter(|r| !out.contains_key(*r))
+            .cloned()
+            .collect();
+    }
+    Ok(out)
 }
 
 /// A shared store is the store.

@@ -252,20 +252,10 @@ impl WorkerClient {
         paths: &BTreeSet<StorePath>,
         check_sigs: bool,
     ) -> Result<(), RemoteError> {
-        let infos =
-            crate::store::sorted_infos(store, paths).map_err(|source| RemoteError::Store {
-                uri: self.uri.clone(),
-                what: "reading the paths to send",
-                source: Box::new(source),
-            })?;
-        self.send_paths(store, &infos, check_sigs)
-            .map_err(|e| match e {
-                CopyError::Remote(e) => e,
-                other => RemoteError::Source {
-                    uri: self.uri.clone(),
-                    source: Box::new(other),
-                },
-            })
+        let uri = self.uri.clone();
+        crate::serve_client::send_local(&uri, store, paths, |infos| {
+            self.send_paths(store, infos, check_sigs)
+        })
     }
 
     /// Send `infos` (references first), their NARs read from `from`, as one
