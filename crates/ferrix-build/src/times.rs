@@ -2,6 +2,8 @@
 //! the longest chains of work first. A small SQLite file of our own (its schema is
 //! versioned); losing it only costs scheduling quality.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -13,9 +15,21 @@ const VERSION: i64 = 1;
 #[derive(Debug)]
 pub struct BuildTimes {
     conn: Option<Connection>,
-    /// Measurements not written yet: they go in one transaction, when asked for or at the
-    /// end, not one per build while builds wait.
-    unsaved: std::cell::RefCell<Vec<(String, f64)>>,
+    /// Measurements not written yet: they go in one transaction at the end (or when many
+    /// have gathered), not one per build while builds wait.
+    unsaved: RefCell<Vec<(String, f64)>>,
+    /// What each name asked for so far came to, this run's measurements folded in: the
+    /// scheduler asks again about every waiting build whenever one ends, and a query of
+    /// the file each time cost more than the trivial builds it was scheduling.
+    known: RefCell<HashMap<String, Option<f64>>>,
+}
+
+/// Measurements kept in memory before they are written anyway.
+const SAVE_EVERY: usize = 1024;
+
+/// The running average: recent builds weigh as much as all before them.
+fn fold(old: Option<f64>, seconds: f64) -> f64 {
+    old.map_or(seconds, |s| 0.5 * s + 0.5 * seconds)
 }
 
 impl BuildTimes {
@@ -30,6 +44,7 @@ impl BuildTimes {
         Self {
             conn,
             unsaved: Default::default(),
+            known: Default::default(),
         }
     }
 
@@ -61,12 +76,20 @@ impl BuildTimes {
         Self {
             conn: None,
             unsaved: Default::default(),
+            known: Default::default(),
         }
     }
 
     pub fn get(&self, name: &str) -> Option<f64> {
-        self.save();
-        // Asked once per derivation: the statement is parsed once.
+        if let Some(&t) = self.known.borrow().get(name) {
+            return t;
+        }
+        let t = self.stored(name);
+        self.known.borrow_mut().insert(name.to_owned(), t);
+        t
+    }
+
+    fn stored(&self, name: &str) -> Option<f64> {
         self.conn
             .as_ref()?
             .prepare_cached("select seconds from Times where name = ?")
@@ -77,8 +100,20 @@ impl BuildTimes {
 
     /// Fold a new measurement in (an average that favours recent builds).
     pub fn record(&self, name: &str, seconds: f64) {
-        if self.conn.is_some() {
-            self.unsaved.borrow_mut().push((name.to_owned(), seconds));
+        if self.conn.is_none() {
+            return;
+        }
+        let old = self.get(name);
+        self.known
+            .borrow_mut()
+            .insert(name.to_owned(), Some(fold(old, seconds)));
+        let full = {
+            let mut unsaved = self.unsaved.borrow_mut();
+            unsaved.push((name.to_owned(), seconds));
+            unsaved.len() >= SAVE_EVERY
+        };
+        if full {
+            self.save();
         }
     }
 
@@ -123,6 +158,8 @@ mod tests {
         assert_eq!(t.get("hello"), None);
         t.record("hello", 2.0);
         t.record("hello", 4.0);
+        // This run's measurements count at once, before they are written.
+        assert_eq!(t.get("hello"), Some(3.0));
         drop(t);
         let t = BuildTimes::open(&p);
         assert_eq!(t.get("hello"), Some(3.0));
