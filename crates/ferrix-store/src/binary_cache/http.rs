@@ -67,11 +67,16 @@ pub struct HttpClient {
 pub struct Body {
     pub reader: Box<dyn Read + Send>,
     pub len: Option<u64>,
+    /// It came over HTTP/2: the connection carries many requests at once.
+    pub multiplexed: bool,
 }
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Body").field("len", &self.len).finish()
+        f.debug_struct("Body")
+            .field("len", &self.len)
+            .field("multiplexed", &self.multiplexed)
+            .finish()
     }
 }
 
@@ -142,7 +147,9 @@ impl HttpClient {
                 Ok(r) => match r.status() {
                     s if s.is_success() => {
                         let len = r.content_length();
+                        let multiplexed = r.version() == reqwest::Version::HTTP_2;
                         return Ok(Some(Body {
+                            multiplexed,
                             reader: Box::new(Reading {
                                 inner: r,
                                 url: url.to_owned(),

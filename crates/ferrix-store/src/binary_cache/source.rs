@@ -52,6 +52,9 @@ pub struct CacheSource {
     /// `WantMassQuery`: whether the cache wants to be asked about many paths at once.
     pub want_mass_query: bool,
     failures: AtomicU32,
+    /// Its server answered over HTTP/2, so requests need not wait for a connection of
+    /// their own.
+    multiplexed: AtomicBool,
     disabled: AtomicBool,
     why_disabled: Mutex<Option<String>>,
     /// Where an HTTP cache's answers are remembered between runs, and its row there.
@@ -99,6 +102,7 @@ impl CacheSource {
             priority: 50,
             want_mass_query: false,
             failures: AtomicU32::new(0),
+            multiplexed: AtomicBool::new(false),
             disabled: AtomicBool::new(false),
             why_disabled: Mutex::new(None),
             disk: None,
@@ -218,8 +222,19 @@ impl CacheSource {
                     &format!("{base}/{rel}"),
                     tries.min(client.settings().attempts),
                 )?
-                .map(|b| Box::new(BufReader::with_capacity(1 << 20, b.reader)) as _)),
+                .map(|b| {
+                    if b.multiplexed {
+                        self.multiplexed.store(true, Ordering::Relaxed);
+                    }
+                    Box::new(BufReader::with_capacity(1 << 20, b.reader)) as _
+                })),
         }
+    }
+
+    /// Whether many requests may be in flight to the cache without a connection each: its
+    /// server answered over HTTP/2.
+    pub fn multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
     }
 
     /// Where `rel` is, for messages.

@@ -40,6 +40,55 @@ pub struct Queried {
     pub problems: Vec<(StorePath, CacheError)>,
 }
 
+/// Narinfo requests in flight at once to caches that multiplex them (HTTP/2): about what
+/// servers allow on one connection (often 100 or 128 streams).
+const MULTIPLEXED_QUERIES: usize = 64;
+
+/// One [`Substituters::query`] under way, shared by its threads.
+struct Asking<'a> {
+    subs: &'a Substituters,
+    store_dir: &'a StoreDir,
+    paths: &'a [StorePath],
+    /// The next path to ask about.
+    next: AtomicUsize,
+    /// Threads started.
+    workers: AtomicUsize,
+    out: Mutex<Queried>,
+}
+
+impl<'a> Asking<'a> {
+    /// Ask about paths until none is left, starting more threads as soon as the caches
+    /// are seen to multiplex (each thread waits for one answer at a time).
+    fn work<'s>(&'s self, s: &'s std::thread::Scope<'s, 'a>) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(p) = self.paths.get(i) else { return };
+            let (found, problems) = self.subs.query_one(self.store_dir, p, 0);
+            {
+                let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(f) = found {
+                    out.found.insert(p.clone(), Arc::new(f));
+                }
+                out.problems
+                    .extend(problems.into_iter().map(|e| (p.clone(), e)));
+            }
+            let left = self.paths.len().saturating_sub(i + 1);
+            let want = self.subs.query_threads().min(left);
+            let started = self.workers.load(Ordering::Relaxed);
+            if started < want
+                && self
+                    .workers
+                    .compare_exchange(started, want, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                for _ in started..want {
+                    s.spawn(|| self.work(s));
+                }
+            }
+        }
+    }
+}
+
 impl Substituters {
     /// `caches` are asked lowest priority first (Nix's order), keeping the given order
     /// among equals.
@@ -65,27 +114,37 @@ impl Substituters {
     }
 
     /// Which of `paths` some cache has with a signature it may be trusted by: for each,
-    /// the first such cache. Many paths are asked at once.
+    /// the first such cache. Many paths are asked at once: `http-connections` at a time,
+    /// and more once every cache still asked has answered over HTTP/2, where requests
+    /// share a connection (as Nix's curl multiplexes them).
     pub fn query(&self, store_dir: &StoreDir, paths: &[StorePath]) -> Queried {
-        let next = AtomicUsize::new(0);
-        let out = Mutex::new(Queried::default());
-        let workers = self.threads.min(paths.len());
+        let asking = Asking {
+            subs: self,
+            store_dir,
+            paths,
+            next: AtomicUsize::new(0),
+            workers: AtomicUsize::new(0),
+            out: Mutex::new(Queried::default()),
+        };
         std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(p) = paths.get(i) else { return };
-                    let (found, problems) = self.query_one(store_dir, p, 0);
-                    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(f) = found {
-                        out.found.insert(p.clone(), Arc::new(f));
-                    }
-                    out.problems
-                        .extend(problems.into_iter().map(|e| (p.clone(), e)));
-                });
+            let first = self.threads.min(paths.len());
+            asking.workers.store(first, Ordering::Relaxed);
+            for _ in 0..first {
+                s.spawn(|| asking.work(s));
             }
         });
-        out.into_inner().unwrap_or_else(|e| e.into_inner())
+        asking.out.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Threads to ask with: `http-connections`, or more when every cache still asked
+    /// multiplexes its requests.
+    fn query_threads(&self) -> usize {
+        let mut enabled = self.caches.iter().filter(|c| c.enabled()).peekable();
+        if enabled.peek().is_some() && enabled.all(|c| c.multiplexed()) {
+            self.threads.max(MULTIPLEXED_QUERIES)
+        } else {
+            self.threads
+        }
     }
 
     /// Ask the caches from `from` on about `p`, in order, until one has it.
