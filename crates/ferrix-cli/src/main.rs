@@ -4,6 +4,7 @@ mod build;
 mod cmd;
 mod conf;
 mod daemon;
+mod evaluate;
 mod interrupt;
 mod legacy;
 mod machine;
@@ -71,9 +72,10 @@ fn main() -> ExitCode {
         "nix-collect-garbage" => legacy::nix_collect_garbage::run(&args[1..], &mut shell),
         "nix-copy-closure" => legacy::nix_copy_closure::run(&args[1..], &mut shell),
         "nix-daemon" => daemon::run(&args[1..], &mut shell),
-        "nix-build" | "nix-instantiate" => {
+        "nix-instantiate" => legacy::nix_instantiate::run(&args[1..], &mut shell),
+        "nix-build" => {
             Err(anyhow::anyhow!(
-                "'{name}' is not available in this version of ferrix yet (it arrives with the build engine and the evaluator)"
+                "'{name}' is not available in this version of ferrix yet (it arrives with the evaluator's derivations)"
             ))
         }
         _ => cmd::run(args, &mut shell),

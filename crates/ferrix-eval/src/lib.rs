@@ -1,3 +1,70 @@
-//! The Nix language: parsing, lazy evaluation, builtins and string context.
-//!
-//! Empty until the evaluator issue fills it; see `ARCHITECTURE.md`.
+//! The Nix language: parsing (rnix), lowering with resolved scopes, lazy evaluation,
+//! built-in functions and printing. No store yet: derivations, imports and paths copied to
+//! the store come with the rest of the evaluator issue.
+
+mod builtins;
+mod error;
+mod eval;
+mod print;
+mod symbol;
+mod syntax;
+mod value;
+
+pub use error::{ErrorKind, EvalError};
+pub use eval::{EvalSettings, Evaluator, Source};
+pub use print::{format_float, print};
+pub use syntax::Span;
+pub use value::Value;
+
+/// Run `f` on a thread with a stack deep enough for Nix code (which recurses deeply); the
+/// evaluator's own depth limit turns runaway recursion into an error before it is reached.
+pub fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("eval".into())
+            .stack_size(1 << 30)
+            .spawn_scoped(s, f)
+            .expect("starting the evaluation thread")
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// An error with the source line it points at underlined, and what was being evaluated.
+pub fn render_error(ev: &Evaluator, e: &EvalError) -> String {
+    let mut out = e.kind.to_string();
+    if let Some(span) = e.span {
+        snippet(ev, span, &mut out);
+    }
+    for (span, what) in &e.trace {
+        out.push_str(&format!("\n\n       … {what}"));
+        // A place already shown is not shown again.
+        if let Some(span) = span.filter(|s| Some(*s) != e.span) {
+            snippet(ev, span, &mut out);
+        }
+    }
+    out
+}
+
+fn snippet(ev: &Evaluator, span: Span, out: &mut String) {
+    let Some(src) = ev.sources.get(span.source as usize) else {
+        return;
+    };
+    let (name, line, col) = ev.line_col(span);
+    let text = src.text.lines().nth(line - 1).unwrap_or("");
+    let width = if span.end > span.start {
+        let rest = &src.text[span.start as usize..(span.end as usize).min(src.text.len())];
+        rest.lines().next().map_or(1, |l| l.chars().count().max(1))
+    } else {
+        1
+    };
+    let gutter = line.to_string().len();
+    out.push_str(&format!(
+        "\n\n       at {name}:{line}:{col}:\n\n{:>w$}| {text}\n{:>w$}| {}{}",
+        line,
+        "",
+        " ".repeat(col - 1),
+        "^".repeat(width),
+        w = gutter + 12
+    ));
+}

@@ -3,6 +3,7 @@
 mod build;
 mod copy;
 mod derivation;
+mod eval;
 mod hash;
 mod install_links;
 mod key;
@@ -81,6 +82,8 @@ enum Command {
     Build(build::Args),
     /// Show the build log of a derivation or of a path built by one.
     Log(log::Args),
+    /// Evaluate a Nix expression and print its value.
+    Eval(eval::Args),
     /// Copy closures to or from a machine (ssh://).
     Copy(copy::Args),
     /// List the build machines and whether they answer.
@@ -131,6 +134,7 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Store(c) => return store::run(c, &settings, shell),
         Command::Build(a) => return build::run(a, &settings, shell),
         Command::Log(a) => log::run(a, &settings, shell)?,
+        Command::Eval(a) => return eval::run(a, shell),
         Command::Copy(a) => copy::run(a, &settings, shell)?,
         Command::Machines => machines::run(&settings, shell)?,
         Command::ServeCache(a) => serve_cache::run(a, &settings, shell)?,

@@ -3,6 +3,7 @@
 pub mod nix_collect_garbage;
 pub mod nix_copy_closure;
 pub mod nix_hash;
+pub mod nix_instantiate;
 pub mod nix_store;
 
 use std::ffi::OsString;

@@ -1,0 +1,45 @@
+//! `ferrix eval`: evaluate a Nix expression and print its value.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::evaluate::{evaluate, settings, Input, Output};
+use crate::shell::Shell;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The expression to evaluate.
+    #[arg(long, conflicts_with = "file")]
+    expr: Option<String>,
+    /// A file to evaluate (a directory means its default.nix).
+    #[arg(long, short = 'f')]
+    file: Option<PathBuf>,
+    /// Print a string as it is, without quotes or escapes.
+    #[arg(long)]
+    raw: bool,
+    /// Add a search path entry for `<name>` lookups (`-I name=dir` or `-I dir`).
+    #[arg(short = 'I')]
+    include: Vec<String>,
+}
+
+pub fn run(args: Args, shell: &mut Shell) -> Result<ExitCode> {
+    let input = match (args.expr, args.file) {
+        (Some(e), _) => Input::Expr(e),
+        (None, Some(f)) => Input::File(f),
+        (None, None) => anyhow::bail!("nothing to evaluate: give --expr EXPR or --file FILE"),
+    };
+    let output = if args.raw {
+        Output::Raw
+    } else {
+        Output::Nix { strict: true }
+    };
+    let text = evaluate(&input, output, settings(&args.include))?;
+    if args.raw {
+        shell.print(text)?;
+    } else {
+        shell.println(text)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,224 @@
+//! The Nix language against real Nix 2.8: each expression is evaluated by
+//! `nix-instantiate --eval` of both, and what they print must be the same byte for byte; an
+//! expression Nix refuses, Ferrix must refuse too (with an error naming where).
+
+mod common;
+
+use common::{Links, Nix};
+
+/// Expressions both evaluate with `--strict`, printing the same.
+const SAME: &[&str] = &[
+    // Numbers.
+    "1 + 2 * 3 - 4 / 2",
+    "7 / 2",
+    "(-7) / 2",
+    "1.5 + 1",
+    "10 / 4.0",
+    "[ 0.1 1.0 1.0e8 123456789.0 0.0000012345 (1.0 / 3) 100000.0 1000000.0 (-2.5) ]",
+    "builtins.toString [ 0.1 1 true false null \"a\" [ 2 3 ] ]",
+    "[ (1 < 2) (2 <= 2) (3 > 4) (1.5 >= 1) (\"a\" < \"b\") ([ 1 2 ] < [ 1 3 ]) ([ 1 ] < [ 1 0 ]) ]",
+    // Strings.
+    r#""a\"b\n\t\r\\ \${x} $ $$ ${"in"}terp""#,
+    "''\n  indented\n    more\n  ''${\"x\"} '''quoted''' ''$ ''\\n end\n''",
+    "''  one line  ''",
+    "\"\" + \"\"",
+    r#"let x = "v"; in "a${x}b${toString 1}c""#,
+    r#"builtins.concatStringsSep ", " [ "a" "b" "c" ]"#,
+    r#"builtins.replaceStrings [ "a" "bc" "" ] [ "x" "YZ" "-" ] "abcabc""#,
+    r#"[ (builtins.substring 1 3 "hello") (builtins.substring 3 100 "hello") (builtins.substring 0 (-1) "hello") ]"#,
+    r#"builtins.stringLength "héllo""#,
+    // Lists.
+    "[ 1 [ 2 3 ] [ ] \"s\" null true ]",
+    "[ 1 2 ] ++ [ 3 ] ++ [ ]",
+    "builtins.map (x: x * x) [ 1 2 3 ]",
+    "builtins.filter (x: x > 1) [ 1 2 3 ]",
+    "builtins.foldl' (a: b: a + b) 0 [ 1 2 3 4 ]",
+    "builtins.genList (i: i * 2) 5",
+    "[ (builtins.length [ 1 2 ]) (builtins.head [ 7 8 ]) (builtins.tail [ 7 8 9 ]) (builtins.elemAt [ 4 5 6 ] 2) ]",
+    "[ (builtins.elem 2 [ 1 2 ]) (builtins.elem 5 [ 1 2 ]) ]",
+    "builtins.concatLists [ [ 1 ] [ ] [ 2 3 ] ]",
+    "builtins.concatMap (x: [ x x ]) [ 1 2 ]",
+    "[ (builtins.all (x: x > 0) [ 1 2 ]) (builtins.any (x: x > 1) [ 1 2 ]) (builtins.all (x: x) [ ]) ]",
+    // Sets.
+    "{ b = 1; a = 2; \"c d\" = 3; \"e\" = 4; _f = 5; g' = 6; }",
+    "{ a.b.c = 1; a.b.d = 2; a.e = 3; }",
+    "{ a = { b = 1; }; a.c = 2; }",
+    "rec { a = 1; b = a + 1; c = { d = b; }; }",
+    "let x = 1; y = x + 1; in { inherit x y; }",
+    "let s = { a = 1; b = 2; }; in { inherit (s) a b; }",
+    "let a = 1; in rec { inherit a; b = a; }",
+    "{ ${\"dyn\" + \"amic\"} = 1; ${null} = 2; x = 3; }",
+    "{ a = 1; } // { b = 2; } // { a = 3; }",
+    "{ a.b = 1; }.a.b",
+    "{ a = 1; }.b or 7",
+    "[ ({ a.b = 1; } ? a.b) ({ a = 1; } ? a.b) (1 ? a) ]",
+    "builtins.attrNames { b = 1; a = 2; c = 3; }",
+    "builtins.attrValues { b = 1; a = 2; c = 3; }",
+    "builtins.listToAttrs [ { name = \"a\"; value = 1; } { name = \"b\"; value = 2; } { name = \"a\"; value = 3; } ]",
+    "builtins.mapAttrs (n: v: n + toString v) { a = 1; b = 2; }",
+    "builtins.removeAttrs { a = 1; b = 2; c = 3; } [ \"b\" \"z\" ]",
+    "builtins.intersectAttrs { a = 0; c = 0; } { a = 1; b = 2; c = 3; }",
+    "builtins.catAttrs \"a\" [ { a = 1; } { b = 2; } { a = 3; } ]",
+    "[ (builtins.hasAttr \"a\" { a = 1; }) (builtins.getAttr \"a\" { a = 5; }) ]",
+    // Scopes.
+    "let x = 1; in with { x = 2; y = 3; }; [ x y ]",
+    "with { a = 1; }; with { a = 2; }; a",
+    "let f = x: with { x = 10; }; x; in f 1",
+    "let a = 1; in let a = 2; in a",
+    "let fib = n: if n < 2 then n else fib (n - 1) + fib (n - 2); in fib 15",
+    "let { x = 1; body = x + 1; }",
+    // Functions.
+    "(x: y: x - y) 10 3",
+    "({ a, b ? a + 1, ... }: [ a b ]) { a = 1; c = 9; }",
+    "({ a, ... } @ args: [ a args.z ]) { a = 1; z = 2; }",
+    "(args @ { a }: args) { a = 1; }",
+    "builtins.functionArgs ({ a, b ? 1 }: a)",
+    "builtins.functionArgs (x: x)",
+    "let f = { __functor = self: x: self.n + x; n = 10; }; in f 5",
+    "(builtins.add 1) 2",
+    // Laziness.
+    "let x = throw \"never\"; in 1",
+    "[ (builtins.length [ (throw \"a\") (throw \"b\") ]) ]",
+    "({ a ? throw \"unused\" }: 1) { }",
+    "(builtins.tryEval (throw \"x\")).success",
+    "builtins.tryEval (assert false; 1)",
+    "builtins.tryEval 5",
+    "builtins.seq 1 2",
+    "builtins.deepSeq [ 1 ] 2",
+    "false && throw \"no\"",
+    "true || throw \"no\"",
+    "false -> throw \"no\"",
+    // Types and equality.
+    "map builtins.typeOf [ 1 1.0 \"s\" ./. null true [ ] { } (x: x) builtins.add (builtins.add 1) ]",
+    "[ (builtins.isInt 1) (builtins.isString \"\") (builtins.isAttrs { }) (builtins.isList [ ]) (builtins.isFunction map) (builtins.isNull null) (builtins.isBool false) (builtins.isFloat 1) (builtins.isPath ./.) ]",
+    "[ (1 == 1.0) ({ a = 1; } == { a = 1; }) ([ 1 ] == [ 1 ]) (\"a\" == \"a\") (null == null) ((x: x) == (x: x)) (1 != 2) ]",
+    "let f = x: x; in [ ([ f ] == [ f ]) ({ a = f; } == { a = f; }) ]",
+    // Paths.
+    "/a/b/../c/./d",
+    "/a + \"/b\"",
+    "[ (baseNameOf \"/a/b.c\") (dirOf \"/a/b\") (dirOf /a/b) (baseNameOf \"a/\") ]",
+    "[ (builtins.lessThan 1 2) (builtins.sub 5 3) (builtins.mul 2 3) (builtins.div 7 2) ]",
+    "builtins.builtins.add 1 2",
+];
+
+/// Expressions both refuse.
+const FAIL: &[&str] = &[
+    "throw \"boom\"",
+    "abort \"stop\"",
+    "assert 1 == 2; 1",
+    "1 + \"a\"",
+    "undefinedVariable",
+    "{ a = 1; }.b",
+    "rec { a = b; b = a; }.a",
+    "({ a }: a) { }",
+    "({ a }: a) { a = 1; b = 2; }",
+    "1 / 0",
+    "let f = x: f x; in f 1",
+    "\"${1}\"",
+    "{ a = 1; a = 2; }",
+    "1 2",
+    "[ 1 (",
+    "builtins.head [ ]",
+    "if 1 then 2 else 3",
+];
+
+fn both(nix: &Nix, links: &Links, args: &[&str]) -> (std::process::Output, std::process::Output) {
+    let theirs = nix.cmd("nix-instantiate").args(args).output().unwrap();
+    let mut c = links.cmd("nix-instantiate");
+    nix.isolate(&mut c);
+    let ours = c.args(args).output().unwrap();
+    (theirs, ours)
+}
+
+#[test]
+fn values_print_as_real_nix_prints_them() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let mut bad = Vec::new();
+    for e in SAME {
+        let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", e]);
+        if !theirs.status.success() {
+            bad.push(format!(
+                "{e}\n  real Nix refused it: {}",
+                String::from_utf8_lossy(&theirs.stderr)
+            ));
+            continue;
+        }
+        if ours.stdout != theirs.stdout || !ours.status.success() {
+            bad.push(format!(
+                "{e}\n  nix:    {}  ferrix: {}{}",
+                String::from_utf8_lossy(&theirs.stdout),
+                String::from_utf8_lossy(&ours.stdout),
+                String::from_utf8_lossy(&ours.stderr)
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{} differ:\n{}", bad.len(), bad.join("\n"));
+}
+
+#[test]
+fn lazy_printing_matches_without_strict() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    for e in [
+        "[ (1 + 2) 3 ]",
+        "{ a = 1 + 1; b = 2; }",
+        "let x = 1; in [ x (x + 1) ]",
+    ] {
+        let (theirs, ours) = both(&nix, &links, &["--eval", "-E", e]);
+        assert!(theirs.status.success(), "{theirs:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{e}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+    }
+}
+
+#[test]
+fn what_nix_refuses_is_refused_with_a_place() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    for e in FAIL {
+        let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", e]);
+        assert!(!theirs.status.success(), "real Nix took {e}");
+        assert_eq!(ours.status.code(), Some(1), "{e}: {ours:?}");
+        let err = String::from_utf8_lossy(&ours.stderr);
+        assert!(err.starts_with("error: "), "{e}: {err}");
+        assert!(!err.contains("panicked"), "{e}: {err}");
+    }
+    // A message with the place underlined.
+    let (_, ours) = both(&nix, &links, &["--eval", "-E", "let x = 1; in x + y"]);
+    let err = String::from_utf8_lossy(&ours.stderr);
+    assert!(err.contains("undefined variable 'y'"), "{err}");
+    assert!(err.contains("«string»:1:19"), "{err}");
+    assert!(err.contains("1| let x = 1; in x + y"), "{err}");
+}
+
+#[test]
+fn files_and_directories_are_evaluated_relative_to_themselves() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default.nix"),
+        "let here = ./.; in { inherit here; sub = ./sub/file; n = 1 + 1; }\n",
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let f = dir.path().join("default.nix");
+    for args in [
+        vec!["--eval", "--strict", d],
+        vec!["--eval", "--strict", f.to_str().unwrap()],
+    ] {
+        let (theirs, ours) = both(&nix, &links, &args);
+        assert!(theirs.status.success(), "{theirs:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+    }
+}

@@ -1,0 +1,556 @@
+//! The global scope and the built-in functions (`builtins.*`) that need nothing outside the
+//! evaluator: types, lists, sets, strings, arithmetic, errors, `tryEval` and forcing.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::error::{ErrorKind, EvalError};
+use crate::eval::{type_error, EvalSettings, Evaluator};
+use crate::symbol::Sym;
+use crate::syntax::{BinOp, Span};
+use crate::value::{Attrs, NixString, PrimOp, PrimOpFn, Thunk, ThunkState, Value};
+
+type Result<T> = std::result::Result<T, EvalError>;
+
+macro_rules! primops {
+    ($( $name:literal / $arity:literal => $f:expr ),* $(,)?) => {
+        &[ $( ($name, $arity, $f as PrimOpFn) ),* ]
+    };
+}
+
+/// Every built-in function: name, arity, implementation.
+const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
+    "abort" / 1 => abort,
+    "add" / 2 => |ev, a, s| arith(ev, BinOp::Add, a, s),
+    "all" / 2 => |ev, a, s| any_all(ev, a, s, false),
+    "any" / 2 => |ev, a, s| any_all(ev, a, s, true),
+    "attrNames" / 1 => attr_names,
+    "attrValues" / 1 => attr_values,
+    "catAttrs" / 2 => cat_attrs,
+    "concatLists" / 1 => concat_lists,
+    "concatMap" / 2 => concat_map,
+    "concatStringsSep" / 2 => concat_strings_sep,
+    "deepSeq" / 2 => |ev, a, _| { ev.deep_force(&a[0])?; Ok(a[1].clone()) },
+    "div" / 2 => |ev, a, s| arith(ev, BinOp::Div, a, s),
+    "elem" / 2 => elem,
+    "elemAt" / 2 => elem_at,
+    "filter" / 2 => filter,
+    "foldl'" / 3 => foldl,
+    "functionArgs" / 1 => function_args,
+    "genList" / 2 => gen_list,
+    "getAttr" / 2 => get_attr,
+    "hasAttr" / 2 => has_attr,
+    "head" / 1 => head,
+    "intersectAttrs" / 2 => intersect_attrs,
+    "isAttrs" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Attrs(_))),
+    "isBool" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Bool(_))),
+    "isFloat" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Float(_))),
+    "isFunction" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(..))),
+    "isInt" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Int(_))),
+    "isList" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::List(_))),
+    "isNull" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Null)),
+    "isPath" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Path(_))),
+    "isString" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::String(_))),
+    "length" / 1 => |ev, a, s| Ok(Value::Int(ev.expect_list(&a[0], s)?.len() as i64)),
+    "lessThan" / 2 => |ev, a, s| Ok(Value::Bool(ev.compare(&a[0], &a[1], s)? == std::cmp::Ordering::Less)),
+    "listToAttrs" / 1 => list_to_attrs,
+    "map" / 2 => map,
+    "mapAttrs" / 2 => map_attrs,
+    "mul" / 2 => |ev, a, s| arith(ev, BinOp::Mul, a, s),
+    "removeAttrs" / 2 => remove_attrs,
+    "replaceStrings" / 3 => replace_strings,
+    "seq" / 2 => |ev, a, _| { ev.force(&a[0])?; Ok(a[1].clone()) },
+    "stringLength" / 1 => |ev, a, s| Ok(Value::Int(ev.coerce_to_string(&a[0], false, s)?.s.len() as i64)),
+    "sub" / 2 => |ev, a, s| arith(ev, BinOp::Sub, a, s),
+    "substring" / 3 => substring,
+    "tail" / 1 => tail,
+    "throw" / 1 => throw,
+    "toString" / 1 => |ev, a, s| Ok(Value::String(ev.coerce_to_string(&a[0], true, s)?)),
+    "trace" / 2 => trace,
+    "tryEval" / 1 => try_eval,
+    "typeOf" / 1 => |ev, a, _| Ok(Value::string(ev.force(&a[0])?.type_of())),
+];
+
+/// Names of `builtins` also bound in the global scope, as in Nix.
+const GLOBAL: &[&str] = &[
+    "abort",
+    "baseNameOf",
+    "dirOf",
+    "isNull",
+    "map",
+    "removeAttrs",
+    "throw",
+    "toString",
+];
+
+/// The global frame: its names (slot order) and values.
+pub(crate) fn globals(settings: &EvalSettings) -> (Vec<Sym>, Vec<Value>) {
+    let prim = |name: &'static str, arity: usize, run: PrimOpFn| {
+        Value::PrimOp(Rc::new(PrimOp { name, arity, run }))
+    };
+    let mut entries: Vec<(Sym, Value)> = PRIMOPS
+        .iter()
+        .map(|(n, a, f)| (Sym::intern(n), prim(n, *a, *f)))
+        .collect();
+    entries.push((
+        Sym::intern("baseNameOf"),
+        prim("baseNameOf", 1, base_name_of),
+    ));
+    entries.push((Sym::intern("dirOf"), prim("dirOf", 1, dir_of)));
+    entries.push((Sym::intern("true"), Value::Bool(true)));
+    entries.push((Sym::intern("false"), Value::Bool(false)));
+    entries.push((Sym::intern("null"), Value::Null));
+    entries.push((
+        Sym::intern("currentSystem"),
+        Value::string(&settings.system),
+    ));
+    entries.push((Sym::intern("nixVersion"), Value::string("2.18.0")));
+    entries.push((Sym::intern("langVersion"), Value::Int(6)));
+    // `builtins.builtins` is the set itself.
+    let this = Rc::new(Thunk(RefCell::new(ThunkState::Blackhole)));
+    entries.push((Sym::intern("builtins"), Value::Thunk(this.clone())));
+    let set = Value::attrs(Attrs::from_unsorted(entries));
+    *this.0.borrow_mut() = ThunkState::Done(set.clone());
+
+    let Value::Attrs(all) = &set else {
+        unreachable!("built above")
+    };
+    let mut names = vec![
+        Sym::intern("builtins"),
+        Sym::intern("true"),
+        Sym::intern("false"),
+        Sym::intern("null"),
+    ];
+    let mut values = vec![
+        set.clone(),
+        Value::Bool(true),
+        Value::Bool(false),
+        Value::Null,
+    ];
+    for g in GLOBAL {
+        let s = Sym::intern(g);
+        if let Some(v) = all.get(s) {
+            names.push(s);
+            values.push(v.clone());
+        }
+    }
+    (names, values)
+}
+
+fn arith(ev: &mut Evaluator, op: BinOp, a: &[Value], span: Span) -> Result<Value> {
+    let x = ev.force(&a[0])?;
+    let y = ev.force(&a[1])?;
+    ev.arith(op, &x, &y, span)
+}
+
+fn is(ev: &mut Evaluator, v: &Value, f: impl Fn(&Value) -> bool) -> Result<Value> {
+    Ok(Value::Bool(f(&ev.force(v)?)))
+}
+
+fn abort(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let msg = ev.coerce_to_string(&a[0], false, span)?;
+    Err(EvalError::new(ErrorKind::Abort(msg.s.clone())))
+}
+
+fn throw(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let msg = ev.coerce_to_string(&a[0], false, span)?;
+    Err(EvalError::new(ErrorKind::Throw(msg.s.clone())))
+}
+
+fn trace(ev: &mut Evaluator, a: &[Value], _span: Span) -> Result<Value> {
+    let v = ev.force(&a[0])?;
+    let shown = match &v {
+        Value::String(s) => s.s.clone(),
+        v => crate::print::print(ev, v, false)?,
+    };
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("trace: {shown}");
+    }
+    Ok(a[1].clone())
+}
+
+fn try_eval(ev: &mut Evaluator, a: &[Value], _span: Span) -> Result<Value> {
+    let (success, value) = match ev.force(&a[0]) {
+        Ok(v) => (true, v),
+        Err(e) if e.catchable() => (false, Value::Bool(false)),
+        Err(e) => return Err(e),
+    };
+    Ok(Value::attrs(Attrs::from_unsorted(vec![
+        (Sym::intern("success"), Value::Bool(success)),
+        (Sym::intern("value"), value),
+    ])))
+}
+
+fn head(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[0], span)?;
+    l.first().cloned().ok_or_else(|| {
+        EvalError::new(ErrorKind::Other(
+            "'builtins.head' called on an empty list".into(),
+        ))
+    })
+}
+
+fn tail(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[0], span)?;
+    if l.is_empty() {
+        return Err(EvalError::new(ErrorKind::Other(
+            "'builtins.tail' called on an empty list".into(),
+        )));
+    }
+    Ok(Value::List(l[1..].into()))
+}
+
+fn elem_at(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[0], span)?;
+    let i = ev.expect_int(&a[1], span)?;
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| l.get(i).cloned())
+        .ok_or_else(|| EvalError::new(ErrorKind::Other(format!("list index {i} is out of bounds"))))
+}
+
+fn elem(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[1], span)?;
+    for x in l.iter() {
+        if ev.equal(&a[0], x)? {
+            return Ok(Value::Bool(true));
+        }
+    }
+    Ok(Value::Bool(false))
+}
+
+fn map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[1], span)?;
+    Ok(Value::List(
+        l.iter()
+            .map(|x| Thunk::apply(a[0].clone(), x.clone()))
+            .collect(),
+    ))
+}
+
+fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[1], span)?;
+    let mut out = Vec::new();
+    for x in l.iter() {
+        let keep = ev.apply(a[0].clone(), x.clone(), span)?;
+        if ev.expect_bool(&keep, span)? {
+            out.push(x.clone());
+        }
+    }
+    Ok(Value::List(out.into()))
+}
+
+fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[2], span)?;
+    let mut acc = a[1].clone();
+    for x in l.iter() {
+        let partial = ev.apply(a[0].clone(), acc, span)?;
+        acc = ev.apply(partial, x.clone(), span)?;
+    }
+    ev.force(&acc)
+}
+
+fn any_all(ev: &mut Evaluator, a: &[Value], span: Span, any: bool) -> Result<Value> {
+    let l = ev.expect_list(&a[1], span)?;
+    for x in l.iter() {
+        let r = ev.apply(a[0].clone(), x.clone(), span)?;
+        if ev.expect_bool(&r, span)? == any {
+            return Ok(Value::Bool(any));
+        }
+    }
+    Ok(Value::Bool(!any))
+}
+
+fn gen_list(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let n = ev.expect_int(&a[1], span)?;
+    if n < 0 {
+        return Err(EvalError::new(ErrorKind::Other(format!(
+            "cannot create list of size {n}"
+        ))));
+    }
+    Ok(Value::List(
+        (0..n)
+            .map(|i| Thunk::apply(a[0].clone(), Value::Int(i)))
+            .collect(),
+    ))
+}
+
+fn concat_lists(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let ls = ev.expect_list(&a[0], span)?;
+    let mut out = Vec::new();
+    for l in ls.iter() {
+        out.extend(ev.expect_list(l, span)?.iter().cloned());
+    }
+    Ok(Value::List(out.into()))
+}
+
+fn concat_map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let ls = ev.expect_list(&a[1], span)?;
+    let mut out = Vec::new();
+    for x in ls.iter() {
+        let r = ev.apply(a[0].clone(), x.clone(), span)?;
+        out.extend(ev.expect_list(&r, span)?.iter().cloned());
+    }
+    Ok(Value::List(out.into()))
+}
+
+fn attr_names(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.expect_attrs(&a[0], span)?;
+    Ok(Value::List(
+        s.sorted_by_name()
+            .into_iter()
+            .map(|(n, _)| Value::string(&*n))
+            .collect(),
+    ))
+}
+
+fn attr_values(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.expect_attrs(&a[0], span)?;
+    Ok(Value::List(
+        s.sorted_by_name()
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect(),
+    ))
+}
+
+fn get_attr(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let name = ev.expect_string(&a[0], span)?;
+    let s = ev.expect_attrs(&a[1], span)?;
+    s.get(Sym::intern(&name.s)).cloned().ok_or_else(|| {
+        EvalError::new(ErrorKind::MissingAttr {
+            name: name.s.clone(),
+        })
+    })
+}
+
+fn has_attr(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let name = ev.expect_string(&a[0], span)?;
+    let s = ev.expect_attrs(&a[1], span)?;
+    Ok(Value::Bool(s.get(Sym::intern(&name.s)).is_some()))
+}
+
+fn remove_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.expect_attrs(&a[0], span)?;
+    let names = ev.expect_list(&a[1], span)?;
+    let mut gone = Vec::new();
+    for n in names.iter() {
+        gone.push(Sym::intern(&ev.expect_string(n, span)?.s));
+    }
+    Ok(Value::attrs(Attrs::from_sorted(
+        s.iter()
+            .filter(|(k, _)| !gone.contains(k))
+            .cloned()
+            .collect(),
+    )))
+}
+
+fn intersect_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let x = ev.expect_attrs(&a[0], span)?;
+    let y = ev.expect_attrs(&a[1], span)?;
+    Ok(Value::attrs(Attrs::from_sorted(
+        y.iter()
+            .filter(|(k, _)| x.get(*k).is_some())
+            .cloned()
+            .collect(),
+    )))
+}
+
+fn cat_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let name = Sym::intern(&ev.expect_string(&a[0], span)?.s);
+    let l = ev.expect_list(&a[1], span)?;
+    let mut out = Vec::new();
+    for x in l.iter() {
+        if let Some(v) = ev.expect_attrs(x, span)?.get(name) {
+            out.push(v.clone());
+        }
+    }
+    Ok(Value::List(out.into()))
+}
+
+fn list_to_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[0], span)?;
+    let (name_s, value_s) = (Sym::intern("name"), Sym::intern("value"));
+    let mut entries: Vec<(Sym, Value)> = Vec::new();
+    for x in l.iter() {
+        let item = ev.expect_attrs(x, span)?;
+        let name = item.get(name_s).cloned().ok_or_else(|| {
+            EvalError::new(ErrorKind::MissingAttr {
+                name: "name".into(),
+            })
+        })?;
+        let name = Sym::intern(&ev.expect_string(&name, span)?.s);
+        // The first of equal names wins, as in Nix.
+        if entries.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let value = item.get(value_s).cloned().ok_or_else(|| {
+            EvalError::new(ErrorKind::MissingAttr {
+                name: "value".into(),
+            })
+        })?;
+        entries.push((name, value));
+    }
+    Ok(Value::attrs(Attrs::from_unsorted(entries)))
+}
+
+fn map_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.expect_attrs(&a[1], span)?;
+    Ok(Value::attrs(Attrs::from_sorted(
+        s.iter()
+            .map(|(k, v)| {
+                let partial = Thunk::apply(a[0].clone(), Value::string(&*k.name()));
+                (*k, Thunk::apply(partial, v.clone()))
+            })
+            .collect(),
+    )))
+}
+
+fn function_args(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    match ev.force(&a[0])? {
+        Value::Lambda(c) => match &c.def.param {
+            crate::syntax::Param::Ident => Ok(Value::attrs(Attrs::default())),
+            crate::syntax::Param::Formals { formals, .. } => {
+                Ok(Value::attrs(Attrs::from_unsorted(
+                    formals
+                        .iter()
+                        .map(|(n, d)| (*n, Value::Bool(d.is_some())))
+                        .collect(),
+                )))
+            }
+        },
+        Value::PrimOp(_) | Value::PrimOpApp(..) => Ok(Value::attrs(Attrs::default())),
+        other => Err(type_error("a function", &other, span)),
+    }
+}
+
+fn concat_strings_sep(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let sep = ev.expect_string(&a[0], span)?;
+    let l = ev.expect_list(&a[1], span)?;
+    let mut out = NixString {
+        s: String::new(),
+        context: sep.context.clone(),
+    };
+    for (i, x) in l.iter().enumerate() {
+        if i > 0 {
+            out.s.push_str(&sep.s);
+        }
+        let s = ev.coerce_to_string(x, false, span)?;
+        out.s.push_str(&s.s);
+        out.context.extend(&s.context);
+    }
+    Ok(Value::String(Rc::new(out)))
+}
+
+fn substring(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let start = ev.expect_int(&a[0], span)?;
+    let len = ev.expect_int(&a[1], span)?;
+    let s = ev.coerce_to_string(&a[2], false, span)?;
+    if start < 0 {
+        return Err(EvalError::new(ErrorKind::Other(
+            "negative start position in 'substring'".into(),
+        )));
+    }
+    let bytes = s.s.as_bytes();
+    let from = (start as usize).min(bytes.len());
+    let to = if len < 0 {
+        bytes.len()
+    } else {
+        from.saturating_add(len as usize).min(bytes.len())
+    };
+    Ok(Value::String(Rc::new(NixString {
+        s: String::from_utf8_lossy(&bytes[from..to]).into_owned(),
+        context: s.context.clone(),
+    })))
+}
+
+fn replace_strings(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let from = ev.expect_list(&a[0], span)?;
+    let to = ev.expect_list(&a[1], span)?;
+    if from.len() != to.len() {
+        return Err(EvalError::new(ErrorKind::Other(
+            "'from' and 'to' arguments passed to builtins.replaceStrings have different lengths"
+                .into(),
+        )));
+    }
+    let mut pats = Vec::new();
+    for f in from.iter() {
+        pats.push(ev.expect_string(f, span)?);
+    }
+    let s = ev.expect_string(&a[2], span)?;
+    let mut out = NixString {
+        s: String::new(),
+        context: s.context.clone(),
+    };
+    let mut i = 0;
+    let text = s.s.as_str();
+    // Replacements are forced only when used, as in Nix.
+    let mut reps: Vec<Option<Rc<NixString>>> = vec![None; to.len()];
+    while i <= text.len() {
+        let mut matched = false;
+        for (k, p) in pats.iter().enumerate() {
+            if text[i..].starts_with(p.s.as_str()) {
+                if reps[k].is_none() {
+                    reps[k] = Some(ev.expect_string(&to[k], span)?);
+                }
+                let r = reps[k].as_ref().expect("just set");
+                out.s.push_str(&r.s);
+                out.context.extend(&r.context);
+                if p.s.is_empty() {
+                    if let Some(c) = text[i..].chars().next() {
+                        out.s.push(c);
+                        i += c.len_utf8();
+                    } else {
+                        i += 1;
+                    }
+                } else {
+                    i += p.s.len();
+                }
+                matched = true;
+                break;
+            }
+        }
+        if !matched {
+            match text[i..].chars().next() {
+                Some(c) => {
+                    out.s.push(c);
+                    i += c.len_utf8();
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(Value::String(Rc::new(out)))
+}
+
+fn base_name_of(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.coerce_to_string(&a[0], true, span)?;
+    let t = s.s.trim_end_matches('/');
+    let base = t.rsplit('/').next().unwrap_or("");
+    Ok(Value::String(Rc::new(NixString {
+        s: base.to_owned(),
+        context: s.context.clone(),
+    })))
+}
+
+fn dir_of(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let v = ev.force(&a[0])?;
+    let dir = |p: &str| -> String {
+        match p.rfind('/') {
+            Some(0) => "/".into(),
+            Some(i) => p[..i].into(),
+            None => ".".into(),
+        }
+    };
+    match &v {
+        Value::Path(p) => Ok(Value::Path(dir(p).into())),
+        _ => {
+            let s = ev.coerce_to_string(&v, false, span)?;
+            Ok(Value::String(Rc::new(NixString {
+                s: dir(&s.s),
+                context: s.context.clone(),
+            })))
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Evaluation errors: what went wrong, where (a span of a source), and the trace of what was
+//! being evaluated around it, innermost first.
+
+use std::fmt;
+
+use crate::syntax::Span;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("syntax error: {0}")]
+    Parse(String),
+    #[error("undefined variable '{0}'")]
+    UndefinedVariable(String),
+    #[error("attribute '{0}' already defined")]
+    DuplicateAttr(String),
+    #[error("attribute '{name}' missing")]
+    MissingAttr { name: String },
+    #[error("{0}")]
+    Throw(String),
+    #[error("evaluation aborted with the following error message: '{0}'")]
+    Abort(String),
+    #[error("assertion failed")]
+    Assertion,
+    #[error("{expected} was expected, but {got} was found")]
+    Type { expected: &'static str, got: String },
+    #[error("infinite recursion encountered")]
+    InfiniteRecursion,
+    #[error("stack overflow (possible infinite recursion)")]
+    StackOverflow,
+    #[error("integer overflow in {0}")]
+    Overflow(String),
+    #[error("division by zero")]
+    DivisionByZero,
+    #[error("function '{function}' called without required argument '{arg}'")]
+    MissingArgument { function: String, arg: String },
+    #[error("function '{function}' called with unexpected argument '{arg}'")]
+    UnexpectedArgument { function: String, arg: String },
+    #[error("cannot compare {0} with {1}")]
+    Incomparable(String, String),
+    #[error("cannot coerce {0} to a string")]
+    NotCoercible(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// An error of evaluation, with where it happened and what led there.
+#[derive(Debug, Clone)]
+pub struct EvalError {
+    pub kind: ErrorKind,
+    pub span: Option<Span>,
+    /// What was being evaluated, innermost first: where, and what.
+    pub trace: Vec<(Option<Span>, String)>,
+}
+
+impl EvalError {
+    pub fn new(kind: ErrorKind) -> Self {
+        Self {
+            kind,
+            span: None,
+            trace: Vec::new(),
+        }
+    }
+
+    /// Place the error at `span`, unless it already has a place.
+    pub fn at(mut self, span: Span) -> Self {
+        self.span.get_or_insert(span);
+        self
+    }
+
+    /// Add what was being evaluated around the error.
+    pub fn context(mut self, span: Option<Span>, what: impl Into<String>) -> Self {
+        self.trace.push((span, what.into()));
+        self
+    }
+
+    /// Whether `builtins.tryEval` catches it (`throw` and failed assertions, as in Nix).
+    pub fn catchable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throw(_) | ErrorKind::Assertion)
+    }
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::error::Error for EvalError {}

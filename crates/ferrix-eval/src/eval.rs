@@ -1,0 +1,1000 @@
+//! The evaluator: expressions to values, lazily; thunks forced in place; function calls,
+//! operators, equality and ordering with Nix's semantics.
+
+use std::cmp::Ordering;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use crate::error::{ErrorKind, EvalError};
+use crate::symbol::Sym;
+use crate::syntax::{AttrsDef, BinOp, Expr, Key, Lowerer, Param, Part, Span, Var};
+use crate::value::{Attrs, Closure, Context, Env, NixString, Thunk, ThunkState, Value};
+
+type Result<T> = std::result::Result<T, EvalError>;
+
+/// What an evaluation may use; the caller (the CLI) assembles it.
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    /// Calls and forcings nested deeper than this fail with Nix's stack overflow error
+    /// (`max-call-depth`).
+    pub max_call_depth: usize,
+    /// `$HOME`, for `~/` paths.
+    pub home: Option<String>,
+    /// The search path for `<name>` (`NIX_PATH`, `-I`): an optional prefix and a directory.
+    pub search_path: Vec<(Option<String>, PathBuf)>,
+    /// `builtins.currentSystem`.
+    pub system: String,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self {
+            max_call_depth: 10_000,
+            home: None,
+            search_path: Vec::new(),
+            system: "x86_64-linux".into(),
+        }
+    }
+}
+
+/// A source text errors can point into.
+#[derive(Debug)]
+pub struct Source {
+    /// How it is named in messages: a file's path, or `«string»`.
+    pub name: String,
+    pub text: Rc<str>,
+}
+
+/// One evaluation's state: the global scope, the sources read, the call depth.
+pub struct Evaluator {
+    globals: Rc<Env>,
+    global_names: Vec<Sym>,
+    depth: usize,
+    pub settings: EvalSettings,
+    pub sources: Vec<Source>,
+}
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("sources", &self.sources.len())
+            .finish()
+    }
+}
+
+impl Evaluator {
+    pub fn new(settings: EvalSettings) -> Self {
+        let (names, values) = crate::builtins::globals(&settings);
+        Self {
+            globals: Env::new(values, None),
+            global_names: names,
+            depth: 0,
+            settings,
+            sources: Vec::new(),
+        }
+    }
+
+    /// Parse `text` (named `name` in messages; relative paths in it are relative to
+    /// `base_dir`) and evaluate it to weak head normal form.
+    pub fn eval_source(&mut self, name: &str, text: &str, base_dir: &str) -> Result<Value> {
+        let id = self.sources.len() as u32;
+        self.sources.push(Source {
+            name: name.to_owned(),
+            text: text.into(),
+        });
+        let home = self.settings.home.clone();
+        let expr =
+            Lowerer::new(id, base_dir, home.as_deref(), &self.global_names).lower_source(text)?;
+        let globals = self.globals.clone();
+        self.eval(&expr, &globals)
+    }
+
+    /// Parse and lower `text` without evaluating it: its syntax and scope errors.
+    pub fn check_source(&mut self, name: &str, text: &str, base_dir: &str) -> Result<()> {
+        let id = self.sources.len() as u32;
+        self.sources.push(Source {
+            name: name.to_owned(),
+            text: text.into(),
+        });
+        let home = self.settings.home.clone();
+        Lowerer::new(id, base_dir, home.as_deref(), &self.global_names).lower_source(text)?;
+        Ok(())
+    }
+
+    /// The value of `v`, forced to weak head normal form.
+    pub fn force(&mut self, v: &Value) -> Result<Value> {
+        match v {
+            Value::Thunk(t) => self.force_thunk(t),
+            v => Ok(v.clone()),
+        }
+    }
+
+    fn force_thunk(&mut self, t: &Rc<Thunk>) -> Result<Value> {
+        if let ThunkState::Done(v) = &*t.0.borrow() {
+            return Ok(v.clone());
+        }
+        let state = std::mem::replace(&mut *t.0.borrow_mut(), ThunkState::Blackhole);
+        let result = match &state {
+            ThunkState::Blackhole => {
+                *t.0.borrow_mut() = state;
+                return Err(EvalError::new(ErrorKind::InfiniteRecursion));
+            }
+            ThunkState::Done(_) => unreachable!("checked above"),
+            ThunkState::Suspended(e, env) => {
+                let (e, env) = (e.clone(), env.clone());
+                self.enter()
+                    .and_then(|()| {
+                        let r = self.eval(&e, &env);
+                        self.depth -= 1;
+                        r
+                    })
+                    .map_err(|err| match (&err.kind, err.span) {
+                        // Where the thunk's expression is, for recursion errors.
+                        (ErrorKind::InfiniteRecursion, None) => match expr_span(&e) {
+                            Some(s) => err.at(s),
+                            None => err,
+                        },
+                        _ => err,
+                    })
+            }
+            ThunkState::Apply(f, a) => {
+                let (f, a) = (f.clone(), a.clone());
+                self.apply(f, a, Span::default())
+            }
+        };
+        match result {
+            Ok(v) => {
+                *t.0.borrow_mut() = ThunkState::Done(v.clone());
+                Ok(v)
+            }
+            Err(e) => {
+                // As in Nix, a thunk that failed may be forced again (after `tryEval`).
+                *t.0.borrow_mut() = state;
+                Err(e)
+            }
+        }
+    }
+
+    fn enter(&mut self) -> Result<()> {
+        self.depth += 1;
+        if self.depth > self.settings.max_call_depth {
+            self.depth -= 1;
+            return Err(EvalError::new(ErrorKind::StackOverflow));
+        }
+        Ok(())
+    }
+
+    /// A value for `e` in `env` without evaluating it: a thunk, unless it is already a
+    /// value (a literal, a function, a variable's own value).
+    pub(crate) fn thunk(&self, e: &Rc<Expr>, env: &Rc<Env>) -> Value {
+        match &**e {
+            Expr::Var(Var::Static { depth, slot }, _) => {
+                env.up(*depth).slots.borrow()[*slot as usize].clone()
+            }
+            _ => self.lazy(e, env),
+        }
+    }
+
+    /// Like [`Self::thunk`], but never reading a variable: for frames still being filled.
+    fn lazy(&self, e: &Rc<Expr>, env: &Rc<Env>) -> Value {
+        match &**e {
+            Expr::Null => Value::Null,
+            Expr::Bool(b) => Value::Bool(*b),
+            Expr::Int(i) => Value::Int(*i),
+            Expr::Float(f) => Value::Float(*f),
+            Expr::Path(p) => Value::Path(p.clone()),
+            Expr::Lambda(def) => Value::Lambda(Rc::new(Closure {
+                def: def.clone(),
+                env: env.clone(),
+            })),
+            _ => Thunk::suspended(e.clone(), env.clone()),
+        }
+    }
+
+    pub(crate) fn eval(&mut self, e: &Expr, env: &Rc<Env>) -> Result<Value> {
+        match e {
+            Expr::Null => Ok(Value::Null),
+            Expr::Bool(b) => Ok(Value::Bool(*b)),
+            Expr::Int(i) => Ok(Value::Int(*i)),
+            Expr::Float(f) => Ok(Value::Float(*f)),
+            Expr::Str(s) => Ok(Value::string(&**s)),
+            Expr::Path(p) => Ok(Value::Path(p.clone())),
+            Expr::Interp(parts, span) => {
+                let mut out = NixString {
+                    s: String::new(),
+                    context: Context::default(),
+                };
+                for p in parts {
+                    match p {
+                        Part::Lit(l) => out.s.push_str(l),
+                        Part::Expr(e) => {
+                            let v = self.eval(e, env)?;
+                            let s = self.coerce_to_string(&v, false, *span)?;
+                            out.s.push_str(&s.s);
+                            out.context.extend(&s.context);
+                        }
+                    }
+                }
+                Ok(Value::String(Rc::new(out)))
+            }
+            Expr::PathInterp(parts, span) => {
+                let mut out = String::new();
+                for p in parts {
+                    match p {
+                        Part::Lit(l) => out.push_str(l),
+                        Part::Expr(e) => {
+                            let v = self.eval(e, env)?;
+                            let s = self.coerce_to_string(&v, false, *span)?;
+                            if !s.context.is_empty() {
+                                return Err(EvalError::new(ErrorKind::Other(format!(
+                                    "a string that refers to a store path cannot be appended to a path: '{}'",
+                                    s.s
+                                )))
+                                .at(*span));
+                            }
+                            out.push_str(&s.s);
+                        }
+                    }
+                }
+                Ok(Value::Path(crate::syntax::canonicalise(&out).into()))
+            }
+            Expr::Var(var, span) => self.lookup(var, env).map_err(|e| e.at(*span)),
+            Expr::List(items) => Ok(Value::List(
+                items.iter().map(|i| self.thunk(i, env)).collect(),
+            )),
+            Expr::Attrs(def) => self.attrs(def, env),
+            Expr::Rec { def, body } => {
+                let frame = Env::new(vec![Value::Null; def.statics.len()], Some(env.clone()));
+                {
+                    let values: Vec<Value> = def
+                        .statics
+                        .iter()
+                        .map(|(_, e, _)| self.lazy(e, &frame))
+                        .collect();
+                    *frame.slots.borrow_mut() = values;
+                }
+                match body {
+                    Some(b) => self.eval(b, &frame),
+                    None => {
+                        let statics: Vec<(Sym, Value)> = def
+                            .statics
+                            .iter()
+                            .zip(frame.slots.borrow().iter())
+                            .map(|((s, _, _), v)| (*s, v.clone()))
+                            .collect();
+                        self.with_dynamics(Attrs::from_sorted(statics), def, &frame)
+                    }
+                }
+            }
+            Expr::With(ns, body, _) => {
+                let frame = Env::new(vec![self.thunk(ns, env)], Some(env.clone()));
+                self.eval(body, &frame)
+            }
+            Expr::Lambda(def) => Ok(Value::Lambda(Rc::new(Closure {
+                def: def.clone(),
+                env: env.clone(),
+            }))),
+            Expr::Apply(f, a, span) => {
+                let f = self.eval(f, env)?;
+                let a = self.thunk(a, env);
+                self.apply(f, a, *span)
+            }
+            Expr::If(c, t, f, span) => {
+                let c = self.eval(c, env)?;
+                if self.expect_bool(&c, *span)? {
+                    self.eval(t, env)
+                } else {
+                    self.eval(f, env)
+                }
+            }
+            Expr::Assert(c, body, span) => {
+                let c = self.eval(c, env)?;
+                if self.expect_bool(&c, *span)? {
+                    self.eval(body, env)
+                } else {
+                    Err(EvalError::new(ErrorKind::Assertion).at(*span))
+                }
+            }
+            Expr::Select(e, path, default, span) => {
+                let mut v = self.eval(e, env)?;
+                for key in path {
+                    let name = self.key(key, env, *span)?;
+                    let attrs = match &v {
+                        Value::Attrs(a) => a.clone(),
+                        other => {
+                            if let Some(d) = default {
+                                return self.eval(d, env);
+                            }
+                            return Err(EvalError::new(ErrorKind::Type {
+                                expected: "a set",
+                                got: other.type_name().into(),
+                            })
+                            .at(*span)
+                            .context(Some(*span), format!("while selecting attribute '{name}'")));
+                        }
+                    };
+                    match attrs.get(name) {
+                        Some(x) => v = self.force(x)?,
+                        None => {
+                            if let Some(d) = default {
+                                return self.eval(d, env);
+                            }
+                            return Err(EvalError::new(ErrorKind::MissingAttr {
+                                name: name.to_string(),
+                            })
+                            .at(*span));
+                        }
+                    }
+                }
+                Ok(v)
+            }
+            Expr::HasAttr(e, path) => {
+                let mut v = self.eval(e, env)?;
+                for key in path {
+                    let name = self.key(key, env, Span::default())?;
+                    let Value::Attrs(a) = &v else {
+                        return Ok(Value::Bool(false));
+                    };
+                    match a.get(name) {
+                        Some(x) => {
+                            let x = x.clone();
+                            v = self.force(&x)?;
+                        }
+                        None => return Ok(Value::Bool(false)),
+                    }
+                }
+                Ok(Value::Bool(true))
+            }
+            Expr::BinOp(op, l, r, span) => self.binop(*op, l, r, env, *span),
+            Expr::Not(e, span) => {
+                let v = self.eval(e, env)?;
+                Ok(Value::Bool(!self.expect_bool(&v, *span)?))
+            }
+            Expr::Neg(e, span) => {
+                let v = self.eval(e, env)?;
+                self.arith(BinOp::Sub, &Value::Int(0), &v, *span)
+            }
+            Expr::CurPos(span) => Ok(self.position(*span)),
+            Expr::SearchPath(name, span) => self.find_in_search_path(name, *span),
+        }
+    }
+
+    fn lookup(&mut self, var: &Var, env: &Rc<Env>) -> Result<Value> {
+        match var {
+            Var::Static { depth, slot } => {
+                let v = env.up(*depth).slots.borrow()[*slot as usize].clone();
+                self.force(&v)
+            }
+            Var::Dynamic { name, withs } => {
+                for d in withs.iter() {
+                    let ns = env.up(*d).slots.borrow()[0].clone();
+                    let ns = self.force(&ns)?;
+                    let Value::Attrs(a) = ns else {
+                        return Err(EvalError::new(ErrorKind::Type {
+                            expected: "a set",
+                            got: ns.type_name().into(),
+                        }));
+                    };
+                    if let Some(v) = a.get(*name) {
+                        let v = v.clone();
+                        return self.force(&v);
+                    }
+                }
+                Err(EvalError::new(ErrorKind::UndefinedVariable(
+                    name.to_string(),
+                )))
+            }
+        }
+    }
+
+    fn key(&mut self, key: &Key, env: &Rc<Env>, span: Span) -> Result<Sym> {
+        match key {
+            Key::Static(s) => Ok(*s),
+            Key::Dynamic(e) => {
+                let v = self.eval(e, env)?;
+                let s = self.expect_string(&v, span)?;
+                Ok(Sym::intern(&s.s))
+            }
+        }
+    }
+
+    /// A set literal evaluated in `env`.
+    fn attrs(&mut self, def: &AttrsDef, env: &Rc<Env>) -> Result<Value> {
+        let statics: Vec<(Sym, Value)> = def
+            .statics
+            .iter()
+            .map(|(s, e, _)| (*s, self.thunk(e, env)))
+            .collect();
+        self.with_dynamics(Attrs::from_sorted(statics), def, env)
+    }
+
+    fn with_dynamics(&mut self, base: Attrs, def: &AttrsDef, env: &Rc<Env>) -> Result<Value> {
+        if def.dynamics.is_empty() {
+            return Ok(Value::attrs(base));
+        }
+        let mut extra: Vec<(Sym, Value)> = Vec::new();
+        for (k, e, span) in &def.dynamics {
+            let kv = self.eval(k, env)?;
+            // `${null} = …` leaves the attribute out, as in Nix.
+            if matches!(kv, Value::Null) {
+                continue;
+            }
+            let name = Sym::intern(&self.expect_string(&kv, *span)?.s);
+            if base.get(name).is_some() || extra.iter().any(|(s, _)| *s == name) {
+                return Err(EvalError::new(ErrorKind::DuplicateAttr(name.to_string())).at(*span));
+            }
+            extra.push((name, self.thunk(e, env)));
+        }
+        Ok(Value::attrs(base.update(&Attrs::from_unsorted(extra))))
+    }
+
+    /// Apply `f` to `arg`.
+    pub fn apply(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
+        self.enter().map_err(|e| e.at(span))?;
+        let r = self.apply_inner(f, arg, span);
+        self.depth -= 1;
+        r
+    }
+
+    fn apply_inner(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
+        match self.force(&f)? {
+            Value::Lambda(c) => self.call(&c, arg, span).map_err(|e| {
+                let name = c
+                    .def
+                    .name
+                    .map_or_else(|| "anonymous function".to_owned(), |n| format!("'{n}'"));
+                e.context(Some(span), format!("while calling {name}"))
+            }),
+            Value::PrimOp(p) if p.arity == 1 => {
+                let v = (p.run)(self, &[arg], span).map_err(|e| e.at(span))?;
+                self.force(&v)
+            }
+            Value::PrimOp(p) => Ok(Value::PrimOpApp(p, Rc::new([arg]))),
+            Value::PrimOpApp(p, args) => {
+                let mut all = args.to_vec();
+                all.push(arg);
+                if all.len() == p.arity {
+                    let v = (p.run)(self, &all, span).map_err(|e| e.at(span))?;
+                    self.force(&v)
+                } else {
+                    Ok(Value::PrimOpApp(p, all.into()))
+                }
+            }
+            Value::Attrs(a) if a.get(Sym::intern("__functor")).is_some() => {
+                let functor = a
+                    .get(Sym::intern("__functor"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let partial = self.apply(functor, Value::Attrs(a), span)?;
+                self.apply(partial, arg, span)
+            }
+            other => Err(EvalError::new(ErrorKind::Type {
+                expected: "a function",
+                got: other.type_name().into(),
+            })
+            .at(span)),
+        }
+    }
+
+    fn call(&mut self, c: &Closure, arg: Value, span: Span) -> Result<Value> {
+        let frame = match &c.def.param {
+            Param::Ident => Env::new(vec![arg], Some(c.env.clone())),
+            Param::Formals {
+                formals,
+                ellipsis,
+                at,
+            } => {
+                let given = self.force(&arg)?;
+                let Value::Attrs(given) = given else {
+                    return Err(EvalError::new(ErrorKind::Type {
+                        expected: "a set",
+                        got: given.type_name().into(),
+                    })
+                    .at(span));
+                };
+                let n = formals.len() + usize::from(*at);
+                let frame = Env::new(vec![Value::Null; n], Some(c.env.clone()));
+                let fname = || {
+                    c.def
+                        .name
+                        .map_or_else(|| "anonymous lambda".to_owned(), |n| n.to_string())
+                };
+                let mut slots = Vec::with_capacity(n);
+                for (name, default) in formals {
+                    match (given.get(*name), default) {
+                        (Some(v), _) => slots.push(v.clone()),
+                        (None, Some(d)) => slots.push(self.lazy(d, &frame)),
+                        (None, None) => {
+                            return Err(EvalError::new(ErrorKind::MissingArgument {
+                                function: fname(),
+                                arg: name.to_string(),
+                            })
+                            .at(span))
+                        }
+                    }
+                }
+                if !ellipsis {
+                    if let Some((extra, _)) = given
+                        .iter()
+                        .find(|(k, _)| !formals.iter().any(|(f, _)| f == k))
+                    {
+                        return Err(EvalError::new(ErrorKind::UnexpectedArgument {
+                            function: fname(),
+                            arg: extra.to_string(),
+                        })
+                        .at(span));
+                    }
+                }
+                if *at {
+                    slots.push(Value::Attrs(given));
+                }
+                *frame.slots.borrow_mut() = slots;
+                frame
+            }
+        };
+        self.eval(&c.def.body, &frame)
+    }
+
+    fn binop(&mut self, op: BinOp, l: &Expr, r: &Expr, env: &Rc<Env>, span: Span) -> Result<Value> {
+        match op {
+            BinOp::And | BinOp::Or | BinOp::Implies => {
+                let a = self.eval(l, env)?;
+                let a = self.expect_bool(&a, span)?;
+                let short = match op {
+                    BinOp::And => (!a).then_some(false),
+                    BinOp::Or => a.then_some(true),
+                    _ => (!a).then_some(true),
+                };
+                if let Some(v) = short {
+                    return Ok(Value::Bool(v));
+                }
+                let b = self.eval(r, env)?;
+                Ok(Value::Bool(self.expect_bool(&b, span)?))
+            }
+            _ => {
+                let a = self.eval(l, env)?;
+                let b = self.eval(r, env)?;
+                self.binop_values(op, &a, &b, span)
+            }
+        }
+    }
+
+    pub(crate) fn binop_values(
+        &mut self,
+        op: BinOp,
+        a: &Value,
+        b: &Value,
+        span: Span,
+    ) -> Result<Value> {
+        match op {
+            BinOp::Eq => Ok(Value::Bool(self.equal(a, b)?)),
+            BinOp::NotEq => Ok(Value::Bool(!self.equal(a, b)?)),
+            BinOp::Less => Ok(Value::Bool(self.compare(a, b, span)? == Ordering::Less)),
+            BinOp::LessEq => Ok(Value::Bool(self.compare(a, b, span)? != Ordering::Greater)),
+            BinOp::More => Ok(Value::Bool(self.compare(a, b, span)? == Ordering::Greater)),
+            BinOp::MoreEq => Ok(Value::Bool(self.compare(a, b, span)? != Ordering::Less)),
+            BinOp::Concat => {
+                let x = self.expect_list(a, span)?;
+                let y = self.expect_list(b, span)?;
+                Ok(Value::List(x.iter().chain(y.iter()).cloned().collect()))
+            }
+            BinOp::Update => {
+                let x = self.expect_attrs(a, span)?;
+                let y = self.expect_attrs(b, span)?;
+                Ok(Value::attrs(x.update(&y)))
+            }
+            BinOp::Add => match (a, b) {
+                (Value::String(x), _) => {
+                    let y = self.coerce_to_string(b, false, span)?;
+                    let mut s = NixString {
+                        s: String::with_capacity(x.s.len() + y.s.len()),
+                        context: x.context.clone(),
+                    };
+                    s.s.push_str(&x.s);
+                    s.s.push_str(&y.s);
+                    s.context.extend(&y.context);
+                    Ok(Value::String(Rc::new(s)))
+                }
+                (Value::Path(x), _) => {
+                    let y = self.coerce_to_string(b, false, span)?;
+                    if !y.context.is_empty() {
+                        return Err(EvalError::new(ErrorKind::Other(format!(
+                            "a string that refers to a store path cannot be appended to a path: '{}'",
+                            y.s
+                        )))
+                        .at(span));
+                    }
+                    Ok(Value::Path(
+                        crate::syntax::canonicalise(&format!("{x}{}", y.s)).into(),
+                    ))
+                }
+                _ => self.arith(op, a, b, span),
+            },
+            BinOp::Sub | BinOp::Mul | BinOp::Div => self.arith(op, a, b, span),
+            BinOp::And | BinOp::Or | BinOp::Implies => unreachable!("lazy operators"),
+        }
+    }
+
+    pub(crate) fn arith(&mut self, op: BinOp, a: &Value, b: &Value, span: Span) -> Result<Value> {
+        let what = match op {
+            BinOp::Add => "adding",
+            BinOp::Sub => "subtracting",
+            BinOp::Mul => "multiplying",
+            _ => "dividing",
+        };
+        match (a, b) {
+            (Value::Int(x), Value::Int(y)) => {
+                let r = match op {
+                    BinOp::Add => x.checked_add(*y),
+                    BinOp::Sub => x.checked_sub(*y),
+                    BinOp::Mul => x.checked_mul(*y),
+                    _ => {
+                        if *y == 0 {
+                            return Err(EvalError::new(ErrorKind::DivisionByZero).at(span));
+                        }
+                        x.checked_div(*y)
+                    }
+                };
+                let sym = match op {
+                    BinOp::Add => "+",
+                    BinOp::Sub => "-",
+                    BinOp::Mul => "*",
+                    _ => "/",
+                };
+                r.map(Value::Int).ok_or_else(|| {
+                    EvalError::new(ErrorKind::Overflow(format!("{what} {x} {sym} {y}"))).at(span)
+                })
+            }
+            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+                let x = as_float(a);
+                let y = as_float(b);
+                Ok(Value::Float(match op {
+                    BinOp::Add => x + y,
+                    BinOp::Sub => x - y,
+                    BinOp::Mul => x * y,
+                    _ => {
+                        if y == 0.0 {
+                            return Err(EvalError::new(ErrorKind::DivisionByZero).at(span));
+                        }
+                        x / y
+                    }
+                }))
+            }
+            (Value::Int(_) | Value::Float(_), other) | (other, _) => {
+                Err(EvalError::new(ErrorKind::Other(format!(
+                    "cannot {} {} {} {}",
+                    match op {
+                        BinOp::Add => "add",
+                        BinOp::Sub => "subtract",
+                        BinOp::Mul => "multiply",
+                        _ => "divide",
+                    },
+                    other.type_name(),
+                    match op {
+                        BinOp::Add => "to",
+                        BinOp::Sub => "from",
+                        _ => "with",
+                    },
+                    if std::ptr::eq(other, a) {
+                        b.type_name()
+                    } else {
+                        a.type_name()
+                    }
+                )))
+                .at(span))
+            }
+        }
+    }
+
+    /// Nix's `==`: deep, numbers across types, sets that are derivations by `outPath`,
+    /// functions never equal (unless they are the very same element of a list or set).
+    pub fn equal(&mut self, a: &Value, b: &Value) -> Result<bool> {
+        let a = self.force(a)?;
+        let b = self.force(b)?;
+        Ok(match (&a, &b) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(x), Value::Bool(y)) => x == y,
+            (Value::Int(x), Value::Int(y)) => x == y,
+            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+                as_float(&a) == as_float(&b)
+            }
+            (Value::String(x), Value::String(y)) => x.s == y.s,
+            (Value::Path(x), Value::Path(y)) => x == y,
+            (Value::List(x), Value::List(y)) => {
+                if Rc::ptr_eq(x, y) {
+                    return Ok(true);
+                }
+                if x.len() != y.len() {
+                    return Ok(false);
+                }
+                for (p, q) in x.iter().zip(y.iter()) {
+                    if !self.equal_elems(p, q)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            (Value::Attrs(x), Value::Attrs(y)) => {
+                if Rc::ptr_eq(x, y) {
+                    return Ok(true);
+                }
+                let is_drv = |s: &mut Self, a: &Attrs| -> Result<bool> {
+                    match a.get(Sym::intern("type")) {
+                        Some(t) => {
+                            let t = t.clone();
+                            Ok(matches!(s.force(&t)?, Value::String(ref s) if s.s == "derivation"))
+                        }
+                        None => Ok(false),
+                    }
+                };
+                if is_drv(self, x)? && is_drv(self, y)? {
+                    let out = Sym::intern("outPath");
+                    if let (Some(p), Some(q)) = (x.get(out), y.get(out)) {
+                        let (p, q) = (p.clone(), q.clone());
+                        return self.equal(&p, &q);
+                    }
+                }
+                if x.len() != y.len() {
+                    return Ok(false);
+                }
+                for ((k1, v1), (k2, v2)) in x.iter().zip(y.iter()) {
+                    if k1 != k2 || !self.equal_elems(v1, v2)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            _ => false,
+        })
+    }
+
+    fn equal_elems(&mut self, a: &Value, b: &Value) -> Result<bool> {
+        match (a, b) {
+            (Value::Thunk(x), Value::Thunk(y)) if Rc::ptr_eq(x, y) => Ok(true),
+            (Value::Lambda(x), Value::Lambda(y)) if Rc::ptr_eq(x, y) => Ok(true),
+            _ => self.equal(a, b),
+        }
+    }
+
+    /// Nix's `<`: numbers, strings, paths, and lists element by element.
+    pub fn compare(&mut self, a: &Value, b: &Value, span: Span) -> Result<Ordering> {
+        let a = self.force(a)?;
+        let b = self.force(b)?;
+        match (&a, &b) {
+            (Value::Int(x), Value::Int(y)) => Ok(x.cmp(y)),
+            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => Ok(as_float(&a)
+                .partial_cmp(&as_float(&b))
+                .unwrap_or(Ordering::Equal)),
+            (Value::String(x), Value::String(y)) => Ok(x.s.as_bytes().cmp(y.s.as_bytes())),
+            (Value::Path(x), Value::Path(y)) => Ok(x.as_bytes().cmp(y.as_bytes())),
+            (Value::List(x), Value::List(y)) => {
+                for (p, q) in x.iter().zip(y.iter()) {
+                    // Equal elements are skipped; the first that differs decides.
+                    if self.equal_elems(p, q)? {
+                        continue;
+                    }
+                    return self.compare(p, q, span);
+                }
+                Ok(x.len().cmp(&y.len()))
+            }
+            _ => Err(EvalError::new(ErrorKind::Incomparable(
+                a.type_name().into(),
+                b.type_name().into(),
+            ))
+            .at(span)),
+        }
+    }
+
+    /// The string a value stands for in `"${…}"` (`to_string`: also what `toString` gives
+    /// numbers, Booleans, null and lists).
+    pub fn coerce_to_string(
+        &mut self,
+        v: &Value,
+        to_string: bool,
+        span: Span,
+    ) -> Result<Rc<NixString>> {
+        let v = self.force(v)?;
+        let plain = |s: String| {
+            Ok(Rc::new(NixString {
+                s,
+                context: Context::default(),
+            }))
+        };
+        match &v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Path(p) if to_string => plain(p.to_string()),
+            Value::Path(p) => Err(EvalError::new(ErrorKind::Other(format!(
+                "copying '{p}' to the store is not supported yet"
+            )))
+            .at(span)),
+            Value::Attrs(a) => {
+                if let Some(f) = a.get(Sym::intern("__toString")) {
+                    let f = f.clone();
+                    let r = self.apply(f, v.clone(), span)?;
+                    return self.coerce_to_string(&r, to_string, span);
+                }
+                if let Some(p) = a.get(Sym::intern("outPath")) {
+                    let p = p.clone();
+                    return self.coerce_to_string(&p, to_string, span);
+                }
+                Err(EvalError::new(ErrorKind::NotCoercible(v.type_name().into())).at(span))
+            }
+            Value::Int(i) if to_string => plain(i.to_string()),
+            Value::Float(f) if to_string => plain(format!("{f:.6}")),
+            Value::Bool(b) if to_string => plain(if *b { "1".into() } else { String::new() }),
+            Value::Null if to_string => plain(String::new()),
+            Value::List(items) if to_string => {
+                let mut out = NixString {
+                    s: String::new(),
+                    context: Context::default(),
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let s = self.coerce_to_string(item, true, span)?;
+                    if i > 0 {
+                        out.s.push(' ');
+                    }
+                    out.s.push_str(&s.s);
+                    out.context.extend(&s.context);
+                }
+                Ok(Rc::new(out))
+            }
+            other => {
+                Err(EvalError::new(ErrorKind::NotCoercible(other.type_name().into())).at(span))
+            }
+        }
+    }
+
+    pub fn expect_bool(&mut self, v: &Value, span: Span) -> Result<bool> {
+        match self.force(v)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(type_error("a Boolean", &other, span)),
+        }
+    }
+
+    pub fn expect_int(&mut self, v: &Value, span: Span) -> Result<i64> {
+        match self.force(v)? {
+            Value::Int(i) => Ok(i),
+            other => Err(type_error("an integer", &other, span)),
+        }
+    }
+
+    pub fn expect_string(&mut self, v: &Value, span: Span) -> Result<Rc<NixString>> {
+        match self.force(v)? {
+            Value::String(s) => Ok(s),
+            other => Err(type_error("a string", &other, span)),
+        }
+    }
+
+    pub fn expect_list(&mut self, v: &Value, span: Span) -> Result<Rc<[Value]>> {
+        match self.force(v)? {
+            Value::List(l) => Ok(l),
+            other => Err(type_error("a list", &other, span)),
+        }
+    }
+
+    pub fn expect_attrs(&mut self, v: &Value, span: Span) -> Result<Rc<Attrs>> {
+        match self.force(v)? {
+            Value::Attrs(a) => Ok(a),
+            other => Err(type_error("a set", &other, span)),
+        }
+    }
+
+    /// Force `v` and everything in it (`--strict`, `deepSeq`).
+    pub fn deep_force(&mut self, v: &Value) -> Result<Value> {
+        let v = self.force(v)?;
+        let mut seen = std::collections::HashSet::new();
+        self.deep_force_inner(&v, &mut seen)?;
+        Ok(v)
+    }
+
+    fn deep_force_inner(
+        &mut self,
+        v: &Value,
+        seen: &mut std::collections::HashSet<usize>,
+    ) -> Result<()> {
+        match v {
+            Value::List(items) => {
+                if !seen.insert(Rc::as_ptr(items) as *const () as usize) {
+                    return Ok(());
+                }
+                for i in items.iter() {
+                    let i = self.force(i)?;
+                    self.deep_force_inner(&i, seen)?;
+                }
+            }
+            Value::Attrs(a) => {
+                if !seen.insert(Rc::as_ptr(a) as usize) {
+                    return Ok(());
+                }
+                for (name, x) in a.iter() {
+                    let x = self.force(x).map_err(|e| {
+                        e.context(None, format!("while evaluating the attribute '{name}'"))
+                    })?;
+                    self.deep_force_inner(&x, seen)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn position(&self, span: Span) -> Value {
+        let (file, line, column) = self.line_col(span);
+        Value::attrs(Attrs::from_unsorted(vec![
+            (Sym::intern("file"), Value::string(file)),
+            (Sym::intern("line"), Value::Int(line as i64)),
+            (Sym::intern("column"), Value::Int(column as i64)),
+        ]))
+    }
+
+    /// The source name, line and column (from 1) where `span` starts.
+    pub fn line_col(&self, span: Span) -> (String, usize, usize) {
+        let Some(src) = self.sources.get(span.source as usize) else {
+            return ("«unknown»".into(), 0, 0);
+        };
+        let before = &src.text[..(span.start as usize).min(src.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (src.name.clone(), line, column)
+    }
+
+    fn find_in_search_path(&mut self, name: &str, span: Span) -> Result<Value> {
+        for (prefix, dir) in &self.settings.search_path {
+            let candidate = match prefix {
+                None => dir.join(name),
+                Some(p) if name == p => dir.clone(),
+                Some(p) => match name
+                    .strip_prefix(p.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                {
+                    Some(rest) => dir.join(rest),
+                    None => continue,
+                },
+            };
+            if candidate.exists() {
+                let s = candidate.to_string_lossy();
+                return Ok(Value::Path(crate::syntax::canonicalise(&s).into()));
+            }
+        }
+        Err(EvalError::new(ErrorKind::Other(format!(
+            "file '{name}' was not found in the Nix search path (add it using $NIX_PATH or -I)"
+        )))
+        .at(span))
+    }
+}
+
+pub(crate) fn as_float(v: &Value) -> f64 {
+    match v {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        _ => f64::NAN,
+    }
+}
+
+pub(crate) fn type_error(expected: &'static str, got: &Value, span: Span) -> EvalError {
+    EvalError::new(ErrorKind::Type {
+        expected,
+        got: got.type_name().into(),
+    })
+    .at(span)
+}
+
+fn expr_span(e: &Expr) -> Option<Span> {
+    match e {
+        Expr::Var(_, s)
+        | Expr::Interp(_, s)
+        | Expr::PathInterp(_, s)
+        | Expr::With(_, _, s)
+        | Expr::Apply(_, _, s)
+        | Expr::If(_, _, _, s)
+        | Expr::Assert(_, _, s)
+        | Expr::Select(_, _, _, s)
+        | Expr::BinOp(_, _, _, s)
+        | Expr::Not(_, s)
+        | Expr::Neg(_, s)
+        | Expr::CurPos(s)
+        | Expr::SearchPath(_, s) => Some(*s),
+        Expr::Lambda(d) => Some(d.span),
+        _ => None,
+    }
+}

@@ -1,0 +1,159 @@
+//! Values printed as `nix-instantiate --eval` prints them: strings quoted and escaped,
+//! floats with six significant digits, sets sorted by name, what is not evaluated yet as
+//! `<CODE>`, and a set or list met again as `«repeated»`.
+
+use std::collections::HashSet;
+use std::fmt::Write;
+
+use crate::eval::Evaluator;
+use crate::value::{ThunkState, Value};
+use crate::EvalError;
+
+/// `v` printed; with `strict`, everything in it is forced first.
+pub fn print(ev: &mut Evaluator, v: &Value, strict: bool) -> Result<String, EvalError> {
+    let v = if strict {
+        ev.deep_force(v)?
+    } else {
+        ev.force(v)?
+    };
+    let mut out = String::new();
+    let mut seen = HashSet::new();
+    write_value(&mut out, &v, &mut seen);
+    Ok(out)
+}
+
+fn write_value(out: &mut String, v: &Value, seen: &mut HashSet<usize>) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) => out.push_str(&format_float(*f)),
+        Value::String(s) => write_string(out, &s.s),
+        Value::Path(p) => out.push_str(p),
+        Value::List(items) => {
+            if !seen.insert(std::rc::Rc::as_ptr(items) as *const () as usize) {
+                out.push_str("«repeated»");
+                return;
+            }
+            out.push('[');
+            for i in items.iter() {
+                out.push(' ');
+                write_value(out, i, seen);
+            }
+            out.push_str(" ]");
+        }
+        Value::Attrs(a) => {
+            if !seen.insert(std::rc::Rc::as_ptr(a) as usize) {
+                out.push_str("«repeated»");
+                return;
+            }
+            out.push('{');
+            for (name, v) in a.sorted_by_name() {
+                out.push(' ');
+                write_attr_name(out, &name);
+                out.push_str(" = ");
+                write_value(out, v, seen);
+                out.push(';');
+            }
+            out.push_str(" }");
+        }
+        Value::Lambda(_) => out.push_str("<LAMBDA>"),
+        Value::PrimOp(_) => out.push_str("<PRIMOP>"),
+        Value::PrimOpApp(..) => out.push_str("<PRIMOP-APP>"),
+        Value::Thunk(t) => match &*t.0.borrow() {
+            ThunkState::Done(v) => write_value(out, v, seen),
+            _ => out.push_str("<CODE>"),
+        },
+    }
+}
+
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '$' if chars.peek() == Some(&'{') => out.push_str("\\$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// An attribute name as Nix prints it: bare when it is an identifier, else quoted.
+fn write_attr_name(out: &mut String, name: &str) {
+    let ident = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
+    if ident {
+        out.push_str(name);
+    } else {
+        write_string(out, name);
+    }
+}
+
+/// A float as C++'s stream prints it by default (`%g` with six significant digits).
+pub fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        return if f.is_sign_negative() { "-nan" } else { "nan" }.into();
+    }
+    if f.is_infinite() {
+        return if f < 0.0 { "-inf" } else { "inf" }.into();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    const P: i32 = 6;
+    // The exponent after rounding to P significant digits.
+    let sci = format!("{:.*e}", (P - 1) as usize, f);
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("an integer exponent");
+    if !(-4..P).contains(&exp) {
+        let m = trim_zeros(mantissa);
+        format!("{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    } else {
+        let decimals = (P - 1 - exp).max(0) as usize;
+        trim_zeros(&format!("{f:.decimals$}")).to_owned()
+    }
+}
+
+fn trim_zeros(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_float;
+
+    #[test]
+    fn floats_print_as_cpp_streams_do() {
+        for (f, s) in [
+            (0.1, "0.1"),
+            (1.0, "1"),
+            (1.0 / 3.0, "0.333333"),
+            (1e8, "1e+08"),
+            (123456789.0, "1.23457e+08"),
+            (0.0000012345, "1.2345e-06"),
+            (100000.0, "100000"),
+            (1000000.0, "1e+06"),
+            (-2.5, "-2.5"),
+            (0.0001, "0.0001"),
+        ] {
+            assert_eq!(format_float(f), s, "{f}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Values: small and cheap to clone (shared parts behind `Rc`), thunks forced in place, and
+//! the frames variables live in.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::symbol::Sym;
+use crate::syntax::{Expr, LambdaDef};
+
+/// A value; `Thunk` until forced.
+#[derive(Clone)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(Rc<NixString>),
+    Path(Rc<str>),
+    List(Rc<[Value]>),
+    Attrs(Rc<Attrs>),
+    Lambda(Rc<Closure>),
+    PrimOp(Rc<PrimOp>),
+    /// A builtin given some of its arguments.
+    PrimOpApp(Rc<PrimOp>, Rc<[Value]>),
+    Thunk(Rc<Thunk>),
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.type_name())
+    }
+}
+
+impl Value {
+    /// What Nix's `typeOf` says, for values in normal form.
+    pub fn type_of(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::String(_) => "string",
+            Value::Path(_) => "path",
+            Value::List(_) => "list",
+            Value::Attrs(_) => "set",
+            Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(..) => "lambda",
+            Value::Thunk(_) => "thunk",
+        }
+    }
+
+    /// How messages name the type: "an integer", "a set"…
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a Boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::String(_) => "a string",
+            Value::Path(_) => "a path",
+            Value::List(_) => "a list",
+            Value::Attrs(_) => "a set",
+            Value::Lambda(_) => "a function",
+            Value::PrimOp(_) => "a built-in function",
+            Value::PrimOpApp(..) => "a partially applied built-in function",
+            Value::Thunk(_) => "a thunk",
+        }
+    }
+
+    pub fn string(s: impl Into<String>) -> Value {
+        Value::String(Rc::new(NixString {
+            s: s.into(),
+            context: Context::default(),
+        }))
+    }
+
+    pub fn attrs(a: Attrs) -> Value {
+        Value::Attrs(Rc::new(a))
+    }
+}
+
+/// What a string refers to in the store: what `derivation` turns into its inputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context(pub std::collections::BTreeSet<ContextElem>);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ContextElem {
+    /// A store path, as is.
+    Plain(Rc<str>),
+    /// A derivation and all its outputs (`drvPath`).
+    AllOutputs(Rc<str>),
+    /// One output of a derivation.
+    Output { drv: Rc<str>, output: Rc<str> },
+}
+
+impl Context {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn extend(&mut self, other: &Context) {
+        self.0.extend(other.0.iter().cloned());
+    }
+}
+
+/// A string and its context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NixString {
+    pub s: String,
+    pub context: Context,
+}
+
+/// An attribute set: its values by name, sorted by symbol.
+#[derive(Debug, Clone, Default)]
+pub struct Attrs {
+    entries: Vec<(Sym, Value)>,
+}
+
+impl Attrs {
+    /// From entries in any order; a later duplicate replaces an earlier one.
+    pub fn from_unsorted(mut entries: Vec<(Sym, Value)>) -> Self {
+        // Stable: among equal names the last stays last, and wins below.
+        entries.sort_by_key(|(s, _)| *s);
+        let mut out: Vec<(Sym, Value)> = Vec::with_capacity(entries.len());
+        for (s, v) in entries {
+            match out.last_mut() {
+                Some((last, slot)) if *last == s => *slot = v,
+                _ => out.push((s, v)),
+            }
+        }
+        Self { entries: out }
+    }
+
+    /// From entries already sorted by symbol, without duplicates.
+    pub fn from_sorted(entries: Vec<(Sym, Value)>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        Self { entries }
+    }
+
+    pub fn get(&self, name: Sym) -> Option<&Value> {
+        self.entries
+            .binary_search_by_key(&name, |(s, _)| *s)
+            .ok()
+            .map(|i| &self.entries[i].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries in symbol order.
+    pub fn iter(&self) -> impl Iterator<Item = &(Sym, Value)> {
+        self.entries.iter()
+    }
+
+    /// Entries in name order, as Nix lists and prints them.
+    pub fn sorted_by_name(&self) -> Vec<(Rc<str>, &Value)> {
+        let mut v: Vec<(Rc<str>, &Value)> =
+            self.entries.iter().map(|(s, v)| (s.name(), v)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// `self // other`: a merge of two sorted runs.
+    pub fn update(&self, other: &Attrs) -> Attrs {
+        let (a, b) = (&self.entries, &other.entries);
+        let mut out = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].0.cmp(&b[j].0) {
+                std::cmp::Ordering::Less => {
+                    out.push(a[i].clone());
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(b[j].clone());
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    out.push(b[j].clone());
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&a[i..]);
+        out.extend_from_slice(&b[j..]);
+        Attrs { entries: out }
+    }
+}
+
+/// A frame of variables: a function's argument(s), a `let`'s or `rec` set's bindings, a
+/// `with`'s set (one slot), or the globals.
+#[derive(Debug)]
+pub struct Env {
+    pub slots: RefCell<Vec<Value>>,
+    pub parent: Option<Rc<Env>>,
+}
+
+impl Env {
+    pub fn new(slots: Vec<Value>, parent: Option<Rc<Env>>) -> Rc<Env> {
+        Rc::new(Env {
+            slots: RefCell::new(slots),
+            parent,
+        })
+    }
+
+    /// The frame `depth` levels up.
+    pub fn up(self: &Rc<Env>, depth: u32) -> &Rc<Env> {
+        let mut e = self;
+        for _ in 0..depth {
+            e = e.parent.as_ref().expect("scopes resolved at lowering");
+        }
+        e
+    }
+}
+
+/// A function and the frame it was made in.
+#[derive(Debug)]
+pub struct Closure {
+    pub def: Rc<LambdaDef>,
+    pub env: Rc<Env>,
+}
+
+/// A value not computed yet, being computed, or computed.
+#[derive(Debug)]
+pub struct Thunk(pub RefCell<ThunkState>);
+
+#[derive(Debug)]
+pub enum ThunkState {
+    Suspended(Rc<Expr>, Rc<Env>),
+    /// The result of applying a function, when asked for.
+    Apply(Value, Value),
+    /// Being forced: forcing it again is infinite recursion.
+    Blackhole,
+    Done(Value),
+}
+
+impl Thunk {
+    pub fn suspended(expr: Rc<Expr>, env: Rc<Env>) -> Value {
+        Value::Thunk(Rc::new(Thunk(RefCell::new(ThunkState::Suspended(
+            expr, env,
+        )))))
+    }
+
+    pub fn apply(f: Value, arg: Value) -> Value {
+        Value::Thunk(Rc::new(Thunk(RefCell::new(ThunkState::Apply(f, arg)))))
+    }
+}
+
+pub type PrimOpFn = fn(
+    &mut crate::eval::Evaluator,
+    &[Value],
+    crate::syntax::Span,
+) -> Result<Value, crate::EvalError>;
+
+/// A built-in function of `arity` arguments.
+pub struct PrimOp {
+    pub name: &'static str,
+    pub arity: usize,
+    pub run: PrimOpFn,
+}
+
+impl std::fmt::Debug for PrimOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "builtins.{}", self.name)
+    }
+}

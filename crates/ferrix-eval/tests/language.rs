@@ -1,0 +1,181 @@
+//! The evaluator through its API: laziness, scopes, recursion limits, errors with places,
+//! and that no input makes it panic.
+
+use ferrix_eval::{ErrorKind, EvalSettings, Evaluator};
+use proptest::prelude::*;
+
+fn eval_with(settings: EvalSettings, text: &str) -> Result<String, ErrorKind> {
+    ferrix_eval::on_big_stack(move || {
+        let mut ev = Evaluator::new(settings);
+        let v = ev
+            .eval_source("«test»", text, "/base")
+            .map_err(|e| e.kind)?;
+        ferrix_eval::print(&mut ev, &v, true).map_err(|e| e.kind)
+    })
+}
+
+fn eval(text: &str) -> Result<String, ErrorKind> {
+    eval_with(EvalSettings::default(), text)
+}
+
+#[test]
+fn what_is_never_used_is_never_evaluated() {
+    assert_eq!(
+        eval("let a = throw \"no\"; b = abort \"no\"; in 1").unwrap(),
+        "1"
+    );
+    assert_eq!(eval("(x: 2) (throw \"no\")").unwrap(), "2");
+    assert_eq!(
+        eval("builtins.length (builtins.map (x: throw \"no\") [ 1 2 ])").unwrap(),
+        "2"
+    );
+    assert_eq!(eval("{ a = throw \"no\"; b = 1; }.b").unwrap(), "1");
+    assert_eq!(
+        eval("builtins.attrNames { a = throw \"no\"; }").unwrap(),
+        "[ \"a\" ]"
+    );
+}
+
+#[test]
+fn static_scopes_win_over_with() {
+    assert_eq!(eval("let x = 1; in with { x = 2; }; x").unwrap(), "1");
+    assert_eq!(eval("with { x = 2; }; let y = x; in y").unwrap(), "2");
+    assert_eq!(eval("with { x = 1; }; with { x = 2; }; x").unwrap(), "2");
+    // A name no scope binds is an error before anything runs, as in Nix.
+    assert!(matches!(
+        eval("if true then 1 else nope"),
+        Err(ErrorKind::UndefinedVariable(n)) if n == "nope"
+    ));
+    // Under a `with`, it is looked up when needed.
+    assert!(matches!(
+        eval("with { }; nope"),
+        Err(ErrorKind::UndefinedVariable(n)) if n == "nope"
+    ));
+}
+
+#[test]
+fn recursion_is_caught_not_crashed() {
+    assert!(matches!(
+        eval("let x = x; in x"),
+        Err(ErrorKind::InfiniteRecursion)
+    ));
+    assert!(matches!(
+        eval("let f = n: f (n + 1); in f 0"),
+        Err(ErrorKind::StackOverflow)
+    ));
+    // Deep but finite recursion within the limit works.
+    assert_eq!(
+        eval("let sum = n: if n == 0 then 0 else n + sum (n - 1); in sum 2000").unwrap(),
+        "2001000"
+    );
+    let shallow = EvalSettings {
+        max_call_depth: 100,
+        ..EvalSettings::default()
+    };
+    assert!(matches!(
+        eval_with(
+            shallow,
+            "let sum = n: if n == 0 then 0 else n + sum (n - 1); in sum 2000"
+        ),
+        Err(ErrorKind::StackOverflow)
+    ));
+}
+
+#[test]
+fn a_thunk_that_failed_can_be_forced_again() {
+    // `tryEval` leaves the failing value as it was; forcing it again fails the same way.
+    assert_eq!(
+        eval(
+            "let x = throw \"t\"; in [ (builtins.tryEval x).success (builtins.tryEval x).success ]"
+        )
+        .unwrap(),
+        "[ false false ]"
+    );
+}
+
+#[test]
+fn integer_overflow_is_an_error() {
+    assert!(matches!(
+        eval("9223372036854775807 + 1"),
+        Err(ErrorKind::Overflow(_))
+    ));
+    assert!(matches!(
+        eval("(-9223372036854775807 - 1) / (-1)"),
+        Err(ErrorKind::Overflow(_))
+    ));
+    assert!(matches!(eval("1 / 0"), Err(ErrorKind::DivisionByZero)));
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_source() {
+    assert_eq!(eval("./a/../b").unwrap(), "/base/b");
+    assert_eq!(eval("./. + \"/c\"").unwrap(), "/base/c");
+    let home = EvalSettings {
+        home: Some("/home/u".into()),
+        ..EvalSettings::default()
+    };
+    assert_eq!(eval_with(home, "~/x").unwrap(), "/home/u/x");
+}
+
+#[test]
+fn search_path_entries_are_found_by_prefix_or_inside() {
+    let d = tempfile_dir();
+    std::fs::create_dir_all(d.join("pkgs/lib")).unwrap();
+    let settings = EvalSettings {
+        search_path: vec![(Some("nixpkgs".into()), d.join("pkgs")), (None, d.clone())],
+        ..EvalSettings::default()
+    };
+    let pkgs = d.join("pkgs");
+    assert_eq!(
+        eval_with(settings.clone(), "<nixpkgs>").unwrap(),
+        pkgs.display().to_string()
+    );
+    assert_eq!(
+        eval_with(settings.clone(), "<nixpkgs/lib>").unwrap(),
+        pkgs.join("lib").display().to_string()
+    );
+    assert_eq!(
+        eval_with(settings.clone(), "<pkgs>").unwrap(),
+        pkgs.display().to_string()
+    );
+    assert!(
+        matches!(eval_with(settings, "<nope>"), Err(ErrorKind::Other(m)) if m.contains("'nope'"))
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferrix-eval-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Any text, however broken, parses to an expression or a syntax error: never a panic.
+    #[test]
+    fn arbitrary_text_never_panics(text in "[ -~\n]{0,40}") {
+        let mut ev = Evaluator::new(EvalSettings::default());
+        let _ = ev.check_source("«fuzz»", &text, "/");
+    }
+
+    /// Text made of Nix's own pieces, parsed and evaluated (with a small depth limit):
+    /// a value or an error, never a panic.
+    #[test]
+    fn nix_shaped_text_never_panics(parts in proptest::collection::vec(
+        prop_oneof![
+            Just("let "), Just("in "), Just("rec "), Just("with "), Just("{ "), Just("} "),
+            Just("[ "), Just("] "), Just("( "), Just(") "), Just("x "), Just("y "), Just("= "),
+            Just("; "), Just(": "), Just("1 "), Just("2.5 "), Just("\"s\" "), Just("+ "),
+            Just("// "), Just("++ "), Just("? "), Just(". "), Just("or "), Just("if "),
+            Just("then "), Just("else "), Just("builtins.map "), Just("inherit "), Just("@ "),
+            Just("... "), Just(", "), Just("== "), Just("! "), Just("- "),
+        ],
+        0..30,
+    )) {
+        let text: String = parts.concat();
+        let settings = EvalSettings { max_call_depth: 200, ..EvalSettings::default() };
+        let _ = eval_with(settings, &text);
+    }
+}
