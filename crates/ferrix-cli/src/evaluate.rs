@@ -1,10 +1,14 @@
 //! Evaluating Nix expressions for the commands: the evaluator's settings from the
-//! environment and flags, the run on a deep stack, and errors rendered with their source.
+//! environment and flags, the store it writes to, the run on a deep stack, and errors
+//! rendered with their source.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ferrix_eval::{EvalSettings, Evaluator};
+use ferrix_eval::{Coerce, EvalSettings, EvalStore, Evaluator, Span, Value};
+
+use crate::settings::Settings;
 
 /// Where the expression comes from.
 #[derive(Debug, Clone)]
@@ -15,19 +19,20 @@ pub enum Input {
     File(PathBuf),
 }
 
-/// How the value is printed.
+/// What is done with the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// As `nix-instantiate --eval` prints it; `strict` forces everything first.
+    /// Printed as `nix-instantiate --eval` prints it; `strict` forces everything first.
     Nix { strict: bool },
     /// A string as it is (`nix eval --raw`).
     Raw,
+    /// The `.drv` paths of the derivations it holds, one per line (`nix-instantiate`).
+    DrvPaths,
 }
 
-/// The evaluator's settings: `$HOME`, `NIX_PATH` then `-I` entries, the system.
-pub fn settings(include: &[String]) -> EvalSettings {
+/// The evaluator's settings: `$HOME`, `-I` entries then `NIX_PATH`, the system, the store.
+pub fn eval_settings(include: &[String], settings: &Settings) -> EvalSettings {
     let mut search_path = Vec::new();
-    // `-I` entries come first, then NIX_PATH, as in Nix.
     let nix_path = std::env::var("NIX_PATH").unwrap_or_default();
     for entry in include
         .iter()
@@ -43,13 +48,20 @@ pub fn settings(include: &[String]) -> EvalSettings {
         home: std::env::var("HOME").ok(),
         search_path,
         system: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        store_dir: settings.store_dir.as_str().to_owned(),
         ..EvalSettings::default()
     }
 }
 
-/// Evaluate `input` and print its value as `output` says: the text, or the error rendered
-/// with its source.
-pub fn evaluate(input: &Input, output: Output, settings: EvalSettings) -> Result<String> {
+/// Evaluate `input`, selecting `attr_path` (`-A`), and render it as `output` says: the
+/// text, or the error rendered with its source.
+pub fn evaluate(
+    input: &Input,
+    attr_path: Option<&str>,
+    output: Output,
+    eval_settings: EvalSettings,
+    settings: &Settings,
+) -> Result<String> {
     let (name, text, base) = match input {
         Input::Expr(e) => {
             let cwd = std::env::current_dir().context("reading the current directory")?;
@@ -71,19 +83,44 @@ pub fn evaluate(input: &Input, output: Output, settings: EvalSettings) -> Result
             (file.display().to_string(), text, base)
         }
     };
+    let store: Arc<dyn EvalStore + Send + Sync> = Arc::new(settings.open_store()?);
     let base = base.to_string_lossy().into_owned();
+    let attr_path = attr_path.map(str::to_owned);
     let result = ferrix_eval::on_big_stack(move || {
-        let mut ev = Evaluator::new(settings);
-        let printed = ev
+        let mut ev = Evaluator::new(eval_settings, Some(store));
+        let rendered = ev
             .eval_source(&name, &text, &base)
-            .and_then(|v| match output {
-                Output::Nix { strict } => ferrix_eval::print(&mut ev, &v, strict),
-                Output::Raw => {
-                    let s = ev.coerce_to_string(&v, false, ferrix_eval::Span::default())?;
-                    Ok(s.s.clone())
-                }
-            });
-        printed.map_err(|e| ferrix_eval::render_error(&ev, &e))
+            .and_then(|v| auto_call(&mut ev, v))
+            .and_then(|v| match &attr_path {
+                Some(p) => ev.select_path(&v, p),
+                None => Ok(v),
+            })
+            .and_then(|v| render(&mut ev, &v, output));
+        rendered.map_err(|e| ferrix_eval::render_error(&ev, &e))
     });
     result.map_err(|rendered| anyhow::anyhow!(rendered))
+}
+
+/// A function of a set of arguments is called, as Nix does, with its defaults.
+fn auto_call(ev: &mut Evaluator, v: Value) -> Result<Value, ferrix_eval::EvalError> {
+    if ev.takes_formals(&v) {
+        let empty = Value::attrs(Default::default());
+        return ev.apply(v, empty, Span::default());
+    }
+    Ok(v)
+}
+
+fn render(ev: &mut Evaluator, v: &Value, output: Output) -> Result<String, ferrix_eval::EvalError> {
+    match output {
+        Output::Nix { strict } => ferrix_eval::print(ev, v, strict),
+        Output::Raw => Ok(ev
+            .coerce_to_string(v, Coerce::Interp, Span::default())?
+            .s
+            .clone()),
+        Output::DrvPaths => {
+            let mut out = Vec::new();
+            ev.derivations(v, &mut out)?;
+            Ok(out.join("\n"))
+        }
+    }
 }

@@ -73,11 +73,7 @@ fn main() -> ExitCode {
         "nix-copy-closure" => legacy::nix_copy_closure::run(&args[1..], &mut shell),
         "nix-daemon" => daemon::run(&args[1..], &mut shell),
         "nix-instantiate" => legacy::nix_instantiate::run(&args[1..], &mut shell),
-        "nix-build" => {
-            Err(anyhow::anyhow!(
-                "'{name}' is not available in this version of ferrix yet (it arrives with the evaluator's derivations)"
-            ))
-        }
+        "nix-build" => legacy::nix_build::run(&args[1..], &mut shell),
         _ => cmd::run(args, &mut shell),
     };
     let flushed = shell.flush();

@@ -222,3 +222,158 @@ fn files_and_directories_are_evaluated_relative_to_themselves() {
         );
     }
 }
+
+/// Derivations of several kinds, instantiated by real Nix and by Ferrix, each into a store
+/// of its own at `/nix/store` (a chroot store: `--store DIR` for Nix, `local?root=DIR` for
+/// Ferrix): the same `.drv` paths printed, and the same files, byte for byte.
+#[test]
+fn derivations_are_the_ones_real_nix_writes() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ra, rb) = (dir.path().join("ra"), dir.path().join("rb"));
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("tree/sub")).unwrap();
+    std::fs::write(src.join("tree/a"), "a\n").unwrap();
+    std::fs::write(src.join("tree/sub/b"), "b\n").unwrap();
+    std::fs::write(
+        src.join("default.nix"),
+        r#"
+let
+  mk = name: attrs: derivation ({ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; } // attrs);
+  dep = mk "dep" { args = [ "-c" "echo hi > $out" ]; };
+  multi = mk "multi" {
+    outputs = [ "out" "dev" "doc" ];
+    args = [ "-c" "echo ${dep} > $out" ];
+    n = 1; f = 0.5; b = true; no = false; nul = null; l = [ 1 "a" dep [ 2 ] ];
+  };
+  fixedFlat = mk "fixed" { outputHash = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="; outputHashMode = "flat"; };
+  fixedRec = mk "fixed-rec" { outputHashAlgo = "sha256"; outputHashMode = "recursive"; outputHash = "1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"; };
+  sources = mk "sources" {
+    tree = ./tree;
+    file = ./tree/a;
+    text = builtins.toFile "note" "see ${./tree/sub}";
+    usesDev = "${multi.dev}/lib";
+  };
+  ignoring = mk "ignoring" { __ignoreNulls = true; gone = null; kept = 1; };
+in { inherit dep multi fixedFlat fixedRec sources ignoring; docOnly = multi.doc; }
+"#,
+    )
+    .unwrap();
+    let file = src.join("default.nix");
+
+    let mut theirs = nix.cmd("nix-instantiate");
+    theirs
+        .env_remove("NIX_STORE_DIR")
+        .env_remove("NIX_STATE_DIR")
+        .env_remove("NIX_LOG_DIR")
+        .arg("--store")
+        .arg(&ra)
+        .arg(&file);
+    let theirs = theirs.output().unwrap();
+    assert!(theirs.status.success(), "{theirs:?}");
+
+    let mut ours = links.cmd("nix-instantiate");
+    ours.env("NIX_REMOTE", format!("local?root={}", rb.display()))
+        .env("NIX_CONF_DIR", nix.root.path().join("etc"))
+        .env("HOME", nix.home())
+        .arg(&file);
+    let ours = ours.output().unwrap();
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout)
+    );
+    let printed = String::from_utf8_lossy(&theirs.stdout).lines().count();
+    assert_eq!(printed, 7, "{}", String::from_utf8_lossy(&theirs.stdout));
+
+    // Every file real Nix put in its store, Ferrix put in its own, the same.
+    let store = |root: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(root.join("nix/store"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| !n.to_string_lossy().starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (store(&ra), store(&rb));
+    assert_eq!(a, b);
+    for name in &a {
+        let (x, y) = (
+            ra.join("nix/store").join(name),
+            rb.join("nix/store").join(name),
+        );
+        if x.is_file() {
+            assert_eq!(
+                std::fs::read(&x).unwrap(),
+                std::fs::read(&y).unwrap(),
+                "{name:?}"
+            );
+        }
+    }
+}
+
+/// `nix-build` evaluates, builds through the Engine, links `result` and prints the path.
+#[test]
+fn nix_build_builds_what_it_evaluates() {
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("nix");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    // Outside the sandbox the builders see the machine's /bin/sh.
+    std::fs::write(
+        root.join("etc/nix.conf"),
+        "sandbox = false\nsubstituters =\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("default.nix"),
+        r#"
+let
+  dep = derivation { name = "dep"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo hi > $out" ]; };
+in {
+  top = derivation {
+    name = "top"; system = builtins.currentSystem; builder = "/bin/sh"; outputs = [ "out" "doc" ];
+    args = [ "-c" "read x < ${dep}; echo \"$x from top\" > $out; echo doc > $doc" ];
+  };
+}
+"#,
+    )
+    .unwrap();
+    let build = |extra: &[&str]| {
+        let mut c = links.cmd("nix-build");
+        c.current_dir(dir.path())
+            .env_remove("NIX_REMOTE")
+            .env("NIX_STORE_DIR", root.join("store"))
+            .env("NIX_STATE_DIR", root.join("state"))
+            .env("NIX_LOG_DIR", root.join("log"))
+            .env("NIX_CONF_DIR", root.join("etc"))
+            .args(["-A", "top"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    let out = build(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let path = printed.trim();
+    assert!(path.ends_with("-top"), "{printed}");
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "hi from top\n");
+    let link = dir.path().join("result");
+    assert_eq!(std::fs::read_link(&link).unwrap().to_str().unwrap(), path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dep.drv") && err.contains("top.drv"), "{err}");
+    // Built once: the second run builds nothing and prints the same path.
+    let again = build(&["--no-out-link"]);
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), path);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("building"));
+}

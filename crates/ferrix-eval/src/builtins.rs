@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::error::{ErrorKind, EvalError};
-use crate::eval::{type_error, EvalSettings, Evaluator};
+use crate::eval::{type_error, Coerce, EvalSettings, Evaluator};
 use crate::symbol::Sym;
 use crate::syntax::{BinOp, Span};
 use crate::value::{Attrs, NixString, PrimOp, PrimOpFn, Thunk, ThunkState, Value};
@@ -30,6 +30,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "concatLists" / 1 => concat_lists,
     "concatMap" / 2 => concat_map,
     "concatStringsSep" / 2 => concat_strings_sep,
+    "derivationStrict" / 1 => crate::derivation::derivation_strict,
     "deepSeq" / 2 => |ev, a, _| { ev.deep_force(&a[0])?; Ok(a[1].clone()) },
     "div" / 2 => |ev, a, s| arith(ev, BinOp::Div, a, s),
     "elem" / 2 => elem,
@@ -40,7 +41,9 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "genList" / 2 => gen_list,
     "getAttr" / 2 => get_attr,
     "hasAttr" / 2 => has_attr,
+    "hasContext" / 1 => crate::derivation::has_context,
     "head" / 1 => head,
+    "import" / 1 => crate::derivation::import,
     "intersectAttrs" / 2 => intersect_attrs,
     "isAttrs" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Attrs(_))),
     "isBool" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Bool(_))),
@@ -56,18 +59,24 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "listToAttrs" / 1 => list_to_attrs,
     "map" / 2 => map,
     "mapAttrs" / 2 => map_attrs,
+    "pathExists" / 1 => crate::derivation::path_exists,
+    "placeholder" / 1 => crate::derivation::placeholder,
+    "readDir" / 1 => crate::derivation::read_dir,
+    "readFile" / 1 => crate::derivation::read_file,
     "mul" / 2 => |ev, a, s| arith(ev, BinOp::Mul, a, s),
     "removeAttrs" / 2 => remove_attrs,
     "replaceStrings" / 3 => replace_strings,
     "seq" / 2 => |ev, a, _| { ev.force(&a[0])?; Ok(a[1].clone()) },
-    "stringLength" / 1 => |ev, a, s| Ok(Value::Int(ev.coerce_to_string(&a[0], false, s)?.s.len() as i64)),
+    "stringLength" / 1 => |ev, a, s| Ok(Value::Int(ev.coerce_to_string(&a[0], Coerce::Interp, s)?.s.len() as i64)),
     "sub" / 2 => |ev, a, s| arith(ev, BinOp::Sub, a, s),
     "substring" / 3 => substring,
     "tail" / 1 => tail,
+    "toFile" / 2 => crate::derivation::to_file,
     "throw" / 1 => throw,
-    "toString" / 1 => |ev, a, s| Ok(Value::String(ev.coerce_to_string(&a[0], true, s)?)),
+    "toString" / 1 => |ev, a, s| Ok(Value::String(ev.coerce_to_string(&a[0], Coerce::ToString, s)?)),
     "trace" / 2 => trace,
     "tryEval" / 1 => try_eval,
+    "unsafeDiscardStringContext" / 1 => crate::derivation::discard_context,
     "typeOf" / 1 => |ev, a, _| Ok(Value::string(ev.force(&a[0])?.type_of())),
 ];
 
@@ -75,7 +84,9 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
 const GLOBAL: &[&str] = &[
     "abort",
     "baseNameOf",
+    "derivation",
     "dirOf",
+    "import",
     "isNull",
     "map",
     "removeAttrs",
@@ -106,6 +117,10 @@ pub(crate) fn globals(settings: &EvalSettings) -> (Vec<Sym>, Vec<Value>) {
     ));
     entries.push((Sym::intern("nixVersion"), Value::string("2.18.0")));
     entries.push((Sym::intern("langVersion"), Value::Int(6)));
+    entries.push((Sym::intern("storeDir"), Value::string(&settings.store_dir)));
+    // Defined in Nix by the evaluator once it exists (see `derivation::define_derivation`).
+    let derivation = Rc::new(Thunk(RefCell::new(ThunkState::Blackhole)));
+    entries.push((Sym::intern("derivation"), Value::Thunk(derivation)));
     // `builtins.builtins` is the set itself.
     let this = Rc::new(Thunk(RefCell::new(ThunkState::Blackhole)));
     entries.push((Sym::intern("builtins"), Value::Thunk(this.clone())));
@@ -148,12 +163,12 @@ fn is(ev: &mut Evaluator, v: &Value, f: impl Fn(&Value) -> bool) -> Result<Value
 }
 
 fn abort(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
-    let msg = ev.coerce_to_string(&a[0], false, span)?;
+    let msg = ev.coerce_to_string(&a[0], Coerce::Interp, span)?;
     Err(EvalError::new(ErrorKind::Abort(msg.s.clone())))
 }
 
 fn throw(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
-    let msg = ev.coerce_to_string(&a[0], false, span)?;
+    let msg = ev.coerce_to_string(&a[0], Coerce::Interp, span)?;
     Err(EvalError::new(ErrorKind::Throw(msg.s.clone())))
 }
 
@@ -436,7 +451,7 @@ fn concat_strings_sep(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
         if i > 0 {
             out.s.push_str(&sep.s);
         }
-        let s = ev.coerce_to_string(x, false, span)?;
+        let s = ev.coerce_to_string(x, Coerce::Interp, span)?;
         out.s.push_str(&s.s);
         out.context.extend(&s.context);
     }
@@ -446,7 +461,7 @@ fn concat_strings_sep(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
 fn substring(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let start = ev.expect_int(&a[0], span)?;
     let len = ev.expect_int(&a[1], span)?;
-    let s = ev.coerce_to_string(&a[2], false, span)?;
+    let s = ev.coerce_to_string(&a[2], Coerce::Interp, span)?;
     if start < 0 {
         return Err(EvalError::new(ErrorKind::Other(
             "negative start position in 'substring'".into(),
@@ -525,7 +540,7 @@ fn replace_strings(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value>
 }
 
 fn base_name_of(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
-    let s = ev.coerce_to_string(&a[0], true, span)?;
+    let s = ev.coerce_to_string(&a[0], Coerce::Plain, span)?;
     let t = s.s.trim_end_matches('/');
     let base = t.rsplit('/').next().unwrap_or("");
     Ok(Value::String(Rc::new(NixString {
@@ -546,7 +561,7 @@ fn dir_of(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     match &v {
         Value::Path(p) => Ok(Value::Path(dir(p).into())),
         _ => {
-            let s = ev.coerce_to_string(&v, false, span)?;
+            let s = ev.coerce_to_string(&v, Coerce::Plain, span)?;
             Ok(Value::String(Rc::new(NixString {
                 s: dir(&s.s),
                 context: s.context.clone(),

@@ -41,6 +41,8 @@ pub enum ErrorKind {
     NotCoercible(String),
     #[error("{0}")]
     Other(String),
+    #[error(transparent)]
+    Store(std::sync::Arc<ferrix_store::StoreError>),
 }
 
 /// An error of evaluation, with where it happened and what led there.
@@ -59,6 +61,10 @@ impl EvalError {
             span: None,
             trace: Vec::new(),
         }
+    }
+
+    pub fn store(e: ferrix_store::StoreError) -> Self {
+        Self::new(ErrorKind::Store(std::sync::Arc::new(e)))
     }
 
     /// Place the error at `span`, unless it already has a place.

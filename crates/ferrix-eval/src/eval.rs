@@ -2,15 +2,31 @@
 //! operators, equality and ordering with Nix's semantics.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::error::{ErrorKind, EvalError};
+use crate::store::EvalStore;
 use crate::symbol::Sym;
 use crate::syntax::{AttrsDef, BinOp, Expr, Key, Lowerer, Param, Part, Span, Var};
 use crate::value::{Attrs, Closure, Context, Env, NixString, Thunk, ThunkState, Value};
 
 type Result<T> = std::result::Result<T, EvalError>;
+
+/// How a value becomes a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coerce {
+    /// `"${v}"`: strings, paths (copied to the store), sets with `outPath` or `__toString`.
+    Interp,
+    /// `toString v`: also numbers, Booleans, null and lists; paths stay paths.
+    ToString,
+    /// A derivation's attributes: as `toString`, with paths copied to the store.
+    Derivation,
+    /// As `"${v}"`, but a path stays the path it is (`baseNameOf`, paths appended to).
+    Plain,
+}
 
 /// What an evaluation may use; the caller (the CLI) assembles it.
 #[derive(Debug, Clone)]
@@ -24,6 +40,8 @@ pub struct EvalSettings {
     pub search_path: Vec<(Option<String>, PathBuf)>,
     /// `builtins.currentSystem`.
     pub system: String,
+    /// `builtins.storeDir`: the store's directory.
+    pub store_dir: String,
 }
 
 impl Default for EvalSettings {
@@ -33,6 +51,7 @@ impl Default for EvalSettings {
             home: None,
             search_path: Vec::new(),
             system: "x86_64-linux".into(),
+            store_dir: "/nix/store".into(),
         }
     }
 }
@@ -52,6 +71,11 @@ pub struct Evaluator {
     depth: usize,
     pub settings: EvalSettings,
     pub sources: Vec<Source>,
+    store: Option<Arc<dyn EvalStore + Send + Sync>>,
+    /// Paths copied to the store so far, and where they went.
+    copied: HashMap<String, ferrix_format::StorePath>,
+    /// Files imported so far, and their values.
+    pub(crate) imported: HashMap<PathBuf, Value>,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -63,42 +87,159 @@ impl std::fmt::Debug for Evaluator {
 }
 
 impl Evaluator {
-    pub fn new(settings: EvalSettings) -> Self {
+    /// An evaluator; without a store, what needs one (derivations, paths in strings,
+    /// `toFile`) fails with an error saying so.
+    pub fn new(settings: EvalSettings, store: Option<Arc<dyn EvalStore + Send + Sync>>) -> Self {
         let (names, values) = crate::builtins::globals(&settings);
-        Self {
+        let mut ev = Self {
             globals: Env::new(values, None),
             global_names: names,
             depth: 0,
             settings,
             sources: Vec::new(),
-        }
+            store,
+            copied: HashMap::new(),
+            imported: HashMap::new(),
+        };
+        crate::derivation::define_derivation(&mut ev);
+        ev
     }
 
-    /// Parse `text` (named `name` in messages; relative paths in it are relative to
-    /// `base_dir`) and evaluate it to weak head normal form.
-    pub fn eval_source(&mut self, name: &str, text: &str, base_dir: &str) -> Result<Value> {
+    /// The global frame and its names, for code the evaluator itself adds.
+    pub(crate) fn global_scope(&self) -> (Rc<Env>, Vec<Sym>) {
+        (self.globals.clone(), self.global_names.clone())
+    }
+
+    /// Lower `text` as source `name` in the global scope.
+    pub(crate) fn lower(&mut self, name: &str, text: &str, base_dir: &str) -> Result<Expr> {
         let id = self.sources.len() as u32;
         self.sources.push(Source {
             name: name.to_owned(),
             text: text.into(),
         });
         let home = self.settings.home.clone();
-        let expr =
-            Lowerer::new(id, base_dir, home.as_deref(), &self.global_names).lower_source(text)?;
+        Lowerer::new(id, base_dir, home.as_deref(), &self.global_names).lower_source(text)
+    }
+
+    /// Parse `text` (named `name` in messages; relative paths in it are relative to
+    /// `base_dir`) and evaluate it to weak head normal form.
+    pub fn eval_source(&mut self, name: &str, text: &str, base_dir: &str) -> Result<Value> {
+        let expr = self.lower(name, text, base_dir)?;
         let globals = self.globals.clone();
         self.eval(&expr, &globals)
     }
 
     /// Parse and lower `text` without evaluating it: its syntax and scope errors.
     pub fn check_source(&mut self, name: &str, text: &str, base_dir: &str) -> Result<()> {
-        let id = self.sources.len() as u32;
-        self.sources.push(Source {
-            name: name.to_owned(),
-            text: text.into(),
-        });
-        let home = self.settings.home.clone();
-        Lowerer::new(id, base_dir, home.as_deref(), &self.global_names).lower_source(text)?;
-        Ok(())
+        self.lower(name, text, base_dir).map(|_| ())
+    }
+
+    /// Whether `v` is a function of a set of arguments (which commands call with
+    /// their `--arg`s, as Nix does).
+    pub fn takes_formals(&mut self, v: &Value) -> bool {
+        matches!(v, Value::Lambda(c) if matches!(c.def.param, Param::Formals { .. }))
+    }
+
+    /// `v`'s attribute at `path` (`a.b.0`: a number indexes a list), as `-A` selects.
+    pub fn select_path(&mut self, v: &Value, path: &str) -> Result<Value> {
+        let mut cur = self.force(v)?;
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            let missing = || {
+                EvalError::new(ErrorKind::Other(format!(
+                    "attribute '{part}' in selection path '{path}' not found"
+                )))
+            };
+            cur = match &cur {
+                Value::Attrs(a) => {
+                    let x = a.get(Sym::intern(part)).cloned().ok_or_else(missing)?;
+                    self.force(&x)?
+                }
+                Value::List(l) => {
+                    let i: usize = part.parse().map_err(|_| missing())?;
+                    let x = l.get(i).cloned().ok_or_else(missing)?;
+                    self.force(&x)?
+                }
+                other => {
+                    return Err(EvalError::new(ErrorKind::Other(format!(
+                        "the value at '{part}' in selection path '{path}' is {}, not a set",
+                        other.type_name()
+                    ))))
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// The `.drv` paths of the derivations `v` holds, as `nix-instantiate` finds them: `v`
+    /// itself, the elements of a list, the attributes of a set (in name order), and deeper
+    /// only into sets with `recurseForDerivations = true`. An output other than `out` is
+    /// named after a `!`.
+    pub fn derivations(&mut self, v: &Value, out: &mut Vec<String>) -> Result<()> {
+        self.derivations_in(v, out, true)
+    }
+
+    fn derivations_in(&mut self, v: &Value, out: &mut Vec<String>, top: bool) -> Result<()> {
+        let v = self.force(v)?;
+        match &v {
+            Value::Attrs(a) => {
+                if self.is_derivation(a)? {
+                    let get = |n: &str| a.get(Sym::intern(n)).cloned();
+                    let drv = get("drvPath").ok_or_else(|| {
+                        EvalError::new(ErrorKind::MissingAttr {
+                            name: "drvPath".into(),
+                        })
+                    })?;
+                    let drv = self.expect_string(&drv, Span::default())?.s.clone();
+                    let output = match get("outputName") {
+                        Some(o) => self.expect_string(&o, Span::default())?.s.clone(),
+                        None => "out".into(),
+                    };
+                    out.push(if output == "out" {
+                        drv
+                    } else {
+                        format!("{drv}!{output}")
+                    });
+                    return Ok(());
+                }
+                let recurse = match a.get(Sym::intern("recurseForDerivations")) {
+                    Some(r) => {
+                        let r = r.clone();
+                        matches!(self.force(&r)?, Value::Bool(true))
+                    }
+                    None => false,
+                };
+                if top || recurse {
+                    let entries: Vec<(Rc<str>, Value)> = a
+                        .sorted_by_name()
+                        .into_iter()
+                        .map(|(n, v)| (n, v.clone()))
+                        .collect();
+                    for (name, x) in entries {
+                        self.derivations_in(&x, out, false).map_err(|e| {
+                            e.context(None, format!("while evaluating the attribute '{name}'"))
+                        })?;
+                    }
+                }
+                Ok(())
+            }
+            Value::List(items) if top => {
+                for x in items.iter() {
+                    self.derivations_in(x, out, false)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn is_derivation(&mut self, a: &Attrs) -> Result<bool> {
+        match a.get(Sym::intern("type")) {
+            Some(t) => {
+                let t = t.clone();
+                Ok(matches!(self.force(&t)?, Value::String(ref s) if s.s == "derivation"))
+            }
+            None => Ok(false),
+        }
     }
 
     /// The value of `v`, forced to weak head normal form.
@@ -209,7 +350,7 @@ impl Evaluator {
                         Part::Lit(l) => out.s.push_str(l),
                         Part::Expr(e) => {
                             let v = self.eval(e, env)?;
-                            let s = self.coerce_to_string(&v, false, *span)?;
+                            let s = self.coerce_to_string(&v, Coerce::Interp, *span)?;
                             out.s.push_str(&s.s);
                             out.context.extend(&s.context);
                         }
@@ -224,7 +365,7 @@ impl Evaluator {
                         Part::Lit(l) => out.push_str(l),
                         Part::Expr(e) => {
                             let v = self.eval(e, env)?;
-                            let s = self.coerce_to_string(&v, false, *span)?;
+                            let s = self.coerce_to_string(&v, Coerce::Plain, *span)?;
                             if !s.context.is_empty() {
                                 return Err(EvalError::new(ErrorKind::Other(format!(
                                     "a string that refers to a store path cannot be appended to a path: '{}'",
@@ -585,7 +726,7 @@ impl Evaluator {
             }
             BinOp::Add => match (a, b) {
                 (Value::String(x), _) => {
-                    let y = self.coerce_to_string(b, false, span)?;
+                    let y = self.coerce_to_string(b, Coerce::Interp, span)?;
                     let mut s = NixString {
                         s: String::with_capacity(x.s.len() + y.s.len()),
                         context: x.context.clone(),
@@ -596,7 +737,7 @@ impl Evaluator {
                     Ok(Value::String(Rc::new(s)))
                 }
                 (Value::Path(x), _) => {
-                    let y = self.coerce_to_string(b, false, span)?;
+                    let y = self.coerce_to_string(b, Coerce::Plain, span)?;
                     if !y.context.is_empty() {
                         return Err(EvalError::new(ErrorKind::Other(format!(
                             "a string that refers to a store path cannot be appended to a path: '{}'",
@@ -785,15 +926,15 @@ impl Evaluator {
         }
     }
 
-    /// The string a value stands for in `"${…}"` (`to_string`: also what `toString` gives
-    /// numbers, Booleans, null and lists).
+    /// The string a value stands for, as `how` coerces it.
     pub fn coerce_to_string(
         &mut self,
         v: &Value,
-        to_string: bool,
+        how: Coerce,
         span: Span,
     ) -> Result<Rc<NixString>> {
         let v = self.force(v)?;
+        let more = matches!(how, Coerce::ToString | Coerce::Derivation);
         let plain = |s: String| {
             Ok(Rc::new(NixString {
                 s,
@@ -802,34 +943,33 @@ impl Evaluator {
         };
         match &v {
             Value::String(s) => Ok(s.clone()),
-            Value::Path(p) if to_string => plain(p.to_string()),
-            Value::Path(p) => Err(EvalError::new(ErrorKind::Other(format!(
-                "copying '{p}' to the store is not supported yet"
-            )))
-            .at(span)),
+            Value::Path(p) => match how {
+                Coerce::Interp | Coerce::Derivation => self.copy_to_store(p, span),
+                Coerce::ToString | Coerce::Plain => plain(p.to_string()),
+            },
             Value::Attrs(a) => {
                 if let Some(f) = a.get(Sym::intern("__toString")) {
                     let f = f.clone();
                     let r = self.apply(f, v.clone(), span)?;
-                    return self.coerce_to_string(&r, to_string, span);
+                    return self.coerce_to_string(&r, how, span);
                 }
                 if let Some(p) = a.get(Sym::intern("outPath")) {
                     let p = p.clone();
-                    return self.coerce_to_string(&p, to_string, span);
+                    return self.coerce_to_string(&p, how, span);
                 }
                 Err(EvalError::new(ErrorKind::NotCoercible(v.type_name().into())).at(span))
             }
-            Value::Int(i) if to_string => plain(i.to_string()),
-            Value::Float(f) if to_string => plain(format!("{f:.6}")),
-            Value::Bool(b) if to_string => plain(if *b { "1".into() } else { String::new() }),
-            Value::Null if to_string => plain(String::new()),
-            Value::List(items) if to_string => {
+            Value::Int(i) if more => plain(i.to_string()),
+            Value::Float(f) if more => plain(format!("{f:.6}")),
+            Value::Bool(b) if more => plain(if *b { "1".into() } else { String::new() }),
+            Value::Null if more => plain(String::new()),
+            Value::List(items) if more => {
                 let mut out = NixString {
                     s: String::new(),
                     context: Context::default(),
                 };
                 for (i, item) in items.iter().enumerate() {
-                    let s = self.coerce_to_string(item, true, span)?;
+                    let s = self.coerce_to_string(item, how, span)?;
                     if i > 0 {
                         out.s.push(' ');
                     }
@@ -842,6 +982,42 @@ impl Evaluator {
                 Err(EvalError::new(ErrorKind::NotCoercible(other.type_name().into())).at(span))
             }
         }
+    }
+
+    /// A path's tree added to the store (once per path in an evaluation), as the string
+    /// of its store path that refers to it.
+    fn copy_to_store(&mut self, p: &str, span: Span) -> Result<Rc<NixString>> {
+        let at = |e: EvalError| e.at(span);
+        let store = self.store().map_err(at)?;
+        let sp = match self.copied.get(p) {
+            Some(sp) => sp.clone(),
+            None => {
+                let name = p.rsplit('/').next().unwrap_or("");
+                let sp = store
+                    .add_source(std::path::Path::new(p), name)
+                    .map_err(|e| EvalError::store(e).at(span))?;
+                self.copied.insert(p.to_owned(), sp.clone());
+                sp
+            }
+        };
+        let full: Rc<str> = store.store_dir().display(&sp).into();
+        let mut context = Context::default();
+        context
+            .0
+            .insert(crate::value::ContextElem::Plain(full.clone()));
+        Ok(Rc::new(NixString {
+            s: full.to_string(),
+            context,
+        }))
+    }
+
+    /// The store evaluation writes to, or why there is none.
+    pub(crate) fn store(&self) -> Result<Arc<dyn EvalStore + Send + Sync>> {
+        self.store.clone().ok_or_else(|| {
+            EvalError::new(ErrorKind::Other(
+                "this needs a store, and the evaluation has none".into(),
+            ))
+        })
     }
 
     pub fn expect_bool(&mut self, v: &Value, span: Span) -> Result<bool> {

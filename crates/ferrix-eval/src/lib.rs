@@ -1,18 +1,20 @@
 //! The Nix language: parsing (rnix), lowering with resolved scopes, lazy evaluation,
-//! built-in functions and printing. No store yet: derivations, imports and paths copied to
-//! the store come with the rest of the evaluator issue.
+//! built-in functions, derivations written through [`EvalStore`], and printing.
 
 mod builtins;
+mod derivation;
 mod error;
 mod eval;
 mod print;
+mod store;
 mod symbol;
 mod syntax;
 mod value;
 
 pub use error::{ErrorKind, EvalError};
-pub use eval::{EvalSettings, Evaluator, Source};
+pub use eval::{Coerce, EvalSettings, Evaluator, Source};
 pub use print::{format_float, print};
+pub use store::EvalStore;
 pub use syntax::Span;
 pub use value::Value;
 

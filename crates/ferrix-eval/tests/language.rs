@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 fn eval_with(settings: EvalSettings, text: &str) -> Result<String, ErrorKind> {
     ferrix_eval::on_big_stack(move || {
-        let mut ev = Evaluator::new(settings);
+        let mut ev = Evaluator::new(settings, None);
         let v = ev
             .eval_source("«test»", text, "/base")
             .map_err(|e| e.kind)?;
@@ -156,7 +156,7 @@ proptest! {
     /// Any text, however broken, parses to an expression or a syntax error: never a panic.
     #[test]
     fn arbitrary_text_never_panics(text in "[ -~\n]{0,40}") {
-        let mut ev = Evaluator::new(EvalSettings::default());
+        let mut ev = Evaluator::new(EvalSettings::default(), None);
         let _ = ev.check_source("«fuzz»", &text, "/");
     }
 

@@ -27,7 +27,17 @@ pub fn read_derivation(store: &LocalStore, p: &StorePath) -> Result<Derivation> 
 /// Add a derivation as `<name>.drv`, as `nix derivation add` does: the paths of its
 /// input-addressed outputs (deferred ones, and their variables in the environment) are
 /// filled in; given ones must be the ones computed (the store checks them on the way in).
-pub fn add_filled(store: &LocalStore, mut drv: Derivation, name: &str) -> Result<StorePath> {
+pub fn add_filled(store: &LocalStore, drv: Derivation, name: &str) -> Result<StorePath> {
+    fill_and_add(store, drv, name).map(|(p, _)| p)
+}
+
+/// [`add_filled`], also returning the derivation as written (its output paths filled in):
+/// what evaluation needs to name the outputs.
+pub fn fill_and_add(
+    store: &LocalStore,
+    mut drv: Derivation,
+    name: &str,
+) -> Result<(StorePath, Derivation)> {
     if drv.fixed_output().is_none() {
         let given = drv.clone();
         let mut memo = HashMap::new();
@@ -56,7 +66,8 @@ pub fn add_filled(store: &LocalStore, mut drv: Derivation, name: &str) -> Result
             }
         }
     }
-    store.add_derivation(&drv, name)
+    let p = store.add_derivation(&drv, name)?;
+    Ok((p, drv))
 }
 
 /// A derivation is checked before it is registered (by any door) or built: it parses

@@ -69,6 +69,35 @@ pub struct Args {
     refresh: bool,
 }
 
+impl Args {
+    /// What `nix-build` asks of a build: these derivation outputs (`DRV!OUT`), linked at
+    /// `out_link` (unless `None`), their paths printed; `flags` are `ferrix build`'s own.
+    pub fn for_nix_build(
+        installables: Vec<String>,
+        out_link: Option<PathBuf>,
+        flags: &[String],
+    ) -> Result<Self> {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: Args,
+        }
+        let mut argv: Vec<String> = vec!["nix-build".into()];
+        argv.extend(flags.iter().cloned());
+        argv.push("--print-out-paths".into());
+        match &out_link {
+            Some(l) => {
+                argv.push("-o".into());
+                argv.push(l.to_string_lossy().into_owned());
+            }
+            None => argv.push("--no-link".into()),
+        }
+        argv.push("--".into());
+        argv.extend(installables);
+        Ok(<Wrap as clap::Parser>::try_parse_from(argv)?.args)
+    }
+}
+
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
     let mut settings = settings.clone();
     // Each flag is `--NAME` of the setting it stands for.

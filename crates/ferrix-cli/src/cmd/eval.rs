@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::evaluate::{evaluate, settings, Input, Output};
+use crate::evaluate::{eval_settings, evaluate, Input, Output};
+use crate::settings::Settings;
 use crate::shell::Shell;
 
 #[derive(Debug, clap::Args)]
@@ -19,12 +20,14 @@ pub struct Args {
     /// Print a string as it is, without quotes or escapes.
     #[arg(long)]
     raw: bool,
+    /// The attribute of the value to print (`a.b.c`).
+    attr: Option<String>,
     /// Add a search path entry for `<name>` lookups (`-I name=dir` or `-I dir`).
     #[arg(short = 'I')]
     include: Vec<String>,
 }
 
-pub fn run(args: Args, shell: &mut Shell) -> Result<ExitCode> {
+pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
     let input = match (args.expr, args.file) {
         (Some(e), _) => Input::Expr(e),
         (None, Some(f)) => Input::File(f),
@@ -35,7 +38,13 @@ pub fn run(args: Args, shell: &mut Shell) -> Result<ExitCode> {
     } else {
         Output::Nix { strict: true }
     };
-    let text = evaluate(&input, output, settings(&args.include))?;
+    let text = evaluate(
+        &input,
+        args.attr.as_deref(),
+        output,
+        eval_settings(&args.include, settings),
+        settings,
+    )?;
     if args.raw {
         shell.print(text)?;
     } else {

@@ -1,6 +1,6 @@
 //! The `ferrix` (= `nix`) command line: subcommands following Nix's `nix` CLI.
 
-mod build;
+pub mod build;
 mod copy;
 mod derivation;
 mod eval;
@@ -134,7 +134,7 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Store(c) => return store::run(c, &settings, shell),
         Command::Build(a) => return build::run(a, &settings, shell),
         Command::Log(a) => log::run(a, &settings, shell)?,
-        Command::Eval(a) => return eval::run(a, shell),
+        Command::Eval(a) => return eval::run(a, &settings, shell),
         Command::Copy(a) => copy::run(a, &settings, shell)?,
         Command::Machines => machines::run(&settings, shell)?,
         Command::ServeCache(a) => serve_cache::run(a, &settings, shell)?,

@@ -1,5 +1,6 @@
 //! The classic commands (`nix-hash`, `nix-store`), with Nix's own argument conventions.
 
+pub mod nix_build;
 pub mod nix_collect_garbage;
 pub mod nix_copy_closure;
 pub mod nix_hash;

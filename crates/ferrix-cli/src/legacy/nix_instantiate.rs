@@ -1,25 +1,30 @@
-//! `nix-instantiate`: evaluate Nix expressions (`--eval`); instantiating derivations comes
-//! with `derivation`.
+//! `nix-instantiate`: evaluate Nix expressions, writing the derivations they hold to the
+//! store and printing their paths, or (`--eval`) printing their values.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{ArgIter, Common};
-use crate::evaluate::{evaluate, settings, Input, Output};
+use crate::evaluate::{eval_settings, evaluate, Input, Output};
+use crate::settings::{CliSetting, Settings};
 use crate::shell::Shell;
 
-const HELP: &str = "Usage: nix-instantiate --eval [--strict] [-I PATH] (-E EXPR | FILE)
+const HELP: &str =
+    "Usage: nix-instantiate [--eval [--strict]] [-A ATTR] [-I PATH] (-E EXPR | FILE...)
 
-Evaluate the expression in FILE (default.nix in a directory, ./default.nix without one)
-or given with -E, and print its value.";
+Evaluate the expression in each FILE (default.nix in a directory, ./default.nix without one)
+or given with -E. Without --eval, write the derivations it holds to the store and print
+their paths; with --eval, print its value.";
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut it = ArgIter::new("nix-instantiate", args.to_vec());
     let (mut eval, mut strict, mut from_expr) = (false, false, false);
     let mut include = Vec::new();
+    let mut attrs: Vec<String> = Vec::new();
+    let mut options = Vec::new();
     let mut operands: Vec<OsString> = Vec::new();
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
@@ -33,14 +38,17 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--strict" => strict = true,
             "-E" | "--expr" => from_expr = true,
             "-I" => include.push(it.value(flag)?),
+            "-A" | "--attr" => attrs.push(it.value(flag)?),
+            "--option" => {
+                let name = it.value(flag)?;
+                options.push(CliSetting::option(name, it.value(flag)?));
+            }
             "--" => operands.extend(it.by_ref()),
             f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
             _ => operands.push(a),
         }
     }
-    if !eval {
-        bail!("instantiating derivations is not available yet: only 'nix-instantiate --eval' is");
-    }
+    let settings = Settings::load(None, &options, shell)?;
     let inputs: Vec<Input> = if from_expr {
         operands
             .iter()
@@ -54,9 +62,32 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             .map(|o| Input::File(PathBuf::from(o)))
             .collect()
     };
+    let output = if eval {
+        Output::Nix { strict }
+    } else {
+        Output::DrvPaths
+    };
+    let paths: Vec<Option<&str>> = if attrs.is_empty() {
+        vec![None]
+    } else {
+        attrs.iter().map(|a| Some(a.as_str())).collect()
+    };
     for input in &inputs {
-        let text = evaluate(input, Output::Nix { strict }, settings(&include))?;
-        shell.println(text)?;
+        for attr in &paths {
+            let text = evaluate(
+                input,
+                *attr,
+                output,
+                eval_settings(&include, &settings),
+                &settings,
+            )?;
+            if !text.is_empty() {
+                shell.println(text)?;
+            }
+        }
+    }
+    if !eval {
+        shell.warn("you did not specify '--add-root'; the result might be removed by the garbage collector");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,101 @@
+//! `nix-build`: instantiate, then build what was instantiated through the Engine, link the
+//! results (`result`, or `-o`) and print the output paths.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{ArgIter, Common};
+use crate::evaluate::{eval_settings, evaluate, Input, Output};
+use crate::settings::{CliSetting, Settings};
+use crate::shell::Shell;
+
+const HELP: &str = "Usage: nix-build [-A ATTR] [-o LINK | --no-out-link] [-I PATH] [-j N] [-k] [-K] (-E EXPR | FILE...)
+
+Evaluate the expression in each FILE (default.nix in a directory, ./default.nix without one)
+or given with -E, build the derivations it holds, link the results and print their paths.";
+
+pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
+    let mut it = ArgIter::new("nix-build", args.to_vec());
+    let mut from_expr = false;
+    let mut include = Vec::new();
+    let mut attrs: Vec<String> = Vec::new();
+    let mut options = Vec::new();
+    let mut out_link = Some(PathBuf::from("result"));
+    let mut flags: Vec<String> = Vec::new();
+    let mut operands: Vec<OsString> = Vec::new();
+    while let Some(a) = it.next() {
+        let flag = a.to_str().unwrap_or("");
+        match it.common(flag, HELP, shell)? {
+            Common::Exit(code) => return Ok(code),
+            Common::Consumed => continue,
+            Common::Other => {}
+        }
+        match flag {
+            "-E" | "--expr" => from_expr = true,
+            "-I" => include.push(it.value(flag)?),
+            "-A" | "--attr" => attrs.push(it.value(flag)?),
+            "-o" | "--out-link" => out_link = Some(PathBuf::from(it.value(flag)?)),
+            "--no-out-link" => out_link = None,
+            "-j" | "--max-jobs" | "--cores" | "--max-silent-time" | "--timeout" => {
+                flags.push(flag.to_owned());
+                flags.push(it.value(flag)?);
+            }
+            "-k" | "--keep-going" | "-K" | "--keep-failed" | "--fallback" | "--offline" | "-L"
+            | "--print-build-logs" | "--check" | "--repair" => flags.push(flag.to_owned()),
+            "--option" => {
+                let name = it.value(flag)?;
+                options.push(CliSetting::option(name, it.value(flag)?));
+            }
+            "--" => operands.extend(it.by_ref()),
+            f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
+            _ => operands.push(a),
+        }
+    }
+    let settings = Settings::load(None, &options, shell)?;
+    let inputs: Vec<Input> = if from_expr {
+        operands
+            .iter()
+            .map(|o| Input::Expr(o.to_string_lossy().into_owned()))
+            .collect()
+    } else if operands.is_empty() {
+        vec![Input::File(PathBuf::from("."))]
+    } else {
+        operands
+            .iter()
+            .map(|o| Input::File(PathBuf::from(o)))
+            .collect()
+    };
+    let selected: Vec<Option<&str>> = if attrs.is_empty() {
+        vec![None]
+    } else {
+        attrs.iter().map(|a| Some(a.as_str())).collect()
+    };
+    let mut installables = Vec::new();
+    for input in &inputs {
+        for attr in &selected {
+            let text = evaluate(
+                input,
+                *attr,
+                Output::DrvPaths,
+                eval_settings(&include, &settings),
+                &settings,
+            )?;
+            for line in text.lines() {
+                // `DRV!OUT`, or the default output.
+                installables.push(if line.contains('!') {
+                    line.to_owned()
+                } else {
+                    format!("{line}!out")
+                });
+            }
+        }
+    }
+    if installables.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let args = crate::cmd::build::Args::for_nix_build(installables, out_link, &flags)?;
+    crate::cmd::build::run(args, &settings, shell)
+}

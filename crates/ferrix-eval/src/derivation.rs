@@ -1,0 +1,411 @@
+//! Derivations and the store from the language: `derivationStrict` (a `.drv` written
+//! through the store, its inputs from the string context of its attributes), `derivation`
+//! (the attribute set around it, in Nix itself), `import`, `toFile`, `placeholder`, files
+//! and string context.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use ferrix_format::content_address::FileIngestionMethod;
+use ferrix_format::{Derivation, DerivationOutput, Hash, HashAlgo};
+
+use crate::error::{ErrorKind, EvalError};
+use crate::eval::{Coerce, Evaluator};
+use crate::symbol::Sym;
+use crate::syntax::Span;
+use crate::value::{Attrs, Context, ContextElem, NixString, ThunkState, Value};
+
+type Result<T> = std::result::Result<T, EvalError>;
+
+/// `derivation`: the set of a derivation's outputs around `derivationStrict`, each output
+/// a copy of the attributes with its own `outPath` and `outputName`; the first output's.
+const DERIVATION: &str = r#"
+attrs @ { outputs ? [ "out" ], ... }:
+let
+  strict = builtins.derivationStrict attrs;
+  common = attrs // builtins.listToAttrs byOutput // {
+    all = builtins.map (o: o.value) byOutput;
+    drvAttrs = attrs;
+  };
+  byOutput = builtins.map (name: {
+    inherit name;
+    value = common // {
+      outPath = builtins.getAttr name strict;
+      drvPath = strict.drvPath;
+      type = "derivation";
+      outputName = name;
+    };
+  }) outputs;
+in (builtins.head byOutput).value
+"#;
+
+/// Give the global `derivation` (a thunk the globals hold) its definition.
+pub(crate) fn define_derivation(ev: &mut Evaluator) {
+    let (globals, names) = ev.global_scope();
+    let Some(slot) = names.iter().position(|n| *n == Sym::intern("derivation")) else {
+        return;
+    };
+    let Value::Thunk(t) = globals.slots.borrow()[slot].clone() else {
+        return;
+    };
+    let expr = ev
+        .lower("«derivation»", DERIVATION, "/")
+        .expect("the definition of derivation parses");
+    *t.0.borrow_mut() = ThunkState::Suspended(Rc::new(expr), globals);
+}
+
+fn other(msg: String, span: Span) -> EvalError {
+    EvalError::new(ErrorKind::Other(msg)).at(span)
+}
+
+fn with_context(s: String, context: Context) -> Value {
+    Value::String(Rc::new(NixString { s, context }))
+}
+
+pub(crate) fn derivation_strict(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let attrs = ev.expect_attrs(&a[0], span)?;
+    let get = |n: &str| attrs.get(Sym::intern(n)).cloned();
+    let name_v = get("name").ok_or_else(|| {
+        EvalError::new(ErrorKind::MissingAttr {
+            name: "name".into(),
+        })
+        .at(span)
+    })?;
+    let name = ev.expect_string(&name_v, span)?.s.clone();
+    let in_drv = |e: EvalError| {
+        e.context(
+            Some(span),
+            format!("while evaluating the derivation '{name}'"),
+        )
+    };
+    build(ev, &attrs, &name, span).map_err(in_drv)
+}
+
+fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Value> {
+    let store = ev.store().map_err(|e| e.at(span))?;
+    let sd = store.store_dir().clone();
+    let get = |n: &str| attrs.get(Sym::intern(n)).cloned();
+    let ignore_nulls = match get("__ignoreNulls") {
+        Some(v) => ev.expect_bool(&v, span)?,
+        None => false,
+    };
+    if let Some(v) = get("__structuredAttrs") {
+        if ev.expect_bool(&v, span)? {
+            return Err(other(
+                "structured attributes (__structuredAttrs) are not supported yet".into(),
+                span,
+            ));
+        }
+    }
+    let mut drv = Derivation {
+        outputs: BTreeMap::new(),
+        input_drvs: BTreeMap::new(),
+        input_srcs: BTreeSet::new(),
+        platform: String::new(),
+        builder: String::new(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+    };
+    let mut context = Context::default();
+    let mut outputs: Vec<String> = vec!["out".into()];
+    let (mut hash, mut hash_algo, mut hash_mode) = (None, None, None);
+    for (key, value) in attrs.sorted_by_name() {
+        let key: &str = &key;
+        if key == "__ignoreNulls" {
+            continue;
+        }
+        let in_attr =
+            |e: EvalError| e.context(None, format!("while evaluating the attribute '{key}'"));
+        let v = ev.force(value).map_err(in_attr)?;
+        if ignore_nulls && matches!(v, Value::Null) {
+            continue;
+        }
+        if key == "args" {
+            let list = ev.expect_list(&v, span).map_err(in_attr)?;
+            for item in list.iter() {
+                let s = ev
+                    .coerce_to_string(item, Coerce::Derivation, span)
+                    .map_err(in_attr)?;
+                context.extend(&s.context);
+                drv.args.push(s.s.clone());
+            }
+            continue;
+        }
+        let s = ev
+            .coerce_to_string(&v, Coerce::Derivation, span)
+            .map_err(in_attr)?;
+        context.extend(&s.context);
+        match key {
+            "builder" => drv.builder = s.s.clone(),
+            "system" => drv.platform = s.s.clone(),
+            "outputHash" => hash = Some(s.s.clone()),
+            "outputHashAlgo" => hash_algo = Some(s.s.clone()),
+            "outputHashMode" => hash_mode = Some(s.s.clone()),
+            "outputs" => {
+                let list = ev.expect_list(&v, span).map_err(in_attr)?;
+                outputs.clear();
+                for o in list.iter() {
+                    let o = ev.expect_string(o, span)?.s.clone();
+                    if o == "drv" {
+                        return Err(other("invalid derivation output name 'drv'".into(), span));
+                    }
+                    if outputs.contains(&o) {
+                        return Err(other(format!("duplicate derivation output '{o}'"), span));
+                    }
+                    outputs.push(o);
+                }
+                if outputs.is_empty() {
+                    return Err(other(
+                        "derivation cannot have an empty set of outputs".into(),
+                        span,
+                    ));
+                }
+            }
+            _ => {}
+        }
+        drv.env.insert(key.to_owned(), s.s.clone());
+    }
+    for (what, field) in [("builder", &drv.builder), ("system", &drv.platform)] {
+        if field.is_empty() && get(what).is_none() {
+            return Err(other(format!("required attribute '{what}' missing"), span));
+        }
+    }
+    for c in &context.0 {
+        let parse = |p: &str| {
+            sd.parse_path(p)
+                .map_err(|e| other(format!("'{p}' in a string's context: {e}"), span))
+        };
+        match c {
+            ContextElem::Plain(p) => {
+                drv.input_srcs.insert(parse(p)?);
+            }
+            ContextElem::Output { drv: d, output } => {
+                drv.input_drvs
+                    .entry(parse(d)?)
+                    .or_default()
+                    .insert(output.to_string());
+            }
+            ContextElem::AllOutputs(d) => {
+                return Err(other(
+                    format!("a derivation's path ('{d}') in another derivation's attributes is not supported yet"),
+                    span,
+                ))
+            }
+        }
+    }
+    if let Some(h) = hash {
+        if outputs != ["out"] {
+            return Err(other(
+                "multiple outputs are not supported in fixed-output derivations".into(),
+                span,
+            ));
+        }
+        let method = match hash_mode.as_deref() {
+            None | Some("flat") => FileIngestionMethod::Flat,
+            Some("recursive") => FileIngestionMethod::Recursive,
+            Some(m) => {
+                return Err(other(
+                    format!("invalid value '{m}' for 'outputHashMode'"),
+                    span,
+                ))
+            }
+        };
+        let algo = match hash_algo.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(
+                a.parse::<HashAlgo>()
+                    .map_err(|e| other(format!("invalid 'outputHashAlgo' '{a}': {e}"), span))?,
+            ),
+        };
+        let hash = Hash::parse(&h, algo)
+            .map_err(|e| other(format!("invalid 'outputHash' '{h}': {e}"), span))?;
+        let path = sd
+            .make_fixed_output_path(name, method, &hash, [], false)
+            .map_err(|e| other(format!("invalid derivation name '{name}': {e}"), span))?;
+        drv.env.insert("out".into(), sd.display(&path));
+        drv.outputs.insert(
+            "out".into(),
+            DerivationOutput::CaFixed { method, hash, path },
+        );
+    } else {
+        for o in &outputs {
+            drv.env.insert(o.clone(), String::new());
+            drv.outputs.insert(o.clone(), DerivationOutput::Deferred);
+        }
+    }
+    let (drv_path, written) = store
+        .add_derivation(drv, name)
+        .map_err(|e| EvalError::store(e).at(span))?;
+    let dp: Rc<str> = sd.display(&drv_path).into();
+    let mut entries = vec![(
+        Sym::intern("drvPath"),
+        with_context(
+            dp.to_string(),
+            Context([ContextElem::AllOutputs(dp.clone())].into()),
+        ),
+    )];
+    for (o, out) in &written.outputs {
+        let Some(p) = out.path() else {
+            return Err(other(format!("output '{o}' has no path"), span));
+        };
+        entries.push((
+            Sym::intern(o),
+            with_context(
+                sd.display(p),
+                Context(
+                    [ContextElem::Output {
+                        drv: dp.clone(),
+                        output: o.as_str().into(),
+                    }]
+                    .into(),
+                ),
+            ),
+        ));
+    }
+    Ok(Value::attrs(Attrs::from_unsorted(entries)))
+}
+
+/// `import path`: a file's value (a directory's `default.nix`), evaluated once.
+pub(crate) fn import(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let file = real_path(ev, &a[0], span)?;
+    let file = if file.is_dir() {
+        file.join("default.nix")
+    } else {
+        file
+    };
+    if let Some(v) = ev.imported.get(&file) {
+        return Ok(v.clone());
+    }
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| other(format!("reading '{}': {e}", file.display()), span))?;
+    let base = file
+        .parent()
+        .map_or_else(|| "/".to_owned(), |p| p.to_string_lossy().into_owned());
+    let v = ev
+        .eval_source(&file.display().to_string(), &text, &base)
+        .map_err(|e| e.context(Some(span), format!("while importing '{}'", file.display())))?;
+    ev.imported.insert(file, v.clone());
+    Ok(v)
+}
+
+/// The file a path or a string names; a string that refers to a store path built by a
+/// derivation would need that build first.
+fn real_path(ev: &mut Evaluator, v: &Value, span: Span) -> Result<PathBuf> {
+    let v = ev.force(v)?;
+    match &v {
+        Value::Path(p) => Ok(PathBuf::from(&**p)),
+        _ => {
+            let s = ev.coerce_to_string(&v, Coerce::Plain, span)?;
+            if s.context
+                .0
+                .iter()
+                .any(|c| !matches!(c, ContextElem::Plain(_)))
+            {
+                return Err(other(
+                    format!("'{}' is a derivation's output: reading it during evaluation (import from derivation) is not supported yet", s.s),
+                    span,
+                ));
+            }
+            if !s.s.starts_with('/') {
+                return Err(other(
+                    format!("string '{}' doesn't represent an absolute path", s.s),
+                    span,
+                ));
+            }
+            Ok(PathBuf::from(&s.s))
+        }
+    }
+}
+
+pub(crate) fn read_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let p = real_path(ev, &a[0], span)?;
+    let text =
+        std::fs::read(&p).map_err(|e| other(format!("reading '{}': {e}", p.display()), span))?;
+    Ok(Value::string(String::from_utf8_lossy(&text).into_owned()))
+}
+
+pub(crate) fn path_exists(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let p = real_path(ev, &a[0], span)?;
+    Ok(Value::Bool(p.symlink_metadata().is_ok()))
+}
+
+pub(crate) fn read_dir(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let p = real_path(ev, &a[0], span)?;
+    let io = |e: std::io::Error| {
+        other(
+            format!("reading the directory '{}': {e}", p.display()),
+            span,
+        )
+    };
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(&p).map_err(io)? {
+        let e = e.map_err(io)?;
+        let t = e.file_type().map_err(io)?;
+        let kind = if t.is_dir() {
+            "directory"
+        } else if t.is_symlink() {
+            "symlink"
+        } else if t.is_file() {
+            "regular"
+        } else {
+            "unknown"
+        };
+        entries.push((
+            Sym::intern(&e.file_name().to_string_lossy()),
+            Value::string(kind),
+        ));
+    }
+    Ok(Value::attrs(Attrs::from_unsorted(entries)))
+}
+
+/// `toFile name text`: a text file in the store, referring to the paths in `text`'s
+/// context.
+pub(crate) fn to_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let name = ev.expect_string(&a[0], span)?.s.clone();
+    let text = ev.coerce_to_string(&a[1], Coerce::Interp, span)?;
+    let store = ev.store().map_err(|e| e.at(span))?;
+    let sd = store.store_dir().clone();
+    let mut refs = BTreeSet::new();
+    for c in &text.context.0 {
+        match c {
+            ContextElem::Plain(p) => {
+                refs.insert(
+                    sd.parse_path(p)
+                        .map_err(|e| other(format!("'{p}': {e}"), span))?,
+                );
+            }
+            _ => {
+                return Err(other(
+                    format!("in 'toFile': the file '{name}' cannot refer to derivation outputs"),
+                    span,
+                ))
+            }
+        }
+    }
+    let p = store
+        .add_text(&name, &text.s, &refs)
+        .map_err(|e| EvalError::store(e).at(span))?;
+    let full: Rc<str> = sd.display(&p).into();
+    Ok(with_context(
+        full.to_string(),
+        Context([ContextElem::Plain(full)].into()),
+    ))
+}
+
+/// `placeholder output`: what an output's path is replaced by until it is known.
+pub(crate) fn placeholder(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let o = ev.expect_string(&a[0], span)?;
+    let h = Hash::sha256(format!("nix-output:{}", o.s).as_bytes());
+    Ok(Value::string(format!("/{}", h.to_nix32())))
+}
+
+pub(crate) fn discard_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.expect_string(&a[0], span)?;
+    Ok(Value::string(s.s.clone()))
+}
+
+pub(crate) fn has_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.expect_string(&a[0], span)?;
+    Ok(Value::Bool(!s.context.is_empty()))
+}

@@ -1,0 +1,66 @@
+//! What evaluation needs of a store: its directory, and writing text files, source trees and
+//! derivations into it. The local store implements it; evaluation never builds.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ferrix_format::content_address::FileIngestionMethod;
+use ferrix_format::{Derivation, HashAlgo, StoreDir, StorePath};
+use ferrix_store::{LocalStore, StoreError};
+
+pub trait EvalStore {
+    fn store_dir(&self) -> &StoreDir;
+
+    /// A text file with references (`builtins.toFile`).
+    fn add_text(
+        &self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError>;
+
+    /// A file system tree, as a recursive SHA-256 source path named `name`.
+    fn add_source(&self, path: &Path, name: &str) -> Result<StorePath, StoreError>;
+
+    /// Write `drv` as `<name>.drv`, its input-addressed outputs computed; the derivation as
+    /// written and where.
+    fn add_derivation(
+        &self,
+        drv: Derivation,
+        name: &str,
+    ) -> Result<(StorePath, Derivation), StoreError>;
+
+    /// The derivation at `p` (for its outputs).
+    fn read_derivation(&self, p: &StorePath) -> Result<Derivation, StoreError>;
+}
+
+impl EvalStore for LocalStore {
+    fn store_dir(&self) -> &StoreDir {
+        LocalStore::store_dir(self)
+    }
+
+    fn add_text(
+        &self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError> {
+        LocalStore::add_text(self, name, text.as_bytes(), refs)
+    }
+
+    fn add_source(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        self.add_path(path, name, FileIngestionMethod::Recursive, HashAlgo::Sha256)
+    }
+
+    fn add_derivation(
+        &self,
+        drv: Derivation,
+        name: &str,
+    ) -> Result<(StorePath, Derivation), StoreError> {
+        ferrix_store::drv::fill_and_add(self, drv, name)
+    }
+
+    fn read_derivation(&self, p: &StorePath) -> Result<Derivation, StoreError> {
+        ferrix_store::drv::read_derivation(self, p)
+    }
+}
