@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: serialise, list, hash and check an example tree, add it to a local store, and
-# build an example derivation graph on it with default settings. Needs only the Rust
-# toolchain (and /bin/sh, /usr/bin/tr, which every Debian has).
+# The main job: serialise, list, hash and check an example tree, add it to a local store, then
+# evaluate a small package set in the Nix language (examples/pkgs) and build it with nix-build
+# on a fresh store with default settings. Needs only the Rust toolchain (and /bin/sh,
+# /usr/bin/tr, which every Debian has).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,24 +50,19 @@ export NIX_CONF_DIR="$work/b/etc"
 unset NIX_REMOTE
 mkdir -p "$NIX_CONF_DIR"
 echo 'sandbox-paths = /bin /usr /lib /lib64?' > "$NIX_CONF_DIR/nix.conf"
-echo "== a derivation graph (examples/build/*.json): greeting <- shout <- report (out, doc)"
-srcp=$("$work/bin/nix-store" --add "$src")
-add() {
-  sed -e "s|@src@|$srcp|g" -e "s|@greeting@|${greeting:-}|g" -e "s|@greeting-out@|${greeting_out:-}|g" \
-      -e "s|@shout@|${shout:-}|g" -e "s|@shout-out@|${shout_out:-}|g" "examples/build/$1.json" \
-    | "$ferrix" derivation add
-}
-greeting=$(add greeting); greeting_out=$("$work/bin/nix-store" -q --outputs "$greeting")
-shout=$(add shout); shout_out=$("$work/bin/nix-store" -q --outputs "$shout")
-report=$(add report)
-echo "$greeting"; echo "$shout"; echo "$report"
-echo "== ferrix build --print-out-paths '$report^*'"
-(cd "$work" && "$ferrix" build --print-out-paths "$report^*")
+echo "== the package set in the Nix language (examples/pkgs): greeting <- shout <- report (out, doc)"
+echo "== nix-instantiate examples/pkgs -A report: the .drv files written to the store"
+"$work/bin/nix-instantiate" examples/pkgs -A report
+echo "== nix-build examples/pkgs -A report -A report.doc"
+pkgs=$PWD/examples/pkgs
+(cd "$work" && "$work/bin/nix-build" "$pkgs" -A report -A report.doc)
 echo "== the results (result -> out, result-doc -> doc)"
 cat "$work/result/greeting" "$work/result/shout" "$work/result-doc/README"
 echo "== ferrix log (greeting)"
-"$ferrix" log "$greeting"
+"$ferrix" log "$("$work/bin/nix-instantiate" examples/pkgs -A greeting 2>/dev/null)"
 echo "== nix-store -qR result: the closure, found by scanning the outputs for references"
 "$work/bin/nix-store" -qR "$work/result"
 echo "== building again does nothing"
-(cd "$work" && "$ferrix" build --no-link "$report")
+(cd "$work" && "$work/bin/nix-build" "$pkgs" -A report --no-out-link)
+echo "== ferrix eval: a value of the package set"
+"$ferrix" eval --file examples/pkgs greeting.name

@@ -67,6 +67,10 @@ pub struct Args {
     /// asked nothing).
     #[arg(long)]
     refresh: bool,
+    /// Number further results from 2, as `nix-build` does (`result`, `result-2`), rather
+    /// than from 1 as `nix build` does.
+    #[arg(skip)]
+    nix_build_links: bool,
 }
 
 impl Args {
@@ -94,7 +98,9 @@ impl Args {
         }
         argv.push("--".into());
         argv.extend(installables);
-        Ok(<Wrap as clap::Parser>::try_parse_from(argv)?.args)
+        let mut args = <Wrap as clap::Parser>::try_parse_from(argv)?.args;
+        args.nix_build_links = true;
+        Ok(args)
     }
 }
 
@@ -164,7 +170,7 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
                     .unwrap_or_else(|| PathBuf::from("result"));
                 let mut link = base.into_os_string();
                 if n > 0 {
-                    link.push(format!("-{n}"));
+                    link.push(format!("-{}", if a.nix_build_links { n + 1 } else { n }));
                 }
                 if name != "out" {
                     link.push(format!("-{name}"));

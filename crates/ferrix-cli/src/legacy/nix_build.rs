@@ -73,7 +73,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     } else {
         attrs.iter().map(|a| Some(a.as_str())).collect()
     };
-    let mut installables = Vec::new();
+    // Outputs of one derivation are built and linked together (`result`, `result-doc`).
+    let mut installables: Vec<(String, Vec<String>)> = Vec::new();
     for input in &inputs {
         for attr in &selected {
             let text = evaluate(
@@ -84,18 +85,24 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 &settings,
             )?;
             for line in text.lines() {
-                // `DRV!OUT`, or the default output.
-                installables.push(if line.contains('!') {
-                    line.to_owned()
-                } else {
-                    format!("{line}!out")
-                });
+                let (drv, output) = line.split_once('!').unwrap_or((line, "out"));
+                match installables.iter_mut().find(|(d, _)| d == drv) {
+                    Some((_, outs)) if !outs.iter().any(|o| o == output) => {
+                        outs.push(output.to_owned())
+                    }
+                    Some(_) => {}
+                    None => installables.push((drv.to_owned(), vec![output.to_owned()])),
+                }
             }
         }
     }
     if installables.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
+    let installables = installables
+        .into_iter()
+        .map(|(drv, outs)| format!("{drv}^{}", outs.join(",")))
+        .collect();
     let args = crate::cmd::build::Args::for_nix_build(installables, out_link, &flags)?;
     crate::cmd::build::run(args, &settings, shell)
 }
