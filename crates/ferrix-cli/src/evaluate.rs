@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ferrix_eval::{Coerce, EvalSettings, EvalStore, Evaluator, Span, Value};
+use ferrix_eval::{AutoArg, Coerce, EvalSettings, EvalStore, Evaluator, Span, Value};
+
+/// `--arg NAME EXPR` and `--argstr NAME VALUE`, in order.
+pub type Args = Vec<(String, AutoArg)>;
 
 use crate::settings::Settings;
 
@@ -17,6 +20,12 @@ pub enum Input {
     Expr(String),
     /// A file (a directory means its `default.nix`).
     File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum InputKind {
+    Expr,
+    File,
 }
 
 /// What is done with the value.
@@ -49,6 +58,10 @@ pub fn eval_settings(include: &[String], settings: &Settings) -> EvalSettings {
         search_path,
         system: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
         store_dir: settings.store_dir.as_str().to_owned(),
+        env: std::env::vars().collect(),
+        cwd: std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into()),
         ..EvalSettings::default()
     }
 }
@@ -57,7 +70,9 @@ pub fn eval_settings(include: &[String], settings: &Settings) -> EvalSettings {
 /// text, or the error rendered with its source.
 pub fn evaluate(
     input: &Input,
+    args: &[(String, AutoArg)],
     attr_path: Option<&str>,
+    always_call: bool,
     output: Output,
     eval_settings: EvalSettings,
     settings: &Settings,
@@ -86,11 +101,27 @@ pub fn evaluate(
     let store: Arc<dyn EvalStore + Send + Sync> = Arc::new(settings.open_store()?);
     let base = base.to_string_lossy().into_owned();
     let attr_path = attr_path.map(str::to_owned);
+    let args = args.to_vec();
+    let input_kind = match input {
+        Input::Expr(_) => InputKind::Expr,
+        Input::File(_) => InputKind::File,
+    };
     let result = ferrix_eval::on_big_stack(move || {
         let mut ev = Evaluator::new(eval_settings, Some(store));
         let rendered = ev
             .eval_source(&name, &text, &base)
-            .and_then(|v| auto_call(&mut ev, v))
+            .and_then(|v| {
+                // `--eval` calls a function only when given arguments, as Nix does; finding
+                // derivations and `--file` call it with its defaults too.
+                let call = !args.is_empty()
+                    || output == Output::DrvPaths
+                    || (always_call && matches!(input_kind, InputKind::File));
+                if call {
+                    ev.auto_call(v, &args)
+                } else {
+                    Ok(v)
+                }
+            })
             .and_then(|v| match &attr_path {
                 Some(p) => ev.select_path(&v, p),
                 None => Ok(v),
@@ -99,15 +130,6 @@ pub fn evaluate(
         rendered.map_err(|e| ferrix_eval::render_error(&ev, &e))
     });
     result.map_err(|rendered| anyhow::anyhow!(rendered))
-}
-
-/// A function of a set of arguments is called, as Nix does, with its defaults.
-fn auto_call(ev: &mut Evaluator, v: Value) -> Result<Value, ferrix_eval::EvalError> {
-    if ev.takes_formals(&v) {
-        let empty = Value::attrs(Default::default());
-        return ev.apply(v, empty, Span::default());
-    }
-    Ok(v)
 }
 
 fn render(ev: &mut Evaluator, v: &Value, output: Output) -> Result<String, ferrix_eval::EvalError> {

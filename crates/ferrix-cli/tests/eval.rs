@@ -99,6 +99,26 @@ const SAME: &[&str] = &[
     "[ (baseNameOf \"/a/b.c\") (dirOf \"/a/b\") (dirOf /a/b) (baseNameOf \"a/\") ]",
     "[ (builtins.lessThan 1 2) (builtins.sub 5 3) (builtins.mul 2 3) (builtins.div 7 2) ]",
     "builtins.builtins.add 1 2",
+    // Sorting and grouping.
+    "builtins.sort builtins.lessThan [ 3 1 2 1 ]",
+    "builtins.sort (a: b: a.k < b.k) [ { k = 2; v = 1; } { k = 1; v = 2; } { k = 2; v = 3; } ]",
+    "builtins.partition (x: x > 2) [ 1 2 3 4 ]",
+    "builtins.groupBy (x: if x > 2 then \"big\" else \"small\") [ 1 2 3 4 ]",
+    "builtins.zipAttrsWith (n: v: [ n v ]) [ { a = 1; } { a = 2; b = 3; } ]",
+    "builtins.genericClosure { startSet = [ { key = 1; } ]; operator = x: if x.key < 5 then [ { key = x.key + 1; } { key = x.key; } ] else [ ]; }",
+    // Hashes, versions, numbers.
+    "map (a: builtins.hashString a \"abc\") [ \"md5\" \"sha1\" \"sha256\" \"sha512\" ]",
+    "map (p: builtins.compareVersions (builtins.elemAt p 0) (builtins.elemAt p 1)) [ [ \"1.0\" \"2.3\" ] [ \"2.3.1\" \"2.3a\" ] [ \"2.3pre1\" \"2.3\" ] [ \"1.10\" \"1.9\" ] [ \"a\" \"b\" ] [ \"1\" \"1\" ] ]",
+    "builtins.splitVersion \"1.2-pre3a.4\"",
+    "map builtins.parseDrvName [ \"hello-2.10\" \"nix-0.12pre12876\" \"a-b-c\" \"x-1-y\" ]",
+    "[ (builtins.floor 1.7) (builtins.ceil 1.2) (builtins.floor (-1.5)) (builtins.ceil 3) ]",
+    "[ (builtins.bitAnd 12 10) (builtins.bitOr 12 10) (builtins.bitXor 12 10) ]",
+    // JSON.
+    "builtins.toJSON { b = [ 1 2.5 true null \"s\\n\\\"q\\\\\" ]; a = { x = 0.1; }; c = 1.0e20; }",
+    "builtins.toJSON { outPath = \"/some/where\"; }",
+    "builtins.fromJSON ''{ \"a\": [ 1, 2.5, -3, true, null, \"s\\u00e9\\n\" ], \"b\": { \"c\": {} } }''",
+    "builtins.addErrorContext \"x\" 1",
+    "builtins.getEnv \"HOME\"",
 ];
 
 /// Expressions both refuse.
@@ -194,6 +214,40 @@ fn what_nix_refuses_is_refused_with_a_place() {
     assert!(err.contains("undefined variable 'y'"), "{err}");
     assert!(err.contains("«string»:1:19"), "{err}");
     assert!(err.contains("1| let x = 1; in x + y"), "{err}");
+}
+
+#[test]
+fn functions_are_called_with_arg_and_argstr() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let e = "{ a, b ? 2, c ? \"c\" }: [ a b c ]";
+    for extra in [
+        vec!["--arg", "a", "1"],
+        vec![
+            "--arg", "a", "1", "--argstr", "c", "given", "--arg", "z", "9",
+        ],
+        vec!["--arg", "a", "[ 1 (1 + 1) ]", "--arg", "b", "{ x = 1; }"],
+    ] {
+        let mut args = vec!["--eval", "--strict", "-E", e];
+        args.extend(extra.iter().copied());
+        let (theirs, ours) = both(&nix, &links, &args);
+        assert!(theirs.status.success(), "{theirs:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+    }
+    // Without arguments, `--eval` leaves the function uncalled.
+    let (theirs, ours) = both(&nix, &links, &["--eval", "-E", e]);
+    assert!(theirs.status.success());
+    assert_eq!(ours.stdout, theirs.stdout);
+    // With some, but none for `a`, both refuse.
+    let (theirs, ours) = both(&nix, &links, &["--eval", "-E", e, "--argstr", "c", "x"]);
+    assert!(!theirs.status.success());
+    assert_eq!(ours.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ours.stderr).contains("'a'"));
 }
 
 #[test]

@@ -21,11 +21,17 @@ macro_rules! primops {
 /// Every built-in function: name, arity, implementation.
 const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "abort" / 1 => abort,
+    "addErrorContext" / 2 => add_error_context,
     "add" / 2 => |ev, a, s| arith(ev, BinOp::Add, a, s),
     "all" / 2 => |ev, a, s| any_all(ev, a, s, false),
     "any" / 2 => |ev, a, s| any_all(ev, a, s, true),
     "attrNames" / 1 => attr_names,
     "attrValues" / 1 => attr_values,
+    "bitAnd" / 2 => |ev, a, s| bits(ev, a, s, |x, y| x & y),
+    "bitOr" / 2 => |ev, a, s| bits(ev, a, s, |x, y| x | y),
+    "bitXor" / 2 => |ev, a, s| bits(ev, a, s, |x, y| x ^ y),
+    "ceil" / 1 => ceil,
+    "compareVersions" / 2 => compare_versions,
     "catAttrs" / 2 => cat_attrs,
     "concatLists" / 1 => concat_lists,
     "concatMap" / 2 => concat_map,
@@ -36,9 +42,15 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "elem" / 2 => elem,
     "elemAt" / 2 => elem_at,
     "filter" / 2 => filter,
+    "floor" / 1 => floor,
+    "fromJSON" / 1 => crate::json::from_json,
     "foldl'" / 3 => foldl,
     "functionArgs" / 1 => function_args,
     "genList" / 2 => gen_list,
+    "genericClosure" / 1 => generic_closure,
+    "getEnv" / 1 => get_env,
+    "groupBy" / 2 => group_by,
+    "hashString" / 2 => hash_string,
     "getAttr" / 2 => get_attr,
     "hasAttr" / 2 => has_attr,
     "hasContext" / 1 => crate::derivation::has_context,
@@ -59,6 +71,8 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "listToAttrs" / 1 => list_to_attrs,
     "map" / 2 => map,
     "mapAttrs" / 2 => map_attrs,
+    "parseDrvName" / 1 => parse_drv_name,
+    "partition" / 2 => partition,
     "pathExists" / 1 => crate::derivation::path_exists,
     "placeholder" / 1 => crate::derivation::placeholder,
     "readDir" / 1 => crate::derivation::read_dir,
@@ -66,17 +80,21 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "mul" / 2 => |ev, a, s| arith(ev, BinOp::Mul, a, s),
     "removeAttrs" / 2 => remove_attrs,
     "replaceStrings" / 3 => replace_strings,
+    "sort" / 2 => sort,
+    "splitVersion" / 1 => split_version,
     "seq" / 2 => |ev, a, _| { ev.force(&a[0])?; Ok(a[1].clone()) },
     "stringLength" / 1 => |ev, a, s| Ok(Value::Int(ev.coerce_to_string(&a[0], Coerce::Interp, s)?.s.len() as i64)),
     "sub" / 2 => |ev, a, s| arith(ev, BinOp::Sub, a, s),
     "substring" / 3 => substring,
     "tail" / 1 => tail,
     "toFile" / 2 => crate::derivation::to_file,
+    "toJSON" / 1 => crate::json::to_json,
     "throw" / 1 => throw,
     "toString" / 1 => |ev, a, s| Ok(Value::String(ev.coerce_to_string(&a[0], Coerce::ToString, s)?)),
     "trace" / 2 => trace,
     "tryEval" / 1 => try_eval,
     "unsafeDiscardStringContext" / 1 => crate::derivation::discard_context,
+    "zipAttrsWith" / 2 => zip_attrs_with,
     "typeOf" / 1 => |ev, a, _| Ok(Value::string(ev.force(&a[0])?.type_of())),
 ];
 
@@ -566,6 +584,237 @@ fn dir_of(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
                 s: dir(&s.s),
                 context: s.context.clone(),
             })))
+        }
+    }
+}
+
+/// A stable merge sort by a comparison that may fail (a user's `lessThan`): never a panic on
+/// a comparison that is not a total order, as Rust's own sort may give.
+fn merge_sort(
+    ev: &mut Evaluator,
+    items: Vec<Value>,
+    less: &mut dyn FnMut(&mut Evaluator, &Value, &Value) -> Result<bool>,
+) -> Result<Vec<Value>> {
+    if items.len() <= 1 {
+        return Ok(items);
+    }
+    let mut right = items;
+    let left: Vec<Value> = right.drain(..right.len() / 2).collect();
+    let left = merge_sort(ev, left, less)?;
+    let right = merge_sort(ev, right, less)?;
+    let mut out = Vec::with_capacity(left.len() + right.len());
+    let (mut i, mut j) = (0, 0);
+    while i < left.len() && j < right.len() {
+        // Equal elements keep their order: the right one goes first only if less.
+        if less(ev, &right[j], &left[i])? {
+            out.push(right[j].clone());
+            j += 1;
+        } else {
+            out.push(left[i].clone());
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&left[i..]);
+    out.extend_from_slice(&right[j..]);
+    Ok(out)
+}
+
+pub(crate) fn sort(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[1], span)?;
+    let f = a[0].clone();
+    let mut less = |ev: &mut Evaluator, x: &Value, y: &Value| -> Result<bool> {
+        let partial = ev.apply(f.clone(), x.clone(), span)?;
+        let r = ev.apply(partial, y.clone(), span)?;
+        ev.expect_bool(&r, span)
+    };
+    Ok(Value::List(merge_sort(ev, l.to_vec(), &mut less)?.into()))
+}
+
+pub(crate) fn partition(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[1], span)?;
+    let (mut right, mut wrong) = (Vec::new(), Vec::new());
+    for x in l.iter() {
+        let r = ev.apply(a[0].clone(), x.clone(), span)?;
+        if ev.expect_bool(&r, span)? {
+            right.push(x.clone());
+        } else {
+            wrong.push(x.clone());
+        }
+    }
+    Ok(Value::attrs(Attrs::from_unsorted(vec![
+        (Sym::intern("right"), Value::List(right.into())),
+        (Sym::intern("wrong"), Value::List(wrong.into())),
+    ])))
+}
+
+pub(crate) fn group_by(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let l = ev.expect_list(&a[1], span)?;
+    let mut groups: Vec<(Sym, Vec<Value>)> = Vec::new();
+    for x in l.iter() {
+        let k = ev.apply(a[0].clone(), x.clone(), span)?;
+        let k = Sym::intern(&ev.expect_string(&k, span)?.s);
+        match groups.iter_mut().find(|(s, _)| *s == k) {
+            Some((_, g)) => g.push(x.clone()),
+            None => groups.push((k, vec![x.clone()])),
+        }
+    }
+    Ok(Value::attrs(Attrs::from_unsorted(
+        groups
+            .into_iter()
+            .map(|(k, g)| (k, Value::List(g.into())))
+            .collect(),
+    )))
+}
+
+pub(crate) fn zip_attrs_with(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let sets = ev.expect_list(&a[1], span)?;
+    let mut by_name: Vec<(Sym, Vec<Value>)> = Vec::new();
+    for s in sets.iter() {
+        let s = ev.expect_attrs(s, span)?;
+        for (k, v) in s.iter() {
+            match by_name.iter_mut().find(|(n, _)| n == k) {
+                Some((_, vs)) => vs.push(v.clone()),
+                None => by_name.push((*k, vec![v.clone()])),
+            }
+        }
+    }
+    Ok(Value::attrs(Attrs::from_unsorted(
+        by_name
+            .into_iter()
+            .map(|(k, vs)| {
+                let partial = Thunk::apply(a[0].clone(), Value::string(&*k.name()));
+                (k, Thunk::apply(partial, Value::List(vs.into())))
+            })
+            .collect(),
+    )))
+}
+
+pub(crate) fn generic_closure(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let args = ev.expect_attrs(&a[0], span)?;
+    let get = |n: &str| {
+        args.get(Sym::intern(n))
+            .cloned()
+            .ok_or_else(|| EvalError::new(ErrorKind::MissingAttr { name: n.into() }).at(span))
+    };
+    let start = get("startSet")?;
+    let op = get("operator")?;
+    let mut todo: std::collections::VecDeque<Value> =
+        ev.expect_list(&start, span)?.iter().cloned().collect();
+    let mut keys: Vec<Value> = Vec::new();
+    let mut out = Vec::new();
+    let key = Sym::intern("key");
+    while let Some(item) = todo.pop_front() {
+        let attrs = ev.expect_attrs(&item, span)?;
+        let k = attrs.get(key).cloned().ok_or_else(|| {
+            EvalError::new(ErrorKind::MissingAttr { name: "key".into() }).at(span)
+        })?;
+        let k = ev.force(&k)?;
+        let mut seen = false;
+        for old in &keys {
+            if ev.equal(old, &k)? {
+                seen = true;
+                break;
+            }
+        }
+        if seen {
+            continue;
+        }
+        keys.push(k);
+        out.push(item.clone());
+        let next = ev.apply(op.clone(), item, span)?;
+        todo.extend(ev.expect_list(&next, span)?.iter().cloned());
+    }
+    Ok(Value::List(out.into()))
+}
+
+pub(crate) fn hash_string(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let algo = ev.expect_string(&a[0], span)?;
+    let algo: ferrix_format::HashAlgo = algo.s.parse().map_err(|_| {
+        EvalError::new(ErrorKind::Other(format!(
+            "unknown hash algorithm '{}'",
+            algo.s
+        )))
+        .at(span)
+    })?;
+    let s = ev.coerce_to_string(&a[1], crate::eval::Coerce::Interp, span)?;
+    Ok(Value::string(
+        ferrix_format::Hash::of(algo, s.s.as_bytes()).to_base16(),
+    ))
+}
+
+pub(crate) fn compare_versions(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let x = ev.expect_string(&a[0], span)?;
+    let y = ev.expect_string(&a[1], span)?;
+    Ok(Value::Int(match crate::versions::compare(&x.s, &y.s) {
+        std::cmp::Ordering::Less => -1,
+        std::cmp::Ordering::Equal => 0,
+        std::cmp::Ordering::Greater => 1,
+    }))
+}
+
+pub(crate) fn split_version(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let v = ev.expect_string(&a[0], span)?;
+    Ok(Value::List(
+        crate::versions::split(&v.s)
+            .into_iter()
+            .map(Value::string)
+            .collect(),
+    ))
+}
+
+pub(crate) fn parse_drv_name(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let v = ev.coerce_to_string(&a[0], crate::eval::Coerce::Interp, span)?;
+    let (name, version) = crate::versions::parse_drv_name(&v.s);
+    Ok(Value::attrs(Attrs::from_unsorted(vec![
+        (Sym::intern("name"), Value::string(name)),
+        (Sym::intern("version"), Value::string(version)),
+    ])))
+}
+
+fn number(ev: &mut Evaluator, v: &Value, span: Span) -> Result<f64> {
+    match ev.force(v)? {
+        Value::Int(i) => Ok(i as f64),
+        Value::Float(f) => Ok(f),
+        other => Err(type_error("a float", &other, span)),
+    }
+}
+
+pub(crate) fn floor(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    Ok(Value::Int(number(ev, &a[0], span)?.floor() as i64))
+}
+
+pub(crate) fn ceil(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    Ok(Value::Int(number(ev, &a[0], span)?.ceil() as i64))
+}
+
+pub(crate) fn bits(
+    ev: &mut Evaluator,
+    a: &[Value],
+    span: Span,
+    f: fn(i64, i64) -> i64,
+) -> Result<Value> {
+    let x = ev.expect_int(&a[0], span)?;
+    let y = ev.expect_int(&a[1], span)?;
+    Ok(Value::Int(f(x, y)))
+}
+
+pub(crate) fn get_env(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let name = ev.expect_string(&a[0], span)?;
+    Ok(Value::string(
+        ev.settings.env.get(&name.s).cloned().unwrap_or_default(),
+    ))
+}
+
+pub(crate) fn add_error_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let v = a[1].clone();
+    match ev.force(&v) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let msg = ev
+                .coerce_to_string(&a[0], crate::eval::Coerce::Interp, span)
+                .map(|s| s.s.clone())
+                .unwrap_or_default();
+            Err(e.context(None, msg))
         }
     }
 }

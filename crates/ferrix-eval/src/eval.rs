@@ -15,6 +15,15 @@ use crate::value::{Attrs, Closure, Context, Env, NixString, Thunk, ThunkState, V
 
 type Result<T> = std::result::Result<T, EvalError>;
 
+/// A command's argument for the function an expression is (`--arg`, `--argstr`).
+#[derive(Debug, Clone)]
+pub enum AutoArg {
+    /// `--arg NAME EXPR`: a Nix expression, evaluated when used.
+    Expr(String),
+    /// `--argstr NAME VALUE`: a string.
+    Str(String),
+}
+
 /// How a value becomes a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coerce {
@@ -42,6 +51,10 @@ pub struct EvalSettings {
     pub system: String,
     /// `builtins.storeDir`: the store's directory.
     pub store_dir: String,
+    /// What `builtins.getEnv` sees (the caller passes the environment, or none).
+    pub env: HashMap<String, String>,
+    /// Where relative paths in `--arg` expressions point.
+    pub cwd: String,
 }
 
 impl Default for EvalSettings {
@@ -52,6 +65,8 @@ impl Default for EvalSettings {
             search_path: Vec::new(),
             system: "x86_64-linux".into(),
             store_dir: "/nix/store".into(),
+            env: HashMap::new(),
+            cwd: "/".into(),
         }
     }
 }
@@ -138,6 +153,44 @@ impl Evaluator {
     /// their `--arg`s, as Nix does).
     pub fn takes_formals(&mut self, v: &Value) -> bool {
         matches!(v, Value::Lambda(c) if matches!(c.def.param, Param::Formals { .. }))
+    }
+
+    /// Call `v` as commands do when it is a function of a set of arguments: with the
+    /// `args` it names (all of them if it takes `...`), its defaults for the others; an
+    /// argument with neither is an error. Other values are left as they are.
+    pub fn auto_call(&mut self, v: Value, args: &[(String, AutoArg)]) -> Result<Value> {
+        let v = self.force(&v)?;
+        let Value::Lambda(c) = &v else { return Ok(v) };
+        let Param::Formals {
+            formals, ellipsis, ..
+        } = &c.def.param
+        else {
+            return Ok(v);
+        };
+        let mut given = Vec::new();
+        for (name, arg) in args {
+            let sym = Sym::intern(name);
+            if !*ellipsis && !formals.iter().any(|(f, _)| *f == sym) {
+                continue;
+            }
+            let value = match arg {
+                AutoArg::Str(s) => Value::string(s.as_str()),
+                AutoArg::Expr(e) => {
+                    let expr = self.lower("«arg»", e, &self.settings.cwd.clone())?;
+                    Thunk::suspended(Rc::new(expr), self.globals.clone())
+                }
+            };
+            given.push((sym, value));
+        }
+        for (name, default) in formals {
+            if default.is_none() && !given.iter().any(|(g, _)| g == name) {
+                return Err(EvalError::new(ErrorKind::Other(format!(
+                    "cannot evaluate a function that has an argument without a value ('{name}'); pass one with --arg or --argstr"
+                ))));
+            }
+        }
+        let arg = Value::attrs(Attrs::from_unsorted(given));
+        self.apply(v, arg, Span::default())
     }
 
     /// `v`'s attribute at `path` (`a.b.0`: a number indexes a list), as `-A` selects.

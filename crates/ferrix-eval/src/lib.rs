@@ -5,14 +5,16 @@ mod builtins;
 mod derivation;
 mod error;
 mod eval;
+mod json;
 mod print;
 mod store;
 mod symbol;
 mod syntax;
 mod value;
+mod versions;
 
 pub use error::{ErrorKind, EvalError};
-pub use eval::{Coerce, EvalSettings, Evaluator, Source};
+pub use eval::{AutoArg, Coerce, EvalSettings, Evaluator, Source};
 pub use print::{format_float, print};
 pub use store::EvalStore;
 pub use syntax::Span;

@@ -22,6 +22,12 @@ pub struct Args {
     raw: bool,
     /// The attribute of the value to print (`a.b.c`).
     attr: Option<String>,
+    /// Pass `NAME` = the value of the Nix expression `EXPR` to the function the expression is.
+    #[arg(long, num_args = 2, value_names = ["NAME", "EXPR"])]
+    arg: Vec<String>,
+    /// Pass `NAME` = the string `VALUE` to the function the expression is.
+    #[arg(long, num_args = 2, value_names = ["NAME", "VALUE"])]
+    argstr: Vec<String>,
     /// Add a search path entry for `<name>` lookups (`-I name=dir` or `-I dir`).
     #[arg(short = 'I')]
     include: Vec<String>,
@@ -38,9 +44,18 @@ pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCod
     } else {
         Output::Nix { strict: true }
     };
+    let mut auto_args = crate::evaluate::Args::new();
+    for pair in args.arg.chunks(2) {
+        auto_args.push((pair[0].clone(), ferrix_eval::AutoArg::Expr(pair[1].clone())));
+    }
+    for pair in args.argstr.chunks(2) {
+        auto_args.push((pair[0].clone(), ferrix_eval::AutoArg::Str(pair[1].clone())));
+    }
     let text = evaluate(
         &input,
+        &auto_args,
         args.attr.as_deref(),
+        true,
         output,
         eval_settings(&args.include, settings),
         settings,

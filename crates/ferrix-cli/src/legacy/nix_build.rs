@@ -22,6 +22,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut from_expr = false;
     let mut include = Vec::new();
     let mut attrs: Vec<String> = Vec::new();
+    let mut auto_args = crate::evaluate::Args::new();
     let mut options = Vec::new();
     let mut out_link = Some(PathBuf::from("result"));
     let mut flags: Vec<String> = Vec::new();
@@ -37,6 +38,14 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "-E" | "--expr" => from_expr = true,
             "-I" => include.push(it.value(flag)?),
             "-A" | "--attr" => attrs.push(it.value(flag)?),
+            "--arg" => {
+                let name = it.value(flag)?;
+                auto_args.push((name, ferrix_eval::AutoArg::Expr(it.value(flag)?)));
+            }
+            "--argstr" => {
+                let name = it.value(flag)?;
+                auto_args.push((name, ferrix_eval::AutoArg::Str(it.value(flag)?)));
+            }
             "-o" | "--out-link" => out_link = Some(PathBuf::from(it.value(flag)?)),
             "--no-out-link" => out_link = None,
             "-j" | "--max-jobs" | "--cores" | "--max-silent-time" | "--timeout" => {
@@ -79,7 +88,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         for attr in &selected {
             let text = evaluate(
                 input,
+                &auto_args,
                 *attr,
+                false,
                 Output::DrvPaths,
                 eval_settings(&include, &settings),
                 &settings,

@@ -24,6 +24,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let (mut eval, mut strict, mut from_expr) = (false, false, false);
     let mut include = Vec::new();
     let mut attrs: Vec<String> = Vec::new();
+    let mut auto_args = crate::evaluate::Args::new();
     let mut options = Vec::new();
     let mut operands: Vec<OsString> = Vec::new();
     while let Some(a) = it.next() {
@@ -39,6 +40,14 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "-E" | "--expr" => from_expr = true,
             "-I" => include.push(it.value(flag)?),
             "-A" | "--attr" => attrs.push(it.value(flag)?),
+            "--arg" => {
+                let name = it.value(flag)?;
+                auto_args.push((name, ferrix_eval::AutoArg::Expr(it.value(flag)?)));
+            }
+            "--argstr" => {
+                let name = it.value(flag)?;
+                auto_args.push((name, ferrix_eval::AutoArg::Str(it.value(flag)?)));
+            }
             "--option" => {
                 let name = it.value(flag)?;
                 options.push(CliSetting::option(name, it.value(flag)?));
@@ -76,7 +85,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         for attr in &paths {
             let text = evaluate(
                 input,
+                &auto_args,
                 *attr,
+                false,
                 output,
                 eval_settings(&include, &settings),
                 &settings,
