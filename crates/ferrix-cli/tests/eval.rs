@@ -310,7 +310,8 @@ let
     usesDev = "${multi.dev}/lib";
   };
   ignoring = mk "ignoring" { __ignoreNulls = true; gone = null; kept = 1; };
-in { inherit dep multi fixedFlat fixedRec sources ignoring; docOnly = multi.doc; }
+  usesDrv = mk "uses-drv" { d = multi.drvPath; };
+in { inherit dep multi fixedFlat fixedRec sources ignoring usesDrv; docOnly = multi.doc; }
 "#,
     )
     .unwrap();
@@ -343,7 +344,7 @@ in { inherit dep multi fixedFlat fixedRec sources ignoring; docOnly = multi.doc;
         String::from_utf8_lossy(&theirs.stdout)
     );
     let printed = String::from_utf8_lossy(&theirs.stdout).lines().count();
-    assert_eq!(printed, 7, "{}", String::from_utf8_lossy(&theirs.stdout));
+    assert_eq!(printed, 8, "{}", String::from_utf8_lossy(&theirs.stdout));
 
     // Every file real Nix put in its store, Ferrix put in its own, the same.
     let store = |root: &std::path::Path| {
@@ -430,4 +431,30 @@ in {
     assert!(again.status.success());
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), path);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("building"));
+    // `ferrix build -f FILE ATTR` builds the same.
+    let mut c = std::process::Command::new(common::ferrix_exe());
+    c.current_dir(dir.path())
+        .env_remove("NIX_REMOTE")
+        .env("NIX_STORE_DIR", root.join("store"))
+        .env("NIX_STATE_DIR", root.join("state"))
+        .env("NIX_LOG_DIR", root.join("log"))
+        .env("NIX_CONF_DIR", root.join("etc"))
+        .args([
+            "build",
+            "-f",
+            ".",
+            "top",
+            "top.doc",
+            "--no-link",
+            "--print-out-paths",
+        ]);
+    let built = c.output().unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let outs = String::from_utf8_lossy(&built.stdout);
+    assert!(outs.lines().any(|l| l == path), "{outs}");
+    assert!(outs.lines().any(|l| l.ends_with("-top-doc")), "{outs}");
 }

@@ -406,6 +406,7 @@ fn list_to_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[0], span)?;
     let (name_s, value_s) = (Sym::intern("name"), Sym::intern("value"));
     let mut entries: Vec<(Sym, Value)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for x in l.iter() {
         let item = ev.expect_attrs(x, span)?;
         let name = item.get(name_s).cloned().ok_or_else(|| {
@@ -415,7 +416,7 @@ fn list_to_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
         })?;
         let name = Sym::intern(&ev.expect_string(&name, span)?.s);
         // The first of equal names wins, as in Nix.
-        if entries.iter().any(|(n, _)| *n == name) {
+        if !seen.insert(name) {
             continue;
         }
         let value = item.get(value_s).cloned().ok_or_else(|| {
@@ -650,12 +651,16 @@ pub(crate) fn partition(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
 pub(crate) fn group_by(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
     let mut groups: Vec<(Sym, Vec<Value>)> = Vec::new();
+    let mut index: std::collections::HashMap<Sym, usize> = std::collections::HashMap::new();
     for x in l.iter() {
         let k = ev.apply(a[0].clone(), x.clone(), span)?;
         let k = Sym::intern(&ev.expect_string(&k, span)?.s);
-        match groups.iter_mut().find(|(s, _)| *s == k) {
-            Some((_, g)) => g.push(x.clone()),
-            None => groups.push((k, vec![x.clone()])),
+        match index.get(&k) {
+            Some(&i) => groups[i].1.push(x.clone()),
+            None => {
+                index.insert(k, groups.len());
+                groups.push((k, vec![x.clone()]));
+            }
         }
     }
     Ok(Value::attrs(Attrs::from_unsorted(
@@ -669,12 +674,16 @@ pub(crate) fn group_by(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Va
 pub(crate) fn zip_attrs_with(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let sets = ev.expect_list(&a[1], span)?;
     let mut by_name: Vec<(Sym, Vec<Value>)> = Vec::new();
+    let mut index: std::collections::HashMap<Sym, usize> = std::collections::HashMap::new();
     for s in sets.iter() {
         let s = ev.expect_attrs(s, span)?;
         for (k, v) in s.iter() {
-            match by_name.iter_mut().find(|(n, _)| n == k) {
-                Some((_, vs)) => vs.push(v.clone()),
-                None => by_name.push((*k, vec![v.clone()])),
+            match index.get(k) {
+                Some(&i) => by_name[i].1.push(v.clone()),
+                None => {
+                    index.insert(*k, by_name.len());
+                    by_name.push((*k, vec![v.clone()]));
+                }
             }
         }
     }
@@ -701,6 +710,7 @@ pub(crate) fn generic_closure(ev: &mut Evaluator, a: &[Value], span: Span) -> Re
     let mut todo: std::collections::VecDeque<Value> =
         ev.expect_list(&start, span)?.iter().cloned().collect();
     let mut keys: Vec<Value> = Vec::new();
+    let mut simple_keys: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut out = Vec::new();
     let key = Sym::intern("key");
     while let Some(item) = todo.pop_front() {
@@ -709,17 +719,35 @@ pub(crate) fn generic_closure(ev: &mut Evaluator, a: &[Value], span: Span) -> Re
             EvalError::new(ErrorKind::MissingAttr { name: "key".into() }).at(span)
         })?;
         let k = ev.force(&k)?;
-        let mut seen = false;
-        for old in &keys {
-            if ev.equal(old, &k)? {
-                seen = true;
-                break;
+        // Numbers, strings and paths are remembered by value; other keys are compared.
+        let simple = match &k {
+            Value::Int(i) => Some(format!("i{i}")),
+            Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                Some(format!("i{}", *f as i64))
             }
-        }
+            Value::String(s) => Some(format!("s{}", s.s)),
+            Value::Path(p) => Some(format!("p{p}")),
+            _ => None,
+        };
+        let seen = match &simple {
+            Some(s) => !simple_keys.insert(s.clone()),
+            None => {
+                let mut found = false;
+                for old in &keys {
+                    if ev.equal(old, &k)? {
+                        found = true;
+                        break;
+                    }
+                }
+                found
+            }
+        };
         if seen {
             continue;
         }
-        keys.push(k);
+        if simple.is_none() {
+            keys.push(k);
+        }
         out.push(item.clone());
         let next = ev.apply(op.clone(), item, span)?;
         todo.extend(ev.expect_list(&next, span)?.iter().cloned());

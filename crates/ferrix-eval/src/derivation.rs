@@ -187,10 +187,23 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
                     .insert(output.to_string());
             }
             ContextElem::AllOutputs(d) => {
-                return Err(other(
-                    format!("a derivation's path ('{d}') in another derivation's attributes is not supported yet"),
-                    span,
-                ))
+                // A derivation's own path (`drvPath`): as in Nix, its whole closure is
+                // input, and every derivation in it with all its outputs.
+                let closure = store
+                    .closure(&parse(d)?)
+                    .map_err(|e| EvalError::store(e).at(span))?;
+                for p in closure {
+                    if p.name().ends_with(".drv") {
+                        let outputs = store
+                            .read_derivation(&p)
+                            .map_err(|e| EvalError::store(e).at(span))?
+                            .outputs
+                            .into_keys()
+                            .collect();
+                        drv.input_drvs.insert(p.clone(), outputs);
+                    }
+                    drv.input_srcs.insert(p);
+                }
             }
         }
     }

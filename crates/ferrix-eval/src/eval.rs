@@ -438,9 +438,12 @@ impl Evaluator {
             )),
             Expr::Attrs(def) => self.attrs(def, env),
             Expr::Rec { def, body } => {
-                let frame = Env::new(vec![Value::Null; def.statics.len()], Some(env.clone()));
+                let frame = Env::new(
+                    smallvec::smallvec![Value::Null; def.statics.len()],
+                    Some(env.clone()),
+                );
                 {
-                    let values: Vec<Value> = def
+                    let values: crate::value::Slots = def
                         .statics
                         .iter()
                         .map(|(_, e, _)| self.lazy(e, &frame))
@@ -461,7 +464,7 @@ impl Evaluator {
                 }
             }
             Expr::With(ns, body, _) => {
-                let frame = Env::new(vec![self.thunk(ns, env)], Some(env.clone()));
+                let frame = Env::new(smallvec::smallvec![self.thunk(ns, env)], Some(env.clone()));
                 self.eval(body, &frame)
             }
             Expr::Lambda(def) => Ok(Value::Lambda(Rc::new(Closure {
@@ -672,7 +675,7 @@ impl Evaluator {
 
     fn call(&mut self, c: &Closure, arg: Value, span: Span) -> Result<Value> {
         let frame = match &c.def.param {
-            Param::Ident => Env::new(vec![arg], Some(c.env.clone())),
+            Param::Ident => Env::new(smallvec::smallvec![arg], Some(c.env.clone())),
             Param::Formals {
                 formals,
                 ellipsis,
@@ -687,13 +690,13 @@ impl Evaluator {
                     .at(span));
                 };
                 let n = formals.len() + usize::from(*at);
-                let frame = Env::new(vec![Value::Null; n], Some(c.env.clone()));
+                let frame = Env::new(smallvec::smallvec![Value::Null; n], Some(c.env.clone()));
                 let fname = || {
                     c.def
                         .name
                         .map_or_else(|| "anonymous lambda".to_owned(), |n| n.to_string())
                 };
-                let mut slots = Vec::with_capacity(n);
+                let mut slots = crate::value::Slots::with_capacity(n);
                 for (name, default) in formals {
                     match (given.get(*name), default) {
                         (Some(v), _) => slots.push(v.clone()),

@@ -32,6 +32,9 @@ pub trait EvalStore {
 
     /// The derivation at `p` (for its outputs).
     fn read_derivation(&self, p: &StorePath) -> Result<Derivation, StoreError>;
+
+    /// `p` and everything it refers to, directly or not.
+    fn closure(&self, p: &StorePath) -> Result<BTreeSet<StorePath>, StoreError>;
 }
 
 impl EvalStore for LocalStore {
@@ -62,5 +65,9 @@ impl EvalStore for LocalStore {
 
     fn read_derivation(&self, p: &StorePath) -> Result<Derivation, StoreError> {
         ferrix_store::drv::read_derivation(self, p)
+    }
+
+    fn closure(&self, p: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        LocalStore::closure(self, [p.clone()], false, false)
     }
 }

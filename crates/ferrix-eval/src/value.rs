@@ -196,14 +196,18 @@ impl Attrs {
 /// `with`'s set (one slot), or the globals.
 #[derive(Debug)]
 pub struct Env {
-    pub slots: RefCell<Vec<Value>>,
+    pub slots: RefCell<Slots>,
     pub parent: Option<Rc<Env>>,
 }
 
+/// A frame's values: most frames (a function's argument, a `with`) hold one or two, kept
+/// in the frame itself rather than in an allocation of their own.
+pub type Slots = smallvec::SmallVec<[Value; 2]>;
+
 impl Env {
-    pub fn new(slots: Vec<Value>, parent: Option<Rc<Env>>) -> Rc<Env> {
+    pub fn new(slots: impl Into<Slots>, parent: Option<Rc<Env>>) -> Rc<Env> {
         Rc::new(Env {
-            slots: RefCell::new(slots),
+            slots: RefCell::new(slots.into()),
             parent,
         })
     }

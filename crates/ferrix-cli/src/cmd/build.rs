@@ -12,9 +12,16 @@ use crate::shell::Shell;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Derivations to build: `DRV`, `DRV^OUT[,OUT…]` or `DRV!OUT`.
-    #[arg(required = true)]
+    /// What to build: `DRV`, `DRV^OUT[,OUT…]` or `DRV!OUT`; with `--file` or `--expr`,
+    /// attribute paths of the expression's value (none: the value itself).
+    #[arg(required_unless_present_any = ["file", "expr"])]
     installables: Vec<String>,
+    /// Build attributes of the value of this Nix file (a directory means its default.nix).
+    #[arg(short = 'f', long, conflicts_with = "expr")]
+    file: Option<PathBuf>,
+    /// Build attributes of the value of this Nix expression.
+    #[arg(long)]
+    expr: Option<String>,
     /// Where to put the result link (`result` by default; other outputs get `-<output>`).
     #[arg(short = 'o', long, value_name = "PATH")]
     out_link: Option<PathBuf>,
@@ -71,6 +78,49 @@ pub struct Args {
     /// than from 1 as `nix build` does.
     #[arg(skip)]
     nix_build_links: bool,
+}
+
+/// The derivation outputs the attributes at `attrs` of `input`'s value hold (its own
+/// derivations when there are none), as installables: `DRV^OUT,…`, the outputs of one
+/// derivation together.
+pub(crate) fn instantiate(
+    input: &crate::evaluate::Input,
+    auto_args: &crate::evaluate::Args,
+    include: &[String],
+    attrs: &[String],
+    settings: &Settings,
+) -> Result<Vec<String>> {
+    let selected: Vec<Option<&str>> = if attrs.is_empty() {
+        vec![None]
+    } else {
+        attrs.iter().map(|a| Some(a.as_str())).collect()
+    };
+    let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+    for attr in selected {
+        let text = crate::evaluate::evaluate(
+            input,
+            auto_args,
+            attr,
+            true,
+            crate::evaluate::Output::DrvPaths,
+            crate::evaluate::eval_settings(include, settings),
+            settings,
+        )?;
+        for line in text.lines() {
+            let (drv, output) = line.split_once('!').unwrap_or((line, "out"));
+            match grouped.iter_mut().find(|(d, _)| d == drv) {
+                Some((_, outs)) if !outs.iter().any(|o| o == output) => {
+                    outs.push(output.to_owned())
+                }
+                Some(_) => {}
+                None => grouped.push((drv.to_owned(), vec![output.to_owned()])),
+            }
+        }
+    }
+    Ok(grouped
+        .into_iter()
+        .map(|(drv, outs)| format!("{drv}^{}", outs.join(",")))
+        .collect())
 }
 
 impl Args {
@@ -131,9 +181,29 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
             settings.conf.set(name, &v, &format!("--{name}"))?;
         }
     }
+    let installables = match (&a.file, &a.expr) {
+        (None, None) => a.installables.clone(),
+        (file, expr) => {
+            let input = match (file, expr) {
+                (Some(f), _) => crate::evaluate::Input::File(f.clone()),
+                (None, Some(e)) => crate::evaluate::Input::Expr(e.clone()),
+                (None, None) => unreachable!("matched above"),
+            };
+            let found = instantiate(
+                &input,
+                &crate::evaluate::Args::new(),
+                &[],
+                &a.installables,
+                &settings,
+            )?;
+            if found.is_empty() {
+                anyhow::bail!("the expression holds no derivation to build");
+            }
+            found
+        }
+    };
     let store = Arc::new(settings.open_store()?);
-    let wanted = a
-        .installables
+    let wanted = installables
         .iter()
         .map(|i| crate::build::parse_installable(&store, i))
         .collect::<Result<Vec<_>>>()?;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{ArgIter, Common};
-use crate::evaluate::{eval_settings, evaluate, Input, Output};
+use crate::evaluate::Input;
 use crate::settings::{CliSetting, Settings};
 use crate::shell::Shell;
 
@@ -77,43 +77,12 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             .map(|o| Input::File(PathBuf::from(o)))
             .collect()
     };
-    let selected: Vec<Option<&str>> = if attrs.is_empty() {
-        vec![None]
-    } else {
-        attrs.iter().map(|a| Some(a.as_str())).collect()
-    };
-    // Outputs of one derivation are built and linked together (`result`, `result-doc`).
-    let mut installables: Vec<(String, Vec<String>)> = Vec::new();
+    let mut installables = Vec::new();
     for input in &inputs {
-        for attr in &selected {
-            let text = evaluate(
-                input,
-                &auto_args,
-                *attr,
-                false,
-                Output::DrvPaths,
-                eval_settings(&include, &settings),
-                &settings,
-            )?;
-            for line in text.lines() {
-                let (drv, output) = line.split_once('!').unwrap_or((line, "out"));
-                match installables.iter_mut().find(|(d, _)| d == drv) {
-                    Some((_, outs)) if !outs.iter().any(|o| o == output) => {
-                        outs.push(output.to_owned())
-                    }
-                    Some(_) => {}
-                    None => installables.push((drv.to_owned(), vec![output.to_owned()])),
-                }
-            }
-        }
+        installables.extend(crate::cmd::build::instantiate(
+            input, &auto_args, &include, &attrs, &settings,
+        )?);
     }
-    if installables.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let installables = installables
-        .into_iter()
-        .map(|(drv, outs)| format!("{drv}^{}", outs.join(",")))
-        .collect();
     let args = crate::cmd::build::Args::for_nix_build(installables, out_link, &flags)?;
     crate::cmd::build::run(args, &settings, shell)
 }
