@@ -62,6 +62,7 @@ pub fn eval_settings(include: &[String], settings: &Settings) -> EvalSettings {
         cwd: std::env::current_dir()
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "/".into()),
+        tmp_dir: std::env::temp_dir(),
         ..EvalSettings::default()
     }
 }

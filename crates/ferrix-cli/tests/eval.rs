@@ -311,7 +311,12 @@ let
   };
   ignoring = mk "ignoring" { __ignoreNulls = true; gone = null; kept = 1; };
   usesDrv = mk "uses-drv" { d = multi.drvPath; };
-in { inherit dep multi fixedFlat fixedRec sources ignoring usesDrv; docOnly = multi.doc; }
+  filtered = mk "filtered" {
+    kept = builtins.filterSource (p: t: baseNameOf p != "b") ./tree;
+    named = builtins.path { path = ./tree; name = "renamed"; filter = p: t: t != "directory"; };
+    whole = builtins.path { path = ./tree/sub; };
+  };
+in { inherit dep multi fixedFlat fixedRec sources ignoring usesDrv filtered; docOnly = multi.doc; }
 "#,
     )
     .unwrap();
@@ -344,7 +349,7 @@ in { inherit dep multi fixedFlat fixedRec sources ignoring usesDrv; docOnly = mu
         String::from_utf8_lossy(&theirs.stdout)
     );
     let printed = String::from_utf8_lossy(&theirs.stdout).lines().count();
-    assert_eq!(printed, 8, "{}", String::from_utf8_lossy(&theirs.stdout));
+    assert_eq!(printed, 9, "{}", String::from_utf8_lossy(&theirs.stdout));
 
     // Every file real Nix put in its store, Ferrix put in its own, the same.
     let store = |root: &std::path::Path| {

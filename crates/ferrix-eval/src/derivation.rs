@@ -422,3 +422,182 @@ pub(crate) fn has_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Result
     let s = ev.expect_string(&a[0], span)?;
     Ok(Value::Bool(!s.context.is_empty()))
 }
+
+/// `builtins.path { path; name ? …; filter ? …; recursive ? true; sha256 ? …; }`: a tree
+/// added to the store under a name of one's choosing, only what `filter` keeps.
+pub(crate) fn path(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let args = ev.expect_attrs(&a[0], span)?;
+    let get = |n: &str| args.get(Sym::intern(n)).cloned();
+    let src = match get("path") {
+        Some(p) => real_path(ev, &p, span)?,
+        None => {
+            return Err(EvalError::new(ErrorKind::MissingAttr {
+                name: "path".into(),
+            })
+            .at(span))
+        }
+    };
+    let name = match get("name") {
+        Some(n) => ev.expect_string(&n, span)?.s.clone(),
+        None => base_name(&src),
+    };
+    if let Some(r) = get("recursive") {
+        if !ev.expect_bool(&r, span)? {
+            return Err(other(
+                "builtins.path with 'recursive = false' is not supported yet".into(),
+                span,
+            ));
+        }
+    }
+    let expected = match get("sha256") {
+        Some(h) => {
+            let h = ev.expect_string(&h, span)?;
+            Some(
+                Hash::parse(&h.s, Some(HashAlgo::Sha256))
+                    .map_err(|e| other(format!("invalid 'sha256' '{}': {e}", h.s), span))?,
+            )
+        }
+        None => None,
+    };
+    let filter = match get("filter") {
+        Some(f) => Some(ev.force(&f)?),
+        None => None,
+    };
+    let added = add_filtered(ev, &src, &name, filter, span)?;
+    if let Some(h) = expected {
+        let store = ev.store().map_err(|e| e.at(span))?;
+        let want = store
+            .store_dir()
+            .make_fixed_output_path(&name, FileIngestionMethod::Recursive, &h, [], false)
+            .map_err(|e| other(format!("invalid name '{name}': {e}"), span))?;
+        let got = store.store_dir().display(&want);
+        if got != added.s {
+            return Err(other(
+                format!(
+                    "hash mismatch in '{}': the path was expected to be '{got}', but is '{}'",
+                    src.display(),
+                    added.s
+                ),
+                span,
+            ));
+        }
+    }
+    Ok(Value::String(added))
+}
+
+/// `builtins.filterSource filter path`.
+pub(crate) fn filter_source(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let src = real_path(ev, &a[1], span)?;
+    let filter = ev.force(&a[0])?;
+    let name = base_name(&src);
+    Ok(Value::String(add_filtered(ev, &src, &name, Some(filter), span)?))
+}
+
+fn base_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Add `src` to the store as `name`; with a filter, only the entries it keeps (it is asked
+/// about each path under `src` and its type; a directory it refuses is not entered), copied
+/// first to a scratch directory.
+fn add_filtered(
+    ev: &mut Evaluator,
+    src: &std::path::Path,
+    name: &str,
+    filter: Option<Value>,
+    span: Span,
+) -> Result<Rc<NixString>> {
+    let store = ev.store().map_err(|e| e.at(span))?;
+    let added = match filter {
+        None => store.add_source(src, name),
+        Some(f) => {
+            let scratch = ScratchDir::new(&ev.settings.tmp_dir)
+                .map_err(|e| other(format!("making a scratch directory: {e}"), span))?;
+            let copy = scratch.0.join("copy");
+            copy_kept(ev, &f, src, &copy, span)?;
+            store.add_source(&copy, name)
+        }
+    }
+    .map_err(|e| EvalError::store(e).at(span))?;
+    let full: Rc<str> = store.store_dir().display(&added).into();
+    Ok(Rc::new(NixString {
+        s: full.to_string(),
+        context: Context([ContextElem::Plain(full)].into()),
+    }))
+}
+
+fn copy_kept(
+    ev: &mut Evaluator,
+    filter: &Value,
+    from: &std::path::Path,
+    to: &std::path::Path,
+    span: Span,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &str, p: &std::path::Path, e: std::io::Error| {
+        other(format!("{what} '{}': {e}", p.display()), span)
+    };
+    let meta = std::fs::symlink_metadata(from).map_err(|e| io("reading", from, e))?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(from).map_err(|e| io("reading", from, e))?;
+        std::os::unix::fs::symlink(target, to).map_err(|e| io("writing", to, e))?;
+    } else if meta.is_dir() {
+        std::fs::create_dir(to).map_err(|e| io("writing", to, e))?;
+        let mut entries: Vec<_> = std::fs::read_dir(from)
+            .map_err(|e| io("reading", from, e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| io("reading", from, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let t = e.file_type().map_err(|err| io("reading", &p, err))?;
+            let kind = if t.is_dir() {
+                "directory"
+            } else if t.is_symlink() {
+                "symlink"
+            } else if t.is_file() {
+                "regular"
+            } else {
+                "unknown"
+            };
+            let partial = ev.apply(
+                filter.clone(),
+                Value::string(p.to_string_lossy().into_owned()),
+                span,
+            )?;
+            let keep = ev.apply(partial, Value::string(kind), span)?;
+            if ev.expect_bool(&keep, span)? {
+                copy_kept(ev, filter, &p, &to.join(e.file_name()), span)?;
+            }
+        }
+    } else {
+        std::fs::copy(from, to).map_err(|e| io("copying", from, e))?;
+        let exec = meta.permissions().mode() & 0o111 != 0;
+        let mode = if exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io("writing", to, e))?;
+    }
+    Ok(())
+}
+
+/// A directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(under: &std::path::Path) -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let p = under.join(format!("ferrix-eval-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

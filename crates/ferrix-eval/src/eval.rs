@@ -55,6 +55,8 @@ pub struct EvalSettings {
     pub env: HashMap<String, String>,
     /// Where relative paths in `--arg` expressions point.
     pub cwd: String,
+    /// Where scratch copies go (`filterSource`).
+    pub tmp_dir: PathBuf,
 }
 
 impl Default for EvalSettings {
@@ -67,6 +69,7 @@ impl Default for EvalSettings {
             store_dir: "/nix/store".into(),
             env: HashMap::new(),
             cwd: "/".into(),
+            tmp_dir: PathBuf::from("/tmp"),
         }
     }
 }
