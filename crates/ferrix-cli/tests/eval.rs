@@ -117,6 +117,14 @@ const SAME: &[&str] = &[
     "builtins.toJSON { b = [ 1 2.5 true null \"s\\n\\\"q\\\\\" ]; a = { x = 0.1; }; c = 1.0e20; }",
     "builtins.toJSON { outPath = \"/some/where\"; }",
     "builtins.fromJSON ''{ \"a\": [ 1, 2.5, -3, true, null, \"s\\u00e9\\n\" ], \"b\": { \"c\": {} } }''",
+    // Regular expressions.
+    "builtins.match \"([[:alpha:]]+)-([0-9.]+)\" \"hello-2.10\"",
+    "[ (builtins.match \"a(b)?c\" \"ac\") (builtins.match \"x\" \"xx\") (builtins.match \"[^/]+\" \"ab/c\") ]",
+    "builtins.match \"(.*)\\\\.nix\" \"default.nix\"",
+    "builtins.split \"(a)|(b)\" \"xaybz\"",
+    "builtins.split \",\" \"a,b,,c\"",
+    "[ (builtins.split \"(,)*\" \"a,,b\") (builtins.split \"\" \"ab\") (builtins.split \"x*\" \"axxb\") ]",
+    "builtins.split \"[[:space:]]+\" \" a  b \"",
     "builtins.addErrorContext \"x\" 1",
     "builtins.getEnv \"HOME\"",
 ];

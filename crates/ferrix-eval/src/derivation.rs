@@ -490,7 +490,13 @@ pub(crate) fn filter_source(ev: &mut Evaluator, a: &[Value], span: Span) -> Resu
     let src = real_path(ev, &a[1], span)?;
     let filter = ev.force(&a[0])?;
     let name = base_name(&src);
-    Ok(Value::String(add_filtered(ev, &src, &name, Some(filter), span)?))
+    Ok(Value::String(add_filtered(
+        ev,
+        &src,
+        &name,
+        Some(filter),
+        span,
+    )?))
 }
 
 fn base_name(p: &std::path::Path) -> String {

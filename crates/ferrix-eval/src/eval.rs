@@ -94,6 +94,8 @@ pub struct Evaluator {
     copied: HashMap<String, ferrix_format::StorePath>,
     /// Files imported so far, and their values.
     pub(crate) imported: HashMap<PathBuf, Value>,
+    /// Regular expressions compiled so far.
+    pub(crate) regexes: crate::regex::Cache,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -118,6 +120,7 @@ impl Evaluator {
             store,
             copied: HashMap::new(),
             imported: HashMap::new(),
+            regexes: Default::default(),
         };
         crate::derivation::define_derivation(&mut ev);
         ev

@@ -7,6 +7,7 @@ mod error;
 mod eval;
 mod json;
 mod print;
+mod regex;
 mod store;
 mod symbol;
 mod syntax;
