@@ -471,3 +471,60 @@ in {
     assert!(outs.lines().any(|l| l == path), "{outs}");
     assert!(outs.lines().any(|l| l.ends_with("-top-doc")), "{outs}");
 }
+
+/// The REPL: bindings (which shadow builtins), shallow and strict printing, types, errors
+/// that do not end the session, files loaded into scope, history kept.
+#[test]
+fn repl_evaluates_line_by_line() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("f.nix"),
+        "{ k ? 1 }: { fromFile = k + 1; }\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::ferrix_exe())
+        .arg("repl")
+        .current_dir(dir.path())
+        .env_remove("NIX_REMOTE")
+        .env("NIX_STORE_DIR", dir.path().join("store"))
+        .env("NIX_STATE_DIR", dir.path().join("state"))
+        .env("NIX_CONF_DIR", dir.path())
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"x = 1\nx + 1\n{ a = 1; b = { c = 2; }; d = [ 1 2 ]; }\n:p { b = { c = 2; }; }\n\
+              :t x\n:t map\nthrow \"boom\"\nmap = 5\nmap + 1\n:l ./f.nix\nfromFile\n:q\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines[0].starts_with("Welcome to Ferrix "), "{stdout}");
+    assert_eq!(
+        lines[1..],
+        [
+            "2",
+            "{ a = 1; b = { ... }; d = [ ... ]; }",
+            "{ b = { c = 2; }; }",
+            "an integer",
+            "the built-in function 'map'",
+            "6",
+            "Added 1 variables.",
+            "2",
+        ],
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: boom"), "{stderr}");
+    assert!(dir.path().join(".local/share/ferrix/repl-history").exists());
+}

@@ -133,13 +133,28 @@ impl Evaluator {
 
     /// Lower `text` as source `name` in the global scope.
     pub(crate) fn lower(&mut self, name: &str, text: &str, base_dir: &str) -> Result<Expr> {
+        self.lower_with(name, text, base_dir, None)
+    }
+
+    /// Lower `text`, with a frame of `names` inside the globals if given.
+    fn lower_with(
+        &mut self,
+        name: &str,
+        text: &str,
+        base_dir: &str,
+        frame: Option<&[Sym]>,
+    ) -> Result<Expr> {
         let id = self.sources.len() as u32;
         self.sources.push(Source {
             name: name.to_owned(),
             text: text.into(),
         });
         let home = self.settings.home.clone();
-        Lowerer::new(id, base_dir, home.as_deref(), &self.global_names).lower_source(text)
+        let mut l = Lowerer::new(id, base_dir, home.as_deref(), &self.global_names);
+        if let Some(names) = frame {
+            l = l.with_frame(names);
+        }
+        l.lower_source(text)
     }
 
     /// Parse `text` (named `name` in messages; relative paths in it are relative to
@@ -148,6 +163,44 @@ impl Evaluator {
         let expr = self.lower(name, text, base_dir)?;
         let globals = self.globals.clone();
         self.eval(&expr, &globals)
+    }
+
+    /// Evaluate `text` where `scope`'s names are bound (before the globals, which they
+    /// shadow): the REPL's variables.
+    pub fn eval_in_scope(
+        &mut self,
+        name: &str,
+        text: &str,
+        base_dir: &str,
+        scope: &[(String, Value)],
+    ) -> Result<Value> {
+        let (expr, frame) = self.lower_in_scope(name, text, base_dir, scope)?;
+        self.eval(&expr, &frame)
+    }
+
+    /// `text` in `scope`, not evaluated yet (a REPL binding).
+    pub fn lazy_in_scope(
+        &mut self,
+        name: &str,
+        text: &str,
+        base_dir: &str,
+        scope: &[(String, Value)],
+    ) -> Result<Value> {
+        let (expr, frame) = self.lower_in_scope(name, text, base_dir, scope)?;
+        Ok(Thunk::suspended(Rc::new(expr), frame))
+    }
+
+    fn lower_in_scope(
+        &mut self,
+        name: &str,
+        text: &str,
+        base_dir: &str,
+        scope: &[(String, Value)],
+    ) -> Result<(Expr, Rc<Env>)> {
+        let names: Vec<Sym> = scope.iter().map(|(n, _)| Sym::intern(n)).collect();
+        let expr = self.lower_with(name, text, base_dir, Some(&names))?;
+        let values: crate::value::Slots = scope.iter().map(|(_, v)| v.clone()).collect();
+        Ok((expr, Env::new(values, Some(self.globals.clone()))))
     }
 
     /// Parse and lower `text` without evaluating it: its syntax and scope errors.

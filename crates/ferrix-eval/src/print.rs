@@ -22,6 +22,64 @@ pub fn print(ev: &mut Evaluator, v: &Value, strict: bool) -> Result<String, Eval
     Ok(out)
 }
 
+/// `v` as the REPL shows it: forced, with its elements or attributes forced and shown one
+/// level deep (deeper sets and lists as `{ ... }` and `[ ... ]`).
+pub fn print_shallow(ev: &mut Evaluator, v: &Value) -> Result<String, EvalError> {
+    let v = ev.force(v)?;
+    let mut out = String::new();
+    let child = |ev: &mut Evaluator, out: &mut String, x: &Value| -> Result<(), EvalError> {
+        match ev.force(x)? {
+            Value::Attrs(_) => out.push_str("{ ... }"),
+            Value::List(_) => out.push_str("[ ... ]"),
+            x => write_atom(out, &x),
+        }
+        Ok(())
+    };
+    match &v {
+        Value::Attrs(a) => {
+            out.push('{');
+            for (name, x) in a.sorted_by_name() {
+                out.push(' ');
+                write_attr_name(&mut out, &name);
+                out.push_str(" = ");
+                let x = x.clone();
+                child(ev, &mut out, &x)?;
+                out.push(';');
+            }
+            out.push_str(" }");
+        }
+        Value::List(items) => {
+            out.push('[');
+            for x in items.iter() {
+                out.push(' ');
+                child(ev, &mut out, x)?;
+            }
+            out.push_str(" ]");
+        }
+        v => write_atom(&mut out, v),
+    }
+    Ok(out)
+}
+
+/// A value that is not a set or a list, as the REPL shows it.
+fn write_atom(out: &mut String, v: &Value) {
+    match v {
+        Value::Lambda(_) => out.push_str("«lambda»"),
+        Value::PrimOp(_) => out.push_str("«primop»"),
+        Value::PrimOpApp(..) => out.push_str("«primop-app»"),
+        v => write_value(out, v, &mut HashSet::new()),
+    }
+}
+
+/// What the REPL's `:t` says of a value's type.
+pub fn describe_type(v: &Value) -> String {
+    match v {
+        Value::PrimOp(p) => format!("the built-in function '{}'", p.name),
+        Value::PrimOpApp(p, _) => format!("the partially applied built-in function '{}'", p.name),
+        v => v.type_name().to_owned(),
+    }
+}
+
 fn write_value(out: &mut String, v: &Value, seen: &mut HashSet<usize>) {
     match v {
         Value::Null => out.push_str("null"),

@@ -220,6 +220,18 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// Names bound in a frame just inside the globals (the REPL's variables), in slot order.
+    pub fn with_frame(mut self, names: &[Sym]) -> Self {
+        self.scopes.push(Scope::Names(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (*s, i as u32))
+                .collect(),
+        ));
+        self
+    }
+
     fn span(&self, node: &impl AstNode<Language = rnix::NixLanguage>) -> Span {
         span_of(self.source, node)
     }

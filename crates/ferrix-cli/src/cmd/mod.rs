@@ -11,6 +11,7 @@ mod log;
 mod machines;
 mod nar;
 mod path_info;
+mod repl;
 mod serve_cache;
 mod store;
 
@@ -84,6 +85,8 @@ enum Command {
     Log(log::Args),
     /// Evaluate a Nix expression and print its value.
     Eval(eval::Args),
+    /// Evaluate Nix expressions interactively.
+    Repl(repl::Args),
     /// Copy closures to or from a machine (ssh://).
     Copy(copy::Args),
     /// List the build machines and whether they answer.
@@ -135,6 +138,7 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Build(a) => return build::run(a, &settings, shell),
         Command::Log(a) => log::run(a, &settings, shell)?,
         Command::Eval(a) => return eval::run(a, &settings, shell),
+        Command::Repl(a) => return repl::run(a, &settings, shell),
         Command::Copy(a) => copy::run(a, &settings, shell)?,
         Command::Machines => machines::run(&settings, shell)?,
         Command::ServeCache(a) => serve_cache::run(a, &settings, shell)?,
