@@ -324,7 +324,13 @@ let
     named = builtins.path { path = ./tree; name = "renamed"; filter = p: t: t != "directory"; };
     whole = builtins.path { path = ./tree/sub; };
   };
-in { inherit dep multi fixedFlat fixedRec sources ignoring usesDrv filtered; docOnly = multi.doc; }
+  structured = mk "structured" {
+    __structuredAttrs = true;
+    outputs = [ "out" "dev" ];
+    n = 1; f = 0.5; l = [ 1 "a" null true ]; s = { x = dep; y = "q"; p = ./tree/a; };
+    args = [ "-c" "true" ];
+  };
+in { inherit dep multi fixedFlat fixedRec sources ignoring usesDrv filtered structured; docOnly = multi.doc; }
 "#,
     )
     .unwrap();
@@ -357,7 +363,7 @@ in { inherit dep multi fixedFlat fixedRec sources ignoring usesDrv filtered; doc
         String::from_utf8_lossy(&theirs.stdout)
     );
     let printed = String::from_utf8_lossy(&theirs.stdout).lines().count();
-    assert_eq!(printed, 9, "{}", String::from_utf8_lossy(&theirs.stdout));
+    assert_eq!(printed, 10, "{}", String::from_utf8_lossy(&theirs.stdout));
 
     // Every file real Nix put in its store, Ferrix put in its own, the same.
     let store = |root: &std::path::Path| {

@@ -90,14 +90,13 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
         Some(v) => ev.expect_bool(&v, span)?,
         None => false,
     };
-    if let Some(v) = get("__structuredAttrs") {
-        if ev.expect_bool(&v, span)? {
-            return Err(other(
-                "structured attributes (__structuredAttrs) are not supported yet".into(),
-                span,
-            ));
-        }
-    }
+    let structured = match get("__structuredAttrs") {
+        Some(v) => ev.expect_bool(&v, span)?,
+        None => false,
+    };
+    // With structured attributes, all of them (but `args`) go to the builder as one JSON
+    // object in `__json`, keys in order.
+    let mut json = String::from("{");
     let mut drv = Derivation {
         outputs: BTreeMap::new(),
         input_drvs: BTreeMap::new(),
@@ -132,6 +131,28 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
             }
             continue;
         }
+        if structured {
+            if key == "__structuredAttrs" {
+                continue;
+            }
+            if json.len() > 1 {
+                json.push(',');
+            }
+            crate::json::string(&mut json, key);
+            json.push(':');
+            crate::json::write(ev, &v, &mut json, &mut context, span).map_err(in_attr)?;
+            if !matches!(
+                key,
+                "builder"
+                    | "system"
+                    | "outputHash"
+                    | "outputHashAlgo"
+                    | "outputHashMode"
+                    | "outputs"
+            ) {
+                continue;
+            }
+        }
         let s = ev
             .coerce_to_string(&v, Coerce::Derivation, span)
             .map_err(in_attr)?;
@@ -164,7 +185,13 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
             }
             _ => {}
         }
-        drv.env.insert(key.to_owned(), s.s.clone());
+        if !structured {
+            drv.env.insert(key.to_owned(), s.s.clone());
+        }
+    }
+    if structured {
+        json.push('}');
+        drv.env.insert("__json".into(), json);
     }
     for (what, field) in [("builder", &drv.builder), ("system", &drv.platform)] {
         if field.is_empty() && get(what).is_none() {

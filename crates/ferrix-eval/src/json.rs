@@ -20,7 +20,8 @@ pub(crate) fn to_json(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
     Ok(Value::String(Rc::new(NixString { s: out, context })))
 }
 
-fn write(
+/// `v` as JSON at the end of `out`, the context of its strings added to `ctx`.
+pub(crate) fn write(
     ev: &mut Evaluator,
     v: &Value,
     out: &mut String,
@@ -91,7 +92,7 @@ fn write(
     Ok(())
 }
 
-fn string(out: &mut String, s: &str) {
+pub(crate) fn string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
