@@ -100,6 +100,7 @@ pub fn evaluate(
         }
     };
     let store: Arc<dyn EvalStore + Send + Sync> = Arc::new(settings.open_store()?);
+    let for_builds = settings.clone();
     let base = base.to_string_lossy().into_owned();
     let attr_path = attr_path.map(str::to_owned);
     let args = args.to_vec();
@@ -109,6 +110,9 @@ pub fn evaluate(
     };
     let result = ferrix_eval::on_big_stack(move || {
         let mut ev = Evaluator::new(eval_settings, Some(store));
+        ev.set_realiser(Box::new(EngineRealise {
+            settings: for_builds,
+        }));
         let rendered = ev
             .eval_source(&name, &text, &base)
             .and_then(|v| {
@@ -145,5 +149,44 @@ fn render(ev: &mut Evaluator, v: &Value, output: Output) -> Result<String, ferri
             ev.derivations(v, &mut out)?;
             Ok(out.join("\n"))
         }
+    }
+}
+
+/// Import from derivation: what an expression reads is built by the Engine, as `ferrix
+/// build` builds it, progress and errors on stderr.
+struct EngineRealise {
+    settings: Settings,
+}
+
+impl ferrix_eval::Realise for EngineRealise {
+    fn realise(&self, outputs: &[(ferrix_format::StorePath, String)]) -> Result<(), String> {
+        let mut shell = crate::shell::Shell::stdio();
+        let mut run = || -> Result<()> {
+            let store = Arc::new(self.settings.open_store()?);
+            let wanted = outputs
+                .iter()
+                .map(|(drv, o)| {
+                    crate::build::parse_installable(&store, &format!("{}^{o}", store.print(drv)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (plan, outcome) = crate::build::realise(
+                &self.settings,
+                store.clone(),
+                &wanted,
+                &[],
+                crate::build::RunMode::default(),
+                &mut shell,
+            )?;
+            if let Some(o) = &outcome {
+                if !o.success() {
+                    crate::build::report_failures(&store, &plan, o, &mut shell);
+                    anyhow::bail!("the build failed");
+                }
+            }
+            Ok(())
+        };
+        let result = run().map_err(|e| crate::render(e.as_ref()));
+        let _ = shell.flush();
+        result
     }
 }

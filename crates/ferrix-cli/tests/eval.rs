@@ -534,3 +534,43 @@ fn repl_evaluates_line_by_line() {
     assert!(stderr.contains("error: boom"), "{stderr}");
     assert!(dir.path().join(".local/share/ferrix/repl-history").exists());
 }
+
+/// Import from derivation: a value read from a built output is built by the Engine first.
+/// Ferrix builds it in a store that real Nix then evaluates the same expression in.
+#[test]
+fn import_from_derivation_builds_what_it_reads() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ifd.nix");
+    std::fs::write(
+        &file,
+        r#"
+let
+  gen = derivation {
+    name = "gen"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo '{ x = 40 + 2; }' > $out" ];
+  };
+in (import gen).x + builtins.stringLength (builtins.readFile "${gen}")
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let mut ours = links.cmd("nix-instantiate");
+    nix.isolate(&mut ours);
+    let ours = ours.args(["--eval", f]).output().unwrap();
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ours.stdout), "58\n");
+    assert!(String::from_utf8_lossy(&ours.stderr).contains("gen.drv"));
+    let theirs = nix
+        .cmd("nix-instantiate")
+        .args(["--eval", f])
+        .output()
+        .unwrap();
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(theirs.stdout, ours.stdout);
+}

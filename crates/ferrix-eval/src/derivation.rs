@@ -337,16 +337,7 @@ fn real_path(ev: &mut Evaluator, v: &Value, span: Span) -> Result<PathBuf> {
         Value::Path(p) => Ok(PathBuf::from(&**p)),
         _ => {
             let s = ev.coerce_to_string(&v, Coerce::Plain, span)?;
-            if s.context
-                .0
-                .iter()
-                .any(|c| !matches!(c, ContextElem::Plain(_)))
-            {
-                return Err(other(
-                    format!("'{}' is a derivation's output: reading it during evaluation (import from derivation) is not supported yet", s.s),
-                    span,
-                ));
-            }
+            realise_context(ev, &s.context, &s.s, span)?;
             if !s.s.starts_with('/') {
                 return Err(other(
                     format!("string '{}' doesn't represent an absolute path", s.s),
@@ -356,6 +347,39 @@ fn real_path(ev: &mut Evaluator, v: &Value, span: Span) -> Result<PathBuf> {
             Ok(PathBuf::from(&s.s))
         }
     }
+}
+
+/// Build the derivation outputs `context` names (what `path` needs to exist to be read).
+fn realise_context(ev: &mut Evaluator, context: &Context, path: &str, span: Span) -> Result<()> {
+    let mut wanted = Vec::new();
+    for c in &context.0 {
+        let (drv, output) = match c {
+            ContextElem::Plain(_) => continue,
+            ContextElem::Output { drv, output } => (drv.clone(), output.to_string()),
+            ContextElem::AllOutputs(drv) => (drv.clone(), "out".to_owned()),
+        };
+        let store = ev.store().map_err(|e| e.at(span))?;
+        let p = store
+            .store_dir()
+            .parse_path(&drv)
+            .map_err(|e| other(format!("'{drv}': {e}"), span))?;
+        wanted.push((p, output));
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let Some(r) = &ev.realiser else {
+        return Err(other(
+            format!("'{path}' is a derivation's output, which reading during evaluation (import from derivation) would need built, and nothing may be built here"),
+            span,
+        ));
+    };
+    r.realise(&wanted).map_err(|why| {
+        other(
+            format!("building what '{path}' needs (import from derivation): {why}"),
+            span,
+        )
+    })
 }
 
 pub(crate) fn read_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {

@@ -96,6 +96,8 @@ pub struct Evaluator {
     pub(crate) imported: HashMap<PathBuf, Value>,
     /// Regular expressions compiled so far.
     pub(crate) regexes: crate::regex::Cache,
+    /// What builds the outputs an expression reads, if anything may be built.
+    pub(crate) realiser: Option<Box<dyn crate::store::Realise>>,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -121,9 +123,15 @@ impl Evaluator {
             copied: HashMap::new(),
             imported: HashMap::new(),
             regexes: Default::default(),
+            realiser: None,
         };
         crate::derivation::define_derivation(&mut ev);
         ev
+    }
+
+    /// Let evaluation build what it reads (import from derivation) through `r`.
+    pub fn set_realiser(&mut self, r: Box<dyn crate::store::Realise>) {
+        self.realiser = Some(r);
     }
 
     /// The global frame and its names, for code the evaluator itself adds.

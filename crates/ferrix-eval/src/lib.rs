@@ -17,7 +17,7 @@ mod versions;
 pub use error::{ErrorKind, EvalError};
 pub use eval::{AutoArg, Coerce, EvalSettings, Evaluator, Source};
 pub use print::{describe_type, format_float, print, print_shallow};
-pub use store::EvalStore;
+pub use store::{EvalStore, Realise};
 pub use syntax::Span;
 pub use value::Value;
 

@@ -8,6 +8,14 @@ use ferrix_format::content_address::FileIngestionMethod;
 use ferrix_format::{Derivation, HashAlgo, StoreDir, StorePath};
 use ferrix_store::{LocalStore, StoreError};
 
+/// Building during evaluation (import from derivation): the caller (the CLI, with the
+/// Engine) builds the outputs an expression reads before it reads them. Evaluation never
+/// depends on building itself.
+pub trait Realise {
+    /// Build `outputs` (`(drv, output)`), or say why they could not be.
+    fn realise(&self, outputs: &[(StorePath, String)]) -> Result<(), String>;
+}
+
 pub trait EvalStore {
     fn store_dir(&self) -> &StoreDir;
 
