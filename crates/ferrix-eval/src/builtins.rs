@@ -61,7 +61,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "isAttrs" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Attrs(_))),
     "isBool" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Bool(_))),
     "isFloat" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Float(_))),
-    "isFunction" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(..))),
+    "isFunction" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(_))),
     "isInt" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Int(_))),
     "isList" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::List(_))),
     "isNull" / 1 => |ev, a, _| is(ev, &a[0], |v| matches!(v, Value::Null)),
@@ -458,7 +458,7 @@ fn function_args(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
                 )))
             }
         },
-        Value::PrimOp(_) | Value::PrimOpApp(..) => Ok(Value::attrs(Attrs::default())),
+        Value::PrimOp(_) | Value::PrimOpApp(_) => Ok(Value::attrs(Attrs::default())),
         other => Err(type_error("a function", &other, span)),
     }
 }

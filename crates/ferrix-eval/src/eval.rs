@@ -11,7 +11,9 @@ use crate::error::{ErrorKind, EvalError};
 use crate::store::EvalStore;
 use crate::symbol::Sym;
 use crate::syntax::{AttrsDef, BinOp, Expr, Key, Lowerer, Param, Part, Span, Var};
-use crate::value::{Attrs, Closure, Context, Env, NixString, Thunk, ThunkState, Value};
+use crate::value::{
+    Attrs, Closure, Context, Env, List, NixString, Partial, Thunk, ThunkState, Value,
+};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
@@ -444,6 +446,7 @@ impl Evaluator {
             Expr::Int(i) => Value::Int(*i),
             Expr::Float(f) => Value::Float(*f),
             Expr::Path(p) => Value::Path(p.clone()),
+            Expr::Str(s) => Value::String(s.clone()),
             Expr::Lambda(def) => Value::Lambda(Rc::new(Closure {
                 def: def.clone(),
                 env: env.clone(),
@@ -458,7 +461,7 @@ impl Evaluator {
             Expr::Bool(b) => Ok(Value::Bool(*b)),
             Expr::Int(i) => Ok(Value::Int(*i)),
             Expr::Float(f) => Ok(Value::Float(*f)),
-            Expr::Str(s) => Ok(Value::string(&**s)),
+            Expr::Str(s) => Ok(Value::String(s.clone())),
             Expr::Path(p) => Ok(Value::Path(p.clone())),
             Expr::Interp(parts, span) => {
                 let mut out = NixString {
@@ -713,15 +716,19 @@ impl Evaluator {
                 let v = (p.run)(self, &[arg], span).map_err(|e| e.at(span))?;
                 self.force(&v)
             }
-            Value::PrimOp(p) => Ok(Value::PrimOpApp(p, Rc::new([arg]))),
-            Value::PrimOpApp(p, args) => {
-                let mut all = args.to_vec();
-                all.push(arg);
-                if all.len() == p.arity {
-                    let v = (p.run)(self, &all, span).map_err(|e| e.at(span))?;
+            Value::PrimOp(op) => Ok(Value::PrimOpApp(Rc::new(Partial {
+                op,
+                args: vec![arg],
+            }))),
+            Value::PrimOpApp(partial) => {
+                let mut args = partial.args.clone();
+                args.push(arg);
+                let op = partial.op.clone();
+                if args.len() == op.arity {
+                    let v = (op.run)(self, &args, span).map_err(|e| e.at(span))?;
                     self.force(&v)
                 } else {
-                    Ok(Value::PrimOpApp(p, all.into()))
+                    Ok(Value::PrimOpApp(Rc::new(Partial { op, args })))
                 }
             }
             Value::Attrs(a) if a.get(Sym::intern("__functor")).is_some() => {
@@ -965,7 +972,7 @@ impl Evaluator {
             (Value::String(x), Value::String(y)) => x.s == y.s,
             (Value::Path(x), Value::Path(y)) => x == y,
             (Value::List(x), Value::List(y)) => {
-                if Rc::ptr_eq(x, y) {
+                if List::ptr_eq(x, y) {
                     return Ok(true);
                 }
                 if x.len() != y.len() {
@@ -1164,7 +1171,7 @@ impl Evaluator {
         }
     }
 
-    pub fn expect_list(&mut self, v: &Value, span: Span) -> Result<Rc<[Value]>> {
+    pub fn expect_list(&mut self, v: &Value, span: Span) -> Result<crate::value::List> {
         match self.force(v)? {
             Value::List(l) => Ok(l),
             other => Err(type_error("a list", &other, span)),
@@ -1193,7 +1200,7 @@ impl Evaluator {
     ) -> Result<()> {
         match v {
             Value::List(items) => {
-                if !seen.insert(Rc::as_ptr(items) as *const () as usize) {
+                if !seen.insert(items.as_ptr() as usize) {
                     return Ok(());
                 }
                 for i in items.iter() {

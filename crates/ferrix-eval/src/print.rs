@@ -66,7 +66,7 @@ fn write_atom(out: &mut String, v: &Value) {
     match v {
         Value::Lambda(_) => out.push_str("«lambda»"),
         Value::PrimOp(_) => out.push_str("«primop»"),
-        Value::PrimOpApp(..) => out.push_str("«primop-app»"),
+        Value::PrimOpApp(_) => out.push_str("«primop-app»"),
         v => write_value(out, v, &mut HashSet::new()),
     }
 }
@@ -75,7 +75,7 @@ fn write_atom(out: &mut String, v: &Value) {
 pub fn describe_type(v: &Value) -> String {
     match v {
         Value::PrimOp(p) => format!("the built-in function '{}'", p.name),
-        Value::PrimOpApp(p, _) => format!("the partially applied built-in function '{}'", p.name),
+        Value::PrimOpApp(p) => format!("the partially applied built-in function '{}'", p.op.name),
         v => v.type_name().to_owned(),
     }
 }
@@ -91,7 +91,7 @@ fn write_value(out: &mut String, v: &Value, seen: &mut HashSet<usize>) {
         Value::String(s) => write_string(out, &s.s),
         Value::Path(p) => out.push_str(p),
         Value::List(items) => {
-            if !seen.insert(std::rc::Rc::as_ptr(items) as *const () as usize) {
+            if !seen.insert(items.as_ptr() as usize) {
                 out.push_str("«repeated»");
                 return;
             }
@@ -119,7 +119,7 @@ fn write_value(out: &mut String, v: &Value, seen: &mut HashSet<usize>) {
         }
         Value::Lambda(_) => out.push_str("<LAMBDA>"),
         Value::PrimOp(_) => out.push_str("<PRIMOP>"),
-        Value::PrimOpApp(..) => out.push_str("<PRIMOP-APP>"),
+        Value::PrimOpApp(_) => out.push_str("<PRIMOP-APP>"),
         Value::Thunk(t) => match &*t.0.borrow() {
             ThunkState::Done(v) => write_value(out, v, seen),
             _ => out.push_str("<CODE>"),

@@ -10,6 +10,7 @@ use rowan::ast::AstNode;
 
 use crate::error::{ErrorKind, EvalError};
 use crate::symbol::Sym;
+use crate::value::NixString;
 
 /// Where an expression is: a byte range of one source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,9 +154,10 @@ pub enum Expr {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(Rc<str>),
+    /// A string without interpolations: the value itself, shared by every evaluation.
+    Str(Rc<NixString>),
     Interp(Vec<Part>, Span),
-    Path(Rc<str>),
+    Path(Rc<String>),
     PathInterp(Vec<Part>, Span),
     Var(Var, Span),
     List(Vec<Rc<Expr>>),
@@ -179,6 +181,15 @@ pub enum Expr {
     CurPos(Span),
     /// `<name>`: looked up in the search path.
     SearchPath(Rc<str>, Span),
+}
+
+impl Expr {
+    fn string(s: &str) -> Expr {
+        Expr::Str(Rc::new(NixString {
+            s: s.to_owned(),
+            context: Default::default(),
+        }))
+    }
 }
 
 /// What a scope binds, for resolution.
@@ -323,7 +334,7 @@ impl<'a> Lowerer<'a> {
                         ErrorKind::Parse(format!("invalid float '{}'", f.syntax().text())),
                     )
                 })?),
-                ast::LiteralKind::Uri(u) => Expr::Str(u.syntax().text().into()),
+                ast::LiteralKind::Uri(u) => Expr::string(u.syntax().text()),
             },
             ast::Expr::Str(s) => self.lower_str(&s, span)?,
             ast::Expr::PathAbs(p) => self.lower_path(p.parts(), span, PathBase::Abs)?,
@@ -463,8 +474,8 @@ impl<'a> Lowerer<'a> {
             }
         }
         Ok(match parts.as_slice() {
-            [] => Expr::Str("".into()),
-            [Part::Lit(l)] => Expr::Str(l.clone()),
+            [] => Expr::string(""),
+            [Part::Lit(l)] => Expr::string(l),
             _ => Expr::Interp(parts, span),
         })
     }
@@ -557,8 +568,8 @@ impl<'a> Lowerer<'a> {
             }
         }
         Ok(match parts.as_slice() {
-            [] => Expr::Str("".into()),
-            [Part::Lit(l)] => Expr::Str(l.clone()),
+            [] => Expr::string(""),
+            [Part::Lit(l)] => Expr::string(l),
             _ => Expr::Interp(parts, span),
         })
     }
@@ -621,13 +632,13 @@ impl<'a> Lowerer<'a> {
         Ok(match a {
             ast::Attr::Ident(i) => Key::Static(Sym::intern(&ident_text(&i))),
             ast::Attr::Str(s) => match self.lower_str(&s, span)? {
-                Expr::Str(t) => Key::Static(Sym::intern(&t)),
+                Expr::Str(t) => Key::Static(Sym::intern(&t.s)),
                 e => Key::Dynamic(e),
             },
             ast::Attr::Dynamic(d) => {
                 match self.lower_opt(d.expr(), "attribute name", span)? {
                     // `${"a"}` is as static as `a`.
-                    Expr::Str(t) => Key::Static(Sym::intern(&t)),
+                    Expr::Str(t) => Key::Static(Sym::intern(&t.s)),
                     e => Key::Dynamic(e),
                 }
             }

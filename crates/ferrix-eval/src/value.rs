@@ -15,14 +15,67 @@ pub enum Value {
     Int(i64),
     Float(f64),
     String(Rc<NixString>),
-    Path(Rc<str>),
-    List(Rc<[Value]>),
+    Path(Rc<String>),
+    List(List),
     Attrs(Rc<Attrs>),
     Lambda(Rc<Closure>),
     PrimOp(Rc<PrimOp>),
     /// A builtin given some of its arguments.
-    PrimOpApp(Rc<PrimOp>, Rc<[Value]>),
+    PrimOpApp(Rc<Partial>),
     Thunk(Rc<Thunk>),
+}
+
+/// A list's elements, shared (a thin pointer, so that a value stays two words).
+#[derive(Clone, Default)]
+pub struct List(Rc<Vec<Value>>);
+
+impl List {
+    pub fn ptr_eq(a: &List, b: &List) -> bool {
+        Rc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// Where the elements are: the identity of the list.
+    pub fn as_ptr(&self) -> *const () {
+        Rc::as_ptr(&self.0) as *const ()
+    }
+}
+
+impl std::ops::Deref for List {
+    type Target = [Value];
+    fn deref(&self) -> &[Value] {
+        &self.0
+    }
+}
+
+impl FromIterator<Value> for List {
+    fn from_iter<I: IntoIterator<Item = Value>>(iter: I) -> Self {
+        List(Rc::new(iter.into_iter().collect()))
+    }
+}
+
+impl From<Vec<Value>> for List {
+    fn from(v: Vec<Value>) -> Self {
+        List(Rc::new(v))
+    }
+}
+
+impl From<&[Value]> for List {
+    fn from(v: &[Value]) -> Self {
+        List(Rc::new(v.to_vec()))
+    }
+}
+
+impl std::fmt::Debug for List {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} values]", self.len())
+    }
+}
+
+/// A builtin and the arguments it has so far.
+#[derive(Debug)]
+pub struct Partial {
+    pub op: Rc<PrimOp>,
+    pub args: Vec<Value>,
 }
 
 impl std::fmt::Debug for Value {
@@ -43,7 +96,7 @@ impl Value {
             Value::Path(_) => "path",
             Value::List(_) => "list",
             Value::Attrs(_) => "set",
-            Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(..) => "lambda",
+            Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(_) => "lambda",
             Value::Thunk(_) => "thunk",
         }
     }
@@ -61,7 +114,7 @@ impl Value {
             Value::Attrs(_) => "a set",
             Value::Lambda(_) => "a function",
             Value::PrimOp(_) => "a built-in function",
-            Value::PrimOpApp(..) => "a partially applied built-in function",
+            Value::PrimOpApp(_) => "a partially applied built-in function",
             Value::Thunk(_) => "a thunk",
         }
     }
@@ -271,5 +324,17 @@ pub struct PrimOp {
 impl std::fmt::Debug for PrimOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "builtins.{}", self.name)
+    }
+}
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn values_are_small() {
+        assert!(
+            std::mem::size_of::<super::Value>() <= 16,
+            "{}",
+            std::mem::size_of::<super::Value>()
+        );
     }
 }
