@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Evaluation, Ferrix against real Nix 2.8: `nix-instantiate --eval --strict` of the same
+expressions by each, alternating, after one warm-up each; mean seconds and peak memory (max
+RSS) of each, and the ratios. Called by bench/eval.sh; see bench/README.md."""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+WORK = os.environ["FERRIX_BENCH_WORK"]
+RUNS = int(os.environ.get("FERRIX_BENCH_RUNS", "5"))
+TOOLS = {"nix": os.environ["NIX_INSTANTIATE_BIN"], "ferrix": os.environ["FERRIX_INSTANTIATE_BIN"]}
+ENV = dict(os.environ, NIX_STORE_DIR=f"{WORK}/s/store", NIX_STATE_DIR=f"{WORK}/s/state",
+           NIX_LOG_DIR=f"{WORK}/s/log", NIX_CONF_DIR=f"{WORK}/etc", HOME=f"{WORK}/home")
+ENV.pop("NIX_PATH", None)
+ENV.pop("NIX_REMOTE", None)
+
+CASES = [
+    ("fib 27 (calls, arithmetic)",
+     "let fib = n: if n < 2 then n else fib (n - 1) + fib (n - 2); in fib 27"),
+    ("foldl' over 1M integers",
+     "builtins.foldl' (a: b: a + b) 0 (builtins.genList (i: i * 2) 1000000)"),
+    ("map, // and filter over 300k sets",
+     "let s = builtins.genList (i: { a = i; b = toString i; }) 300000; in "
+     "builtins.length (builtins.filter (x: x.a > 5 && x.b != \"7\") (map (x: x // { c = 1; }) s))"),
+    ("listToAttrs of 200k names",
+     "builtins.length (builtins.attrNames (builtins.listToAttrs "
+     "(builtins.genList (i: { name = toString i; value = i; }) 200000)))"),
+    ("2000 attributes summed by name",
+     "let s = builtins.listToAttrs (builtins.genList (i: { name = \"a\" + toString i; value = i; }) 2000); "
+     "in builtins.foldl' (acc: n: acc + s.${n}) 0 (builtins.attrNames s)"),
+    ("string building: concatStringsSep of 200k",
+     "builtins.stringLength (builtins.concatStringsSep \",\" (builtins.genList toString 200000))"),
+]
+
+
+def run(tool, expr):
+    """Seconds of one evaluation, and what it printed."""
+    t = time.perf_counter()
+    p = subprocess.run([TOOLS[tool], "--eval", "--strict", "-E", expr], env=ENV,
+                       capture_output=True, text=True)
+    took = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.exit(f"{tool} failed on {expr!r}: {p.stderr}")
+    return took, p.stdout
+
+
+def rss(tool, expr):
+    """Peak memory (KiB) of one evaluation, as /usr/bin/time measures it."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", TOOLS[tool], "--eval", "--strict", "-E", expr],
+                         env=ENV, capture_output=True, text=True)
+    return int(out.stderr.strip().splitlines()[-1])
+
+
+print(f"{RUNS} runs each, alternating\n")
+print(f"{'case':52} {'nix s':>7} {'ferrix s':>9} {'time f/n':>9} {'nix MB':>7} {'ferrix MB':>10} {'mem f/n':>8}")
+for label, expr in CASES:
+    outs = {t: run(t, expr)[1] for t in TOOLS}  # warm-up, and the answers must agree
+    if outs["nix"] != outs["ferrix"]:
+        sys.exit(f"different values for {label}: nix {outs['nix']!r}, ferrix {outs['ferrix']!r}")
+    times = {t: [] for t in TOOLS}
+    for i in range(RUNS):
+        for t in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
+            times[t].append(run(t, expr)[0])
+    m = {t: statistics.mean(v) for t, v in times.items()}
+    mem = {t: rss(t, expr) / 1024 for t in TOOLS}
+    print(f"{label:52} {m['nix']:7.3f} {m['ferrix']:9.3f} {m['ferrix'] / m['nix']:9.2f} "
+          f"{mem['nix']:7.0f} {mem['ferrix']:10.0f} {mem['ferrix'] / mem['nix']:8.2f}", flush=True)
+print("\ngoal (issue 13): ferrix faster than Nix (time f/n < 1) in less memory (mem f/n < 1)")
