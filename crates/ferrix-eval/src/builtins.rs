@@ -41,10 +41,13 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "div" / 2 => |ev, a, s| arith(ev, BinOp::Div, a, s),
     "elem" / 2 => elem,
     "elemAt" / 2 => elem_at,
+    "fetchTarball" / 1 => crate::fetch::fetch_tarball,
+    "fetchurl" / 1 => crate::fetch::fetchurl,
     "filter" / 2 => filter,
     "filterSource" / 2 => crate::derivation::filter_source,
     "floor" / 1 => floor,
     "fromJSON" / 1 => crate::json::from_json,
+    "fromTOML" / 1 => crate::fetch::from_toml,
     "foldl'" / 3 => foldl,
     "functionArgs" / 1 => function_args,
     "genList" / 2 => gen_list,
@@ -53,6 +56,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "groupBy" / 2 => group_by,
     "hashString" / 2 => hash_string,
     "getAttr" / 2 => get_attr,
+    "getContext" / 1 => crate::fetch::get_context,
     "hasAttr" / 2 => has_attr,
     "hasContext" / 1 => crate::derivation::has_context,
     "head" / 1 => head,
@@ -87,6 +91,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "split" / 2 => crate::regex::split,
     "splitVersion" / 1 => split_version,
     "seq" / 2 => |ev, a, _| { ev.force(&a[0])?; Ok(a[1].clone()) },
+    "storePath" / 1 => crate::fetch::store_path,
     "stringLength" / 1 => |ev, a, s| Ok(Value::Int(ev.coerce_to_string(&a[0], Coerce::Interp, s)?.s.len() as i64)),
     "sub" / 2 => |ev, a, s| arith(ev, BinOp::Sub, a, s),
     "substring" / 3 => substring,
@@ -97,6 +102,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "toString" / 1 => |ev, a, s| Ok(Value::String(ev.coerce_to_string(&a[0], Coerce::ToString, s)?)),
     "trace" / 2 => trace,
     "tryEval" / 1 => try_eval,
+    "unsafeDiscardOutputDependency" / 1 => crate::fetch::discard_output_dependency,
     "unsafeDiscardStringContext" / 1 => crate::derivation::discard_context,
     "zipAttrsWith" / 2 => zip_attrs_with,
     "typeOf" / 1 => |ev, a, _| Ok(Value::string(ev.force(&a[0])?.type_of())),
@@ -108,6 +114,7 @@ const GLOBAL: &[&str] = &[
     "baseNameOf",
     "derivation",
     "dirOf",
+    "fetchTarball",
     "import",
     "isNull",
     "map",
@@ -139,6 +146,10 @@ pub(crate) fn globals(settings: &EvalSettings) -> (Vec<Sym>, Vec<Value>) {
     ));
     entries.push((Sym::intern("nixVersion"), Value::string("2.18.0")));
     entries.push((Sym::intern("langVersion"), Value::Int(6)));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    entries.push((Sym::intern("currentTime"), Value::Int(now)));
     entries.push((Sym::intern("storeDir"), Value::string(&settings.store_dir)));
     // Defined in Nix by the evaluator once it exists (see `derivation::define_derivation`).
     let derivation = Rc::new(Thunk(RefCell::new(ThunkState::Blackhole)));

@@ -5,6 +5,7 @@ mod builtins;
 mod derivation;
 mod error;
 mod eval;
+mod fetch;
 mod json;
 mod print;
 mod regex;

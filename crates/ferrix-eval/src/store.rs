@@ -30,6 +30,12 @@ pub trait EvalStore {
     /// A file system tree, as a recursive SHA-256 source path named `name`.
     fn add_source(&self, path: &Path, name: &str) -> Result<StorePath, StoreError>;
 
+    /// A regular file, as a flat SHA-256 path named `name` (`builtins.fetchurl`).
+    fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError>;
+
+    /// Whether `p` is a valid path of the store.
+    fn is_valid(&self, p: &StorePath) -> Result<bool, StoreError>;
+
     /// Write `drv` as `<name>.drv`, its input-addressed outputs computed; the derivation as
     /// written and where.
     fn add_derivation(
@@ -61,6 +67,14 @@ impl EvalStore for LocalStore {
 
     fn add_source(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
         self.add_path(path, name, FileIngestionMethod::Recursive, HashAlgo::Sha256)
+    }
+
+    fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        self.add_path(path, name, FileIngestionMethod::Flat, HashAlgo::Sha256)
+    }
+
+    fn is_valid(&self, p: &StorePath) -> Result<bool, StoreError> {
+        self.is_valid_path(p)
     }
 
     fn add_derivation(
