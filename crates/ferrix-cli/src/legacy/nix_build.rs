@@ -37,6 +37,8 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         match flag {
             "-E" | "--expr" => from_expr = true,
             "-I" => include.push(it.value(flag)?),
+            // What was being evaluated is always shown with an error.
+            "--show-trace" => {}
             "-A" | "--attr" => attrs.push(it.value(flag)?),
             "--arg" => {
                 let name = it.value(flag)?;
