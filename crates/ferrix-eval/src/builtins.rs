@@ -21,6 +21,7 @@ macro_rules! primops {
 /// Every built-in function: name, arity, implementation.
 const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "abort" / 1 => abort,
+    "appendContext" / 2 => crate::fetch::append_context,
     "addErrorContext" / 2 => add_error_context,
     "add" / 2 => |ev, a, s| arith(ev, BinOp::Add, a, s),
     "all" / 2 => |ev, a, s| any_all(ev, a, s, false),
@@ -98,10 +99,13 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "tail" / 1 => tail,
     "toFile" / 2 => crate::derivation::to_file,
     "toJSON" / 1 => crate::json::to_json,
+    "toPath" / 1 => to_path,
+    "toXML" / 1 => crate::xml::to_xml,
     "throw" / 1 => throw,
     "toString" / 1 => |ev, a, s| Ok(Value::String(ev.coerce_to_string(&a[0], Coerce::ToString, s)?)),
     "trace" / 2 => trace,
     "tryEval" / 1 => try_eval,
+    "unsafeGetAttrPos" / 2 => unsafe_get_attr_pos,
     "unsafeDiscardOutputDependency" / 1 => crate::fetch::discard_output_dependency,
     "unsafeDiscardStringContext" / 1 => crate::derivation::discard_context,
     "zipAttrsWith" / 2 => zip_attrs_with,
@@ -144,7 +148,8 @@ pub(crate) fn globals(settings: &EvalSettings) -> (Vec<Sym>, Vec<Value>) {
         Sym::intern("currentSystem"),
         Value::string(&settings.system),
     ));
-    entries.push((Sym::intern("nixVersion"), Value::string("2.18.0")));
+    // The version whose protocols and formats Ferrix speaks.
+    entries.push((Sym::intern("nixVersion"), Value::string("2.8.0")));
     entries.push((Sym::intern("langVersion"), Value::Int(6)));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -459,7 +464,7 @@ fn map_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn function_args(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     match ev.force(&a[0])? {
         Value::Lambda(c) => match &c.def.param {
-            crate::syntax::Param::Ident => Ok(Value::attrs(Attrs::default())),
+            crate::syntax::Param::Ident(_) => Ok(Value::attrs(Attrs::default())),
             crate::syntax::Param::Formals { formals, .. } => {
                 Ok(Value::attrs(Attrs::from_unsorted(
                     formals
@@ -860,4 +865,30 @@ pub(crate) fn add_error_context(ev: &mut Evaluator, a: &[Value], span: Span) -> 
             Err(e.context(None, msg))
         }
     }
+}
+
+pub(crate) fn to_path(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.coerce_to_string(&a[0], crate::eval::Coerce::Plain, span)?;
+    if !s.s.starts_with('/') {
+        return Err(EvalError::new(ErrorKind::Other(format!(
+            "string '{}' doesn't represent an absolute path",
+            s.s
+        )))
+        .at(span));
+    }
+    Ok(Value::String(Rc::new(NixString {
+        s: crate::syntax::canonicalise(&s.s),
+        context: s.context.clone(),
+    })))
+}
+
+/// Where an attribute was defined (`{ file; line; column; }`), or null when unknown (a set
+/// not made by a literal).
+pub(crate) fn unsafe_get_attr_pos(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let name = ev.expect_string(&a[0], span)?;
+    let set = ev.expect_attrs(&a[1], span)?;
+    Ok(match set.position(Sym::intern(&name.s)) {
+        Some(p) => ev.position(p),
+        None => Value::Null,
+    })
 }

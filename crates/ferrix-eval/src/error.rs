@@ -27,8 +27,6 @@ pub enum ErrorKind {
     InfiniteRecursion,
     #[error("stack overflow (possible infinite recursion)")]
     StackOverflow,
-    #[error("integer overflow in {0}")]
-    Overflow(String),
     #[error("division by zero")]
     DivisionByZero,
     #[error("function '{function}' called without required argument '{arg}'")]

@@ -529,7 +529,8 @@ impl Evaluator {
                             .zip(frame.slots.borrow().iter())
                             .map(|((s, _, _), v)| (*s, v.clone()))
                             .collect();
-                        self.with_dynamics(Attrs::from_sorted(statics), def, &frame)
+                        let base = Attrs::from_sorted(statics).with_origin(def.clone());
+                        self.with_dynamics(base, def, &frame)
                     }
                 }
             }
@@ -666,13 +667,14 @@ impl Evaluator {
     }
 
     /// A set literal evaluated in `env`.
-    fn attrs(&mut self, def: &AttrsDef, env: &Rc<Env>) -> Result<Value> {
+    fn attrs(&mut self, def: &Rc<AttrsDef>, env: &Rc<Env>) -> Result<Value> {
         let statics: Vec<(Sym, Value)> = def
             .statics
             .iter()
             .map(|(s, e, _)| (*s, self.thunk(e, env)))
             .collect();
-        self.with_dynamics(Attrs::from_sorted(statics), def, env)
+        let base = Attrs::from_sorted(statics).with_origin(def.clone());
+        self.with_dynamics(base, def, env)
     }
 
     fn with_dynamics(&mut self, base: Attrs, def: &AttrsDef, env: &Rc<Env>) -> Result<Value> {
@@ -749,7 +751,7 @@ impl Evaluator {
 
     fn call(&mut self, c: &Closure, arg: Value, span: Span) -> Result<Value> {
         let frame = match &c.def.param {
-            Param::Ident => Env::new(smallvec::smallvec![arg], Some(c.env.clone())),
+            Param::Ident(_) => Env::new(smallvec::smallvec![arg], Some(c.env.clone())),
             Param::Formals {
                 formals,
                 ellipsis,
@@ -763,7 +765,7 @@ impl Evaluator {
                     })
                     .at(span));
                 };
-                let n = formals.len() + usize::from(*at);
+                let n = formals.len() + usize::from(at.is_some());
                 let frame = Env::new(smallvec::smallvec![Value::Null; n], Some(c.env.clone()));
                 let fname = || {
                     c.def
@@ -796,7 +798,7 @@ impl Evaluator {
                         .at(span));
                     }
                 }
-                if *at {
+                if at.is_some() {
                     slots.push(Value::Attrs(given));
                 }
                 *frame.slots.borrow_mut() = slots;
@@ -887,34 +889,20 @@ impl Evaluator {
     }
 
     pub(crate) fn arith(&mut self, op: BinOp, a: &Value, b: &Value, span: Span) -> Result<Value> {
-        let what = match op {
-            BinOp::Add => "adding",
-            BinOp::Sub => "subtracting",
-            BinOp::Mul => "multiplying",
-            _ => "dividing",
-        };
         match (a, b) {
             (Value::Int(x), Value::Int(y)) => {
-                let r = match op {
-                    BinOp::Add => x.checked_add(*y),
-                    BinOp::Sub => x.checked_sub(*y),
-                    BinOp::Mul => x.checked_mul(*y),
+                // Integers wrap around, as in Nix 2.8 (whose results the vectors hold).
+                Ok(Value::Int(match op {
+                    BinOp::Add => x.wrapping_add(*y),
+                    BinOp::Sub => x.wrapping_sub(*y),
+                    BinOp::Mul => x.wrapping_mul(*y),
                     _ => {
                         if *y == 0 {
                             return Err(EvalError::new(ErrorKind::DivisionByZero).at(span));
                         }
-                        x.checked_div(*y)
+                        x.wrapping_div(*y)
                     }
-                };
-                let sym = match op {
-                    BinOp::Add => "+",
-                    BinOp::Sub => "-",
-                    BinOp::Mul => "*",
-                    _ => "/",
-                };
-                r.map(Value::Int).ok_or_else(|| {
-                    EvalError::new(ErrorKind::Overflow(format!("{what} {x} {sym} {y}"))).at(span)
-                })
+                }))
             }
             (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
                 let x = as_float(a);
@@ -1224,8 +1212,15 @@ impl Evaluator {
         Ok(())
     }
 
-    fn position(&self, span: Span) -> Value {
-        let (file, line, column) = self.line_col(span);
+    /// `{ file; line; column; }` of `span`. An expression given on the command line is
+    /// named by its own text, as Nix 2.8 names it in positions.
+    pub(crate) fn position(&self, span: Span) -> Value {
+        let (mut file, line, column) = self.line_col(span);
+        if let Some(src) = self.sources.get(span.source as usize) {
+            if src.name == "«string»" {
+                file = src.text.to_string();
+            }
+        }
         Value::attrs(Attrs::from_unsorted(vec![
             (Sym::intern("file"), Value::string(file)),
             (Sym::intern("line"), Value::Int(line as i64)),

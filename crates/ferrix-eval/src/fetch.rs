@@ -255,3 +255,44 @@ pub(crate) fn discard_output_dependency(
         context,
     })))
 }
+
+/// `appendContext s ctx`: `s` referring also to what `ctx` (as `getContext` gives it)
+/// names.
+pub(crate) fn append_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let s = ev.expect_string(&a[0], span)?;
+    let extra = ev.expect_attrs(&a[1], span)?;
+    let mut context = s.context.clone();
+    for (path, info) in extra.iter() {
+        let path: Rc<str> = path.name();
+        let info = ev.expect_attrs(info, span)?;
+        let flag = |ev: &mut Evaluator, n: &str| -> Result<bool> {
+            match info.get(Sym::intern(n)) {
+                Some(v) => {
+                    let v = v.clone();
+                    ev.expect_bool(&v, span)
+                }
+                None => Ok(false),
+            }
+        };
+        if flag(ev, "path")? {
+            context.0.insert(ContextElem::Plain(path.clone()));
+        }
+        if flag(ev, "allOutputs")? {
+            context.0.insert(ContextElem::AllOutputs(path.clone()));
+        }
+        if let Some(outs) = info.get(Sym::intern("outputs")) {
+            let outs = outs.clone();
+            for o in ev.expect_list(&outs, span)?.iter() {
+                let o = ev.expect_string(o, span)?;
+                context.0.insert(ContextElem::Output {
+                    drv: path.clone(),
+                    output: o.s.as_str().into(),
+                });
+            }
+        }
+    }
+    Ok(Value::String(Rc::new(NixString {
+        s: s.s.clone(),
+        context,
+    })))
+}

@@ -14,6 +14,7 @@ mod symbol;
 mod syntax;
 mod value;
 mod versions;
+mod xml;
 
 pub use error::{ErrorKind, EvalError};
 pub use eval::{AutoArg, Coerce, EvalSettings, Evaluator, Source};

@@ -80,7 +80,13 @@ pub fn describe_type(v: &Value) -> String {
     }
 }
 
+/// Sets are «repeated» when the same set was printed before; lists when the same value
+/// was (the same variable twice, not two expressions that give equal lists), as Nix does.
 fn write_value(out: &mut String, v: &Value, seen: &mut HashSet<usize>) {
+    write_slot(out, v, seen, None)
+}
+
+fn write_slot(out: &mut String, v: &Value, seen: &mut HashSet<usize>, slot: Option<usize>) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -91,7 +97,7 @@ fn write_value(out: &mut String, v: &Value, seen: &mut HashSet<usize>) {
         Value::String(s) => write_string(out, &s.s),
         Value::Path(p) => out.push_str(p),
         Value::List(items) => {
-            if !seen.insert(items.as_ptr() as usize) {
+            if !seen.insert(slot.unwrap_or(items.as_ptr() as usize)) {
                 out.push_str("«repeated»");
                 return;
             }
@@ -121,7 +127,7 @@ fn write_value(out: &mut String, v: &Value, seen: &mut HashSet<usize>) {
         Value::PrimOp(_) => out.push_str("<PRIMOP>"),
         Value::PrimOpApp(_) => out.push_str("<PRIMOP-APP>"),
         Value::Thunk(t) => match &*t.0.borrow() {
-            ThunkState::Done(v) => write_value(out, v, seen),
+            ThunkState::Done(v) => write_slot(out, v, seen, Some(std::rc::Rc::as_ptr(t) as usize)),
             _ => out.push_str("<CODE>"),
         },
     }
@@ -153,7 +159,10 @@ fn write_attr_name(out: &mut String, name: &str) {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
-    if ident {
+    const KEYWORDS: &[&str] = &[
+        "if", "then", "else", "assert", "with", "let", "in", "rec", "inherit", "or",
+    ];
+    if ident && !KEYWORDS.contains(&name) {
         out.push_str(name);
     } else {
         write_string(out, name);

@@ -139,12 +139,13 @@ pub struct LambdaDef {
 #[derive(Debug)]
 pub enum Param {
     /// `x: …`: the argument in slot 0.
-    Ident,
+    Ident(Sym),
     /// `{ a, b ? d, … } @ x`: slots are the formals in order, then the `@` name, if any.
     Formals {
         formals: Vec<(Sym, Option<Rc<Expr>>)>,
         ellipsis: bool,
-        at: bool,
+        /// The `@` name, whose slot follows the formals'.
+        at: Option<Sym>,
     },
 }
 
@@ -826,7 +827,8 @@ impl<'a> Lowerer<'a> {
         let (param, frame) = match param {
             ast::Param::IdentParam(i) => {
                 let n = i.ident().map(|i| ident_text(&i)).unwrap_or_default();
-                (Param::Ident, vec![Sym::intern(&n)])
+                let sym = Sym::intern(&n);
+                (Param::Ident(sym), vec![sym])
             }
             ast::Param::Pattern(p) => {
                 let mut names: Vec<Sym> = p
@@ -864,7 +866,7 @@ impl<'a> Lowerer<'a> {
                     Param::Formals {
                         formals: formals?,
                         ellipsis: p.ellipsis_token().is_some(),
-                        at: at.is_some(),
+                        at,
                     },
                     frame,
                 )

@@ -166,6 +166,9 @@ pub struct NixString {
 #[derive(Debug, Clone, Default)]
 pub struct Attrs {
     entries: Vec<(Sym, Value)>,
+    /// The set literal it was made from, for the positions of its attributes
+    /// (`unsafeGetAttrPos`); sets made otherwise have none.
+    origin: Option<Rc<crate::syntax::AttrsDef>>,
 }
 
 impl Attrs {
@@ -180,13 +183,34 @@ impl Attrs {
                 _ => out.push((s, v)),
             }
         }
-        Self { entries: out }
+        Self {
+            entries: out,
+            origin: None,
+        }
     }
 
     /// From entries already sorted by symbol, without duplicates.
     pub fn from_sorted(entries: Vec<(Sym, Value)>) -> Self {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-        Self { entries }
+        Self {
+            entries,
+            origin: None,
+        }
+    }
+
+    /// The same set, remembering the literal it was made from.
+    pub fn with_origin(mut self, def: Rc<crate::syntax::AttrsDef>) -> Self {
+        self.origin = Some(def);
+        self
+    }
+
+    /// Where attribute `name` was defined, if this set came from a literal.
+    pub fn position(&self, name: Sym) -> Option<crate::syntax::Span> {
+        let def = self.origin.as_ref()?;
+        def.statics
+            .binary_search_by_key(&name, |(s, _, _)| *s)
+            .ok()
+            .map(|i| def.statics[i].2)
     }
 
     pub fn get(&self, name: Sym) -> Option<&Value> {
@@ -241,7 +265,10 @@ impl Attrs {
         }
         out.extend_from_slice(&a[i..]);
         out.extend_from_slice(&b[j..]);
-        Attrs { entries: out }
+        Attrs {
+            entries: out,
+            origin: None,
+        }
     }
 }
 

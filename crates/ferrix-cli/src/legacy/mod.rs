@@ -14,6 +14,13 @@ use anyhow::{bail, Result};
 
 use crate::shell::Shell;
 
+/// Whether `arg` is a flag rather than an operand: `-x…` or `--x…` with a letter (as Nix
+/// tells them apart, so that `-E '-(-3)'` is an expression).
+pub fn is_flag(arg: &str) -> bool {
+    let rest = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'));
+    rest.is_some_and(|r| r.starts_with(|c: char| c.is_ascii_alphabetic()))
+}
+
 /// What a flag every classic command shares did.
 #[derive(Debug)]
 pub enum Common {

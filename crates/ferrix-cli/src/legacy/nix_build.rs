@@ -61,7 +61,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 options.push(CliSetting::option(name, it.value(flag)?));
             }
             "--" => operands.extend(it.by_ref()),
-            f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
+            f if super::is_flag(f) => return Err(it.unknown(f)),
             _ => operands.push(a),
         }
     }
