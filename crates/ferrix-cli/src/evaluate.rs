@@ -35,6 +35,8 @@ pub enum Output {
     Nix { strict: bool },
     /// A string as it is (`nix eval --raw`).
     Raw,
+    /// As JSON (`--json`).
+    Json,
     /// The `.drv` paths of the derivations it holds, one per line (`nix-instantiate`).
     DrvPaths,
 }
@@ -144,6 +146,7 @@ fn render(ev: &mut Evaluator, v: &Value, output: Output) -> Result<String, ferri
             .coerce_to_string(v, Coerce::Interp, Span::default())?
             .s
             .clone()),
+        Output::Json => ferrix_eval::to_json_text(ev, v),
         Output::DrvPaths => {
             let mut out = Vec::new();
             ev.derivations(v, &mut out)?;

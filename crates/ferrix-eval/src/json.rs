@@ -13,6 +13,13 @@ use crate::value::{Attrs, Context, NixString, Value};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
+/// `v` as JSON text, forcing what it needs (`nix-instantiate --eval --json`).
+pub fn to_json_text(ev: &mut Evaluator, v: &Value) -> Result<String> {
+    let mut out = String::new();
+    write(ev, v, &mut out, &mut Context::default(), Span::default())?;
+    Ok(out)
+}
+
 pub(crate) fn to_json(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let mut out = String::new();
     let mut context = Context::default();

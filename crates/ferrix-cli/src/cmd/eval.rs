@@ -18,8 +18,11 @@ pub struct Args {
     #[arg(long, short = 'f')]
     file: Option<PathBuf>,
     /// Print a string as it is, without quotes or escapes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "json")]
     raw: bool,
+    /// Print the value as JSON.
+    #[arg(long)]
+    json: bool,
     /// The attribute of the value to print (`a.b.c`).
     attr: Option<String>,
     /// Pass `NAME` = the value of the Nix expression `EXPR` to the function the expression is.
@@ -41,6 +44,8 @@ pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCod
     };
     let output = if args.raw {
         Output::Raw
+    } else if args.json {
+        Output::Json
     } else {
         Output::Nix { strict: true }
     };

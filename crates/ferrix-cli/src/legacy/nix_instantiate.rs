@@ -21,7 +21,7 @@ their paths; with --eval, print its value.";
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut it = ArgIter::new("nix-instantiate", args.to_vec());
-    let (mut eval, mut strict, mut from_expr) = (false, false, false);
+    let (mut eval, mut strict, mut from_expr, mut json) = (false, false, false, false);
     let mut include = Vec::new();
     let mut attrs: Vec<String> = Vec::new();
     let mut auto_args = crate::evaluate::Args::new();
@@ -37,6 +37,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         match flag {
             "--eval" | "--eval-only" => eval = true,
             "--strict" => strict = true,
+            "--json" => json = true,
             "-E" | "--expr" => from_expr = true,
             "-I" => include.push(it.value(flag)?),
             // What was being evaluated is always shown with an error.
@@ -73,7 +74,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             .map(|o| Input::File(PathBuf::from(o)))
             .collect()
     };
-    let output = if eval {
+    let output = if eval && json {
+        Output::Json
+    } else if eval {
         Output::Nix { strict }
     } else {
         Output::DrvPaths
