@@ -65,9 +65,12 @@ impl EvalError {
         Self::new(ErrorKind::Store(std::sync::Arc::new(e)))
     }
 
-    /// Place the error at `span`, unless it already has a place.
+    /// Place the error at `span`, unless it already has a place (`Span::default()` is
+    /// no place: what the evaluator's callers pass when there is no source to point at).
     pub fn at(mut self, span: Span) -> Self {
-        self.span.get_or_insert(span);
+        if span != Span::default() {
+            self.span.get_or_insert(span);
+        }
         self
     }
 
