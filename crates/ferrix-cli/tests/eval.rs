@@ -672,3 +672,37 @@ fn the_vectors_eval_cases_pass() {
     );
     assert!(passed >= 300, "only {passed} cases ran");
 }
+
+/// Code in the style of a real package set (written for the test: a fixed point with
+/// overlays, `callPackage` with overrides, a small module system with `mkOption`, `mkIf` and
+/// `mkMerge`): the same `.drv` paths and the same values as real Nix.
+#[test]
+fn a_package_set_evaluates_as_with_real_nix() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nix/pkgset.nix");
+    let f = file.to_str().unwrap();
+    let mut ours = links.cmd("nix-instantiate");
+    nix.isolate(&mut ours);
+    let ours = ours.arg(f).output().unwrap();
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let theirs = nix.cmd("nix-instantiate").arg(f).output().unwrap();
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&ours.stdout).lines().count(), 6);
+    let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-A", "summary", f]);
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+}

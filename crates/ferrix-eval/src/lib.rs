@@ -47,7 +47,7 @@ pub fn render_error(ev: &Evaluator, e: &EvalError) -> String {
     for (span, what) in &e.trace {
         out.push_str(&format!("\n\n       … {what}"));
         // A place already shown is not shown again.
-        if let Some(span) = span.filter(|s| Some(*s) != e.span) {
+        if let Some(span) = span.filter(|s| Some(*s) != e.span && *s != Span::default()) {
             snippet(ev, span, &mut out);
         }
     }
