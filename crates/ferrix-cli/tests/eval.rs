@@ -706,3 +706,192 @@ fn a_package_set_evaluates_as_with_real_nix() {
         String::from_utf8_lossy(&ours.stderr)
     );
 }
+
+/// Random well-formed expressions (a generator of typed terms: integers, Booleans,
+/// strings, lists and sets built with operators, `let`, `rec`, `if`, lambdas and builtins),
+/// each evaluated by real Nix and by Ferrix: the same printed value, or both refusing.
+#[test]
+fn random_expressions_evaluate_as_with_real_nix() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let mut rng = common::Rng::new(2026);
+    let (mut bad, mut values) = (Vec::new(), 0);
+    for _ in 0..300 {
+        let e = match rng.below(5) {
+            0 => gen_int(&mut rng, 3),
+            1 => gen_bool(&mut rng, 3),
+            2 => gen_str(&mut rng, 3),
+            3 => gen_list(&mut rng, 3),
+            _ => gen_attrs(&mut rng, 3),
+        };
+        let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", &e]);
+        values += usize::from(theirs.status.success());
+        let same = theirs.status.success() == ours.status.success()
+            && (!theirs.status.success() || theirs.stdout == ours.stdout);
+        if !same {
+            bad.push(format!(
+                "{e}\n  nix:    {} {}\n  ferrix: {} {}",
+                String::from_utf8_lossy(&theirs.stdout).trim(),
+                String::from_utf8_lossy(&theirs.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or(""),
+                String::from_utf8_lossy(&ours.stdout).trim(),
+                String::from_utf8_lossy(&ours.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{} differ:\n{}", bad.len(), bad.join("\n"));
+    // Most cases are values, not errors: the comparison is of something.
+    assert!(values >= 200, "only {values} of 300 evaluated");
+}
+
+fn pick<'a>(rng: &mut common::Rng, xs: &[&'a str]) -> &'a str {
+    xs[rng.below(xs.len() as u64) as usize]
+}
+
+fn gen_int(rng: &mut common::Rng, d: u32) -> String {
+    if d == 0 {
+        return format!("{}", rng.below(120) as i64 - 20);
+    }
+    let d = d - 1;
+    match rng.below(10) {
+        0 => format!("({} + {})", gen_int(rng, d), gen_int(rng, d)),
+        1 => format!("({} - {})", gen_int(rng, d), gen_int(rng, d)),
+        2 => format!("({} * {})", gen_int(rng, d), gen_int(rng, d)),
+        3 => format!(
+            "(if {} then {} else {})",
+            gen_bool(rng, d),
+            gen_int(rng, d),
+            gen_int(rng, d)
+        ),
+        4 => format!("(builtins.length {})", gen_list(rng, d)),
+        5 => format!("(let x = {}; in x + {})", gen_int(rng, d), gen_int(rng, d)),
+        6 => format!("(builtins.foldl' (a: b: a + b) 0 {})", gen_ints(rng, d)),
+        7 => format!("(builtins.stringLength {})", gen_str(rng, d)),
+        8 => format!("({} / {})", gen_int(rng, d), 1 + rng.below(9)),
+        _ => format!("({{ a = {}; b = 2; }}.a)", gen_int(rng, d)),
+    }
+}
+
+fn gen_bool(rng: &mut common::Rng, d: u32) -> String {
+    if d == 0 {
+        return pick(rng, &["true", "false"]).to_owned();
+    }
+    let d = d - 1;
+    match rng.below(8) {
+        0 => format!("({} < {})", gen_int(rng, d), gen_int(rng, d)),
+        1 => format!("({} == {})", gen_int(rng, d), gen_int(rng, d)),
+        2 => format!("({} == {})", gen_str(rng, d), gen_str(rng, d)),
+        3 => format!("(!{})", gen_bool(rng, d)),
+        4 => format!("({} && {})", gen_bool(rng, d), gen_bool(rng, d)),
+        5 => format!("({} || {})", gen_bool(rng, d), gen_bool(rng, d)),
+        6 => format!("(builtins.elem {} {})", gen_int(rng, d), gen_ints(rng, d)),
+        _ => format!(
+            "({} ? {})",
+            gen_attrs(rng, d),
+            pick(rng, &["a", "b", "c", "x"])
+        ),
+    }
+}
+
+fn gen_str(rng: &mut common::Rng, d: u32) -> String {
+    if d == 0 {
+        return pick(
+            rng,
+            &[
+                "\"\"",
+                "\"a\"",
+                "\"abc\"",
+                "\"x y\"",
+                "\"q\\\"\\n\"",
+                "''ind\n  ent''",
+                "\"${\"i\"}n\"",
+            ],
+        )
+        .to_owned();
+    }
+    let d = d - 1;
+    match rng.below(7) {
+        0 => format!("({} + {})", gen_str(rng, d), gen_str(rng, d)),
+        1 => format!("\"<${{{}}}>\"", gen_str(rng, d)),
+        2 => format!("(toString {})", gen_int(rng, d)),
+        3 => format!("(builtins.concatStringsSep \",\" {})", gen_strs(rng, d)),
+        4 => format!(
+            "(builtins.substring {} {} {})",
+            rng.below(4),
+            rng.below(5),
+            gen_str(rng, d)
+        ),
+        5 => format!(
+            "(builtins.replaceStrings [ \"a\" ] [ \"bb\" ] {})",
+            gen_str(rng, d)
+        ),
+        _ => format!("(builtins.typeOf {})", gen_list(rng, d)),
+    }
+}
+
+fn gen_ints(rng: &mut common::Rng, d: u32) -> String {
+    let d = d.saturating_sub(1);
+    match rng.below(5) {
+        0 => format!("(builtins.map (x: x + 1) {})", gen_ints(rng, d)),
+        1 => format!("(builtins.filter (x: x > 2) {})", gen_ints(rng, d)),
+        2 => format!("(builtins.sort builtins.lessThan {})", gen_ints(rng, d)),
+        3 => format!(
+            "(builtins.genList (i: i * {}) {})",
+            rng.below(4),
+            rng.below(5)
+        ),
+        _ => {
+            let n = rng.below(4);
+            let items: Vec<String> = (0..n).map(|_| gen_int(rng, d.min(1))).collect();
+            format!("[ {} ]", items.join(" "))
+        }
+    }
+}
+
+fn gen_strs(rng: &mut common::Rng, d: u32) -> String {
+    let n = rng.below(4);
+    let items: Vec<String> = (0..n).map(|_| gen_str(rng, d.min(1))).collect();
+    format!("[ {} ]", items.join(" "))
+}
+
+fn gen_list(rng: &mut common::Rng, d: u32) -> String {
+    match rng.below(4) {
+        0 => gen_ints(rng, d),
+        1 => gen_strs(rng, d),
+        2 => format!(
+            "({} ++ {})",
+            gen_ints(rng, d.saturating_sub(1)),
+            gen_strs(rng, d.saturating_sub(1))
+        ),
+        _ => format!(
+            "(builtins.attrNames {})",
+            gen_attrs(rng, d.saturating_sub(1))
+        ),
+    }
+}
+
+fn gen_attrs(rng: &mut common::Rng, d: u32) -> String {
+    let d = d.saturating_sub(1);
+    match rng.below(5) {
+        0 => format!("{{ a = {}; b = {}; }}", gen_int(rng, d), gen_str(rng, d)),
+        1 => format!(
+            "({{ a = 1; c = {}; }} // {{ b = {}; }})",
+            gen_bool(rng, d),
+            gen_int(rng, d)
+        ),
+        2 => format!("(rec {{ x = {}; y = x + 1; }})", gen_int(rng, d)),
+        3 => format!(
+            "(builtins.mapAttrs (n: v: v) {{ x = {}; }})",
+            gen_list(rng, d)
+        ),
+        _ => format!(
+            "(builtins.removeAttrs {{ a = 1; b = {}; c = 3; }} [ \"a\" ])",
+            gen_str(rng, d)
+        ),
+    }
+}
