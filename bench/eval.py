@@ -33,14 +33,27 @@ CASES = [
      "in builtins.foldl' (acc: n: acc + s.${n}) 0 (builtins.attrNames s)"),
     ("string building: concatStringsSep of 200k",
      "builtins.stringLength (builtins.concatStringsSep \",\" (builtins.genList toString 200000))"),
+    ("instantiate 2000 derivations (each needs another)",
+     "let ps = builtins.genList (i: derivation { name = \"p${toString i}\"; system = \"x86_64-linux\"; "
+     "builder = \"/bin/sh\"; args = [ \"-c\" (if i == 0 then \"true\" else \"echo ${builtins.elemAt ps (i / 2)}\") ]; }) 2000; "
+     "in ps"),
 ]
+
+# Cases whose derivations are written (plain nix-instantiate, printing their paths); the
+# others are evaluated with --eval --strict.
+INSTANTIATE = {"instantiate 2000 derivations (each needs another)"}
+
+
+def args(tool, expr):
+    if expr in INSTANTIATE_EXPRS:
+        return [TOOLS[tool], "-E", expr]
+    return [TOOLS[tool], "--eval", "--strict", "-E", expr]
 
 
 def run(tool, expr):
     """Seconds of one evaluation, and what it printed."""
     t = time.perf_counter()
-    p = subprocess.run([TOOLS[tool], "--eval", "--strict", "-E", expr], env=ENV,
-                       capture_output=True, text=True)
+    p = subprocess.run(args(tool, expr), env=ENV, capture_output=True, text=True)
     took = time.perf_counter() - t
     if p.returncode != 0:
         sys.exit(f"{tool} failed on {expr!r}: {p.stderr}")
@@ -49,11 +62,12 @@ def run(tool, expr):
 
 def rss(tool, expr):
     """Peak memory (KiB) of one evaluation, as /usr/bin/time measures it."""
-    out = subprocess.run(["/usr/bin/time", "-f", "%M", TOOLS[tool], "--eval", "--strict", "-E", expr],
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", *args(tool, expr)],
                          env=ENV, capture_output=True, text=True)
     return int(out.stderr.strip().splitlines()[-1])
 
 
+INSTANTIATE_EXPRS = {expr for label, expr in CASES if label in INSTANTIATE}
 print(f"{RUNS} runs each, alternating\n")
 print(f"{'case':52} {'nix s':>7} {'ferrix s':>9} {'time f/n':>9} {'nix MB':>7} {'ferrix MB':>10} {'mem f/n':>8}")
 for label, expr in CASES:
