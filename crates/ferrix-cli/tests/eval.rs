@@ -262,6 +262,33 @@ fn functions_are_called_with_arg_and_argstr() {
 }
 
 #[test]
+fn scoped_import_binds_names_around_a_file() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.nix"), "x + 1\n").unwrap();
+    std::fs::write(
+        dir.path().join("t.nix"),
+        "[ (toString 1) y (map (v: v) [ 1 ]) ]\n",
+    )
+    .unwrap();
+    let d = dir.path().display();
+    for e in [
+        format!("scopedImport {{ x = 41; }} {d}/s.nix"),
+        format!("scopedImport {{ toString = x: \"over\"; y = 2; }} {d}/t.nix"),
+    ] {
+        let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", &e]);
+        assert!(theirs.status.success(), "{theirs:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{e}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+    }
+}
+
+#[test]
 fn files_and_directories_are_evaluated_relative_to_themselves() {
     let Some(nix) = Nix::new() else { return };
     let links = Links::new();

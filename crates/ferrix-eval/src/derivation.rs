@@ -329,6 +329,29 @@ pub(crate) fn import(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Valu
     Ok(v)
 }
 
+/// `scopedImport scope path`: a file evaluated (again at each call) with `scope`'s names
+/// bound around it, before the globals, which they shadow.
+pub(crate) fn scoped_import(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let scope = ev.expect_attrs(&a[0], span)?;
+    let file = real_path(ev, &a[1], span)?;
+    let file = if file.is_dir() {
+        file.join("default.nix")
+    } else {
+        file
+    };
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| other(format!("reading '{}': {e}", file.display()), span))?;
+    let base = file
+        .parent()
+        .map_or_else(|| "/".to_owned(), |p| p.to_string_lossy().into_owned());
+    let bindings: Vec<(String, Value)> = scope
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    ev.eval_in_scope(&file.display().to_string(), &text, &base, &bindings)
+        .map_err(|e| e.context(Some(span), format!("while importing '{}'", file.display())))
+}
+
 /// The file a path or a string names; a string that refers to a store path built by a
 /// derivation would need that build first.
 fn real_path(ev: &mut Evaluator, v: &Value, span: Span) -> Result<PathBuf> {
