@@ -2,11 +2,13 @@
 //! built-in functions, derivations written through [`EvalStore`], and printing.
 
 mod builtins;
+mod commands;
 mod derivation;
 mod error;
 mod eval;
 mod fetch;
 mod json;
+mod ops;
 mod print;
 mod regex;
 mod store;

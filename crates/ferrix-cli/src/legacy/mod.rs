@@ -97,3 +97,68 @@ impl Iterator for ArgIter {
         self.args.next()
     }
 }
+
+/// The flags `nix-instantiate` and `nix-build` share: where the expression comes from, the
+/// search path, attributes to select, arguments for a function, settings.
+#[derive(Debug, Default)]
+pub struct EvalFlags {
+    pub from_expr: bool,
+    pub include: Vec<String>,
+    pub attrs: Vec<String>,
+    pub auto_args: crate::evaluate::Args,
+    pub options: Vec<crate::settings::CliSetting>,
+    pub operands: Vec<OsString>,
+}
+
+impl EvalFlags {
+    /// Take `arg` (and the values it needs from `it`) if it is one of these flags or an
+    /// operand; `false` for a flag of the command's own.
+    pub fn take(&mut self, arg: &OsString, it: &mut ArgIter) -> Result<bool> {
+        let flag = arg.to_str().unwrap_or("");
+        match flag {
+            "-E" | "--expr" => self.from_expr = true,
+            "-I" => self.include.push(it.value(flag)?),
+            // What was being evaluated is always shown with an error.
+            "--show-trace" => {}
+            "-A" | "--attr" => self.attrs.push(it.value(flag)?),
+            "--arg" => {
+                let name = it.value(flag)?;
+                let e = ferrix_eval::AutoArg::Expr(it.value(flag)?);
+                self.auto_args.push((name, e));
+            }
+            "--argstr" => {
+                let name = it.value(flag)?;
+                let s = ferrix_eval::AutoArg::Str(it.value(flag)?);
+                self.auto_args.push((name, s));
+            }
+            "--option" => {
+                let name = it.value(flag)?;
+                let v = it.value(flag)?;
+                self.options
+                    .push(crate::settings::CliSetting::option(name, v));
+            }
+            "--" => self.operands.extend(it.by_ref()),
+            f if is_flag(f) => return Ok(false),
+            _ => self.operands.push(arg.clone()),
+        }
+        Ok(true)
+    }
+
+    /// The expressions to evaluate: each `-E` operand, each file, or `./default.nix`.
+    pub fn inputs(&self) -> Vec<crate::evaluate::Input> {
+        use crate::evaluate::Input;
+        if self.from_expr {
+            self.operands
+                .iter()
+                .map(|o| Input::Expr(o.to_string_lossy().into_owned()))
+                .collect()
+        } else if self.operands.is_empty() {
+            vec![Input::File(std::path::PathBuf::from("."))]
+        } else {
+            self.operands
+                .iter()
+                .map(|o| Input::File(std::path::PathBuf::from(o)))
+                .collect()
+        }
+    }
+}

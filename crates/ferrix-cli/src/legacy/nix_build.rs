@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{ArgIter, Common};
-use crate::evaluate::Input;
-use crate::settings::{CliSetting, Settings};
+use crate::settings::Settings;
 use crate::shell::Shell;
 
 const HELP: &str = "Usage: nix-build [-A ATTR] [-o LINK | --no-out-link] [-I PATH] [-j N] [-k] [-K] (-E EXPR | FILE...)
@@ -19,14 +18,9 @@ or given with -E, build the derivations it holds, link the results and print the
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut it = ArgIter::new("nix-build", args.to_vec());
-    let mut from_expr = false;
-    let mut include = Vec::new();
-    let mut attrs: Vec<String> = Vec::new();
-    let mut auto_args = crate::evaluate::Args::new();
-    let mut options = Vec::new();
+    let mut shared = super::EvalFlags::default();
     let mut out_link = Some(PathBuf::from("result"));
     let mut flags: Vec<String> = Vec::new();
-    let mut operands: Vec<OsString> = Vec::new();
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
         match it.common(flag, HELP, shell)? {
@@ -35,19 +29,6 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             Common::Other => {}
         }
         match flag {
-            "-E" | "--expr" => from_expr = true,
-            "-I" => include.push(it.value(flag)?),
-            // What was being evaluated is always shown with an error.
-            "--show-trace" => {}
-            "-A" | "--attr" => attrs.push(it.value(flag)?),
-            "--arg" => {
-                let name = it.value(flag)?;
-                auto_args.push((name, ferrix_eval::AutoArg::Expr(it.value(flag)?)));
-            }
-            "--argstr" => {
-                let name = it.value(flag)?;
-                auto_args.push((name, ferrix_eval::AutoArg::Str(it.value(flag)?)));
-            }
             "-o" | "--out-link" => out_link = Some(PathBuf::from(it.value(flag)?)),
             "--no-out-link" => out_link = None,
             "-j" | "--max-jobs" | "--cores" | "--max-silent-time" | "--timeout" => {
@@ -56,33 +37,19 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             }
             "-k" | "--keep-going" | "-K" | "--keep-failed" | "--fallback" | "--offline" | "-L"
             | "--print-build-logs" | "--check" | "--repair" => flags.push(flag.to_owned()),
-            "--option" => {
-                let name = it.value(flag)?;
-                options.push(CliSetting::option(name, it.value(flag)?));
-            }
-            "--" => operands.extend(it.by_ref()),
-            f if super::is_flag(f) => return Err(it.unknown(f)),
-            _ => operands.push(a),
+            _ if shared.take(&a, &mut it)? => {}
+            f => return Err(it.unknown(f)),
         }
     }
-    let settings = Settings::load(None, &options, shell)?;
-    let inputs: Vec<Input> = if from_expr {
-        operands
-            .iter()
-            .map(|o| Input::Expr(o.to_string_lossy().into_owned()))
-            .collect()
-    } else if operands.is_empty() {
-        vec![Input::File(PathBuf::from("."))]
-    } else {
-        operands
-            .iter()
-            .map(|o| Input::File(PathBuf::from(o)))
-            .collect()
-    };
+    let settings = Settings::load(None, &shared.options, shell)?;
     let mut installables = Vec::new();
-    for input in &inputs {
+    for input in &shared.inputs() {
         installables.extend(crate::cmd::build::instantiate(
-            input, &auto_args, &include, &attrs, &settings,
+            input,
+            &shared.auto_args,
+            &shared.include,
+            &shared.attrs,
+            &settings,
         )?);
     }
     let args = crate::cmd::build::Args::for_nix_build(installables, out_link, &flags)?;
