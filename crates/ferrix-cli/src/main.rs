@@ -22,6 +22,11 @@ use std::process::ExitCode;
 
 use shell::Shell;
 
+// The evaluator allocates and frees millions of small values; mimalloc does that several
+// times faster than glibc's allocator, and the store and builds lose nothing by it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The names this binary answers to, as real Nix's single binary does.
 pub const PERSONALITIES: &[&str] = &[
     "nix",

@@ -1,7 +1,6 @@
 //! The global scope and the built-in functions (`builtins.*`) that need nothing outside the
 //! evaluator: types, lists, sets, strings, arithmetic, errors, `tryEval` and forcing.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::error::{ErrorKind, EvalError};
@@ -159,13 +158,13 @@ pub(crate) fn globals(settings: &EvalSettings) -> (Vec<Sym>, Vec<Value>) {
     entries.push((Sym::intern("currentTime"), Value::Int(now)));
     entries.push((Sym::intern("storeDir"), Value::string(&settings.store_dir)));
     // Defined in Nix by the evaluator once it exists (see `derivation::define_derivation`).
-    let derivation = Rc::new(Thunk(RefCell::new(ThunkState::Blackhole)));
+    let derivation = Thunk::new(ThunkState::Blackhole);
     entries.push((Sym::intern("derivation"), Value::Thunk(derivation)));
     // `builtins.builtins` is the set itself.
-    let this = Rc::new(Thunk(RefCell::new(ThunkState::Blackhole)));
+    let this = Thunk::new(ThunkState::Blackhole);
     entries.push((Sym::intern("builtins"), Value::Thunk(this.clone())));
     let set = Value::attrs(Attrs::from_unsorted(entries));
-    *this.0.borrow_mut() = ThunkState::Done(set.clone());
+    this.set(ThunkState::Done(set.clone()));
 
     let Value::Attrs(all) = &set else {
         unreachable!("built above")

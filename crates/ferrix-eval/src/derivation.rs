@@ -52,7 +52,7 @@ pub(crate) fn define_derivation(ev: &mut Evaluator) {
     let expr = ev
         .lower("«derivation»", DERIVATION, "/")
         .expect("the definition of derivation parses");
-    *t.0.borrow_mut() = ThunkState::Suspended(Rc::new(expr), globals);
+    t.set(ThunkState::Suspended(Rc::new(expr), globals));
 }
 
 fn other(msg: String, span: Span) -> EvalError {

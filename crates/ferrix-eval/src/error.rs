@@ -43,22 +43,41 @@ pub enum ErrorKind {
     Store(std::sync::Arc<ferrix_store::StoreError>),
 }
 
-/// An error of evaluation, with where it happened and what led there.
+/// An error of evaluation, with where it happened and what led there. Boxed: every
+/// evaluation step returns `Result<Value, EvalError>`, which stays two words this way
+/// (returned in registers) instead of a hundred bytes copied through memory.
 #[derive(Debug, Clone)]
-pub struct EvalError {
+pub struct EvalError(Box<ErrorInfo>);
+
+/// What an [`EvalError`] holds.
+#[derive(Debug, Clone)]
+pub struct ErrorInfo {
     pub kind: ErrorKind,
     pub span: Option<Span>,
     /// What was being evaluated, innermost first: where, and what.
     pub trace: Vec<(Option<Span>, String)>,
 }
 
+impl std::ops::Deref for EvalError {
+    type Target = ErrorInfo;
+    fn deref(&self) -> &ErrorInfo {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for EvalError {
+    fn deref_mut(&mut self) -> &mut ErrorInfo {
+        &mut self.0
+    }
+}
+
 impl EvalError {
     pub fn new(kind: ErrorKind) -> Self {
-        Self {
+        Self(Box::new(ErrorInfo {
             kind,
             span: None,
             trace: Vec::new(),
-        }
+        }))
     }
 
     pub fn store(e: ferrix_store::StoreError) -> Self {
@@ -69,20 +88,25 @@ impl EvalError {
     /// no place: what the evaluator's callers pass when there is no source to point at).
     pub fn at(mut self, span: Span) -> Self {
         if span != Span::default() {
-            self.span.get_or_insert(span);
+            self.0.span.get_or_insert(span);
         }
         self
     }
 
     /// Add what was being evaluated around the error.
     pub fn context(mut self, span: Option<Span>, what: impl Into<String>) -> Self {
-        self.trace.push((span, what.into()));
+        self.0.trace.push((span, what.into()));
         self
+    }
+
+    /// What went wrong, without where.
+    pub fn into_kind(self) -> ErrorKind {
+        self.0.kind
     }
 
     /// Whether `builtins.tryEval` catches it (`throw` and failed assertions, as in Nix).
     pub fn catchable(&self) -> bool {
-        matches!(self.kind, ErrorKind::Throw(_) | ErrorKind::Assertion)
+        matches!(self.0.kind, ErrorKind::Throw(_) | ErrorKind::Assertion)
     }
 }
 

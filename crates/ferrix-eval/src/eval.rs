@@ -216,6 +216,7 @@ impl Evaluator {
     }
 
     /// The value of `v`, forced to weak head normal form.
+    #[inline]
     pub fn force(&mut self, v: &Value) -> Result<Value> {
         match v {
             Value::Thunk(t) => self.force_thunk(t),
@@ -224,19 +225,18 @@ impl Evaluator {
     }
 
     fn force_thunk(&mut self, t: &Rc<Thunk>) -> Result<Value> {
-        if let ThunkState::Done(v) = &*t.0.borrow() {
-            return Ok(v.clone());
-        }
-        let state = std::mem::replace(&mut *t.0.borrow_mut(), ThunkState::Blackhole);
-        let result = match &state {
-            ThunkState::Blackhole => {
-                *t.0.borrow_mut() = state;
-                return Err(EvalError::new(ErrorKind::InfiniteRecursion));
+        // The state is moved out while the thunk is forced (so its expression and frame are
+        // not cloned), and put back if forcing fails; meanwhile the thunk is a blackhole.
+        let (result, state) = match t.take() {
+            ThunkState::Blackhole => return Err(EvalError::new(ErrorKind::InfiniteRecursion)),
+            ThunkState::Done(v) => {
+                let out = v.clone();
+                t.set(ThunkState::Done(v));
+                return Ok(out);
             }
-            ThunkState::Done(_) => unreachable!("checked above"),
             ThunkState::Suspended(e, env) => {
-                let (e, env) = (e.clone(), env.clone());
-                self.enter()
+                let r = self
+                    .enter()
                     .and_then(|()| {
                         let r = self.eval(&e, &env);
                         self.depth -= 1;
@@ -249,21 +249,23 @@ impl Evaluator {
                             None => err,
                         },
                         _ => err,
-                    })
+                    });
+                (r, ThunkState::Suspended(e, env))
             }
             ThunkState::Apply(f, a) => {
-                let (f, a) = (f.clone(), a.clone());
-                self.apply(f, a, Span::default())
+                let r = self.apply(f.clone(), a.clone(), Span::default());
+                (r, ThunkState::Apply(f, a))
             }
         };
         match result {
             Ok(v) => {
-                *t.0.borrow_mut() = ThunkState::Done(v.clone());
+                t.set(ThunkState::Done(v.clone()));
+                drop(state);
                 Ok(v)
             }
             Err(e) => {
                 // As in Nix, a thunk that failed may be forced again (after `tryEval`).
-                *t.0.borrow_mut() = state;
+                t.set(state);
                 Err(e)
             }
         }
@@ -481,8 +483,19 @@ impl Evaluator {
     fn lookup(&mut self, var: &Var, env: &Rc<Env>) -> Result<Value> {
         match var {
             Var::Static { depth, slot } => {
-                let v = env.up(*depth).slots.borrow()[*slot as usize].clone();
-                self.force(&v)
+                let frame = env.up(*depth);
+                let slot = *slot as usize;
+                let t = match &frame.slots.borrow()[slot] {
+                    Value::Thunk(t) => t.clone(),
+                    v => return Ok(v.clone()),
+                };
+                let v = self.force_thunk(&t)?;
+                // The slot now holds the value itself: later reads skip the thunk, and
+                // the thunk is freed once nothing else holds it.
+                if let Ok(mut slots) = frame.slots.try_borrow_mut() {
+                    slots[slot] = v.clone();
+                }
+                Ok(v)
             }
             Var::Dynamic { name, withs } => {
                 for d in withs.iter() {
@@ -557,7 +570,11 @@ impl Evaluator {
     }
 
     fn apply_inner(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
-        match self.force(&f)? {
+        let f = match f {
+            Value::Thunk(t) => self.force_thunk(&t)?,
+            f => f,
+        };
+        match f {
             Value::Lambda(c) => self.call(&c, arg, span).map_err(|e| {
                 let name = c
                     .def
@@ -678,6 +695,22 @@ impl Evaluator {
             _ => {
                 let a = self.eval(l, env)?;
                 let b = self.eval(r, env)?;
+                // Integers first: most arithmetic and comparisons are on them.
+                if let (Value::Int(x), Value::Int(y)) = (&a, &b) {
+                    let (x, y) = (*x, *y);
+                    match op {
+                        BinOp::Add => return Ok(Value::Int(x.wrapping_add(y))),
+                        BinOp::Sub => return Ok(Value::Int(x.wrapping_sub(y))),
+                        BinOp::Mul => return Ok(Value::Int(x.wrapping_mul(y))),
+                        BinOp::Less => return Ok(Value::Bool(x < y)),
+                        BinOp::LessEq => return Ok(Value::Bool(x <= y)),
+                        BinOp::More => return Ok(Value::Bool(x > y)),
+                        BinOp::MoreEq => return Ok(Value::Bool(x >= y)),
+                        BinOp::Eq => return Ok(Value::Bool(x == y)),
+                        BinOp::NotEq => return Ok(Value::Bool(x != y)),
+                        _ => {}
+                    }
+                }
                 self.binop_values(op, &a, &b, span)
             }
         }

@@ -322,6 +322,9 @@ impl Evaluator {
     }
 
     pub fn expect_bool(&mut self, v: &Value, span: Span) -> Result<bool> {
+        if let Value::Bool(b) = v {
+            return Ok(*b);
+        }
         match self.force(v)? {
             Value::Bool(b) => Ok(b),
             other => Err(type_error("a Boolean", &other, span)),

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fmt::Write;
 
 use crate::eval::Evaluator;
-use crate::value::{ThunkState, Value};
+use crate::value::Value;
 use crate::EvalError;
 
 /// `v` printed; with `strict`, everything in it is forced first.
@@ -126,9 +126,9 @@ fn write_slot(out: &mut String, v: &Value, seen: &mut HashSet<usize>, slot: Opti
         Value::Lambda(_) => out.push_str("<LAMBDA>"),
         Value::PrimOp(_) => out.push_str("<PRIMOP>"),
         Value::PrimOpApp(_) => out.push_str("<PRIMOP-APP>"),
-        Value::Thunk(t) => match &*t.0.borrow() {
-            ThunkState::Done(v) => write_slot(out, v, seen, Some(std::rc::Rc::as_ptr(t) as usize)),
-            _ => out.push_str("<CODE>"),
+        Value::Thunk(t) => match t.value() {
+            Some(v) => write_slot(out, &v, seen, Some(std::rc::Rc::as_ptr(t) as usize)),
+            None => out.push_str("<CODE>"),
         },
     }
 }

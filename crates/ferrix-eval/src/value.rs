@@ -1,7 +1,7 @@
 //! Values: small and cheap to clone (shared parts behind `Rc`), thunks forced in place, and
 //! the frames variables live in.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::symbol::Sym;
@@ -309,9 +309,10 @@ pub struct Closure {
     pub env: Rc<Env>,
 }
 
-/// A value not computed yet, being computed, or computed.
-#[derive(Debug)]
-pub struct Thunk(pub RefCell<ThunkState>);
+/// A value not computed yet, being computed, or computed. A `Cell` rather than a
+/// `RefCell`: the state is only ever moved out and back, so no borrow flag is needed, and
+/// a thunk stays at 32 bytes.
+pub struct Thunk(Cell<ThunkState>);
 
 #[derive(Debug)]
 pub enum ThunkState {
@@ -324,14 +325,45 @@ pub enum ThunkState {
 }
 
 impl Thunk {
+    pub fn new(state: ThunkState) -> Rc<Thunk> {
+        Rc::new(Thunk(Cell::new(state)))
+    }
+
     pub fn suspended(expr: Rc<Expr>, env: Rc<Env>) -> Value {
-        Value::Thunk(Rc::new(Thunk(RefCell::new(ThunkState::Suspended(
-            expr, env,
-        )))))
+        Value::Thunk(Thunk::new(ThunkState::Suspended(expr, env)))
     }
 
     pub fn apply(f: Value, arg: Value) -> Value {
-        Value::Thunk(Rc::new(Thunk(RefCell::new(ThunkState::Apply(f, arg)))))
+        Value::Thunk(Thunk::new(ThunkState::Apply(f, arg)))
+    }
+
+    /// Its state, leaving it a blackhole until [`Self::set`] puts one back.
+    pub fn take(&self) -> ThunkState {
+        self.0.replace(ThunkState::Blackhole)
+    }
+
+    pub fn set(&self, state: ThunkState) {
+        self.0.set(state);
+    }
+
+    /// Its value, if it has been computed.
+    pub fn value(&self) -> Option<Value> {
+        let state = self.take();
+        let v = match &state {
+            ThunkState::Done(v) => Some(v.clone()),
+            _ => None,
+        };
+        self.set(state);
+        v
+    }
+}
+
+impl std::fmt::Debug for Thunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.value() {
+            Some(v) => write!(f, "Thunk({v:?})"),
+            None => f.write_str("Thunk(..)"),
+        }
     }
 }
 
@@ -362,6 +394,13 @@ mod size {
             std::mem::size_of::<super::Value>() <= 16,
             "{}",
             std::mem::size_of::<super::Value>()
+        );
+        assert!(std::mem::size_of::<super::Thunk>() <= 32);
+        // Every step of evaluation returns this: it must fit in two registers.
+        assert!(
+            std::mem::size_of::<Result<super::Value, crate::EvalError>>() <= 16,
+            "{}",
+            std::mem::size_of::<Result<super::Value, crate::EvalError>>()
         );
     }
 }

@@ -9,8 +9,8 @@ fn eval_with(settings: EvalSettings, text: &str) -> Result<String, ErrorKind> {
         let mut ev = Evaluator::new(settings, None);
         let v = ev
             .eval_source("«test»", text, "/base")
-            .map_err(|e| e.kind)?;
-        ferrix_eval::print(&mut ev, &v, true).map_err(|e| e.kind)
+            .map_err(|e| e.into_kind())?;
+        ferrix_eval::print(&mut ev, &v, true).map_err(|e| e.into_kind())
     })
 }
 
