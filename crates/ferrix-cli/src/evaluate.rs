@@ -69,17 +69,41 @@ pub fn eval_settings(include: &[String], settings: &Settings) -> EvalSettings {
     }
 }
 
-/// Evaluate `input`, selecting `attr_path` (`-A`), and render it as `output` says: the
-/// text, or the error rendered with its source.
+/// What a command asks to evaluate, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub input: &'a Input,
+    /// `--arg`s and `--argstr`s for the function the expression is.
+    pub args: &'a [(String, AutoArg)],
+    /// `-A`: the attribute to select.
+    pub attr_path: Option<&'a str>,
+    /// Call a function from a file even without arguments (with its defaults).
+    pub always_call: bool,
+    pub output: Output,
+    pub read_only: ReadOnly,
+}
+
+/// Whether evaluation writes to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnly {
+    /// Derivations, files and sources are written.
+    No,
+    /// Paths are only computed (`nix-instantiate --eval`), unless the expression reads a
+    /// derivation's output that is not built: then it is evaluated again, writing, so that
+    /// the output can be built (where Nix gives up).
+    Preferred,
+    /// Nothing is written, whatever the expression needs (`--readonly-mode`).
+    Always,
+}
+
+/// Evaluate the request's input, selecting its attribute path, and render the value as its
+/// output says: the text, or the error rendered with its source.
 pub fn evaluate(
-    input: &Input,
-    args: &[(String, AutoArg)],
-    attr_path: Option<&str>,
-    always_call: bool,
-    output: Output,
+    req: Request<'_>,
     eval_settings: EvalSettings,
     settings: &Settings,
 ) -> Result<String> {
+    let (input, read_only) = (req.input, req.read_only);
     let (name, text, base) = match input {
         Input::Expr(e) => {
             let cwd = std::env::current_dir().context("reading the current directory")?;
@@ -101,7 +125,75 @@ pub fn evaluate(
             (file.display().to_string(), text, base)
         }
     };
-    let store: Arc<dyn EvalStore + Send + Sync> = Arc::new(settings.open_store()?);
+    match evaluate_once(
+        req,
+        &name,
+        &text,
+        base.clone(),
+        eval_settings.clone(),
+        settings,
+        read_only != ReadOnly::No,
+    ) {
+        Err(Failure::NeedsWriting) if read_only == ReadOnly::Preferred => {
+            evaluate_once(req, &name, &text, base, eval_settings, settings, false)
+        }
+        r => r,
+    }
+    .map_err(|f| match f {
+        Failure::NeedsWriting | Failure::Rendered(_) => anyhow::anyhow!(f.to_string()),
+        Failure::Other(e) => e,
+    })
+}
+
+/// Why an evaluation failed.
+#[derive(Debug)]
+enum Failure {
+    /// An output must be built, and nothing was written (rendered in [`Display`]).
+    NeedsWriting,
+    /// The evaluation's error, rendered with its source.
+    Rendered(String),
+    /// Setting it up failed.
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NeedsWriting => {
+                f.write_str("building during evaluation needs a store it may write to")
+            }
+            Failure::Rendered(s) => f.write_str(s),
+            Failure::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// One evaluation of `text`, writing to the store or (`read_only`) only computing paths.
+fn evaluate_once(
+    req: Request<'_>,
+    name: &str,
+    text: &str,
+    base: PathBuf,
+    eval_settings: EvalSettings,
+    settings: &Settings,
+    read_only: bool,
+) -> Result<String, Failure> {
+    let Request {
+        input,
+        args,
+        attr_path,
+        always_call,
+        output,
+        read_only: mode,
+    } = req;
+    let local = settings.open_store().map_err(Failure::Other)?;
+    let store: Arc<dyn EvalStore + Send + Sync> = if read_only {
+        Arc::new(ferrix_eval::ReadOnlyStore::new(Arc::new(local)))
+    } else {
+        Arc::new(local)
+    };
+    let (name, text) = (name.to_owned(), text.to_owned());
+    let retry = mode == ReadOnly::Preferred && read_only;
     let for_builds = settings.clone();
     let base = base.to_string_lossy().into_owned();
     let attr_path = attr_path.map(str::to_owned);
@@ -110,7 +202,7 @@ pub fn evaluate(
         Input::Expr(_) => InputKind::Expr,
         Input::File(_) => InputKind::File,
     };
-    let result = ferrix_eval::on_big_stack(move || {
+    ferrix_eval::on_big_stack(move || {
         let mut ev = Evaluator::new(eval_settings, Some(store));
         ev.set_realiser(Box::new(EngineRealise {
             settings: for_builds,
@@ -134,9 +226,11 @@ pub fn evaluate(
                 None => Ok(v),
             })
             .and_then(|v| render(&mut ev, &v, output));
-        rendered.map_err(|e| ferrix_eval::render_error(&ev, &e))
-    });
-    result.map_err(|rendered| anyhow::anyhow!(rendered))
+        rendered.map_err(|e| match e.kind {
+            ferrix_eval::ErrorKind::ReadOnly { .. } if retry => Failure::NeedsWriting,
+            _ => Failure::Rendered(ferrix_eval::render_error(&ev, &e)),
+        })
+    })
 }
 
 fn render(ev: &mut Evaluator, v: &Value, output: Output) -> Result<String, ferrix_eval::EvalError> {

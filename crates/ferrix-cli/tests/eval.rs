@@ -315,6 +315,153 @@ fn files_and_directories_are_evaluated_relative_to_themselves() {
     }
 }
 
+/// `nix-instantiate --eval` computes store paths without writing anything, as Nix does:
+/// derivations (and what depends on them), `toFile`, sources copied by interpolation,
+/// `builtins.path` and `filterSource`. Both print the same paths, the store stays empty, and
+/// with `--read-write-mode` each writes the paths computed.
+#[test]
+fn evaluation_alone_writes_nothing() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("src/sub")).unwrap();
+    std::fs::write(dir.path().join("src/a"), "a\n").unwrap();
+    std::fs::write(dir.path().join("src/sub/b"), "b\n").unwrap();
+    let src = dir.path().join("src");
+    let src = src.display();
+    let exprs = [
+        format!(
+            "let a = derivation {{ name = \"ro-a\"; system = \"x\"; builder = \"/bin/sh\"; args = [ \"${{{src}/a}}\" ]; }}; \
+             b = derivation {{ name = \"ro-b\"; system = \"x\"; builder = \"/bin/sh\"; args = [ a.drvPath a.outPath ]; }}; \
+             in [ a.drvPath b.drvPath b.outPath ]"
+        ),
+        format!("builtins.toFile \"ro-t\" \"x ${{builtins.toFile \"ro-u\" \"u\"}} ${{{src}/sub}}\""),
+        format!("[ (builtins.path {{ path = {src}; name = \"ro-p\"; }}) (builtins.filterSource (p: t: t != \"regular\") {src}) \"${{{src}/sub/b}}\" ]"),
+    ];
+    let store = std::path::PathBuf::from(nix.store_dir());
+    let listing = || -> Vec<String> {
+        match std::fs::read_dir(&store) {
+            Ok(d) => d
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.contains("-ro-")
+                        || n.ends_with("-a")
+                        || n.ends_with("-sub")
+                        || n.ends_with("-src")
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    let run = |read_write: bool, e: &str| {
+        let mut args = vec!["--eval", "--strict", "-E", e];
+        if read_write {
+            args.push("--read-write-mode");
+        }
+        both(&nix, &links, &args)
+    };
+    let mut computed = Vec::new();
+    for e in &exprs {
+        let (theirs, ours) = run(false, e);
+        assert!(
+            ours.status.success(),
+            "{e}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        // Nix 2.8 cannot take the closure of a derivation it did not write (the first
+        // expression); where it can, it prints the same.
+        if theirs.status.success() {
+            assert_eq!(
+                String::from_utf8_lossy(&ours.stdout),
+                String::from_utf8_lossy(&theirs.stdout),
+                "{e}"
+            );
+        }
+        assert!(listing().is_empty(), "{e} wrote {:?}", listing());
+        computed.push(ours.stdout);
+    }
+    // Written, by each, the paths are the ones computed.
+    for (e, computed) in exprs.iter().zip(&computed) {
+        let mut c = links.cmd("nix-instantiate");
+        nix.isolate(&mut c);
+        let ours = common::ok(c.args(["--eval", "--strict", "--read-write-mode", "-E", e]));
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(computed),
+            "{e}"
+        );
+        let theirs = common::ok(nix.cmd("nix-instantiate").args([
+            "--eval",
+            "--strict",
+            "--read-write-mode",
+            "-E",
+            e,
+        ]));
+        assert_eq!(
+            String::from_utf8_lossy(&theirs),
+            String::from_utf8_lossy(computed),
+            "{e}"
+        );
+    }
+    let written = listing();
+    assert!(written.len() >= 8, "{written:?}");
+    // `--readonly-mode` without `--eval`: the derivations' paths, nothing written.
+    let e = "derivation { name = \"ro-d\"; system = \"x\"; builder = \"/bin/sh\"; }";
+    let (theirs, ours) = both(&nix, &links, &["--readonly-mode", "-E", e]);
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(ours.stdout, theirs.stdout);
+    assert_eq!(listing(), written);
+    // Import from a derivation that was never built, with `--readonly-mode`: a clear
+    // error, nothing built. (Without it, `--eval` writes what it must build: see
+    // `import_from_derivation_builds_what_it_reads`.)
+    let ifd = "import (derivation { name = \"ro-i\"; system = \"x\"; builder = \"/bin/sh\"; })";
+    let (_, ours) = both(&nix, &links, &["--eval", "--readonly-mode", "-E", ifd]);
+    assert_eq!(ours.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&ours.stderr);
+    assert!(err.contains("read-only mode"), "{err}");
+    assert_eq!(listing(), written);
+}
+
+/// `--add-root`: each derivation gets a root (`r`, `r-2`, …) and its link is printed
+/// instead of its path, as Nix prints it.
+#[test]
+fn add_root_links_and_prints_the_roots() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let e = "let d = n: derivation { name = n; system = \"x\"; builder = \"/bin/sh\"; outputs = [ \"out\" \"dev\" ]; }; in [ (d \"r1\") (d \"r2\").dev ]";
+    let (theirs_root, ours_root) = (dir.path().join("nix"), dir.path().join("ferrix"));
+    let (theirs, ours) = both(
+        &nix,
+        &links,
+        &["-E", e, "--add-root", theirs_root.to_str().unwrap()],
+    );
+    // `both` gives the same arguments to each; run ours again with its own root.
+    let _ = ours;
+    let mut c = links.cmd("nix-instantiate");
+    nix.isolate(&mut c);
+    let ours = c
+        .args(["-E", e, "--add-root", ours_root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let theirs =
+        String::from_utf8_lossy(&theirs.stdout).replace(theirs_root.to_str().unwrap(), "ROOT");
+    let ours = String::from_utf8_lossy(&ours.stdout).replace(ours_root.to_str().unwrap(), "ROOT");
+    assert_eq!(ours, theirs);
+    assert_eq!(ours, "ROOT\nROOT-2!dev\n");
+    for n in ["", "-2"] {
+        let t = std::fs::read_link(format!("{}{n}", theirs_root.display())).unwrap();
+        let o = std::fs::read_link(format!("{}{n}", ours_root.display())).unwrap();
+        assert_eq!(o, t);
+    }
+}
+
 /// Derivations of several kinds, instantiated by real Nix and by Ferrix, each into a store
 /// of its own at `/nix/store` (a chroot store: `--store DIR` for Nix, `local?root=DIR` for
 /// Ferrix): the same `.drv` paths printed, and the same files, byte for byte.
@@ -581,7 +728,9 @@ fn repl_evaluates_line_by_line() {
 }
 
 /// Import from derivation: a value read from a built output is built by the Engine first.
-/// Ferrix builds it in a store that real Nix then evaluates the same expression in.
+/// Ferrix builds it in a store that real Nix then evaluates the same expression in. (Real
+/// Nix's `--eval` cannot build it itself: it writes nothing, so the derivation is not valid.
+/// Ferrix's evaluates again, writing, when an output must be built.)
 #[test]
 fn import_from_derivation_builds_what_it_reads() {
     let Some(nix) = Nix::new() else { return };

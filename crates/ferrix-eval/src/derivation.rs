@@ -391,6 +391,28 @@ fn realise_context(ev: &mut Evaluator, context: &Context, path: &str, span: Span
     if wanted.is_empty() {
         return Ok(());
     }
+    let store = ev.store().map_err(|e| e.at(span))?;
+    if store.is_read_only() {
+        // Nothing is built when paths are only computed; outputs built earlier can be read.
+        for (drv, output) in &wanted {
+            let built = store
+                .read_derivation(drv)
+                .ok()
+                .and_then(|d| d.outputs.get(output).and_then(|o| o.path().cloned()))
+                .map(|o| store.is_valid(&o))
+                .transpose()
+                .map_err(|e| EvalError::store(e).at(span))?;
+            if built != Some(true) {
+                return Err(EvalError::new(ErrorKind::ReadOnly {
+                    path: path.to_owned(),
+                    output: output.clone(),
+                    drv: store.store_dir().display(drv).to_string(),
+                })
+                .at(span));
+            }
+        }
+        return Ok(());
+    }
     let Some(r) = &ev.realiser else {
         return Err(other(
             format!("'{path}' is a derivation's output, which reading during evaluation (import from derivation) would need built, and nothing may be built here"),

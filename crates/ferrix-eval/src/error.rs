@@ -37,6 +37,12 @@ pub enum ErrorKind {
     Incomparable(String, String),
     #[error("cannot coerce {0} to a string")]
     NotCoercible(String),
+    #[error("'{path}' needs output '{output}' of '{drv}' built (import from derivation), and nothing is built in read-only mode; pass --read-write-mode, or build it first")]
+    ReadOnly {
+        path: String,
+        output: String,
+        drv: String,
+    },
     #[error("{0}")]
     Other(String),
     #[error(transparent)]

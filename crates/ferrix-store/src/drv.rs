@@ -35,39 +35,52 @@ pub fn add_filled(store: &LocalStore, drv: Derivation, name: &str) -> Result<Sto
 /// what evaluation needs to name the outputs.
 pub fn fill_and_add(
     store: &LocalStore,
-    mut drv: Derivation,
+    drv: Derivation,
     name: &str,
 ) -> Result<(StorePath, Derivation)> {
-    if drv.fixed_output().is_none() {
-        let given = drv.clone();
-        let mut memo = HashMap::new();
-        for i in drv.input_drvs.keys() {
-            store.drv_hash(i, &HashMap::new(), &mut memo)?;
+    let drv = fill(store, drv, name, &HashMap::new(), &mut HashMap::new())?;
+    let p = store.add_derivation(&drv, name)?;
+    Ok((p, drv))
+}
+
+/// `drv` with its input-addressed output paths filled in, as [`fill_and_add`] writes it,
+/// without writing anything. Its input derivations are in the store or in `pending`
+/// (derivations computed but not written: evaluation in read-only mode); `memo` keeps the
+/// hashes modulo of pending ones from one call to the next.
+pub fn fill(
+    store: &LocalStore,
+    mut drv: Derivation,
+    name: &str,
+    pending: &HashMap<StorePath, Derivation>,
+    memo: &mut HashMap<StorePath, DrvHash>,
+) -> Result<Derivation> {
+    if drv.fixed_output().is_some() {
+        return Ok(drv);
+    }
+    let given = drv.clone();
+    for i in drv.input_drvs.keys() {
+        store.drv_hash(i, pending, memo)?;
+    }
+    for o in drv.outputs.values_mut() {
+        if matches!(o, DerivationOutput::InputAddressed(_)) {
+            *o = DerivationOutput::Deferred;
         }
-        for o in drv.outputs.values_mut() {
-            if matches!(o, DerivationOutput::InputAddressed(_)) {
-                *o = DerivationOutput::Deferred;
-            }
-        }
-        let shared = store.drv_hashes.lock().unwrap_or_else(|e| e.into_inner());
-        drv.fill_input_addressed_outputs(store.store_dir(), name, |i| {
-            lookup(&shared, &memo, i, store)
-        })
+    }
+    let shared = store.drv_hashes.lock().unwrap_or_else(|e| e.into_inner());
+    drv.fill_input_addressed_outputs(store.store_dir(), name, |i| lookup(&shared, memo, i, store))
         .map_err(|e| StoreError::DrvHash {
             path: format!("{name}.drv"),
             source: Box::new(e),
         })?;
-        for (o, out) in given.outputs {
-            if let DerivationOutput::InputAddressed(_) = out {
-                if let Some(v) = given.env.get(&o).filter(|v| !v.is_empty()) {
-                    drv.env.insert(o.clone(), v.clone());
-                }
-                drv.outputs.insert(o, out);
+    for (o, out) in given.outputs {
+        if let DerivationOutput::InputAddressed(_) = out {
+            if let Some(v) = given.env.get(&o).filter(|v| !v.is_empty()) {
+                drv.env.insert(o.clone(), v.clone());
             }
+            drv.outputs.insert(o, out);
         }
     }
-    let p = store.add_derivation(&drv, name)?;
-    Ok((p, drv))
+    Ok(drv)
 }
 
 /// A derivation is checked before it is registered (by any door) or built: it parses

@@ -98,11 +98,14 @@ pub(crate) fn instantiate(
     let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
     for attr in selected {
         let text = crate::evaluate::evaluate(
-            input,
-            auto_args,
-            attr,
-            true,
-            crate::evaluate::Output::DrvPaths,
+            crate::evaluate::Request {
+                input,
+                args: auto_args,
+                attr_path: attr,
+                always_call: true,
+                output: crate::evaluate::Output::DrvPaths,
+                read_only: crate::evaluate::ReadOnly::No,
+            },
             crate::evaluate::eval_settings(include, settings),
             settings,
         )?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::evaluate::{eval_settings, evaluate, Input, Output};
+use crate::evaluate::{eval_settings, evaluate, Input, Output, Request};
 use crate::settings::Settings;
 use crate::shell::Shell;
 
@@ -57,11 +57,14 @@ pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCod
         auto_args.push((pair[0].clone(), ferrix_eval::AutoArg::Str(pair[1].clone())));
     }
     let text = evaluate(
-        &input,
-        &auto_args,
-        args.attr.as_deref(),
-        true,
-        output,
+        Request {
+            input: &input,
+            args: &auto_args,
+            attr_path: args.attr.as_deref(),
+            always_call: true,
+            output,
+            read_only: crate::evaluate::ReadOnly::No,
+        },
         eval_settings(&args.include, settings),
         settings,
     )?;

@@ -108,6 +108,8 @@ pub struct EvalFlags {
     pub auto_args: crate::evaluate::Args,
     pub options: Vec<crate::settings::CliSetting>,
     pub operands: Vec<OsString>,
+    /// `--readonly-mode` (true) or `--read-write-mode` (false), if given.
+    pub read_only: Option<bool>,
 }
 
 impl EvalFlags {
@@ -137,6 +139,8 @@ impl EvalFlags {
                 self.options
                     .push(crate::settings::CliSetting::option(name, v));
             }
+            "--readonly-mode" => self.read_only = Some(true),
+            "--read-write-mode" => self.read_only = Some(false),
             "--" => self.operands.extend(it.by_ref()),
             f if is_flag(f) => return Ok(false),
             _ => self.operands.push(arg.clone()),

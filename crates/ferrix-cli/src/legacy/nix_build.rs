@@ -41,6 +41,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             f => return Err(it.unknown(f)),
         }
     }
+    if shared.read_only == Some(true) {
+        anyhow::bail!("nix-build cannot build in read-only mode (--readonly-mode): nothing may be written to the store");
+    }
     let settings = Settings::load(None, &shared.options, shell)?;
     let mut installables = Vec::new();
     for input in &shared.inputs() {

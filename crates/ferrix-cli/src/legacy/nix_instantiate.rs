@@ -7,20 +7,23 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{ArgIter, Common};
-use crate::evaluate::{eval_settings, evaluate, Output};
+use crate::evaluate::{eval_settings, evaluate, Output, ReadOnly, Request};
 use crate::settings::Settings;
 use crate::shell::Shell;
 
-const HELP: &str =
-    "Usage: nix-instantiate [--eval [--strict]] [-A ATTR] [-I PATH] (-E EXPR | FILE...)
+const HELP: &str = "Usage: nix-instantiate [--eval [--strict] [--json]] [--add-root PATH] [-A ATTR] [-I PATH]
+                       [--arg NAME EXPR] [--argstr NAME STRING] [--readonly-mode | --read-write-mode]
+                       (-E EXPR | FILE...)
 
 Evaluate the expression in each FILE (default.nix in a directory, ./default.nix without one)
 or given with -E. Without --eval, write the derivations it holds to the store and print
-their paths; with --eval, print its value.";
+their paths (or, with --add-root, the garbage collector roots made for them); with --eval,
+print its value, computing store paths without writing anything (unless --read-write-mode).";
 
 pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut it = ArgIter::new("nix-instantiate", args.to_vec());
     let (mut eval, mut strict, mut json) = (false, false, false);
+    let mut add_root: Option<String> = None;
     let mut shared = super::EvalFlags::default();
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
@@ -33,6 +36,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--eval" | "--eval-only" => eval = true,
             "--strict" => strict = true,
             "--json" => json = true,
+            "--add-root" => add_root = Some(it.value(flag)?),
+            // Roots are always indirect now, as in Nix.
+            "--indirect" => {}
             _ if shared.take(&a, &mut it)? => {}
             f => return Err(it.unknown(f)),
         }
@@ -51,24 +57,74 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     } else {
         shared.attrs.iter().map(|a| Some(a.as_str())).collect()
     };
+    // As in Nix, evaluation alone computes store paths without writing them.
+    let read_only = match shared.read_only {
+        Some(true) => ReadOnly::Always,
+        Some(false) => ReadOnly::No,
+        None if eval => ReadOnly::Preferred,
+        None => ReadOnly::No,
+    };
+    let mut roots = 0;
     for input in &inputs {
         for attr in &paths {
             let text = evaluate(
-                input,
-                &shared.auto_args,
-                *attr,
-                false,
-                output,
+                Request {
+                    input,
+                    args: &shared.auto_args,
+                    attr_path: *attr,
+                    always_call: false,
+                    output,
+                    read_only,
+                },
                 eval_settings(&shared.include, &settings),
                 &settings,
             )?;
+            let text = match &add_root {
+                Some(root) if !eval && read_only == ReadOnly::No => {
+                    let store = settings.open_store()?;
+                    let mut links = Vec::new();
+                    for line in text.lines() {
+                        roots += 1;
+                        links.push(add_root_for(&store, line, root, roots)?);
+                    }
+                    links.join("\n")
+                }
+                _ => text,
+            };
             if !text.is_empty() {
                 shell.println(text)?;
             }
         }
     }
-    if !eval {
+    if !eval && add_root.is_none() {
         shell.warn("you did not specify '--add-root'; the result might be removed by the garbage collector");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `n`th root of a run at `root` (`root`, `root-2`, …) for the derivation `line` names
+/// (`path` or `path!output`): the link's path (with the output), as Nix prints it instead
+/// of the derivation's.
+fn add_root_for(
+    store: &ferrix_store::LocalStore,
+    line: &str,
+    root: &str,
+    n: usize,
+) -> Result<String> {
+    let (drv, output) = match line.split_once('!') {
+        Some((d, o)) => (d, format!("!{o}")),
+        None => (line, String::new()),
+    };
+    let p = store
+        .parse_path(drv)
+        .map_err(|e| anyhow::anyhow!("'{drv}': {e}"))?;
+    let mut link = std::path::absolute(root)
+        .map_err(|e| anyhow::anyhow!("'{root}': {e}"))?
+        .into_os_string();
+    if n > 1 {
+        link.push(format!("-{n}"));
+    }
+    let link = std::path::PathBuf::from(link);
+    ferrix_store::gc::add_perm_root(store, &p, &link)?;
+    Ok(format!("{}{output}", link.display()))
 }
