@@ -225,6 +225,17 @@ fn what_nix_refuses_is_refused_with_a_place() {
     assert!(err.contains("undefined variable 'y'"), "{err}");
     assert!(err.contains("«string»:1:19"), "{err}");
     assert!(err.contains("1| let x = 1; in x + y"), "{err}");
+    // A failed assertion says which (Nix prints its condition re-parenthesised; Ferrix
+    // quotes it as written).
+    let (theirs, ours) = both(
+        &nix,
+        &links,
+        &["--eval", "-E", "let x = 1; in assert x == 2; x"],
+    );
+    assert!(String::from_utf8_lossy(&theirs.stderr).contains("assertion '(x == 2)' failed"));
+    let err = String::from_utf8_lossy(&ours.stderr);
+    assert!(err.contains("assertion 'x == 2' failed"), "{err}");
+    assert!(err.contains("«string»:1:15"), "{err}");
 }
 
 #[test]

@@ -19,8 +19,9 @@ pub enum ErrorKind {
     Throw(String),
     #[error("evaluation aborted with the following error message: '{0}'")]
     Abort(String),
-    #[error("assertion failed")]
-    Assertion,
+    /// The condition's source text.
+    #[error("assertion '{0}' failed")]
+    Assertion(String),
     #[error("{expected} was expected, but {got} was found")]
     Type { expected: &'static str, got: String },
     #[error("infinite recursion encountered")]
@@ -112,7 +113,7 @@ impl EvalError {
 
     /// Whether `builtins.tryEval` catches it (`throw` and failed assertions, as in Nix).
     pub fn catchable(&self) -> bool {
-        matches!(self.0.kind, ErrorKind::Throw(_) | ErrorKind::Assertion)
+        matches!(self.0.kind, ErrorKind::Throw(_) | ErrorKind::Assertion(_))
     }
 }
 

@@ -408,12 +408,18 @@ impl Evaluator {
                     self.eval(f, env)
                 }
             }
-            Expr::Assert(c, body, span) => {
+            Expr::Assert(c, body, span, cond) => {
                 let c = self.eval(c, env)?;
                 if self.expect_bool(&c, *span)? {
                     self.eval(body, env)
                 } else {
-                    Err(EvalError::new(ErrorKind::Assertion).at(*span))
+                    let text = self
+                        .sources
+                        .get(cond.source as usize)
+                        .and_then(|s| s.text.get(cond.start as usize..cond.end as usize))
+                        .unwrap_or("")
+                        .to_owned();
+                    Err(EvalError::new(ErrorKind::Assertion(text)).at(*span))
                 }
             }
             Expr::Select(e, path, default, span) => {
@@ -831,7 +837,7 @@ fn expr_span(e: &Expr) -> Option<Span> {
         | Expr::With(_, _, s)
         | Expr::Apply(_, _, s)
         | Expr::If(_, _, _, s)
-        | Expr::Assert(_, _, s)
+        | Expr::Assert(_, _, s, _)
         | Expr::Select(_, _, _, s)
         | Expr::BinOp(_, _, _, s)
         | Expr::Not(_, s)

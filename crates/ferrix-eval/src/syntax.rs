@@ -173,7 +173,8 @@ pub enum Expr {
     Lambda(Rc<LambdaDef>),
     Apply(Rc<Expr>, Rc<Expr>, Span),
     If(Rc<Expr>, Rc<Expr>, Rc<Expr>, Span),
-    Assert(Rc<Expr>, Rc<Expr>, Span),
+    /// `assert c; body`, and where `c` is (its text is in the message when it fails).
+    Assert(Rc<Expr>, Rc<Expr>, Span, Span),
     Select(Rc<Expr>, Vec<Key>, Option<Rc<Expr>>, Span),
     HasAttr(Rc<Expr>, Vec<Key>),
     BinOp(BinOp, Rc<Expr>, Rc<Expr>, Span),
@@ -406,6 +407,7 @@ impl<'a> Lowerer<'a> {
                 Rc::new(self.lower_opt(a.condition(), "condition", span)?),
                 Rc::new(self.lower_opt(a.body(), "body", span)?),
                 span,
+                a.condition().map_or(span, |c| span_of(self.source, &c)),
             ),
             ast::Expr::Select(s) => {
                 let e = self.lower_opt(s.expr(), "expression", span)?;
