@@ -20,6 +20,8 @@ pub enum Input {
     Expr(String),
     /// A file (a directory means its `default.nix`).
     File(PathBuf),
+    /// `-`: standard input, relative paths relative to the current directory.
+    Stdin,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,10 @@ pub enum Output {
     Raw,
     /// As JSON (`--json`).
     Json,
+    /// Not evaluated: the parse printed back (`--parse`).
+    Parse,
+    /// As XML (`--xml`); `location` adds where attributes and functions are defined.
+    Xml { strict: bool, location: bool },
     /// The `.drv` paths of the derivations it holds, one per line (`nix-instantiate`).
     DrvPaths,
 }
@@ -104,27 +110,16 @@ pub fn evaluate(
     settings: &Settings,
 ) -> Result<String> {
     let (input, read_only) = (req.input, req.read_only);
-    let (name, text, base) = match input {
-        Input::Expr(e) => {
-            let cwd = std::env::current_dir().context("reading the current directory")?;
-            ("«string»".to_owned(), e.clone(), cwd)
-        }
-        Input::File(f) => {
-            let abs =
-                std::path::absolute(f).with_context(|| format!("reading '{}'", f.display()))?;
-            let file = if abs.is_dir() {
-                abs.join("default.nix")
-            } else {
-                abs
-            };
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading '{}'", file.display()))?;
-            let base = file
-                .parent()
-                .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-            (file.display().to_string(), text, base)
-        }
-    };
+    let (name, text, base) = source(input)?;
+    if req.output == Output::Parse {
+        let eval_settings = eval_settings.clone();
+        return ferrix_eval::on_big_stack(move || {
+            let mut ev = Evaluator::new(eval_settings, None);
+            let base = base.to_string_lossy().into_owned();
+            ev.parse_source(&name, &text, &base)
+                .map_err(|e| anyhow::anyhow!(ferrix_eval::render_error(&ev, &e)))
+        });
+    }
     match evaluate_once(
         req,
         &name,
@@ -142,6 +137,38 @@ pub fn evaluate(
     .map_err(|f| match f {
         Failure::NeedsWriting | Failure::Rendered(_) => anyhow::anyhow!(f.to_string()),
         Failure::Other(e) => e,
+    })
+}
+
+/// The text of `input`, how messages name it, and the directory its relative paths are
+/// relative to.
+fn source(input: &Input) -> Result<(String, String, PathBuf)> {
+    Ok(match input {
+        Input::Expr(e) => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            ("«string»".to_owned(), e.clone(), cwd)
+        }
+        Input::Stdin => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            let text =
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?;
+            ("«stdin»".to_owned(), text, cwd)
+        }
+        Input::File(f) => {
+            let abs =
+                std::path::absolute(f).with_context(|| format!("reading '{}'", f.display()))?;
+            let file = if abs.is_dir() {
+                abs.join("default.nix")
+            } else {
+                abs
+            };
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading '{}'", file.display()))?;
+            let base = file
+                .parent()
+                .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+            (file.display().to_string(), text, base)
+        }
     })
 }
 
@@ -199,7 +226,7 @@ fn evaluate_once(
     let attr_path = attr_path.map(str::to_owned);
     let args = args.to_vec();
     let input_kind = match input {
-        Input::Expr(_) => InputKind::Expr,
+        Input::Expr(_) | Input::Stdin => InputKind::Expr,
         Input::File(_) => InputKind::File,
     };
     ferrix_eval::on_big_stack(move || {
@@ -241,6 +268,13 @@ fn render(ev: &mut Evaluator, v: &Value, output: Output) -> Result<String, ferri
             .s
             .clone()),
         Output::Json => ferrix_eval::to_json_text(ev, v),
+        Output::Xml { strict, location } => {
+            // Printed with its own final newline.
+            let mut text = ferrix_eval::to_xml_text(ev, v, strict, location)?;
+            text.pop();
+            Ok(text)
+        }
+        Output::Parse => unreachable!("parsed without evaluating"),
         Output::DrvPaths => {
             let mut out = Vec::new();
             ev.derivations(v, &mut out)?;

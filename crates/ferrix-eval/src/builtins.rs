@@ -45,6 +45,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "fetchurl" / 1 => crate::fetch::fetchurl,
     "filter" / 2 => filter,
     "filterSource" / 2 => crate::derivation::filter_source,
+    "findFile" / 2 => crate::derivation::find_file,
     "floor" / 1 => floor,
     "fromJSON" / 1 => crate::json::from_json,
     "fromTOML" / 1 => crate::fetch::from_toml,
@@ -54,6 +55,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "genericClosure" / 1 => generic_closure,
     "getEnv" / 1 => get_env,
     "groupBy" / 2 => group_by,
+    "hashFile" / 2 => crate::derivation::hash_file,
     "hashString" / 2 => hash_string,
     "getAttr" / 2 => get_attr,
     "getContext" / 1 => crate::fetch::get_context,
@@ -157,6 +159,21 @@ pub(crate) fn globals(settings: &EvalSettings) -> (Vec<Sym>, Vec<Value>) {
         .map_or(0, |d| d.as_secs() as i64);
     entries.push((Sym::intern("currentTime"), Value::Int(now)));
     entries.push((Sym::intern("storeDir"), Value::string(&settings.store_dir)));
+    // The search path as given: `{ path; prefix; }` for each entry, what `<name>` looks in.
+    let nix_path: crate::value::List = settings
+        .search_path
+        .iter()
+        .map(|(prefix, dir)| {
+            Value::attrs(Attrs::from_unsorted(vec![
+                (Sym::intern("path"), Value::string(dir.to_string_lossy())),
+                (
+                    Sym::intern("prefix"),
+                    Value::string(prefix.as_deref().unwrap_or("")),
+                ),
+            ]))
+        })
+        .collect();
+    entries.push((Sym::intern("nixPath"), Value::List(nix_path)));
     // Defined in Nix by the evaluator once it exists (see `derivation::define_derivation`).
     let derivation = Thunk::new(ThunkState::Blackhole);
     entries.push((Sym::intern("derivation"), Value::Thunk(derivation)));
@@ -185,6 +202,14 @@ pub(crate) fn globals(settings: &EvalSettings) -> (Vec<Sym>, Vec<Value>) {
         let s = Sym::intern(g);
         if let Some(v) = all.get(s) {
             names.push(s);
+            values.push(v.clone());
+        }
+    }
+    // The others are global too, as `__name` (`__findFile`, `__nixPath`, `__add`…).
+    for (s, v) in all.iter() {
+        let name = s.name();
+        if !GLOBAL.contains(&&*name) && !matches!(&*name, "builtins" | "true" | "false" | "null") {
+            names.push(Sym::intern(&format!("__{name}")));
             values.push(v.clone());
         }
     }
@@ -466,14 +491,15 @@ fn function_args(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     match ev.force(&a[0])? {
         Value::Lambda(c) => match &c.def.param {
             crate::syntax::Param::Ident(_) => Ok(Value::attrs(Attrs::default())),
-            crate::syntax::Param::Formals { formals, .. } => {
-                Ok(Value::attrs(Attrs::from_unsorted(
+            crate::syntax::Param::Formals { formals, .. } => Ok(Value::attrs(
+                Attrs::from_unsorted(
                     formals
                         .iter()
                         .map(|(n, d)| (*n, Value::Bool(d.is_some())))
                         .collect(),
-                )))
-            }
+                )
+                .with_formals(c.def.clone()),
+            )),
         },
         Value::PrimOp(_) | Value::PrimOpApp(_) => Ok(Value::attrs(Attrs::default())),
         other => Err(type_error("a function", &other, span)),

@@ -309,16 +309,26 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
 /// `import path`: a file's value (a directory's `default.nix`), evaluated once.
 pub(crate) fn import(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let file = real_path(ev, &a[0], span)?;
+    if let Some(v) = ev.imported.get(&file) {
+        return Ok(v.clone());
+    }
+    let text = match corepkg(&file) {
+        Some(text) => text.to_owned(),
+        None => {
+            let file = if file.is_dir() {
+                file.join("default.nix")
+            } else {
+                file.clone()
+            };
+            std::fs::read_to_string(&file)
+                .map_err(|e| other(format!("reading '{}': {e}", file.display()), span))?
+        }
+    };
     let file = if file.is_dir() {
         file.join("default.nix")
     } else {
         file
     };
-    if let Some(v) = ev.imported.get(&file) {
-        return Ok(v.clone());
-    }
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| other(format!("reading '{}': {e}", file.display()), span))?;
     let base = file
         .parent()
         .map_or_else(|| "/".to_owned(), |p| p.to_string_lossy().into_owned());
@@ -327,6 +337,79 @@ pub(crate) fn import(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Valu
         .map_err(|e| e.context(Some(span), format!("while importing '{}'", file.display())))?;
     ev.imported.insert(file, v.clone());
     Ok(v)
+}
+
+/// Where `<nix/…>` points when the search path has no `nix/…` of its own, as in Nix.
+const COREPKGS: &str = "/__corepkgs__/";
+
+/// The text of a file Nix ships inside itself (`<nix/fetchurl.nix>`).
+fn corepkg(file: &std::path::Path) -> Option<&'static str> {
+    match file.to_str()?.strip_prefix(COREPKGS)? {
+        "fetchurl.nix" => Some(include_str!("corepkgs/fetchurl.nix")),
+        _ => None,
+    }
+}
+
+/// `findFile searchPath name`: `name` (`nixpkgs/lib`) looked up in a list of
+/// `{ path; prefix ? ""; }`, the first that has it; what `<name>` calls.
+pub(crate) fn find_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let entries = ev.expect_list(&a[0], span)?;
+    let name = ev.expect_string(&a[1], span)?.s.clone();
+    for e in entries.iter() {
+        let e = ev.expect_attrs(e, span)?;
+        let prefix = match e.get(Sym::intern("prefix")) {
+            Some(p) => ev.expect_string(p, span)?.s.clone(),
+            None => String::new(),
+        };
+        let Some(dir) = e.get(Sym::intern("path")) else {
+            return Err(EvalError::new(ErrorKind::MissingAttr {
+                name: "path".into(),
+            })
+            .at(span));
+        };
+        let dir = ev.coerce_to_string(dir, Coerce::Plain, span)?;
+        realise_context(ev, &dir.context, &dir.s, span)?;
+        let rest = if prefix.is_empty() {
+            format!("/{name}")
+        } else {
+            match name.strip_prefix(prefix.as_str()) {
+                Some(r) if r.is_empty() || r.starts_with('/') => r.to_owned(),
+                _ => continue,
+            }
+        };
+        let dir = if dir.s.starts_with('/') {
+            dir.s.clone()
+        } else {
+            format!("{}/{}", ev.settings.cwd, dir.s)
+        };
+        let candidate = crate::syntax::canonicalise(&format!("{dir}{rest}"));
+        if std::path::Path::new(&candidate).exists() {
+            return Ok(Value::Path(candidate.into()));
+        }
+    }
+    if let Some(rest) = name.strip_prefix("nix/") {
+        return Ok(Value::Path(format!("{COREPKGS}{rest}").into()));
+    }
+    // Thrown: `tryEval` catches it, as in Nix.
+    Err(EvalError::new(ErrorKind::Throw(format!(
+        "file '{name}' was not found in the Nix search path (add it using $NIX_PATH or -I)"
+    )))
+    .at(span))
+}
+
+/// `hashFile algo path`: the hash of a file's contents, in base 16.
+pub(crate) fn hash_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let algo = ev.expect_string(&a[0], span)?;
+    let algo: ferrix_format::HashAlgo = algo
+        .s
+        .parse()
+        .map_err(|_| other(format!("unknown hash algorithm '{}'", algo.s), span))?;
+    let p = real_path(ev, &a[1], span)?;
+    let bytes =
+        std::fs::read(&p).map_err(|e| other(format!("reading '{}': {e}", p.display()), span))?;
+    Ok(Value::string(
+        ferrix_format::Hash::of(algo, &bytes).to_base16(),
+    ))
 }
 
 /// `scopedImport scope path`: a file evaluated (again at each call) with `scope`'s names

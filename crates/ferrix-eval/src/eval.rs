@@ -151,6 +151,14 @@ impl Evaluator {
         base_dir: &str,
         frame: Option<&[Sym]>,
     ) -> Result<Expr> {
+        // A carriage return, alone or before a newline, ends a line, as in Nix's lexer
+        // (which also reads it so in strings and comments).
+        let text = if text.contains('\r') {
+            std::borrow::Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        };
+        let text = &*text;
         let id = self.sources.len() as u32;
         self.sources.push(Source {
             name: name.to_owned(),
@@ -208,6 +216,12 @@ impl Evaluator {
         let expr = self.lower_with(name, text, base_dir, Some(&names))?;
         let values: crate::value::Slots = scope.iter().map(|(_, v)| v.clone()).collect();
         Ok((expr, Env::new(values, Some(self.globals.clone()))))
+    }
+
+    /// Parse `text` and print it back as Nix's `--parse` does.
+    pub fn parse_source(&mut self, name: &str, text: &str, base_dir: &str) -> Result<String> {
+        let e = self.lower(name, text, base_dir)?;
+        Ok(crate::show::show(self, &e))
     }
 
     /// Parse and lower `text` without evaluating it: its syntax and scope errors.
@@ -376,13 +390,17 @@ impl Evaluator {
                 match body {
                     Some(b) => self.eval(b, &frame),
                     None => {
+                        let extra = self.overrides(def, &frame)?;
                         let statics: Vec<(Sym, Value)> = def
                             .statics
                             .iter()
                             .zip(frame.slots.borrow().iter())
                             .map(|((s, _, _), v)| (*s, v.clone()))
                             .collect();
-                        let base = Attrs::from_sorted(statics).with_origin(def.clone());
+                        let mut base = Attrs::from_sorted(statics).with_origin(def.clone());
+                        if !extra.is_empty() {
+                            base = base.update(&Attrs::from_unsorted(extra));
+                        }
                         self.with_dynamics(base, def, &frame)
                     }
                 }
@@ -482,7 +500,6 @@ impl Evaluator {
                 self.arith(BinOp::Sub, &Value::Int(0), &v, *span)
             }
             Expr::CurPos(span) => Ok(self.position(*span)),
-            Expr::SearchPath(name, span) => self.find_in_search_path(name, *span),
         }
     }
 
@@ -523,6 +540,29 @@ impl Evaluator {
                 )))
             }
         }
+    }
+
+    /// A `rec` set's `__overrides`: its attributes replace the set's own, in the set and
+    /// in the frame the others see (so that they refer to the replacements), and the ones
+    /// the set lacks are returned, to be added. An old Nix feature that nixpkgs once used.
+    fn overrides(&mut self, def: &AttrsDef, frame: &Rc<Env>) -> Result<Vec<(Sym, Value)>> {
+        let key = |(s, _, _): &(Sym, Rc<Expr>, Span)| *s;
+        let Ok(at) = def
+            .statics
+            .binary_search_by_key(&Sym::intern("__overrides"), key)
+        else {
+            return Ok(Vec::new());
+        };
+        let v = frame.slots.borrow()[at].clone();
+        let given = self.expect_attrs(&v, def.statics[at].2)?;
+        let mut extra = Vec::new();
+        for (name, v) in given.iter() {
+            match def.statics.binary_search_by_key(name, key) {
+                Ok(i) => frame.slots.borrow_mut()[i] = v.clone(),
+                Err(_) => extra.push((*name, v.clone())),
+            }
+        }
+        Ok(extra)
     }
 
     fn key(&mut self, key: &Key, env: &Rc<Env>, span: Span) -> Result<Sym> {
@@ -630,6 +670,7 @@ impl Evaluator {
                 formals,
                 ellipsis,
                 at,
+                ..
             } => {
                 let given = self.force(&arg)?;
                 let Value::Attrs(given) = given else {
@@ -764,17 +805,24 @@ impl Evaluator {
     /// `{ file; line; column; }` of `span`. An expression given on the command line is
     /// named by its own text, as Nix 2.8 names it in positions.
     pub(crate) fn position(&self, span: Span) -> Value {
+        let (file, line, column) = self.place(span);
+        Value::attrs(Attrs::from_unsorted(vec![
+            (Sym::intern("file"), Value::string(file)),
+            (Sym::intern("line"), Value::Int(line as i64)),
+            (Sym::intern("column"), Value::Int(column as i64)),
+        ]))
+    }
+
+    /// Where `span` starts as Nix 2.8 gives it in values (positions, XML): an expression
+    /// from the command line is named by its own text.
+    pub(crate) fn place(&self, span: Span) -> (String, usize, usize) {
         let (mut file, line, column) = self.line_col(span);
         if let Some(src) = self.sources.get(span.source as usize) {
             if src.name == "«string»" {
                 file = src.text.to_string();
             }
         }
-        Value::attrs(Attrs::from_unsorted(vec![
-            (Sym::intern("file"), Value::string(file)),
-            (Sym::intern("line"), Value::Int(line as i64)),
-            (Sym::intern("column"), Value::Int(column as i64)),
-        ]))
+        (file, line, column)
     }
 
     /// The source name, line and column (from 1) where `span` starts.
@@ -786,30 +834,6 @@ impl Evaluator {
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (src.name.clone(), line, column)
-    }
-
-    fn find_in_search_path(&mut self, name: &str, span: Span) -> Result<Value> {
-        for (prefix, dir) in &self.settings.search_path {
-            let candidate = match prefix {
-                None => dir.join(name),
-                Some(p) if name == p => dir.clone(),
-                Some(p) => match name
-                    .strip_prefix(p.as_str())
-                    .and_then(|r| r.strip_prefix('/'))
-                {
-                    Some(rest) => dir.join(rest),
-                    None => continue,
-                },
-            };
-            if candidate.exists() {
-                let s = candidate.to_string_lossy();
-                return Ok(Value::Path(crate::syntax::canonicalise(&s).into()));
-            }
-        }
-        Err(EvalError::new(ErrorKind::Other(format!(
-            "file '{name}' was not found in the Nix search path (add it using $NIX_PATH or -I)"
-        )))
-        .at(span))
     }
 }
 
@@ -842,8 +866,7 @@ fn expr_span(e: &Expr) -> Option<Span> {
         | Expr::BinOp(_, _, _, s)
         | Expr::Not(_, s)
         | Expr::Neg(_, s)
-        | Expr::CurPos(s)
-        | Expr::SearchPath(_, s) => Some(*s),
+        | Expr::CurPos(s) => Some(*s),
         Expr::Lambda(d) => Some(d.span),
         _ => None,
     }

@@ -11,6 +11,7 @@ mod json;
 mod ops;
 mod print;
 mod regex;
+mod show;
 mod store;
 mod symbol;
 mod syntax;
@@ -25,6 +26,7 @@ pub use print::{describe_type, format_float, print, print_shallow};
 pub use store::{EvalStore, ReadOnlyStore, Realise};
 pub use syntax::Span;
 pub use value::Value;
+pub use xml::to_xml_text;
 
 /// Run `f` on a thread with a stack deep enough for Nix code (which recurses deeply); the
 /// evaluator's own depth limit turns runaway recursion into an error before it is reached.

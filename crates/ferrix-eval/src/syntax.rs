@@ -143,6 +143,8 @@ pub enum Param {
     /// `{ a, b ? d, … } @ x`: slots are the formals in order, then the `@` name, if any.
     Formals {
         formals: Vec<(Sym, Option<Rc<Expr>>)>,
+        /// Where each formal is named (`unsafeGetAttrPos` of `functionArgs`).
+        spans: Vec<Span>,
         ellipsis: bool,
         /// The `@` name, whose slot follows the formals'.
         at: Option<Sym>,
@@ -181,8 +183,6 @@ pub enum Expr {
     Not(Rc<Expr>, Span),
     Neg(Rc<Expr>, Span),
     CurPos(Span),
-    /// `<name>`: looked up in the search path.
-    SearchPath(Rc<str>, Span),
 }
 
 impl Expr {
@@ -345,7 +345,20 @@ impl<'a> Lowerer<'a> {
             ast::Expr::PathSearch(p) => {
                 let text = p.content().map(|c| c.text().to_owned()).unwrap_or_default();
                 let name = text.trim_start_matches('<').trim_end_matches('>');
-                Expr::SearchPath(name.into(), span)
+                // `__findFile __nixPath "name"`, as in Nix: both names may be rebound.
+                let var = |l: &Self, n: &str| -> Result<Expr, EvalError> {
+                    match l.resolve(Sym::intern(n)) {
+                        Some(v) => Ok(Expr::Var(v, span)),
+                        None => Err(l.err(span, ErrorKind::UndefinedVariable(n.to_owned()))),
+                    }
+                };
+                let find = var(self, "__findFile")?;
+                let path = var(self, "__nixPath")?;
+                Expr::Apply(
+                    Rc::new(Expr::Apply(Rc::new(find), Rc::new(path), span)),
+                    Rc::new(Expr::string(name)),
+                    span,
+                )
             }
             ast::Expr::Ident(i) => {
                 let name = ident_text(&i);
@@ -844,6 +857,13 @@ impl<'a> Lowerer<'a> {
                 if let Some(a) = at {
                     names.push(a);
                 }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(dup) = names.iter().find(|n| !seen.insert(**n)) {
+                    return Err(self.err(
+                        span,
+                        ErrorKind::Parse(format!("duplicate formal function argument '{dup}'")),
+                    ));
+                }
                 let frame = names.clone();
                 self.scopes.push(Scope::Names(
                     frame
@@ -864,9 +884,17 @@ impl<'a> Lowerer<'a> {
                     })
                     .collect::<Result<Vec<_>, EvalError>>();
                 self.scopes.pop();
+                let spans = p
+                    .pat_entries()
+                    .map(|e| match e.ident() {
+                        Some(i) => span_of(self.source, &i),
+                        None => span,
+                    })
+                    .collect();
                 (
                     Param::Formals {
                         formals: formals?,
+                        spans,
                         ellipsis: p.ellipsis_token().is_some(),
                         at,
                     },

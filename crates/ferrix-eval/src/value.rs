@@ -166,9 +166,18 @@ pub struct NixString {
 #[derive(Debug, Clone, Default)]
 pub struct Attrs {
     entries: Vec<(Sym, Value)>,
-    /// The set literal it was made from, for the positions of its attributes
-    /// (`unsafeGetAttrPos`); sets made otherwise have none.
-    origin: Option<Rc<crate::syntax::AttrsDef>>,
+    /// What it was made from, for the positions of its attributes (`unsafeGetAttrPos`);
+    /// sets made otherwise have none.
+    origin: Option<Origin>,
+}
+
+/// Where a set's attributes were written.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// A set literal.
+    Literal(Rc<crate::syntax::AttrsDef>),
+    /// A function's formals (`functionArgs`).
+    Formals(Rc<crate::syntax::LambdaDef>),
 }
 
 impl Attrs {
@@ -200,17 +209,32 @@ impl Attrs {
 
     /// The same set, remembering the literal it was made from.
     pub fn with_origin(mut self, def: Rc<crate::syntax::AttrsDef>) -> Self {
-        self.origin = Some(def);
+        self.origin = Some(Origin::Literal(def));
         self
     }
 
-    /// Where attribute `name` was defined, if this set came from a literal.
+    /// The same set, made of the formals of `def` (`functionArgs`).
+    pub fn with_formals(mut self, def: Rc<crate::syntax::LambdaDef>) -> Self {
+        self.origin = Some(Origin::Formals(def));
+        self
+    }
+
+    /// Where attribute `name` was defined, if known.
     pub fn position(&self, name: Sym) -> Option<crate::syntax::Span> {
-        let def = self.origin.as_ref()?;
-        def.statics
-            .binary_search_by_key(&name, |(s, _, _)| *s)
-            .ok()
-            .map(|i| def.statics[i].2)
+        match self.origin.as_ref()? {
+            Origin::Literal(def) => def
+                .statics
+                .binary_search_by_key(&name, |(s, _, _)| *s)
+                .ok()
+                .map(|i| def.statics[i].2),
+            Origin::Formals(def) => match &def.param {
+                crate::syntax::Param::Formals { formals, spans, .. } => formals
+                    .iter()
+                    .position(|(s, _)| *s == name)
+                    .and_then(|i| spans.get(i).copied()),
+                crate::syntax::Param::Ident(_) => None,
+            },
+        }
     }
 
     pub fn get(&self, name: Sym) -> Option<&Value> {

@@ -13,18 +13,21 @@ use crate::value::{Context, NixString, Value};
 type Result<T> = std::result::Result<T, EvalError>;
 
 pub(crate) fn to_xml(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
-    let mut w = Writer {
-        out: String::from("<?xml version='1.0' encoding='utf-8'?>\n<expr>\n"),
-        context: Context::default(),
-        drvs: HashSet::new(),
-        span,
-    };
-    w.value(ev, &a[0], 1)?;
-    w.out.push_str("</expr>\n");
+    let mut w = Writer::new(span, true, false);
+    w.document(ev, &a[0])?;
     Ok(Value::String(Rc::new(NixString {
         s: w.out,
         context: w.context,
     })))
+}
+
+/// `nix-instantiate --eval --xml`: `v` as XML; `strict` forces everything (otherwise what
+/// is not computed yet is `<unevaluated />`), `location` adds where attributes and
+/// functions are defined, where that is known.
+pub fn to_xml_text(ev: &mut Evaluator, v: &Value, strict: bool, location: bool) -> Result<String> {
+    let mut w = Writer::new(Span::default(), strict, location);
+    w.document(ev, v)?;
+    Ok(w.out)
 }
 
 struct Writer {
@@ -33,6 +36,8 @@ struct Writer {
     /// Derivations written so far (a derivation met again is `<repeated />`).
     drvs: HashSet<String>,
     span: Span,
+    strict: bool,
+    location: bool,
 }
 
 fn escape(s: &str) -> String {
@@ -53,6 +58,40 @@ fn escape(s: &str) -> String {
 }
 
 impl Writer {
+    fn new(span: Span, strict: bool, location: bool) -> Self {
+        Writer {
+            out: String::new(),
+            context: Context::default(),
+            drvs: HashSet::new(),
+            span,
+            strict,
+            location,
+        }
+    }
+
+    fn document(&mut self, ev: &mut Evaluator, v: &Value) -> Result<()> {
+        self.out
+            .push_str("<?xml version='1.0' encoding='utf-8'?>\n<expr>\n");
+        self.value(ev, v, 1)?;
+        self.out.push_str("</expr>\n");
+        Ok(())
+    }
+
+    /// ` column=".." line=".." path=".."` for `span` (names in the order Nix sorts them),
+    /// if locations are wanted.
+    fn place(&self, ev: &Evaluator, span: Option<Span>) -> (String, String) {
+        match span.filter(|_| self.location) {
+            Some(span) => {
+                let (path, line, column) = ev.place(span);
+                (
+                    format!(" column=\"{column}\" line=\"{line}\""),
+                    format!(" path=\"{}\"", escape(&path)),
+                )
+            }
+            None => (String::new(), String::new()),
+        }
+    }
+
     fn line(&mut self, depth: usize, text: &str) {
         for _ in 0..depth {
             self.out.push_str("  ");
@@ -71,7 +110,16 @@ impl Writer {
     }
 
     fn value(&mut self, ev: &mut Evaluator, v: &Value, depth: usize) -> Result<()> {
-        let v = ev.force(v)?;
+        let v = match v {
+            Value::Thunk(t) if !self.strict => match t.value() {
+                Some(v) => v,
+                None => {
+                    self.empty(depth, "unevaluated", &[]);
+                    return Ok(());
+                }
+            },
+            v => ev.force(v)?,
+        };
         match &v {
             Value::Null => self.empty(depth, "null", &[]),
             Value::Bool(b) => self.empty(
@@ -105,10 +153,13 @@ impl Writer {
                     }
                     None => false,
                 };
-                let entries: Vec<(Rc<str>, Value)> = a
+                let entries: Vec<(Rc<str>, Value, Option<Span>)> = a
                     .sorted_by_name()
                     .into_iter()
-                    .map(|(n, v)| (n, v.clone()))
+                    .map(|(n, v)| {
+                        let pos = a.position(Sym::intern(&n));
+                        (n, v.clone(), pos)
+                    })
                     .collect();
                 let close = if is_drv {
                     let mut attrs = Vec::new();
@@ -121,30 +172,37 @@ impl Writer {
                         }
                     }
                     let key = attrs.iter().map(|(_, v)| v.as_str()).collect::<String>();
-                    if !self.drvs.insert(key) {
-                        self.empty(depth, "repeated", &[]);
-                        return Ok(());
-                    }
                     let mut t = String::from("<derivation");
                     for (k, v) in &attrs {
                         t.push_str(&format!(" {k}=\"{}\"", escape(v)));
                     }
                     t.push('>');
                     self.line(depth, &t);
+                    // A derivation met again: named, its attributes not written again.
+                    if !self.drvs.insert(key) {
+                        self.empty(depth + 1, "repeated", &[]);
+                        self.line(depth, "</derivation>");
+                        return Ok(());
+                    }
                     "</derivation>"
                 } else {
                     self.line(depth, "<attrs>");
                     "</attrs>"
                 };
-                for (name, x) in entries {
-                    self.line(depth + 1, &format!("<attr name=\"{}\">", escape(&name)));
+                for (name, x, pos) in entries {
+                    let (before, after) = self.place(ev, pos);
+                    self.line(
+                        depth + 1,
+                        &format!("<attr{before} name=\"{}\"{after}>", escape(&name)),
+                    );
                     self.value(ev, &x, depth + 2)?;
                     self.line(depth + 1, "</attr>");
                 }
                 self.line(depth, close);
             }
             Value::Lambda(c) => {
-                self.line(depth, "<function>");
+                let (before, after) = self.place(ev, Some(c.def.span));
+                self.line(depth, &format!("<function{before}{after}>"));
                 match &c.def.param {
                     Param::Ident(name) => {
                         self.empty(depth + 1, "varpat", &[("name", &name.name())])
@@ -153,6 +211,7 @@ impl Writer {
                         formals,
                         ellipsis,
                         at,
+                        ..
                     } => {
                         let mut t = String::from("<attrspat");
                         if *ellipsis {

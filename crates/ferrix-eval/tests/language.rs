@@ -144,7 +144,7 @@ fn search_path_entries_are_found_by_prefix_or_inside() {
         pkgs.display().to_string()
     );
     assert!(
-        matches!(eval_with(settings, "<nope>"), Err(ErrorKind::Other(m)) if m.contains("'nope'"))
+        matches!(eval_with(settings, "<nope>"), Err(ErrorKind::Throw(m)) if m.contains("'nope'"))
     );
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -161,7 +161,10 @@ impl EvalFlags {
         } else {
             self.operands
                 .iter()
-                .map(|o| Input::File(std::path::PathBuf::from(o)))
+                .map(|o| match o.to_str() {
+                    Some("-") => Input::Stdin,
+                    _ => Input::File(std::path::PathBuf::from(o)),
+                })
                 .collect()
         }
     }

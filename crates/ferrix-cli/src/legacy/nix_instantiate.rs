@@ -11,7 +11,7 @@ use crate::evaluate::{eval_settings, evaluate, Output, ReadOnly, Request};
 use crate::settings::Settings;
 use crate::shell::Shell;
 
-const HELP: &str = "Usage: nix-instantiate [--eval [--strict] [--json]] [--add-root PATH] [-A ATTR] [-I PATH]
+const HELP: &str = "Usage: nix-instantiate [--parse | --eval [--strict] [--json | --xml [--no-location]]] [--add-root PATH] [-A ATTR] [-I PATH]
                        [--arg NAME EXPR] [--argstr NAME STRING] [--readonly-mode | --read-write-mode]
                        (-E EXPR | FILE...)
 
@@ -24,6 +24,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     let mut it = ArgIter::new("nix-instantiate", args.to_vec());
     let (mut eval, mut strict, mut json) = (false, false, false);
     let mut add_root: Option<String> = None;
+    let (mut xml, mut location, mut parse) = (false, true, false);
     let mut shared = super::EvalFlags::default();
     while let Some(a) = it.next() {
         let flag = a.to_str().unwrap_or("");
@@ -36,6 +37,9 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--eval" | "--eval-only" => eval = true,
             "--strict" => strict = true,
             "--json" => json = true,
+            "--xml" => xml = true,
+            "--parse" => parse = true,
+            "--no-location" => location = false,
             "--add-root" => add_root = Some(it.value(flag)?),
             // Roots are always indirect now, as in Nix.
             "--indirect" => {}
@@ -45,8 +49,12 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
     }
     let settings = Settings::load(None, &shared.options, shell)?;
     let inputs = shared.inputs();
-    let output = if eval && json {
+    let output = if parse {
+        Output::Parse
+    } else if eval && json {
         Output::Json
+    } else if eval && xml {
+        Output::Xml { strict, location }
     } else if eval {
         Output::Nix { strict }
     } else {
@@ -80,7 +88,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
                 &settings,
             )?;
             let text = match &add_root {
-                Some(root) if !eval && read_only == ReadOnly::No => {
+                Some(root) if !eval && !parse && read_only == ReadOnly::No => {
                     let store = settings.open_store()?;
                     let mut links = Vec::new();
                     for line in text.lines() {
@@ -96,7 +104,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             }
         }
     }
-    if !eval && add_root.is_none() {
+    if !eval && !parse && add_root.is_none() {
         shell.warn("you did not specify '--add-root'; the result might be removed by the garbage collector");
     }
     Ok(ExitCode::SUCCESS)
