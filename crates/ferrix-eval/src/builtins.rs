@@ -23,6 +23,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "appendContext" / 2 => crate::fetch::append_context,
     "addErrorContext" / 2 => add_error_context,
     "add" / 2 => |ev, a, s| arith(ev, BinOp::Add, a, s),
+    "addDrvOutputDependencies" / 1 => crate::fetch::add_drv_output_dependencies,
     "all" / 2 => |ev, a, s| any_all(ev, a, s, false),
     "any" / 2 => |ev, a, s| any_all(ev, a, s, true),
     "attrNames" / 1 => attr_names,
@@ -30,8 +31,11 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "bitAnd" / 2 => |ev, a, s| bits(ev, a, s, |x, y| x & y),
     "bitOr" / 2 => |ev, a, s| bits(ev, a, s, |x, y| x | y),
     "bitXor" / 2 => |ev, a, s| bits(ev, a, s, |x, y| x ^ y),
+    // No debugger: the value itself.
+    "break" / 1 => |ev, a, _| ev.force(&a[0]),
     "ceil" / 1 => ceil,
     "compareVersions" / 2 => compare_versions,
+    "convertHash" / 1 => convert_hash,
     "catAttrs" / 2 => cat_attrs,
     "concatLists" / 1 => concat_lists,
     "concatMap" / 2 => concat_map,
@@ -86,6 +90,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "placeholder" / 1 => crate::derivation::placeholder,
     "readDir" / 1 => crate::derivation::read_dir,
     "readFile" / 1 => crate::derivation::read_file,
+    "readFileType" / 1 => crate::derivation::read_file_type,
     "mul" / 2 => |ev, a, s| arith(ev, BinOp::Mul, a, s),
     "removeAttrs" / 2 => remove_attrs,
     "replaceStrings" / 3 => replace_strings,
@@ -106,6 +111,8 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "throw" / 1 => throw,
     "toString" / 1 => |ev, a, s| Ok(Value::String(ev.coerce_to_string(&a[0], Coerce::ToString, s)?)),
     "trace" / 2 => trace,
+    // `trace-verbose` is off: only the value.
+    "traceVerbose" / 2 => |_, a, _| Ok(a[1].clone()),
     "tryEval" / 1 => try_eval,
     "unsafeGetAttrPos" / 2 => unsafe_get_attr_pos,
     "unsafeDiscardOutputDependency" / 1 => crate::fetch::discard_output_dependency,
@@ -815,6 +822,46 @@ pub(crate) fn hash_string(ev: &mut Evaluator, a: &[Value], span: Span) -> Result
     Ok(Value::string(
         ferrix_format::Hash::of(algo, s.s.as_bytes()).to_base16(),
     ))
+}
+
+/// `convertHash { hash; hashAlgo ? ; toHashFormat; }`: a hash in another encoding
+/// (`base16`, `nix32` or `base32`, `base64`, `sri`).
+fn convert_hash(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let args = ev.expect_attrs(&a[0], span)?;
+    let get = |ev: &mut Evaluator, name: &str| -> Result<Option<String>> {
+        match args.get(Sym::intern(name)) {
+            Some(v) => Ok(Some(ev.expect_string(v, span)?.s.clone())),
+            None => Ok(None),
+        }
+    };
+    let missing = |name: &str| {
+        EvalError::new(ErrorKind::Other(format!(
+            "attribute '{name}' missing in the argument of builtins.convertHash"
+        )))
+        .at(span)
+    };
+    let hash = get(ev, "hash")?.ok_or_else(|| missing("hash"))?;
+    let to = get(ev, "toHashFormat")?.ok_or_else(|| missing("toHashFormat"))?;
+    let algo = match get(ev, "hashAlgo")? {
+        Some(a) => Some(a.parse::<ferrix_format::HashAlgo>().map_err(|_| {
+            EvalError::new(ErrorKind::Other(format!("unknown hash algorithm '{a}'"))).at(span)
+        })?),
+        None => None,
+    };
+    let h = ferrix_format::Hash::parse(&hash, algo)
+        .map_err(|e| EvalError::new(ErrorKind::Other(format!("hash '{hash}': {e}"))).at(span))?;
+    Ok(Value::string(match to.as_str() {
+        "base16" => h.to_base16(),
+        "nix32" | "base32" => h.to_nix32(),
+        "base64" => h.to_base64(),
+        "sri" => h.to_sri(),
+        other => {
+            return Err(EvalError::new(ErrorKind::Other(format!(
+                "unknown hash format '{other}', expected 'base16', 'nix32', 'base32', 'base64' or 'sri'"
+            )))
+            .at(span))
+        }
+    }))
 }
 
 pub(crate) fn compare_versions(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {

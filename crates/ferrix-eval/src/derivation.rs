@@ -551,6 +551,23 @@ pub(crate) fn read_dir(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Va
     Ok(Value::attrs(Attrs::from_unsorted(entries)))
 }
 
+/// `readFileType path`: what `path` itself is (a symlink is not followed).
+pub(crate) fn read_file_type(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let p = real_path(ev, &a[0], span)?;
+    let meta = std::fs::symlink_metadata(&p)
+        .map_err(|e| other(format!("reading '{}': {e}", p.display()), span))?;
+    let t = meta.file_type();
+    Ok(Value::string(if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symlink"
+    } else if t.is_file() {
+        "regular"
+    } else {
+        "unknown"
+    }))
+}
+
 /// `toFile name text`: a text file in the store, referring to the paths in `text`'s
 /// context.
 pub(crate) fn to_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {

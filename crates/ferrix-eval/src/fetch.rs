@@ -256,6 +256,48 @@ pub(crate) fn discard_output_dependency(
     })))
 }
 
+/// `addDrvOutputDependencies s`: the one derivation `s` refers to, as a path, made to
+/// refer to all its outputs (what `drvPath` refers to), the reverse of
+/// `unsafeDiscardOutputDependency`.
+pub(crate) fn add_drv_output_dependencies(
+    ev: &mut Evaluator,
+    a: &[Value],
+    span: Span,
+) -> Result<Value> {
+    let s = ev.expect_string(&a[0], span)?;
+    let elems: Vec<&ContextElem> = s.context.0.iter().collect();
+    let drv = match elems.as_slice() {
+        [ContextElem::Plain(p)] if p.ends_with(".drv") => p.clone(),
+        [ContextElem::AllOutputs(_)] => return Ok(Value::String(s.clone())),
+        [ContextElem::Plain(p)] => {
+            return Err(other(
+                format!("path '{p}' is not a derivation, so its outputs cannot be depended on"),
+                span,
+            ))
+        }
+        [ContextElem::Output { drv, output }] => {
+            return Err(other(
+                format!("'{drv}^{output}' is an output of a derivation, not the derivation itself"),
+                span,
+            ))
+        }
+        _ => {
+            return Err(other(
+                format!(
+                    "context of string '{}' must have exactly one element, but has {}",
+                    s.s,
+                    elems.len()
+                ),
+                span,
+            ))
+        }
+    };
+    Ok(Value::String(Rc::new(NixString {
+        s: s.s.clone(),
+        context: Context([ContextElem::AllOutputs(drv)].into_iter().collect()),
+    })))
+}
+
 /// `appendContext s ctx`: `s` referring also to what `ctx` (as `getContext` gives it)
 /// names.
 pub(crate) fn append_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {

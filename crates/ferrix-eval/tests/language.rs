@@ -184,3 +184,51 @@ proptest! {
         let _ = eval_with(settings, &text);
     }
 }
+
+/// Builtins newer than Nix 2.8, which the tests against it cannot cover.
+#[test]
+fn builtins_of_current_nix() {
+    let empty = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+    assert_eq!(
+        eval(&format!(
+            "map (f: builtins.convertHash {{ hash = \"{empty}\"; toHashFormat = f; }}) [ \"base16\" \"nix32\" \"base32\" \"base64\" \"sri\" ]"
+        ))
+        .unwrap(),
+        "[ \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\" \
+         \"0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\" \
+         \"0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\" \
+         \"47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\" \"sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\" ]"
+    );
+    assert_eq!(
+        eval("builtins.convertHash { hash = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"; hashAlgo = \"sha256\"; toHashFormat = \"sri\"; }")
+            .unwrap(),
+        format!("\"{empty}\"")
+    );
+    assert!(eval("builtins.convertHash { hash = \"x\"; toHashFormat = \"sri\"; }").is_err());
+    let d = tempfile_dir();
+    std::fs::create_dir_all(d.join("dir")).unwrap();
+    std::fs::write(d.join("file"), "x").unwrap();
+    std::os::unix::fs::symlink("file", d.join("link")).unwrap();
+    let e = format!(
+        "map builtins.readFileType [ {0}/dir {0}/file {0}/link ]",
+        d.display()
+    );
+    assert_eq!(
+        eval(&e).unwrap(),
+        "[ \"directory\" \"regular\" \"symlink\" ]"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+    assert_eq!(
+        eval("builtins.break 1 + builtins.traceVerbose \"not shown\" 2").unwrap(),
+        "3"
+    );
+    let drv = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a.drv";
+    assert_eq!(
+        eval(&format!(
+            "builtins.getContext (builtins.addDrvOutputDependencies (builtins.appendContext \"x\" {{ \"{drv}\" = {{ path = true; }}; }}))"
+        ))
+        .unwrap(),
+        format!("{{ \"{drv}\" = {{ allOutputs = true; }}; }}")
+    );
+    assert!(eval("builtins.addDrvOutputDependencies \"no context\"").is_err());
+}
