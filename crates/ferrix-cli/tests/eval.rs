@@ -408,6 +408,78 @@ fn xml_and_parse_output_match_real_nix() {
     );
 }
 
+/// `fetchGit` of a local repository: a clean tree at HEAD, an older revision, a ref, and a
+/// dirty working tree (its tracked files as they are), each as real Nix gives it.
+#[test]
+fn fetch_git_reads_local_repositories_as_nix_does() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("d")).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.email=t@example.org", "-c", "user.name=t"])
+            .args(args)
+            .env("GIT_COMMITTER_DATE", "2020-01-02T03:04:05Z")
+            .env("GIT_AUTHOR_DATE", "2020-01-02T03:04:05Z")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("a"), "hello\n").unwrap();
+    std::fs::write(repo.join("d/b"), "x\n").unwrap();
+    std::fs::write(repo.join("untracked"), "u\n").unwrap();
+    git(&["add", "a", "d"]);
+    git(&["commit", "-qm", "one"]);
+    let first = git(&["rev-parse", "HEAD"]);
+    std::fs::write(repo.join("a"), "hello again\n").unwrap();
+    git(&["commit", "-qam", "two"]);
+    let r = repo.display();
+    let same = |e: &str| {
+        let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", e]);
+        assert!(theirs.status.success(), "{theirs:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{e}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        (theirs, ours)
+    };
+    same(&format!("builtins.fetchGit {r}"));
+    same(&format!(
+        "builtins.fetchGit {{ url = \"file://{r}\"; rev = \"{first}\"; }}"
+    ));
+    same(&format!(
+        "builtins.fetchGit {{ url = {r}; ref = \"main\"; name = \"n\"; }}"
+    ));
+    same(&format!("builtins.readDir (builtins.fetchGit {r})"));
+    // Dirty: a changed file and a new tracked symlink are taken, the untracked file not.
+    std::fs::write(repo.join("a"), "changed\n").unwrap();
+    std::os::unix::fs::symlink("a", repo.join("l")).unwrap();
+    git(&["add", "l"]);
+    let (_, ours) = same(&format!("builtins.fetchGit {r}"));
+    assert!(String::from_utf8_lossy(&ours.stderr).contains("is dirty"));
+    same(&format!("builtins.readDir (builtins.fetchGit {r})"));
+    // What cannot be fetched without a network says so.
+    let (_, ours) = both(
+        &nix,
+        &links,
+        &[
+            "--eval",
+            "-E",
+            "builtins.fetchGit \"https://example.org/r.git\"",
+        ],
+    );
+    assert_eq!(ours.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ours.stderr).contains("only local repositories"));
+}
+
 /// `nix-instantiate --eval` computes store paths without writing anything, as Nix does:
 /// derivations (and what depends on them), `toFile`, sources copied by interpolation,
 /// `builtins.path` and `filterSource`. Both print the same paths, the store stays empty, and

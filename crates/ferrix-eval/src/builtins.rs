@@ -45,6 +45,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "div" / 2 => |ev, a, s| arith(ev, BinOp::Div, a, s),
     "elem" / 2 => elem,
     "elemAt" / 2 => elem_at,
+    "fetchGit" / 1 => crate::git::fetch_git,
     "fetchTarball" / 1 => crate::fetch::fetch_tarball,
     "fetchurl" / 1 => crate::fetch::fetchurl,
     "filter" / 2 => filter,

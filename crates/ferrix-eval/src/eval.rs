@@ -56,6 +56,8 @@ pub struct EvalSettings {
     pub cwd: String,
     /// Where scratch copies go (`filterSource`).
     pub tmp_dir: PathBuf,
+    /// The `git` program `fetchGit` runs.
+    pub git: PathBuf,
 }
 
 impl Default for EvalSettings {
@@ -69,6 +71,7 @@ impl Default for EvalSettings {
             env: HashMap::new(),
             cwd: "/".into(),
             tmp_dir: PathBuf::from("/tmp"),
+            git: PathBuf::from("git"),
         }
     }
 }
@@ -93,6 +96,8 @@ pub struct Evaluator {
     pub(crate) copied: HashMap<String, ferrix_format::StorePath>,
     /// Files imported so far, and their values.
     pub(crate) imported: HashMap<PathBuf, Value>,
+    /// What fetchers gave so far, by what they were asked.
+    pub(crate) fetched: HashMap<String, Value>,
     /// Regular expressions compiled so far.
     pub(crate) regexes: crate::regex::Cache,
     /// What builds the outputs an expression reads, if anything may be built.
@@ -121,6 +126,7 @@ impl Evaluator {
             store,
             copied: HashMap::new(),
             imported: HashMap::new(),
+            fetched: HashMap::new(),
             regexes: Default::default(),
             realiser: None,
         };

@@ -7,6 +7,7 @@ mod derivation;
 mod error;
 mod eval;
 mod fetch;
+mod git;
 mod json;
 mod ops;
 mod print;

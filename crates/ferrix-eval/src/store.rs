@@ -54,6 +54,12 @@ pub trait EvalStore {
     /// `p` and everything it refers to, directly or not.
     fn closure(&self, p: &StorePath) -> Result<BTreeSet<StorePath>, StoreError>;
 
+    /// A tree a fetcher made (`fetchGit`), added as a source: written even when other
+    /// paths are only computed, as Nix's fetchers do, since what is fetched is read next.
+    fn add_fetched(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        self.add_source(path, name)
+    }
+
     /// Whether paths are only computed, never written (nothing can be built then).
     fn is_read_only(&self) -> bool {
         false
@@ -269,6 +275,11 @@ impl EvalStore for ReadOnlyStore {
             todo.extend(refs);
         }
         Ok(out)
+    }
+
+    fn add_fetched(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        self.store
+            .add_path(path, name, FileIngestionMethod::Recursive, HashAlgo::Sha256)
     }
 
     fn is_read_only(&self) -> bool {
