@@ -585,6 +585,15 @@ fn evaluation_alone_writes_nothing() {
     let err = String::from_utf8_lossy(&ours.stderr);
     assert!(err.contains("read-only mode"), "{err}");
     assert_eq!(listing(), written);
+    // Fetchers write what they fetch, since it is read next (as Nix's do).
+    // Ours first, so that what it reads is what it wrote.
+    let e = format!("builtins.readFile (builtins.fetchurl file://{src}/sub/b)");
+    let mut c = links.cmd("nix-instantiate");
+    nix.isolate(&mut c);
+    let ours = common::ok(c.args(["--eval", "-E", &e]));
+    assert_eq!(String::from_utf8_lossy(&ours), "\"b\\n\"\n");
+    let theirs = common::ok(nix.cmd("nix-instantiate").args(["--eval", "-E", &e]));
+    assert_eq!(ours, theirs);
 }
 
 /// `--add-root`: each derivation gets a root (`r`, `r-2`, …) and its link is printed

@@ -87,7 +87,7 @@ pub(crate) fn fetchurl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Va
     let file = local(&url, span)?;
     let store = ev.store().map_err(|e| e.at(span))?;
     let p = store
-        .add_flat(&file, &name)
+        .add_fetched_file(&file, &name)
         .map_err(|e| EvalError::store(e).at(span))?;
     store_string(ev, &p, span)
 }
@@ -109,7 +109,7 @@ pub(crate) fn fetch_tarball(ev: &mut Evaluator, a: &[Value], span: Span) -> Resu
     };
     let store = ev.store().map_err(|e| e.at(span))?;
     let p = store
-        .add_source(&root, &name)
+        .add_fetched(&root, &name)
         .map_err(|e| EvalError::store(e).at(span))?;
     store_string(ev, &p, span)
 }

@@ -60,6 +60,11 @@ pub trait EvalStore {
         self.add_source(path, name)
     }
 
+    /// A file a fetcher got (`fetchurl`), added flat; written as [`Self::add_fetched`] is.
+    fn add_fetched_file(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        self.add_flat(path, name)
+    }
+
     /// Whether paths are only computed, never written (nothing can be built then).
     fn is_read_only(&self) -> bool {
         false
@@ -280,6 +285,11 @@ impl EvalStore for ReadOnlyStore {
     fn add_fetched(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
         self.store
             .add_path(path, name, FileIngestionMethod::Recursive, HashAlgo::Sha256)
+    }
+
+    fn add_fetched_file(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        self.store
+            .add_path(path, name, FileIngestionMethod::Flat, HashAlgo::Sha256)
     }
 
     fn is_read_only(&self) -> bool {
