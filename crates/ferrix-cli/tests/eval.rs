@@ -480,6 +480,58 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
     assert!(String::from_utf8_lossy(&ours.stderr).contains("only local repositories"));
 }
 
+/// `ferrix instantiate` writes and prints what `nix-instantiate` does, for an expression,
+/// a file's attributes, and with `--add-root`.
+#[test]
+fn ferrix_instantiate_matches_nix_instantiate() {
+    let Some(nix) = Nix::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.nix");
+    std::fs::write(
+        &file,
+        "{ n ? \"x\" }: let d = name: derivation { inherit name; system = \"x\"; builder = \"/bin/sh\"; outputs = [ \"out\" \"lib\" ]; }; in { a = d n; b = (d \"b\").lib; }\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let e = "derivation { name = \"i\"; system = \"x\"; builder = \"/bin/sh\"; }";
+    for (ours, theirs) in [
+        (vec!["--expr", e], vec!["-E", e]),
+        (vec!["-f", f, "a", "b"], vec![f, "-A", "a", "-A", "b"]),
+        (
+            vec!["-f", f, "a", "--argstr", "n", "given"],
+            vec![f, "-A", "a", "--argstr", "n", "given"],
+        ),
+    ] {
+        let mut c = common::ferrix();
+        nix.isolate(&mut c);
+        let ours_out = common::ok(c.arg("instantiate").args(&ours));
+        let theirs_out = common::ok(nix.cmd("nix-instantiate").args(&theirs));
+        assert_eq!(
+            String::from_utf8_lossy(&ours_out),
+            String::from_utf8_lossy(&theirs_out),
+            "{ours:?}"
+        );
+    }
+    let root = dir.path().join("root");
+    let mut c = common::ferrix();
+    nix.isolate(&mut c);
+    let out = common::ok(c.args([
+        "instantiate",
+        "-f",
+        f,
+        "a",
+        "b",
+        "--add-root",
+        root.to_str().unwrap(),
+    ]));
+    let r = root.display();
+    assert_eq!(String::from_utf8_lossy(&out), format!("{r}\n{r}-2!lib\n"));
+    assert!(std::fs::read_link(&root)
+        .unwrap()
+        .to_string_lossy()
+        .ends_with("-x.drv"));
+}
+
 /// `nix-instantiate --eval` computes store paths without writing anything, as Nix does:
 /// derivations (and what depends on them), `toFile`, sources copied by interpolation,
 /// `builtins.path` and `filterSource`. Both print the same paths, the store stays empty, and

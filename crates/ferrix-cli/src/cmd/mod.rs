@@ -6,6 +6,7 @@ mod derivation;
 mod eval;
 mod hash;
 mod install_links;
+mod instantiate;
 mod key;
 mod log;
 mod machines;
@@ -85,6 +86,8 @@ enum Command {
     Log(log::Args),
     /// Evaluate a Nix expression and print its value.
     Eval(eval::Args),
+    /// Write the derivations a Nix expression holds to the store and print their paths.
+    Instantiate(instantiate::Args),
     /// Evaluate Nix expressions interactively.
     Repl(repl::Args),
     /// Copy closures to or from a machine (ssh://).
@@ -139,6 +142,7 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Log(a) => log::run(a, &settings, shell)?,
         Command::Eval(a) => return eval::run(a, &settings, shell),
         Command::Repl(a) => return repl::run(a, &settings, shell),
+        Command::Instantiate(a) => return instantiate::run(a, &settings, shell),
         Command::Copy(a) => copy::run(a, &settings, shell)?,
         Command::Machines => machines::run(&settings, shell)?,
         Command::ServeCache(a) => serve_cache::run(a, &settings, shell)?,

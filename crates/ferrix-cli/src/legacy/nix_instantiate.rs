@@ -113,7 +113,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
 /// The `n`th root of a run at `root` (`root`, `root-2`, …) for the derivation `line` names
 /// (`path` or `path!output`): the link's path (with the output), as Nix prints it instead
 /// of the derivation's.
-fn add_root_for(
+pub(crate) fn add_root_for(
     store: &ferrix_store::LocalStore,
     line: &str,
     root: &str,
