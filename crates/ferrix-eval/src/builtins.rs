@@ -271,11 +271,12 @@ fn try_eval(ev: &mut Evaluator, a: &[Value], _span: Span) -> Result<Value> {
 
 fn head(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[0], span)?;
-    l.first().cloned().ok_or_else(|| {
-        EvalError::new(ErrorKind::Other(
+    if l.is_empty() {
+        return Err(EvalError::new(ErrorKind::Other(
             "'builtins.head' called on an empty list".into(),
-        ))
-    })
+        )));
+    }
+    ev.force_elem(&l, 0)
 }
 
 fn tail(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
@@ -285,7 +286,7 @@ fn tail(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
             "'builtins.tail' called on an empty list".into(),
         )));
     }
-    Ok(Value::List(l[1..].into()))
+    Ok(Value::List(l.tail_from(1)))
 }
 
 fn elem_at(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
@@ -293,14 +294,16 @@ fn elem_at(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let i = ev.expect_int(&a[1], span)?;
     usize::try_from(i)
         .ok()
-        .and_then(|i| l.get(i).cloned())
+        .filter(|i| *i < l.len())
         .ok_or_else(|| EvalError::new(ErrorKind::Other(format!("list index {i} is out of bounds"))))
+        .and_then(|i| ev.force_elem(&l, i))
 }
 
 fn elem(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
-    for x in l.iter() {
-        if ev.equal(&a[0], x)? {
+    for i in 0..l.len() {
+        let x = ev.force_elem(&l, i)?;
+        if ev.equal(&a[0], &x)? {
             return Ok(Value::Bool(true));
         }
     }
@@ -310,8 +313,8 @@ fn elem(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
     Ok(Value::List(
-        l.iter()
-            .map(|x| Thunk::apply(a[0].clone(), x.clone()))
+        (0..l.len())
+            .map(|i| Thunk::apply(a[0].clone(), l.settled(i)))
             .collect(),
     ))
 }
@@ -319,10 +322,10 @@ fn map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
     let mut out = Vec::new();
-    for x in l.iter() {
-        let keep = ev.apply(a[0].clone(), x.clone(), span)?;
+    for i in 0..l.len() {
+        let keep = ev.apply(a[0].clone(), l.get(i).unwrap_or_default(), span)?;
         if ev.expect_bool(&keep, span)? {
-            out.push(x.clone());
+            out.push(l.settled(i));
         }
     }
     Ok(Value::List(out.into()))
@@ -331,17 +334,19 @@ fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[2], span)?;
     let mut acc = a[1].clone();
-    for x in l.iter() {
+    for i in 0..l.len() {
         let partial = ev.apply(a[0].clone(), acc, span)?;
-        acc = ev.apply(partial, x.clone(), span)?;
+        acc = ev.apply(partial, l.get(i).unwrap_or_default(), span)?;
+        l.settled(i);
     }
     ev.force(&acc)
 }
 
 fn any_all(ev: &mut Evaluator, a: &[Value], span: Span, any: bool) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
-    for x in l.iter() {
-        let r = ev.apply(a[0].clone(), x.clone(), span)?;
+    for i in 0..l.len() {
+        let r = ev.apply(a[0].clone(), l.get(i).unwrap_or_default(), span)?;
+        l.settled(i);
         if ev.expect_bool(&r, span)? == any {
             return Ok(Value::Bool(any));
         }
@@ -366,8 +371,9 @@ fn gen_list(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn concat_lists(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let ls = ev.expect_list(&a[0], span)?;
     let mut out = Vec::new();
-    for l in ls.iter() {
-        out.extend(ev.expect_list(l, span)?.iter().cloned());
+    for i in 0..ls.len() {
+        let l = ev.force_elem(&ls, i)?;
+        out.extend(ev.expect_list(&l, span)?.iter());
     }
     Ok(Value::List(out.into()))
 }
@@ -376,8 +382,8 @@ fn concat_map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let ls = ev.expect_list(&a[1], span)?;
     let mut out = Vec::new();
     for x in ls.iter() {
-        let r = ev.apply(a[0].clone(), x.clone(), span)?;
-        out.extend(ev.expect_list(&r, span)?.iter().cloned());
+        let r = ev.apply(a[0].clone(), x, span)?;
+        out.extend(ev.expect_list(&r, span)?.iter());
     }
     Ok(Value::List(out.into()))
 }
@@ -423,7 +429,7 @@ fn remove_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let names = ev.expect_list(&a[1], span)?;
     let mut gone = Vec::new();
     for n in names.iter() {
-        gone.push(Sym::intern(&ev.expect_string(n, span)?.s));
+        gone.push(Sym::intern(&ev.expect_string(&n, span)?.s));
     }
     Ok(Value::attrs(Attrs::from_sorted(
         s.iter()
@@ -448,8 +454,9 @@ fn cat_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let name = Sym::intern(&ev.expect_string(&a[0], span)?.s);
     let l = ev.expect_list(&a[1], span)?;
     let mut out = Vec::new();
-    for x in l.iter() {
-        if let Some(v) = ev.expect_attrs(x, span)?.get(name) {
+    for i in 0..l.len() {
+        let x = ev.force_elem(&l, i)?;
+        if let Some(v) = ev.expect_attrs(&x, span)?.get(name) {
             out.push(v.clone());
         }
     }
@@ -461,8 +468,9 @@ fn list_to_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let (name_s, value_s) = (Sym::intern("name"), Sym::intern("value"));
     let mut entries: Vec<(Sym, Value)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for x in l.iter() {
-        let item = ev.expect_attrs(x, span)?;
+    for i in 0..l.len() {
+        let x = ev.force_elem(&l, i)?;
+        let item = ev.expect_attrs(&x, span)?;
         let name = item.get(name_s).cloned().ok_or_else(|| {
             EvalError::new(ErrorKind::MissingAttr {
                 name: "name".into(),
@@ -521,11 +529,12 @@ fn concat_strings_sep(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
         s: String::new(),
         context: sep.context.clone(),
     };
-    for (i, x) in l.iter().enumerate() {
+    for i in 0..l.len() {
         if i > 0 {
             out.s.push_str(&sep.s);
         }
-        let s = ev.coerce_to_string(x, Coerce::Interp, span)?;
+        let x = ev.force_elem(&l, i)?;
+        let s = ev.coerce_to_string(&x, Coerce::Interp, span)?;
         out.s.push_str(&s.s);
         out.context.extend(&s.context);
     }
@@ -565,7 +574,7 @@ fn replace_strings(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value>
     }
     let mut pats = Vec::new();
     for f in from.iter() {
-        pats.push(ev.expect_string(f, span)?);
+        pats.push(ev.expect_string(&f, span)?);
     }
     let s = ev.expect_string(&a[2], span)?;
     let mut out = NixString {
@@ -581,7 +590,7 @@ fn replace_strings(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value>
         for (k, p) in pats.iter().enumerate() {
             if text[i..].starts_with(p.s.as_str()) {
                 if reps[k].is_none() {
-                    reps[k] = Some(ev.expect_string(&to[k], span)?);
+                    reps[k] = Some(ev.expect_string(&to.get(k).unwrap_or_default(), span)?);
                 }
                 let r = reps[k].as_ref().expect("just set");
                 out.s.push_str(&r.s);
@@ -731,7 +740,7 @@ pub(crate) fn zip_attrs_with(ev: &mut Evaluator, a: &[Value], span: Span) -> Res
     let mut by_name: Vec<(Sym, Vec<Value>)> = Vec::new();
     let mut index: std::collections::HashMap<Sym, usize> = std::collections::HashMap::new();
     for s in sets.iter() {
-        let s = ev.expect_attrs(s, span)?;
+        let s = ev.expect_attrs(&s, span)?;
         for (k, v) in s.iter() {
             match index.get(k) {
                 Some(&i) => by_name[i].1.push(v.clone()),
@@ -763,7 +772,7 @@ pub(crate) fn generic_closure(ev: &mut Evaluator, a: &[Value], span: Span) -> Re
     let start = get("startSet")?;
     let op = get("operator")?;
     let mut todo: std::collections::VecDeque<Value> =
-        ev.expect_list(&start, span)?.iter().cloned().collect();
+        ev.expect_list(&start, span)?.iter().collect();
     let mut keys: Vec<Value> = Vec::new();
     let mut simple_keys: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut out = Vec::new();
@@ -805,7 +814,7 @@ pub(crate) fn generic_closure(ev: &mut Evaluator, a: &[Value], span: Span) -> Re
         }
         out.push(item.clone());
         let next = ev.apply(op.clone(), item, span)?;
-        todo.extend(ev.expect_list(&next, span)?.iter().cloned());
+        todo.extend(ev.expect_list(&next, span)?.iter());
     }
     Ok(Value::List(out.into()))
 }

@@ -72,8 +72,10 @@ impl Evaluator {
                 }
                 Value::List(l) => {
                     let i: usize = part.parse().map_err(|_| missing())?;
-                    let x = l.get(i).cloned().ok_or_else(missing)?;
-                    self.force(&x)?
+                    if i >= l.len() {
+                        return Err(missing());
+                    }
+                    self.force_elem(&l, i)?
                 }
                 other => {
                     return Err(EvalError::new(ErrorKind::Other(format!(
@@ -140,7 +142,7 @@ impl Evaluator {
             }
             Value::List(items) if top => {
                 for x in items.iter() {
-                    self.derivations_in(x, out, false)?;
+                    self.derivations_in(&x, out, false)?;
                 }
                 Ok(())
             }

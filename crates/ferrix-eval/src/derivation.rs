@@ -124,7 +124,7 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
             let list = ev.expect_list(&v, span).map_err(in_attr)?;
             for item in list.iter() {
                 let s = ev
-                    .coerce_to_string(item, Coerce::Derivation, span)
+                    .coerce_to_string(&item, Coerce::Derivation, span)
                     .map_err(in_attr)?;
                 context.extend(&s.context);
                 drv.args.push(s.s.clone());
@@ -167,7 +167,7 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
                 let list = ev.expect_list(&v, span).map_err(in_attr)?;
                 outputs.clear();
                 for o in list.iter() {
-                    let o = ev.expect_string(o, span)?.s.clone();
+                    let o = ev.expect_string(&o, span)?.s.clone();
                     if o == "drv" {
                         return Err(other("invalid derivation output name 'drv'".into(), span));
                     }
@@ -356,7 +356,7 @@ pub(crate) fn find_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
     let entries = ev.expect_list(&a[0], span)?;
     let name = ev.expect_string(&a[1], span)?.s.clone();
     for e in entries.iter() {
-        let e = ev.expect_attrs(e, span)?;
+        let e = ev.expect_attrs(&e, span)?;
         let prefix = match e.get(Sym::intern("prefix")) {
             Some(p) => ev.expect_string(p, span)?.s.clone(),
             None => String::new(),

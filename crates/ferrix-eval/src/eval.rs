@@ -244,6 +244,19 @@ impl Evaluator {
         }
     }
 
+    /// Element `i` of `l`, forced; the list keeps the value in place of the thunk.
+    pub(crate) fn force_elem(&mut self, l: &crate::value::List, i: usize) -> Result<Value> {
+        match l.get(i) {
+            Some(Value::Thunk(t)) => {
+                let v = self.force_thunk(&t)?;
+                l.set_forced(i, &v);
+                Ok(v)
+            }
+            Some(v) => Ok(v),
+            None => Ok(Value::Null),
+        }
+    }
+
     fn force_thunk(&mut self, t: &Rc<Thunk>) -> Result<Value> {
         // The state is moved out while the thunk is forced (so its expression and frame are
         // not cloned), and put back if forcing fails; meanwhile the thunk is a blackhole.
@@ -787,8 +800,8 @@ impl Evaluator {
                 if !seen.insert(items.as_ptr() as usize) {
                     return Ok(());
                 }
-                for i in items.iter() {
-                    let i = self.force(i)?;
+                for i in 0..items.len() {
+                    let i = self.force_elem(&items, i)?;
                     self.deep_force_inner(&i, seen)?;
                 }
             }

@@ -325,7 +325,7 @@ pub(crate) fn append_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Res
         if let Some(outs) = info.get(Sym::intern("outputs")) {
             let outs = outs.clone();
             for o in ev.expect_list(&outs, span)?.iter() {
-                let o = ev.expect_string(o, span)?;
+                let o = ev.expect_string(&o, span)?;
                 context.0.insert(ContextElem::Output {
                     drv: path.clone(),
                     output: o.s.as_str().into(),

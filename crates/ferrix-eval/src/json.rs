@@ -56,7 +56,7 @@ pub(crate) fn write(
                 if i > 0 {
                     out.push(',');
                 }
-                write(ev, x, out, ctx, span)?;
+                write(ev, &x, out, ctx, span)?;
             }
             out.push(']');
         }

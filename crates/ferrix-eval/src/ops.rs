@@ -32,7 +32,7 @@ impl Evaluator {
             BinOp::Concat => {
                 let x = self.expect_list(a, span)?;
                 let y = self.expect_list(b, span)?;
-                Ok(Value::List(x.iter().chain(y.iter()).cloned().collect()))
+                Ok(Value::List(x.iter().chain(y.iter()).collect()))
             }
             BinOp::Update => {
                 let x = self.expect_attrs(a, span)?;
@@ -150,7 +150,7 @@ impl Evaluator {
                     return Ok(false);
                 }
                 for (p, q) in x.iter().zip(y.iter()) {
-                    if !self.equal_elems(p, q)? {
+                    if !self.equal_elems(&p, &q)? {
                         return Ok(false);
                     }
                 }
@@ -212,10 +212,10 @@ impl Evaluator {
             (Value::List(x), Value::List(y)) => {
                 for (p, q) in x.iter().zip(y.iter()) {
                     // Equal elements are skipped; the first that differs decides.
-                    if self.equal_elems(p, q)? {
+                    if self.equal_elems(&p, &q)? {
                         continue;
                     }
-                    return self.compare(p, q, span);
+                    return self.compare(&p, &q, span);
                 }
                 Ok(x.len().cmp(&y.len()))
             }
@@ -270,7 +270,7 @@ impl Evaluator {
                     context: Context::default(),
                 };
                 for (i, item) in items.iter().enumerate() {
-                    let s = self.coerce_to_string(item, how, span)?;
+                    let s = self.coerce_to_string(&item, how, span)?;
                     if i > 0 {
                         out.s.push(' ');
                     }

@@ -52,7 +52,7 @@ pub fn print_shallow(ev: &mut Evaluator, v: &Value) -> Result<String, EvalError>
             out.push('[');
             for x in items.iter() {
                 out.push(' ');
-                child(ev, &mut out, x)?;
+                child(ev, &mut out, &x)?;
             }
             out.push_str(" ]");
         }
@@ -104,7 +104,7 @@ fn write_slot(out: &mut String, v: &Value, seen: &mut HashSet<usize>, slot: Opti
             out.push('[');
             for i in items.iter() {
                 out.push(' ');
-                write_value(out, i, seen);
+                write_value(out, &i, seen);
             }
             out.push_str(" ]");
         }

@@ -25,9 +25,26 @@ pub enum Value {
     Thunk(Rc<Thunk>),
 }
 
-/// A list's elements, shared (a thin pointer, so that a value stays two words).
+/// A list's elements, shared (a thin pointer, so that a value stays two words). An element
+/// that is a thunk is replaced by its value once forced through the list
+/// ([`crate::eval::Evaluator::force_elem`]), as Nix updates its values in place, so that
+/// the thunk can be freed; elements are cells for that, and are read as owned values.
 #[derive(Clone, Default)]
-pub struct List(Rc<Vec<Value>>);
+pub struct List(Rc<Vec<Cell<Value>>>);
+
+impl Default for Value {
+    fn default() -> Self {
+        Value::Null
+    }
+}
+
+/// A copy of what a cell holds.
+fn peek(c: &Cell<Value>) -> Value {
+    let v = c.take();
+    let out = v.clone();
+    c.set(v);
+    out
+}
 
 impl List {
     pub fn ptr_eq(a: &List, b: &List) -> bool {
@@ -38,30 +55,75 @@ impl List {
     pub fn as_ptr(&self) -> *const () {
         Rc::as_ptr(&self.0) as *const ()
     }
-}
 
-impl std::ops::Deref for List {
-    type Target = [Value];
-    fn deref(&self) -> &[Value] {
-        &self.0
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<Value> {
+        self.0.get(i).map(peek)
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Value> + ExactSizeIterator + '_ {
+        self.0.iter().map(peek)
+    }
+
+    pub fn to_vec(&self) -> Vec<Value> {
+        self.iter().collect()
+    }
+
+    /// The elements from `from` on, as a new list.
+    pub fn tail_from(&self, from: usize) -> List {
+        self.0.get(from..).unwrap_or(&[]).iter().map(peek).collect()
+    }
+
+    /// Element `i`; one that is a thunk already forced is replaced by its value first.
+    pub(crate) fn settled(&self, i: usize) -> Value {
+        match self.get(i) {
+            Some(Value::Thunk(t)) => match t.value() {
+                Some(v) => {
+                    self.set_forced(i, &v);
+                    v
+                }
+                None => Value::Thunk(t),
+            },
+            Some(v) => v,
+            None => Value::Null,
+        }
+    }
+
+    /// Element `i`, which was a thunk, is now `v`, its value. A list stays behind its thunk:
+    /// Nix prints a list met twice as «repeated» by the value that holds it.
+    pub(crate) fn set_forced(&self, i: usize, v: &Value) {
+        if let Some(c) = self.0.get(i) {
+            if !matches!(v, Value::List(_)) {
+                let old = c.replace(v.clone());
+                debug_assert!(matches!(old, Value::Thunk(_)));
+            }
+        }
     }
 }
 
 impl FromIterator<Value> for List {
     fn from_iter<I: IntoIterator<Item = Value>>(iter: I) -> Self {
-        List(Rc::new(iter.into_iter().collect()))
+        List(Rc::new(iter.into_iter().map(Cell::new).collect()))
     }
 }
 
 impl From<Vec<Value>> for List {
     fn from(v: Vec<Value>) -> Self {
-        List(Rc::new(v))
+        v.into_iter().collect()
     }
 }
 
 impl From<&[Value]> for List {
     fn from(v: &[Value]) -> Self {
-        List(Rc::new(v.to_vec()))
+        v.iter().cloned().collect()
     }
 }
 

@@ -141,7 +141,7 @@ impl Writer {
             Value::List(items) => {
                 self.line(depth, "<list>");
                 for x in items.iter() {
-                    self.value(ev, x, depth + 1)?;
+                    self.value(ev, &x, depth + 1)?;
                 }
                 self.line(depth, "</list>");
             }
