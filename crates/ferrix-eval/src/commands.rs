@@ -75,7 +75,7 @@ impl Evaluator {
                     if i >= l.len() {
                         return Err(missing());
                     }
-                    self.force_elem(&l, i)?
+                    self.force_elem(l, i)?
                 }
                 other => {
                     return Err(EvalError::new(ErrorKind::Other(format!(

@@ -801,7 +801,7 @@ impl Evaluator {
                     return Ok(());
                 }
                 for i in 0..items.len() {
-                    let i = self.force_elem(&items, i)?;
+                    let i = self.force_elem(items, i)?;
                     self.deep_force_inner(&i, seen)?;
                 }
             }

@@ -8,8 +8,9 @@ use crate::symbol::Sym;
 use crate::syntax::{Expr, LambdaDef};
 
 /// A value; `Thunk` until forced.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub enum Value {
+    #[default]
     Null,
     Bool(bool),
     Int(i64),
@@ -31,12 +32,6 @@ pub enum Value {
 /// the thunk can be freed; elements are cells for that, and are read as owned values.
 #[derive(Clone, Default)]
 pub struct List(Rc<Vec<Cell<Value>>>);
-
-impl Default for Value {
-    fn default() -> Self {
-        Value::Null
-    }
-}
 
 /// A copy of what a cell holds.
 fn peek(c: &Cell<Value>) -> Value {
