@@ -507,14 +507,16 @@ fn function_args(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     match ev.force(&a[0])? {
         Value::Lambda(c) => match &c.def.param {
             crate::syntax::Param::Ident(_) => Ok(Value::attrs(Attrs::default())),
-            crate::syntax::Param::Formals { formals, .. } => Ok(Value::attrs(
+            crate::syntax::Param::Formals {
+                formals, positions, ..
+            } => Ok(Value::attrs(
                 Attrs::from_unsorted(
                     formals
                         .iter()
                         .map(|(n, d)| (*n, Value::Bool(d.is_some())))
                         .collect(),
                 )
-                .with_formals(c.def.clone()),
+                .with_origin(positions.clone()),
             )),
         },
         Value::PrimOp(_) | Value::PrimOpApp(_) => Ok(Value::attrs(Attrs::default())),

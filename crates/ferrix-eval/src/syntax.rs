@@ -143,8 +143,9 @@ pub enum Param {
     /// `{ a, b ? d, … } @ x`: slots are the formals in order, then the `@` name, if any.
     Formals {
         formals: Vec<(Sym, Option<Rc<Expr>>)>,
-        /// Where each formal is named (`unsafeGetAttrPos` of `functionArgs`).
-        spans: Vec<Span>,
+        /// Where each formal is named, as a set literal's positions are kept (for
+        /// `unsafeGetAttrPos` of `functionArgs`).
+        positions: Rc<AttrsDef>,
         ellipsis: bool,
         /// The `@` name, whose slot follows the formals'.
         at: Option<Sym>,
@@ -884,17 +885,24 @@ impl<'a> Lowerer<'a> {
                     })
                     .collect::<Result<Vec<_>, EvalError>>();
                 self.scopes.pop();
-                let spans = p
+                let placeholder = Rc::new(Expr::Null);
+                let mut statics: Vec<(Sym, Rc<Expr>, Span)> = p
                     .pat_entries()
-                    .map(|e| match e.ident() {
-                        Some(i) => span_of(self.source, &i),
-                        None => span,
+                    .filter_map(|e| {
+                        let i = e.ident()?;
+                        let at = span_of(self.source, &i);
+                        Some((Sym::intern(&ident_text(&i)), placeholder.clone(), at))
                     })
                     .collect();
+                statics.sort_by_key(|(s, _, _)| *s);
+                let positions = Rc::new(AttrsDef {
+                    statics,
+                    dynamics: Vec::new(),
+                });
                 (
                     Param::Formals {
                         formals: formals?,
-                        spans,
+                        positions,
                         ellipsis: p.ellipsis_token().is_some(),
                         at,
                     },

@@ -222,19 +222,10 @@ pub struct NixString {
 /// An attribute set: its values by name, sorted by symbol.
 #[derive(Debug, Clone, Default)]
 pub struct Attrs {
-    entries: Vec<(Sym, Value)>,
-    /// What it was made from, for the positions of its attributes (`unsafeGetAttrPos`);
-    /// sets made otherwise have none.
-    origin: Option<Origin>,
-}
-
-/// Where a set's attributes were written.
-#[derive(Debug, Clone)]
-enum Origin {
-    /// A set literal.
-    Literal(Rc<crate::syntax::AttrsDef>),
-    /// A function's formals (`functionArgs`).
-    Formals(Rc<crate::syntax::LambdaDef>),
+    entries: Box<[(Sym, Value)]>,
+    /// The set literal it was made from (or a function's formals), for the positions of
+    /// its attributes (`unsafeGetAttrPos`); sets made otherwise have none.
+    origin: Option<Rc<crate::syntax::AttrsDef>>,
 }
 
 impl Attrs {
@@ -250,7 +241,7 @@ impl Attrs {
             }
         }
         Self {
-            entries: out,
+            entries: out.into_boxed_slice(),
             origin: None,
         }
     }
@@ -259,39 +250,24 @@ impl Attrs {
     pub fn from_sorted(entries: Vec<(Sym, Value)>) -> Self {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
         Self {
-            entries,
+            entries: entries.into_boxed_slice(),
             origin: None,
         }
     }
 
     /// The same set, remembering the literal it was made from.
     pub fn with_origin(mut self, def: Rc<crate::syntax::AttrsDef>) -> Self {
-        self.origin = Some(Origin::Literal(def));
-        self
-    }
-
-    /// The same set, made of the formals of `def` (`functionArgs`).
-    pub fn with_formals(mut self, def: Rc<crate::syntax::LambdaDef>) -> Self {
-        self.origin = Some(Origin::Formals(def));
+        self.origin = Some(def);
         self
     }
 
     /// Where attribute `name` was defined, if known.
     pub fn position(&self, name: Sym) -> Option<crate::syntax::Span> {
-        match self.origin.as_ref()? {
-            Origin::Literal(def) => def
-                .statics
-                .binary_search_by_key(&name, |(s, _, _)| *s)
-                .ok()
-                .map(|i| def.statics[i].2),
-            Origin::Formals(def) => match &def.param {
-                crate::syntax::Param::Formals { formals, spans, .. } => formals
-                    .iter()
-                    .position(|(s, _)| *s == name)
-                    .and_then(|i| spans.get(i).copied()),
-                crate::syntax::Param::Ident(_) => None,
-            },
-        }
+        let def = self.origin.as_ref()?;
+        def.statics
+            .binary_search_by_key(&name, |(s, _, _)| *s)
+            .ok()
+            .map(|i| def.statics[i].2)
     }
 
     pub fn get(&self, name: Sym) -> Option<&Value> {
@@ -347,7 +323,7 @@ impl Attrs {
         out.extend_from_slice(&a[i..]);
         out.extend_from_slice(&b[j..]);
         Attrs {
-            entries: out,
+            entries: out.into_boxed_slice(),
             origin: None,
         }
     }
@@ -477,6 +453,8 @@ mod size {
             std::mem::size_of::<super::Value>()
         );
         assert!(std::mem::size_of::<super::Thunk>() <= 32);
+        // A set is its entries and where it came from: two words and one.
+        assert!(std::mem::size_of::<super::Attrs>() <= 24);
         // Every step of evaluation returns this: it must fit in two registers.
         assert!(
             std::mem::size_of::<Result<super::Value, crate::EvalError>>() <= 16,
