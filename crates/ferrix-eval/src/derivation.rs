@@ -198,7 +198,7 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
             return Err(other(format!("required attribute '{what}' missing"), span));
         }
     }
-    for c in &context.0 {
+    for c in context.iter() {
         let parse = |p: &str| {
             sd.parse_path(p)
                 .map_err(|e| other(format!("'{p}' in a string's context: {e}"), span))
@@ -282,7 +282,7 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
         Sym::intern("drvPath"),
         with_context(
             dp.to_string(),
-            Context([ContextElem::AllOutputs(dp.clone())].into()),
+            Context::from([ContextElem::AllOutputs(dp.clone())]),
         ),
     )];
     for (o, out) in &written.outputs {
@@ -293,13 +293,10 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
             Sym::intern(o),
             with_context(
                 sd.display(p),
-                Context(
-                    [ContextElem::Output {
-                        drv: dp.clone(),
-                        output: o.as_str().into(),
-                    }]
-                    .into(),
-                ),
+                Context::from([ContextElem::Output {
+                    drv: dp.clone(),
+                    output: o.as_str().into(),
+                }]),
             ),
         ));
     }
@@ -458,7 +455,7 @@ fn real_path(ev: &mut Evaluator, v: &Value, span: Span) -> Result<PathBuf> {
 /// Build the derivation outputs `context` names (what `path` needs to exist to be read).
 fn realise_context(ev: &mut Evaluator, context: &Context, path: &str, span: Span) -> Result<()> {
     let mut wanted = Vec::new();
-    for c in &context.0 {
+    for c in context.iter() {
         let (drv, output) = match c {
             ContextElem::Plain(_) => continue,
             ContextElem::Output { drv, output } => (drv.clone(), output.to_string()),
@@ -576,7 +573,7 @@ pub(crate) fn to_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
     let store = ev.store().map_err(|e| e.at(span))?;
     let sd = store.store_dir().clone();
     let mut refs = BTreeSet::new();
-    for c in &text.context.0 {
+    for c in text.context.iter() {
         match c {
             ContextElem::Plain(p) => {
                 refs.insert(
@@ -598,7 +595,7 @@ pub(crate) fn to_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
     let full: Rc<str> = sd.display(&p).into();
     Ok(with_context(
         full.to_string(),
-        Context([ContextElem::Plain(full)].into()),
+        Context::from([ContextElem::Plain(full)]),
     ))
 }
 
@@ -726,7 +723,7 @@ fn add_filtered(
     let full: Rc<str> = store.store_dir().display(&added).into();
     Ok(Rc::new(NixString {
         s: full.to_string(),
-        context: Context([ContextElem::Plain(full)].into()),
+        context: Context::from([ContextElem::Plain(full)]),
     }))
 }
 

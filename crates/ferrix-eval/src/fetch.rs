@@ -23,7 +23,7 @@ fn store_string(ev: &mut Evaluator, p: &ferrix_format::StorePath, span: Span) ->
     let full: Rc<str> = store.store_dir().display(p).into();
     Ok(Value::String(Rc::new(NixString {
         s: full.to_string(),
-        context: Context([ContextElem::Plain(full)].into()),
+        context: Context::from([ContextElem::Plain(full)]),
     })))
 }
 
@@ -190,7 +190,7 @@ pub(crate) fn store_path(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<
 pub(crate) fn get_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let s = ev.expect_string(&a[0], span)?;
     let mut by_path: Vec<(String, bool, bool, Vec<String>)> = Vec::new();
-    for c in &s.context.0 {
+    for c in s.context.iter() {
         let (p, path, all, out) = match c {
             ContextElem::Plain(p) => (p.to_string(), true, false, None),
             ContextElem::AllOutputs(d) => (d.to_string(), false, true, None),
@@ -240,16 +240,14 @@ pub(crate) fn discard_output_dependency(
     span: Span,
 ) -> Result<Value> {
     let s = ev.expect_string(&a[0], span)?;
-    let context = Context(
-        s.context
-            .0
-            .iter()
-            .map(|c| match c {
-                ContextElem::AllOutputs(d) => ContextElem::Plain(d.clone()),
-                c => c.clone(),
-            })
-            .collect(),
-    );
+    let context: Context = s
+        .context
+        .iter()
+        .map(|c| match c {
+            ContextElem::AllOutputs(d) => ContextElem::Plain(d.clone()),
+            c => c.clone(),
+        })
+        .collect();
     Ok(Value::String(Rc::new(NixString {
         s: s.s.clone(),
         context,
@@ -265,7 +263,7 @@ pub(crate) fn add_drv_output_dependencies(
     span: Span,
 ) -> Result<Value> {
     let s = ev.expect_string(&a[0], span)?;
-    let elems: Vec<&ContextElem> = s.context.0.iter().collect();
+    let elems: Vec<&ContextElem> = s.context.iter().collect();
     let drv = match elems.as_slice() {
         [ContextElem::Plain(p)] if p.ends_with(".drv") => p.clone(),
         [ContextElem::AllOutputs(_)] => return Ok(Value::String(s.clone())),
@@ -294,7 +292,7 @@ pub(crate) fn add_drv_output_dependencies(
     };
     Ok(Value::String(Rc::new(NixString {
         s: s.s.clone(),
-        context: Context([ContextElem::AllOutputs(drv)].into_iter().collect()),
+        context: Context::from([ContextElem::AllOutputs(drv)]),
     })))
 }
 
@@ -317,16 +315,16 @@ pub(crate) fn append_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Res
             }
         };
         if flag(ev, "path")? {
-            context.0.insert(ContextElem::Plain(path.clone()));
+            context.insert(ContextElem::Plain(path.clone()));
         }
         if flag(ev, "allOutputs")? {
-            context.0.insert(ContextElem::AllOutputs(path.clone()));
+            context.insert(ContextElem::AllOutputs(path.clone()));
         }
         if let Some(outs) = info.get(Sym::intern("outputs")) {
             let outs = outs.clone();
             for o in ev.expect_list(&outs, span)?.iter() {
                 let o = ev.expect_string(&o, span)?;
-                context.0.insert(ContextElem::Output {
+                context.insert(ContextElem::Output {
                     drv: path.clone(),
                     output: o.s.as_str().into(),
                 });

@@ -230,7 +230,7 @@ pub(crate) fn fetch_git(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
             Sym::intern("outPath"),
             Value::String(Rc::new(NixString {
                 s: out.to_string(),
-                context: Context([ContextElem::Plain(out)].into()),
+                context: Context::from([ContextElem::Plain(out)]),
             })),
         ),
         (Sym::intern("shortRev"), str_value(rev[..7].to_owned())),

@@ -302,10 +302,7 @@ impl Evaluator {
             }
         };
         let full: Rc<str> = store.store_dir().display(&sp).into();
-        let mut context = Context::default();
-        context
-            .0
-            .insert(crate::value::ContextElem::Plain(full.clone()));
+        let context = Context::from([crate::value::ContextElem::Plain(full.clone())]);
         Ok(Rc::new(NixString {
             s: full.to_string(),
             context,

@@ -188,9 +188,12 @@ impl Value {
     }
 }
 
-/// What a string refers to in the store: what `derivation` turns into its inputs.
+/// What a string refers to in the store: what `derivation` turns into its inputs. Most
+/// strings refer to nothing: then it is one null pointer, with nothing allocated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Context(pub std::collections::BTreeSet<ContextElem>);
+// Boxed: the set itself is three words, and nearly every string would carry them empty.
+#[allow(clippy::box_collection)]
+pub struct Context(Option<Box<std::collections::BTreeSet<ContextElem>>>);
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ContextElem {
@@ -204,11 +207,42 @@ pub enum ContextElem {
 
 impl Context {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.as_ref().is_none_or(|s| s.is_empty())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &ContextElem> {
+        self.0.iter().flat_map(|s| s.iter())
+    }
+
+    pub fn insert(&mut self, e: ContextElem) {
+        self.0.get_or_insert_with(Default::default).insert(e);
     }
 
     pub fn extend(&mut self, other: &Context) {
-        self.0.extend(other.0.iter().cloned());
+        for e in other.iter() {
+            self.insert(e.clone());
+        }
+    }
+}
+
+impl FromIterator<ContextElem> for Context {
+    fn from_iter<I: IntoIterator<Item = ContextElem>>(iter: I) -> Self {
+        let mut c = Context::default();
+        for e in iter {
+            c.insert(e);
+        }
+        c
+    }
+}
+
+impl<const N: usize> From<[ContextElem; N]> for Context {
+    fn from(elems: [ContextElem; N]) -> Self {
+        elems.into_iter().collect()
     }
 }
 
@@ -453,6 +487,8 @@ mod size {
             std::mem::size_of::<super::Value>()
         );
         assert!(std::mem::size_of::<super::Thunk>() <= 32);
+        // A string with its context: a string and one pointer.
+        assert!(std::mem::size_of::<super::NixString>() <= 32);
         // A set is its entries and where it came from: two words and one.
         assert!(std::mem::size_of::<super::Attrs>() <= 24);
         // Every step of evaluation returns this: it must fit in two registers.
