@@ -82,4 +82,4 @@ for label, expr in CASES:
     mem = {t: rss(t, expr) / 1024 for t in TOOLS}
     print(f"{label:52} {m['nix']:7.3f} {m['ferrix']:9.3f} {m['ferrix'] / m['nix']:9.2f} "
           f"{mem['nix']:7.0f} {mem['ferrix']:10.0f} {mem['ferrix'] / mem['nix']:8.2f}", flush=True)
-print("\ngoal (issue 13): ferrix faster than Nix (time f/n < 1) in less memory (mem f/n < 1)")
+print("\ngoal (issue 13): time f/n <= 0.5 (twice as fast as Nix) and mem f/n <= 0.7 on every case")
