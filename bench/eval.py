@@ -4,6 +4,7 @@ expressions by each, alternating, after one warm-up each; mean seconds and peak 
 RSS) of each, and the ratios. Called by bench/eval.sh; see bench/README.md."""
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,11 +38,18 @@ CASES = [
      "let ps = builtins.genList (i: derivation { name = \"p${toString i}\"; system = \"x86_64-linux\"; "
      "builder = \"/bin/sh\"; args = [ \"-c\" (if i == 0 then \"true\" else \"echo ${builtins.elemAt ps (i / 2)}\") ]; }) 2000; "
      "in ps"),
+    ("the same 2000, written into an empty store",
+     "let ps = builtins.genList (i: derivation { name = \"q${toString i}\"; system = \"x86_64-linux\"; "
+     "builder = \"/bin/sh\"; args = [ \"-c\" (if i == 0 then \"true\" else \"echo ${builtins.elemAt ps (i / 2)}\") ]; }) 2000; "
+     "in ps"),
 ]
 
 # Cases whose derivations are written (plain nix-instantiate, printing their paths); the
 # others are evaluated with --eval --strict.
-INSTANTIATE = {"instantiate 2000 derivations (each needs another)"}
+INSTANTIATE = {"instantiate 2000 derivations (each needs another)",
+               "the same 2000, written into an empty store"}
+# Cases run on an empty store each time (emptied, then synced, before the clock starts).
+FRESH = {"the same 2000, written into an empty store"}
 
 
 def args(tool, expr):
@@ -52,6 +60,9 @@ def args(tool, expr):
 
 def run(tool, expr):
     """Seconds of one evaluation, and what it printed."""
+    if expr in FRESH_EXPRS:
+        shutil.rmtree(f"{WORK}/s", ignore_errors=True)
+        os.sync()
     t = time.perf_counter()
     p = subprocess.run(args(tool, expr), env=ENV, capture_output=True, text=True)
     took = time.perf_counter() - t
@@ -62,12 +73,15 @@ def run(tool, expr):
 
 def rss(tool, expr):
     """Peak memory (KiB) of one evaluation, as /usr/bin/time measures it."""
+    if expr in FRESH_EXPRS:
+        shutil.rmtree(f"{WORK}/s", ignore_errors=True)
     out = subprocess.run(["/usr/bin/time", "-f", "%M", *args(tool, expr)],
                          env=ENV, capture_output=True, text=True)
     return int(out.stderr.strip().splitlines()[-1])
 
 
 INSTANTIATE_EXPRS = {expr for label, expr in CASES if label in INSTANTIATE}
+FRESH_EXPRS = {expr for label, expr in CASES if label in FRESH}
 print(f"{RUNS} runs each, alternating\n")
 print(f"{'case':52} {'nix s':>7} {'ferrix s':>9} {'time f/n':>9} {'nix MB':>7} {'ferrix MB':>10} {'mem f/n':>8}")
 for label, expr in CASES:

@@ -213,12 +213,14 @@ fn evaluate_once(
         output,
         read_only: mode,
     } = req;
-    let local = settings.open_store().map_err(Failure::Other)?;
-    let store: Arc<dyn EvalStore + Send + Sync> = if read_only {
-        Arc::new(ferrix_eval::ReadOnlyStore::new(Arc::new(local)))
+    let local = Arc::new(settings.open_store().map_err(Failure::Other)?);
+    // Derivations and files are written in batches at the end (or never, read-only).
+    let deferred = Arc::new(if read_only {
+        ferrix_eval::DeferredStore::read_only(local)
     } else {
-        Arc::new(local)
-    };
+        ferrix_eval::DeferredStore::writing(local)
+    });
+    let store: Arc<dyn EvalStore + Send + Sync> = deferred.clone();
     let (name, text) = (name.to_owned(), text.to_owned());
     let retry = mode == ReadOnly::Preferred && read_only;
     let for_builds = settings.clone();
@@ -252,7 +254,13 @@ fn evaluate_once(
                 Some(p) => ev.select_path(&v, p),
                 None => Ok(v),
             })
-            .and_then(|v| render(&mut ev, &v, output));
+            .and_then(|v| render(&mut ev, &v, output))
+            .and_then(|text| {
+                deferred
+                    .flush()
+                    .map_err(ferrix_eval::EvalError::store)
+                    .map(|()| text)
+            });
         rendered.map_err(|e| match e.kind {
             ferrix_eval::ErrorKind::ReadOnly { .. } if retry => Failure::NeedsWriting,
             _ => Failure::Rendered(ferrix_eval::render_error(&ev, &e)),

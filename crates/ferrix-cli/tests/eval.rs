@@ -480,6 +480,44 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
     assert!(String::from_utf8_lossy(&ours.stderr).contains("only local repositories"));
 }
 
+/// Many derivations, each needing another, are written in batches (more than one): all
+/// valid afterwards, as real Nix checks them, and at the paths real Nix computes.
+#[test]
+fn many_derivations_are_written_in_batches() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let e = "let ps = builtins.genList (i: derivation { name = \"b${toString i}\"; system = \"x\"; builder = \"/bin/sh\"; args = [ \"-c\" (if i == 0 then \"true\" else \"echo ${builtins.elemAt ps (i / 2)}\") ]; }) 2500; in ps";
+    let mut c = links.cmd("nix-instantiate");
+    nix.isolate(&mut c);
+    let ours = common::ok(c.args(["-E", e]));
+    assert_eq!(String::from_utf8_lossy(&ours).lines().count(), 2500);
+    let verify = nix
+        .cmd("nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(
+        !String::from_utf8_lossy(&verify.stderr).contains("error"),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let theirs = common::ok(nix.cmd("nix-instantiate").args(["-E", e]));
+    assert_eq!(ours, theirs);
+    // Each is a valid path of the store, with its input as a reference.
+    let last = String::from_utf8_lossy(&ours)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let refs = common::ok(nix.cmd("nix-store").args(["-q", "--references", &last]));
+    assert!(
+        String::from_utf8_lossy(&refs).contains("-b1249.drv"),
+        "{}",
+        String::from_utf8_lossy(&refs)
+    );
+}
+
 /// `ferrix instantiate` writes and prints what `nix-instantiate` does, for an expression,
 /// a file's attributes, and with `--add-root`.
 #[test]

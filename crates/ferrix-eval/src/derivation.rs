@@ -493,6 +493,8 @@ fn realise_context(ev: &mut Evaluator, context: &Context, path: &str, span: Span
         }
         return Ok(());
     }
+    // What is to be built must be in the store first.
+    store.flush().map_err(|e| EvalError::store(e).at(span))?;
     let Some(r) = &ev.realiser else {
         return Err(other(
             format!("'{path}' is a derivation's output, which reading during evaluation (import from derivation) would need built, and nothing may be built here"),

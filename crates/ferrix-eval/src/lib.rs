@@ -24,7 +24,7 @@ pub use error::{ErrorKind, EvalError};
 pub use eval::{AutoArg, Coerce, EvalSettings, Evaluator, Source};
 pub use json::to_json_text;
 pub use print::{describe_type, format_float, print, print_shallow};
-pub use store::{EvalStore, ReadOnlyStore, Realise};
+pub use store::{DeferredStore, EvalStore, Realise};
 pub use syntax::Span;
 pub use value::Value;
 pub use xml::to_xml_text;

@@ -1,6 +1,6 @@
 //! What evaluation needs of a store: its directory, and writing text files, source trees and
-//! derivations into it. The local store implements it, and [`ReadOnlyStore`] computes the
-//! same paths without writing; evaluation never builds.
+//! derivations into it. The local store implements it, and [`DeferredStore`] computes the
+//! same paths and writes them later in batches, or never; evaluation never builds.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -65,6 +65,11 @@ pub trait EvalStore {
         self.add_flat(path, name)
     }
 
+    /// Write what was kept to be written later (see [`DeferredStore`]).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether paths are only computed, never written (nothing can be built then).
     fn is_read_only(&self) -> bool {
         false
@@ -114,12 +119,20 @@ impl EvalStore for LocalStore {
     }
 }
 
-/// A store evaluation only computes paths in (`nix-instantiate --eval`, `--readonly-mode`):
-/// text files, sources and derivations get the paths writing them would give, and nothing
-/// is written. Derivations computed so far are kept here, so that ones depending on them
-/// get their output paths, and a `drvPath`'s closure is known without the store.
-pub struct ReadOnlyStore {
+/// How many text files (mostly `.drv`) a writing evaluation keeps before writing them.
+const FLUSH_EVERY: usize = 1024;
+
+/// The store an evaluation writes through, in one of two ways. *Read-only*
+/// (`nix-instantiate --eval`, `--readonly-mode`): text files, sources and derivations get
+/// the paths writing them would give, and nothing is written. *Writing*: text files and
+/// derivations are kept until [`EvalStore::flush`] writes them all in a few commits (one
+/// file system sync for thousands of `.drv` files, where writing each as it comes costs a
+/// sync each); sources are written at once. Either way the derivations computed so far are
+/// kept here, so that ones depending on them get their output paths, and a `drvPath`'s
+/// closure is known without the store.
+pub struct DeferredStore {
     store: std::sync::Arc<LocalStore>,
+    writing: bool,
     computed: std::sync::Mutex<Computed>,
 }
 
@@ -130,20 +143,36 @@ struct Computed {
     memo: HashMap<StorePath, DrvHash>,
     /// What computed text files refer to.
     refs: HashMap<StorePath, BTreeSet<StorePath>>,
+    /// Writing: the files to write, in the order they were made (inputs first), and
+    /// their paths.
+    texts: Vec<(String, Vec<u8>, BTreeSet<StorePath>)>,
+    unwritten: std::collections::HashSet<StorePath>,
 }
 
-impl std::fmt::Debug for ReadOnlyStore {
+impl std::fmt::Debug for DeferredStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadOnlyStore")
+        f.debug_struct("DeferredStore")
+            .field("writing", &self.writing)
             .field("derivations", &self.computed().drvs.len())
             .finish()
     }
 }
 
-impl ReadOnlyStore {
-    pub fn new(store: std::sync::Arc<LocalStore>) -> Self {
+impl DeferredStore {
+    /// Paths computed, nothing written.
+    pub fn read_only(store: std::sync::Arc<LocalStore>) -> Self {
         Self {
             store,
+            writing: false,
+            computed: Default::default(),
+        }
+    }
+
+    /// Text files and derivations written at [`EvalStore::flush`], sources at once.
+    pub fn writing(store: std::sync::Arc<LocalStore>) -> Self {
+        Self {
+            store,
+            writing: true,
             computed: Default::default(),
         }
     }
@@ -158,9 +187,42 @@ impl ReadOnlyStore {
             source,
         }
     }
+
+    /// Keep `text` to write at `p` (writing mode), unless the store has it already.
+    fn keep(
+        &self,
+        computed: &mut Computed,
+        p: &StorePath,
+        name: String,
+        text: Vec<u8>,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<(), StoreError> {
+        if self.writing && !computed.unwritten.contains(p) && !self.store.is_valid_path(p)? {
+            computed.unwritten.insert(p.clone());
+            computed.texts.push((name, text, refs.clone()));
+            // Not all in memory at once: a sync per thousand files is cheap enough.
+            if computed.texts.len() >= FLUSH_EVERY {
+                self.write_kept(computed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the files kept so far; the derivations among them are read from the store
+    /// from now on (their hashes stay in the memo).
+    fn write_kept(&self, computed: &mut Computed) -> Result<(), StoreError> {
+        let texts = std::mem::take(&mut computed.texts);
+        if !texts.is_empty() {
+            self.store.add_texts(&texts)?;
+        }
+        for p in computed.unwritten.drain() {
+            computed.drvs.remove(&p);
+        }
+        Ok(())
+    }
 }
 
-impl EvalStore for ReadOnlyStore {
+impl EvalStore for DeferredStore {
     fn store_dir(&self) -> &StoreDir {
         self.store.store_dir()
     }
@@ -175,11 +237,22 @@ impl EvalStore for ReadOnlyStore {
             .store_dir()
             .make_text_path(name, &Hash::sha256(text.as_bytes()), refs)
             .map_err(Self::bad_name(name))?;
-        self.computed().refs.insert(p.clone(), refs.clone());
+        let mut computed = self.computed();
+        computed.refs.insert(p.clone(), refs.clone());
+        self.keep(
+            &mut computed,
+            &p,
+            name.to_owned(),
+            text.as_bytes().to_vec(),
+            refs,
+        )?;
         Ok(p)
     }
 
     fn add_source(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        if self.writing {
+            return self.add_fetched(path, name);
+        }
         let (hash, _) =
             ferrix_format::nar::hash_path(path, HashAlgo::Sha256).map_err(|source| {
                 StoreError::Dump {
@@ -197,6 +270,9 @@ impl EvalStore for ReadOnlyStore {
     }
 
     fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        if self.writing {
+            return self.add_fetched_file(path, name);
+        }
         let io = |what| {
             move |source| StoreError::Io {
                 what,
@@ -232,6 +308,9 @@ impl EvalStore for ReadOnlyStore {
     }
 
     fn is_valid(&self, p: &StorePath) -> Result<bool, StoreError> {
+        if self.computed().unwritten.contains(p) {
+            return Ok(true);
+        }
         self.store.is_valid_path(p)
     }
 
@@ -246,7 +325,15 @@ impl EvalStore for ReadOnlyStore {
         let p = drv
             .drv_path(self.store_dir(), name)
             .map_err(Self::bad_name(name))?;
-        computed.drvs.insert(p.clone(), drv.clone());
+        // One the store has already is read from there when needed, not kept.
+        if !computed.drvs.contains_key(&p) && !self.store.is_valid_path(&p)? {
+            if self.writing {
+                let text = drv.to_aterm(self.store_dir()).into_bytes();
+                let refs = drv.references();
+                self.keep(&mut computed, &p, format!("{name}.drv"), text, &refs)?;
+            }
+            computed.drvs.insert(p.clone(), drv.clone());
+        }
         Ok((p, drv))
     }
 
@@ -292,7 +379,15 @@ impl EvalStore for ReadOnlyStore {
             .add_path(path, name, FileIngestionMethod::Flat, HashAlgo::Sha256)
     }
 
+    fn flush(&self) -> Result<(), StoreError> {
+        if !self.writing {
+            return Ok(());
+        }
+        let mut computed = self.computed();
+        self.write_kept(&mut computed)
+    }
+
     fn is_read_only(&self) -> bool {
-        true
+        !self.writing
     }
 }

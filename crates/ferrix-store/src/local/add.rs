@@ -213,6 +213,47 @@ impl LocalStore {
         Ok(p)
     }
 
+    /// Add many text files (derivations an evaluation wrote, `toFile`s) in as few commits
+    /// as they fit in: one file system sync and one transaction per batch rather than per
+    /// file. Each one's references must be valid or come before it. Returns the paths in
+    /// argument order.
+    pub fn add_texts(
+        &self,
+        items: &[(String, Vec<u8>, BTreeSet<StorePath>)],
+    ) -> Result<Vec<StorePath>> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut batched: HashSet<StorePath> = HashSet::new();
+        for (name, text, refs) in items {
+            let hash = Hash::sha256(text);
+            let p = self
+                .config
+                .store_dir
+                .make_text_path(name, &hash, refs)
+                .map_err(|source| StoreError::BadName {
+                    path: name.clone(),
+                    source,
+                })?;
+            out.push(p.clone());
+            if !batched.insert(p.clone()) {
+                continue;
+            }
+            let mut nar_bytes = Vec::with_capacity(text.len() + 128);
+            write_file_nar(&mut nar_bytes, text);
+            let staged = self.stage_own_nar(nar_bytes);
+            let mut info = ValidPathInfo::new(p, staged.nar_hash, staged.nar_size);
+            info.references = refs.clone();
+            info.ca = Some(ContentAddress::Text(hash));
+            info.ultimate = true;
+            batch.push(Pending { staged, info });
+            if batch_full(&batch) {
+                self.commit_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        self.commit_batch(batch)?;
+        Ok(out)
+    }
+
     /// Write a derivation to the store as `<name>.drv`, recording its outputs.
     pub fn add_derivation(&self, drv: &Derivation, name: &str) -> Result<StorePath> {
         let text = drv.to_aterm(&self.config.store_dir);
