@@ -441,7 +441,21 @@ async fn interrupt_stops_everything() {
     let marks2 = marks.clone();
     let trigger = tokio::spawn(async move {
         let all = tokio::task::spawn_blocking(move || {
-            (0..4).all(|i| wait_for(&marks2.join(format!("{i}.child")), Duration::from_secs(20)))
+            // `.pid` is written after `.child`: both are there, whole, once it ends in a
+            // newline.
+            let written =
+                |p: &std::path::Path| std::fs::read_to_string(p).is_ok_and(|s| s.ends_with('\n'));
+            let start = std::time::Instant::now();
+            (0..4).all(|i| {
+                let p = marks2.join(format!("{i}.pid"));
+                while !written(&p) {
+                    if start.elapsed() > Duration::from_secs(20) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                true
+            })
         })
         .await
         .unwrap();
