@@ -262,7 +262,11 @@ fn evaluate_once(
                     .map(|()| text)
             });
         rendered.map_err(|e| match e.kind {
-            ferrix_eval::ErrorKind::ReadOnly { .. } if retry => Failure::NeedsWriting,
+            ferrix_eval::ErrorKind::ReadOnly { .. } | ferrix_eval::ErrorKind::ReadOnlyPath(_)
+                if retry =>
+            {
+                Failure::NeedsWriting
+            }
             _ => Failure::Rendered(ferrix_eval::render_error(&ev, &e)),
         })
     })

@@ -684,6 +684,35 @@ fn evaluation_alone_writes_nothing() {
     assert_eq!(String::from_utf8_lossy(&ours), "\"b\\n\"\n");
     let theirs = common::ok(nix.cmd("nix-instantiate").args(["--eval", "-E", &e]));
     assert_eq!(ours, theirs);
+    // A file the evaluation made, read back: written first when writing (before the batch
+    // it waits in), evaluated again writing under `--eval` (where Nix fails), and a clear
+    // error with `--readonly-mode`.
+    let made = |n: &str| {
+        format!("let x = import (builtins.toFile \"ro-{n}.nix\" \"1 + 1\"); in derivation {{ name = \"ro-m${{toString x}}\"; system = \"x\"; builder = \"/bin/sh\"; }}")
+    };
+    let (theirs, ours) = both(&nix, &links, &["-E", &made("w")]);
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout)
+    );
+    let mut c = links.cmd("nix-instantiate");
+    nix.isolate(&mut c);
+    let out = common::ok(c.args(["--eval", "-E", &format!("({}).name", made("e"))]));
+    assert_eq!(String::from_utf8_lossy(&out), "\"ro-m2\"\n");
+    let mut c = links.cmd("nix-instantiate");
+    nix.isolate(&mut c);
+    let out = c
+        .args([
+            "--eval",
+            "--readonly-mode",
+            "-E",
+            &format!("({}).name", made("r")),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only computed in read-only mode"));
 }
 
 /// `--add-root`: each derivation gets a root (`r`, `r-2`, …) and its link is printed

@@ -457,7 +457,26 @@ fn realise_context(ev: &mut Evaluator, context: &Context, path: &str, span: Span
     let mut wanted = Vec::new();
     for c in context.iter() {
         let (drv, output) = match c {
-            ContextElem::Plain(_) => continue,
+            ContextElem::Plain(p) => {
+                // A file or source made by this evaluation: written first (it may still be
+                // kept to be written in a batch), or, read-only, not there to read.
+                let store = ev.store().map_err(|e| e.at(span))?;
+                if store.is_read_only() {
+                    let sp = store
+                        .store_dir()
+                        .parse_path(p)
+                        .map_err(|e| other(format!("'{p}': {e}"), span))?;
+                    if !store
+                        .is_valid(&sp)
+                        .map_err(|e| EvalError::store(e).at(span))?
+                    {
+                        return Err(EvalError::new(ErrorKind::ReadOnlyPath(p.to_string())).at(span));
+                    }
+                } else {
+                    store.flush().map_err(|e| EvalError::store(e).at(span))?;
+                }
+                continue;
+            }
             ContextElem::Output { drv, output } => (drv.clone(), output.to_string()),
             ContextElem::AllOutputs(drv) => (drv.clone(), "out".to_owned()),
         };

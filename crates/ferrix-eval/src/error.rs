@@ -44,6 +44,8 @@ pub enum ErrorKind {
         output: String,
         drv: String,
     },
+    #[error("'{0}' is only computed in read-only mode, not written to the store, so it cannot be read; pass --read-write-mode")]
+    ReadOnlyPath(String),
     #[error("{0}")]
     Other(String),
     #[error(transparent)]
