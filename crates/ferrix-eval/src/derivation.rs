@@ -552,18 +552,9 @@ pub(crate) fn read_dir(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Va
     for e in std::fs::read_dir(&p).map_err(io)? {
         let e = e.map_err(io)?;
         let t = e.file_type().map_err(io)?;
-        let kind = if t.is_dir() {
-            "directory"
-        } else if t.is_symlink() {
-            "symlink"
-        } else if t.is_file() {
-            "regular"
-        } else {
-            "unknown"
-        };
         entries.push((
             Sym::intern(&e.file_name().to_string_lossy()),
-            Value::string(kind),
+            Value::string(file_type_name(t)),
         ));
     }
     Ok(Value::attrs(Attrs::from_unsorted(entries)))
@@ -574,8 +565,12 @@ pub(crate) fn read_file_type(ev: &mut Evaluator, a: &[Value], span: Span) -> Res
     let p = real_path(ev, &a[0], span)?;
     let meta = std::fs::symlink_metadata(&p)
         .map_err(|e| other(format!("reading '{}': {e}", p.display()), span))?;
-    let t = meta.file_type();
-    Ok(Value::string(if t.is_dir() {
+    Ok(Value::string(file_type_name(meta.file_type())))
+}
+
+/// How `readDir` and `readFileType` name a kind of file.
+fn file_type_name(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
         "directory"
     } else if t.is_symlink() {
         "symlink"
@@ -583,7 +578,7 @@ pub(crate) fn read_file_type(ev: &mut Evaluator, a: &[Value], span: Span) -> Res
         "regular"
     } else {
         "unknown"
-    }))
+    }
 }
 
 /// `toFile name text`: a text file in the store, referring to the paths in `text`'s

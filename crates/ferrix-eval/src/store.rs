@@ -188,7 +188,7 @@ impl DeferredStore {
         }
     }
 
-    /// Keep `text` to write at `p` (writing mode), unless the store has it already.
+    /// Keep `text`, which the store lacks, to write at `p` (writing mode).
     fn keep(
         &self,
         computed: &mut Computed,
@@ -197,8 +197,7 @@ impl DeferredStore {
         text: Vec<u8>,
         refs: &BTreeSet<StorePath>,
     ) -> Result<(), StoreError> {
-        if self.writing && !computed.unwritten.contains(p) && !self.store.is_valid_path(p)? {
-            computed.unwritten.insert(p.clone());
+        if self.writing && computed.unwritten.insert(p.clone()) {
             computed.texts.push((name, text, refs.clone()));
             // Not all in memory at once: a sync per thousand files is cheap enough.
             if computed.texts.len() >= FLUSH_EVERY {
@@ -239,13 +238,10 @@ impl EvalStore for DeferredStore {
             .map_err(Self::bad_name(name))?;
         let mut computed = self.computed();
         computed.refs.insert(p.clone(), refs.clone());
-        self.keep(
-            &mut computed,
-            &p,
-            name.to_owned(),
-            text.as_bytes().to_vec(),
-            refs,
-        )?;
+        if self.writing && !computed.unwritten.contains(&p) && !self.store.is_valid_path(&p)? {
+            let text = text.as_bytes().to_vec();
+            self.keep(&mut computed, &p, name.to_owned(), text, refs)?;
+        }
         Ok(p)
     }
 
@@ -370,13 +366,11 @@ impl EvalStore for DeferredStore {
     }
 
     fn add_fetched(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
-        self.store
-            .add_path(path, name, FileIngestionMethod::Recursive, HashAlgo::Sha256)
+        EvalStore::add_source(&*self.store, path, name)
     }
 
     fn add_fetched_file(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
-        self.store
-            .add_path(path, name, FileIngestionMethod::Flat, HashAlgo::Sha256)
+        EvalStore::add_flat(&*self.store, path, name)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

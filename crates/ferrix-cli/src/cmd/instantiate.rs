@@ -12,23 +12,12 @@ use crate::shell::Shell;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The expression to instantiate.
-    #[arg(long, conflicts_with = "file")]
-    expr: Option<String>,
-    /// A file to instantiate (a directory means its default.nix; the default is ./default.nix).
-    #[arg(long, short = 'f')]
-    file: Option<PathBuf>,
+    /// The expression (`--expr`) or file (`--file`; ./default.nix without either) and the
+    /// arguments of the function it is.
+    #[command(flatten)]
+    source: super::eval::Source,
     /// The attributes of the value to instantiate (`a.b.c`); the value itself without any.
     attrs: Vec<String>,
-    /// Pass `NAME` = the value of the Nix expression `EXPR` to the function the expression is.
-    #[arg(long, num_args = 2, value_names = ["NAME", "EXPR"])]
-    arg: Vec<String>,
-    /// Pass `NAME` = the string `VALUE` to the function the expression is.
-    #[arg(long, num_args = 2, value_names = ["NAME", "VALUE"])]
-    argstr: Vec<String>,
-    /// Add a search path entry for `<name>` lookups (`-I name=dir` or `-I dir`).
-    #[arg(short = 'I')]
-    include: Vec<String>,
     /// Make each derivation a garbage collector root at PATH (PATH-2, … after the first),
     /// and print the roots rather than the derivations.
     #[arg(long, value_name = "PATH")]
@@ -36,22 +25,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
-    let input = match (args.expr, args.file) {
-        (Some(e), _) => Input::Expr(e),
-        (None, Some(f)) => Input::File(f),
-        (None, None) => Input::File(PathBuf::from(".")),
-    };
-    let mut auto_args = crate::evaluate::Args::new();
-    for pair in args.arg.chunks(2) {
-        auto_args.push((pair[0].clone(), ferrix_eval::AutoArg::Expr(pair[1].clone())));
-    }
-    for pair in args.argstr.chunks(2) {
-        auto_args.push((pair[0].clone(), ferrix_eval::AutoArg::Str(pair[1].clone())));
-    }
+    let input = args
+        .source
+        .input()
+        .unwrap_or_else(|| Input::File(PathBuf::from(".")));
+    let auto_args = args.source.auto_args();
     let attrs: Vec<Option<&str>> = if args.attrs.is_empty() {
         vec![None]
     } else {
         args.attrs.iter().map(|a| Some(a.as_str())).collect()
+    };
+    // `--add-root`: where, and the store the roots are made in (opened once).
+    let rooted = match &args.add_root {
+        Some(root) => Some((root, settings.open_store()?)),
+        None => None,
     };
     let mut roots = 0;
     for attr in attrs {
@@ -64,16 +51,15 @@ pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCod
                 output: Output::DrvPaths,
                 read_only: ReadOnly::No,
             },
-            eval_settings(&args.include, settings),
+            eval_settings(&args.source.include, settings),
             settings,
         )?;
         for line in text.lines() {
-            match &args.add_root {
-                Some(root) => {
+            match &rooted {
+                Some((root, store)) => {
                     roots += 1;
-                    let store = settings.open_store()?;
                     let link =
-                        crate::legacy::nix_instantiate::add_root_for(&store, line, root, roots)?;
+                        crate::legacy::nix_instantiate::add_root_for(store, line, root, roots)?;
                     shell.println(link)?;
                 }
                 None => shell.println(line)?,

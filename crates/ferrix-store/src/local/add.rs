@@ -189,27 +189,12 @@ impl LocalStore {
         text: &[u8],
         refs: &BTreeSet<StorePath>,
     ) -> Result<StorePath> {
-        let hash = Hash::sha256(text);
-        let p = self
-            .config
-            .store_dir
-            .make_text_path(name, &hash, refs)
-            .map_err(|source| StoreError::BadName {
-                path: name.to_owned(),
-                source,
-            })?;
+        let (p, hash) = self.text_path(name, text, refs)?;
         self.add_temp_root(&p)?;
         if self.is_valid_path(&p)? {
             return Ok(p);
         }
-        let mut nar_bytes = Vec::with_capacity(text.len() + 128);
-        write_file_nar(&mut nar_bytes, text);
-        let staged = self.stage_own_nar(nar_bytes);
-        let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
-        info.references = refs.clone();
-        info.ca = Some(ContentAddress::Text(hash));
-        info.ultimate = true;
-        self.commit_batch(vec![Pending { staged, info }])?;
+        self.commit_batch(vec![self.stage_text(&p, hash, text, refs)])?;
         Ok(p)
     }
 
@@ -225,33 +210,55 @@ impl LocalStore {
         let mut batch: Vec<Pending> = Vec::new();
         let mut batched: HashSet<StorePath> = HashSet::new();
         for (name, text, refs) in items {
-            let hash = Hash::sha256(text);
-            let p = self
-                .config
-                .store_dir
-                .make_text_path(name, &hash, refs)
-                .map_err(|source| StoreError::BadName {
-                    path: name.clone(),
-                    source,
-                })?;
+            let (p, hash) = self.text_path(name, text, refs)?;
             out.push(p.clone());
             if !batched.insert(p.clone()) {
                 continue;
             }
-            let mut nar_bytes = Vec::with_capacity(text.len() + 128);
-            write_file_nar(&mut nar_bytes, text);
-            let staged = self.stage_own_nar(nar_bytes);
-            let mut info = ValidPathInfo::new(p, staged.nar_hash, staged.nar_size);
-            info.references = refs.clone();
-            info.ca = Some(ContentAddress::Text(hash));
-            info.ultimate = true;
-            batch.push(Pending { staged, info });
+            batch.push(self.stage_text(&p, hash, text, refs));
             if batch_full(&batch) {
                 self.commit_batch(std::mem::take(&mut batch))?;
             }
         }
         self.commit_batch(batch)?;
         Ok(out)
+    }
+
+    /// Where a text file goes, and the hash of its contents.
+    fn text_path(
+        &self,
+        name: &str,
+        text: &[u8],
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<(StorePath, Hash)> {
+        let hash = Hash::sha256(text);
+        let p = self
+            .config
+            .store_dir
+            .make_text_path(name, &hash, refs)
+            .map_err(|source| StoreError::BadName {
+                path: name.to_owned(),
+                source,
+            })?;
+        Ok((p, hash))
+    }
+
+    /// A text file at `p`, staged to be committed.
+    fn stage_text(
+        &self,
+        p: &StorePath,
+        hash: Hash,
+        text: &[u8],
+        refs: &BTreeSet<StorePath>,
+    ) -> Pending {
+        let mut nar_bytes = Vec::with_capacity(text.len() + 128);
+        write_file_nar(&mut nar_bytes, text);
+        let staged = self.stage_own_nar(nar_bytes);
+        let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
+        info.references = refs.clone();
+        info.ca = Some(ContentAddress::Text(hash));
+        info.ultimate = true;
+        Pending { staged, info }
     }
 
     /// Write a derivation to the store as `<name>.drv`, recording its outputs.
