@@ -237,6 +237,52 @@ fn an_unreachable_machine_is_reported_once_and_its_work_goes_elsewhere() {
     assert!(err.contains(&format!("on '{live}'")), "{err}");
 }
 
+/// Real Nix sets a new store up racily: of several sessions started at once on a fresh
+/// machine, some can fail. They start at once all the same (waiting for the first would
+/// cost every run on a fresh machine a round trip), and one that fails is started again
+/// once the first one got in; the machine is not given up.
+#[test]
+fn sessions_that_fail_while_a_machine_sets_its_store_up_are_started_again() {
+    let Some(s) = Setup::new() else { return };
+    let drv = s.instantiate(&["n", "8", "width", "8"]);
+    let d = s.dir.path().join("racy");
+    fs::create_dir(&d).unwrap();
+    // The first session takes a while to set up; those that start meanwhile fail as
+    // Nix's do when they race it; later ones work.
+    let racy = s.dir.path().join("racy-nix-store");
+    fs::write(
+        &racy,
+        format!(
+            "#!/bin/sh
+d={d}
+             if mkdir $d/lead 2>/dev/null; then /bin/sleep 0.3; : > $d/ready; exec {p} \"$@\"; fi
+             if [ -e $d/ready ]; then exec {p} \"$@\"; fi
+             echo raced >> $d/raced
+             echo \"error: creating symlink from 'gcroots/profiles': File exists\" >&2; exit 1
+",
+            d = d.display(),
+            p = s.ferrix_store().display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&racy)
+        .status()
+        .unwrap();
+    let (uri, line) = s.machine("racy", &racy, 4);
+    let out = s.realise(&drv, "0", &[line]).output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("cannot build on"), "{err}");
+    assert_eq!(err.matches(&format!("' on '{uri}'")).count(), 9, "{err}");
+    let raced = fs::read_to_string(d.join("raced")).unwrap_or_default();
+    assert!(
+        !raced.is_empty(),
+        "no session started while the first one was setting up:\n{err}"
+    );
+}
+
 #[test]
 fn a_machine_that_dies_mid_build_loses_its_jobs_to_another() {
     let Some(s) = Setup::new() else { return };

@@ -66,11 +66,28 @@ struct Remote {
     reported: AtomicBool,
     /// One upload at a time, so no path is sent twice at once.
     upload: Mutex<()>,
-    /// Whether a session has greeted us yet; until one has, sessions start one at a time
-    /// (the first may be creating the machine's store, which real Nix cannot do from several
-    /// processes at once).
+    /// Whether a session has greeted us yet (then `greeting` is done with).
     greeted: AtomicBool,
-    first: Mutex<()>,
+    greeting: Greeting,
+}
+
+/// The first sessions of a machine: how many are starting, and whether one got in.
+#[derive(Debug, Default)]
+struct Greeting {
+    state: Mutex<GreetingState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GreetingState {
+    trying: usize,
+    greeted: bool,
+}
+
+impl Greeting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GreetingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Remote {
@@ -87,18 +104,36 @@ impl Remote {
         if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(s);
         }
-        let _first = match self.greeted.load(Ordering::SeqCst) {
-            true => None,
-            false => {
-                let first = self.first.lock().unwrap_or_else(|p| p.into_inner());
-                // Whoever held it may have been greeted meanwhile: then every session
-                // waiting here starts at once, not one after another.
-                (!self.greeted.load(Ordering::SeqCst)).then_some(first)
+        if self.greeted.load(Ordering::SeqCst) {
+            return self.start_session(store, settings);
+        }
+        // Not greeted yet: the machine's store may be new, and real Nix sets a store up
+        // racily (of several processes at once, some can fail). Sessions start at once all
+        // the same; one that fails waits until another got in, and then tries again: the
+        // machine is there, the failure was the race. When all fail, it is down.
+        let g = &self.greeting;
+        g.lock().trying += 1;
+        let first = self.start_session(store, settings);
+        let mut state = g.lock();
+        state.trying -= 1;
+        g.changed.notify_all();
+        match first {
+            Ok(s) => {
+                state.greeted = true;
+                self.greeted.store(true, Ordering::SeqCst);
+                Ok(s)
             }
-        };
-        let s = self.start_session(store, settings)?;
-        self.greeted.store(true, Ordering::SeqCst);
-        Ok(s)
+            Err(e) => {
+                while !state.greeted && state.trying > 0 {
+                    state = g.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if !state.greeted {
+                    return Err(e);
+                }
+                drop(state);
+                self.start_session(store, settings)
+            }
+        }
     }
 
     fn start_session(
@@ -167,7 +202,7 @@ impl RemoteExecutor {
                         down: Mutex::new(None),
                         reported: AtomicBool::new(false),
                         greeted: AtomicBool::new(false),
-                        first: Mutex::new(()),
+                        greeting: Greeting::default(),
                         upload: Mutex::new(()),
                     }))
                 }
