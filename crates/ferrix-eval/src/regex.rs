@@ -1,7 +1,15 @@
 //! `builtins.match` and `builtins.split`: POSIX extended regular expressions, run with the
-//! `regex` crate. Its syntax covers what Nix code writes (classes such as `[[:alpha:]]`
-//! included); where an alternation is ambiguous it picks the first alternative that
-//! matches rather than the longest, as POSIX would, so captures of such patterns may differ.
+//! `regex` crate, whose syntax covers what Nix code writes (classes such as `[[:alpha:]]`
+//! included), with the match semantics of the C++ library Nix uses:
+//! - `match` needs the whole string to match; of the ways it can, the captures are those of
+//!   the first a backtracking search finds (alternatives in order, repetitions greedy),
+//!   which is what the `regex` crate reports;
+//! - `split` takes, at the leftmost place anything matches, the *longest* match (POSIX),
+//!   where the `regex` crate would take the first alternative that matches: `a|ab` on
+//!   `"ab"` is `"ab"`. A lazy DFA finds that end; the captures are then the first
+//!   backtracking path that ends there. (A `$` inside the pattern could then also match
+//!   where that match ends, before the end of the string: a case the C++ library, which
+//!   checks `$` against the string's end, does not have.)
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -13,29 +21,82 @@ use crate::value::{NixString, Value};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
-/// Compiled expressions, by pattern and whether they must match the whole string.
+/// How a pattern is used.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Use {
+    /// Matching the whole string.
+    Whole,
+    /// Searching.
+    Search,
+    /// Searching for a match that ends where the string does.
+    AtEnd,
+}
+
+/// Compiled expressions, by pattern and use; and for `split`, lazy DFAs that find where
+/// the longest match from a place ends.
 #[derive(Default)]
-pub(crate) struct Cache(HashMap<(String, bool), Rc<regex::Regex>>);
+pub(crate) struct Cache {
+    regexes: HashMap<(String, Use), Rc<regex::Regex>>,
+    longest: HashMap<String, Rc<Longest>>,
+}
+
+fn invalid(pattern: &str, e: impl std::fmt::Display, span: Span) -> EvalError {
+    EvalError::new(ErrorKind::Other(format!(
+        "invalid regular expression '{pattern}': {e}"
+    )))
+    .at(span)
+}
 
 impl Cache {
-    fn get(&mut self, pattern: &str, whole: bool, span: Span) -> Result<Rc<regex::Regex>> {
-        if let Some(r) = self.0.get(&(pattern.to_owned(), whole)) {
+    fn get(&mut self, pattern: &str, how: Use, span: Span) -> Result<Rc<regex::Regex>> {
+        if let Some(r) = self.regexes.get(&(pattern.to_owned(), how)) {
             return Ok(r.clone());
         }
-        let source = if whole {
-            format!("^(?:{pattern})$")
-        } else {
-            pattern.to_owned()
+        let source = match how {
+            Use::Whole => format!("^(?:{pattern})$"),
+            Use::Search => pattern.to_owned(),
+            Use::AtEnd => format!("(?:{pattern})$"),
         };
-        let r = regex::Regex::new(&source).map_err(|e| {
-            EvalError::new(ErrorKind::Other(format!(
-                "invalid regular expression '{pattern}': {e}"
-            )))
-            .at(span)
-        })?;
-        let r = Rc::new(r);
-        self.0.insert((pattern.to_owned(), whole), r.clone());
+        let r = Rc::new(regex::Regex::new(&source).map_err(|e| invalid(pattern, e, span))?);
+        self.regexes.insert((pattern.to_owned(), how), r.clone());
         Ok(r)
+    }
+
+    fn longest(&mut self, pattern: &str, span: Span) -> Result<Rc<Longest>> {
+        if let Some(l) = self.longest.get(pattern) {
+            return Ok(l.clone());
+        }
+        use regex_automata::hybrid::dfa::DFA;
+        let dfa = DFA::builder()
+            .configure(DFA::config().match_kind(regex_automata::MatchKind::All))
+            .build(pattern)
+            .map_err(|e| invalid(pattern, e, span))?;
+        let cache = std::cell::RefCell::new(dfa.create_cache());
+        let l = Rc::new(Longest { dfa, cache });
+        self.longest.insert(pattern.to_owned(), l.clone());
+        Ok(l)
+    }
+}
+
+/// A lazy DFA that reports every match (so a forward search ends at the longest), and its
+/// cache.
+struct Longest {
+    dfa: regex_automata::hybrid::dfa::DFA,
+    cache: std::cell::RefCell<regex_automata::hybrid::dfa::Cache>,
+}
+
+impl Longest {
+    /// Where the longest match starting at `start` ends; `None` if the DFA gave up (a
+    /// pattern too large for its cache), and then the first match found is taken.
+    fn end(&self, hay: &str, start: usize) -> Option<usize> {
+        let input = regex_automata::Input::new(hay)
+            .range(start..)
+            .anchored(regex_automata::Anchored::Yes);
+        let mut cache = self.cache.borrow_mut();
+        match self.dfa.try_search_fwd(&mut cache, &input) {
+            Ok(m) => m.map(|m| m.offset()),
+            Err(_) => None,
+        }
     }
 }
 
@@ -57,7 +118,7 @@ fn groups(c: &regex::Captures<'_>, context: &crate::value::Context) -> Value {
 pub(crate) fn match_(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let pattern = ev.expect_string(&a[0], span)?;
     let s = ev.expect_string(&a[1], span)?;
-    let re = ev.regexes.get(&pattern.s, true, span)?;
+    let re = ev.regexes.get(&pattern.s, Use::Whole, span)?;
     Ok(match re.captures(&s.s) {
         Some(c) => groups(&c, &s.context),
         None => Value::Null,
@@ -67,7 +128,9 @@ pub(crate) fn match_(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Valu
 pub(crate) fn split(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let pattern = ev.expect_string(&a[0], span)?;
     let s = ev.expect_string(&a[1], span)?;
-    let re = ev.regexes.get(&pattern.s, false, span)?;
+    let re = ev.regexes.get(&pattern.s, Use::Search, span)?;
+    let longest = ev.regexes.longest(&pattern.s, span)?;
+    let at_end = ev.regexes.get(&pattern.s, Use::AtEnd, span)?;
     let piece = |t: &str| {
         Value::String(Rc::new(NixString {
             s: t.to_owned(),
@@ -80,9 +143,17 @@ pub(crate) fn split(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value
     let mut out = Vec::new();
     let (mut last, mut pos, mut prev_empty) = (0, 0, false);
     while pos <= s.s.len() {
-        let Some(c) = re.captures_at(&s.s, pos) else {
+        let Some(mut c) = re.captures_at(&s.s, pos) else {
             break;
         };
+        let m = c.get(0).expect("group 0 is the match");
+        // POSIX's longest match where this one starts, with the captures of the first
+        // path that ends there.
+        if let Some(end) = longest.end(&s.s, m.start()).filter(|e| *e > m.end()) {
+            if let Some(l) = at_end.captures_at(&s.s[..end], m.start()) {
+                c = l;
+            }
+        }
         let m = c.get(0).expect("group 0 is the match");
         if prev_empty && m.start() == pos && m.is_empty() {
             match s.s[pos..].chars().next() {
