@@ -138,6 +138,16 @@ const SAME: &[&str] = &[
     "builtins.split \"(a|ab)$\" \"xab\"",
     "builtins.split \"(a|)\" \"aaa\"",
     "builtins.match \"(a|ab)(c|bcd)(d*)\" \"abcd\"",
+    // Attributes keep their places through `//`, removeAttrs, intersectAttrs and
+    // listToAttrs (where the `value` was); `inherit` places them just after the keyword.
+    "builtins.unsafeGetAttrPos \"a\" ({ a = 1; } // { b = 2; })",
+    "builtins.unsafeGetAttrPos \"c\" ({ a = 1; } // { c = 3; } // { d = 4; })",
+    "builtins.unsafeGetAttrPos \"a\" (removeAttrs { a = 1; b = 2; } [ \"b\" ])",
+    "builtins.unsafeGetAttrPos \"b\" (builtins.intersectAttrs { b = 1; } { a = 1; b = 2; })",
+    "builtins.unsafeGetAttrPos \"a\" (builtins.listToAttrs [ { name = \"a\"; value = 1; } ])",
+    "builtins.unsafeGetAttrPos \"x\" { ${\"x\"} = 1; }",
+    "let a = 1; in builtins.unsafeGetAttrPos \"a\" { inherit a; }",
+    "let x = { a = 1; }; in builtins.unsafeGetAttrPos \"a\" { inherit (x) a; }",
     "builtins.fromTOML ''\n  a = 1\n  b = \"s\"\n  c = [ 1.5, true ]\n  [t]\n  x.y = 2\n''",
     "let d = derivation { name = \"d\"; system = \"x\"; builder = \"/b\"; outputs = [ \"out\" \"dev\" ]; }; in builtins.attrValues (builtins.getContext \"${d.drvPath} ${d.dev} ${d.out}\")",
     "let d = derivation { name = \"d\"; system = \"x\"; builder = \"/b\"; }; in builtins.attrValues (builtins.getContext (builtins.unsafeDiscardOutputDependency d.drvPath))",
@@ -368,8 +378,9 @@ fn xml_and_parse_output_match_real_nix() {
         "let d = derivation { name = \"x\"; system = \"x\"; builder = \"/b\"; }; in [ d d ]",
     ];
     for (i, e) in xml.iter().enumerate() {
-        // Locations are kept for set literals and functions, not (yet) through `//`
-        // (the derivation's attributes), where Nix keeps each attribute's.
+        // Locations too, but not for a derivation: the attributes `derivation` adds are
+        // placed in Ferrix's own code for it, where Nix's are in its `derivation.nix`.
+        // (Those of the set given to it keep their places through `//`, as in Nix.)
         let runs: &[&[&str]] = if i == 0 {
             &[&["--strict", "--no-location"], &["--strict"]]
         } else {

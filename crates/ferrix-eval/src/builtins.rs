@@ -431,23 +431,13 @@ fn remove_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     for n in names.iter() {
         gone.push(Sym::intern(&ev.expect_string(&n, span)?.s));
     }
-    Ok(Value::attrs(Attrs::from_sorted(
-        s.iter()
-            .filter(|(k, _)| !gone.contains(k))
-            .cloned()
-            .collect(),
-    )))
+    Ok(Value::attrs(s.only(|k| !gone.contains(&k))))
 }
 
 fn intersect_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let x = ev.expect_attrs(&a[0], span)?;
     let y = ev.expect_attrs(&a[1], span)?;
-    Ok(Value::attrs(Attrs::from_sorted(
-        y.iter()
-            .filter(|(k, _)| x.get(*k).is_some())
-            .cloned()
-            .collect(),
-    )))
+    Ok(Value::attrs(y.only(|k| x.get(k).is_some())))
 }
 
 fn cat_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
@@ -466,7 +456,7 @@ fn cat_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn list_to_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[0], span)?;
     let (name_s, value_s) = (Sym::intern("name"), Sym::intern("value"));
-    let mut entries: Vec<(Sym, Value)> = Vec::new();
+    let mut entries: Vec<crate::value::Entry> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for i in 0..l.len() {
         let x = ev.force_elem(&l, i)?;
@@ -481,14 +471,20 @@ fn list_to_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
         if !seen.insert(name) {
             continue;
         }
-        let value = item.get(value_s).cloned().ok_or_else(|| {
+        // Placed where its `value` was, as in Nix.
+        let (value, pos) = item.get_placed(value_s).ok_or_else(|| {
             EvalError::new(ErrorKind::MissingAttr {
                 name: "value".into(),
             })
         })?;
-        entries.push((name, value));
+        entries.push(crate::value::Entry {
+            name,
+            pos,
+            value: value.clone(),
+        });
     }
-    Ok(Value::attrs(Attrs::from_unsorted(entries)))
+    entries.sort_by_key(|e| e.name);
+    Ok(Value::attrs(Attrs::from_entries(entries)))
 }
 
 fn map_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
@@ -509,15 +505,23 @@ fn function_args(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
             crate::syntax::Param::Ident(_) => Ok(Value::attrs(Attrs::default())),
             crate::syntax::Param::Formals {
                 formals, positions, ..
-            } => Ok(Value::attrs(
-                Attrs::from_unsorted(
-                    formals
-                        .iter()
-                        .map(|(n, d)| (*n, Value::Bool(d.is_some())))
-                        .collect(),
-                )
-                .with_origin(positions.clone()),
-            )),
+            } => {
+                // Formals as given; their places are those of the sorted positions.
+                let mut entries: Vec<crate::value::Entry> = formals
+                    .iter()
+                    .map(|(n, d)| crate::value::Entry {
+                        name: *n,
+                        pos: positions
+                            .statics
+                            .binary_search_by_key(n, |(s, _, _)| *s)
+                            .map_or(crate::syntax::Pos::NONE, |i| positions.positions[i]),
+                        value: Value::Bool(d.is_some()),
+                    })
+                    .collect();
+                entries.sort_by_key(|e| e.name);
+                entries.dedup_by_key(|e| e.name);
+                Ok(Value::attrs(Attrs::from_entries(entries)))
+            }
         },
         Value::PrimOp(_) | Value::PrimOpApp(_) => Ok(Value::attrs(Attrs::default())),
         other => Err(type_error("a function", &other, span)),

@@ -10,7 +10,9 @@ use crate::error::{ErrorKind, EvalError};
 use crate::store::EvalStore;
 use crate::symbol::Sym;
 use crate::syntax::{AttrsDef, BinOp, Expr, Key, Lowerer, Param, Part, Span, Var};
-use crate::value::{Attrs, Closure, Context, Env, NixString, Partial, Thunk, ThunkState, Value};
+use crate::value::{
+    Attrs, Closure, Context, Entry, Env, NixString, Partial, Thunk, ThunkState, Value,
+};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
@@ -410,13 +412,18 @@ impl Evaluator {
                     Some(b) => self.eval(b, &frame),
                     None => {
                         let extra = self.overrides(def, &frame)?;
-                        let statics: Vec<(Sym, Value)> = def
+                        let statics: Vec<Entry> = def
                             .statics
                             .iter()
+                            .zip(&def.positions)
                             .zip(frame.slots.borrow().iter())
-                            .map(|((s, _, _), v)| (*s, v.clone()))
+                            .map(|(((name, _, _), pos), v)| Entry {
+                                name: *name,
+                                pos: *pos,
+                                value: v.clone(),
+                            })
                             .collect();
-                        let mut base = Attrs::from_sorted(statics).with_origin(def.clone());
+                        let mut base = Attrs::from_entries(statics);
                         if !extra.is_empty() {
                             base = base.update(&Attrs::from_unsorted(extra));
                         }
@@ -597,12 +604,17 @@ impl Evaluator {
 
     /// A set literal evaluated in `env`.
     fn attrs(&mut self, def: &Rc<AttrsDef>, env: &Rc<Env>) -> Result<Value> {
-        let statics: Vec<(Sym, Value)> = def
+        let statics: Vec<Entry> = def
             .statics
             .iter()
-            .map(|(s, e, _)| (*s, self.thunk(e, env)))
+            .zip(&def.positions)
+            .map(|((name, e, _), pos)| Entry {
+                name: *name,
+                pos: *pos,
+                value: self.thunk(e, env),
+            })
             .collect();
-        let base = Attrs::from_sorted(statics).with_origin(def.clone());
+        let base = Attrs::from_entries(statics);
         self.with_dynamics(base, def, env)
     }
 
@@ -610,20 +622,26 @@ impl Evaluator {
         if def.dynamics.is_empty() {
             return Ok(Value::attrs(base));
         }
-        let mut extra: Vec<(Sym, Value)> = Vec::new();
-        for (k, e, span) in &def.dynamics {
+        let mut extra: Vec<Entry> = Vec::new();
+        let places = &def.positions[def.statics.len().min(def.positions.len())..];
+        for (i, (k, e, span)) in def.dynamics.iter().enumerate() {
             let kv = self.eval(k, env)?;
             // `${null} = …` leaves the attribute out, as in Nix.
             if matches!(kv, Value::Null) {
                 continue;
             }
             let name = Sym::intern(&self.expect_string(&kv, *span)?.s);
-            if base.get(name).is_some() || extra.iter().any(|(s, _)| *s == name) {
+            if base.get(name).is_some() || extra.iter().any(|x| x.name == name) {
                 return Err(EvalError::new(ErrorKind::DuplicateAttr(name.to_string())).at(*span));
             }
-            extra.push((name, self.thunk(e, env)));
+            extra.push(Entry {
+                name,
+                pos: places.get(i).copied().unwrap_or_default(),
+                value: self.thunk(e, env),
+            });
         }
-        Ok(Value::attrs(base.update(&Attrs::from_unsorted(extra))))
+        extra.sort_by_key(|x| x.name);
+        Ok(Value::attrs(base.update(&Attrs::from_entries(extra))))
     }
 
     /// Apply `f` to `arg`.
@@ -723,7 +741,7 @@ impl Evaluator {
                 if !ellipsis {
                     if let Some((extra, _)) = given
                         .iter()
-                        .find(|(k, _)| !formals.iter().any(|(f, _)| f == k))
+                        .find(|(k, _)| !formals.iter().any(|(f, _)| f == *k))
                     {
                         return Err(EvalError::new(ErrorKind::UnexpectedArgument {
                             function: fname(),

@@ -84,9 +84,10 @@ impl Shower<'_> {
             statics.sort_by_key(|(s, _, _)| s.name());
         }
         for (name, e, span) in statics {
-            // `inherit x;`: the value is the variable itself, at the binding's place.
-            let inherited =
-                matches!(&**e, Expr::Var(_, vs) if vs == span && self.text(*vs) == &*name.name());
+            // `inherit x;`: the value is the variable itself, and the binding is placed
+            // (as Nix places it) at the empty point just after `inherit`.
+            let inherited = matches!(&**e, Expr::Var(_, vs)
+                if span.start == span.end && span.end <= vs.start && self.text(*vs) == &*name.name());
             if inherited {
                 out.push_str("inherit ");
                 id(out, &name.name());

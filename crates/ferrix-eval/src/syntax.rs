@@ -20,6 +20,34 @@ pub struct Span {
     pub end: u32,
 }
 
+/// A place in the sources as a small number, kept beside each attribute of a set (so that
+/// positions survive `//`); 0 is none. Places are numbered once, when a file is lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos(u32);
+
+thread_local! {
+    static POSITIONS: std::cell::RefCell<Vec<Span>> = std::cell::RefCell::new(vec![Span::default()]);
+}
+
+impl Pos {
+    pub const NONE: Pos = Pos(0);
+
+    pub fn new(span: Span) -> Pos {
+        POSITIONS.with(|p| {
+            let mut p = p.borrow_mut();
+            p.push(span);
+            Pos((p.len() - 1) as u32)
+        })
+    }
+
+    pub fn span(self) -> Option<Span> {
+        if self == Pos::NONE {
+            return None;
+        }
+        POSITIONS.with(|p| p.borrow().get(self.0 as usize).copied())
+    }
+}
+
 /// A variable's place, found at lowering.
 #[derive(Debug, Clone)]
 pub enum Var {
@@ -70,6 +98,23 @@ pub struct AttrsDef {
     pub statics: Vec<(Sym, Rc<Expr>, Span)>,
     /// `${k} = v;` entries, evaluated when the set is: key, value, where.
     pub dynamics: Vec<(Expr, Rc<Expr>, Span)>,
+    /// The places of `statics` and then of `dynamics`, numbered once.
+    pub positions: Vec<Pos>,
+}
+
+impl AttrsDef {
+    fn new(statics: Vec<(Sym, Rc<Expr>, Span)>, dynamics: Vec<(Expr, Rc<Expr>, Span)>) -> Self {
+        let positions = statics
+            .iter()
+            .map(|(_, _, s)| Pos::new(*s))
+            .chain(dynamics.iter().map(|(_, _, s)| Pos::new(*s)))
+            .collect();
+        AttrsDef {
+            statics,
+            dynamics,
+            positions,
+        }
+    }
 }
 
 /// How a binding gets its value while a set is being lowered.
@@ -100,14 +145,12 @@ impl Building {
             .map(|(s, b, span)| (s, value(b), span))
             .collect();
         statics.sort_by_key(|(s, _, _)| *s);
-        AttrsDef {
-            statics,
-            dynamics: self
-                .dynamics
-                .into_iter()
-                .map(|(k, b, span)| (k, value(b), span))
-                .collect(),
-        }
+        let dynamics: Vec<(Expr, Rc<Expr>, Span)> = self
+            .dynamics
+            .into_iter()
+            .map(|(k, b, span)| (k, value(b), span))
+            .collect();
+        AttrsDef::new(statics, dynamics)
     }
 
     fn from_def(d: AttrsDef) -> Building {
@@ -679,6 +722,24 @@ impl<'a> Lowerer<'a> {
                         None => None,
                     };
                     let from = from.map(Rc::new);
+                    // Where Nix places inherited attributes: just after `inherit` or its
+                    // `(from)`, the start of the (empty) list of names in its grammar.
+                    let ipos = {
+                        let end = match inh.from() {
+                            Some(f) => f.syntax().text_range().end(),
+                            None => inh
+                                .syntax()
+                                .first_token()
+                                .map_or(inh.syntax().text_range().start(), |t| {
+                                    t.text_range().end()
+                                }),
+                        };
+                        Span {
+                            source: self.source,
+                            start: end.into(),
+                            end: end.into(),
+                        }
+                    };
                     for a in inh.attrs() {
                         let aspan = self.span(&a);
                         let name = match self.lower_key(a, aspan)? {
@@ -740,7 +801,7 @@ impl<'a> Lowerer<'a> {
                             &mut def,
                             vec![Key::Static(name)],
                             Binding::Expr(Rc::new(value)),
-                            aspan,
+                            ipos,
                         )
                         .map_err(|k| self.err(aspan, k))?;
                     }
@@ -895,10 +956,7 @@ impl<'a> Lowerer<'a> {
                     })
                     .collect();
                 statics.sort_by_key(|(s, _, _)| *s);
-                let positions = Rc::new(AttrsDef {
-                    statics,
-                    dynamics: Vec::new(),
-                });
+                let positions = Rc::new(AttrsDef::new(statics, Vec::new()));
                 (
                     Param::Formals {
                         formals: formals?,

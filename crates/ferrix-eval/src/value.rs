@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::symbol::Sym;
-use crate::syntax::{Expr, LambdaDef};
+use crate::syntax::{Expr, LambdaDef, Pos};
 
 /// A value; `Thunk` until forced.
 #[derive(Clone, Default)]
@@ -253,13 +253,20 @@ pub struct NixString {
     pub context: Context,
 }
 
-/// An attribute set: its values by name, sorted by symbol.
+/// An attribute set: its values by name, sorted by symbol, each with where it was defined
+/// (kept through `//`, as Nix keeps it).
 #[derive(Debug, Clone, Default)]
 pub struct Attrs {
-    entries: Box<[(Sym, Value)]>,
-    /// The set literal it was made from (or a function's formals), for the positions of
-    /// its attributes (`unsafeGetAttrPos`); sets made otherwise have none.
-    origin: Option<Rc<crate::syntax::AttrsDef>>,
+    entries: Box<[Entry]>,
+}
+
+/// One attribute. The position fits beside the name where the value's alignment would
+/// leave a hole, so keeping it costs nothing.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: Sym,
+    pub pos: Pos,
+    pub value: Value,
 }
 
 impl Attrs {
@@ -267,48 +274,63 @@ impl Attrs {
     pub fn from_unsorted(mut entries: Vec<(Sym, Value)>) -> Self {
         // Stable: among equal names the last stays last, and wins below.
         entries.sort_by_key(|(s, _)| *s);
-        let mut out: Vec<(Sym, Value)> = Vec::with_capacity(entries.len());
-        for (s, v) in entries {
+        let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
+        for (name, value) in entries {
             match out.last_mut() {
-                Some((last, slot)) if *last == s => *slot = v,
-                _ => out.push((s, v)),
+                Some(last) if last.name == name => last.value = value,
+                _ => out.push(Entry {
+                    name,
+                    pos: Pos::NONE,
+                    value,
+                }),
             }
         }
         Self {
             entries: out.into_boxed_slice(),
-            origin: None,
         }
     }
 
     /// From entries already sorted by symbol, without duplicates.
     pub fn from_sorted(entries: Vec<(Sym, Value)>) -> Self {
-        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-        Self {
-            entries: entries.into_boxed_slice(),
-            origin: None,
-        }
+        Self::from_entries(
+            entries
+                .into_iter()
+                .map(|(name, value)| Entry {
+                    name,
+                    pos: Pos::NONE,
+                    value,
+                })
+                .collect(),
+        )
     }
 
-    /// The same set, remembering the literal it was made from.
-    pub fn with_origin(mut self, def: Rc<crate::syntax::AttrsDef>) -> Self {
-        self.origin = Some(def);
-        self
+    /// From entries with their positions, already sorted by symbol, without duplicates.
+    pub fn from_entries(entries: Vec<Entry>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].name < w[1].name));
+        Self {
+            entries: entries.into_boxed_slice(),
+        }
     }
 
     /// Where attribute `name` was defined, if known.
     pub fn position(&self, name: Sym) -> Option<crate::syntax::Span> {
-        let def = self.origin.as_ref()?;
-        def.statics
-            .binary_search_by_key(&name, |(s, _, _)| *s)
+        self.entry(name)?.pos.span()
+    }
+
+    fn entry(&self, name: Sym) -> Option<&Entry> {
+        self.entries
+            .binary_search_by_key(&name, |e| e.name)
             .ok()
-            .map(|i| def.statics[i].2)
+            .map(|i| &self.entries[i])
     }
 
     pub fn get(&self, name: Sym) -> Option<&Value> {
-        self.entries
-            .binary_search_by_key(&name, |(s, _)| *s)
-            .ok()
-            .map(|i| &self.entries[i].1)
+        self.entry(name).map(|e| &e.value)
+    }
+
+    /// An attribute's value and where it was defined.
+    pub fn get_placed(&self, name: Sym) -> Option<(&Value, Pos)> {
+        self.entry(name).map(|e| (&e.value, e.pos))
     }
 
     pub fn len(&self) -> usize {
@@ -320,16 +342,31 @@ impl Attrs {
     }
 
     /// Entries in symbol order.
-    pub fn iter(&self) -> impl Iterator<Item = &(Sym, Value)> {
-        self.entries.iter()
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Sym, &Value)> + ExactSizeIterator {
+        self.entries.iter().map(|e| (&e.name, &e.value))
     }
 
     /// Entries in name order, as Nix lists and prints them.
     pub fn sorted_by_name(&self) -> Vec<(Rc<str>, &Value)> {
-        let mut v: Vec<(Rc<str>, &Value)> =
-            self.entries.iter().map(|(s, v)| (s.name(), v)).collect();
+        let mut v: Vec<(Rc<str>, &Value)> = self
+            .entries
+            .iter()
+            .map(|e| (e.name.name(), &e.value))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The attributes whose names `keep` keeps, with their places.
+    pub fn only(&self, keep: impl Fn(Sym) -> bool) -> Attrs {
+        Attrs {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| keep(e.name))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// `self // other`: a merge of two sorted runs.
@@ -338,7 +375,7 @@ impl Attrs {
         let mut out = Vec::with_capacity(a.len() + b.len());
         let (mut i, mut j) = (0, 0);
         while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
+            match a[i].name.cmp(&b[j].name) {
                 std::cmp::Ordering::Less => {
                     out.push(a[i].clone());
                     i += 1;
@@ -358,7 +395,6 @@ impl Attrs {
         out.extend_from_slice(&b[j..]);
         Attrs {
             entries: out.into_boxed_slice(),
-            origin: None,
         }
     }
 }
@@ -489,8 +525,10 @@ mod size {
         assert!(std::mem::size_of::<super::Thunk>() <= 32);
         // A string with its context: a string and one pointer.
         assert!(std::mem::size_of::<super::NixString>() <= 32);
-        // A set is its entries and where it came from: two words and one.
-        assert!(std::mem::size_of::<super::Attrs>() <= 24);
+        // A set is its entries (two words); each entry's place fills the hole beside its
+        // name, so an entry is no larger than a name and a value.
+        assert!(std::mem::size_of::<super::Attrs>() <= 16);
+        assert!(std::mem::size_of::<super::Entry>() <= 24);
         // Every step of evaluation returns this: it must fit in two registers.
         assert!(
             std::mem::size_of::<Result<super::Value, crate::EvalError>>() <= 16,
