@@ -122,18 +122,23 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     "typeOf" / 1 => |ev, a, _| Ok(Value::string(ev.force(&a[0])?.type_of())),
 ];
 
-/// Names of `builtins` also bound in the global scope, as in Nix.
+/// Names of `builtins` also bound in the global scope, as in Nix (the others are bound as
+/// `__name`).
 const GLOBAL: &[&str] = &[
     "abort",
     "baseNameOf",
     "derivation",
+    "derivationStrict",
     "dirOf",
+    "fetchGit",
     "fetchTarball",
-    "scopedImport",
+    "fromTOML",
     "import",
     "isNull",
     "map",
+    "placeholder",
     "removeAttrs",
+    "scopedImport",
     "throw",
     "toString",
 ];

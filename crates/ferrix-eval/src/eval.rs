@@ -501,12 +501,15 @@ impl Evaluator {
             }
             Expr::HasAttr(e, path) => {
                 let mut v = self.eval(e, env)?;
-                for key in path {
+                for (i, key) in path.iter().enumerate() {
                     let name = self.key(key, env, Span::default())?;
                     let Value::Attrs(a) = &v else {
                         return Ok(Value::Bool(false));
                     };
                     match a.get(name) {
+                        // The last attribute is only looked for, never forced (it may be
+                        // the very value being computed: `fix (x: { a = x ? a; })`).
+                        Some(_) if i + 1 == path.len() => return Ok(Value::Bool(true)),
                         Some(x) => {
                             let x = x.clone();
                             v = self.force(&x)?;

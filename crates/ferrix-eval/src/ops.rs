@@ -64,7 +64,22 @@ impl Evaluator {
                         crate::syntax::canonicalise(&format!("{x}{}", y.s)).into(),
                     ))
                 }
-                _ => self.arith(op, a, b, span),
+                (Value::Int(_) | Value::Float(_), _) => self.arith(op, a, b, span),
+                // Anything else is joined as strings, as Nix's `+` does: a set with
+                // `outPath` (a derivation) or `__toString` (`drv + "/bin"`); others cannot
+                // be coerced. Paths after it stay paths, as Nix copies only after a string.
+                _ => {
+                    let x = self.coerce_to_string(a, Coerce::Plain, span)?;
+                    let y = self.coerce_to_string(b, Coerce::Plain, span)?;
+                    let mut s = NixString {
+                        s: String::with_capacity(x.s.len() + y.s.len()),
+                        context: x.context.clone(),
+                    };
+                    s.s.push_str(&x.s);
+                    s.s.push_str(&y.s);
+                    s.context.extend(&y.context);
+                    Ok(Value::String(Rc::new(s)))
+                }
             },
             BinOp::Sub | BinOp::Mul | BinOp::Div => self.arith(op, a, b, span),
             BinOp::And | BinOp::Or | BinOp::Implies => unreachable!("lazy operators"),

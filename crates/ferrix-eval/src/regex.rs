@@ -57,7 +57,12 @@ impl Cache {
             Use::Search => pattern.to_owned(),
             Use::AtEnd => format!("(?:{pattern})$"),
         };
-        let r = Rc::new(regex::Regex::new(&source).map_err(|e| invalid(pattern, e, span))?);
+        // `.` matches any character, line ends included, as in Nix.
+        let r = regex::RegexBuilder::new(&source)
+            .dot_matches_new_line(true)
+            .build()
+            .map_err(|e| invalid(pattern, e, span))?;
+        let r = Rc::new(r);
         self.regexes.insert((pattern.to_owned(), how), r.clone());
         Ok(r)
     }
@@ -69,6 +74,7 @@ impl Cache {
         use regex_automata::hybrid::dfa::DFA;
         let dfa = DFA::builder()
             .configure(DFA::config().match_kind(regex_automata::MatchKind::All))
+            .syntax(regex_automata::util::syntax::Config::new().dot_matches_new_line(true))
             .build(pattern)
             .map_err(|e| invalid(pattern, e, span))?;
         let cache = std::cell::RefCell::new(dfa.create_cache());
