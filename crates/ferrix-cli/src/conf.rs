@@ -92,6 +92,8 @@ const fn ka(name: &'static str, kind: Kind, aliases: &'static [&'static str]) ->
 pub const KNOWN: &[Known] = {
     use Kind::*;
     &[
+        // Newer than 2.8: `builtins.warn` aborts the evaluation.
+        k("abort-on-warn", Bool),
         k("accept-flake-config", Bool),
         k("access-tokens", List),
         k("allow-dirty", Bool),

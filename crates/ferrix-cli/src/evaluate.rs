@@ -71,6 +71,8 @@ pub fn eval_settings(include: &[String], settings: &Settings) -> EvalSettings {
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "/".into()),
         tmp_dir: std::env::temp_dir(),
+        // Its type was checked when the settings were read.
+        abort_on_warn: settings.conf.bool("abort-on-warn", false).unwrap_or(false),
         ..EvalSettings::default()
     }
 }

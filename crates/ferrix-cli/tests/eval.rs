@@ -324,6 +324,73 @@ fn functions_are_called_with_arg_and_argstr() {
     assert!(String::from_utf8_lossy(&ours.stderr).contains("'a'"));
 }
 
+/// What nixpkgs' own test scripts pass and expect: `-A` with a quoted name, build options
+/// such as `--timeout`, messages without the escape sequences Nix code puts in them (stderr
+/// is not a terminal here), and `builtins.warn` with `abort-on-warn`.
+#[test]
+fn flags_and_messages_as_nixpkgs_scripts_use_them() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let e = "{ \"a.b\" = { c = [ 1 2 ]; }; }";
+    let (theirs, ours) = both(
+        &nix,
+        &links,
+        &[
+            "--eval",
+            "--json",
+            "--timeout",
+            "1",
+            "-E",
+            e,
+            "-A",
+            "\"a.b\".c.1",
+        ],
+    );
+    assert!(theirs.status.success(), "{theirs:?}");
+    // Nix 2.8 ends JSON without a newline; current Nix (and Ferrix) with one.
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout) + "\n",
+        "{ours:?}"
+    );
+    let e = r#"throw (builtins.fromJSON "\"\\u001b[1;35mbold\\u001b[0m\\tx\"")"#;
+    let (theirs, ours) = both(&nix, &links, &["--eval", "-E", e]);
+    let first = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(first(&ours), first(&theirs));
+    assert_eq!(first(&ours), "error: bold     x");
+    // `builtins.warn` (newer than Nix 2.8): a warning, or with `abort-on-warn` an error
+    // that `tryEval` does not catch.
+    let run = |args: &[&str]| {
+        let mut c = links.cmd("nix-instantiate");
+        nix.isolate(&mut c);
+        c.args(args).output().unwrap()
+    };
+    let e =
+        "[ (builtins.warn \"careful\" 1) ((builtins.tryEval (builtins.warn \"x\" 2)).success) ]";
+    let out = run(&["--eval", "--strict", "-E", e]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[ 1 true ]\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("evaluation warning: careful"));
+    let out = run(&[
+        "--eval",
+        "--strict",
+        "--option",
+        "abort-on-warn",
+        "true",
+        "-E",
+        e,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("aborting to reveal stack trace of warning, as abort-on-warn is set"));
+}
+
 #[test]
 fn scoped_import_binds_names_around_a_file() {
     let Some(nix) = Nix::new() else { return };

@@ -115,6 +115,7 @@ const PRIMOPS: &[(&str, usize, PrimOpFn)] = primops![
     // `trace-verbose` is off: only the value.
     "traceVerbose" / 2 => |_, a, _| Ok(a[1].clone()),
     "tryEval" / 1 => try_eval,
+    "warn" / 2 => warn,
     "unsafeGetAttrPos" / 2 => unsafe_get_attr_pos,
     "unsafeDiscardOutputDependency" / 1 => crate::fetch::discard_output_dependency,
     "unsafeDiscardStringContext" / 1 => crate::derivation::discard_context,
@@ -260,6 +261,25 @@ fn trace(ev: &mut Evaluator, a: &[Value], _span: Span) -> Result<Value> {
         eprintln!("trace: {shown}");
     }
     Ok(a[1].clone())
+}
+
+/// `builtins.warn msg v` (Nix 2.23): `msg`, which must be a string, printed as a warning;
+/// then `v`. With `abort-on-warn`, an error instead, which `tryEval` does not catch.
+fn warn(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let msg = ev.expect_string(&a[0], span).map_err(|e| {
+        e.context(
+            None,
+            "while evaluating the first argument; the message passed to builtins.warn",
+        )
+    })?;
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("evaluation warning: {}", msg.s);
+    }
+    if ev.settings.abort_on_warn {
+        return Err(EvalError::new(ErrorKind::AbortOnWarn).at(span));
+    }
+    ev.force(&a[1])
 }
 
 fn try_eval(ev: &mut Evaluator, a: &[Value], _span: Span) -> Result<Value> {

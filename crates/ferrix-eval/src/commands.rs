@@ -59,7 +59,13 @@ impl Evaluator {
     /// `v`'s attribute at `path` (`a.b.0`: a number indexes a list), as `-A` selects.
     pub fn select_path(&mut self, v: &Value, path: &str) -> Result<Value> {
         let mut cur = self.force(v)?;
-        for part in path.split('.').filter(|p| !p.is_empty()) {
+        for part in parse_attr_path(path)? {
+            let part = part.as_str();
+            if part.is_empty() {
+                return Err(EvalError::new(ErrorKind::Other(format!(
+                    "empty attribute name in selection path '{path}'"
+                ))));
+            }
             let missing = || {
                 EvalError::new(ErrorKind::Other(format!(
                     "attribute '{part}' in selection path '{path}' not found"
@@ -158,5 +164,52 @@ impl Evaluator {
             }
             None => Ok(false),
         }
+    }
+}
+
+/// The names of an attribute path as `-A` takes it: separated by dots, and a part in double
+/// quotes taken as it is (`services."example.com".ssl`), as Nix reads it.
+fn parse_attr_path(path: &str) -> Result<Vec<String>> {
+    let (mut parts, mut cur) = (Vec::new(), String::new());
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' => parts.push(std::mem::take(&mut cur)),
+            '"' => loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some(c) => cur.push(c),
+                    None => {
+                        return Err(EvalError::new(ErrorKind::Other(format!(
+                            "missing closing quote in selection path '{path}'"
+                        ))))
+                    }
+                }
+            },
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        parts.push(cur);
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_attr_path;
+
+    #[test]
+    fn attribute_paths_split_on_dots_outside_quotes() {
+        let p = |s: &str| parse_attr_path(s).map_err(|e| e.to_string());
+        assert_eq!(p("a.b.0"), Ok(vec!["a".into(), "b".into(), "0".into()]));
+        assert_eq!(
+            p("hosts.\"example.com\".ssl"),
+            Ok(vec!["hosts".into(), "example.com".into(), "ssl".into()])
+        );
+        assert_eq!(p(""), Ok(vec![]));
+        assert_eq!(p("a."), Ok(vec!["a".into()]));
+        assert_eq!(p("a..b"), Ok(vec!["a".into(), "".into(), "b".into()]));
+        assert!(p("a.\"b").unwrap_err().contains("missing closing quote"));
     }
 }

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Type { expected: &'static str, got: String },
     #[error("infinite recursion encountered")]
     InfiniteRecursion,
+    #[error("aborting to reveal stack trace of warning, as abort-on-warn is set")]
+    AbortOnWarn,
     #[error("stack overflow (possible infinite recursion)")]
     StackOverflow,
     #[error("division by zero")]

@@ -60,6 +60,9 @@ pub struct EvalSettings {
     pub tmp_dir: PathBuf,
     /// The `git` program `fetchGit` runs.
     pub git: PathBuf,
+    /// `abort-on-warn`: `builtins.warn` ends the evaluation with an error, to show where
+    /// the warning came from.
+    pub abort_on_warn: bool,
 }
 
 impl Default for EvalSettings {
@@ -74,6 +77,7 @@ impl Default for EvalSettings {
             cwd: "/".into(),
             tmp_dir: PathBuf::from("/tmp"),
             git: PathBuf::from("git"),
+            abort_on_warn: false,
         }
     }
 }

@@ -141,6 +141,19 @@ impl EvalFlags {
             }
             "--readonly-mode" => self.read_only = Some(true),
             "--read-write-mode" => self.read_only = Some(false),
+            // Build options, as every Nix command takes them (they govern the builds an
+            // evaluation may need: import from derivation).
+            f if crate::build::build_flag(f).is_some() => {
+                if let Some((name, takes_value)) = crate::build::build_flag(f) {
+                    let v = if takes_value {
+                        it.value(flag)?
+                    } else {
+                        "true".into()
+                    };
+                    self.options
+                        .push(crate::settings::CliSetting::flag(f, name, v));
+                }
+            }
             "--" => self.operands.extend(it.by_ref()),
             f if is_flag(f) => return Ok(false),
             _ => self.operands.push(arg.clone()),
