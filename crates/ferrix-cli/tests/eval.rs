@@ -364,6 +364,17 @@ fn flags_and_messages_as_nixpkgs_scripts_use_them() {
     };
     assert_eq!(first(&ours), first(&theirs));
     assert_eq!(first(&ours), "error: bold     x");
+    // Names that are not identifiers are quoted in messages, as current Nix writes them
+    // (Nix 2.8 already did for arguments).
+    let (theirs, ours) = both(
+        &nix,
+        &links,
+        &["--eval", "-E", "({ a }: a) { a = 1; \"b c\" = 2; }"],
+    );
+    assert!(String::from_utf8_lossy(&theirs.stderr).contains("unexpected argument '\"b c\"'"));
+    assert!(String::from_utf8_lossy(&ours.stderr).contains("unexpected argument '\"b c\"'"));
+    let (_, ours) = both(&nix, &links, &["--eval", "-E", "{ a = 1; }.\"b c\""]);
+    assert!(String::from_utf8_lossy(&ours.stderr).contains("attribute '\"b c\"' missing"));
     // `builtins.warn` (newer than Nix 2.8): a warning, or with `abort-on-warn` an error
     // that `tryEval` does not catch.
     let run = |args: &[&str]| {

@@ -13,7 +13,8 @@ pub enum ErrorKind {
     UndefinedVariable(String),
     #[error("attribute '{0}' already defined")]
     DuplicateAttr(String),
-    #[error("attribute '{name}' missing")]
+    // Names as current Nix writes them: quoted unless they are identifiers.
+    #[error("attribute '{}' missing", crate::print::attr_name(.name))]
     MissingAttr { name: String },
     #[error("{0}")]
     Throw(String),
@@ -32,9 +33,9 @@ pub enum ErrorKind {
     StackOverflow,
     #[error("division by zero")]
     DivisionByZero,
-    #[error("function '{function}' called without required argument '{arg}'")]
+    #[error("function '{function}' called without required argument '{}'", crate::print::attr_name(.arg))]
     MissingArgument { function: String, arg: String },
-    #[error("function '{function}' called with unexpected argument '{arg}'")]
+    #[error("function '{function}' called with unexpected argument '{}'", crate::print::attr_name(.arg))]
     UnexpectedArgument { function: String, arg: String },
     #[error("cannot compare {0} with {1}")]
     Incomparable(String, String),

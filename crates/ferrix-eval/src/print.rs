@@ -150,6 +150,13 @@ fn write_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// An attribute name as current Nix writes it in messages (and as values print it).
+pub(crate) fn attr_name(name: &str) -> String {
+    let mut out = String::new();
+    write_attr_name(&mut out, name);
+    out
+}
+
 /// An attribute name as Nix prints it: bare when it is an identifier, else quoted.
 fn write_attr_name(out: &mut String, name: &str) {
     let ident = name
