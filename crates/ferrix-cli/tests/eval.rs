@@ -578,6 +578,61 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
     let (_, ours) = same(&format!("builtins.fetchGit {r}"));
     assert!(String::from_utf8_lossy(&ours.stderr).contains("is dirty"));
     same(&format!("builtins.readDir (builtins.fetchGit {r})"));
+    // With submodules: a repository whose submodule is checked out, committed (its
+    // tree at the recorded commit) and then not (the working trees as they are).
+    git(&["commit", "-qam", "three"]);
+    let sub = dir.path().join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let git_in = |at: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(at)
+            .args(["-c", "user.email=t@example.org", "-c", "user.name=t"])
+            .args(["-c", "protocol.file.allow=always"])
+            .args(args)
+            .env("GIT_COMMITTER_DATE", "2020-01-02T03:04:05Z")
+            .env("GIT_AUTHOR_DATE", "2020-01-02T03:04:05Z")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git_in(&sub, &["init", "-q", "-b", "main"]);
+    std::fs::write(sub.join("s"), "in the submodule\n").unwrap();
+    git_in(&sub, &["add", "s"]);
+    git_in(&sub, &["commit", "-qm", "s"]);
+    git_in(
+        &repo,
+        &["submodule", "-q", "add", &sub.display().to_string(), "m"],
+    );
+    git_in(&repo, &["commit", "-qm", "with a submodule"]);
+    let e = format!(
+        "let r = builtins.fetchGit {{ url = {r}; submodules = true; }}; in \
+         [ r.narHash r.submodules (builtins.readFile \"${{r}}/m/s\") ]"
+    );
+    // Real Nix clones the submodule with git, which refuses local paths unless told.
+    let same_sub = |e: &str| {
+        let allow = |c: &mut std::process::Command| {
+            c.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "protocol.file.allow")
+                .env("GIT_CONFIG_VALUE_0", "always");
+        };
+        let mut c = nix.cmd("nix-instantiate");
+        allow(&mut c);
+        let theirs = c.args(["--eval", "--strict", "-E", e]).output().unwrap();
+        let mut c = links.cmd("nix-instantiate");
+        nix.isolate(&mut c);
+        let ours = c.args(["--eval", "--strict", "-E", e]).output().unwrap();
+        assert!(theirs.status.success(), "{theirs:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{e}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+    };
+    same_sub(&e);
+    std::fs::write(repo.join("m/s"), "changed there\n").unwrap();
+    same_sub(&e);
     // What cannot be fetched without a network says so.
     let (_, ours) = both(
         &nix,

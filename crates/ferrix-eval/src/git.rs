@@ -24,6 +24,9 @@ struct Request {
     rev: Option<String>,
     git_ref: Option<String>,
     name: String,
+    /// Submodules' files too, at the commits the tree records (or as checked out, for a
+    /// working tree).
+    submodules: bool,
 }
 
 fn request(ev: &mut Evaluator, v: &Value, span: Span) -> Result<Request> {
@@ -32,6 +35,7 @@ fn request(ev: &mut Evaluator, v: &Value, span: Span) -> Result<Request> {
         rev: None,
         git_ref: None,
         name: "source".into(),
+        submodules: false,
     };
     let url = match ev.force(v)? {
         Value::Attrs(a) => {
@@ -54,12 +58,7 @@ fn request(ev: &mut Evaluator, v: &Value, span: Span) -> Result<Request> {
                 }
             }
             if let Some(s) = a.get(Sym::intern("submodules")) {
-                if ev.expect_bool(s, span)? {
-                    return Err(other(
-                        "fetchGit: submodules are not supported yet".into(),
-                        span,
-                    ));
-                }
+                req.submodules = ev.expect_bool(s, span)?;
             }
             req.rev = string(ev, "rev")?;
             req.git_ref = string(ev, "ref")?;
@@ -130,11 +129,12 @@ fn git_line(ev: &Evaluator, repo: &Path, args: &[&str], span: Span) -> Result<St
 pub(crate) fn fetch_git(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let req = request(ev, &a[0], span)?;
     let key = format!(
-        "{}\0{:?}\0{:?}\0{}",
+        "{}\0{:?}\0{:?}\0{}\0{}",
         req.repo.display(),
         req.rev,
         req.git_ref,
-        req.name
+        req.name,
+        req.submodules
     );
     if let Some(v) = ev.fetched.get(&key) {
         return Ok(v.clone());
@@ -167,7 +167,7 @@ pub(crate) fn fetch_git(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
         {
             eprintln!("warning: Git tree '{}' is dirty", repo.display());
         }
-        copy_tracked(ev, repo, &tree, span)?;
+        copy_tracked(ev, repo, &tree, req.submodules, span)?;
         let last = if has_commits {
             git_line(
                 ev,
@@ -194,10 +194,7 @@ pub(crate) fn fetch_git(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
                 )?
             }
         };
-        let archive = git(ev, repo, &["archive", "--format=tar", &rev], span)?;
-        std::fs::create_dir_all(&tree)
-            .and_then(|()| tar::Archive::new(&archive[..]).unpack(&tree))
-            .map_err(|e| other(format!("fetchGit: unpacking revision {rev}: {e}"), span))?;
+        unpack_revision(ev, repo, &rev, &tree, req.submodules, span)?;
         let count = git_line(ev, repo, &["rev-list", "--count", &rev], span)?
             .parse()
             .unwrap_or(0);
@@ -236,15 +233,72 @@ pub(crate) fn fetch_git(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
         (Sym::intern("shortRev"), str_value(rev[..7].to_owned())),
         (Sym::intern("rev"), str_value(rev)),
         (Sym::intern("revCount"), Value::Int(rev_count)),
-        (Sym::intern("submodules"), Value::Bool(false)),
+        (Sym::intern("submodules"), Value::Bool(req.submodules)),
     ]));
     ev.fetched.insert(key, v.clone());
     Ok(v)
 }
 
-/// The files Git tracks in the working tree of `repo`, as they are now, copied to `to`.
-fn copy_tracked(ev: &Evaluator, repo: &Path, to: &Path, span: Span) -> Result<()> {
-    let listing = git(ev, repo, &["ls-files", "-z"], span)?;
+/// The tree of commit `rev` of `repo` at `to`; with `submodules`, each submodule's tree at
+/// the commit recorded for it, from its checkout in `repo`, and theirs in turn.
+fn unpack_revision(
+    ev: &Evaluator,
+    repo: &Path,
+    rev: &str,
+    to: &Path,
+    submodules: bool,
+    span: Span,
+) -> Result<()> {
+    let archive = git(ev, repo, &["archive", "--format=tar", rev], span)?;
+    std::fs::create_dir_all(to)
+        .and_then(|()| tar::Archive::new(&archive[..]).unpack(to))
+        .map_err(|e| other(format!("fetchGit: unpacking revision {rev}: {e}"), span))?;
+    if !submodules {
+        return Ok(());
+    }
+    // Entries of mode 160000 are submodules: `<mode> commit <hash>\t<path>`.
+    let listing = git(ev, repo, &["ls-tree", "-r", "-z", rev], span)?;
+    for entry in listing.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let entry = String::from_utf8_lossy(entry);
+        let Some((meta, path)) = entry.split_once('\t') else {
+            continue;
+        };
+        let mut fields = meta.split(' ');
+        if fields.next() != Some("160000") {
+            continue;
+        }
+        let Some(commit) = fields.nth(1) else {
+            continue;
+        };
+        let sub = repo.join(path);
+        if !sub.join(".git").exists() {
+            return Err(other(
+                format!(
+                    "fetchGit: submodule '{path}' of '{}' is not checked out there",
+                    repo.display()
+                ),
+                span,
+            ));
+        }
+        unpack_revision(ev, &sub, commit, &to.join(path), true, span)?;
+    }
+    Ok(())
+}
+
+/// The files Git tracks in the working tree of `repo`, as they are now, copied to `to`
+/// (with `submodules`, those of its submodules' working trees too).
+fn copy_tracked(
+    ev: &Evaluator,
+    repo: &Path,
+    to: &Path,
+    submodules: bool,
+    span: Span,
+) -> Result<()> {
+    let mut args = vec!["ls-files", "-z"];
+    if submodules {
+        args.push("--recurse-submodules");
+    }
+    let listing = git(ev, repo, &args, span)?;
     let io = |what: &str, p: &Path, e: std::io::Error| {
         other(format!("fetchGit: {what} '{}': {e}", p.display()), span)
     };
@@ -272,7 +326,7 @@ fn copy_tracked(ev: &Evaluator, repo: &Path, to: &Path, span: Span) -> Result<()
         } else if meta.is_file() {
             std::fs::copy(&from, &dest).map_err(|e| io("copying", &from, e))?;
         }
-        // A directory here is a submodule, which is not copied.
+        // A directory here is a submodule not asked for, which is not copied.
     }
     Ok(())
 }
