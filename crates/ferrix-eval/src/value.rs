@@ -79,21 +79,35 @@ impl List {
 
     /// Element `i`; one that is a thunk already forced is replaced by its value first.
     pub(crate) fn settled(&self, i: usize) -> Value {
-        match self.get(i) {
-            Some(Value::Thunk(t)) => match t.value() {
-                Some(v) => {
-                    self.set_forced(i, &v);
+        let Some(c) = self.0.get(i) else {
+            return Value::Null;
+        };
+        // The element is moved out and back (no copy of it is counted and dropped).
+        match c.take() {
+            Value::Thunk(t) => match t.value() {
+                // A list stays behind its thunk (see `set_forced`).
+                Some(v @ Value::List(_)) => {
+                    c.set(Value::Thunk(t));
                     v
                 }
-                None => Value::Thunk(t),
+                Some(v) => {
+                    c.set(v.clone());
+                    v
+                }
+                None => {
+                    let out = Value::Thunk(t.clone());
+                    c.set(Value::Thunk(t));
+                    out
+                }
             },
-            Some(v) => v,
-            None => Value::Null,
+            v => {
+                let out = v.clone();
+                c.set(v);
+                out
+            }
         }
     }
 
-    /// Element `i`, which was a thunk, is now `v`, its value. A list stays behind its thunk:
-    /// Nix prints a list met twice as «repeated» by the value that holds it.
     pub(crate) fn set_forced(&self, i: usize, v: &Value) {
         if let Some(c) = self.0.get(i) {
             if !matches!(v, Value::List(_)) {
