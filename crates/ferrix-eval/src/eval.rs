@@ -783,6 +783,29 @@ impl Evaluator {
                 let b = self.eval(r, env)?;
                 Ok(Value::Bool(self.expect_bool(&b, span)?))
             }
+            // `e // { … }`: the literal's attributes go straight into the result; the
+            // set it would make alone could never be seen.
+            BinOp::Update => match r {
+                Expr::Attrs(def) if def.dynamics.is_empty() => {
+                    let a = self.eval(l, env)?;
+                    let x = self.expect_attrs(&a, span)?;
+                    let right =
+                        def.statics
+                            .iter()
+                            .zip(&def.positions)
+                            .map(|((name, e, _), pos)| Entry {
+                                name: *name,
+                                pos: *pos,
+                                value: self.thunk(e, env),
+                            });
+                    Ok(Value::attrs(x.update_with(right, def.statics.len())))
+                }
+                _ => {
+                    let a = self.eval(l, env)?;
+                    let b = self.eval(r, env)?;
+                    self.binop_values(op, &a, &b, span)
+                }
+            },
             _ => {
                 let a = self.eval(l, env)?;
                 let b = self.eval(r, env)?;

@@ -385,28 +385,26 @@ impl Attrs {
 
     /// `self // other`: a merge of two sorted runs.
     pub fn update(&self, other: &Attrs) -> Attrs {
-        let (a, b) = (&self.entries, &other.entries);
-        let mut out = Vec::with_capacity(a.len() + b.len());
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() && j < b.len() {
-            match a[i].name.cmp(&b[j].name) {
-                std::cmp::Ordering::Less => {
-                    out.push(a[i].clone());
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(b[j].clone());
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push(b[j].clone());
-                    i += 1;
-                    j += 1;
-                }
+        self.update_with(other.entries.iter().cloned(), other.len())
+    }
+
+    /// `self // {…}` with the right side's `n` entries given in name order, without
+    /// duplicates (a set literal's, never made into a set of its own).
+    pub fn update_with(&self, right: impl Iterator<Item = Entry>, n: usize) -> Attrs {
+        let a = &self.entries;
+        let mut out = Vec::with_capacity(a.len() + n);
+        let mut i = 0;
+        for e in right {
+            while i < a.len() && a[i].name < e.name {
+                out.push(a[i].clone());
+                i += 1;
             }
+            if i < a.len() && a[i].name == e.name {
+                i += 1;
+            }
+            out.push(e);
         }
         out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
         Attrs {
             entries: out.into_boxed_slice(),
         }
