@@ -529,11 +529,13 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(repo.join("d")).unwrap();
-    let git = |args: &[&str]| {
+    // Local submodules are refused by git unless allowed.
+    let git_in = |at: &std::path::Path, args: &[&str]| {
         let out = std::process::Command::new("git")
             .arg("-C")
-            .arg(&repo)
+            .arg(at)
             .args(["-c", "user.email=t@example.org", "-c", "user.name=t"])
+            .args(["-c", "protocol.file.allow=always"])
             .args(args)
             .env("GIT_COMMITTER_DATE", "2020-01-02T03:04:05Z")
             .env("GIT_AUTHOR_DATE", "2020-01-02T03:04:05Z")
@@ -542,6 +544,7 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
         assert!(out.status.success(), "git {args:?}: {out:?}");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
+    let git = |args: &[&str]| git_in(&repo, args);
     git(&["init", "-q", "-b", "main"]);
     std::fs::write(repo.join("a"), "hello\n").unwrap();
     std::fs::write(repo.join("d/b"), "x\n").unwrap();
@@ -552,8 +555,16 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
     std::fs::write(repo.join("a"), "hello again\n").unwrap();
     git(&["commit", "-qam", "two"]);
     let r = repo.display();
+    // Real Nix clones submodules with git, which refuses local paths unless told.
     let same = |e: &str| {
-        let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", e]);
+        let mut c = nix.cmd("nix-instantiate");
+        c.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "protocol.file.allow")
+            .env("GIT_CONFIG_VALUE_0", "always");
+        let theirs = c.args(["--eval", "--strict", "-E", e]).output().unwrap();
+        let mut c = links.cmd("nix-instantiate");
+        nix.isolate(&mut c);
+        let ours = c.args(["--eval", "--strict", "-E", e]).output().unwrap();
         assert!(theirs.status.success(), "{theirs:?}");
         assert_eq!(
             String::from_utf8_lossy(&ours.stdout),
@@ -583,19 +594,6 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
     git(&["commit", "-qam", "three"]);
     let sub = dir.path().join("sub");
     std::fs::create_dir_all(&sub).unwrap();
-    let git_in = |at: &std::path::Path, args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(at)
-            .args(["-c", "user.email=t@example.org", "-c", "user.name=t"])
-            .args(["-c", "protocol.file.allow=always"])
-            .args(args)
-            .env("GIT_COMMITTER_DATE", "2020-01-02T03:04:05Z")
-            .env("GIT_AUTHOR_DATE", "2020-01-02T03:04:05Z")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
     git_in(&sub, &["init", "-q", "-b", "main"]);
     std::fs::write(sub.join("s"), "in the submodule\n").unwrap();
     git_in(&sub, &["add", "s"]);
@@ -609,30 +607,9 @@ fn fetch_git_reads_local_repositories_as_nix_does() {
         "let r = builtins.fetchGit {{ url = {r}; submodules = true; }}; in \
          [ r.narHash r.submodules (builtins.readFile \"${{r}}/m/s\") ]"
     );
-    // Real Nix clones the submodule with git, which refuses local paths unless told.
-    let same_sub = |e: &str| {
-        let allow = |c: &mut std::process::Command| {
-            c.env("GIT_CONFIG_COUNT", "1")
-                .env("GIT_CONFIG_KEY_0", "protocol.file.allow")
-                .env("GIT_CONFIG_VALUE_0", "always");
-        };
-        let mut c = nix.cmd("nix-instantiate");
-        allow(&mut c);
-        let theirs = c.args(["--eval", "--strict", "-E", e]).output().unwrap();
-        let mut c = links.cmd("nix-instantiate");
-        nix.isolate(&mut c);
-        let ours = c.args(["--eval", "--strict", "-E", e]).output().unwrap();
-        assert!(theirs.status.success(), "{theirs:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&ours.stdout),
-            String::from_utf8_lossy(&theirs.stdout),
-            "{e}: {}",
-            String::from_utf8_lossy(&ours.stderr)
-        );
-    };
-    same_sub(&e);
+    same(&e);
     std::fs::write(repo.join("m/s"), "changed there\n").unwrap();
-    same_sub(&e);
+    same(&e);
     // What cannot be fetched without a network says so.
     let (_, ours) = both(
         &nix,

@@ -609,10 +609,13 @@ impl Evaluator {
         }
     }
 
-    /// A set literal evaluated in `env`.
-    fn attrs(&mut self, def: &Rc<AttrsDef>, env: &Rc<Env>) -> Result<Value> {
-        let statics: Vec<Entry> = def
-            .statics
+    /// A set literal's static attributes in `env`, in symbol order, with their places.
+    fn static_entries<'a>(
+        &'a self,
+        def: &'a AttrsDef,
+        env: &'a Rc<Env>,
+    ) -> impl Iterator<Item = Entry> + 'a {
+        def.statics
             .iter()
             .zip(&def.positions)
             .map(|((name, e, _), pos)| Entry {
@@ -620,8 +623,11 @@ impl Evaluator {
                 pos: *pos,
                 value: self.thunk(e, env),
             })
-            .collect();
-        let base = Attrs::from_entries(statics);
+    }
+
+    /// A set literal evaluated in `env`.
+    fn attrs(&mut self, def: &Rc<AttrsDef>, env: &Rc<Env>) -> Result<Value> {
+        let base = Attrs::from_entries(self.static_entries(def, env).collect());
         self.with_dynamics(base, def, env)
     }
 
@@ -789,15 +795,7 @@ impl Evaluator {
                 Expr::Attrs(def) if def.dynamics.is_empty() => {
                     let a = self.eval(l, env)?;
                     let x = self.expect_attrs(&a, span)?;
-                    let right =
-                        def.statics
-                            .iter()
-                            .zip(&def.positions)
-                            .map(|((name, e, _), pos)| Entry {
-                                name: *name,
-                                pos: *pos,
-                                value: self.thunk(e, env),
-                            });
+                    let right = self.static_entries(def, env);
                     Ok(Value::attrs(x.update_with(right, def.statics.len())))
                 }
                 _ => {

@@ -16,6 +16,7 @@ mod show;
 mod store;
 mod symbol;
 mod syntax;
+mod tree;
 mod value;
 mod versions;
 mod xml;

@@ -42,14 +42,7 @@ impl Evaluator {
             BinOp::Add => match (a, b) {
                 (Value::String(x), _) => {
                     let y = self.coerce_to_string(b, Coerce::Interp, span)?;
-                    let mut s = NixString {
-                        s: String::with_capacity(x.s.len() + y.s.len()),
-                        context: x.context.clone(),
-                    };
-                    s.s.push_str(&x.s);
-                    s.s.push_str(&y.s);
-                    s.context.extend(&y.context);
-                    Ok(Value::String(Rc::new(s)))
+                    Ok(joined(x, &y))
                 }
                 (Value::Path(x), _) => {
                     let y = self.coerce_to_string(b, Coerce::Plain, span)?;
@@ -71,14 +64,7 @@ impl Evaluator {
                 _ => {
                     let x = self.coerce_to_string(a, Coerce::Plain, span)?;
                     let y = self.coerce_to_string(b, Coerce::Plain, span)?;
-                    let mut s = NixString {
-                        s: String::with_capacity(x.s.len() + y.s.len()),
-                        context: x.context.clone(),
-                    };
-                    s.s.push_str(&x.s);
-                    s.s.push_str(&y.s);
-                    s.context.extend(&y.context);
-                    Ok(Value::String(Rc::new(s)))
+                    Ok(joined(&x, &y))
                 }
             },
             BinOp::Sub | BinOp::Mul | BinOp::Div => self.arith(op, a, b, span),
@@ -370,4 +356,16 @@ impl Evaluator {
             other => Err(type_error("a set", &other, span)),
         }
     }
+}
+
+/// Two strings one after the other, with the context of both.
+fn joined(x: &NixString, y: &NixString) -> Value {
+    let mut s = NixString {
+        s: String::with_capacity(x.s.len() + y.s.len()),
+        context: x.context.clone(),
+    };
+    s.s.push_str(&x.s);
+    s.s.push_str(&y.s);
+    s.context.extend(&y.context);
+    Value::String(Rc::new(s))
 }

@@ -136,7 +136,6 @@ pub(crate) fn split(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value
     let s = ev.expect_string(&a[1], span)?;
     let re = ev.regexes.get(&pattern.s, Use::Search, span)?;
     let longest = ev.regexes.longest(&pattern.s, span)?;
-    let at_end = ev.regexes.get(&pattern.s, Use::AtEnd, span)?;
     let piece = |t: &str| {
         Value::String(Rc::new(NixString {
             s: t.to_owned(),
@@ -156,6 +155,8 @@ pub(crate) fn split(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value
         // POSIX's longest match where this one starts, with the captures of the first
         // path that ends there.
         if let Some(end) = longest.end(&s.s, m.start()).filter(|e| *e > m.end()) {
+            // Compiled only for patterns where a longer match turns up.
+            let at_end = ev.regexes.get(&pattern.s, Use::AtEnd, span)?;
             if let Some(l) = at_end.captures_at(&s.s[..end], m.start()) {
                 c = l;
             }

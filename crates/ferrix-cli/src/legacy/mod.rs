@@ -65,6 +65,20 @@ impl ArgIter {
         }
     }
 
+    /// A build flag ([`crate::build::build_flag`]) as the setting it stands for, with its
+    /// value taken from the arguments when it has one; `None` for any other flag.
+    pub fn build_option(&mut self, flag: &str) -> Result<Option<crate::settings::CliSetting>> {
+        let Some((name, takes_value)) = crate::build::build_flag(flag) else {
+            return Ok(None);
+        };
+        let v = if takes_value {
+            self.value(flag)?
+        } else {
+            "true".into()
+        };
+        Ok(Some(crate::settings::CliSetting::flag(flag, name, v)))
+    }
+
     /// `--help`, `--version`, and the flags Nix scripts pass that Ferrix ignores.
     pub fn common(&mut self, flag: &str, help: &str, shell: &mut Shell) -> Result<Common> {
         match flag {
@@ -144,15 +158,7 @@ impl EvalFlags {
             // Build options, as every Nix command takes them (they govern the builds an
             // evaluation may need: import from derivation).
             f if crate::build::build_flag(f).is_some() => {
-                if let Some((name, takes_value)) = crate::build::build_flag(f) {
-                    let v = if takes_value {
-                        it.value(flag)?
-                    } else {
-                        "true".into()
-                    };
-                    self.options
-                        .push(crate::settings::CliSetting::flag(f, name, v));
-                }
+                self.options.extend(it.build_option(f)?);
             }
             "--" => self.operands.extend(it.by_ref()),
             f if is_flag(f) => return Ok(false),

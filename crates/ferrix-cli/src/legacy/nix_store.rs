@@ -200,16 +200,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             f if f.len() > 2 && f.starts_with("-j") => {
                 options.push(CliSetting::flag("-j", "max-jobs", &f[2..]))
             }
-            f if crate::build::build_flag(f).is_some() => {
-                if let Some((name, takes_value)) = crate::build::build_flag(f) {
-                    let v = if takes_value {
-                        it.value(flag)?
-                    } else {
-                        "true".into()
-                    };
-                    options.push(CliSetting::flag(f, name, v));
-                }
-            }
+            f if crate::build::build_flag(f).is_some() => options.extend(it.build_option(f)?),
             "--" => operands.extend(it.by_ref()),
             f if f.starts_with('-') && f.len() > 1 => return Err(it.unknown(f)),
             _ => operands.push(a),
