@@ -1,5 +1,6 @@
 //! The `ferrix` binary: Nix's `nix` command, and the classic `nix-*` commands by argv[0].
 
+mod alloc;
 mod build;
 mod cmd;
 mod conf;
@@ -25,7 +26,7 @@ use shell::Shell;
 // The evaluator allocates and frees millions of small values; mimalloc does that several
 // times faster than glibc's allocator, and the store and builds lose nothing by it.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Mimalloc = alloc::Mimalloc;
 
 /// The names this binary answers to, as real Nix's single binary does.
 pub const PERSONALITIES: &[&str] = &[
