@@ -127,9 +127,10 @@ const FLUSH_EVERY: usize = 1024;
 /// the paths writing them would give, and nothing is written. *Writing*: text files and
 /// derivations are kept until [`EvalStore::flush`] writes them all in a few commits (one
 /// file system sync for thousands of `.drv` files, where writing each as it comes costs a
-/// sync each); sources are written at once. Either way the derivations computed so far are
-/// kept here, so that ones depending on them get their output paths, and a `drvPath`'s
-/// closure is known without the store.
+/// sync each); sources are written at once. Either way what is needed of the derivations
+/// computed so far is kept here (their hashes modulo, so that ones depending on them get
+/// their output paths; their references, so that a `drvPath`'s closure is known without
+/// the store).
 pub struct DeferredStore {
     store: std::sync::Arc<LocalStore>,
     writing: bool,
@@ -138,15 +139,21 @@ pub struct DeferredStore {
 
 #[derive(Default)]
 struct Computed {
+    /// Read-only: the derivations computed that the store may lack (never written, so
+    /// never to be read from it).
     drvs: HashMap<StorePath, Derivation>,
-    /// Hashes modulo of `drvs`, kept from one derivation to the next.
+    /// Hashes modulo of every derivation computed, kept from one derivation to the next.
     memo: HashMap<StorePath, DrvHash>,
     /// What computed text files refer to.
     refs: HashMap<StorePath, BTreeSet<StorePath>>,
-    /// Writing: the files to write, in the order they were made (inputs first), and
-    /// their paths.
-    texts: Vec<(String, Vec<u8>, BTreeSet<StorePath>)>,
+    /// Writing: the files to write, in the order they were made (inputs first), with
+    /// where each goes; the store may have some already (asked at [`DeferredStore::write_kept`],
+    /// for all at once).
+    texts: Vec<(StorePath, String, Vec<u8>, BTreeSet<StorePath>)>,
     unwritten: std::collections::HashSet<StorePath>,
+    /// Read-only: derivations kept in `drvs` whose validity in the store is not asked yet;
+    /// the ones the store has need not be kept.
+    unchecked: Vec<StorePath>,
 }
 
 impl std::fmt::Debug for DeferredStore {
@@ -188,17 +195,17 @@ impl DeferredStore {
         }
     }
 
-    /// Keep `text`, which the store lacks, to write at `p` (writing mode).
+    /// Keep `text` to write at `p` unless the store has it (writing mode).
     fn keep(
         &self,
         computed: &mut Computed,
         p: &StorePath,
         name: String,
-        text: Vec<u8>,
+        text: impl FnOnce() -> Vec<u8>,
         refs: &BTreeSet<StorePath>,
     ) -> Result<(), StoreError> {
         if self.writing && computed.unwritten.insert(p.clone()) {
-            computed.texts.push((name, text, refs.clone()));
+            computed.texts.push((p.clone(), name, text(), refs.clone()));
             // Not all in memory at once: a sync per thousand files is cheap enough.
             if computed.texts.len() >= FLUSH_EVERY {
                 self.write_kept(computed)?;
@@ -207,14 +214,31 @@ impl DeferredStore {
         Ok(())
     }
 
-    /// Write the files kept so far; the derivations among them are read from the store
-    /// from now on (their hashes stay in the memo).
+    /// Write the files kept so far that the store lacks (asking it once for all of them,
+    /// where asking per file took a fifth of an instantiation's time); the derivations
+    /// among them are read from the store from now on (their hashes stay in the memo).
     fn write_kept(&self, computed: &mut Computed) -> Result<(), StoreError> {
         let texts = std::mem::take(&mut computed.texts);
+        let valid = self.store.valid_among(texts.iter().map(|(p, ..)| p))?;
+        let texts: Vec<_> = texts
+            .into_iter()
+            .filter(|(p, ..)| !valid.contains(p))
+            .map(|(_, name, text, refs)| (name, text, refs))
+            .collect();
         if !texts.is_empty() {
             self.store.add_texts(&texts)?;
         }
+        // The store has them now, and knows what they refer to.
         for p in computed.unwritten.drain() {
+            computed.refs.remove(&p);
+        }
+        Ok(())
+    }
+
+    /// Read-only: forget the kept derivations the store has (it gives them when asked).
+    fn check_kept(&self, computed: &mut Computed) -> Result<(), StoreError> {
+        let unchecked = std::mem::take(&mut computed.unchecked);
+        for p in self.store.valid_among(&unchecked)? {
             computed.drvs.remove(&p);
         }
         Ok(())
@@ -238,10 +262,13 @@ impl EvalStore for DeferredStore {
             .map_err(Self::bad_name(name))?;
         let mut computed = self.computed();
         computed.refs.insert(p.clone(), refs.clone());
-        if self.writing && !computed.unwritten.contains(&p) && !self.store.is_valid_path(&p)? {
-            let text = text.as_bytes().to_vec();
-            self.keep(&mut computed, &p, name.to_owned(), text, refs)?;
-        }
+        self.keep(
+            &mut computed,
+            &p,
+            name.to_owned(),
+            || text.as_bytes().to_vec(),
+            refs,
+        )?;
         Ok(p)
     }
 
@@ -318,25 +345,47 @@ impl EvalStore for DeferredStore {
         let mut computed = self.computed();
         let Computed { drvs, memo, .. } = &mut *computed;
         let drv = ferrix_store::drv::fill(&self.store, drv, name, drvs, memo)?;
-        let p = drv
-            .drv_path(self.store_dir(), name)
+        // The text once, for its path and for writing it.
+        let text = drv.to_aterm(self.store_dir());
+        let refs = drv.references();
+        let file_name = format!("{name}.drv");
+        let p = self
+            .store_dir()
+            .make_text_path(&file_name, &Hash::sha256(text.as_bytes()), &refs)
             .map_err(Self::bad_name(name))?;
-        // One the store has already is read from there when needed, not kept.
-        if !computed.drvs.contains_key(&p) && !self.store.is_valid_path(&p)? {
-            if self.writing {
-                let text = drv.to_aterm(self.store_dir()).into_bytes();
-                let refs = drv.references();
-                self.keep(&mut computed, &p, format!("{name}.drv"), text, &refs)?;
+        ferrix_store::drv::remember_hash(&self.store, &p, &drv, memo)?;
+        // One the store has already is read from there when needed, not kept; the store
+        // is asked in batches (see `write_kept` and `check_kept`). Writing, the text is
+        // all that is kept: the hash is in the memo, and the text gives the rest.
+        if self.writing {
+            if !computed.unwritten.contains(&p) {
+                computed.refs.insert(p.clone(), refs.clone());
+                self.keep(&mut computed, &p, file_name, || text.into_bytes(), &refs)?;
             }
+        } else if !computed.drvs.contains_key(&p) {
             computed.drvs.insert(p.clone(), drv.clone());
+            computed.unchecked.push(p.clone());
+            if computed.unchecked.len() >= FLUSH_EVERY {
+                self.check_kept(&mut computed)?;
+            }
         }
         Ok((p, drv))
     }
 
     fn read_derivation(&self, p: &StorePath) -> Result<Derivation, StoreError> {
-        if let Some(d) = self.computed().drvs.get(p) {
+        let computed = self.computed();
+        if let Some(d) = computed.drvs.get(p) {
             return Ok(d.clone());
         }
+        if let Some((_, _, text, _)) = computed.texts.iter().find(|(q, ..)| q == p) {
+            return Derivation::parse_aterm(self.store_dir(), text).map_err(|source| {
+                StoreError::BadDerivation {
+                    path: self.store.print(p),
+                    source,
+                }
+            });
+        }
+        drop(computed);
         ferrix_store::drv::read_derivation(&self.store, p)
     }
 

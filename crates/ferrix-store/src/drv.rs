@@ -83,6 +83,33 @@ pub fn fill(
     Ok(drv)
 }
 
+/// Keep the hash modulo of `drv`, just filled in by [`fill`] and to be found at `p`, in
+/// `memo`, so that derivations depending on it never read it back from the store (as Nix
+/// keeps the hash of each derivation it instantiates). Its inputs' hashes are known: `fill`
+/// needed them.
+pub fn remember_hash(
+    store: &LocalStore,
+    p: &StorePath,
+    drv: &Derivation,
+    memo: &mut HashMap<StorePath, DrvHash>,
+) -> Result<()> {
+    if memo.contains_key(p) {
+        return Ok(());
+    }
+    let h = {
+        let shared = store.drv_hashes.lock().unwrap_or_else(|e| e.into_inner());
+        drv.hash_modulo(store.store_dir(), false, |i| {
+            lookup(&shared, memo, i, store)
+        })
+        .map_err(|e| StoreError::DrvHash {
+            path: store.print(p),
+            source: Box::new(e),
+        })?
+    };
+    memo.insert(p.clone(), h);
+    Ok(())
+}
+
 /// A derivation is checked before it is registered (by any door) or built: it parses
 /// strictly, and its output paths are the ones computed from it.
 impl LocalStore {
