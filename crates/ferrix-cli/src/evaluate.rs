@@ -238,9 +238,13 @@ fn evaluate_once(
         ev.set_realiser(Box::new(EngineRealise {
             settings: for_builds,
         }));
+        // Every value evaluated is still reachable from these; they are never dropped (see
+        // below).
+        let mut roots = Vec::new();
         let rendered = ev
             .eval_source(&name, &text, &base)
             .and_then(|v| {
+                roots.push(v.clone());
                 // `--eval` calls a function only when given arguments, as Nix does; finding
                 // derivations and `--file` call it with its defaults too.
                 let call = !args.is_empty()
@@ -252,25 +256,38 @@ fn evaluate_once(
                     Ok(v)
                 }
             })
-            .and_then(|v| match &attr_path {
-                Some(p) => ev.select_path(&v, p),
-                None => Ok(v),
+            .and_then(|v| {
+                roots.push(v.clone());
+                match &attr_path {
+                    Some(p) => ev.select_path(&v, p),
+                    None => Ok(v),
+                }
             })
-            .and_then(|v| render(&mut ev, &v, output))
+            .and_then(|v| {
+                let text = render(&mut ev, &v, output);
+                roots.push(v);
+                text
+            })
             .and_then(|text| {
                 deferred
                     .flush()
                     .map_err(ferrix_eval::EvalError::store)
                     .map(|()| text)
             });
-        rendered.map_err(|e| match e.kind {
+        let out = rendered.map_err(|e| match e.kind {
             ferrix_eval::ErrorKind::ReadOnly { .. } | ferrix_eval::ErrorKind::ReadOnlyPath(_)
                 if retry =>
             {
                 Failure::NeedsWriting
             }
             _ => Failure::Rendered(ferrix_eval::render_error(&ev, &e)),
-        })
+        });
+        // The values die with the process, which is about to end: freeing them one by one
+        // would take a tenth of a big evaluation's time, as Nix, whose collector never runs
+        // at exit, does not.
+        std::mem::forget(roots);
+        std::mem::forget(ev);
+        out
     })
 }
 

@@ -360,8 +360,7 @@ fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[2], span)?;
     let mut acc = a[1].clone();
     for i in 0..l.len() {
-        let partial = ev.apply(a[0].clone(), acc, span)?;
-        acc = ev.apply(partial, l.get(i).unwrap_or_default(), span)?;
+        acc = ev.apply2(&a[0], acc, l.get(i).unwrap_or_default(), span)?;
         l.settled(i);
     }
     ev.force(&acc)
@@ -719,8 +718,7 @@ pub(crate) fn sort(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value>
     let l = ev.expect_list(&a[1], span)?;
     let f = a[0].clone();
     let mut less = |ev: &mut Evaluator, x: &Value, y: &Value| -> Result<bool> {
-        let partial = ev.apply(f.clone(), x.clone(), span)?;
-        let r = ev.apply(partial, y.clone(), span)?;
+        let r = ev.apply2(&f, x.clone(), y.clone(), span)?;
         ev.expect_bool(&r, span)
     };
     Ok(Value::List(merge_sort(ev, l.to_vec(), &mut less)?.into()))

@@ -330,6 +330,19 @@ impl Evaluator {
         }
     }
 
+    /// A function's argument: as [`Self::thunk`], but integer arithmetic on known integers
+    /// is done at once (see [`known_ints`]). Only arguments: a list's elements and a set's
+    /// attributes stay thunks, as printing without `--strict` shows them (`<CODE>`).
+    fn argument(&self, e: &Rc<Expr>, env: &Rc<Env>) -> Value {
+        match &**e {
+            Expr::BinOp(op, l, r, _) => match known_ints(*op, l, r, env) {
+                Some(v) => v,
+                None => self.lazy(e, env),
+            },
+            _ => self.thunk(e, env),
+        }
+    }
+
     /// Like [`Self::thunk`], but never reading a variable: for frames still being filled.
     fn lazy(&self, e: &Rc<Expr>, env: &Rc<Env>) -> Value {
         match &**e {
@@ -445,7 +458,7 @@ impl Evaluator {
             }))),
             Expr::Apply(f, a, span) => {
                 let f = self.eval(f, env)?;
-                let a = self.thunk(a, env);
+                let a = self.argument(a, env);
                 self.apply(f, a, *span)
             }
             Expr::If(c, t, f, span) => {
@@ -665,19 +678,38 @@ impl Evaluator {
         r
     }
 
+    /// `f a b`. When `f` is a function of the form `x: y: …`, its body is evaluated with
+    /// both arguments at once, without making the function `f a` would return, which
+    /// nothing else could see (`foldl'` and `sort` call such functions once per element).
+    pub(crate) fn apply2(&mut self, f: &Value, a: Value, b: Value, span: Span) -> Result<Value> {
+        let f = self.force(f)?;
+        if let Value::Lambda(c) = &f {
+            if let (Param::Ident(_), Expr::Lambda(inner)) = (&c.def.param, &c.def.body) {
+                if let Param::Ident(_) = inner.param {
+                    self.enter().map_err(|e| e.at(span))?;
+                    let outer = Env::new(smallvec::smallvec![a], Some(c.env.clone()));
+                    let frame = Env::new(smallvec::smallvec![b], Some(outer));
+                    let r = self
+                        .eval(&inner.body, &frame)
+                        .map_err(|e| calling(&inner.name, e, span));
+                    self.depth -= 1;
+                    return r;
+                }
+            }
+        }
+        let partial = self.apply(f, a, span)?;
+        self.apply(partial, b, span)
+    }
+
     fn apply_inner(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
         let f = match f {
             Value::Thunk(t) => self.force_thunk(&t)?,
             f => f,
         };
         match f {
-            Value::Lambda(c) => self.call(&c, arg, span).map_err(|e| {
-                let name = c
-                    .def
-                    .name
-                    .map_or_else(|| "anonymous function".to_owned(), |n| format!("'{n}'"));
-                e.context(Some(span), format!("while calling {name}"))
-            }),
+            Value::Lambda(c) => self
+                .call(&c, arg, span)
+                .map_err(|e| calling(&c.def.name, e, span)),
             Value::PrimOp(p) if p.arity == 1 => {
                 let v = (p.run)(self, &[arg], span).map_err(|e| e.at(span))?;
                 self.force(&v)
@@ -900,6 +932,60 @@ impl Evaluator {
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (src.name.clone(), line, column)
     }
+}
+
+/// An error from a function's body, with the call it happened in.
+fn calling(name: &Option<Sym>, e: EvalError, span: Span) -> EvalError {
+    let name = name.map_or_else(|| "anonymous function".to_owned(), |n| format!("'{n}'"));
+    e.context(Some(span), format!("while calling {name}"))
+}
+
+/// `l op r` computed at once, when both sides are integers already known and the operation
+/// cannot fail (integers wrap, and comparisons of integers always succeed): the thunk it
+/// would otherwise be could only ever give this value, so making and later forcing it is
+/// wasted. `f (n - 1)` and `[ (i + 1) ]` are everywhere in Nix code.
+fn known_ints(op: BinOp, l: &Expr, r: &Expr, env: &Rc<Env>) -> Option<Value> {
+    let int = |e: &Expr| match e {
+        Expr::Int(i) => Some(*i),
+        Expr::Var(Var::Static { depth, slot }, _) => {
+            match &env.up(*depth).slots.borrow()[*slot as usize] {
+                Value::Int(i) => Some(*i),
+                Value::Thunk(t) => match t.value() {
+                    Some(Value::Int(i)) => Some(i),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let wants_ints = matches!(
+        op,
+        BinOp::Add
+            | BinOp::Sub
+            | BinOp::Mul
+            | BinOp::Less
+            | BinOp::LessEq
+            | BinOp::More
+            | BinOp::MoreEq
+            | BinOp::Eq
+            | BinOp::NotEq
+    );
+    if !wants_ints {
+        return None;
+    }
+    let (x, y) = (int(l)?, int(r)?);
+    Some(match op {
+        BinOp::Add => Value::Int(x.wrapping_add(y)),
+        BinOp::Sub => Value::Int(x.wrapping_sub(y)),
+        BinOp::Mul => Value::Int(x.wrapping_mul(y)),
+        BinOp::Less => Value::Bool(x < y),
+        BinOp::LessEq => Value::Bool(x <= y),
+        BinOp::More => Value::Bool(x > y),
+        BinOp::MoreEq => Value::Bool(x >= y),
+        BinOp::Eq => Value::Bool(x == y),
+        _ => Value::Bool(x != y),
+    })
 }
 
 pub(crate) fn as_float(v: &Value) -> f64 {

@@ -37,6 +37,37 @@ fn what_is_never_used_is_never_evaluated() {
 }
 
 #[test]
+fn arguments_computed_at_once_are_the_values_the_thunks_would_give() {
+    // Integer arithmetic on known integers is done when the call is made, not later: the
+    // results must be the ones forcing would give, and anything that could fail stays lazy.
+    assert_eq!(
+        eval("let f = n: if n == 0 then 0 else f (n - 1); in f 5000").unwrap(),
+        "0"
+    );
+    assert_eq!(
+        eval("let m = 9223372036854775807; in (x: x) (m + 1)").unwrap(),
+        "-9223372036854775808"
+    );
+    assert_eq!(eval("let n = 3; in (x: x) (n * n == 9)").unwrap(), "true");
+    assert_eq!(eval("let n = 3; in (x: 1) (n + \"a\")").unwrap(), "1");
+    assert_eq!(eval("let n = 3; in (x: 1) (n / 0)").unwrap(), "1");
+    assert_eq!(eval("let n = 1.5; in (x: x) (n + 1)").unwrap(), "2.5");
+    // A function of two arguments called by a builtin: the same as two calls.
+    assert_eq!(
+        eval("builtins.foldl' (a: b: a * 10 + b) 0 [ 1 2 3 ]").unwrap(),
+        "123"
+    );
+    assert_eq!(
+        eval("builtins.sort (a: b: a > b) [ 2 3 1 ]").unwrap(),
+        "[ 3 2 1 ]"
+    );
+    assert_eq!(
+        eval("builtins.foldl' (a: b: a) 0 [ (throw \"no\") ]").unwrap(),
+        "0"
+    );
+}
+
+#[test]
 fn static_scopes_win_over_with() {
     assert_eq!(eval("let x = 1; in with { x = 2; }; x").unwrap(), "1");
     assert_eq!(eval("with { x = 2; }; let y = x; in y").unwrap(), "2");
