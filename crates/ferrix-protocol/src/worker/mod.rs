@@ -56,10 +56,12 @@ pub use handshake::{
     server_post_handshake, server_startup, HandshakeInfo, Negotiated,
 };
 pub use options::ClientOptions;
-pub use path_info::{PathInfo, UnkeyedPathInfo};
+pub use path_info::{PathInfo, UnkeyedPathInfo, FULL};
 pub use payload::{MultiplePathsReader, MultiplePathsWriter, NarPayload, NarTransfer};
 pub use reply::Missing;
-pub use request::{read_op, read_request, read_request_body, write_request, WorkerRequest};
+pub use request::{
+    read_op, read_request, read_request_body, write_request, CaMethod, WorkerRequest,
+};
 pub use stderr::{process_stderr, read_stderr, write_stderr, ErrorInfo, Field, StderrMsg};
 
 /// The types the worker protocol shares with the serve protocol.

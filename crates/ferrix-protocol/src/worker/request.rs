@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
-use ferrix_format::{Derivation, StoreDir, StorePath};
+use ferrix_format::content_address::FileIngestionMethod;
+use ferrix_format::{Derivation, HashAlgo, StoreDir, StorePath};
 
 use super::build_result::{
     read_derived_paths, write_derived_paths, BuildMode, DerivedPath, BUILD_MODE_SINCE,
@@ -22,6 +23,50 @@ use crate::Version;
 /// `QueryValidPaths` carries a `substitute` flag from this version on.
 pub const SUBSTITUTE_FLAG_SINCE: Version = Version::new(1, 27);
 
+/// `AddToStore` takes a content-address method and a framed stream from this version on
+/// (before, a base name, flags and an unframed NAR, which this crate does not read).
+pub const ADD_TO_STORE_CA_SINCE: Version = Version::new(1, 25);
+
+/// How the contents of an `AddToStore` are addressed (`text:sha256`, `fixed:r:sha256`,
+/// `fixed:sha1`…, as Nix writes a content-address method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaMethod {
+    /// A text file, hashed with SHA-256; its references are given.
+    Text,
+    /// A file's bytes (flat) or a tree's NAR (recursive), hashed with `algo`.
+    Fixed {
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+    },
+}
+
+impl CaMethod {
+    /// Parse `text:sha256`, `fixed:r:ALGO` or `fixed:ALGO`.
+    pub fn parse(s: &str) -> Option<CaMethod> {
+        if let Some(algo) = s.strip_prefix("text:") {
+            return (algo == "sha256").then_some(CaMethod::Text);
+        }
+        let rest = s.strip_prefix("fixed:")?;
+        let (method, algo) = match rest.strip_prefix("r:") {
+            Some(a) => (FileIngestionMethod::Recursive, a),
+            None => (FileIngestionMethod::Flat, rest),
+        };
+        Some(CaMethod::Fixed {
+            method,
+            algo: algo.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for CaMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaMethod::Text => f.write_str("text:sha256"),
+            CaMethod::Fixed { method, algo } => write!(f, "fixed:{}{algo}", method.prefix()),
+        }
+    }
+}
+
 /// An operation and its arguments.
 ///
 /// Three carry a payload that stays in the reader after [`read_request`] (and that the client
@@ -35,6 +80,20 @@ pub enum WorkerRequest {
     IsValidPath(StorePath),
     /// 6 → path set.
     QueryReferrers(StorePath),
+    /// 7 (≥ 1.25): a content-addressed path, its contents follow as a framed stream (a NAR,
+    /// a file's bytes or a text, by `method`) → the path info in full.
+    AddToStore {
+        name: String,
+        method: CaMethod,
+        refs: BTreeSet<StorePath>,
+        repair: bool,
+    },
+    /// 8 (what clients before 1.25 send for text files) → the path.
+    AddTextToStore {
+        name: String,
+        text: String,
+        refs: BTreeSet<StorePath>,
+    },
     /// 9 → u64 1.
     BuildPaths {
         paths: Vec<DerivedPath>,
@@ -57,6 +116,8 @@ pub enum WorkerRequest {
     QueryPathInfo(StorePath),
     /// 29: the hash part of a store path → the path or `""`.
     QueryPathFromHashPart(String),
+    /// 33 → path set: the derivations known to produce the path.
+    QueryValidDerivers(StorePath),
     /// 31 → path set.
     QueryValidPaths {
         paths: BTreeSet<StorePath>,
@@ -108,6 +169,9 @@ impl WorkerRequest {
         match self {
             Self::IsValidPath(_) => Op::IsValidPath,
             Self::QueryReferrers(_) => Op::QueryReferrers,
+            Self::AddToStore { .. } => Op::AddToStore,
+            Self::AddTextToStore { .. } => Op::AddTextToStore,
+            Self::QueryValidDerivers(_) => Op::QueryValidDerivers,
             Self::BuildPaths { .. } => Op::BuildPaths,
             Self::EnsurePath(_) => Op::EnsurePath,
             Self::AddTempRoot(_) => Op::AddTempRoot,
@@ -139,6 +203,9 @@ impl Op {
             self,
             Op::IsValidPath
                 | Op::QueryReferrers
+                | Op::AddToStore
+                | Op::AddTextToStore
+                | Op::QueryValidDerivers
                 | Op::BuildPaths
                 | Op::EnsurePath
                 | Op::AddTempRoot
@@ -182,6 +249,33 @@ pub fn read_request_body<R: Read + ?Sized>(
     Ok(match op {
         Op::IsValidPath => WorkerRequest::IsValidPath(path(r, "path of IsValidPath")?),
         Op::QueryReferrers => WorkerRequest::QueryReferrers(path(r, "path of QueryReferrers")?),
+        Op::AddToStore => {
+            if version < ADD_TO_STORE_CA_SINCE {
+                return Err(WireError::unexpected(
+                    "worker operation (AddToStore from clients before 1.25 is not read here)",
+                    op,
+                ));
+            }
+            let name = read_string(r, limits, "name of AddToStore")?;
+            let method = read_string(r, limits, "content-address method of AddToStore")?;
+            let method = CaMethod::parse(&method).ok_or_else(|| {
+                WireError::unexpected("content-address method of AddToStore", method)
+            })?;
+            WorkerRequest::AddToStore {
+                name,
+                method,
+                refs: read_store_path_set(r, store_dir, limits, "references of AddToStore")?,
+                repair: read_bool(r, "repair flag of AddToStore")?,
+            }
+        }
+        Op::AddTextToStore => WorkerRequest::AddTextToStore {
+            name: read_string(r, limits, "name of AddTextToStore")?,
+            text: read_string(r, limits, "text of AddTextToStore")?,
+            refs: read_store_path_set(r, store_dir, limits, "references of AddTextToStore")?,
+        },
+        Op::QueryValidDerivers => {
+            WorkerRequest::QueryValidDerivers(path(r, "path of QueryValidDerivers")?)
+        }
         Op::BuildPaths => {
             let paths = read_derived_paths(r, version, store_dir, limits)?;
             let mode = if version >= BUILD_MODE_SINCE {
@@ -273,8 +367,6 @@ pub fn read_request_body<R: Read + ?Sized>(
         Op::HasSubstitutes
         | Op::QueryPathHash
         | Op::QueryReferences
-        | Op::AddToStore
-        | Op::AddTextToStore
         | Op::FindRoots
         | Op::ExportPath
         | Op::QueryDeriver
@@ -287,7 +379,6 @@ pub fn read_request_body<R: Read + ?Sized>(
         | Op::QueryDerivationOutputNames
         | Op::QuerySubstitutablePathInfos
         | Op::QuerySubstitutablePaths
-        | Op::QueryValidDerivers
         | Op::OptimiseStore
         | Op::VerifyStore
         | Op::RegisterDrvOutput
@@ -329,6 +420,7 @@ pub fn write_request<W: Write + ?Sized>(
     match req {
         WorkerRequest::IsValidPath(p)
         | WorkerRequest::QueryReferrers(p)
+        | WorkerRequest::QueryValidDerivers(p)
         | WorkerRequest::EnsurePath(p)
         | WorkerRequest::AddTempRoot(p)
         | WorkerRequest::QueryPathInfo(p)
@@ -396,6 +488,28 @@ pub fn write_request<W: Write + ?Sized>(
         WorkerRequest::AddPermRoot { path, gc_root } => {
             write_store_path(w, store_dir, path)?;
             write_str(w, gc_root)
+        }
+        WorkerRequest::AddToStore {
+            name,
+            method,
+            refs,
+            repair,
+        } => {
+            if version < ADD_TO_STORE_CA_SINCE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("worker protocol {version} sends AddToStore in an older form (< {ADD_TO_STORE_CA_SINCE})"),
+                ));
+            }
+            write_str(w, name)?;
+            write_str(w, &method.to_string())?;
+            write_store_paths(w, store_dir, refs)?;
+            write_bool(w, *repair)
+        }
+        WorkerRequest::AddTextToStore { name, text, refs } => {
+            write_str(w, name)?;
+            write_str(w, text)?;
+            write_store_paths(w, store_dir, refs)
         }
     }
 }

@@ -159,6 +159,27 @@ pub(super) fn all_requests() -> Vec<WorkerRequest> {
             path: sp(BAR),
             gc_root: "/home/u/result".into(),
         },
+        WorkerRequest::AddToStore {
+            name: "src".into(),
+            method: CaMethod::Fixed {
+                method: FileIngestionMethod::Recursive,
+                algo: HashAlgo::Sha512,
+            },
+            refs: [sp(BAR)].into(),
+            repair: true,
+        },
+        WorkerRequest::AddToStore {
+            name: "t".into(),
+            method: CaMethod::Text,
+            refs: BTreeSet::new(),
+            repair: false,
+        },
+        WorkerRequest::AddTextToStore {
+            name: "t".into(),
+            text: "some text".into(),
+            refs: [sp(BAR)].into(),
+        },
+        WorkerRequest::QueryValidDerivers(sp(BAR)),
     ]
 }
 
@@ -179,6 +200,11 @@ pub(super) fn requests_round_trip_per_version() {
         let ver = v(minor);
         for req in all_requests() {
             let mut buf = Vec::new();
+            if matches!(req, WorkerRequest::AddToStore { .. }) && minor < 25 {
+                // Older clients send another form, which is not read here.
+                assert!(write_request(&mut buf, ver, &dir(), &req).is_err());
+                continue;
+            }
             write_request(&mut buf, ver, &dir(), &req).unwrap();
             let mut r = &buf[..];
             let got = read_request(&mut r, ver, &dir(), &L).unwrap().unwrap();
@@ -301,8 +327,21 @@ pub(super) fn bad_requests() {
         matches!(e, WireError::UnexpectedValue { what: "worker operation", ref value } if value == "2"),
         "{e}"
     );
-    let e = read_request(&mut &B::default().n(7).0[..], v(34), &d, &L).unwrap_err();
-    assert!(e.to_string().contains("AddToStore (7)"), "{e}");
+    let e = read_request(&mut &B::default().n(20).0[..], v(34), &d, &L).unwrap_err();
+    assert!(e.to_string().contains("CollectGarbage (20)"), "{e}");
+    let e = read_request(&mut &B::default().n(7).0[..], v(24), &d, &L).unwrap_err();
+    assert!(e.to_string().contains("before 1.25"), "{e}");
+    // A content-address method Nix would not send.
+    let mut b = B::default().n(7);
+    for s in ["x", "fixed:r:md4"] {
+        b = b.s(s);
+    }
+    let e = read_request(&mut &b.0[..], v(34), &d, &L).unwrap_err();
+    assert!(e.to_string().contains("fixed:r:md4"), "{e}");
+    for good in ["text:sha256", "fixed:sha1", "fixed:r:sha256"] {
+        assert_eq!(CaMethod::parse(good).unwrap().to_string(), good);
+    }
+    assert_eq!(CaMethod::parse("text:sha1"), None);
     // A clean end between operations, and one inside an operation number.
     assert_eq!(read_request(&mut &[][..], v(34), &d, &L).unwrap(), None);
     assert!(read_request(&mut &[1u8, 0][..], v(34), &d, &L)
