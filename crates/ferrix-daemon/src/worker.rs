@@ -37,7 +37,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use ferrix_format::{Derivation, DerivationOutput, StoreDir, StorePath};
 use ferrix_protocol::wire::{
-    write_bool, write_opt_store_path, write_store_paths, write_str, FramedReader,
+    write_bool, write_opt_store_path, write_store_path, write_store_paths, write_str, FramedReader,
 };
 use ferrix_protocol::worker::payload::PathNar;
 use ferrix_protocol::worker::reply::{
@@ -45,7 +45,7 @@ use ferrix_protocol::worker::reply::{
 };
 use ferrix_protocol::worker::{
     read_op, read_request_body, server_handshake, server_post_handshake, server_startup,
-    write_build_result, write_keyed_build_results, write_stderr, BuildMode, BuildResult,
+    write_build_result, write_keyed_build_results, write_stderr, BuildMode, BuildResult, CaMethod,
     ClientOptions, DerivedPath, ErrorInfo, HandshakeInfo, KeyedBuildResult, Missing,
     MultiplePathsReader, NarPayload, Op, PathInfo, StderrMsg, UnkeyedPathInfo, WorkerRequest,
     WORKER_PROTOCOL_VERSION,
@@ -143,6 +143,33 @@ pub trait WorkerHandler {
 
     /// 6: the valid paths that refer to `path`.
     fn query_referrers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, Self::Error>;
+
+    /// 7: add the content-addressed path `name` whose contents `data` gives (to its end: a
+    /// NAR, a file's bytes or a text, as `method` says), referring to `refs`; its path info.
+    /// `repair` only for trusted clients.
+    fn add_to_store(
+        &mut self,
+        name: &str,
+        method: CaMethod,
+        refs: &BTreeSet<StorePath>,
+        repair: bool,
+        data: &mut dyn Read,
+        log: &mut dyn Logger,
+    ) -> Result<PathInfo, Self::Error>;
+
+    /// 8: add the text file `name` referring to `refs`; its path.
+    fn add_text_to_store(
+        &mut self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, Self::Error>;
+
+    /// 33: the derivations known to produce `path` that are valid.
+    fn query_valid_derivers(
+        &mut self,
+        path: &StorePath,
+    ) -> Result<BTreeSet<StorePath>, Self::Error>;
 
     /// 23: every valid path.
     fn query_all_valid_paths(&mut self) -> Result<BTreeSet<StorePath>, Self::Error>;
@@ -569,6 +596,42 @@ impl<'a, H: WorkerHandler, R: Read, W: Write> Session<'a, H, R, W> {
             WorkerRequest::QueryReferrers(p) => {
                 let res = self.handler.query_referrers(&p);
                 self.finish(op, None, res, |w, v| write_store_paths(w, dir, &v))
+            }
+            WorkerRequest::QueryValidDerivers(p) => {
+                let res = self.handler.query_valid_derivers(&p);
+                self.finish(op, None, res, |w, v| write_store_paths(w, dir, &v))
+            }
+            WorkerRequest::AddTextToStore { name, text, refs } => {
+                let res = self.handler.add_text_to_store(&name, &text, &refs);
+                self.finish(op, None, res, |w, p| write_store_path(w, dir, &p))
+            }
+            WorkerRequest::AddToStore {
+                name,
+                method,
+                refs,
+                repair,
+            } => {
+                let mut log = self.logger();
+                let mut data = FramedReader::new(&mut self.r);
+                let res = if repair && !trusted {
+                    None
+                } else {
+                    Some(
+                        self.handler
+                            .add_to_store(&name, method, &refs, repair, &mut data, &mut log),
+                    )
+                };
+                // Whatever the handler left, the next operation starts after the contents.
+                if let Err(source) = data.drain() {
+                    self.refuse(format!("reading the contents of {op}: {source}"));
+                    return Err(WorkerError::Payload { op, source });
+                }
+                match res {
+                    Some(res) => self.finish(op, Some(log), res, |w, info| {
+                        info.write(w, ferrix_protocol::worker::FULL, dir)
+                    }),
+                    None => self.fail(op, REPAIR.into()),
+                }
             }
             WorkerRequest::QueryAllValidPaths => {
                 let res = self.handler.query_all_valid_paths();

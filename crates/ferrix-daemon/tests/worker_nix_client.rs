@@ -19,8 +19,8 @@ use ferrix_daemon::worker::{serve_worker, IncomingPaths, Logger, WorkerHandler, 
 use ferrix_format::hash::{Encoding, Hash};
 use ferrix_format::{Derivation, StoreDir, StorePath};
 use ferrix_protocol::worker::{
-    BuildMode, BuildResult, ClientOptions, DerivedPath, KeyedBuildResult, Missing, PathInfo,
-    StderrMsg, UnkeyedPathInfo,
+    BuildMode, BuildResult, CaMethod, ClientOptions, DerivedPath, KeyedBuildResult, Missing,
+    PathInfo, StderrMsg, UnkeyedPathInfo,
 };
 use ferrix_protocol::WireError;
 
@@ -146,6 +146,35 @@ impl WorkerHandler for Handler {
     fn query_path_info(&mut self, path: &StorePath) -> Result<Option<UnkeyedPathInfo>, StoreError> {
         self.op("QueryPathInfo");
         Ok(self.st().paths.get(path).map(|(i, _)| i.clone()))
+    }
+
+    fn add_to_store(
+        &mut self,
+        name: &str,
+        _method: CaMethod,
+        _refs: &BTreeSet<StorePath>,
+        _repair: bool,
+        _data: &mut dyn Read,
+        _log: &mut dyn Logger,
+    ) -> Result<PathInfo, StoreError> {
+        // This in-memory store only takes NARs; the CLI's daemon takes the rest.
+        Err(StoreError::NotValid(name.to_owned()))
+    }
+
+    fn add_text_to_store(
+        &mut self,
+        name: &str,
+        _text: &str,
+        _refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError> {
+        Err(StoreError::NotValid(name.to_owned()))
+    }
+
+    fn query_valid_derivers(
+        &mut self,
+        _path: &StorePath,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(BTreeSet::new())
     }
 
     fn query_referrers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {

@@ -368,6 +368,75 @@ impl WorkerHandler for Fake {
         Ok(())
     }
 
+    fn add_to_store(
+        &mut self,
+        name: &str,
+        method: CaMethod,
+        refs: &BTreeSet<StorePath>,
+        repair: bool,
+        data: &mut dyn Read,
+        _log: &mut dyn Logger,
+    ) -> Result<PathInfo, FakeError> {
+        let mut contents = Vec::new();
+        data.read_to_end(&mut contents)?;
+        self.calls
+            .push(format!("add-ca {name} {method} repair={repair}"));
+        let d = StoreDir::default();
+        let (path, nar) = match method {
+            CaMethod::Text => (
+                d.make_text_path(name, &Hash::sha256(&contents), refs)
+                    .unwrap(),
+                super::nar_of_text(std::str::from_utf8(&contents).unwrap()),
+            ),
+            CaMethod::Fixed { method, algo } => {
+                let mut h = ferrix_format::hash::Hasher::new(algo);
+                h.update(&contents);
+                let nar = match method {
+                    FileIngestionMethod::Recursive => contents.clone(),
+                    FileIngestionMethod::Flat => {
+                        super::nar_of_text(std::str::from_utf8(&contents).unwrap())
+                    }
+                };
+                let ca = ContentAddress::Fixed {
+                    method,
+                    hash: h.finish(),
+                };
+                (d.make_ca_path(name, &ca, refs, false).unwrap(), nar)
+            }
+        };
+        let mut info = UnkeyedPathInfo::new(Hash::sha256(&nar), nar.len() as u64);
+        info.references = refs.clone();
+        self.paths.insert(path.clone(), (info.clone(), nar));
+        Ok(PathInfo { path, info })
+    }
+
+    fn add_text_to_store(
+        &mut self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, FakeError> {
+        let path = StoreDir::default()
+            .make_text_path(name, &Hash::sha256(text.as_bytes()), refs)
+            .unwrap();
+        let nar = super::nar_of_text(text);
+        let mut info = UnkeyedPathInfo::new(Hash::sha256(&nar), nar.len() as u64);
+        info.references = refs.clone();
+        self.paths.insert(path.clone(), (info, nar));
+        Ok(path)
+    }
+
+    fn query_valid_derivers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, FakeError> {
+        // Its deriver, when the store has it.
+        Ok(self
+            .paths
+            .get(path)
+            .and_then(|(i, _)| i.deriver.clone())
+            .filter(|d| self.paths.contains_key(d))
+            .into_iter()
+            .collect())
+    }
+
     fn add_build_log(
         &mut self,
         drv_path: &StorePath,

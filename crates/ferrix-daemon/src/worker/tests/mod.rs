@@ -8,7 +8,8 @@ use ferrix_format::hash::{Hash, HashAlgo};
 use ferrix_format::wire::push_bytes;
 use ferrix_format::{ContentAddress, Derivation, DerivationOutput, StoreDir, StorePath};
 use ferrix_protocol::wire::{
-    read_bool, read_opt_store_path, read_store_path_set, read_string, write_u64,
+    read_bool, read_opt_store_path, read_store_path, read_store_path_set, read_string, write_str,
+    write_u64,
 };
 use ferrix_protocol::worker::payload::{write_framed, MultiplePathsWriter};
 use ferrix_protocol::worker::reply::{
@@ -19,8 +20,8 @@ use ferrix_protocol::worker::{
     client_handshake, client_post_handshake, client_startup, process_stderr, read_build_result,
     read_keyed_build_results, read_stderr, write_request, BuildMode, BuildResult, BuildStatus,
     BuiltOutput, ClientOptions, DerivedPath, ErrorInfo, Field, HandshakeInfo, KeyedBuildResult,
-    Missing, OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo, WorkerRequest, WORKER_MAGIC_1,
-    WORKER_MAGIC_2,
+    Missing, OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo, WorkerRequest, FULL,
+    WORKER_MAGIC_1, WORKER_MAGIC_2,
 };
 use ferrix_protocol::{Limits, Version, WireError};
 use proptest::prelude::*;
@@ -679,7 +680,7 @@ fn untrusted_clients() {
 fn unknown_and_unsupported_operations_end_the_session() {
     for (op, want) in [
         (2u64, "invalid operation 2"),
-        (7, "AddToStore (7)"),
+        (20, "CollectGarbage (20)"),
         (1000, "invalid operation 1000"),
     ] {
         let mut s = Script::new(v(34));
@@ -687,7 +688,7 @@ fn unknown_and_unsupported_operations_end_the_session() {
         s.req(&WorkerRequest::SyncWithGC);
         let (res, mut o) = s.run(&mut Fake::default(), &opts(true));
         match (op, res) {
-            (7, Err(WorkerError::UnsupportedOp(Op::AddToStore))) => {}
+            (20, Err(WorkerError::UnsupportedOp(Op::CollectGarbage))) => {}
             (n, Err(WorkerError::UnknownOp(m))) if n == m => {}
             (_, res) => panic!("{op}: {res:?}"),
         }
@@ -824,6 +825,31 @@ fn logger_refuses_control_messages_and_reports_a_gone_client() {
         }
         fn query_referrers(&mut self, p: &StorePath) -> Result<BTreeSet<StorePath>, FakeError> {
             self.0.query_referrers(p)
+        }
+        fn add_to_store(
+            &mut self,
+            name: &str,
+            method: CaMethod,
+            refs: &BTreeSet<StorePath>,
+            repair: bool,
+            data: &mut dyn Read,
+            log: &mut dyn Logger,
+        ) -> Result<PathInfo, FakeError> {
+            self.0.add_to_store(name, method, refs, repair, data, log)
+        }
+        fn add_text_to_store(
+            &mut self,
+            name: &str,
+            text: &str,
+            refs: &BTreeSet<StorePath>,
+        ) -> Result<StorePath, FakeError> {
+            self.0.add_text_to_store(name, text, refs)
+        }
+        fn query_valid_derivers(
+            &mut self,
+            p: &StorePath,
+        ) -> Result<BTreeSet<StorePath>, FakeError> {
+            self.0.query_valid_derivers(p)
         }
         fn query_all_valid_paths(&mut self) -> Result<BTreeSet<StorePath>, FakeError> {
             self.0.query_all_valid_paths()
@@ -1002,4 +1028,86 @@ proptest! {
         s.raw(&tail);
         let _ = s.run(&mut fake, &opts(true));
     }
+}
+
+#[test]
+fn content_addressed_paths_are_added_from_their_framed_contents() {
+    let (mut fake, a, _) = Fake::with_paths();
+    let d = dir();
+    for (trusted, repair) in [(true, false), (true, true), (false, false), (false, true)] {
+        let mut s = Script::new(v(34));
+        s.req(&WorkerRequest::AddToStore {
+            name: "t".into(),
+            method: CaMethod::Text,
+            refs: BTreeSet::from([a.clone()]),
+            repair,
+        });
+        write_framed(&mut s.input, &mut &b"some text"[..]).unwrap();
+        s.req(&WorkerRequest::AddToStore {
+            name: "f".into(),
+            method: CaMethod::Fixed {
+                method: FileIngestionMethod::Flat,
+                algo: HashAlgo::Sha1,
+            },
+            refs: BTreeSet::new(),
+            repair: false,
+        });
+        write_framed(&mut s.input, &mut &b"flat"[..]).unwrap();
+        s.req(&WorkerRequest::AddTextToStore {
+            name: "old".into(),
+            text: "old text".into(),
+            refs: BTreeSet::new(),
+        })
+        .req(&WorkerRequest::QueryValidDerivers(a.clone()));
+        let (res, mut o) = s.run(&mut fake, &opts(trusted));
+        res.unwrap();
+        o.greeting();
+        let text_path = d
+            .make_text_path("t", &Hash::sha256(b"some text"), [&a])
+            .unwrap();
+        if repair && !trusted {
+            // Refused, and the next request still starts after the contents.
+            let (res, _) = o.work();
+            assert!(res.unwrap_err().message.contains("trusted-users"));
+        } else {
+            o.ok();
+            let info = PathInfo::read(o.r(), FULL, &d, &L).unwrap();
+            assert_eq!(info.path, text_path);
+            assert_eq!(info.info.references, BTreeSet::from([a.clone()]));
+        }
+        o.ok();
+        let info = PathInfo::read(o.r(), FULL, &d, &L).unwrap();
+        let mut h = ferrix_format::hash::Hasher::new(HashAlgo::Sha1);
+        h.update(b"flat");
+        let ca = ContentAddress::Fixed {
+            method: FileIngestionMethod::Flat,
+            hash: h.finish(),
+        };
+        assert_eq!(info.path, d.make_ca_path("f", &ca, [], false).unwrap());
+        o.ok();
+        assert_eq!(
+            read_store_path(o.r(), &d, &L, "path").unwrap(),
+            d.make_text_path("old", &Hash::sha256(b"old text"), [])
+                .unwrap()
+        );
+        o.ok();
+        assert!(read_store_path_set(o.r(), &d, &L, "derivers")
+            .unwrap()
+            .is_empty());
+        o.done();
+    }
+}
+
+#[test]
+fn add_to_store_from_clients_before_1_25_is_refused_by_name() {
+    let (mut fake, _, _) = Fake::with_paths();
+    let mut s = Script::new(v(24));
+    // The old form: a base name, flags, then an unframed NAR.
+    write_u64(&mut s.input, 7).unwrap();
+    write_str(&mut s.input, "x").unwrap();
+    let (res, mut o) = s.run(&mut fake, &opts(true));
+    assert!(res.is_err());
+    o.greeting();
+    let (res, _) = o.work();
+    assert!(res.unwrap_err().message.contains("AddToStore"));
 }
