@@ -36,4 +36,4 @@ pub use edge::AsyncStore;
 pub use error::{Result, StoreError};
 pub use local::{LocalStore, OutputsIntent, StoreLock};
 pub use path_info::ValidPathInfo;
-pub use store::{AddOptions, CopyError, Store};
+pub use store::{trusted, AddOptions, CopyError, Store};

@@ -178,7 +178,7 @@ impl Default for AddOptions {
 
 /// Whether `info` may be added under `trust`: signed by one of its keys, or content-addressed
 /// and really at the path its content address gives (or signatures not required).
-pub(crate) fn trusted(
+pub fn trusted(
     store_dir: &StoreDir,
     info: &ValidPathInfo,
     trust: &crate::binary_cache::Trust,

@@ -315,6 +315,69 @@ impl LocalStore {
         Ok(Some(Pending { staged, info }))
     }
 
+    /// Add a content-addressed path from its dump, as the worker protocol's `AddToStore`
+    /// brings it: the tree's NAR (recursive) or the file's bytes (flat), addressed by their
+    /// `algo` hash and referring to `refs`. A NAR streams into staging, hashed on the way; a
+    /// flat file is read whole first, since its NAR states its size before its bytes. The
+    /// path's info as registered (already valid: as it was).
+    pub fn add_ca_dump(
+        &self,
+        name: &str,
+        method: FileIngestionMethod,
+        algo: HashAlgo,
+        refs: &BTreeSet<StorePath>,
+        mut dump: impl Read,
+    ) -> Result<ValidPathInfo> {
+        ferrix_format::store_path::validate_name(name).map_err(|source| StoreError::BadName {
+            path: name.to_owned(),
+            source,
+        })?;
+        let what = format!("the contents of '{name}'");
+        let (staged, hash) = match method {
+            FileIngestionMethod::Recursive => {
+                let mut reader = crate::streams::HashingReader {
+                    inner: dump,
+                    sink: (algo != HashAlgo::Sha256).then(|| HashSink::new(algo)),
+                };
+                let staged = self.stage(&mut reader, &what, true)?;
+                let hash = match algo {
+                    HashAlgo::Sha256 => staged.nar_hash,
+                    _ => reader.finish().0,
+                };
+                (staged, hash)
+            }
+            FileIngestionMethod::Flat => {
+                let mut bytes = Vec::new();
+                dump.read_to_end(&mut bytes)
+                    .map_err(|source| StoreError::Io {
+                        what: "reading",
+                        path: PathBuf::from(&what),
+                        source,
+                    })?;
+                let mut h = Hasher::new(algo);
+                h.update(&bytes);
+                let mut nar = Vec::with_capacity(bytes.len() + 128);
+                crate::streams::write_file_nar(&mut nar, &bytes);
+                (self.stage_own_nar(nar), h.finish())
+            }
+        };
+        let ca = ContentAddress::Fixed { method, hash };
+        let p = self
+            .config
+            .store_dir
+            .make_ca_path(name, &ca, refs, false)
+            .map_err(|source| StoreError::BadName {
+                path: name.to_owned(),
+                source,
+            })?;
+        let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
+        info.references = refs.clone();
+        info.ca = Some(ca);
+        info.ultimate = true;
+        self.commit_batch(vec![Pending { staged, info }])?;
+        self.path_info(&p)
+    }
+
     /// Register paths whose contents are already in place (`nix-store --load-db`,
     /// `--register-validity`): their files must exist; references must be valid or among them.
     pub fn register_existing(&self, infos: &[ValidPathInfo]) -> Result<()> {
