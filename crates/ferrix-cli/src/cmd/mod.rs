@@ -94,7 +94,8 @@ enum Command {
     Copy(copy::Args),
     /// List the build machines and whether they answer.
     Machines,
-    /// Serve this store over the worker protocol (only `--stdio` so far).
+    /// Serve this store over the worker protocol: on the daemon's socket, for this machine's
+    /// users, or on standard input and output.
     Daemon {
         /// Serve one client on standard input and output (what `ssh-ng://` runs).
         #[arg(long)]
@@ -147,11 +148,12 @@ pub fn run(args: Vec<OsString>, shell: &mut Shell) -> Result<ExitCode> {
         Command::Machines => machines::run(&settings, shell)?,
         Command::ServeCache(a) => serve_cache::run(a, &settings, shell)?,
         Command::Daemon { stdio } => {
-            if !stdio {
-                anyhow::bail!("only 'ferrix daemon --stdio' is supported yet");
-            }
             let store = std::sync::Arc::new(settings.open_store()?);
-            crate::daemon::serve_stdio(&settings, store)?;
+            if stdio {
+                crate::daemon::serve_stdio(&settings, store)?;
+            } else {
+                crate::daemon::serve_socket(&settings, store)?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

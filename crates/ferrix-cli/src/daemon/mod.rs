@@ -1,6 +1,7 @@
-//! `nix-daemon --stdio` (and `ferrix daemon --stdio`): this store behind the worker
-//! protocol on standard input and output, for a master that reaches this machine over
-//! `ssh-ng://`. It trusts its caller, as Nix's does. Builds run on an Engine; their output
+//! `nix-daemon` (and `ferrix daemon`): this store behind the worker protocol, on the
+//! daemon's socket for the users of this machine ([`socket`]), or with `--stdio` on
+//! standard input and output for a master that reaches this machine over `ssh-ng://`,
+//! trusting its caller, as Nix's does. Builds run on an Engine; their output
 //! reaches the client as log messages while they run.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,12 +13,14 @@ use ferrix_daemon::worker::{IncomingPaths, Logger, WorkerHandler, WorkerOptions}
 use ferrix_format::{Derivation, StorePath};
 use ferrix_protocol::serve::BuildStatus;
 use ferrix_protocol::worker::{
-    BuildMode, BuildResult, ClientOptions, DerivedPath, KeyedBuildResult, Missing, OutputsSpec,
-    PathInfo, StderrMsg, UnkeyedPathInfo,
+    BuildMode, BuildResult, CaMethod, ClientOptions, DerivedPath, KeyedBuildResult, Missing,
+    OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo,
 };
 use ferrix_store::{LocalStore, StoreError, ValidPathInfo};
 
 use crate::settings::Settings;
+
+mod socket;
 
 #[derive(Debug, thiserror::Error)]
 enum DaemonError {
@@ -31,12 +34,30 @@ enum DaemonError {
     NotValid(String),
     #[error("{0} is not supported by this daemon yet")]
     Unsupported(&'static str),
+    #[error("cannot add path '{0}' because it lacks a signature by a trusted key (and is not content-addressed); only users in 'trusted-users' may add such paths")]
+    Unsigned(String),
 }
 
 struct Handler<'a> {
     store: Arc<LocalStore>,
     builds: crate::machine::Builds<'a>,
     options: Option<ClientOptions>,
+    /// For an untrusted client: the keys a path it adds must be signed with, unless it is
+    /// content-addressed (as Nix's daemon checks). A trusted client is taken at its word.
+    check_sigs: Option<ferrix_store::binary_cache::Trust>,
+}
+
+impl Handler<'_> {
+    /// Refuse `info` from a client whose paths are checked, unless it is signed by a trusted
+    /// key or content-addressed.
+    fn check(&self, info: &ValidPathInfo) -> Result<(), DaemonError> {
+        match &self.check_sigs {
+            Some(trust) if !ferrix_store::trusted(self.store.store_dir(), info, trust) => {
+                Err(DaemonError::Unsigned(self.store.print(&info.path)))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn to_wire(i: ValidPathInfo) -> UnkeyedPathInfo {
@@ -136,6 +157,50 @@ impl WorkerHandler for Handler<'_> {
 
     fn query_referrers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, DaemonError> {
         Ok(self.store.referrers(path)?)
+    }
+
+    fn add_to_store(
+        &mut self,
+        name: &str,
+        method: CaMethod,
+        refs: &BTreeSet<StorePath>,
+        _repair: bool,
+        data: &mut dyn Read,
+        _log: &mut dyn Logger,
+    ) -> Result<PathInfo, DaemonError> {
+        let info = match method {
+            CaMethod::Text => {
+                let mut text = Vec::new();
+                data.read_to_end(&mut text)
+                    .map_err(|e| DaemonError::Other(anyhow::Error::new(e)))?;
+                let p = self.store.add_text(name, &text, refs)?;
+                self.store.path_info(&p)?
+            }
+            CaMethod::Fixed { method, algo } => {
+                self.store.add_ca_dump(name, method, algo, refs, data)?
+            }
+        };
+        let path = info.path.clone();
+        Ok(PathInfo {
+            path,
+            info: to_wire(info),
+        })
+    }
+
+    fn add_text_to_store(
+        &mut self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, DaemonError> {
+        Ok(self.store.add_text(name, text.as_bytes(), refs)?)
+    }
+
+    fn query_valid_derivers(
+        &mut self,
+        path: &StorePath,
+    ) -> Result<BTreeSet<StorePath>, DaemonError> {
+        Ok(self.store.valid_derivers(path)?)
     }
 
     fn query_all_valid_paths(&mut self) -> Result<BTreeSet<StorePath>, DaemonError> {
@@ -259,7 +324,9 @@ impl WorkerHandler for Handler<'_> {
         nar: &mut dyn Read,
         _log: &mut dyn Logger,
     ) -> Result<(), DaemonError> {
-        Ok(self.store.add_nar(&from_wire(info), nar)?)
+        let info = from_wire(info);
+        self.check(&info)?;
+        Ok(self.store.add_nar(&info, nar)?)
     }
 
     fn add_multiple_to_store(
@@ -273,7 +340,9 @@ impl WorkerHandler for Handler<'_> {
             .next_path()
             .map_err(|e| DaemonError::Other(anyhow::Error::new(e)))?
         {
-            self.store.add_nar(&from_wire(&info), &mut nar)?;
+            let info = from_wire(&info);
+            self.check(&info)?;
+            self.store.add_nar(&info, &mut nar)?;
         }
         Ok(())
     }
@@ -300,6 +369,7 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
         builds: crate::machine::Builds::new(settings, store.clone()),
         store,
         options: None,
+        check_sigs: None,
     };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
@@ -308,8 +378,18 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
     Ok(())
 }
 
-/// `nix-daemon [--stdio] [--store URL] [--option NAME VALUE]`: only `--stdio` for now (the
-/// daemon on a socket arrives with the daemon).
+/// Serve the store on the daemon's socket (`NIX_DAEMON_SOCKET_PATH`, or the one in the
+/// state directory) until the process is stopped.
+pub fn serve_socket(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
+    let path = socket::socket_path(
+        settings,
+        std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(Into::into),
+    );
+    socket::serve(settings, store, &path)
+}
+
+/// `nix-daemon [--stdio] [--store URL] [--option NAME VALUE]`: the store on the daemon's
+/// socket, or (`--stdio`) on standard input and output.
 pub fn run(
     args: &[std::ffi::OsString],
     shell: &mut crate::shell::Shell,
@@ -322,7 +402,7 @@ pub fn run(
         let flag = a.to_str().unwrap_or("");
         match it.common(
             flag,
-            "Usage: nix-daemon --stdio [--store URL] [--option NAME VALUE]",
+            "Usage: nix-daemon [--stdio] [--store URL] [--option NAME VALUE]",
             shell,
         )? {
             crate::legacy::Common::Exit(code) => return Ok(code),
@@ -340,11 +420,12 @@ pub fn run(
             f => return Err(it.unknown(f)),
         }
     }
-    if !stdio {
-        anyhow::bail!("only 'nix-daemon --stdio' is supported yet (the daemon on a socket is not)");
-    }
     let settings = Settings::load(store_url.as_deref(), &options, shell)?;
     let store = Arc::new(settings.open_store()?);
-    serve_stdio(&settings, store)?;
+    if stdio {
+        serve_stdio(&settings, store)?;
+    } else {
+        serve_socket(&settings, store)?;
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }

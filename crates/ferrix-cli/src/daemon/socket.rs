@@ -1,0 +1,275 @@
+//! `nix-daemon` on its Unix socket: who may connect (`allowed-users`) and who is trusted
+//! (`trusted-users`), decided from the credentials the kernel gives for the peer, and a
+//! thread per connection, so that one slow or hostile client never holds up another.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ferrix_daemon::worker::WorkerOptions;
+use ferrix_store::LocalStore;
+
+use crate::settings::Settings;
+
+/// Where the daemon listens: `NIX_DAEMON_SOCKET_PATH`, or `<state dir>/daemon-socket/socket`,
+/// as in Nix.
+pub fn socket_path(settings: &Settings, env_path: Option<PathBuf>) -> PathBuf {
+    env_path.unwrap_or_else(|| settings.store.state_dir.join("daemon-socket/socket"))
+}
+
+/// The user at the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: i32,
+    /// The user's name (the uid in decimal when the system knows no such user).
+    pub user: String,
+    /// The name of the peer's primary group, if the system knows it.
+    pub group: Option<String>,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> io::Result<Peer> {
+        let cred = rustix::net::sockopt::socket_peercred(stream)?;
+        let uid = cred.uid.as_raw();
+        let gid = cred.gid.as_raw();
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name);
+        let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map(|g| g.name);
+        Ok(Peer {
+            uid,
+            pid: cred.pid.as_raw_nonzero().get(),
+            user,
+            group,
+        })
+    }
+}
+
+/// What a connection may do, from the daemon's settings.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub allowed_users: Vec<String>,
+    pub trusted_users: Vec<String>,
+    /// `build-users-group`: its members run builds and may never connect.
+    pub build_users_group: Option<String>,
+}
+
+/// Why a peer is turned away.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error("user '{user}' is not allowed to connect to the daemon (it is in no entry of 'allowed-users' or 'trusted-users')")]
+    NotAllowed { user: String },
+    #[error("user '{user}' is in the build users group '{group}', whose members may not connect to the daemon")]
+    BuildUser { user: String, group: String },
+}
+
+impl Access {
+    pub fn from_settings(settings: &Settings) -> Self {
+        // Nix's defaults: everyone may connect, root is trusted.
+        let list = |name: &str, default: &str| match settings.conf.get(name) {
+            Some(_) => settings.conf.list(name).to_vec(),
+            None => vec![default.to_owned()],
+        };
+        Access {
+            allowed_users: list("allowed-users", "*"),
+            trusted_users: list("trusted-users", "root"),
+            build_users_group: settings
+                .conf
+                .get("build-users-group")
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned),
+        }
+    }
+
+    /// Whether `peer` may connect, and if so whether it is trusted. `members` gives the
+    /// members of a group by name, for `@group` entries.
+    pub fn decide(
+        &self,
+        peer: &Peer,
+        members: &dyn Fn(&str) -> Vec<String>,
+    ) -> Result<bool, Refused> {
+        let trusted = matches(peer, &self.trusted_users, members);
+        if let (Some(bug), Some(g)) = (&self.build_users_group, &peer.group) {
+            if bug == g {
+                return Err(Refused::BuildUser {
+                    user: peer.user.clone(),
+                    group: g.clone(),
+                });
+            }
+        }
+        if !trusted && !matches(peer, &self.allowed_users, members) {
+            return Err(Refused::NotAllowed {
+                user: peer.user.clone(),
+            });
+        }
+        Ok(trusted)
+    }
+}
+
+/// Whether `peer` is named by one of `entries`: `*`, its user name, or `@group` for its
+/// primary group or a group it is a member of, as Nix matches them.
+fn matches(peer: &Peer, entries: &[String], members: &dyn Fn(&str) -> Vec<String>) -> bool {
+    entries.iter().any(|e| match e.strip_prefix('@') {
+        Some(g) => peer.group.as_deref() == Some(g) || members(g).contains(&peer.user),
+        None => e == "*" || *e == peer.user,
+    })
+}
+
+/// The members of group `name` as the system lists them.
+fn group_members(name: &str) -> Vec<String> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.mem)
+        .unwrap_or_default()
+}
+
+/// Listen at `path`: a socket left by a daemon that died is replaced, and everyone may
+/// connect to the socket itself (the daemon decides who may stay), as with Nix.
+fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating '{}'", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing '{}'", path.display())),
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("listening on the socket '{}'", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("making '{}' open to every user", path.display()))?;
+    Ok(listener)
+}
+
+/// Serve the store at `path` until the process is stopped, each connection on a thread of
+/// its own.
+pub fn serve(settings: &Settings, store: Arc<LocalStore>, path: &Path) -> Result<()> {
+    let listener = bind(path)?;
+    let access = Access::from_settings(settings);
+    std::thread::scope(|s| {
+        for conn in listener.incoming() {
+            let stream = match conn {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::shell::Shell::stdio().error(format!("accepting a connection: {e}"));
+                    continue;
+                }
+            };
+            let (store, access) = (store.clone(), &access);
+            s.spawn(move || {
+                if let Err(e) = connection(settings, store, access, stream) {
+                    crate::shell::Shell::stdio().error(format!("{e:#}"));
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// One client, from its credentials to the end of its session.
+fn connection(
+    settings: &Settings,
+    store: Arc<LocalStore>,
+    access: &Access,
+    stream: UnixStream,
+) -> Result<()> {
+    let peer = Peer::of(&stream).context("reading the credentials of a connection")?;
+    let trusted = access
+        .decide(&peer, &group_members)
+        .with_context(|| format!("refusing the connection of process {}", peer.pid))?;
+    let mut opts = WorkerOptions::new(store.store_dir().clone(), "2.8.0");
+    opts.trusted = trusted;
+    let check_sigs = if trusted {
+        None
+    } else {
+        Some(settings.substitution()?.trust)
+    };
+    let mut h = super::Handler {
+        builds: crate::machine::Builds::new(settings, store.clone()),
+        store,
+        options: None,
+        check_sigs,
+    };
+    let input = io::BufReader::new(stream.try_clone().context("sharing the socket")?);
+    let output = io::BufWriter::new(stream);
+    ferrix_daemon::worker::serve_worker(&mut h, input, output, &opts).with_context(|| {
+        format!(
+            "serving user '{}' (uid {}, process {})",
+            peer.user, peer.uid, peer.pid
+        )
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(user: &str, group: &str) -> Peer {
+        Peer {
+            uid: 1000,
+            pid: 1,
+            user: user.into(),
+            group: Some(group.into()),
+        }
+    }
+
+    fn access(allowed: &[&str], trusted: &[&str], bug: Option<&str>) -> Access {
+        Access {
+            allowed_users: allowed.iter().map(|s| s.to_string()).collect(),
+            trusted_users: trusted.iter().map(|s| s.to_string()).collect(),
+            build_users_group: bug.map(str::to_owned),
+        }
+    }
+
+    fn members(g: &str) -> Vec<String> {
+        match g {
+            "wheel" => vec!["alice".into()],
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn users_are_matched_by_name_star_primary_group_and_membership() {
+        let a = access(&["*"], &["root", "@wheel"], None);
+        assert_eq!(a.decide(&peer("root", "root"), &members), Ok(true));
+        // A member of @wheel, and a user whose primary group is wheel.
+        assert_eq!(a.decide(&peer("alice", "users"), &members), Ok(true));
+        assert_eq!(a.decide(&peer("bob", "wheel"), &members), Ok(true));
+        assert_eq!(a.decide(&peer("carol", "users"), &members), Ok(false));
+    }
+
+    #[test]
+    fn users_outside_allowed_users_are_refused_unless_trusted() {
+        let a = access(&["@wheel"], &["root"], None);
+        assert_eq!(a.decide(&peer("alice", "users"), &members), Ok(false));
+        assert_eq!(a.decide(&peer("root", "root"), &members), Ok(true));
+        assert_eq!(
+            a.decide(&peer("carol", "users"), &members),
+            Err(Refused::NotAllowed {
+                user: "carol".into()
+            })
+        );
+    }
+
+    #[test]
+    fn build_users_may_never_connect() {
+        let a = access(&["*"], &["*"], Some("nixbld"));
+        assert_eq!(
+            a.decide(&peer("nixbld1", "nixbld"), &members),
+            Err(Refused::BuildUser {
+                user: "nixbld1".into(),
+                group: "nixbld".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! `nix-daemon` on its socket, with real Nix 2.8 as the client (`--store unix://…`): adding,
+//! instantiating and building through it, who is trusted and who may connect, and many
+//! clients at once. Each daemon serves a temporary store and is stopped by its pid.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{ferrix_exe, store_env, Links, Nix};
+
+const CONF: &str = "sandbox = false\nbuild-users-group =\nsubstituters =\n";
+
+/// A Ferrix daemon on a store of its own under `root`, listening on the default socket.
+struct Daemon {
+    root: tempfile::TempDir,
+    child: Child,
+    _links: Links,
+}
+
+impl Daemon {
+    fn start(extra_conf: &str) -> Daemon {
+        let root = tempfile::tempdir().unwrap();
+        for d in ["etc", "home", "tmp"] {
+            fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        fs::write(
+            root.path().join("etc/nix.conf"),
+            format!("{CONF}{extra_conf}"),
+        )
+        .unwrap();
+        let links = Links::new();
+        let child = Self::spawn(&links, root.path());
+        let d = Daemon {
+            root,
+            child,
+            _links: links,
+        };
+        d.wait_for_socket();
+        d
+    }
+
+    fn spawn(links: &Links, root: &Path) -> Child {
+        let mut c = Command::new(links.dir.path().join("nix-daemon"));
+        store_env(&mut c, root);
+        c.stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(root.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root.path().join("state/daemon-socket/socket")
+    }
+
+    fn wait_for_socket(&self) {
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the daemon never listened: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.root.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// A real Nix command talking to this daemon.
+    fn nix(&self, nix: &Nix, prog: &str) -> Command {
+        let mut c = nix.cmd(prog);
+        store_env(&mut c, self.root.path());
+        c.arg("--store").arg(self.url());
+        c
+    }
+
+    /// A Ferrix command on the daemon's store directly (as its owner).
+    fn local(&self, prog: &str) -> Command {
+        let mut c = Command::new(self._links.dir.path().join(prog));
+        store_env(&mut c, self.root.path());
+        c
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // By its pid, never by name.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The path real Nix gives `src` added with `args` to a chroot store of its own whose
+/// paths are in `store_dir`: what the daemon must answer.
+fn expected_path(nix: &Nix, store_dir: &Path, args: &[&str], src: &Path) -> String {
+    let other = tempfile::tempdir().unwrap();
+    let mut c = nix.cmd("nix-store");
+    c.env("NIX_STORE_DIR", store_dir)
+        .arg("--store")
+        .arg(format!("local?root={}", other.path().display()))
+        .args(args)
+        .arg(src);
+    ok(c.output().unwrap(), "real Nix adding to its own store")
+}
+
+#[test]
+fn real_nix_adds_instantiates_and_builds_through_a_ferrix_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let store_dir = d.root.path().join("store");
+    let src = d.root.path().join("tmp/src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/a"), "a\n").unwrap();
+    fs::write(src.join("f"), "hello\n").unwrap();
+    let file = src.join("f");
+    for (args, what) in [
+        (vec!["--add"], &src),
+        (vec!["--add-fixed", "sha1"], &file),
+        (vec!["--add-fixed", "--recursive", "sha512"], &src),
+        (vec!["--add-fixed", "--recursive", "sha256"], &src),
+    ] {
+        let got = ok(
+            d.nix(&nix, "nix-store")
+                .args(&args)
+                .arg(what)
+                .output()
+                .unwrap(),
+            "adding through the daemon",
+        );
+        assert_eq!(
+            got,
+            expected_path(&nix, &store_dir, &args, what),
+            "{args:?}"
+        );
+        // The daemon's store has it, whole.
+        ok(
+            d.local("nix-store")
+                .args(["--verify-path", &got])
+                .output()
+                .unwrap(),
+            "verifying what the daemon added",
+        );
+    }
+
+    let expr = d.root.path().join("tmp/d.nix");
+    fs::write(
+        &expr,
+        r#"derivation { name = "hi"; system = builtins.currentSystem; builder = "/bin/sh";
+             args = [ "-c" "read x < $src; echo $x > $out" ]; src = ./src/f; }"#,
+    )
+    .unwrap();
+    let drv = ok(
+        d.nix(&nix, "nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating through the daemon",
+    );
+    // The same .drv as real Nix writes into a store of its own.
+    let theirs = tempfile::tempdir().unwrap();
+    let mut c = nix.cmd("nix-instantiate");
+    c.env("NIX_STORE_DIR", &store_dir)
+        .arg("--store")
+        .arg(format!("local?root={}", theirs.path().display()))
+        .arg(&expr);
+    assert_eq!(drv, ok(c.output().unwrap(), "real Nix instantiating"));
+    let out = ok(
+        d.nix(&nix, "nix-store")
+            .args(["-r", &drv])
+            .output()
+            .unwrap(),
+        "building through the daemon",
+    );
+    assert_eq!(fs::read_to_string(&out).unwrap(), "hello\n");
+    assert_eq!(
+        ok(
+            d.nix(&nix, "nix-store")
+                .args(["-q", "--deriver", &out])
+                .output()
+                .unwrap(),
+            "asking the deriver"
+        ),
+        drv
+    );
+    let refs = ok(
+        d.nix(&nix, "nix-store")
+            .args(["-q", "--references", &drv])
+            .output()
+            .unwrap(),
+        "asking the references",
+    );
+    assert!(refs.ends_with("-f"), "{refs}");
+}
+
+#[test]
+fn many_clients_at_once_are_served_together() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let children: Vec<(PathBuf, Child)> = (0..12)
+        .map(|i| {
+            let f = d.root.path().join(format!("tmp/file{i}"));
+            fs::write(&f, format!("contents {i}\n")).unwrap();
+            let child = d
+                .nix(&nix, "nix-store")
+                .arg("--add")
+                .arg(&f)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (f, child)
+        })
+        .collect();
+    for (f, child) in children {
+        let p = ok(child.wait_with_output().unwrap(), "adding at the same time");
+        assert_eq!(fs::read(&p).unwrap(), fs::read(&f).unwrap());
+    }
+}
+
+#[test]
+fn untrusted_users_cannot_add_unsigned_input_addressed_paths() {
+    let Some(nix) = Nix::new() else { return };
+    // Root (who runs the tests) is not in trusted-users here.
+    let mut d = Daemon::start("trusted-users = someone-else\n");
+    let expr = d.root.path().join("tmp/d.nix");
+    fs::write(
+        &expr,
+        r#"derivation { name = "ia"; system = builtins.currentSystem; builder = "/bin/sh";
+             args = [ "-c" "echo ia > $out" ]; }"#,
+    )
+    .unwrap();
+    // Built by the store's owner, exported, then deleted: an input-addressed path without a
+    // signature.
+    let drv = ok(
+        d.local("nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating locally",
+    );
+    let out = ok(
+        d.local("nix-store").args(["-r", &drv]).output().unwrap(),
+        "building locally",
+    );
+    let export = d.root.path().join("tmp/export");
+    let mut c = d.local("nix-store");
+    c.args(["--export", &out])
+        .stdout(fs::File::create(&export).unwrap());
+    ok(c.output().unwrap(), "exporting");
+    ok(
+        d.local("nix-store")
+            .args(["--delete", &out])
+            .output()
+            .unwrap(),
+        "deleting",
+    );
+    // Content-addressed paths are fine for anyone.
+    let f = d.root.path().join("tmp/f");
+    fs::write(&f, "x\n").unwrap();
+    ok(
+        d.nix(&nix, "nix-store")
+            .arg("--add")
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "an untrusted user adding a content-addressed path",
+    );
+    let refused = d
+        .nix(&nix, "nix-store")
+        .arg("--import")
+        .stdin(fs::File::open(&export).unwrap())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("lacks a signature by a trusted key") && err.contains(&out),
+        "{err}"
+    );
+    let valid = d
+        .local("nix-store")
+        .args(["--check-validity", &out])
+        .output()
+        .unwrap();
+    assert!(!valid.status.success(), "the refused path was registered");
+    assert!(
+        !Path::new(&out).exists(),
+        "the refused path was left in the store"
+    );
+    assert!(d.alive());
+}
+
+#[test]
+fn users_outside_allowed_users_are_turned_away_and_the_daemon_goes_on() {
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("allowed-users = someone-else\ntrusted-users = someone-else\n");
+    let f = d.root.path().join("tmp/f");
+    fs::write(&f, "x\n").unwrap();
+    let refused = d
+        .nix(&nix, "nix-store")
+        .arg("--add")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(d.alive(), "a refused client stopped the daemon");
+    let log = d.log();
+    assert!(
+        log.contains("user 'root' is not allowed to connect"),
+        "{log}"
+    );
+    // Nothing was added.
+    let entries: Vec<_> = fs::read_dir(d.root.path().join("store"))
+        .map(|r| r.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let root = tempfile::tempdir().unwrap();
+    let sock = root.path().join("state/daemon-socket/socket");
+    fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    // What a killed daemon leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    fs::create_dir_all(root.path().join("etc")).unwrap();
+    fs::write(root.path().join("etc/nix.conf"), CONF).unwrap();
+    let mut c = Command::new(ferrix_exe());
+    store_env(&mut c, root.path());
+    let mut child = c
+        .args(["daemon"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut up = false;
+    while start.elapsed() < Duration::from_secs(20) {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(up, "{}", String::from_utf8_lossy(&out.stderr));
+}
