@@ -361,3 +361,60 @@ fn a_stale_socket_is_replaced() {
     let out = child.wait_with_output().unwrap();
     assert!(up, "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn garbage_is_collected_through_the_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    // Made by another process that has ended: no temporary root holds them.
+    let add = |name: &str| {
+        let f = d.root.path().join("tmp").join(name);
+        fs::write(&f, format!("{name}\n")).unwrap();
+        ok(
+            d.local("nix-store").arg("--add").arg(&f).output().unwrap(),
+            "adding locally",
+        )
+    };
+    let (garbage, kept) = (add("garbage"), add("kept"));
+    let root = d.root.path().join("state/gcroots/keep");
+    fs::create_dir_all(root.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&kept, &root).unwrap();
+
+    let roots = ok(
+        d.nix(&nix, "nix-store")
+            .args(["--gc", "--print-roots"])
+            .output()
+            .unwrap(),
+        "listing roots through the daemon",
+    );
+    assert!(
+        roots.contains(&format!("{} -> {kept}", root.display())),
+        "{roots}"
+    );
+    let dead = ok(
+        d.nix(&nix, "nix-store")
+            .args(["--gc", "--print-dead"])
+            .output()
+            .unwrap(),
+        "listing dead paths through the daemon",
+    );
+    assert!(dead.lines().any(|l| l == garbage), "{dead}");
+    assert!(!dead.lines().any(|l| l == kept), "{dead}");
+    // A live path is not deleted.
+    let live = d
+        .nix(&nix, "nix-store")
+        .args(["--delete", &kept])
+        .output()
+        .unwrap();
+    assert!(!live.status.success());
+    assert!(Path::new(&kept).exists());
+    let mut c = nix.cmd("nix-collect-garbage");
+    store_env(&mut c, d.root.path());
+    c.env("NIX_REMOTE", d.url());
+    ok(
+        c.output().unwrap(),
+        "nix-collect-garbage through the daemon",
+    );
+    assert!(!Path::new(&garbage).exists(), "the garbage is still there");
+    assert!(Path::new(&kept).exists(), "a rooted path was deleted");
+}

@@ -37,7 +37,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use ferrix_format::{Derivation, DerivationOutput, StoreDir, StorePath};
 use ferrix_protocol::wire::{
-    write_bool, write_opt_store_path, write_store_path, write_store_paths, write_str, FramedReader,
+    write_bool, write_opt_store_path, write_store_path, write_store_paths, write_str,
+    write_strings, write_u64, FramedReader,
 };
 use ferrix_protocol::worker::payload::PathNar;
 use ferrix_protocol::worker::reply::{
@@ -46,7 +47,7 @@ use ferrix_protocol::worker::reply::{
 use ferrix_protocol::worker::{
     read_op, read_request_body, server_handshake, server_post_handshake, server_startup,
     write_build_result, write_keyed_build_results, write_stderr, BuildMode, BuildResult, CaMethod,
-    ClientOptions, DerivedPath, ErrorInfo, HandshakeInfo, KeyedBuildResult, Missing,
+    ClientOptions, DerivedPath, ErrorInfo, GcAction, HandshakeInfo, KeyedBuildResult, Missing,
     MultiplePathsReader, NarPayload, Op, PathInfo, StderrMsg, UnkeyedPathInfo, WorkerRequest,
     WORKER_PROTOCOL_VERSION,
 };
@@ -164,6 +165,20 @@ pub trait WorkerHandler {
         text: &str,
         refs: &BTreeSet<StorePath>,
     ) -> Result<StorePath, Self::Error>;
+
+    /// 14: the roots of the garbage collector, each link or place with the path it holds.
+    /// With `censor` (an untrusted client), the places of runtime roots are not told.
+    fn find_roots(&mut self, censor: bool) -> Result<Vec<(String, StorePath)>, Self::Error>;
+
+    /// 20: collect garbage (`max_freed`: `None` for no limit); the paths listed or deleted,
+    /// and the bytes freed.
+    fn collect_garbage(
+        &mut self,
+        action: GcAction,
+        paths: &BTreeSet<StorePath>,
+        max_freed: Option<u64>,
+        log: &mut dyn Logger,
+    ) -> Result<(Vec<StorePath>, u64), Self::Error>;
 
     /// 33: the derivations known to produce `path` that are valid.
     fn query_valid_derivers(
@@ -596,6 +611,39 @@ impl<'a, H: WorkerHandler, R: Read, W: Write> Session<'a, H, R, W> {
             WorkerRequest::QueryReferrers(p) => {
                 let res = self.handler.query_referrers(&p);
                 self.finish(op, None, res, |w, v| write_store_paths(w, dir, &v))
+            }
+            WorkerRequest::FindRoots => {
+                let res = self.handler.find_roots(!trusted);
+                self.finish(op, None, res, |w, roots| {
+                    write_u64(w, roots.len() as u64)?;
+                    for (link, p) in &roots {
+                        write_str(w, link)?;
+                        write_store_path(w, dir, p)?;
+                    }
+                    Ok(())
+                })
+            }
+            WorkerRequest::CollectGarbage {
+                action,
+                paths,
+                ignore_liveness,
+                max_freed,
+            } => {
+                if ignore_liveness {
+                    // Nobody may, through a daemon (as with Nix).
+                    return self.fail(op, "you are not allowed to ignore liveness".into());
+                }
+                let mut log = self.logger();
+                let max = (max_freed != u64::MAX).then_some(max_freed);
+                let res = self.handler.collect_garbage(action, &paths, max, &mut log);
+                self.finish(op, Some(log), res, |w, (paths, freed)| {
+                    let mut names: Vec<String> = paths.iter().map(|p| dir.display(p)).collect();
+                    names.sort();
+                    names.dedup();
+                    write_strings(w, names.iter().map(String::as_str))?;
+                    write_u64(w, freed)?;
+                    write_u64(w, 0)
+                })
             }
             WorkerRequest::QueryValidDerivers(p) => {
                 let res = self.handler.query_valid_derivers(&p);

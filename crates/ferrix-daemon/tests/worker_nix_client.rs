@@ -19,8 +19,8 @@ use ferrix_daemon::worker::{serve_worker, IncomingPaths, Logger, WorkerHandler, 
 use ferrix_format::hash::{Encoding, Hash};
 use ferrix_format::{Derivation, StoreDir, StorePath};
 use ferrix_protocol::worker::{
-    BuildMode, BuildResult, CaMethod, ClientOptions, DerivedPath, KeyedBuildResult, Missing,
-    PathInfo, StderrMsg, UnkeyedPathInfo,
+    BuildMode, BuildResult, CaMethod, ClientOptions, DerivedPath, GcAction, KeyedBuildResult,
+    Missing, PathInfo, StderrMsg, UnkeyedPathInfo,
 };
 use ferrix_protocol::WireError;
 
@@ -175,6 +175,20 @@ impl WorkerHandler for Handler {
         _path: &StorePath,
     ) -> Result<BTreeSet<StorePath>, StoreError> {
         Ok(BTreeSet::new())
+    }
+
+    fn find_roots(&mut self, _censor: bool) -> Result<Vec<(String, StorePath)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn collect_garbage(
+        &mut self,
+        _action: GcAction,
+        _paths: &BTreeSet<StorePath>,
+        _max_freed: Option<u64>,
+        _log: &mut dyn Logger,
+    ) -> Result<(Vec<StorePath>, u64), StoreError> {
+        Ok((Vec::new(), 0))
     }
 
     fn query_referrers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {

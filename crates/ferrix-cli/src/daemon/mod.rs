@@ -13,8 +13,8 @@ use ferrix_daemon::worker::{IncomingPaths, Logger, WorkerHandler, WorkerOptions}
 use ferrix_format::{Derivation, StorePath};
 use ferrix_protocol::serve::BuildStatus;
 use ferrix_protocol::worker::{
-    BuildMode, BuildResult, CaMethod, ClientOptions, DerivedPath, KeyedBuildResult, Missing,
-    OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo,
+    BuildMode, BuildResult, CaMethod, ClientOptions, DerivedPath, GcAction, KeyedBuildResult,
+    Missing, OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo,
 };
 use ferrix_store::{LocalStore, StoreError, ValidPathInfo};
 
@@ -45,6 +45,9 @@ struct Handler<'a> {
     /// For an untrusted client: the keys a path it adds must be signed with, unless it is
     /// content-addressed (as Nix's daemon checks). A trusted client is taken at its word.
     check_sigs: Option<ferrix_store::binary_cache::Trust>,
+    /// `keep-outputs` and `keep-derivations`, for collections.
+    keep_outputs: bool,
+    keep_derivations: bool,
 }
 
 impl Handler<'_> {
@@ -194,6 +197,47 @@ impl WorkerHandler for Handler<'_> {
         refs: &BTreeSet<StorePath>,
     ) -> Result<StorePath, DaemonError> {
         Ok(self.store.add_text(name, text.as_bytes(), refs)?)
+    }
+
+    fn find_roots(&mut self, censor: bool) -> Result<Vec<(String, StorePath)>, DaemonError> {
+        let roots = ferrix_store::gc::find_roots(&self.store, true)?;
+        Ok(roots
+            .into_iter()
+            .flat_map(|(p, links)| {
+                links.into_iter().map(move |l| {
+                    // Runtime roots (`{pid …}`, `{temp …}`) say which processes use what:
+                    // not for an untrusted client, as with Nix.
+                    let l = if censor && l.starts_with('{') {
+                        "{censored}".to_owned()
+                    } else {
+                        l
+                    };
+                    (l, p.clone())
+                })
+            })
+            .collect())
+    }
+
+    fn collect_garbage(
+        &mut self,
+        action: GcAction,
+        paths: &BTreeSet<StorePath>,
+        max_freed: Option<u64>,
+        _log: &mut dyn Logger,
+    ) -> Result<(Vec<StorePath>, u64), DaemonError> {
+        use ferrix_store::gc::GcAction as A;
+        let mut opts = ferrix_store::gc::GcOptions::new(match action {
+            GcAction::ReturnLive => A::ReturnLive,
+            GcAction::ReturnDead => A::ReturnDead,
+            GcAction::DeleteDead => A::DeleteDead,
+            GcAction::DeleteSpecific => A::DeleteSpecific,
+        });
+        opts.paths = paths.clone();
+        opts.max_freed = max_freed;
+        opts.keep_outputs = self.keep_outputs;
+        opts.keep_derivations = self.keep_derivations;
+        let r = ferrix_store::gc::collect_garbage(&self.store, &opts)?;
+        Ok((r.paths, r.bytes_freed))
     }
 
     fn query_valid_derivers(
@@ -370,6 +414,8 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
         store,
         options: None,
         check_sigs: None,
+        keep_outputs: settings.conf.bool("keep-outputs", false)?,
+        keep_derivations: settings.conf.bool("keep-derivations", true)?,
     };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();

@@ -198,6 +198,8 @@ fn connection(
         store,
         options: None,
         check_sigs,
+        keep_outputs: settings.conf.bool("keep-outputs", false)?,
+        keep_derivations: settings.conf.bool("keep-derivations", true)?,
     };
     let input = io::BufReader::new(stream.try_clone().context("sharing the socket")?);
     let output = io::BufWriter::new(stream);

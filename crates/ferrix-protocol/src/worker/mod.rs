@@ -60,7 +60,7 @@ pub use path_info::{PathInfo, UnkeyedPathInfo, FULL};
 pub use payload::{MultiplePathsReader, MultiplePathsWriter, NarPayload, NarTransfer};
 pub use reply::Missing;
 pub use request::{
-    read_op, read_request, read_request_body, write_request, CaMethod, WorkerRequest,
+    read_op, read_request, read_request_body, write_request, CaMethod, GcAction, WorkerRequest,
 };
 pub use stderr::{process_stderr, read_stderr, write_stderr, ErrorInfo, Field, StderrMsg};
 

@@ -14,9 +14,9 @@ use super::path_info::{PathInfo, FULL};
 use super::Op;
 use crate::derivation::{read_basic_derivation, write_basic_derivation};
 use crate::wire::{
-    read_bool, read_store_path, read_store_path_set, read_string, read_string_set, read_u64_or_eof,
-    write_bool, write_store_path, write_store_paths, write_str, write_strings, write_u64, Limits,
-    WireError,
+    read_bool, read_store_path, read_store_path_set, read_string, read_string_set, read_u64,
+    read_u64_or_eof, write_bool, write_store_path, write_store_paths, write_str, write_strings,
+    write_u64, Limits, WireError,
 };
 use crate::Version;
 
@@ -26,6 +26,40 @@ pub const SUBSTITUTE_FLAG_SINCE: Version = Version::new(1, 27);
 /// `AddToStore` takes a content-address method and a framed stream from this version on
 /// (before, a base name, flags and an unframed NAR, which this crate does not read).
 pub const ADD_TO_STORE_CA_SINCE: Version = Version::new(1, 25);
+
+/// What `CollectGarbage` does (its number on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcAction {
+    /// 0: list the live paths.
+    ReturnLive,
+    /// 1: list the dead paths.
+    ReturnDead,
+    /// 2: delete every dead path.
+    DeleteDead,
+    /// 3: delete the given paths, which must be dead.
+    DeleteSpecific,
+}
+
+impl GcAction {
+    pub fn number(self) -> u64 {
+        match self {
+            GcAction::ReturnLive => 0,
+            GcAction::ReturnDead => 1,
+            GcAction::DeleteDead => 2,
+            GcAction::DeleteSpecific => 3,
+        }
+    }
+
+    pub fn from_number(n: u64) -> Option<GcAction> {
+        Some(match n {
+            0 => GcAction::ReturnLive,
+            1 => GcAction::ReturnDead,
+            2 => GcAction::DeleteDead,
+            3 => GcAction::DeleteSpecific,
+            _ => return None,
+        })
+    }
+}
 
 /// How the contents of an `AddToStore` are addressed (`text:sha256`, `fixed:r:sha256`,
 /// `fixed:sha1`…, as Nix writes a content-address method).
@@ -106,6 +140,17 @@ pub enum WorkerRequest {
     AddTempRoot(StorePath),
     /// 12: the absolute path of a symlink to a store path → u64 1.
     AddIndirectRoot(String),
+    /// 14 → u64 count, then each root's link (a string) and path.
+    FindRoots,
+    /// 20 (then three obsolete u64) → the paths listed or deleted (a set of strings), u64
+    /// bytes freed, u64 0.
+    CollectGarbage {
+        action: GcAction,
+        paths: BTreeSet<StorePath>,
+        ignore_liveness: bool,
+        /// `u64::MAX`: no limit.
+        max_freed: u64,
+    },
     /// 13, obsolete → u64 1.
     SyncWithGC,
     /// 19 → nothing.
@@ -172,6 +217,8 @@ impl WorkerRequest {
             Self::AddToStore { .. } => Op::AddToStore,
             Self::AddTextToStore { .. } => Op::AddTextToStore,
             Self::QueryValidDerivers(_) => Op::QueryValidDerivers,
+            Self::FindRoots => Op::FindRoots,
+            Self::CollectGarbage { .. } => Op::CollectGarbage,
             Self::BuildPaths { .. } => Op::BuildPaths,
             Self::EnsurePath(_) => Op::EnsurePath,
             Self::AddTempRoot(_) => Op::AddTempRoot,
@@ -206,6 +253,8 @@ impl Op {
                 | Op::AddToStore
                 | Op::AddTextToStore
                 | Op::QueryValidDerivers
+                | Op::FindRoots
+                | Op::CollectGarbage
                 | Op::BuildPaths
                 | Op::EnsurePath
                 | Op::AddTempRoot
@@ -273,6 +322,24 @@ pub fn read_request_body<R: Read + ?Sized>(
             text: read_string(r, limits, "text of AddTextToStore")?,
             refs: read_store_path_set(r, store_dir, limits, "references of AddTextToStore")?,
         },
+        Op::FindRoots => WorkerRequest::FindRoots,
+        Op::CollectGarbage => {
+            let n = read_u64(r, "action of CollectGarbage")?;
+            let action = GcAction::from_number(n)
+                .ok_or_else(|| WireError::unexpected("action of CollectGarbage", n))?;
+            let paths = read_store_path_set(r, store_dir, limits, "paths of CollectGarbage")?;
+            let ignore_liveness = read_bool(r, "ignoreLiveness flag of CollectGarbage")?;
+            let max_freed = read_u64(r, "maxFreed of CollectGarbage")?;
+            for _ in 0..3 {
+                read_u64(r, "obsolete field of CollectGarbage")?;
+            }
+            WorkerRequest::CollectGarbage {
+                action,
+                paths,
+                ignore_liveness,
+                max_freed,
+            }
+        }
         Op::QueryValidDerivers => {
             WorkerRequest::QueryValidDerivers(path(r, "path of QueryValidDerivers")?)
         }
@@ -367,10 +434,8 @@ pub fn read_request_body<R: Read + ?Sized>(
         Op::HasSubstitutes
         | Op::QueryPathHash
         | Op::QueryReferences
-        | Op::FindRoots
         | Op::ExportPath
         | Op::QueryDeriver
-        | Op::CollectGarbage
         | Op::QuerySubstitutablePathInfo
         | Op::QueryDerivationOutputs
         | Op::QueryFailedPaths
@@ -441,7 +506,24 @@ pub fn write_request<W: Write + ?Sized>(
         WorkerRequest::AddIndirectRoot(s) | WorkerRequest::QueryPathFromHashPart(s) => {
             write_str(w, s)
         }
-        WorkerRequest::SyncWithGC | WorkerRequest::QueryAllValidPaths => Ok(()),
+        WorkerRequest::SyncWithGC
+        | WorkerRequest::QueryAllValidPaths
+        | WorkerRequest::FindRoots => Ok(()),
+        WorkerRequest::CollectGarbage {
+            action,
+            paths,
+            ignore_liveness,
+            max_freed,
+        } => {
+            write_u64(w, action.number())?;
+            write_store_paths(w, store_dir, paths)?;
+            write_bool(w, *ignore_liveness)?;
+            write_u64(w, *max_freed)?;
+            for _ in 0..3 {
+                write_u64(w, 0)?;
+            }
+            Ok(())
+        }
         WorkerRequest::SetOptions(o) => o.write(w, version),
         WorkerRequest::QueryValidPaths { paths, substitute } => {
             write_store_paths(w, store_dir, paths)?;

@@ -23,6 +23,8 @@ pub(super) struct Fake {
     pub(super) drvs: BTreeMap<StorePath, BTreeMap<String, Option<StorePath>>>,
     pub(super) options: Option<ClientOptions>,
     pub(super) roots: Vec<String>,
+    /// What `find_roots` answers: link, path.
+    pub(super) gc_roots: Vec<(String, StorePath)>,
     pub(super) logs: BTreeMap<StorePath, Vec<u8>>,
     /// What each call saw, in order.
     pub(super) calls: Vec<String>,
@@ -435,6 +437,30 @@ impl WorkerHandler for Fake {
             .filter(|d| self.paths.contains_key(d))
             .into_iter()
             .collect())
+    }
+
+    fn find_roots(&mut self, censor: bool) -> Result<Vec<(String, StorePath)>, FakeError> {
+        self.calls.push(format!("find-roots censor={censor}"));
+        Ok(self.gc_roots.clone())
+    }
+
+    fn collect_garbage(
+        &mut self,
+        action: GcAction,
+        paths: &BTreeSet<StorePath>,
+        max_freed: Option<u64>,
+        _log: &mut dyn Logger,
+    ) -> Result<(Vec<StorePath>, u64), FakeError> {
+        self.calls
+            .push(format!("gc {action:?} {} max={max_freed:?}", paths.len()));
+        // Dead: what no root names (references are not followed here).
+        let dead: Vec<StorePath> = self
+            .paths
+            .keys()
+            .filter(|p| !self.gc_roots.iter().any(|(_, r)| r == *p))
+            .cloned()
+            .collect();
+        Ok((dead, 0))
     }
 
     fn add_build_log(

@@ -8,8 +8,8 @@ use ferrix_format::hash::{Hash, HashAlgo};
 use ferrix_format::wire::push_bytes;
 use ferrix_format::{ContentAddress, Derivation, DerivationOutput, StoreDir, StorePath};
 use ferrix_protocol::wire::{
-    read_bool, read_opt_store_path, read_store_path, read_store_path_set, read_string, write_str,
-    write_u64,
+    read_bool, read_opt_store_path, read_store_path, read_store_path_set, read_string,
+    read_string_set, read_u64, write_str, write_u64,
 };
 use ferrix_protocol::worker::payload::{write_framed, MultiplePathsWriter};
 use ferrix_protocol::worker::reply::{
@@ -19,9 +19,9 @@ use ferrix_protocol::worker::stderr::{activity, result_type, verbosity};
 use ferrix_protocol::worker::{
     client_handshake, client_post_handshake, client_startup, process_stderr, read_build_result,
     read_keyed_build_results, read_stderr, write_request, BuildMode, BuildResult, BuildStatus,
-    BuiltOutput, ClientOptions, DerivedPath, ErrorInfo, Field, HandshakeInfo, KeyedBuildResult,
-    Missing, OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo, WorkerRequest, FULL,
-    WORKER_MAGIC_1, WORKER_MAGIC_2,
+    BuiltOutput, ClientOptions, DerivedPath, ErrorInfo, Field, GcAction, HandshakeInfo,
+    KeyedBuildResult, Missing, OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo, WorkerRequest,
+    FULL, WORKER_MAGIC_1, WORKER_MAGIC_2,
 };
 use ferrix_protocol::{Limits, Version, WireError};
 use proptest::prelude::*;
@@ -680,7 +680,7 @@ fn untrusted_clients() {
 fn unknown_and_unsupported_operations_end_the_session() {
     for (op, want) in [
         (2u64, "invalid operation 2"),
-        (20, "CollectGarbage (20)"),
+        (35, "VerifyStore (35)"),
         (1000, "invalid operation 1000"),
     ] {
         let mut s = Script::new(v(34));
@@ -688,7 +688,7 @@ fn unknown_and_unsupported_operations_end_the_session() {
         s.req(&WorkerRequest::SyncWithGC);
         let (res, mut o) = s.run(&mut Fake::default(), &opts(true));
         match (op, res) {
-            (20, Err(WorkerError::UnsupportedOp(Op::CollectGarbage))) => {}
+            (35, Err(WorkerError::UnsupportedOp(Op::VerifyStore))) => {}
             (n, Err(WorkerError::UnknownOp(m))) if n == m => {}
             (_, res) => panic!("{op}: {res:?}"),
         }
@@ -850,6 +850,18 @@ fn logger_refuses_control_messages_and_reports_a_gone_client() {
             p: &StorePath,
         ) -> Result<BTreeSet<StorePath>, FakeError> {
             self.0.query_valid_derivers(p)
+        }
+        fn find_roots(&mut self, censor: bool) -> Result<Vec<(String, StorePath)>, FakeError> {
+            self.0.find_roots(censor)
+        }
+        fn collect_garbage(
+            &mut self,
+            action: GcAction,
+            paths: &BTreeSet<StorePath>,
+            max_freed: Option<u64>,
+            log: &mut dyn Logger,
+        ) -> Result<(Vec<StorePath>, u64), FakeError> {
+            self.0.collect_garbage(action, paths, max_freed, log)
         }
         fn query_all_valid_paths(&mut self) -> Result<BTreeSet<StorePath>, FakeError> {
             self.0.query_all_valid_paths()
@@ -1110,4 +1122,61 @@ fn add_to_store_from_clients_before_1_25_is_refused_by_name() {
     o.greeting();
     let (res, _) = o.work();
     assert!(res.unwrap_err().message.contains("AddToStore"));
+}
+
+#[test]
+fn garbage_is_collected_and_roots_found_through_the_session() {
+    let d = dir();
+    for trusted in [true, false] {
+        let (mut fake, a, b) = Fake::with_paths();
+        fake.gc_roots.push(("/home/u/result".into(), a.clone()));
+        let mut s = Script::new(v(34));
+        s.req(&WorkerRequest::FindRoots)
+            .req(&WorkerRequest::CollectGarbage {
+                action: GcAction::ReturnDead,
+                paths: BTreeSet::new(),
+                ignore_liveness: false,
+                max_freed: u64::MAX,
+            })
+            .req(&WorkerRequest::CollectGarbage {
+                action: GcAction::DeleteSpecific,
+                paths: [b.clone()].into(),
+                ignore_liveness: true,
+                max_freed: 10,
+            })
+            .req(&WorkerRequest::CollectGarbage {
+                action: GcAction::DeleteDead,
+                paths: BTreeSet::new(),
+                ignore_liveness: false,
+                max_freed: 10,
+            });
+        let (res, mut o) = s.run(&mut fake, &opts(trusted));
+        res.unwrap();
+        o.greeting();
+        o.ok();
+        assert_eq!(read_u64(o.r(), "count").unwrap(), 1);
+        assert_eq!(read_string(o.r(), &L, "link").unwrap(), "/home/u/result");
+        assert_eq!(read_store_path(o.r(), &d, &L, "root").unwrap(), a);
+        o.ok();
+        assert_eq!(
+            read_string_set(o.r(), &L, "dead").unwrap(),
+            BTreeSet::from([d.display(&b)])
+        );
+        assert_eq!(read_u64(o.r(), "freed").unwrap(), 0);
+        assert_eq!(read_u64(o.r(), "obsolete").unwrap(), 0);
+        // Liveness is never ignored through a daemon; the session goes on.
+        let (res, _) = o.work();
+        assert!(res.unwrap_err().message.contains("ignore liveness"));
+        o.ok();
+        read_string_set(o.r(), &L, "deleted").unwrap();
+        read_u64(o.r(), "freed").unwrap();
+        read_u64(o.r(), "obsolete").unwrap();
+        o.done();
+        assert!(fake
+            .calls
+            .contains(&format!("find-roots censor={}", !trusted)));
+        assert!(fake
+            .calls
+            .contains(&"gc DeleteDead 0 max=Some(10)".to_owned()));
+    }
 }

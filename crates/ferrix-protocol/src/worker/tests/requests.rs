@@ -180,6 +180,13 @@ pub(super) fn all_requests() -> Vec<WorkerRequest> {
             refs: [sp(BAR)].into(),
         },
         WorkerRequest::QueryValidDerivers(sp(BAR)),
+        WorkerRequest::FindRoots,
+        WorkerRequest::CollectGarbage {
+            action: GcAction::DeleteSpecific,
+            paths: [sp(BAR)].into(),
+            ignore_liveness: false,
+            max_freed: u64::MAX,
+        },
     ]
 }
 
@@ -327,8 +334,10 @@ pub(super) fn bad_requests() {
         matches!(e, WireError::UnexpectedValue { what: "worker operation", ref value } if value == "2"),
         "{e}"
     );
-    let e = read_request(&mut &B::default().n(20).0[..], v(34), &d, &L).unwrap_err();
-    assert!(e.to_string().contains("CollectGarbage (20)"), "{e}");
+    let e = read_request(&mut &B::default().n(35).0[..], v(34), &d, &L).unwrap_err();
+    assert!(e.to_string().contains("VerifyStore (35)"), "{e}");
+    let e = read_request(&mut &B::default().n(20).n(4).0[..], v(34), &d, &L).unwrap_err();
+    assert!(e.to_string().contains("action of CollectGarbage"), "{e}");
     let e = read_request(&mut &B::default().n(7).0[..], v(24), &d, &L).unwrap_err();
     assert!(e.to_string().contains("before 1.25"), "{e}");
     // A content-address method Nix would not send.
