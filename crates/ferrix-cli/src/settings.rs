@@ -19,6 +19,8 @@ pub struct Settings {
     /// `--store` naming a binary cache (`file://`, `http(s)://`): only the commands that
     /// read one take it; the local store is then not to be opened.
     cache_url: Option<String>,
+    /// `--store` naming a daemon (`daemon`, `unix://…`): see [`Settings::daemon`].
+    daemon_url: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -143,8 +145,9 @@ impl Settings {
                 .any(|s| u.starts_with(s))
         };
         let cache_url = url.clone().filter(|u| is_cache(u));
+        let daemon_url = url.clone().filter(|u| is_daemon(u));
         let store = match url.as_deref() {
-            Some(u) if is_cache(u) => base,
+            Some(u) if is_cache(u) || is_daemon(u) => base,
             Some(u) => LocalStoreConfig::from_url(u, &base)?,
             None if needs_chroot(&base) => {
                 // As Nix does for users who cannot write to /nix: a store under their home.
@@ -161,7 +164,23 @@ impl Settings {
             store,
             conf,
             cache_url,
+            daemon_url,
         })
+    }
+
+    /// The daemon `--store` (or `NIX_REMOTE`) names, if it names one: its URL and socket
+    /// (`daemon`: `NIX_DAEMON_SOCKET_PATH` or the state directory's; `unix://PATH`).
+    pub fn daemon(&self) -> Option<(&str, PathBuf)> {
+        let url = self.daemon_url.as_deref()?;
+        let socket = match url.strip_prefix("unix://") {
+            Some(rest) if !rest.is_empty() => {
+                PathBuf::from(rest.split_once('?').map_or(rest, |(p, _)| p))
+            }
+            _ => env("NIX_DAEMON_SOCKET_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| self.store.state_dir.join("daemon-socket/socket")),
+        };
+        Some((url, socket))
     }
 
     /// The binary cache `--store` names, if it names one.
@@ -171,6 +190,12 @@ impl Settings {
 
     /// Open the configured local store.
     pub fn open_store(&self) -> Result<LocalStore> {
+        if let Some(url) = &self.daemon_url {
+            anyhow::bail!(
+                "the store '{url}' is a daemon: this command works on a local store only so far \
+                 ('ferrix copy', 'nix-copy-closure' and 'ferrix store ping' speak to a daemon)"
+            );
+        }
         if let Some(url) = &self.cache_url {
             anyhow::bail!(
                 "the store '{url}' is a binary cache: this command needs a local store \
@@ -184,6 +209,11 @@ impl Settings {
             )
         })
     }
+}
+
+/// Whether `url` names a daemon's socket (`daemon`, `unix://…`).
+pub fn is_daemon(url: &str) -> bool {
+    url == "daemon" || url.starts_with("unix://")
 }
 
 /// A non-root user with the default locations and no writable `/nix`.

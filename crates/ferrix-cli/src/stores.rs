@@ -1,9 +1,11 @@
 //! Opening any store a command line names (`--from`, `--to`, `--store`): the local store or
-//! one under another root, a binary cache, or a machine over ssh, each as a [`Store`].
+//! one under another root, a binary cache, a machine over ssh, or a daemon on its socket,
+//! each as a [`Store`].
 
 use anyhow::{bail, Context, Result};
 use ferrix_store::binary_cache::BinaryCache;
 use ferrix_store::remote_store::{ServeStore, WorkerStore};
+use ferrix_store::worker_client::WorkerClient;
 use ferrix_store::{LocalStore, LocalStoreConfig, Store};
 
 use crate::remote::SessionGuard;
@@ -50,9 +52,21 @@ pub fn open(
     shell: &mut Shell,
 ) -> Result<Opened> {
     let sd = settings.store_dir();
-    let Some(uri) = uri else {
-        return local(settings.open_store()?);
+    let uri = match uri {
+        Some(u) => u,
+        None => match settings.daemon() {
+            Some((u, _)) => u,
+            None => return local(settings.open_store()?),
+        },
     };
+    if crate::settings::is_daemon(uri) {
+        let client = connect_daemon(uri, settings)?;
+        return Ok(Opened {
+            store: Box::new(WorkerStore::new(uri.to_owned(), sd.clone(), client)),
+            local: None,
+            _session: None,
+        });
+    }
     if uri.starts_with("ssh-ng://") {
         let (client, guard) = crate::remote::connect_ng(uri, sd)?.split();
         return Ok(Opened {
@@ -182,4 +196,19 @@ fn cache_source(
         vec![cache],
         subst.http.connections,
     ))
+}
+
+/// A session with the daemon `uri` names (`daemon`, `unix://PATH`).
+pub fn connect_daemon(uri: &str, settings: &Settings) -> Result<WorkerClient> {
+    let socket = match uri.strip_prefix("unix://") {
+        Some(rest) if !rest.is_empty() => {
+            std::path::PathBuf::from(rest.split_once('?').map_or(rest, |(p, _)| p))
+        }
+        _ => settings
+            .daemon()
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| settings.store.state_dir.join("daemon-socket/socket")),
+    };
+    WorkerClient::over_socket(uri.to_owned(), &socket, settings.store_dir().clone(), 0)
+        .with_context(|| format!("connecting to the daemon at '{}'", socket.display()))
 }

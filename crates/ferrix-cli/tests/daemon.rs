@@ -418,3 +418,126 @@ fn garbage_is_collected_through_the_daemon() {
     assert!(!Path::new(&garbage).exists(), "the garbage is still there");
     assert!(Path::new(&kept).exists(), "a rooted path was deleted");
 }
+
+#[test]
+fn ferrix_says_what_a_daemon_is_and_whether_it_trusts_us() {
+    for (conf, trusted) in [("", "1"), ("trusted-users = someone-else\n", "0")] {
+        let d = Daemon::start(conf);
+        let mut c = Command::new(ferrix_exe());
+        store_env(&mut c, d.root.path());
+        let out = ok(
+            c.args(["store", "ping", "--store", "daemon"])
+                .output()
+                .unwrap(),
+            "ferrix store ping",
+        );
+        assert_eq!(
+            out,
+            format!("Store URL: daemon\nVersion: 2.8.0\nTrusted: {trusted}")
+        );
+    }
+}
+
+/// Real Nix 2.8's daemon on a store of its own under `root`; stopped by its pid.
+struct NixDaemon(Child);
+
+impl Drop for NixDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ferrix_copies_to_and_from_a_real_nix_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let root = tempfile::tempdir().unwrap();
+    for d in ["etc", "home", "tmp"] {
+        fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    fs::write(root.path().join("etc/nix.conf"), CONF).unwrap();
+    let mut c = nix.cmd("nix-daemon");
+    store_env(&mut c, root.path());
+    let _daemon = NixDaemon(
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let socket = root.path().join("state/daemon-socket/socket");
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nix-daemon never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("unix://{}", socket.display());
+    // Ferrix's own store: elsewhere on disk, its paths in the daemon's store directory.
+    let mine = tempfile::tempdir().unwrap();
+    let links = Links::new();
+    let ferrix = |args: &[&str]| {
+        // `nix-store …` runs under that name.
+        let mut c = match args.split_first() {
+            Some((&"nix-store", _)) => Command::new(links.dir.path().join("nix-store")),
+            _ => Command::new(ferrix_exe()),
+        };
+        let args = if args[0] == "nix-store" {
+            &args[1..]
+        } else {
+            args
+        };
+        store_env(&mut c, root.path());
+        c.env(
+            "NIX_REMOTE",
+            format!("local?root={}", mine.path().display()),
+        )
+        .args(args);
+        c
+    };
+    let pinged = ok(
+        ferrix(&["store", "ping", "--store", &url])
+            .output()
+            .unwrap(),
+        "ferrix store ping of a real Nix daemon",
+    );
+    assert_eq!(pinged, format!("Store URL: {url}\nVersion: 2.8.0"));
+    let f = root.path().join("tmp/f");
+    fs::write(&f, "to the daemon\n").unwrap();
+    let p = ok(
+        ferrix(&["nix-store", "--add", f.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        "adding to ferrix's store",
+    );
+    ok(
+        ferrix(&["copy", "--to", &url, &p]).output().unwrap(),
+        "ferrix copy --to a real Nix daemon",
+    );
+    let theirs = |args: &[&str]| {
+        let mut c = nix.cmd("nix-store");
+        store_env(&mut c, root.path());
+        c.arg("--store").arg(&url).args(args);
+        ok(c.output().unwrap(), "asking the real Nix daemon")
+    };
+    let ours = ok(
+        ferrix(&["nix-store", "-q", "--hash", &p]).output().unwrap(),
+        "asking ferrix",
+    );
+    assert_eq!(theirs(&["-q", "--hash", &p]), ours);
+    let g = root.path().join("tmp/g");
+    fs::write(&g, "from the daemon\n").unwrap();
+    let q = theirs(&["--add", g.to_str().unwrap()]);
+    ok(
+        ferrix(&["copy", "--from", &url, &q]).output().unwrap(),
+        "ferrix copy --from a real Nix daemon",
+    );
+    assert_eq!(
+        ok(
+            ferrix(&["nix-store", "-q", "--hash", &q]).output().unwrap(),
+            "asking ferrix"
+        ),
+        theirs(&["-q", "--hash", &q])
+    );
+}

@@ -1,11 +1,13 @@
-//! The client side of the worker protocol over ssh (`ssh-ng://` machines): one session with
-//! a remote `nix-daemon --stdio`. Build logs arrive as protocol messages, so nothing else
-//! needs draining; the daemon's stderr is kept only for error messages.
+//! The client side of the worker protocol: one session with a remote `nix-daemon --stdio`
+//! over ssh (`ssh-ng://` machines), or with a daemon on its Unix socket (`daemon`,
+//! `unix://…`). Build logs arrive as protocol messages, so nothing else needs draining; a
+//! remote daemon's stderr is kept only for error messages.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{self, BufRead, BufReader, BufWriter};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -30,17 +32,27 @@ use crate::{LocalStore, ValidPathInfo};
 /// The oldest daemon we copy to: `AddMultipleToStore` arrived in 1.32 (Nix 2.4).
 const MINIMUM: Version = Version::new(1, 32);
 
-/// One session with a remote `nix-daemon --stdio`.
+/// One session with a daemon.
 pub struct WorkerClient {
     uri: String,
-    child: Child,
-    r: BufReader<ChildStdout>,
-    w: BufWriter<ChildStdin>,
+    peer: Peer,
+    r: BufReader<Box<dyn Read + Send>>,
+    w: BufWriter<Box<dyn Write + Send>>,
     version: Version,
     store_dir: StoreDir,
     limits: Limits,
     tail: Arc<Mutex<VecDeque<String>>>,
     drain: Option<JoinHandle<()>>,
+    /// What the daemon said of itself in the handshake.
+    info: ferrix_protocol::worker::HandshakeInfo,
+}
+
+/// What the session runs over.
+enum Peer {
+    /// A process (ssh running `nix-daemon --stdio`), on its standard streams.
+    Process(Child),
+    /// A daemon's socket.
+    Socket(UnixStream),
 }
 
 impl std::fmt::Debug for WorkerClient {
@@ -78,6 +90,8 @@ impl WorkerClient {
         else {
             unreachable!("the session's standard streams are piped")
         };
+        let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) =
+            (Box::new(stdout), Box::new(stdin));
         let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
         let t = tail.clone();
         let drain = std::thread::Builder::new()
@@ -93,17 +107,64 @@ impl WorkerClient {
                 }
             })
             .ok();
-        let mut c = Self {
+        let c = Self {
             uri,
-            child,
-            r: BufReader::with_capacity(256 << 10, stdout),
-            w: BufWriter::with_capacity(256 << 10, stdin),
+            peer: Peer::Process(child),
+            r: BufReader::with_capacity(256 << 10, r),
+            w: BufWriter::with_capacity(256 << 10, w),
             version: WORKER_PROTOCOL_VERSION,
             store_dir,
             limits: Limits::default(),
             tail,
             drain,
+            info: Default::default(),
         };
+        c.greet(max_silent_time)
+    }
+
+    /// Speak to the daemon listening at `socket` (named `uri` in messages).
+    pub fn over_socket(
+        uri: String,
+        socket: &Path,
+        store_dir: StoreDir,
+        max_silent_time: u64,
+    ) -> Result<Self, RemoteError> {
+        let stream = UnixStream::connect(socket).map_err(|source| RemoteError::Send {
+            uri: uri.clone(),
+            what: "connecting to the daemon's socket",
+            tail: Vec::new(),
+            source,
+        })?;
+        let reading = stream.try_clone().map_err(|source| RemoteError::Send {
+            uri: uri.clone(),
+            what: "connecting to the daemon's socket",
+            tail: Vec::new(),
+            source,
+        })?;
+        let writing = stream.try_clone().map_err(|source| RemoteError::Send {
+            uri: uri.clone(),
+            what: "connecting to the daemon's socket",
+            tail: Vec::new(),
+            source,
+        })?;
+        let c = Self {
+            uri,
+            peer: Peer::Socket(stream),
+            r: BufReader::with_capacity(256 << 10, Box::new(reading)),
+            w: BufWriter::with_capacity(256 << 10, Box::new(writing)),
+            version: WORKER_PROTOCOL_VERSION,
+            store_dir,
+            limits: Limits::default(),
+            tail: Arc::default(),
+            drain: None,
+            info: Default::default(),
+        };
+        c.greet(max_silent_time)
+    }
+
+    /// The greeting, and the options (build logs wanted, `max_silent_time` in seconds).
+    fn greet(mut self, max_silent_time: u64) -> Result<Self, RemoteError> {
+        let c = &mut self;
         let n = client_handshake(
             &mut c.r,
             &mut c.w,
@@ -121,7 +182,7 @@ impl WorkerClient {
                 theirs: c.version.to_wire(),
             }));
         }
-        client_post_handshake(&mut c.r, &mut c.w, c.version, &c.limits)
+        c.info = client_post_handshake(&mut c.r, &mut c.w, c.version, &c.limits)
             .map_err(|e| c.protocol(e))?;
         let started = client_startup(&mut c.r, &mut c.w, c.version, &c.limits, &mut |_| {})
             .map_err(|e| c.protocol(e))?;
@@ -132,7 +193,7 @@ impl WorkerClient {
             ..ClientOptions::default()
         };
         c.call("setting options", &WorkerRequest::SetOptions(options), None)?;
-        Ok(c)
+        Ok(self)
     }
 
     fn tail(&self) -> Vec<String> {
@@ -142,7 +203,9 @@ impl WorkerClient {
 
     fn protocol(&mut self, source: WireError) -> RemoteError {
         if source.is_eof() {
-            let _ = self.child.wait();
+            if let Peer::Process(child) = &mut self.peer {
+                let _ = child.wait();
+            }
             if let Some(d) = self.drain.take() {
                 let _ = d.join();
             }
@@ -402,22 +465,49 @@ impl WorkerClient {
         })
     }
 
-    /// The process of the session (its own process group).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The protocol version of the session.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The daemon's Nix version, if it said (from 1.33).
+    pub fn daemon_version(&self) -> Option<&str> {
+        self.info.nix_version.as_deref()
+    }
+
+    /// Whether the daemon trusts us, if it said (from 1.35).
+    pub fn trusted(&self) -> Option<bool> {
+        self.info.trusted
+    }
+
+    /// The process of the session (its own process group), if it runs over one.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.peer {
+            Peer::Process(child) => Some(child.id()),
+            Peer::Socket(_) => None,
+        }
     }
 
     /// Tell the session's process to end, without waiting for it (dropping the session
-    /// waits): several sessions end at once.
+    /// waits): several sessions end at once. A socket is shut down.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        match &mut self.peer {
+            Peer::Process(child) => {
+                let _ = child.kill();
+            }
+            Peer::Socket(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
 impl Drop for WorkerClient {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+        if let Peer::Process(child) = &mut self.peer {
+            let _ = child.wait();
+        }
         if let Some(d) = self.drain.take() {
             let _ = d.join();
         }

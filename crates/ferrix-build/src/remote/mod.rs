@@ -408,7 +408,7 @@ impl RemoteExecutor {
         let mut s = r
             .session(store, &self.settings)
             .map_err(|e| Failure::of(&drv, &r.machine.uri, e))?;
-        *pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.pid());
+        *pid.lock().unwrap_or_else(|p| p.into_inner()) = s.pid();
         // Nothing to send (a derivation without inputs): no round trip to ask about it.
         if !closure.is_empty() {
             let _one = r.upload.lock().unwrap_or_else(|p| p.into_inner());
@@ -535,9 +535,9 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    fn pid(&self) -> u32 {
+    fn pid(&self) -> Option<u32> {
         match self {
-            Self::Serve(c) => c.pid(),
+            Self::Serve(c) => Some(c.pid()),
             Self::Worker(c) => c.pid(),
         }
     }

@@ -1,4 +1,4 @@
-//! `ferrix store add|add-path|add-file|gc|verify|delete`.
+//! `ferrix store add|add-path|add-file|gc|verify|delete|ping`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,9 @@ pub enum StoreCommand {
         #[arg(required = true)]
         paths: Vec<String>,
     },
+    /// Check that the store can be reached, and say what it is (for a daemon: its version
+    /// and whether it trusts us).
+    Ping,
     /// Delete paths, refusing live ones.
     Delete {
         #[arg(long)]
@@ -84,6 +87,9 @@ pub struct AddArgs {
 }
 
 pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
+    if let StoreCommand::Ping = cmd {
+        return ping(settings, shell);
+    }
     let store = settings.open_store()?;
     if matches!(
         cmd,
@@ -177,6 +183,7 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             }
             shell.note(format!("added {added} signatures"));
         }
+        StoreCommand::Ping => unreachable!("answered above"),
         StoreCommand::Delete {
             ignore_liveness,
             paths,
@@ -185,6 +192,30 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             opts.paths = ops::resolve_all(&store, &paths)?.into_iter().collect();
             opts.ignore_liveness = ignore_liveness;
             ops::gc(&store, settings, opts, shell)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferrix store ping`, in the form of `nix store ping`.
+fn ping(settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
+    match settings.daemon() {
+        Some((url, _)) => {
+            let client = crate::stores::connect_daemon(url, settings)?;
+            shell.println(format!("Store URL: {url}"))?;
+            if let Some(v) = client.daemon_version() {
+                shell.println(format!("Version: {v}"))?;
+            }
+            if let Some(t) = client.trusted() {
+                shell.println(format!("Trusted: {}", u8::from(t)))?;
+            }
+        }
+        None => {
+            let store = settings.open_store()?;
+            shell.println(format!(
+                "Store URL: local (store '{}')",
+                store.store_dir().as_str()
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
