@@ -541,3 +541,36 @@ fn ferrix_copies_to_and_from_a_real_nix_daemon() {
         theirs(&["-q", "--hash", &q])
     );
 }
+
+#[test]
+fn what_a_client_added_is_garbage_once_no_client_is_connected() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let f = d.root.path().join("tmp/f");
+    fs::write(&f, "short-lived\n").unwrap();
+    let p = ok(
+        d.nix(&nix, "nix-store")
+            .arg("--add")
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "adding through the daemon",
+    );
+    // The client has gone: the daemon keeps nothing of its session alive.
+    let dead = ok(
+        d.nix(&nix, "nix-store")
+            .args(["--gc", "--print-dead"])
+            .output()
+            .unwrap(),
+        "listing dead paths through the daemon",
+    );
+    assert!(dead.lines().any(|l| l == p), "{dead}");
+    let mut c = nix.cmd("nix-collect-garbage");
+    store_env(&mut c, d.root.path());
+    c.env("NIX_REMOTE", d.url());
+    ok(
+        c.output().unwrap(),
+        "nix-collect-garbage through the daemon",
+    );
+    assert!(!Path::new(&p).exists());
+}

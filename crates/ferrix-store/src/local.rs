@@ -339,6 +339,14 @@ impl LocalStore {
         }
     }
 
+    /// Release every temporary root of this process, at a moment its owner knows that
+    /// nothing in flight relies on them (a daemon whose last client has gone): a long-lived
+    /// process would otherwise keep alive every path it ever touched. The next root made
+    /// starts a new file.
+    pub fn release_temp_roots(&self) {
+        *self.temp_roots.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Invalidate `paths` (in one transaction, referrers first) and delete their files, under
     /// an intent record so that a crash in between leaves nothing that recovery keeps.
     /// Liveness against GC roots is the caller's business (see [`crate::gc`]).

@@ -155,6 +155,7 @@ fn bind(path: &Path) -> Result<UnixListener> {
 pub fn serve(settings: &Settings, store: Arc<LocalStore>, path: &Path) -> Result<()> {
     let listener = bind(path)?;
     let access = Access::from_settings(settings);
+    let sessions = Sessions::default();
     std::thread::scope(|s| {
         for conn in listener.incoming() {
             let stream = match conn {
@@ -164,15 +165,50 @@ pub fn serve(settings: &Settings, store: Arc<LocalStore>, path: &Path) -> Result
                     continue;
                 }
             };
-            let (store, access) = (store.clone(), &access);
+            let (store, access, sessions) = (store.clone(), &access, &sessions);
             s.spawn(move || {
-                if let Err(e) = connection(settings, store, access, stream) {
+                let _session = sessions.start(&store);
+                if let Err(e) = connection(settings, store.clone(), access, stream) {
                     crate::shell::Shell::stdio().error(format!("{e:#}"));
                 }
             });
         }
     });
     Ok(())
+}
+
+/// How many sessions are running. The store's temporary roots are the whole process's, so
+/// they are released when the last session ends (nothing is in flight then): a path a
+/// client used stays alive while any client is connected, and no longer.
+#[derive(Default)]
+struct Sessions(std::sync::Mutex<usize>);
+
+/// A running session; its end is counted when dropped.
+struct Session<'a> {
+    sessions: &'a Sessions,
+    store: Arc<LocalStore>,
+}
+
+impl Sessions {
+    fn start(&self, store: &Arc<LocalStore>) -> Session<'_> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Session {
+            sessions: self,
+            store: store.clone(),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // Under the count's lock: a session starting meanwhile counts itself before it
+        // makes a root, so its roots are never the ones released.
+        let mut n = self.sessions.0.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.store.release_temp_roots();
+        }
+    }
 }
 
 /// One client, from its credentials to the end of its session.
