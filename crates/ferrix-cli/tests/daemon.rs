@@ -574,3 +574,58 @@ fn what_a_client_added_is_garbage_once_no_client_is_connected() {
     );
     assert!(!Path::new(&p).exists());
 }
+
+#[test]
+fn a_socket_handed_over_by_systemd_is_served() {
+    let Some(nix) = Nix::new() else { return };
+    let root = tempfile::tempdir().unwrap();
+    for d in ["etc", "home", "tmp"] {
+        fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    fs::write(root.path().join("etc/nix.conf"), CONF).unwrap();
+    // Not where the daemon would make one: it must serve this one.
+    let sock = root.path().join("tmp/activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    // As systemd does: the socket on descriptor 3, LISTEN_PID the daemon's own pid (the
+    // shell's, which it becomes).
+    let mut c = Command::new("/bin/sh");
+    store_env(&mut c, root.path());
+    c.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" daemon"])
+        .arg(ferrix_exe())
+        .stderr(std::process::Stdio::null());
+    #[allow(unsafe_code)]
+    // SAFETY: between fork and exec only dup2 and fcntl, which are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+            // Already 3: only its close-on-exec flag must go (dup2 would keep it).
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    drop(listener);
+    let _daemon = NixDaemon(child);
+    let mut add = nix.cmd("nix-store");
+    store_env(&mut add, root.path());
+    let f = root.path().join("tmp/f");
+    fs::write(&f, "activated\n").unwrap();
+    let p = ok(
+        add.arg("--store")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--add")
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "adding through the activated socket",
+    );
+    assert_eq!(fs::read_to_string(p).unwrap(), "activated\n");
+    assert!(!root.path().join("state/daemon-socket/socket").exists());
+}

@@ -150,10 +150,52 @@ fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serve the store at `path` until the process is stopped, each connection on a thread of
-/// its own.
-pub fn serve(settings: &Settings, store: Arc<LocalStore>, path: &Path) -> Result<()> {
-    let listener = bind(path)?;
+/// The listening socket systemd handed over (socket activation: descriptor 3, with
+/// `LISTEN_PID` naming this process and `LISTEN_FDS` one socket), if it did.
+pub fn inherited(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+) -> Result<Option<UnixListener>> {
+    let (Some(pid), Some(n)) = (listen_pid, listen_fds) else {
+        return Ok(None);
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        // Meant for another process (the variables were inherited): not ours.
+        return Ok(None);
+    }
+    if n.trim() != "1" {
+        anyhow::bail!(
+            "socket activation passed LISTEN_FDS={n}: the daemon takes exactly one socket"
+        );
+    }
+    const FIRST: std::os::fd::RawFd = 3;
+    // SAFETY: with LISTEN_PID naming this process, systemd passed descriptor 3 open and for
+    // this process alone; nothing else here has taken it (it is read once, at start-up).
+    #[allow(unsafe_code)]
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(FIRST) };
+    let st = rustix::fs::fstat(&owned)
+        .context("reading the socket handed over by socket activation (descriptor 3)")?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+        anyhow::bail!("socket activation handed over descriptor 3, which is not a socket");
+    }
+    // Builders must not inherit it.
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+        .context("keeping the activated socket from the builders")?;
+    Ok(Some(UnixListener::from(owned)))
+}
+
+/// Serve the store until the process is stopped, each connection on a thread of its own:
+/// on `listener` if given (socket activation), else at `path`.
+pub fn serve(
+    settings: &Settings,
+    store: Arc<LocalStore>,
+    path: &Path,
+    listener: Option<UnixListener>,
+) -> Result<()> {
+    let listener = match listener {
+        Some(l) => l,
+        None => bind(path)?,
+    };
     let access = Access::from_settings(settings);
     let sessions = Sessions::default();
     std::thread::scope(|s| {
