@@ -563,6 +563,8 @@ impl ferrix_build::Fallback for PlanFallback {
 pub struct EngineHost {
     runtime: tokio::runtime::Runtime,
     engine: ferrix_build::Engine,
+    /// Turned true, it stops the Engine's builds cleanly (as the first Ctrl-C does).
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// The machines' ssh sockets are in it.
     _runtime_dir: Option<tempfile::TempDir>,
 }
@@ -673,8 +675,10 @@ impl EngineHost {
             })),
             _ => None,
         };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(tx);
         let engine = runtime.block_on(async {
-            let (tx, rx) = tokio::sync::watch::channel(false);
+            let tx = stop.clone();
             // The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one exits at once.
             tokio::spawn(async move {
                 wait_for_signal().await;
@@ -699,8 +703,14 @@ impl EngineHost {
         Ok(Self {
             runtime,
             engine,
+            stop,
             _runtime_dir,
         })
+    }
+
+    /// What stops this Engine's builds cleanly (and only this Engine's), from any thread.
+    pub fn stopper(&self) -> Arc<tokio::sync::watch::Sender<bool>> {
+        self.stop.clone()
     }
 
     /// Realise `plan`, waiting for its outcome.

@@ -110,15 +110,47 @@ pub struct Builds<'a> {
     store: Arc<LocalStore>,
     host: Option<(Asked, crate::build::EngineHost)>,
     lines: Arc<std::sync::Mutex<Option<mpsc::Sender<String>>>>,
+    client: Client,
+}
+
+/// How many runs of [`Builds::run`] are going on in this process (a daemon waits for them
+/// to stop before it exits).
+pub static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a run while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Where the session's client is, to notice it leaving while a build runs.
+pub enum Client {
+    /// At the other end of standard input: the whole process serves it, and is interrupted
+    /// when it leaves.
+    Stdin,
+    /// At the other end of this socket (a daemon's client): only this session's builds
+    /// stop when it leaves.
+    Socket(std::os::fd::OwnedFd),
 }
 
 impl<'a> Builds<'a> {
-    pub fn new(settings: &'a Settings, store: Arc<LocalStore>) -> Self {
+    pub fn new(settings: &'a Settings, store: Arc<LocalStore>, client: Client) -> Self {
         Self {
             settings,
             store,
             host: None,
             lines: Arc::default(),
+            client,
         }
     }
 
@@ -137,6 +169,7 @@ impl<'a> Builds<'a> {
         if plan.nodes.is_empty() {
             return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
         }
+        let _running = Running::start();
         if self.host.as_ref().is_some_and(|(a, _)| *a != asked) {
             if let Some((_, h)) = self.host.take() {
                 h.finish();
@@ -169,13 +202,14 @@ impl<'a> Builds<'a> {
         };
         let (tx, rx) = mpsc::channel();
         *self.lines.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        // A master that goes away (its end of our standard input closes) stops the build,
-        // as an interrupt here would: nobody is left to take the outputs.
-        // The watch ends when `done` closes.
+        // A client that goes away stops the build, as an interrupt here would: nobody is
+        // left to take the outputs. The watch ends when `done` closes.
         let (watch, done) = std::io::pipe().context("making a pipe")?;
         let lines = &self.lines;
+        let client = &self.client;
+        let stopper = host.stopper();
         let outcome = std::thread::scope(|s| {
-            s.spawn(move || stop_when_master_leaves(watch));
+            s.spawn(move || stop_when_client_leaves(client, &stopper, watch));
             let run = s.spawn(|| {
                 let outcome = host.run(&plan);
                 // The lines end here: the loop below stops once what was sent is taken.
@@ -201,25 +235,45 @@ impl Drop for Builds<'_> {
     }
 }
 
-/// Until `done` closes (the build is over), watch standard input for the master hanging
-/// up; then interrupt this process (the Engine stops its builds cleanly on SIGTERM).
-fn stop_when_master_leaves(done: std::io::PipeReader) {
+/// Until `done` closes (the build is over), watch the client's end for a hangup; then stop
+/// the builds: this process's (the Engine stops them cleanly on SIGTERM) when the client
+/// is at the other end of standard input, this session's only when it is a daemon's.
+fn stop_when_client_leaves(
+    client: &Client,
+    stopper: &tokio::sync::watch::Sender<bool>,
+    done: std::io::PipeReader,
+) {
     use rustix::event::{poll, PollFd, PollFlags};
     let stdin = std::io::stdin();
+    let (watched, interest): (std::os::fd::BorrowedFd<'_>, PollFlags) = match client {
+        Client::Stdin => (std::os::fd::AsFd::as_fd(&stdin), PollFlags::empty()),
+        // The peer closing its end shows as RDHUP (the client sends nothing while it waits).
+        Client::Socket(fd) => (std::os::fd::AsFd::as_fd(fd), PollFlags::RDHUP),
+    };
     loop {
-        // No interest in data on standard input (the master sends none while we build):
-        // only a hangup there, or the end of `done`.
+        // No interest in data from the client: only its hanging up, or the end of `done`.
         let mut fds = [
-            PollFd::new(&stdin, PollFlags::empty()),
+            PollFd::from_borrowed_fd(watched, interest),
             PollFd::new(&done, PollFlags::IN),
         ];
         match poll(&mut fds, None) {
             Ok(_) if !fds[1].revents().is_empty() => return,
-            Ok(_) if fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR) => {
-                let _ = rustix::process::kill_process(
-                    rustix::process::getpid(),
-                    rustix::process::Signal::TERM,
-                );
+            Ok(_)
+                if fds[0]
+                    .revents()
+                    .intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP) =>
+            {
+                match client {
+                    Client::Stdin => {
+                        let _ = rustix::process::kill_process(
+                            rustix::process::getpid(),
+                            rustix::process::Signal::TERM,
+                        );
+                    }
+                    Client::Socket(_) => {
+                        let _ = stopper.send(true);
+                    }
+                }
                 return;
             }
             // Nothing to watch (no standard input): the build goes on.

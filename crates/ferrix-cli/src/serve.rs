@@ -164,7 +164,7 @@ pub fn serve(settings: &Settings, store: Arc<LocalStore>, write: bool) -> Result
     let mut opts = ServeOptions::new(store.store_dir().clone());
     opts.write = write;
     let mut h = Handler {
-        builds: crate::machine::Builds::new(settings, store.clone()),
+        builds: crate::machine::Builds::new(settings, store.clone(), crate::machine::Client::Stdin),
         store,
     };
     let stdin = std::io::stdin().lock();

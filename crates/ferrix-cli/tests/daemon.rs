@@ -629,3 +629,142 @@ fn a_socket_handed_over_by_systemd_is_served() {
     assert_eq!(fs::read_to_string(p).unwrap(), "activated\n");
     assert!(!root.path().join("state/daemon-socket/socket").exists());
 }
+
+/// A derivation whose builder writes its pid to `mark` and sleeps for a minute.
+fn sleeper(d: &Daemon, nix: &Nix, mark: &Path) -> String {
+    let expr = d.root.path().join("tmp/sleep.nix");
+    fs::write(
+        &expr,
+        format!(
+            r#"derivation {{ name = "sleeper"; system = builtins.currentSystem; builder = "/bin/sh";
+                 args = [ "-c" "echo $$ > {}; exec /bin/sleep 60" ]; }}"#,
+            mark.display()
+        ),
+    )
+    .unwrap();
+    ok(
+        d.nix(nix, "nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating through the daemon",
+    )
+}
+
+/// The pid a sleeper wrote, once it has.
+fn builder_pid(mark: &Path) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = fs::read_to_string(mark) {
+            if let Ok(pid) = s.trim().parse() {
+                return pid;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the build never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn gone(pid: i32) -> bool {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if start.elapsed() > Duration::from_secs(20) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// No lock files, build directories or output of `drv` left behind, and the store sound.
+fn nothing_half_done(d: &Daemon, drv: &str) {
+    let locks: Vec<_> = fs::read_dir(d.root.path().join("store"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        .map(|e| e.path())
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
+    let out = ok(
+        d.local("nix-store")
+            .args(["-q", "--outputs", drv])
+            .output()
+            .unwrap(),
+        "asking the outputs",
+    );
+    assert!(!Path::new(&out).exists(), "a half-built output is left");
+    ok(
+        d.local("nix-store")
+            .args(["--verify", "--check-contents"])
+            .output()
+            .unwrap(),
+        "verifying the store",
+    );
+}
+
+#[test]
+fn a_client_that_leaves_mid_build_stops_its_build_and_the_daemon_goes_on() {
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    let mark = d.root.path().join("tmp/pid");
+    let drv = sleeper(&d, &nix, &mark);
+    let mut client = d
+        .nix(&nix, "nix-store")
+        .args(["-r", &drv])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = builder_pid(&mark);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(gone(pid), "the builder outlived its client");
+    assert!(d.alive());
+    nothing_half_done(&d, &drv);
+    // The daemon serves the next client.
+    let f = d.root.path().join("tmp/f");
+    fs::write(&f, "next\n").unwrap();
+    ok(
+        d.nix(&nix, "nix-store")
+            .arg("--add")
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "the next client",
+    );
+}
+
+#[test]
+fn sigterm_stops_the_builds_cleanly_and_the_daemon_exits() {
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    let mark = d.root.path().join("tmp/pid");
+    let drv = sleeper(&d, &nix, &mark);
+    let client = d
+        .nix(&nix, "nix-store")
+        .args(["-r", &drv])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = builder_pid(&mark);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&d.child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    while d.alive() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon did not exit: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(pid), "the builder outlived the daemon");
+    let out = client.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the client's build did not fail");
+    assert!(!d.socket().exists(), "the socket was left");
+    nothing_half_done(&d, &drv);
+}

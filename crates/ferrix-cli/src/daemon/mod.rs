@@ -410,7 +410,7 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
     // `--stdio` serves whoever runs it, as Nix's does.
     opts.trusted = true;
     let mut h = Handler {
-        builds: crate::machine::Builds::new(settings, store.clone()),
+        builds: crate::machine::Builds::new(settings, store.clone(), crate::machine::Client::Stdin),
         store,
         options: None,
         check_sigs: None,

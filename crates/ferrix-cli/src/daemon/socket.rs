@@ -196,6 +196,7 @@ pub fn serve(
         Some(l) => l,
         None => bind(path)?,
     };
+    stop_on_signal(listener_path(&listener, path))?;
     let access = Access::from_settings(settings);
     let sessions = Sessions::default();
     std::thread::scope(|s| {
@@ -216,6 +217,44 @@ pub fn serve(
             });
         }
     });
+    Ok(())
+}
+
+/// The socket file a listener is bound to (the activated one's, or `path`).
+fn listener_path(listener: &UnixListener, path: &Path) -> PathBuf {
+    listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// On SIGTERM or SIGINT: take no more clients (the socket goes), let the builds stop
+/// (every Engine stops its own cleanly on the same signal: outputs are registered whole or
+/// not at all, locks released), then exit. A second signal exits at once.
+fn stop_on_signal(socket: PathBuf) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(sig, flag.clone())
+            .context("installing the daemon's signal handlers")?;
+    }
+    std::thread::Builder::new()
+        .name("daemon-signals".into())
+        .spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = std::fs::remove_file(&socket);
+            let start = std::time::Instant::now();
+            let running = || crate::machine::RUNNING.load(Ordering::SeqCst);
+            while running() > 0 && start.elapsed() < std::time::Duration::from_secs(30) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            std::process::exit(if running() > 0 { 1 } else { 0 });
+        })
+        .context("starting the daemon's signal thread")?;
     Ok(())
 }
 
@@ -266,13 +305,18 @@ fn connection(
         .with_context(|| format!("refusing the connection of process {}", peer.pid))?;
     let mut opts = WorkerOptions::new(store.store_dir().clone(), "2.8.0");
     opts.trusted = trusted;
+    let watch = stream.try_clone().context("sharing the socket")?;
     let check_sigs = if trusted {
         None
     } else {
         Some(settings.substitution()?.trust)
     };
     let mut h = super::Handler {
-        builds: crate::machine::Builds::new(settings, store.clone()),
+        builds: crate::machine::Builds::new(
+            settings,
+            store.clone(),
+            crate::machine::Client::Socket(watch.into()),
+        ),
         store,
         options: None,
         check_sigs,
