@@ -51,6 +51,14 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Kill the daemon (SIGKILL, by its pid) and start it again on the same store.
+    fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(&self._links, self.root.path());
+        self.wait_for_socket();
+    }
+
     fn socket(&self) -> PathBuf {
         self.root.path().join("state/daemon-socket/socket")
     }
@@ -212,10 +220,10 @@ fn real_nix_adds_instantiates_and_builds_through_a_ferrix_daemon() {
 }
 
 #[test]
-fn many_clients_at_once_are_served_together() {
+fn fifty_clients_at_once_are_served_together() {
     let Some(nix) = Nix::new() else { return };
     let d = Daemon::start("");
-    let children: Vec<(PathBuf, Child)> = (0..12)
+    let children: Vec<(PathBuf, Child)> = (0..50)
         .map(|i| {
             let f = d.root.path().join(format!("tmp/file{i}"));
             fs::write(&f, format!("contents {i}\n")).unwrap();
@@ -767,4 +775,124 @@ fn sigterm_stops_the_builds_cleanly_and_the_daemon_exits() {
     assert!(!out.status.success(), "the client's build did not fail");
     assert!(!d.socket().exists(), "the socket was left");
     nothing_half_done(&d, &drv);
+}
+
+#[test]
+fn a_hostile_client_loses_its_connection_and_nobody_else_notices() {
+    use std::io::{Read, Write};
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    // One client holds a session open meanwhile.
+    let mut held = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    held.write_all(&0x6e69_7863u64.to_le_bytes()).unwrap();
+    let mut greeting = [0u8; 16];
+    held.read_exact(&mut greeting).unwrap();
+    for junk in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        // The right magic, then a version and a flood of nonsense.
+        [
+            0x6e69_7863u64.to_le_bytes(),
+            0x122u64.to_le_bytes(),
+            [0xff; 8],
+        ]
+        .concat(),
+        Vec::new(),
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        let _ = s.write_all(&junk);
+        let _ = s.write_all(&[0xee; 4096]);
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // The daemon ends the connection: reading reaches its end (or an error).
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        let r = s.read_to_end(&mut rest);
+        assert!(
+            !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the connection was left open"
+        );
+    }
+    assert!(d.alive());
+    let f = d.root.path().join("tmp/f");
+    fs::write(&f, "after the junk\n").unwrap();
+    ok(
+        d.nix(&nix, "nix-store")
+            .arg("--add")
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "a client after the hostile ones",
+    );
+    drop(held);
+}
+
+#[test]
+fn a_daemon_killed_mid_transfer_leaves_the_store_intact_and_the_client_an_error() {
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    // Big enough to be still arriving when the daemon dies.
+    let big = d.root.path().join("tmp/big");
+    fs::create_dir_all(&big).unwrap();
+    let mut rng = common::Rng::new(7);
+    for i in 0..40 {
+        fs::write(big.join(format!("f{i}")), rng.bytes(2 << 20)).unwrap();
+    }
+    let client = d
+        .nix(&nix, "nix-store")
+        .arg("--add")
+        .arg(&big)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    d.kill_and_restart();
+    let start = Instant::now();
+    let out = client.wait_with_output().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(30), "the client hung");
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() {
+        // It got there before the kill: then it is whole.
+        ok(
+            d.local("nix-store")
+                .args(["--verify-path", &printed])
+                .output()
+                .unwrap(),
+            "verifying the path that made it",
+        );
+    } else {
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    }
+    ok(
+        d.local("nix-store")
+            .args(["--verify", "--check-contents"])
+            .output()
+            .unwrap(),
+        "verifying the store after the kill",
+    );
+    // Nothing but valid paths (and the database's own files) in the store directory.
+    for e in fs::read_dir(d.root.path().join("store")).unwrap() {
+        let p = e.unwrap().path();
+        let check = d
+            .local("nix-store")
+            .arg("--check-validity")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "'{}' is in the store but not valid",
+            p.display()
+        );
+    }
+    // And it serves again.
+    let f = d.root.path().join("tmp/f");
+    fs::write(&f, "after the restart\n").unwrap();
+    ok(
+        d.nix(&nix, "nix-store")
+            .arg("--add")
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "a client after the restart",
+    );
 }
