@@ -129,24 +129,15 @@ impl WorkerClient {
         store_dir: StoreDir,
         max_silent_time: u64,
     ) -> Result<Self, RemoteError> {
-        let stream = UnixStream::connect(socket).map_err(|source| RemoteError::Send {
-            uri: uri.clone(),
-            what: "connecting to the daemon's socket",
-            tail: Vec::new(),
-            source,
-        })?;
-        let reading = stream.try_clone().map_err(|source| RemoteError::Send {
-            uri: uri.clone(),
-            what: "connecting to the daemon's socket",
-            tail: Vec::new(),
-            source,
-        })?;
-        let writing = stream.try_clone().map_err(|source| RemoteError::Send {
-            uri: uri.clone(),
-            what: "connecting to the daemon's socket",
-            tail: Vec::new(),
-            source,
-        })?;
+        let connected = UnixStream::connect(socket)
+            .and_then(|s| Ok((s.try_clone()?, s.try_clone()?, s)))
+            .map_err(|source| RemoteError::Send {
+                uri: uri.clone(),
+                what: "connecting to the daemon's socket",
+                tail: Vec::new(),
+                source,
+            });
+        let (reading, writing, stream) = connected?;
         let c = Self {
             uri,
             peer: Peer::Socket(stream),

@@ -50,7 +50,25 @@ struct Handler<'a> {
     keep_derivations: bool,
 }
 
-impl Handler<'_> {
+impl<'a> Handler<'a> {
+    /// A session's handler: its builds notice `client` leaving; with `check_sigs`, the
+    /// paths it adds must be signed by those keys or content-addressed.
+    fn new(
+        settings: &'a Settings,
+        store: Arc<LocalStore>,
+        client: crate::machine::Client,
+        check_sigs: Option<ferrix_store::binary_cache::Trust>,
+    ) -> Result<Self> {
+        Ok(Handler {
+            builds: crate::machine::Builds::new(settings, store.clone(), client),
+            store,
+            options: None,
+            check_sigs,
+            keep_outputs: settings.conf.bool("keep-outputs", false)?,
+            keep_derivations: settings.conf.bool("keep-derivations", true)?,
+        })
+    }
+
     /// Refuse `info` from a client whose paths are checked, unless it is signed by a trusted
     /// key or content-addressed.
     fn check(&self, info: &ValidPathInfo) -> Result<(), DaemonError> {
@@ -409,14 +427,7 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
     let mut opts = WorkerOptions::new(store.store_dir().clone(), "2.8.0");
     // `--stdio` serves whoever runs it, as Nix's does.
     opts.trusted = true;
-    let mut h = Handler {
-        builds: crate::machine::Builds::new(settings, store.clone(), crate::machine::Client::Stdin),
-        store,
-        options: None,
-        check_sigs: None,
-        keep_outputs: settings.conf.bool("keep-outputs", false)?,
-        keep_derivations: settings.conf.bool("keep-derivations", true)?,
-    };
+    let mut h = Handler::new(settings, store, crate::machine::Client::Stdin, None)?;
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     ferrix_daemon::worker::serve_worker(&mut h, stdin, stdout, &opts)

@@ -311,18 +311,8 @@ fn connection(
     } else {
         Some(settings.substitution()?.trust)
     };
-    let mut h = super::Handler {
-        builds: crate::machine::Builds::new(
-            settings,
-            store.clone(),
-            crate::machine::Client::Socket(watch.into()),
-        ),
-        store,
-        options: None,
-        check_sigs,
-        keep_outputs: settings.conf.bool("keep-outputs", false)?,
-        keep_derivations: settings.conf.bool("keep-derivations", true)?,
-    };
+    let client = crate::machine::Client::Socket(watch.into());
+    let mut h = super::Handler::new(settings, store, client, check_sigs)?;
     let input = io::BufReader::new(stream.try_clone().context("sharing the socket")?);
     let output = io::BufWriter::new(stream);
     ferrix_daemon::worker::serve_worker(&mut h, input, output, &opts).with_context(|| {
