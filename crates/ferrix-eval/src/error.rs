@@ -23,8 +23,13 @@ pub enum ErrorKind {
     /// The condition's source text.
     #[error("assertion '{0}' failed")]
     Assertion(String),
-    #[error("{expected} was expected, but {got} was found")]
-    Type { expected: &'static str, got: String },
+    /// As current Nix words it, with the value shown briefly (see [`crate::print::brief`]).
+    #[error("expected {expected} but found {got}: {value}")]
+    Type {
+        expected: &'static str,
+        got: &'static str,
+        value: String,
+    },
     #[error("infinite recursion encountered")]
     InfiniteRecursion,
     #[error("aborting to reveal stack trace of warning, as abort-on-warn is set")]

@@ -493,12 +493,10 @@ impl Evaluator {
                             if let Some(d) = default {
                                 return self.eval(d, env);
                             }
-                            return Err(EvalError::new(ErrorKind::Type {
-                                expected: "a set",
-                                got: other.type_name().into(),
-                            })
-                            .at(*span)
-                            .context(Some(*span), format!("while selecting attribute '{name}'")));
+                            return Err(type_error("a set", other, *span).context(
+                                Some(*span),
+                                format!("while selecting attribute '{name}'"),
+                            ));
                         }
                     };
                     match attrs.get(name) {
@@ -571,10 +569,7 @@ impl Evaluator {
                     let ns = env.up(*d).slots.borrow()[0].clone();
                     let ns = self.force(&ns)?;
                     let Value::Attrs(a) = ns else {
-                        return Err(EvalError::new(ErrorKind::Type {
-                            expected: "a set",
-                            got: ns.type_name().into(),
-                        }));
+                        return Err(type_error("a set", &ns, Span::default()));
                     };
                     if let Some(v) = a.get(*name) {
                         let v = v.clone();
@@ -737,11 +732,7 @@ impl Evaluator {
                 let partial = self.apply(functor, Value::Attrs(a), span)?;
                 self.apply(partial, arg, span)
             }
-            other => Err(EvalError::new(ErrorKind::Type {
-                expected: "a function",
-                got: other.type_name().into(),
-            })
-            .at(span)),
+            other => Err(type_error("a function", &other, span)),
         }
     }
 
@@ -756,11 +747,7 @@ impl Evaluator {
             } => {
                 let given = self.force(&arg)?;
                 let Value::Attrs(given) = given else {
-                    return Err(EvalError::new(ErrorKind::Type {
-                        expected: "a set",
-                        got: given.type_name().into(),
-                    })
-                    .at(span));
+                    return Err(type_error("a set", &given, span));
                 };
                 let n = formals.len() + usize::from(at.is_some());
                 let frame = Env::new(smallvec::smallvec![Value::Null; n], Some(c.env.clone()));
@@ -997,11 +984,17 @@ pub(crate) fn as_float(v: &Value) -> f64 {
 }
 
 pub(crate) fn type_error(expected: &'static str, got: &Value, span: Span) -> EvalError {
-    EvalError::new(ErrorKind::Type {
+    let e = EvalError::new(ErrorKind::Type {
         expected,
-        got: got.type_name().into(),
-    })
-    .at(span)
+        got: got.type_name(),
+        value: crate::print::brief(got),
+    });
+    // A with-scope's namespace has no place of its own: the error takes the variable's.
+    if span == Span::default() {
+        e
+    } else {
+        e.at(span)
+    }
 }
 
 fn expr_span(e: &Expr) -> Option<Span> {

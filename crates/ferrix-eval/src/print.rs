@@ -71,6 +71,62 @@ fn write_atom(out: &mut String, v: &Value) {
     }
 }
 
+/// `v` as an error message shows it, briefly and without forcing anything: atoms as
+/// printed (long strings cut), a list's or set's first few elements one level deep,
+/// what is not evaluated yet as `«thunk»`.
+pub fn brief(v: &Value) -> String {
+    let mut out = String::new();
+    brief_into(&mut out, v, 1);
+    out
+}
+
+/// How many elements of a list or set, and characters of a string, [`brief`] shows.
+const BRIEF_ITEMS: usize = 8;
+const BRIEF_CHARS: usize = 60;
+
+fn brief_into(out: &mut String, v: &Value, depth: usize) {
+    match v {
+        Value::Thunk(t) => match t.value() {
+            Some(v) => brief_into(out, &v, depth),
+            None => out.push_str("«thunk»"),
+        },
+        Value::String(s) if s.s.chars().count() > BRIEF_CHARS => {
+            let cut: String = s.s.chars().take(BRIEF_CHARS).collect();
+            write_atom(out, &Value::string(cut));
+            out.push_str("«…»");
+        }
+        Value::List(_) if depth == 0 => out.push_str("[ … ]"),
+        Value::Attrs(_) if depth == 0 => out.push_str("{ … }"),
+        Value::List(l) => {
+            out.push('[');
+            for x in l.iter().take(BRIEF_ITEMS) {
+                out.push(' ');
+                brief_into(out, &x, depth - 1);
+            }
+            if l.len() > BRIEF_ITEMS {
+                let _ = write!(out, " «{} more»", l.len() - BRIEF_ITEMS);
+            }
+            out.push_str(" ]");
+        }
+        Value::Attrs(a) => {
+            out.push('{');
+            let all = a.sorted_by_name();
+            for (name, x) in all.iter().take(BRIEF_ITEMS) {
+                out.push(' ');
+                write_attr_name(out, name);
+                out.push_str(" = ");
+                brief_into(out, x, depth - 1);
+                out.push(';');
+            }
+            if all.len() > BRIEF_ITEMS {
+                let _ = write!(out, " «{} more»", all.len() - BRIEF_ITEMS);
+            }
+            out.push_str(" }");
+        }
+        v => write_atom(out, v),
+    }
+}
+
 /// What the REPL's `:t` says of a value's type.
 pub fn describe_type(v: &Value) -> String {
     match v {

@@ -68,6 +68,25 @@ fn arguments_computed_at_once_are_the_values_the_thunks_would_give() {
 }
 
 #[test]
+fn type_errors_show_the_value_briefly_and_force_nothing() {
+    let msg = |e: &str| eval(e).unwrap_err().to_string();
+    assert_eq!(msg("(1).a"), "expected a set but found an integer: 1");
+    assert_eq!(
+        msg("builtins.length { a = 1; b = throw \"never forced\"; }"),
+        "expected a list but found a set: { a = 1; b = «thunk»; }"
+    );
+    assert_eq!(
+        msg("let f = { a }: a; in f (builtins.genList (i: i) 10)"),
+        "expected a set but found a list: [ «thunk» «thunk» «thunk» «thunk» «thunk» «thunk» «thunk» «thunk» «2 more» ]"
+    );
+    let long = msg(&format!("builtins.length \"{}\"", "x".repeat(100)));
+    assert!(
+        long.ends_with(&format!("\"{}\"«…»", "x".repeat(60))),
+        "{long}"
+    );
+}
+
+#[test]
 fn static_scopes_win_over_with() {
     assert_eq!(eval("let x = 1; in with { x = 2; }; x").unwrap(), "1");
     assert_eq!(eval("with { x = 2; }; let y = x; in y").unwrap(), "2");
