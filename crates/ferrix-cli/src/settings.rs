@@ -193,7 +193,8 @@ impl Settings {
         if let Some(url) = &self.daemon_url {
             anyhow::bail!(
                 "the store '{url}' is a daemon: this command works on a local store only so far \
-                 ('ferrix copy', 'nix-copy-closure' and 'ferrix store ping' speak to a daemon)"
+                 ('ferrix copy', 'nix-copy-closure', 'ferrix path-info' and 'ferrix store ping' speak to a \
+                 daemon)"
             );
         }
         if let Some(url) = &self.cache_url {

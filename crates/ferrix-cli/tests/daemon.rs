@@ -896,3 +896,52 @@ fn a_daemon_killed_mid_transfer_leaves_the_store_intact_and_the_client_an_error(
         "a client after the restart",
     );
 }
+
+#[test]
+fn path_info_through_the_daemon_is_what_the_store_says() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let expr = d.root.path().join("tmp/d.nix");
+    fs::write(
+        &expr,
+        r#"let dep = builtins.toFile "dep" "x"; in derivation { name = "pi"; system = builtins.currentSystem;
+             builder = "/bin/sh"; args = [ "-c" "echo ${dep} > $out" ]; }"#,
+    )
+    .unwrap();
+    let drv = ok(
+        d.nix(&nix, "nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating through the daemon",
+    );
+    let out = ok(
+        d.nix(&nix, "nix-store")
+            .args(["-r", &drv])
+            .output()
+            .unwrap(),
+        "building through the daemon",
+    );
+    let path_info = |through_daemon: bool| {
+        let mut c = Command::new(ferrix_exe());
+        store_env(&mut c, d.root.path());
+        c.args(["path-info", "--json", "-r", "-S", "--sigs", &out]);
+        if through_daemon {
+            c.args(["--store", "daemon"]);
+        }
+        ok(c.output().unwrap(), "ferrix path-info")
+    };
+    let (theirs, ours) = (path_info(true), path_info(false));
+    assert!(theirs.contains(&out), "{theirs}");
+    assert_eq!(theirs, ours);
+    // Commands that need the store itself say so.
+    let mut c = Command::new(ferrix_exe());
+    store_env(&mut c, d.root.path());
+    let refused = c
+        .args(["store", "verify", "--all", "--store", "daemon"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is a daemon"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

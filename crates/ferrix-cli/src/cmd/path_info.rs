@@ -1,5 +1,5 @@
 //! `ferrix path-info`: what the store (or, with `--store file://…|http(s)://…`, a binary
-//! cache) knows about paths, as text or JSON.
+//! cache; with `--store daemon|unix://…`, a daemon) knows about paths, as text or JSON.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +41,10 @@ pub struct Args {
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     if let Some(url) = settings.cache_url() {
         return run_on_cache(a, settings, url, shell);
+    }
+    if let Some((url, _)) = settings.daemon() {
+        let url = url.to_owned();
+        return run_on_daemon(a, settings, &url, shell);
     }
     let store = settings.open_store()?;
     let mut paths: BTreeSet<StorePath> = BTreeSet::new();
@@ -98,58 +102,81 @@ impl Infos for ferrix_store::LocalStore {
     }
 }
 
-/// The narinfos read from a binary cache: every path asked and, with `-r` or `-S`, the
-/// closures of them.
-struct CacheInfos {
+/// What was read of paths elsewhere (a binary cache's narinfos, a daemon's path infos):
+/// every path asked and, with `-r` or `-S`, the closures of them.
+struct Fetched {
     store_dir: StoreDir,
-    infos: BTreeMap<StorePath, NarInfo>,
+    infos: BTreeMap<StorePath, ValidPathInfo>,
+    /// A cache's narinfos, for where it keeps the NARs.
+    narinfos: BTreeMap<StorePath, NarInfo>,
 }
 
-impl CacheInfos {
-    fn get(&self, p: &StorePath) -> Result<&NarInfo> {
+impl Fetched {
+    /// Read `paths` (and with `deep` their closures) through `fetch`, which gives a path's
+    /// info (and narinfo), or nothing for a path that is not valid there.
+    fn read(
+        store_dir: StoreDir,
+        paths: &BTreeSet<StorePath>,
+        deep: bool,
+        mut fetch: impl FnMut(&StorePath) -> Result<Option<(ValidPathInfo, Option<NarInfo>)>>,
+    ) -> Result<Fetched> {
+        let mut f = Fetched {
+            store_dir,
+            infos: BTreeMap::new(),
+            narinfos: BTreeMap::new(),
+        };
+        // The paths asked, then (for -r and -S) their references, round by round.
+        let mut todo: Vec<StorePath> = paths.iter().cloned().collect();
+        while let Some(p) = todo.pop() {
+            if f.infos.contains_key(&p) {
+                continue;
+            }
+            let Some((info, narinfo)) = fetch(&p)? else {
+                anyhow::bail!("path '{}' is not valid", f.store_dir.display(&p));
+            };
+            if deep {
+                todo.extend(info.references.iter().filter(|r| **r != p).cloned());
+            }
+            if let Some(n) = narinfo {
+                f.narinfos.insert(p.clone(), n);
+            }
+            f.infos.insert(p, info);
+        }
+        Ok(f)
+    }
+
+    fn refs(&self, q: &StorePath) -> Vec<StorePath> {
         self.infos
-            .get(p)
-            .with_context(|| format!("path '{}' is not valid", self.store_dir.display(p)))
+            .get(q)
+            .map(|i| i.references.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
-impl Infos for CacheInfos {
+impl Infos for Fetched {
     fn info(&self, p: &StorePath) -> Result<ValidPathInfo> {
-        let n = self.get(p)?;
-        let mut i = ValidPathInfo::new(p.clone(), n.nar_hash, n.nar_size);
-        i.references = n.references.clone();
-        i.deriver = n.deriver.clone();
-        i.ca = n.ca;
-        i.sigs = n.sigs.iter().map(|s| s.to_string()).collect();
-        Ok(i)
+        self.infos
+            .get(p)
+            .cloned()
+            .with_context(|| format!("path '{}' is not valid", self.store_dir.display(p)))
     }
     fn print(&self, p: &StorePath) -> String {
         self.store_dir.display(p)
     }
     fn closure(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
         Ok(ferrix_store::closure::closure([p.clone()], |q| {
-            Ok(self
-                .infos
-                .get(q)
-                .map(|n| n.references.iter().cloned().collect())
-                .unwrap_or_default())
+            Ok(self.refs(q))
         })?)
     }
     fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
         Ok(ferrix_store::closure::topo_sort(
             &self.store_dir,
             paths,
-            |q| {
-                Ok(self
-                    .infos
-                    .get(q)
-                    .map(|n| n.references.iter().cloned().collect())
-                    .unwrap_or_default())
-            },
+            |q| Ok(self.refs(q)),
         )?)
     }
     fn download(&self, p: &StorePath) -> Option<&NarInfo> {
-        self.infos.get(p)
+        self.narinfos.get(p)
     }
 }
 
@@ -181,41 +208,69 @@ fn run_on_cache(a: Args, settings: &Settings, url: &str, shell: &mut Shell) -> R
         disk.as_ref(),
     )
     .with_context(|| format!("opening the binary cache '{url}'"))?;
-    let mut paths = BTreeSet::new();
-    for arg in &a.paths {
-        let (p, _) = sd
-            .parse_path_with_subpath(arg)
-            .with_context(|| format!("'{arg}' is not a store path"))?;
-        paths.insert(p);
+    let paths = parse_paths(&sd, &a.paths)?;
+    let f = Fetched::read(sd.clone(), &paths, a.recursive || a.closure_size, |p| {
+        Ok(cache.narinfo(&sd, p)?.map(|n| {
+            let mut i = ValidPathInfo::new(p.clone(), n.nar_hash, n.nar_size);
+            i.references = n.references.clone();
+            i.deriver = n.deriver.clone();
+            i.ca = n.ca;
+            i.sigs = n.sigs.iter().map(|s| s.to_string()).collect();
+            (i, Some(n))
+        }))
+    })?;
+    show_fetched(&a, f, paths, shell)
+}
+
+/// `path-info --store daemon|unix://…`: what the daemon records.
+fn run_on_daemon(a: Args, settings: &Settings, url: &str, shell: &mut Shell) -> Result<()> {
+    if a.all {
+        anyhow::bail!("'--all' is not supported through the daemon '{url}' yet");
     }
-    // The paths asked, then (for -r and -S) their references, round by round.
-    let mut infos = BTreeMap::new();
-    let mut todo: Vec<StorePath> = paths.iter().cloned().collect();
-    let deep = a.recursive || a.closure_size;
-    while let Some(p) = todo.pop() {
-        if infos.contains_key(&p) {
-            continue;
-        }
-        let Some(n) = cache.narinfo(&sd, &p)? else {
-            anyhow::bail!("path '{}' is not valid", sd.display(&p));
-        };
-        if deep {
-            todo.extend(n.references.iter().filter(|r| **r != p).cloned());
-        }
-        infos.insert(p, n);
-    }
-    let c = CacheInfos {
-        store_dir: sd,
-        infos,
-    };
+    let sd = settings.store_dir().clone();
+    let mut client = crate::stores::connect_daemon(url, settings)?;
+    let paths = parse_paths(&sd, &a.paths)?;
+    let f = Fetched::read(sd, &paths, a.recursive || a.closure_size, |p| {
+        Ok(client.query_path_info(p)?.map(|u| {
+            let mut i = ValidPathInfo::new(p.clone(), u.nar_hash, u.nar_size);
+            i.references = u.references;
+            i.deriver = u.deriver;
+            i.ca = u.ca;
+            i.sigs = u.sigs;
+            i.ultimate = u.ultimate;
+            i.registration_time = i64::try_from(u.registration_time).unwrap_or(0);
+            (i, None)
+        }))
+    })?;
+    show_fetched(&a, f, paths, shell)
+}
+
+/// Store paths named on the command line (a path inside one stands for it).
+fn parse_paths(sd: &StoreDir, args: &[String]) -> Result<BTreeSet<StorePath>> {
+    args.iter()
+        .map(|arg| {
+            sd.parse_path_with_subpath(arg)
+                .map(|(p, _)| p)
+                .with_context(|| format!("'{arg}' is not a store path"))
+        })
+        .collect()
+}
+
+/// Show `paths` (and with `-r` their closures) from what was fetched.
+fn show_fetched(
+    a: &Args,
+    f: Fetched,
+    mut paths: BTreeSet<StorePath>,
+    shell: &mut Shell,
+) -> Result<()> {
     if a.recursive {
         let mut all = BTreeSet::new();
         for p in &paths {
-            all.extend(c.closure(p)?);
+            all.extend(f.closure(p)?);
         }
         paths = all;
     }
-    show(&a, &c, &paths, shell)
+    show(a, &f, &paths, shell)
 }
 
 /// Print what is known of `paths`, as text or JSON.
