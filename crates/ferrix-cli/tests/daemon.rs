@@ -327,6 +327,12 @@ fn users_outside_allowed_users_are_turned_away_and_the_daemon_goes_on() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
+    // The client says why.
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("user 'root' is not allowed to connect"),
+        "{err}"
+    );
     assert!(d.alive(), "a refused client stopped the daemon");
     let log = d.log();
     assert!(
@@ -338,6 +344,21 @@ fn users_outside_allowed_users_are_turned_away_and_the_daemon_goes_on() {
         .map(|r| r.filter_map(Result::ok).collect())
         .unwrap_or_default();
     assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let d = Daemon::start("");
+    let mut c = Command::new(ferrix_exe());
+    store_env(&mut c, d.root.path());
+    let out = c.arg("daemon").output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a daemon already listens"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::os::unix::net::UnixStream::connect(d.socket()).is_ok());
 }
 
 #[test]

@@ -455,6 +455,29 @@ fn is_content_addressed(drv: &Derivation) -> bool {
 
 /// Run one worker session: the greeting, then operations until the client closes `input`
 /// between two (`Ok`), or an error that ends the session.
+/// Turn a client away with `message`: the handshake, then the message as the error that
+/// ends the session's start-up, so that the client shows why (rather than a connection
+/// closed without a word).
+pub fn refuse_session(
+    input: impl Read,
+    output: impl Write,
+    opts: &WorkerOptions,
+    message: &str,
+) -> io::Result<()> {
+    let mut r = BufReader::new(input);
+    let mut w = BufWriter::new(output);
+    let version = server_handshake(&mut r, &mut w, opts.version, &BTreeSet::new(), &opts.limits)
+        .map_err(io::Error::other)?
+        .version;
+    let info = HandshakeInfo {
+        nix_version: Some(opts.nix_version.clone()),
+        trusted: Some(false),
+    };
+    server_post_handshake(&mut r, &mut w, version, &info).map_err(io::Error::other)?;
+    write_stderr(&mut w, version, &StderrMsg::Error(ErrorInfo::new(message)))?;
+    w.flush()
+}
+
 pub fn serve_worker<H: WorkerHandler>(
     handler: &mut H,
     input: impl Read,

@@ -132,9 +132,13 @@ fn group_members(name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Listen at `path`: a socket left by a daemon that died is replaced, and everyone may
-/// connect to the socket itself (the daemon decides who may stay), as with Nix.
+/// Listen at `path`: a socket left by a daemon that died is replaced (one a daemon still
+/// listens on is not), and everyone may connect to the socket itself (the daemon decides
+/// who may stay), as with Nix.
 fn bind(path: &Path) -> Result<UnixListener> {
+    if UnixStream::connect(path).is_ok() {
+        anyhow::bail!("a daemon already listens on '{}'", path.display());
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating '{}'", dir.display()))?;
     }
@@ -300,10 +304,18 @@ fn connection(
     stream: UnixStream,
 ) -> Result<()> {
     let peer = Peer::of(&stream).context("reading the credentials of a connection")?;
-    let trusted = access
-        .decide(&peer, &group_members)
-        .with_context(|| format!("refusing the connection of process {}", peer.pid))?;
     let mut opts = WorkerOptions::new(store.store_dir().clone(), "2.8.0");
+    let trusted = match access.decide(&peer, &group_members) {
+        Ok(t) => t,
+        Err(why) => {
+            // The client is told why; a client that is not a Nix client gets nothing more.
+            let reading = stream.try_clone().context("sharing the socket")?;
+            let _ =
+                ferrix_daemon::worker::refuse_session(reading, &stream, &opts, &why.to_string());
+            return Err(why)
+                .with_context(|| format!("refusing the connection of process {}", peer.pid));
+        }
+    };
     opts.trusted = trusted;
     let watch = stream.try_clone().context("sharing the socket")?;
     let check_sigs = if trusted {
