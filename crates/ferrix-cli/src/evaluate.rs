@@ -285,6 +285,8 @@ fn evaluate_once(
         // The values die with the process, which is about to end: freeing them one by one
         // would take a tenth of a big evaluation's time, as Nix, whose collector never runs
         // at exit, does not.
+        // The store is closed properly all the same.
+        ev.release_store();
         std::mem::forget(roots);
         std::mem::forget(ev);
         out

@@ -1510,3 +1510,29 @@ fn gen_attrs(rng: &mut common::Rng, d: u32) -> String {
         ),
     }
 }
+
+#[test]
+fn an_evaluation_closes_its_store_properly() {
+    // The values are not freed at exit, but the store is closed: no temporary roots file
+    // of a dead process, and the database's write-ahead log folded in.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::fs::write(root.path().join("etc/nix.conf"), "substituters =\n").unwrap();
+    let mut c = std::process::Command::new(common::ferrix_exe());
+    common::store_env(&mut c, root.path());
+    let out = c
+        .args(["instantiate", "--expr"])
+        .arg(r#"derivation { name = "x"; system = "x"; builder = "/bin/sh"; }"#)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let temproots: Vec<_> = std::fs::read_dir(root.path().join("state/temproots"))
+        .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(temproots.is_empty(), "{temproots:?}");
+    assert!(!root.path().join("state/db/db.sqlite-wal").exists());
+}

@@ -145,6 +145,14 @@ impl Evaluator {
         self.realiser = Some(r);
     }
 
+    /// Let go of the store and the realiser (what needs them fails from here on): a caller
+    /// that keeps the evaluator's values to the end of the process still closes the store
+    /// properly (its temporary roots, its database).
+    pub fn release_store(&mut self) {
+        self.store = None;
+        self.realiser = None;
+    }
+
     /// The global frame and its names, for code the evaluator itself adds.
     pub(crate) fn global_scope(&self) -> (Rc<Env>, Vec<Sym>) {
         (self.globals.clone(), self.global_names.clone())
