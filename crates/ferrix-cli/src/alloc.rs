@@ -2,7 +2,8 @@
 //!
 //! The `mimalloc` crate hands every request to `mi_malloc_aligned`, which in mimalloc 3
 //! goes through a generic over-allocating path even for the 8- and 16-byte alignments
-//! nearly every Rust value asks for: about a tenth of the evaluator's time went there.
+//! nearly every Rust value asks for: 6–9 % of the evaluator's profile samples (fib,
+//! `foldl'`) went there.
 //! mimalloc aligns every block of 16 bytes or more to 16, and smaller ones to their size
 //! class, so such requests can use `mi_malloc` itself.
 

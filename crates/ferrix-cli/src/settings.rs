@@ -168,19 +168,24 @@ impl Settings {
         })
     }
 
-    /// The daemon `--store` (or `NIX_REMOTE`) names, if it names one: its URL and socket
-    /// (`daemon`: `NIX_DAEMON_SOCKET_PATH` or the state directory's; `unix://PATH`).
+    /// The daemon `--store` (or `NIX_REMOTE`) names, if it names one: its URL and socket.
     pub fn daemon(&self) -> Option<(&str, PathBuf)> {
         let url = self.daemon_url.as_deref()?;
-        let socket = match url.strip_prefix("unix://") {
+        Some((url, self.daemon_socket(url)))
+    }
+
+    /// The socket a daemon URL names: `unix://PATH`'s path; for `daemon`,
+    /// `NIX_DAEMON_SOCKET_PATH` or the state directory's `daemon-socket/socket`, as in Nix
+    /// (where the daemon itself listens too).
+    pub fn daemon_socket(&self, url: &str) -> PathBuf {
+        match url.strip_prefix("unix://") {
             Some(rest) if !rest.is_empty() => {
                 PathBuf::from(rest.split_once('?').map_or(rest, |(p, _)| p))
             }
             _ => env("NIX_DAEMON_SOCKET_PATH")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| self.store.state_dir.join("daemon-socket/socket")),
-        };
-        Some((url, socket))
+        }
     }
 
     /// The binary cache `--store` names, if it names one.

@@ -200,15 +200,7 @@ fn cache_source(
 
 /// A session with the daemon `uri` names (`daemon`, `unix://PATH`).
 pub fn connect_daemon(uri: &str, settings: &Settings) -> Result<WorkerClient> {
-    let socket = match uri.strip_prefix("unix://") {
-        Some(rest) if !rest.is_empty() => {
-            std::path::PathBuf::from(rest.split_once('?').map_or(rest, |(p, _)| p))
-        }
-        _ => settings
-            .daemon()
-            .map(|(_, s)| s)
-            .unwrap_or_else(|| settings.store.state_dir.join("daemon-socket/socket")),
-    };
+    let socket = settings.daemon_socket(uri);
     WorkerClient::over_socket(uri.to_owned(), &socket, settings.store_dir().clone(), 0)
         .with_context(|| format!("connecting to the daemon at '{}'", socket.display()))
 }

@@ -98,6 +98,37 @@ impl Daemon {
         c
     }
 
+    /// Write `contents` to `tmp/<name>` and add it through the daemon with real Nix; its path.
+    fn add(&self, nix: &Nix, name: &str, contents: &str, what: &str) -> String {
+        let f = self.root.path().join("tmp").join(name);
+        fs::write(&f, contents).unwrap();
+        ok(
+            self.nix(nix, "nix-store")
+                .arg("--add")
+                .arg(&f)
+                .output()
+                .unwrap(),
+            what,
+        )
+    }
+
+    /// `ferrix` itself, with the daemon's store and settings.
+    fn ferrix(&self) -> Command {
+        let mut c = Command::new(ferrix_exe());
+        store_env(&mut c, self.root.path());
+        c
+    }
+
+    /// Real Nix building `drv` through the daemon, in the background.
+    fn build_in_background(&self, nix: &Nix, drv: &str) -> Child {
+        self.nix(nix, "nix-store")
+            .args(["-r", drv])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -279,14 +310,10 @@ fn untrusted_users_cannot_add_unsigned_input_addressed_paths() {
         "deleting",
     );
     // Content-addressed paths are fine for anyone.
-    let f = d.root.path().join("tmp/f");
-    fs::write(&f, "x\n").unwrap();
-    ok(
-        d.nix(&nix, "nix-store")
-            .arg("--add")
-            .arg(&f)
-            .output()
-            .unwrap(),
+    d.add(
+        &nix,
+        "f",
+        "x\n",
         "an untrusted user adding a content-addressed path",
     );
     let refused = d
@@ -349,8 +376,7 @@ fn users_outside_allowed_users_are_turned_away_and_the_daemon_goes_on() {
 #[test]
 fn a_second_daemon_on_the_same_socket_is_refused() {
     let d = Daemon::start("");
-    let mut c = Command::new(ferrix_exe());
-    store_env(&mut c, d.root.path());
+    let mut c = d.ferrix();
     let out = c.arg("daemon").output().unwrap();
     assert!(!out.status.success());
     assert!(
@@ -452,8 +478,7 @@ fn garbage_is_collected_through_the_daemon() {
 fn ferrix_says_what_a_daemon_is_and_whether_it_trusts_us() {
     for (conf, trusted) in [("", "1"), ("trusted-users = someone-else\n", "0")] {
         let d = Daemon::start(conf);
-        let mut c = Command::new(ferrix_exe());
-        store_env(&mut c, d.root.path());
+        let mut c = d.ferrix();
         let out = ok(
             c.args(["store", "ping", "--store", "daemon"])
                 .output()
@@ -575,16 +600,7 @@ fn ferrix_copies_to_and_from_a_real_nix_daemon() {
 fn what_a_client_added_is_garbage_once_no_client_is_connected() {
     let Some(nix) = Nix::new() else { return };
     let d = Daemon::start("");
-    let f = d.root.path().join("tmp/f");
-    fs::write(&f, "short-lived\n").unwrap();
-    let p = ok(
-        d.nix(&nix, "nix-store")
-            .arg("--add")
-            .arg(&f)
-            .output()
-            .unwrap(),
-        "adding through the daemon",
-    );
+    let p = d.add(&nix, "f", "short-lived\n", "adding through the daemon");
     // The client has gone: the daemon keeps nothing of its session alive.
     let dead = ok(
         d.nix(&nix, "nix-store")
@@ -737,13 +753,7 @@ fn a_client_that_leaves_mid_build_stops_its_build_and_the_daemon_goes_on() {
     let mut d = Daemon::start("");
     let mark = d.root.path().join("tmp/pid");
     let drv = sleeper(&d, &nix, &mark);
-    let mut client = d
-        .nix(&nix, "nix-store")
-        .args(["-r", &drv])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = d.build_in_background(&nix, &drv);
     let pid = builder_pid(&mark);
     client.kill().unwrap();
     client.wait().unwrap();
@@ -751,16 +761,7 @@ fn a_client_that_leaves_mid_build_stops_its_build_and_the_daemon_goes_on() {
     assert!(d.alive());
     nothing_half_done(&d, &drv);
     // The daemon serves the next client.
-    let f = d.root.path().join("tmp/f");
-    fs::write(&f, "next\n").unwrap();
-    ok(
-        d.nix(&nix, "nix-store")
-            .arg("--add")
-            .arg(&f)
-            .output()
-            .unwrap(),
-        "the next client",
-    );
+    d.add(&nix, "f", "next\n", "the next client");
 }
 
 #[test]
@@ -769,13 +770,7 @@ fn sigterm_stops_the_builds_cleanly_and_the_daemon_exits() {
     let mut d = Daemon::start("");
     let mark = d.root.path().join("tmp/pid");
     let drv = sleeper(&d, &nix, &mark);
-    let client = d
-        .nix(&nix, "nix-store")
-        .args(["-r", &drv])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = d.build_in_background(&nix, &drv);
     let pid = builder_pid(&mark);
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&d.child),
@@ -833,14 +828,10 @@ fn a_hostile_client_loses_its_connection_and_nobody_else_notices() {
         );
     }
     assert!(d.alive());
-    let f = d.root.path().join("tmp/f");
-    fs::write(&f, "after the junk\n").unwrap();
-    ok(
-        d.nix(&nix, "nix-store")
-            .arg("--add")
-            .arg(&f)
-            .output()
-            .unwrap(),
+    d.add(
+        &nix,
+        "f",
+        "after the junk\n",
         "a client after the hostile ones",
     );
     drop(held);
@@ -906,14 +897,10 @@ fn a_daemon_killed_mid_transfer_leaves_the_store_intact_and_the_client_an_error(
         );
     }
     // And it serves again.
-    let f = d.root.path().join("tmp/f");
-    fs::write(&f, "after the restart\n").unwrap();
-    ok(
-        d.nix(&nix, "nix-store")
-            .arg("--add")
-            .arg(&f)
-            .output()
-            .unwrap(),
+    d.add(
+        &nix,
+        "f",
+        "after the restart\n",
         "a client after the restart",
     );
 }
@@ -941,8 +928,7 @@ fn path_info_through_the_daemon_is_what_the_store_says() {
         "building through the daemon",
     );
     let path_info = |through_daemon: bool| {
-        let mut c = Command::new(ferrix_exe());
-        store_env(&mut c, d.root.path());
+        let mut c = d.ferrix();
         c.args(["path-info", "--json", "-r", "-S", "--sigs", &out]);
         if through_daemon {
             c.args(["--store", "daemon"]);
@@ -953,8 +939,7 @@ fn path_info_through_the_daemon_is_what_the_store_says() {
     assert!(theirs.contains(&out), "{theirs}");
     assert_eq!(theirs, ours);
     // Commands that need the store itself say so.
-    let mut c = Command::new(ferrix_exe());
-    store_env(&mut c, d.root.path());
+    let mut c = d.ferrix();
     let refused = c
         .args(["store", "verify", "--all", "--store", "daemon"])
         .output()

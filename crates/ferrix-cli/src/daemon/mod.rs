@@ -438,10 +438,7 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
 /// Serve the store on the daemon's socket (the one systemd hands over, or
 /// `NIX_DAEMON_SOCKET_PATH`, or the one in the state directory) until the process is stopped.
 pub fn serve_socket(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
-    let path = socket::socket_path(
-        settings,
-        std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(Into::into),
-    );
+    let path = settings.daemon_socket("daemon");
     let env = |n: &str| std::env::var(n).ok();
     let activated = socket::inherited(env("LISTEN_PID").as_deref(), env("LISTEN_FDS").as_deref())?;
     socket::serve(settings, store, &path, activated)

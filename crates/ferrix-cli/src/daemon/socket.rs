@@ -14,12 +14,6 @@ use ferrix_store::LocalStore;
 
 use crate::settings::Settings;
 
-/// Where the daemon listens: `NIX_DAEMON_SOCKET_PATH`, or `<state dir>/daemon-socket/socket`,
-/// as in Nix.
-pub fn socket_path(settings: &Settings, env_path: Option<PathBuf>) -> PathBuf {
-    env_path.unwrap_or_else(|| settings.store.state_dir.join("daemon-socket/socket"))
-}
-
 /// The user at the other end of a connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -238,17 +232,22 @@ fn listener_path(listener: &UnixListener, path: &Path) -> PathBuf {
 /// not at all, locks released), then exit. A second signal exits at once.
 fn stop_on_signal(socket: PathBuf) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let flag = Arc::new(AtomicBool::new(false));
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    // The signal writes a byte into the pipe; the thread sleeps on it until then.
+    let (mut woken, wake) = std::io::pipe().context("making the daemon's signal pipe")?;
     for sig in [SIGTERM, SIGINT] {
-        signal_hook::flag::register(sig, flag.clone())
+        let wake = wake
+            .try_clone()
+            .context("making the daemon's signal pipe")?;
+        signal_hook::low_level::pipe::register(sig, wake)
             .context("installing the daemon's signal handlers")?;
     }
     std::thread::Builder::new()
         .name("daemon-signals".into())
         .spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+            if woken.read(&mut [0u8]).is_err() {
+                return;
             }
             let _ = std::fs::remove_file(&socket);
             let start = std::time::Instant::now();
