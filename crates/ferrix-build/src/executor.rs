@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::error::BuildFailure;
 
 /// A derivation to realise, with its output paths.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Job {
     pub drv_path: StorePath,
     pub drv: Derivation,
@@ -21,6 +21,20 @@ pub struct Job {
     pub input_roots: BTreeSet<StorePath>,
     /// Normal, `--check` or `--repair`.
     pub mode: BuildMode,
+    /// What whoever asked for this build wants of it besides the executor's settings (a
+    /// daemon's client sends its own).
+    pub limits: JobLimits,
+}
+
+/// Limits a goal sets on its builds, over the executor's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct JobLimits {
+    /// `max-silent-time`, when set.
+    pub max_silent_time: Option<std::time::Duration>,
+    /// `timeout`, when set.
+    pub timeout: Option<std::time::Duration>,
+    /// Keep the build directory of a failed build (`keep-failed`).
+    pub keep_failed: bool,
 }
 
 impl Job {

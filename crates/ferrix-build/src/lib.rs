@@ -27,13 +27,13 @@ pub mod times;
 
 pub use error::{BuildFailure, FailureKind, PlanError};
 pub use executor::{
-    BuildMode, Built, Executor, Job, JobError, Offer, OfferContext, Quiet, Reporter,
+    BuildMode, Built, Executor, Job, JobError, JobLimits, Offer, OfferContext, Quiet, Reporter,
 };
 pub use local::{LocalExecutor, LocalSettings, SandboxSettings};
 pub use plan::{plan, plan_builds, plan_with, Plan, Wanted, Work};
 pub use registry::Registry;
 pub use scheduler::{
-    run, Engine, EngineSetup, Fallback, GoalHandle, NodeResult, Outcome, ScheduleOptions,
+    run, Engine, EngineSetup, Fallback, GoalHandle, GoalId, NodeResult, Outcome, ScheduleOptions,
 };
 pub use times::BuildTimes;
 

@@ -351,7 +351,10 @@ impl LocalExecutor {
                         })
                         .collect();
                     let (store, job2, d) = (store.clone(), job.clone(), drv.clone());
-                    let (scratch, keep) = (scratch.clone(), self.settings.keep_failed);
+                    let (scratch, keep) = (
+                        scratch.clone(),
+                        self.settings.keep_failed || job.limits.keep_failed,
+                    );
                     blocking(&drv, move || {
                         compare_outputs(&store, &job2, &d, &found, &scratch, keep)
                     })
@@ -361,7 +364,7 @@ impl LocalExecutor {
             };
             self.return_slot(chroot, job);
             drop(intent); // deletes the scratch outputs
-            if result.is_err() && self.settings.keep_failed {
+            if result.is_err() && (self.settings.keep_failed || job.limits.keep_failed) {
                 self.reporter.log_line(
                     &job.drv_path,
                     &format!("note: keeping build directory '{}'", build_dir.display()),
@@ -449,7 +452,7 @@ impl LocalExecutor {
                 Err(e)
             }
         };
-        if result.is_err() && self.settings.keep_failed {
+        if result.is_err() && (self.settings.keep_failed || job.limits.keep_failed) {
             self.reporter.log_line(
                 &job.drv_path,
                 &format!("note: keeping build directory '{}'", build_dir.display()),

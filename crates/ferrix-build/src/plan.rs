@@ -394,6 +394,7 @@ impl Planner<'_> {
             outputs: outs.clone(),
             input_roots,
             mode,
+            limits: Default::default(),
         };
         Ok(vec![self.push(Work::Build(Arc::new(job)), deps)])
     }

@@ -112,21 +112,35 @@ pub struct EngineSetup {
     pub fallback: Option<Arc<dyn Fallback>>,
 }
 
-/// A running Engine: submit goals to it, then shut it down.
+/// A running Engine: submit goals to it (from any thread), abandon them, then shut it down.
 #[derive(Debug)]
 pub struct Engine {
-    tx: mpsc::UnboundedSender<Goal>,
+    tx: mpsc::UnboundedSender<Msg>,
     task: tokio::task::JoinHandle<()>,
+    next_goal: std::sync::atomic::AtomicU64,
 }
+
+/// Names a submitted goal, to abandon it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GoalId(u64);
 
 /// The result of a submitted goal, when it is known.
 #[derive(Debug)]
-pub struct GoalHandle(oneshot::Receiver<Outcome>);
+pub struct GoalHandle {
+    id: GoalId,
+    rx: oneshot::Receiver<Outcome>,
+}
+
+impl GoalHandle {
+    pub fn id(&self) -> GoalId {
+        self.id
+    }
+}
 
 impl Future for GoalHandle {
     type Output = Outcome;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        Pin::new(&mut self.0).poll(cx).map(|r| {
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
             // The loop only ends without answering when it panicked, which resumes there.
             r.unwrap_or(Outcome {
                 results: Vec::new(),
@@ -136,7 +150,14 @@ impl Future for GoalHandle {
     }
 }
 
+enum Msg {
+    Goal(Goal),
+    /// Whoever waited for the goal is gone.
+    Abandon(GoalId),
+}
+
 struct Goal {
+    id: GoalId,
     jobs: Vec<(Work, Vec<usize>, f64)>,
     built_by: Vec<(StorePath, StorePath)>,
     reply: oneshot::Sender<Outcome>,
@@ -147,11 +168,21 @@ impl Engine {
     pub fn start(setup: EngineSetup) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(Loop::new(setup).run(rx));
-        Self { tx, task }
+        Self {
+            tx,
+            task,
+            next_goal: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
-    /// Realise `plan`'s nodes (sharing those already known with other goals).
+    /// Realise `plan`'s nodes, sharing those other goals still being realised have: a
+    /// derivation two goals need is built once. A node that failed or was never started
+    /// for an earlier goal is tried again; what is built stays known while any goal runs.
     pub fn submit(&self, plan: &Plan) -> GoalHandle {
+        let id = GoalId(
+            self.next_goal
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
         let (reply, rx) = oneshot::channel();
         let jobs = plan
             .nodes
@@ -163,17 +194,25 @@ impl Engine {
             .iter()
             .map(|(p, d)| (p.clone(), d.clone()))
             .collect();
-        if let Err(e) = self.tx.send(Goal {
+        if let Err(mpsc::error::SendError(Msg::Goal(g))) = self.tx.send(Msg::Goal(Goal {
+            id,
             jobs,
             built_by,
             reply,
-        }) {
-            let _ = e.0.reply.send(Outcome {
+        })) {
+            let _ = g.reply.send(Outcome {
                 results: plan.nodes.iter().map(|_| NodeResult::NotStarted).collect(),
                 interrupted: true,
             });
         }
-        GoalHandle(rx)
+        GoalHandle { id, rx }
+    }
+
+    /// Nobody waits for goal `id` any more: what only it needs is cancelled or never
+    /// started, as a failure without keep-going would stop it; what another goal needs goes
+    /// on. Its handle (if still polled) gets the outcome.
+    pub fn abandon(&self, id: GoalId) {
+        let _ = self.tx.send(Msg::Abandon(id));
     }
 
     /// Take no more goals; return once every goal has ended and every registration is done.
@@ -228,6 +267,7 @@ struct Node {
 }
 
 struct GoalState {
+    id: GoalId,
     nodes: Vec<usize>,
     left: usize,
     /// A failure without keep-going: nothing more starts for it.
@@ -274,6 +314,8 @@ struct Loop {
     nodes: Vec<Node>,
     index: HashMap<StorePath, usize>,
     goals: Vec<GoalState>,
+    /// Where each unfinished goal is in `goals`.
+    goal_ids: HashMap<GoalId, usize>,
     ready: BinaryHeap<Ready>,
     postponed: Vec<usize>,
     /// The one offer a delegating executor is still deciding.
@@ -309,6 +351,7 @@ impl Loop {
             nodes: Vec::new(),
             index: HashMap::new(),
             goals: Vec::new(),
+            goal_ids: HashMap::new(),
             ready: BinaryHeap::new(),
             postponed: Vec::new(),
             deciding: false,
@@ -323,7 +366,7 @@ impl Loop {
         }
     }
 
-    async fn run(mut self, mut goals: mpsc::UnboundedReceiver<Goal>) {
+    async fn run(mut self, mut goals: mpsc::UnboundedReceiver<Msg>) {
         let mut open = true;
         if *self.interrupt.borrow() {
             self.stop_all();
@@ -332,12 +375,23 @@ impl Loop {
             self.dispatch();
             let busy =
                 !self.jobs.is_empty() || !self.offers.is_empty() || !self.fallbacks.is_empty();
-            if !open && !busy && self.goals.iter().all(|g| g.reply.is_none()) {
+            let idle = !busy && self.goals.iter().all(|g| g.reply.is_none());
+            if !open && idle {
                 break;
+            }
+            if idle && !self.nodes.is_empty() {
+                self.forget();
             }
             tokio::select! {
                 g = goals.recv(), if open => match g {
-                    Some(g) => self.add_goal(g),
+                    Some(Msg::Goal(g)) => self.add_goal(g),
+                    Some(Msg::Abandon(id)) => {
+                        if let Some(&g) = self.goal_ids.get(&id) {
+                            // Answered at once: nobody waits for what other goals still need.
+                            self.stop_goal(g);
+                            self.finish_goal(g);
+                        }
+                    }
                     None => open = false,
                 },
                 Some(end) = self.jobs.join_next(), if !self.jobs.is_empty() => {
@@ -379,10 +433,24 @@ impl Loop {
         }
     }
 
+    /// Nothing runs and every goal is answered: forget the graph, so that a long-lived
+    /// Engine (a daemon's) holds only what its goals in progress need.
+    fn forget(&mut self) {
+        self.nodes.clear();
+        self.index.clear();
+        self.goals.clear();
+        self.goal_ids.clear();
+        self.ready.clear();
+        self.postponed.clear();
+        self.built_by.clear();
+        self.failed_fetches.clear();
+    }
+
     fn add_goal(&mut self, g: Goal) {
         let gi = self.goals.len();
+        self.goal_ids.insert(g.id, gi);
         self.built_by.extend(g.built_by);
-        let map = self.add_nodes(g.jobs);
+        let map = self.add_nodes(g.jobs, true);
         let mut left = 0;
         for &i in &map {
             self.nodes[i].goals.push(gi);
@@ -391,6 +459,7 @@ impl Loop {
             }
         }
         self.goals.push(GoalState {
+            id: g.id,
             nodes: map,
             left,
             stopped: false,
@@ -402,12 +471,21 @@ impl Loop {
     }
 
     /// The nodes of `jobs` (deps by index into `jobs`), new ones added to the graph and
-    /// known ones shared.
-    fn add_nodes(&mut self, jobs: Vec<(Work, Vec<usize>, f64)>) -> Vec<usize> {
+    /// known ones shared; with `retry`, a known node that failed or never started is
+    /// replaced by a new one (a new goal tries again what an earlier one could not do).
+    fn add_nodes(&mut self, jobs: Vec<(Work, Vec<usize>, f64)>, retry: bool) -> Vec<usize> {
         let mut map = Vec::with_capacity(jobs.len());
         for (work, deps, priority) in jobs {
-            let i = match self.index.get(work.key()) {
-                Some(&i) => i,
+            let known = self.index.get(work.key()).copied().filter(|&i| {
+                !(retry
+                    && !self.interrupted
+                    && matches!(
+                        self.nodes[i].state,
+                        State::Done(NodeResult::Failed(_) | NodeResult::NotStarted)
+                    ))
+            });
+            let i = match known {
+                Some(i) => i,
                 None => {
                     let i = self.nodes.len();
                     let deps: Vec<usize> = deps.iter().map(|&d| map[d]).collect();
@@ -510,7 +588,7 @@ impl Loop {
             .iter()
             .map(|n| (n.work.clone(), n.deps.clone(), n.priority))
             .collect();
-        let map = self.add_nodes(jobs);
+        let map = self.add_nodes(jobs, false);
         for g in self.nodes[i].goals.clone() {
             for &n in &map {
                 if self.nodes[n].goals.contains(&g) {
@@ -827,7 +905,12 @@ impl Loop {
                 );
                 let f = Arc::new(f);
                 self.reporter.finished(&drv, Err(&f));
-                if ours && !self.interrupted {
+                if ours && !self.interrupted && !self.unwanted(i) {
+                    // Cancelled for goals that gave up, and wanted by a goal that came since:
+                    // it starts again for that one.
+                    self.nodes[i].state = State::Ready;
+                    self.ready.push(Ready(self.nodes[i].priority, i));
+                } else if ours && !self.interrupted {
                     // Cancelled because a failure stopped its goals: not an error of its own
                     // (Nix says nothing of it either).
                     self.set_done(i, NodeResult::NotStarted);
@@ -952,19 +1035,22 @@ impl Loop {
         }
     }
 
-    /// Every node of goal `g` has ended: once the outputs it built are registered (or
-    /// could not be), answer it.
+    /// Every node of goal `g` has ended (or it was abandoned): once the outputs it built are
+    /// registered (or could not be), answer it.
     fn finish_goal(&mut self, g: usize) {
         let Some(reply) = self.goals[g].reply.take() else {
             return;
         };
+        self.goal_ids.remove(&self.goals[g].id);
         let mut results: Vec<(StorePath, Vec<StorePath>, NodeResult)> = Vec::new();
         for &i in &self.goals[g].nodes {
             let n = &self.nodes[i];
-            let State::Done(r) = &n.state else {
-                unreachable!("a goal ends when all its nodes have")
+            // A goal ends when all its nodes have, or when it is abandoned.
+            let r = match &n.state {
+                State::Done(r) => r.clone(),
+                _ => NodeResult::NotStarted,
             };
-            results.push((n.work.key().clone(), n.work.outputs(), r.clone()));
+            results.push((n.work.key().clone(), n.work.outputs(), r));
         }
         let interrupted = self.interrupted;
         let registry = self.registry.clone();

@@ -51,6 +51,7 @@ fn job(name: &str, system: &str, env: &[(&str, &str)]) -> Arc<Job> {
         outputs: [("out".to_owned(), out)].into(),
         input_roots: BTreeSet::new(),
         mode: BuildMode::Normal,
+        limits: Default::default(),
     })
 }
 
@@ -431,7 +432,11 @@ async fn goals_submitted_while_it_runs_share_nodes() {
     let mut l = Fake::new("local", true, 4, Answer::Accept);
     l.work = Duration::from_millis(100);
     let local = Arc::new(l);
-    let (s, _tx) = setup(vec![local.clone()], false);
+    // Builds only the goal that keeps the graph alive, slowly.
+    let mut slow = Fake::new("slow", false, 1, Answer::Accept);
+    slow.systems = vec!["aarch64-linux".into()];
+    slow.work = Duration::from_millis(1500);
+    let (s, _tx) = setup(vec![Arc::new(slow), local.clone()], false);
     let engine = Engine::start(s);
     let shared = job("shared", "x86_64-linux", &[]);
     let p1 = plan(vec![
@@ -446,15 +451,94 @@ async fn goals_submitted_while_it_runs_share_nodes() {
         (job("two", "x86_64-linux", &[]), vec![0]),
     ]);
     let g2 = engine.submit(&p2);
+    // A third goal keeps the graph alive after the first two.
+    let keeper = engine.submit(&plan(vec![(job("keeper", "aarch64-linux", &[]), vec![])]));
     let (o1, o2) = tokio::join!(g1, g2);
     assert!(o1.success() && o2.success());
     let mut started = local.started();
     started.sort();
     assert_eq!(started, ["one", "shared", "two"]);
-    // A goal of nodes already built answers at once.
+    // While a goal runs, a goal of nodes already built answers at once.
     let o3 = engine.submit(&p1).await;
     assert!(o3.success());
     assert_eq!(local.started().len(), 3);
+    assert!(keeper.await.success());
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_abandoned_goal_cancels_only_what_no_other_goal_needs() {
+    let mut l = Fake::new("local", true, 4, Answer::Accept);
+    l.work = Duration::from_secs(30);
+    let local = Arc::new(l);
+    let (s, _tx) = setup(vec![local.clone()], false);
+    let engine = Engine::start(s);
+    let shared = job("shared", "x86_64-linux", &[]);
+    let mine = job("mine", "x86_64-linux", &[]);
+    let g1 = engine.submit(&plan(vec![
+        (shared.clone(), vec![]),
+        (mine.clone(), vec![]),
+        (job("after", "x86_64-linux", &[]), vec![0, 1]),
+    ]));
+    let g2 = engine.submit(&plan(vec![(shared.clone(), vec![])]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = std::time::Instant::now();
+    engine.abandon(g1.id());
+    let o1 = g1.await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the abandoned goal ends at once"
+    );
+    assert!(!o1.success() && !o1.interrupted);
+    // `mine` was cancelled, `after` never started, `shared` still builds for the other goal.
+    assert!(matches!(o1.results[1], NodeResult::NotStarted));
+    assert!(matches!(o1.results[2], NodeResult::NotStarted));
+    assert_eq!(local.rec.running.load(Ordering::SeqCst), 1);
+    assert_eq!(local.started(), ["shared", "mine"]);
+    // A goal that wants `mine` again gets it built afresh.
+    let g3 = engine.submit(&plan(vec![(mine, vec![])]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(local.started(), ["shared", "mine", "mine"]);
+    engine.abandon(g2.id());
+    engine.abandon(g3.id());
+    let (o2, o3) = tokio::join!(g2, g3);
+    assert!(!o2.success() && !o3.success());
+    engine.shutdown().await;
+    assert_eq!(local.rec.running.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_build_cancelled_for_one_goal_starts_again_for_a_goal_that_came_since() {
+    let mut l = Fake::new("local", true, 1, Answer::Accept);
+    l.work = Duration::from_millis(300);
+    let local = Arc::new(l);
+    let (s, _tx) = setup(vec![local.clone()], false);
+    let engine = Engine::start(s);
+    let x = job("x", "x86_64-linux", &[]);
+    let g1 = engine.submit(&plan(vec![(x.clone(), vec![])]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Abandoned and asked for again before the cancelled build has ended.
+    engine.abandon(g1.id());
+    let g2 = engine.submit(&plan(vec![(x, vec![])]));
+    let (o1, o2) = tokio::join!(g1, g2);
+    assert!(o2.success(), "{:?}", o2.results);
+    assert!(o1.success() || matches!(o1.results[0], NodeResult::NotStarted));
+    assert_eq!(local.started(), ["x", "x"]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failure_is_tried_again_by_a_later_goal() {
+    let mut l = Fake::new("local", true, 2, Answer::Accept);
+    l.fail.insert("bad".into());
+    let local = Arc::new(l);
+    let (s, _tx) = setup(vec![local.clone()], false);
+    let engine = Engine::start(s);
+    let bad = job("bad", "x86_64-linux", &[]);
+    let o1 = engine.submit(&plan(vec![(bad.clone(), vec![])])).await;
+    let o2 = engine.submit(&plan(vec![(bad, vec![])])).await;
+    assert!(!o1.success() && !o2.success());
+    assert_eq!(local.started(), ["bad", "bad"]);
     engine.shutdown().await;
 }
 

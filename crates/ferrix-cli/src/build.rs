@@ -718,6 +718,21 @@ impl EngineHost {
         self.runtime.block_on(self.engine.submit(plan))
     }
 
+    /// Hand `plan` to the Engine (from any thread); [`Self::wait`] for its outcome.
+    pub fn submit(&self, plan: &Plan) -> ferrix_build::GoalHandle {
+        self.engine.submit(plan)
+    }
+
+    /// Wait for a submitted goal's outcome.
+    pub fn wait(&self, goal: ferrix_build::GoalHandle) -> Outcome {
+        self.runtime.block_on(goal)
+    }
+
+    /// Nobody waits for goal `id` any more (see [`ferrix_build::Engine::abandon`]).
+    pub fn abandon(&self, id: ferrix_build::GoalId) {
+        self.engine.abandon(id);
+    }
+
     /// Wait for what is still being registered, and stop.
     pub fn finish(self) {
         self.runtime.block_on(self.engine.shutdown());

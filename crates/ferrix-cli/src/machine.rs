@@ -61,6 +61,7 @@ pub fn plan_sent(
         outputs,
         input_roots: drv.input_srcs.clone(),
         mode: BuildMode::Normal,
+        limits: Default::default(),
     };
     Ok(Ok(Plan {
         store_dir: store.store_dir().clone(),
@@ -81,35 +82,179 @@ pub fn plan_wanted(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan> {
         .context("planning the build")
 }
 
-/// Hands log lines and warnings to the session's thread, while a build runs.
+/// What a session hears of its builds while they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The build of a derivation started, here or on the machine named.
+    Started(StorePath, Option<String>),
+    /// A line of a builder's output.
+    Line(StorePath, String),
+    /// The build or fetch ended.
+    Ended(StorePath),
+    /// A warning (a machine lost, a build moved elsewhere).
+    Warning(String),
+}
+
+type Listener = mpsc::Sender<Progress>;
+
+/// Hands progress to the session's thread, while a build runs (an Engine of the session's
+/// own).
 #[derive(Default)]
-struct ToSession(Arc<std::sync::Mutex<Option<mpsc::Sender<String>>>>);
+struct ToSession(Arc<std::sync::Mutex<Option<Listener>>>);
 
 impl ToSession {
-    fn send(&self, line: String) {
+    fn send(&self, p: Progress) {
         if let Some(tx) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = tx.send(line);
+            let _ = tx.send(p);
         }
     }
 }
 
 impl Reporter for ToSession {
-    fn log_line(&self, _drv: &StorePath, line: &str) {
-        self.send(line.to_owned());
+    fn started(&self, drv: &StorePath) {
+        self.send(Progress::Started(drv.clone(), None));
+    }
+    fn started_on(&self, drv: &StorePath, machine: &str) {
+        self.send(Progress::Started(drv.clone(), Some(machine.to_owned())));
+    }
+    fn log_line(&self, drv: &StorePath, line: &str) {
+        self.send(Progress::Line(drv.clone(), line.to_owned()));
+    }
+    fn finished(&self, drv: &StorePath, _: Result<ferrix_build::Built, &BuildFailure>) {
+        self.send(Progress::Ended(drv.clone()));
     }
     fn warn(&self, msg: &str) {
-        self.send(format!("warning: {msg}"));
+        self.send(Progress::Warning(msg.to_owned()));
     }
 }
 
-/// The builds of one session with a master: one Engine for all of them (its sandbox
-/// places, connections and remembered times serve every build), started at the first and
-/// made again only when the master asks for other limits.
+/// Hands each build's progress to the sessions waiting for it (a daemon's Engine, shared by
+/// every session): a session hears of the derivations in its goals, and of warnings.
+#[derive(Default)]
+struct Router {
+    /// Per derivation (or fetched path), the sessions waiting for it.
+    waiting: std::sync::Mutex<std::collections::HashMap<StorePath, Vec<(u64, Listener)>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A session's place in a [`Router`], until dropped.
+struct Subscription<'a> {
+    router: &'a Router,
+    id: u64,
+    keys: Vec<StorePath>,
+}
+
+impl Router {
+    fn subscribe(&self, keys: Vec<StorePath>, tx: &Listener) -> Subscription<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &keys {
+            w.entry(k.clone()).or_default().push((id, tx.clone()));
+        }
+        Subscription {
+            router: self,
+            id,
+            keys,
+        }
+    }
+
+    fn send(&self, key: &StorePath, p: Progress) {
+        let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, tx) in w.get(key).into_iter().flatten() {
+            let _ = tx.send(p.clone());
+        }
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        let mut w = self
+            .router
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(v) = w.get_mut(k) {
+                v.retain(|(id, _)| *id != self.id);
+                if v.is_empty() {
+                    w.remove(k);
+                }
+            }
+        }
+    }
+}
+
+impl Reporter for Router {
+    fn started(&self, drv: &StorePath) {
+        self.send(drv, Progress::Started(drv.clone(), None));
+    }
+    fn started_on(&self, drv: &StorePath, machine: &str) {
+        self.send(
+            drv,
+            Progress::Started(drv.clone(), Some(machine.to_owned())),
+        );
+    }
+    fn log_line(&self, drv: &StorePath, line: &str) {
+        self.send(drv, Progress::Line(drv.clone(), line.to_owned()));
+    }
+    fn finished(&self, drv: &StorePath, _: Result<ferrix_build::Built, &BuildFailure>) {
+        self.send(drv, Progress::Ended(drv.clone()));
+    }
+    fn warn(&self, msg: &str) {
+        // Every session waiting for anything: a warning is about the machines they share.
+        let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut told = BTreeSet::new();
+        for (id, tx) in w.values().flatten() {
+            if told.insert(*id) {
+                let _ = tx.send(Progress::Warning(msg.to_owned()));
+            }
+        }
+    }
+}
+
+/// The daemon's one Engine: every session's builds go to it, so two clients wanting the
+/// same output share one build, and `max-jobs` holds for the machine.
+pub struct SharedEngine {
+    host: crate::build::EngineHost,
+    router: Arc<Router>,
+}
+
+impl SharedEngine {
+    pub fn start(settings: &Settings, store: &Arc<LocalStore>) -> Result<Self> {
+        let (mut local, opts) = crate::build::local_settings(settings, store)?;
+        // A daemon builds what it is asked to: at least one job at a time.
+        local.max_jobs = local.max_jobs.max(1);
+        let router = Arc::new(Router::default());
+        let host = crate::build::EngineHost::start(
+            settings,
+            store,
+            router.clone(),
+            opts,
+            local,
+            crate::build::build_times(store),
+        )?;
+        Ok(Self { host, router })
+    }
+}
+
+/// The Engine a session's builds run on.
+enum Engines<'a> {
+    /// The session's own, started at its first build and again when it asks for other
+    /// limits (a master on `nix-store --serve` or `--stdio`: the whole process serves it).
+    Own {
+        settings: &'a Settings,
+        store: Arc<LocalStore>,
+        host: Option<(Asked, crate::build::EngineHost)>,
+        progress: Arc<std::sync::Mutex<Option<Listener>>>,
+    },
+    /// The daemon's, shared with every other session.
+    Shared(&'a SharedEngine),
+}
+
+/// The builds of one session with a client: on an Engine of its own (its sandbox places,
+/// connections and remembered times serve every build of the session), or on the daemon's.
 pub struct Builds<'a> {
-    settings: &'a Settings,
-    store: Arc<LocalStore>,
-    host: Option<(Asked, crate::build::EngineHost)>,
-    lines: Arc<std::sync::Mutex<Option<mpsc::Sender<String>>>>,
+    engine: Engines<'a>,
     client: Client,
 }
 
@@ -138,111 +283,209 @@ pub enum Client {
     /// At the other end of standard input: the whole process serves it, and is interrupted
     /// when it leaves.
     Stdin,
-    /// At the other end of this socket (a daemon's client): only this session's builds
-    /// stop when it leaves.
+    /// At the other end of this socket (a daemon's client): only what this session alone
+    /// waits for stops when it leaves.
     Socket(std::os::fd::OwnedFd),
 }
 
+/// What stops a run when its client leaves.
+enum Stop<'a> {
+    /// This Engine's builds, all of them.
+    Engine(Arc<tokio::sync::watch::Sender<bool>>),
+    /// One goal on a shared Engine.
+    Goal(&'a crate::build::EngineHost, ferrix_build::GoalId),
+}
+
+impl Stop<'_> {
+    fn stop(&self) {
+        match self {
+            Stop::Engine(s) => {
+                let _ = s.send(true);
+            }
+            Stop::Goal(host, id) => host.abandon(*id),
+        }
+    }
+}
+
 impl<'a> Builds<'a> {
+    /// The builds of a session on an Engine of its own.
     pub fn new(settings: &'a Settings, store: Arc<LocalStore>, client: Client) -> Self {
         Self {
-            settings,
-            store,
-            host: None,
-            lines: Arc::default(),
+            engine: Engines::Own {
+                settings,
+                store,
+                host: None,
+                progress: Arc::default(),
+            },
             client,
         }
     }
 
-    /// Run `plan` here, `log` getting each line of the builders' output as it comes.
+    /// The builds of a daemon's session, on its shared Engine.
+    pub fn shared(engine: &'a SharedEngine, client: Client) -> Self {
+        Self {
+            engine: Engines::Shared(engine),
+            client,
+        }
+    }
+
+    /// Run `plan` here, `progress` hearing of each build and each line of its output as it
+    /// comes.
     pub fn run(
         &mut self,
         plan: Plan,
         asked: Asked,
-        log: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<BuildResult> {
+        if plan.nodes.is_empty() {
+            return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
+        }
+        let _running = Running::start();
+        let (tx, rx) = mpsc::channel();
+        let client = &self.client;
+        let (plan, outcome) = match &mut self.engine {
+            Engines::Own {
+                settings,
+                store,
+                host,
+                progress: to_session,
+            } => {
+                if host.as_ref().is_some_and(|(a, _)| *a != asked) {
+                    if let Some((_, h)) = host.take() {
+                        h.finish();
+                    }
+                }
+                if host.is_none() {
+                    *host = Some((
+                        asked,
+                        own_engine(settings, store, asked, to_session.clone())?,
+                    ));
+                }
+                let Some((_, host)) = host.as_ref() else {
+                    unreachable!("started above")
+                };
+                *to_session.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+                let stop = Stop::Engine(host.stopper());
+                let outcome = watched(client, &stop, rx, progress, || {
+                    let outcome = host.run(&plan);
+                    // The progress ends here: the session's loop stops once it is taken.
+                    *to_session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    outcome
+                })?;
+                (plan, outcome)
+            }
+            Engines::Shared(shared) => {
+                let plan = with_limits(plan, asked);
+                let keys = plan.nodes.iter().map(|n| n.work.key().clone()).collect();
+                let subscription = shared.router.subscribe(keys, &tx);
+                drop(tx);
+                let goal = shared.host.submit(&plan);
+                let stop = Stop::Goal(&shared.host, goal.id());
+                let outcome = watched(client, &stop, rx, progress, move || {
+                    let outcome = shared.host.wait(goal);
+                    drop(subscription);
+                    outcome
+                })?;
+                (plan, outcome)
+            }
+        };
         let jobs: Vec<Arc<Job>> = plan
             .nodes
             .iter()
             .filter_map(|n| n.work.job().cloned())
             .collect();
-        if plan.nodes.is_empty() {
-            return Ok(BuildResult::new(BuildStatus::AlreadyValid, ""));
-        }
-        let _running = Running::start();
-        if self.host.as_ref().is_some_and(|(a, _)| *a != asked) {
-            if let Some((_, h)) = self.host.take() {
-                h.finish();
-            }
-        }
-        if self.host.is_none() {
-            let (mut local, opts) = crate::build::local_settings(self.settings, &self.store)?;
-            let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
-            if let Some(t) = secs(asked.max_silent_time) {
-                local.max_silent_time = Some(t);
-            }
-            if let Some(t) = secs(asked.timeout) {
-                local.timeout = Some(t);
-            }
-            local.keep_failed |= asked.keep_failed;
-            // A machine builds what it is given: at least one job at a time.
-            local.max_jobs = local.max_jobs.max(1);
-            let host = crate::build::EngineHost::start(
-                self.settings,
-                &self.store,
-                Arc::new(ToSession(self.lines.clone())),
-                opts,
-                local,
-                crate::build::build_times(&self.store),
-            )?;
-            self.host = Some((asked, host));
-        }
-        let Some((_, host)) = &self.host else {
-            unreachable!("started above")
-        };
-        let (tx, rx) = mpsc::channel();
-        *self.lines.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        // A client that goes away stops the build, as an interrupt here would: nobody is
-        // left to take the outputs. The watch ends when `done` closes.
-        let (watch, done) = std::io::pipe().context("making a pipe")?;
-        let lines = &self.lines;
-        let client = &self.client;
-        let stopper = host.stopper();
-        let outcome = std::thread::scope(|s| {
-            s.spawn(move || stop_when_client_leaves(client, &stopper, watch));
-            let run = s.spawn(|| {
-                let outcome = host.run(&plan);
-                // The lines end here: the loop below stops once what was sent is taken.
-                *lines.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                outcome
-            });
-            for line in rx {
-                log(&line);
-            }
-            let outcome = run.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            drop(done);
-            outcome
-        });
         Ok(result_of(&outcome, &jobs))
     }
 }
 
+/// A session's own Engine, with the limits its master asks for.
+fn own_engine(
+    settings: &Settings,
+    store: &Arc<LocalStore>,
+    asked: Asked,
+    to_session: Arc<std::sync::Mutex<Option<Listener>>>,
+) -> Result<crate::build::EngineHost> {
+    let (mut local, opts) = crate::build::local_settings(settings, store)?;
+    let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
+    if let Some(t) = secs(asked.max_silent_time) {
+        local.max_silent_time = Some(t);
+    }
+    if let Some(t) = secs(asked.timeout) {
+        local.timeout = Some(t);
+    }
+    local.keep_failed |= asked.keep_failed;
+    // A machine builds what it is given: at least one job at a time.
+    local.max_jobs = local.max_jobs.max(1);
+    crate::build::EngineHost::start(
+        settings,
+        store,
+        Arc::new(ToSession(to_session)),
+        opts,
+        local,
+        crate::build::build_times(store),
+    )
+}
+
+/// `plan` with the limits a session asks for on each of its builds (on a shared Engine,
+/// its settings are the daemon's).
+fn with_limits(mut plan: Plan, asked: Asked) -> Plan {
+    let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
+    let limits = ferrix_build::JobLimits {
+        max_silent_time: secs(asked.max_silent_time),
+        timeout: secs(asked.timeout),
+        keep_failed: asked.keep_failed,
+    };
+    if limits == ferrix_build::JobLimits::default() {
+        return plan;
+    }
+    for n in &mut plan.nodes {
+        if let ferrix_build::Work::Build(job) = &mut n.work {
+            let mut j = (**job).clone();
+            j.limits = limits;
+            *job = Arc::new(j);
+        }
+    }
+    plan
+}
+
+/// Run `run` while the session's thread hands what comes on `rx` to `progress`, and
+/// `stop` is used should the client leave meanwhile.
+fn watched(
+    client: &Client,
+    stop: &Stop<'_>,
+    rx: mpsc::Receiver<Progress>,
+    progress: &mut dyn FnMut(Progress),
+    run: impl FnOnce() -> ferrix_build::Outcome + Send,
+) -> Result<ferrix_build::Outcome> {
+    // The watch ends when `done` closes.
+    let (watch, done) = std::io::pipe().context("making a pipe")?;
+    Ok(std::thread::scope(|s| {
+        s.spawn(move || stop_when_client_leaves(client, stop, watch));
+        let run = s.spawn(run);
+        for p in rx {
+            progress(p);
+        }
+        let outcome = run.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        drop(done);
+        outcome
+    }))
+}
+
 impl Drop for Builds<'_> {
     fn drop(&mut self) {
-        if let Some((_, h)) = self.host.take() {
-            h.finish();
+        if let Engines::Own { host, .. } = &mut self.engine {
+            if let Some((_, h)) = host.take() {
+                h.finish();
+            }
         }
     }
 }
 
 /// Until `done` closes (the build is over), watch the client's end for a hangup; then stop
 /// the builds: this process's (the Engine stops them cleanly on SIGTERM) when the client
-/// is at the other end of standard input, this session's only when it is a daemon's.
-fn stop_when_client_leaves(
-    client: &Client,
-    stopper: &tokio::sync::watch::Sender<bool>,
-    done: std::io::PipeReader,
-) {
+/// is at the other end of standard input, the ones only this session waits for when it is
+/// a daemon's.
+fn stop_when_client_leaves(client: &Client, stop: &Stop<'_>, done: std::io::PipeReader) {
     use rustix::event::{poll, PollFd, PollFlags};
     let stdin = std::io::stdin();
     let (watched, interest): (std::os::fd::BorrowedFd<'_>, PollFlags) = match client {
@@ -270,9 +513,7 @@ fn stop_when_client_leaves(
                             rustix::process::Signal::TERM,
                         );
                     }
-                    Client::Socket(_) => {
-                        let _ = stopper.send(true);
-                    }
+                    Client::Socket(_) => stop.stop(),
                 }
                 return;
             }

@@ -40,7 +40,15 @@ impl Handler<'_> {
             timeout: settings.build_timeout,
             keep_failed: settings.keep_failed,
         };
-        let mut to_stderr = |line: &str| {
+        // The builders' output goes to standard error, which the master shows.
+        let mut to_stderr = |p: crate::machine::Progress| {
+            let line = match p {
+                crate::machine::Progress::Line(_, line) => line,
+                crate::machine::Progress::Warning(w) => format!("warning: {w}"),
+                crate::machine::Progress::Started(..) | crate::machine::Progress::Ended(_) => {
+                    return
+                }
+            };
             let mut e = std::io::stderr().lock();
             let _ = writeln!(e, "{line}");
         };

@@ -209,7 +209,9 @@ impl LocalExecutor {
         };
 
         let started = Instant::now();
-        let deadline = s.timeout.map(|t| tokio::time::Instant::now() + t);
+        let timeout = job.limits.timeout.or(s.timeout);
+        let max_silent_time = job.limits.max_silent_time.or(s.max_silent_time);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let outcome: Result<std::process::ExitStatus, BuildFailure> = loop {
             tokio::select! {
@@ -221,9 +223,9 @@ impl LocalExecutor {
                     if deadline.is_some() => {
                     break Err(BuildFailure::new(drv.to_owned(), FailureKind::Timeout { after: started.elapsed() }));
                 }
-                _ = tick.tick(), if s.max_silent_time.is_some() => {
+                _ = tick.tick(), if max_silent_time.is_some() => {
                     let quiet = state.lock().unwrap_or_else(|p| p.into_inner()).last_activity.elapsed();
-                    if s.max_silent_time.is_some_and(|m| quiet >= m) {
+                    if max_silent_time.is_some_and(|m| quiet >= m) {
                         break Err(BuildFailure::new(drv.to_owned(), FailureKind::Silent { after: quiet }));
                     }
                 }

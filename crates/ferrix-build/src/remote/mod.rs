@@ -452,8 +452,8 @@ impl RemoteExecutor {
         }
         let secs = |d: Option<Duration>| d.map_or(0, |d| d.as_secs());
         let settings = BuildSettings {
-            max_silent_time: secs(self.settings.max_silent_time),
-            build_timeout: secs(self.settings.timeout),
+            max_silent_time: secs(job.limits.max_silent_time.or(self.settings.max_silent_time)),
+            build_timeout: secs(job.limits.timeout.or(self.settings.timeout)),
             ..BuildSettings::default()
         };
         let res = s.build(&job.drv_path, &basic, settings, sink);

@@ -18,6 +18,7 @@ use ferrix_protocol::worker::{
 };
 use ferrix_store::{LocalStore, StoreError, ValidPathInfo};
 
+use crate::machine::Progress;
 use crate::settings::Settings;
 
 mod socket;
@@ -56,11 +57,11 @@ impl<'a> Handler<'a> {
     fn new(
         settings: &'a Settings,
         store: Arc<LocalStore>,
-        client: crate::machine::Client,
+        builds: crate::machine::Builds<'a>,
         check_sigs: Option<ferrix_store::binary_cache::Trust>,
     ) -> Result<Self> {
         Ok(Handler {
-            builds: crate::machine::Builds::new(settings, store.clone(), client),
+            builds,
             store,
             options: None,
             check_sigs,
@@ -108,6 +109,62 @@ fn from_wire(p: &PathInfo) -> ValidPathInfo {
     }
 }
 
+/// The build activities a session's client is shown, as Nix's daemon shows them: one per
+/// build, its log lines as its results, so a client shows the status line or the log lines
+/// it shows for a local build.
+#[derive(Default)]
+struct Activities {
+    open: BTreeMap<StorePath, u64>,
+}
+
+/// Activity ids unique in this process, as Nix makes them: the pid above, a count below.
+fn next_activity() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    (u64::from(std::process::id()) << 32) + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Activities {
+    /// What the client is sent for `p`, if anything.
+    fn message(&mut self, store: &LocalStore, p: Progress) -> Option<StderrMsg> {
+        use ferrix_protocol::worker::stderr::{activity, result_type, verbosity};
+        use ferrix_protocol::worker::Field;
+        Some(match p {
+            Progress::Started(drv, machine) => {
+                let id = next_activity();
+                let printed = store.print(&drv);
+                let text = match &machine {
+                    Some(m) => format!("building '{printed}' on '{m}'"),
+                    None => format!("building '{printed}'"),
+                };
+                self.open.insert(drv, id);
+                StderrMsg::StartActivity {
+                    id,
+                    level: verbosity::INFO,
+                    kind: activity::BUILD,
+                    text,
+                    fields: vec![
+                        Field::Str(printed),
+                        Field::Str(machine.unwrap_or_default()),
+                        Field::Int(1),
+                        Field::Int(1),
+                    ],
+                    parent: 0,
+                }
+            }
+            Progress::Line(drv, line) => match self.open.get(&drv) {
+                Some(&id) => StderrMsg::Result {
+                    id,
+                    kind: result_type::BUILD_LOG_LINE,
+                    fields: vec![Field::Str(line)],
+                },
+                None => StderrMsg::Next(format!("{line}\n")),
+            },
+            Progress::Ended(drv) => StderrMsg::StopActivity(self.open.remove(&drv)?),
+            Progress::Warning(w) => StderrMsg::Next(format!("warning: {w}\n")),
+        })
+    }
+}
+
 impl Handler<'_> {
     /// Build `plan` here, each line of output sent to the client as it comes.
     fn run(&mut self, plan: ferrix_build::Plan, log: &mut dyn Logger) -> Result<BuildResult> {
@@ -116,10 +173,19 @@ impl Handler<'_> {
             timeout: 0,
             keep_failed: self.options.as_ref().is_some_and(|o| o.keep_failed),
         };
-        let mut send = |line: &str| {
-            let _ = log.log(StderrMsg::Next(format!("{line}\n")));
+        let store = &self.store;
+        let mut activities = Activities::default();
+        let mut send = |p: Progress| {
+            if let Some(msg) = activities.message(store, p) {
+                let _ = log.log(msg);
+            }
         };
-        Ok(self.builds.run(plan, asked, &mut send)?.into())
+        let r = self.builds.run(plan, asked, &mut send);
+        // A build cancelled before it reported its end still has its activity open.
+        for id in activities.open.into_values() {
+            let _ = log.log(StderrMsg::StopActivity(id));
+        }
+        Ok(r?.into())
     }
 
     fn wanted(&self, targets: &[DerivedPath]) -> Result<Vec<ferrix_build::Wanted>, DaemonError> {
@@ -427,7 +493,9 @@ pub fn serve_stdio(settings: &Settings, store: Arc<LocalStore>) -> Result<()> {
     let mut opts = WorkerOptions::new(store.store_dir().clone(), "2.8.0");
     // `--stdio` serves whoever runs it, as Nix's does.
     opts.trusted = true;
-    let mut h = Handler::new(settings, store, crate::machine::Client::Stdin, None)?;
+    let builds =
+        crate::machine::Builds::new(settings, store.clone(), crate::machine::Client::Stdin);
+    let mut h = Handler::new(settings, store, builds, None)?;
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     ferrix_daemon::worker::serve_worker(&mut h, stdin, stdout, &opts)

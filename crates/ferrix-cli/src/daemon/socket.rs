@@ -197,6 +197,8 @@ pub fn serve(
     stop_on_signal(listener_path(&listener, path))?;
     let access = Access::from_settings(settings);
     let sessions = Sessions::default();
+    // One Engine for every client's builds.
+    let engine = crate::machine::SharedEngine::start(settings, &store)?;
     std::thread::scope(|s| {
         for conn in listener.incoming() {
             let stream = match conn {
@@ -206,10 +208,10 @@ pub fn serve(
                     continue;
                 }
             };
-            let (store, access, sessions) = (store.clone(), &access, &sessions);
+            let (store, access, sessions, engine) = (store.clone(), &access, &sessions, &engine);
             s.spawn(move || {
                 let _session = sessions.start(&store);
-                if let Err(e) = connection(settings, store.clone(), access, stream) {
+                if let Err(e) = connection(settings, store.clone(), engine, access, stream) {
                     crate::shell::Shell::stdio().error(format!("{e:#}"));
                 }
             });
@@ -299,6 +301,7 @@ impl Drop for Session<'_> {
 fn connection(
     settings: &Settings,
     store: Arc<LocalStore>,
+    engine: &crate::machine::SharedEngine,
     access: &Access,
     stream: UnixStream,
 ) -> Result<()> {
@@ -323,7 +326,8 @@ fn connection(
         Some(settings.substitution()?.trust)
     };
     let client = crate::machine::Client::Socket(watch.into());
-    let mut h = super::Handler::new(settings, store, client, check_sigs)?;
+    let builds = crate::machine::Builds::shared(engine, client);
+    let mut h = super::Handler::new(settings, store, builds, check_sigs)?;
     let input = io::BufReader::new(stream.try_clone().context("sharing the socket")?);
     let output = io::BufWriter::new(stream);
     ferrix_daemon::worker::serve_worker(&mut h, input, output, &opts).with_context(|| {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod daemon;
 pub mod http;
 
 use std::ffi::OsStr;

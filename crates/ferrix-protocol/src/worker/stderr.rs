@@ -18,7 +18,8 @@
 //!
 //! Activity messages exist from 1.20 on. For an older client [`write_stderr`] sends the text of
 //! a `StartActivity` (when not empty) as a log line `text...` and leaves out everything else
-//! about activities, as Nix's daemon does.
+//! about activities, as Nix's daemon does, but for a build's log lines, which it sends as log
+//! lines (Nix's daemon drops them).
 //!
 //! Log text is whatever bytes the builder printed, so strings in log messages (lines, activity
 //! texts and fields, error messages) are read as lossy UTF-8 rather than refused.
@@ -342,7 +343,8 @@ pub fn read_stderr<R: Read + ?Sized>(
 ///
 /// Below 1.20 activities do not exist: a `StartActivity` with a non-empty text becomes the log
 /// line `text...\n` and everything else about activities (its fields, `StopActivity`,
-/// `Result`) is left out, as Nix's daemon does.
+/// `Result`) is left out, as Nix's daemon does, but for a build's log line (`Result` of
+/// [`result_type::BUILD_LOG_LINE`]), which becomes a plain log line rather than being lost.
 pub fn write_stderr<W: Write + ?Sized>(
     w: &mut W,
     version: Version,
@@ -403,6 +405,12 @@ pub fn write_stderr<W: Write + ?Sized>(
                 write_u64(w, *id)?;
                 write_u64(w, *kind)?;
                 write_fields(w, fields)?;
+            } else if let (result_type::BUILD_LOG_LINE, [Field::Str(line)]) =
+                (*kind, fields.as_slice())
+            {
+                // Nix's daemon drops these for an old client; it gets the line as a log line.
+                write_u64(w, NEXT)?;
+                write_str(w, &format!("{line}\n"))?;
             }
             Ok(())
         }

@@ -133,6 +133,14 @@ fn downgraded(m: &StderrMsg, version: Version) -> Option<StderrMsg> {
         StderrMsg::StartActivity { text, .. } if version < v(20) => {
             Some(StderrMsg::Next(format!("{text}...\n")))
         }
+        StderrMsg::Result {
+            kind: result_type::BUILD_LOG_LINE,
+            fields,
+            ..
+        } if version < v(20) => match fields.as_slice() {
+            [Field::Str(line)] => Some(StderrMsg::Next(format!("{line}\n"))),
+            _ => None,
+        },
         StderrMsg::StopActivity(_) | StderrMsg::Result { .. } if version < v(20) => None,
         m => Some(m.clone()),
     }
