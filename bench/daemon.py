@@ -93,6 +93,24 @@ def queries(args):
     return time.perf_counter() - t
 
 
+def cpu_seconds(pid):
+    """CPU time of the daemon and of its children already reaped (Nix forks one per
+    connection)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_per_query(p, sock, path):
+    """The daemon's own CPU time per validity query on one connection, in µs: what the
+    server costs, whatever the client's speed."""
+    before = cpu_seconds(p.pid)
+    queries((sock, path, QUERIES))
+    # Nix's connection process is reaped (and counted) once the client has gone.
+    time.sleep(0.5)
+    return (cpu_seconds(p.pid) - before) / QUERIES * 1e6
+
+
 def start(tool):
     root = f"{WORK}/{tool}"
     shutil.rmtree(root, ignore_errors=True)
@@ -129,7 +147,7 @@ def main():
     os.makedirs(f"{WORK}/etc", exist_ok=True)
     with open(f"{WORK}/etc/nix.conf", "w") as f:
         f.write("sandbox = false\nbuild-users-group =\nsubstituters =\n")
-    res = {t: {"rtt": [], "q1": [], "q16": [], "build": []} for t in DAEMONS}
+    res = {t: {"rtt": [], "cpu": [], "q1": [], "q16": [], "build": []} for t in DAEMONS}
     for i in range(RUNS):
         for tool in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
             p, sock, e = start(tool)
@@ -141,6 +159,7 @@ def main():
                                       check=True, capture_output=True, text=True).stdout.strip()
                 one = queries((sock, path.encode(), 2000))
                 res[tool]["rtt"].append(one / 2000 * 1e6)
+                res[tool]["cpu"].append(server_cpu_per_query(p, sock, path.encode()))
                 res[tool]["q1"].append(QUERIES / queries((sock, path.encode(), QUERIES)))
                 with multiprocessing.Pool(16) as pool:
                     t = time.perf_counter()
@@ -154,6 +173,7 @@ def main():
     print(f"{RUNS} runs each, alternating; {QUERIES} IsValidPath queries per measurement\n")
     print(f"{'':34} {'nix':>10} {'ferrix':>10} {'ferrix/nix':>11}")
     for k, label, unit in [("rtt", "validity query round trip", "µs"),
+                           ("cpu", "daemon CPU per query (µs)", ""),
                            ("q1", "queries/s, 1 connection", ""),
                            ("q16", "queries/s, 16 connections", ""),
                            ("build", "200 trivial builds (s)", "")]:

@@ -125,6 +125,29 @@ impl Db {
         })
     }
 
+    /// Another connection to the database `Db::open` opened, for queries only (writing
+    /// nothing but its own temporary tables): it reads beside the writer, the database being
+    /// in WAL mode.
+    pub fn open_reader(db_dir: &Path, store_dir: &StoreDir) -> Result<Self> {
+        let path = db_dir.join("db.sqlite");
+        let db_err = |source| StoreError::Db {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(3600))
+            .map_err(db_err)?;
+        Ok(Self {
+            conn,
+            path,
+            store_dir: store_dir.clone(),
+        })
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Db {
             path: self.path.clone(),

@@ -49,11 +49,44 @@ pub(crate) const MEM_NAR: usize = 1 << 20;
 /// A batch is committed once its in-memory NARs reach this many bytes.
 const MEM_BATCH: usize = 64 << 20;
 
+/// How many idle query connections a store keeps (more are opened while many queries run
+/// at once, and closed after).
+const IDLE_READERS: usize = 8;
+
+/// A query connection, back among the idle ones when dropped.
+pub(crate) struct Reader<'a> {
+    store: &'a LocalStore,
+    db: Option<Db>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db.as_ref().unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        let mut idle = self
+            .store
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.extend(self.db.take());
+        }
+    }
+}
+
 /// An open local store. One per process is enough; it is `Sync`.
 #[derive(Debug)]
 pub struct LocalStore {
     config: LocalStoreConfig,
+    /// The one connection that writes.
     db: Mutex<Db>,
+    /// Idle connections for queries, so that they run beside a commit and each other.
+    readers: Mutex<Vec<Db>>,
     temp_roots: Mutex<Option<TempRoots>>,
     tmp_counter: AtomicU64,
     /// New files inherit a default ACL, so placed trees need the full canonicalisation.
@@ -153,6 +186,7 @@ impl LocalStore {
         let store = Self {
             config,
             db: Mutex::new(db),
+            readers: Mutex::default(),
             temp_roots: Mutex::new(None),
             tmp_counter: AtomicU64::new(0),
             inherits_acl,
@@ -272,6 +306,24 @@ impl LocalStore {
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection for queries only: an idle one, or a new one when all are in use. It
+    /// sees every commit made before it is taken.
+    pub(crate) fn reader(&self) -> Result<Reader<'_>> {
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let db = match idle {
+            Some(db) => db,
+            None => Db::open_reader(&self.config.db_dir(), &self.config.store_dir)?,
+        };
+        Ok(Reader {
+            store: self,
+            db: Some(db),
+        })
     }
 
     pub fn real_path(&self, p: &StorePath) -> PathBuf {

@@ -33,7 +33,7 @@ impl Store for LocalStore {
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> std::result::Result<BTreeMap<StorePath, ValidPathInfo>, CopyError> {
-        let db = self.db();
+        let db = self.reader()?;
         let mut out = BTreeMap::new();
         for p in paths {
             if let Some(i) = db.path_info(p)? {

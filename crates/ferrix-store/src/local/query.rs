@@ -4,7 +4,7 @@ use super::*;
 
 impl LocalStore {
     pub fn is_valid_path(&self, p: &StorePath) -> Result<bool> {
-        self.db().is_valid(p)
+        self.reader()?.is_valid(p)
     }
 
     /// Which of `paths` are valid (one read transaction).
@@ -12,7 +12,7 @@ impl LocalStore {
         &self,
         paths: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<HashSet<StorePath>> {
-        self.db().valid_among(paths)
+        self.reader()?.valid_among(paths)
     }
 
     /// The valid path whose hash part is `hash_part`, if any.
@@ -20,11 +20,11 @@ impl LocalStore {
         if hash_part.len() != 32 || !hash_part.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Ok(None);
         }
-        self.db().path_from_hash_part(hash_part)
+        self.reader()?.path_from_hash_part(hash_part)
     }
 
     pub fn query_path_info(&self, p: &StorePath) -> Result<Option<ValidPathInfo>> {
-        self.db().path_info(p)
+        self.reader()?.path_info(p)
     }
 
     /// Path info of a path that must be valid.
@@ -34,23 +34,23 @@ impl LocalStore {
     }
 
     pub fn references(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
-        self.db().references(p)
+        self.reader()?.references(p)
     }
 
     pub fn referrers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
-        self.db().referrers(p)
+        self.reader()?.referrers(p)
     }
 
     pub fn valid_derivers(&self, p: &StorePath) -> Result<BTreeSet<StorePath>> {
-        self.db().valid_derivers(p)
+        self.reader()?.valid_derivers(p)
     }
 
     pub fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>> {
-        self.db().derivation_outputs(drv)
+        self.reader()?.derivation_outputs(drv)
     }
 
     pub fn all_valid_paths(&self) -> Result<Vec<StorePath>> {
-        self.db().all_valid()
+        self.reader()?.all_valid()
     }
 
     /// The closure of `paths` under references; optionally with the outputs of derivations
@@ -62,7 +62,7 @@ impl LocalStore {
         include_derivers: bool,
     ) -> Result<BTreeSet<StorePath>> {
         let paths: Vec<StorePath> = paths.into_iter().collect();
-        let db = self.db();
+        let db = self.reader()?;
         for p in &paths {
             if !db.is_valid(p)? {
                 return Err(StoreError::NotValid(self.print(p)));
@@ -99,7 +99,7 @@ impl LocalStore {
         &self,
         paths: &[StorePath],
     ) -> Result<std::collections::HashMap<StorePath, Vec<StorePath>>> {
-        let db = self.db();
+        let db = self.reader()?;
         for p in paths {
             if !db.is_valid(p)? {
                 return Err(StoreError::NotValid(self.print(p)));
@@ -110,7 +110,7 @@ impl LocalStore {
 
     /// The closure of `paths`, references first (what `nix-store -qR` prints), from one query.
     pub fn closure_sorted(&self, paths: &[StorePath]) -> Result<Vec<StorePath>> {
-        let db = self.db();
+        let db = self.reader()?;
         for p in paths {
             if !db.is_valid(p)? {
                 return Err(StoreError::NotValid(self.print(p)));
@@ -129,14 +129,14 @@ impl LocalStore {
         &self,
         paths: impl IntoIterator<Item = StorePath>,
     ) -> Result<BTreeSet<StorePath>> {
-        let db = self.db();
+        let db = self.reader()?;
         crate::closure::closure(paths, |p| Ok(db.referrers(p)?.into_iter().collect()))
     }
 
     /// `paths` ordered references-first.
     pub fn topo_sort(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<StorePath>> {
         let list: Vec<StorePath> = paths.iter().cloned().collect();
-        let graph = self.db().closure_graph(&list, false)?;
+        let graph = self.reader()?.closure_graph(&list, false)?;
         crate::closure::topo_sort(&self.config.store_dir, paths, |p| {
             Ok(graph.get(p).cloned().unwrap_or_default())
         })
@@ -180,5 +180,44 @@ impl LocalStore {
         }
         let real = self.real_path(p);
         nar::dump_path(&real, out).map_err(|source| StoreError::Dump { path: real, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_run_beside_the_writer() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = crate::LocalStoreConfig::with_root(root.path(), StoreDir::default());
+        let store = LocalStore::open(cfg).unwrap();
+        let p = store.add_text("x", b"x", &BTreeSet::new()).unwrap();
+        // The writer is held (as by a commit in progress): queries still answer.
+        let writer = store.db();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (tx, store, p) = (tx.clone(), &store, &p);
+                s.spawn(move || {
+                    let valid = store.is_valid_path(p).unwrap();
+                    let info = store.query_path_info(p).unwrap();
+                    let closure = store.closure_sorted(std::slice::from_ref(p)).unwrap();
+                    let _ = tx.send((valid, info.is_some(), closure.len()));
+                });
+            }
+            for _ in 0..4 {
+                let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+                if got.is_err() {
+                    drop(writer);
+                    panic!("a query waited for the writer");
+                }
+                assert_eq!(got.unwrap(), (true, true, 1));
+            }
+            drop(writer);
+        });
+        // What the writer commits, the next query sees.
+        let q = store.add_text("y", b"y", &BTreeSet::new()).unwrap();
+        assert!(store.is_valid_path(&q).unwrap());
     }
 }
