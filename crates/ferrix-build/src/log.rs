@@ -193,6 +193,29 @@ pub(crate) async fn copy_log(
     log.finish();
 }
 
+/// Keep `data` as the log of `drv` (a log a client hands over, `nix store copy-log`):
+/// written aside, then renamed into place, compressed as `settings` say.
+pub fn store_log(settings: &LogSettings, drv: &StorePath, data: &mut dyn Read) -> io::Result<()> {
+    let dest = log_path(&settings.dir, drv, settings.compress);
+    let dir = dest.parent().unwrap_or(&settings.dir);
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    if settings.compress {
+        let mut enc = bzip2::write::BzEncoder::new(&mut tmp, bzip2::Compression::default());
+        io::copy(data, &mut enc)?;
+        enc.finish()?;
+    } else {
+        io::copy(data, &mut tmp)?;
+    }
+    tmp.persist(&dest).map_err(|e| e.error)?;
+    // The other form of the log, if any, is older.
+    let other = log_path(&settings.dir, drv, !settings.compress);
+    match std::fs::remove_file(other) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

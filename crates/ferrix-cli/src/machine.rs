@@ -82,11 +82,32 @@ pub fn plan_wanted(store: &LocalStore, wanted: &[Wanted]) -> Result<Plan> {
         .context("planning the build")
 }
 
+/// The plan for derivations and `paths` (valid ones need nothing), fetching from
+/// `substituter` what it has.
+pub fn plan_substituting(
+    store: &LocalStore,
+    wanted: &[Wanted],
+    paths: &[StorePath],
+    substituter: Option<(&dyn ferrix_build::substitute::Substituter, bool)>,
+) -> Result<Plan> {
+    let times = crate::build::build_times(store);
+    let none = BTreeSet::new();
+    let subst = substituter.map(|(s, always_allow)| ferrix_build::plan::Substitutes {
+        substituter: s,
+        exclude: &none,
+        always_allow,
+    });
+    ferrix_build::plan_with(store, wanted, paths, &times, BuildMode::Normal, subst)
+        .context("planning the build")
+}
+
 /// What a session hears of its builds while they run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// The build of a derivation started, here or on the machine named.
     Started(StorePath, Option<String>),
+    /// The fetch of a path from the cache named started.
+    Fetching(StorePath, String),
     /// A line of a builder's output.
     Line(StorePath, String),
     /// The build or fetch ended.
@@ -111,6 +132,9 @@ impl ToSession {
 }
 
 impl Reporter for ToSession {
+    fn fetching(&self, path: &StorePath, from: &str) {
+        self.send(Progress::Fetching(path.clone(), from.to_owned()));
+    }
     fn started(&self, drv: &StorePath) {
         self.send(Progress::Started(drv.clone(), None));
     }
@@ -185,6 +209,9 @@ impl Drop for Subscription<'_> {
 }
 
 impl Reporter for Router {
+    fn fetching(&self, path: &StorePath, from: &str) {
+        self.send(path, Progress::Fetching(path.clone(), from.to_owned()));
+    }
     fn started(&self, drv: &StorePath) {
         self.send(drv, Progress::Started(drv.clone(), None));
     }
@@ -217,6 +244,10 @@ impl Reporter for Router {
 pub struct SharedEngine {
     host: crate::build::EngineHost,
     router: Arc<Router>,
+    /// The daemon's caches (`substituters`), when substitution is on.
+    substituter: Option<Arc<ferrix_build::substitute::CacheSubstituter>>,
+    /// `always-allow-substitutes`.
+    always_allow: bool,
 }
 
 impl SharedEngine {
@@ -225,15 +256,32 @@ impl SharedEngine {
         // A daemon builds what it is asked to: at least one job at a time.
         local.max_jobs = local.max_jobs.max(1);
         let router = Arc::new(Router::default());
-        let host = crate::build::EngineHost::start(
+        let substituter = crate::build::substituter(settings, store)?;
+        let host = crate::build::EngineHost::start_with(
             settings,
             store,
             router.clone(),
             opts,
             local,
             crate::build::build_times(store),
+            substituter.clone().map(|s| s as _),
         )?;
-        Ok(Self { host, router })
+        Ok(Self {
+            host,
+            router,
+            substituter,
+            always_allow: settings.substitution()?.always_allow,
+        })
+    }
+
+    /// The caches the daemon substitutes from, and `always-allow-substitutes`.
+    pub fn substituter(&self) -> Option<(&dyn ferrix_build::substitute::Substituter, bool)> {
+        self.substituter.as_deref().map(|s| {
+            (
+                s as &dyn ferrix_build::substitute::Substituter,
+                self.always_allow,
+            )
+        })
     }
 }
 
@@ -326,6 +374,14 @@ impl<'a> Builds<'a> {
         Self {
             engine: Engines::Shared(engine),
             client,
+        }
+    }
+
+    /// The daemon's caches, on a shared Engine that has them.
+    pub fn substituter(&self) -> Option<(&dyn ferrix_build::substitute::Substituter, bool)> {
+        match &self.engine {
+            Engines::Shared(e) => e.substituter(),
+            Engines::Own { .. } => None,
         }
     }
 

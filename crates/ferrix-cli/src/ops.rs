@@ -171,6 +171,32 @@ pub fn verify(
     })
 }
 
+/// Says what an optimisation skipped, as Nix warns of it.
+struct OptimiseWarnings<'a>(&'a mut Shell);
+
+impl ferrix_store::optimise::OptimiseReporter for OptimiseWarnings<'_> {
+    fn skipped(&mut self, path: &std::path::Path, why: &str) {
+        self.0.warn(format!("skipping '{}': {why}", path.display()));
+    }
+    fn removed_corrupt_link(&mut self, link: &std::path::Path) {
+        self.0.warn(format!(
+            "removing corrupted link '{}'; there may be more corrupted paths: run 'nix-store --verify --check-contents --repair' to fix them all",
+            link.display()
+        ));
+    }
+}
+
+/// `nix-store --optimise` / `ferrix store optimise`: hard-link identical files.
+pub fn optimise(store: &LocalStore, shell: &mut Shell) -> Result<()> {
+    let stats = ferrix_store::optimise::optimise_store(store, &mut OptimiseWarnings(shell))?;
+    shell.note(format!(
+        "{} freed by hard-linking {} files",
+        mib(stats.bytes_freed),
+        stats.files_linked
+    ));
+    Ok(())
+}
+
 /// `nix-store --load-db`: the `--dump-db` format (path, hash, size, deriver, count, refs).
 pub fn load_db(store: &LocalStore, input: impl Read) -> Result<usize> {
     let mut lines = BufReader::new(input).lines();

@@ -45,9 +45,9 @@ impl Handler<'_> {
             let line = match p {
                 crate::machine::Progress::Line(_, line) => line,
                 crate::machine::Progress::Warning(w) => format!("warning: {w}"),
-                crate::machine::Progress::Started(..) | crate::machine::Progress::Ended(_) => {
-                    return
-                }
+                crate::machine::Progress::Started(..)
+                | crate::machine::Progress::Fetching(..)
+                | crate::machine::Progress::Ended(_) => return,
             };
             let mut e = std::io::stderr().lock();
             let _ = writeln!(e, "{line}");

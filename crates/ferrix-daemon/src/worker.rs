@@ -35,6 +35,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
+use ferrix_format::content_address::ContentAddress;
 use ferrix_format::{Derivation, DerivationOutput, StoreDir, StorePath};
 use ferrix_protocol::wire::{
     write_bool, write_opt_store_path, write_store_path, write_store_paths, write_str,
@@ -287,6 +288,53 @@ pub trait WorkerHandler {
         drv_path: &StorePath,
         data: &mut dyn Read,
     ) -> Result<(), Self::Error>;
+
+    /// 32 (and 3): which of `paths` a substituter has.
+    fn query_substitutable_paths(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+        log: &mut dyn Logger,
+    ) -> Result<BTreeSet<StorePath>, Self::Error>;
+
+    /// 30 (and 21): what the substituters know of those of `paths` they have.
+    fn query_substitutable_path_infos(
+        &mut self,
+        paths: &BTreeMap<StorePath, Option<ContentAddress>>,
+        log: &mut dyn Logger,
+    ) -> Result<BTreeMap<StorePath, SubstitutableInfo>, Self::Error>;
+
+    /// 34: replace identical files in the store by hard links to one copy.
+    fn optimise_store(&mut self, log: &mut dyn Logger) -> Result<(), Self::Error>;
+
+    /// 35 (`repair` for trusted clients only): check the store; whether errors were found
+    /// that are still there.
+    fn verify_store(
+        &mut self,
+        check_contents: bool,
+        repair: bool,
+        log: &mut dyn Logger,
+    ) -> Result<bool, Self::Error>;
+}
+
+/// What a substituter knows of a path (the answer to `QuerySubstitutablePathInfos`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubstitutableInfo {
+    pub deriver: Option<StorePath>,
+    pub references: BTreeSet<StorePath>,
+    /// The compressed size, 0 when unknown.
+    pub download_size: u64,
+    pub nar_size: u64,
+}
+
+fn write_substitutable<W: Write + ?Sized>(
+    w: &mut W,
+    dir: &StoreDir,
+    i: &SubstitutableInfo,
+) -> io::Result<()> {
+    write_opt_store_path(w, dir, i.deriver.as_ref())?;
+    write_store_paths(w, dir, &i.references)?;
+    write_u64(w, i.download_size)?;
+    write_u64(w, i.nar_size)
 }
 
 /// How a session runs.
@@ -732,6 +780,98 @@ impl<'a, H: WorkerHandler, R: Read, W: Write> Session<'a, H, R, W> {
                 let res = self.handler.query_derivation_output_map(&p);
                 self.finish(op, None, res, |w, v| write_output_map(w, dir, &v))
             }
+            WorkerRequest::QueryDerivationOutputs(p) => {
+                let res = self.handler.query_derivation_output_map(&p);
+                self.finish(op, None, res, |w, v| {
+                    let paths: BTreeSet<StorePath> = v.into_values().flatten().collect();
+                    write_store_paths(w, dir, &paths)
+                })
+            }
+            WorkerRequest::QueryDerivationOutputNames(p) => {
+                let res = self.handler.query_derivation_output_map(&p);
+                self.finish(op, None, res, |w, v| {
+                    write_strings(w, v.keys().map(String::as_str))
+                })
+            }
+            WorkerRequest::QueryPathHash(p)
+            | WorkerRequest::QueryReferences(p)
+            | WorkerRequest::QueryDeriver(p) => {
+                // Obsolete forms of QueryPathInfo: the path must be valid.
+                let res = match self.handler.query_path_info(&p) {
+                    Ok(None) => {
+                        return self.fail(op, format!("path '{}' is not valid", dir.display(&p)))
+                    }
+                    Ok(Some(i)) => Ok(i),
+                    Err(e) => Err(e),
+                };
+                self.finish(op, None, res, |w, i| match op {
+                    Op::QueryPathHash => write_str(w, &i.nar_hash.to_base16()),
+                    Op::QueryReferences => write_store_paths(w, dir, &i.references),
+                    _ => write_opt_store_path(w, dir, i.deriver.as_ref()),
+                })
+            }
+            WorkerRequest::HasSubstitutes(p) => {
+                let mut log = self.logger();
+                let one = BTreeSet::from([p.clone()]);
+                let res = self.handler.query_substitutable_paths(&one, &mut log);
+                self.finish(op, Some(log), res, |w, v| write_bool(w, v.contains(&p)))
+            }
+            WorkerRequest::QuerySubstitutablePaths(paths) => {
+                let mut log = self.logger();
+                let res = self.handler.query_substitutable_paths(&paths, &mut log);
+                self.finish(op, Some(log), res, |w, v| write_store_paths(w, dir, &v))
+            }
+            WorkerRequest::QuerySubstitutablePathInfo(p) => {
+                let mut log = self.logger();
+                let one = BTreeMap::from([(p.clone(), None)]);
+                let res = self.handler.query_substitutable_path_infos(&one, &mut log);
+                self.finish(op, Some(log), res, |w, v| match v.get(&p) {
+                    None => write_u64(w, 0),
+                    Some(i) => {
+                        write_u64(w, 1)?;
+                        write_substitutable(w, dir, i)
+                    }
+                })
+            }
+            WorkerRequest::QuerySubstitutablePathInfos(paths) => {
+                let mut log = self.logger();
+                let res = self
+                    .handler
+                    .query_substitutable_path_infos(&paths, &mut log);
+                self.finish(op, Some(log), res, |w, v| {
+                    write_u64(w, v.len() as u64)?;
+                    for (p, i) in &v {
+                        write_store_path(w, dir, p)?;
+                        write_substitutable(w, dir, i)?;
+                    }
+                    Ok(())
+                })
+            }
+            WorkerRequest::OptimiseStore => {
+                let mut log = self.logger();
+                let res = self.handler.optimise_store(&mut log);
+                self.finish(op, Some(log), res, |w, ()| write_u64(w, 1))
+            }
+            WorkerRequest::VerifyStore {
+                check_contents,
+                repair,
+            } => {
+                if repair && !trusted {
+                    return self.fail(op, REPAIR.into());
+                }
+                let mut log = self.logger();
+                let res = self.handler.verify_store(check_contents, repair, &mut log);
+                self.finish(op, Some(log), res, |w, errors| write_bool(w, errors))
+            }
+            WorkerRequest::QueryRealisation(_) => {
+                // No content-addressed derivations are built here: no realisation is known.
+                self.finish(op, None, Ok(()), |w, ()| write_u64(w, 0))
+            }
+            WorkerRequest::RegisterDrvOutput(_) => self.fail(
+                op,
+                "content-addressed derivations (realisations) are not supported by this daemon"
+                    .into(),
+            ),
             WorkerRequest::QueryMissing(targets) => {
                 let res = self.handler.query_missing(&targets);
                 self.finish(op, None, res, |w, v| write_missing(w, dir, &v))

@@ -328,6 +328,30 @@ impl WorkerHandler for Handler {
     fn add_build_log(&mut self, _: &StorePath, _: &mut dyn Read) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn query_substitutable_paths(
+        &mut self,
+        _: &BTreeSet<StorePath>,
+        _: &mut dyn Logger,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        Ok(BTreeSet::new())
+    }
+
+    fn query_substitutable_path_infos(
+        &mut self,
+        _: &BTreeMap<StorePath, Option<ferrix_format::ContentAddress>>,
+        _: &mut dyn Logger,
+    ) -> Result<BTreeMap<StorePath, ferrix_daemon::worker::SubstitutableInfo>, StoreError> {
+        Ok(BTreeMap::new())
+    }
+
+    fn optimise_store(&mut self, _: &mut dyn Logger) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn verify_store(&mut self, _: bool, _: bool, _: &mut dyn Logger) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -283,7 +283,11 @@ impl Visit for Deleter {
             Err(Errno::NOENT) => return Ok(Step::Done),
             Err(e) => return Err(("reading", e.into())),
         };
-        self.freed += u64::try_from(st.st_size).unwrap_or_default();
+        // A file's last link frees its space; so does, most likely, its last but one when the
+        // store is deduplicated (the other is in `.links`, removed after), as Nix counts.
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory && st.st_nlink <= 2 {
+            self.freed += u64::try_from(st.st_size).unwrap_or_default();
+        }
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
             return unlink(dir, name, AtFlags::empty()).map(|()| Step::Done);
         }

@@ -427,6 +427,7 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
             }
             results.bytes_freed += store.invalidate_and_delete(&order)?;
             results.paths = order;
+            crate::optimise::remove_unused_links(store)?;
             return Ok(results);
         }
         GcAction::DeleteDead => {}
@@ -500,6 +501,7 @@ pub fn collect_garbage(store: &LocalStore, opts: &GcOptions) -> Result<GcResults
         results.bytes_freed += delete_path(&e.path())?;
         drop(roots);
     }
+    crate::optimise::remove_unused_links(store)?;
     Ok(results)
 }
 
@@ -556,11 +558,24 @@ pub fn add_perm_root(store: &LocalStore, p: &StorePath, link: &Path) -> Result<P
         Err(_) => {}
     }
     replace_symlink(Path::new(&store.print(p)), &link)?;
+    add_indirect_root(store, &link)?;
+    Ok(link)
+}
+
+/// Register `link`, a symlink to a store path elsewhere (a client's `result`), as an
+/// indirect root: `<state>/gcroots/auto/<nix32(sha1(link))>` points at it. The link itself
+/// is the client's to make.
+pub fn add_indirect_root(store: &LocalStore, link: &Path) -> Result<()> {
+    if !link.is_absolute() {
+        return Err(StoreError::Format(format!(
+            "the indirect root '{}' is not an absolute path",
+            link.display()
+        )));
+    }
     let auto = store.config().state_dir.join("gcroots/auto");
     fs::create_dir_all(&auto).map_err(io_err("creating directory", &auto))?;
     let h = ferrix_format::Hash::of(ferrix_format::HashAlgo::Sha1, link.as_os_str().as_bytes());
-    replace_symlink(&link, &auto.join(h.to_nix32()))?;
-    Ok(link)
+    replace_symlink(link, &auto.join(h.to_nix32()))
 }
 
 /// Atomically point `link` at `target`.

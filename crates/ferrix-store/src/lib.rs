@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod gc;
 pub mod local;
 pub mod lock;
+pub mod optimise;
 pub mod path_info;
 mod place;
 pub mod remote_store;

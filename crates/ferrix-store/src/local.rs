@@ -62,17 +62,15 @@ pub(crate) struct Reader<'a> {
 impl std::ops::Deref for Reader<'_> {
     type Target = Db;
     fn deref(&self) -> &Db {
-        self.db.as_ref().unwrap_or_else(|| unreachable!("taken only on drop"))
+        self.db
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
     }
 }
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        let mut idle = self
-            .store
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.store.readers.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < IDLE_READERS {
             idle.extend(self.db.take());
         }
@@ -311,11 +309,7 @@ impl LocalStore {
     /// A connection for queries only: an idle one, or a new one when all are in use. It
     /// sees every commit made before it is taken.
     pub(crate) fn reader(&self) -> Result<Reader<'_>> {
-        let idle = self
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let db = match idle {
             Some(db) => db,
             None => Db::open_reader(&self.config.db_dir(), &self.config.store_dir)?,

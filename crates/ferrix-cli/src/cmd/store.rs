@@ -1,4 +1,4 @@
-//! `ferrix store add|add-path|add-file|gc|verify|delete|ping`.
+//! `ferrix store add|add-path|add-file|gc|verify|optimise|delete|ping`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,8 @@ pub enum StoreCommand {
     },
     /// Repair paths by building their derivers again.
     Repair { paths: Vec<String> },
+    /// Replace identical files in the store by hard links to one copy.
+    Optimise,
     /// Write the NAR of a store path to standard output (through the store, so a store
     /// kept elsewhere than its paths say works too).
     DumpPath { path: String },
@@ -147,6 +149,7 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             let ps = ops::resolve_all(&store, &paths)?;
             return ops::verify(&store, !no_contents, None, Some(&ps), shell);
         }
+        StoreCommand::Optimise => ops::optimise(&store, shell)?,
         StoreCommand::Repair { paths } => {
             let ps = ops::resolve_all(&store, &paths)?;
             let store = std::sync::Arc::new(store);

@@ -9,7 +9,9 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ferrix_daemon::worker::{IncomingPaths, Logger, WorkerHandler, WorkerOptions};
+use ferrix_daemon::worker::{
+    IncomingPaths, Logger, SubstitutableInfo, WorkerHandler, WorkerOptions,
+};
 use ferrix_format::{Derivation, StorePath};
 use ferrix_protocol::serve::BuildStatus;
 use ferrix_protocol::worker::{
@@ -33,8 +35,6 @@ enum DaemonError {
     Failed(String),
     #[error("path '{0}' is not valid")]
     NotValid(String),
-    #[error("{0} is not supported by this daemon yet")]
-    Unsupported(&'static str),
     #[error("cannot add path '{0}' because it lacks a signature by a trusted key (and is not content-addressed); only users in 'trusted-users' may add such paths")]
     Unsigned(String),
 }
@@ -49,6 +49,8 @@ struct Handler<'a> {
     /// `keep-outputs` and `keep-derivations`, for collections.
     keep_outputs: bool,
     keep_derivations: bool,
+    /// Where build logs go (for logs clients hand over).
+    log: ferrix_build::log::LogSettings,
 }
 
 impl<'a> Handler<'a> {
@@ -60,6 +62,11 @@ impl<'a> Handler<'a> {
         builds: crate::machine::Builds<'a>,
         check_sigs: Option<ferrix_store::binary_cache::Trust>,
     ) -> Result<Self> {
+        let log = ferrix_build::log::LogSettings {
+            dir: store.config().log_dir.clone(),
+            compress: settings.conf.bool("compress-build-log", true)?,
+            keep: true,
+        };
         Ok(Handler {
             builds,
             store,
@@ -67,6 +74,7 @@ impl<'a> Handler<'a> {
             check_sigs,
             keep_outputs: settings.conf.bool("keep-outputs", false)?,
             keep_derivations: settings.conf.bool("keep-derivations", true)?,
+            log,
         })
     }
 
@@ -159,6 +167,19 @@ impl Activities {
                 },
                 None => StderrMsg::Next(format!("{line}\n")),
             },
+            Progress::Fetching(path, from) => {
+                let id = next_activity();
+                let printed = store.print(&path);
+                self.open.insert(path, id);
+                StderrMsg::StartActivity {
+                    id,
+                    level: verbosity::INFO,
+                    kind: activity::SUBSTITUTE,
+                    text: format!("copying path '{printed}' from '{from}'"),
+                    fields: vec![Field::Str(printed), Field::Str(from)],
+                    parent: 0,
+                }
+            }
             Progress::Ended(drv) => StderrMsg::StopActivity(self.open.remove(&drv)?),
             Progress::Warning(w) => StderrMsg::Next(format!("warning: {w}\n")),
         })
@@ -166,6 +187,49 @@ impl Activities {
 }
 
 impl Handler<'_> {
+    /// Build the derivers of `paths` again, replacing their outputs: those repaired.
+    fn repair(
+        &mut self,
+        paths: &[StorePath],
+        log: &mut dyn Logger,
+    ) -> Result<BTreeSet<StorePath>, DaemonError> {
+        let mut wanted: Vec<ferrix_build::Wanted> = Vec::new();
+        let mut covered = BTreeSet::new();
+        for p in paths {
+            let deriver = self.store.query_path_info(p)?.and_then(|i| i.deriver);
+            match deriver {
+                Some(d) if self.store.is_valid_path(&d)? => {
+                    if !wanted.iter().any(|(w, _)| *w == d) {
+                        wanted.push((d, None));
+                    }
+                    covered.insert(p.clone());
+                }
+                _ => {
+                    let _ = log.log(StderrMsg::Next(format!(
+                        "error: cannot repair path '{}': it has no valid deriver to build again\n",
+                        self.store.print(p)
+                    )));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let times = crate::build::build_times(&self.store);
+        let plan = ferrix_build::plan_builds(
+            &self.store,
+            &wanted,
+            &times,
+            ferrix_build::BuildMode::Repair,
+        )
+        .map_err(|e| DaemonError::Other(anyhow::Error::new(e)))?;
+        let r = self.run(plan, log)?;
+        Ok(match r.status {
+            BuildStatus::Built | BuildStatus::AlreadyValid => covered,
+            _ => BTreeSet::new(),
+        })
+    }
+
     /// Build `plan` here, each line of output sent to the client as it comes.
     fn run(&mut self, plan: ferrix_build::Plan, log: &mut dyn Logger) -> Result<BuildResult> {
         let asked = crate::machine::Asked {
@@ -188,13 +252,48 @@ impl Handler<'_> {
         Ok(r?.into())
     }
 
-    fn wanted(&self, targets: &[DerivedPath]) -> Result<Vec<ferrix_build::Wanted>, DaemonError> {
+    /// The caches this session's builds fetch from: the daemon's, unless the client asked
+    /// for no substitution.
+    fn substituter(&self) -> Option<(&dyn ferrix_build::substitute::Substituter, bool)> {
+        let wanted = self.options.as_ref().is_none_or(|o| o.use_substitutes);
+        self.builds.substituter().filter(|_| wanted)
+    }
+
+    /// The plan realising `targets`: derivations built (or their outputs fetched), paths
+    /// fetched when they are not valid. A path nobody can fetch is not valid here.
+    fn plan(&self, targets: &[DerivedPath]) -> Result<ferrix_build::Plan, DaemonError> {
+        let (wanted, paths) = self.wanted(targets)?;
+        let subst = self.substituter();
+        if subst.is_none() {
+            if let Some(p) = paths.first() {
+                return Err(DaemonError::NotValid(self.store.print(p)));
+            }
+        }
+        let plan = crate::machine::plan_substituting(&self.store, &wanted, &paths, subst)?;
+        let fetched: BTreeSet<&StorePath> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| n.work.fetch())
+            .map(|f| &f.path)
+            .collect();
+        if let Some(p) = paths.iter().find(|p| !fetched.contains(p)) {
+            return Err(DaemonError::NotValid(self.store.print(p)));
+        }
+        Ok(plan)
+    }
+
+    /// The derivations of `targets`, and the paths that are not valid.
+    fn wanted(
+        &self,
+        targets: &[DerivedPath],
+    ) -> Result<(Vec<ferrix_build::Wanted>, Vec<StorePath>), DaemonError> {
         let mut wanted = Vec::new();
+        let mut paths = Vec::new();
         for t in targets {
             match t {
                 DerivedPath::Opaque(p) => {
                     if !self.store.is_valid_path(p)? {
-                        return Err(DaemonError::NotValid(self.store.print(p)));
+                        paths.push(p.clone());
                     }
                 }
                 DerivedPath::Built { drv_path, outputs } => {
@@ -206,7 +305,7 @@ impl Handler<'_> {
                 }
             }
         }
-        Ok(wanted)
+        Ok((wanted, paths))
     }
 }
 
@@ -337,9 +436,9 @@ impl WorkerHandler for Handler<'_> {
 
     fn query_path_from_hash_part(
         &mut self,
-        _hash_part: &str,
+        hash_part: &str,
     ) -> Result<Option<StorePath>, DaemonError> {
-        Err(DaemonError::Unsupported("QueryPathFromHashPart"))
+        Ok(self.store.path_from_hash_part(hash_part)?)
     }
 
     fn query_derivation_output_map(
@@ -355,14 +454,19 @@ impl WorkerHandler for Handler<'_> {
     }
 
     fn query_missing(&mut self, targets: &[DerivedPath]) -> Result<Missing, DaemonError> {
-        let wanted = self.wanted(targets)?;
-        let plan = crate::machine::plan_wanted(&self.store, &wanted)?;
+        let plan = self.plan(targets)?;
+        let fetches: Vec<_> = plan.nodes.iter().filter_map(|n| n.work.fetch()).collect();
         Ok(Missing {
-            will_build: plan.nodes.iter().map(|n| n.work.key().clone()).collect(),
-            will_substitute: BTreeSet::new(),
+            will_build: plan
+                .nodes
+                .iter()
+                .filter_map(|n| n.work.job())
+                .map(|j| j.drv_path.clone())
+                .collect(),
+            will_substitute: fetches.iter().map(|f| f.path.clone()).collect(),
             unknown: BTreeSet::new(),
-            download_size: 0,
-            nar_size: 0,
+            download_size: fetches.iter().filter_map(|f| f.download_size).sum(),
+            nar_size: fetches.iter().map(|f| f.nar_size).sum(),
         })
     }
 
@@ -370,20 +474,34 @@ impl WorkerHandler for Handler<'_> {
         Ok(self.store.add_temp_root(path)?)
     }
 
-    fn add_indirect_root(&mut self, _link: &str) -> Result<(), DaemonError> {
-        Err(DaemonError::Unsupported("AddIndirectRoot"))
+    fn add_indirect_root(&mut self, link: &str) -> Result<(), DaemonError> {
+        Ok(ferrix_store::gc::add_indirect_root(
+            &self.store,
+            std::path::Path::new(link),
+        )?)
     }
 
-    fn add_perm_root(&mut self, _path: &StorePath, _root: &str) -> Result<String, DaemonError> {
-        Err(DaemonError::Unsupported("AddPermRoot"))
+    fn add_perm_root(&mut self, path: &StorePath, root: &str) -> Result<String, DaemonError> {
+        let root = std::path::Path::new(root);
+        if !root.is_absolute() {
+            return Err(DaemonError::Failed(format!(
+                "the root '{}' is not an absolute path",
+                root.display()
+            )));
+        }
+        let made = ferrix_store::gc::add_perm_root(&self.store, path, root)?;
+        Ok(made.to_string_lossy().into_owned())
     }
 
-    fn ensure_path(&mut self, path: &StorePath, _log: &mut dyn Logger) -> Result<(), DaemonError> {
-        // No substituters yet: a path is there or it cannot be made so.
+    fn ensure_path(&mut self, path: &StorePath, log: &mut dyn Logger) -> Result<(), DaemonError> {
         if self.store.is_valid_path(path)? {
-            Ok(())
-        } else {
-            Err(DaemonError::NotValid(self.store.print(path)))
+            return Ok(());
+        }
+        let plan = self.plan(&[DerivedPath::Opaque(path.clone())])?;
+        let r = self.run(plan, log)?;
+        match r.status {
+            BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted => Ok(()),
+            _ => Err(DaemonError::Failed(r.error_msg)),
         }
     }
 
@@ -393,8 +511,7 @@ impl WorkerHandler for Handler<'_> {
         _mode: BuildMode,
         log: &mut dyn Logger,
     ) -> Result<(), DaemonError> {
-        let wanted = self.wanted(targets)?;
-        let plan = crate::machine::plan_wanted(&self.store, &wanted)?;
+        let plan = self.plan(targets)?;
         let r = self.run(plan, log)?;
         match r.status {
             BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted => Ok(()),
@@ -408,8 +525,7 @@ impl WorkerHandler for Handler<'_> {
         _mode: BuildMode,
         log: &mut dyn Logger,
     ) -> Result<Vec<KeyedBuildResult>, DaemonError> {
-        let wanted = self.wanted(targets)?;
-        let plan = crate::machine::plan_wanted(&self.store, &wanted)?;
+        let plan = self.plan(targets)?;
         let r = self.run(plan, log)?;
         Ok(targets
             .iter()
@@ -477,14 +593,122 @@ impl WorkerHandler for Handler<'_> {
 
     fn add_signatures(
         &mut self,
-        _path: &StorePath,
-        _sigs: &BTreeSet<String>,
+        path: &StorePath,
+        sigs: &BTreeSet<String>,
     ) -> Result<(), DaemonError> {
-        Err(DaemonError::Unsupported("AddSignatures"))
+        Ok(self.store.add_signatures(path, sigs)?)
     }
 
-    fn add_build_log(&mut self, _drv: &StorePath, _data: &mut dyn Read) -> Result<(), DaemonError> {
-        Err(DaemonError::Unsupported("AddBuildLog"))
+    fn add_build_log(&mut self, drv: &StorePath, data: &mut dyn Read) -> Result<(), DaemonError> {
+        ferrix_build::log::store_log(&self.log, drv, data).map_err(|e| {
+            DaemonError::Other(anyhow::Error::new(e).context(format!(
+                "keeping the build log of '{}'",
+                self.store.print(drv)
+            )))
+        })
+    }
+
+    fn query_substitutable_paths(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+        _log: &mut dyn Logger,
+    ) -> Result<BTreeSet<StorePath>, DaemonError> {
+        let Some((subst, _)) = self.substituter() else {
+            return Ok(BTreeSet::new());
+        };
+        let list: Vec<StorePath> = paths.iter().cloned().collect();
+        Ok(subst.query(&list).into_keys().collect())
+    }
+
+    fn query_substitutable_path_infos(
+        &mut self,
+        paths: &BTreeMap<StorePath, Option<ferrix_format::ContentAddress>>,
+        _log: &mut dyn Logger,
+    ) -> Result<BTreeMap<StorePath, SubstitutableInfo>, DaemonError> {
+        let Some((subst, _)) = self.substituter() else {
+            return Ok(BTreeMap::new());
+        };
+        let list: Vec<StorePath> = paths.keys().cloned().collect();
+        Ok(subst
+            .query(&list)
+            .into_iter()
+            .map(|(p, s)| {
+                let info = SubstitutableInfo {
+                    deriver: None,
+                    references: s.references.clone(),
+                    download_size: s.download_size.unwrap_or(0),
+                    nar_size: s.nar_size,
+                };
+                (p, info)
+            })
+            .collect())
+    }
+
+    fn optimise_store(&mut self, log: &mut dyn Logger) -> Result<(), DaemonError> {
+        struct Warnings<'a>(&'a mut dyn Logger);
+        impl ferrix_store::optimise::OptimiseReporter for Warnings<'_> {
+            fn skipped(&mut self, path: &std::path::Path, why: &str) {
+                let _ = self.0.log(StderrMsg::Next(format!(
+                    "warning: skipping '{}': {why}\n",
+                    path.display()
+                )));
+            }
+        }
+        let stats = ferrix_store::optimise::optimise_store(&self.store, &mut Warnings(log))?;
+        let _ = log.log(StderrMsg::Next(format!(
+            "{:.2} MiB freed by hard-linking {} files\n",
+            stats.bytes_freed as f64 / (1024.0 * 1024.0),
+            stats.files_linked
+        )));
+        Ok(())
+    }
+
+    fn verify_store(
+        &mut self,
+        check_contents: bool,
+        repair: bool,
+        log: &mut dyn Logger,
+    ) -> Result<bool, DaemonError> {
+        use ferrix_store::verify::Problem;
+        let problems = ferrix_store::verify::verify_store(&self.store, check_contents, None)?;
+        let damaged: Vec<StorePath> = problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::Modified { path, .. }
+                | Problem::Missing {
+                    path,
+                    invalidated: false,
+                } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut repaired = BTreeSet::new();
+        if repair && !damaged.is_empty() {
+            repaired = self.repair(&damaged, log)?;
+        }
+        let mut errors = false;
+        for p in &problems {
+            let fatal = !matches!(
+                p,
+                Problem::Missing {
+                    invalidated: true,
+                    ..
+                }
+            );
+            let path = match p {
+                Problem::Missing { path, .. }
+                | Problem::Modified { path, .. }
+                | Problem::DanglingReference { path, .. } => path,
+            };
+            let line = if fatal && !repaired.contains(path) {
+                errors = true;
+                format!("error: {}\n", p.describe(&self.store))
+            } else {
+                format!("{}\n", p.describe(&self.store))
+            };
+            let _ = log.log(StderrMsg::Next(line));
+        }
+        Ok(errors)
     }
 }
 

@@ -66,6 +66,7 @@ enum Op {
     RepairPath,
     CheckValidity,
     Serve,
+    Optimise,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +160,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             "--load-db" => set(&mut op, Op::LoadDb)?,
             "--delete" => set(&mut op, Op::Delete)?,
             "--gc" => set(&mut op, Op::Gc)?,
+            "--optimise" | "--optimize" => set(&mut op, Op::Optimise)?,
             "--read-log" | "-l" => set(&mut op, Op::ReadLog)?,
             "--repair-path" => set(&mut op, Op::RepairPath)?,
             "--check-validity" => set(&mut op, Op::CheckValidity)?,
@@ -351,6 +353,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         Op::Serve => {
             crate::serve::serve(&settings, store.clone(), serve_write)?;
         }
+        Op::Optimise => ops::optimise(&store, shell)?,
         Op::CheckValidity => {
             for a in strs(&operands) {
                 let p = ops::resolve(&store, &a)?;

@@ -29,11 +29,7 @@ impl Daemon {
         .unwrap();
         let links = Links::new();
         let child = Self::spawn(&links, root.path());
-        let d = Daemon {
-            root,
-            child,
-            links,
-        };
+        let d = Daemon { root, child, links };
         d.wait_for_socket();
         d
     }

@@ -1,9 +1,9 @@
 //! Operations and their arguments, as the client sends them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 
-use ferrix_format::content_address::FileIngestionMethod;
+use ferrix_format::content_address::{ContentAddress, FileIngestionMethod};
 use ferrix_format::{Derivation, HashAlgo, StoreDir, StorePath};
 
 use super::build_result::{
@@ -14,9 +14,9 @@ use super::path_info::{PathInfo, FULL};
 use super::Op;
 use crate::derivation::{read_basic_derivation, write_basic_derivation};
 use crate::wire::{
-    read_bool, read_store_path, read_store_path_set, read_string, read_string_set, read_u64,
-    read_u64_or_eof, write_bool, write_store_path, write_store_paths, write_str, write_strings,
-    write_u64, Limits, WireError,
+    read_bool, read_count, read_store_path, read_store_path_set, read_string, read_string_set,
+    read_u64, read_u64_or_eof, write_bool, write_store_path, write_store_paths, write_str,
+    write_strings, write_u64, Limits, WireError,
 };
 use crate::Version;
 
@@ -26,6 +26,10 @@ pub const SUBSTITUTE_FLAG_SINCE: Version = Version::new(1, 27);
 /// `AddToStore` takes a content-address method and a framed stream from this version on
 /// (before, a base name, flags and an unframed NAR, which this crate does not read).
 pub const ADD_TO_STORE_CA_SINCE: Version = Version::new(1, 25);
+/// `QuerySubstitutablePathInfos` sends each path with its content address.
+pub const CA_MAP_SINCE: Version = Version::new(1, 22);
+/// Realisations travel as JSON (before, as an id and a path).
+pub const REALISATION_JSON_SINCE: Version = Version::new(1, 31);
 
 /// What `CollectGarbage` does (its number on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +211,37 @@ pub enum WorkerRequest {
     /// 47 (≥ 1.36): make `gc_root` (an absolute path) a symlink to `path` and a root → the
     /// root's path.
     AddPermRoot { path: StorePath, gc_root: String },
+    /// 3, obsolete → bool: whether a substituter has the path.
+    HasSubstitutes(StorePath),
+    /// 4, obsolete → the NAR hash in base 16, without its type.
+    QueryPathHash(StorePath),
+    /// 5, obsolete → path set.
+    QueryReferences(StorePath),
+    /// 18, obsolete → the deriver or `""`.
+    QueryDeriver(StorePath),
+    /// 21 → u64 0, or u64 1 then the deriver (or `""`), references, u64 download size and
+    /// u64 NAR size.
+    QuerySubstitutablePathInfo(StorePath),
+    /// 22 → path set: the derivation's output paths.
+    QueryDerivationOutputs(StorePath),
+    /// 28 → the derivation's output names (a string list).
+    QueryDerivationOutputNames(StorePath),
+    /// 30: paths, each with its content address when known ([< 1.22] a plain set) → u64
+    /// count, then per path: the path, deriver (or `""`), references, u64 download size, u64
+    /// NAR size.
+    QuerySubstitutablePathInfos(BTreeMap<StorePath, Option<ContentAddress>>),
+    /// 32 → path set: those a substituter has.
+    QuerySubstitutablePaths(BTreeSet<StorePath>),
+    /// 34 → u64 1.
+    OptimiseStore,
+    /// 35 → bool: whether errors were found (and not all repaired).
+    VerifyStore { check_contents: bool, repair: bool },
+    /// 42: a realisation of a content-addressed derivation's output ([≥ 1.31] as JSON; before,
+    /// its id and output path as two strings) → nothing.
+    RegisterDrvOutput(Vec<String>),
+    /// 43: an output id (`sha256:…!out`) → [≥ 1.31] a set of realisations as JSON strings;
+    /// before, a path set.
+    QueryRealisation(String),
 }
 
 impl WorkerRequest {
@@ -239,6 +274,19 @@ impl WorkerRequest {
             Self::AddBuildLog(_) => Op::AddBuildLog,
             Self::BuildPathsWithResults { .. } => Op::BuildPathsWithResults,
             Self::AddPermRoot { .. } => Op::AddPermRoot,
+            Self::HasSubstitutes(_) => Op::HasSubstitutes,
+            Self::QueryPathHash(_) => Op::QueryPathHash,
+            Self::QueryReferences(_) => Op::QueryReferences,
+            Self::QueryDeriver(_) => Op::QueryDeriver,
+            Self::QuerySubstitutablePathInfo(_) => Op::QuerySubstitutablePathInfo,
+            Self::QueryDerivationOutputs(_) => Op::QueryDerivationOutputs,
+            Self::QueryDerivationOutputNames(_) => Op::QueryDerivationOutputNames,
+            Self::QuerySubstitutablePathInfos(_) => Op::QuerySubstitutablePathInfos,
+            Self::QuerySubstitutablePaths(_) => Op::QuerySubstitutablePaths,
+            Self::OptimiseStore => Op::OptimiseStore,
+            Self::VerifyStore { .. } => Op::VerifyStore,
+            Self::RegisterDrvOutput(_) => Op::RegisterDrvOutput,
+            Self::QueryRealisation(_) => Op::QueryRealisation,
         }
     }
 }
@@ -248,7 +296,20 @@ impl Op {
     pub const fn is_supported(self) -> bool {
         matches!(
             self,
-            Op::IsValidPath
+            Op::HasSubstitutes
+                | Op::QueryPathHash
+                | Op::QueryReferences
+                | Op::QueryDeriver
+                | Op::QuerySubstitutablePathInfo
+                | Op::QueryDerivationOutputs
+                | Op::QueryDerivationOutputNames
+                | Op::QuerySubstitutablePathInfos
+                | Op::QuerySubstitutablePaths
+                | Op::OptimiseStore
+                | Op::VerifyStore
+                | Op::RegisterDrvOutput
+                | Op::QueryRealisation
+                | Op::IsValidPath
                 | Op::QueryReferrers
                 | Op::AddToStore
                 | Op::AddTextToStore
@@ -431,23 +492,74 @@ pub fn read_request_body<R: Read + ?Sized>(
             path: path(r, "path of AddPermRoot")?,
             gc_root: read_string(r, limits, "root of AddPermRoot")?,
         },
-        Op::HasSubstitutes
-        | Op::QueryPathHash
-        | Op::QueryReferences
-        | Op::ExportPath
-        | Op::QueryDeriver
-        | Op::QuerySubstitutablePathInfo
-        | Op::QueryDerivationOutputs
-        | Op::QueryFailedPaths
-        | Op::ClearFailedPaths
-        | Op::ImportPaths
-        | Op::QueryDerivationOutputNames
-        | Op::QuerySubstitutablePathInfos
-        | Op::QuerySubstitutablePaths
-        | Op::OptimiseStore
-        | Op::VerifyStore
-        | Op::RegisterDrvOutput
-        | Op::QueryRealisation => {
+        Op::HasSubstitutes => WorkerRequest::HasSubstitutes(path(r, "path of HasSubstitutes")?),
+        Op::QueryPathHash => WorkerRequest::QueryPathHash(path(r, "path of QueryPathHash")?),
+        Op::QueryReferences => WorkerRequest::QueryReferences(path(r, "path of QueryReferences")?),
+        Op::QueryDeriver => WorkerRequest::QueryDeriver(path(r, "path of QueryDeriver")?),
+        Op::QuerySubstitutablePathInfo => WorkerRequest::QuerySubstitutablePathInfo(path(
+            r,
+            "path of QuerySubstitutablePathInfo",
+        )?),
+        Op::QueryDerivationOutputs => {
+            WorkerRequest::QueryDerivationOutputs(path(r, "path of QueryDerivationOutputs")?)
+        }
+        Op::QueryDerivationOutputNames => WorkerRequest::QueryDerivationOutputNames(path(
+            r,
+            "path of QueryDerivationOutputNames",
+        )?),
+        Op::QuerySubstitutablePathInfos => {
+            let what = "paths of QuerySubstitutablePathInfos";
+            let map = if version < CA_MAP_SINCE {
+                read_store_path_set(r, store_dir, limits, what)?
+                    .into_iter()
+                    .map(|p| (p, None))
+                    .collect()
+            } else {
+                let n = read_count(r, limits, what)?;
+                let mut map = BTreeMap::new();
+                for _ in 0..n {
+                    let p = path(r, what)?;
+                    let ca = crate::serve::read_opt_ca(
+                        r,
+                        limits,
+                        "content address of QuerySubstitutablePathInfos",
+                    )?;
+                    map.insert(p, ca);
+                }
+                map
+            };
+            WorkerRequest::QuerySubstitutablePathInfos(map)
+        }
+        Op::QuerySubstitutablePaths => WorkerRequest::QuerySubstitutablePaths(read_store_path_set(
+            r,
+            store_dir,
+            limits,
+            "paths of QuerySubstitutablePaths",
+        )?),
+        Op::OptimiseStore => WorkerRequest::OptimiseStore,
+        Op::VerifyStore => WorkerRequest::VerifyStore {
+            check_contents: read_bool(r, "checkContents flag of VerifyStore")?,
+            repair: read_bool(r, "repair flag of VerifyStore")?,
+        },
+        Op::RegisterDrvOutput => {
+            let what = "realisation of RegisterDrvOutput";
+            let n = if version < REALISATION_JSON_SINCE {
+                2
+            } else {
+                1
+            };
+            let mut fields = Vec::with_capacity(n);
+            for _ in 0..n {
+                fields.push(read_string(r, limits, what)?);
+            }
+            WorkerRequest::RegisterDrvOutput(fields)
+        }
+        Op::QueryRealisation => WorkerRequest::QueryRealisation(read_string(
+            r,
+            limits,
+            "output id of QueryRealisation",
+        )?),
+        Op::ExportPath | Op::QueryFailedPaths | Op::ClearFailedPaths | Op::ImportPaths => {
             return Err(WireError::unexpected(
                 "worker operation (not supported here)",
                 op,
@@ -490,7 +602,50 @@ pub fn write_request<W: Write + ?Sized>(
         | WorkerRequest::AddTempRoot(p)
         | WorkerRequest::QueryPathInfo(p)
         | WorkerRequest::NarFromPath(p)
-        | WorkerRequest::QueryDerivationOutputMap(p) => write_store_path(w, store_dir, p),
+        | WorkerRequest::QueryDerivationOutputMap(p)
+        | WorkerRequest::HasSubstitutes(p)
+        | WorkerRequest::QueryPathHash(p)
+        | WorkerRequest::QueryReferences(p)
+        | WorkerRequest::QueryDeriver(p)
+        | WorkerRequest::QuerySubstitutablePathInfo(p)
+        | WorkerRequest::QueryDerivationOutputs(p)
+        | WorkerRequest::QueryDerivationOutputNames(p) => write_store_path(w, store_dir, p),
+        WorkerRequest::QuerySubstitutablePathInfos(map) => {
+            if version < CA_MAP_SINCE {
+                write_store_paths(w, store_dir, map.keys())
+            } else {
+                write_u64(w, map.len() as u64)?;
+                for (p, ca) in map {
+                    write_store_path(w, store_dir, p)?;
+                    crate::serve::write_opt_ca(w, ca.as_ref())?;
+                }
+                Ok(())
+            }
+        }
+        WorkerRequest::QuerySubstitutablePaths(paths) => write_store_paths(w, store_dir, paths),
+        WorkerRequest::OptimiseStore => Ok(()),
+        WorkerRequest::VerifyStore {
+            check_contents,
+            repair,
+        } => {
+            write_bool(w, *check_contents)?;
+            write_bool(w, *repair)
+        }
+        WorkerRequest::RegisterDrvOutput(fields) => {
+            let n = if version < REALISATION_JSON_SINCE {
+                2
+            } else {
+                1
+            };
+            if fields.len() != n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("worker protocol {version} sends a realisation as {n} strings"),
+                ));
+            }
+            fields.iter().try_for_each(|f| write_str(w, f))
+        }
+        WorkerRequest::QueryRealisation(id) => write_str(w, id),
         WorkerRequest::BuildPaths { paths, mode } => {
             write_derived_paths(w, version, store_dir, paths)?;
             if version >= BUILD_MODE_SINCE {

@@ -473,4 +473,56 @@ impl WorkerHandler for Fake {
         self.logs.insert(drv_path.clone(), log);
         Ok(())
     }
+
+    fn query_substitutable_paths(
+        &mut self,
+        paths: &BTreeSet<StorePath>,
+        _log: &mut dyn Logger,
+    ) -> Result<BTreeSet<StorePath>, FakeError> {
+        self.calls.push(format!("substitutable {}", paths.len()));
+        // The fake's cache has the paths whose name starts with `s`.
+        Ok(paths
+            .iter()
+            .filter(|p| p.name().starts_with('s'))
+            .cloned()
+            .collect())
+    }
+
+    fn query_substitutable_path_infos(
+        &mut self,
+        paths: &BTreeMap<StorePath, Option<ContentAddress>>,
+        log: &mut dyn Logger,
+    ) -> Result<BTreeMap<StorePath, SubstitutableInfo>, FakeError> {
+        let keys: BTreeSet<StorePath> = paths.keys().cloned().collect();
+        Ok(self
+            .query_substitutable_paths(&keys, log)?
+            .into_iter()
+            .map(|p| {
+                let i = SubstitutableInfo {
+                    deriver: Some(sp("s.drv", 9)),
+                    references: BTreeSet::from([p.clone()]),
+                    download_size: 10,
+                    nar_size: 20,
+                };
+                (p, i)
+            })
+            .collect())
+    }
+
+    fn optimise_store(&mut self, log: &mut dyn Logger) -> Result<(), FakeError> {
+        self.calls.push("optimise".into());
+        let _ = log.log(StderrMsg::Next("0 freed\n".into()));
+        Ok(())
+    }
+
+    fn verify_store(
+        &mut self,
+        check_contents: bool,
+        repair: bool,
+        _log: &mut dyn Logger,
+    ) -> Result<bool, FakeError> {
+        self.calls
+            .push(format!("verify contents={check_contents} repair={repair}"));
+        Ok(check_contents)
+    }
 }

@@ -53,7 +53,7 @@ fn handler_errors_become_stderr_error_and_the_session_goes_on() {
 fn unknown_and_unsupported_operations_end_the_session() {
     for (op, want) in [
         (2u64, "invalid operation 2"),
-        (35, "VerifyStore (35)"),
+        (27, "ImportPaths (27)"),
         (1000, "invalid operation 1000"),
     ] {
         let mut s = Script::new(v(34));
@@ -61,7 +61,7 @@ fn unknown_and_unsupported_operations_end_the_session() {
         s.req(&WorkerRequest::SyncWithGC);
         let (res, mut o) = s.run(&mut Fake::default(), &opts(true));
         match (op, res) {
-            (35, Err(WorkerError::UnsupportedOp(Op::VerifyStore))) => {}
+            (27, Err(WorkerError::UnsupportedOp(Op::ImportPaths))) => {}
             (n, Err(WorkerError::UnknownOp(m))) if n == m => {}
             (_, res) => panic!("{op}: {res:?}"),
         }
@@ -315,6 +315,31 @@ fn logger_refuses_control_messages_and_reports_a_gone_client() {
         }
         fn add_build_log(&mut self, p: &StorePath, d: &mut dyn Read) -> Result<(), FakeError> {
             self.0.add_build_log(p, d)
+        }
+        fn query_substitutable_paths(
+            &mut self,
+            p: &BTreeSet<StorePath>,
+            l: &mut dyn Logger,
+        ) -> Result<BTreeSet<StorePath>, FakeError> {
+            self.0.query_substitutable_paths(p, l)
+        }
+        fn query_substitutable_path_infos(
+            &mut self,
+            p: &BTreeMap<StorePath, Option<ContentAddress>>,
+            l: &mut dyn Logger,
+        ) -> Result<BTreeMap<StorePath, SubstitutableInfo>, FakeError> {
+            self.0.query_substitutable_path_infos(p, l)
+        }
+        fn optimise_store(&mut self, l: &mut dyn Logger) -> Result<(), FakeError> {
+            self.0.optimise_store(l)
+        }
+        fn verify_store(
+            &mut self,
+            c: bool,
+            r: bool,
+            l: &mut dyn Logger,
+        ) -> Result<bool, FakeError> {
+            self.0.verify_store(c, r, l)
         }
     }
     let mut out = Vec::new();

@@ -190,7 +190,13 @@ fn every_op_per_version() {
                 matches!(&log[1], StderrMsg::Result { kind, .. } if *kind == result_type::BUILD_LOG_LINE)
             );
         } else {
-            assert_eq!(log, [StderrMsg::Next("building...\n".into())]);
+            assert_eq!(
+                log,
+                [
+                    StderrMsg::Next("building...\n".into()),
+                    StderrMsg::Next("hi\n".into())
+                ]
+            );
         }
         // BuildPathsWithResults
         o.ok();
@@ -280,7 +286,7 @@ fn every_op_per_version() {
 }
 
 #[test]
-fn old_clients_get_log_lines_instead_of_activities() {
+fn old_clients_get_log_lines_instead_of_activities_and_build_logs() {
     let (mut fake, _, _) = Fake::with_paths();
     let target = DerivedPath::Opaque(sp("a", 1));
     let mut s = Script::new(v(18));
@@ -292,7 +298,14 @@ fn old_clients_get_log_lines_instead_of_activities() {
     res.unwrap();
     o.greeting();
     let log = o.ok();
-    assert_eq!(log, [StderrMsg::Next("building...\n".into())]);
+    // The activity's text, then its log line (which Nix's daemon would drop).
+    assert_eq!(
+        log,
+        [
+            StderrMsg::Next("building...\n".into()),
+            StderrMsg::Next("hi\n".into())
+        ]
+    );
     read_ok(o.r(), "BuildPaths").unwrap();
     o.done();
 }

@@ -187,6 +187,32 @@ pub(super) fn all_requests() -> Vec<WorkerRequest> {
             ignore_liveness: false,
             max_freed: u64::MAX,
         },
+        WorkerRequest::HasSubstitutes(sp(BAR)),
+        WorkerRequest::QueryPathHash(sp(BAR)),
+        WorkerRequest::QueryReferences(sp(BAR)),
+        WorkerRequest::QueryDeriver(sp(BAR)),
+        WorkerRequest::QuerySubstitutablePathInfo(sp(FOO)),
+        WorkerRequest::QueryDerivationOutputs(sp(DRV)),
+        WorkerRequest::QueryDerivationOutputNames(sp(DRV)),
+        WorkerRequest::QuerySubstitutablePathInfos(
+            [
+                (sp(FOO), None),
+                (
+                    sp(BAR),
+                    Some(ferrix_format::ContentAddress::Text(
+                        ferrix_format::Hash::sha256(b"x"),
+                    )),
+                ),
+            ]
+            .into(),
+        ),
+        WorkerRequest::QuerySubstitutablePaths([sp(FOO), sp(BAR)].into()),
+        WorkerRequest::OptimiseStore,
+        WorkerRequest::VerifyStore {
+            check_contents: true,
+            repair: false,
+        },
+        WorkerRequest::QueryRealisation("sha256:00!out".into()),
     ]
 }
 
@@ -196,6 +222,9 @@ pub(super) fn request_at(req: &WorkerRequest, version: Version) -> WorkerRequest
     match &mut req {
         WorkerRequest::QueryValidPaths { substitute, .. } if version < v(27) => *substitute = false,
         WorkerRequest::SetOptions(o) if version < v(12) => o.overrides.clear(),
+        WorkerRequest::QuerySubstitutablePathInfos(m) if version < v(22) => {
+            m.values_mut().for_each(|ca| *ca = None)
+        }
         _ => {}
     }
     req
@@ -334,8 +363,8 @@ pub(super) fn bad_requests() {
         matches!(e, WireError::UnexpectedValue { what: "worker operation", ref value } if value == "2"),
         "{e}"
     );
-    let e = read_request(&mut &B::default().n(35).0[..], v(34), &d, &L).unwrap_err();
-    assert!(e.to_string().contains("VerifyStore (35)"), "{e}");
+    let e = read_request(&mut &B::default().n(27).0[..], v(34), &d, &L).unwrap_err();
+    assert!(e.to_string().contains("ImportPaths (27)"), "{e}");
     let e = read_request(&mut &B::default().n(20).n(4).0[..], v(34), &d, &L).unwrap_err();
     assert!(e.to_string().contains("action of CollectGarbage"), "{e}");
     let e = read_request(&mut &B::default().n(7).0[..], v(24), &d, &L).unwrap_err();
