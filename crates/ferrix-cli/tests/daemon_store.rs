@@ -1,0 +1,239 @@
+//! Store-wide work through a Ferrix daemon, driven by real Nix 2.8: substituting from the
+//! daemon's caches, deduplication, verification, roots made by clients, signatures.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::daemon::{ok, Daemon, CONF};
+use common::Nix;
+
+fn text_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn clients_get_what_the_daemons_caches_have_instead_of_building_it() {
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    let root = d.root.path().to_owned();
+    let marker = root.join("tmp/built");
+    let expr = root.join("tmp/cached.nix");
+    fs::write(
+        &expr,
+        format!(
+            r#"derivation {{ name = "cached"; system = builtins.currentSystem; builder = "/bin/sh";
+                 args = [ "-c" "echo run >> {}; echo from the cache > $out" ]; }}"#,
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let drv = ok(
+        d.nix(&nix, "nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating through the daemon",
+    );
+    // Built once here, copied into a signed cache, and deleted again.
+    let out = ok(
+        d.local("nix-store").args(["-r", &drv]).output().unwrap(),
+        "building locally",
+    );
+    let cache = root.join("cache");
+    let sk = ok(
+        d.ferrix()
+            .args(["key", "generate-secret", "--key-name", "test-1"])
+            .output()
+            .unwrap(),
+        "making a key",
+    );
+    fs::write(root.join("sk"), sk).unwrap();
+    let pk = ok(
+        d.ferrix()
+            .args(["key", "convert-secret-to-public"])
+            .stdin(fs::File::open(root.join("sk")).unwrap())
+            .output()
+            .unwrap(),
+        "its public half",
+    );
+    ok(
+        d.ferrix()
+            .args(["copy", "--to"])
+            .arg(format!(
+                "file://{}?secret-key={}",
+                cache.display(),
+                root.join("sk").display()
+            ))
+            .arg(&out)
+            .output()
+            .unwrap(),
+        "filling the cache",
+    );
+    ok(
+        d.local("nix-store")
+            .args(["--delete", &out])
+            .output()
+            .unwrap(),
+        "deleting the output",
+    );
+    fs::remove_file(&marker).unwrap();
+    fs::write(
+        root.join("etc/nix.conf"),
+        format!(
+            "{CONF}substituters = file://{}\ntrusted-public-keys = {pk}\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    d.kill_and_restart();
+
+    // What is missing: the output is to be fetched, nothing built.
+    let dry = d
+        .nix(&nix, "nix-store")
+        .args(["-r", "--dry-run", &drv])
+        .output()
+        .unwrap();
+    let err = text_of(&dry);
+    assert!(dry.status.success(), "{err}");
+    assert!(err.contains("will be fetched"), "{err}");
+    assert!(!err.contains("will be built"), "{err}");
+    // Realising the derivation fetches its output, shown as a copy.
+    let got = d
+        .nix(&nix, "nix-store")
+        .args(["-r", &drv])
+        .output()
+        .unwrap();
+    let err = text_of(&got);
+    assert!(got.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), out);
+    assert!(
+        err.contains(&format!("copying path '{out}' from 'file://")),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&out).unwrap(), "from the cache\n");
+    assert!(!marker.exists(), "the derivation was built");
+    // A plain path too (EnsurePath), and a client that turns substitution off gets nothing.
+    ok(
+        d.local("nix-store")
+            .args(["--delete", &out])
+            .output()
+            .unwrap(),
+        "deleting the output",
+    );
+    let refused = d
+        .nix(&nix, "nix-store")
+        .args(["-r", &out, "--option", "substitute", "false"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    ok(
+        d.nix(&nix, "nix-store")
+            .args(["-r", &out])
+            .output()
+            .unwrap(),
+        "fetching the path",
+    );
+    assert!(Path::new(&out).exists());
+    assert!(!marker.exists(), "the derivation was built");
+}
+
+#[test]
+fn optimise_and_verify_through_the_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let a = d.add(&nix, "one", "the same contents\n", "adding");
+    let b = d.add(&nix, "two", "the same contents\n", "adding");
+    let out = d.nix(&nix, "nix-store").arg("--optimise").output().unwrap();
+    let err = text_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("freed by hard-linking 1 files"), "{err}");
+    let ino = |p: &str| fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&a), ino(&b));
+    // Sound, and checked by its contents.
+    let verified = d
+        .nix(&nix, "nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", text_of(&verified));
+    // A file changed behind the store's back is found.
+    let c = d.add(&nix, "three", "other contents\n", "adding");
+    let mut perms = fs::metadata(&c).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(&c, perms).unwrap();
+    fs::write(&c, "tampered\n").unwrap();
+    let bad = d
+        .nix(&nix, "nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    let err = text_of(&bad);
+    assert!(!bad.status.success(), "{err}");
+    assert!(err.contains(&format!("path '{c}' was modified")), "{err}");
+}
+
+#[test]
+fn a_clients_roots_and_signatures_are_kept_by_the_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let root = d.root.path().to_owned();
+    let p = d.add(&nix, "kept", "kept contents\n", "adding");
+    // An indirect root: the client makes the link, the daemon records it.
+    let link = root.join("home/result");
+    ok(
+        d.nix(&nix, "nix-store")
+            .args(["-r", &p, "--add-root"])
+            .arg(&link)
+            .output()
+            .unwrap(),
+        "adding a root",
+    );
+    let roots = ok(
+        d.nix(&nix, "nix-store")
+            .args(["--gc", "--print-roots"])
+            .output()
+            .unwrap(),
+        "listing roots",
+    );
+    assert!(
+        roots.contains(&format!("{} -> {p}", link.display())),
+        "{roots}"
+    );
+    let gc = d
+        .nix(&nix, "nix-store")
+        .args(["--delete", &p])
+        .output()
+        .unwrap();
+    assert!(!gc.status.success(), "a rooted path was deleted");
+    // Signatures a trusted client adds.
+    let sk = root.join("sk");
+    ok(
+        d.nix(&nix, "nix-store")
+            .arg("--generate-binary-cache-key")
+            .arg("client-1")
+            .arg(&sk)
+            .arg(root.join("pk"))
+            .output()
+            .unwrap(),
+        "making a key",
+    );
+    ok(
+        d.nix(&nix, "nix")
+            .args(["--extra-experimental-features", "nix-command"])
+            .args(["store", "sign", "--key-file"])
+            .arg(&sk)
+            .arg(&p)
+            .output()
+            .unwrap(),
+        "signing through the daemon",
+    );
+    let info = ok(
+        d.ferrix()
+            .args(["path-info", "--sigs", &p])
+            .output()
+            .unwrap(),
+        "reading the signatures",
+    );
+    assert!(info.contains("client-1:"), "{info}");
+}
