@@ -24,6 +24,7 @@ pub mod sandbox_host;
 pub mod scheduler;
 pub mod substitute;
 pub mod times;
+pub mod users;
 
 pub use error::{BuildFailure, FailureKind, PlanError};
 pub use executor::{

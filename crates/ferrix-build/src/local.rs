@@ -65,6 +65,9 @@ pub struct LocalSettings {
     pub prepare_ahead: usize,
     /// How `builtin:fetchurl` reaches servers.
     pub fetch: ferrix_store::binary_cache::HttpSettings,
+    /// The users builders run as (when this process is root and `build-users-group` is
+    /// set); `None`: as this process's user.
+    pub build_users: Option<crate::users::BuildUsers>,
 }
 
 impl LocalSettings {
@@ -232,6 +235,44 @@ struct Site<'a> {
     closure: &'a BTreeSet<StorePath>,
     /// Outputs built elsewhere than at their paths (a check outside the sandbox).
     scratch: &'a BTreeMap<String, StorePath>,
+    /// The build user the builder runs as, if any.
+    user: Option<&'a crate::users::BuildUser>,
+}
+
+impl LocalExecutor {
+    /// A build user for a build, when builds run as build users: the first free one, or,
+    /// when all are busy, the first to become free (until the build is cancelled).
+    async fn build_user(
+        &self,
+        drv: &str,
+        mut cancel: Cancel,
+    ) -> Result<Option<crate::users::BuildUser>, BuildFailure> {
+        let Some(users) = &self.settings.build_users else {
+            return Ok(None);
+        };
+        let mut said = false;
+        loop {
+            let got = users.try_acquire().map_err(|e| {
+                BuildFailure::io(drv, format!("taking a user of the group '{}'", users.group))(e)
+            })?;
+            if let Some(u) = got {
+                return Ok(Some(u));
+            }
+            if !said {
+                said = true;
+                self.reporter.warn(&format!(
+                    "waiting for a free build user of the group '{}' to build '{drv}'",
+                    users.group
+                ));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                () = cancelled(&mut cancel) => {
+                    return Err(BuildFailure::new(drv.to_owned(), FailureKind::Interrupted));
+                }
+            }
+        }
+    }
 }
 
 /// Outputs up to this size (single files) are checked without a trip to a blocking thread.
@@ -304,6 +345,18 @@ impl LocalExecutor {
             aside.put_back();
             return Err(BuildFailure::new(drv.clone(), FailureKind::Interrupted));
         };
+        // A build user of its own, when builds run as build users (waiting for one to be
+        // free, as Nix does).
+        let user = match self.build_user(&drv, cancel.clone()).await {
+            Ok(u) => u,
+            Err(e) => {
+                log.discard(&log_path);
+                let _ = ferrix_store::fsutil::delete_path(&build_dir);
+                intent.abandon(&[]);
+                aside.put_back();
+                return Err(e);
+            }
+        };
         self.reporter.started(&job.drv_path);
         let mut chroot = match sandboxed {
             true => match self.take_slot(&drv, &closure).await {
@@ -329,6 +382,7 @@ impl LocalExecutor {
                     chroot: chroot.as_mut(),
                     closure: &closure,
                     scratch: &scratch,
+                    user: user.as_ref(),
                 },
                 cancel,
             )

@@ -190,6 +190,34 @@ pub const SETUP_FAILED: i32 = 125;
 /// keeps the host's, network), map the ids and make the root's read-only skeleton.
 pub fn enter_place(place: &PlaceSpec) -> io::Result<()> {
     use rustix::thread::UnshareFlags as F;
+    if rustix::process::geteuid().is_root() && place.uid != 0 {
+        // Root building for a build user: become that user first, so the namespace is the
+        // user's and maps the user's ids (root may not map others' from inside). This
+        // process has one thread: the per-thread calls are the process's.
+        let (uid, gid) = (
+            rustix::process::Uid::from_raw(place.uid),
+            rustix::process::Gid::from_raw(place.gid),
+        );
+        ctx(
+            "dropping supplementary groups",
+            rustix::thread::set_thread_groups(&[]).map_err(Into::into),
+        )?;
+        ctx(
+            "becoming the build user's group",
+            rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(Into::into),
+        )?;
+        ctx(
+            "becoming the build user",
+            rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(Into::into),
+        )?;
+        // A change of user makes the process undumpable, which gives its `/proc/self`
+        // files to root: the user could not write its own id maps.
+        ctx(
+            "keeping /proc/self the build user's",
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable)
+                .map_err(Into::into),
+        )?;
+    }
     let mut flags = F::NEWUSER | F::NEWNS | F::NEWUTS;
     if !place.network {
         flags |= F::NEWNET;

@@ -51,6 +51,62 @@ fn seconds(settings: &Settings, name: &str) -> Option<Duration> {
 /// The local build settings: Nix's defaults (`max-jobs` 1, `cores` = all CPUs), then
 /// `nix.conf`, then flags (already folded into `settings.conf`, whose values were checked
 /// when they were loaded).
+/// The build users, when this process is root and `build-users-group` names a group: its
+/// members, with the store directory made one they can create outputs in (as Nix keeps it).
+/// A group that does not exist or has no members is an error, as in Nix.
+fn build_users(
+    settings: &Settings,
+    store: &LocalStore,
+) -> Result<Option<ferrix_build::users::BuildUsers>> {
+    let Some(name) = settings
+        .conf
+        .get("build-users-group")
+        .filter(|g| !g.is_empty())
+    else {
+        return Ok(None);
+    };
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let group = nix::unistd::Group::from_name(name)
+        .with_context(|| format!("looking up the group '{name}'"))?
+        .with_context(|| {
+            format!("the group '{name}' specified in 'build-users-group' does not exist")
+        })?;
+    let mut uids = Vec::new();
+    for member in &group.mem {
+        let user = nix::unistd::User::from_name(member)
+            .with_context(|| format!("looking up the user '{member}'"))?
+            .with_context(|| {
+                format!("the member '{member}' of the group '{name}' does not exist")
+            })?;
+        // Never root, whatever the group says.
+        if !user.uid.is_root() {
+            uids.push(user.uid.as_raw());
+        }
+    }
+    if uids.is_empty() {
+        anyhow::bail!(
+            "the group '{name}' specified in 'build-users-group' has no members (other than root)"
+        );
+    }
+    uids.sort_unstable();
+    let gid = group.gid.as_raw();
+    let real = &store.config().real_store_dir;
+    ferrix_build::users::prepare_store_dir(real, gid).with_context(|| {
+        format!(
+            "making the store directory '{}' writable by the build users",
+            real.display()
+        )
+    })?;
+    Ok(Some(ferrix_build::users::BuildUsers {
+        group: name.to_owned(),
+        gid,
+        uids,
+        lock_dir: store.config().state_dir.join("userpool"),
+    }))
+}
+
 pub fn local_settings(
     settings: &Settings,
     store: &LocalStore,
@@ -91,6 +147,7 @@ pub fn local_settings(
             // Set by the Engine's host once it knows whether machines share the work.
             prepare_ahead: 0,
             fetch: settings.substitution()?.http,
+            build_users: build_users(settings, store)?,
         },
         ScheduleOptions {
             keep_going: conf.bool("keep-going", false)?,

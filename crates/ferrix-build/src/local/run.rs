@@ -40,6 +40,7 @@ impl LocalExecutor {
             chroot,
             closure,
             scratch,
+            user,
         } = site;
         let s = &self.settings;
         let io_err = |what: &str| BuildFailure::io(drv, what.to_owned());
@@ -119,6 +120,15 @@ impl LocalExecutor {
                     real_store.display()
                 )) }));
         }
+        if let Some(u) = user {
+            // The builder's own directory is the build user's; nothing else here is.
+            crate::users::chown_tree(build_dir, u.uid, u.gid)
+                .map_err(io_err("giving the build directory to the build user"))?;
+            if let Some(slot) = &chroot {
+                crate::users::chown_tree(&slot.dir.join("store"), u.uid, u.gid)
+                    .map_err(io_err("giving the sandbox's store to the build user"))?;
+            }
+        }
         let (reader, writer) = io::pipe().map_err(io_err("creating a pipe"))?;
         let spawn_err = |source| {
             BuildFailure::new(
@@ -140,8 +150,8 @@ impl LocalExecutor {
                     store_dir: store_dir.clone(),
                     extra: sb.paths.clone(),
                     network,
-                    uid: sb.uid,
-                    gid: sb.gid,
+                    uid: user.map_or(sb.uid, |u| u.uid),
+                    gid: user.map_or(sb.gid, |u| u.gid),
                 };
                 let build = crate::sandbox::BuildSpec {
                     builder: job.drv.builder.clone(),
@@ -166,7 +176,11 @@ impl LocalExecutor {
                     }
                     Running::Process(child)
                 } else {
-                    let mut host = match slot.host.take() {
+                    // A host maps the builder to one user for good: another user's build
+                    // needs a host of its own.
+                    let host = slot.host.take().filter(|_| slot.uid == place.uid);
+                    slot.uid = place.uid;
+                    let mut host = match host {
                         Some(h) => h,
                         None => crate::sandbox_host::SandboxHost::spawn(&sb.helper, &place)
                             .await
@@ -185,6 +199,10 @@ impl LocalExecutor {
                     .envs(&env)
                     .current_dir(build_dir)
                     .stdin(Stdio::null());
+                if let Some(u) = user {
+                    // Supplementary groups are dropped with the change of user.
+                    cmd.uid(u.uid).gid(u.gid);
+                }
                 Running::Process(spawn_process(cmd, writer).map_err(spawn_err)?)
             }
         };

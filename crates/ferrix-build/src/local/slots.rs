@@ -9,6 +9,8 @@ use super::*;
 pub(super) struct Slot {
     pub(super) dir: PathBuf,
     pub(super) host: Option<crate::sandbox_host::SandboxHost>,
+    /// The host uid its host maps the builder to.
+    pub(super) uid: u32,
 }
 
 impl LocalExecutor {
@@ -25,9 +27,9 @@ impl LocalExecutor {
         closure: &BTreeSet<StorePath>,
     ) -> Result<Slot, BuildFailure> {
         let reused = self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let (reused, host) = match reused {
-            Some(slot) => (Some(slot.dir), slot.host),
-            None => (None, None),
+        let (reused, host, uid) = match reused {
+            Some(slot) => (Some(slot.dir), slot.host, slot.uid),
+            None => (None, None, u32::MAX),
         };
         let store = self.store.clone();
         let keep: BTreeSet<String> = closure.iter().map(|p| p.to_string()).collect();
@@ -69,7 +71,7 @@ impl LocalExecutor {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(i);
         }
-        Ok(Slot { dir, host })
+        Ok(Slot { dir, host, uid })
     }
 
     /// Give a sandbox place back, without what the build left in it.

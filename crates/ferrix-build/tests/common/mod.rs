@@ -61,6 +61,7 @@ impl TestStore {
             system_features: Default::default(),
             prepare_ahead: 0,
             fetch: Default::default(),
+            build_users: None,
         }
     }
 
