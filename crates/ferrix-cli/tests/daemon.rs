@@ -411,12 +411,18 @@ fn ferrix_copies_to_and_from_a_real_nix_daemon() {
         .args(args);
         c
     };
-    let pinged = ok(
-        ferrix(&["store", "ping", "--store", &url])
+    // Ready once it answers a whole handshake: a socket that accepts may still belong to a
+    // daemon that is starting (its first connections are sometimes reset then).
+    let start = Instant::now();
+    let pinged = loop {
+        let out = ferrix(&["store", "ping", "--store", &url])
             .output()
-            .unwrap(),
-        "ferrix store ping of a real Nix daemon",
-    );
+            .unwrap();
+        if out.status.success() || start.elapsed() > Duration::from_secs(20) {
+            break ok(out, "ferrix store ping of a real Nix daemon");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(pinged, format!("Store URL: {url}\nVersion: 2.8.0"));
     let f = root.path().join("tmp/f");
     fs::write(&f, "to the daemon\n").unwrap();
