@@ -40,22 +40,27 @@ pub fn add(
 /// A store path from what a user typed: a store path, a path inside one, or a symlink (such
 /// as `result`) that leads to one.
 pub fn resolve(store: &LocalStore, arg: &str) -> Result<StorePath> {
-    let sd = store.store_dir().as_str();
+    resolve_in(store.store_dir(), &store.config().real_store_dir, arg)
+}
+
+/// [`resolve`] for a store named by its directory and where its files are (a daemon's).
+pub fn resolve_in(
+    store_dir: &ferrix_format::StoreDir,
+    real_store_dir: &Path,
+    arg: &str,
+) -> Result<StorePath> {
+    let sd = store_dir.as_str();
     // Relative to the working directory, `.` and `..` taken lexically (Nix's `absPath`).
     let mut cur = lexical_abs(Path::new(arg));
     for _ in 0..40 {
         let s = cur.to_string_lossy().into_owned();
-        if s.starts_with(sd) || s.starts_with(&*store.config().real_store_dir.to_string_lossy()) {
+        if s.starts_with(sd) || s.starts_with(&*real_store_dir.to_string_lossy()) {
             let in_store = if s.starts_with(sd) {
                 s.clone()
             } else {
-                format!(
-                    "{sd}{}",
-                    &s[store.config().real_store_dir.to_string_lossy().len()..]
-                )
+                format!("{sd}{}", &s[real_store_dir.to_string_lossy().len()..])
             };
-            let (p, _) = store
-                .store_dir()
+            let (p, _) = store_dir
                 .parse_path_with_subpath(&in_store)
                 .with_context(|| format!("'{arg}' is not a valid store path"))?;
             return Ok(p);
@@ -240,7 +245,7 @@ pub fn load_db(store: &LocalStore, input: impl Read) -> Result<usize> {
     Ok(infos.len())
 }
 
-fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 

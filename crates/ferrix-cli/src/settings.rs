@@ -144,6 +144,16 @@ impl Settings {
                 .iter()
                 .any(|s| u.starts_with(s))
         };
+        // No store named: Nix's automatic choice. A state directory this user cannot write,
+        // with a daemon's socket there, means the daemon (a multi-user installation).
+        let url = url.or_else(|| {
+            let writable =
+                rustix::fs::access(&base.state_dir, rustix::fs::Access::WRITE_OK).is_ok();
+            let socket = env("NIX_DAEMON_SOCKET_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| base.state_dir.join("daemon-socket/socket"));
+            (!writable && socket.exists()).then(|| "daemon".to_owned())
+        });
         let cache_url = url.clone().filter(|u| is_cache(u));
         let daemon_url = url.clone().filter(|u| is_daemon(u));
         let store = match url.as_deref() {

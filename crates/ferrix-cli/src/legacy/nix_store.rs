@@ -44,6 +44,8 @@ Operations:
 
 Options: --store URL, --option NAME VALUE";
 
+mod daemon;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Dump,
@@ -264,6 +266,28 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             .make_fixed_output_path(name, method, &h, [], false)?;
         shell.println(settings.store_dir.display(&p))?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some((url, _)) = settings.daemon() {
+        let url = url.to_owned();
+        let operands = strs(&operands);
+        let asked = daemon::Asked {
+            op,
+            query,
+            operands: &operands,
+            recursive,
+            include_outputs,
+            check_contents,
+            repair,
+            gc_action,
+            print_roots,
+            max_freed,
+            add_root: add_root.as_deref(),
+            dry_run,
+            check,
+            print_invalid,
+            quiet,
+        };
+        return daemon::run(&settings, &url, asked, shell);
     }
     let store = std::sync::Arc::new(settings.open_store()?);
     let interrupt = if matches!(op, Op::Add | Op::AddFixed | Op::Import) {

@@ -504,3 +504,7 @@ impl Drop for WorkerClient {
         }
     }
 }
+
+mod ops;
+
+pub use ops::Collected;

@@ -1,0 +1,252 @@
+//! Ferrix's `nix-store` as a daemon's client: against a Ferrix daemon and against real Nix
+//! 2.8's, the same operations give what they give on a local store; and a user who cannot
+//! write the store's state is sent to the daemon without asking, as Nix does.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::daemon::{ok, Daemon, CONF};
+use common::{store_env, Links, Nix};
+
+/// A daemon on a store of its own under `root`: Ferrix's or real Nix's.
+struct Served {
+    root: PathBuf,
+    socket: PathBuf,
+    links: Links,
+}
+
+impl Served {
+    /// Ferrix's `name` (`nix-store`, …) with the daemon as its store.
+    fn ferrix(&self, name: &str) -> Command {
+        let mut c = Command::new(self.links.dir.path().join(name));
+        store_env(&mut c, &self.root);
+        c.env("NIX_REMOTE", format!("unix://{}", self.socket.display()));
+        c
+    }
+}
+
+fn text(o: Output, what: &str) -> String {
+    ok(o, what)
+}
+
+/// What Ferrix's nix-store does through `s`, checked against what the store holds.
+fn nix_store_through(s: &Served, nix: &Nix) {
+    let src = s.root.join("tmp/src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), "contents\n").unwrap();
+    let added = text(
+        s.ferrix("nix-store")
+            .arg("--add")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "adding through the daemon",
+    );
+    // The path real Nix gives it.
+    let mut theirs = nix.cmd("nix-store");
+    let other = tempfile::tempdir().unwrap();
+    theirs
+        .env("NIX_STORE_DIR", s.root.join("store"))
+        .arg("--store")
+        .arg(format!("local?root={}", other.path().display()))
+        .arg("--add")
+        .arg(&src);
+    assert_eq!(added, text(theirs.output().unwrap(), "real Nix adding"));
+    assert!(Path::new(&added).join("d/f").exists());
+    // Built through the daemon: the build's log on standard error, the output printed.
+    let expr = s.root.join("tmp/d.nix");
+    fs::write(
+        &expr,
+        format!(
+            r#"derivation {{ name = "via-daemon"; system = builtins.currentSystem; builder = "/bin/sh";
+                 args = [ "-c" "echo building it; /bin/cat $src/d/f > $out" ]; src = builtins.storePath "{added}"; }}"#
+        ),
+    )
+    .unwrap();
+    let mut inst = nix.cmd("nix-instantiate");
+    store_env(&mut inst, &s.root);
+    inst.arg("--store")
+        .arg(format!("unix://{}", s.socket.display()))
+        .arg(&expr);
+    let drv = text(inst.output().unwrap(), "instantiating");
+    let dry = s
+        .ferrix("nix-store")
+        .args(["-r", "--dry-run", &drv])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&dry.stderr).contains("this derivation would be built:"),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let link = s.root.join("home/result");
+    let built = s
+        .ferrix("nix-store")
+        .args(["-r", &drv, "--add-root"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&built.stderr).into_owned();
+    assert!(built.status.success(), "{err}");
+    assert!(err.contains("building it"), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&built.stdout).trim(),
+        link.display().to_string()
+    );
+    let out = fs::read_link(&link).unwrap();
+    assert_eq!(fs::read_to_string(&out).unwrap(), "contents\n");
+    let out = out.display().to_string();
+    // Queries.
+    let q = |args: &[&str]| {
+        text(
+            s.ferrix("nix-store").arg("-q").args(args).output().unwrap(),
+            "querying through the daemon",
+        )
+    };
+    assert_eq!(q(&["--outputs", &drv]), out);
+    assert_eq!(q(&["--deriver", &out]), drv);
+    assert_eq!(q(&["--references", &out]), "");
+    assert!(q(&["--references", &drv]).contains(&added));
+    assert!(q(&["--referrers", &added]).contains(&drv));
+    let req = q(&["-R", &drv]);
+    assert!(req.contains(&added) && req.ends_with(&drv), "{req}");
+    assert!(q(&["--hash", &added]).starts_with("sha256:"));
+    assert!(q(&["--roots", &out]).contains(&link.display().to_string()));
+    // The root keeps the output; what nothing keeps goes.
+    let refused = s
+        .ferrix("nix-store")
+        .args(["--delete", &out])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let roots = text(
+        s.ferrix("nix-store")
+            .args(["--gc", "--print-roots"])
+            .output()
+            .unwrap(),
+        "listing roots",
+    );
+    assert!(
+        roots.contains(&format!("{} -> {out}", link.display())),
+        "{roots}"
+    );
+    let verified = s
+        .ferrix("nix-store")
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(verified.status.success());
+    fs::remove_file(&link).unwrap();
+    let gc = text(
+        s.ferrix("nix-store").arg("--gc").output().unwrap(),
+        "collecting",
+    );
+    assert!(gc.contains("store paths deleted"), "{gc}");
+    let valid = s
+        .ferrix("nix-store")
+        .args(["--check-validity", &out])
+        .output()
+        .unwrap();
+    assert!(!valid.status.success(), "the output outlived its root");
+}
+
+#[test]
+fn ferrix_nix_store_through_a_ferrix_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let s = Served {
+        root: d.root.path().to_owned(),
+        socket: d.socket(),
+        links: Links::new(),
+    };
+    nix_store_through(&s, &nix);
+}
+
+/// Real Nix's daemon, stopped by its pid.
+struct NixDaemon(Child);
+
+impl Drop for NixDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ferrix_nix_store_through_a_real_nix_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let root = tempfile::tempdir().unwrap();
+    for d in ["etc", "home", "tmp"] {
+        fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    fs::write(root.path().join("etc/nix.conf"), CONF).unwrap();
+    let mut c = nix.cmd("nix-daemon");
+    store_env(&mut c, root.path());
+    let _daemon = NixDaemon(
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let s = Served {
+        root: root.path().to_owned(),
+        socket: root.path().join("state/daemon-socket/socket"),
+        links: Links::new(),
+    };
+    // Ready once it answers a whole handshake.
+    let start = Instant::now();
+    while !s
+        .ferrix("nix-store")
+        .args(["--check-validity", "--print-invalid"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nix-daemon never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix_store_through(&s, &nix);
+}
+
+#[test]
+fn a_user_who_cannot_write_the_store_is_sent_to_the_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    if !rustix::process::geteuid().is_root() {
+        assert!(std::env::var("CI").is_err(), "this test needs root in CI");
+        return;
+    }
+    let d = Daemon::start("");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let links = Links::new();
+    for dir in [d.root.path(), links.dir.path(), &d.root.path().join("home")] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let p = d.add(&nix, "f", "for everyone\n", "adding");
+    // `nobody`, with the daemon's state directory (not theirs to write) and no store named.
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={}", nobody.uid),
+        &format!("--regid={}", nobody.gid),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(links.dir.path().join("nix-store"))
+    .args(["-q", "--hash", &p]);
+    store_env(&mut c, d.root.path());
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
+}
