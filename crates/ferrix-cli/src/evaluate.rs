@@ -215,14 +215,27 @@ fn evaluate_once(
         output,
         read_only: mode,
     } = req;
-    let local = Arc::new(settings.open_store().map_err(Failure::Other)?);
-    // Derivations and files are written in batches at the end (or never, read-only).
-    let deferred = Arc::new(if read_only {
-        ferrix_eval::DeferredStore::read_only(local)
-    } else {
-        ferrix_eval::DeferredStore::writing(local)
-    });
-    let store: Arc<dyn EvalStore + Send + Sync> = deferred.clone();
+    let store: Arc<dyn EvalStore + Send + Sync> = match settings.daemon() {
+        // Through a daemon, what is written goes to it as it comes.
+        Some((url, _)) => {
+            let client = crate::stores::connect_daemon(url, settings).map_err(Failure::Other)?;
+            Arc::new(ferrix_eval::DaemonStore::new(
+                client,
+                settings.store_dir.clone(),
+                read_only,
+            ))
+        }
+        None => {
+            let local = Arc::new(settings.open_store().map_err(Failure::Other)?);
+            // Derivations and files are written in batches at the end (or never, read-only).
+            Arc::new(if read_only {
+                ferrix_eval::DeferredStore::read_only(local)
+            } else {
+                ferrix_eval::DeferredStore::writing(local)
+            })
+        }
+    };
+    let deferred = store.clone();
     let (name, text) = (name.to_owned(), text.to_owned());
     let retry = mode == ReadOnly::Preferred && read_only;
     let for_builds = settings.clone();
@@ -326,6 +339,23 @@ impl ferrix_eval::Realise for EngineRealise {
     fn realise(&self, outputs: &[(ferrix_format::StorePath, String)]) -> Result<(), String> {
         let mut shell = crate::shell::Shell::stdio();
         let mut run = || -> Result<()> {
+            if let Some((url, _)) = self.settings.daemon() {
+                // Built by the daemon; its log on standard error.
+                let mut d = crate::stores::connect_daemon(url, &self.settings)?;
+                let targets: Vec<ferrix_protocol::worker::DerivedPath> = outputs
+                    .iter()
+                    .map(|(drv, o)| ferrix_protocol::worker::DerivedPath::Built {
+                        drv_path: drv.clone(),
+                        outputs: ferrix_protocol::worker::OutputsSpec::Names([o.clone()].into()),
+                    })
+                    .collect();
+                d.build_paths(
+                    &targets,
+                    ferrix_protocol::worker::BuildMode::Normal,
+                    crate::stores::log_to_stderr(),
+                )?;
+                return Ok(());
+            }
             let store = Arc::new(self.settings.open_store()?);
             let wanted = outputs
                 .iter()

@@ -199,6 +199,34 @@ fn cache_source(
 }
 
 /// A session with the daemon `uri` names (`daemon`, `unix://PATH`).
+/// Make `link` (made absolute) a symlink to `p` and have the daemon record it as a root:
+/// the link is the client's to make, as with Nix. Where it is.
+pub fn daemon_root(
+    d: &mut WorkerClient,
+    sd: &ferrix_format::StoreDir,
+    p: &ferrix_format::StorePath,
+    link: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let link = std::path::absolute(link)
+        .with_context(|| format!("finding where '{}' is", link.display()))?;
+    let tmp = link.with_extension("ferrix-tmp-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(sd.display(p), &tmp)
+        .and_then(|()| std::fs::rename(&tmp, &link))
+        .with_context(|| format!("creating the symlink '{}'", link.display()))?;
+    d.add_indirect_root(&link)?;
+    Ok(link)
+}
+
+/// A daemon's log lines, on standard error as they come.
+pub fn log_to_stderr() -> ferrix_store::serve_client::LogSink {
+    Box::new(|line: &str| {
+        use std::io::Write;
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "{line}");
+    })
+}
+
 pub fn connect_daemon(uri: &str, settings: &Settings) -> Result<WorkerClient> {
     let socket = settings.daemon_socket(uri);
     WorkerClient::over_socket(uri.to_owned(), &socket, settings.store_dir().clone(), 0)

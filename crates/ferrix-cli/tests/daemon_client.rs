@@ -155,6 +155,102 @@ fn nix_store_through(s: &Served, nix: &Nix) {
     assert!(!valid.status.success(), "the output outlived its root");
 }
 
+/// Evaluation and builds with Ferrix's nix-instantiate and nix-build through `s`: the same
+/// `.drv` real Nix writes, nothing written by `--eval`, import from derivation built by the
+/// daemon, results linked and recorded as roots.
+fn eval_and_build_through(s: &Served, nix: &Nix) {
+    let dir = s.root.join("tmp/proj");
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::write(dir.join("src/input"), "from a source\n").unwrap();
+    fs::write(
+        dir.join("default.nix"),
+        r#"let
+  dep = derivation { name = "dep"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo dep > $out" ]; };
+in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo top-builds; /bin/cat ${./src}/input ${dep} ${builtins.toFile "t" "text\n"} > $out" ]; }
+"#,
+    )
+    .unwrap();
+    let ours = text(
+        s.ferrix("nix-instantiate").arg(&dir).output().unwrap(),
+        "instantiating with Ferrix through the daemon",
+    );
+    let mut theirs = nix.cmd("nix-instantiate");
+    store_env(&mut theirs, &s.root);
+    theirs
+        .arg("--store")
+        .arg(format!("unix://{}", s.socket.display()))
+        .arg(&dir);
+    assert_eq!(
+        ours,
+        text(theirs.output().unwrap(), "real Nix instantiating")
+    );
+    // `--eval` computes paths and writes nothing.
+    let file = text(
+        s.ferrix("nix-instantiate")
+            .args([
+                "--eval",
+                "-E",
+                r#"builtins.toFile "only-computed" "never written""#,
+            ])
+            .output()
+            .unwrap(),
+        "evaluating",
+    );
+    let file = file.trim_matches('"').to_owned();
+    assert!(file.ends_with("-only-computed"), "{file}");
+    let check = s
+        .ferrix("nix-store")
+        .args(["--check-validity", &file])
+        .output()
+        .unwrap();
+    assert!(!check.status.success(), "--eval wrote '{file}'");
+    // Built, linked, and the link a root.
+    let link = s.root.join("home/built");
+    let built = s
+        .ferrix("nix-build")
+        .arg(&dir)
+        .arg("-o")
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&built.stderr).into_owned();
+    assert!(built.status.success(), "{err}");
+    assert!(err.contains("top-builds"), "{err}");
+    let out = String::from_utf8_lossy(&built.stdout).trim().to_owned();
+    assert_eq!(fs::read_link(&link).unwrap().display().to_string(), out);
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        "from a source\ndep\ntext\n"
+    );
+    let roots = text(
+        s.ferrix("nix-store")
+            .args(["--gc", "--print-roots"])
+            .output()
+            .unwrap(),
+        "listing roots",
+    );
+    assert!(
+        roots.contains(&format!("{} -> {out}", link.display())),
+        "{roots}"
+    );
+    // Import from derivation: built by the daemon during evaluation.
+    let ifd = text(
+        s.ferrix("nix-instantiate")
+            .args([
+                "--eval",
+                "-E",
+                r#"builtins.readFile (derivation { name = "ifd"; system = builtins.currentSystem;
+                     builder = "/bin/sh"; args = [ "-c" "echo -n read-back > $out" ]; })"#,
+            ])
+            .output()
+            .unwrap(),
+        "import from derivation",
+    );
+    assert_eq!(ifd, "\"read-back\"");
+}
+
 #[test]
 fn ferrix_nix_store_through_a_ferrix_daemon() {
     let Some(nix) = Nix::new() else { return };
@@ -165,6 +261,7 @@ fn ferrix_nix_store_through_a_ferrix_daemon() {
         links: Links::new(),
     };
     nix_store_through(&s, &nix);
+    eval_and_build_through(&s, &nix);
 }
 
 /// Real Nix's daemon, stopped by its pid.
@@ -215,6 +312,7 @@ fn ferrix_nix_store_through_a_real_nix_daemon() {
         std::thread::sleep(Duration::from_millis(100));
     }
     nix_store_through(&s, &nix);
+    eval_and_build_through(&s, &nix);
 }
 
 #[test]

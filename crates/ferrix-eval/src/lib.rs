@@ -3,6 +3,7 @@
 
 mod builtins;
 mod commands;
+mod daemon_store;
 mod derivation;
 mod error;
 mod eval;
@@ -21,6 +22,7 @@ mod value;
 mod versions;
 mod xml;
 
+pub use daemon_store::DaemonStore;
 pub use error::{ErrorKind, EvalError};
 pub use eval::{AutoArg, Coerce, EvalSettings, Evaluator, Source};
 pub use json::to_json_text;

@@ -119,6 +119,57 @@ impl EvalStore for LocalStore {
     }
 }
 
+/// The path adding the tree at `path` as a recursive SHA-256 source named `name` gives.
+pub(crate) fn source_path(sd: &StoreDir, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+    let (hash, _) = ferrix_format::nar::hash_path(path, HashAlgo::Sha256).map_err(|source| {
+        StoreError::Dump {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    let ca = ContentAddress::Fixed {
+        method: FileIngestionMethod::Recursive,
+        hash,
+    };
+    sd.make_ca_path(name, &ca, [], false)
+        .map_err(DeferredStore::bad_name(name))
+}
+
+/// The path adding the regular file at `path` flat (SHA-256) as `name` gives.
+pub(crate) fn flat_path(sd: &StoreDir, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+    let io = |what| {
+        move |source| StoreError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if !std::fs::symlink_metadata(path)
+        .map_err(io("reading"))?
+        .is_file()
+    {
+        return Err(StoreError::NotRegularFile {
+            path: path.to_owned(),
+        });
+    }
+    let mut file = std::fs::File::open(path).map_err(io("opening"))?;
+    let mut h = Hasher::new(HashAlgo::Sha256);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(io("reading"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let ca = ContentAddress::Fixed {
+        method: FileIngestionMethod::Flat,
+        hash: h.finish(),
+    };
+    sd.make_ca_path(name, &ca, [], false)
+        .map_err(DeferredStore::bad_name(name))
+}
+
 /// How many text files (mostly `.drv`) a writing evaluation keeps before writing them.
 const FLUSH_EVERY: usize = 1024;
 
@@ -188,7 +239,7 @@ impl DeferredStore {
         self.computed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn bad_name(name: &str) -> impl FnOnce(StorePathError) -> StoreError + '_ {
+    pub(crate) fn bad_name(name: &str) -> impl FnOnce(StorePathError) -> StoreError + '_ {
         move |source| StoreError::BadName {
             path: name.to_owned(),
             source,
@@ -276,58 +327,14 @@ impl EvalStore for DeferredStore {
         if self.writing {
             return self.add_fetched(path, name);
         }
-        let (hash, _) =
-            ferrix_format::nar::hash_path(path, HashAlgo::Sha256).map_err(|source| {
-                StoreError::Dump {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-        let ca = ContentAddress::Fixed {
-            method: FileIngestionMethod::Recursive,
-            hash,
-        };
-        self.store_dir()
-            .make_ca_path(name, &ca, [], false)
-            .map_err(Self::bad_name(name))
+        source_path(self.store_dir(), path, name)
     }
 
     fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
         if self.writing {
             return self.add_fetched_file(path, name);
         }
-        let io = |what| {
-            move |source| StoreError::Io {
-                what,
-                path: path.to_owned(),
-                source,
-            }
-        };
-        if !std::fs::symlink_metadata(path)
-            .map_err(io("reading"))?
-            .is_file()
-        {
-            return Err(StoreError::NotRegularFile {
-                path: path.to_owned(),
-            });
-        }
-        let mut file = std::fs::File::open(path).map_err(io("opening"))?;
-        let mut h = Hasher::new(HashAlgo::Sha256);
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf).map_err(io("reading"))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let ca = ContentAddress::Fixed {
-            method: FileIngestionMethod::Flat,
-            hash: h.finish(),
-        };
-        self.store_dir()
-            .make_ca_path(name, &ca, [], false)
-            .map_err(Self::bad_name(name))
+        flat_path(self.store_dir(), path, name)
     }
 
     fn is_valid(&self, p: &StorePath) -> Result<bool, StoreError> {

@@ -113,6 +113,9 @@ pub enum StoreError {
     ExportWrite(#[source] io::Error),
     #[error("interrupted by the user")]
     Interrupted,
+    /// A store behind a daemon failed to do what was asked.
+    #[error(transparent)]
+    Daemon(Box<crate::serve_client::RemoteError>),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -157,6 +157,116 @@ impl Args {
     }
 }
 
+/// Where the result link of output `name` of the `n`th installable goes: `result`, then
+/// `result-2`… (`result-1`… for `ferrix build`), `-NAME` for outputs other than `out`.
+fn link_name(a: &Args, n: usize, name: &str) -> PathBuf {
+    let base = a
+        .out_link
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("result"));
+    let mut link = base.into_os_string();
+    if n > 0 {
+        link.push(format!("-{}", if a.nix_build_links { n + 1 } else { n }));
+    }
+    if name != "out" {
+        link.push(format!("-{name}"));
+    }
+    PathBuf::from(link)
+}
+
+/// Build `installables` (`.drv` paths, with `^outputs` or `!outputs`) by the daemon at
+/// `url`: its log on standard error, the results linked (as roots it records) and printed
+/// as a local build does.
+fn through_daemon(
+    a: &Args,
+    settings: &Settings,
+    url: &str,
+    installables: &[String],
+    shell: &mut Shell,
+) -> Result<ExitCode> {
+    use ferrix_protocol::worker::{BuildMode, DerivedPath, OutputsSpec};
+    let sd = settings.store_dir.clone();
+    let mut d = crate::stores::connect_daemon(url, settings)?;
+    let mut targets = Vec::new();
+    for i in installables {
+        let (path, outs) = match i.split_once(['!', '^']) {
+            Some((p, o)) => (p, Some(o)),
+            None => (i.as_str(), None),
+        };
+        let drv_path = crate::ops::resolve_in(&sd, std::path::Path::new(sd.as_str()), path)?;
+        let outputs = match outs {
+            None | Some("*") | Some("") => OutputsSpec::All,
+            Some(o) => OutputsSpec::Names(o.split(',').map(str::to_owned).collect()),
+        };
+        targets.push(DerivedPath::Built { drv_path, outputs });
+    }
+    let missing = d.query_missing(&targets)?;
+    let what = if a.dry_run { "would be" } else { "will be" };
+    if !missing.will_build.is_empty() {
+        let n = missing.will_build.len();
+        shell.note(if n == 1 {
+            format!("this derivation {what} built:")
+        } else {
+            format!("these {n} derivations {what} built:")
+        });
+        for p in &missing.will_build {
+            shell.note(format!("  {}", sd.display(p)));
+        }
+    }
+    if a.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mode = if a.check {
+        BuildMode::Check
+    } else if a.repair {
+        BuildMode::Repair
+    } else {
+        BuildMode::Normal
+    };
+    if let Err(e) = d.build_paths(&targets, mode, crate::stores::log_to_stderr()) {
+        shell.error(format!("{:#}", anyhow::Error::new(e)));
+        return Ok(ExitCode::from(1));
+    }
+    let mut json = Vec::new();
+    for (n, t) in targets.iter().enumerate() {
+        let DerivedPath::Built { drv_path, outputs } = t else {
+            unreachable!("only derivations are built here")
+        };
+        let outs: Vec<(String, ferrix_format::StorePath)> = d
+            .output_map(drv_path)?
+            .into_iter()
+            .filter(|(name, _)| match outputs {
+                OutputsSpec::All => true,
+                OutputsSpec::Names(names) => names.contains(name),
+            })
+            .filter_map(|(name, p)| p.map(|p| (name, p)))
+            .collect();
+        for (name, p) in &outs {
+            if !a.no_link {
+                crate::stores::daemon_root(&mut d, &sd, p, &link_name(a, n, name))?;
+            }
+            if a.print_out_paths {
+                shell.println(sd.display(p))?;
+            }
+        }
+        json.push(Json::Object(vec![
+            ("drvPath".to_owned(), Json::String(sd.display(drv_path))),
+            (
+                "outputs".to_owned(),
+                Json::Object(
+                    outs.iter()
+                        .map(|(k, p)| (k.clone(), Json::String(sd.display(p))))
+                        .collect(),
+                ),
+            ),
+        ]));
+    }
+    if a.json {
+        shell.println(Json::Array(json).compact())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
     let mut settings = settings.clone();
     // Each flag is `--NAME` of the setting it stands for.
@@ -205,6 +315,10 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
             found
         }
     };
+    if let Some((url, _)) = settings.daemon() {
+        let url = url.to_owned();
+        return through_daemon(&a, &settings, &url, &installables, shell);
+    }
     let store = Arc::new(settings.open_store()?);
     let wanted = installables
         .iter()
@@ -237,18 +351,8 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> 
         let outs = crate::build::wanted_outputs(&store, w)?;
         for (name, p) in &outs {
             if !a.no_link {
-                let base = a
-                    .out_link
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("result"));
-                let mut link = base.into_os_string();
-                if n > 0 {
-                    link.push(format!("-{}", if a.nix_build_links { n + 1 } else { n }));
-                }
-                if name != "out" {
-                    link.push(format!("-{name}"));
-                }
-                ferrix_store::gc::add_perm_root(&store, p, &PathBuf::from(link))?;
+                let link = link_name(&a, n, name);
+                ferrix_store::gc::add_perm_root(&store, p, &link)?;
             }
             if a.print_out_paths {
                 shell.println(store.print(p))?;

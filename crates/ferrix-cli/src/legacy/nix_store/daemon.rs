@@ -3,7 +3,6 @@
 //! what the same operation prints on a local store.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -132,13 +131,7 @@ pub(super) fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The daemon's log lines, on standard error as they come.
-fn to_stderr() -> ferrix_store::serve_client::LogSink {
-    Box::new(|line: &str| {
-        let mut e = std::io::stderr().lock();
-        let _ = writeln!(e, "{line}");
-    })
-}
+use crate::stores::log_to_stderr as to_stderr;
 
 fn deleted(r: &ferrix_store::worker_client::Collected, shell: &mut Shell) -> Result<()> {
     for p in &r.paths {
@@ -215,15 +208,7 @@ fn realise(
                 } else {
                     link.to_owned()
                 };
-                let link = std::path::absolute(&link)
-                    .with_context(|| format!("finding where '{}' is", link.display()))?;
-                // The link is the client's to make; the daemon records it as a root.
-                let tmp = link.with_extension("ferrix-tmp-link");
-                let _ = std::fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(sd.display(p), &tmp)
-                    .and_then(|()| std::fs::rename(&tmp, &link))
-                    .with_context(|| format!("creating the symlink '{}'", link.display()))?;
-                d.add_indirect_root(&link)?;
+                let link = crate::stores::daemon_root(d, sd, p, &link)?;
                 shell.println(link.display())?;
             }
             None => shell.println(sd.display(p))?,
