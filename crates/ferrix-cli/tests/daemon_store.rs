@@ -237,3 +237,46 @@ fn a_clients_roots_and_signatures_are_kept_by_the_daemon() {
     );
     assert!(info.contains("client-1:"), "{info}");
 }
+
+#[test]
+fn a_sessions_temporary_roots_end_with_it_while_others_go_on() {
+    let Some(_nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let sd = ferrix_format::StoreDir::new(d.root.path().join("store").to_str().unwrap()).unwrap();
+    // A path nothing keeps, added beside the daemon (so no root of the daemon's own keeps it).
+    let f = d.root.path().join("tmp/loose");
+    fs::write(&f, "loose\n").unwrap();
+    let p = ok(
+        d.local("nix-store").arg("--add").arg(&f).output().unwrap(),
+        "adding",
+    );
+    let path = sd.parse_path(&p).unwrap();
+    let connect = || {
+        ferrix_store::worker_client::WorkerClient::over_socket(
+            "daemon".into(),
+            &d.socket(),
+            sd.clone(),
+            0,
+        )
+        .unwrap()
+    };
+    let mut holder = connect();
+    let _bystander = connect();
+    holder.add_temp_root(&path).unwrap();
+    let collect = || {
+        ok(
+            d.local("nix-store").arg("--gc").output().unwrap(),
+            "collecting",
+        )
+    };
+    collect();
+    assert!(
+        Path::new(&p).exists(),
+        "a session's root did not keep its path"
+    );
+    // The session ends; another stays open: the root goes with the first.
+    drop(holder);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    collect();
+    assert!(!Path::new(&p).exists(), "the root outlived its session");
+}

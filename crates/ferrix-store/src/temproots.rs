@@ -20,9 +20,21 @@ pub struct TempRoots {
 }
 
 impl TempRoots {
+    /// This process's file.
     pub fn create(state_dir: &Path) -> Result<Self> {
+        Self::create_named(state_dir, &std::process::id().to_string())
+    }
+
+    /// A file of one session of this process (a daemon's connection): `<pid>-<session>`,
+    /// its roots released when it is dropped, whatever the process's others do. A
+    /// collector reads the pid before the dash, as Nix's does.
+    pub fn for_session(state_dir: &Path, session: u64) -> Result<Self> {
+        Self::create_named(state_dir, &format!("{}-{session}", std::process::id()))
+    }
+
+    fn create_named(state_dir: &Path, name: &str) -> Result<Self> {
         let dir = state_dir.join("temproots");
-        let path = dir.join(std::process::id().to_string());
+        let path = dir.join(name);
         loop {
             // A file with our pid is left over from a dead process that had it.
             let _ = std::fs::remove_file(&path);

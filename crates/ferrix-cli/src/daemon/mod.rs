@@ -51,6 +51,8 @@ struct Handler<'a> {
     keep_derivations: bool,
     /// Where build logs go (for logs clients hand over).
     log: ferrix_build::log::LogSettings,
+    /// The roots the client asked for (`AddTempRoot`), made at its first.
+    temp_roots: Option<ferrix_store::temproots::TempRoots>,
 }
 
 impl<'a> Handler<'a> {
@@ -75,6 +77,7 @@ impl<'a> Handler<'a> {
             keep_outputs: settings.conf.bool("keep-outputs", false)?,
             keep_derivations: settings.conf.bool("keep-derivations", true)?,
             log,
+            temp_roots: None,
         })
     }
 
@@ -471,7 +474,19 @@ impl WorkerHandler for Handler<'_> {
     }
 
     fn add_temp_root(&mut self, path: &StorePath) -> Result<(), DaemonError> {
-        Ok(self.store.add_temp_root(path)?)
+        // The session's own: they end with it, whatever other sessions do.
+        if self.temp_roots.is_none() {
+            static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.temp_roots = Some(ferrix_store::temproots::TempRoots::for_session(
+                &self.store.config().state_dir,
+                n,
+            )?);
+        }
+        match &mut self.temp_roots {
+            Some(t) => Ok(t.add(&self.store.print(path))?),
+            None => unreachable!("made above"),
+        }
     }
 
     fn add_indirect_root(&mut self, link: &str) -> Result<(), DaemonError> {
