@@ -283,6 +283,36 @@ pub fn gc(
     Ok(())
 }
 
+/// Run a collection through a daemon and print what a local one prints.
+pub fn gc_through_daemon(
+    d: &mut ferrix_store::worker_client::WorkerClient,
+    action: ferrix_protocol::worker::GcAction,
+    paths: &BTreeSet<StorePath>,
+    max_freed: Option<u64>,
+    shell: &mut Shell,
+) -> Result<()> {
+    use ferrix_protocol::worker::GcAction as A;
+    let r = d.collect_garbage(action, paths, max_freed)?;
+    match action {
+        A::ReturnLive | A::ReturnDead => {
+            for p in &r.paths {
+                shell.println(p)?;
+            }
+        }
+        A::DeleteDead | A::DeleteSpecific => {
+            for p in &r.paths {
+                shell.note(format!("deleting '{p}'"));
+            }
+            shell.println(format!(
+                "{} store paths deleted, {} freed",
+                r.paths.len(),
+                mib(r.bytes_freed)
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 /// `link -> path` for every root.
 pub fn print_roots(store: &LocalStore, shell: &mut Shell) -> Result<()> {
     for (p, links) in ferrix_store::gc::find_roots(store, true)? {

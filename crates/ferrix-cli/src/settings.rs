@@ -208,8 +208,9 @@ impl Settings {
         if let Some(url) = &self.daemon_url {
             anyhow::bail!(
                 "the store '{url}' is a daemon: this command works on a local store only so far \
-                 ('ferrix copy', 'nix-copy-closure', 'ferrix path-info' and 'ferrix store ping' speak to a \
-                 daemon)"
+                 (through a daemon: nix-store's realise, query, add, verify, optimise and collection \
+                 operations, nix-build, nix-instantiate, nix-collect-garbage, nix-copy-closure, and \
+                 ferrix build, eval, instantiate, store, copy and path-info)"
             );
         }
         if let Some(url) = &self.cache_url {

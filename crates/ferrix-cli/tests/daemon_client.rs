@@ -30,6 +30,16 @@ impl Served {
     }
 }
 
+impl Served {
+    /// `ferrix` itself with the daemon as its store.
+    fn main(&self) -> Command {
+        let mut c = Command::new(common::ferrix_exe());
+        store_env(&mut c, &self.root);
+        c.env("NIX_REMOTE", format!("unix://{}", self.socket.display()));
+        c
+    }
+}
+
 fn text(o: Output, what: &str) -> String {
     ok(o, what)
 }
@@ -347,4 +357,120 @@ fn a_user_who_cannot_write_the_store_is_sent_to_the_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
+}
+
+#[test]
+fn ferrix_store_commands_and_nix_collect_garbage_through_a_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let s = Served {
+        root: d.root.path().to_owned(),
+        socket: d.socket(),
+        links: Links::new(),
+    };
+    let f = s.root.join("tmp/file");
+    fs::write(&f, "a file\n").unwrap();
+    // add-file: the file's bytes (flat), as real Nix's --add-fixed sha256 gives.
+    let flat = text(
+        s.main()
+            .args(["store", "add-file"])
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "ferrix store add-file",
+    );
+    let mut theirs = nix.cmd("nix-store");
+    let other = tempfile::tempdir().unwrap();
+    theirs
+        .env("NIX_STORE_DIR", s.root.join("store"))
+        .arg("--store")
+        .arg(format!("local?root={}", other.path().display()))
+        .args(["--add-fixed", "sha256"])
+        .arg(&f);
+    assert_eq!(flat, text(theirs.output().unwrap(), "real Nix adding"));
+    let tree = text(
+        s.main()
+            .args(["store", "add-path"])
+            .arg(&f)
+            .output()
+            .unwrap(),
+        "ferrix store add-path",
+    );
+    assert_ne!(flat, tree);
+    // dump-path: the NAR the daemon holds.
+    let nar = s
+        .main()
+        .args(["store", "dump-path", &tree])
+        .output()
+        .unwrap();
+    assert!(nar.status.success());
+    let local = Command::new(common::ferrix_exe())
+        .args(["nar", "dump-path"])
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert_eq!(nar.stdout, local.stdout);
+    // sign: the signature reaches the daemon's store.
+    let key = text(
+        s.main()
+            .args(["key", "generate-secret", "--key-name", "k-1"])
+            .output()
+            .unwrap(),
+        "making a key",
+    );
+    let key_file = s.root.join("tmp/key");
+    fs::write(&key_file, key).unwrap();
+    let signed = s
+        .main()
+        .args(["store", "sign", "--key-file"])
+        .arg(&key_file)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&signed.stderr).contains("added 1 signatures"),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let info = text(
+        d.ferrix()
+            .args(["path-info", "--sigs", &tree])
+            .output()
+            .unwrap(),
+        "reading the signatures",
+    );
+    assert!(info.contains("k-1:"), "{info}");
+    // verify, optimise, a dry collection, a deletion, then nix-collect-garbage.
+    assert!(s
+        .main()
+        .args(["store", "verify"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(s
+        .main()
+        .args(["store", "optimise"])
+        .status()
+        .unwrap()
+        .success());
+    let dead = text(
+        s.main()
+            .args(["store", "gc", "--dry-run"])
+            .output()
+            .unwrap(),
+        "listing garbage",
+    );
+    assert!(dead.contains(&flat) && dead.contains(&tree), "{dead}");
+    let deleted = text(
+        s.main().args(["store", "delete", &flat]).output().unwrap(),
+        "deleting",
+    );
+    assert!(deleted.starts_with("1 store paths deleted"), "{deleted}");
+    assert!(!Path::new(&flat).exists());
+    let collected = text(
+        s.ferrix("nix-collect-garbage").output().unwrap(),
+        "nix-collect-garbage",
+    );
+    assert!(collected.contains("store paths deleted"), "{collected}");
+    assert!(!Path::new(&tree).exists());
 }

@@ -92,6 +92,10 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
     if let StoreCommand::Ping = cmd {
         return ping(settings, shell);
     }
+    if let Some((url, _)) = settings.daemon() {
+        let url = url.to_owned();
+        return through_daemon(cmd, settings, &url, shell);
+    }
     let store = settings.open_store()?;
     if matches!(
         cmd,
@@ -196,6 +200,139 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             opts.ignore_liveness = ignore_liveness;
             ops::gc(&store, settings, opts, shell)?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferrix store …` through the daemon at `url`.
+fn through_daemon(
+    cmd: StoreCommand,
+    settings: &Settings,
+    url: &str,
+    shell: &mut Shell,
+) -> Result<ExitCode> {
+    use ferrix_protocol::worker::{BuildMode, DerivedPath, GcAction as A, OutputsSpec};
+    let sd = settings.store_dir.clone();
+    let mut d = crate::stores::connect_daemon(url, settings)?;
+    let resolve = |a: &str| ops::resolve_in(&sd, std::path::Path::new(sd.as_str()), a);
+    let resolve_all = |v: &[String]| v.iter().map(|a| resolve(a)).collect::<Result<Vec<_>>>();
+    // `add-file` adds a file's bytes unless told otherwise; the others its NAR.
+    let file_by_default = matches!(cmd, StoreCommand::AddFile(_));
+    match cmd {
+        StoreCommand::Add(a) | StoreCommand::AddPath(a) | StoreCommand::AddFile(a) => {
+            let flat = match a.mode {
+                Some(m) => matches!(m, Mode::Flat),
+                None => file_by_default,
+            };
+            let method = if flat {
+                FileIngestionMethod::Flat
+            } else {
+                FileIngestionMethod::Recursive
+            };
+            let name = match a.name.clone() {
+                Some(n) => n,
+                None => a
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .with_context(|| format!("'{}' has no file name", a.path.display()))?,
+            };
+            let p = d.add_path(&a.path, &name, method, a.algo)?;
+            shell.println(sd.display(&p))?;
+        }
+        StoreCommand::Gc { max, dry_run } => {
+            let action = if dry_run {
+                A::ReturnDead
+            } else {
+                A::DeleteDead
+            };
+            ops::gc_through_daemon(&mut d, action, &Default::default(), max, shell)?;
+        }
+        StoreCommand::Delete {
+            ignore_liveness,
+            paths,
+        } => {
+            if ignore_liveness {
+                bail!("nobody may ignore liveness through a daemon");
+            }
+            let ps = resolve_all(&paths)?.into_iter().collect();
+            ops::gc_through_daemon(&mut d, A::DeleteSpecific, &ps, None, shell)?;
+        }
+        StoreCommand::Verify {
+            no_contents,
+            all,
+            paths,
+        } => {
+            if !(all || paths.is_empty()) {
+                bail!("through a daemon the whole store is verified: pass no paths (or --all)");
+            }
+            if d.verify_store(!no_contents, false, crate::stores::log_to_stderr())? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        StoreCommand::Optimise => d.optimise_store(crate::stores::log_to_stderr())?,
+        StoreCommand::Repair { paths } => {
+            // Their derivers are built again by the daemon, the outputs replaced.
+            let mut targets = Vec::new();
+            for p in resolve_all(&paths)? {
+                let deriver = d.query_path_info(&p)?.and_then(|i| i.deriver);
+                let Some(drv_path) = deriver else {
+                    bail!(
+                        "cannot repair path '{}': it has no deriver to build again",
+                        sd.display(&p)
+                    );
+                };
+                targets.push(DerivedPath::Built {
+                    drv_path,
+                    outputs: OutputsSpec::All,
+                });
+            }
+            d.build_paths(&targets, BuildMode::Repair, crate::stores::log_to_stderr())?;
+        }
+        StoreCommand::DumpPath { path } => {
+            let p = resolve(&path)?;
+            d.nar_into(&p, shell.out())?;
+        }
+        StoreCommand::Sign {
+            key_file,
+            recursive,
+            paths,
+        } => {
+            let text = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("reading the secret key file '{key_file}'"))?;
+            let key: ferrix_format::signature::SecretKey = text
+                .trim()
+                .parse()
+                .with_context(|| format!("'{key_file}' does not hold a secret key"))?;
+            let mut todo = resolve_all(&paths)?;
+            let mut seen = std::collections::BTreeSet::new();
+            let mut added = 0;
+            while let Some(p) = todo.pop() {
+                if !seen.insert(p.clone()) {
+                    continue;
+                }
+                let Some(info) = d.query_path_info(&p)? else {
+                    bail!("path '{}' is not valid", sd.display(&p));
+                };
+                if recursive {
+                    todo.extend(info.references.iter().cloned());
+                }
+                let fp = ferrix_format::signature::fingerprint(
+                    &sd,
+                    &p,
+                    &info.nar_hash,
+                    info.nar_size,
+                    &info.references,
+                );
+                let sig = key.sign(fp.as_bytes()).to_string();
+                if !info.sigs.contains(&sig) {
+                    d.add_signatures(&p, &[sig].into())?;
+                    added += 1;
+                }
+            }
+            shell.note(format!("added {added} signatures"));
+        }
+        StoreCommand::Ping => unreachable!("answered above"),
     }
     Ok(ExitCode::SUCCESS)
 }

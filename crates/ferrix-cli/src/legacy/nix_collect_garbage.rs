@@ -63,7 +63,6 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
         }
     }
     let settings = Settings::load(store_url.as_deref(), &options, shell)?;
-    let store = settings.open_store()?;
     if delete_old {
         delete_generations(
             &settings.store.state_dir.join("profiles"),
@@ -72,6 +71,18 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             shell,
         )?;
     }
+    if let Some((url, _)) = settings.daemon() {
+        // The daemon collects; the generations above were this user's to delete.
+        let mut d = crate::stores::connect_daemon(url, &settings)?;
+        let action = if dry_run {
+            ferrix_protocol::worker::GcAction::ReturnDead
+        } else {
+            ferrix_protocol::worker::GcAction::DeleteDead
+        };
+        ops::gc_through_daemon(&mut d, action, &Default::default(), max_freed, shell)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = settings.open_store()?;
     let mut opts = GcOptions::new(if dry_run {
         GcAction::ReturnDead
     } else {

@@ -190,14 +190,23 @@ pub fn gone(pid: i32) -> bool {
 }
 
 /// No lock files, build directories or output of `drv` left behind, and the store sound.
+/// A cancelled build's clean-up may still be finishing once its builder is gone (an
+/// abandoned goal is answered at once): its locks are given a few seconds to go.
 pub fn nothing_half_done(d: &Daemon, drv: &str) {
-    let locks: Vec<_> = fs::read_dir(d.root.path().join("store"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
-        .map(|e| e.path())
-        .collect();
-    assert!(locks.is_empty(), "{locks:?}");
+    let locks = || -> Vec<PathBuf> {
+        fs::read_dir(d.root.path().join("store"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+            .map(|e| e.path())
+            .collect()
+    };
+    let start = Instant::now();
+    while !locks().is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = locks();
+    assert!(left.is_empty(), "{left:?}");
     let out = ok(
         d.local("nix-store")
             .args(["-q", "--outputs", drv])

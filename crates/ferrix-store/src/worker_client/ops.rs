@@ -260,6 +260,23 @@ impl WorkerClient {
         read().map_err(|e| self.protocol(e))
     }
 
+    /// Record `sigs` as signatures of `path` there (a trusted client only).
+    pub fn add_signatures(
+        &mut self,
+        path: &StorePath,
+        sigs: &BTreeSet<String>,
+    ) -> Result<(), RemoteError> {
+        self.call(
+            "adding signatures",
+            &WorkerRequest::AddSignatures {
+                path: path.clone(),
+                sigs: sigs.clone(),
+            },
+            None,
+        )?;
+        read_ok(&mut self.r, "AddSignatures").map_err(|e| self.protocol(e))
+    }
+
     /// Check the store there; whether problems remain. Its report goes to `sink`.
     pub fn verify_store(
         &mut self,

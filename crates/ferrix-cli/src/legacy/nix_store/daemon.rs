@@ -90,8 +90,7 @@ pub(super) fn run(
         }
         Op::Delete => {
             let ps: BTreeSet<StorePath> = paths()?.into_iter().collect();
-            let r = d.collect_garbage(GcAction::DeleteSpecific, &ps, None)?;
-            deleted(&r, shell)?;
+            crate::ops::gc_through_daemon(&mut d, GcAction::DeleteSpecific, &ps, None, shell)?;
         }
         Op::Gc => {
             if asked.print_roots {
@@ -107,15 +106,13 @@ pub(super) fn run(
                 A::DeleteDead => GcAction::DeleteDead,
                 A::DeleteSpecific => GcAction::DeleteSpecific,
             };
-            let r = d.collect_garbage(action, &BTreeSet::new(), asked.max_freed)?;
-            match action {
-                GcAction::ReturnLive | GcAction::ReturnDead => {
-                    for p in &r.paths {
-                        shell.println(p)?;
-                    }
-                }
-                _ => deleted(&r, shell)?,
-            }
+            crate::ops::gc_through_daemon(
+                &mut d,
+                action,
+                &BTreeSet::new(),
+                asked.max_freed,
+                shell,
+            )?;
         }
         Op::Verify => {
             let errors = d.verify_store(asked.check_contents, asked.repair, to_stderr())?;
@@ -132,18 +129,6 @@ pub(super) fn run(
 }
 
 use crate::stores::log_to_stderr as to_stderr;
-
-fn deleted(r: &ferrix_store::worker_client::Collected, shell: &mut Shell) -> Result<()> {
-    for p in &r.paths {
-        shell.note(format!("deleting '{p}'"));
-    }
-    shell.println(format!(
-        "{} store paths deleted, {} freed",
-        r.paths.len(),
-        crate::ops::mib(r.bytes_freed)
-    ))?;
-    Ok(())
-}
 
 /// `nix-store -r` through the daemon: what it will do (with `--dry-run`, only that), then
 /// the build, then the outputs (or roots to them) printed.
