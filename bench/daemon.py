@@ -146,7 +146,9 @@ def builds(tool, sock, e):
 def main():
     os.makedirs(f"{WORK}/etc", exist_ok=True)
     with open(f"{WORK}/etc/nix.conf", "w") as f:
-        f.write("sandbox = false\nbuild-users-group =\nsubstituters =\n")
+        # The builds run two at a time in both daemons (Nix takes the client's -j 2, Ferrix its
+        # own setting: one Engine for every client).
+        f.write("sandbox = false\nbuild-users-group =\nsubstituters =\nmax-jobs = 2\n")
     res = {t: {"rtt": [], "cpu": [], "q1": [], "q16": [], "build": []} for t in DAEMONS}
     for i in range(RUNS):
         for tool in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
