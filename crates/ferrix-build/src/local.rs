@@ -387,6 +387,25 @@ impl LocalExecutor {
                 cancel,
             )
             .await;
+        // Whatever the builder left running (a daemon it started, processes that left its
+        // group) ends before its user serves another build.
+        let result = match (&user, &self.settings.build_users) {
+            (Some(u), Some(users)) => {
+                // The sandbox's host runs as the user too: it goes with the rest, and the
+                // place gets a new one for its next build.
+                if let Some(slot) = chroot.as_mut() {
+                    slot.host = None;
+                }
+                match crate::users::kill_user(&users.killer, u).await {
+                    Ok(()) => result,
+                    Err(e) => result.and(Err(BuildFailure::io(
+                        &drv,
+                        "ending the build user's processes".to_owned(),
+                    )(e))),
+                }
+            }
+            _ => result,
+        };
 
         if checking {
             let result = match result {

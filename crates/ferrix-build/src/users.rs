@@ -20,6 +20,10 @@ pub struct BuildUsers {
     pub uids: Vec<u32>,
     /// Where the lock file of each user is (`<state>/userpool`).
     pub lock_dir: PathBuf,
+    /// The program that ends every process of a user (`PROGRAM __kill-user UID`, see
+    /// [`kill_user_main`]): run after each build, so that nothing a builder left running
+    /// (even outside its process group) outlives it.
+    pub killer: PathBuf,
 }
 
 /// A build user held for one build; free again when dropped.
@@ -50,6 +54,56 @@ impl BuildUsers {
         }
         Ok(None)
     }
+}
+
+/// End every process of `user` (run as root, after a build): the killer becomes the user
+/// and signals everything it may, as Nix's `killUser` does.
+pub async fn kill_user(killer: &Path, user: &BuildUser) -> io::Result<()> {
+    let status = tokio::process::Command::new(killer)
+        .arg("__kill-user")
+        .arg(user.uid.to_string())
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ending the processes of uid {} failed ({status})",
+            user.uid
+        )))
+    }
+}
+
+/// `__kill-user UID`: become that user, then kill every process it has (all it may signal,
+/// but itself), as Nix's `killUser` does.
+#[allow(unsafe_code)]
+pub fn kill_user_main() -> ! {
+    let uid: Option<u32> = std::env::args().nth(2).and_then(|a| a.parse().ok());
+    let code = match uid {
+        Some(uid) if uid != 0 => {
+            let u = rustix::process::Uid::from_raw(uid);
+            if rustix::thread::set_thread_res_uid(u, u, u).is_err() {
+                2
+            } else {
+                loop {
+                    // One call signals them all. SAFETY: kill(2) with pid -1 and a valid
+                    // signal number; no memory is involved.
+                    if unsafe { libc::kill(-1, libc::SIGKILL) } == 0 {
+                        break 0;
+                    }
+                    match io::Error::last_os_error().raw_os_error() {
+                        // Nothing left, or nothing we may signal.
+                        Some(libc::ESRCH) | Some(libc::EPERM) => break 0,
+                        Some(libc::EINTR) => continue,
+                        _ => break 1,
+                    }
+                }
+            }
+        }
+        _ => 2,
+    };
+    std::process::exit(code)
 }
 
 /// Give `dir` and everything in it to `uid`:`gid` (a build directory before its builder
@@ -84,6 +138,7 @@ mod tests {
             gid: 30000,
             uids: vec![30001, 30002],
             lock_dir: d.path().join("userpool"),
+            killer: PathBuf::from("/nonexistent"),
         };
         let a = users.try_acquire().unwrap().unwrap();
         let b = users.try_acquire().unwrap().unwrap();

@@ -104,6 +104,8 @@ fn build_users(
         gid,
         uids,
         lock_dir: store.config().state_dir.join("userpool"),
+        killer: std::env::current_exe()
+            .context("finding this program, to end build users' processes")?,
     }))
 }
 

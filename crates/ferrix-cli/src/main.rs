@@ -68,6 +68,7 @@ fn main() -> ExitCode {
     match args.get(1).and_then(|a| a.to_str()) {
         Some("__build-child") => ferrix_build::sandbox::child_main(),
         Some("__sandbox-host") => ferrix_build::sandbox_host::host_main(),
+        Some("__kill-user") => ferrix_build::users::kill_user_main(),
         _ => {}
     }
     keep_freed_memory();

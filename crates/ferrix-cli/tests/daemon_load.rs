@@ -128,51 +128,55 @@ fn fifty_clients_building_overlapping_graphs_build_each_output_once_in_flat_memo
     );
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn arbitrary_bytes_on_the_socket_neither_crash_nor_wedge_the_daemon(
-        chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..6),
-        speak in any::<bool>(),
-    ) {
-        let d = shared_daemon();
-        let mut s = UnixStream::connect(d.socket()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        if speak {
-            // A proper greeting first, so the junk reaches the operations.
-            s.write_all(&0x6e69_7863u64.to_le_bytes()).unwrap();
-            let mut greeting = [0u8; 16];
-            s.read_exact(&mut greeting).unwrap();
-            let mut v = 0x122u64.to_le_bytes().to_vec();
-            v.extend([0u8; 16]);
-            s.write_all(&v).unwrap();
-        }
-        for c in &chunks {
-            if s.write_all(c).is_err() {
-                break;
+/// Arbitrary bytes, with and without a greeting first, on one daemon (stopped by its pid when
+/// the test ends).
+#[test]
+fn arbitrary_bytes_on_the_socket_neither_crash_nor_wedge_the_daemon() {
+    use proptest::test_runner::{Config, TestRunner};
+    let d = Daemon::start("");
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        ..Config::default()
+    });
+    let strategy = (
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..6),
+        any::<bool>(),
+    );
+    runner
+        .run(&strategy, |(chunks, speak)| {
+            let mut s = UnixStream::connect(d.socket()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            if speak {
+                // A proper greeting first, so the junk reaches the operations.
+                s.write_all(&0x6e69_7863u64.to_le_bytes()).unwrap();
+                let mut greeting = [0u8; 16];
+                s.read_exact(&mut greeting).unwrap();
+                let mut v = 0x122u64.to_le_bytes().to_vec();
+                v.extend([0u8; 16]);
+                s.write_all(&v).unwrap();
             }
-        }
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        // The daemon answers or closes; it does not hang on a half-sent request.
-        let mut rest = Vec::new();
-        let r = s.read_to_end(&mut rest);
-        prop_assert!(
-            !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "the daemon wedged"
-        );
-        // And it serves the next client.
-        let mut next = UnixStream::connect(d.socket()).unwrap();
-        next.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        next.write_all(&0x6e69_7863u64.to_le_bytes()).unwrap();
-        let mut magic = [0u8; 8];
-        next.read_exact(&mut magic).unwrap();
-        prop_assert_eq!(u64::from_le_bytes(magic), 0x6478_696f);
-    }
-}
-
-/// One daemon for all the cases of the property.
-fn shared_daemon() -> &'static Daemon {
-    static D: std::sync::OnceLock<Daemon> = std::sync::OnceLock::new();
-    D.get_or_init(|| Daemon::start(""))
+            for c in &chunks {
+                if s.write_all(c).is_err() {
+                    break;
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            // The daemon answers or closes; it does not hang on a half-sent request.
+            let mut rest = Vec::new();
+            let r = s.read_to_end(&mut rest);
+            prop_assert!(
+                !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "the daemon wedged"
+            );
+            // And it serves the next client.
+            let mut next = UnixStream::connect(d.socket()).unwrap();
+            next.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            next.write_all(&0x6e69_7863u64.to_le_bytes()).unwrap();
+            let mut magic = [0u8; 8];
+            next.read_exact(&mut magic).unwrap();
+            prop_assert_eq!(u64::from_le_bytes(magic), 0x6478_696f);
+            Ok(())
+        })
+        .unwrap();
 }

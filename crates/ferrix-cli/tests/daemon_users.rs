@@ -70,6 +70,14 @@ fn build_users() -> Option<Vec<u32>> {
     Some(uids)
 }
 
+/// The build users are the machine's: two daemons of two tests (each with its own pool of
+/// locks) would share them, and a build's end kills its user's processes, so the tests that
+/// build take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BUILDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A daemon whose builds run as the build users, its directories open to them.
 fn daemon(sandbox: bool) -> Daemon {
     let extra = if sandbox {
@@ -135,6 +143,7 @@ fn uid_of_process_with(marker: &str) -> u32 {
 fn builds_run_as_build_users(sandbox: bool) {
     let Some(nix) = Nix::new() else { return };
     let Some(uids) = build_users() else { return };
+    let _turn = one_at_a_time();
     let d = daemon(sandbox);
     let tag = if sandbox { "sb" } else { "plain" };
     let markers: Vec<String> = (0..2).map(|i| format!("ferrix-{tag}-{i}")).collect();
@@ -219,5 +228,40 @@ fn a_group_without_members_is_refused_with_a_reason() {
             "the group '{empty}' specified in 'build-users-group' has no members"
         )),
         "{err}"
+    );
+}
+
+#[test]
+fn what_a_builder_leaves_running_ends_with_its_build() {
+    let Some(nix) = Nix::new() else { return };
+    if build_users().is_none() {
+        return;
+    }
+    let _turn = one_at_a_time();
+    let d = daemon(false);
+    // The builder starts a process in a session of its own (out of its process group), and
+    // writes its pid as the output.
+    let expr = d.root.path().join("tmp/escape.nix");
+    fs::write(
+        &expr,
+        r#"derivation { name = "escape"; system = builtins.currentSystem; builder = "/bin/sh";
+             args = [ "-c" "/usr/bin/setsid /bin/sleep 60 & echo $! > $out" ]; }"#,
+    )
+    .unwrap();
+    let drv = ok(
+        d.nix(&nix, "nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating",
+    );
+    let out = ok(
+        d.nix(&nix, "nix-store")
+            .args(["-r", &drv])
+            .output()
+            .unwrap(),
+        "building",
+    );
+    let pid: i32 = fs::read_to_string(&out).unwrap().trim().parse().unwrap();
+    assert!(
+        common::daemon::gone(pid),
+        "process {pid}, left by the builder, outlived its build"
     );
 }
