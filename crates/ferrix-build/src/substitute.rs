@@ -93,6 +93,14 @@ impl CacheSubstituter {
         }
     }
 
+    /// Whether a query of this substituter found `p` (so that its fetch is this one's).
+    pub fn knows(&self, p: &StorePath) -> bool {
+        self.found
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(p)
+    }
+
     /// The caches, opened at the first call (on threads of their own: the HTTP client
     /// must not start on an async runtime's threads). A cache that cannot be opened is
     /// left out with a warning, as Nix does.

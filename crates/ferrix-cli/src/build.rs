@@ -355,28 +355,43 @@ pub fn substituter(
     settings: &Settings,
     store: &Arc<LocalStore>,
 ) -> Result<Option<Arc<ferrix_build::substitute::CacheSubstituter>>> {
+    Ok(cache_settings(settings)?
+        .filter(|c| !c.urls.is_empty())
+        .map(|c| cache_substituter(store, c)))
+}
+
+/// How caches are read, from the settings; `None` when substitution is off.
+pub fn cache_settings(
+    settings: &Settings,
+) -> Result<Option<ferrix_build::substitute::CacheSettings>> {
     let s = settings.substitution()?;
-    if !s.enabled || s.urls.is_empty() {
+    if !s.enabled {
         return Ok(None);
     }
+    Ok(Some(ferrix_build::substitute::CacheSettings {
+        urls: s.urls,
+        trust: s.trust,
+        http: s.http,
+        max_jobs: s.max_jobs,
+        fallback: s.fallback,
+        disk_cache: s.disk_cache,
+        ttl: s.ttl,
+    }))
+}
+
+/// A substituter reading the caches of `c`.
+pub fn cache_substituter(
+    store: &Arc<LocalStore>,
+    c: ferrix_build::substitute::CacheSettings,
+) -> Arc<ferrix_build::substitute::CacheSubstituter> {
     // Warnings about caches go out as plain lines, whatever shows the builds.
     let warn: Arc<dyn Reporter + Send + Sync> =
         Arc::new(LineReporter::new(store, false, BTreeSet::new()));
-    Ok(Some(Arc::new(
-        ferrix_build::substitute::CacheSubstituter::new(
-            store.clone(),
-            ferrix_build::substitute::CacheSettings {
-                urls: s.urls,
-                trust: s.trust,
-                http: s.http,
-                max_jobs: s.max_jobs,
-                fallback: s.fallback,
-                disk_cache: s.disk_cache,
-                ttl: s.ttl,
-            },
-            warn,
-        ),
-    )))
+    Arc::new(ferrix_build::substitute::CacheSubstituter::new(
+        store.clone(),
+        c,
+        warn,
+    ))
 }
 
 /// Say what a plan will do, as Nix does: the derivations built, the paths fetched.

@@ -15,6 +15,7 @@ use ferrix_protocol::serve::{BuildResult, BuildStatus, BuiltOutput};
 use ferrix_store::LocalStore;
 
 use crate::settings::Settings;
+use ferrix_build::substitute::{CacheSettings, CacheSubstituter, Substituter};
 
 /// What the master asks of a build besides the settings here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -244,10 +245,85 @@ impl Reporter for Router {
 pub struct SharedEngine {
     host: crate::build::EngineHost,
     router: Arc<Router>,
-    /// The daemon's caches (`substituters`), when substitution is on.
-    substituter: Option<Arc<ferrix_build::substitute::CacheSubstituter>>,
+    /// The caches its fetches come from; `None` when substitution is off.
+    caches: Option<Arc<Caches>>,
     /// `always-allow-substitutes`.
     always_allow: bool,
+}
+
+/// The caches a daemon's Engine fetches from: its own (`substituters`), and those sessions
+/// chose (a trusted client's, or ones in `trusted-substituters`). A fetch goes to the
+/// substituter whose query found the path: the one its session planned with.
+#[derive(Debug)]
+pub struct Caches {
+    store: Arc<LocalStore>,
+    settings: CacheSettings,
+    own: Option<Arc<CacheSubstituter>>,
+    chosen: std::sync::Mutex<BTreeMap<Vec<String>, Arc<CacheSubstituter>>>,
+}
+
+impl Caches {
+    /// The substituter reading `urls` (the daemon's own for `None`); none for no caches.
+    fn for_urls(&self, urls: Option<&[String]>) -> Option<Arc<CacheSubstituter>> {
+        match urls {
+            None => self.own.clone(),
+            Some(u) if u == self.settings.urls.as_slice() => self.own.clone(),
+            Some([]) => None,
+            Some(u) => {
+                let mut chosen = self.chosen.lock().unwrap_or_else(|p| p.into_inner());
+                let c = chosen.entry(u.to_vec()).or_insert_with(|| {
+                    let mut c = self.settings.clone();
+                    c.urls = u.to_vec();
+                    crate::build::cache_substituter(&self.store, c)
+                });
+                Some(c.clone())
+            }
+        }
+    }
+}
+
+impl Substituter for Caches {
+    fn query(
+        &self,
+        paths: &[StorePath],
+    ) -> BTreeMap<StorePath, Arc<ferrix_build::substitute::Substitution>> {
+        // The Engine's own planning (a fallback build's inputs) uses the daemon's caches.
+        self.own
+            .as_ref()
+            .map(|o| o.query(paths))
+            .unwrap_or_default()
+    }
+
+    fn fetch(
+        self: Arc<Self>,
+        s: Arc<ferrix_build::substitute::Substitution>,
+        cancel: ferrix_build::executor::Cancel,
+        reporter: Arc<dyn Reporter + Send + Sync>,
+    ) -> ferrix_build::substitute::FetchFuture {
+        let chosen = self
+            .chosen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|c| c.knows(&s.path))
+            .cloned();
+        match chosen.or_else(|| self.own.clone()) {
+            Some(c) => c.fetch(s, cancel, reporter),
+            None => Box::pin(async move {
+                Err(BuildFailure::new(
+                    s.path.to_string(),
+                    FailureKind::Substitute {
+                        errors: Vec::new(),
+                        fallback: false,
+                    },
+                ))
+            }),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.settings.max_jobs.max(1)
+    }
 }
 
 impl SharedEngine {
@@ -256,7 +332,15 @@ impl SharedEngine {
         // A daemon builds what it is asked to: at least one job at a time.
         local.max_jobs = local.max_jobs.max(1);
         let router = Arc::new(Router::default());
-        let substituter = crate::build::substituter(settings, store)?;
+        let caches = crate::build::cache_settings(settings)?.map(|c| {
+            Arc::new(Caches {
+                store: store.clone(),
+                own: (!c.urls.is_empty())
+                    .then(|| crate::build::cache_substituter(store, c.clone())),
+                settings: c,
+                chosen: Default::default(),
+            })
+        });
         let host = crate::build::EngineHost::start_with(
             settings,
             store,
@@ -264,24 +348,21 @@ impl SharedEngine {
             opts,
             local,
             crate::build::build_times(store),
-            substituter.clone().map(|s| s as _),
+            caches.clone().map(|c| c as Arc<dyn Substituter>),
         )?;
         Ok(Self {
             host,
             router,
-            substituter,
+            caches,
             always_allow: settings.substitution()?.always_allow,
         })
     }
 
-    /// The caches the daemon substitutes from, and `always-allow-substitutes`.
-    pub fn substituter(&self) -> Option<(&dyn ferrix_build::substitute::Substituter, bool)> {
-        self.substituter.as_deref().map(|s| {
-            (
-                s as &dyn ferrix_build::substitute::Substituter,
-                self.always_allow,
-            )
-        })
+    /// The caches a session fetches from: the daemon's own, or `urls` (already checked
+    /// against what the session may choose); and `always-allow-substitutes`.
+    pub fn substituter(&self, urls: Option<&[String]>) -> Option<(Arc<dyn Substituter>, bool)> {
+        let c = self.caches.as_ref()?.for_urls(urls)?;
+        Some((c as Arc<dyn Substituter>, self.always_allow))
     }
 }
 
@@ -377,10 +458,11 @@ impl<'a> Builds<'a> {
         }
     }
 
-    /// The daemon's caches, on a shared Engine that has them.
-    pub fn substituter(&self) -> Option<(&dyn ferrix_build::substitute::Substituter, bool)> {
+    /// The caches a session fetches from, on a shared Engine that has them: the daemon's
+    /// own, or `urls` (see [`SharedEngine::substituter`]).
+    pub fn substituter(&self, urls: Option<&[String]>) -> Option<(Arc<dyn Substituter>, bool)> {
         match &self.engine {
-            Engines::Shared(e) => e.substituter(),
+            Engines::Shared(e) => e.substituter(urls),
             Engines::Own { .. } => None,
         }
     }

@@ -14,10 +14,18 @@ fn text_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn clients_get_what_the_daemons_caches_have_instead_of_building_it() {
-    let Some(nix) = Nix::new() else { return };
-    let mut d = Daemon::start("");
+/// A derivation whose output is in a signed `file://` cache and not in the daemon's store
+/// (built once, copied there, deleted): the derivation, its output, the cache's URL, its
+/// public key, and the file its builder writes a line to whenever it runs.
+struct Cached {
+    drv: String,
+    out: String,
+    url: String,
+    pk: String,
+    marker: std::path::PathBuf,
+}
+
+fn cached_output(d: &Daemon, nix: &Nix) -> Cached {
     let root = d.root.path().to_owned();
     let marker = root.join("tmp/built");
     let expr = root.join("tmp/cached.nix");
@@ -31,7 +39,7 @@ fn clients_get_what_the_daemons_caches_have_instead_of_building_it() {
     )
     .unwrap();
     let drv = ok(
-        d.nix(&nix, "nix-instantiate").arg(&expr).output().unwrap(),
+        d.nix(nix, "nix-instantiate").arg(&expr).output().unwrap(),
         "instantiating through the daemon",
     );
     // Built once here, copied into a signed cache, and deleted again.
@@ -77,15 +85,36 @@ fn clients_get_what_the_daemons_caches_have_instead_of_building_it() {
         "deleting the output",
     );
     fs::remove_file(&marker).unwrap();
-    fs::write(
-        root.join("etc/nix.conf"),
-        format!(
-            "{CONF}substituters = file://{}\ntrusted-public-keys = {pk}\n",
-            cache.display()
-        ),
-    )
-    .unwrap();
+    Cached {
+        drv,
+        out,
+        url: format!("file://{}", cache.display()),
+        pk,
+        marker,
+    }
+}
+
+/// Restart `d` with `conf` added to the test's settings.
+fn reconfigure(d: &mut Daemon, conf: &str) {
+    fs::write(d.root.path().join("etc/nix.conf"), format!("{CONF}{conf}")).unwrap();
     d.kill_and_restart();
+}
+
+#[test]
+fn clients_get_what_the_daemons_caches_have_instead_of_building_it() {
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    let Cached {
+        drv,
+        out,
+        url,
+        pk,
+        marker,
+    } = cached_output(&d, &nix);
+    reconfigure(
+        &mut d,
+        &format!("substituters = {url}\ntrusted-public-keys = {pk}\n"),
+    );
 
     // What is missing: the output is to be fetched, nothing built.
     let dry = d
@@ -279,4 +308,59 @@ fn a_sessions_temporary_roots_end_with_it_while_others_go_on() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     collect();
     assert!(!Path::new(&p).exists(), "the root outlived its session");
+}
+
+#[test]
+fn a_client_may_choose_the_caches_the_daemon_trusts_and_no_others() {
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    let Cached {
+        drv,
+        out,
+        url,
+        pk,
+        marker,
+    } = cached_output(&d, &nix);
+    // No caches of its own; the one above is among the trusted ones, and root is an
+    // ordinary user here.
+    reconfigure(
+        &mut d,
+        &format!(
+            "substituters =\ntrusted-substituters = {url}\ntrusted-public-keys = {pk}\ntrusted-users = someone-else\n"
+        ),
+    );
+    // A cache it does not trust is refused with a warning, and the output is built.
+    let other = d
+        .nix(&nix, "nix-store")
+        .args([
+            "-r",
+            "--dry-run",
+            &drv,
+            "--option",
+            "substituters",
+            "file:///elsewhere",
+        ])
+        .output()
+        .unwrap();
+    let err = text_of(&other);
+    assert!(other.status.success(), "{err}");
+    assert!(
+        err.contains("ignoring untrusted substituter 'file:///elsewhere'"),
+        "{err}"
+    );
+    assert!(err.contains("will be built"), "{err}");
+    // The trusted one is used: fetched, not built.
+    let got = d
+        .nix(&nix, "nix-store")
+        .args(["-r", &drv, "--option", "substituters", &url])
+        .output()
+        .unwrap();
+    let err = text_of(&got);
+    assert!(got.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("copying path '{out}' from '{url}")),
+        "{err}"
+    );
+    assert!(!marker.exists(), "the derivation was built");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "from the cache\n");
 }

@@ -53,6 +53,12 @@ struct Handler<'a> {
     log: ferrix_build::log::LogSettings,
     /// The roots the client asked for (`AddTempRoot`), made at its first.
     temp_roots: Option<ferrix_store::temproots::TempRoots>,
+    /// The caches the client chose (`None`: the daemon's own).
+    caches: Option<Vec<String>>,
+    /// The daemon's `substituters`, and those with `trusted-substituters`: what an
+    /// untrusted client may choose.
+    own_caches: Vec<String>,
+    trusted_caches: Vec<String>,
 }
 
 impl<'a> Handler<'a> {
@@ -64,6 +70,7 @@ impl<'a> Handler<'a> {
         builds: crate::machine::Builds<'a>,
         check_sigs: Option<ferrix_store::binary_cache::Trust>,
     ) -> Result<Self> {
+        let own_caches = settings.substitution()?.urls;
         let log = ferrix_build::log::LogSettings {
             dir: store.config().log_dir.clone(),
             compress: settings.conf.bool("compress-build-log", true)?,
@@ -78,6 +85,13 @@ impl<'a> Handler<'a> {
             keep_derivations: settings.conf.bool("keep-derivations", true)?,
             log,
             temp_roots: None,
+            caches: None,
+            trusted_caches: own_caches
+                .iter()
+                .cloned()
+                .chain(settings.conf.list("trusted-substituters").iter().cloned())
+                .collect(),
+            own_caches,
         })
     }
 
@@ -255,11 +269,62 @@ impl Handler<'_> {
         Ok(r?.into())
     }
 
-    /// The caches this session's builds fetch from: the daemon's, unless the client asked
-    /// for no substitution.
-    fn substituter(&self) -> Option<(&dyn ferrix_build::substitute::Substituter, bool)> {
+    /// The caches this session's builds fetch from: the daemon's, or those the client chose
+    /// (see [`Self::chosen_caches`]); none when it asked for no substitution.
+    fn substituter(&self) -> Option<(Arc<dyn ferrix_build::substitute::Substituter>, bool)> {
         let wanted = self.options.as_ref().is_none_or(|o| o.use_substitutes);
-        self.builds.substituter().filter(|_| wanted)
+        if !wanted {
+            return None;
+        }
+        self.builds.substituter(self.caches.as_deref())
+    }
+
+    /// The caches a client names in its options (`substituters`, `extra-substituters`),
+    /// as Nix's daemon takes them: all of them from a trusted client; from another, those
+    /// in the daemon's `substituters` or `trusted-substituters` (with or without a final
+    /// `/`), each other one refused with a warning. `None`: the daemon's own.
+    fn chosen_caches(&self, options: &ClientOptions, log: &mut dyn Logger) -> Option<Vec<String>> {
+        let (set, extra) = (
+            options
+                .overrides
+                .get("substituters")
+                .or_else(|| options.overrides.get("binary-caches")),
+            options
+                .overrides
+                .get("extra-substituters")
+                .or_else(|| options.overrides.get("extra-binary-caches")),
+        );
+        if set.is_none() && extra.is_none() {
+            return None;
+        }
+        let mut take = |value: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            for url in value.split_whitespace() {
+                let slashed = format!("{url}/");
+                if self.check_sigs.is_none() || self.trusted_caches.iter().any(|t| t == url) {
+                    out.push(url.to_owned());
+                } else if !url.ends_with('/') && self.trusted_caches.contains(&slashed) {
+                    out.push(slashed);
+                } else {
+                    let _ = log.log(StderrMsg::Next(format!(
+                        "warning: ignoring untrusted substituter '{url}', you are not a trusted user (it is not in 'trusted-substituters')\n"
+                    )));
+                }
+            }
+            out
+        };
+        let mut urls = match set {
+            Some(v) => take(v),
+            None => self.own_caches.clone(),
+        };
+        if let Some(v) = extra {
+            for u in take(v) {
+                if !urls.contains(&u) {
+                    urls.push(u);
+                }
+            }
+        }
+        Some(urls)
     }
 
     /// The plan realising `targets`: derivations built (or their outputs fetched), paths
@@ -272,7 +337,12 @@ impl Handler<'_> {
                 return Err(DaemonError::NotValid(self.store.print(p)));
             }
         }
-        let plan = crate::machine::plan_substituting(&self.store, &wanted, &paths, subst)?;
+        let plan = crate::machine::plan_substituting(
+            &self.store,
+            &wanted,
+            &paths,
+            subst.as_ref().map(|(s, a)| (&**s, *a)),
+        )?;
         let fetched: BTreeSet<&StorePath> = plan
             .nodes
             .iter()
@@ -318,8 +388,9 @@ impl WorkerHandler for Handler<'_> {
     fn set_options(
         &mut self,
         options: &ClientOptions,
-        _log: &mut dyn Logger,
+        log: &mut dyn Logger,
     ) -> Result<(), DaemonError> {
+        self.caches = self.chosen_caches(options, log);
         self.options = Some(options.clone());
         Ok(())
     }

@@ -156,7 +156,13 @@ impl ClientOptions {
             .filter(|(name, value)| match name.as_str() {
                 "experimental-features" | "ssh-auth-sock" => false,
                 _ if trusted => true,
-                "timeout" | "repeat" | "connect-timeout" | "substituters" | "binary-caches" => true,
+                "timeout"
+                | "repeat"
+                | "connect-timeout"
+                | "substituters"
+                | "binary-caches"
+                | "extra-substituters"
+                | "extra-binary-caches" => true,
                 "builders" => value.is_empty(),
                 _ => false,
             })
