@@ -949,25 +949,37 @@ pub fn wanted_outputs(store: &LocalStore, w: &Wanted) -> Result<BTreeMap<String,
 
 /// The build log of `p`: of the derivation itself, or of the derivation that built it.
 pub fn read_log(store: &LocalStore, p: &StorePath) -> Result<Vec<u8>> {
+    let deriver = if p.is_derivation() {
+        None
+    } else {
+        store.query_path_info(p)?.and_then(|i| i.deriver)
+    };
+    log_of(store.store_dir(), &store.config().log_dir, p, deriver)
+}
+
+/// The build log of `p` (a derivation, or a path built by `deriver`), from `log_dir`.
+pub fn log_of(
+    sd: &ferrix_format::StoreDir,
+    log_dir: &std::path::Path,
+    p: &StorePath,
+    deriver: Option<StorePath>,
+) -> Result<Vec<u8>> {
     let drv = if p.is_derivation() {
         p.clone()
     } else {
-        store
-            .query_path_info(p)?
-            .and_then(|i| i.deriver)
-            .with_context(|| {
-                format!(
-                    "path '{}' is not valid or has no known deriver",
-                    store.print(p)
-                )
-            })?
+        deriver.with_context(|| {
+            format!(
+                "path '{}' is not valid or has no known deriver",
+                sd.display(p)
+            )
+        })?
     };
-    ferrix_build::log::read_log(&store.config().log_dir, &drv)
-        .with_context(|| format!("reading the build log of '{}'", store.print(&drv)))?
+    ferrix_build::log::read_log(log_dir, &drv)
+        .with_context(|| format!("reading the build log of '{}'", sd.display(&drv)))?
         .with_context(|| {
             format!(
                 "build log of derivation '{}' is not available",
-                store.print(&drv)
+                sd.display(&drv)
             )
         })
 }

@@ -127,6 +127,27 @@ fn nix_store_through(s: &Served, nix: &Nix) {
     assert!(req.contains(&added) && req.ends_with(&drv), "{req}");
     assert!(q(&["--hash", &added]).starts_with("sha256:"));
     assert!(q(&["--roots", &out]).contains(&link.display().to_string()));
+    // The build's log, read where the daemon keeps it.
+    let log = text(
+        s.ferrix("nix-store")
+            .args(["--read-log", &out])
+            .output()
+            .unwrap(),
+        "reading the log",
+    );
+    assert!(log.contains("building it"), "{log}");
+    // An export through the daemon is the export of the store itself.
+    let through = s
+        .ferrix("nix-store")
+        .args(["--export", &out, &added])
+        .output()
+        .unwrap();
+    assert!(through.status.success());
+    let mut local = Command::new(s.links.dir.path().join("nix-store"));
+    store_env(&mut local, &s.root);
+    let direct = local.args(["--export", &out, &added]).output().unwrap();
+    assert!(direct.status.success());
+    assert_eq!(through.stdout, direct.stdout);
     // The root keeps the output; what nothing keeps goes.
     let refused = s
         .ferrix("nix-store")

@@ -37,8 +37,9 @@ pub fn export_paths(
 }
 
 /// What follows a path's NAR in the stream: the magic, the path, its references, its
-/// deriver and `0` for no signature.
-pub(crate) fn trailer(store_dir: &StoreDir, info: &ValidPathInfo) -> Vec<u8> {
+/// deriver and `0` for no signature. With `1` before the NAR and `0` after the last path,
+/// what an exporter of another store writes.
+pub fn trailer(store_dir: &StoreDir, info: &ValidPathInfo) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing into a vector cannot fail.
     let _ = (|| -> std::io::Result<()> {

@@ -121,6 +121,19 @@ pub(super) fn run(
             }
         }
         Op::Optimise => d.optimise_store(to_stderr())?,
+        Op::Export => export(&mut d, &sd, &paths()?, shell)?,
+        Op::ReadLog => {
+            // Build logs are readable where the daemon keeps them, as the store's files are.
+            for p in paths()? {
+                let deriver = if p.is_derivation() {
+                    None
+                } else {
+                    d.query_path_info(&p)?.and_then(|i| i.deriver)
+                };
+                let log = crate::build::log_of(&sd, &settings.store.log_dir, &p, deriver)?;
+                shell.out().write_all(&log)?;
+            }
+        }
         _ => bail!(
             "this operation of nix-store works on a local store only so far, not through the daemon at '{url}'"
         ),
@@ -200,6 +213,51 @@ fn realise(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `nix-store --export` through the daemon: the closure order of `paths` (references
+/// first), each path's NAR from the daemon, its metadata after it, as a local export writes.
+fn export(
+    d: &mut WorkerClient,
+    sd: &StoreDir,
+    paths: &[StorePath],
+    shell: &mut Shell,
+) -> Result<()> {
+    let mut infos = std::collections::HashMap::new();
+    for p in paths {
+        let info = d
+            .query_path_info(p)?
+            .with_context(|| format!("path '{}' is not valid", sd.display(p)))?;
+        infos.insert(p.clone(), info);
+    }
+    let set: BTreeSet<StorePath> = paths.iter().cloned().collect();
+    let order = ferrix_store::closure::topo_sort(sd, &set, |p| {
+        Ok(infos
+            .get(p)
+            .map(|i| i.references.iter().cloned().collect())
+            .unwrap_or_default())
+    })?;
+    let out = shell.out();
+    for p in order {
+        let i = &infos[&p];
+        let info = ferrix_store::ValidPathInfo {
+            path: p.clone(),
+            deriver: i.deriver.clone(),
+            nar_hash: i.nar_hash,
+            references: i.references.clone(),
+            registration_time: 0,
+            nar_size: i.nar_size,
+            ultimate: false,
+            sigs: Default::default(),
+            ca: i.ca,
+        };
+        ferrix_format::wire::write_u64(&mut *out, 1)?;
+        d.nar_into(&p, &mut *out)?;
+        out.write_all(&ferrix_store::export::trailer(sd, &info))?;
+    }
+    ferrix_format::wire::write_u64(&mut *out, 0)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// `drv`, `drv!out,dev` (or `^`) as a derivation's outputs; anything else as a path.
