@@ -462,18 +462,10 @@ fn ferrix_store_commands_and_nix_collect_garbage_through_a_daemon() {
     );
     assert!(info.contains("k-1:"), "{info}");
     // verify, optimise, a dry collection, a deletion, then nix-collect-garbage.
-    assert!(s
-        .main()
-        .args(["store", "verify"])
-        .status()
-        .unwrap()
-        .success());
-    assert!(s
-        .main()
-        .args(["store", "optimise"])
-        .status()
-        .unwrap()
-        .success());
+    for cmd in ["verify", "optimise"] {
+        let o = s.main().args(["store", cmd]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
     let dead = text(
         s.main()
             .args(["store", "gc", "--dry-run"])
