@@ -332,24 +332,46 @@ pub fn print_tree(
     done: &mut BTreeSet<StorePath>,
     shell: &mut Shell,
 ) -> Result<()> {
+    let mut refs = |q: &StorePath| -> Result<BTreeSet<StorePath>> { Ok(store.references(q)?) };
+    print_tree_with(store.store_dir(), &mut refs, p, first, tail, done, shell)
+}
+
+/// The references of a path, from wherever the store is.
+pub type Refs<'a> = dyn FnMut(&StorePath) -> Result<BTreeSet<StorePath>> + 'a;
+
+/// [`print_tree`] for a store whose references `refs` gives (a daemon's).
+pub fn print_tree_with(
+    sd: &ferrix_format::StoreDir,
+    refs: &mut Refs<'_>,
+    p: &StorePath,
+    first: &str,
+    tail: &str,
+    done: &mut BTreeSet<StorePath>,
+    shell: &mut Shell,
+) -> Result<()> {
     if done.contains(p) {
-        shell.println(format!("{first}{} [...]", store.print(p)))?;
+        shell.println(format!("{first}{} [...]", sd.display(p)))?;
         return Ok(());
     }
     done.insert(p.clone());
-    shell.println(format!("{first}{}", store.print(p)))?;
-    let refs: BTreeSet<StorePath> = store
-        .references(p)?
-        .into_iter()
-        .filter(|r| r != p)
-        .collect();
-    let mut sorted = store.topo_sort(&refs)?;
+    shell.println(format!("{first}{}", sd.display(p)))?;
+    let mine: BTreeSet<StorePath> = refs(p)?.into_iter().filter(|r| r != p).collect();
+    // Among them, each one's references, to order them (references first, as Nix does).
+    let mut among = std::collections::HashMap::new();
+    for r in &mine {
+        let theirs: Vec<StorePath> = refs(r)?.into_iter().filter(|x| mine.contains(x)).collect();
+        among.insert(r.clone(), theirs);
+    }
+    let mut sorted = ferrix_store::closure::topo_sort(sd, &mine, |q| {
+        Ok(among.get(q).cloned().unwrap_or_default())
+    })?;
     sorted.reverse();
     let n = sorted.len();
     for (i, r) in sorted.iter().enumerate() {
         let last = i + 1 == n;
-        print_tree(
-            store,
+        print_tree_with(
+            sd,
+            refs,
             r,
             &format!("{tail}{}", if last { "└───" } else { "├───" }),
             &format!("{tail}{}", if last { "    " } else { "│   " }),
@@ -365,6 +387,12 @@ const EDGE_COLOURS: [&str; 6] = ["black", "red", "green", "blue", "magenta", "bu
 /// `nix-store -q --graph`: the closure of `roots` as a Graphviz digraph, walked and coloured
 /// as Nix does (smallest pending path first).
 pub fn print_graph(store: &LocalStore, roots: &[StorePath], shell: &mut Shell) -> Result<()> {
+    let mut refs = |q: &StorePath| -> Result<BTreeSet<StorePath>> { Ok(store.references(q)?) };
+    print_graph_with(&mut refs, roots, shell)
+}
+
+/// [`print_graph`] for a store whose references `refs` gives (a daemon's).
+pub fn print_graph_with(refs: &mut Refs<'_>, roots: &[StorePath], shell: &mut Shell) -> Result<()> {
     let mut work: BTreeSet<StorePath> = roots.iter().cloned().collect();
     let mut done = BTreeSet::new();
     let mut edges = 0;
@@ -377,7 +405,7 @@ pub fn print_graph(store: &LocalStore, roots: &[StorePath], shell: &mut Shell) -
             "\"{p}\" [label = \"{}\", shape = box, style = filled, fillcolor = \"#ff0000\"];",
             p.name()
         ))?;
-        for r in store.references(&p)? {
+        for r in refs(&p)? {
             if r != p {
                 // Edge colours cycle through Nix's palette, so the text matches Nix's.
                 let colour = EDGE_COLOURS[edges % EDGE_COLOURS.len()];

@@ -733,13 +733,29 @@ fn path_info_through_the_daemon_is_what_the_store_says() {
     let (theirs, ours) = (path_info(true), path_info(false));
     assert!(theirs.contains(&out), "{theirs}");
     assert_eq!(theirs, ours);
-    // Commands that need the store itself say so.
-    let mut c = d.ferrix();
-    let refused = c.args(["log", &out, "--store", "daemon"]).output().unwrap();
+    // What works on a local store only says so.
+    let refused = d
+        .local("nix-store")
+        .args(["--import", "--store", "daemon"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("is a daemon"),
+        String::from_utf8_lossy(&refused.stderr).contains("not through the daemon"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    // The build log, through the daemon, is the store's.
+    let log = |through_daemon: bool| {
+        let mut c = d.ferrix();
+        c.args(["log", &out]);
+        if through_daemon {
+            c.args(["--store", "daemon"]);
+        }
+        c.output().unwrap()
+    };
+    let (theirs, ours) = (log(true), log(false));
+    assert!(theirs.status.success() && ours.status.success());
+    assert_eq!(theirs.stdout, ours.stdout);
 }

@@ -127,6 +127,15 @@ fn nix_store_through(s: &Served, nix: &Nix) {
     assert!(req.contains(&added) && req.ends_with(&drv), "{req}");
     assert!(q(&["--hash", &added]).starts_with("sha256:"));
     assert!(q(&["--roots", &out]).contains(&link.display().to_string()));
+    // The tree and the graph are the store's own.
+    let mut local = Command::new(s.links.dir.path().join("nix-store"));
+    store_env(&mut local, &s.root);
+    let direct = text(
+        local.args(["-q", "--tree", &drv]).output().unwrap(),
+        "the tree, locally",
+    );
+    assert_eq!(q(&["--tree", &drv]), direct);
+    assert!(q(&["--graph", &drv]).starts_with("digraph G {"));
     // The build's log, read where the daemon keeps it.
     let log = text(
         s.ferrix("nix-store")

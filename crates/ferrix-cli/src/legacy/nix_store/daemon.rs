@@ -419,7 +419,19 @@ fn query(
             }
         }
         Query::Tree | Query::Graph => {
-            bail!("'nix-store -q --tree' and '--graph' work on a local store only so far")
+            let mut refs = |q: &StorePath| -> Result<BTreeSet<StorePath>> {
+                Ok(d.query_path_info(q)?
+                    .map(|i| i.references)
+                    .unwrap_or_default())
+            };
+            if q == Query::Graph {
+                crate::ops::print_graph_with(&mut refs, paths, shell)?;
+            } else {
+                let mut done = BTreeSet::new();
+                for p in paths {
+                    crate::ops::print_tree_with(sd, &mut refs, p, "", "", &mut done, shell)?;
+                }
+            }
         }
     }
     Ok(())
