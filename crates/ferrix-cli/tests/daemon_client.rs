@@ -260,6 +260,22 @@ in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/s
     assert!(err.contains("top-builds"), "{err}");
     let out = String::from_utf8_lossy(&built.stdout).trim().to_owned();
     assert_eq!(fs::read_link(&link).unwrap().display().to_string(), out);
+    // nix-instantiate --add-root: the link made here, the root recorded by the daemon.
+    let drv_link = s.root.join("home/drv-root");
+    let rooted = text(
+        s.ferrix("nix-instantiate")
+            .arg(&dir)
+            .arg("--add-root")
+            .arg(&drv_link)
+            .output()
+            .unwrap(),
+        "instantiating with a root",
+    );
+    assert_eq!(rooted, drv_link.display().to_string());
+    assert_eq!(
+        fs::read_link(&drv_link).unwrap().display().to_string(),
+        ours
+    );
     assert_eq!(
         fs::read_to_string(&out).unwrap(),
         "from a source\ndep\ntext\n"
@@ -273,6 +289,10 @@ in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/s
     );
     assert!(
         roots.contains(&format!("{} -> {out}", link.display())),
+        "{roots}"
+    );
+    assert!(
+        roots.contains(&format!("{} -> {ours}", drv_link.display())),
         "{roots}"
     );
     // Import from derivation: built by the daemon during evaluation.
@@ -470,6 +490,30 @@ fn ferrix_store_commands_and_nix_collect_garbage_through_a_daemon() {
         "reading the signatures",
     );
     assert!(info.contains("k-1:"), "{info}");
+    // A derivation added through the daemon is the one added to the store itself.
+    let json = r#"{"name": "added", "system": "x86_64-linux", "builder": "/bin/sh",
+        "args": ["-c", "echo > $out"], "env": {"out": ""}, "inputSrcs": [], "inputDrvs": {},
+        "outputs": {"out": {"path": ""}}}"#;
+    let add = |mut c: Command| {
+        let mut child = c
+            .args(["derivation", "add"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(json.as_bytes())
+            .unwrap();
+        text(child.wait_with_output().unwrap(), "ferrix derivation add")
+    };
+    let through = add(s.main());
+    assert!(Path::new(&through).exists());
+    assert_eq!(through, add(d.ferrix()));
     // verify, optimise, a dry collection, a deletion, then nix-collect-garbage.
     for cmd in ["verify", "optimise"] {
         let o = s.main().args(["store", cmd]).output().unwrap();

@@ -133,6 +133,15 @@ pub fn add(settings: &Settings, shell: &mut Shell) -> Result<()> {
     let name = parsed
         .name
         .context("the derivation has no name (neither 'name' nor 'env.name')")?;
+    if let Some((url, _)) = settings.daemon() {
+        // Its outputs named here, the derivation written by the daemon.
+        let client = crate::stores::connect_daemon(url, settings)?;
+        let store = ferrix_eval::DaemonStore::new(client, settings.store_dir.clone(), false);
+        let (p, _) = ferrix_eval::EvalStore::add_derivation(&store, parsed.drv, &name)
+            .with_context(|| format!("adding derivation '{name}'"))?;
+        shell.println(settings.store_dir.display(&p))?;
+        return Ok(());
+    }
     let store = settings.open_store()?;
     let p = ferrix_store::drv::add_filled(&store, parsed.drv, &name)
         .with_context(|| format!("adding derivation '{name}'"))?;

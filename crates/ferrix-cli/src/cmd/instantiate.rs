@@ -36,8 +36,8 @@ pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCod
         args.attrs.iter().map(|a| Some(a.as_str())).collect()
     };
     // `--add-root`: where, and the store the roots are made in (opened once).
-    let rooted = match &args.add_root {
-        Some(root) => Some((root, settings.open_store()?)),
+    let mut rooted = match &args.add_root {
+        Some(root) => Some((root, crate::legacy::nix_instantiate::Roots::open(settings)?)),
         None => None,
     };
     let mut roots = 0;
@@ -55,7 +55,7 @@ pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCod
             settings,
         )?;
         for line in text.lines() {
-            match &rooted {
+            match &mut rooted {
                 Some((root, store)) => {
                     roots += 1;
                     let link =

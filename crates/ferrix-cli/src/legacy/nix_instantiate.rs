@@ -89,11 +89,11 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             )?;
             let text = match &add_root {
                 Some(root) if !eval && !parse && read_only == ReadOnly::No => {
-                    let store = settings.open_store()?;
+                    let mut rooted = Roots::open(&settings)?;
                     let mut links = Vec::new();
                     for line in text.lines() {
                         roots += 1;
-                        links.push(add_root_for(&store, line, root, roots)?);
+                        links.push(add_root_for(&mut rooted, line, root, roots)?);
                     }
                     links.join("\n")
                 }
@@ -113,17 +113,13 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
 /// The `n`th root of a run at `root` (`root`, `root-2`, …) for the derivation `line` names
 /// (`path` or `path!output`): the link's path (with the output), as Nix prints it instead
 /// of the derivation's.
-pub(crate) fn add_root_for(
-    store: &ferrix_store::LocalStore,
-    line: &str,
-    root: &str,
-    n: usize,
-) -> Result<String> {
+pub(crate) fn add_root_for(roots: &mut Roots, line: &str, root: &str, n: usize) -> Result<String> {
     let (drv, output) = match line.split_once('!') {
         Some((d, o)) => (d, format!("!{o}")),
         None => (line, String::new()),
     };
-    let p = store
+    let sd = roots.store_dir();
+    let p = sd
         .parse_path(drv)
         .map_err(|e| anyhow::anyhow!("'{drv}': {e}"))?;
     let mut link = std::path::absolute(root)
@@ -133,6 +129,41 @@ pub(crate) fn add_root_for(
         link.push(format!("-{n}"));
     }
     let link = std::path::PathBuf::from(link);
-    ferrix_store::gc::add_perm_root(store, &p, &link)?;
+    match roots {
+        Roots::Local(store) => {
+            ferrix_store::gc::add_perm_root(store, &p, &link)?;
+        }
+        Roots::Daemon(d, sd) => {
+            crate::stores::daemon_root(d, sd, &p, &link)?;
+        }
+    }
     Ok(format!("{}{output}", link.display()))
+}
+
+/// Where `--add-root` records its roots: the store itself, or its daemon.
+pub(crate) enum Roots {
+    Local(ferrix_store::LocalStore),
+    Daemon(
+        ferrix_store::worker_client::WorkerClient,
+        ferrix_format::StoreDir,
+    ),
+}
+
+impl Roots {
+    pub(crate) fn open(settings: &Settings) -> Result<Self> {
+        Ok(match settings.daemon() {
+            Some((url, _)) => Roots::Daemon(
+                crate::stores::connect_daemon(url, settings)?,
+                settings.store_dir.clone(),
+            ),
+            None => Roots::Local(settings.open_store()?),
+        })
+    }
+
+    fn store_dir(&self) -> ferrix_format::StoreDir {
+        match self {
+            Roots::Local(s) => s.store_dir().clone(),
+            Roots::Daemon(_, sd) => sd.clone(),
+        }
+    }
 }
