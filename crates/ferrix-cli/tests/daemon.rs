@@ -736,7 +736,7 @@ fn path_info_through_the_daemon_is_what_the_store_says() {
     // What works on a local store only says so.
     let refused = d
         .local("nix-store")
-        .args(["--import", "--store", "daemon"])
+        .args(["--dump-db", "--store", "daemon"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

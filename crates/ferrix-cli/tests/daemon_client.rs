@@ -490,6 +490,48 @@ fn ferrix_store_commands_and_nix_collect_garbage_through_a_daemon() {
         "reading the signatures",
     );
     assert!(info.contains("k-1:"), "{info}");
+    // An export of another store (same store directory) imported through the daemon.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let src = s.root.join("tmp/imported");
+    fs::write(&src, "imported contents\n").unwrap();
+    let other_store = |c: &mut Command| {
+        store_env(c, &s.root);
+        c.arg("--store")
+            .arg(format!("local?root={}", elsewhere.path().display()));
+    };
+    let mut c = Command::new(s.links.dir.path().join("nix-store"));
+    other_store(&mut c);
+    let moved = text(
+        c.arg("--add").arg(&src).output().unwrap(),
+        "adding elsewhere",
+    );
+    let mut c = Command::new(s.links.dir.path().join("nix-store"));
+    other_store(&mut c);
+    let stream = c.args(["--export", &moved]).output().unwrap();
+    assert!(stream.status.success());
+    let mut import = s
+        .ferrix("nix-store")
+        .arg("--import")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        import
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&stream.stdout)
+            .unwrap();
+    }
+    let imported = text(
+        import.wait_with_output().unwrap(),
+        "importing through the daemon",
+    );
+    assert_eq!(imported, moved);
+    assert_eq!(fs::read_to_string(&moved).unwrap(), "imported contents\n");
     // A derivation added through the daemon is the one added to the store itself.
     let json = r#"{"name": "added", "system": "x86_64-linux", "builder": "/bin/sh",
         "args": ["-c", "echo > $out"], "env": {"out": ""}, "inputSrcs": [], "inputDrvs": {},

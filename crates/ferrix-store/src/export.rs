@@ -133,12 +133,19 @@ impl<R: Read> Stream<R> {
 
     /// A store path, its error naming where it stood.
     fn path(&mut self, store: &LocalStore) -> Result<StorePath> {
+        self.path_in(store.store_dir())
+    }
+
+    /// A store path of `store_dir`, its error naming where it stood.
+    fn path_in(&mut self, store_dir: &StoreDir) -> Result<StorePath> {
         let at = self.offset;
         let s = self.string(4096)?;
-        store.parse_path(&s).map_err(|e| StoreError::InExport {
-            offset: at,
-            source: Box::new(e),
-        })
+        store_dir
+            .parse_path(&s)
+            .map_err(|source| StoreError::InExport {
+                offset: at,
+                source: Box::new(StoreError::BadName { path: s, source }),
+            })
     }
 }
 
@@ -215,4 +222,145 @@ fn import_inner(store: &LocalStore, input: impl Read) -> Result<Vec<StorePath>> 
     }
     store.commit_batch(batch)?;
     Ok(imported)
+}
+
+/// Read an export stream into a daemon's store (`nix-store --import` through it): each
+/// archive is kept aside in a temporary file while it is checked and hashed, then sent with
+/// its metadata (`AddToStoreNar`); the daemon checks signatures as it does for any client.
+/// The paths, in stream order.
+pub fn import_through_daemon(
+    d: &mut crate::worker_client::WorkerClient,
+    store_dir: &StoreDir,
+    input: impl Read,
+) -> std::result::Result<Vec<StorePath>, crate::store::CopyError> {
+    use std::io::Seek;
+    let mut input = Stream {
+        inner: input,
+        offset: 0,
+    };
+    let mut imported = Vec::new();
+    loop {
+        let at = input.offset;
+        match input.u64()? {
+            0 => break,
+            1 => {}
+            n => return Err(input.err(at, ExportErrorKind::BadMarker(n)).into()),
+        }
+        let what = format!(
+            "path #{} of the export stream (its archive starts at byte {})",
+            imported.len() + 1,
+            input.offset
+        );
+        let tmp_dir = std::env::temp_dir();
+        let mut file = anonymous_file(&tmp_dir)
+            .map_err(crate::error::io_err("making a temporary file in", &tmp_dir))?;
+        /// The archive to the file, and to its hash.
+        struct Both<'a> {
+            file: &'a mut std::fs::File,
+            hash: ferrix_format::hash::HashSink,
+        }
+        impl Write for Both<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.file.write_all(buf)?;
+                self.hash.write_all(buf)?;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.file.flush()
+            }
+        }
+        let mut both = Both {
+            file: &mut file,
+            hash: ferrix_format::hash::HashSink::new(ferrix_format::HashAlgo::Sha256),
+        };
+        crate::streams::pass_nar(&mut input, &mut both).map_err(|e| match e {
+            crate::streams::PassError::Read(source) => StoreError::Nar {
+                path: what.clone(),
+                source,
+            },
+            crate::streams::PassError::Write(e) => {
+                crate::error::io_err("writing a temporary file in", &tmp_dir)(e)
+            }
+        })?;
+        let (nar_hash, nar_size) = both.hash.finish();
+        let at = input.offset;
+        if input.u64()? != EXPORT_MAGIC {
+            return Err(input.err(at, ExportErrorKind::NoMagic).into());
+        }
+        let p = input.path_in(store_dir)?;
+        let at = input.offset;
+        let n = input.u64()?;
+        if n > 1_000_000 {
+            return Err(input.err(at, ExportErrorKind::TooManyRefs(n)).into());
+        }
+        let mut references = BTreeSet::new();
+        for _ in 0..n {
+            references.insert(input.path_in(store_dir)?);
+        }
+        let at = input.offset;
+        let deriver = input.string(4096)?;
+        let deriver = if deriver.is_empty() {
+            None
+        } else {
+            Some(
+                store_dir
+                    .parse_path(&deriver)
+                    .map_err(|source| StoreError::InExport {
+                        offset: at,
+                        source: Box::new(StoreError::BadName {
+                            path: deriver.clone(),
+                            source,
+                        }),
+                    })?,
+            )
+        };
+        if input.u64()? == 1 {
+            // A legacy signature; Nix ignores it too.
+            input.string(65536)?;
+        }
+        file.rewind().map_err(crate::error::io_err(
+            "reading a temporary file in",
+            &tmp_dir,
+        ))?;
+        let info = ferrix_protocol::worker::PathInfo {
+            path: p.clone(),
+            info: ferrix_protocol::worker::UnkeyedPathInfo {
+                deriver,
+                nar_hash,
+                references,
+                registration_time: 0,
+                nar_size,
+                ultimate: false,
+                sigs: BTreeSet::new(),
+                ca: None,
+            },
+        };
+        d.add_nar(&info, &mut file)?;
+        imported.push(p);
+    }
+    Ok(imported)
+}
+
+/// A file in `dir` that has no name (it is gone when closed, whatever happens).
+fn anonymous_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = dir.join(format!(".ferrix-import-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+        {
+            Ok(f) => {
+                std::fs::remove_file(&p)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -277,6 +277,36 @@ impl WorkerClient {
         read_ok(&mut self.r, "AddSignatures").map_err(|e| self.protocol(e))
     }
 
+    /// Add `info`'s path from its NAR, read from `nar` (`AddToStoreNar`); the daemon checks
+    /// its signatures unless it trusts us.
+    pub fn add_nar(
+        &mut self,
+        info: &PathInfo,
+        nar: &mut dyn std::io::Read,
+    ) -> Result<(), RemoteError> {
+        let sd = self.store_dir.clone();
+        let uri = self.uri.clone();
+        let send_err = |source| RemoteError::Send {
+            uri: uri.clone(),
+            what: "adding a path",
+            tail: Vec::new(),
+            source,
+        };
+        ferrix_protocol::worker::write_request(
+            &mut self.w,
+            self.version,
+            &sd,
+            &WorkerRequest::AddToStoreNar {
+                info: info.clone(),
+                repair: false,
+                dont_check_sigs: false,
+            },
+        )
+        .map_err(send_err)?;
+        write_framed(&mut self.w, nar).map_err(send_err)?;
+        self.work("adding a path", None)
+    }
+
     /// Check the store there; whether problems remain. Its report goes to `sink`.
     pub fn verify_store(
         &mut self,

@@ -122,6 +122,13 @@ pub(super) fn run(
         }
         Op::Optimise => d.optimise_store(to_stderr())?,
         Op::Export => export(&mut d, &sd, &paths()?, shell)?,
+        Op::Import => {
+            let stdin = std::io::stdin().lock();
+            let input = std::io::BufReader::with_capacity(1 << 20, stdin);
+            for p in ferrix_store::export::import_through_daemon(&mut d, &sd, input)? {
+                shell.println(printed(&p))?;
+            }
+        }
         Op::ReadLog => {
             // Build logs are readable where the daemon keeps them, as the store's files are.
             for p in paths()? {
