@@ -89,6 +89,7 @@ pub fn plan_substituting(
     store: &LocalStore,
     wanted: &[Wanted],
     paths: &[StorePath],
+    mode: BuildMode,
     substituter: Option<(&dyn ferrix_build::substitute::Substituter, bool)>,
 ) -> Result<Plan> {
     let times = crate::build::build_times(store);
@@ -98,8 +99,7 @@ pub fn plan_substituting(
         exclude: &none,
         always_allow,
     });
-    ferrix_build::plan_with(store, wanted, paths, &times, BuildMode::Normal, subst)
-        .context("planning the build")
+    ferrix_build::plan_with(store, wanted, paths, &times, mode, subst).context("planning the build")
 }
 
 /// What a session hears of its builds while they run.

@@ -181,6 +181,40 @@ fn nix_store_through(s: &Served, nix: &Nix) {
         .output()
         .unwrap();
     assert!(verified.status.success());
+    let checked = s
+        .ferrix("nix-store")
+        .args(["--verify-path", &out, &added])
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // A damaged output is built again by its deriver.
+    let mut perms = fs::metadata(&out).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(&out, perms).unwrap();
+    fs::write(&out, "damaged\n").unwrap();
+    let damaged = s
+        .ferrix("nix-store")
+        .args(["--verify-path", &out])
+        .output()
+        .unwrap();
+    assert!(!damaged.status.success());
+    assert!(String::from_utf8_lossy(&damaged.stderr).contains("was modified"));
+    let repaired = s
+        .ferrix("nix-store")
+        .args(["--repair-path", &out])
+        .output()
+        .unwrap();
+    assert!(
+        repaired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repaired.stderr)
+    );
+    assert_eq!(fs::read_to_string(&out).unwrap(), "contents\n");
     fs::remove_file(&link).unwrap();
     let gc = text(
         s.ferrix("nix-store").arg("--gc").output().unwrap(),

@@ -329,7 +329,11 @@ impl Handler<'_> {
 
     /// The plan realising `targets`: derivations built (or their outputs fetched), paths
     /// fetched when they are not valid. A path nobody can fetch is not valid here.
-    fn plan(&self, targets: &[DerivedPath]) -> Result<ferrix_build::Plan, DaemonError> {
+    fn plan(
+        &self,
+        targets: &[DerivedPath],
+        mode: BuildMode,
+    ) -> Result<ferrix_build::Plan, DaemonError> {
         let (wanted, paths) = self.wanted(targets)?;
         let subst = self.substituter();
         if subst.is_none() {
@@ -337,10 +341,16 @@ impl Handler<'_> {
                 return Err(DaemonError::NotValid(self.store.print(p)));
             }
         }
+        let mode = match mode {
+            BuildMode::Normal => ferrix_build::BuildMode::Normal,
+            BuildMode::Repair => ferrix_build::BuildMode::Repair,
+            BuildMode::Check => ferrix_build::BuildMode::Check,
+        };
         let plan = crate::machine::plan_substituting(
             &self.store,
             &wanted,
             &paths,
+            mode,
             subst.as_ref().map(|(s, a)| (&**s, *a)),
         )?;
         let fetched: BTreeSet<&StorePath> = plan
@@ -528,7 +538,7 @@ impl WorkerHandler for Handler<'_> {
     }
 
     fn query_missing(&mut self, targets: &[DerivedPath]) -> Result<Missing, DaemonError> {
-        let plan = self.plan(targets)?;
+        let plan = self.plan(targets, BuildMode::Normal)?;
         let fetches: Vec<_> = plan.nodes.iter().filter_map(|n| n.work.fetch()).collect();
         Ok(Missing {
             will_build: plan
@@ -583,7 +593,7 @@ impl WorkerHandler for Handler<'_> {
         if self.store.is_valid_path(path)? {
             return Ok(());
         }
-        let plan = self.plan(&[DerivedPath::Opaque(path.clone())])?;
+        let plan = self.plan(&[DerivedPath::Opaque(path.clone())], BuildMode::Normal)?;
         let r = self.run(plan, log)?;
         match r.status {
             BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted => Ok(()),
@@ -594,10 +604,10 @@ impl WorkerHandler for Handler<'_> {
     fn build_paths(
         &mut self,
         targets: &[DerivedPath],
-        _mode: BuildMode,
+        mode: BuildMode,
         log: &mut dyn Logger,
     ) -> Result<(), DaemonError> {
-        let plan = self.plan(targets)?;
+        let plan = self.plan(targets, mode)?;
         let r = self.run(plan, log)?;
         match r.status {
             BuildStatus::Built | BuildStatus::AlreadyValid | BuildStatus::Substituted => Ok(()),
@@ -608,10 +618,10 @@ impl WorkerHandler for Handler<'_> {
     fn build_paths_with_results(
         &mut self,
         targets: &[DerivedPath],
-        _mode: BuildMode,
+        mode: BuildMode,
         log: &mut dyn Logger,
     ) -> Result<Vec<KeyedBuildResult>, DaemonError> {
-        let plan = self.plan(targets)?;
+        let plan = self.plan(targets, mode)?;
         let r = self.run(plan, log)?;
         Ok(targets
             .iter()

@@ -121,6 +121,49 @@ pub(super) fn run(
             }
         }
         Op::Optimise => d.optimise_store(to_stderr())?,
+        Op::VerifyPath => {
+            // Each path's NAR from the daemon, hashed here against what it records.
+            let mut bad = false;
+            for p in paths()? {
+                let info = d
+                    .query_path_info(&p)?
+                    .with_context(|| format!("path '{}' is not valid", printed(&p)))?;
+                let mut sink = ferrix_format::hash::HashSink::new(info.nar_hash.algo());
+                d.nar_into(&p, &mut sink)?;
+                let (got, size) = sink.finish();
+                if got != info.nar_hash || (info.nar_size != 0 && size != info.nar_size) {
+                    let enc = |h: &ferrix_format::Hash| h.encode_typed(ferrix_format::Encoding::Nix32);
+                    shell.error(format!(
+                        "path '{}' was modified! expected hash '{}', got '{}'",
+                        printed(&p),
+                        enc(&info.nar_hash),
+                        enc(&got)
+                    ));
+                    bad = true;
+                }
+            }
+            if bad {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Op::RepairPath => {
+            // Their derivers are built again by the daemon, the outputs replaced.
+            let mut targets = Vec::new();
+            for p in paths()? {
+                let deriver = d.query_path_info(&p)?.and_then(|i| i.deriver);
+                let Some(drv_path) = deriver else {
+                    bail!(
+                        "cannot repair path '{}': it has no deriver to build again",
+                        printed(&p)
+                    );
+                };
+                targets.push(DerivedPath::Built {
+                    drv_path,
+                    outputs: OutputsSpec::All,
+                });
+            }
+            d.build_paths(&targets, BuildMode::Repair, to_stderr())?;
+        }
         Op::Export => export(&mut d, &sd, &paths()?, shell)?,
         Op::Import => {
             let stdin = std::io::stdin().lock();
