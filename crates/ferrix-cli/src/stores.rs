@@ -218,6 +218,32 @@ pub fn daemon_root(
     Ok(link)
 }
 
+/// Repair `paths` through the daemon: their derivers are built again there and the outputs
+/// replaced, the log on standard error.
+pub fn repair_through_daemon(
+    d: &mut WorkerClient,
+    sd: &ferrix_format::StoreDir,
+    paths: &[ferrix_format::StorePath],
+) -> Result<()> {
+    use ferrix_protocol::worker::{BuildMode, DerivedPath, OutputsSpec};
+    let mut targets = Vec::new();
+    for p in paths {
+        let deriver = d.query_path_info(p)?.and_then(|i| i.deriver);
+        let Some(drv_path) = deriver else {
+            bail!(
+                "cannot repair path '{}': it has no deriver to build again",
+                sd.display(p)
+            );
+        };
+        targets.push(DerivedPath::Built {
+            drv_path,
+            outputs: OutputsSpec::All,
+        });
+    }
+    d.build_paths(&targets, BuildMode::Repair, log_to_stderr())?;
+    Ok(())
+}
+
 /// A daemon's log lines, on standard error as they come.
 pub fn log_to_stderr() -> ferrix_store::serve_client::LogSink {
     Box::new(|line: &str| {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::daemon::{builder_pid, gone, nothing_half_done, ok, sleeper, Daemon, CONF};
+use common::daemon::{
+    builder_pid, gone, nothing_half_done, ok, sleeper, Daemon, KillOnDrop, NixDaemon, CONF,
+};
 use common::{ferrix_exe, store_env, Links, Nix};
 
 /// The path real Nix gives `src` added with `args` to a chroot store of its own whose
@@ -353,33 +355,12 @@ fn ferrix_says_what_a_daemon_is_and_whether_it_trusts_us() {
     }
 }
 
-/// Real Nix 2.8's daemon on a store of its own under `root`; stopped by its pid.
-struct NixDaemon(Child);
-
-impl Drop for NixDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn ferrix_copies_to_and_from_a_real_nix_daemon() {
     let Some(nix) = Nix::new() else { return };
-    let root = tempfile::tempdir().unwrap();
-    for d in ["etc", "home", "tmp"] {
-        fs::create_dir_all(root.path().join(d)).unwrap();
-    }
-    fs::write(root.path().join("etc/nix.conf"), CONF).unwrap();
-    let mut c = nix.cmd("nix-daemon");
-    store_env(&mut c, root.path());
-    let _daemon = NixDaemon(
-        c.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let socket = root.path().join("state/daemon-socket/socket");
+    let daemon = NixDaemon::start(&nix);
+    let root = &daemon.root;
+    let socket = daemon.socket();
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(
@@ -524,7 +505,7 @@ fn a_socket_handed_over_by_systemd_is_served() {
     }
     let child = c.spawn().unwrap();
     drop(listener);
-    let _daemon = NixDaemon(child);
+    let _daemon = KillOnDrop(child);
     let mut add = nix.cmd("nix-store");
     store_env(&mut add, root.path());
     let f = root.path().join("tmp/f");

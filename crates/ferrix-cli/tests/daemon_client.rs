@@ -7,10 +7,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::daemon::{ok, Daemon, CONF};
+use common::daemon::{ok, Daemon, NixDaemon};
 use common::{store_env, Links, Nix};
 
 /// A daemon on a store of its own under `root`: Ferrix's or real Nix's.
@@ -358,35 +358,13 @@ fn ferrix_nix_store_through_a_ferrix_daemon() {
     eval_and_build_through(&s, &nix);
 }
 
-/// Real Nix's daemon, stopped by its pid.
-struct NixDaemon(Child);
-
-impl Drop for NixDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn ferrix_nix_store_through_a_real_nix_daemon() {
     let Some(nix) = Nix::new() else { return };
-    let root = tempfile::tempdir().unwrap();
-    for d in ["etc", "home", "tmp"] {
-        fs::create_dir_all(root.path().join(d)).unwrap();
-    }
-    fs::write(root.path().join("etc/nix.conf"), CONF).unwrap();
-    let mut c = nix.cmd("nix-daemon");
-    store_env(&mut c, root.path());
-    let _daemon = NixDaemon(
-        c.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let daemon = NixDaemon::start(&nix);
     let s = Served {
-        root: root.path().to_owned(),
-        socket: root.path().join("state/daemon-socket/socket"),
+        root: daemon.root.path().to_owned(),
+        socket: daemon.socket(),
         links: Links::new(),
     };
     // Ready once it answers a whole handshake.

@@ -131,20 +131,56 @@ impl<R: Read> Stream<R> {
         String::from_utf8(v).map_err(|_| self.err(at + 8, ExportErrorKind::NotUtf8))
     }
 
-    /// A store path, its error naming where it stood.
-    fn path(&mut self, store: &LocalStore) -> Result<StorePath> {
-        self.path_in(store.store_dir())
+    /// What follows a path's archive: the magic, the path, its references, its deriver,
+    /// and a legacy signature (ignored, as Nix ignores it).
+    fn trailer(
+        &mut self,
+        store_dir: &StoreDir,
+    ) -> Result<(StorePath, BTreeSet<StorePath>, Option<StorePath>)> {
+        let at = self.offset;
+        if self.u64()? != EXPORT_MAGIC {
+            return Err(self.err(at, ExportErrorKind::NoMagic));
+        }
+        let p = self.path_in(store_dir)?;
+        let at = self.offset;
+        let n = self.u64()?;
+        if n > 1_000_000 {
+            return Err(self.err(at, ExportErrorKind::TooManyRefs(n)));
+        }
+        let mut refs = BTreeSet::new();
+        for _ in 0..n {
+            refs.insert(self.path_in(store_dir)?);
+        }
+        let at = self.offset;
+        let deriver = self.string(4096)?;
+        let deriver = if deriver.is_empty() {
+            None
+        } else {
+            Some(Self::parsed(store_dir, at, deriver)?)
+        };
+        if self.u64()? == 1 {
+            self.string(65536)?;
+        }
+        Ok((p, refs, deriver))
     }
 
     /// A store path of `store_dir`, its error naming where it stood.
     fn path_in(&mut self, store_dir: &StoreDir) -> Result<StorePath> {
         let at = self.offset;
         let s = self.string(4096)?;
+        Self::parsed(store_dir, at, s)
+    }
+
+    /// `s`, read at `at`, as a store path of `store_dir`.
+    fn parsed(store_dir: &StoreDir, at: u64, s: String) -> Result<StorePath> {
         store_dir
             .parse_path(&s)
             .map_err(|source| StoreError::InExport {
                 offset: at,
-                source: Box::new(StoreError::BadName { path: s, source }),
+                source: Box::new(StoreError::BadName {
+                    path: s.clone(),
+                    source,
+                }),
             })
     }
 }
@@ -176,38 +212,7 @@ fn import_inner(store: &LocalStore, input: impl Read) -> Result<Vec<StorePath>> 
             input.offset
         );
         let staged = store.stage(&mut input, &what, false)?;
-        let at = input.offset;
-        if input.u64()? != EXPORT_MAGIC {
-            return Err(input.err(at, ExportErrorKind::NoMagic));
-        }
-        let p = input.path(store)?;
-        let at = input.offset;
-        let n = input.u64()?;
-        if n > 1_000_000 {
-            return Err(input.err(at, ExportErrorKind::TooManyRefs(n)));
-        }
-        let mut refs = BTreeSet::new();
-        for _ in 0..n {
-            refs.insert(input.path(store)?);
-        }
-        let at = input.offset;
-        let deriver = input.string(4096)?;
-        let deriver = if deriver.is_empty() {
-            None
-        } else {
-            Some(
-                store
-                    .parse_path(&deriver)
-                    .map_err(|e| StoreError::InExport {
-                        offset: at,
-                        source: Box::new(e),
-                    })?,
-            )
-        };
-        if input.u64()? == 1 {
-            // A legacy signature; Nix ignores it too.
-            input.string(65536)?;
-        }
+        let (p, refs, deriver) = input.trailer(store.store_dir())?;
         imported.push(p.clone());
         if batched.insert(p.clone()) {
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
@@ -283,41 +288,7 @@ pub fn import_through_daemon(
             }
         })?;
         let (nar_hash, nar_size) = both.hash.finish();
-        let at = input.offset;
-        if input.u64()? != EXPORT_MAGIC {
-            return Err(input.err(at, ExportErrorKind::NoMagic).into());
-        }
-        let p = input.path_in(store_dir)?;
-        let at = input.offset;
-        let n = input.u64()?;
-        if n > 1_000_000 {
-            return Err(input.err(at, ExportErrorKind::TooManyRefs(n)).into());
-        }
-        let mut references = BTreeSet::new();
-        for _ in 0..n {
-            references.insert(input.path_in(store_dir)?);
-        }
-        let at = input.offset;
-        let deriver = input.string(4096)?;
-        let deriver = if deriver.is_empty() {
-            None
-        } else {
-            Some(
-                store_dir
-                    .parse_path(&deriver)
-                    .map_err(|source| StoreError::InExport {
-                        offset: at,
-                        source: Box::new(StoreError::BadName {
-                            path: deriver.clone(),
-                            source,
-                        }),
-                    })?,
-            )
-        };
-        if input.u64()? == 1 {
-            // A legacy signature; Nix ignores it too.
-            input.string(65536)?;
-        }
+        let (p, references, deriver) = input.trailer(store_dir)?;
         file.rewind().map_err(crate::error::io_err(
             "reading a temporary file in",
             &tmp_dir,

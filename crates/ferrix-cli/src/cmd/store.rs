@@ -174,12 +174,7 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
             recursive,
             paths,
         } => {
-            let text = std::fs::read_to_string(&key_file)
-                .with_context(|| format!("reading the secret key file '{key_file}'"))?;
-            let key: ferrix_format::signature::SecretKey = text
-                .trim()
-                .parse()
-                .with_context(|| format!("'{key_file}' does not hold a secret key"))?;
+            let key = secret_key(&key_file)?;
             let mut ps = ops::resolve_all(&store, &paths)?;
             if recursive {
                 ps = store.closure(ps, false, false)?.into_iter().collect();
@@ -204,6 +199,15 @@ pub fn run(cmd: StoreCommand, settings: &Settings, shell: &mut Shell) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// The secret key in `key_file` (`NAME:BASE64`).
+fn secret_key(key_file: &str) -> Result<ferrix_format::signature::SecretKey> {
+    let text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("reading the secret key file '{key_file}'"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("'{key_file}' does not hold a secret key"))
+}
+
 /// `ferrix store …` through the daemon at `url`.
 fn through_daemon(
     cmd: StoreCommand,
@@ -211,7 +215,7 @@ fn through_daemon(
     url: &str,
     shell: &mut Shell,
 ) -> Result<ExitCode> {
-    use ferrix_protocol::worker::{BuildMode, DerivedPath, GcAction as A, OutputsSpec};
+    use ferrix_protocol::worker::GcAction as A;
     let sd = settings.store_dir.clone();
     let mut d = crate::stores::connect_daemon(url, settings)?;
     let resolve = |a: &str| ops::resolve_in(&sd, std::path::Path::new(sd.as_str()), a);
@@ -272,22 +276,7 @@ fn through_daemon(
         }
         StoreCommand::Optimise => d.optimise_store(crate::stores::log_to_stderr())?,
         StoreCommand::Repair { paths } => {
-            // Their derivers are built again by the daemon, the outputs replaced.
-            let mut targets = Vec::new();
-            for p in resolve_all(&paths)? {
-                let deriver = d.query_path_info(&p)?.and_then(|i| i.deriver);
-                let Some(drv_path) = deriver else {
-                    bail!(
-                        "cannot repair path '{}': it has no deriver to build again",
-                        sd.display(&p)
-                    );
-                };
-                targets.push(DerivedPath::Built {
-                    drv_path,
-                    outputs: OutputsSpec::All,
-                });
-            }
-            d.build_paths(&targets, BuildMode::Repair, crate::stores::log_to_stderr())?;
+            crate::stores::repair_through_daemon(&mut d, &sd, &resolve_all(&paths)?)?;
         }
         StoreCommand::DumpPath { path } => {
             let p = resolve(&path)?;
@@ -298,12 +287,7 @@ fn through_daemon(
             recursive,
             paths,
         } => {
-            let text = std::fs::read_to_string(&key_file)
-                .with_context(|| format!("reading the secret key file '{key_file}'"))?;
-            let key: ferrix_format::signature::SecretKey = text
-                .trim()
-                .parse()
-                .with_context(|| format!("'{key_file}' does not hold a secret key"))?;
+            let key = secret_key(&key_file)?;
             let mut todo = resolve_all(&paths)?;
             let mut seen = std::collections::BTreeSet::new();
             let mut added = 0;

@@ -223,3 +223,45 @@ pub fn nothing_half_done(d: &Daemon, drv: &str) {
         "verifying the store",
     );
 }
+
+/// A process stopped by its pid when this is dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Real Nix 2.8's daemon on a store of its own (the test's settings), stopped by its pid.
+pub struct NixDaemon {
+    pub root: tempfile::TempDir,
+    _child: KillOnDrop,
+}
+
+impl NixDaemon {
+    /// Started; its socket may not answer yet.
+    pub fn start(nix: &Nix) -> NixDaemon {
+        let root = tempfile::tempdir().unwrap();
+        for d in ["etc", "home", "tmp"] {
+            fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        fs::write(root.path().join("etc/nix.conf"), CONF).unwrap();
+        let mut c = nix.cmd("nix-daemon");
+        store_env(&mut c, root.path());
+        let child = c
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        NixDaemon {
+            root,
+            _child: KillOnDrop(child),
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root.path().join("state/daemon-socket/socket")
+    }
+}

@@ -185,31 +185,39 @@ impl WorkerClient {
         refs: &BTreeSet<StorePath>,
         data: &mut dyn std::io::Read,
     ) -> Result<StorePath, RemoteError> {
+        let req = WorkerRequest::AddToStore {
+            name: name.to_owned(),
+            method,
+            refs: refs.clone(),
+            repair: false,
+        };
+        self.call_with_data("adding a path", &req, data)?;
+        let sd = self.store_dir.clone();
+        let info = PathInfo::read(&mut self.r, self.version, &sd, &self.limits)
+            .map_err(|e| self.protocol(e))?;
+        Ok(info.path)
+    }
+
+    /// Send `req` with `data` after it as a framed stream, and follow its log messages until
+    /// the daemon says it is done.
+    fn call_with_data(
+        &mut self,
+        what: &'static str,
+        req: &WorkerRequest,
+        data: &mut dyn std::io::Read,
+    ) -> Result<(), RemoteError> {
         let sd = self.store_dir.clone();
         let uri = self.uri.clone();
         let send_err = |source| RemoteError::Send {
             uri: uri.clone(),
-            what: "adding a path",
+            what,
             tail: Vec::new(),
             source,
         };
-        ferrix_protocol::worker::write_request(
-            &mut self.w,
-            self.version,
-            &sd,
-            &WorkerRequest::AddToStore {
-                name: name.to_owned(),
-                method,
-                refs: refs.clone(),
-                repair: false,
-            },
-        )
-        .map_err(send_err)?;
+        ferrix_protocol::worker::write_request(&mut self.w, self.version, &sd, req)
+            .map_err(send_err)?;
         write_framed(&mut self.w, data).map_err(send_err)?;
-        self.work("adding a path", None)?;
-        let info = PathInfo::read(&mut self.r, self.version, &sd, &self.limits)
-            .map_err(|e| self.protocol(e))?;
-        Ok(info.path)
+        self.work(what, None)
     }
 
     /// Collect garbage there (`paths` for deleting specific ones; `max_freed`: stop after).
@@ -284,27 +292,12 @@ impl WorkerClient {
         info: &PathInfo,
         nar: &mut dyn std::io::Read,
     ) -> Result<(), RemoteError> {
-        let sd = self.store_dir.clone();
-        let uri = self.uri.clone();
-        let send_err = |source| RemoteError::Send {
-            uri: uri.clone(),
-            what: "adding a path",
-            tail: Vec::new(),
-            source,
+        let req = WorkerRequest::AddToStoreNar {
+            info: info.clone(),
+            repair: false,
+            dont_check_sigs: false,
         };
-        ferrix_protocol::worker::write_request(
-            &mut self.w,
-            self.version,
-            &sd,
-            &WorkerRequest::AddToStoreNar {
-                info: info.clone(),
-                repair: false,
-                dont_check_sigs: false,
-            },
-        )
-        .map_err(send_err)?;
-        write_framed(&mut self.w, nar).map_err(send_err)?;
-        self.work("adding a path", None)
+        self.call_with_data("adding a path", &req, nar)
     }
 
     /// Check the store there; whether problems remain. Its report goes to `sink`.

@@ -146,24 +146,7 @@ pub(super) fn run(
                 return Ok(ExitCode::from(1));
             }
         }
-        Op::RepairPath => {
-            // Their derivers are built again by the daemon, the outputs replaced.
-            let mut targets = Vec::new();
-            for p in paths()? {
-                let deriver = d.query_path_info(&p)?.and_then(|i| i.deriver);
-                let Some(drv_path) = deriver else {
-                    bail!(
-                        "cannot repair path '{}': it has no deriver to build again",
-                        printed(&p)
-                    );
-                };
-                targets.push(DerivedPath::Built {
-                    drv_path,
-                    outputs: OutputsSpec::All,
-                });
-            }
-            d.build_paths(&targets, BuildMode::Repair, to_stderr())?;
-        }
+        Op::RepairPath => crate::stores::repair_through_daemon(&mut d, &sd, &paths()?)?,
         Op::Export => export(&mut d, &sd, &paths()?, shell)?,
         Op::Import => {
             let stdin = std::io::stdin().lock();

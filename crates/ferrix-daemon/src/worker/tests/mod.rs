@@ -19,7 +19,7 @@ use ferrix_protocol::worker::stderr::{activity, result_type, verbosity};
 use ferrix_protocol::worker::{
     client_handshake, client_post_handshake, client_startup, process_stderr, read_build_result,
     read_keyed_build_results, read_request, read_stderr, write_request, BuildMode, BuildResult,
-    BuildStatus, BuiltOutput, ClientOptions, DerivedPath, ErrorInfo, Field, GcAction,
+    BuildStatus, BuiltOutput, CaMethod, ClientOptions, DerivedPath, ErrorInfo, Field, GcAction,
     HandshakeInfo, KeyedBuildResult, Missing, OutputsSpec, PathInfo, StderrMsg, UnkeyedPathInfo,
     WorkerRequest, FULL, WORKER_MAGIC_1, WORKER_MAGIC_2,
 };
