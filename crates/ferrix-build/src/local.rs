@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use ferrix_store::LocalStore;
 
 use crate::attrs::{hash_placeholder, rewrite, Attrs};
 use crate::check::compare_outputs;
-use crate::env::{build_dir_name, builder_env, EnvContext};
+use crate::env::{builder_env, EnvContext};
 use crate::error::{BuildFailure, FailureKind};
 use crate::executor::{
     BuildFuture, BuildMode, Built, Cancel, Executor, Job, JobError, Offer, OfferContext,
@@ -29,9 +28,13 @@ use crate::outputs::check_outputs;
 use crate::register::Handover;
 use crate::registry::{Claim, Claimed, Registry};
 
+mod build_dirs;
 mod inputs;
 mod run;
 mod slots;
+
+pub use build_dirs::BuildDir;
+use build_dirs::BuildDirs;
 
 use slots::Slot;
 
@@ -102,7 +105,7 @@ pub struct LocalExecutor {
     store: Arc<LocalStore>,
     settings: LocalSettings,
     reporter: Arc<dyn Reporter + Send + Sync>,
-    counter: AtomicU64,
+    build_dirs: Arc<BuildDirs>,
     times: Arc<Mutex<crate::times::BuildTimes>>,
     registry: Arc<Registry>,
     /// Sandbox places not in use (see [`LocalExecutor::take_slot`]), with their hosts: these
@@ -131,12 +134,17 @@ impl LocalExecutor {
         times: Arc<Mutex<crate::times::BuildTimes>>,
     ) -> Self {
         let settings_max_jobs = settings.max_jobs;
+        // As many as may be in use at once: builders running and jobs prepared ahead.
+        let build_dirs = BuildDirs::new(
+            settings.build_dir_base.clone(),
+            settings_max_jobs + settings.prepare_ahead,
+        );
         Self {
             store: registry.store().clone(),
             registry,
             settings,
             reporter,
-            counter: AtomicU64::new(0),
+            build_dirs,
             times,
             slots: Mutex::default(),
             slot_intents: Mutex::default(),
@@ -325,7 +333,7 @@ impl LocalExecutor {
         let log = match s.log.writer(&job.drv_path) {
             Ok(l) => l,
             Err((what, source)) => {
-                let _ = ferrix_store::fsutil::delete_path(&build_dir);
+                build_dir.release();
                 return Err(BuildFailure::io(&drv, what.to_owned())(source));
             }
         };
@@ -340,7 +348,7 @@ impl LocalExecutor {
         };
         let Some(permit) = permit else {
             log.discard(&log_path);
-            let _ = ferrix_store::fsutil::delete_path(&build_dir);
+            build_dir.release();
             intent.abandon(&[]);
             aside.put_back();
             return Err(BuildFailure::new(drv.clone(), FailureKind::Interrupted));
@@ -351,7 +359,7 @@ impl LocalExecutor {
             Ok(u) => u,
             Err(e) => {
                 log.discard(&log_path);
-                let _ = ferrix_store::fsutil::delete_path(&build_dir);
+                build_dir.release();
                 intent.abandon(&[]);
                 aside.put_back();
                 return Err(e);
@@ -362,7 +370,7 @@ impl LocalExecutor {
             true => match self.take_slot(&drv, &closure).await {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    let _ = ferrix_store::fsutil::delete_path(&build_dir);
+                    build_dir.release();
                     return Err(e);
                 }
             },
@@ -378,7 +386,7 @@ impl LocalExecutor {
                 Site {
                     log,
                     permit,
-                    build_dir: &build_dir,
+                    build_dir: build_dir.path(),
                     chroot: chroot.as_mut(),
                     closure: &closure,
                     scratch: &scratch,
@@ -438,12 +446,9 @@ impl LocalExecutor {
             self.return_slot(chroot, job);
             drop(intent); // deletes the scratch outputs
             if result.is_err() && (self.settings.keep_failed || job.limits.keep_failed) {
-                self.reporter.log_line(
-                    &job.drv_path,
-                    &format!("note: keeping build directory '{}'", build_dir.display()),
-                );
+                self.keeping(job, build_dir);
             } else {
-                let _ = ferrix_store::fsutil::delete_path(&build_dir);
+                build_dir.release();
             }
             return result.map(|()| Built::Checked);
         }
@@ -478,6 +483,8 @@ impl LocalExecutor {
                 .unwrap_or_else(|p| p.into_inner())
                 .record(name, started.elapsed().as_secs_f64());
         }
+        // Handed over with the outputs when they are; otherwise ended below.
+        let mut build_dir = Some(build_dir);
         let result = match result {
             Ok(()) => {
                 let (store2, job2, d) = (store.clone(), job.clone(), drv.clone());
@@ -508,7 +515,7 @@ impl LocalExecutor {
                             replaced: aside.intent,
                             // Removed in the background too, off the way to the
                             // next build.
-                            build_dir: Some(build_dir.clone()),
+                            build_dir: build_dir.take(),
                         });
                         Ok(())
                     }
@@ -525,15 +532,22 @@ impl LocalExecutor {
                 Err(e)
             }
         };
-        if result.is_err() && (self.settings.keep_failed || job.limits.keep_failed) {
-            self.reporter.log_line(
-                &job.drv_path,
-                &format!("note: keeping build directory '{}'", build_dir.display()),
-            );
-        } else if result.is_err() {
-            let _ = ferrix_store::fsutil::delete_path(&build_dir);
+        if let Some(dir) = build_dir {
+            if result.is_err() && (self.settings.keep_failed || job.limits.keep_failed) {
+                self.keeping(job, dir);
+            } else {
+                dir.release();
+            }
         }
         result.map(|()| Built::Built)
+    }
+
+    fn keeping(&self, job: &Job, dir: BuildDir) {
+        let path = dir.keep();
+        self.reporter.log_line(
+            &job.drv_path,
+            &format!("note: keeping build directory '{}'", path.display()),
+        );
     }
 
     /// Where a check outside the sandbox builds output `name`: Nix's fallback path.

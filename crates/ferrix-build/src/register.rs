@@ -70,8 +70,8 @@ pub struct Handover {
     pub locks: Vec<StoreLock>,
     /// What the outputs replace (a repair): removed once they are registered.
     pub replaced: Option<OutputsIntent>,
-    /// The build directory, to remove.
-    pub build_dir: Option<std::path::PathBuf>,
+    /// The build directory, to end.
+    pub build_dir: Option<crate::local::BuildDir>,
 }
 
 impl Registrations {
@@ -238,7 +238,7 @@ impl Registrations {
                     failed.extend(held.paths.iter().cloned());
                     drop(intent); // deletes the outputs
                     if let Some(dir) = build_dir {
-                        let _ = ferrix_store::fsutil::delete_path(&dir);
+                        dir.release();
                     }
                 } else {
                     work.push((intent, infos, build_dir));
@@ -251,7 +251,7 @@ impl Registrations {
                     let mut batch = Vec::new();
                     for (intent, infos, build_dir) in work {
                         if let Some(dir) = build_dir {
-                            let _ = ferrix_store::fsutil::delete_path(&dir);
+                            dir.release();
                         }
                         batch.push((intent, infos));
                     }

@@ -613,3 +613,50 @@ async fn builds_cancelled_by_a_failure_are_not_failures_themselves() {
     assert!(!o.interrupted);
     assert!(!t.store.real_path(&t.out(&slow, "out")).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_directories_are_reused_under_new_names_and_gone_at_the_end() {
+    let t = TestStore::new();
+    let drvs: Vec<StorePath> = (0..12)
+        .map(|i| {
+            t.drv(
+                &format!("r{i}"),
+                "echo $NIX_BUILD_TOP > $out; /usr/bin/stat -c %i . >> $out; echo x > junk",
+                &[],
+                &["out"],
+                &[],
+            )
+        })
+        .collect();
+    let s = t.settings();
+    let o = t
+        .build(
+            &drvs.iter().collect::<Vec<_>>(),
+            s.clone(),
+            ScheduleOptions::default(),
+        )
+        .await;
+    assert!(o.success(), "{o:?}");
+    let mut tops = BTreeSet::new();
+    let mut inodes = BTreeSet::new();
+    for d in &drvs {
+        let text = t.read_out(d, "out");
+        let mut lines = text.lines();
+        let top = lines.next().unwrap().to_owned();
+        assert!(top.contains(&format!("/nix-build-{}-", d.name())), "{top}");
+        tops.insert(top);
+        inodes.insert(lines.next().unwrap().to_owned());
+    }
+    assert_eq!(tops.len(), drvs.len(), "each build has a name of its own");
+    assert!(
+        inodes.len() < drvs.len(),
+        "directories are reused: {} inodes for {} builds",
+        inodes.len(),
+        drvs.len()
+    );
+    let left: Vec<_> = std::fs::read_dir(&s.build_dir_base)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

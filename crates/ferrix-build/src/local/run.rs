@@ -4,23 +4,12 @@
 use super::*;
 
 impl LocalExecutor {
-    pub(super) fn make_build_dir(&self, job: &Job, drv: &str) -> Result<PathBuf, BuildFailure> {
-        let io_err = |what: String| BuildFailure::io(drv, what);
-        let base = &self.settings.build_dir_base;
-        loop {
-            let n = self.counter.fetch_add(1, Ordering::Relaxed);
-            let dir = build_dir_name(base, job.drv_path.name(), n);
-            match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => return Ok(dir),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(io_err(format!(
-                        "creating build directory '{}'",
-                        dir.display()
-                    ))(e))
-                }
-            }
-        }
+    pub(super) fn make_build_dir(&self, job: &Job, drv: &str) -> Result<BuildDir, BuildFailure> {
+        self.build_dirs
+            .make(job.drv_path.name())
+            .map_err(|(dir, e)| {
+                BuildFailure::io(drv, format!("creating build directory '{}'", dir.display()))(e)
+            })
     }
 
     /// Start the builder in its own process group, with stdout and stderr on one pipe that
