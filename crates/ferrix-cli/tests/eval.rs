@@ -33,6 +33,8 @@ const SAME: &[&str] = &[
     "builtins.map (x: x * x) [ 1 2 3 ]",
     "builtins.filter (x: x > 1) [ 1 2 3 ]",
     "builtins.foldl' (a: b: a + b) 0 [ 1 2 3 4 ]",
+    // Builtins of two arguments folded, and one given its first argument already.
+    "[ (builtins.foldl' builtins.sub 10 [ 1 2 ]) (builtins.foldl' builtins.add 0 [ 1 2.5 ]) (builtins.foldl' (builtins.foldl' builtins.add) 1 [ [ 2 3 ] [ 4 ] ]) ]",
     "builtins.genList (i: i * 2) 5",
     "[ (builtins.length [ 1 2 ]) (builtins.head [ 7 8 ]) (builtins.tail [ 7 8 9 ]) (builtins.elemAt [ 4 5 6 ] 2) ]",
     "[ (builtins.elem 2 [ 1 2 ]) (builtins.elem 5 [ 1 2 ]) ]",

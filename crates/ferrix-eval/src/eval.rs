@@ -686,6 +686,14 @@ impl Evaluator {
     /// nothing else could see (`foldl'` and `sort` call such functions once per element).
     pub(crate) fn apply2(&mut self, f: &Value, a: Value, b: Value, span: Span) -> Result<Value> {
         let f = self.force(f)?;
+        // A builtin of two arguments (`foldl' builtins.add`) runs at once, without the
+        // partial application it would make first.
+        if let Value::PrimOp(p) = &f {
+            if p.arity == 2 {
+                let v = (p.run)(self, &[a, b], span).map_err(|e| e.at(span))?;
+                return self.force(&v);
+            }
+        }
         if let Value::Lambda(c) = &f {
             if let (Param::Ident(_), Expr::Lambda(inner)) = (&c.def.param, &c.def.body) {
                 if let Param::Ident(_) = inner.param {
