@@ -207,11 +207,21 @@ pub fn restore_prefix<R: Read>(input: R, target: &Path) -> Result<u64, RestoreEr
     restore_with(input, target, false)
 }
 
+std::thread_local! {
+    /// A thread's restore buffers, kept for its next restore: a thread that restores path
+    /// after path (substituting a closure) would otherwise take fresh memory, zeroed page by
+    /// page by the kernel, for each.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, RestoreError> {
+    let (mut buf, direct_buf) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buf.resize(256 * 1024, 0);
     let mut r = Restorer {
         target,
-        buf: vec![0u8; 256 * 1024],
-        direct_buf: Vec::new(),
+        buf,
+        direct_buf,
         direct_ok: true,
         dirs: DirStack::new(),
     };
@@ -220,6 +230,10 @@ fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, Re
     } else {
         parse(input, &mut r)
     };
+    let Restorer {
+        buf, direct_buf, ..
+    } = r;
+    BUFFERS.with(|b| *b.borrow_mut() = (buf, direct_buf));
     parsed.map_err(|source| RestoreError::Nar {
         target: target.to_owned(),
         source,

@@ -98,7 +98,7 @@ impl Compression {
     ) -> io::Result<Box<dyn std::io::Read + Send + 'a>> {
         Ok(match self {
             Self::None => Box::new(input),
-            Self::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+            Self::Zstd => Box::new(ZstdReader::new(input)?),
             Self::Xz => Box::new(liblzma::bufread::XzDecoder::new(input)),
             Self::Bzip2 => Box::new(bzip2::bufread::BzDecoder::new(input)),
             Self::Brotli => Box::new(brotli::Decompressor::new(input, 1 << 16)),
@@ -191,6 +191,103 @@ impl<W: Write> Encoder for Br<W> {
     }
 }
 
+/// Decompression contexts of finished zstd streams, for the next ones: a context holds a
+/// window of up to several MiB, which a new one would take as fresh memory (every page
+/// zeroed by the kernel on first touch) for each path substituted.
+static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::zstd_safe::DCtx<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// At most this many contexts wait in [`ZSTD_CONTEXTS`].
+const ZSTD_CONTEXTS_KEPT: usize = 16;
+
+/// A zstd stream (one frame or several, one after the other) decompressed as it is read,
+/// with a context that goes back to [`ZSTD_CONTEXTS`] at the end.
+struct ZstdReader<R> {
+    input: R,
+    ctx: Option<zstd::zstd_safe::DCtx<'static>>,
+    /// Inside a frame: the input must not end here.
+    in_frame: bool,
+}
+
+impl<R: std::io::BufRead> ZstdReader<R> {
+    fn new(input: R) -> io::Result<Self> {
+        let kept = ZSTD_CONTEXTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let ctx = match kept {
+            Some(c) => c,
+            None => zstd::zstd_safe::DCtx::try_create()
+                .ok_or_else(|| io::Error::other("zstd: no memory for a decompression context"))?,
+        };
+        Ok(Self {
+            input,
+            ctx: Some(ctx),
+            in_frame: false,
+        })
+    }
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("zstd: {}", zstd::zstd_safe::get_error_name(code)),
+    )
+}
+
+impl<R: std::io::BufRead> std::io::Read for ZstdReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Ok(0);
+        };
+        loop {
+            let input = self.input.fill_buf()?;
+            if input.is_empty() && !self.in_frame {
+                return Ok(0);
+            }
+            let mut src = zstd::zstd_safe::InBuffer::around(input);
+            let mut dst = zstd::zstd_safe::OutBuffer::around(&mut *buf);
+            let left = ctx
+                .decompress_stream(&mut dst, &mut src)
+                .map_err(zstd_error)?;
+            let (used, made) = (src.pos(), dst.pos());
+            let ended = input.is_empty();
+            self.input.consume(used);
+            // 0: a frame is complete and everything of it is out.
+            self.in_frame = left != 0;
+            if made > 0 {
+                return Ok(made);
+            }
+            if ended {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "zstd: the compressed stream ends inside a frame",
+                ));
+            }
+        }
+    }
+}
+
+impl<R> Drop for ZstdReader<R> {
+    fn drop(&mut self) {
+        if let Some(mut ctx) = self.ctx.take() {
+            // A context stopped mid-frame starts afresh.
+            if ctx
+                .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                .is_ok()
+            {
+                let mut kept = ZSTD_CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
+                if kept.len() < ZSTD_CONTEXTS_KEPT {
+                    kept.push(ctx);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +339,64 @@ mod tests {
             }
         }
         assert_eq!(Compression::parse("gzip"), None);
+    }
+
+    /// What `decoder` makes of `data`, read in small steps.
+    fn through_decoder(c: Compression, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut d = c.decoder(io::BufReader::with_capacity(7, data))?;
+        let mut out = Vec::new();
+        let mut step = [0u8; 1000];
+        loop {
+            match d.read(&mut step)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&step[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn zstd_streams_decode_with_contexts_used_again() {
+        let a: Vec<u8> = (0..400_000u32)
+            .flat_map(|i| (i % 97).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = (0..5_000u32).map(|i| (i * 31 % 256) as u8).collect();
+        let za = zstd::encode_all(&a[..], 3).unwrap();
+        let zb = zstd::encode_all(&b[..], 19).unwrap();
+        // A stream dropped in the middle of a frame leaves its context fit for the next.
+        {
+            let mut d = Compression::Zstd
+                .decoder(io::BufReader::new(&za[..]))
+                .unwrap();
+            let mut some = [0u8; 100];
+            d.read_exact(&mut some).unwrap();
+        }
+        for _ in 0..3 {
+            assert_eq!(through_decoder(Compression::Zstd, &za).unwrap(), a);
+            assert_eq!(through_decoder(Compression::Zstd, &zb).unwrap(), b);
+        }
+        // Frames one after another are one stream, as zstd writes and reads them.
+        let both = [za.clone(), zb.clone()].concat();
+        assert_eq!(
+            through_decoder(Compression::Zstd, &both).unwrap(),
+            [a.clone(), b].concat()
+        );
+        assert!(through_decoder(Compression::Zstd, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cut_or_damaged_zstd_stream_is_an_error() {
+        let a: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 89).to_le_bytes())
+            .collect();
+        let za = zstd::encode_all(&a[..], 3).unwrap();
+        let cut = through_decoder(Compression::Zstd, &za[..za.len() / 2]).unwrap_err();
+        assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof, "{cut}");
+        let mut bad = za.clone();
+        bad[0] ^= 0xff;
+        let e = through_decoder(Compression::Zstd, &bad).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().starts_with("zstd: "), "{e}");
+        // And the contexts those left behind still decode.
+        assert_eq!(through_decoder(Compression::Zstd, &za).unwrap(), a);
     }
 }

@@ -3,7 +3,7 @@
 //! decompressed streams, and the signature policy that decides whether a path may enter.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,7 +208,10 @@ impl CacheSource {
             Location::Dir(dir) => {
                 let file = dir.join(rel);
                 match fs::File::open(&file) {
-                    Ok(f) => Ok(Some(Box::new(BufReader::with_capacity(1 << 20, f)))),
+                    Ok(f) => Ok(Some(Box::new(crate::chunks::SpareBufReader::new(
+                        f,
+                        1 << 20,
+                    )))),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(source) => Err(CacheError::Io {
                         what: "read",
@@ -226,7 +229,7 @@ impl CacheSource {
                     if b.multiplexed {
                         self.multiplexed.store(true, Ordering::Relaxed);
                     }
-                    Box::new(BufReader::with_capacity(1 << 20, b.reader)) as _
+                    Box::new(crate::chunks::SpareBufReader::new(b.reader, 1 << 20)) as _
                 })),
         }
     }

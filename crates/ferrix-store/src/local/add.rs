@@ -295,7 +295,11 @@ impl LocalStore {
             })?;
             return Ok(None);
         };
-        let staged = self.stage(nar_stream, &format!("'{}'", self.print(p)), false)?;
+        let what = format!("'{}'", self.print(p));
+        let staged = match info.nar_size {
+            0 => self.stage(nar_stream, &what, false)?,
+            n => self.stage_sized(nar_stream, &what, false, n)?,
+        };
         if staged.nar_hash != info.nar_hash {
             return Err(StoreError::HashMismatch {
                 path: self.print(p),

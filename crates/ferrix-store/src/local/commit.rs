@@ -32,7 +32,20 @@ impl LocalStore {
     /// that outgrows [`MEM_NAR`] is restored into a staging entry, starting over from the
     /// bytes already read.
     pub(crate) fn stage(&self, nar_stream: impl Read, what: &str, exact: bool) -> Result<Staged> {
-        self.stage_inner(nar_stream, what, exact, true)
+        self.stage_inner(nar_stream, what, exact, true, None)
+            .map_err(|e| self.or_interrupted(e))
+    }
+
+    /// [`Self::stage`] of a NAR said to be `size` bytes long: one too large to keep in
+    /// memory goes straight into a staging entry, without a first try in memory.
+    pub(crate) fn stage_sized(
+        &self,
+        nar_stream: impl Read,
+        what: &str,
+        exact: bool,
+        size: u64,
+    ) -> Result<Staged> {
+        self.stage_inner(nar_stream, what, exact, true, Some(size))
             .map_err(|e| self.or_interrupted(e))
     }
 
@@ -44,7 +57,7 @@ impl LocalStore {
         what: &str,
         exact: bool,
     ) -> Result<Staged> {
-        self.stage_inner(nar_stream, what, exact, false)
+        self.stage_inner(nar_stream, what, exact, false, None)
             .map_err(|e| self.or_interrupted(e))
     }
 
@@ -54,6 +67,7 @@ impl LocalStore {
         what: &str,
         exact: bool,
         hash: bool,
+        size: Option<u64>,
     ) -> Result<Staged> {
         let mut reader = HashingReader {
             inner: Interruptible {
@@ -71,14 +85,17 @@ impl LocalStore {
             buf: Vec::new(),
             overflowed: false,
         };
-        let checked = if exact {
-            nar::parse_exact(&mut mem, &mut SkipVisitor)
-        } else {
-            nar::parse(&mut mem, &mut SkipVisitor)
+        let checked = match size {
+            // Known to be too large: read into the tree at once.
+            Some(n) if n > MEM_NAR as u64 => None,
+            _ if exact => Some(nar::parse_exact(&mut mem, &mut SkipVisitor)),
+            _ => Some(nar::parse(&mut mem, &mut SkipVisitor)),
         };
         let contents = match checked {
-            Ok(_) => Contents::Nar(mem.buf),
-            Err(_) if mem.overflowed => {
+            Some(Ok(_)) => Contents::Nar(mem.buf),
+            Some(Err(e)) if !mem.overflowed => return Err(nar_err(e)),
+            // Too large for memory, known before or found on the way.
+            _ => {
                 let tree = self.new_tmp_path()?;
                 // Owns the tree from here on: an error below drops it, deleting the tree.
                 let mut staged = Staged {
@@ -98,7 +115,6 @@ impl LocalStore {
                 (staged.nar_hash, staged.nar_size) = reader.finish();
                 return Ok(staged);
             }
-            Err(e) => return Err(nar_err(e)),
         };
         let (nar_hash, nar_size) = reader.finish();
         Ok(Staged {
