@@ -10,8 +10,9 @@ use std::sync::{mpsc, Mutex};
 /// zeroes every page of it on first touch: a tenth of the time of substituting a closure.
 static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// At most this many bytes wait in [`SPARE`].
-const SPARE_BYTES: usize = 64 << 20;
+/// At most this many bytes wait in [`SPARE`]: enough for the chunks and read buffers of
+/// 16 substitutions at once, little for a long-running daemon to keep.
+const SPARE_BYTES: usize = 48 << 20;
 
 fn take_spare(capacity: usize) -> Option<Vec<u8>> {
     let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());

@@ -197,8 +197,11 @@ impl<W: Write> Encoder for Br<W> {
 static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::zstd_safe::DCtx<'static>>> =
     std::sync::Mutex::new(Vec::new());
 
-/// At most this many contexts wait in [`ZSTD_CONTEXTS`].
+/// At most this many contexts wait in [`ZSTD_CONTEXTS`]...
 const ZSTD_CONTEXTS_KEPT: usize = 16;
+/// ...each of at most this size: one grown for a frame with a long window (up to 2 GiB)
+/// is let go, so that a long-running process does not keep such memory.
+const ZSTD_CONTEXT_MAX: usize = 16 << 20;
 
 /// A zstd stream (one frame or several, one after the other) decompressed as it is read,
 /// with a context that goes back to [`ZSTD_CONTEXTS`] at the end.
@@ -275,9 +278,10 @@ impl<R> Drop for ZstdReader<R> {
     fn drop(&mut self) {
         if let Some(mut ctx) = self.ctx.take() {
             // A context stopped mid-frame starts afresh.
-            if ctx
-                .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
-                .is_ok()
+            if ctx.sizeof() <= ZSTD_CONTEXT_MAX
+                && ctx
+                    .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                    .is_ok()
             {
                 let mut kept = ZSTD_CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
                 if kept.len() < ZSTD_CONTEXTS_KEPT {
