@@ -1,6 +1,7 @@
 //! Ferrix's `nix-store` as a daemon's client: against a Ferrix daemon and against real Nix
 //! 2.8's, the same operations give what they give on a local store; and a user who cannot
-//! write the store's state is sent to the daemon without asking, as Nix does.
+//! write the store's state is sent to the daemon without asking, as Nix does; and
+//! `nix-store --serve` on such a machine serves the daemon's store to real Nix.
 
 mod common;
 
@@ -593,4 +594,214 @@ fn ferrix_store_commands_and_nix_collect_garbage_through_a_daemon() {
     );
     assert!(collected.contains("store paths deleted"), "{collected}");
     assert!(!Path::new(&tree).exists());
+}
+
+/// Real Nix 2.8 reaching `s` as an `ssh://` machine (run here, as Nix runs `localhost`)
+/// whose `nix-store --serve --write` is Ferrix's, with the daemon as its store: a
+/// multi-user machine, where the user a master logs in as cannot write the store.
+fn serve_through(s: &Served, nix: &Nix) {
+    let wrapper = s.root.join("tmp/serve-through-daemon");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nNIX_REMOTE=unix://{} exec {} \"$@\"\n",
+            s.socket.display(),
+            s.links.dir.path().join("nix-store").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let machine = format!("ssh://localhost?remote-program={}", wrapper.display());
+    // Real Nix with only the machine as its store (no local store is opened).
+    let real = |prog: &str| {
+        let mut c = nix.cmd(prog);
+        store_env(&mut c, &s.root);
+        c.args(["--extra-experimental-features", "nix-command"]);
+        c
+    };
+    let through_daemon = |prog: &str| {
+        let mut c = nix.cmd(prog);
+        store_env(&mut c, &s.root);
+        c.arg("--store")
+            .arg(format!("unix://{}", s.socket.display()));
+        c
+    };
+    let src = s.root.join("tmp/served");
+    fs::write(&src, "served through the daemon\n").unwrap();
+    let p = text(
+        through_daemon("nix-store")
+            .arg("--add")
+            .arg(&src)
+            .output()
+            .unwrap(),
+        "adding",
+    );
+    let hash = text(
+        through_daemon("nix-store")
+            .args(["-q", "--hash", &p])
+            .output()
+            .unwrap(),
+        "asking the hash",
+    );
+
+    // Path infos (QueryPathInfos).
+    let info = text(
+        real("nix")
+            .args(["path-info", "--json", "--store", &machine, &p])
+            .output()
+            .unwrap(),
+        "nix path-info from the machine",
+    );
+    let expected = hash.trim_start_matches("sha256:");
+    assert!(info.contains(&p), "{info}");
+    assert!(
+        info.contains(expected) || info.contains(&hash),
+        "{info} lacks {hash}"
+    );
+
+    // Its NAR out (DumpStorePath), into a binary cache.
+    let cache = s.root.join("tmp/cache");
+    ok(
+        real("nix")
+            .args(["copy", "--from", &machine])
+            .arg("--to")
+            .arg(format!("file://{}", cache.display()))
+            .arg(&p)
+            .output()
+            .unwrap(),
+        "nix copy from the machine",
+    );
+    let hash_part = Path::new(&p)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(cache.join(format!("{hash_part}.narinfo")).exists());
+
+    // And back in after it is deleted (AddToStoreNar), unsigned: root is a trusted user.
+    ok(
+        through_daemon("nix-store")
+            .args(["--delete", &p])
+            .output()
+            .unwrap(),
+        "deleting",
+    );
+    let gone = through_daemon("nix-store")
+        .args(["--check-validity", &p])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    ok(
+        real("nix")
+            .arg("copy")
+            .arg("--from")
+            .arg(format!("file://{}", cache.display()))
+            .args(["--no-check-sigs", "--to", &machine, &p])
+            .output()
+            .unwrap(),
+        "nix copy to the machine",
+    );
+    ok(
+        through_daemon("nix-store")
+            .args(["--check-validity", &p])
+            .output()
+            .unwrap(),
+        "the path is back",
+    );
+    assert_eq!(
+        fs::read_to_string(&p).unwrap(),
+        "served through the daemon\n"
+    );
+
+    // A build handed to the machine (BuildDerivation), as a master's remote builder sends
+    // it: here by Ferrix's serve client, since a real Nix master would need a store of its
+    // own at the same store directory.
+    let drv = text(
+        through_daemon("nix-instantiate")
+            .args([
+                "-E",
+                "derivation { name = \"served-build\"; system = builtins.currentSystem; \
+                 builder = \"/bin/sh\"; args = [ \"-c\" \"echo built-there > $out\" ]; }",
+            ])
+            .output()
+            .unwrap(),
+        "instantiating",
+    );
+    let sd = ferrix_format::StoreDir::new(s.root.join("store").to_str().unwrap()).unwrap();
+    let drv_path = sd.parse_path(&drv).unwrap();
+    let parsed = ferrix_format::Derivation::parse_aterm(&sd, &fs::read(&drv).unwrap()).unwrap();
+    let mut session = Command::new(&wrapper);
+    store_env(&mut session, &s.root);
+    session
+        .args(["--serve", "--write"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut client = ferrix_store::serve_client::ServeClient::over(
+        machine.clone(),
+        session.spawn().unwrap(),
+        sd.clone(),
+    )
+    .unwrap();
+    let r = client
+        .build_derivation(&drv_path, &parsed, Default::default())
+        .unwrap();
+    assert!(r.status.is_success(), "{r:?}");
+    let built = text(
+        through_daemon("nix-store")
+            .args(["-q", "--outputs", &drv])
+            .output()
+            .unwrap(),
+        "the outputs",
+    );
+    assert_eq!(fs::read_to_string(built.trim()).unwrap(), "built-there\n");
+    // The closure of the output, as the machine sees it (QueryClosure).
+    let out_path = sd.parse_path(built.trim()).unwrap();
+    let closure = client
+        .query_closure(&[out_path.clone()].into(), false)
+        .unwrap();
+    assert_eq!(closure, [out_path].into());
+}
+
+#[test]
+fn nix_store_serve_works_through_a_ferrix_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let s = Served {
+        root: d.root.path().to_owned(),
+        socket: d.socket(),
+        links: Links::new(),
+    };
+    serve_through(&s, &nix);
+}
+
+#[test]
+fn nix_store_serve_works_through_a_real_nix_daemon() {
+    let Some(nix) = Nix::new() else { return };
+    let daemon = NixDaemon::start(&nix);
+    let s = Served {
+        root: daemon.root.path().to_owned(),
+        socket: daemon.socket(),
+        links: Links::new(),
+    };
+    let start = Instant::now();
+    while !s
+        .ferrix("nix-store")
+        .args(["--check-validity", "--print-invalid"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nix-daemon never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    serve_through(&s, &nix);
 }

@@ -44,7 +44,7 @@ Operations:
 
 Options: --store URL, --option NAME VALUE";
 
-mod daemon;
+pub(crate) mod daemon;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -286,6 +286,7 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             check,
             print_invalid,
             quiet,
+            serve_write,
         };
         return daemon::run(&settings, &url, asked, shell);
     }

@@ -292,12 +292,31 @@ impl WorkerClient {
         info: &PathInfo,
         nar: &mut dyn std::io::Read,
     ) -> Result<(), RemoteError> {
+        self.add_nar_as(info, nar, false)
+    }
+
+    /// [`Self::add_nar`], asking the daemon not to check signatures with
+    /// `dont_check_sigs` (which it grants only to a client it trusts, as Nix's daemon does).
+    pub fn add_nar_as(
+        &mut self,
+        info: &PathInfo,
+        nar: &mut dyn std::io::Read,
+        dont_check_sigs: bool,
+    ) -> Result<(), RemoteError> {
         let req = WorkerRequest::AddToStoreNar {
             info: info.clone(),
             repair: false,
-            dont_check_sigs: false,
+            dont_check_sigs,
         };
         self.call_with_data("adding a path", &req, nar)
+    }
+
+    /// Send the session's options again (a build's limits, for instance).
+    pub fn set_options(
+        &mut self,
+        options: ferrix_protocol::worker::ClientOptions,
+    ) -> Result<(), RemoteError> {
+        self.call("setting options", &WorkerRequest::SetOptions(options), None)
     }
 
     /// Check the store there; whether problems remain. Its report goes to `sink`.

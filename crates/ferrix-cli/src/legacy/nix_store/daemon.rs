@@ -32,6 +32,8 @@ pub(super) struct Asked<'a> {
     pub check: bool,
     pub print_invalid: bool,
     pub quiet: bool,
+    /// `--serve --write`.
+    pub serve_write: bool,
 }
 
 /// Run `asked` through the daemon at `url`.
@@ -148,6 +150,7 @@ pub(super) fn run(
         }
         Op::RepairPath => crate::stores::repair_through_daemon(&mut d, &sd, &paths()?)?,
         Op::Export => export(&mut d, &sd, &paths()?, shell)?,
+        Op::Serve => crate::serve::serve_through_daemon(d, sd, asked.serve_write)?,
         Op::Import => {
             let stdin = std::io::stdin().lock();
             let input = std::io::BufReader::with_capacity(1 << 20, stdin);
@@ -256,6 +259,16 @@ fn export(
     paths: &[StorePath],
     shell: &mut Shell,
 ) -> Result<()> {
+    export_to(d, sd, paths, shell.out())
+}
+
+/// The export stream of `paths` from the daemon, written to `out`.
+pub(crate) fn export_to(
+    d: &mut WorkerClient,
+    sd: &StoreDir,
+    paths: &[StorePath],
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
     let mut infos = std::collections::HashMap::new();
     for p in paths {
         let info = d
@@ -270,7 +283,6 @@ fn export(
             .map(|i| i.references.iter().cloned().collect())
             .unwrap_or_default())
     })?;
-    let out = shell.out();
     for p in order {
         let i = &infos[&p];
         let info = ferrix_store::ValidPathInfo {
@@ -294,7 +306,7 @@ fn export(
 }
 
 /// `drv`, `drv!out,dev` (or `^`) as a derivation's outputs; anything else as a path.
-fn derived_path(sd: &StoreDir, arg: &str) -> Result<DerivedPath> {
+pub(crate) fn derived_path(sd: &StoreDir, arg: &str) -> Result<DerivedPath> {
     let (path, outs) = match arg.split_once(['!', '^']) {
         Some((p, o)) if p.ends_with(".drv") => (p, Some(o)),
         _ => (arg, None),
