@@ -209,9 +209,9 @@ impl Settings {
             anyhow::bail!(
                 "the store '{url}' is a daemon: this command works on a local store only so far \
                  (through a daemon: nix-store's realise, query, add, export, import, read-log, verify, \
-                 optimise and collection operations, nix-build, nix-instantiate, nix-collect-garbage, \
-                 nix-copy-closure, and ferrix build, eval, instantiate, store, copy, path-info, log \
-                 and derivation add)"
+                 optimise, serve, dump-db and collection operations, nix-build, nix-instantiate, \
+                 nix-collect-garbage, nix-copy-closure, and ferrix build, eval, instantiate, repl, \
+                 store, copy, path-info, log and derivation add)"
             );
         }
         if let Some(url) = &self.cache_url {

@@ -714,10 +714,10 @@ fn path_info_through_the_daemon_is_what_the_store_says() {
     let (theirs, ours) = (path_info(true), path_info(false));
     assert!(theirs.contains(&out), "{theirs}");
     assert_eq!(theirs, ours);
-    // What works on a local store only says so.
+    // What works on a local store only (as in Nix) says so.
     let refused = d
         .local("nix-store")
-        .args(["--dump-db", "--store", "daemon"])
+        .args(["--load-db", "--store", "daemon"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

@@ -85,6 +85,25 @@ fn nix_store_through(s: &Served, nix: &Nix) {
         .arg(format!("unix://{}", s.socket.display()))
         .arg(&expr);
     let drv = text(inst.output().unwrap(), "instantiating");
+    // The registration of a path and of all, as real Nix dumps them through the daemon.
+    for args in [
+        vec!["--dump-db", drv.as_str(), added.as_str()],
+        vec!["--dump-db"],
+    ] {
+        let mut real = nix.cmd("nix-store");
+        store_env(&mut real, &s.root);
+        real.arg("--store")
+            .arg(format!("unix://{}", s.socket.display()))
+            .args(&args);
+        assert_eq!(
+            text(
+                s.ferrix("nix-store").args(&args).output().unwrap(),
+                "dumping"
+            ),
+            text(real.output().unwrap(), "real Nix dumping"),
+            "{args:?}"
+        );
+    }
     let dry = s
         .ferrix("nix-store")
         .args(["-r", "--dry-run", &drv])
@@ -357,6 +376,7 @@ fn ferrix_nix_store_through_a_ferrix_daemon() {
     };
     nix_store_through(&s, &nix);
     eval_and_build_through(&s, &nix);
+    repl_through(&s);
 }
 
 #[test]
@@ -386,6 +406,7 @@ fn ferrix_nix_store_through_a_real_nix_daemon() {
     }
     nix_store_through(&s, &nix);
     eval_and_build_through(&s, &nix);
+    repl_through(&s);
 }
 
 #[test]
@@ -804,4 +825,48 @@ fn nix_store_serve_works_through_a_real_nix_daemon() {
         std::thread::sleep(Duration::from_millis(100));
     }
     serve_through(&s, &nix);
+}
+
+/// `ferrix repl` with the daemon as its store: a derivation made in it is written there,
+/// and `:b` builds it there.
+fn repl_through(s: &Served) {
+    use std::io::Write;
+    let mut child = s
+        .main()
+        .arg("repl")
+        .current_dir(s.root.join("tmp"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"1 + 1\nd = derivation { name = \"from-the-repl\"; system = builtins.currentSystem; \
+              builder = \"/bin/sh\"; args = [ \"-c\" \"echo repl-built > $out\" ]; }\n:b d\n:q\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.get(1), Some(&"2"), "{stdout}{stderr}");
+    assert_eq!(
+        lines.get(2),
+        Some(&"This derivation produced the following outputs:"),
+        "{stdout}{stderr}"
+    );
+    let built = lines[3].trim().strip_prefix("out -> ").unwrap();
+    ok(
+        s.ferrix("nix-store")
+            .args(["--check-validity", built])
+            .output()
+            .unwrap(),
+        "the REPL's output is valid in the daemon's store",
+    );
+    assert_eq!(fs::read_to_string(built).unwrap(), "repl-built\n");
 }

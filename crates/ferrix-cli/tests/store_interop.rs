@@ -88,6 +88,13 @@ fn nix_made_paths_look_the_same_to_ferrix() {
     let t = ok(nix.cmd("nix-store").arg("--dump-db"));
     let o = ok(ours(&links, &nix, "nix-store").arg("--dump-db"));
     assert_eq!(text(o), text(t), "--dump-db");
+    // Paths named are dumped in the order named.
+    let named: Vec<_> = paths.iter().rev().collect();
+    let t = ok(nix.cmd("nix-store").arg("--dump-db").args(&named));
+    let o = ok(ours(&links, &nix, "nix-store")
+        .arg("--dump-db")
+        .args(&named));
+    assert_eq!(text(o), text(t), "--dump-db of paths");
     let out = ours(&links, &nix, "nix-store")
         .args(["--verify", "--check-contents"])
         .output()

@@ -34,8 +34,20 @@ const HELP: &str = "The following commands are available:
 
 pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCode> {
     let eval = eval_settings(&args.include, settings);
-    let store: std::sync::Arc<dyn EvalStore + Send + Sync> =
-        std::sync::Arc::new(settings.open_store()?);
+    // Through a daemon, what the REPL writes (derivations, sources) goes to it as it comes;
+    // `:b` builds with this program, which finds the same daemon.
+    let (store, daemon): (std::sync::Arc<dyn EvalStore + Send + Sync>, _) = match settings.daemon()
+    {
+        Some((url, _)) => (
+            std::sync::Arc::new(ferrix_eval::DaemonStore::new(
+                crate::stores::connect_daemon(url, settings)?,
+                settings.store_dir.clone(),
+                false,
+            )),
+            Some(url.to_owned()),
+        ),
+        None => (std::sync::Arc::new(settings.open_store()?), None),
+    };
     let history =
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/ferrix/repl-history"));
     let cwd = std::env::current_dir()?.to_string_lossy().into_owned();
@@ -45,7 +57,7 @@ pub fn run(args: Args, settings: &Settings, shell: &mut Shell) -> Result<ExitCod
     ))?;
     shell.flush()?;
     let files = args.files.clone();
-    ferrix_eval::on_big_stack(move || repl(eval, store, history, cwd, files))
+    ferrix_eval::on_big_stack(move || repl(eval, store, daemon, history, cwd, files))
 }
 
 /// What one line asks for.
@@ -101,6 +113,7 @@ fn parse_line(line: &str) -> Line<'_> {
 fn repl(
     settings: EvalSettings,
     store: std::sync::Arc<dyn EvalStore + Send + Sync>,
+    daemon: Option<String>,
     history: Option<PathBuf>,
     cwd: String,
     files: Vec<PathBuf>,
@@ -183,7 +196,7 @@ fn repl(
                     ev.derivations(&v, &mut drvs)?;
                     Ok(drvs)
                 })
-                .map(|drvs| Some(build(&*store, &drvs))),
+                .map(|drvs| Some(build(&*store, daemon.as_deref(), &drvs))),
         };
         match result {
             Ok(Some(text)) => println!("{text}\n"),
@@ -200,8 +213,9 @@ fn repl(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `:b`: build with this program's `build`, and say where the outputs are.
-fn build(store: &dyn EvalStore, drvs: &[String]) -> String {
+/// `:b`: build with this program's `build` (through `daemon`, if the REPL's store is one),
+/// and say where the outputs are.
+fn build(store: &dyn EvalStore, daemon: Option<&str>, drvs: &[String]) -> String {
     let Some(drv) = drvs.first() else {
         return "error: the value is not a derivation".into();
     };
@@ -216,7 +230,11 @@ fn build(store: &dyn EvalStore, drvs: &[String]) -> String {
         Err(e) => return format!("error: reading '{drv}': {e}"),
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ferrix"));
-    let status = std::process::Command::new(exe)
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(url) = daemon {
+        cmd.args(["--store", url]);
+    }
+    let status = cmd
         .args(["build", "--no-link", &format!("{drv}^*")])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -417,14 +417,17 @@ pub fn run(args: &[OsString], shell: &mut Shell) -> Result<ExitCode> {
             }
         }
         Op::DumpDb => {
-            let paths: BTreeSet<StorePath> = if operands.is_empty() {
-                store.all_valid_paths()?.into_iter().collect()
-            } else {
-                ops::resolve_all(&store, &strs(&operands))?
+            // All of them sorted by path; those named in the order named, as Nix dumps them.
+            let paths: Vec<StorePath> = if operands.is_empty() {
+                store
+                    .all_valid_paths()?
+                    .into_iter()
+                    .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect()
+            } else {
+                ops::resolve_all(&store, &strs(&operands))?
             };
-            // Sorted by path, as Nix dumps it.
             for p in paths {
                 let info = store.path_info(&p)?;
                 shell.println(store.print(&p))?;

@@ -151,6 +151,27 @@ pub(super) fn run(
         Op::RepairPath => crate::stores::repair_through_daemon(&mut d, &sd, &paths()?)?,
         Op::Export => export(&mut d, &sd, &paths()?, shell)?,
         Op::Serve => crate::serve::serve_through_daemon(d, sd, asked.serve_write)?,
+        Op::DumpDb => {
+            // All of them sorted by path; those named in the order named, as Nix dumps them.
+            let paths: Vec<StorePath> = if asked.operands.is_empty() {
+                d.all_valid()?.into_iter().collect()
+            } else {
+                paths()?
+            };
+            for p in paths {
+                let info = d
+                    .query_path_info(&p)?
+                    .with_context(|| format!("path '{}' is not valid", printed(&p)))?;
+                shell.println(printed(&p))?;
+                shell.println(info.nar_hash.to_base16())?;
+                shell.println(info.nar_size)?;
+                shell.println(info.deriver.map(|x| printed(&x)).unwrap_or_default())?;
+                shell.println(info.references.len())?;
+                for r in &info.references {
+                    shell.println(printed(r))?;
+                }
+            }
+        }
         Op::Import => {
             let stdin = std::io::stdin().lock();
             let input = std::io::BufReader::with_capacity(1 << 20, stdin);
