@@ -1,7 +1,8 @@
 //! Ferrix's `nix-store` as a daemon's client: against a Ferrix daemon and against real Nix
 //! 2.8's, the same operations give what they give on a local store; and a user who cannot
 //! write the store's state is sent to the daemon without asking, as Nix does; and
-//! `nix-store --serve` on such a machine serves the daemon's store to real Nix.
+//! `nix-store --serve` and `ferrix serve-cache` on such a machine serve the daemon's store
+//! to real Nix.
 
 mod common;
 
@@ -619,7 +620,8 @@ fn ferrix_store_commands_and_nix_collect_garbage_through_a_daemon() {
 
 /// Real Nix 2.8 reaching `s` as an `ssh://` machine (run here, as Nix runs `localhost`)
 /// whose `nix-store --serve --write` is Ferrix's, with the daemon as its store: a
-/// multi-user machine, where the user a master logs in as cannot write the store.
+/// multi-user machine, where the user a master logs in as cannot write the store; and the
+/// daemon's store as an HTTP cache (`ferrix serve-cache`).
 fn serve_through(s: &Served, nix: &Nix) {
     let wrapper = s.root.join("tmp/serve-through-daemon");
     fs::write(
@@ -738,6 +740,37 @@ fn serve_through(s: &Served, nix: &Nix) {
         "served through the daemon\n"
     );
 
+    // The daemon's store as an HTTP binary cache (`ferrix serve-cache`), which real Nix
+    // copies from, checking the NAR against its narinfo.
+    let mut server = s
+        .main()
+        .args(["serve-cache", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(server.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().rsplit(' ').next().unwrap().to_owned()
+    };
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let from_http = s.root.join("tmp/from-http");
+    let copied = real("nix")
+        .args(["copy", "--no-check-sigs", "--from", &url])
+        .arg("--to")
+        .arg(format!("file://{}", from_http.display()))
+        .arg(&p)
+        .output()
+        .unwrap();
+    // By its pid, whatever happened.
+    let _ = server.kill();
+    let _ = server.wait();
+    ok(copied, "nix copy from serve-cache through the daemon");
+    assert!(from_http.join(format!("{hash_part}.narinfo")).exists());
+
     // A build handed to the machine (BuildDerivation), as a master's remote builder sends
     // it: here by Ferrix's serve client, since a real Nix master would need a store of its
     // own at the same store directory.
@@ -789,7 +822,7 @@ fn serve_through(s: &Served, nix: &Nix) {
 }
 
 #[test]
-fn nix_store_serve_works_through_a_ferrix_daemon() {
+fn serving_a_daemon_s_store_through_a_ferrix_daemon() {
     let Some(nix) = Nix::new() else { return };
     let d = Daemon::start("");
     let s = Served {
@@ -801,7 +834,7 @@ fn nix_store_serve_works_through_a_ferrix_daemon() {
 }
 
 #[test]
-fn nix_store_serve_works_through_a_real_nix_daemon() {
+fn serving_a_daemon_s_store_through_a_real_nix_daemon() {
     let Some(nix) = Nix::new() else { return };
     let daemon = NixDaemon::start(&nix);
     let s = Served {

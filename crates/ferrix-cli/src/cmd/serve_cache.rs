@@ -1,6 +1,7 @@
 //! `ferrix serve-cache --listen ADDR`: this store as an HTTP binary cache that Nix and
 //! Ferrix substitute from. Narinfos come from the database (signed with the configured
-//! keys as they are served), NARs are dumped from the store as they are sent. With
+//! keys as they are served), NARs are dumped from the store as they are sent; through a
+//! daemon, both come from it. With
 //! `--dir DIR`, a binary cache directory (as `copy --to file://` writes) is served as it is.
 //! With `--compression`, NARs are compressed once, at the first narinfo asked of their
 //! closure, and kept in a cache directory, from where they are sent as files.
@@ -13,6 +14,7 @@ use ferrix_daemon::http_cache::{CacheBackend, Nar};
 use ferrix_format::signature::SecretKey;
 use ferrix_format::{Encoding, NarInfo, StorePath};
 use ferrix_store::binary_cache::{Compression, FileCache};
+use ferrix_store::worker_client::WorkerClient;
 use ferrix_store::LocalStore;
 
 use crate::settings::Settings;
@@ -150,29 +152,19 @@ impl CacheBackend for StoreCache {
         if let Some(c) = &self.compressed {
             return c.narinfo(&self.store, &p, &info.nar_hash);
         }
-        let sd = self.store.store_dir();
-        let mut ni = NarInfo {
-            store_path: p.clone(),
-            url: format!(
-                "nar/{}-{}.nar",
-                p.hash_part(),
-                info.nar_hash.encode(Encoding::Nix32)
-            ),
-            compression: "none".to_owned(),
-            file_hash: Some(info.nar_hash),
-            file_size: Some(info.nar_size),
-            nar_hash: info.nar_hash,
-            nar_size: info.nar_size,
-            references: info.references.clone(),
-            deriver: info.deriver.clone(),
-            system: None,
-            sigs: info.sigs.iter().filter_map(|s| s.parse().ok()).collect(),
-            ca: info.ca,
-        };
-        for k in &self.keys {
-            ni.sign(sd, k);
-        }
-        Some(ni.to_text(sd))
+        Some(plain_narinfo(
+            self.store.store_dir(),
+            &self.keys,
+            Served {
+                path: &p,
+                nar_hash: info.nar_hash,
+                nar_size: info.nar_size,
+                references: &info.references,
+                deriver: &info.deriver,
+                sigs: &info.sigs,
+                ca: info.ca,
+            },
+        ))
     }
 
     fn nar(&self, file: &str) -> Option<Nar> {
@@ -195,6 +187,146 @@ impl CacheBackend for StoreCache {
     }
 }
 
+/// What a narinfo of an uncompressed NAR says of its path.
+struct Served<'a> {
+    path: &'a StorePath,
+    nar_hash: ferrix_format::Hash,
+    nar_size: u64,
+    references: &'a std::collections::BTreeSet<StorePath>,
+    deriver: &'a Option<StorePath>,
+    sigs: &'a std::collections::BTreeSet<String>,
+    ca: Option<ferrix_format::ContentAddress>,
+}
+
+/// The narinfo of a path whose NAR is sent as the store holds it, signed with `keys`.
+fn plain_narinfo(sd: &ferrix_format::StoreDir, keys: &[SecretKey], p: Served<'_>) -> String {
+    let mut ni = NarInfo {
+        store_path: p.path.clone(),
+        url: nar_file(p.path, &p.nar_hash),
+        compression: "none".to_owned(),
+        file_hash: Some(p.nar_hash),
+        file_size: Some(p.nar_size),
+        nar_hash: p.nar_hash,
+        nar_size: p.nar_size,
+        references: p.references.clone(),
+        deriver: p.deriver.clone(),
+        system: None,
+        sigs: p.sigs.iter().filter_map(|s| s.parse().ok()).collect(),
+        ca: p.ca,
+    };
+    for k in keys {
+        ni.sign(sd, k);
+    }
+    ni.to_text(sd)
+}
+
+/// `nar/<hash part>-<NAR hash>.nar`: the NAR hash in the name, so that a path changed
+/// since its narinfo was served is not served as it.
+fn nar_file(p: &StorePath, nar_hash: &ferrix_format::Hash) -> String {
+    format!(
+        "nar/{}-{}.nar",
+        p.hash_part(),
+        nar_hash.encode(Encoding::Nix32)
+    )
+}
+
+/// The store of a daemon (a multi-user machine, where this user cannot open the store's
+/// database), served uncompressed: each request on a connection of a small pool.
+struct DaemonCache {
+    pool: Arc<DaemonPool>,
+    sd: ferrix_format::StoreDir,
+    keys: Vec<SecretKey>,
+    priority: u64,
+}
+
+struct DaemonPool {
+    url: String,
+    settings: Settings,
+    idle: std::sync::Mutex<Vec<WorkerClient>>,
+}
+
+impl DaemonPool {
+    /// `f` on an idle connection (or a new one); a connection that failed is not used again.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut WorkerClient) -> Result<T, ferrix_store::serve_client::RemoteError>,
+    ) -> Option<T> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut c = match idle {
+            Some(c) => c,
+            None => crate::stores::connect_daemon(&self.url, &self.settings).ok()?,
+        };
+        let r = f(&mut c).ok()?;
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        Some(r)
+    }
+}
+
+impl DaemonCache {
+    fn info(
+        &self,
+        hash_part: &str,
+    ) -> Option<(StorePath, ferrix_protocol::worker::UnkeyedPathInfo)> {
+        self.pool.with(|c| {
+            let Some(p) = c.path_from_hash_part(hash_part)? else {
+                return Ok(None);
+            };
+            Ok(c.query_path_info(&p)?.map(|i| (p, i)))
+        })?
+    }
+}
+
+impl CacheBackend for DaemonCache {
+    fn cache_info(&self) -> String {
+        format!(
+            "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+            self.sd.as_str(),
+            self.priority
+        )
+    }
+
+    fn narinfo(&self, hash_part: &str) -> Option<String> {
+        let (p, info) = self.info(hash_part)?;
+        Some(plain_narinfo(
+            &self.sd,
+            &self.keys,
+            Served {
+                path: &p,
+                nar_hash: info.nar_hash,
+                nar_size: info.nar_size,
+                references: &info.references,
+                deriver: &info.deriver,
+                sigs: &info.sigs,
+                ca: info.ca,
+            },
+        ))
+    }
+
+    fn nar(&self, file: &str) -> Option<Nar> {
+        let (hash_part, _) = file.split_once('-')?;
+        let (p, info) = self.info(hash_part)?;
+        // Only the NAR the narinfo named.
+        if format!("nar/{file}") != nar_file(&p, &info.nar_hash) {
+            return None;
+        }
+        let pool = self.pool.clone();
+        Some(Nar {
+            len: info.nar_size,
+            write: Box::new(move |w| {
+                let idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let mut c = match idle {
+                    Some(c) => c,
+                    None => crate::stores::connect_daemon(&pool.url, &pool.settings)
+                        .map_err(std::io::Error::other)?,
+                };
+                c.nar_into(&p, w).map_err(std::io::Error::other)?;
+                pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                Ok(())
+            }),
+        })
+    }
+}
+
 pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -210,8 +342,28 @@ pub fn run(a: Args, settings: &Settings, shell: &mut Shell) -> Result<()> {
         let what = format!("'{}'", dir.display());
         return serve_on(&runtime, &a.listen, DirCache { dir }, &what, shell);
     }
-    let store = Arc::new(settings.open_store()?);
     let keys = settings.secret_keys(&a.secret_key_file)?;
+    if let Some((url, _)) = settings.daemon() {
+        if a.compression != "none" {
+            anyhow::bail!(
+                "the store '{url}' is a daemon: its NARs are served as the store holds them \
+                 ('--compression none'); compressing them needs the store opened directly"
+            );
+        }
+        let backend = DaemonCache {
+            pool: Arc::new(DaemonPool {
+                url: url.to_owned(),
+                settings: settings.clone(),
+                idle: std::sync::Mutex::default(),
+            }),
+            sd: settings.store_dir.clone(),
+            keys,
+            priority: a.priority,
+        };
+        let what = format!("the store of the daemon at '{url}'");
+        return serve_on(&runtime, &a.listen, backend, &what, shell);
+    }
+    let store = Arc::new(settings.open_store()?);
     let compression = Compression::parse(&a.compression).with_context(|| {
         format!(
             "unknown compression '{}' (none, zstd, xz, br or bzip2)",

@@ -83,6 +83,21 @@ impl WorkerClient {
         )
     }
 
+    /// The valid path whose hash part is `hash_part`, if there is one.
+    pub fn path_from_hash_part(
+        &mut self,
+        hash_part: &str,
+    ) -> Result<Option<StorePath>, RemoteError> {
+        self.call(
+            "looking a path up by its hash",
+            &WorkerRequest::QueryPathFromHashPart(hash_part.to_owned()),
+            None,
+        )?;
+        let sd = self.store_dir.clone();
+        ferrix_protocol::wire::read_opt_store_path(&mut self.r, &sd, &self.limits, "path")
+            .map_err(|e| self.protocol(e))
+    }
+
     /// Every valid path.
     pub fn all_valid(&mut self) -> Result<BTreeSet<StorePath>, RemoteError> {
         self.path_set("asking for every path", WorkerRequest::QueryAllValidPaths)
