@@ -9,7 +9,6 @@ use ferrix_format::StoreDir;
 use ferrix_store::serve_client::ServeClient;
 use ferrix_store::ssh::{Ssh, SshConfig, SshTarget};
 use ferrix_store::worker_client::WorkerClient;
-use ferrix_store::LocalStore;
 
 /// A session (`ServeClient` over `ssh://`, `WorkerClient` over `ssh-ng://`) and what
 /// keeps it alive (the ssh master and its socket directory).
@@ -98,16 +97,19 @@ fn connect_target(target: SshTarget, store_dir: &StoreDir) -> Result<Session> {
 }
 
 /// How a machine answered a greeting: the time it took, or why it did not.
-pub fn probe(m: &ferrix_build::remote::Machine, store: &LocalStore) -> Result<std::time::Duration> {
+pub fn probe(
+    m: &ferrix_build::remote::Machine,
+    store_dir: &ferrix_format::StoreDir,
+) -> Result<std::time::Duration> {
     let mut t = SshTarget::parse(&m.uri)?;
     t.ssh_key = t.ssh_key.or_else(|| m.ssh_key.clone());
     t.host_key = t.host_key.or_else(|| m.host_key.clone());
     let start = Instant::now();
     if t.ng {
         let (mut ssh, _dir) = ssh_to(t)?;
-        drop(WorkerClient::start(&mut ssh, store.store_dir().clone(), 0)?);
+        drop(WorkerClient::start(&mut ssh, store_dir.clone(), 0)?);
     } else {
-        drop(connect_target(t, store.store_dir())?);
+        drop(connect_target(t, store_dir)?);
     }
     Ok(start.elapsed())
 }

@@ -211,7 +211,7 @@ impl Settings {
                  (through a daemon: nix-store's realise, query, add, export, import, read-log, verify, \
                  optimise, serve, dump-db and collection operations, nix-build, nix-instantiate, \
                  nix-collect-garbage, nix-copy-closure, and ferrix build, eval, instantiate, repl, \
-                 store, copy, path-info, log, serve-cache and derivation add)"
+                 store, copy, path-info, log, serve-cache, machines and derivation add)"
             );
         }
         if let Some(url) = &self.cache_url {

@@ -654,6 +654,10 @@ fn machines_are_listed_with_whether_they_answer() {
     assert!(l.contains("max jobs: 3") && l.contains("\n  up ("), "{l}");
     let d = block(&dead);
     assert!(d.contains("\n  down: "), "{d}");
+    // No store is opened: the same through a daemon (here, one that is not even running).
+    c.env("NIX_REMOTE", "unix:///nonexistent/daemon-socket");
+    let through = String::from_utf8(ok(&mut c)).unwrap();
+    assert!(through.contains(&format!("{live}\n")), "{through}");
 }
 
 /// The serve protocol's import stream carries no hash and the machine takes what comes, so

@@ -12,12 +12,13 @@ pub fn run(settings: &Settings, shell: &mut Shell) -> Result<()> {
         shell.note("no build machines are configured ('builders', or the machines file)");
         return Ok(());
     }
-    let store = settings.open_store()?;
+    // Only the store's directory is needed (the paths machines speak of): no store is
+    // opened, so this works the same through a daemon.
     for m in &machines {
         let mut systems: Vec<&str> = m.systems.iter().map(String::as_str).collect();
         systems.sort();
         let features: Vec<String> = m.features().into_iter().collect();
-        let state = match crate::remote::probe(m, &store) {
+        let state = match crate::remote::probe(m, &settings.store_dir) {
             Ok(t) => format!("up ({} ms)", t.as_millis()),
             Err(e) => format!("down: {}", crate::render(e.as_ref())),
         };
