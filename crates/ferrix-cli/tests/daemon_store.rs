@@ -310,6 +310,49 @@ fn a_sessions_temporary_roots_end_with_it_while_others_go_on() {
     assert!(!Path::new(&p).exists(), "the root outlived its session");
 }
 
+/// The roots the daemon takes itself while a client adds a path are that client's too:
+/// they keep the path while it is connected and end with it, while other clients go on.
+#[test]
+fn the_roots_of_a_clients_additions_end_with_its_session() {
+    let Some(_nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let sd = ferrix_format::StoreDir::new(d.root.path().join("store").to_str().unwrap()).unwrap();
+    let connect = || {
+        ferrix_store::worker_client::WorkerClient::over_socket(
+            "daemon".into(),
+            &d.socket(),
+            sd.clone(),
+            0,
+        )
+        .unwrap()
+    };
+    let _bystander = connect();
+    let mut adder = connect();
+    let added = adder
+        .add_text(
+            "added-by-a-session",
+            b"kept while its client is\n",
+            &Default::default(),
+        )
+        .unwrap();
+    let p = sd.display(&added).to_string();
+    let collect = || {
+        ok(
+            d.local("nix-store").arg("--gc").output().unwrap(),
+            "collecting",
+        )
+    };
+    collect();
+    assert!(Path::new(&p).exists(), "the addition was not kept");
+    drop(adder);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    collect();
+    assert!(
+        !Path::new(&p).exists(),
+        "the addition's root outlived its session while another client is connected"
+    );
+}
+
 #[test]
 fn a_client_may_choose_the_caches_the_daemon_trusts_and_no_others() {
     let Some(nix) = Nix::new() else { return };

@@ -25,7 +25,13 @@ use crate::path_info::ValidPathInfo;
 use crate::streams::{
     read_regular, write_file_nar, HashingReader, Interruptible, MemReader, SkipVisitor,
 };
-use crate::temproots::TempRoots;
+use crate::temproots::{SessionRoots, TempRoots};
+
+std::thread_local! {
+    /// The session this thread serves, within [`LocalStore::in_session`].
+    static SESSION_ROOTS: std::cell::RefCell<Option<SessionRoots>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 mod add;
 mod as_store;
@@ -366,23 +372,45 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Keep `p` alive against a concurrent garbage collection for this process's lifetime.
+    /// Keep `p` alive against a concurrent garbage collection for this process's lifetime,
+    /// or, within [`Self::in_session`], for the session's.
     pub fn add_temp_root(&self, p: &StorePath) -> Result<()> {
         self.add_temp_roots([p])
     }
 
     /// Like [`Self::add_temp_root`] for several paths at once.
     pub fn add_temp_roots<'a>(&self, paths: impl IntoIterator<Item = &'a StorePath>) -> Result<()> {
+        let full: Vec<String> = paths.into_iter().map(|p| self.print(p)).collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        if let Some(session) = SESSION_ROOTS.with(|s| s.borrow().clone()) {
+            return session.add_many(&full);
+        }
         let mut g = self.temp_roots.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             *g = Some(TempRoots::create(&self.config.state_dir)?);
         }
-        let full: Vec<String> = paths.into_iter().map(|p| self.print(p)).collect();
-        let full: Vec<&str> = full.iter().map(String::as_str).collect();
         match g.as_mut() {
             Some(t) => t.add_many(&full),
             None => Ok(()),
         }
+    }
+
+    /// Run `f` on this thread for a session: every temporary root made meanwhile on this
+    /// thread (those asked for, and those the store takes itself while adding a path) is
+    /// `roots`', and ends with the session. A daemon serves each connection on a thread of
+    /// its own this way.
+    pub fn in_session<T>(&self, roots: &SessionRoots, f: impl FnOnce() -> T) -> T {
+        let before = SESSION_ROOTS.with(|s| s.replace(Some(roots.clone())));
+        /// Puts the thread's previous session back however `f` ends.
+        struct Restore(Option<SessionRoots>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let before = self.0.take();
+                SESSION_ROOTS.with(|s| *s.borrow_mut() = before);
+            }
+        }
+        let _restore = Restore(before);
+        f()
     }
 
     /// Release every temporary root of this process, at a moment its owner knows that

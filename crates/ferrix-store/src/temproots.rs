@@ -118,6 +118,42 @@ impl TempRoots {
     }
 }
 
+/// The temporary roots of one session of this process (a daemon's connection): its file
+/// is made at its first root and removed when the last handle goes, whatever the
+/// process's other sessions do. Shared by the session's handles.
+#[derive(Debug, Clone)]
+pub struct SessionRoots(std::sync::Arc<std::sync::Mutex<SessionFile>>);
+
+#[derive(Debug)]
+struct SessionFile {
+    state_dir: PathBuf,
+    id: u64,
+    file: Option<TempRoots>,
+}
+
+impl SessionRoots {
+    /// Session `id`'s roots, under `state_dir`; nothing is written before the first root.
+    pub fn new(state_dir: &Path, id: u64) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(SessionFile {
+            state_dir: state_dir.to_owned(),
+            id,
+            file: None,
+        })))
+    }
+
+    /// Record `full_paths` as the session's roots.
+    pub fn add_many(&self, full_paths: &[&str]) -> Result<()> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.file.is_none() {
+            g.file = Some(TempRoots::for_session(&g.state_dir, g.id)?);
+        }
+        match g.file.as_mut() {
+            Some(t) => t.add_many(full_paths),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for TempRoots {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

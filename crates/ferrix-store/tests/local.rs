@@ -432,3 +432,38 @@ fn canonicalise_takes_ownership() {
         assert_eq!(m.mtime(), 1, "{p}");
     }
 }
+
+/// Within a session, the roots the store takes (adding a path) and those asked for go to
+/// the session's file, which goes when the session's last handle does; outside, and after
+/// the session (even one that panicked), to the process's.
+#[test]
+fn a_sessions_roots_go_to_its_own_file_and_end_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let state = store.config().state_dir.clone();
+    let file = |name: &str| state.join("temproots").join(name);
+    let pid = std::process::id();
+    let roots = ferrix_store::temproots::SessionRoots::new(&state, 7);
+    let a = store.in_session(&roots, || {
+        store
+            .add_text("in-session", b"s", &BTreeSet::new())
+            .unwrap()
+    });
+    let session_file = file(&format!("{pid}-7"));
+    let text = fs::read_to_string(&session_file).unwrap();
+    assert!(text.contains(&store.print(&a)), "{text:?}");
+    // A panic inside leaves the thread outside the session again.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.in_session(&roots, || panic!("inside"))
+    }));
+    assert!(caught.is_err());
+    let b = store.add_text("outside", b"o", &BTreeSet::new()).unwrap();
+    let process = fs::read_to_string(file(&pid.to_string())).unwrap();
+    assert!(process.contains(&store.print(&b)), "{process:?}");
+    assert!(!process.contains(&store.print(&a)), "{process:?}");
+    assert!(!fs::read_to_string(&session_file)
+        .unwrap()
+        .contains(&store.print(&b)));
+    drop(roots);
+    assert!(!session_file.exists(), "the session's roots outlived it");
+}

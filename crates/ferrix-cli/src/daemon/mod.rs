@@ -55,7 +55,6 @@ struct Handler<'a> {
     /// Where build logs go (for logs clients hand over).
     log: ferrix_build::log::LogSettings,
     /// The roots the client asked for (`AddTempRoot`), made at its first.
-    temp_roots: Option<ferrix_store::temproots::TempRoots>,
     /// The caches the client chose (`None`: the daemon's own).
     caches: Option<Vec<String>>,
     /// The daemon's `substituters`, and those with `trusted-substituters`: what an
@@ -87,7 +86,6 @@ impl<'a> Handler<'a> {
             keep_outputs: settings.conf.bool("keep-outputs", false)?,
             keep_derivations: settings.conf.bool("keep-derivations", true)?,
             log,
-            temp_roots: None,
             caches: None,
             trusted_caches: own_caches
                 .iter()
@@ -489,19 +487,9 @@ impl WorkerHandler for Handler<'_> {
     }
 
     fn add_temp_root(&mut self, path: &StorePath) -> Result<(), DaemonError> {
-        // The session's own: they end with it, whatever other sessions do.
-        if self.temp_roots.is_none() {
-            static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.temp_roots = Some(ferrix_store::temproots::TempRoots::for_session(
-                &self.store.config().state_dir,
-                n,
-            )?);
-        }
-        match &mut self.temp_roots {
-            Some(t) => Ok(t.add(&self.store.print(path))?),
-            None => unreachable!("made above"),
-        }
+        // The session's own (each connection's thread serves in a session of its own, see
+        // `socket::serve`): they end with it, whatever other sessions do.
+        Ok(self.store.add_temp_root(path)?)
     }
 
     fn add_indirect_root(&mut self, link: &str) -> Result<(), DaemonError> {

@@ -210,8 +210,17 @@ pub fn serve(
             };
             let (store, access, sessions, engine) = (store.clone(), &access, &sessions, &engine);
             s.spawn(move || {
-                let _session = sessions.start(&store);
-                if let Err(e) = connection(settings, store.clone(), engine, access, stream) {
+                let session = sessions.start(&store);
+                // Every root this connection makes (asked for, or taken by the store while
+                // adding its paths) is its own, and ends with it.
+                let roots = ferrix_store::temproots::SessionRoots::new(
+                    &store.config().state_dir,
+                    session.id,
+                );
+                let served = store.in_session(&roots, || {
+                    connection(settings, store.clone(), engine, access, stream)
+                });
+                if let Err(e) = served {
                     crate::shell::Shell::stdio().error(format!("{e:#}"));
                 }
             });
@@ -263,9 +272,9 @@ fn stop_on_signal(socket: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// How many sessions are running. The store's temporary roots are the whole process's, so
-/// they are released when the last session ends (nothing is in flight then): a path a
-/// client used stays alive while any client is connected, and no longer.
+/// How many sessions are running. A session's own roots end with it; the roots the
+/// process takes elsewhere (the shared Engine's, for the builds of every session) are
+/// released when the last session ends, when nothing is in flight.
 #[derive(Default)]
 struct Sessions(std::sync::Mutex<usize>);
 
@@ -273,14 +282,18 @@ struct Sessions(std::sync::Mutex<usize>);
 struct Session<'a> {
     sessions: &'a Sessions,
     store: Arc<LocalStore>,
+    /// Its number in this process, which names its roots' file.
+    id: u64,
 }
 
 impl Sessions {
     fn start(&self, store: &Arc<LocalStore>) -> Session<'_> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         Session {
             sessions: self,
             store: store.clone(),
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
