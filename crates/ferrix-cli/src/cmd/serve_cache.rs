@@ -246,18 +246,28 @@ struct DaemonPool {
 }
 
 impl DaemonPool {
-    /// `f` on an idle connection (or a new one); a connection that failed is not used again.
+    /// An idle connection, or a new one.
+    fn take(&self) -> Result<WorkerClient> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => crate::stores::connect_daemon(&self.url, &self.settings),
+        }
+    }
+
+    /// Keep `c` for the next request (only a connection that did not fail comes back).
+    fn give(&self, c: WorkerClient) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+
+    /// `f` on a connection; `None` when it failed (the client is told the path is not here).
     fn with<T>(
         &self,
         f: impl FnOnce(&mut WorkerClient) -> Result<T, ferrix_store::serve_client::RemoteError>,
     ) -> Option<T> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut c = match idle {
-            Some(c) => c,
-            None => crate::stores::connect_daemon(&self.url, &self.settings).ok()?,
-        };
+        let mut c = self.take().ok()?;
         let r = f(&mut c).ok()?;
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        self.give(c);
         Some(r)
     }
 }
@@ -313,14 +323,9 @@ impl CacheBackend for DaemonCache {
         Some(Nar {
             len: info.nar_size,
             write: Box::new(move |w| {
-                let idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let mut c = match idle {
-                    Some(c) => c,
-                    None => crate::stores::connect_daemon(&pool.url, &pool.settings)
-                        .map_err(std::io::Error::other)?,
-                };
+                let mut c = pool.take().map_err(std::io::Error::other)?;
                 c.nar_into(&p, w).map_err(std::io::Error::other)?;
-                pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                pool.give(c);
                 Ok(())
             }),
         })
