@@ -33,6 +33,12 @@ const SAME: &[&str] = &[
     "builtins.map (x: x * x) [ 1 2 3 ]",
     "builtins.filter (x: x > 1) [ 1 2 3 ]",
     "builtins.foldl' (a: b: a + b) 0 [ 1 2 3 4 ]",
+    // Folded functions whose results hold on to their arguments (the frames of one call are
+    // taken by the next only when nothing holds them).
+    "map (f: f 10) (builtins.foldl' (acc: x: acc ++ [ (y: x + y) ]) [ ] [ 1 2 3 ])",
+    "builtins.foldl' (acc: x: acc ++ [ (x * 10) ]) [ ] [ 1 2 3 ]",
+    "builtins.foldl' (acc: x: { prev = acc; v = x; }) null [ 1 2 3 ]",
+    "builtins.foldl' (acc: x: if x == 2 then (y: acc + x + y) else if builtins.isFunction acc then acc x else acc + x) 0 [ 1 2 3 4 ]",
     // Builtins of two arguments folded, and one given its first argument already.
     "[ (builtins.foldl' builtins.sub 10 [ 1 2 ]) (builtins.foldl' builtins.add 0 [ 1 2.5 ]) (builtins.foldl' (builtins.foldl' builtins.add) 1 [ [ 2 3 ] [ 4 ] ]) ]",
     "builtins.genList (i: i * 2) 5",

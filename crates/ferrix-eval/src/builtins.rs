@@ -359,8 +359,15 @@ fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[2], span)?;
     let mut acc = a[1].clone();
+    let mut frames = crate::eval::Frames2::default();
     for i in 0..l.len() {
-        acc = ev.apply2(&a[0], acc, l.get(i).unwrap_or_default(), span)?;
+        acc = ev.apply2_with(
+            &a[0],
+            acc,
+            l.get(i).unwrap_or_default(),
+            span,
+            Some(&mut frames),
+        )?;
         l.settled(i);
     }
     ev.force(&acc)

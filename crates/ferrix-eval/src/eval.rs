@@ -685,6 +685,20 @@ impl Evaluator {
     /// both arguments at once, without making the function `f a` would return, which
     /// nothing else could see (`foldl'` and `sort` call such functions once per element).
     pub(crate) fn apply2(&mut self, f: &Value, a: Value, b: Value, span: Span) -> Result<Value> {
+        self.apply2_with(f, a, b, span, None)
+    }
+
+    /// [`Self::apply2`] called again and again with the same function (`foldl'`): the two
+    /// frames of a call that left nothing holding them take the next call's arguments,
+    /// instead of two new ones being made and freed for every element.
+    pub(crate) fn apply2_with(
+        &mut self,
+        f: &Value,
+        a: Value,
+        b: Value,
+        span: Span,
+        frames: Option<&mut Frames2>,
+    ) -> Result<Value> {
         let f = self.force(f)?;
         // A builtin of two arguments (`foldl' builtins.add`) runs at once, without the
         // partial application it would make first.
@@ -698,8 +712,13 @@ impl Evaluator {
             if let (Param::Ident(_), Expr::Lambda(inner)) = (&c.def.param, &c.def.body) {
                 if let Param::Ident(_) = inner.param {
                     self.enter().map_err(|e| e.at(span))?;
-                    let outer = Env::new(smallvec::smallvec![a], Some(c.env.clone()));
-                    let frame = Env::new(smallvec::smallvec![b], Some(outer));
+                    let frame = match frames {
+                        Some(kept) => kept.frame(c, a, b),
+                        None => {
+                            let outer = Env::new(smallvec::smallvec![a], Some(c.env.clone()));
+                            Env::new(smallvec::smallvec![b], Some(outer))
+                        }
+                    };
                     let r = self
                         .eval(&inner.body, &frame)
                         .map_err(|e| calling(&inner.name, e, span));
@@ -938,6 +957,36 @@ impl Evaluator {
 }
 
 /// An error from a function's body, with the call it happened in.
+/// The frames of the last call of a `x: y: …` function made by [`Evaluator::apply2_with`]:
+/// the inner one (`y`'s), whose parent is the outer one (`x`'s), and the function they were
+/// made for.
+#[derive(Default)]
+pub(crate) struct Frames2 {
+    kept: Option<(Rc<Closure>, Rc<Env>)>,
+}
+
+impl Frames2 {
+    /// A frame for a call of `c` with `a` and `b`: the last one, if it was made for `c`
+    /// and nothing took hold of either of its frames during that call (no thunk, function
+    /// or `with` made in the body outlived it); otherwise new ones, kept for the next call.
+    fn frame(&mut self, c: &Rc<Closure>, a: Value, b: Value) -> Rc<Env> {
+        if let Some((made_for, inner)) = &self.kept {
+            let free = |e: &Rc<Env>| Rc::strong_count(e) == 1 && Rc::weak_count(e) == 0;
+            if Rc::ptr_eq(made_for, c) && free(inner) {
+                if let Some(outer) = inner.parent.as_ref().filter(|o| free(o)) {
+                    outer.slots.borrow_mut()[0] = a;
+                    inner.slots.borrow_mut()[0] = b;
+                    return inner.clone();
+                }
+            }
+        }
+        let outer = Env::new(smallvec::smallvec![a], Some(c.env.clone()));
+        let inner = Env::new(smallvec::smallvec![b], Some(outer));
+        self.kept = Some((c.clone(), inner.clone()));
+        inner
+    }
+}
+
 fn calling(name: &Option<Sym>, e: EvalError, span: Span) -> EvalError {
     let name = name.map_or_else(|| "anonymous function".to_owned(), |n| format!("'{n}'"));
     e.context(Some(span), format!("while calling {name}"))
