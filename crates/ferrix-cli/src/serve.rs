@@ -84,16 +84,7 @@ impl ServeHandler for Handler<'_> {
         let mut out = Vec::new();
         for p in paths {
             if let Some(i) = self.store.query_path_info(p)? {
-                out.push(PathInfoEntry {
-                    path: i.path,
-                    deriver: i.deriver,
-                    references: i.references,
-                    download_size: i.nar_size,
-                    nar_size: i.nar_size,
-                    nar_hash: Some(i.nar_hash),
-                    ca: i.ca,
-                    sigs: i.sigs,
-                });
+                out.push(entry(i));
             }
         }
         Ok(out)
@@ -173,6 +164,20 @@ impl ServeHandler for Handler<'_> {
     }
 }
 
+/// What the serve protocol says of a valid path (its NAR is sent uncompressed).
+fn entry(i: ValidPathInfo) -> PathInfoEntry {
+    PathInfoEntry {
+        path: i.path,
+        deriver: i.deriver,
+        references: i.references,
+        download_size: i.nar_size,
+        nar_size: i.nar_size,
+        nar_hash: Some(i.nar_hash),
+        ca: i.ca,
+        sigs: i.sigs,
+    }
+}
+
 /// Serve the store on standard input and output until the master closes it.
 pub fn serve(settings: &Settings, store: Arc<LocalStore>, write: bool) -> Result<()> {
     let mut opts = ServeOptions::new(store.store_dir().clone());
@@ -235,16 +240,7 @@ impl ServeHandler for ThroughDaemon {
         let mut out = Vec::new();
         for p in paths {
             if let Some(i) = self.d.query_path_info(p)? {
-                out.push(PathInfoEntry {
-                    path: p.clone(),
-                    deriver: i.deriver,
-                    references: i.references,
-                    download_size: i.nar_size,
-                    nar_size: i.nar_size,
-                    nar_hash: Some(i.nar_hash),
-                    ca: i.ca,
-                    sigs: i.sigs,
-                });
+                out.push(entry(ValidPathInfo::from_unkeyed(p.clone(), i)));
             }
         }
         Ok(out)

@@ -23,6 +23,43 @@ struct Served {
 }
 
 impl Served {
+    /// A Ferrix daemon's store (the daemon goes when the returned guard does).
+    fn by_ferrix() -> (Daemon, Served) {
+        let d = Daemon::start("");
+        let s = Served {
+            root: d.root.path().to_owned(),
+            socket: d.socket(),
+            links: Links::new(),
+        };
+        (d, s)
+    }
+
+    /// Real Nix 2.8's daemon's store, once it answers a whole handshake.
+    fn by_real_nix(nix: &Nix) -> (NixDaemon, Served) {
+        let daemon = NixDaemon::start(nix);
+        let s = Served {
+            root: daemon.root.path().to_owned(),
+            socket: daemon.socket(),
+            links: Links::new(),
+        };
+        let start = Instant::now();
+        while !s
+            .ferrix("nix-store")
+            .args(["--check-validity", "--print-invalid"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nix-daemon never answered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (daemon, s)
+    }
+
     /// Ferrix's `name` (`nix-store`, …) with the daemon as its store.
     fn ferrix(&self, name: &str) -> Command {
         let mut c = Command::new(self.links.dir.path().join(name));
@@ -382,12 +419,7 @@ in derivation { name = "top"; system = builtins.currentSystem; builder = "/bin/s
 #[test]
 fn ferrix_nix_store_through_a_ferrix_daemon() {
     let Some(nix) = Nix::new() else { return };
-    let d = Daemon::start("");
-    let s = Served {
-        root: d.root.path().to_owned(),
-        socket: d.socket(),
-        links: Links::new(),
-    };
+    let (_d, s) = Served::by_ferrix();
     nix_store_through(&s, &nix);
     eval_and_build_through(&s, &nix);
     repl_through(&s);
@@ -396,28 +428,7 @@ fn ferrix_nix_store_through_a_ferrix_daemon() {
 #[test]
 fn ferrix_nix_store_through_a_real_nix_daemon() {
     let Some(nix) = Nix::new() else { return };
-    let daemon = NixDaemon::start(&nix);
-    let s = Served {
-        root: daemon.root.path().to_owned(),
-        socket: daemon.socket(),
-        links: Links::new(),
-    };
-    // Ready once it answers a whole handshake.
-    let start = Instant::now();
-    while !s
-        .ferrix("nix-store")
-        .args(["--check-validity", "--print-invalid"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nix-daemon never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (_daemon, s) = Served::by_real_nix(&nix);
     nix_store_through(&s, &nix);
     eval_and_build_through(&s, &nix);
     repl_through(&s);
@@ -837,39 +848,14 @@ fn serve_through(s: &Served, nix: &Nix) {
 #[test]
 fn serving_a_daemon_s_store_through_a_ferrix_daemon() {
     let Some(nix) = Nix::new() else { return };
-    let d = Daemon::start("");
-    let s = Served {
-        root: d.root.path().to_owned(),
-        socket: d.socket(),
-        links: Links::new(),
-    };
+    let (_d, s) = Served::by_ferrix();
     serve_through(&s, &nix);
 }
 
 #[test]
 fn serving_a_daemon_s_store_through_a_real_nix_daemon() {
     let Some(nix) = Nix::new() else { return };
-    let daemon = NixDaemon::start(&nix);
-    let s = Served {
-        root: daemon.root.path().to_owned(),
-        socket: daemon.socket(),
-        links: Links::new(),
-    };
-    let start = Instant::now();
-    while !s
-        .ferrix("nix-store")
-        .args(["--check-validity", "--print-invalid"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nix-daemon never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (_daemon, s) = Served::by_real_nix(&nix);
     serve_through(&s, &nix);
 }
 

@@ -267,11 +267,27 @@ fn a_clients_roots_and_signatures_are_kept_by_the_daemon() {
     assert!(info.contains("client-1:"), "{info}");
 }
 
+/// The daemon's store directory.
+fn store_dir(d: &Daemon) -> ferrix_format::StoreDir {
+    ferrix_format::StoreDir::new(d.root.path().join("store").to_str().unwrap()).unwrap()
+}
+
+/// A client session of the daemon, open until dropped.
+fn session(d: &Daemon, sd: &ferrix_format::StoreDir) -> ferrix_store::worker_client::WorkerClient {
+    ferrix_store::worker_client::WorkerClient::over_socket(
+        "daemon".into(),
+        &d.socket(),
+        sd.clone(),
+        0,
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_sessions_temporary_roots_end_with_it_while_others_go_on() {
     let Some(_nix) = Nix::new() else { return };
     let d = Daemon::start("");
-    let sd = ferrix_format::StoreDir::new(d.root.path().join("store").to_str().unwrap()).unwrap();
+    let sd = store_dir(&d);
     // A path nothing keeps, added beside the daemon (so no root of the daemon's own keeps it).
     let f = d.root.path().join("tmp/loose");
     fs::write(&f, "loose\n").unwrap();
@@ -280,15 +296,7 @@ fn a_sessions_temporary_roots_end_with_it_while_others_go_on() {
         "adding",
     );
     let path = sd.parse_path(&p).unwrap();
-    let connect = || {
-        ferrix_store::worker_client::WorkerClient::over_socket(
-            "daemon".into(),
-            &d.socket(),
-            sd.clone(),
-            0,
-        )
-        .unwrap()
-    };
+    let connect = || session(&d, &sd);
     let mut holder = connect();
     let _bystander = connect();
     holder.add_temp_root(&path).unwrap();
@@ -316,16 +324,8 @@ fn a_sessions_temporary_roots_end_with_it_while_others_go_on() {
 fn the_roots_of_a_clients_additions_end_with_its_session() {
     let Some(_nix) = Nix::new() else { return };
     let d = Daemon::start("");
-    let sd = ferrix_format::StoreDir::new(d.root.path().join("store").to_str().unwrap()).unwrap();
-    let connect = || {
-        ferrix_store::worker_client::WorkerClient::over_socket(
-            "daemon".into(),
-            &d.socket(),
-            sd.clone(),
-            0,
-        )
-        .unwrap()
-    };
+    let sd = store_dir(&d);
+    let connect = || session(&d, &sd);
     let _bystander = connect();
     let mut adder = connect();
     let added = adder

@@ -359,7 +359,7 @@ fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[2], span)?;
     let mut acc = a[1].clone();
-    let mut frames = crate::eval::Frames2::default();
+    let mut frames = crate::apply::Frames2::default();
     for i in 0..l.len() {
         acc = ev.apply2_with(
             &a[0],

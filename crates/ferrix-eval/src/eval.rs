@@ -1,5 +1,5 @@
-//! The evaluator: expressions to values, lazily; thunks forced in place; function calls,
-//! operators, equality and ordering with Nix's semantics.
+//! The evaluator: expressions to values, lazily; thunks forced in place; operators with
+//! Nix's semantics. Function calls are in `apply`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,10 +9,8 @@ use std::sync::Arc;
 use crate::error::{ErrorKind, EvalError};
 use crate::store::EvalStore;
 use crate::symbol::Sym;
-use crate::syntax::{AttrsDef, BinOp, Expr, Key, Lowerer, Param, Part, Span, Var};
-use crate::value::{
-    Attrs, Closure, Context, Entry, Env, NixString, Partial, Thunk, ThunkState, Value,
-};
+use crate::syntax::{AttrsDef, BinOp, Expr, Key, Lowerer, Part, Span, Var};
+use crate::value::{Attrs, Closure, Context, Entry, Env, NixString, Thunk, ThunkState, Value};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
@@ -271,7 +269,7 @@ impl Evaluator {
         }
     }
 
-    fn force_thunk(&mut self, t: &Rc<Thunk>) -> Result<Value> {
+    pub(crate) fn force_thunk(&mut self, t: &Rc<Thunk>) -> Result<Value> {
         // The state is moved out while the thunk is forced (so its expression and frame are
         // not cloned), and put back if forcing fails; meanwhile the thunk is a blackhole.
         let (result, state) = match t.take() {
@@ -318,13 +316,19 @@ impl Evaluator {
         }
     }
 
-    fn enter(&mut self) -> Result<()> {
+    /// One level deeper in calls and forcing; past `max-call-depth`, Nix's stack overflow.
+    pub(crate) fn enter(&mut self) -> Result<()> {
         self.depth += 1;
         if self.depth > self.settings.max_call_depth {
             self.depth -= 1;
             return Err(EvalError::new(ErrorKind::StackOverflow));
         }
         Ok(())
+    }
+
+    /// The end of what [`Self::enter`] began.
+    pub(crate) fn leave(&mut self) {
+        self.depth -= 1;
     }
 
     /// A value for `e` in `env` without evaluating it: a thunk, unless it is already a
@@ -352,7 +356,7 @@ impl Evaluator {
     }
 
     /// Like [`Self::thunk`], but never reading a variable: for frames still being filled.
-    fn lazy(&self, e: &Rc<Expr>, env: &Rc<Env>) -> Value {
+    pub(crate) fn lazy(&self, e: &Rc<Expr>, env: &Rc<Env>) -> Value {
         match &**e {
             Expr::Null => Value::Null,
             Expr::Bool(b) => Value::Bool(*b),
@@ -673,160 +677,6 @@ impl Evaluator {
         Ok(Value::attrs(base.update(&Attrs::from_entries(extra))))
     }
 
-    /// Apply `f` to `arg`.
-    pub fn apply(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
-        self.enter().map_err(|e| e.at(span))?;
-        let r = self.apply_inner(f, arg, span);
-        self.depth -= 1;
-        r
-    }
-
-    /// `f a b`. When `f` is a function of the form `x: y: …`, its body is evaluated with
-    /// both arguments at once, without making the function `f a` would return, which
-    /// nothing else could see (`foldl'` and `sort` call such functions once per element).
-    pub(crate) fn apply2(&mut self, f: &Value, a: Value, b: Value, span: Span) -> Result<Value> {
-        self.apply2_with(f, a, b, span, None)
-    }
-
-    /// [`Self::apply2`] called again and again with the same function (`foldl'`): the two
-    /// frames of a call that left nothing holding them take the next call's arguments,
-    /// instead of two new ones being made and freed for every element.
-    pub(crate) fn apply2_with(
-        &mut self,
-        f: &Value,
-        a: Value,
-        b: Value,
-        span: Span,
-        frames: Option<&mut Frames2>,
-    ) -> Result<Value> {
-        let f = self.force(f)?;
-        // A builtin of two arguments (`foldl' builtins.add`) runs at once, without the
-        // partial application it would make first.
-        if let Value::PrimOp(p) = &f {
-            if p.arity == 2 {
-                let v = (p.run)(self, &[a, b], span).map_err(|e| e.at(span))?;
-                return self.force(&v);
-            }
-        }
-        if let Value::Lambda(c) = &f {
-            if let (Param::Ident(_), Expr::Lambda(inner)) = (&c.def.param, &c.def.body) {
-                if let Param::Ident(_) = inner.param {
-                    self.enter().map_err(|e| e.at(span))?;
-                    let frame = match frames {
-                        Some(kept) => kept.frame(c, a, b),
-                        None => {
-                            let outer = Env::new(smallvec::smallvec![a], Some(c.env.clone()));
-                            Env::new(smallvec::smallvec![b], Some(outer))
-                        }
-                    };
-                    let r = self
-                        .eval(&inner.body, &frame)
-                        .map_err(|e| calling(&inner.name, e, span));
-                    self.depth -= 1;
-                    return r;
-                }
-            }
-        }
-        let partial = self.apply(f, a, span)?;
-        self.apply(partial, b, span)
-    }
-
-    fn apply_inner(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
-        let f = match f {
-            Value::Thunk(t) => self.force_thunk(&t)?,
-            f => f,
-        };
-        match f {
-            Value::Lambda(c) => self
-                .call(&c, arg, span)
-                .map_err(|e| calling(&c.def.name, e, span)),
-            Value::PrimOp(p) if p.arity == 1 => {
-                let v = (p.run)(self, &[arg], span).map_err(|e| e.at(span))?;
-                self.force(&v)
-            }
-            Value::PrimOp(op) => Ok(Value::PrimOpApp(Rc::new(Partial {
-                op,
-                args: vec![arg],
-            }))),
-            Value::PrimOpApp(partial) => {
-                let mut args = partial.args.clone();
-                args.push(arg);
-                let op = partial.op.clone();
-                if args.len() == op.arity {
-                    let v = (op.run)(self, &args, span).map_err(|e| e.at(span))?;
-                    self.force(&v)
-                } else {
-                    Ok(Value::PrimOpApp(Rc::new(Partial { op, args })))
-                }
-            }
-            Value::Attrs(a) if a.get(Sym::intern("__functor")).is_some() => {
-                let functor = a
-                    .get(Sym::intern("__functor"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let partial = self.apply(functor, Value::Attrs(a), span)?;
-                self.apply(partial, arg, span)
-            }
-            other => Err(type_error("a function", &other, span)),
-        }
-    }
-
-    fn call(&mut self, c: &Closure, arg: Value, span: Span) -> Result<Value> {
-        let frame = match &c.def.param {
-            Param::Ident(_) => Env::new(smallvec::smallvec![arg], Some(c.env.clone())),
-            Param::Formals {
-                formals,
-                ellipsis,
-                at,
-                ..
-            } => {
-                let given = self.force(&arg)?;
-                let Value::Attrs(given) = given else {
-                    return Err(type_error("a set", &given, span));
-                };
-                let n = formals.len() + usize::from(at.is_some());
-                let frame = Env::new(smallvec::smallvec![Value::Null; n], Some(c.env.clone()));
-                let fname = || {
-                    c.def
-                        .name
-                        .map_or_else(|| "anonymous lambda".to_owned(), |n| n.to_string())
-                };
-                let mut slots = crate::value::Slots::with_capacity(n);
-                for (name, default) in formals {
-                    match (given.get(*name), default) {
-                        (Some(v), _) => slots.push(v.clone()),
-                        (None, Some(d)) => slots.push(self.lazy(d, &frame)),
-                        (None, None) => {
-                            return Err(EvalError::new(ErrorKind::MissingArgument {
-                                function: fname(),
-                                arg: name.to_string(),
-                            })
-                            .at(span))
-                        }
-                    }
-                }
-                if !ellipsis {
-                    if let Some((extra, _)) = given
-                        .iter()
-                        .find(|(k, _)| !formals.iter().any(|(f, _)| f == *k))
-                    {
-                        return Err(EvalError::new(ErrorKind::UnexpectedArgument {
-                            function: fname(),
-                            arg: extra.to_string(),
-                        })
-                        .at(span));
-                    }
-                }
-                if at.is_some() {
-                    slots.push(Value::Attrs(given));
-                }
-                *frame.slots.borrow_mut() = slots;
-                frame
-            }
-        };
-        self.eval(&c.def.body, &frame)
-    }
-
     fn binop(&mut self, op: BinOp, l: &Expr, r: &Expr, env: &Rc<Env>, span: Span) -> Result<Value> {
         match op {
             BinOp::And | BinOp::Or | BinOp::Implies => {
@@ -957,41 +807,6 @@ impl Evaluator {
 }
 
 /// An error from a function's body, with the call it happened in.
-/// The frames of the last call of a `x: y: …` function made by [`Evaluator::apply2_with`]:
-/// the inner one (`y`'s), whose parent is the outer one (`x`'s), and the function they were
-/// made for.
-#[derive(Default)]
-pub(crate) struct Frames2 {
-    kept: Option<(Rc<Closure>, Rc<Env>)>,
-}
-
-impl Frames2 {
-    /// A frame for a call of `c` with `a` and `b`: the last one, if it was made for `c`
-    /// and nothing took hold of either of its frames during that call (no thunk, function
-    /// or `with` made in the body outlived it); otherwise new ones, kept for the next call.
-    fn frame(&mut self, c: &Rc<Closure>, a: Value, b: Value) -> Rc<Env> {
-        if let Some((made_for, inner)) = &self.kept {
-            let free = |e: &Rc<Env>| Rc::strong_count(e) == 1 && Rc::weak_count(e) == 0;
-            if Rc::ptr_eq(made_for, c) && free(inner) {
-                if let Some(outer) = inner.parent.as_ref().filter(|o| free(o)) {
-                    outer.slots.borrow_mut()[0] = a;
-                    inner.slots.borrow_mut()[0] = b;
-                    return inner.clone();
-                }
-            }
-        }
-        let outer = Env::new(smallvec::smallvec![a], Some(c.env.clone()));
-        let inner = Env::new(smallvec::smallvec![b], Some(outer));
-        self.kept = Some((c.clone(), inner.clone()));
-        inner
-    }
-}
-
-fn calling(name: &Option<Sym>, e: EvalError, span: Span) -> EvalError {
-    let name = name.map_or_else(|| "anonymous function".to_owned(), |n| format!("'{n}'"));
-    e.context(Some(span), format!("while calling {name}"))
-}
-
 /// `l op r` computed at once, when both sides are integers already known and the operation
 /// cannot fail (integers wrap, and comparisons of integers always succeed): the thunk it
 /// would otherwise be could only ever give this value, so making and later forcing it is

@@ -1,6 +1,7 @@
 //! The Nix language: parsing (rnix), lowering with resolved scopes, lazy evaluation,
 //! built-in functions, derivations written through [`EvalStore`], and printing.
 
+mod apply;
 mod builtins;
 mod commands;
 mod daemon_store;

@@ -23,6 +23,35 @@ pub struct ValidPathInfo {
 }
 
 impl ValidPathInfo {
+    /// `path`'s record as the worker protocol carries it, without the path.
+    pub fn from_unkeyed(path: StorePath, i: ferrix_protocol::worker::UnkeyedPathInfo) -> Self {
+        Self {
+            path,
+            deriver: i.deriver,
+            nar_hash: i.nar_hash,
+            references: i.references,
+            registration_time: i64::try_from(i.registration_time).unwrap_or(i64::MAX),
+            nar_size: i.nar_size,
+            ultimate: i.ultimate,
+            sigs: i.sigs,
+            ca: i.ca,
+        }
+    }
+
+    /// The record as the worker protocol carries it, without the path.
+    pub fn to_unkeyed(self) -> ferrix_protocol::worker::UnkeyedPathInfo {
+        ferrix_protocol::worker::UnkeyedPathInfo {
+            deriver: self.deriver,
+            nar_hash: self.nar_hash,
+            references: self.references,
+            registration_time: u64::try_from(self.registration_time).unwrap_or(0),
+            nar_size: self.nar_size,
+            ultimate: self.ultimate,
+            sigs: self.sigs,
+            ca: self.ca,
+        }
+    }
+
     /// A fresh record for a path about to be registered now.
     pub fn new(path: StorePath, nar_hash: Hash, nar_size: u64) -> Self {
         Self {

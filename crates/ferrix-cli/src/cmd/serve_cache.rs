@@ -15,7 +15,7 @@ use ferrix_format::signature::SecretKey;
 use ferrix_format::{Encoding, NarInfo, StorePath};
 use ferrix_store::binary_cache::{Compression, FileCache};
 use ferrix_store::worker_client::WorkerClient;
-use ferrix_store::LocalStore;
+use ferrix_store::{LocalStore, ValidPathInfo};
 
 use crate::settings::Settings;
 use crate::shell::Shell;
@@ -152,31 +152,18 @@ impl CacheBackend for StoreCache {
         if let Some(c) = &self.compressed {
             return c.narinfo(&self.store, &p, &info.nar_hash);
         }
-        Some(plain_narinfo(
-            self.store.store_dir(),
-            &self.keys,
-            Served {
-                path: &p,
-                nar_hash: info.nar_hash,
-                nar_size: info.nar_size,
-                references: &info.references,
-                deriver: &info.deriver,
-                sigs: &info.sigs,
-                ca: info.ca,
-            },
-        ))
+        Some(plain_narinfo(self.store.store_dir(), &self.keys, &info))
     }
 
     fn nar(&self, file: &str) -> Option<Nar> {
         if let Some(c) = &self.compressed {
             return c.files.nar(file);
         }
-        let stem = file.strip_suffix(".nar")?;
-        let (hash_part, nar_hash) = stem.split_once('-')?;
+        let (hash_part, _) = file.split_once('-')?;
         let p = self.path(hash_part)?;
         let info = self.store.query_path_info(&p).ok()??;
         // Only the NAR the narinfo named: a path changed since is not served as it.
-        if info.nar_hash.encode(Encoding::Nix32) != nar_hash {
+        if format!("nar/{file}") != nar_file(&p, &info.nar_hash) {
             return None;
         }
         let store = self.store.clone();
@@ -187,32 +174,21 @@ impl CacheBackend for StoreCache {
     }
 }
 
-/// What a narinfo of an uncompressed NAR says of its path.
-struct Served<'a> {
-    path: &'a StorePath,
-    nar_hash: ferrix_format::Hash,
-    nar_size: u64,
-    references: &'a std::collections::BTreeSet<StorePath>,
-    deriver: &'a Option<StorePath>,
-    sigs: &'a std::collections::BTreeSet<String>,
-    ca: Option<ferrix_format::ContentAddress>,
-}
-
 /// The narinfo of a path whose NAR is sent as the store holds it, signed with `keys`.
-fn plain_narinfo(sd: &ferrix_format::StoreDir, keys: &[SecretKey], p: Served<'_>) -> String {
+fn plain_narinfo(sd: &ferrix_format::StoreDir, keys: &[SecretKey], i: &ValidPathInfo) -> String {
     let mut ni = NarInfo {
-        store_path: p.path.clone(),
-        url: nar_file(p.path, &p.nar_hash),
+        store_path: i.path.clone(),
+        url: nar_file(&i.path, &i.nar_hash),
         compression: "none".to_owned(),
-        file_hash: Some(p.nar_hash),
-        file_size: Some(p.nar_size),
-        nar_hash: p.nar_hash,
-        nar_size: p.nar_size,
-        references: p.references.clone(),
-        deriver: p.deriver.clone(),
+        file_hash: Some(i.nar_hash),
+        file_size: Some(i.nar_size),
+        nar_hash: i.nar_hash,
+        nar_size: i.nar_size,
+        references: i.references.clone(),
+        deriver: i.deriver.clone(),
         system: None,
-        sigs: p.sigs.iter().filter_map(|s| s.parse().ok()).collect(),
-        ca: p.ca,
+        sigs: i.sigs.iter().filter_map(|s| s.parse().ok()).collect(),
+        ca: i.ca,
     };
     for k in keys {
         ni.sign(sd, k);
@@ -273,15 +249,14 @@ impl DaemonPool {
 }
 
 impl DaemonCache {
-    fn info(
-        &self,
-        hash_part: &str,
-    ) -> Option<(StorePath, ferrix_protocol::worker::UnkeyedPathInfo)> {
+    /// The record of the valid path whose hash part is `hash_part`.
+    fn info(&self, hash_part: &str) -> Option<ValidPathInfo> {
         self.pool.with(|c| {
             let Some(p) = c.path_from_hash_part(hash_part)? else {
                 return Ok(None);
             };
-            Ok(c.query_path_info(&p)?.map(|i| (p, i)))
+            Ok(c.query_path_info(&p)?
+                .map(|i| ValidPathInfo::from_unkeyed(p, i)))
         })?
     }
 }
@@ -296,30 +271,17 @@ impl CacheBackend for DaemonCache {
     }
 
     fn narinfo(&self, hash_part: &str) -> Option<String> {
-        let (p, info) = self.info(hash_part)?;
-        Some(plain_narinfo(
-            &self.sd,
-            &self.keys,
-            Served {
-                path: &p,
-                nar_hash: info.nar_hash,
-                nar_size: info.nar_size,
-                references: &info.references,
-                deriver: &info.deriver,
-                sigs: &info.sigs,
-                ca: info.ca,
-            },
-        ))
+        Some(plain_narinfo(&self.sd, &self.keys, &self.info(hash_part)?))
     }
 
     fn nar(&self, file: &str) -> Option<Nar> {
         let (hash_part, _) = file.split_once('-')?;
-        let (p, info) = self.info(hash_part)?;
+        let info = self.info(hash_part)?;
         // Only the NAR the narinfo named.
-        if format!("nar/{file}") != nar_file(&p, &info.nar_hash) {
+        if format!("nar/{file}") != nar_file(&info.path, &info.nar_hash) {
             return None;
         }
-        let pool = self.pool.clone();
+        let (pool, p) = (self.pool.clone(), info.path);
         Some(Nar {
             len: info.nar_size,
             write: Box::new(move |w| {

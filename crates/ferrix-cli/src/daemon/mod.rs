@@ -108,19 +108,6 @@ impl<'a> Handler<'a> {
     }
 }
 
-fn to_wire(i: ValidPathInfo) -> UnkeyedPathInfo {
-    UnkeyedPathInfo {
-        deriver: i.deriver,
-        nar_hash: i.nar_hash,
-        references: i.references,
-        registration_time: u64::try_from(i.registration_time).unwrap_or(0),
-        nar_size: i.nar_size,
-        ultimate: i.ultimate,
-        sigs: i.sigs,
-        ca: i.ca,
-    }
-}
-
 fn from_wire(p: &PathInfo) -> ValidPathInfo {
     ValidPathInfo {
         path: p.path.clone(),
@@ -354,7 +341,10 @@ impl WorkerHandler for Handler<'_> {
         &mut self,
         path: &StorePath,
     ) -> Result<Option<UnkeyedPathInfo>, DaemonError> {
-        Ok(self.store.query_path_info(path)?.map(to_wire))
+        Ok(self
+            .store
+            .query_path_info(path)?
+            .map(ValidPathInfo::to_unkeyed))
     }
 
     fn query_referrers(&mut self, path: &StorePath) -> Result<BTreeSet<StorePath>, DaemonError> {
@@ -385,7 +375,7 @@ impl WorkerHandler for Handler<'_> {
         let path = info.path.clone();
         Ok(PathInfo {
             path,
-            info: to_wire(info),
+            info: info.to_unkeyed(),
         })
     }
 
