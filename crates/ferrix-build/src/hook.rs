@@ -329,6 +329,7 @@ impl HookExecutor {
                     locks,
                     replaced: aside.intent,
                     build_dir: None,
+                    hold: None,
                 });
                 Ok(Built::Built)
             }

@@ -516,6 +516,7 @@ impl LocalExecutor {
                             // Removed in the background too, off the way to the
                             // next build.
                             build_dir: build_dir.take(),
+                            hold: None,
                         });
                         Ok(())
                     }

@@ -55,6 +55,8 @@ struct Held {
     locks: Vec<StoreLock>,
     replaced: Option<OutputsIntent>,
     tx: watch::Sender<Option<bool>>,
+    /// Released once the outputs are registered (or not).
+    _hold: Option<ferrix_store::temproots::RootsHold>,
 }
 
 /// A worker under way: the builds whose outputs it could not register.
@@ -72,6 +74,8 @@ pub struct Handover {
     pub replaced: Option<OutputsIntent>,
     /// The build directory, to end.
     pub build_dir: Option<crate::local::BuildDir>,
+    /// Keeps the roots taken while registering until it is done (set by the registry).
+    pub hold: Option<ferrix_store::temproots::RootsHold>,
 }
 
 impl Registrations {
@@ -212,6 +216,7 @@ impl Registrations {
                     locks,
                     replaced,
                     build_dir,
+                    hold,
                 } = h;
                 let held = Held {
                     drv_path,
@@ -220,6 +225,7 @@ impl Registrations {
                     locks,
                     replaced,
                     tx,
+                    _hold: hold,
                 };
                 // What refers to an output that could not be registered cannot be either.
                 let bad = infos

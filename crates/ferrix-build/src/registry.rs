@@ -19,6 +19,8 @@ use crate::register::{Handover, Registrations};
 pub struct Registry {
     store: Arc<LocalStore>,
     registrations: Arc<Registrations>,
+    /// See [`crate::ScheduleOptions::roots_by_work`].
+    roots_by_work: bool,
 }
 
 /// What claiming a job's outputs found.
@@ -70,7 +72,20 @@ impl Registry {
         Self {
             store,
             registrations: Arc::default(),
+            roots_by_work: false,
         }
+    }
+
+    /// The temporary roots taken for a piece of work end with it (see
+    /// [`crate::ScheduleOptions::roots_by_work`]).
+    pub fn with_roots_by_work(mut self, on: bool) -> Self {
+        self.roots_by_work = on;
+        self
+    }
+
+    /// A hold on the roots a piece of work is about to take, when they end with it.
+    pub fn hold_roots(&self) -> Option<ferrix_store::temproots::RootsHold> {
+        self.roots_by_work.then(|| self.store.hold_temp_roots())
     }
 
     pub fn store(&self) -> &Arc<LocalStore> {
@@ -212,7 +227,8 @@ impl Registry {
     }
 
     /// Register a finished job's outputs in the background; dependents may start at once.
-    pub fn hand_over(&self, h: Handover) {
+    pub fn hand_over(&self, mut h: Handover) {
+        h.hold = self.hold_roots();
         self.registrations.start(self.store.clone(), h);
     }
 

@@ -32,6 +32,11 @@ pub struct ScheduleOptions {
     /// is then built by it, planned while the Engine runs (see [`Fallback`]); anything else
     /// (a path fetched as a reference) is left to the caller to plan again without it.
     pub fallback: bool,
+    /// The temporary roots the Engine takes end with the work that took them (a goal, a
+    /// build, a fetch, a registration) instead of with the process: for a long-lived Engine
+    /// (a daemon's), whose callers root what they want of the results themselves. Given to
+    /// the [`Registry`], which takes the holds.
+    pub roots_by_work: bool,
 }
 
 /// Plans the build of a derivation whose fetched output could not be fetched (`--fallback`),
@@ -273,6 +278,8 @@ struct GoalState {
     /// A failure without keep-going: nothing more starts for it.
     stopped: bool,
     reply: Option<oneshot::Sender<Outcome>>,
+    /// Keeps the roots taken for the goal until it is answered.
+    hold: Option<ferrix_store::temproots::RootsHold>,
 }
 
 /// A ready node in the queue: the longest remaining chain first, then the order it came in.
@@ -464,6 +471,7 @@ impl Loop {
             left,
             stopped: false,
             reply: Some(g.reply),
+            hold: self.registry.as_ref().and_then(|r| r.hold_roots()),
         });
         if left == 0 {
             self.finish_goal(gi);
@@ -783,11 +791,13 @@ impl Loop {
         self.fetching += 1;
         self.nodes[i].state = State::Running;
         self.nodes[i].cancel = Some(tx);
+        let hold = self.registry.as_ref().and_then(|r| r.hold_roots());
         self.jobs.spawn(async move {
             let res = fut
                 .await
                 .map(|_| Built::Substituted)
                 .map_err(JobError::Failed);
+            drop(hold);
             (i, FETCH, res)
         });
         Placed::Started
@@ -819,7 +829,12 @@ impl Loop {
         self.running[e] += 1;
         self.nodes[i].state = State::Running;
         self.nodes[i].cancel = Some(cancel);
-        self.jobs.spawn(async move { (i, e, build.await) });
+        let hold = self.registry.as_ref().and_then(|r| r.hold_roots());
+        self.jobs.spawn(async move {
+            let res = build.await;
+            drop(hold);
+            (i, e, res)
+        });
     }
 
     fn answered(&mut self, i: usize, e: usize, offer: Offer) {
@@ -1054,6 +1069,7 @@ impl Loop {
         }
         let interrupted = self.interrupted;
         let registry = self.registry.clone();
+        let hold = self.goals[g].hold.take();
         self.finishing.spawn(async move {
             let mut out = Vec::with_capacity(results.len());
             for (drv, outputs, r) in results {
@@ -1073,6 +1089,7 @@ impl Loop {
                 results: out,
                 interrupted,
             });
+            drop(hold);
         });
     }
 }

@@ -15,7 +15,7 @@ use ferrix_format::StorePath;
 fn keep_going() -> ScheduleOptions {
     ScheduleOptions {
         keep_going: true,
-        fallback: false,
+        ..Default::default()
     }
 }
 

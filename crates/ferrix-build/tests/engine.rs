@@ -222,7 +222,7 @@ fn setup(
             substituter: None,
             options: ScheduleOptions {
                 keep_going,
-                fallback: false,
+                ..Default::default()
             },
             store_dir: StoreDir::default(),
             interrupt: rx,

@@ -154,6 +154,7 @@ pub fn local_settings(
         ScheduleOptions {
             keep_going: conf.bool("keep-going", false)?,
             fallback: conf.bool("fallback", false)?,
+            roots_by_work: false,
         },
     ))
 }
@@ -666,7 +667,9 @@ impl EngineHost {
         times: ferrix_build::BuildTimes,
         substituter: Option<Arc<dyn ferrix_build::substitute::Substituter>>,
     ) -> Result<Self> {
-        let registry = Arc::new(ferrix_build::Registry::new(store.clone()));
+        let registry = Arc::new(
+            ferrix_build::Registry::new(store.clone()).with_roots_by_work(opts.roots_by_work),
+        );
         let mut executors: Vec<Arc<dyn ferrix_build::Executor>> = Vec::new();
         let machines = machines(settings)?;
         // Kept until the run ends: the machines' ssh sockets are in it.

@@ -353,6 +353,99 @@ fn the_roots_of_a_clients_additions_end_with_its_session() {
     );
 }
 
+/// What the shared Engine builds for a session is kept while that session lasts, and not
+/// after it: the Engine's own roots end with each build, so a daemon that always has some
+/// client connected does not keep every output it ever built.
+#[test]
+fn a_build_is_kept_by_the_session_that_asked_for_it_and_no_longer() {
+    use ferrix_protocol::worker::{BuildMode, DerivedPath, OutputsSpec};
+    let Some(_nix) = Nix::new() else { return };
+    let d = Daemon::start("");
+    let sd = store_dir(&d);
+    let expr = d.root.path().join("tmp/built.nix");
+    fs::write(
+        &expr,
+        r#"derivation { name = "built-for-a-session"; system = builtins.currentSystem;
+             builder = "/bin/sh"; args = [ "-c" "echo built > $out" ]; }"#,
+    )
+    .unwrap();
+    let drv = ok(
+        d.local("nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating",
+    );
+    let drv_path = sd.parse_path(&drv).unwrap();
+    let connect = || session(&d, &sd);
+    let _bystander = connect();
+    let mut builder = connect();
+    builder
+        .build_paths(
+            &[DerivedPath::Built {
+                drv_path: drv_path.clone(),
+                outputs: OutputsSpec::All,
+            }],
+            BuildMode::Normal,
+            Box::new(|_| {}),
+        )
+        .unwrap();
+    let out = builder
+        .output_map(&drv_path)
+        .unwrap()
+        .remove("out")
+        .flatten()
+        .unwrap();
+    let out = sd.display(&out).to_string();
+    assert_eq!(fs::read_to_string(&out).unwrap(), "built\n");
+    let collect = || {
+        ok(
+            d.local("nix-store").arg("--gc").output().unwrap(),
+            "collecting",
+        )
+    };
+    collect();
+    assert!(Path::new(&out).exists(), "the session's build was not kept");
+    drop(builder);
+    // The session ends in the daemon a moment after its client has gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Path::new(&out).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        collect();
+    }
+    assert!(
+        !Path::new(&out).exists(),
+        "the build outlived the session that asked for it, while another client is connected"
+    );
+    // The collection took the derivation too: nothing kept it. The client hears why its
+    // build cannot start, once.
+    let gone = connect()
+        .build_paths(
+            &[DerivedPath::Built {
+                drv_path: drv_path.clone(),
+                outputs: OutputsSpec::All,
+            }],
+            BuildMode::Normal,
+            Box::new(|_| {}),
+        )
+        .unwrap_err();
+    let gone = format!("{:#}", anyhow::Error::from(gone));
+    assert_eq!(gone.matches("is not valid").count(), 1, "{gone}");
+    // The Engine builds it again for the next session that asks.
+    ok(
+        d.local("nix-instantiate").arg(&expr).output().unwrap(),
+        "instantiating again",
+    );
+    connect()
+        .build_paths(
+            &[DerivedPath::Built {
+                drv_path,
+                outputs: OutputsSpec::All,
+            }],
+            BuildMode::Normal,
+            Box::new(|_| {}),
+        )
+        .unwrap();
+    assert_eq!(fs::read_to_string(&out).unwrap(), "built\n");
+}
+
 #[test]
 fn a_client_may_choose_the_caches_the_daemon_trusts_and_no_others() {
     let Some(nix) = Nix::new() else { return };
@@ -406,4 +499,140 @@ fn a_client_may_choose_the_caches_the_daemon_trusts_and_no_others() {
     );
     assert!(!marker.exists(), "the derivation was built");
     assert_eq!(fs::read_to_string(&out).unwrap(), "from the cache\n");
+}
+
+/// A session speaking the worker protocol by hand, for what no client here sends.
+struct RawSession {
+    r: std::io::BufReader<std::os::unix::net::UnixStream>,
+    w: std::os::unix::net::UnixStream,
+    version: ferrix_protocol::Version,
+    sd: ferrix_format::StoreDir,
+}
+
+impl RawSession {
+    fn open(d: &Daemon) -> Self {
+        use ferrix_protocol::worker::{client_handshake, client_post_handshake, client_startup};
+        let l = ferrix_protocol::Limits::DEFAULT;
+        let w = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        let mut r = std::io::BufReader::new(w.try_clone().unwrap());
+        let mut w2 = w.try_clone().unwrap();
+        let ours = ferrix_protocol::worker::WORKER_PROTOCOL_VERSION;
+        let version = client_handshake(&mut r, &mut w2, ours, &Default::default(), &l)
+            .unwrap()
+            .version;
+        client_post_handshake(&mut r, &mut w2, version, &l).unwrap();
+        client_startup(&mut r, &mut w2, version, &l, &mut |_| {})
+            .unwrap()
+            .unwrap();
+        Self {
+            r,
+            w,
+            version,
+            sd: store_dir(d),
+        }
+    }
+
+    /// Send `req`, answering the daemon's data requests from `source`; the data it sends
+    /// (`STDERR_WRITE`), or its error.
+    fn call(
+        &mut self,
+        req: &ferrix_protocol::worker::WorkerRequest,
+        source: Option<&mut dyn std::io::Read>,
+    ) -> Result<Vec<u8>, String> {
+        use ferrix_protocol::worker::{process_stderr, write_request, StderrMsg};
+        write_request(&mut self.w, self.version, &self.sd, req).unwrap();
+        let mut data = Vec::new();
+        let l = ferrix_protocol::Limits::DEFAULT;
+        process_stderr(
+            &mut self.r,
+            &mut self.w,
+            self.version,
+            &l,
+            source,
+            &mut |m| {
+                if let StderrMsg::Write(d) = m {
+                    data.extend(d)
+                }
+            },
+        )
+        .unwrap()
+        .map(|()| data)
+        .map_err(|e| e.message)
+    }
+}
+
+/// `ExportPath` and `ImportPaths`, what clients before Nix 2.0 export and import with: the
+/// record matches real Nix's `nix-store --export`, real Nix's stream imports, and an
+/// untrusted client cannot import the unsigned paths of a stream.
+#[test]
+fn the_export_and_import_operations_of_old_clients() {
+    use ferrix_protocol::worker::WorkerRequest;
+    let Some(nix) = Nix::new() else { return };
+    let mut d = Daemon::start("");
+    let sd = store_dir(&d);
+    let p = d.add(&nix, "exported", "exported contents\n", "adding");
+    let path = sd.parse_path(&p).unwrap();
+    let export = d
+        .nix(&nix, "nix-store")
+        .args(["--export", &p])
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", text_of(&export));
+    // `1`, the record, `0`.
+    let stream = export.stdout;
+    let record = &stream[8..stream.len() - 8];
+    let mut s = RawSession::open(&d);
+    let got = s
+        .call(&WorkerRequest::ExportPath(path.clone()), None)
+        .unwrap();
+    assert_eq!(got, record, "the record differs from real Nix's export");
+    let done = ferrix_protocol::wire::read_u64(&mut s.r, "done").unwrap();
+    assert_eq!(done, 1);
+    let missing = sd.parse_path(&p.replace("exported", "missing")).unwrap();
+    let err = s
+        .call(&WorkerRequest::ExportPath(missing), None)
+        .unwrap_err();
+    assert!(err.contains("is not valid"), "{err}");
+    drop(s);
+    let delete = || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        ok(
+            d.local("nix-store")
+                .args(["--delete", &p])
+                .output()
+                .unwrap(),
+            "deleting",
+        );
+        assert!(!Path::new(&p).exists());
+    };
+    delete();
+    let mut s = RawSession::open(&d);
+    s.call(&WorkerRequest::ImportPaths, Some(&mut &stream[..]))
+        .unwrap();
+    let l = ferrix_protocol::Limits::DEFAULT;
+    let imported = ferrix_protocol::wire::read_strings(&mut s.r, &l, "imported").unwrap();
+    assert_eq!(imported, vec![p.clone()]);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "exported contents\n");
+    // The session goes on.
+    let again = s
+        .call(&WorkerRequest::ExportPath(path.clone()), None)
+        .unwrap();
+    assert_eq!(again, record);
+    drop(s);
+    ok(
+        d.nix(&nix, "nix-store")
+            .args(["--verify-path", &p])
+            .output()
+            .unwrap(),
+        "verifying the imported path",
+    );
+    // Root is an ordinary user now: the stream's path has no signature.
+    delete();
+    reconfigure(&mut d, "trusted-users = someone-else\n");
+    let mut s = RawSession::open(&d);
+    let err = s
+        .call(&WorkerRequest::ImportPaths, Some(&mut &stream[..]))
+        .unwrap_err();
+    assert!(err.contains("lacks a signature by a trusted key"), "{err}");
+    assert!(!Path::new(&p).exists(), "an untrusted import left the path");
 }

@@ -5,6 +5,8 @@
 //!   stores speak);
 //! - [`http_cache`]: a store as an HTTP binary cache (`ferrix serve-cache`).
 
+#[cfg(test)]
+mod export_record;
 pub mod http_cache;
 pub mod serve;
 pub mod worker;

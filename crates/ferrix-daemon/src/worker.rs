@@ -188,6 +188,34 @@ impl<W: Write> Logger for SessionLogger<'_, W> {
     }
 }
 
+/// The most data an `ExportPath` frame carries.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// The writer `ExportPath` gives the handler (behind a buffer): each write goes out as one
+/// `STDERR_WRITE` message.
+struct WriteOut<'a, W: Write> {
+    out: Out<'a, W>,
+    version: Version,
+}
+
+impl<W: Write> Write for WriteOut<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(WRITE_CHUNK);
+        write_stderr(
+            &mut self.out,
+            self.version,
+            &StderrMsg::Write(buf[..n].to_vec()),
+        )?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// The writer `NarFromPath` gives the handler: `Last` goes out before the first byte.
 struct NarOut<'a, W: Write> {
     out: Out<'a, W>,
@@ -677,6 +705,42 @@ impl<'a, H: WorkerHandler, R: Read, W: Write> Session<'a, H, R, W> {
                 self.finish(op, None, res, |w, ()| write_ok(w))
             }
             WorkerRequest::NarFromPath(p) => self.nar_from_path(op, &p),
+            WorkerRequest::ExportPath(p) => {
+                let mut out = BufWriter::with_capacity(
+                    WRITE_CHUNK,
+                    WriteOut {
+                        out: self.w(),
+                        version,
+                    },
+                );
+                let res = self.handler.export_path(&p, &mut out);
+                let res = match out.flush() {
+                    Err(source) => {
+                        return Err(WorkerError::Write {
+                            op: Some(op),
+                            source,
+                        })
+                    }
+                    Ok(()) => res,
+                };
+                self.finish(op, None, res, |w, ()| write_u64(w, 1))
+            }
+            WorkerRequest::ImportPaths => {
+                let mut log = self.logger();
+                let w = self.w();
+                let mut data = NarPayload::tunnelled(&mut self.r, w);
+                let res = self.handler.import_paths(&mut data, trusted, &mut log);
+                // Only what the handler asked for was sent: the next operation follows.
+                if let Err(source) = data.finish() {
+                    self.refuse(format!("reading the export stream of {op}: {source}"));
+                    return Err(WorkerError::Payload { op, source });
+                }
+                self.finish(op, Some(log), res, |w, paths| {
+                    let paths: Vec<String> =
+                        paths.iter().map(|p| dir.display(p).to_string()).collect();
+                    write_strings(w, paths.iter().map(String::as_str))
+                })
+            }
             WorkerRequest::AddToStoreNar {
                 mut info,
                 repair,

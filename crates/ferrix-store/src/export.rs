@@ -75,6 +75,8 @@ pub enum ExportErrorKind {
     Padding,
     #[error("a path is not UTF-8")]
     NotUtf8,
+    #[error("cannot add path '{0}' because it lacks a signature by a trusted key (and is not content-addressed); only users in 'trusted-users' may add such paths")]
+    Unsigned(String),
 }
 
 /// The stream being imported, and how far into it we are, for errors.
@@ -188,10 +190,25 @@ impl<R: Read> Stream<R> {
 /// Read an export stream into the store; returns the paths it held, in stream order. Paths
 /// are committed in batches (references may point into the same batch).
 pub fn import_paths(store: &LocalStore, input: impl Read) -> Result<Vec<StorePath>> {
-    import_inner(store, input).map_err(|e| store.or_interrupted(e))
+    import_checked(store, input, &|_| true)
 }
 
-fn import_inner(store: &LocalStore, input: impl Read) -> Result<Vec<StorePath>> {
+/// Like [`import_paths`], but a path `accept` refuses (an export stream has no signatures;
+/// a daemon's untrusted client may add only what its trust allows) ends the import with
+/// [`ExportErrorKind::Unsigned`]; what was read before it and not committed yet is dropped.
+pub fn import_checked(
+    store: &LocalStore,
+    input: impl Read,
+    accept: &dyn Fn(&ValidPathInfo) -> bool,
+) -> Result<Vec<StorePath>> {
+    import_inner(store, input, accept).map_err(|e| store.or_interrupted(e))
+}
+
+fn import_inner(
+    store: &LocalStore,
+    input: impl Read,
+    accept: &dyn Fn(&ValidPathInfo) -> bool,
+) -> Result<Vec<StorePath>> {
     let mut input = Stream {
         inner: input,
         offset: 0,
@@ -212,12 +229,17 @@ fn import_inner(store: &LocalStore, input: impl Read) -> Result<Vec<StorePath>> 
             input.offset
         );
         let staged = store.stage(&mut input, &what, false)?;
+        let trailer_at = input.offset;
         let (p, refs, deriver) = input.trailer(store.store_dir())?;
         imported.push(p.clone());
         if batched.insert(p.clone()) {
             let mut info = ValidPathInfo::new(p.clone(), staged.nar_hash, staged.nar_size);
             info.references = refs;
             info.deriver = deriver;
+            if !accept(&info) {
+                let why = ExportErrorKind::Unsigned(store.print(&p));
+                return Err(input.err(trailer_at, why));
+            }
             batch.push(Pending { staged, info });
             if crate::local::batch_full(&batch) {
                 store.commit_batch(std::mem::take(&mut batch))?;

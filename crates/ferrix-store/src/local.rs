@@ -25,7 +25,7 @@ use crate::path_info::ValidPathInfo;
 use crate::streams::{
     read_regular, write_file_nar, HashingReader, Interruptible, MemReader, SkipVisitor,
 };
-use crate::temproots::{SessionRoots, TempRoots};
+use crate::temproots::{ProcessRoots, RootsHold, SessionRoots};
 
 std::thread_local! {
     /// The session this thread serves, within [`LocalStore::in_session`].
@@ -91,7 +91,8 @@ pub struct LocalStore {
     db: Mutex<Db>,
     /// Idle connections for queries, so that they run beside a commit and each other.
     readers: Mutex<Vec<Db>>,
-    temp_roots: Mutex<Option<TempRoots>>,
+    /// The roots taken outside any session.
+    temp_roots: ProcessRoots,
     tmp_counter: AtomicU64,
     /// New files inherit a default ACL, so placed trees need the full canonicalisation.
     inherits_acl: bool,
@@ -187,11 +188,12 @@ impl LocalStore {
             .state_dir
             .join("ferrix/pending")
             .join(format!("{}-building", std::process::id()));
+        let temp_roots = ProcessRoots::new(&config.state_dir);
         let store = Self {
             config,
             db: Mutex::new(db),
             readers: Mutex::default(),
-            temp_roots: Mutex::new(None),
+            temp_roots,
             tmp_counter: AtomicU64::new(0),
             inherits_acl,
             big_lock,
@@ -385,14 +387,25 @@ impl LocalStore {
         if let Some(session) = SESSION_ROOTS.with(|s| s.borrow().clone()) {
             return session.add_many(&full);
         }
-        let mut g = self.temp_roots.lock().unwrap_or_else(|p| p.into_inner());
-        if g.is_none() {
-            *g = Some(TempRoots::create(&self.config.state_dir)?);
-        }
-        match g.as_mut() {
-            Some(t) => t.add_many(&full),
-            None => Ok(()),
-        }
+        self.temp_roots.add_many(&full)
+    }
+
+    /// Keep `paths` alive for as long as this process lives, outside any session and
+    /// whatever is released meanwhile: places the process keeps reusing.
+    pub fn add_lasting_temp_roots<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<()> {
+        let full: Vec<String> = paths.into_iter().map(|p| self.print(p)).collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        self.temp_roots.add_lasting(&full)
+    }
+
+    /// Hold the roots taken outside a session from now on until the hold is dropped (see
+    /// [`ProcessRoots`]): a long-lived process holds one for each piece of work, so its
+    /// roots end with that work rather than with the process.
+    pub fn hold_temp_roots(&self) -> RootsHold {
+        self.temp_roots.hold()
     }
 
     /// Run `f` on this thread for a session: every temporary root made meanwhile on this
@@ -413,12 +426,11 @@ impl LocalStore {
         f()
     }
 
-    /// Release every temporary root of this process, at a moment its owner knows that
-    /// nothing in flight relies on them (a daemon whose last client has gone): a long-lived
-    /// process would otherwise keep alive every path it ever touched. The next root made
-    /// starts a new file.
+    /// Release the temporary roots this process took outside a session that no
+    /// [`RootsHold`] needs, at a moment its owner knows that nothing else in flight relies
+    /// on them (a daemon whose last client has gone). Lasting roots stay.
     pub fn release_temp_roots(&self) {
-        *self.temp_roots.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.temp_roots.release();
     }
 
     /// Invalidate `paths` (in one transaction, referrers first) and delete their files, under

@@ -118,6 +118,140 @@ impl TempRoots {
     }
 }
 
+/// The temporary roots this process takes outside any session, in generations: each root
+/// goes to the current generation's file, and a generation's file goes once no
+/// [`RootsHold`] that was alive while it was current is left. A long-lived process (a
+/// daemon's Engine) holds one for each piece of work (a goal, a build, a registration), so
+/// its roots end with the work that took them, however busy the process stays. Without
+/// holds (a command's run) nothing is released before the process ends.
+///
+/// Generation 0 (`<pid>`) is never released: it has what was rooted before the first hold,
+/// and what must last as long as the process ([`ProcessRoots::add_lasting`]).
+#[derive(Debug, Clone)]
+pub struct ProcessRoots(std::sync::Arc<std::sync::Mutex<Generations>>);
+
+#[derive(Debug)]
+struct Generations {
+    state_dir: PathBuf,
+    /// Files of the generations not released, by number (made at their first root).
+    files: std::collections::BTreeMap<u64, TempRoots>,
+    current: u64,
+    /// When the current generation began.
+    since: std::time::Instant,
+    /// Live holds, counted by the generation current when each began.
+    holds: std::collections::BTreeMap<u64, usize>,
+}
+
+/// A piece of work relying on the process's roots: the generations current while it lives
+/// stay. Released when dropped.
+#[derive(Debug)]
+pub struct RootsHold {
+    roots: ProcessRoots,
+    generation: u64,
+}
+
+/// A generation gives way to a new one at a hold that finds it this old, so a busy process
+/// makes a file a second at most.
+const GENERATION_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl ProcessRoots {
+    pub fn new(state_dir: &Path) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(Generations {
+            state_dir: state_dir.to_owned(),
+            files: Default::default(),
+            current: 0,
+            since: std::time::Instant::now(),
+            holds: Default::default(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record `full_paths` in the current generation.
+    pub fn add_many(&self, full_paths: &[&str]) -> Result<()> {
+        let mut g = self.lock();
+        let n = g.current;
+        g.file(n)?.add_many(full_paths)
+    }
+
+    /// Record `full_paths` for as long as the process lives (places it keeps reusing).
+    pub fn add_lasting(&self, full_paths: &[&str]) -> Result<()> {
+        self.lock().file(0)?.add_many(full_paths)
+    }
+
+    /// Hold the current generation, and every later one, until the hold is dropped. The
+    /// first hold starts generation 1, so generation 0 keeps only what came before.
+    pub fn hold(&self) -> RootsHold {
+        let mut g = self.lock();
+        let aged = g.since.elapsed() >= GENERATION_AGE && g.files.contains_key(&g.current);
+        if g.current == 0 || aged {
+            g.current += 1;
+            g.since = std::time::Instant::now();
+        }
+        let n = g.current;
+        *g.holds.entry(n).or_default() += 1;
+        RootsHold {
+            roots: self.clone(),
+            generation: n,
+        }
+    }
+
+    /// Release what no hold needs: every generation but 0 older than the oldest hold, and
+    /// with no hold, the current one too (a new one begins).
+    pub fn release(&self) {
+        self.lock().release();
+    }
+
+    /// How many generations have files (for tests).
+    pub fn files(&self) -> usize {
+        self.lock().files.len()
+    }
+}
+
+impl Generations {
+    fn file(&mut self, n: u64) -> Result<&mut TempRoots> {
+        if !self.files.contains_key(&n) {
+            let name = match n {
+                0 => std::process::id().to_string(),
+                n => format!("{}-g{n}", std::process::id()),
+            };
+            let t = TempRoots::create_named(&self.state_dir, &name)?;
+            self.files.insert(n, t);
+        }
+        Ok(self.files.get_mut(&n).expect("inserted above"))
+    }
+
+    fn release(&mut self) {
+        let keep_from = match self.holds.keys().next() {
+            Some(&oldest) => oldest,
+            None => {
+                if self.files.contains_key(&self.current) && self.current != 0 {
+                    self.current += 1;
+                    self.since = std::time::Instant::now();
+                }
+                self.current
+            }
+        };
+        // Dropping a file removes it.
+        self.files.retain(|&n, _| n == 0 || n >= keep_from);
+    }
+}
+
+impl Drop for RootsHold {
+    fn drop(&mut self) {
+        let mut g = self.roots.lock();
+        if let Some(c) = g.holds.get_mut(&self.generation) {
+            *c -= 1;
+            if *c == 0 {
+                g.holds.remove(&self.generation);
+                g.release();
+            }
+        }
+    }
+}
+
 /// The temporary roots of one session of this process (a daemon's connection): its file
 /// is made at its first root and removed when the last handle goes, whatever the
 /// process's other sessions do. Shared by the session's handles.

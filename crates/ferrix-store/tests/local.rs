@@ -467,3 +467,73 @@ fn a_sessions_roots_go_to_its_own_file_and_end_with_it() {
     drop(roots);
     assert!(!session_file.exists(), "the session's roots outlived it");
 }
+
+/// Roots taken outside a session while work holds them end with the last hold that was
+/// alive while they were taken; the first generation (what came before any hold, and lasting
+/// roots) stays; a hold begun later does not keep an older generation.
+#[test]
+fn process_roots_end_with_the_work_that_held_them() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let state = store.config().state_dir.clone();
+    let rooted = |p: &ferrix_format::StorePath| {
+        ferrix_store::temproots::read_all(&state)
+            .unwrap()
+            .contains(&store.print(p))
+    };
+    let add = |name: &str| {
+        let p = store
+            .add_text(name, name.as_bytes(), &BTreeSet::new())
+            .unwrap();
+        assert!(rooted(&p), "{name} was not rooted");
+        p
+    };
+    let before = add("before-any-hold");
+    let first = store.hold_temp_roots();
+    let a = add("while-the-first-holds");
+    let sandbox = store.fresh_entry("a-place").unwrap();
+    store.add_lasting_temp_roots([&sandbox]).unwrap();
+    // The generation is young: a second hold joins it.
+    let second = store.hold_temp_roots();
+    drop(first);
+    assert!(
+        rooted(&a),
+        "released while another hold of its generation lives"
+    );
+    drop(second);
+    assert!(!rooted(&a), "kept after every hold ended");
+    assert!(
+        rooted(&before) && rooted(&sandbox),
+        "the first generation was released"
+    );
+    // An old generation gives way at the next hold; the later hold does not keep the
+    // earlier generation, but the earlier hold keeps the later one.
+    let early = store.hold_temp_roots();
+    let b = add("early");
+    std::thread::sleep(Duration::from_millis(1100));
+    let late = store.hold_temp_roots();
+    let c = add("late");
+    drop(late);
+    assert!(
+        rooted(&b) && rooted(&c),
+        "released while the early hold lives"
+    );
+    let late = store.hold_temp_roots();
+    drop(early);
+    assert!(!rooted(&b), "an older generation was kept by a later hold");
+    assert!(
+        rooted(&c),
+        "released while a hold alive in its generation lives"
+    );
+    drop(late);
+    assert!(!rooted(&c));
+    // Releasing by hand keeps what a hold needs.
+    let h = store.hold_temp_roots();
+    let d = add("held");
+    store.release_temp_roots();
+    assert!(rooted(&d));
+    drop(h);
+    store.release_temp_roots();
+    assert!(!rooted(&d) && rooted(&before));
+}

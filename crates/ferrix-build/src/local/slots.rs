@@ -41,7 +41,7 @@ impl LocalExecutor {
                 None => {
                     let store_err = BuildFailure::store(&d);
                     let sp = store.fresh_entry("ferrix-sandbox").map_err(store_err)?;
-                    store.add_temp_roots([&sp]).map_err(store_err)?;
+                    store.add_lasting_temp_roots([&sp]).map_err(store_err)?;
                     let intent = store
                         .begin_outputs(&[], std::slice::from_ref(&sp))
                         .map_err(store_err)?;

@@ -390,6 +390,7 @@ impl RemoteExecutor {
             locks,
             replaced: aside.intent,
             build_dir: None,
+            hold: None,
         });
         Ok(Built::Built)
     }

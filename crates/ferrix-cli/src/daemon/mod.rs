@@ -32,14 +32,21 @@ use activities::Activities;
 enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Shown with its whole chain, and no source of its own (a client hears the chain once).
     #[error("{0:#}")]
-    Other(#[from] anyhow::Error),
+    Other(anyhow::Error),
     #[error("{0}")]
     Failed(String),
     #[error("path '{0}' is not valid")]
     NotValid(String),
     #[error("cannot add path '{0}' because it lacks a signature by a trusted key (and is not content-addressed); only users in 'trusted-users' may add such paths")]
     Unsigned(String),
+}
+
+impl From<anyhow::Error> for DaemonError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e)
+    }
 }
 
 struct Handler<'a> {
@@ -566,6 +573,33 @@ impl WorkerHandler for Handler<'_> {
             return Err(DaemonError::NotValid(self.store.print(path)));
         }
         Ok(self.store.nar_from_path(path, out)?)
+    }
+
+    fn export_path(&mut self, path: &StorePath, out: &mut dyn Write) -> Result<(), DaemonError> {
+        let info = self.store.path_info(path)?;
+        self.store.nar_from_path(path, &mut *out)?;
+        let trailer = ferrix_store::export::trailer(self.store.store_dir(), &info);
+        out.write_all(&trailer)
+            .map_err(|e| DaemonError::Store(StoreError::ExportWrite(e)))
+    }
+
+    fn import_paths(
+        &mut self,
+        input: &mut dyn Read,
+        _trusted: bool,
+        _log: &mut dyn Logger,
+    ) -> Result<Vec<StorePath>, DaemonError> {
+        // Buffered: each read is a request to the client, which answers with what it has
+        // and never past its stream's end, where the import stops reading.
+        let input = std::io::BufReader::with_capacity(64 * 1024, input);
+        // An export stream carries no signatures: an untrusted client may import only
+        // what its trust takes without (see `check`).
+        let accept = |info: &ValidPathInfo| self.check(info).is_ok();
+        Ok(ferrix_store::export::import_checked(
+            &self.store,
+            input,
+            &accept,
+        )?)
     }
 
     fn add_to_store_nar(

@@ -305,6 +305,20 @@ impl<'a> Builds<'a> {
             }
             Engines::Shared(shared) => {
                 let plan = with_limits(plan, asked);
+                // The shared Engine's roots end with each build: what the session asked for
+                // is rooted in the session (this thread's) before it exists, as a Nix
+                // daemon's worker roots what it builds, and stays so while the session does.
+                let mut paths: Vec<StorePath> = Vec::new();
+                for n in &plan.nodes {
+                    paths.push(n.work.key().clone());
+                    paths.extend(n.work.outputs());
+                }
+                paths.sort();
+                paths.dedup();
+                shared
+                    .store
+                    .add_temp_roots(&paths)
+                    .context("rooting the session's builds")?;
                 let keys = plan.nodes.iter().map(|n| n.work.key().clone()).collect();
                 let subscription = shared.router.subscribe(keys, &tx);
                 drop(tx);

@@ -104,6 +104,7 @@ impl Reporter for Router {
 /// same output share one build, and `max-jobs` holds for the machine.
 pub struct SharedEngine {
     pub(super) host: crate::build::EngineHost,
+    pub(super) store: Arc<LocalStore>,
     pub(super) router: Arc<Router>,
     /// The caches its fetches come from; `None` when substitution is off.
     caches: Option<Arc<Caches>>,
@@ -188,9 +189,12 @@ impl Substituter for Caches {
 
 impl SharedEngine {
     pub fn start(settings: &Settings, store: &Arc<LocalStore>) -> Result<Self> {
-        let (mut local, opts) = crate::build::local_settings(settings, store)?;
+        let (mut local, mut opts) = crate::build::local_settings(settings, store)?;
         // A daemon builds what it is asked to: at least one job at a time.
         local.max_jobs = local.max_jobs.max(1);
+        // It lives long and busy: its roots end with each build, each session keeping the
+        // results it asked for (see `Builds::run`).
+        opts.roots_by_work = true;
         let router = Arc::new(Router::default());
         let caches = crate::build::cache_settings(settings)?.map(|c| {
             Arc::new(Caches {
@@ -212,6 +216,7 @@ impl SharedEngine {
         )?;
         Ok(Self {
             host,
+            store: store.clone(),
             router,
             caches,
             always_allow: settings.substitution()?.always_allow,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferrix_format::content_address::FileIngestionMethod;
 use ferrix_format::hash::{Encoding, Hash};
-use ferrix_format::nar::{NarError, NarVisitor};
+use ferrix_format::nar::NarError;
 use ferrix_format::wire::push_bytes;
 use ferrix_format::{ContentAddress, Derivation, DerivationOutput, StoreDir, StorePath};
 use ferrix_protocol::serve::{
@@ -16,15 +16,13 @@ use ferrix_protocol::serve::{
     BuildSettings, BuildStatus, BuiltOutput, Command, DumpStorePath, ExportPaths, PathInfoEntry,
     QueryClosure, QueryPathInfos, QueryValidPaths, Request, SERVE_MAGIC_1, SERVE_MAGIC_2,
 };
-use ferrix_protocol::wire::{
-    read_opt_store_path, read_store_path, read_store_path_set, read_string, read_u64,
-    write_opt_store_path, write_store_path, write_store_paths, write_u64,
-};
+use ferrix_protocol::wire::{read_store_path_set, read_u64, write_u64};
 use ferrix_protocol::{Limits, Version, WireError};
 use proptest::prelude::*;
 use thiserror::Error;
 
 use super::*;
+use crate::export_record::{read_record, write_record, ExportRecord, RecordError};
 
 const L: Limits = Limits::DEFAULT;
 const V25: Version = Version::new(2, 5);
@@ -53,6 +51,8 @@ enum FakeError {
     Nar(#[from] NarError),
     #[error("bad export stream")]
     Wire(#[from] WireError),
+    #[error("bad export record")]
+    Record(#[from] RecordError),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -64,35 +64,6 @@ struct Fake {
     calls: Vec<String>,
     /// How much of a NAR `add_to_store_nar` reads (all when `None`).
     nar_read: Option<usize>,
-}
-
-/// Skips a NAR's contents; only its bytes matter here.
-struct Skip;
-
-impl NarVisitor for Skip {
-    fn directory(&mut self, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn regular(&mut self, _: &[u8], _: bool, _: u64, _: u64, _: &mut dyn Read) -> io::Result<()> {
-        Ok(())
-    }
-    fn symlink(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Copies what it reads.
-struct Tee<'a> {
-    inner: &'a mut dyn Read,
-    copy: Vec<u8>,
-}
-
-impl Read for Tee<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.copy.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
 }
 
 fn nar_of_text(text: &str) -> Vec<u8> {
@@ -184,25 +155,11 @@ impl ServeHandler for Fake {
                 1 => {}
                 n => return Err(WireError::unexpected("export flag", n).into()),
             }
-            let mut tee = Tee {
-                inner: input,
-                copy: Vec::new(),
-            };
-            ferrix_format::nar::parse(&mut tee, &mut Skip)?;
-            let nar = tee.copy;
-            if read_u64(input, "export magic")? != 0x4558_494e {
-                return Err(WireError::unexpected("export magic", "?").into());
-            }
-            let path = read_store_path(input, &dir(), &L, "exported path")?;
-            let refs = read_store_path_set(input, &dir(), &L, "references")?;
-            let deriver = read_opt_store_path(input, &dir(), &L, "deriver")?;
-            if read_u64(input, "signature flag")? == 1 {
-                read_string(input, &L, "signature")?;
-            }
-            let mut e = entry(&path, &[], &nar);
-            e.references = refs;
-            e.deriver = deriver;
-            self.paths.insert(path, (e, nar));
+            let r = read_record(input, &dir())?;
+            let mut e = entry(&r.path, &[], &r.nar);
+            e.references = r.references;
+            e.deriver = r.deriver;
+            self.paths.insert(r.path, (e, r.nar));
         }
     }
 
@@ -320,12 +277,13 @@ impl ServeHandler for Fake {
 
 fn write_export_record(out: &mut dyn Write, e: &PathInfoEntry, nar: &[u8]) -> io::Result<()> {
     write_u64(out, 1)?;
-    out.write_all(nar)?;
-    write_u64(out, 0x4558_494e)?;
-    write_store_path(out, &dir(), &e.path)?;
-    write_store_paths(out, &dir(), &e.references)?;
-    write_opt_store_path(out, &dir(), e.deriver.as_ref())?;
-    write_u64(out, 0)
+    let r = ExportRecord {
+        path: e.path.clone(),
+        references: e.references.clone(),
+        deriver: e.deriver.clone(),
+        nar: nar.to_vec(),
+    };
+    write_record(out, &dir(), &r)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -212,6 +212,24 @@ pub trait WorkerHandler {
     /// before and after the first byte does.
     fn nar_from_path(&mut self, path: &StorePath, out: &mut dyn Write) -> Result<(), Self::Error>;
 
+    /// 16 (obsolete: how clients before 1.18 export): write the export record of `path` to
+    /// `out`: its NAR, then the magic `0x4558494e`, the path, its references, its deriver
+    /// (or empty) and `0` (no signature), as `nix-store --export` writes each path after its
+    /// `1`. An error after the first byte still reaches the client as an error.
+    fn export_path(&mut self, path: &StorePath, out: &mut dyn Write) -> Result<(), Self::Error>;
+
+    /// 27 (obsolete: how clients before 1.18 import): add the paths of the export stream
+    /// `input` (as `nix-store --import` reads it), signatures unchecked when `trusted`, as
+    /// Nix's daemon does. Every read is asked of the client (`STDERR_READ`), which cannot
+    /// answer past the end of its stream: read nothing after its final `0`. The paths, in
+    /// stream order.
+    fn import_paths(
+        &mut self,
+        input: &mut dyn Read,
+        trusted: bool,
+        log: &mut dyn Logger,
+    ) -> Result<Vec<StorePath>, Self::Error>;
+
     /// 39: add `info.path` from its NAR: `nar` yields exactly `info.info.nar_size` bytes,
     /// then end of file (an I/O error if the client sends fewer). What the handler leaves
     /// unread is skipped. Nothing about `info` has been checked against the NAR.

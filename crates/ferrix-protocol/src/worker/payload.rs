@@ -101,6 +101,19 @@ impl<R: Read, W: Write> NarPayload<R, W> {
         }
     }
 
+    /// A stream of unknown length pulled from the client with `STDERR_READ`, whatever the
+    /// version (`ImportPaths`): the consumer reads what it needs and no more, since the
+    /// client cannot answer past the end of what it sends.
+    pub fn tunnelled(r: R, w: W) -> Self {
+        Self {
+            src: Source::Tunnelled(r),
+            w,
+            left: u64::MAX,
+            chunk: 0,
+            pad: 0,
+        }
+    }
+
     /// How the NAR comes.
     pub fn transfer(&self) -> NarTransfer {
         match self.src {

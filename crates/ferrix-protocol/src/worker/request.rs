@@ -187,6 +187,12 @@ pub enum WorkerRequest {
     },
     /// 38 → the NAR, after `STDERR_LAST`.
     NarFromPath(StorePath),
+    /// 16 (then an obsolete u64), what clients before 1.18 use to export → the path's export
+    /// record (without the leading `1`) as `STDERR_WRITE` data, then u64 1.
+    ExportPath(StorePath),
+    /// 27 → the paths imported (strings). The export stream is pulled from the client with
+    /// `STDERR_READ` (see [`super::payload::NarPayload::tunnelled`]).
+    ImportPaths,
     /// 39, the NAR follows (see [`super::payload::NarTransfer`]) → nothing.
     AddToStoreNar {
         /// Always sent in full (the 1.16 form).
@@ -267,6 +273,8 @@ impl WorkerRequest {
             Self::BuildDerivation { .. } => Op::BuildDerivation,
             Self::AddSignatures { .. } => Op::AddSignatures,
             Self::NarFromPath(_) => Op::NarFromPath,
+            Self::ExportPath(_) => Op::ExportPath,
+            Self::ImportPaths => Op::ImportPaths,
             Self::AddToStoreNar { .. } => Op::AddToStoreNar,
             Self::QueryMissing(_) => Op::QueryMissing,
             Self::QueryDerivationOutputMap(_) => Op::QueryDerivationOutputMap,
@@ -329,6 +337,8 @@ impl Op {
                 | Op::BuildDerivation
                 | Op::AddSignatures
                 | Op::NarFromPath
+                | Op::ExportPath
+                | Op::ImportPaths
                 | Op::AddToStoreNar
                 | Op::QueryMissing
                 | Op::QueryDerivationOutputMap
@@ -559,7 +569,13 @@ pub fn read_request_body<R: Read + ?Sized>(
             limits,
             "output id of QueryRealisation",
         )?),
-        Op::ExportPath | Op::QueryFailedPaths | Op::ClearFailedPaths | Op::ImportPaths => {
+        Op::ExportPath => {
+            let p = path(r, "path of ExportPath")?;
+            read_u64(r, "obsolete flag of ExportPath")?;
+            WorkerRequest::ExportPath(p)
+        }
+        Op::ImportPaths => WorkerRequest::ImportPaths,
+        Op::QueryFailedPaths | Op::ClearFailedPaths => {
             return Err(WireError::unexpected(
                 "worker operation (not supported here)",
                 op,
@@ -663,7 +679,12 @@ pub fn write_request<W: Write + ?Sized>(
         }
         WorkerRequest::SyncWithGC
         | WorkerRequest::QueryAllValidPaths
-        | WorkerRequest::FindRoots => Ok(()),
+        | WorkerRequest::FindRoots
+        | WorkerRequest::ImportPaths => Ok(()),
+        WorkerRequest::ExportPath(p) => {
+            write_store_path(w, store_dir, p)?;
+            write_u64(w, 0)
+        }
         WorkerRequest::CollectGarbage {
             action,
             paths,

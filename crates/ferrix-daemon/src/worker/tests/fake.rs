@@ -1,6 +1,7 @@
 //! An in-memory store the scripted sessions run against.
 
 use super::*;
+use crate::export_record::{read_record, write_record, ExportRecord};
 
 #[derive(Debug, Error)]
 pub(super) enum FakeError {
@@ -14,6 +15,8 @@ pub(super) enum FakeError {
     Wire(#[from] WireError),
     #[error("reading data")]
     Io(#[from] io::Error),
+    #[error("bad export record")]
+    Record(#[from] crate::export_record::RecordError),
 }
 
 #[derive(Debug, Default)]
@@ -307,6 +310,48 @@ impl WorkerHandler for Fake {
         }
         out.write_all(nar)?;
         Ok(())
+    }
+
+    fn export_path(&mut self, path: &StorePath, out: &mut dyn Write) -> Result<(), FakeError> {
+        self.calls.push(format!("export {path}"));
+        let (info, nar) = self
+            .paths
+            .get(path)
+            .ok_or_else(|| FakeError::NotValid(path.clone()))?;
+        let r = ExportRecord {
+            path: path.clone(),
+            references: info.references.clone(),
+            deriver: info.deriver.clone(),
+            nar: nar.clone(),
+        };
+        write_record(out, &dir(), &r)?;
+        Ok(())
+    }
+
+    fn import_paths(
+        &mut self,
+        input: &mut dyn Read,
+        trusted: bool,
+        log: &mut dyn Logger,
+    ) -> Result<Vec<StorePath>, FakeError> {
+        self.calls.push(format!("import trusted={trusted}"));
+        let _ = log.log(StderrMsg::Next("importing\n".into()));
+        // Buffered: the client answers each request with what it has, never past its end.
+        let mut input = io::BufReader::new(input);
+        let mut paths = Vec::new();
+        loop {
+            match read_u64(&mut input, "export flag")? {
+                0 => return Ok(paths),
+                1 => {}
+                n => return Err(WireError::unexpected("export flag", n).into()),
+            }
+            let r = read_record(&mut input, &dir())?;
+            let mut info = info_of(&r.path, &r.nar, &[]).info;
+            info.references = r.references;
+            info.deriver = r.deriver;
+            self.paths.insert(r.path.clone(), (info, r.nar));
+            paths.push(r.path);
+        }
     }
 
     fn add_to_store_nar(

@@ -53,7 +53,7 @@ fn handler_errors_become_stderr_error_and_the_session_goes_on() {
 fn unknown_and_unsupported_operations_end_the_session() {
     for (op, want) in [
         (2u64, "invalid operation 2"),
-        (27, "ImportPaths (27)"),
+        (24, "QueryFailedPaths (24)"),
         (1000, "invalid operation 1000"),
     ] {
         let mut s = Script::new(v(34));
@@ -61,7 +61,7 @@ fn unknown_and_unsupported_operations_end_the_session() {
         s.req(&WorkerRequest::SyncWithGC);
         let (res, mut o) = s.run(&mut Fake::default(), &opts(true));
         match (op, res) {
-            (27, Err(WorkerError::UnsupportedOp(Op::ImportPaths))) => {}
+            (24, Err(WorkerError::UnsupportedOp(Op::QueryFailedPaths))) => {}
             (n, Err(WorkerError::UnknownOp(m))) if n == m => {}
             (_, res) => panic!("{op}: {res:?}"),
         }
@@ -290,6 +290,17 @@ fn logger_refuses_control_messages_and_reports_a_gone_client() {
         }
         fn nar_from_path(&mut self, p: &StorePath, o: &mut dyn Write) -> Result<(), FakeError> {
             self.0.nar_from_path(p, o)
+        }
+        fn export_path(&mut self, p: &StorePath, o: &mut dyn Write) -> Result<(), FakeError> {
+            self.0.export_path(p, o)
+        }
+        fn import_paths(
+            &mut self,
+            i: &mut dyn Read,
+            t: bool,
+            l: &mut dyn Logger,
+        ) -> Result<Vec<StorePath>, FakeError> {
+            self.0.import_paths(i, t, l)
         }
         fn add_to_store_nar(
             &mut self,

@@ -213,6 +213,8 @@ pub(super) fn all_requests() -> Vec<WorkerRequest> {
             repair: false,
         },
         WorkerRequest::QueryRealisation("sha256:00!out".into()),
+        WorkerRequest::ExportPath(sp(FOO)),
+        WorkerRequest::ImportPaths,
     ]
 }
 
@@ -363,8 +365,8 @@ pub(super) fn bad_requests() {
         matches!(e, WireError::UnexpectedValue { what: "worker operation", ref value } if value == "2"),
         "{e}"
     );
-    let e = read_request(&mut &B::default().n(27).0[..], v(34), &d, &L).unwrap_err();
-    assert!(e.to_string().contains("ImportPaths (27)"), "{e}");
+    let e = read_request(&mut &B::default().n(24).0[..], v(34), &d, &L).unwrap_err();
+    assert!(e.to_string().contains("QueryFailedPaths (24)"), "{e}");
     let e = read_request(&mut &B::default().n(20).n(4).0[..], v(34), &d, &L).unwrap_err();
     assert!(e.to_string().contains("action of CollectGarbage"), "{e}");
     let e = read_request(&mut &B::default().n(7).0[..], v(24), &d, &L).unwrap_err();
