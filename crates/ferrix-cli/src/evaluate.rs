@@ -312,7 +312,7 @@ fn render(ev: &mut Evaluator, v: &Value, output: Output) -> Result<String, ferri
         Output::Raw => Ok(ev
             .coerce_to_string(v, Coerce::Interp, Span::default())?
             .s
-            .clone()),
+            .to_string()),
         Output::Json => ferrix_eval::to_json_text(ev, v),
         Output::Xml { strict, location } => {
             // Printed with its own final newline.

@@ -242,19 +242,19 @@ fn is(ev: &mut Evaluator, v: &Value, f: impl Fn(&Value) -> bool) -> Result<Value
 
 fn abort(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let msg = ev.coerce_to_string(&a[0], Coerce::Interp, span)?;
-    Err(EvalError::new(ErrorKind::Abort(msg.s.clone())))
+    Err(EvalError::new(ErrorKind::Abort(msg.s.to_string())))
 }
 
 fn throw(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let msg = ev.coerce_to_string(&a[0], Coerce::Interp, span)?;
-    Err(EvalError::new(ErrorKind::Throw(msg.s.clone())))
+    Err(EvalError::new(ErrorKind::Throw(msg.s.to_string())))
 }
 
 fn trace(ev: &mut Evaluator, a: &[Value], _span: Span) -> Result<Value> {
     let v = ev.force(&a[0])?;
     let shown = match &v {
         Value::String(s) => s.s.clone(),
-        v => crate::print::print(ev, v, false)?,
+        v => crate::print::print(ev, v, false)?.into(),
     };
     #[allow(clippy::print_stderr)]
     {
@@ -444,7 +444,7 @@ fn get_attr(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let s = ev.expect_attrs(&a[1], span)?;
     s.get(Sym::intern(&name.s)).cloned().ok_or_else(|| {
         EvalError::new(ErrorKind::MissingAttr {
-            name: name.s.clone(),
+            name: name.s.to_string(),
         })
     })
 }
@@ -563,7 +563,7 @@ fn concat_strings_sep(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
     let sep = ev.expect_string(&a[0], span)?;
     let l = ev.expect_list(&a[1], span)?;
     let mut out = NixString {
-        s: String::new(),
+        s: compact_str::CompactString::default(),
         context: sep.context.clone(),
     };
     for i in 0..l.len() {
@@ -595,7 +595,9 @@ fn substring(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
         from.saturating_add(len as usize).min(bytes.len())
     };
     Ok(Value::String(Rc::new(NixString {
-        s: String::from_utf8_lossy(&bytes[from..to]).into_owned(),
+        s: String::from_utf8_lossy(&bytes[from..to])
+            .into_owned()
+            .into(),
         context: s.context.clone(),
     })))
 }
@@ -615,7 +617,7 @@ fn replace_strings(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value>
     }
     let s = ev.expect_string(&a[2], span)?;
     let mut out = NixString {
-        s: String::new(),
+        s: compact_str::CompactString::default(),
         context: s.context.clone(),
     };
     let mut i = 0;
@@ -664,7 +666,7 @@ fn base_name_of(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let t = s.s.trim_end_matches('/');
     let base = t.rsplit('/').next().unwrap_or("");
     Ok(Value::String(Rc::new(NixString {
-        s: base.to_owned(),
+        s: base.into(),
         context: s.context.clone(),
     })))
 }
@@ -683,7 +685,7 @@ fn dir_of(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
         _ => {
             let s = ev.coerce_to_string(&v, Coerce::Plain, span)?;
             Ok(Value::String(Rc::new(NixString {
-                s: dir(&s.s),
+                s: dir(&s.s).into(),
                 context: s.context.clone(),
             })))
         }
@@ -876,7 +878,7 @@ fn convert_hash(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let args = ev.expect_attrs(&a[0], span)?;
     let get = |ev: &mut Evaluator, name: &str| -> Result<Option<String>> {
         match args.get(Sym::intern(name)) {
-            Some(v) => Ok(Some(ev.expect_string(v, span)?.s.clone())),
+            Some(v) => Ok(Some(ev.expect_string(v, span)?.s.to_string())),
             None => Ok(None),
         }
     };
@@ -969,7 +971,11 @@ pub(crate) fn bits(
 pub(crate) fn get_env(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let name = ev.expect_string(&a[0], span)?;
     Ok(Value::string(
-        ev.settings.env.get(&name.s).cloned().unwrap_or_default(),
+        ev.settings
+            .env
+            .get(name.s.as_str())
+            .cloned()
+            .unwrap_or_default(),
     ))
 }
 
@@ -997,7 +1003,7 @@ pub(crate) fn to_path(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
         .at(span));
     }
     Ok(Value::String(Rc::new(NixString {
-        s: crate::syntax::canonicalise(&s.s),
+        s: crate::syntax::canonicalise(&s.s).into(),
         context: s.context.clone(),
     })))
 }

@@ -119,7 +119,7 @@ impl Evaluator {
                         None => "out".into(),
                     };
                     out.push(if output == "out" {
-                        drv
+                        drv.to_string()
                     } else {
                         format!("{drv}!{output}")
                     });
@@ -133,7 +133,7 @@ impl Evaluator {
                     None => false,
                 };
                 if top || recurse {
-                    let entries: Vec<(Rc<str>, Value)> = a
+                    let entries: Vec<(compact_str::CompactString, Value)> = a
                         .sorted_by_name()
                         .into_iter()
                         .map(|(n, v)| (n, v.clone()))

@@ -60,7 +60,10 @@ fn other(msg: String, span: Span) -> EvalError {
 }
 
 fn with_context(s: String, context: Context) -> Value {
-    Value::String(Rc::new(NixString { s, context }))
+    Value::String(Rc::new(NixString {
+        s: s.into(),
+        context,
+    }))
 }
 
 pub(crate) fn derivation_strict(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
@@ -127,7 +130,7 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
                     .coerce_to_string(&item, Coerce::Derivation, span)
                     .map_err(in_attr)?;
                 context.extend(&s.context);
-                drv.args.push(s.s.clone());
+                drv.args.push(s.s.to_string());
             }
             continue;
         }
@@ -158,8 +161,8 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
             .map_err(in_attr)?;
         context.extend(&s.context);
         match key {
-            "builder" => drv.builder = s.s.clone(),
-            "system" => drv.platform = s.s.clone(),
+            "builder" => drv.builder = s.s.to_string(),
+            "system" => drv.platform = s.s.to_string(),
             "outputHash" => hash = Some(s.s.clone()),
             "outputHashAlgo" => hash_algo = Some(s.s.clone()),
             "outputHashMode" => hash_mode = Some(s.s.clone()),
@@ -167,7 +170,7 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
                 let list = ev.expect_list(&v, span).map_err(in_attr)?;
                 outputs.clear();
                 for o in list.iter() {
-                    let o = ev.expect_string(&o, span)?.s.clone();
+                    let o = ev.expect_string(&o, span)?.s.to_string();
                     if o == "drv" {
                         return Err(other("invalid derivation output name 'drv'".into(), span));
                     }
@@ -186,7 +189,7 @@ fn build(ev: &mut Evaluator, attrs: &Attrs, name: &str, span: Span) -> Result<Va
             _ => {}
         }
         if !structured {
-            drv.env.insert(key.to_owned(), s.s.clone());
+            drv.env.insert(key.to_owned(), s.s.to_string());
         }
     }
     if structured {
@@ -356,7 +359,7 @@ pub(crate) fn find_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
         let e = ev.expect_attrs(&e, span)?;
         let prefix = match e.get(Sym::intern("prefix")) {
             Some(p) => ev.expect_string(p, span)?.s.clone(),
-            None => String::new(),
+            None => compact_str::CompactString::default(),
         };
         let Some(dir) = e.get(Sym::intern("path")) else {
             return Err(EvalError::new(ErrorKind::MissingAttr {
@@ -375,7 +378,7 @@ pub(crate) fn find_file(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
             }
         };
         let dir = if dir.s.starts_with('/') {
-            dir.s.clone()
+            dir.s.to_string()
         } else {
             format!("{}/{}", ev.settings.cwd, dir.s)
         };
@@ -648,7 +651,7 @@ pub(crate) fn path(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value>
     };
     let name = match get("name") {
         Some(n) => ev.expect_string(&n, span)?.s.clone(),
-        None => base_name(&src),
+        None => base_name(&src).into(),
     };
     if let Some(r) = get("recursive") {
         if !ev.expect_bool(&r, span)? {
@@ -738,7 +741,7 @@ fn add_filtered(
     .map_err(|e| EvalError::store(e).at(span))?;
     let full: Rc<str> = store.store_dir().display(&added).into();
     Ok(Rc::new(NixString {
-        s: full.to_string(),
+        s: compact_str::CompactString::from(&*full),
         context: Context::from([ContextElem::Plain(full)]),
     }))
 }

@@ -382,7 +382,7 @@ impl Evaluator {
             Expr::Path(p) => Ok(Value::Path(p.clone())),
             Expr::Interp(parts, span) => {
                 let mut out = NixString {
-                    s: String::new(),
+                    s: compact_str::CompactString::default(),
                     context: Context::default(),
                 };
                 for p in parts {

@@ -22,7 +22,7 @@ fn store_string(ev: &mut Evaluator, p: &ferrix_format::StorePath, span: Span) ->
     let store = ev.store().map_err(|e| e.at(span))?;
     let full: Rc<str> = store.store_dir().display(p).into();
     Ok(Value::String(Rc::new(NixString {
-        s: full.to_string(),
+        s: compact_str::CompactString::from(&*full),
         context: Context::from([ContextElem::Plain(full)]),
     })))
 }
@@ -55,18 +55,20 @@ fn url_and_name(
         ),
     };
     let name = name.unwrap_or_else(|| {
-        default_name.map_or_else(
-            || {
-                url.trim_end_matches('/')
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("")
-                    .to_owned()
-            },
-            str::to_owned,
-        )
+        default_name
+            .map_or_else(
+                || {
+                    url.trim_end_matches('/')
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                },
+                str::to_owned,
+            )
+            .into()
     });
-    Ok((url, name))
+    Ok((url.to_string(), name.to_string()))
 }
 
 /// The local file a URL names: `file://` or an absolute path; anything else would need the
@@ -303,7 +305,7 @@ pub(crate) fn append_context(ev: &mut Evaluator, a: &[Value], span: Span) -> Res
     let extra = ev.expect_attrs(&a[1], span)?;
     let mut context = s.context.clone();
     for (path, info) in extra.iter() {
-        let path: Rc<str> = path.name();
+        let path: Rc<str> = path.name().as_str().into();
         let info = ev.expect_attrs(info, span)?;
         let flag = |ev: &mut Evaluator, n: &str| -> Result<bool> {
             match info.get(Sym::intern(n)) {

@@ -41,7 +41,9 @@ fn request(ev: &mut Evaluator, v: &Value, span: Span) -> Result<Request> {
         Value::Attrs(a) => {
             let string = |ev: &mut Evaluator, key: &str| -> Result<Option<String>> {
                 match a.get(Sym::intern(key)) {
-                    Some(v) => Ok(Some(ev.coerce_to_string(v, Coerce::Plain, span)?.s.clone())),
+                    Some(v) => Ok(Some(
+                        ev.coerce_to_string(v, Coerce::Plain, span)?.s.to_string(),
+                    )),
                     None => Ok(None),
                 }
             };
@@ -69,7 +71,7 @@ fn request(ev: &mut Evaluator, v: &Value, span: Span) -> Result<Request> {
                 EvalError::new(ErrorKind::MissingAttr { name: "url".into() }).at(span)
             })?
         }
-        v => ev.coerce_to_string(&v, Coerce::Plain, span)?.s.clone(),
+        v => ev.coerce_to_string(&v, Coerce::Plain, span)?.s.to_string(),
     };
     let path = url
         .strip_prefix("git+file://")
@@ -226,7 +228,7 @@ pub(crate) fn fetch_git(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
         (
             Sym::intern("outPath"),
             Value::String(Rc::new(NixString {
-                s: out.to_string(),
+                s: out.to_string().into(),
                 context: Context::from([ContextElem::Plain(out)]),
             })),
         ),

@@ -24,7 +24,10 @@ pub(crate) fn to_json(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Val
     let mut out = String::new();
     let mut context = Context::default();
     write(ev, &a[0], &mut out, &mut context, span)?;
-    Ok(Value::String(Rc::new(NixString { s: out, context })))
+    Ok(Value::String(Rc::new(NixString {
+        s: out.into(),
+        context,
+    })))
 }
 
 /// `v` as JSON at the end of `out`, the context of its strings added to `ctx`.
@@ -72,7 +75,7 @@ pub(crate) fn write(
                 return write(ev, &p, out, ctx, span);
             }
             out.push('{');
-            let entries: Vec<(Rc<str>, Value)> = a
+            let entries: Vec<(compact_str::CompactString, Value)> = a
                 .sorted_by_name()
                 .into_iter()
                 .map(|(n, v)| (n, v.clone()))

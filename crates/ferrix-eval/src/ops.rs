@@ -237,7 +237,7 @@ impl Evaluator {
     ) -> Result<Rc<NixString>> {
         let v = self.force(v)?;
         let more = matches!(how, Coerce::ToString | Coerce::Derivation);
-        let plain = |s: String| {
+        let plain = |s: compact_str::CompactString| {
             Ok(Rc::new(NixString {
                 s,
                 context: Context::default(),
@@ -247,7 +247,7 @@ impl Evaluator {
             Value::String(s) => Ok(s.clone()),
             Value::Path(p) => match how {
                 Coerce::Interp | Coerce::Derivation => self.copy_to_store(p, span),
-                Coerce::ToString | Coerce::Plain => plain(p.to_string()),
+                Coerce::ToString | Coerce::Plain => plain(p.as_str().into()),
             },
             Value::Attrs(a) => {
                 if let Some(f) = a.get(Sym::intern("__toString")) {
@@ -261,13 +261,13 @@ impl Evaluator {
                 }
                 Err(EvalError::new(ErrorKind::NotCoercible(v.type_name().into())).at(span))
             }
-            Value::Int(i) if more => plain(i.to_string()),
-            Value::Float(f) if more => plain(format!("{f:.6}")),
-            Value::Bool(b) if more => plain(if *b { "1".into() } else { String::new() }),
-            Value::Null if more => plain(String::new()),
+            Value::Int(i) if more => plain(compact_str::ToCompactString::to_compact_string(i)),
+            Value::Float(f) if more => plain(compact_str::format_compact!("{f:.6}")),
+            Value::Bool(b) if more => plain(if *b { "1".into() } else { Default::default() }),
+            Value::Null if more => plain(Default::default()),
             Value::List(items) if more => {
                 let mut out = NixString {
-                    s: String::new(),
+                    s: compact_str::CompactString::default(),
                     context: Context::default(),
                 };
                 for (i, item) in items.iter().enumerate() {
@@ -305,7 +305,7 @@ impl Evaluator {
         let full: Rc<str> = store.store_dir().display(&sp).into();
         let context = Context::from([crate::value::ContextElem::Plain(full.clone())]);
         Ok(Rc::new(NixString {
-            s: full.to_string(),
+            s: compact_str::CompactString::from(&*full),
             context,
         }))
     }
@@ -361,7 +361,7 @@ impl Evaluator {
 /// Two strings one after the other, with the context of both.
 fn joined(x: &NixString, y: &NixString) -> Value {
     let mut s = NixString {
-        s: String::with_capacity(x.s.len() + y.s.len()),
+        s: compact_str::CompactString::with_capacity(x.s.len() + y.s.len()),
         context: x.context.clone(),
     };
     s.s.push_str(&x.s);

@@ -112,7 +112,7 @@ fn groups(c: &regex::Captures<'_>, context: &crate::value::Context) -> Value {
             .skip(1)
             .map(|g| match g {
                 Some(m) => Value::String(Rc::new(NixString {
-                    s: m.as_str().to_owned(),
+                    s: m.as_str().into(),
                     context: context.clone(),
                 })),
                 None => Value::Null,
@@ -138,7 +138,7 @@ pub(crate) fn split(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value
     let longest = ev.regexes.longest(&pattern.s, span)?;
     let piece = |t: &str| {
         Value::String(Rc::new(NixString {
-            s: t.to_owned(),
+            s: t.into(),
             context: s.context.clone(),
         }))
     };

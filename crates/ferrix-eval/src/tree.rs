@@ -177,7 +177,7 @@ pub enum Expr {
 impl Expr {
     pub(crate) fn string(s: &str) -> Expr {
         Expr::Str(Rc::new(NixString {
-            s: s.to_owned(),
+            s: s.into(),
             context: Default::default(),
         }))
     }

@@ -190,7 +190,7 @@ impl Value {
         }
     }
 
-    pub fn string(s: impl Into<String>) -> Value {
+    pub fn string(s: impl Into<compact_str::CompactString>) -> Value {
         Value::String(Rc::new(NixString {
             s: s.into(),
             context: Context::default(),
@@ -273,7 +273,9 @@ impl<const N: usize> From<[ContextElem; N]> for Context {
 /// A string and its context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NixString {
-    pub s: String,
+    /// Inline up to 24 bytes (most names, numbers and short words), so that such a string
+    /// is one allocation (its `Rc`), not two.
+    pub s: compact_str::CompactString,
     pub context: Context,
 }
 
@@ -371,8 +373,8 @@ impl Attrs {
     }
 
     /// Entries in name order, as Nix lists and prints them.
-    pub fn sorted_by_name(&self) -> Vec<(Rc<str>, &Value)> {
-        let mut v: Vec<(Rc<str>, &Value)> = self
+    pub fn sorted_by_name(&self) -> Vec<(compact_str::CompactString, &Value)> {
+        let mut v: Vec<(compact_str::CompactString, &Value)> = self
             .entries
             .iter()
             .map(|e| (e.name.name(), &e.value))

@@ -16,7 +16,7 @@ pub(crate) fn to_xml(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Valu
     let mut w = Writer::new(span, true, false);
     w.document(ev, &a[0])?;
     Ok(Value::String(Rc::new(NixString {
-        s: w.out,
+        s: w.out.into(),
         context: w.context,
     })))
 }
@@ -153,7 +153,7 @@ impl Writer {
                     }
                     None => false,
                 };
-                let entries: Vec<(Rc<str>, Value, Option<Span>)> = a
+                let entries: Vec<(compact_str::CompactString, Value, Option<Span>)> = a
                     .sorted_by_name()
                     .into_iter()
                     .map(|(n, v)| {
@@ -222,7 +222,7 @@ impl Writer {
                         }
                         t.push('>');
                         self.line(depth + 1, &t);
-                        let mut names: Vec<Rc<str>> =
+                        let mut names: Vec<compact_str::CompactString> =
                             formals.iter().map(|(n, _)| n.name()).collect();
                         names.sort();
                         for n in names {
