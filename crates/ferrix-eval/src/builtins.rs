@@ -368,7 +368,7 @@ fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
             span,
             Some(&mut frames),
         )?;
-        l.settled(i);
+        l.settle(i);
     }
     ev.force(&acc)
 }
@@ -377,7 +377,7 @@ fn any_all(ev: &mut Evaluator, a: &[Value], span: Span, any: bool) -> Result<Val
     let l = ev.expect_list(&a[1], span)?;
     for i in 0..l.len() {
         let r = ev.apply(a[0].clone(), l.get(i).unwrap_or_default(), span)?;
-        l.settled(i);
+        l.settle(i);
         if ev.expect_bool(&r, span)? == any {
             return Ok(Value::Bool(any));
         }

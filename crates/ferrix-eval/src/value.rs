@@ -108,6 +108,19 @@ impl List {
         }
     }
 
+    /// [`Self::settled`] for a caller that has the element already: nothing is copied.
+    pub(crate) fn settle(&self, i: usize) {
+        let Some(c) = self.0.get(i) else { return };
+        let v = match c.take() {
+            Value::Thunk(t) => match t.value() {
+                Some(v) if !matches!(v, Value::List(_)) => v,
+                _ => Value::Thunk(t),
+            },
+            v => v,
+        };
+        c.set(v);
+    }
+
     pub(crate) fn set_forced(&self, i: usize, v: &Value) {
         if let Some(c) = self.0.get(i) {
             if !matches!(v, Value::List(_)) {
