@@ -10,7 +10,8 @@ use rustix::fs::{flock, FlockOperation};
 use crate::error::{io_err, Result};
 use crate::lock::FileLock;
 
-/// This process's `<state>/temproots/<pid>` file, exclusively locked while the process lives.
+/// One of this process's `<state>/temproots/<pid>[-…]` files, exclusively locked while the
+/// process lives.
 #[derive(Debug)]
 pub struct TempRoots {
     file: File,
@@ -20,11 +21,6 @@ pub struct TempRoots {
 }
 
 impl TempRoots {
-    /// This process's file.
-    pub fn create(state_dir: &Path) -> Result<Self> {
-        Self::create_named(state_dir, &std::process::id().to_string())
-    }
-
     /// A file of one session of this process (a daemon's connection): `<pid>-<session>`,
     /// its roots released when it is dropped, whatever the process's others do. A
     /// collector reads the pid before the dash, as Nix's does.
@@ -203,24 +199,22 @@ impl ProcessRoots {
     pub fn release(&self) {
         self.lock().release();
     }
-
-    /// How many generations have files (for tests).
-    pub fn files(&self) -> usize {
-        self.lock().files.len()
-    }
 }
 
 impl Generations {
+    /// Generation `n`'s file, made at its first root.
     fn file(&mut self, n: u64) -> Result<&mut TempRoots> {
-        if !self.files.contains_key(&n) {
-            let name = match n {
-                0 => std::process::id().to_string(),
-                n => format!("{}-g{n}", std::process::id()),
-            };
-            let t = TempRoots::create_named(&self.state_dir, &name)?;
-            self.files.insert(n, t);
+        use std::collections::btree_map::Entry;
+        match self.files.entry(n) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(v) => {
+                let name = match n {
+                    0 => std::process::id().to_string(),
+                    n => format!("{}-g{n}", std::process::id()),
+                };
+                Ok(v.insert(TempRoots::create_named(&self.state_dir, &name)?))
+            }
         }
-        Ok(self.files.get_mut(&n).expect("inserted above"))
     }
 
     fn release(&mut self) {
