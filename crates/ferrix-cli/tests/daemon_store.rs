@@ -272,6 +272,14 @@ fn store_dir(d: &Daemon) -> ferrix_format::StoreDir {
     ferrix_format::StoreDir::new(d.root.path().join("store").to_str().unwrap()).unwrap()
 }
 
+/// A garbage collection of the daemon's store, beside the daemon.
+fn collect(d: &Daemon) {
+    ok(
+        d.local("nix-store").arg("--gc").output().unwrap(),
+        "collecting",
+    );
+}
+
 /// A client session of the daemon, open until dropped.
 fn session(d: &Daemon, sd: &ferrix_format::StoreDir) -> ferrix_store::worker_client::WorkerClient {
     ferrix_store::worker_client::WorkerClient::over_socket(
@@ -300,12 +308,7 @@ fn a_sessions_temporary_roots_end_with_it_while_others_go_on() {
     let mut holder = connect();
     let _bystander = connect();
     holder.add_temp_root(&path).unwrap();
-    let collect = || {
-        ok(
-            d.local("nix-store").arg("--gc").output().unwrap(),
-            "collecting",
-        )
-    };
+    let collect = || collect(&d);
     collect();
     assert!(
         Path::new(&p).exists(),
@@ -336,12 +339,7 @@ fn the_roots_of_a_clients_additions_end_with_its_session() {
         )
         .unwrap();
     let p = sd.display(&added).to_string();
-    let collect = || {
-        ok(
-            d.local("nix-store").arg("--gc").output().unwrap(),
-            "collecting",
-        )
-    };
+    let collect = || collect(&d);
     collect();
     assert!(Path::new(&p).exists(), "the addition was not kept");
     drop(adder);
@@ -395,12 +393,7 @@ fn a_build_is_kept_by_the_session_that_asked_for_it_and_no_longer() {
         .unwrap();
     let out = sd.display(&out).to_string();
     assert_eq!(fs::read_to_string(&out).unwrap(), "built\n");
-    let collect = || {
-        ok(
-            d.local("nix-store").arg("--gc").output().unwrap(),
-            "collecting",
-        )
-    };
+    let collect = || collect(&d);
     collect();
     assert!(Path::new(&out).exists(), "the session's build was not kept");
     drop(builder);

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
-use ferrix_format::nar::{NarError, NarVisitor};
+use ferrix_format::nar::NarError;
 use ferrix_format::{StoreDir, StorePath};
 use ferrix_protocol::wire::{
     read_opt_store_path, read_store_path, read_store_path_set, read_string, read_u64,
@@ -55,7 +55,7 @@ pub(crate) fn read_record(
         inner: input,
         copy: Vec::new(),
     };
-    ferrix_format::nar::parse(&mut tee, &mut Skip)?;
+    ferrix_format::nar::parse(&mut tee, &mut ferrix_format::nar::Discard)?;
     let nar = tee.copy;
     let magic = read_u64(input, "export magic")?;
     if magic != EXPORT_MAGIC {
@@ -73,21 +73,6 @@ pub(crate) fn read_record(
         deriver,
         nar,
     })
-}
-
-/// Skips a NAR's contents; only its bytes matter here.
-pub(crate) struct Skip;
-
-impl NarVisitor for Skip {
-    fn directory(&mut self, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn regular(&mut self, _: &[u8], _: bool, _: u64, _: u64, _: &mut dyn Read) -> io::Result<()> {
-        Ok(())
-    }
-    fn symlink(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Copies what it reads.

@@ -22,9 +22,7 @@ use crate::error::{io_err, Result, StoreError};
 use crate::fsutil::{delete_path, pid_alive, sync_fs};
 use crate::lock::{FileLock, GateReader, PathLock, SoleGate};
 use crate::path_info::ValidPathInfo;
-use crate::streams::{
-    read_regular, write_file_nar, HashingReader, Interruptible, MemReader, SkipVisitor,
-};
+use crate::streams::{read_regular, write_file_nar, HashingReader, Interruptible, MemReader};
 use crate::temproots::{ProcessRoots, RootsHold, SessionRoots};
 
 std::thread_local! {

@@ -110,21 +110,6 @@ impl<R: Read> Read for MemReader<R> {
     }
 }
 
-/// Reads a NAR without keeping anything.
-pub(crate) struct SkipVisitor;
-
-impl nar::NarVisitor for SkipVisitor {
-    fn directory(&mut self, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn regular(&mut self, _: &[u8], _: bool, _: u64, _: u64, _: &mut dyn Read) -> io::Result<()> {
-        Ok(())
-    }
-    fn symlink(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Why passing a NAR through failed: reading and checking it, or writing it on.
 pub(crate) enum PassError {
     Read(nar::NarError),
@@ -155,7 +140,7 @@ pub(crate) fn pass_nar(input: impl Read, out: &mut dyn Write) -> Result<u64, Pas
         out,
         failed: None,
     };
-    match nar::parse(&mut tee, &mut SkipVisitor) {
+    match nar::parse(&mut tee, &mut nar::Discard) {
         Ok(n) => Ok(n),
         Err(e) => Err(match tee.failed.take() {
             Some(w) => PassError::Write(w),

@@ -16,7 +16,7 @@ mod restore;
 pub use dirs::{DirStack, DIR_FLAGS};
 pub use dump::{dump_path, hash_path, DumpError};
 pub use listing::{list, NarEntry, NarListing};
-pub use parse::{parse, parse_exact, NarError, NarErrorKind, NarVisitor};
+pub use parse::{parse, parse_exact, Discard, NarError, NarErrorKind, NarVisitor};
 pub use restore::{restore, restore_prefix, RestoreError};
 
 /// The first framed string of every NAR.

@@ -86,6 +86,23 @@ pub trait NarVisitor {
     fn symlink(&mut self, path: &[u8], target: &[u8]) -> io::Result<()>;
 }
 
+/// A visitor that keeps nothing: for reading an archive only to check it, hash it, or find
+/// where it ends in a stream (what the visitor leaves of a file's contents is skipped).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Discard;
+
+impl NarVisitor for Discard {
+    fn directory(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn regular(&mut self, _: &[u8], _: bool, _: u64, _: u64, _: &mut dyn Read) -> io::Result<()> {
+        Ok(())
+    }
+    fn symlink(&mut self, _: &[u8], _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 struct Reader<R> {
     inner: R,
     offset: u64,

@@ -288,7 +288,7 @@ impl LocalStore {
         self.add_temp_root(p)?;
         if self.is_valid_path(p)? {
             // Consume the stream so that a caller reading several NARs stays in step.
-            let mut sink = SkipVisitor;
+            let mut sink = nar::Discard;
             nar::parse(nar_stream, &mut sink).map_err(|source| StoreError::Nar {
                 path: self.print(p),
                 source,

@@ -88,8 +88,8 @@ impl LocalStore {
         let checked = match size {
             // Known to be too large: read into the tree at once.
             Some(n) if n > MEM_NAR as u64 => None,
-            _ if exact => Some(nar::parse_exact(&mut mem, &mut SkipVisitor)),
-            _ => Some(nar::parse(&mut mem, &mut SkipVisitor)),
+            _ if exact => Some(nar::parse_exact(&mut mem, &mut nar::Discard)),
+            _ => Some(nar::parse(&mut mem, &mut nar::Discard)),
         };
         let contents = match checked {
             Some(Ok(_)) => Contents::Nar(mem.buf),
