@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::daemon::{ok, Daemon, NixDaemon};
-use common::{store_env, Links, Nix};
+use common::{piped, store_env, Links, Nix};
 
 /// A daemon on a store of its own under `root`: Ferrix's or real Nix's.
 struct Served {
@@ -596,21 +596,8 @@ fn ferrix_store_commands_and_nix_collect_garbage_through_a_daemon() {
         "args": ["-c", "echo > $out"], "env": {"out": ""}, "inputSrcs": [], "inputDrvs": {},
         "outputs": {"out": {"path": ""}}}"#;
     let add = |mut c: Command| {
-        let mut child = c
-            .args(["derivation", "add"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(json.as_bytes())
-            .unwrap();
-        text(child.wait_with_output().unwrap(), "ferrix derivation add")
+        c.args(["derivation", "add"]);
+        text(piped(c, json.as_bytes()), "ferrix derivation add")
     };
     let through = add(s.main());
     assert!(Path::new(&through).exists());
@@ -862,26 +849,13 @@ fn serving_a_daemon_s_store_through_a_real_nix_daemon() {
 /// `ferrix repl` with the daemon as its store: a derivation made in it is written there,
 /// and `:b` builds it there.
 fn repl_through(s: &Served) {
-    use std::io::Write;
-    let mut child = s
-        .main()
-        .arg("repl")
-        .current_dir(s.root.join("tmp"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"1 + 1\nd = derivation { name = \"from-the-repl\"; system = builtins.currentSystem; \
-              builder = \"/bin/sh\"; args = [ \"-c\" \"echo repl-built > $out\" ]; }\n:b d\n:q\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut repl = s.main();
+    repl.arg("repl").current_dir(s.root.join("tmp"));
+    let out = piped(
+        repl,
+        b"1 + 1\nd = derivation { name = \"from-the-repl\"; system = builtins.currentSystem; \
+          builder = \"/bin/sh\"; args = [ \"-c\" \"echo repl-built > $out\" ]; }\n:b d\n:q\n",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

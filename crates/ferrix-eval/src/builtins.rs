@@ -595,9 +595,7 @@ fn substring(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
         from.saturating_add(len as usize).min(bytes.len())
     };
     Ok(Value::String(Rc::new(NixString {
-        s: String::from_utf8_lossy(&bytes[from..to])
-            .into_owned()
-            .into(),
+        s: String::from_utf8_lossy(&bytes[from..to]).into(),
         context: s.context.clone(),
     })))
 }

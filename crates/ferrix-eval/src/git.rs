@@ -228,7 +228,7 @@ pub(crate) fn fetch_git(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
         (
             Sym::intern("outPath"),
             Value::String(Rc::new(NixString {
-                s: out.to_string().into(),
+                s: compact_str::CompactString::from(&*out),
                 context: Context::from([ContextElem::Plain(out)]),
             })),
         ),
