@@ -170,8 +170,10 @@ pub(crate) fn flat_path(sd: &StoreDir, path: &Path, name: &str) -> Result<StoreP
         .map_err(DeferredStore::bad_name(name))
 }
 
-/// How many text files (mostly `.drv`) a writing evaluation keeps before writing them.
-const FLUSH_EVERY: usize = 1024;
+/// How many text files (mostly `.drv`) a writing evaluation keeps before writing them: as
+/// many as the store commits at once, so that keeping more would save no sync and only
+/// take memory.
+const FLUSH_EVERY: usize = 256;
 
 /// The store an evaluation writes through, in one of two ways. *Read-only*
 /// (`nix-instantiate --eval`, `--readonly-mode`): text files, sources and derivations get
@@ -195,16 +197,24 @@ struct Computed {
     drvs: HashMap<StorePath, Derivation>,
     /// Hashes modulo of every derivation computed, kept from one derivation to the next.
     memo: HashMap<StorePath, DrvHash>,
-    /// What computed text files refer to.
+    /// What computed text files not in the store yet refer to (also what the kept ones
+    /// are written with).
     refs: HashMap<StorePath, BTreeSet<StorePath>>,
     /// Writing: the files to write, in the order they were made (inputs first), with
     /// where each goes; the store may have some already (asked at [`DeferredStore::write_kept`],
     /// for all at once).
-    texts: Vec<(StorePath, String, Vec<u8>, BTreeSet<StorePath>)>,
+    texts: Vec<Kept>,
     unwritten: std::collections::HashSet<StorePath>,
     /// Read-only: derivations kept in `drvs` whose validity in the store is not asked yet;
     /// the ones the store has need not be kept.
     unchecked: Vec<StorePath>,
+}
+
+/// A text file to write: its contents without spare capacity, since a thousand may wait.
+struct Kept {
+    path: StorePath,
+    name: Box<str>,
+    text: Box<[u8]>,
 }
 
 impl std::fmt::Debug for DeferredStore {
@@ -253,11 +263,14 @@ impl DeferredStore {
         p: &StorePath,
         name: String,
         text: impl FnOnce() -> Vec<u8>,
-        refs: &BTreeSet<StorePath>,
     ) -> Result<(), StoreError> {
         if self.writing && computed.unwritten.insert(p.clone()) {
-            computed.texts.push((p.clone(), name, text(), refs.clone()));
-            // Not all in memory at once: a sync per thousand files is cheap enough.
+            computed.texts.push(Kept {
+                path: p.clone(),
+                name: name.into_boxed_str(),
+                text: text().into_boxed_slice(),
+            });
+            // Not all in memory at once: the store syncs once per batch anyway.
             if computed.texts.len() >= FLUSH_EVERY {
                 self.write_kept(computed)?;
             }
@@ -270,11 +283,14 @@ impl DeferredStore {
     /// among them are read from the store from now on (their hashes stay in the memo).
     fn write_kept(&self, computed: &mut Computed) -> Result<(), StoreError> {
         let texts = std::mem::take(&mut computed.texts);
-        let valid = self.store.valid_among(texts.iter().map(|(p, ..)| p))?;
+        let valid = self.store.valid_among(texts.iter().map(|k| &k.path))?;
         let texts: Vec<_> = texts
             .into_iter()
-            .filter(|(p, ..)| !valid.contains(p))
-            .map(|(_, name, text, refs)| (name, text, refs))
+            .filter(|k| !valid.contains(&k.path))
+            .map(|k| {
+                let refs = computed.refs.remove(&k.path).unwrap_or_default();
+                (k.name.into_string(), k.text.into_vec(), refs)
+            })
             .collect();
         if !texts.is_empty() {
             self.store.add_texts(&texts)?;
@@ -313,13 +329,9 @@ impl EvalStore for DeferredStore {
             .map_err(Self::bad_name(name))?;
         let mut computed = self.computed();
         computed.refs.insert(p.clone(), refs.clone());
-        self.keep(
-            &mut computed,
-            &p,
-            name.to_owned(),
-            || text.as_bytes().to_vec(),
-            refs,
-        )?;
+        self.keep(&mut computed, &p, name.to_owned(), || {
+            text.as_bytes().to_vec()
+        })?;
         Ok(p)
     }
 
@@ -366,8 +378,8 @@ impl EvalStore for DeferredStore {
         // all that is kept: the hash is in the memo, and the text gives the rest.
         if self.writing {
             if !computed.unwritten.contains(&p) {
-                computed.refs.insert(p.clone(), refs.clone());
-                self.keep(&mut computed, &p, file_name, || text.into_bytes(), &refs)?;
+                computed.refs.insert(p.clone(), refs);
+                self.keep(&mut computed, &p, file_name, || text.into_bytes())?;
             }
         } else if !computed.drvs.contains_key(&p) {
             computed.drvs.insert(p.clone(), drv.clone());
@@ -384,8 +396,8 @@ impl EvalStore for DeferredStore {
         if let Some(d) = computed.drvs.get(p) {
             return Ok(d.clone());
         }
-        if let Some((_, _, text, _)) = computed.texts.iter().find(|(q, ..)| q == p) {
-            return Derivation::parse_aterm(self.store_dir(), text).map_err(|source| {
+        if let Some(k) = computed.texts.iter().find(|k| k.path == *p) {
+            return Derivation::parse_aterm(self.store_dir(), &k.text).map_err(|source| {
                 StoreError::BadDerivation {
                     path: self.store.print(p),
                     source,

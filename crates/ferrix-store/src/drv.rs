@@ -59,7 +59,7 @@ pub fn fill(
     }
     let given = drv.clone();
     for i in drv.input_drvs.keys() {
-        store.drv_hash(i, pending, memo)?;
+        store.drv_hash(i, Pending::Parsed(pending), memo)?;
     }
     for o in drv.outputs.values_mut() {
         if matches!(o, DerivationOutput::InputAddressed(_)) {
@@ -120,23 +120,28 @@ impl LocalStore {
         &self,
         items: impl IntoIterator<Item = (&'a StorePath, Option<Vec<u8>>)>,
     ) -> Result<BTreeMap<StorePath, BTreeMap<String, StorePath>>> {
-        let mut pending = HashMap::new();
-        for (p, text) in items {
-            let text = text.ok_or_else(|| StoreError::DrvNotFile(self.print(p)))?;
-            let drv = Derivation::parse_aterm(self.store_dir(), &text).map_err(|source| {
-                StoreError::BadDerivation {
-                    path: self.print(p),
-                    source,
-                }
-            })?;
-            pending.insert(p.clone(), drv);
-        }
+        let texts = items
+            .into_iter()
+            .map(|(p, text)| {
+                text.map(|t| (p, t))
+                    .ok_or_else(|| StoreError::DrvNotFile(self.print(p)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Kept as texts, each parsed when it is checked: a batch of a thousand parsed at
+        // once took several times the memory of the texts.
+        let pending: HashMap<&StorePath, &[u8]> =
+            texts.iter().map(|(p, t)| (*p, t.as_slice())).collect();
+        let pending = Pending::Texts(&pending);
         let mut memo = HashMap::new();
         let mut outs = BTreeMap::new();
-        for (p, drv) in &pending {
-            self.check_outputs(p, drv, &pending, &mut memo)?;
+        for (p, text) in &texts {
+            let drv = self.parse_new(p, text)?;
+            self.check_outputs(p, &drv, pending, &mut memo)?;
+            // Its hash, for those in the batch that need it (inputs come first, as a
+            // rule), so that they do not parse it again.
+            remember_hash(self, p, &drv, &mut memo)?;
             outs.insert(
-                p.clone(),
+                (*p).clone(),
                 drv.outputs
                     .iter()
                     .filter_map(|(o, out)| out.path().map(|x| (o.clone(), x.clone())))
@@ -146,17 +151,26 @@ impl LocalStore {
         Ok(outs)
     }
 
+    fn parse_new(&self, p: &StorePath, text: &[u8]) -> Result<Derivation> {
+        Derivation::parse_aterm(self.store_dir(), text).map_err(|source| {
+            StoreError::BadDerivation {
+                path: self.print(p),
+                source,
+            }
+        })
+    }
+
     /// Check a valid derivation before building it: one registered by an older version, or
     /// by hand, may not have been checked on its way in.
     pub fn check_derivation(&self, drv_path: &StorePath, drv: &Derivation) -> Result<()> {
-        self.check_outputs(drv_path, drv, &HashMap::new(), &mut HashMap::new())
+        self.check_outputs(drv_path, drv, Pending::None, &mut HashMap::new())
     }
 
     fn check_outputs(
         &self,
         drv_path: &StorePath,
         drv: &Derivation,
-        pending: &HashMap<StorePath, Derivation>,
+        pending: Pending<'_>,
         memo: &mut HashMap<StorePath, DrvHash>,
     ) -> Result<()> {
         for i in drv.input_drvs.keys() {
@@ -174,7 +188,7 @@ impl LocalStore {
     fn drv_hash(
         &self,
         root: &StorePath,
-        pending: &HashMap<StorePath, Derivation>,
+        pending: Pending<'_>,
         memo: &mut HashMap<StorePath, DrvHash>,
     ) -> Result<()> {
         let known = |memo: &HashMap<StorePath, DrvHash>, p: &StorePath| {
@@ -199,11 +213,15 @@ impl LocalStore {
                 stack.pop();
                 continue;
             }
-            let drv = match pending.get(&top) {
+            let drv = match pending.parsed(&top) {
                 Some(d) => d,
                 None => {
                     if !read.contains_key(&top) {
-                        read.insert(top.clone(), read_derivation(self, &top)?);
+                        let d = match pending.text(&top) {
+                            Some(text) => self.parse_new(&top, text)?,
+                            None => read_derivation(self, &top)?,
+                        };
+                        read.insert(top.clone(), d);
                     }
                     &read[&top]
                 }
@@ -223,15 +241,15 @@ impl LocalStore {
                             source: Box::new(e),
                         })?
                 };
-                if pending.contains_key(&top) {
+                if pending.contains(&top) {
                     memo.insert(top.clone(), h);
                 } else {
                     self.drv_hashes
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(top.clone(), h);
-                    read.remove(&top);
                 }
+                read.remove(&top);
                 expanding.remove(&top);
                 stack.pop();
                 continue;
@@ -255,6 +273,40 @@ impl LocalStore {
             }
         }
         Ok(())
+    }
+}
+
+/// Derivations not in the store yet whose hashes others may need.
+#[derive(Clone, Copy)]
+enum Pending<'a> {
+    None,
+    /// Parsed (read-only evaluation keeps its derivations so).
+    Parsed(&'a HashMap<StorePath, Derivation>),
+    /// As texts, parsed when needed.
+    Texts(&'a HashMap<&'a StorePath, &'a [u8]>),
+}
+
+impl Pending<'_> {
+    fn contains(&self, p: &StorePath) -> bool {
+        match self {
+            Pending::None => false,
+            Pending::Parsed(m) => m.contains_key(p),
+            Pending::Texts(m) => m.contains_key(p),
+        }
+    }
+
+    fn parsed(&self, p: &StorePath) -> Option<&Derivation> {
+        match self {
+            Pending::Parsed(m) => m.get(p),
+            _ => None,
+        }
+    }
+
+    fn text(&self, p: &StorePath) -> Option<&[u8]> {
+        match self {
+            Pending::Texts(m) => m.get(p).copied(),
+            _ => None,
+        }
     }
 }
 

@@ -70,3 +70,53 @@ fn shared_inputs_are_not_cycles() {
     let imported = ferrix_store::export::import_paths(&other, &stream[..]).unwrap();
     assert_eq!(imported.into_iter().collect::<BTreeSet<_>>(), all);
 }
+
+/// The texts of `paths`, as `add_texts` takes them.
+fn texts(store: &LocalStore, paths: &[StorePath]) -> Vec<(String, Vec<u8>, BTreeSet<StorePath>)> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read(store.real_path(p)).unwrap();
+            let refs = ferrix_store::drv::read_derivation(store, p)
+                .unwrap()
+                .references();
+            (p.name().to_owned(), text, refs)
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_is_checked_whatever_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(dir.path());
+    let (_, [x, a, b, c]) = shortcut_diamonds(&store).remove(0);
+    // Dependants before their inputs: each input is read from the batch when needed.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = common::open(other_dir.path());
+    let batch = texts(&store, &[x.clone(), a.clone(), c.clone(), b.clone()]);
+    assert_eq!(
+        other.add_texts(&batch).unwrap(),
+        vec![x.clone(), a, c, b.clone()]
+    );
+    let drv = ferrix_store::drv::read_derivation(&other, &x).unwrap();
+    other.check_derivation(&x, &drv).unwrap();
+
+    // An output path that is not the one computed is refused, naming the derivation, and
+    // nothing of the batch is registered.
+    let third_dir = tempfile::tempdir().unwrap();
+    let third = common::open(third_dir.path());
+    let out = ferrix_store::drv::read_derivation(&store, &b)
+        .unwrap()
+        .outputs["out"]
+        .path()
+        .unwrap()
+        .clone();
+    let hash = out.to_string()[..32].to_owned();
+    let mut batch = texts(&store, std::slice::from_ref(&b));
+    let forged = String::from_utf8(batch[0].1.clone()).unwrap();
+    assert!(forged.contains(&hash));
+    batch[0].1 = forged.replace(&hash, &"0".repeat(32)).into_bytes();
+    let err = third.add_texts(&batch).unwrap_err().to_string();
+    assert!(err.contains("-b.drv"), "{err}");
+    assert!(third.all_valid_paths().unwrap().is_empty());
+}
