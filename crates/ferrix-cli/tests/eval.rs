@@ -42,6 +42,16 @@ const SAME: &[&str] = &[
     // Builtins of two arguments folded, and one given its first argument already.
     "[ (builtins.foldl' builtins.sub 10 [ 1 2 ]) (builtins.foldl' builtins.add 0 [ 1 2.5 ]) (builtins.foldl' (builtins.foldl' builtins.add) 1 [ [ 2 3 ] [ 4 ] ]) ]",
     "builtins.genList (i: i * 2) 5",
+    // Elements of `genList` and `map` are made when first read or forced: reads while one
+    // is computed, failures forced again, lists behind elements, lists of lists.
+    "let l = builtins.genList (i: if i == 0 then (let c = l ++ []; in builtins.seq c { inherit c; }) else 1) 2; in (builtins.elemAt (builtins.elemAt l 0).c 0) ? c",
+    "let l = builtins.genList (i: if i == 0 then throw \"x\" else i) 2; in [ (builtins.tryEval (builtins.elemAt l 0)).success (builtins.tryEval (builtins.elemAt l 0)).success (builtins.elemAt l 1) ]",
+    "let l = map (x: if x == 2 then throw \"two\" else x) [ 1 2 3 ]; in [ (builtins.elemAt l 0) (builtins.tryEval (builtins.elemAt l 1)) (builtins.elemAt l 2) (builtins.length l) ]",
+    "let x = [ 1 2 ]; l = builtins.genList (i: x) 2; in [ l (builtins.elemAt l 0) (builtins.elemAt l 1) l ]",
+    "let l = builtins.genList (i: [ i ]) 3; in builtins.seq (builtins.elemAt l 1) [ l l ]",
+    "let l = builtins.genList (i: i) 3; in [ (builtins.elemAt l 2) (builtins.concatLists [ l l ]) (builtins.tail l) ]",
+    "builtins.foldl' (a: b: a + b.v) 0 (builtins.filter (x: x.v > 50) (map (v: { inherit v; }) (builtins.genList (i: i) 100)))",
+    "[ (builtins.length (builtins.genList (x: throw \"no\") 3)) (builtins.length (map (x: throw \"no\") [ 1 ])) (map (x: x) (builtins.genList (i: i) 0)) ]",
     "[ (builtins.length [ 1 2 ]) (builtins.head [ 7 8 ]) (builtins.tail [ 7 8 9 ]) (builtins.elemAt [ 4 5 6 ] 2) ]",
     "[ (builtins.elem 2 [ 1 2 ]) (builtins.elem 5 [ 1 2 ]) ]",
     "builtins.concatLists [ [ 1 ] [ ] [ 2 3 ] ]",
@@ -248,6 +258,34 @@ fn values_print_as_real_nix_prints_them() {
 }
 
 #[test]
+fn list_elements_are_made_once_however_they_are_reached() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    // Read as a thunk by `foldl'`, forced through the list by `elemAt`, copied by `++`:
+    // each element's function runs once, as its trace shows.
+    let e = "let l = builtins.genList (i: builtins.trace \"made ${toString i}\" i) 3; \
+             m = map (x: builtins.trace \"mapped ${toString x}\" (x * 2)) l; \
+             in builtins.foldl' (a: b: a + b + builtins.elemAt l 0 + builtins.elemAt m 2) 0 (m ++ l)";
+    let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", e]);
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout)
+    );
+    let traces = |o: &std::process::Output| {
+        let mut t: Vec<String> = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .filter(|l| l.starts_with("trace: "))
+            .map(str::to_owned)
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(traces(&ours), traces(&theirs));
+    assert_eq!(traces(&ours).len(), 6, "{:?}", traces(&ours));
+}
+
+#[test]
 fn lazy_printing_matches_without_strict() {
     let Some(nix) = Nix::new() else { return };
     let links = Links::new();
@@ -255,6 +293,8 @@ fn lazy_printing_matches_without_strict() {
         "[ (1 + 2) 3 ]",
         "{ a = 1 + 1; b = 2; }",
         "let x = 1; in [ x (x + 1) ]",
+        "let l = builtins.genList (i: i) 3; in builtins.seq (builtins.elemAt l 1) l",
+        "let l = map (x: x * 10) (builtins.genList (i: i) 4); in builtins.seq (builtins.elemAt l 2) l",
     ] {
         let (theirs, ours) = both(&nix, &links, &["--eval", "-E", e]);
         assert!(theirs.status.success(), "{theirs:?}");

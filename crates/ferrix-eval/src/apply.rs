@@ -113,7 +113,12 @@ impl Evaluator {
 
     fn call(&mut self, c: &Closure, arg: Value, span: Span) -> Result<Value> {
         let frame = match &c.def.param {
-            Param::Ident(_) => Env::new(smallvec::smallvec![arg], Some(c.env.clone())),
+            Param::Ident(_) => {
+                let frame = self.frame1(arg, &c.env);
+                let r = self.eval(&c.def.body, &frame);
+                self.spare(frame);
+                return r;
+            }
             Param::Formals {
                 formals,
                 ellipsis,
@@ -165,6 +170,39 @@ impl Evaluator {
             }
         };
         self.eval(&c.def.body, &frame)
+    }
+}
+
+/// How many emptied frames are kept for reuse.
+const SPARE_FRAMES: usize = 64;
+
+impl Evaluator {
+    /// A frame of one slot holding `arg`, below `parent`: a spare one if there is one.
+    fn frame1(&mut self, arg: Value, parent: &Rc<Env>) -> Rc<Env> {
+        if let Some(mut frame) = self.spare_frames.pop() {
+            if let Some(e) = Rc::get_mut(&mut frame) {
+                e.parent = Some(parent.clone());
+                e.slots.get_mut().push(arg);
+                return frame;
+            }
+        }
+        Env::new(smallvec::smallvec![arg], Some(parent.clone()))
+    }
+
+    /// Keep `frame` for another call if nothing else holds it (no thunk, function or
+    /// `with` made in the call outlived it): emptied, it costs one allocation less next
+    /// time.
+    fn spare(&mut self, mut frame: Rc<Env>) {
+        if self.spare_frames.len() < SPARE_FRAMES {
+            if let Some(e) = Rc::get_mut(&mut frame) {
+                e.parent = None;
+                let slots = e.slots.get_mut();
+                slots.clear();
+                if !slots.spilled() {
+                    self.spare_frames.push(frame);
+                }
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::{ErrorKind, EvalError};
 use crate::eval::{type_error, Coerce, EvalSettings, Evaluator};
 use crate::symbol::Sym;
 use crate::syntax::{BinOp, Span};
-use crate::value::{Attrs, NixString, PrimOp, PrimOpFn, Thunk, ThunkState, Value};
+use crate::value::{Attrs, List, NixString, PrimOp, PrimOpFn, Thunk, ThunkState, Value};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
@@ -337,11 +337,8 @@ fn elem(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 
 fn map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
-    Ok(Value::List(
-        (0..l.len())
-            .map(|i| Thunk::apply(a[0].clone(), l.settled(i)))
-            .collect(),
-    ))
+    let n = l.len();
+    Ok(Value::List(List::generated(a[0].clone(), Some(l), n)))
 }
 
 fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
@@ -392,11 +389,7 @@ fn gen_list(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
             "cannot create list of size {n}"
         ))));
     }
-    Ok(Value::List(
-        (0..n)
-            .map(|i| Thunk::apply(a[0].clone(), Value::Int(i)))
-            .collect(),
-    ))
+    Ok(Value::List(List::generated(a[0].clone(), None, n as usize)))
 }
 
 fn concat_lists(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {

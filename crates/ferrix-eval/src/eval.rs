@@ -106,6 +106,8 @@ pub struct Evaluator {
     pub(crate) regexes: crate::regex::Cache,
     /// What builds the outputs an expression reads, if anything may be built.
     pub(crate) realiser: Option<Box<dyn crate::store::Realise>>,
+    /// Frames of finished calls that nothing kept, emptied, for the next calls.
+    pub(crate) spare_frames: Vec<Rc<Env>>,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -125,6 +127,7 @@ impl Evaluator {
             globals: Env::new(values, None),
             global_names: names,
             depth: 0,
+            spare_frames: Vec::new(),
             settings,
             sources: Vec::new(),
             store,
@@ -258,6 +261,12 @@ impl Evaluator {
 
     /// Element `i` of `l`, forced; the list keeps the value in place of the thunk.
     pub(crate) fn force_elem(&mut self, l: &crate::value::List, i: usize) -> Result<Value> {
+        if let Some((f, arg)) = l.begin_computing(i) {
+            // Computed at once, without the thunk a read would make.
+            let r = self.apply(f.clone(), arg.clone(), Span::default());
+            l.end_computing(i, r.as_ref().ok(), f, arg);
+            return r;
+        }
         match l.get(i) {
             Some(Value::Thunk(t)) => {
                 let v = self.force_thunk(&t)?;
@@ -372,6 +381,19 @@ impl Evaluator {
         }
     }
 
+    /// [`Self::eval`] for the operands most expressions have, a variable or a constant,
+    /// without a call of it.
+    #[inline(always)]
+    fn operand(&mut self, e: &Expr, env: &Rc<Env>) -> Result<Value> {
+        match e {
+            Expr::Var(Var::Static { depth, slot }, span) => self
+                .lookup_static(*depth, *slot, env)
+                .map_err(|e| e.at(*span)),
+            Expr::Int(i) => Ok(Value::Int(*i)),
+            _ => self.eval(e, env),
+        }
+    }
+
     pub(crate) fn eval(&mut self, e: &Expr, env: &Rc<Env>) -> Result<Value> {
         match e {
             Expr::Null => Ok(Value::Null),
@@ -469,7 +491,7 @@ impl Evaluator {
                 env: env.clone(),
             }))),
             Expr::Apply(f, a, span) => {
-                let f = self.eval(f, env)?;
+                let f = self.operand(f, env)?;
                 let a = self.argument(a, env);
                 self.apply(f, a, *span)
             }
@@ -496,7 +518,7 @@ impl Evaluator {
                 }
             }
             Expr::Select(e, path, default, span) => {
-                let mut v = self.eval(e, env)?;
+                let mut v = self.operand(e, env)?;
                 for key in path {
                     let name = self.key(key, env, *span)?;
                     let attrs = match &v {
@@ -559,23 +581,27 @@ impl Evaluator {
         }
     }
 
+    /// The value of the variable in slot `slot` of the frame `depth` levels up, forced.
+    #[inline(always)]
+    fn lookup_static(&mut self, depth: u32, slot: u32, env: &Rc<Env>) -> Result<Value> {
+        let frame = env.up(depth);
+        let slot = slot as usize;
+        let t = match &frame.slots.borrow()[slot] {
+            Value::Thunk(t) => t.clone(),
+            v => return Ok(v.clone()),
+        };
+        let v = self.force_thunk(&t)?;
+        // The slot now holds the value itself: later reads skip the thunk, and the thunk
+        // is freed once nothing else holds it.
+        if let Ok(mut slots) = frame.slots.try_borrow_mut() {
+            slots[slot] = v.clone();
+        }
+        Ok(v)
+    }
+
     fn lookup(&mut self, var: &Var, env: &Rc<Env>) -> Result<Value> {
         match var {
-            Var::Static { depth, slot } => {
-                let frame = env.up(*depth);
-                let slot = *slot as usize;
-                let t = match &frame.slots.borrow()[slot] {
-                    Value::Thunk(t) => t.clone(),
-                    v => return Ok(v.clone()),
-                };
-                let v = self.force_thunk(&t)?;
-                // The slot now holds the value itself: later reads skip the thunk, and
-                // the thunk is freed once nothing else holds it.
-                if let Ok(mut slots) = frame.slots.try_borrow_mut() {
-                    slots[slot] = v.clone();
-                }
-                Ok(v)
-            }
+            Var::Static { depth, slot } => self.lookup_static(*depth, *slot, env),
             Var::Dynamic { name, withs } => {
                 for d in withs.iter() {
                     let ns = env.up(*d).slots.borrow()[0].clone();
@@ -697,7 +723,7 @@ impl Evaluator {
             // set it would make alone could never be seen.
             BinOp::Update => match r {
                 Expr::Attrs(def) if def.dynamics.is_empty() => {
-                    let a = self.eval(l, env)?;
+                    let a = self.operand(l, env)?;
                     let x = self.expect_attrs(&a, span)?;
                     let right = self.static_entries(def, env);
                     Ok(Value::attrs(x.update_with(right, def.statics.len())))
@@ -709,8 +735,8 @@ impl Evaluator {
                 }
             },
             _ => {
-                let a = self.eval(l, env)?;
-                let b = self.eval(r, env)?;
+                let a = self.operand(l, env)?;
+                let b = self.operand(r, env)?;
                 // Integers first: most arithmetic and comparisons are on them.
                 if let (Value::Int(x), Value::Int(y)) = (&a, &b) {
                     let (x, y) = (*x, *y);

@@ -31,7 +31,62 @@ pub enum Value {
 /// ([`crate::eval::Evaluator::force_elem`]), as Nix updates its values in place, so that
 /// the thunk can be freed; elements are cells for that, and are read as owned values.
 #[derive(Clone, Default)]
-pub struct List(Rc<Vec<Cell<Value>>>);
+pub struct List(Rc<Elems>);
+
+#[derive(Default)]
+struct Elems {
+    cells: Vec<Cell<Value>>,
+    /// For a list whose elements are each a function applied to something (`genList`,
+    /// `map`): the elements not made yet.
+    gen: Option<Box<Gen>>,
+}
+
+/// Elements made when they are first read (as a thunk: a reader may never force it) or
+/// forced (computed at once, with no thunk at all), not when the list is. A million
+/// elements forced one after another then never take a million thunks at once, nor the
+/// fresh memory for them.
+struct Gen {
+    /// The function; `Null` once every element is made.
+    f: Cell<Value>,
+    /// Element i's argument: element i of this list (`map`), or i itself (`genList`).
+    src: Cell<Option<List>>,
+    /// Bit i: element i is not made yet (its cell holds `Null`).
+    pending: Box<[Cell<u64>]>,
+    /// Bit i: element i is being computed, and nothing has read it meanwhile (its cell
+    /// holds `Null`).
+    busy: Box<[Cell<u64>]>,
+    /// How many elements are still pending.
+    left: Cell<usize>,
+}
+
+fn bit(set: &[Cell<u64>], i: usize) -> bool {
+    set[i / 64].get() & (1 << (i % 64)) != 0
+}
+
+fn flip(set: &[Cell<u64>], i: usize) {
+    set[i / 64].set(set[i / 64].get() ^ (1 << (i % 64)));
+}
+
+impl Gen {
+    /// Element i's function and argument; the last pending element lets go of the list's
+    /// function and source.
+    fn take(&self, i: usize) -> (Value, Value) {
+        flip(&self.pending, i);
+        let f = peek(&self.f);
+        let src = self.src.take();
+        let arg = match &src {
+            Some(l) => l.settled(i),
+            None => Value::Int(i as i64),
+        };
+        self.left.set(self.left.get() - 1);
+        if self.left.get() == 0 {
+            self.f.set(Value::Null);
+        } else {
+            self.src.set(src);
+        }
+        (f, arg)
+    }
+}
 
 /// A copy of what a cell holds.
 fn peek(c: &Cell<Value>) -> Value {
@@ -41,7 +96,45 @@ fn peek(c: &Cell<Value>) -> Value {
     out
 }
 
+/// What a cell keeps of a forced element: its value, but a list behind a thunk, for Nix's
+/// «repeated» rule (a list is the same when it is the same element).
+fn kept(v: &Value) -> Value {
+    match v {
+        Value::List(_) => Value::Thunk(Thunk::new(ThunkState::Done(v.clone()))),
+        v => v.clone(),
+    }
+}
+
 impl List {
+    /// `n` elements, element i being `f` applied to element i of `src` or, without one,
+    /// to i; each made when first needed.
+    pub(crate) fn generated(f: Value, src: Option<List>, n: usize) -> List {
+        if n == 0 {
+            return List::default();
+        }
+        let words = n.div_ceil(64);
+        let pending: Box<[Cell<u64>]> = (0..words)
+            .map(|w| {
+                let bits = (n - w * 64).min(64);
+                Cell::new(if bits == 64 {
+                    u64::MAX
+                } else {
+                    (1 << bits) - 1
+                })
+            })
+            .collect();
+        List(Rc::new(Elems {
+            cells: (0..n).map(|_| Cell::new(Value::Null)).collect(),
+            gen: Some(Box::new(Gen {
+                f: Cell::new(f),
+                src: Cell::new(src),
+                pending,
+                busy: (0..words).map(|_| Cell::new(0)).collect(),
+                left: Cell::new(n),
+            })),
+        }))
+    }
+
     pub fn ptr_eq(a: &List, b: &List) -> bool {
         Rc::ptr_eq(&a.0, &b.0)
     }
@@ -52,20 +145,87 @@ impl List {
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.cells.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.cells.is_empty()
+    }
+
+    /// The generator of a list with element i not made yet or being computed.
+    fn unmade(&self, i: usize) -> Option<&Gen> {
+        self.0
+            .gen
+            .as_deref()
+            .filter(|g| bit(&g.pending, i) || bit(&g.busy, i))
+    }
+
+    /// Element i, made as a thunk if it was not yet. One read while it is being computed
+    /// gets a thunk of its own, which gets the value when the computation ends (forcing
+    /// it before is infinite recursion).
+    fn read(&self, i: usize) -> Value {
+        let c = &self.0.cells[i];
+        if let Some(g) = self.unmade(i) {
+            let t = if bit(&g.pending, i) {
+                let (f, arg) = g.take(i);
+                Thunk::new(ThunkState::Apply(f, arg))
+            } else {
+                flip(&g.busy, i);
+                Thunk::new(ThunkState::Blackhole)
+            };
+            c.set(Value::Thunk(t.clone()));
+            return Value::Thunk(t);
+        }
+        peek(c)
+    }
+
+    /// Element i's function and argument when it is not made yet: it is being computed
+    /// until [`Self::end_computing`].
+    pub(crate) fn begin_computing(&self, i: usize) -> Option<(Value, Value)> {
+        let g = self.0.gen.as_deref()?;
+        if !bit(&g.pending, i) {
+            return None;
+        }
+        let fa = g.take(i);
+        flip(&g.busy, i);
+        Some(fa)
+    }
+
+    /// The end of computing element i from `f` and `arg`: its value, or, when it failed,
+    /// a thunk that computes it again when forced (as a failed thunk may be).
+    pub(crate) fn end_computing(&self, i: usize, result: Option<&Value>, f: Value, arg: Value) {
+        let c = &self.0.cells[i];
+        let Some(g) = self.0.gen.as_deref() else {
+            return;
+        };
+        if bit(&g.busy, i) {
+            flip(&g.busy, i);
+            c.set(match result {
+                Some(v) => kept(v),
+                None => Thunk::apply(f, arg),
+            });
+            return;
+        }
+        // Read meanwhile: the reader's thunk gets the outcome.
+        let Value::Thunk(t) = peek(c) else { return };
+        match result {
+            Some(v) => {
+                t.set(ThunkState::Done(v.clone()));
+                if !matches!(v, Value::List(_)) {
+                    c.set(v.clone());
+                }
+            }
+            None => t.set(ThunkState::Apply(f, arg)),
+        }
     }
 
     pub fn get(&self, i: usize) -> Option<Value> {
-        self.0.get(i).map(peek)
+        (i < self.len()).then(|| self.read(i))
     }
 
     /// The elements, in order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = Value> + ExactSizeIterator + '_ {
-        self.0.iter().map(peek)
+        (0..self.len()).map(|i| self.read(i))
     }
 
     pub fn to_vec(&self) -> Vec<Value> {
@@ -74,18 +234,23 @@ impl List {
 
     /// The elements from `from` on, as a new list.
     pub fn tail_from(&self, from: usize) -> List {
-        self.0.get(from..).unwrap_or(&[]).iter().map(peek).collect()
+        (from.min(self.len())..self.len())
+            .map(|i| self.read(i))
+            .collect()
     }
 
     /// Element `i`; one that is a thunk already forced is replaced by its value first.
     pub(crate) fn settled(&self, i: usize) -> Value {
-        let Some(c) = self.0.get(i) else {
+        let Some(c) = self.0.cells.get(i) else {
             return Value::Null;
         };
+        if self.unmade(i).is_some() {
+            return self.read(i);
+        }
         // The element is moved out and back (no copy of it is counted and dropped).
         match c.take() {
             Value::Thunk(t) => match t.value() {
-                // A list stays behind its thunk (see `set_forced`).
+                // A list stays behind its thunk (see `kept`).
                 Some(v @ Value::List(_)) => {
                     c.set(Value::Thunk(t));
                     v
@@ -110,8 +275,19 @@ impl List {
 
     /// [`Self::settled`] for a caller that has the element already: nothing is copied.
     pub(crate) fn settle(&self, i: usize) {
-        let Some(c) = self.0.get(i) else { return };
+        let Some(c) = self.0.cells.get(i) else { return };
+        if self.unmade(i).is_some() {
+            return;
+        }
         let v = match c.take() {
+            // The list holds the only reference: the value is moved out of the thunk.
+            Value::Thunk(t) if Rc::strong_count(&t) == 1 => match t.take() {
+                ThunkState::Done(v) if !matches!(v, Value::List(_)) => v,
+                state => {
+                    t.set(state);
+                    Value::Thunk(t)
+                }
+            },
             Value::Thunk(t) => match t.value() {
                 Some(v) if !matches!(v, Value::List(_)) => v,
                 _ => Value::Thunk(t),
@@ -122,7 +298,7 @@ impl List {
     }
 
     pub(crate) fn set_forced(&self, i: usize, v: &Value) {
-        if let Some(c) = self.0.get(i) {
+        if let Some(c) = self.0.cells.get(i) {
             if !matches!(v, Value::List(_)) {
                 let old = c.replace(v.clone());
                 debug_assert!(matches!(old, Value::Thunk(_)));
@@ -133,7 +309,10 @@ impl List {
 
 impl FromIterator<Value> for List {
     fn from_iter<I: IntoIterator<Item = Value>>(iter: I) -> Self {
-        List(Rc::new(iter.into_iter().map(Cell::new).collect()))
+        List(Rc::new(Elems {
+            cells: iter.into_iter().map(Cell::new).collect(),
+            gen: None,
+        }))
     }
 }
 
