@@ -513,16 +513,11 @@ fn xml_and_parse_output_match_real_nix() {
         "{ a = 1; b = [ true null 1.5 \"s\" ]; c = x: x; d = { e, f ? 1, ... } @ g: e; }",
         "let d = derivation { name = \"x\"; system = \"x\"; builder = \"/b\"; }; in [ d d ]",
     ];
-    for (i, e) in xml.iter().enumerate() {
-        // Locations too, but not for a derivation: the attributes `derivation` adds are
-        // placed in Ferrix's own code for it, where Nix's are in its `derivation.nix`.
-        // (Those of the set given to it keep their places through `//`, as in Nix.)
-        let runs: &[&[&str]] = if i == 0 {
-            &[&["--strict", "--no-location"], &["--strict"]]
-        } else {
-            &[&["--strict", "--no-location"]]
-        };
-        for extra in runs {
+    for e in xml {
+        // With locations too: those of the attributes `derivation` adds are the places
+        // Nix 2.8's own definition of it gives them (`//builtin/derivation.nix`), and
+        // those of the set given to it keep theirs through `//`, as in Nix.
+        for extra in [&["--strict", "--no-location"][..], &["--strict"][..]] {
             let mut args = vec!["--eval", "--xml"];
             args.extend(extra.iter());
             args.extend(["-E", e]);

@@ -15,6 +15,11 @@ type Result<T> = std::result::Result<T, EvalError>;
 impl Evaluator {
     /// Apply `f` to `arg`.
     pub fn apply(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
+        self.apply_ref(&f, arg, span)
+    }
+
+    /// [`Self::apply`] of a function the caller keeps.
+    pub(crate) fn apply_ref(&mut self, f: &Value, arg: Value, span: Span) -> Result<Value> {
         self.enter().map_err(|e| e.at(span))?;
         let r = self.apply_inner(f, arg, span);
         self.leave();
@@ -71,21 +76,25 @@ impl Evaluator {
         self.apply(partial, b, span)
     }
 
-    fn apply_inner(&mut self, f: Value, arg: Value, span: Span) -> Result<Value> {
+    fn apply_inner(&mut self, f: &Value, arg: Value, span: Span) -> Result<Value> {
+        let forced;
         let f = match f {
-            Value::Thunk(t) => self.force_thunk(&t)?,
+            Value::Thunk(t) => {
+                forced = self.force_thunk(t)?;
+                &forced
+            }
             f => f,
         };
         match f {
             Value::Lambda(c) => self
-                .call(&c, arg, span)
+                .call(c, arg, span)
                 .map_err(|e| calling(&c.def.name, e, span)),
             Value::PrimOp(p) if p.arity == 1 => {
                 let v = (p.run)(self, &[arg], span).map_err(|e| e.at(span))?;
                 self.force(&v)
             }
             Value::PrimOp(op) => Ok(Value::PrimOpApp(Rc::new(Partial {
-                op,
+                op: op.clone(),
                 args: vec![arg],
             }))),
             Value::PrimOpApp(partial) => {
@@ -104,10 +113,10 @@ impl Evaluator {
                     .get(Sym::intern("__functor"))
                     .cloned()
                     .unwrap_or(Value::Null);
-                let partial = self.apply(functor, Value::Attrs(a), span)?;
+                let partial = self.apply(functor, Value::Attrs(a.clone()), span)?;
                 self.apply(partial, arg, span)
             }
-            other => Err(type_error("a function", &other, span)),
+            other => Err(type_error("a function", other, span)),
         }
     }
 

@@ -345,7 +345,7 @@ fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
     let mut out = Vec::new();
     for i in 0..l.len() {
-        let keep = ev.apply(a[0].clone(), l.get(i).unwrap_or_default(), span)?;
+        let keep = ev.apply_ref(&a[0], l.get(i).unwrap_or_default(), span)?;
         if ev.expect_bool(&keep, span)? {
             out.push(l.settled(i));
         }
@@ -357,24 +357,22 @@ fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let l = ev.expect_list(&a[2], span)?;
     let mut acc = a[1].clone();
     let mut frames = crate::apply::Frames2::default();
+    let mut spare = None;
     for i in 0..l.len() {
-        acc = ev.apply2_with(
-            &a[0],
-            acc,
-            l.get(i).unwrap_or_default(),
-            span,
-            Some(&mut frames),
-        )?;
-        l.settle(i);
+        let x = l.lend(i, &mut spare);
+        acc = ev.apply2_with(&a[0], acc, x, span, Some(&mut frames))?;
+        l.settle_into(i, &mut spare);
     }
     ev.force(&acc)
 }
 
 fn any_all(ev: &mut Evaluator, a: &[Value], span: Span, any: bool) -> Result<Value> {
     let l = ev.expect_list(&a[1], span)?;
+    let mut spare = None;
     for i in 0..l.len() {
-        let r = ev.apply(a[0].clone(), l.get(i).unwrap_or_default(), span)?;
-        l.settle(i);
+        let x = l.lend(i, &mut spare);
+        let r = ev.apply_ref(&a[0], x, span)?;
+        l.settle_into(i, &mut spare);
         if ev.expect_bool(&r, span)? == any {
             return Ok(Value::Bool(any));
         }
@@ -406,7 +404,7 @@ fn concat_map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let ls = ev.expect_list(&a[1], span)?;
     let mut out = Vec::new();
     for x in ls.iter() {
-        let r = ev.apply(a[0].clone(), x, span)?;
+        let r = ev.apply_ref(&a[0], x, span)?;
         out.extend(ev.expect_list(&r, span)?.iter());
     }
     Ok(Value::List(out.into()))
@@ -728,7 +726,7 @@ pub(crate) fn partition(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
     let l = ev.expect_list(&a[1], span)?;
     let (mut right, mut wrong) = (Vec::new(), Vec::new());
     for x in l.iter() {
-        let r = ev.apply(a[0].clone(), x.clone(), span)?;
+        let r = ev.apply_ref(&a[0], x.clone(), span)?;
         if ev.expect_bool(&r, span)? {
             right.push(x.clone());
         } else {
@@ -746,7 +744,7 @@ pub(crate) fn group_by(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Va
     let mut groups: Vec<(Sym, Vec<Value>)> = Vec::new();
     let mut index: std::collections::HashMap<Sym, usize> = std::collections::HashMap::new();
     for x in l.iter() {
-        let k = ev.apply(a[0].clone(), x.clone(), span)?;
+        let k = ev.apply_ref(&a[0], x.clone(), span)?;
         let k = Sym::intern(&ev.expect_string(&k, span)?.s);
         match index.get(&k) {
             Some(&i) => groups[i].1.push(x.clone()),

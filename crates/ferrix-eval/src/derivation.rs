@@ -18,27 +18,38 @@ use crate::value::{Attrs, Context, ContextElem, NixString, ThunkState, Value};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
-/// `derivation`: the set of a derivation's outputs around `derivationStrict`, each output
-/// a copy of the attributes with its own `outPath` and `outputName`; the first output's.
+/// `derivation`, in Nix itself. Its attributes sit at the lines and columns of Nix 2.8's own
+/// definition (which is read with a newline before it), since `--xml` and error traces
+/// show them.
 const DERIVATION: &str = r#"
-attrs @ { outputs ? [ "out" ], ... }:
+/* Ferrix's `derivation`: the set of a derivation's outputs around `derivationStrict`,
+   each output a copy of the common attributes with its own `outPath` and
+   `outputName`; the first output's is the result. Attributes are placed where Nix
+   2.8's own definition has them, so that `--xml` shows the same places. */
+
+drvAttrs @ { outputs ? [ "out" ], ... }:
 let
-  strict = builtins.derivationStrict attrs;
-  common = attrs // builtins.listToAttrs byOutput // {
-    all = builtins.map (o: o.value) byOutput;
-    drvAttrs = attrs;
-  };
-  byOutput = builtins.map (name: {
-    inherit name;
-    value = common // {
-      outPath = builtins.getAttr name strict;
-      drvPath = strict.drvPath;
-      type = "derivation";
-      outputName = name;
+  strict = builtins.derivationStrict drvAttrs;
+
+  common = drvAttrs // builtins.listToAttrs byOutput // {
+      all = builtins.map (o: o.value) byOutput;
+      inherit drvAttrs;
     };
-  }) outputs;
+
+  byOutput = builtins.map (outputName: {
+      name = outputName;
+      value = common // {
+        outPath = builtins.getAttr outputName strict;
+        drvPath = strict.drvPath;
+        type = "derivation";
+        inherit outputName;
+      };
+    }) outputs;
 in (builtins.head byOutput).value
 "#;
+
+/// Where `derivation` is defined, as Nix 2.8 names it.
+const DERIVATION_FILE: &str = "//builtin/derivation.nix";
 
 /// Give the global `derivation` (a thunk the globals hold) its definition.
 pub(crate) fn define_derivation(ev: &mut Evaluator) {
@@ -50,7 +61,7 @@ pub(crate) fn define_derivation(ev: &mut Evaluator) {
         return;
     };
     let expr = ev
-        .lower("«derivation»", DERIVATION, "/")
+        .lower(DERIVATION_FILE, DERIVATION, "/")
         .expect("the definition of derivation parses");
     t.set(ThunkState::Suspended(Rc::new(expr), globals));
 }

@@ -263,7 +263,7 @@ impl Evaluator {
     pub(crate) fn force_elem(&mut self, l: &crate::value::List, i: usize) -> Result<Value> {
         if let Some((f, arg)) = l.begin_computing(i) {
             // Computed at once, without the thunk a read would make.
-            let r = self.apply(f.clone(), arg.clone(), Span::default());
+            let r = self.apply_ref(&f, arg.clone(), Span::default());
             l.end_computing(i, r.as_ref().ok(), f, arg);
             return r;
         }
@@ -307,7 +307,7 @@ impl Evaluator {
                 (r, ThunkState::Suspended(e, env))
             }
             ThunkState::Apply(f, a) => {
-                let r = self.apply(f.clone(), a.clone(), Span::default());
+                let r = self.apply_ref(&f, a.clone(), Span::default());
                 (r, ThunkState::Apply(f, a))
             }
         };
@@ -737,23 +737,23 @@ impl Evaluator {
             _ => {
                 let a = self.operand(l, env)?;
                 let b = self.operand(r, env)?;
-                // Integers first: most arithmetic and comparisons are on them.
-                if let (Value::Int(x), Value::Int(y)) = (&a, &b) {
-                    let (x, y) = (*x, *y);
-                    match op {
-                        BinOp::Add => return Ok(Value::Int(x.wrapping_add(y))),
-                        BinOp::Sub => return Ok(Value::Int(x.wrapping_sub(y))),
-                        BinOp::Mul => return Ok(Value::Int(x.wrapping_mul(y))),
-                        BinOp::Less => return Ok(Value::Bool(x < y)),
-                        BinOp::LessEq => return Ok(Value::Bool(x <= y)),
-                        BinOp::More => return Ok(Value::Bool(x > y)),
-                        BinOp::MoreEq => return Ok(Value::Bool(x >= y)),
-                        BinOp::Eq => return Ok(Value::Bool(x == y)),
-                        BinOp::NotEq => return Ok(Value::Bool(x != y)),
-                        _ => {}
-                    }
+                // Integers first: most arithmetic and comparisons are on them. (Matched by
+                // value, so that two integers need no drop.)
+                match (a, b) {
+                    (Value::Int(x), Value::Int(y)) => match op {
+                        BinOp::Add => Ok(Value::Int(x.wrapping_add(y))),
+                        BinOp::Sub => Ok(Value::Int(x.wrapping_sub(y))),
+                        BinOp::Mul => Ok(Value::Int(x.wrapping_mul(y))),
+                        BinOp::Less => Ok(Value::Bool(x < y)),
+                        BinOp::LessEq => Ok(Value::Bool(x <= y)),
+                        BinOp::More => Ok(Value::Bool(x > y)),
+                        BinOp::MoreEq => Ok(Value::Bool(x >= y)),
+                        BinOp::Eq => Ok(Value::Bool(x == y)),
+                        BinOp::NotEq => Ok(Value::Bool(x != y)),
+                        _ => self.binop_values(op, &Value::Int(x), &Value::Int(y), span),
+                    },
+                    (a, b) => self.binop_values(op, &a, &b, span),
                 }
-                self.binop_values(op, &a, &b, span)
             }
         }
     }

@@ -160,6 +160,51 @@ impl List {
             .filter(|g| bit(&g.pending, i) || bit(&g.busy, i))
     }
 
+    /// [`Self::get`] for a caller that passes the element on and settles it with
+    /// [`Self::settle_into`] right after: an element made now takes the allocation of the
+    /// thunk the last one left in `spare`.
+    pub(crate) fn lend(&self, i: usize, spare: &mut Option<Rc<Thunk>>) -> Value {
+        if let Some(g) = self.0.gen.as_deref() {
+            if i < self.len() && bit(&g.pending, i) {
+                let (f, arg) = g.take(i);
+                let t = match spare.take() {
+                    Some(t) => {
+                        t.set(ThunkState::Apply(f, arg));
+                        t
+                    }
+                    None => Thunk::new(ThunkState::Apply(f, arg)),
+                };
+                self.0.cells[i].set(Value::Thunk(t.clone()));
+                return Value::Thunk(t);
+            }
+        }
+        self.get(i).unwrap_or_default()
+    }
+
+    /// [`Self::settle`], keeping in `spare` the thunk the element leaves when nothing else
+    /// holds it.
+    pub(crate) fn settle_into(&self, i: usize, spare: &mut Option<Rc<Thunk>>) {
+        let Some(c) = self.0.cells.get(i) else { return };
+        match c.take() {
+            Value::Thunk(t) if Rc::strong_count(&t) == 1 && Rc::weak_count(&t) == 0 => {
+                match t.take() {
+                    ThunkState::Done(v) if !matches!(v, Value::List(_)) => {
+                        c.set(v);
+                        *spare = Some(t);
+                    }
+                    state => {
+                        t.set(state);
+                        c.set(Value::Thunk(t));
+                    }
+                }
+            }
+            v => {
+                c.set(v);
+                self.settle(i);
+            }
+        }
+    }
+
     /// Element i, made as a thunk if it was not yet. One read while it is being computed
     /// gets a thunk of its own, which gets the value when the computation ends (forcing
     /// it before is infinite recursion).
