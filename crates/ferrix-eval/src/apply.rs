@@ -44,16 +44,23 @@ impl Evaluator {
         span: Span,
         frames: Option<&mut Frames2>,
     ) -> Result<Value> {
-        let f = self.force(f)?;
+        let forced;
+        let f = match f {
+            Value::Thunk(t) => {
+                forced = self.force_thunk(t)?;
+                &forced
+            }
+            f => f,
+        };
         // A builtin of two arguments (`foldl' builtins.add`) runs at once, without the
         // partial application it would make first.
-        if let Value::PrimOp(p) = &f {
+        if let Value::PrimOp(p) = f {
             if p.arity == 2 {
                 let v = (p.run)(self, &[a, b], span).map_err(|e| e.at(span))?;
                 return self.force(&v);
             }
         }
-        if let Value::Lambda(c) = &f {
+        if let Value::Lambda(c) = f {
             if let (Param::Ident(_), Expr::Lambda(inner)) = (&c.def.param, &c.def.body) {
                 if let Param::Ident(_) = inner.param {
                     self.enter().map_err(|e| e.at(span))?;
@@ -72,7 +79,7 @@ impl Evaluator {
                 }
             }
         }
-        let partial = self.apply(f, a, span)?;
+        let partial = self.apply_ref(f, a, span)?;
         self.apply(partial, b, span)
     }
 
