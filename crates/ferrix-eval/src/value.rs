@@ -166,16 +166,7 @@ impl List {
     pub(crate) fn lend(&self, i: usize, spare: &mut Option<Rc<Thunk>>) -> Value {
         if let Some(g) = self.0.gen.as_deref() {
             if i < self.len() && bit(&g.pending, i) {
-                let (f, arg) = g.take(i);
-                let t = match spare.take() {
-                    Some(t) => {
-                        t.set(ThunkState::Apply(f, arg));
-                        t
-                    }
-                    None => Thunk::new(ThunkState::Apply(f, arg)),
-                };
-                self.0.cells[i].set(Value::Thunk(t.clone()));
-                return Value::Thunk(t);
+                return self.make(g, i, spare.take());
             }
         }
         self.get(i).unwrap_or_default()
@@ -211,17 +202,29 @@ impl List {
     fn read(&self, i: usize) -> Value {
         let c = &self.0.cells[i];
         if let Some(g) = self.unmade(i) {
-            let t = if bit(&g.pending, i) {
-                let (f, arg) = g.take(i);
-                Thunk::new(ThunkState::Apply(f, arg))
-            } else {
-                flip(&g.busy, i);
-                Thunk::new(ThunkState::Blackhole)
-            };
+            if bit(&g.pending, i) {
+                return self.make(g, i, None);
+            }
+            flip(&g.busy, i);
+            let t = Thunk::new(ThunkState::Blackhole);
             c.set(Value::Thunk(t.clone()));
             return Value::Thunk(t);
         }
         peek(c)
+    }
+
+    /// Pending element i made now, as a thunk (in `spare`'s allocation, if there is one).
+    fn make(&self, g: &Gen, i: usize, spare: Option<Rc<Thunk>>) -> Value {
+        let (f, arg) = g.take(i);
+        let t = match spare {
+            Some(t) => {
+                t.set(ThunkState::Apply(f, arg));
+                t
+            }
+            None => Thunk::new(ThunkState::Apply(f, arg)),
+        };
+        self.0.cells[i].set(Value::Thunk(t.clone()));
+        Value::Thunk(t)
     }
 
     /// Element i's function and argument when it is not made yet: it is being computed
