@@ -553,20 +553,22 @@ fn function_args(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn concat_strings_sep(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let sep = ev.expect_string(&a[0], span)?;
     let l = ev.expect_list(&a[1], span)?;
-    let mut out = NixString {
-        s: compact_str::CompactString::default(),
-        context: sep.context.clone(),
-    };
+    let mut context = sep.context.clone();
+    // Built as a `String`, whose appends cost less, and taken over whole at the end.
+    let mut out = String::new();
     for i in 0..l.len() {
         if i > 0 {
-            out.s.push_str(&sep.s);
+            out.push_str(&sep.s);
         }
         let x = ev.force_elem(&l, i)?;
         let s = ev.coerce_to_string(&x, Coerce::Interp, span)?;
-        out.s.push_str(&s.s);
-        out.context.extend(&s.context);
+        out.push_str(&s.s);
+        context.extend(&s.context);
     }
-    Ok(Value::String(Rc::new(out)))
+    Ok(Value::String(Rc::new(NixString {
+        s: out.into(),
+        context,
+    })))
 }
 
 fn substring(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {

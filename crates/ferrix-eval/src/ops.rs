@@ -235,6 +235,9 @@ impl Evaluator {
         how: Coerce,
         span: Span,
     ) -> Result<Rc<NixString>> {
+        if let Value::String(s) = v {
+            return Ok(s.clone());
+        }
         let v = self.force(v)?;
         let more = matches!(how, Coerce::ToString | Coerce::Derivation);
         let plain = |s: compact_str::CompactString| {
