@@ -1,6 +1,6 @@
-//! Calling functions: lambdas in frames of their own (those of repeated two-argument calls
-//! reused when nothing kept them), builtins and their partial applications, and sets with
-//! `__functor`.
+//! Calling functions: lambdas in frames of their own (a frame the call left nothing holding
+//! is reused: spare one-argument frames, and those of repeated two-argument calls), builtins
+//! and their partial applications, and sets with `__functor`.
 
 use std::rc::Rc;
 
