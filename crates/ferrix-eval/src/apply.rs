@@ -44,14 +44,8 @@ impl Evaluator {
         span: Span,
         frames: Option<&mut Frames2>,
     ) -> Result<Value> {
-        let forced;
-        let f = match f {
-            Value::Thunk(t) => {
-                forced = self.force_thunk(t)?;
-                &forced
-            }
-            f => f,
-        };
+        let mut slot = Value::Null;
+        let f = self.forced(f, &mut slot)?;
         // A builtin of two arguments (`foldl' builtins.add`) runs at once, without the
         // partial application it would make first.
         if let Value::PrimOp(p) = f {
@@ -84,14 +78,8 @@ impl Evaluator {
     }
 
     fn apply_inner(&mut self, f: &Value, arg: Value, span: Span) -> Result<Value> {
-        let forced;
-        let f = match f {
-            Value::Thunk(t) => {
-                forced = self.force_thunk(t)?;
-                &forced
-            }
-            f => f,
-        };
+        let mut slot = Value::Null;
+        let f = self.forced(f, &mut slot)?;
         match f {
             Value::Lambda(c) => self
                 .call(c, arg, span)

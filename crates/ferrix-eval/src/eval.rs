@@ -259,6 +259,19 @@ impl Evaluator {
         }
     }
 
+    /// [`Self::force`] without a copy of a value that is not a thunk: `v` itself, or the
+    /// thunk's value, kept in `slot`.
+    #[inline]
+    pub(crate) fn forced<'a>(&mut self, v: &'a Value, slot: &'a mut Value) -> Result<&'a Value> {
+        match v {
+            Value::Thunk(t) => {
+                *slot = self.force_thunk(t)?;
+                Ok(slot)
+            }
+            v => Ok(v),
+        }
+    }
+
     /// Element `i` of `l`, forced; the list keeps the value in place of the thunk.
     pub(crate) fn force_elem(&mut self, l: &crate::value::List, i: usize) -> Result<Value> {
         if let Some((f, arg)) = l.begin_computing(i) {

@@ -235,10 +235,8 @@ impl Evaluator {
         how: Coerce,
         span: Span,
     ) -> Result<Rc<NixString>> {
-        if let Value::String(s) = v {
-            return Ok(s.clone());
-        }
-        let v = self.force(v)?;
+        let mut slot = Value::Null;
+        let v = self.forced(v, &mut slot)?;
         let more = matches!(how, Coerce::ToString | Coerce::Derivation);
         let plain = |s: compact_str::CompactString| {
             Ok(Rc::new(NixString {
@@ -246,7 +244,7 @@ impl Evaluator {
                 context: Context::default(),
             }))
         };
-        match &v {
+        match v {
             Value::String(s) => Ok(s.clone()),
             Value::Path(p) => match how {
                 Coerce::Interp | Coerce::Derivation => self.copy_to_store(p, span),
