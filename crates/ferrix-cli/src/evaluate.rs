@@ -226,7 +226,7 @@ fn evaluate_once(
             ))
         }
         None => {
-            let local = Arc::new(settings.open_store().map_err(Failure::Other)?);
+            let local = Arc::new(settings.open_eval_store().map_err(Failure::Other)?);
             // Derivations and files are written in batches at the end (or never, read-only).
             Arc::new(if read_only {
                 ferrix_eval::DeferredStore::read_only(local)

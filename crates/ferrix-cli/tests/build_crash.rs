@@ -26,6 +26,7 @@ fn config(root: &Path) -> LocalStoreConfig {
         real_store_dir: root.join("store"),
         state_dir: root.join("state"),
         log_dir: root.join("log"),
+        db_cache_kib: None,
     }
 }
 

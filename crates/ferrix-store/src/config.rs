@@ -17,6 +17,11 @@ pub struct LocalStoreConfig {
     pub state_dir: PathBuf,
     /// `/nix/var/log/nix`: build logs.
     pub log_dir: PathBuf,
+    /// The most the writing database connection keeps of it in memory, in KiB; `None`:
+    /// SQLite's default (2 MiB). A store opened only to write a few small batches (an
+    /// evaluation's derivations) needs far less, and every page it keeps counts in the peak
+    /// memory of a short-lived process.
+    pub db_cache_kib: Option<u32>,
 }
 
 impl Default for LocalStoreConfig {
@@ -26,6 +31,7 @@ impl Default for LocalStoreConfig {
             real_store_dir: PathBuf::from("/nix/store"),
             state_dir: PathBuf::from("/nix/var/nix"),
             log_dir: PathBuf::from("/nix/var/log/nix"),
+            db_cache_kib: None,
         }
     }
 }
@@ -53,6 +59,7 @@ impl LocalStoreConfig {
             state_dir: under("/nix/var/nix"),
             log_dir: under("/nix/var/log/nix"),
             store_dir,
+            db_cache_kib: None,
         }
     }
 

@@ -61,7 +61,7 @@ pub struct Db {
 
 impl Db {
     /// Open (creating when missing) `<db_dir>/db.sqlite`, checking `<db_dir>/schema`.
-    pub fn open(db_dir: &Path, store_dir: &StoreDir) -> Result<Self> {
+    pub fn open(db_dir: &Path, store_dir: &StoreDir, cache_kib: Option<u32>) -> Result<Self> {
         let path = db_dir.join("db.sqlite");
         let schema_file = db_dir.join("schema");
         let existing = match std::fs::read_to_string(&schema_file) {
@@ -105,6 +105,11 @@ impl Db {
             .map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "normal")
             .map_err(db_err)?;
+        if let Some(kib) = cache_kib {
+            // A negative size is in KiB rather than pages.
+            conn.pragma_update(None, "cache_size", -i64::from(kib))
+                .map_err(db_err)?;
+        }
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .map_err(db_err)?;
@@ -673,4 +678,30 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         io_err("writing", path)(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache_size(db: &Db) -> i64 {
+        db.conn
+            .pragma_query_value(None, "cache_size", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_page_cache_is_sqlites_default_unless_sized() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StoreDir::default();
+        let default = Db::open(dir.path(), &sd, None).unwrap();
+        assert_eq!(cache_size(&default), -2000, "SQLite's default, 2000 KiB");
+        let small = Db::open(dir.path(), &sd, Some(256)).unwrap();
+        assert_eq!(cache_size(&small), -256);
+        // Only the connection asked for it: another one keeps the default.
+        assert_eq!(
+            cache_size(&Db::open_reader(dir.path(), &sd).unwrap()),
+            -2000
+        );
+    }
 }

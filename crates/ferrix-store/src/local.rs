@@ -217,7 +217,7 @@ impl LocalStore {
         loop {
             if !schema.exists() {
                 if let Some(lock) = FileLock::acquire(&lock_path, false, false)? {
-                    let db = Db::open(&config.db_dir(), &config.store_dir)?;
+                    let db = Db::open(&config.db_dir(), &config.store_dir, config.db_cache_kib)?;
                     lock.downgrade().map_err(io_err("locking", &lock_path))?;
                     return Ok((lock, db));
                 }
@@ -227,7 +227,7 @@ impl LocalStore {
             if schema.exists() || std::time::Instant::now() > deadline {
                 // Past the deadline, whoever keeps the lock shared without a schema (not a
                 // Ferrix) is not creating it: create it under the shared lock, as Nix does.
-                let db = Db::open(&config.db_dir(), &config.store_dir)?;
+                let db = Db::open(&config.db_dir(), &config.store_dir, config.db_cache_kib)?;
                 return Ok((lock, db));
             }
             // Another program (Nix creates a store under the shared lock) is creating it:

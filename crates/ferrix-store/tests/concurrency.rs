@@ -425,7 +425,7 @@ fn assert_all_succeeded(root: &Path, names: &[String], statuses: &[Option<ExitSt
 /// closed references, nothing unregistered in the store directory, no staging or intent left.
 fn check_store(store: &LocalStore) {
     let cfg = store.config();
-    let db = Db::open(&cfg.db_dir(), &cfg.store_dir).unwrap();
+    let db = Db::open(&cfg.db_dir(), &cfg.store_dir, None).unwrap();
     assert_eq!(db.integrity_check().unwrap(), "ok");
     drop(db);
     let problems: Vec<String> = verify_store(store, true, None)

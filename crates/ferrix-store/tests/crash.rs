@@ -381,7 +381,7 @@ fn check(root: &Path, found: &mut Vec<(&'static str, String)>) -> usize {
             return 0;
         }
     };
-    let db = Db::open(&cfg.db_dir(), &cfg.store_dir).unwrap();
+    let db = Db::open(&cfg.db_dir(), &cfg.store_dir, None).unwrap();
     let integrity = db.integrity_check().unwrap();
     if integrity != "ok" {
         found.push(("integrity", format!("integrity_check: {integrity}")));

@@ -30,6 +30,7 @@ impl TestStore {
             real_store_dir: store_dir,
             state_dir: dir.path().join("state"),
             log_dir: dir.path().join("log"),
+            db_cache_kib: None,
         };
         let store = Arc::new(LocalStore::open(cfg).unwrap());
         std::fs::create_dir_all(dir.path().join("build")).unwrap();
