@@ -106,12 +106,15 @@ fn sshd(dir: &Path, client_pub: &Path) -> Option<Sshd> {
         .unwrap()
         .port();
     let config = dir.join("sshd_config");
+    // `SetEnv SHLVL=1`: bash, started by sshd to run each session's command, then counts
+    // itself a nested shell and does not read the user's ~/.bashrc, whatever that does (on
+    // one machine, a `pyenv rehash` waiting a minute on a lock left by a killed session).
     fs::write(
         &config,
         format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {keys}\n\
              PidFile {dir}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv SHLVL=1\n",
             host = host.display(),
             keys = client_pub.display(),
             dir = dir.display(),
