@@ -257,12 +257,12 @@ fn needs_chroot(base: &LocalStoreConfig) -> bool {
         || (nix.exists() && !defaults.state_dir.exists() && writable(nix)))
 }
 
-/// The key Nix trusts when `trusted-public-keys` is not set.
 /// The database cache of an evaluation's store, in KiB. Instantiating 2000 derivations
 /// filled 1.1 MiB of SQLite's default 2 MiB; with 256 KiB its peak memory was 1 MiB lower
 /// and its time unchanged.
 const EVAL_DB_CACHE_KIB: u32 = 256;
 
+/// The key Nix trusts when `trusted-public-keys` is not set.
 const NIX_DEFAULT_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 /// How paths are substituted, typed from the settings of the same names.
