@@ -733,8 +733,15 @@ impl Thunk {
         self.0.replace(ThunkState::Blackhole)
     }
 
+    /// Put a state back. What it replaces is almost always the blackhole [`Self::take`]
+    /// left, which owns nothing: only anything else goes through the drop glue, a call
+    /// that the forcing of every thunk would otherwise make.
     pub fn set(&self, state: ThunkState) {
-        self.0.set(state);
+        let old = self.0.replace(state);
+        match old {
+            ThunkState::Blackhole => std::mem::forget(old),
+            old => drop(old),
+        }
     }
 
     /// Its value, if it has been computed.
