@@ -227,8 +227,8 @@ impl Frames2 {
             let free = |e: &Rc<Env>| Rc::strong_count(e) == 1 && Rc::weak_count(e) == 0;
             if Rc::ptr_eq(made_for, c) && free(inner) {
                 if let Some(outer) = inner.parent.as_ref().filter(|o| free(o)) {
-                    outer.slots.borrow_mut()[0] = a;
-                    inner.slots.borrow_mut()[0] = b;
+                    std::mem::replace(&mut outer.slots.borrow_mut()[0], a).discard();
+                    std::mem::replace(&mut inner.slots.borrow_mut()[0], b).discard();
                     return inner.clone();
                 }
             }

@@ -26,6 +26,20 @@ pub enum Value {
     Thunk(Rc<Thunk>),
 }
 
+impl Value {
+    /// Drop it, without the drop glue (a call) when it owns nothing, as numbers do: for
+    /// the places that overwrite a value for every element or call.
+    #[inline]
+    pub(crate) fn discard(self) {
+        match self {
+            Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {
+                std::mem::forget(self)
+            }
+            v => drop(v),
+        }
+    }
+}
+
 /// A list's elements, shared (a thin pointer, so that a value stays two words). An element
 /// that is a thunk is replaced by its value once forced through the list
 /// ([`crate::eval::Evaluator::force_elem`]), as Nix updates its values in place, so that
@@ -92,8 +106,14 @@ impl Gen {
 fn peek(c: &Cell<Value>) -> Value {
     let v = c.take();
     let out = v.clone();
-    c.set(v);
+    put(c, v);
     out
+}
+
+/// Store `v` in a list's cell. What it replaces is mostly a `Null` (what `take` leaves, or
+/// an element not made yet): [`Value::discard`] spares it the drop glue.
+fn put(c: &Cell<Value>, v: Value) {
+    c.replace(v).discard();
 }
 
 /// What a cell keeps of a forced element: its value, but a list behind a thunk, for Nix's
@@ -180,17 +200,17 @@ impl List {
             Value::Thunk(t) if Rc::strong_count(&t) == 1 && Rc::weak_count(&t) == 0 => {
                 match t.take() {
                     ThunkState::Done(v) if !matches!(v, Value::List(_)) => {
-                        c.set(v);
+                        put(c, v);
                         *spare = Some(t);
                     }
                     state => {
                         t.set(state);
-                        c.set(Value::Thunk(t));
+                        put(c, Value::Thunk(t));
                     }
                 }
             }
             v => {
-                c.set(v);
+                put(c, v);
                 self.settle(i);
             }
         }
@@ -207,7 +227,7 @@ impl List {
             }
             flip(&g.busy, i);
             let t = Thunk::new(ThunkState::Blackhole);
-            c.set(Value::Thunk(t.clone()));
+            put(c, Value::Thunk(t.clone()));
             return Value::Thunk(t);
         }
         peek(c)
@@ -223,7 +243,7 @@ impl List {
             }
             None => Thunk::new(ThunkState::Apply(f, arg)),
         };
-        self.0.cells[i].set(Value::Thunk(t.clone()));
+        put(&self.0.cells[i], Value::Thunk(t.clone()));
         Value::Thunk(t)
     }
 
@@ -248,10 +268,13 @@ impl List {
         };
         if bit(&g.busy, i) {
             flip(&g.busy, i);
-            c.set(match result {
-                Some(v) => kept(v),
-                None => Thunk::apply(f, arg),
-            });
+            put(
+                c,
+                match result {
+                    Some(v) => kept(v),
+                    None => Thunk::apply(f, arg),
+                },
+            );
             return;
         }
         // Read meanwhile: the reader's thunk gets the outcome.
@@ -260,7 +283,7 @@ impl List {
             Some(v) => {
                 t.set(ThunkState::Done(v.clone()));
                 if !matches!(v, Value::List(_)) {
-                    c.set(v.clone());
+                    put(c, v.clone());
                 }
             }
             None => t.set(ThunkState::Apply(f, arg)),
@@ -300,22 +323,22 @@ impl List {
             Value::Thunk(t) => match t.value() {
                 // A list stays behind its thunk (see `kept`).
                 Some(v @ Value::List(_)) => {
-                    c.set(Value::Thunk(t));
+                    put(c, Value::Thunk(t));
                     v
                 }
                 Some(v) => {
-                    c.set(v.clone());
+                    put(c, v.clone());
                     v
                 }
                 None => {
                     let out = Value::Thunk(t.clone());
-                    c.set(Value::Thunk(t));
+                    put(c, Value::Thunk(t));
                     out
                 }
             },
             v => {
                 let out = v.clone();
-                c.set(v);
+                put(c, v);
                 out
             }
         }
@@ -342,7 +365,7 @@ impl List {
             },
             v => v,
         };
-        c.set(v);
+        put(c, v);
     }
 
     pub(crate) fn set_forced(&self, i: usize, v: &Value) {
@@ -806,5 +829,27 @@ mod size {
             "{}",
             std::mem::size_of::<Result<super::Value, crate::EvalError>>()
         );
+    }
+}
+
+#[cfg(test)]
+mod discard {
+    use super::*;
+
+    #[test]
+    fn a_discarded_value_lets_go_of_what_it_holds() {
+        let s = Rc::new(NixString {
+            s: "x".into(),
+            context: Context::default(),
+        });
+        let v = Value::String(s.clone());
+        assert_eq!(Rc::strong_count(&s), 2);
+        v.discard();
+        assert_eq!(Rc::strong_count(&s), 1);
+        // And a list's cell, overwritten, lets go of what it held.
+        let c = Cell::new(Value::String(s.clone()));
+        put(&c, Value::Int(1));
+        assert_eq!(Rc::strong_count(&s), 1);
+        assert!(matches!(c.take(), Value::Int(1)));
     }
 }
