@@ -327,7 +327,14 @@ impl Evaluator {
         match result {
             Ok(v) => {
                 t.set(ThunkState::Done(v.clone()));
-                drop(state);
+                // The argument of an application is often a number (a list index).
+                match state {
+                    ThunkState::Apply(f, a) => {
+                        drop(f);
+                        a.discard();
+                    }
+                    state => drop(state),
+                }
                 Ok(v)
             }
             Err(e) => {
