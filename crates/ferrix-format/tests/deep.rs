@@ -200,6 +200,36 @@ fn round_trip(depth: usize) {
         Some(NarEntry::Symlink { target }) => assert_eq!(target, b"../.."),
         other => panic!("bottom symlink: {other:?}"),
     }
+    // The temporary directory's own removal (std's `remove_dir_all`, one descriptor per
+    // level) fails under the lowered limit and would leave the trees behind.
+    for tree in [&src, &out, &out2] {
+        remove_deep(tmp.path(), tree);
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+/// Remove a tree of any depth with few descriptors and short paths: each directory is moved
+/// up to `top` before its entries are removed.
+fn remove_deep(top: &Path, tree: &Path) {
+    let mut moved = 0;
+    let mut todo = vec![tree.to_owned()];
+    while let Some(dir) = todo.pop() {
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        for e in entries {
+            if e.file_type().unwrap().is_dir() {
+                let up = top.join(format!("up-{moved}"));
+                moved += 1;
+                std::fs::rename(e.path(), &up).unwrap();
+                todo.push(up);
+            } else {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        std::fs::remove_dir(&dir).unwrap();
+    }
 }
 
 #[test]

@@ -44,20 +44,52 @@ impl Links {
     }
 }
 
+/// Remove a tree whose directories may be read-only (a store's are).
+pub fn remove_tree(root: &Path) {
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(m) = fs::symlink_metadata(&d) else {
+            continue;
+        };
+        if m.is_dir() {
+            let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
+            if let Ok(entries) = fs::read_dir(&d) {
+                todo.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(root);
+}
+
 /// One private chroot store for this test process: no test ever touches the machine's /nix.
+/// It is in cargo's temporary directory for tests, named by the process id. A static is
+/// never dropped (a `TempDir` here left one directory behind per test binary and run), so
+/// the stores of processes that are gone are removed when the next one starts.
 fn sandbox_root() -> &'static Path {
-    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandboxes");
+        fs::create_dir_all(&base).unwrap();
+        for e in fs::read_dir(&base).unwrap().flatten() {
+            let alive = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                remove_tree(&e.path());
+            }
+        }
+        let d = base.join(std::process::id().to_string());
+        remove_tree(&d);
         for sub in ["etc", "home"] {
-            fs::create_dir_all(d.path().join(sub)).unwrap();
+            fs::create_dir_all(d.join(sub)).unwrap();
         }
         // Its store is at /nix/store, for which cache.nixos.org is the default substituter:
         // tests reach no other address.
-        fs::write(d.path().join("etc/nix.conf"), "substituters =\n").unwrap();
+        fs::write(d.join("etc/nix.conf"), "substituters =\n").unwrap();
         d
     })
-    .path()
 }
 
 /// Point a ferrix command at the private store (logical `/nix/store`, files in a temp dir).
