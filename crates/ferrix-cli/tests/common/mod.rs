@@ -44,23 +44,6 @@ impl Links {
     }
 }
 
-/// Remove a tree whose directories may be read-only (a store's are).
-pub fn remove_tree(root: &Path) {
-    let mut todo = vec![root.to_owned()];
-    while let Some(d) = todo.pop() {
-        let Ok(m) = fs::symlink_metadata(&d) else {
-            continue;
-        };
-        if m.is_dir() {
-            let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
-            if let Ok(entries) = fs::read_dir(&d) {
-                todo.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    let _ = fs::remove_dir_all(root);
-}
-
 /// One private chroot store for this test process: no test ever touches the machine's /nix.
 /// It is in cargo's temporary directory for tests, named by the process id. A static is
 /// never dropped (a `TempDir` here left one directory behind per test binary and run), so
@@ -75,13 +58,13 @@ fn sandbox_root() -> &'static Path {
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                .is_some_and(ferrix_store::fsutil::pid_alive);
             if !alive {
-                remove_tree(&e.path());
+                let _ = ferrix_store::fsutil::delete_path(&e.path());
             }
         }
         let d = base.join(std::process::id().to_string());
-        remove_tree(&d);
+        let _ = ferrix_store::fsutil::delete_path(&d);
         for sub in ["etc", "home"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
