@@ -52,6 +52,8 @@ LARGER = [
      "in builtins.foldl' (acc: n: acc + s.${n}) 0 (builtins.attrNames s)"),
     ("string building: concatStringsSep of 200k",
      "builtins.stringLength (builtins.concatStringsSep \",\" (builtins.genList toString 200000))"),
+    ("package set of 10k (callPackage, overlays), in store",
+     f"import {os.path.abspath('bench/pkgset.nix')} {{ n = 10000; }}"),
     ("2000 derivations, already in the store",
      "let ps = builtins.genList (i: derivation { name = \"p${toString i}\"; system = \"x86_64-linux\"; "
      "builder = \"/bin/sh\"; args = [ \"-c\" (if i == 0 then \"true\" else \"echo ${builtins.elemAt ps (i / 2)}\") ]; }) 2000; "
@@ -62,6 +64,7 @@ CASES = ISSUE + LARGER
 # Cases whose derivations are written (plain nix-instantiate, printing their paths); the
 # others are evaluated with --eval --strict.
 INSTANTIATE = {"2000 derivations, already in the store",
+               "package set of 10k (callPackage, overlays), in store",
                "2000 derivations, written into an empty store"}
 # Cases run on an empty store each time (emptied, then synced, before the clock starts).
 FRESH = {"2000 derivations, written into an empty store"}

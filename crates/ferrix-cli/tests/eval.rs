@@ -172,6 +172,14 @@ const SAME: &[&str] = &[
     "builtins.unsafeGetAttrPos \"c\" ({ a = 1; } // { c = 3; } // { d = 4; })",
     "builtins.unsafeGetAttrPos \"a\" (removeAttrs { a = 1; b = 2; } [ \"b\" ])",
     "builtins.unsafeGetAttrPos \"b\" (builtins.intersectAttrs { b = 1; } { a = 1; b = 2; })",
+    // intersectAttrs walks the smaller set, whichever side it is; the values and places
+    // are the second set's either way.
+    "builtins.intersectAttrs { a = 0; b = 0; c = 0; d = 0; } { b = 1; d = 2; }",
+    "builtins.unsafeGetAttrPos \"b\" (builtins.intersectAttrs { a = 0; b = 0; c = 0; d = 0; } { b = 1; d = 2; })",
+    "builtins.intersectAttrs { } { a = 1; }",
+    // An empty side of `//` gives the other set itself, so it is equal to it even when
+    // it holds functions, as in Nix.
+    "let x = { f = a: a; }; e = { }; in [ ((x // { }) == x) ((e // x) == x) ((x // e) == x) ((x // { g = 1; }) == x) ]",
     "builtins.unsafeGetAttrPos \"a\" (builtins.listToAttrs [ { name = \"a\"; value = 1; } ])",
     "builtins.unsafeGetAttrPos \"x\" { ${\"x\"} = 1; }",
     "let a = 1; in builtins.unsafeGetAttrPos \"a\" { inherit a; }",

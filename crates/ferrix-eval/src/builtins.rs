@@ -459,7 +459,7 @@ fn remove_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 fn intersect_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     let x = ev.expect_attrs(&a[0], span)?;
     let y = ev.expect_attrs(&a[1], span)?;
-    Ok(Value::attrs(y.only(|k| x.get(k).is_some())))
+    Ok(Value::attrs(y.only_named_in(&x)))
 }
 
 fn cat_attrs(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {

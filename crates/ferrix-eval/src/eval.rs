@@ -745,6 +745,9 @@ impl Evaluator {
                 Expr::Attrs(def) if def.dynamics.is_empty() => {
                     let a = self.operand(l, env)?;
                     let x = self.expect_attrs(&a, span)?;
+                    if def.statics.is_empty() {
+                        return Ok(Value::Attrs(x));
+                    }
                     let right = self.static_entries(def, env);
                     Ok(Value::attrs(x.update_with(right, def.statics.len())))
                 }

@@ -37,6 +37,14 @@ impl Evaluator {
             BinOp::Update => {
                 let x = self.expect_attrs(a, span)?;
                 let y = self.expect_attrs(b, span)?;
+                // An empty side gives the other set itself, as in Nix, not a copy of it
+                // (`prev // { }` in overlays, `args // { }` in `callPackage`).
+                if y.is_empty() {
+                    return Ok(Value::Attrs(x));
+                }
+                if x.is_empty() {
+                    return Ok(Value::Attrs(y));
+                }
                 Ok(Value::attrs(x.update(&y)))
             }
             BinOp::Add => match (a, b) {

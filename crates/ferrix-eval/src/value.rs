@@ -658,6 +658,24 @@ impl Attrs {
         }
     }
 
+    /// The attributes of `self` whose names `names` has, with their places
+    /// (`intersectAttrs names self`). The smaller set is walked and each name looked up in
+    /// the other: `callPackage` intersects a function's few arguments with a whole package
+    /// set, and walking the package set every time would make evaluation quadratic.
+    pub fn only_named_in(&self, names: &Attrs) -> Attrs {
+        if names.len() < self.len() {
+            Attrs {
+                entries: names
+                    .entries
+                    .iter()
+                    .filter_map(|n| self.entry(n.name).cloned())
+                    .collect(),
+            }
+        } else {
+            self.only(|k| names.entry(k).is_some())
+        }
+    }
+
     /// `self // other`: a merge of two sorted runs.
     pub fn update(&self, other: &Attrs) -> Attrs {
         self.update_with(other.entries.iter().cloned(), other.len())
@@ -851,5 +869,44 @@ mod discard {
         put(&c, Value::Int(1));
         assert_eq!(Rc::strong_count(&s), 1);
         assert!(matches!(c.take(), Value::Int(1)));
+    }
+}
+
+#[cfg(test)]
+mod intersect {
+    use super::*;
+    use crate::symbol::Sym;
+
+    fn set(names: &[(&str, i64)]) -> Attrs {
+        Attrs::from_unsorted(
+            names
+                .iter()
+                .map(|(n, v)| (Sym::intern(n), Value::Int(*v)))
+                .collect(),
+        )
+    }
+
+    fn ints(a: &Attrs) -> Vec<(Sym, i64)> {
+        a.iter()
+            .map(|(k, v)| match v {
+                Value::Int(i) => (*k, *i),
+                _ => panic!("not an integer"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn either_side_may_be_the_smaller_one() {
+        let many = set(&[("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]);
+        let few = set(&[("e", 50), ("b", 20), ("z", 0)]);
+        // `intersectAttrs few many` walks `few`; `intersectAttrs many few` walks `few` too.
+        let mut want = vec![(Sym::intern("b"), 2), (Sym::intern("e"), 5)];
+        want.sort();
+        assert_eq!(ints(&many.only_named_in(&few)), want);
+        let mut want = vec![(Sym::intern("b"), 20), (Sym::intern("e"), 50)];
+        want.sort();
+        assert_eq!(ints(&few.only_named_in(&many)), want);
+        assert!(many.only_named_in(&Attrs::default()).is_empty());
+        assert!(Attrs::default().only_named_in(&many).is_empty());
     }
 }

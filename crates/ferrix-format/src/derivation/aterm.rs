@@ -380,16 +380,24 @@ fn raw(s: &mut String, v: &str) {
 }
 
 fn escaped(s: &mut String, v: &str) {
+    s.reserve(v.len() + 2);
     s.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c => s.push(c),
-        }
+    // The characters escaped are ASCII, so the text between them is copied in runs,
+    // not a character at a time (a builder's script or environment can be long).
+    let mut run = 0;
+    for (i, b) in v.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            _ => continue,
+        };
+        s.push_str(&v[run..i]);
+        s.push_str(esc);
+        run = i + 1;
     }
+    s.push_str(&v[run..]);
     s.push('"');
 }
