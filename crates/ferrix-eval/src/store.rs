@@ -192,20 +192,23 @@ pub struct DeferredStore {
 
 #[derive(Default)]
 struct Computed {
-    /// Read-only: the derivations computed that the store may lack (never written, so
-    /// never to be read from it).
-    drvs: HashMap<StorePath, Derivation>,
+    /// Read-only: the text of each derivation computed that the store may lack (never
+    /// written, so never to be read from it), parsed again only if it is read. The
+    /// derivation's hash is in `memo` and its references in `refs`, which is all that
+    /// the derivations depending on it need: a parsed one took three times the memory, and
+    /// time to copy and free.
+    drv_texts: HashMap<StorePath, Box<[u8]>>,
     /// Hashes modulo of every derivation computed, kept from one derivation to the next.
     memo: HashMap<StorePath, DrvHash>,
-    /// What computed text files not in the store yet refer to (also what the kept ones
-    /// are written with).
+    /// What computed text files and derivations not in the store yet refer to (also what
+    /// the kept ones are written with).
     refs: HashMap<StorePath, BTreeSet<StorePath>>,
     /// Writing: the files to write, in the order they were made (inputs first), with
     /// where each goes; the store may have some already (asked at [`DeferredStore::write_kept`],
     /// for all at once).
     texts: Vec<Kept>,
     unwritten: std::collections::HashSet<StorePath>,
-    /// Read-only: derivations kept in `drvs` whose validity in the store is not asked yet;
+    /// Read-only: derivations kept in `drv_texts` whose validity in the store is not asked yet;
     /// the ones the store has need not be kept.
     unchecked: Vec<StorePath>,
 }
@@ -221,7 +224,7 @@ impl std::fmt::Debug for DeferredStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeferredStore")
             .field("writing", &self.writing)
-            .field("derivations", &self.computed().drvs.len())
+            .field("derivations", &self.computed().drv_texts.len())
             .finish()
     }
 }
@@ -306,7 +309,8 @@ impl DeferredStore {
     fn check_kept(&self, computed: &mut Computed) -> Result<(), StoreError> {
         let unchecked = std::mem::take(&mut computed.unchecked);
         for p in self.store.valid_among(&unchecked)? {
-            computed.drvs.remove(&p);
+            computed.drv_texts.remove(&p);
+            computed.refs.remove(&p);
         }
         Ok(())
     }
@@ -362,8 +366,10 @@ impl EvalStore for DeferredStore {
         name: &str,
     ) -> Result<(StorePath, Derivation), StoreError> {
         let mut computed = self.computed();
-        let Computed { drvs, memo, .. } = &mut *computed;
-        let drv = ferrix_store::drv::fill(&self.store, drv, name, drvs, memo)?;
+        // Every derivation computed so far has its hash in the memo, which is all `fill`
+        // needs of the ones not in the store.
+        let drv =
+            ferrix_store::drv::fill(&self.store, drv, name, &HashMap::new(), &mut computed.memo)?;
         // The text once, for its path and for writing it.
         let text = drv.to_aterm(self.store_dir());
         let refs = drv.references();
@@ -372,7 +378,7 @@ impl EvalStore for DeferredStore {
             .store_dir()
             .make_text_path(&file_name, &Hash::sha256(text.as_bytes()), &refs)
             .map_err(Self::bad_name(name))?;
-        ferrix_store::drv::remember_hash(&self.store, &p, &drv, memo)?;
+        ferrix_store::drv::remember_hash(&self.store, &p, &drv, &mut computed.memo)?;
         // One the store has already is read from there when needed, not kept; the store
         // is asked in batches (see `write_kept` and `check_kept`). Writing, the text is
         // all that is kept: the hash is in the memo, and the text gives the rest.
@@ -381,8 +387,11 @@ impl EvalStore for DeferredStore {
                 computed.refs.insert(p.clone(), refs);
                 self.keep(&mut computed, &p, file_name, || text.into_bytes())?;
             }
-        } else if !computed.drvs.contains_key(&p) {
-            computed.drvs.insert(p.clone(), drv.clone());
+        } else if !computed.drv_texts.contains_key(&p) {
+            computed
+                .drv_texts
+                .insert(p.clone(), text.into_bytes().into_boxed_slice());
+            computed.refs.insert(p.clone(), refs);
             computed.unchecked.push(p.clone());
             if computed.unchecked.len() >= FLUSH_EVERY {
                 self.check_kept(&mut computed)?;
@@ -393,11 +402,15 @@ impl EvalStore for DeferredStore {
 
     fn read_derivation(&self, p: &StorePath) -> Result<Derivation, StoreError> {
         let computed = self.computed();
-        if let Some(d) = computed.drvs.get(p) {
-            return Ok(d.clone());
-        }
-        if let Some(k) = computed.texts.iter().find(|k| k.path == *p) {
-            return Derivation::parse_aterm(self.store_dir(), &k.text).map_err(|source| {
+        let kept = computed.drv_texts.get(p).or_else(|| {
+            computed
+                .texts
+                .iter()
+                .find(|k| k.path == *p)
+                .map(|k| &k.text)
+        });
+        if let Some(text) = kept {
+            return Derivation::parse_aterm(self.store_dir(), text).map_err(|source| {
                 StoreError::BadDerivation {
                     path: self.store.print(p),
                     source,
@@ -416,9 +429,7 @@ impl EvalStore for DeferredStore {
             if out.contains(&p) {
                 continue;
             }
-            let refs: Vec<StorePath> = if let Some(d) = computed.drvs.get(&p) {
-                d.references().into_iter().collect()
-            } else if let Some(r) = computed.refs.get(&p) {
+            let refs: Vec<StorePath> = if let Some(r) = computed.refs.get(&p) {
                 r.iter().cloned().collect()
             } else if self.store.is_valid_path(&p)? {
                 out.extend(LocalStore::closure(&self.store, [p], false, false)?);
