@@ -293,6 +293,64 @@ fn list_elements_are_made_once_however_they_are_reached() {
     assert_eq!(traces(&ours).len(), 6, "{:?}", traces(&ours));
 }
 
+/// `foldl'` computes an element before the call when the function forces it first thing
+/// (`acc: x: acc + x`): what is forced, in which order, and which error or trace comes
+/// first, must stay as in Nix, which always passes the element unforced.
+#[test]
+fn folds_force_what_nix_forces_in_its_order() {
+    let Some(nix) = Nix::new() else { return };
+    let links = Links::new();
+    let cases = [
+        // The function is forced first, even for an empty list.
+        "builtins.foldl' (throw \"f\") 0 [ ]",
+        "builtins.foldl' (throw \"f\") 0 (throw \"l\")",
+        // The accumulator is read before the element where the body reads it first.
+        "builtins.foldl' (a: b: a + b) (throw \"acc\") [ (throw \"e\") ]",
+        "builtins.foldl' (a: b: b + a) (throw \"acc\") [ (throw \"e\") ]",
+        "builtins.foldl' (a: b: a + b) 0 [ 1 (throw \"e\") ]",
+        "builtins.foldl' (a: b: if b.x then a + 1 else a) 0 [ { x = true; } { x = false; } (throw \"z\") ]",
+        // Elements the body never forces stay unforced.
+        "builtins.foldl' (a: b: a + 1) 0 [ (throw \"never\") 2 ]",
+        "builtins.foldl' (a: b: 1 + b) (throw \"never\") [ 2 ]",
+        "builtins.foldl' (a: b: a // b) { } [ { x = 1; } { y = throw \"never\"; } ]",
+        // Traces in the order Nix prints them.
+        "builtins.foldl' (a: b: a + b) (builtins.trace \"acc\" 0) [ (builtins.trace \"e1\" 1) (builtins.trace \"e2\" 2) ]",
+        "builtins.foldl' (a: b: builtins.trace \"t${toString b}\" (a + b)) 0 (builtins.genList (i: builtins.trace \"e${toString i}\" i) 3)",
+        "builtins.foldl' (a: b: a + b) 0 (builtins.genList (i: builtins.trace \"g${toString i}\" i) 3)",
+    ];
+    let mut bad = Vec::new();
+    for e in cases {
+        let (theirs, ours) = both(&nix, &links, &["--eval", "--strict", "-E", e]);
+        // The value, or the first line of the error, and every trace line.
+        let seen = |o: &std::process::Output| {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let mut lines: Vec<String> = err
+                .lines()
+                .filter(|l| l.starts_with("trace: "))
+                .map(str::to_owned)
+                .collect();
+            lines.extend(
+                err.lines()
+                    .find(|l| l.starts_with("error: "))
+                    .map(str::to_owned),
+            );
+            (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                lines,
+                o.status.success(),
+            )
+        };
+        if seen(&theirs) != seen(&ours) {
+            bad.push(format!(
+                "{e}\n  nix:    {:?}\n  ferrix: {:?}",
+                seen(&theirs),
+                seen(&ours)
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{} differ:\n{}", bad.len(), bad.join("\n"));
+}
+
 #[test]
 fn lazy_printing_matches_without_strict() {
     let Some(nix) = Nix::new() else { return };

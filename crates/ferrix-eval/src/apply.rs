@@ -240,6 +240,89 @@ impl Frames2 {
     }
 }
 
+/// A function `x: y: body` that forces `y` before it does anything else that could be
+/// seen (forcing another value, failing, tracing): `foldl'` may then force each element
+/// before the call, computing it at once, instead of making a thunk that the body forces
+/// first thing.
+pub(crate) struct ForcesSecond {
+    /// Only when `x` is already a value (`acc: x: acc + x` reads `acc` first, which must
+    /// do nothing).
+    pub after_first: bool,
+    /// The inner function's name, for the context an error in `y` gets inside the call.
+    name: Option<Sym>,
+}
+
+impl ForcesSecond {
+    /// Whether `f` is such a function.
+    pub(crate) fn of(f: &Value) -> Option<ForcesSecond> {
+        let Value::Lambda(c) = f else { return None };
+        let (Param::Ident(_), Expr::Lambda(inner)) = (&c.def.param, &c.def.body) else {
+            return None;
+        };
+        let Param::Ident(_) = inner.param else {
+            return None;
+        };
+        let after_first = match first_forced(&inner.body) {
+            First::Y => false,
+            First::YAfterX => true,
+            _ => return None,
+        };
+        Some(ForcesSecond {
+            after_first,
+            name: inner.name,
+        })
+    }
+
+    /// An error forcing `y` before the call, as it would have been inside it.
+    pub(crate) fn inside(&self, e: EvalError, span: Span) -> EvalError {
+        calling(&self.name, e, span)
+    }
+}
+
+/// What evaluating an expression of the body of `x: y: …` forces first, as the evaluator
+/// evaluates it (operands left to right; a condition, a selected set or a negated value
+/// before anything else). Frames: `y` is slot 0 of the innermost, `x` slot 0 of the next.
+#[derive(PartialEq)]
+enum First {
+    /// `y`, before anything else.
+    Y,
+    /// `y`, after only reading `x`.
+    YAfterX,
+    /// Nothing at all: a constant.
+    Nothing,
+    /// Only `x` is read.
+    X,
+    /// Something else, or not known.
+    Other,
+}
+
+fn first_forced(e: &Expr) -> First {
+    use crate::syntax::{BinOp, Var};
+    let first_of = |sub: &Expr| match first_forced(sub) {
+        First::Y => First::Y,
+        First::YAfterX => First::YAfterX,
+        _ => First::Other,
+    };
+    match e {
+        Expr::Var(Var::Static { depth: 0, slot: 0 }, _) => First::Y,
+        Expr::Var(Var::Static { depth: 1, slot: 0 }, _) => First::X,
+        Expr::Null | Expr::Bool(_) | Expr::Int(_) | Expr::Float(_) | Expr::Str(_) => First::Nothing,
+        Expr::Select(e, ..) | Expr::HasAttr(e, _) | Expr::Not(e, _) | Expr::Neg(e, _) => {
+            first_of(e)
+        }
+        Expr::If(c, ..) | Expr::Assert(c, ..) => first_of(c),
+        Expr::BinOp(BinOp::And | BinOp::Or | BinOp::Implies, l, _, _) => first_of(l),
+        Expr::BinOp(_, l, r, _) => match (first_forced(l), first_forced(r)) {
+            (First::Y, _) => First::Y,
+            (First::YAfterX, _) => First::YAfterX,
+            (First::Nothing, First::Y) => First::Y,
+            (First::Nothing | First::X, First::Y | First::YAfterX) => First::YAfterX,
+            _ => First::Other,
+        },
+        _ => First::Other,
+    }
+}
+
 fn calling(name: &Option<Sym>, e: EvalError, span: Span) -> EvalError {
     let name = name.map_or_else(|| "anonymous function".to_owned(), |n| format!("'{n}'"));
     e.context(Some(span), format!("while calling {name}"))

@@ -354,13 +354,29 @@ fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 }
 
 fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    // The function first, and even for an empty list, as in Nix.
+    let f = ev.force(&a[0])?;
+    match &f {
+        Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(_) => {}
+        Value::Attrs(s) if s.get(Sym::intern("__functor")).is_some() => {}
+        other => return Err(type_error("a function", other, span)),
+    }
     let l = ev.expect_list(&a[2], span)?;
     let mut acc = a[1].clone();
     let mut frames = crate::apply::Frames2::default();
     let mut spare = None;
+    let strict = crate::apply::ForcesSecond::of(&f);
     for i in 0..l.len() {
+        if let Some(s) = strict
+            .as_ref()
+            .filter(|s| !s.after_first || !matches!(acc, Value::Thunk(_)))
+        {
+            let x = ev.force_elem(&l, i).map_err(|e| s.inside(e, span))?;
+            acc = ev.apply2_with(&f, acc, x, span, Some(&mut frames))?;
+            continue;
+        }
         let x = l.lend(i, &mut spare);
-        acc = ev.apply2_with(&a[0], acc, x, span, Some(&mut frames))?;
+        acc = ev.apply2_with(&f, acc, x, span, Some(&mut frames))?;
         l.settle_into(i, &mut spare);
     }
     ev.force(&acc)
