@@ -229,6 +229,8 @@ const FAIL: &[&str] = &[
     "if 1 then 2 else 3",
     "{ x, y, x }: x",
     "args @ { args, x }: x",
+    "builtins.all 1 [ ]",
+    "builtins.foldl' 1 0 [ ]",
 ];
 
 fn both(nix: &Nix, links: &Links, args: &[&str]) -> (std::process::Output, std::process::Output) {
@@ -293,11 +295,12 @@ fn list_elements_are_made_once_however_they_are_reached() {
     assert_eq!(traces(&ours).len(), 6, "{:?}", traces(&ours));
 }
 
-/// `foldl'` computes an element before the call when the function forces it first thing
-/// (`acc: x: acc + x`): what is forced, in which order, and which error or trace comes
-/// first, must stay as in Nix, which always passes the element unforced.
+/// `foldl'`, `filter`, `any` and `all` compute an element before the call when the
+/// function forces it first thing (`acc: x: acc + x`, `x: x.a > 1`): what is forced, in
+/// which order, and which error or trace comes first, must stay as in Nix, which always
+/// passes the element unforced.
 #[test]
-fn folds_force_what_nix_forces_in_its_order() {
+fn folds_and_filters_force_what_nix_forces_in_its_order() {
     let Some(nix) = Nix::new() else { return };
     let links = Links::new();
     let cases = [
@@ -317,6 +320,15 @@ fn folds_force_what_nix_forces_in_its_order() {
         "builtins.foldl' (a: b: a + b) (builtins.trace \"acc\" 0) [ (builtins.trace \"e1\" 1) (builtins.trace \"e2\" 2) ]",
         "builtins.foldl' (a: b: builtins.trace \"t${toString b}\" (a + b)) 0 (builtins.genList (i: builtins.trace \"e${toString i}\" i) 3)",
         "builtins.foldl' (a: b: a + b) 0 (builtins.genList (i: builtins.trace \"g${toString i}\" i) 3)",
+        "builtins.filter (throw \"f\") [ ]",
+        "builtins.any (throw \"f\") (throw \"l\")",
+        "builtins.all (throw \"f\") [ ]",
+        "builtins.filter (x: x > 1) [ 1 2 (throw \"e\") ]",
+        "builtins.length (builtins.filter (x: true) [ (throw \"never\") ])",
+        "builtins.filter (x: x.a or false) (map (i: builtins.trace \"m${toString i}\" { a = i > 0; }) [ 0 1 2 ])",
+        "builtins.any (x: x) [ false true (throw \"never\") ]",
+        "builtins.all (x: builtins.trace \"p\" x) [ (builtins.trace \"e\" true) ]",
+        "builtins.filter (x: !x) (builtins.genList (i: builtins.trace \"g${toString i}\" (i > 1)) 3)",
     ];
     let mut bad = Vec::new();
     for e in cases {

@@ -240,21 +240,33 @@ impl Frames2 {
     }
 }
 
-/// A function `x: y: body` that forces `y` before it does anything else that could be
-/// seen (forcing another value, failing, tracing): `foldl'` may then force each element
-/// before the call, computing it at once, instead of making a thunk that the body forces
-/// first thing.
-pub(crate) struct ForcesSecond {
-    /// Only when `x` is already a value (`acc: x: acc + x` reads `acc` first, which must
-    /// do nothing).
+/// A function that forces its (last) argument before it does anything else that could be
+/// seen (forcing another value, failing, tracing): `foldl'`, `filter`, `any` and `all` may
+/// then force each element before the call, computing it at once, instead of making a
+/// thunk that the body forces first thing.
+pub(crate) struct ForcesArg {
+    /// Only when the first argument is already a value (`acc: x: acc + x` reads `acc`
+    /// first, which must do nothing).
     pub after_first: bool,
-    /// The inner function's name, for the context an error in `y` gets inside the call.
+    /// The function's name, for the context an error in the argument gets inside the call.
     name: Option<Sym>,
 }
 
-impl ForcesSecond {
-    /// Whether `f` is such a function.
-    pub(crate) fn of(f: &Value) -> Option<ForcesSecond> {
+impl ForcesArg {
+    /// Whether `f` is `x: body`, its body forcing `x` first.
+    pub(crate) fn of1(f: &Value) -> Option<ForcesArg> {
+        let Value::Lambda(c) = f else { return None };
+        let Param::Ident(_) = c.def.param else {
+            return None;
+        };
+        (first_forced(&c.def.body) == First::Y).then_some(ForcesArg {
+            after_first: false,
+            name: c.def.name,
+        })
+    }
+
+    /// Whether `f` is `x: y: body`, its body forcing `y` first (perhaps after reading `x`).
+    pub(crate) fn of2(f: &Value) -> Option<ForcesArg> {
         let Value::Lambda(c) = f else { return None };
         let (Param::Ident(_), Expr::Lambda(inner)) = (&c.def.param, &c.def.body) else {
             return None;
@@ -267,21 +279,22 @@ impl ForcesSecond {
             First::YAfterX => true,
             _ => return None,
         };
-        Some(ForcesSecond {
+        Some(ForcesArg {
             after_first,
             name: inner.name,
         })
     }
 
-    /// An error forcing `y` before the call, as it would have been inside it.
+    /// An error forcing the argument before the call, as it would have been inside it.
     pub(crate) fn inside(&self, e: EvalError, span: Span) -> EvalError {
         calling(&self.name, e, span)
     }
 }
 
-/// What evaluating an expression of the body of `x: y: …` forces first, as the evaluator
-/// evaluates it (operands left to right; a condition, a selected set or a negated value
-/// before anything else). Frames: `y` is slot 0 of the innermost, `x` slot 0 of the next.
+/// What evaluating an expression of the body of `x: y: …` (or of `y: …`) forces first, as
+/// the evaluator evaluates it (operands left to right; a condition, a selected set or a
+/// negated value before anything else). Frames: `y` is slot 0 of the innermost, `x` slot 0
+/// of the next.
 #[derive(PartialEq)]
 enum First {
     /// `y`, before anything else.

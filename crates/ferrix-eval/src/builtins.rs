@@ -341,11 +341,28 @@ fn map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     Ok(Value::List(List::generated(a[0].clone(), Some(l), n)))
 }
 
+/// `f` forced, which must be a function: the first thing `foldl'`, `filter`, `any` and
+/// `all` do, even for an empty list, as in Nix.
+fn function(ev: &mut Evaluator, f: &Value, span: Span) -> Result<Value> {
+    let f = ev.force(f)?;
+    match &f {
+        Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(_) => Ok(f),
+        Value::Attrs(s) if s.get(Sym::intern("__functor")).is_some() => Ok(f),
+        other => Err(type_error("a function", other, span)),
+    }
+}
+
 fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let f = function(ev, &a[0], span)?;
     let l = ev.expect_list(&a[1], span)?;
+    let strict = crate::apply::ForcesArg::of1(&f);
     let mut out = Vec::new();
     for i in 0..l.len() {
-        let keep = ev.apply_ref(&a[0], l.get(i).unwrap_or_default(), span)?;
+        let x = match &strict {
+            Some(s) => ev.force_elem(&l, i).map_err(|e| s.inside(e, span))?,
+            None => l.get(i).unwrap_or_default(),
+        };
+        let keep = ev.apply_ref(&f, x, span)?;
         if ev.expect_bool(&keep, span)? {
             out.push(l.settled(i));
         }
@@ -354,18 +371,12 @@ fn filter(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 }
 
 fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
-    // The function first, and even for an empty list, as in Nix.
-    let f = ev.force(&a[0])?;
-    match &f {
-        Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(_) => {}
-        Value::Attrs(s) if s.get(Sym::intern("__functor")).is_some() => {}
-        other => return Err(type_error("a function", other, span)),
-    }
+    let f = function(ev, &a[0], span)?;
     let l = ev.expect_list(&a[2], span)?;
     let mut acc = a[1].clone();
     let mut frames = crate::apply::Frames2::default();
     let mut spare = None;
-    let strict = crate::apply::ForcesSecond::of(&f);
+    let strict = crate::apply::ForcesArg::of2(&f);
     for i in 0..l.len() {
         if let Some(s) = strict
             .as_ref()
@@ -383,12 +394,23 @@ fn foldl(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 }
 
 fn any_all(ev: &mut Evaluator, a: &[Value], span: Span, any: bool) -> Result<Value> {
+    let f = function(ev, &a[0], span)?;
     let l = ev.expect_list(&a[1], span)?;
+    let strict = crate::apply::ForcesArg::of1(&f);
     let mut spare = None;
     for i in 0..l.len() {
-        let x = l.lend(i, &mut spare);
-        let r = ev.apply_ref(&a[0], x, span)?;
-        l.settle_into(i, &mut spare);
+        let r = match &strict {
+            Some(s) => {
+                let x = ev.force_elem(&l, i).map_err(|e| s.inside(e, span))?;
+                ev.apply_ref(&f, x, span)?
+            }
+            None => {
+                let x = l.lend(i, &mut spare);
+                let r = ev.apply_ref(&f, x, span)?;
+                l.settle_into(i, &mut spare);
+                r
+            }
+        };
         if ev.expect_bool(&r, span)? == any {
             return Ok(Value::Bool(any));
         }
