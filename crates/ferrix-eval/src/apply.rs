@@ -336,6 +336,7 @@ fn first_forced(e: &Expr) -> First {
     }
 }
 
+/// An error from a function's body, with the call it happened in.
 fn calling(name: &Option<Sym>, e: EvalError, span: Span) -> EvalError {
     let name = name.map_or_else(|| "anonymous function".to_owned(), |n| format!("'{n}'"));
     e.context(Some(span), format!("while calling {name}"))

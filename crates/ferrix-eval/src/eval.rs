@@ -855,7 +855,6 @@ impl Evaluator {
     }
 }
 
-/// An error from a function's body, with the call it happened in.
 /// `l op r` computed at once, when both sides are integers already known and the operation
 /// cannot fail (integers wrap, and comparisons of integers always succeed): the thunk it
 /// would otherwise be could only ever give this value, so making and later forcing it is
