@@ -516,7 +516,16 @@ impl Evaluator {
                 self.apply(f, a, *span)
             }
             Expr::If(c, t, f, span) => {
-                let c = self.eval(c, env)?;
+                // A comparison of integers already known (`if n < 2`) without a call of
+                // `eval` for it.
+                let known = match &**c {
+                    Expr::BinOp(op, l, r, _) => known_ints(*op, l, r, env),
+                    _ => None,
+                };
+                let c = match known {
+                    Some(v) => v,
+                    None => self.eval(c, env)?,
+                };
                 if self.expect_bool(&c, *span)? {
                     self.eval(t, env)
                 } else {
@@ -860,20 +869,24 @@ impl Evaluator {
 /// would otherwise be could only ever give this value, so making and later forcing it is
 /// wasted. `f (n - 1)` and `[ (i + 1) ]` are everywhere in Nix code.
 fn known_ints(op: BinOp, l: &Expr, r: &Expr, env: &Rc<Env>) -> Option<Value> {
-    let int = |e: &Expr| match e {
-        Expr::Int(i) => Some(*i),
-        Expr::Var(Var::Static { depth, slot }, _) => {
-            match &env.up(*depth).slots.borrow()[*slot as usize] {
-                Value::Int(i) => Some(*i),
-                Value::Thunk(t) => match t.value() {
-                    Some(Value::Int(i)) => Some(i),
+    // Inlined into both uses: it runs for most calls' arguments and conditions.
+    #[inline(always)]
+    fn int(e: &Expr, env: &Rc<Env>) -> Option<i64> {
+        match e {
+            Expr::Int(i) => Some(*i),
+            Expr::Var(Var::Static { depth, slot }, _) => {
+                match &env.up(*depth).slots.borrow()[*slot as usize] {
+                    Value::Int(i) => Some(*i),
+                    Value::Thunk(t) => match t.value() {
+                        Some(Value::Int(i)) => Some(i),
+                        _ => None,
+                    },
                     _ => None,
-                },
-                _ => None,
+                }
             }
+            _ => None,
         }
-        _ => None,
-    };
+    }
     let wants_ints = matches!(
         op,
         BinOp::Add
@@ -889,7 +902,7 @@ fn known_ints(op: BinOp, l: &Expr, r: &Expr, env: &Rc<Env>) -> Option<Value> {
     if !wants_ints {
         return None;
     }
-    let (x, y) = (int(l)?, int(r)?);
+    let (x, y) = (int(l, env)?, int(r, env)?);
     Some(match op {
         BinOp::Add => Value::Int(x.wrapping_add(y)),
         BinOp::Sub => Value::Int(x.wrapping_sub(y)),
