@@ -526,10 +526,11 @@ impl Evaluator {
                     Some(v) => v,
                     None => self.eval(c, env)?,
                 };
+                // A branch that is a variable or a constant is read without a call.
                 if self.expect_bool(&c, *span)? {
-                    self.eval(t, env)
+                    self.operand(t, env)
                 } else {
-                    self.eval(f, env)
+                    self.operand(f, env)
                 }
             }
             Expr::Assert(c, body, span, cond) => {
