@@ -868,7 +868,7 @@ impl Evaluator {
 /// `l op r` computed at once, when both sides are integers already known and the operation
 /// cannot fail (integers wrap, and comparisons of integers always succeed): the thunk it
 /// would otherwise be could only ever give this value, so making and later forcing it is
-/// wasted. `f (n - 1)` and `[ (i + 1) ]` are everywhere in Nix code.
+/// wasted. `f (n - 1)`, `[ (i + 1) ]` and `if n < 2` are everywhere in Nix code.
 fn known_ints(op: BinOp, l: &Expr, r: &Expr, env: &Rc<Env>) -> Option<Value> {
     // Inlined into both uses: it runs for most calls' arguments and conditions.
     #[inline(always)]
