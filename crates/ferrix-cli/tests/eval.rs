@@ -298,7 +298,9 @@ fn list_elements_are_made_once_however_they_are_reached() {
 /// `foldl'`, `filter`, `any` and `all` compute an element before the call when the
 /// function forces it first thing (`acc: x: acc + x`, `x: x.a > 1`): what is forced, in
 /// which order, and which error or trace comes first, must stay as in Nix, which always
-/// passes the element unforced.
+/// passes the element unforced. The builtins that call a function for each element force
+/// that function first, even for an empty list, and `sort` and `partition` force every
+/// element first, as Nix does.
 #[test]
 fn folds_and_filters_force_what_nix_forces_in_its_order() {
     let Some(nix) = Nix::new() else { return };
@@ -329,6 +331,16 @@ fn folds_and_filters_force_what_nix_forces_in_its_order() {
         "builtins.any (x: x) [ false true (throw \"never\") ]",
         "builtins.all (x: builtins.trace \"p\" x) [ (builtins.trace \"e\" true) ]",
         "builtins.filter (x: !x) (builtins.genList (i: builtins.trace \"g${toString i}\" (i > 1)) 3)",
+        "builtins.length (builtins.sort (throw \"f\") [ ])",
+        "builtins.length (builtins.sort (a: b: true) [ (throw \"x\") ])",
+        "builtins.sort builtins.lessThan [ (builtins.trace \"e1\" 2) (builtins.trace \"e2\" 1) (builtins.trace \"e3\" 3) ]",
+        "let x = [ 1 ]; in builtins.sort (a: b: false) [ x x ]",
+        "builtins.length (builtins.partition (throw \"f\") [ ]).right",
+        "builtins.length (builtins.partition (x: true) [ (throw \"x\") ]).right",
+        "let x = [ 1 ]; in (builtins.partition (a: true) [ x x ]).right",
+        "builtins.attrNames (builtins.groupBy (throw \"f\") [ ])",
+        "builtins.length (builtins.concatMap (throw \"f\") [ ])",
+        "builtins.zipAttrsWith (throw \"f\") [ ]",
     ];
     let mut bad = Vec::new();
     for e in cases {

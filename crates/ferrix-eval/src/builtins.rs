@@ -341,8 +341,9 @@ fn map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
     Ok(Value::List(List::generated(a[0].clone(), Some(l), n)))
 }
 
-/// `f` forced, which must be a function: the first thing `foldl'`, `filter`, `any` and
-/// `all` do, even for an empty list, as in Nix.
+/// `f` forced, which must be a function: the first thing the builtins that call a function
+/// for each element of a list do (`foldl'`, `filter`, `any`, `all`, `sort`, `partition`,
+/// `groupBy`, `concatMap`, `zipAttrsWith`), even for an empty list, as in Nix.
 fn function(ev: &mut Evaluator, f: &Value, span: Span) -> Result<Value> {
     let f = ev.force(f)?;
     match &f {
@@ -439,10 +440,11 @@ fn concat_lists(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
 }
 
 fn concat_map(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let f = function(ev, &a[0], span)?;
     let ls = ev.expect_list(&a[1], span)?;
     let mut out = Vec::new();
     for x in ls.iter() {
-        let r = ev.apply_ref(&a[0], x, span)?;
+        let r = ev.apply_ref(&f, x, span)?;
         out.extend(ev.expect_list(&r, span)?.iter());
     }
     Ok(Value::List(out.into()))
@@ -753,20 +755,27 @@ fn merge_sort(
 }
 
 pub(crate) fn sort(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let f = function(ev, &a[0], span)?;
     let l = ev.expect_list(&a[1], span)?;
-    let f = a[0].clone();
+    // Every element is forced first, in order, as Nix does before it compares any.
+    let elems = (0..l.len())
+        .map(|i| ev.force_elem(&l, i))
+        .collect::<Result<Vec<_>>>()?;
     let mut less = |ev: &mut Evaluator, x: &Value, y: &Value| -> Result<bool> {
         let r = ev.apply2(&f, x.clone(), y.clone(), span)?;
         ev.expect_bool(&r, span)
     };
-    Ok(Value::List(merge_sort(ev, l.to_vec(), &mut less)?.into()))
+    Ok(Value::List(merge_sort(ev, elems, &mut less)?.into()))
 }
 
 pub(crate) fn partition(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let f = function(ev, &a[0], span)?;
     let l = ev.expect_list(&a[1], span)?;
     let (mut right, mut wrong) = (Vec::new(), Vec::new());
-    for x in l.iter() {
-        let r = ev.apply_ref(&a[0], x.clone(), span)?;
+    for i in 0..l.len() {
+        // Each element is forced before the call, as Nix does.
+        let x = ev.force_elem(&l, i)?;
+        let r = ev.apply_ref(&f, x.clone(), span)?;
         if ev.expect_bool(&r, span)? {
             right.push(x.clone());
         } else {
@@ -780,11 +789,12 @@ pub(crate) fn partition(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<V
 }
 
 pub(crate) fn group_by(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    let f = function(ev, &a[0], span)?;
     let l = ev.expect_list(&a[1], span)?;
     let mut groups: Vec<(Sym, Vec<Value>)> = Vec::new();
     let mut index: std::collections::HashMap<Sym, usize> = std::collections::HashMap::new();
     for x in l.iter() {
-        let k = ev.apply_ref(&a[0], x.clone(), span)?;
+        let k = ev.apply_ref(&f, x.clone(), span)?;
         let k = Sym::intern(&ev.expect_string(&k, span)?.s);
         match index.get(&k) {
             Some(&i) => groups[i].1.push(x.clone()),
@@ -803,6 +813,7 @@ pub(crate) fn group_by(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Va
 }
 
 pub(crate) fn zip_attrs_with(ev: &mut Evaluator, a: &[Value], span: Span) -> Result<Value> {
+    function(ev, &a[0], span)?;
     let sets = ev.expect_list(&a[1], span)?;
     let mut by_name: Vec<(Sym, Vec<Value>)> = Vec::new();
     let mut index: std::collections::HashMap<Sym, usize> = std::collections::HashMap::new();
