@@ -368,8 +368,7 @@ impl EvalStore for DeferredStore {
         let mut computed = self.computed();
         // Every derivation computed so far has its hash in the memo, which is all `fill`
         // needs of the ones not in the store.
-        let drv =
-            ferrix_store::drv::fill(&self.store, drv, name, &HashMap::new(), &mut computed.memo)?;
+        let drv = ferrix_store::drv::fill(&self.store, drv, name, &mut computed.memo)?;
         // The text once, for its path and for writing it.
         let text = drv.to_aterm(self.store_dir());
         let refs = drv.references();

@@ -38,20 +38,19 @@ pub fn fill_and_add(
     drv: Derivation,
     name: &str,
 ) -> Result<(StorePath, Derivation)> {
-    let drv = fill(store, drv, name, &HashMap::new(), &mut HashMap::new())?;
+    let drv = fill(store, drv, name, &mut HashMap::new())?;
     let p = store.add_derivation(&drv, name)?;
     Ok((p, drv))
 }
 
 /// `drv` with its input-addressed output paths filled in, as [`fill_and_add`] writes it,
-/// without writing anything. Its input derivations are in the store or in `pending`
-/// (derivations computed but not written: evaluation in read-only mode); `memo` keeps the
-/// hashes modulo of pending ones from one call to the next.
+/// without writing anything. Its input derivations are in the store or have their hashes
+/// modulo in `memo` (derivations computed but not written yet, kept there from one call to
+/// the next by [`remember_hash`]).
 pub fn fill(
     store: &LocalStore,
     mut drv: Derivation,
     name: &str,
-    pending: &HashMap<StorePath, Derivation>,
     memo: &mut HashMap<StorePath, DrvHash>,
 ) -> Result<Derivation> {
     if drv.fixed_output().is_some() {
@@ -59,7 +58,7 @@ pub fn fill(
     }
     let given = drv.clone();
     for i in drv.input_drvs.keys() {
-        store.drv_hash(i, Pending::Parsed(pending), memo)?;
+        store.drv_hash(i, Pending::None, memo)?;
     }
     for o in drv.outputs.values_mut() {
         if matches!(o, DerivationOutput::InputAddressed(_)) {
@@ -213,19 +212,14 @@ impl LocalStore {
                 stack.pop();
                 continue;
             }
-            let drv = match pending.parsed(&top) {
-                Some(d) => d,
-                None => {
-                    if !read.contains_key(&top) {
-                        let d = match pending.text(&top) {
-                            Some(text) => self.parse_new(&top, text)?,
-                            None => read_derivation(self, &top)?,
-                        };
-                        read.insert(top.clone(), d);
-                    }
-                    &read[&top]
-                }
-            };
+            if !read.contains_key(&top) {
+                let d = match pending.text(&top) {
+                    Some(text) => self.parse_new(&top, text)?,
+                    None => read_derivation(self, &top)?,
+                };
+                read.insert(top.clone(), d);
+            }
+            let drv = &read[&top];
             let missing: Vec<StorePath> = drv
                 .input_drvs
                 .keys()
@@ -280,8 +274,6 @@ impl LocalStore {
 #[derive(Clone, Copy)]
 enum Pending<'a> {
     None,
-    /// Parsed (read-only evaluation keeps its derivations so).
-    Parsed(&'a HashMap<StorePath, Derivation>),
     /// As texts, parsed when needed.
     Texts(&'a HashMap<&'a StorePath, &'a [u8]>),
 }
@@ -290,15 +282,7 @@ impl Pending<'_> {
     fn contains(&self, p: &StorePath) -> bool {
         match self {
             Pending::None => false,
-            Pending::Parsed(m) => m.contains_key(p),
             Pending::Texts(m) => m.contains_key(p),
-        }
-    }
-
-    fn parsed(&self, p: &StorePath) -> Option<&Derivation> {
-        match self {
-            Pending::Parsed(m) => m.get(p),
-            _ => None,
         }
     }
 
