@@ -21,8 +21,10 @@ let
   a2 = mk "a2" "echo ${a1} > $out";
   b1 = mk "b1" "echo b1 > $out";
   b2 = mk "b2" "echo ${b1} > $out";
+  # Large enough for the blocks of a multi-threaded xz encoder (24 MiB each).
+  big = mk "big" "/bin/mkdir $out; /usr/bin/yes ferrix | /usr/bin/head -c 50000000 > $out/yes; /usr/bin/seq 1 3000000 > $out/seq";
 in {
-  inherit a1 a2 b1 b2;
+  inherit a1 a2 b1 b2 big;
   top = mk "top" "/bin/mkdir $out; echo ${a2} > $out/a; echo ${b2} > $out/b";
 }
 "#;
@@ -211,6 +213,64 @@ fn a_closure_nix_wrote_is_substituted_from_a_directory_and_over_http() {
             }
         }
     }
+}
+
+/// The number of blocks the index of the `.xz` file `f` lists (one stream).
+fn xz_blocks(f: &Path) -> u64 {
+    let z = fs::read(f).unwrap();
+    let footer = &z[z.len() - 12..];
+    assert_eq!(&footer[10..], b"YZ", "{}", f.display());
+    let backward = u32::from_le_bytes(footer[4..8].try_into().unwrap()) as usize;
+    let index = &z[z.len() - 12 - (backward + 1) * 4..];
+    assert_eq!(index[0], 0, "index indicator");
+    // The number of records, a little-endian base-128 number.
+    let (mut n, mut shift) = (0u64, 0);
+    for b in &index[1..] {
+        n |= u64::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    n
+}
+
+#[test]
+fn an_xz_nar_in_blocks_from_parallel_compression_is_substituted() {
+    let c = Consumer::new();
+    let cache = cache_in(&c, "big", "xz&parallel-compression=true");
+    let nars: Vec<_> = fs::read_dir(cache.dir.path().join("cache/nar"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(nars.len(), 1, "{nars:?}");
+    assert!(xz_blocks(&nars[0]) >= 3, "{}", xz_blocks(&nars[0]));
+    let big = c.out_path(&c.drv("big"));
+    let url = format!("file://{}", cache.dir.path().join("cache").display());
+    let out = realise(&c, &big, &url, &cache.pk, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(c.valid(&big));
+    ok(c.nix
+        .cmd("nix-store")
+        .args(["--verify", "--check-contents"]));
+    let seq = fs::read_to_string(format!("{big}/seq")).unwrap();
+    assert_eq!(seq.lines().last(), Some("3000000"));
+    assert_eq!(
+        fs::metadata(format!("{big}/yes")).unwrap().len(),
+        50_000_000
+    );
+    // A block damaged in the middle: refused, and nothing is left in the store.
+    ok(c.nix.cmd("nix-store").args(["--delete", &big]));
+    let mut z = fs::read(&nars[0]).unwrap();
+    let mid = z.len() / 2;
+    z[mid] ^= 0x40;
+    fs::write(&nars[0], &z).unwrap();
+    let out = realise(&c, &big, &url, &cache.pk, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&big), "{err}");
+    assert!(!c.valid(&big));
+    c.assert_clean();
 }
 
 #[test]

@@ -34,12 +34,17 @@ const DIRECT_MIN: u64 = 256 << 10;
 const DIRECT_ALIGN: usize = 4096;
 /// The size of one direct write.
 const DIRECT_CHUNK: usize = 1 << 20;
+/// Files at least this big are written on a thread of their own while they are read (see
+/// [`write_direct`]). For smaller ones the thread costs more than it saves, and paths
+/// restored side by side (a closure substituted) keep the device busy anyway.
+const DIRECT_THREAD_MIN: u64 = 4 * DIRECT_CHUNK as u64;
 
 struct Restorer<'a> {
     target: &'a Path,
     buf: Vec<u8>,
-    /// [`DIRECT_CHUNK`] bytes and room to align them, made at the first large file.
-    direct_buf: Vec<u8>,
+    /// Two buffers of [`DIRECT_CHUNK`] bytes and room to align them, made at the first
+    /// large file.
+    direct_bufs: [Vec<u8>; 2],
     /// Cleared when the file system refuses direct writes: the rest of the restore does
     /// without.
     direct_ok: bool,
@@ -107,15 +112,20 @@ impl NarVisitor for Restorer<'_> {
         let f = self.dirs.create_file(self.target, rel, mode);
         let mut f = f.map_err(|e| ctx(&self.at(rel), e))?;
         if size >= DIRECT_MIN && self.direct_ok {
-            if self.direct_buf.is_empty() {
-                self.direct_buf = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
+            for b in &mut self.direct_bufs {
+                if b.is_empty() {
+                    *b = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
+                }
             }
-            match write_direct(&mut f, contents, &mut self.direct_buf) {
-                Ok(Direct::Done) => return Ok(()),
-                // The rest of the file goes through the page cache, as every later one.
-                Ok(Direct::Refused) => self.direct_ok = false,
-                Err(e) => return Err(ctx(&self.at(rel), e)),
-            }
+            return match write_direct(&mut f, contents, &mut self.direct_bufs, size) {
+                Ok(Direct::Done) => Ok(()),
+                // Later files go through the page cache.
+                Ok(Direct::Refused) => {
+                    self.direct_ok = false;
+                    Ok(())
+                }
+                Err(e) => Err(ctx(&self.at(rel), e)),
+            };
         }
         loop {
             let n = contents.read(&mut self.buf)?;
@@ -139,60 +149,161 @@ impl NarVisitor for Restorer<'_> {
     }
 }
 
-/// How a direct write of a file ended.
+/// How a direct write of a file ended (all of it is written either way).
+#[derive(Debug, PartialEq, Eq)]
 enum Direct {
-    /// All of it is written.
     Done,
-    /// The file system does not take direct writes; what was read is written, the rest
-    /// of the file is for the caller.
+    /// The file system refused direct writes part way; the rest went through the page
+    /// cache, and so should later files.
     Refused,
 }
 
-/// Write the file's `contents` to `f` in aligned chunks with `O_DIRECT`; its last partial
-/// block goes through the page cache.
-fn write_direct(f: &mut fs::File, contents: &mut dyn Read, raw: &mut [u8]) -> io::Result<Direct> {
-    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
-    let flags = fcntl_getfl(&*f)?;
-    if fcntl_setfl(&*f, flags | OFlags::DIRECT).is_err() {
-        return Ok(Direct::Refused);
-    }
-    let buffered = |f: &fs::File| fcntl_setfl(f, flags).map_err(io::Error::from);
-    let at = raw.as_ptr().align_offset(DIRECT_ALIGN);
-    let buf = &mut raw[at..at + DIRECT_CHUNK];
-    loop {
-        // A whole chunk, unless the file ends first.
-        let mut n = 0;
-        while n < buf.len() {
-            match contents.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let whole = n - n % DIRECT_ALIGN;
+/// Writes one file chunk by chunk: whole blocks directly, the last partial block (and
+/// everything once direct writes are refused) through the page cache.
+struct ChunkWriter<'f> {
+    f: &'f fs::File,
+    /// The file's flags without `O_DIRECT`.
+    flags: rustix::fs::OFlags,
+    direct: bool,
+    /// A direct write was refused.
+    refused: bool,
+}
+
+impl ChunkWriter<'_> {
+    fn put(&mut self, data: &[u8], last: bool) -> io::Result<()> {
+        let mut f = self.f;
+        let whole = if self.direct {
+            data.len() - data.len() % DIRECT_ALIGN
+        } else {
+            0
+        };
         let mut done = 0;
         while done < whole {
-            match f.write(&buf[done..whole]) {
+            match f.write(&data[done..whole]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => done += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Refused (by the file system, or a partial write broke the alignment): the
-                // rest of this chunk is written buffered, and the caller goes on so.
+                // Refused (by the file system, or a partial write broke the alignment).
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    buffered(f)?;
-                    f.write_all(&buf[done..n])?;
-                    return Ok(Direct::Refused);
+                    self.refused = true;
+                    self.buffered()?;
+                    break;
                 }
                 Err(e) => return Err(e),
             }
         }
-        if n < buf.len() {
-            buffered(f)?;
-            f.write_all(&buf[whole..n])?;
-            return Ok(Direct::Done);
+        if last || done < data.len() {
+            self.buffered()?;
+            f.write_all(&data[done..])?;
+        }
+        Ok(())
+    }
+
+    fn buffered(&mut self) -> io::Result<()> {
+        if self.direct {
+            rustix::fs::fcntl_setfl(self.f, self.flags)?;
+        }
+        self.direct = false;
+        Ok(())
+    }
+}
+
+/// Fill `buf` from `contents`, short only where the file ends.
+fn fill(contents: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match contents.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(n)
+}
+
+/// Write the file's `size` bytes of `contents` to `f` in aligned chunks with `O_DIRECT`,
+/// through `bufs` (two buffers of [`DIRECT_CHUNK`] and room to align them). A file of
+/// [`DIRECT_THREAD_MIN`] or more is written on a thread of its own while the next chunk is
+/// read: a direct write waits for the device, and reading (with what the reader does:
+/// decompressing, hashing) would otherwise wait with it.
+fn write_direct(
+    f: &mut fs::File,
+    contents: &mut dyn Read,
+    bufs: &mut [Vec<u8>; 2],
+    size: u64,
+) -> io::Result<Direct> {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    let flags = fcntl_getfl(&*f)?;
+    let direct = fcntl_setfl(&*f, flags | OFlags::DIRECT).is_ok();
+    let mut w = ChunkWriter {
+        f: &*f,
+        flags,
+        direct,
+        refused: !direct,
+    };
+    let [a, b] = bufs;
+    let mut chunks = [a, b].map(|raw| {
+        let at = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        &mut raw[at..at + DIRECT_CHUNK]
+    });
+    let ended = |w: ChunkWriter<'_>| {
+        if w.refused {
+            Direct::Refused
+        } else {
+            Direct::Done
+        }
+    };
+    if size < DIRECT_THREAD_MIN || !direct {
+        loop {
+            let n = fill(contents, chunks[0])?;
+            let last = n < DIRECT_CHUNK;
+            w.put(&chunks[0][..n], last)?;
+            if last {
+                return Ok(ended(w));
+            }
+        }
+    }
+    std::thread::scope(|s| {
+        let (full, to_write) = std::sync::mpsc::sync_channel::<(&mut [u8], usize)>(1);
+        let (give_back, free) = std::sync::mpsc::channel();
+        let writer = s.spawn(move || -> io::Result<ChunkWriter<'_>> {
+            for (chunk, n) in to_write {
+                let last = n < DIRECT_CHUNK;
+                w.put(&chunk[..n], last)?;
+                // Gone only when the reading side stopped.
+                let _ = give_back.send(chunk);
+                if last {
+                    break;
+                }
+            }
+            Ok(w)
+        });
+        let mut spare: Vec<&mut [u8]> = chunks.iter_mut().map(|c| &mut **c).collect();
+        let read = loop {
+            let chunk = match spare.pop() {
+                Some(c) => c,
+                None => match free.recv() {
+                    Ok(c) => c,
+                    // The writer stopped: its error says why.
+                    Err(_) => break Ok(()),
+                },
+            };
+            let n = match fill(contents, chunk) {
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if full.send((chunk, n)).is_err() || n < DIRECT_CHUNK {
+                break Ok(());
+            }
+        };
+        drop(full);
+        let written = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        read?;
+        Ok(ended(written?))
+    })
 }
 
 /// Restore the NAR read from `input` at `target`, which must not exist yet. On error the
@@ -211,17 +322,17 @@ std::thread_local! {
     /// A thread's restore buffers, kept for its next restore: a thread that restores path
     /// after path (substituting a closure) would otherwise take fresh memory, zeroed page by
     /// page by the kernel, for each.
-    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, [Vec<u8>; 2])> =
+        const { std::cell::RefCell::new((Vec::new(), [Vec::new(), Vec::new()])) };
 }
 
 fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, RestoreError> {
-    let (mut buf, direct_buf) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let (mut buf, direct_bufs) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     buf.resize(256 * 1024, 0);
     let mut r = Restorer {
         target,
         buf,
-        direct_buf,
+        direct_bufs,
         direct_ok: true,
         dirs: DirStack::new(),
     };
@@ -231,9 +342,9 @@ fn restore_with<R: Read>(input: R, target: &Path, exact: bool) -> Result<u64, Re
         parse(input, &mut r)
     };
     let Restorer {
-        buf, direct_buf, ..
+        buf, direct_bufs, ..
     } = r;
-    BUFFERS.with(|b| *b.borrow_mut() = (buf, direct_buf));
+    BUFFERS.with(|b| *b.borrow_mut() = (buf, direct_bufs));
     parsed.map_err(|source| RestoreError::Nar {
         target: target.to_owned(),
         source,
@@ -249,7 +360,14 @@ mod tests {
     /// byte for byte, with their modes.
     #[test]
     fn files_around_the_direct_write_sizes_round_trip() {
-        let d = tempfile::tempdir().unwrap();
+        round_trip_in(&tempfile::tempdir().unwrap());
+        // tmpfs, where direct writes may be refused: the page cache then.
+        if Path::new("/dev/shm").is_dir() {
+            round_trip_in(&tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+    }
+
+    fn round_trip_in(d: &tempfile::TempDir) {
         let src = d.path().join("src");
         fs::create_dir(&src).unwrap();
         let sizes = [
@@ -259,8 +377,13 @@ mod tests {
             DIRECT_MIN as usize - 1,
             DIRECT_MIN as usize,
             DIRECT_MIN as usize + 1,
+            DIRECT_CHUNK - 1,
+            DIRECT_CHUNK,
             DIRECT_CHUNK + DIRECT_ALIGN,
+            2 * DIRECT_CHUNK,
             3 * DIRECT_CHUNK + 17,
+            DIRECT_THREAD_MIN as usize,
+            5 * DIRECT_CHUNK + 17,
         ];
         for (i, n) in sizes.iter().enumerate() {
             let data: Vec<u8> = (0..*n).map(|k| (k * 31 + i) as u8).collect();
@@ -283,5 +406,32 @@ mod tests {
                 *n as u64
             );
         }
+    }
+
+    /// A stream that ends inside a large file (written by a thread of its own while it is
+    /// read) is an error, whichever chunk it ends in.
+    #[test]
+    fn a_nar_cut_inside_a_large_file_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let data: Vec<u8> = (0..DIRECT_THREAD_MIN as usize + 2 * DIRECT_CHUNK + 5)
+            .map(|k| (k % 251) as u8)
+            .collect();
+        fs::write(src.join("big"), &data).unwrap();
+        let mut nar = Vec::new();
+        crate::nar::dump_path(&src, &mut nar).unwrap();
+        for (i, cut) in [200, DIRECT_CHUNK, 3 * DIRECT_CHUNK + 3, nar.len() - 100]
+            .into_iter()
+            .enumerate()
+        {
+            let out = d.path().join(format!("out{i}"));
+            let e = restore(&nar[..cut], &out).unwrap_err();
+            assert!(e.to_string().contains(&out.display().to_string()), "{e}");
+        }
+        // And the thread's buffers serve the next restore.
+        let out = d.path().join("whole");
+        assert_eq!(restore(&nar[..], &out).unwrap(), nar.len() as u64);
+        assert!(fs::read(out.join("big")).unwrap() == data);
     }
 }

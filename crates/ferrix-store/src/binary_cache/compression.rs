@@ -99,10 +99,92 @@ impl Compression {
         Ok(match self {
             Self::None => Box::new(input),
             Self::Zstd => Box::new(ZstdReader::new(input)?),
-            Self::Xz => Box::new(liblzma::bufread::XzDecoder::new(input)),
+            Self::Xz => Box::new(XzReader::new(input)?),
             Self::Bzip2 => Box::new(bzip2::bufread::BzDecoder::new(input)),
             Self::Brotli => Box::new(brotli::Decompressor::new(input, 1 << 16)),
         })
+    }
+}
+
+/// At most this many threads decode one xz stream.
+const XZ_THREADS_MAX: usize = 8;
+
+/// The memory an xz decoder may take to run threads (liblzma runs fewer when it would need
+/// more; never fewer than one). Each thread holds a block in and out: 24 MiB out with the
+/// blocks multi-threaded encoders write at the default level, so about four threads.
+const XZ_THREADING_MEMORY: u64 = 128 << 20;
+
+/// At most this many xz streams are decoded on several threads at once; the others on
+/// one each, in a few MiB. Substitutions run side by side, so without a bound a closure of
+/// large paths could take [`XZ_THREADING_MEMORY`] for each; and with several at once the
+/// cores are busy anyway. The threads matter most where one large path is left.
+const XZ_THREADED_MAX: usize = 2;
+
+/// How many xz decoders hold threads now.
+static XZ_THREADED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// liblzma's decoder on up to `threads` threads. A stream cut into blocks whose headers
+/// give their sizes (what multi-threaded encoders write: Ferrix's, `xz -T`, Nix's with
+/// `parallel-compression`) has its blocks decoded side by side; any other stream is
+/// decoded on one thread, as before.
+fn xz_decoder(threads: usize) -> io::Result<liblzma::stream::Stream> {
+    if threads <= 1 {
+        return liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(io::Error::other);
+    }
+    liblzma::stream::MtStreamBuilder::new()
+        .threads(threads.min(XZ_THREADS_MAX) as u32)
+        .memlimit_threading(XZ_THREADING_MEMORY)
+        .memlimit_stop(u64::MAX)
+        .decoder()
+        .map_err(io::Error::other)
+}
+
+/// An xz stream decoded as it is read: on several threads while fewer than
+/// [`XZ_THREADED_MAX`] others are.
+struct XzReader<R> {
+    inner: liblzma::bufread::XzDecoder<R>,
+    /// Holds one of the [`XZ_THREADED`] places until dropped.
+    threaded: bool,
+}
+
+impl<R: std::io::BufRead> XzReader<R> {
+    fn new(input: R) -> io::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let cores = crate::store::cores();
+        let threaded = cores > 1
+            && XZ_THREADED
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < XZ_THREADED_MAX).then_some(n + 1)
+                })
+                .is_ok();
+        let stream = xz_decoder(if threaded { cores } else { 1 });
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                if threaded {
+                    XZ_THREADED.fetch_sub(1, Ordering::AcqRel);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            inner: liblzma::bufread::XzDecoder::new_stream(input, stream),
+            threaded,
+        })
+    }
+}
+
+impl<R: std::io::BufRead> std::io::Read for XzReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<R> Drop for XzReader<R> {
+    fn drop(&mut self) {
+        if self.threaded {
+            XZ_THREADED.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }
 
@@ -385,6 +467,64 @@ mod tests {
             [a.clone(), b].concat()
         );
         assert!(through_decoder(Compression::Zstd, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn xz_streams_of_many_blocks_decode_on_several_threads() {
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3f)
+            .collect();
+        // Blocks of 256 KiB, as a multi-threaded encoder cuts them (with their sizes in
+        // their headers): the decoder hands them to its threads.
+        let stream = liblzma::stream::MtStreamBuilder::new()
+            .preset(1)
+            .threads(2)
+            .block_size(256 << 10)
+            .check(liblzma::stream::Check::Crc64)
+            .encoder()
+            .unwrap();
+        let mut blocks = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        blocks.write_all(&data).unwrap();
+        let blocks = blocks.finish().unwrap();
+        let single = liblzma::encode_all(&data[..], 1).unwrap();
+        for (what, z) in [("blocks", &blocks), ("one block", &single)] {
+            for threads in [1, 4] {
+                let mut d = liblzma::bufread::XzDecoder::new_stream(
+                    io::BufReader::with_capacity(4096, &z[..]),
+                    xz_decoder(threads).unwrap(),
+                );
+                let mut out = Vec::new();
+                d.read_to_end(&mut out).unwrap();
+                assert!(out == data, "{what} on {threads} threads");
+            }
+            assert!(
+                through_decoder(Compression::Xz, z).unwrap() == data,
+                "{what}"
+            );
+        }
+        // More streams at once than may have threads: each decodes, on one or several.
+        let mut open: Vec<_> = (0..XZ_THREADED_MAX + 2)
+            .map(|_| {
+                Compression::Xz
+                    .decoder(io::BufReader::new(&blocks[..]))
+                    .unwrap()
+            })
+            .collect();
+        let mut outs = vec![Vec::new(); open.len()];
+        let mut step = vec![0u8; 64 << 10];
+        while outs.iter().any(|o| o.len() < data.len()) {
+            for (d, out) in open.iter_mut().zip(&mut outs) {
+                let n = d.read(&mut step).unwrap();
+                out.extend_from_slice(&step[..n]);
+            }
+        }
+        assert!(outs.iter().all(|o| *o == data));
+        // A damaged block in the middle or a cut stream is an error, not short output.
+        let mut bad = blocks.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x55;
+        assert!(through_decoder(Compression::Xz, &bad).is_err());
+        assert!(through_decoder(Compression::Xz, &blocks[..blocks.len() - 40]).is_err());
     }
 
     #[test]
