@@ -13,6 +13,8 @@ to two signed file:// caches (zstd, xz). Then:
             disk cache emptied, a `sync`, then `nix-store -r PATHS` of real Nix and of
             Ferrix, alternating, with only that cache as substituter.
   limit     `zstd -d` (and `xz -d`) alone on the same NAR files, to /dev/null.
+  one path  one path of BIG_MIB MiB (5 files) from file:// caches real Nix wrote with zstd
+            and with xz and `parallel-compression` (so in blocks), each tool alternating.
 
 MB/s are of NAR bytes (what the store receives).
 """
@@ -33,6 +35,7 @@ FERRIX_STORE = os.environ["FERRIX_STORE_BIN"]
 RUNS = int(os.environ.get("FERRIX_BENCH_RUNS", "3"))
 PATHS = int(os.environ.get("FERRIX_BENCH_PATHS", "100"))
 MIB = int(os.environ.get("FERRIX_BENCH_MIB", "512"))
+BIG_MIB = int(os.environ.get("FERRIX_BENCH_BIG_MIB", "128"))
 ENV = closure.store_env(WORK)
 
 
@@ -140,6 +143,30 @@ for c in ["zstd", "xz"]:
     finally:
         server.kill()
         server.wait()
+
+# One large path: what is left when a closure's other paths are in, and where the work
+# of one path (decompressing, hashing, writing) must overlap.
+os.makedirs(f"{WORK}/big")
+big = closure.make_closure(f"{WORK}/big", ENV, 1, BIG_MIB)[0]
+shutil.rmtree(f"{WORK}/big/src")
+big_mb = int(run(["nix-store", "-q", "--size", big]).stdout) / 1e6
+for c, extra in [("zstd", ""), ("xz", "&parallel-compression=true")]:
+    url = f"file://{WORK}/big/cache-{c}"
+    run(["nix", "copy", "--to", f"{url}?compression={c}{extra}&secret-key={WORK}/sk", big])
+    times = {t: [] for t in tools}
+    for i in range(RUNS):
+        for tool in (["nix", "ferrix"] if i % 2 == 0 else ["ferrix", "nix"]):
+            run(["nix-store", "--delete", big])
+            shutil.rmtree(f"{WORK}/home/.cache", ignore_errors=True)
+            times[tool].append(timed([tools[tool], "-r", big, "-j0",
+                                      "--option", "substituters", url,
+                                      "--option", "trusted-public-keys", pk]))
+            run(["nix-store", "--check-validity", big])
+    m = {t: statistics.mean(v) for t, v in times.items()}
+    print(f"one path of {big_mb:.0f} MB, {c}{' in blocks' if extra else ''} file: "
+          f"nix {m['nix']:.3f} s ({big_mb / m['nix']:.0f} MB/s), "
+          f"ferrix {m['ferrix']:.3f} s ({big_mb / m['ferrix']:.0f} MB/s), "
+          f"{m['nix'] / m['ferrix']:.2f}x Nix", flush=True)
 
 print("\ngoals (issue 12): substitution >= 3x Nix and >= 0.8x zstd -d alone; "
       "serving >= 500 MB/s on one connection")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Substitution and serving, Ferrix against real Nix 2.8: a ~512 MiB closure of 100 paths
 # substituted from zstd and xz caches (file:// and http://127.0.0.1) by each tool, `zstd -d`
-# alone as the limit, and `ferrix serve-cache` throughput on 1 and 8 connections. See
+# alone as the limit, one large path (zstd, and xz in blocks), and `ferrix serve-cache`
+# throughput on 1 and 8 connections. See
 # substitute.py and bench/README.md. Run by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."

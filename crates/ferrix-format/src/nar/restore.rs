@@ -42,8 +42,8 @@ const DIRECT_THREAD_MIN: u64 = 4 * DIRECT_CHUNK as u64;
 struct Restorer<'a> {
     target: &'a Path,
     buf: Vec<u8>,
-    /// Two buffers of [`DIRECT_CHUNK`] bytes and room to align them, made at the first
-    /// large file.
+    /// Two buffers of [`DIRECT_CHUNK`] bytes and room to align them, each made when it is
+    /// first needed (the second for a file written on a thread: see [`write_direct`]).
     direct_bufs: [Vec<u8>; 2],
     /// Cleared when the file system refuses direct writes: the rest of the restore does
     /// without.
@@ -112,11 +112,6 @@ impl NarVisitor for Restorer<'_> {
         let f = self.dirs.create_file(self.target, rel, mode);
         let mut f = f.map_err(|e| ctx(&self.at(rel), e))?;
         if size >= DIRECT_MIN && self.direct_ok {
-            for b in &mut self.direct_bufs {
-                if b.is_empty() {
-                    *b = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
-                }
-            }
             return match write_direct(&mut f, contents, &mut self.direct_bufs, size) {
                 Ok(Direct::Done) => Ok(()),
                 // Later files go through the page cache.
@@ -208,6 +203,16 @@ impl ChunkWriter<'_> {
     }
 }
 
+/// [`DIRECT_CHUNK`] bytes of `raw` at a [`DIRECT_ALIGN`] boundary, `raw` made big enough
+/// the first time.
+fn aligned(raw: &mut Vec<u8>) -> &mut [u8] {
+    if raw.len() < DIRECT_CHUNK + DIRECT_ALIGN {
+        *raw = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
+    }
+    let at = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    &mut raw[at..at + DIRECT_CHUNK]
+}
+
 /// Fill `buf` from `contents`, short only where the file ends.
 fn fill(contents: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -223,7 +228,7 @@ fn fill(contents: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Write the file's `size` bytes of `contents` to `f` in aligned chunks with `O_DIRECT`,
-/// through `bufs` (two buffers of [`DIRECT_CHUNK`] and room to align them). A file of
+/// through `bufs` (see [`aligned`]). A file of
 /// [`DIRECT_THREAD_MIN`] or more is written on a thread of its own while the next chunk is
 /// read: a direct write waits for the device, and reading (with what the reader does:
 /// decompressing, hashing) would otherwise wait with it.
@@ -243,10 +248,7 @@ fn write_direct(
         refused: !direct,
     };
     let [a, b] = bufs;
-    let mut chunks = [a, b].map(|raw| {
-        let at = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        &mut raw[at..at + DIRECT_CHUNK]
-    });
+    let first = aligned(a);
     let ended = |w: ChunkWriter<'_>| {
         if w.refused {
             Direct::Refused
@@ -256,9 +258,9 @@ fn write_direct(
     };
     if size < DIRECT_THREAD_MIN || !direct {
         loop {
-            let n = fill(contents, chunks[0])?;
+            let n = fill(contents, first)?;
             let last = n < DIRECT_CHUNK;
-            w.put(&chunks[0][..n], last)?;
+            w.put(&first[..n], last)?;
             if last {
                 return Ok(ended(w));
             }
@@ -279,7 +281,7 @@ fn write_direct(
             }
             Ok(w)
         });
-        let mut spare: Vec<&mut [u8]> = chunks.iter_mut().map(|c| &mut **c).collect();
+        let mut spare = vec![first, aligned(b)];
         let read = loop {
             let chunk = match spare.pop() {
                 Some(c) => c,
