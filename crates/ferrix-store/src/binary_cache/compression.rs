@@ -1,5 +1,6 @@
-//! How a cache's NARs are compressed: the name in the narinfo, the file extension and a
-//! streaming encoder (several threads for zstd and xz).
+//! How a cache's NARs are compressed: the name in the narinfo, the file extension, a
+//! streaming encoder (several threads for zstd and xz) and decoder (several threads for xz
+//! in blocks).
 
 use std::io::{self, Write};
 
@@ -140,7 +141,8 @@ fn xz_decoder(threads: usize) -> io::Result<liblzma::stream::Stream> {
 }
 
 /// An xz stream decoded as it is read: on several threads while fewer than
-/// [`XZ_THREADED_MAX`] others are.
+/// [`XZ_THREADED_MAX`] others are. A stream of one block holds its place too, though
+/// liblzma decodes it on one thread: which kind a stream is shows only once it is read.
 struct XzReader<R> {
     inner: liblzma::bufread::XzDecoder<R>,
     /// Holds one of the [`XZ_THREADED`] places until dropped.
