@@ -66,6 +66,10 @@ pub struct LocalSettings {
     /// when other executors share the work: a job must not wait here for a builder while a
     /// machine could take it.
     pub prepare_ahead: usize,
+    /// Keep emptied build directories for later builds (see `local/build_dirs.rs`). Off
+    /// where the process may be killed at any moment, as a machine's session is when its
+    /// master ends: the kept ones would be left behind.
+    pub reuse_build_dirs: bool,
     /// How `builtin:fetchurl` reaches servers.
     pub fetch: ferrix_store::binary_cache::HttpSettings,
     /// The users builders run as (when this process is root and `build-users-group` is
@@ -135,10 +139,12 @@ impl LocalExecutor {
     ) -> Self {
         let settings_max_jobs = settings.max_jobs;
         // As many as may be in use at once: builders running and jobs prepared ahead.
-        let build_dirs = BuildDirs::new(
-            settings.build_dir_base.clone(),
-            settings_max_jobs + settings.prepare_ahead,
-        );
+        let keep = if settings.reuse_build_dirs {
+            settings_max_jobs + settings.prepare_ahead
+        } else {
+            0
+        };
+        let build_dirs = BuildDirs::new(settings.build_dir_base.clone(), keep);
         Self {
             store: registry.store().clone(),
             registry,

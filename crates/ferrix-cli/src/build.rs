@@ -148,6 +148,7 @@ pub fn local_settings(
             system_features: system_features(settings),
             // Set by the Engine's host once it knows whether machines share the work.
             prepare_ahead: 0,
+            reuse_build_dirs: true,
             fetch: settings.substitution()?.http,
             build_users: build_users(settings, store)?,
         },

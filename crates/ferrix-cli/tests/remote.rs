@@ -104,13 +104,45 @@ fn sixty_over(s: &Setup, option: (&str, &str), machines: &[String]) {
     let drv = s.instantiate(&["sleep", "\"0.05\""]);
     let mut c = Command::new(s.ferrix_store());
     s.nix.isolate(&mut c);
-    c.env("FERRIX_HOOK_NIX_STORE", s.ferrix_store());
-    let out = c
+    // The master's build directories and its machines' (which inherit it) go here.
+    let tmp = s.dir.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    c.env("FERRIX_HOOK_NIX_STORE", s.ferrix_store())
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c
         .args(["-r", &drv, "-j", "2", "--option", option.0, option.1])
-        .output()
+        .spawn()
         .unwrap();
+    let in_tmp = || fs::read_dir(&tmp).unwrap().count();
+    let watcher = {
+        let tmp = tmp.clone();
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            while tmp.exists() && seen == 0 {
+                seen = fs::read_dir(&tmp).map_or(0, |d| d.count());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        })
+    };
+    let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
+    // Builds ran there, and no directory outlived them: not the master's, nor those of the
+    // machines' sessions, which their master ends by killing them.
+    assert_eq!(
+        in_tmp(),
+        0,
+        "{:?}",
+        fs::read_dir(&tmp).unwrap().collect::<Vec<_>>()
+    );
+    fs::remove_dir(&tmp).unwrap();
+    assert!(
+        watcher.join().unwrap() > 0,
+        "no build directory was ever seen"
+    );
     for m in machines {
         assert!(
             err.contains(&format!("on '{m}'")),

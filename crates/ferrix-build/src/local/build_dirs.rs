@@ -189,6 +189,22 @@ mod tests {
         );
     }
 
+    /// Keeping none (a machine's session, which its master kills): a build's directory is
+    /// gone when the build ends, though the pool itself is never dropped, as in a killed
+    /// process.
+    #[test]
+    fn with_none_kept_nothing_outlives_its_build() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = BuildDirs::new(t.path().to_owned(), 0);
+        for name in ["a.drv", "b.drv"] {
+            let d = dirs.make(name).unwrap();
+            fs::write(d.path().join("f"), "x").unwrap();
+            d.release();
+            assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0, "{name}");
+        }
+        std::mem::forget(dirs);
+    }
+
     #[test]
     fn a_symlink_left_in_place_of_the_directory_is_removed_not_followed() {
         let t = tempfile::tempdir().unwrap();

@@ -61,6 +61,7 @@ impl TestStore {
             platforms: ["x86_64-linux".to_owned()].into(),
             system_features: Default::default(),
             prepare_ahead: 0,
+            reuse_build_dirs: true,
             fetch: Default::default(),
             build_users: None,
         }
