@@ -359,8 +359,9 @@ fn own_engine(
     local.keep_failed |= asked.keep_failed;
     // A machine builds what it is given: at least one job at a time.
     local.max_jobs = local.max_jobs.max(1);
-    // Masters end their sessions by killing them (Ferrix's and Nix's alike): build
-    // directories kept for later builds would stay behind in the machine's TMPDIR.
+    // Masters end their sessions by killing them, or the ssh they run under (Ferrix's
+    // and Nix's alike): build directories kept for later builds would stay behind in the
+    // machine's TMPDIR.
     local.reuse_build_dirs = false;
     crate::build::EngineHost::start(
         settings,
