@@ -404,9 +404,11 @@ pub fn sorted_infos(
         .collect()
 }
 
-/// The number of cores, at least one.
+/// The number of cores, at least one. Asked once: the standard library reads the cgroup's
+/// quota files at every call, and this is asked for every NAR decoded.
 pub(crate) fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(test)]

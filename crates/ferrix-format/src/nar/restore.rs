@@ -145,7 +145,6 @@ impl NarVisitor for Restorer<'_> {
 }
 
 /// How a direct write of a file ended (all of it is written either way).
-#[derive(Debug, PartialEq, Eq)]
 enum Direct {
     Done,
     /// The file system refused direct writes part way; the rest went through the page
@@ -194,6 +193,14 @@ impl ChunkWriter<'_> {
         Ok(())
     }
 
+    fn ended(&self) -> Direct {
+        if self.refused {
+            Direct::Refused
+        } else {
+            Direct::Done
+        }
+    }
+
     fn buffered(&mut self) -> io::Result<()> {
         if self.direct {
             rustix::fs::fcntl_setfl(self.f, self.flags)?;
@@ -228,10 +235,10 @@ fn fill(contents: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Write the file's `size` bytes of `contents` to `f` in aligned chunks with `O_DIRECT`,
-/// through `bufs` (see [`aligned`]). A file of
-/// [`DIRECT_THREAD_MIN`] or more is written on a thread of its own while the next chunk is
-/// read: a direct write waits for the device, and reading (with what the reader does:
-/// decompressing, hashing) would otherwise wait with it.
+/// through `bufs` (see [`aligned`]). A file of [`DIRECT_THREAD_MIN`] or more is written on
+/// a thread of its own while the next chunk is read: a direct write waits for the device,
+/// and reading (with what the reader does: decompressing, hashing) would otherwise wait
+/// with it.
 fn write_direct(
     f: &mut fs::File,
     contents: &mut dyn Read,
@@ -249,20 +256,13 @@ fn write_direct(
     };
     let [a, b] = bufs;
     let first = aligned(a);
-    let ended = |w: ChunkWriter<'_>| {
-        if w.refused {
-            Direct::Refused
-        } else {
-            Direct::Done
-        }
-    };
     if size < DIRECT_THREAD_MIN || !direct {
         loop {
             let n = fill(contents, first)?;
             let last = n < DIRECT_CHUNK;
             w.put(&first[..n], last)?;
             if last {
-                return Ok(ended(w));
+                return Ok(w.ended());
             }
         }
     }
@@ -304,7 +304,7 @@ fn write_direct(
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         read?;
-        Ok(ended(written?))
+        Ok(written?.ended())
     })
 }
 
